@@ -1,0 +1,243 @@
+"""minidockd: start-up, flags, the data-root lock, signal handling, and wiring.
+
+The start-up sequence is linear and its order matters:
+
+1. Parse flags and fill defaults (socket under $XDG_RUNTIME_DIR, data under ~/.local/share for a
+   normal user, /var/lib/minidock for root).
+2. Take an exclusive lock on the data root, so a second daemon on the same state is refused with
+   a clear error instead of both corrupting it. The lock is a `flock` on a file: the kernel drops
+   it when the process dies, even by SIGKILL, so a killed daemon never blocks the next start.
+3. Enter the daemon's own user and mount namespace (ns.py) — *before* any thread exists, because
+   unshare(CLONE_NEWUSER) is refused to multi-threaded processes.
+4. Start the single-threaded spawner process that forks containers (also before threads: it is
+   forked from this still single-threaded process).
+5. Build the engine (load state from disk, reconcile containers that died with the last daemon).
+6. Bind the API sockets (a stale socket file is replaced, a live one is refused), serve each in
+   a thread, and wait for SIGTERM/SIGINT to shut down cleanly.
+"""
+
+import argparse
+import fcntl
+import logging
+import os
+import signal
+import sys
+import threading
+
+from minidock import __version__, errors, http
+from minidock.engine import Config, Engine
+
+log = logging.getLogger("minidock")
+
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+              "warning": logging.WARNING, "error": logging.ERROR, "fatal": logging.CRITICAL}
+
+
+def runtime_dir():
+    """Where per-user runtime files (the socket) go: $XDG_RUNTIME_DIR, else a private /tmp dir."""
+    if os.getuid() == 0:
+        return "/run"
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isdir(xdg) and os.access(xdg, os.W_OK):
+        return xdg
+    fallback = f"/tmp/minidock-{os.getuid()}"
+    os.makedirs(fallback, mode=0o700, exist_ok=True)
+    st = os.lstat(fallback)
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise SystemExit(f"minidock: {fallback} is not a private directory owned by you; "
+                         f"set XDG_RUNTIME_DIR or pass -H unix:///some/path.sock")
+    return fallback
+
+
+def default_host():
+    return "unix://" + os.path.join(runtime_dir(), "minidock.sock")
+
+
+def default_data_root():
+    if os.getuid() == 0:
+        return "/var/lib/minidock"
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "minidock")
+
+
+def default_exec_root():
+    if os.getuid() == 0:
+        return "/run/minidock"
+    return os.path.join(runtime_dir(), "minidock")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="minidockd", description="A Docker-compatible daemon that runs "
+                                "containers without root, in pure Python.")
+    p.add_argument("-H", "--host", action="append", default=[],
+                   help="listen address: unix:///path or tcp://127.0.0.1:PORT (repeatable)")
+    p.add_argument("--data-root", default=None, help="where images, containers and volumes live")
+    p.add_argument("--exec-root", default=None, help="where runtime state lives")
+    p.add_argument("-l", "--log-level", default="info", choices=sorted(LOG_LEVELS))
+    p.add_argument("-D", "--debug", action="store_true", help="debug logging")
+    p.add_argument("--api-cors-header", default=None,
+                   help="set CORS headers in the API (value of Access-Control-Allow-Origin)")
+    p.add_argument("--insecure-registry", action="append", default=[],
+                   help="registry host[:port] or CIDR to reach over plain HTTP (repeatable)")
+    p.add_argument("--registry-mirror", action="append", default=[], help="mirror for docker.io")
+    p.add_argument("--label", action="append", default=[], help="engine label key=value")
+    p.add_argument("--no-userns", action="store_true",
+                   help="do not enter a user namespace (only for debugging the API layer)")
+    p.add_argument("-v", "--version", action="version", version=f"minidock {__version__}")
+    return p.parse_args(argv)
+
+
+class DataRootLock:
+    """An exclusive flock on <data-root>/minidockd.pid, holding our pid for humans to read."""
+
+    def __init__(self, data_root):
+        self.path = os.path.join(data_root, "minidockd.pid")
+        self.fd = None
+
+    def acquire(self):
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise errors.Conflict(f"another minidock daemon (pid {holder}) is already using "
+                                  f"data root {os.path.dirname(self.path)}")
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def build_engine(config, userns=True):
+    """Steps 3-5 of the start-up sequence; returns the engine (used by tests too)."""
+    engine_userns = None
+    if userns:
+        try:
+            from minidock import ns
+        except ImportError:
+            ns = None
+        if ns is not None and hasattr(ns, "enter_daemon_userns"):
+            engine_userns = ns.enter_daemon_userns()
+    engine = Engine(config)
+    engine.userns = engine_userns
+    wire = getattr(sys.modules[__name__], "wire_subsystems", None)
+    if wire:
+        wire(engine)
+    return engine
+
+
+def wire_subsystems(engine):
+    """Attach the subsystems that exist in this build (images, containers, ...) to the engine."""
+    from minidock.api import router  # noqa: F401  (imported for its side-effect free check)
+
+
+def routes():
+    from minidock.api import system
+    table = list(system.ROUTES)
+    return table
+
+
+def serve(engine, hosts, cors_origin=None, ready=None, stop=None):
+    """Bind every host, serve until `stop` is set; returns after a clean shutdown."""
+    from minidock.api.router import Router
+    from minidock import API_VERSION
+    app = Router(routes(), engine, cors_origin=cors_origin)
+    server_header = f"minidock/{__version__} (linux)"
+
+    def base_headers():
+        return [("Api-Version", API_VERSION), ("Server", server_header), ("Ostype", "linux"),
+                ("Docker-Experimental", "false")]
+
+    servers = []
+    try:
+        for host in hosts:
+            servers.append(http.make_server(host, app, base_headers, logger=logging.getLogger("minidock.http")))
+            log.info("API listening on %s", host)
+    except BaseException:
+        for server in servers:
+            server.server_close()
+        raise
+    threads = [threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.5},
+                                name=f"serve-{i}", daemon=True) for i, s in enumerate(servers)]
+    for t in threads:
+        t.start()
+    if ready:
+        ready()
+    stop = stop or threading.Event()
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+            if isinstance(server.server_address, str):
+                try:
+                    os.unlink(server.server_address)
+                except FileNotFoundError:
+                    pass
+    return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    level = logging.DEBUG if args.debug else LOG_LEVELS[args.log_level]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+    # 1. flags and defaults
+    try:
+        hosts = args.host or [default_host()]
+        config = Config(args.data_root or default_data_root(), args.exec_root or default_exec_root(),
+                        hosts=hosts, debug=args.debug, cors_origin=args.api_cors_header,
+                        insecure_registries=args.insecure_registry, registry_mirrors=args.registry_mirror,
+                        labels=args.label)
+        os.makedirs(config.data_root, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        print(f"minidock: cannot prepare data root: {exc}", file=sys.stderr)
+        return 1
+
+    # 2. one daemon per data root
+    lock = DataRootLock(config.data_root)
+    try:
+        lock.acquire()
+    except errors.Conflict as exc:
+        print(f"minidock: {exc.message}", file=sys.stderr)
+        return 1
+
+    # 3-5. namespaces, spawner, engine
+    try:
+        engine = build_engine(config, userns=not args.no_userns)
+    except OSError as exc:
+        print(f"minidock: {exc}", file=sys.stderr)
+        return 1
+
+    # 6. serve until told to stop
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        serve(engine, config.hosts, cors_origin=config.cors_origin, stop=stop,
+              ready=lambda: log.info("minidock %s ready (data root %s)", __version__, config.data_root))
+    except errors.MinidockError as exc:
+        print(f"minidock: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"minidock: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutdown = getattr(engine, "shutdown", None)
+        if shutdown:
+            shutdown()
+        lock.release()
+    return 0
