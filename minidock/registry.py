@@ -1178,7 +1178,7 @@ class _CountingReader:
             raise Cancelled("pull cancelled")
         data = self._f.read(n)
         self._n += len(data)
-        if self._n - self._last >= CHUNK or (not data and self._last != self._n):
+        if data and (self._n - self._last >= CHUNK or self._n == self._total) or (not data and self._last != self._n):
             self._last = self._n
             self._report(self._n, self._total)
         return data
@@ -1283,8 +1283,9 @@ class _ProgressBody:
 
     def read(self, n=-1):
         data = self.f.read(n)
-        self.n += len(data)
-        self.on_bytes(self.n, self.total)
+        if data:
+            self.n += len(data)
+            self.on_bytes(self.n, self.total)
         return data
 
 
