@@ -162,7 +162,7 @@ def serve(engine, hosts, cors_origin=None, ready=None, stop=None):
         for server in servers:
             server.server_close()
         raise
-    threads = [threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.5},
+    threads = [threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.2},
                                 name=f"serve-{i}", daemon=True) for i, s in enumerate(servers)]
     for t in threads:
         t.start()
@@ -170,7 +170,7 @@ def serve(engine, hosts, cors_origin=None, ready=None, stop=None):
         ready()
     stop = stop or threading.Event()
     try:
-        while not stop.wait(1.0):
+        while not stop.wait(0.5):
             pass
     finally:
         for server in servers:

@@ -207,8 +207,9 @@ class LengthReader:
             return b""
         if n is None or n < 0 or n > self.remaining:
             n = self.remaining
-        data = self.rfile.read(n)
-        if len(data) < n and not data:
+        data = self.rfile.read(n)     # a buffered reader returns short only at end of stream
+        if len(data) < n:
+            self.remaining = 0
             raise errors.InvalidParameter("request body ended before Content-Length bytes arrived")
         self.remaining -= len(data)
         return data
@@ -277,9 +278,9 @@ class ChunkedReader:
 
 def read_json_body(reader, limit=MAX_JSON_BODY, allow_empty=True):
     """Read and parse a JSON request body, with the size limit JSON endpoints use."""
-    data = reader.read(limit + 1) if reader is not None else b""
-    while len(data) <= limit:
-        more = reader.read(limit + 1 - len(data)) if reader is not None else b""
+    data = b""
+    while reader is not None and len(data) <= limit:
+        more = reader.read(limit + 1 - len(data))
         if not more:
             break
         data += more

@@ -1,0 +1,53 @@
+"""Atomic JSON state and Docker-style lookup by ID, name and prefix."""
+
+import os
+
+import pytest
+
+from minidock import errors, store
+
+
+def test_write_atomic_replaces_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "obj.json"
+    store.write_json(str(path), {"a": 1})
+    store.write_json(str(path), {"a": 2})
+    assert store.read_json(str(path)) == {"a": 2}
+    assert os.listdir(tmp_path) == ["obj.json"]
+    assert os.stat(path).st_mode & 0o777 == 0o600
+
+
+def test_failed_write_keeps_old_content(tmp_path):
+    path = tmp_path / "obj.json"
+    store.write_json(str(path), {"a": 1})
+    with pytest.raises(TypeError):
+        store.write_json(str(path), {"a": object()})     # not serialisable: nothing written
+    assert store.read_json(str(path)) == {"a": 1}
+    assert os.listdir(tmp_path) == ["obj.json"]
+
+
+def test_collection_reload_cleans_leftovers_and_reports_corrupt(tmp_path):
+    c = store.Collection(str(tmp_path), "container", per_dir=True)
+    c.save("abc123", {"Name": "web"})
+    # a crash between writing the temp file and renaming it leaves this behind:
+    (tmp_path / "abc123" / ".tmp-config.json-dead").write_text("{half")
+    os.mkdir(tmp_path / "broken")
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    again = store.Collection(str(tmp_path), "container", per_dir=True)
+    problems = again.load()
+    assert again.objects == {"abc123": {"Name": "web"}}
+    assert len(problems) == 1 and "broken" in problems[0]
+    assert os.listdir(tmp_path / "abc123") == ["config.json"]
+
+
+def test_resolve_by_id_name_prefix_and_ambiguity(tmp_path):
+    c = store.Collection(str(tmp_path), "container")
+    c.objects = {"abcdef01" * 8: {"Name": "/web"}, "abcd9999" * 8: {"Name": "/db"}, "ffff" * 16: {"Name": "/x"}}
+    name_of = lambda o: o["Name"].lstrip("/")  # noqa: E731
+    assert c.resolve("web", name_of) == "abcdef01" * 8
+    assert c.resolve("/db", name_of) == "abcd9999" * 8
+    assert c.resolve("ff", name_of) == "ffff" * 16
+    assert c.resolve("abcdef", name_of) == "abcdef01" * 8
+    with pytest.raises(errors.InvalidParameter, match="multiple IDs"):
+        c.resolve("abcd", name_of)
+    with pytest.raises(errors.NotFound, match="No such container: nope"):
+        c.resolve("nope", name_of)
