@@ -942,6 +942,7 @@ def _stream_blob(s, repository, digest, out, on_bytes, cancel, size_hint=None):
     got, raw_size = 0, 0
     decomp = None
     mode = None
+    broken = None
     with r:
         while True:
             if cancel and cancel():
@@ -960,28 +961,37 @@ def _stream_blob(s, repository, digest, out, on_bytes, cancel, size_hint=None):
                         "standard library has no zstd decoder")
                 else:
                     mode = "plain"
-            if mode == "gzip":
-                data = decomp.decompress(chunk)
-                # Concatenated gzip members: start a fresh decoder on what follows the first.
-                while decomp.eof and decomp.unused_data:
-                    rest = decomp.unused_data
-                    decomp = zlib.decompressobj(wbits=31)
-                    data += decomp.decompress(rest)
+            if broken:
+                data = b""      # keep hashing: a digest mismatch is the better error to report
+            elif mode == "gzip":
+                try:
+                    data = decomp.decompress(chunk)
+                    # Concatenated gzip members: start a fresh decoder on what follows the first.
+                    while decomp.eof and decomp.unused_data:
+                        rest = decomp.unused_data
+                        decomp = zlib.decompressobj(wbits=31)
+                        data += decomp.decompress(rest)
+                except zlib.error as e:
+                    broken, data = str(e), b""
             else:
                 data = chunk
             h_raw.update(data)
             raw_size += len(data)
             out.write(data)
             on_bytes(got, total)
-    if mode == "gzip":
-        tail = decomp.flush()
-        h_raw.update(tail)
-        raw_size += len(tail)
-        out.write(tail)
     actual = "sha256:" + h_comp.hexdigest()
     if actual != digest:
         raise errors.Unavailable(f"filesystem layer verification failed for digest {digest}: "
                                  f"the registry sent content with digest {actual}")
+    if mode == "gzip" and not broken:
+        if not decomp.eof:
+            broken = "unexpected end of gzip stream"
+        tail = decomp.flush()
+        h_raw.update(tail)
+        raw_size += len(tail)
+        out.write(tail)
+    if broken:
+        raise errors.Unavailable(f"layer {digest} is not a valid gzip stream: {broken}")
     return "sha256:" + h_raw.hexdigest(), raw_size
 
 
