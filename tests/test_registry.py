@@ -548,3 +548,83 @@ def test_pull_throughput_helper(open_reg, sink):
     d, _ = _push_raw_image(open_reg, "bench", img, tag="latest")
     out = R.pull_throughput(f"{open_reg.address}/bench", sink, config=cfg())
     assert out["digest"] == d and out["bytes"] > 2 << 20 and out["mib_per_s"] > 0
+
+
+@needs_registry
+def test_mirror_serves_docker_io_names(open_reg, sink):
+    """A docker.io name (`mirrored` = docker.io/library/mirrored) pulled through --registry-mirror,
+    here the local registry: the mirror is tried before registry-1.docker.io (unreachable offline)."""
+    img = image("mirrored", 1, 2000)
+    d, _ = _push_raw_image(open_reg, "library/mirrored", img, tag="latest")
+    c = R.RegistryConfig(mirrors=[f"http://{open_reg.address}"], **FAST)
+    lines = []
+    assert R.pull("mirrored", sink, config=c, progress=lines.append) == d
+    assert lines[0] == {"status": "Pulling from library/mirrored", "id": "latest"}
+    assert lines[-1]["status"] == "Status: Downloaded newer image for mirrored:latest"
+    assert sink.images["mirrored:latest"] == (img.config_bytes, d)
+
+
+class _Schema1Double:
+    """A registry double for schema 1 only (distribution 2.8 will not store unsigned schema 1
+    manifests): GET /v2/ -> 200, one signed-style manifest, and its blobs."""
+
+    def __init__(self, manifest_bytes, blobs):
+        import http.server
+        import threading
+        double = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                if self.path == "/v2/":
+                    body, ctype = b"{}", "application/json"
+                elif self.path.startswith("/v2/old/manifests/"):
+                    body, ctype = manifest_bytes, R.MT_SCHEMA1_SIGNED
+                elif self.path.startswith("/v2/old/blobs/") and self.path[14:] in blobs:
+                    body, ctype = blobs[self.path[14:]], "application/octet-stream"
+                else:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                if ctype == R.MT_SCHEMA1_SIGNED:
+                    self.send_header("Docker-Content-Digest", "sha256:" + "5" * 64)
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_schema1_pull_from_double(sink):
+    """Schema 1 read support, against a double (see _Schema1Double for why not the real registry)."""
+    tar = make_tar({"old/file": b"v1 data" * 100})
+    gz = gzip.compress(tar, mtime=0)
+    blob = "sha256:" + hashlib.sha256(gz).hexdigest()
+    empty = gzip.compress(make_tar({}), mtime=0)
+    m = {"schemaVersion": 1, "name": "old", "tag": "latest", "architecture": ME,
+         "fsLayers": [{"blobSum": R.EMPTY_LAYER_BLOB}, {"blobSum": blob}],
+         "history": [{"v1Compatibility": json.dumps({"id": "b", "parent": "a", "architecture": ME, "os": "linux",
+                                                      "config": {"Cmd": ["sh"]}, "throwaway": True})},
+                     {"v1Compatibility": json.dumps({"id": "a", "created": "2015-01-01T00:00:00Z"})}],
+         "signatures": [{"header": {}, "signature": "x", "protected": "y"}]}
+    double = _Schema1Double(json.dumps(m, indent=3).encode(), {blob: gz, R.EMPTY_LAYER_BLOB: empty})
+    try:
+        lines = []
+        assert R.pull(f"{double.address}/old", sink, config=cfg(), progress=lines.append) == "sha256:" + "5" * 64
+    finally:
+        double.stop()
+    diff = "sha256:" + hashlib.sha256(tar).hexdigest()
+    c = json.loads(sink.images[f"{double.address}/old:latest"][0])
+    assert c["rootfs"]["diff_ids"] == [diff] and c["config"] == {"Cmd": ["sh"]}
+    assert sink.has_layer(diff) and "Pull complete" in statuses(lines)
