@@ -951,7 +951,7 @@ def _stream_blob(s, repository, digest, out, on_bytes, cancel, size_hint=None):
             if not chunk:
                 break
             h_comp.update(chunk)
-            got += chunk.__len__()
+            got += len(chunk)
             if mode is None:
                 if chunk[:2] == b"\x1f\x8b":
                     mode, decomp = "gzip", zlib.decompressobj(wbits=31)
