@@ -999,12 +999,16 @@ def join_namespaces(init_pid):
     fds = {name: os.open(f"/proc/{init_pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
            for name in ("ipc", "uts", "net", "pid", "mnt", "user")}
     try:
+        # Decide up front which ones differ from ours (setns into the namespace we are
+        # already in is refused for user namespaces, and pointless for the rest).
+        differ = {name for name in fds
+                  if os.fstat(fds[name]).st_ino != os.stat(f"/proc/self/ns/{name}").st_ino}
         for name, flag in _NS_ORDER:
-            if os.readlink(f"/proc/{init_pid}/ns/{name}") != os.readlink(f"/proc/self/ns/{name}"):
+            if name in differ:
                 setns(fds[name], flag, f"/proc/{init_pid}/ns/{name}")
         # A nested user namespace is joined last: after it we hold no capability over the
         # daemon-owned namespaces above.
-        if os.fstat(fds["user"]).st_ino != os.stat("/proc/self/ns/user").st_ino:
+        if "user" in differ:
             setns(fds["user"], CLONE_NEWUSER, f"/proc/{init_pid}/ns/user")
     finally:
         for fd in fds.values():

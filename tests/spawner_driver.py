@@ -1,0 +1,174 @@
+"""Test driver: play a rootless daemon and run real containers, print what they saw as JSON.
+
+Run by tests/test_spawner.py under `setpriv --reuid U --regid U --clear-groups python3 -S`,
+from a 0755 directory holding a copy of the minidock package:
+
+    python3 -S spawner_driver.py MODE ROOTFS DATA_DIR
+
+MODE "full" runs every scenario; "orphan" starts `sleep` containers, prints their pids and
+SIGKILLs itself, so the caller can check that the containers died with it.
+"""
+
+import json
+import os
+import select
+import signal
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from minidock import ns, spawner  # noqa: E402
+
+ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"]
+
+
+def collect(fd):
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:                 # EIO: the pty slave has no more holders
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(fd)
+    return out.decode(errors="replace")
+
+
+def main():
+    mode, rootfs, data = sys.argv[1], sys.argv[2], sys.argv[3]
+    userns = ns.enter_daemon_userns()
+    sp = spawner.Spawner.start()
+    base = {"rootfs": rootfs, "env": ENV, "hostname": "box"}
+
+    def start(argv, stdin=None, **kw):
+        """Start a container; returns (pid, stdout reader fd)."""
+        r, w = os.pipe()
+        spec = dict(base, argv=argv, **kw)
+        try:
+            pid = sp.run(spec, stdin if stdin is not None else w, w, w)
+        finally:
+            os.close(w)
+        return pid, r
+
+    def run(argv, **kw):
+        """Run to completion: {"code", "out"} or {"error", "exit_code", "step"}."""
+        try:
+            pid, r = start(argv, **kw)
+        except ns.StartError as e:
+            return {"error": e.message, "exit_code": e.exit_code, "step": e.step}
+        out = collect(r)
+        return {"code": sp.wait(pid, 10), "out": out}
+
+    def sh(script, **kw):
+        return run(["sh", "-c", script], **kw)
+
+    def execute(init_pid, argv, stdin_data=None, **kw):
+        r, w = os.pipe()
+        ir = None
+        if stdin_data is not None:
+            ir, iw = os.pipe()
+            os.write(iw, stdin_data.encode())
+            os.close(iw)
+        try:
+            pid = sp.exec(init_pid, dict({"env": ENV, "rootfs": rootfs}, argv=argv, **kw),
+                          ir if ir is not None else w, w, w)
+        except ns.StartError as e:
+            os.close(w)
+            return {"error": e.message, "exit_code": e.exit_code}
+        finally:
+            if ir is not None:
+                os.close(ir)
+        os.close(w)
+        out = collect(r)
+        return {"code": sp.wait(pid, 10), "out": out}
+
+    if mode == "orphan":
+        pids = [start(["sleep", "1000"])[0] for _ in range(2)]
+        print(json.dumps({"pids": pids, "spawner": sp.pid}), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    res = {"userns": userns.as_dict()}
+    res["pid1"] = sh("echo $$")
+    res["ps"] = sh("ps -o pid,comm")
+    res["hostname"] = sh("hostname", hostname="hello-box")
+    res["netdev"] = sh("cat /proc/net/dev; ip link")
+    res["uid_map"] = sh("cat /proc/self/uid_map")
+    res["caps"] = sh("grep Cap /proc/self/status")
+    res["mounts"] = sh("cat /proc/mounts; ls /dev")
+    res["masked"] = sh("wc -c < /proc/timer_list; echo 1 > /proc/sys/kernel/ns_last_pid")
+    os.makedirs(f"{data}/rw", exist_ok=True)
+    os.makedirs(f"{data}/ro", exist_ok=True)
+    with open(f"{data}/ro/hello", "w") as f:
+        f.write("hello\n")
+    res["user"] = sh("id; touch /data/by-user; cat /ro/hello; touch /ro/nope",
+                     uid=1000, gid=1000, groups=[],
+                     mounts=[{"source": f"{data}/rw", "target": "/data"},
+                             {"source": f"{data}/ro", "target": "/ro", "readonly": True}])
+    res["user_name"] = sh("id -u; id -g; pwd", user="user", cwd="/home/user/new")
+    res["chown"] = sh("touch /tmp/c && chown 1000:1000 /tmp/c && stat -c '%u:%g' /tmp/c; "
+                      "touch /data/by-1000; chown 1000 /data/by-1000",
+                      mounts=[{"source": f"{data}/rw", "target": "/data"}])
+    res["readonly"] = sh("touch /x", readonly_rootfs=True)
+    res["etc"] = sh("cat /etc/hostname", etc_files={"/etc/hostname": f"{data}/ro/hello"})
+    res["exit3"] = sh("exit 3")
+    res["missing"] = run(["no-such-command"])
+    res["noexec"] = run(["/etc/passwd"])
+    res["ulimit"] = sh("ulimit -n", ulimits=[{"name": "nofile", "soft": 512, "hard": 1024}])
+    ir, iw = os.pipe()
+    os.write(iw, b"piped through\n")
+    os.close(iw)
+    res["stdin"] = run(["cat"], stdin=ir)
+    os.close(ir)
+
+    # TTY: the pty slave as all three fds.
+    master, slave = os.openpty()
+    pid = sp.run(dict(base, argv=["sh", "-c", "test -t 0 && echo is-a-tty; tty; ls -l /dev/console"],
+                      tty=True), slave, slave, slave)
+    os.close(slave)
+    res["tty"] = {"out": collect(master), "code": sp.wait(pid, 10)}
+
+    # Killed with SIGKILL -> 137.
+    pid, r = start(["sleep", "100"])
+    os.kill(pid, signal.SIGKILL)
+    res["killed"] = {"code": sp.wait(pid, 10)}
+    os.close(r)
+
+    # A long-running container to exec into, top and pause.
+    pid, r = start(["sh", "-c", "sleep 100 & sleep 100"], hostname="exec-box", uid=1000, gid=1000)
+    time.sleep(0.1)
+    res["exec"] = execute(pid, ["sh", "-c", "hostname; echo $$; cat /proc/1/cmdline; echo; id -u"],
+                          uid=1000, gid=1000)
+    res["exec_stdin"] = execute(pid, ["cat"], stdin_data="into exec\n", uid=1000, gid=1000)
+    res["exec_exit"] = execute(pid, ["sh", "-c", "exit 5"], uid=1000, gid=1000)
+    res["exec_missing"] = execute(pid, ["nope"], uid=1000, gid=1000)
+    res["top"] = {"pids": ns.container_pids(pid), "init": pid}
+    ns.signal_all(pid, signal.SIGSTOP)
+    time.sleep(0.05)
+    states = {}
+    for p in ns.container_pids(pid):
+        with open(f"/proc/{p}/stat") as f:
+            states[p] = f.read().rsplit(")", 1)[1].split()[0]
+    res["paused"] = states
+    ns.signal_all(pid, signal.SIGCONT)
+    os.kill(pid, signal.SIGKILL)
+    res["top"]["code"] = sp.wait(pid, 10)
+    os.close(r)
+
+    # Latency: request -> PID 1 running `true` -> exit reported.
+    times = []
+    for _ in range(30):
+        t0 = time.perf_counter()
+        pid = sp.run(dict(base, argv=["true"]), 0, 1, 2)
+        sp.wait(pid)
+        times.append((time.perf_counter() - t0) * 1000)
+    res["latency_ms"] = {"median": statistics.median(times), "max": max(times)}
+    sp.close()
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
