@@ -145,6 +145,10 @@ def main():
     res["exec_stdin"] = execute(pid, ["cat"], stdin_data="into exec\n", uid=1000, gid=1000)
     res["exec_exit"] = execute(pid, ["sh", "-c", "exit 5"], uid=1000, gid=1000)
     res["exec_missing"] = execute(pid, ["nope"], uid=1000, gid=1000)
+    # The exec'd processes are gone; wait for their zombie-free exit to be visible too.
+    deadline = time.time() + 2
+    while len(ns.container_pids(pid)) != 2 and time.time() < deadline:
+        time.sleep(0.01)
     res["top"] = {"pids": ns.container_pids(pid), "init": pid}
     ns.signal_all(pid, signal.SIGSTOP)
     time.sleep(0.05)
