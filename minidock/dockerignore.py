@@ -270,6 +270,7 @@ def match_sources(root, source, ignore=None):
     """
     rel = clean_source(source)
     if not has_wildcards(rel):
+        rel = re.sub(r"\\(.)", r"\1", rel)     # `a\*` names the file "a*"
         full = os.path.join(root, rel) if rel else root
         if not os.path.lexists(full) or (rel and ignore is not None and ignore.excludes(rel)):
             raise errors.NotFound("file not found in build context or excluded by "
