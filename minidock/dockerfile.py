@@ -56,7 +56,8 @@ The data handed to the builder:
 
 `cmd` is the upper-case keyword. `args` by keyword:
 
-    FROM         [image]                      (stage name lives on Stage.name; --platform in flags)
+    FROM         [image]                      (stage name lives on Stage.name; --platform in flags;
+                 a FROM given to parse_instruction() alone keeps it as pairs=[("as", name)])
     RUN CMD ENTRYPOINT   exec form: the argv; shell form: [command string]; `command_argv()` joins
                  the shell in. Empty CMD/ENTRYPOINT give [].
     SHELL        the argv (JSON form is required)
