@@ -118,6 +118,16 @@ def main():
     res["missing"] = run(["no-such-command"])
     res["noexec"] = run(["/etc/passwd"])
     res["ulimit"] = sh("ulimit -n", ulimits=[{"name": "nofile", "soft": 512, "hard": 1024}])
+    res["bad_mount"] = sh("true", mounts=[{"source": f"{data}/missing", "target": "/m"}])
+    res["host_net"] = sh("cat /proc/net/dev; grep ' /sys ' /proc/mounts", network="host")
+    a, ar = start(["sleep", "100"])
+    res["join_net"] = {
+        "joined": sh("readlink /proc/self/ns/net", network={"join_pid": a})["out"],
+        "target": execute(a, ["readlink", "/proc/self/ns/net"])["out"],
+        "own": sh("readlink /proc/self/ns/net")["out"]}
+    os.kill(a, signal.SIGKILL)
+    sp.wait(a)
+    os.close(ar)
     ir, iw = os.pipe()
     os.write(iw, b"piped through\n")
     os.close(iw)

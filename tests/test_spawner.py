@@ -185,6 +185,26 @@ def test_exit_codes(nobody):
     assert nobody["killed"]["code"] == 137
 
 
+def test_setup_failure_names_the_step(nobody):
+    assert nobody["bad_mount"]["exit_code"] == 125
+    assert nobody["bad_mount"]["step"] == "bind mounts"
+    assert "No such file or directory" in nobody["bad_mount"]["error"]
+
+
+def test_host_network_and_sys_fallback(nobody):
+    out = nobody["host_net"]["out"]
+    assert nobody["host_net"]["code"] == 0
+    ifaces = [line.split(":")[0].strip() for line in out.splitlines()[2:] if ":" in line
+              and "/sys" not in line]
+    assert len(ifaces) > 1                          # the host's interfaces, not just lo
+    assert " /sys sysfs ro," in out                 # bound from the host, made read-only
+
+
+def test_join_another_containers_network(nobody):
+    j = nobody["join_net"]
+    assert j["joined"] == j["target"] != j["own"]
+
+
 def test_ulimit(nobody):
     assert nobody["ulimit"]["out"] == "512\n"
 
