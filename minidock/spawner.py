@@ -65,6 +65,14 @@ The run/exec spec (a JSON-able dict; only `argv` and, for run, `rootfs` are requ
     no_new_privileges bool  prctl(PR_SET_NO_NEW_PRIVS); Docker's default is off
     cgroup            str   optional cgroup directory; the init writes itself to cgroup.procs
     masked_paths, readonly_paths  [str] override Docker's lists (ns.MASKED_PATHS, ...)
+
+For exec, the daemon passes the container's own cap_add/cap_drop/privileged/no_new_privileges
+(Docker applies the container's settings to exec'd processes), the exec's user (default: the
+container's), env (container env + exec env) and cwd; `rootfs` only if `user` needs resolving.
+
+Failures: run/exec raise ns.StartError with `exit_code` 127 (command not found), 126 (not
+executable / permission denied) or 125 (a named set-up step failed: `step`, `errno`). The
+message keeps the words the docker CLI greps for to choose its own exit code.
 """
 
 import itertools
@@ -88,7 +96,8 @@ class Spawner:
         """Fork the spawner. Call while the daemon is single-threaded (after enter_daemon_userns).
 
         `on_exit(pid, code)` is called from a reader thread whenever a process started by run
-        or exec ends; `wait(pid)` works either way.
+        or exec ends (keep it short: it delays every later message). Without a callback, codes
+        are kept until `wait(pid)` takes them; use one style or the other.
         """
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         for s in (mine, theirs):
@@ -206,7 +215,8 @@ class Spawner:
             if "exit" in msg:
                 pid, code = msg["exit"], msg["code"]
                 with self._cond:
-                    self._codes[pid] = code
+                    if self._on_exit is None:   # with a callback nobody wait()s: keep nothing
+                        self._codes[pid] = code
                     self._live.discard(pid)
                     self._cond.notify_all()
                 if self._on_exit:
