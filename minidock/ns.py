@@ -252,7 +252,8 @@ def check_userns_support():
         fixes.append("kernel.unprivileged_userns_clone=0 (Debian/Arch knob): run "
                      "`sudo sysctl -w kernel.unprivileged_userns_clone=1`")
     if _read_sysctl("/proc/sys/user/max_user_namespaces") == "0":
-        fixes.append("user.max_user_namespaces=0: run `sudo sysctl -w user.max_user_namespaces=28633`")
+        fixes.append("user.max_user_namespaces=0: run "
+                     "`sudo sysctl -w user.max_user_namespaces=28633`")
     if _read_sysctl("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
         fixes.append("kernel.apparmor_restrict_unprivileged_userns=1 (Ubuntu 23.10+ AppArmor): run "
                      "`sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0`, or give "
@@ -1083,7 +1084,8 @@ def signal_all(init_pid, sig):
     The init goes first for SIGSTOP (so it cannot reap and respawn while we walk) and last
     for SIGCONT. Returns the pids signalled."""
     pids = container_pids(init_pid)
-    order = sorted(pids, key=lambda p: (p != init_pid) if sig == signal.SIGSTOP else (p == init_pid))
+    init_first = sig == signal.SIGSTOP
+    order = sorted(pids, key=lambda p: (p != init_pid) if init_first else (p == init_pid))
     done = []
     for p in order:
         try:

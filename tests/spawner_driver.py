@@ -11,7 +11,6 @@ SIGKILLs itself, so the caller can check that the containers died with it.
 
 import json
 import os
-import select
 import signal
 import statistics
 import sys
@@ -136,8 +135,8 @@ def main():
 
     # TTY: the pty slave as all three fds.
     master, slave = os.openpty()
-    pid = sp.run(dict(base, argv=["sh", "-c", "test -t 0 && echo is-a-tty; tty; ls -l /dev/console"],
-                      tty=True), slave, slave, slave)
+    script = "test -t 0 && echo is-a-tty; tty; ls -l /dev/console"
+    pid = sp.run(dict(base, argv=["sh", "-c", script], tty=True), slave, slave, slave)
     os.close(slave)
     res["tty"] = {"out": collect(master), "code": sp.wait(pid, 10)}
 
