@@ -266,12 +266,13 @@ class Hierarchy:
         return cls(found[0], own, base=base, mount_root=found[1])
 
     # -- one-time set-up at daemon start ------------------------------------------------------------
-    def prepare(self):
+    def prepare(self, wanted=WANTED_CONTROLLERS):
         """Create the base, hand controllers down to it, and probe what a container cgroup offers.
 
         Never raises for a missing or read-only tree: the daemon then runs without cgroups and
         `reason` says why. Call it once, before containers start (it may move the daemon's own
         processes, so the spawner should already exist or be started into the new cgroup).
+        `wanted` are the controllers to hand down (tests pass others to exercise the EBUSY path).
         """
         if self.base_dir is None:
             return self
@@ -283,7 +284,7 @@ class Hierarchy:
                            f"to uid {os.getuid()} (run the daemon in a systemd unit with Delegate=yes)")
             return self
         # Step 2: hand every wanted controller down each level from our cgroup to the base.
-        wanted = [c for c in WANTED_CONTROLLERS if c in self.controllers]
+        wanted = [c for c in wanted if c in self.controllers]
         chain = [self.own_dir]
         if self.base_dir != self.own_dir:
             rel = os.path.relpath(self.base_dir, self.own_dir).split(os.sep)
@@ -291,7 +292,8 @@ class Hierarchy:
                 chain.append(os.path.join(self.own_dir, *rel[:i + 1]))
         missing = []
         for directory in chain:
-            for controller in wanted:
+            present = (_read_or_none(os.path.join(directory, "cgroup.subtree_control")) or "").split()
+            for controller in (c for c in wanted if c not in present):
                 if not self._enable(directory, controller):
                     missing.append(f"{controller} (in {directory})")
         self.enabled = set((_read_or_none(os.path.join(self.base_dir, "cgroup.subtree_control")) or "").split())
@@ -318,8 +320,6 @@ class Hierarchy:
     def _enable(self, directory, controller):
         """Write `+controller` to directory/cgroup.subtree_control; evacuate on EBUSY (see below)."""
         path = os.path.join(directory, "cgroup.subtree_control")
-        if controller in (_read_or_none(path) or "").split():
-            return True
         try:
             _write(path, f"+{controller}")
             return True
