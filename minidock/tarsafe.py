@@ -500,7 +500,10 @@ def _extract_one(tf, m, res, whiteouts, no_overwrite, chown, stats, dir_times, c
         if not target:
             raise errors.InvalidParameter(f"invalid hardlink {m.name!r} -> {m.linkname!r}")
         tparent, tname = posixpath.split(target)
-        tfd, tfinal, _ = res.walk(tparent, follow_last=True)
+        try:
+            tfd, tfinal, _ = res.walk(tparent, follow_last=True)
+        except (FileNotFoundError, NotADirectoryError):
+            raise errors.InvalidParameter(f"invalid hardlink {m.name!r} -> {m.linkname!r}: no such target") from None
         try:
             if tfinal is not None:
                 raise errors.InvalidParameter(f"invalid hardlink {m.name!r} -> {m.linkname!r}")
