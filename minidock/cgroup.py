@@ -80,11 +80,12 @@ MIN_MEMORY = 4 * 1024 * 1024          # Docker's linuxMinMemory in the v1.23 era
 CPU_PERIOD_DEFAULT = 100000           # microseconds; the kernel's default cpu.max period
 
 # Docker's warnings, word for word, so users and scripts recognise them.
+_NM = "or the cgroup is not mounted."
 W_MEMORY = "Your kernel does not support memory limit capabilities or the cgroup is not mounted. Limitation discarded."
-W_SWAP = "Your kernel does not support swap limit capabilities or the cgroup is not mounted. Memory limited without swap."
-W_RESERVATION = "Your kernel does not support memory soft limit capabilities or the cgroup is not mounted. Limitation discarded."
-W_KERNEL_MEMORY = "Your kernel does not support kernel memory limit capabilities or the cgroup is not mounted. Limitation discarded."
-W_SWAPPINESS = "Your kernel does not support memory swappiness capabilities or the cgroup is not mounted. Memory swappiness discarded."
+W_SWAP = f"Your kernel does not support swap limit capabilities {_NM} Memory limited without swap."
+W_RESERVATION = f"Your kernel does not support memory soft limit capabilities {_NM} Limitation discarded."
+W_KERNEL_MEMORY = f"Your kernel does not support kernel memory limit capabilities {_NM} Limitation discarded."
+W_SWAPPINESS = f"Your kernel does not support memory swappiness capabilities {_NM} Memory swappiness discarded."
 W_OOM_KILL_DISABLE = "Your kernel does not support OomKillDisable. OomKillDisable discarded."
 W_OOM_NO_MEMORY = ("OOM killer is disabled for the container, but no memory limit is set, this can result in "
                    "the system running out of resources.")
@@ -426,7 +427,8 @@ class Hierarchy:
             raise InvalidParameter("You should always set the Memory limit when using Memoryswap limit, see usage")
         if r["MemorySwappiness"] is not None and r["MemorySwappiness"] != -1:
             if not 0 <= r["MemorySwappiness"] <= 100:
-                raise InvalidParameter(f"Invalid value: {r['MemorySwappiness']}, valid memory swappiness range is 0-100")
+                raise InvalidParameter(f"Invalid value: {r['MemorySwappiness']}, "
+                                       "valid memory swappiness range is 0-100")
             warnings.append(W_SWAPPINESS)       # v2 has no per-cgroup swappiness
         r["MemorySwappiness"] = None
         if r["MemoryReservation"] > 0 and not caps["MemoryLimit"]:
@@ -467,7 +469,8 @@ class Hierarchy:
             warnings.append(W_QUOTA)
             r["CpuQuota"] = 0
         if r["CpuPeriod"] != 0 and not 1000 <= r["CpuPeriod"] <= 1000000:
-            raise InvalidParameter("CPU cfs period can not be less than 1ms (i.e. 1000) or larger than 1s (i.e. 1000000)")
+            raise InvalidParameter("CPU cfs period can not be less than 1ms (i.e. 1000) "
+                                   "or larger than 1s (i.e. 1000000)")
         if r["CpuQuota"] > 0 and r["CpuQuota"] < 1000:
             raise InvalidParameter("CPU cfs quota can not be less than 1ms (i.e. 1000)")
 

@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -452,16 +451,17 @@ def test_real_remove_kills_what_is_left():
         os.rmdir(h.base_dir)
 
 
-def run_as_nobody(script, pre=""):
-    """Run `script` with the system python as uid 65534; `pre` is shell run as root first."""
+def run_as_nobody(script, pre="", userns=False):
+    """Run `script` with the system python as uid 65534; `pre` is shell run as root first.
+    With `userns`, the script runs as root of a new user namespace, as the daemon does."""
     work = make_user_dir()
     try:
         path = copy_package(work)
         with open(os.path.join(work, "t.py"), "w") as f:
             f.write(script)
         os.chmod(os.path.join(work, "t.py"), 0o644)
-        argv = as_user_argv(NOBODY) + ["env", f"PYTHONPATH={path}", unprivileged_python(), "-S",
-                                       os.path.join(work, "t.py")]
+        argv = as_user_argv(NOBODY) + (["unshare", "-Urm"] if userns else [])
+        argv += ["env", f"PYTHONPATH={path}", unprivileged_python(), "-S", os.path.join(work, "t.py")]
         shell = f"{pre}\nexec " + " ".join(argv)
         out = subprocess.run(["sh", "-c", shell], capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stderr
@@ -489,11 +489,13 @@ def test_real_unprivileged_without_delegation_degrades_to_sigstop():
     assert result["warnings"] == [cgroup.W_MEMORY, cgroup.W_QUOTA] and result["group"]
 
 
-def test_real_delegated_subtree_as_unprivileged_user():
+@pytest.mark.parametrize("userns", [False, True], ids=["plain", "in-daemon-userns"])
+def test_real_delegated_subtree_as_unprivileged_user(userns):
     """What systemd does for a rootless user (Delegate=yes), done by hand: a cgroup whose directory,
     cgroup.procs, cgroup.subtree_control and cgroup.threads belong to the user. The daemon (uid
-    65534) starts inside it, must evacuate itself to enable a controller (EBUSY otherwise), then
-    creates, freezes and kills a container cgroup with no privilege at all."""
+    65534, also as root of its own user namespace) starts inside it, must evacuate itself to enable
+    a controller (EBUSY otherwise), then creates, freezes and kills a container cgroup with no
+    privilege at all."""
     if REAL is None or os.getuid() != 0:
         pytest.skip("needs a cgroup2 mount and root to delegate a subtree")
     root_h = Hierarchy.discover()
@@ -531,7 +533,7 @@ def test_real_delegated_subtree_as_unprivileged_user():
             "g.kill(); out['rc'] = p.wait(timeout=5); g.remove(timeout=2)\n"
             "out['children'] = h.children()\n"
             "print(json.dumps(out))\n",
-            pre=f"echo $$ > {deleg}/cgroup.procs")
+            pre=f"echo $$ > {deleg}/cgroup.procs", userns=userns)
         rel = "/" + os.path.basename(deleg)
         assert result["own"] == rel and result["usable"], result
         assert result["pids"] and result["rc"] == -signal.SIGKILL and result["children"] == []
