@@ -553,7 +553,7 @@ class ImageStore:
         with self._lock:
             image_id = self.resolve(name)
             records = []
-            by_reference = not not self._by_reference(name, image_id)
+            by_reference = self._by_reference(name, image_id)
             refs = [r for r, i in self.refs.items() if i == image_id]
             if by_reference:
                 key = parse_reference(name).key()
@@ -652,12 +652,12 @@ class ImageStore:
                 self._set_ref(key, image_id)
             return image_id
 
-    def _new_config(self, diff_ids, container_config, history, **top):
+    def _new_config(self, diff_ids, run_config, history, **top):
         config = {
             "architecture": GOARCH.get(platform.machine(), platform.machine()),
             "os": "linux",
             "created": top.pop("created", None) or now_rfc3339(),
-            "config": full_config(container_config),
+            "config": full_config(run_config),
             "rootfs": {"type": "layers", "diff_ids": list(diff_ids)},
             "history": history,
         }
