@@ -71,6 +71,7 @@ from minidock import errors, store, tarsafe
 OVERLAY, VFS = "overlay2", "vfs"
 KIND_MODIFIED, KIND_ADDED, KIND_DELETED = 0, 1, 2
 MAX_MOUNT_DATA = 4000          # a page, minus room for the kernel's own terminator and safety
+RW_PARTS = ("upper", "work", "merged", "flat", "empty")
 MAX_LOWERS = 128               # overlay's hard limit is 500; deep stacks are cheaper flattened
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -306,9 +307,12 @@ class LayerStore:
         """
         lowers = self.lowers(chain) if chain else []
         driver = self.driver_name()
+        # containers/<id>/ may be shared with the container's own state files, so the rw layer is
+        # built in tmp/ and its parts renamed in; rw.json, written last, marks it complete.
         base = self._c(cid)
-        if os.path.exists(base):
+        if os.path.exists(os.path.join(base, "rw.json")):
             raise errors.Conflict(f"rw layer for container {cid} already exists")
+        os.makedirs(base, mode=0o700, exist_ok=True)
         work = self.tmpdir()
         try:
             info = {"driver": driver, "chain_id": chain, "lowers": lowers, "flat": False}
@@ -326,13 +330,13 @@ class LayerStore:
             else:
                 os.mkdir(os.path.join(work, "merged"), 0o755)
                 self._unpack_all(lowers, os.path.join(work, "merged"))
-            store.write_json(os.path.join(work, "rw.json"), info)
-            os.rename(work, base)
-            work = None
+            for part in os.listdir(work):
+                shutil.rmtree(os.path.join(base, part), ignore_errors=True)    # debris of a crash
+                os.rename(os.path.join(work, part), os.path.join(base, part))
+            store.write_json(os.path.join(base, "rw.json"), info)
             return driver
         finally:
-            if work:
-                shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
 
     def _unpack_all(self, lowers, dest):
         for chain in lowers:
@@ -376,9 +380,19 @@ class LayerStore:
             self.unmount(cid)
         except errors.NotFound:
             pass
-        trash = self._p("tmp", "rm-" + secrets.token_hex(6))
-        os.rename(self._c(cid), trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.unlink(self._c(cid, "rw.json"))      # first: a half-removed layer is no layer
+        except FileNotFoundError:
+            pass
+        for part in RW_PARTS:
+            if os.path.lexists(self._c(cid, part)):
+                trash = self._p("tmp", "rm-" + secrets.token_hex(6))
+                os.rename(self._c(cid, part), trash)
+                shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.rmdir(self._c(cid))                  # only if nothing else (container state) lives there
+        except OSError:
+            pass
 
     def rw_size(self, cid):
         """Bytes of regular-file data in the container's changes (SizeRw)."""
