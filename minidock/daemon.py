@@ -114,32 +114,77 @@ class DataRootLock:
 
 
 def build_engine(config, userns=True):
-    """Steps 3-5 of the start-up sequence; returns the engine (used by tests too)."""
-    engine_userns = None
+    """Steps 3-5 of the start-up sequence; returns the engine (used by tests too).
+
+    Must run on the main thread of a still single-threaded process: unshare(CLONE_NEWUSER)
+    refuses threaded callers, and the spawner's death signal is tied to the thread that forks it.
+    """
+    from minidock import ns
+    from minidock.containers import Containers
+    from minidock.execs import Execs
+    from minidock.volumes import Volumes
+
+    # 3. the daemon's own user + mount namespace
+    daemon_userns = None
     if userns:
-        try:
-            from minidock import ns
-        except ImportError:
-            ns = None
-        if ns is not None and hasattr(ns, "enter_daemon_userns"):
-            engine_userns = ns.enter_daemon_userns()
+        ns.check_userns_support()
+        daemon_userns = ns.enter_daemon_userns()
+        log.info("user namespace: %s", daemon_userns.as_dict())
+
+    # 4. the spawner, forked while we are single-threaded. Exit reports are forwarded to the
+    # containers backend, which exists only after step 5, hence the indirection.
+    engine_box = {}
+
+    def on_exit(pid, code):
+        engine = engine_box.get("engine")
+        if engine is not None and engine.containers is not None:
+            engine.containers.on_exit(pid, code)
+
+    spawner = None
+    if userns:
+        from minidock.spawner import Spawner
+        spawner = Spawner.start(on_exit=on_exit)
+
+    # 5. the engine and its subsystems, state loaded from disk
     engine = Engine(config)
-    engine.userns = engine_userns
-    wire = getattr(sys.modules[__name__], "wire_subsystems", None)
-    if wire:
-        wire(engine)
+    engine_box["engine"] = engine
+    engine.userns = daemon_userns.as_dict() if daemon_userns else None
+    engine.spawner = spawner
+    engine.cgroups = _cgroups(engine)
+    engine.images = _images(engine)
+    engine.volumes = Volumes(engine)
+    engine.containers = Containers(engine, spawner)
+    engine.execs = Execs(engine, engine.containers, spawner)
+    engine.registry = _registry(engine)
+    if spawner is None:
+        engine.warnings.append("started with --no-userns: containers cannot run")
+    else:
+        engine.containers.reconcile()
     return engine
 
 
-def wire_subsystems(engine):
-    """Attach the subsystems that exist in this build (images, containers, ...) to the engine."""
-    from minidock.api import router  # noqa: F401  (imported for its side-effect free check)
+def _cgroups(engine):
+    """The cgroup v2 tree we may use, or None (limits discarded with warnings, SIGSTOP pause)."""
+    from minidock import cgroup
+    hierarchy = cgroup.Hierarchy.discover()
+    hierarchy.prepare()                 # never raises; records what is usable and why not
+    if not hierarchy.usable:
+        log.warning("cgroup v2 not usable (%s): limits are discarded, pause uses SIGSTOP", hierarchy.reason)
+    engine.warnings += hierarchy.info_warnings()
+    return hierarchy
 
 
-def routes():
-    from minidock.api import system
-    table = list(system.ROUTES)
-    return table
+def _images(engine):
+    from minidock.images import ImageStore
+    from minidock.layers import LayerStore
+    root = os.path.join(engine.config.data_root, "image")
+    engine.layers = LayerStore(os.path.join(root, "layers"))
+    return ImageStore(root, engine.layers)
+
+
+def _registry(engine):
+    from minidock.registryservice import RegistryService
+    return RegistryService(engine)
 
 
 def serve(engine, hosts, cors_origin=None, ready=None, stop=None):

@@ -135,8 +135,8 @@ class Engine:
             "NGoroutines": threading.active_count(),   # our closest equivalent: live threads
             "SystemTime": datetime.datetime.now().astimezone().isoformat(),
             "LoggingDriver": "json-file",
-            "CgroupDriver": "cgroupfs" if self.cgroups else "none",
-            "CgroupVersion": "2",
+            "CgroupDriver": limits.get("CgroupDriver", "none"),
+            "CgroupVersion": limits.get("CgroupVersion", "2"),
             "NEventsListener": self.events.listeners,
             "KernelVersion": uname.release,
             "OperatingSystem": _os_release(),
@@ -170,7 +170,7 @@ class Engine:
             "ExecutionDriver": "minidock-" + __version__,
             "InitPath": sys.executable,
             "InitSha1": "",
-            "Warnings": list(self.warnings) + limits.get("Warnings", []),
+            "Warnings": list(self.warnings),
         }
 
     def _registry_config(self):

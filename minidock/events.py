@@ -59,11 +59,19 @@ class Events:
         return [e for e in events if _in_window(e, since_ns, until_ns) and matches(e, filters)]
 
     def follow(self, since_ns=None, until_ns=None, filters=None, stop=lambda: False, poll=0.5):
-        """Yield past events from `since`, then live ones until `until` or until `stop()` is true."""
+        """Past events from `since`, then live ones until `until` or until `stop()` is true.
+
+        The subscription starts *now*, when follow() is called, not when the caller first pulls
+        from the returned iterator: `docker run` on API < 1.25 starts watching for the "die"
+        event before it starts the container, and must not miss it.
+        """
         with self._cond:
             seq = self._seq
             past = list(self._log)
             self.listeners += 1
+        return self._follow(seq, past, since_ns, until_ns, filters, stop, poll)
+
+    def _follow(self, seq, past, since_ns, until_ns, filters, stop, poll):
         try:
             if since_ns is not None:
                 for event in past:

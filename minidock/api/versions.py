@@ -75,3 +75,91 @@ def require(version, minimum, what):
     """Raise NotFound the way an older daemon would for a route it did not have yet."""
     if version < V(minimum):
         raise errors.NotFound(f"{what} requires API version {minimum}")
+
+
+# -- images ------------------------------------------------------------------------------------
+
+@reshaper("image_rows_legacy")
+def _image_rows_legacy(rows, version):
+    """v1.0-v1.6 list images one row per Repository/Tag, not one per image with RepoTags."""
+    out = []
+    for row in rows:
+        for tag in row["RepoTags"]:
+            repo, _, name = tag.rpartition(":")
+            item = {"Repository": repo, "Tag": name, "Id": row["Id"].split(":", 1)[-1],
+                    "Created": row["Created"]}
+            if version >= V("1.4"):
+                item["Size"] = row["Size"]
+                item["VirtualSize"] = row["VirtualSize"]
+            out.append(item)
+    return out
+
+
+@reshaper("image")
+def _image(doc, version):
+    """Image inspect: v1.2 used lower-case keys (the legacy v1 image JSON)."""
+    if version < V("1.4"):
+        return {"id": doc["Id"].split(":", 1)[-1], "parent": doc["Parent"].split(":", 1)[-1],
+                "created": doc["Created"], "container": doc["Container"],
+                "container_config": doc["ContainerConfig"]}
+    return doc
+
+
+FIELDS["image"] = [
+    (V("1.11"), ["id", "parent", "created", "container", "container_config", "Id", "Parent", "Created",
+                 "Container", "ContainerConfig", "Size"]),
+    (V("1.22"), ["Id", "Parent", "Comment", "Created", "Container", "ContainerConfig", "DockerVersion",
+                 "Author", "Config", "Architecture", "Os", "Size", "VirtualSize", "RepoTags", "GraphDriver"]),
+]
+
+FIELDS["image_summary"] = [
+    (V("1.22"), ["Id", "ParentId", "RepoTags", "RepoDigests", "Created", "Size", "VirtualSize", "Labels"]),
+    (V("1.24"), ["Id", "ParentId", "RepoTags", "RepoDigests", "Created", "Size", "VirtualSize", "Labels"]),
+]
+
+FIELDS["history"] = [
+    (V("1.11"), ["Id", "Created", "CreatedBy", "Tags", "Size"]),
+]
+
+
+@reshaper("search_result")
+def _search_result(row, version):
+    """v1.2 search rows are {Name, Description}; later ones the registry's lower-case keys."""
+    if version < V("1.4"):
+        return {"Name": row.get("name", ""), "Description": row.get("description", "")}
+    return row
+
+
+# -- containers --------------------------------------------------------------------------------
+
+@reshaper("container_summary")
+def _container_summary(row, version):
+    if version < V("1.12"):
+        row = dict(row)
+        row["Id"] = row["Id"][:12]
+        row["Image"] = row["Image"] if ":" in row["Image"] else row["Image"] + ":latest"
+        row["Status"] = row["Status"]
+        if version >= V("1.4"):
+            row["Ports"] = ""               # a string in v1.4 ("" without published ports)
+    return row
+
+
+FIELDS["container_summary"] = [
+    (V("1.3"), ["Id", "Image", "Command", "Created", "Status", "SizeRw", "SizeRootFs"]),
+    (V("1.11"), ["Id", "Image", "Command", "Created", "Status", "Ports", "SizeRw", "SizeRootFs"]),
+    (V("1.16"), ["Id", "Names", "Image", "Command", "Created", "Status", "Ports", "SizeRw", "SizeRootFs"]),
+]
+
+
+@reshaper("container")
+def _container(doc, version):
+    """Container inspect: before v1.20 the mounts were `Volumes`/`VolumesRW` maps; v1.2 had
+    lower-case ID/State layout close to today's but no HostConfig."""
+    if version < V("1.20"):
+        doc = dict(doc)
+        doc["Volumes"] = {m["Destination"]: m.get("Source", "") for m in doc.get("Mounts") or []}
+        doc["VolumesRW"] = {m["Destination"]: m.get("RW", True) for m in doc.get("Mounts") or []}
+        doc.pop("Mounts", None)
+    if version < V("1.12"):
+        doc.pop("HostConfig", None) if version < V("1.4") else None
+    return doc

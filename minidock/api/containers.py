@@ -1,0 +1,382 @@
+"""Container routes: create, start, stop, kill, wait, attach, logs, list, inspect, ..."""
+
+import json
+import queue
+import signal
+import time
+
+from minidock import errors, http
+from minidock.api.versions import shape, shape_list
+from minidock.containers import DEFAULT_DETACH_KEYS, EXITED, PAUSED, RUNNING
+
+
+def _backend(req):
+    return req.daemon.containers
+
+
+# -- create / inspect / list -------------------------------------------------------------------
+
+def post_containers_create(req):
+    body = req.json(required=True)
+    if not isinstance(body, dict):
+        raise errors.InvalidParameter("container config must be a JSON object")
+    if req.version < (1, 12) or "HostConfig" not in body:
+        # Before v1.15 or so, host settings came with start; accept both places.
+        pass
+    cid, warnings = _backend(req).create(body, req.q("name"))
+    return http.Response.json({"Id": cid, "Warnings": warnings or None}, status=201)
+
+
+def get_containers_json(req):
+    backend = _backend(req)
+    containers = backend.list(all_=req.qbool("all"), limit=req.qint("limit", -1), since=req.q("since"),
+                              before=req.q("before"), filters=req.filters(), size=req.qbool("size"))
+    want_size = req.qbool("size")
+    rows = []
+    for c in containers:
+        rows.append(summary(req, c, want_size))
+    return http.Response.json(shape_list("container_summary", rows, req.version))
+
+
+def summary(req, c, want_size=False):
+    backend = _backend(req)
+    cfg = c.config
+    command = " ".join([c.record["Path"]] + c.record["Args"])
+    row = {
+        "Id": c.id,
+        "Names": ["/" + c.name],
+        "Image": cfg.get("Image", ""),
+        "ImageID": c.record["Image"],
+        "Command": command,
+        "Created": int(_created_ts(c)),
+        "Ports": [],
+        "Labels": cfg.get("Labels") or {},
+        "State": c.status,
+        "Status": backend.status_text(c),
+        "HostConfig": {"NetworkMode": c.host_config.get("NetworkMode", "default")},
+        "NetworkSettings": {"Networks": {}},
+        "Mounts": [_mount_point(m) for m in c.record.get("Mounts") or []],
+    }
+    if want_size:
+        row["SizeRw"], row["SizeRootFs"] = backend.size(c)
+    return row
+
+
+def _created_ts(c):
+    from minidock.containers import parse_time
+    return parse_time(c.record["Created"])
+
+
+def _mount_point(m):
+    return {k: m.get(k) for k in ("Type", "Name", "Source", "Destination", "Driver", "Mode", "RW", "Propagation")
+            if k in m}
+
+
+def get_containers_inspect(req):
+    backend = _backend(req)
+    c = backend.get(req.params["id"])
+    record = {k: v for k, v in c.record.items() if k != "HasBeenManuallyStopped"}
+    record = json.loads(json.dumps(record))
+    record["Name"] = "/" + c.name
+    record["ExecIDs"] = req.daemon.execs.ids_for(c.id) if req.daemon.execs else None
+    record["Mounts"] = [_mount_point(m) for m in record.get("Mounts") or []]
+    record["GraphDriver"] = {"Name": req.daemon.layers.driver_name(), "Data": None}
+    record["NetworkSettings"] = network_settings(c)
+    if req.qbool("size"):
+        record["SizeRw"], record["SizeRootFs"] = backend.size(c)
+    return http.Response.json(shape("container", record, req.version))
+
+
+def network_settings(c):
+    mode = c.host_config.get("NetworkMode") or "default"
+    networks = {}
+    if mode in ("host", "default", "bridge"):
+        networks["host"] = {"IPAMConfig": None, "Links": None, "Aliases": None, "NetworkID": "host",
+                            "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0,
+                            "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+                            "MacAddress": ""}
+    elif mode == "none":
+        networks["none"] = {"IPAMConfig": None, "Links": None, "Aliases": None, "NetworkID": "none",
+                            "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0,
+                            "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+                            "MacAddress": ""}
+    return {"Bridge": "", "SandboxID": "", "HairpinMode": False, "LinkLocalIPv6Address": "",
+            "LinkLocalIPv6PrefixLen": 0, "Ports": {}, "SandboxKey": f"/proc/{c.pid}/ns/net" if c.pid else "",
+            "SecondaryIPAddresses": None, "SecondaryIPv6Addresses": None, "EndpointID": "", "Gateway": "",
+            "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "IPAddress": "", "IPPrefixLen": 0,
+            "IPv6Gateway": "", "MacAddress": "", "Networks": networks}
+
+
+# -- lifecycle ---------------------------------------------------------------------------------
+
+def post_containers_start(req):
+    host_config = req.json()
+    if host_config is not None and not isinstance(host_config, dict):
+        raise errors.InvalidParameter("start body must be a HostConfig JSON object")
+    _backend(req).start(req.params["id"], host_config or None)
+    return http.Response.empty(204)
+
+
+def post_containers_stop(req):
+    _backend(req).stop(req.params["id"], req.qint("t"))
+    return http.Response.empty(204)
+
+
+def post_containers_restart(req):
+    _backend(req).restart(req.params["id"], req.qint("t"))
+    return http.Response.empty(204)
+
+
+def post_containers_kill(req):
+    _backend(req).kill(req.params["id"], req.q("signal") or "KILL")
+    return http.Response.empty(204)
+
+
+def post_containers_pause(req):
+    _backend(req).pause(req.params["id"])
+    return http.Response.empty(204)
+
+
+def post_containers_unpause(req):
+    _backend(req).unpause(req.params["id"])
+    return http.Response.empty(204)
+
+
+def post_containers_wait(req):
+    backend = _backend(req)
+    c = backend.get(req.params["id"])
+    condition = req.q("condition") or "not-running"
+    if condition not in ("not-running", "next-exit", "removed"):
+        raise errors.InvalidParameter(f"invalid condition: {condition}")
+    code = backend.wait(c.id, condition, stop=req.disconnected)
+    return http.Response.json({"StatusCode": code})
+
+
+def delete_containers(req):
+    _backend(req).remove(req.params["id"], force=req.qbool("force"), volumes=req.qbool("v"))
+    return http.Response.empty(204)
+
+
+def post_containers_rename(req):
+    _backend(req).rename(req.params["id"], req.q("name"))
+    return http.Response.empty(204)
+
+
+def post_containers_update(req):
+    warnings = _backend(req).update(req.params["id"], req.json(required=True))
+    return http.Response.json({"Warnings": warnings or None})
+
+
+def post_containers_resize(req):
+    _backend(req).resize(req.params["id"], req.qint("h", 0), req.qint("w", 0))
+    return http.Response(200, b"", content_type="text/plain")
+
+
+def get_containers_top(req):
+    result = _backend(req).top(req.params["id"], req.q("ps_args"))
+    return http.Response.json(result)
+
+
+# -- logs --------------------------------------------------------------------------------------
+
+def get_containers_logs(req):
+    backend = _backend(req)
+    c = backend.get(req.params["id"])
+    stdout, stderr = req.qbool("stdout"), req.qbool("stderr")
+    if not (stdout or stderr):
+        raise errors.InvalidParameter("Bad parameters: you must choose at least one stream")
+    follow, timestamps = req.qbool("follow"), req.qbool("timestamps")
+    tail_text = req.q("tail", "all")
+    tail = None if tail_text in ("all", "") else _int(tail_text, "tail")
+    since = float(req.q("since") or 0)
+    until = float(req.q("until") or 0) or None
+    tty = c.config.get("Tty")
+    wanted = {"stdout"} if stdout and not stderr else {"stderr"} if stderr and not stdout else {"stdout", "stderr"}
+
+    def render(stream, data, stamp):
+        if timestamps:
+            data = stamp.encode() + b" " + data
+        if tty:
+            return data
+        return http.frame(http.STDOUT if stream == "stdout" else http.STDERR, data)
+
+    def produce():
+        q = backend.subscribe(c) if follow and c.status in (RUNNING, PAUSED) else None
+        try:
+            for stream, data, stamp in backend.read_logs(c, since=since, until=until, tail=tail):
+                if stream in wanted:
+                    yield render(stream, data, stamp)
+            if q is None:
+                return
+            while True:
+                try:
+                    item = q.get(timeout=0.5)
+                except queue.Empty:
+                    if req.disconnected() or c.status not in (RUNNING, PAUSED):
+                        if c.status not in (RUNNING, PAUSED) and q.empty():
+                            return
+                        if req.disconnected():
+                            return
+                    continue
+                if item is None:
+                    return
+                stream, data = item
+                if stream in wanted:
+                    from minidock.containers import now_rfc3339
+                    yield render(stream, data, now_rfc3339())
+        finally:
+            if q is not None:
+                backend.unsubscribe(c, q)
+
+    content_type = "application/vnd.docker.raw-stream" if not tty else "application/vnd.docker.raw-stream"
+    return http.StreamResponse(produce(), content_type=content_type)
+
+
+def _int(text, name):
+    try:
+        return int(text)
+    except ValueError:
+        raise errors.InvalidParameter(f"invalid value for {name}: {text!r}")
+
+
+# -- attach ------------------------------------------------------------------------------------
+
+def parse_detach_keys(text):
+    """Docker's detach key syntax: comma-separated `ctrl-<x>` or single characters."""
+    if not text:
+        return DEFAULT_DETACH_KEYS
+    keys = b""
+    for part in text.split(","):
+        part = part.strip()
+        if part.startswith("ctrl-") and len(part) == 6:
+            ch = part[5]
+            if ch.isalpha():
+                keys += bytes([ord(ch.lower()) - ord("a") + 1])
+            elif ch in "@[\\]^_":
+                keys += bytes([{"@": 0, "[": 27, "\\": 28, "]": 29, "^": 30, "_": 31}[ch]])
+            else:
+                raise errors.InvalidParameter(f"Invalid detach keys ({text}) provided")
+        elif len(part) == 1:
+            keys += part.encode()
+        else:
+            raise errors.InvalidParameter(f"Invalid detach keys ({text}) provided")
+    return keys
+
+
+def post_containers_attach(req):
+    backend = _backend(req)
+    c = backend.get(req.params["id"])
+    if req.version < (1, 4) and c.status not in (RUNNING, PAUSED) and not req.qbool("logs"):
+        raise errors.NotAcceptable("impossible to attach (container not running)")
+    want_stdin, want_stdout, want_stderr = req.qbool("stdin"), req.qbool("stdout"), req.qbool("stderr")
+    want_logs, want_stream = req.qbool("logs"), req.qbool("stream")
+    detach_keys = parse_detach_keys(req.q("detachKeys"))
+    tty = c.config.get("Tty")
+    # Subscribe before the hijack reply goes out: `docker run` attaches, then starts, and the
+    # first output of a fast command must not slip between the two.
+    q = backend.subscribe(c) if want_stream else None
+
+    def run(conn):
+        try:
+            attach_session(backend, c, conn, q, tty, want_stdin, want_stdout, want_stderr,
+                           want_logs, want_stream, detach_keys)
+        finally:
+            if q is not None:
+                backend.unsubscribe(c, q)
+
+    return http.Hijack(run)
+
+
+def attach_session(backend, c, conn, q, tty, want_stdin, want_stdout, want_stderr, want_logs,
+                   want_stream, detach_keys):
+    import threading
+    wanted = set()
+    if want_stdout:
+        wanted.add("stdout")
+    if want_stderr:
+        wanted.add("stderr")
+
+    def send(stream, data):
+        if stream not in wanted:
+            return
+        conn.send(data if tty else http.frame(http.STDOUT if stream == "stdout" else http.STDERR, data))
+
+    if want_logs:
+        for stream, data, _ in backend.read_logs(c):
+            send(stream, data)
+    if not want_stream:
+        return
+    detached = threading.Event()
+
+    def pump_stdin():
+        matched = 0
+        while not detached.is_set():
+            data = conn.recv(65536)
+            if not data:
+                if c.config.get("StdinOnce") and not tty:
+                    backend.close_stdin(c)
+                elif c.config.get("StdinOnce") and tty:
+                    backend.close_stdin(c)
+                return
+            if tty and detach_keys:
+                out = b""
+                for byte in data:
+                    if byte == detach_keys[matched]:
+                        matched += 1
+                        if matched == len(detach_keys):
+                            detached.set()
+                            q.put(None)
+                            backend.engine.events.emit("container", "detach", c.id, {"name": c.name})
+                            return
+                        continue
+                    if matched:
+                        out += detach_keys[:matched]
+                        matched = 0
+                    out += bytes([byte])
+                data = out
+            if data:
+                backend.write_stdin(c, data)
+
+    if want_stdin and c.config.get("OpenStdin"):
+        threading.Thread(target=pump_stdin, daemon=True, name=f"stdin-{c.id[:12]}").start()
+    # Output until this run's streams end (the pumps send None), the client detaches, or it
+    # goes away. A container that is not running yet (`docker run` attaches before it starts)
+    # simply has no output yet. When the client sends stdin it may half-close its side after
+    # stdin's EOF (the CLI does), so only a failed write tells us it left.
+    while True:
+        try:
+            item = q.get(timeout=0.5)
+        except queue.Empty:
+            if c.id not in backend.by_id:
+                return
+            if not want_stdin and http.peer_gone(conn.sock):
+                return
+            continue
+        if item is None:
+            return
+        try:
+            send(*item)
+        except OSError:
+            return
+
+
+ROUTES = [
+    ("GET", "/containers/json", get_containers_json),
+    ("GET", "/containers/ps", get_containers_json),          # v1.0's name for the list
+    ("POST", "/containers/create", post_containers_create),
+    ("GET", "/containers/{id}/json", get_containers_inspect),
+    ("GET", "/containers/{id}/top", get_containers_top),
+    ("GET", "/containers/{id}/logs", get_containers_logs),
+    ("POST", "/containers/{id}/start", post_containers_start),
+    ("POST", "/containers/{id}/stop", post_containers_stop),
+    ("POST", "/containers/{id}/restart", post_containers_restart),
+    ("POST", "/containers/{id}/kill", post_containers_kill),
+    ("POST", "/containers/{id}/pause", post_containers_pause),
+    ("POST", "/containers/{id}/unpause", post_containers_unpause),
+    ("POST", "/containers/{id}/wait", post_containers_wait),
+    ("POST", "/containers/{id}/rename", post_containers_rename),
+    ("POST", "/containers/{id}/update", post_containers_update),
+    ("POST", "/containers/{id}/resize", post_containers_resize),
+    ("POST", "/containers/{id}/attach", post_containers_attach),
+    ("DELETE", "/containers/{id}", delete_containers),
+]

@@ -1,0 +1,231 @@
+"""Image routes: import and pull, list, inspect, history, tag, remove, save/load, push, search, commit."""
+
+import json
+import os
+import tempfile
+import threading
+import urllib.request
+
+from minidock import errors, http, registry
+from minidock.api.versions import shape, shape_list
+
+
+def _progress_stream(req, work):
+    """Run `work(say, cancel)` in a thread and stream what it says as JSON lines.
+
+    Errors after the 200 went out become the `{"error", "errorDetail"}` line the CLI prints.
+    A client that goes away sets `cancel`, which the work checks between chunks.
+    """
+    import queue
+    q = queue.Queue()
+    gone = threading.Event()
+
+    def cancel():
+        return gone.is_set()
+
+    def run():
+        try:
+            work(lambda obj: q.put(json.dumps(obj).encode() + b"\r\n"), cancel)
+        except registry.Cancelled:
+            pass
+        except errors.MinidockError as exc:
+            q.put(json.dumps({"errorDetail": {"message": exc.message}, "error": exc.message}).encode() + b"\r\n")
+        except Exception as exc:          # noqa: BLE001 - reported to the client, not swallowed
+            message = f"{type(exc).__name__}: {exc}"
+            q.put(json.dumps({"errorDetail": {"message": message}, "error": message}).encode() + b"\r\n")
+        finally:
+            q.put(None)
+
+    threading.Thread(target=run, daemon=True, name="progress").start()
+
+    def chunks():
+        try:
+            while True:
+                try:
+                    item = q.get(timeout=0.5)
+                except queue.Empty:
+                    if req.disconnected():
+                        return
+                    continue
+                if item is None:
+                    return
+                yield item
+        finally:
+            gone.set()
+
+    return http.StreamResponse(chunks())
+
+
+def post_images_create(req):
+    images = req.daemon.images
+    if req.has("fromSrc"):
+        src = req.q("fromSrc")
+        repo, tag = req.q("repo") or None, req.q("tag") or None
+        changes = req.qlist("changes")
+        message = req.q("message") or ""
+        if src == "-":
+            image_id = images.import_image(req.body, repo, tag, changes, message, source="-")
+        else:
+            if not src.startswith(("http://", "https://")):
+                raise errors.InvalidParameter(f"fromSrc must be '-' or an http(s) URL, got {src!r}")
+            try:
+                with urllib.request.urlopen(src, timeout=60) as response:
+                    image_id = images.import_image(response, repo, tag, changes, message, source=src)
+            except OSError as exc:
+                raise errors.InvalidParameter(f"could not fetch {src}: {exc}")
+        req.daemon.events.emit("image", "import", image_id, {"name": f"{repo}:{tag or 'latest'}" if repo else ""})
+        if req.version < (1, 12):
+            return http.Response.json({"status": image_id})
+        return http.StreamResponse(iter([json.dumps({"status": image_id}).encode() + b"\r\n"]))
+    name = req.q("fromImage")
+    if not name:
+        raise errors.InvalidParameter("fromImage or fromSrc is required")
+    tag = req.q("tag") or None
+    reference = f"{name}@{tag}" if tag and tag.startswith("sha256:") else f"{name}:{tag}" if tag else name
+    auth = req.daemon.registry.auth_from_header(req.head.header("x-registry-auth"))
+    registry.parse_reference(reference)          # a bad name is a 400 before streaming starts
+
+    def work(say, cancel):
+        req.daemon.registry.pull(reference, auth, say, cancel)
+    return _progress_stream(req, work)
+
+
+def get_images_json(req):
+    images = req.daemon.images
+    filters = req.filters()
+    rows = images.list(all=req.qbool("all"), filters=filters, name_filter=req.q("filter"),
+                       digests=req.qbool("digests"))
+    return http.Response.json(shape_list("image_summary", rows, req.version)
+                              if req.version >= (1, 7) else shape("image_rows_legacy", rows, req.version))
+
+
+def get_images_inspect(req):
+    return http.Response.json(shape("image", req.daemon.images.inspect(req.params["name"]), req.version))
+
+
+def get_images_history(req):
+    return http.Response.json(shape_list("history", req.daemon.images.history(req.params["name"]), req.version))
+
+
+def post_images_tag(req):
+    images = req.daemon.images
+    repo = req.q("repo")
+    key = images.tag(req.params["name"], repo, req.q("tag") or None,
+                     force=req.qbool("force") or req.version >= (1, 24))
+    req.daemon.events.emit("image", "tag", images.resolve(key), {"name": key})
+    return http.Response.empty(201 if req.version >= (1, 12) else 200)
+
+
+def delete_images(req):
+    containers = req.daemon.containers
+
+    def users(image_id):
+        return [(c.id, c.running) for c in containers.all() if c.record["Image"] == image_id]
+    records = req.daemon.images.delete(req.params["name"], force=req.qbool("force"),
+                                       noprune=req.qbool("noprune"), users=users)
+    for record in records:
+        for action, ident in record.items():
+            if action == "Untagged":
+                req.daemon.events.emit("image", "untag", ident, {"name": ident})
+            elif ident.startswith("sha256:") and ident in (r.get("Deleted") for r in records[:1] + records):
+                req.daemon.events.emit("image", "delete", ident, {"name": ident})
+    return http.Response.json(records)
+
+
+def get_images_get(req):
+    names = req.qlist("names") if "name" not in req.params else [req.params["name"]]
+    if not names:
+        raise errors.InvalidParameter("no image names given")
+    images = req.daemon.images
+    for name in names:
+        images.resolve(name)                    # 404 before the stream starts
+    spool = tempfile.TemporaryFile(dir=req.daemon.layers.tmpdir())
+    images.save(names, spool)
+    spool.seek(0)
+
+    def chunks():
+        try:
+            while True:
+                data = spool.read(1 << 20)
+                if not data:
+                    return
+                yield data
+        finally:
+            spool.close()
+    return http.StreamResponse(chunks(), content_type="application/x-tar")
+
+
+def post_images_load(req):
+    loaded = req.daemon.images.load(req.body)
+    lines = []
+    for item in loaded:
+        req.daemon.events.emit("image", "load", item["id"], {"name": ",".join(item["tags"])})
+        if item["tags"]:
+            lines += [{"stream": f"Loaded image: {t}\n"} for t in item["tags"]]
+        else:
+            lines.append({"stream": f"Loaded image ID: {item['id']}\n"})
+    if req.qbool("quiet"):
+        lines = []
+    return http.StreamResponse(iter([json.dumps(line).encode() + b"\n" for line in lines]))
+
+
+def post_images_push(req):
+    name = req.params["name"]
+    tag = req.q("tag") or None
+    header = req.head.header("x-registry-auth")
+    auth = req.daemon.registry.auth_from_header(header)
+    if auth is None and req.version < (1, 5):
+        body = req.json()                       # v1.2/v1.4 send the auth config as the body
+        if isinstance(body, dict):
+            auth = registry.AuthConfig.from_dict(body)
+    req.daemon.images.resolve(f"{name}:{tag}" if tag else name)
+
+    def work(say, cancel):
+        req.daemon.registry.push(name, tag, auth, say, cancel)
+    return _progress_stream(req, work)
+
+
+def get_images_search(req):
+    term = req.q("term")
+    if not term:
+        raise errors.InvalidParameter("term is required")
+    auth = req.daemon.registry.auth_from_header(req.head.header("x-registry-auth"))
+    results = req.daemon.registry.search(term, auth, limit=req.qint("limit", 25))
+    return http.Response.json(shape_list("search_result", results, req.version))
+
+
+def post_commit(req):
+    backend = req.daemon.containers
+    c = backend.get(req.q("container") or "")
+    overrides = req.json()
+    if overrides is not None and not isinstance(overrides, dict):
+        raise errors.InvalidParameter("commit config must be a JSON object")
+    pause = req.qbool("pause", default=True) and c.status == "running"
+    if pause:
+        backend.pause(c.id)
+    try:
+        image_id = req.daemon.images.commit(c.id, c.record["Image"], c.config, repo=req.q("repo") or None,
+                                            tag=req.q("tag") or None, comment=req.q("comment") or req.q("m") or "",
+                                            author=req.q("author") or "", changes=req.qlist("changes"),
+                                            overrides=overrides)
+    finally:
+        if pause:
+            backend.unpause(c.id)
+    backend.emit(c, "commit", {"comment": req.q("comment") or req.q("m") or ""})
+    return http.Response.json({"Id": image_id}, status=201)
+
+
+ROUTES = [
+    ("GET", "/images/json", get_images_json),
+    ("GET", "/images/search", get_images_search),
+    ("GET", "/images/get", get_images_get),
+    ("POST", "/images/create", post_images_create),
+    ("POST", "/images/load", post_images_load),
+    ("POST", "/commit", post_commit),
+    ("GET", "/images/{name:path}/json", get_images_inspect),
+    ("GET", "/images/{name:path}/history", get_images_history),
+    ("GET", "/images/{name:path}/get", get_images_get),
+    ("POST", "/images/{name:path}/tag", post_images_tag),
+    ("POST", "/images/{name:path}/push", post_images_push),
+    ("DELETE", "/images/{name:path}", delete_images),
+]

@@ -1,0 +1,255 @@
+"""Exec instances: extra processes started inside a running container.
+
+`docker exec` is two calls: create (records what to run) and start (runs it, usually over a
+hijacked connection carrying stdin and output). The process joins the container's namespaces
+through the spawner (`ns.enter_container`: setns into each namespace of the container's init,
+then fork, because joining a pid namespace only applies to children). Its exit code is recorded
+on the instance, where the CLI reads it (`GET /exec/(id)/json`).
+
+Exec records are kept as JSON like containers, so an inspect after a daemon restart still
+answers; one that was running when the daemon died is marked finished with code 137.
+"""
+
+import logging
+import os
+import threading
+
+from minidock import errors, http, store
+from minidock.containers import PAUSED, RUNNING, merge_env, set_winsize
+
+log = logging.getLogger("minidock.execs")
+
+
+class Exec:
+    def __init__(self, record):
+        self.record = record
+        self.lock = threading.Condition()
+        self.pid = 0
+        self.pty_master = None
+
+    @property
+    def id(self):
+        return self.record["ID"]
+
+
+class Execs:
+    def __init__(self, engine, containers, spawner):
+        self.engine = engine
+        self.containers = containers
+        self.spawner = spawner
+        self.collection = store.Collection(os.path.join(engine.config.data_root, "execs"), "exec instance")
+        for problem in self.collection.load():
+            log.warning("skipping unreadable exec state: %s", problem)
+        self.by_id = {}
+        self.by_pid = {}
+        for eid, record in self.collection.objects.items():
+            if record.get("Running"):
+                record.update(Running=False, ExitCode=137, Pid=0)
+                self.collection.save(eid, record)
+            if record["ContainerID"] in containers.by_id:
+                self.by_id[eid] = Exec(record)
+            else:
+                self.collection.delete(eid)
+        containers.execs = self
+
+    def get(self, ref):
+        eid = self.collection.resolve(ref)
+        if eid not in self.by_id:
+            raise errors.NotFound(f"No such exec instance: {ref}")
+        return self.by_id[eid]
+
+    def ids_for(self, container_id):
+        ids = [e.id for e in self.by_id.values() if e.record["ContainerID"] == container_id]
+        return ids or None
+
+    def forget_container(self, container_id):
+        for e in list(self.by_id.values()):
+            if e.record["ContainerID"] == container_id:
+                self.by_id.pop(e.id, None)
+                self.collection.delete(e.id)
+
+    def create(self, container_ref, body):
+        if not isinstance(body, dict):
+            raise errors.InvalidParameter("exec config must be a JSON object")
+        c = self.containers.get(container_ref)
+        if c.status == PAUSED:
+            raise errors.Conflict(f"Container {c.id} is paused, unpause the container before exec")
+        if c.status != RUNNING:
+            raise errors.Conflict(f"Container {c.id} is not running")
+        cmd = body.get("Cmd")
+        if isinstance(cmd, str):
+            cmd = [cmd]
+        if not cmd or not isinstance(cmd, list):
+            raise errors.InvalidParameter("No exec command specified")
+        env = body.get("Env") or []
+        if not isinstance(env, list):
+            raise errors.InvalidParameter("Env must be a list of KEY=value strings")
+        eid = store.new_id()
+        record = {
+            "ID": eid, "ContainerID": c.id, "Running": False, "ExitCode": None, "Pid": 0,
+            "OpenStdin": bool(body.get("AttachStdin")), "OpenStdout": bool(body.get("AttachStdout")),
+            "OpenStderr": bool(body.get("AttachStderr")), "CanRemove": False,
+            "DetachKeys": body.get("DetachKeys") or "",
+            "ProcessConfig": {"tty": bool(body.get("Tty")), "entrypoint": cmd[0], "arguments": cmd[1:],
+                              "privileged": bool(body.get("Privileged")), "user": body.get("User") or ""},
+            "Env": env, "WorkingDir": body.get("WorkingDir") or "",
+        }
+        self.collection.save(eid, record)
+        self.by_id[eid] = Exec(record)
+        self.containers.emit(c, "exec_create: " + " ".join(cmd), {"execID": eid})
+        return eid
+
+    def start(self, ref, detach=False, tty=None, conn=None):
+        """Run the exec; with `conn` (a hijacked connection) pump stdio over it until it ends."""
+        e = self.get(ref)
+        with e.lock:
+            if e.record["Running"] or e.record["ExitCode"] is not None:
+                raise errors.Conflict(f"Error: Exec command {e.id} has already run")
+            c = self.containers.get(e.record["ContainerID"])
+            if c.status == PAUSED:
+                raise errors.Conflict(f"Container {c.id} is paused, unpause the container before exec")
+            if c.status != RUNNING:
+                raise errors.Conflict(f"Container {c.id} is not running")
+            e.record["Running"] = True
+        pc = e.record["ProcessConfig"]
+        tty = pc["tty"] if tty is None else tty
+        spec = {
+            "argv": [pc["entrypoint"]] + pc["arguments"],
+            "env": merge_env(c.config["Env"], e.record["Env"]) + (["TERM=xterm"] if tty else []),
+            "cwd": e.record["WorkingDir"] or c.config.get("WorkingDir") or "/",
+            "user": pc["user"] or c.config.get("User") or "",
+            "group_add": c.host_config.get("GroupAdd") or [],
+            "rootfs": self.engine.layers.mount(c.id),
+            "tty": tty,
+            "privileged": pc["privileged"] or bool(c.host_config.get("Privileged")),
+            "cap_add": c.host_config.get("CapAdd") or [],
+            "cap_drop": c.host_config.get("CapDrop") or [],
+        }
+        stdin_r = stdin_w = None
+        to_close, readers = [], []
+        if tty:
+            master, slave = os.openpty()
+            e.pty_master = master
+            stdio = (slave, slave, slave)
+            to_close.append(slave)
+            readers.append((master, http.STDOUT))
+            stdin_w = os.dup(master) if e.record["OpenStdin"] else None
+        else:
+            if e.record["OpenStdin"] and conn is not None:
+                stdin_r, stdin_w = os.pipe()
+                to_close.append(stdin_r)
+            else:
+                stdin_r = os.open(os.devnull, os.O_RDONLY)
+                to_close.append(stdin_r)
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            to_close += [out_w, err_w]
+            readers += [(out_r, http.STDOUT), (err_r, http.STDERR)]
+            stdio = (stdin_r, out_w, err_w)
+        try:
+            pid = self.spawner.exec(c.pid, spec, *stdio)
+        except errors.MinidockError as exc:
+            code = getattr(exc, "exit_code", 126)
+            with e.lock:
+                e.record.update(Running=False, ExitCode=code)
+                self.collection.save(e.id, e.record)
+                e.lock.notify_all()
+            for fd in to_close + [fd for fd, _ in readers] + ([stdin_w] if stdin_w is not None else []):
+                os.close(fd)
+            if conn is None:
+                raise
+            message = f"OCI runtime exec failed: {exc.message}\r\n".encode()
+            conn.send(message if tty else http.frame(http.STDOUT, message))
+            return
+        finally:
+            for fd in to_close:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            to_close = []
+        with e.lock:
+            e.pid = pid
+            e.record["Pid"] = pid
+            self.by_pid[pid] = e
+            self.collection.save(e.id, e.record)
+        self.containers.emit(c, "exec_start: " + " ".join(spec["argv"]), {"execID": e.id})
+        self._pump(e, readers, stdin_w, conn, tty)
+
+    def _pump(self, e, readers, stdin_w, conn, tty):
+        """Carry output to the client (or discard it when detached) until the process ends."""
+        def read_out(fd, stream):
+            try:
+                while True:
+                    try:
+                        data = os.read(fd, 65536)
+                    except OSError:
+                        data = b""
+                    if not data:
+                        return
+                    if conn is not None:
+                        try:
+                            conn.send(data if tty else http.frame(stream, data))
+                        except OSError:
+                            pass
+            finally:
+                os.close(fd)
+
+        def write_in():
+            try:
+                while True:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    os.write(stdin_w, data)
+            except OSError:
+                pass
+            finally:
+                if tty:
+                    try:
+                        os.write(stdin_w, b"\x04")
+                    except OSError:
+                        pass
+                os.close(stdin_w)
+
+        threads = [threading.Thread(target=read_out, args=r, daemon=True) for r in readers]
+        for t in threads:
+            t.start()
+        if stdin_w is not None:
+            if conn is not None:
+                threading.Thread(target=write_in, daemon=True).start()
+            else:
+                os.close(stdin_w)
+        if conn is None:
+            return                                    # detached: the pumps drain in the background
+        for t in threads:
+            t.join()
+        with e.lock:
+            e.lock.wait_for(lambda: not e.record["Running"], 10)
+
+    def on_exit(self, pid, code):
+        e = self.by_pid.pop(pid, None)
+        if e is None:
+            return
+        with e.lock:
+            e.record.update(Running=False, ExitCode=code, Pid=0)
+            e.pid = 0
+            self.collection.save(e.id, e.record)
+            e.lock.notify_all()
+        c = self.containers.by_id.get(e.record["ContainerID"])
+        if c is not None:
+            self.containers.emit(c, "exec_die", {"execID": e.id, "exitCode": str(code)})
+
+    def inspect(self, ref):
+        e = self.get(ref)
+        record = dict(e.record)
+        c = self.containers.by_id.get(record["ContainerID"])
+        record["Container"] = None
+        if c is not None:
+            record["Container"] = {"ID": c.id, "Name": "/" + c.name, "State": c.state}
+        return record
+
+    def resize(self, ref, height, width):
+        e = self.get(ref)
+        if e.pty_master is not None:
+            set_winsize(e.pty_master, height, width)
