@@ -433,7 +433,13 @@ class Containers:
                 c.record["HostConfig"] = self._normalise_host_config(merged)
             c.manual_stop = False
             c.record["HasBeenManuallyStopped"] = False
-            self._start_locked(c)
+            try:
+                self._start_locked(c)
+            except errors.MinidockError:
+                # Docker announces a failed start as a "die": `docker run --rm` on API < 1.25
+                # waits for it before removing the container itself.
+                self.emit(c, "die", {"exitCode": str(c.state["ExitCode"])})
+                raise
         self.emit(c, "start")
 
     def _start_locked(self, c):
@@ -742,7 +748,13 @@ class Containers:
         with c.lock:
             c.manual_stop = False
             c.record["HasBeenManuallyStopped"] = False
-            self._start_locked(c)
+            try:
+                self._start_locked(c)
+            except errors.MinidockError:
+                # Docker announces a failed start as a "die": `docker run --rm` on API < 1.25
+                # waits for it before removing the container itself.
+                self.emit(c, "die", {"exitCode": str(c.state["ExitCode"])})
+                raise
         self.emit(c, "start")
         self.emit(c, "restart")
 
@@ -931,6 +943,16 @@ class Containers:
             c.subscribers.remove(q)
         except ValueError:
             pass
+
+    def stdin_ready(self, c, generation):
+        """Wait until the container has a stdin to write to (`docker run -i` attaches and sends
+        input before it starts the container). False when a run ended or it was removed first."""
+        with c.changed:
+            while c.stdin_w is None:
+                if c.exit_generation != generation or c.id not in self.by_id:
+                    return False
+                c.changed.wait(0.5)
+        return True
 
     def write_stdin(self, c, data):
         if c.stdin_w is None:

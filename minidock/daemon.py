@@ -187,6 +187,12 @@ def _registry(engine):
     return RegistryService(engine)
 
 
+def routes():
+    """The whole API: every resource's route table, in one list."""
+    from minidock.api import containers, execs, images, system, volumes
+    return system.ROUTES + images.ROUTES + containers.ROUTES + execs.ROUTES + volumes.ROUTES
+
+
 def serve(engine, hosts, cors_origin=None, ready=None, stop=None):
     """Bind every host, serve until `stop` is set; returns after a clean shutdown."""
     from minidock.api.router import Router

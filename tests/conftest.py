@@ -22,3 +22,17 @@ def daemon_factory():
     yield start
     for d in started:
         d.cleanup()
+
+
+@pytest.fixture(scope="module")
+def rootless():
+    """One daemon per test module, run as uid 65534 with no subordinate ids, with a `busybox`
+    image imported from a rootfs built from the host's static busybox."""
+    from rootfs import make_rootfs_tar
+    d = Daemon().start()
+    try:
+        tar = make_rootfs_tar(os.path.join(d.base, "busybox.tar"))
+        d.docker("import", tar, "busybox")
+        yield d
+    finally:
+        d.cleanup()

@@ -43,3 +43,20 @@ def make_rootfs(path, owner=None, group=None):
             for n in dirnames + filenames:
                 os.lchown(os.path.join(dirpath, n), owner, gid)
     return path
+
+
+def make_rootfs_tar(path):
+    """A busybox rootfs as a tar file (owned by root inside), for `docker import`."""
+    import tarfile
+    import tempfile
+    with tempfile.TemporaryDirectory() as tree:
+        make_rootfs(tree)
+
+        def as_root(info):
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            return info
+        with tarfile.open(path, "w") as tar:
+            for entry in sorted(os.listdir(tree)):
+                tar.add(os.path.join(tree, entry), arcname=entry, filter=as_root)
+    return path

@@ -74,7 +74,7 @@ class Daemon:
         self.log_path = os.path.join(self.base, "daemon.log")
         self.host = "unix://" + self.socket
         self.extra_args = list(extra_args)
-        self.userns = userns and not os.environ.get("MINIDOCK_TEST_NO_USERNS")
+        self.userns = userns
         self.env = dict(env or {})
         self.proc = None
 

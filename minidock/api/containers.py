@@ -308,10 +308,14 @@ def attach_session(backend, c, conn, q, tty, want_stdin, want_stdout, want_stder
         return
     detached = threading.Event()
 
+    generation = c.exit_generation
+
     def pump_stdin():
         matched = 0
         while not detached.is_set():
             data = conn.recv(65536)
+            if not backend.stdin_ready(c, generation):
+                return
             if not data:
                 if c.config.get("StdinOnce") and not tty:
                     backend.close_stdin(c)
