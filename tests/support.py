@@ -35,7 +35,7 @@ def make_user_dir(uid=NOBODY, gid=None, prefix="minidock-test-"):
     path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
     os.chmod(path, 0o755)
     if os.getuid() == 0:
-        os.chown(path, uid, gid if gid is not None else uid)
+        os.chown(path, uid, gid if gid is not None else primary_gid(uid))
     return path
 
 
@@ -51,11 +51,23 @@ def copy_package(dest):
     return target
 
 
+def primary_gid(uid):
+    import pwd
+    try:
+        return pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return uid
+
+
 def as_user_argv(uid, gid=None, groups=()):
-    """The argv prefix that runs a command as `uid` (nothing when we are that user already)."""
+    """The argv prefix that runs a command as `uid` (nothing when we are that user already).
+
+    The group defaults to the user's primary group: newuidmap refuses a process whose gid is not
+    the passwd entry's.
+    """
     if os.getuid() == uid:
         return []
-    gid = uid if gid is None else gid
+    gid = primary_gid(uid) if gid is None else gid
     argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}"]
     argv += [f"--groups={','.join(map(str, groups))}"] if groups else ["--clear-groups"]
     return argv
@@ -140,14 +152,24 @@ class Daemon:
         from minidock.client import Client
         return Client(self.host, version=version)
 
-    def docker(self, *args, input=None, timeout=60, check=True, env=None):
-        """Run the real docker CLI against this daemon."""
+    def cli_env(self, env=None):
+        """The environment the docker CLI needs to talk to this daemon (and only to it)."""
         full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DOCKER_HOST": self.host,
                     "HOME": self.base, "DOCKER_CONFIG": os.path.join(self.base, ".docker-cli"),
-                    "DOCKER_BUILDKIT": "0"}
+                    "DOCKER_BUILDKIT": "0", "TERM": "xterm"}
         full_env.update(env or {})
+        return full_env
+
+    def docker_argv(self):
+        return [DOCKER]
+
+    def docker_cmdline(self):
+        return DOCKER
+
+    def docker(self, *args, input=None, timeout=60, check=True, env=None):
+        """Run the real docker CLI against this daemon."""
         result = subprocess.run([DOCKER, *args], input=input, capture_output=True, timeout=timeout,
-                                env=full_env)
+                                env=self.cli_env(env))
         if check and result.returncode != 0:
             raise AssertionError(f"docker {' '.join(args)} exited {result.returncode}:\n"
                                  f"stdout: {result.stdout.decode(errors='replace')}\n"

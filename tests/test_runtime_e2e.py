@@ -1,0 +1,193 @@
+"""The runtime as users drive it: the real docker CLI against a daemon that is not root.
+
+Every test runs twice: once with the daemon as uid 65534 with no /etc/subuid entry (one id mapped,
+the nested-namespace trick for `-u 1000`), and once as `minidock-sub`, a user with a subordinate id
+range, so the daemon maps 65536 ids through newuidmap.
+"""
+
+import os
+import pwd
+import subprocess
+import time
+
+import pytest
+
+from rootfs import make_rootfs_tar
+from support import NOBODY, Daemon, make_user_dir
+
+pytestmark = pytest.mark.e2e
+
+SUB_USER = "minidock-sub"
+
+
+def ensure_sub_user():
+    """The user with a subordinate range; .ci/run creates it, this makes a local run work too."""
+    try:
+        pwd.getpwnam(SUB_USER)
+    except KeyError:
+        if os.getuid() != 0:
+            pytest.skip(f"user {SUB_USER} missing and we are not root to create it")
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SUB_USER],
+                       check=True)
+    for path, flag in (("/etc/subuid", "--add-subuids"), ("/etc/subgid", "--add-subgids")):
+        try:
+            with open(path) as f:
+                present = any(line.startswith(SUB_USER + ":") for line in f)
+        except FileNotFoundError:
+            present = False
+        if not present:
+            subprocess.run(["usermod", flag, "300000-365535", SUB_USER], check=True)
+    return pwd.getpwnam(SUB_USER).pw_uid
+
+
+@pytest.fixture(scope="module", params=["nobody", "subuid"])
+def d(request):
+    uid = NOBODY if request.param == "nobody" else ensure_sub_user()
+    daemon = Daemon(uid=uid)
+    daemon.mode = request.param
+    daemon.start()
+    try:
+        daemon.docker("import", make_rootfs_tar(os.path.join(daemon.base, "busybox.tar")), "busybox")
+        yield daemon
+    finally:
+        daemon.cleanup()
+
+
+def out(result):
+    return result.stdout.decode()
+
+
+def test_daemon_user_namespace_matches_mode(d):
+    info = d.client().get("/info")
+    assert info["DockerRootDir"] == d.data_root
+    uid_map = open(f"/proc/{d.proc.pid}/uid_map").read().split()
+    if d.mode == "nobody":
+        assert uid_map == ["0", str(NOBODY), "1"]
+    else:
+        assert uid_map[:3] == ["0", str(d.uid), "1"] and uid_map[3:] == ["1", "300000", "65535"]
+
+
+def test_run_echo_and_exit_codes(d):
+    assert out(d.docker("run", "--rm", "busybox", "echo", "hello")) == "hello\n"
+    assert d.docker("run", "--rm", "busybox", "sh", "-c", "exit 3", check=False).returncode == 3
+    missing = d.docker("run", "--rm", "busybox", "no-such-command", check=False)
+    assert missing.returncode == 127 and b"executable file not found" in missing.stderr
+    notexec = d.docker("run", "--rm", "busybox", "/etc/passwd", check=False)
+    assert notexec.returncode == 126
+
+
+def test_env_workdir_hostname_user(d):
+    result = d.docker("run", "--rm", "-e", "FOO=bar", "-w", "/work/here", "--hostname", "box1", "busybox",
+                      "sh", "-c", 'echo "$FOO $(pwd) $(hostname)"')
+    assert out(result) == "bar /work/here box1\n"
+    assert out(d.docker("run", "--rm", "-u", "1000:1000", "busybox", "id", "-u")) == "1000\n"
+    assert out(d.docker("run", "--rm", "-u", "1000:1000", "busybox", "id", "-g")) == "1000\n"
+
+
+def test_pid_namespace_and_proc(d):
+    assert out(d.docker("run", "--rm", "busybox", "sh", "-c", "echo $$")) == "1\n"
+    ps = out(d.docker("run", "--rm", "busybox", "ps", "-o", "pid,comm"))
+    rows = [line.split() for line in ps.splitlines()[1:]]
+    assert rows == [["1", "ps"]], ps
+    pids = out(d.docker("run", "--rm", "busybox", "sh", "-c", "ls /proc | grep -E '^[0-9]+$'")).split()
+    assert "1" in pids and len(pids) <= 3      # sh, ls, grep: nothing of the host
+
+
+def test_network_none_shows_only_loopback(d):
+    dev = out(d.docker("run", "--rm", "--network", "none", "busybox", "cat", "/proc/net/dev"))
+    interfaces = [line.split(":")[0].strip() for line in dev.splitlines()[2:]]
+    assert interfaces == ["lo"]
+
+
+def test_stdin_and_tty(d):
+    assert out(d.docker("run", "--rm", "-i", "busybox", "cat", input=b"piped data\n")) == "piped data\n"
+    result = subprocess.run(["script", "-qec", f"{d.docker_cmdline()} run --rm -t busybox sh -c 'test -t 0 && tty'",
+                             "/dev/null"], capture_output=True, timeout=60, env=d.cli_env())
+    assert result.returncode == 0, result
+    assert b"/dev/console" in result.stdout
+
+
+def test_read_only_rootfs_and_binds(d):
+    ro = d.docker("run", "--rm", "--read-only", "busybox", "touch", "/x", check=False)
+    assert ro.returncode == 1 and b"Read-only file system" in ro.stderr
+    host_dir = make_user_dir(d.uid)
+    d.docker("run", "--rm", "-v", f"{host_dir}:/data", "busybox", "sh", "-c", "echo hi > /data/f")
+    st = os.stat(os.path.join(host_dir, "f"))
+    assert open(os.path.join(host_dir, "f")).read() == "hi\n" and st.st_uid == d.uid
+    robind = d.docker("run", "--rm", "-v", f"{host_dir}:/data:ro", "busybox", "sh", "-c", "echo x > /data/g",
+                      check=False)
+    assert robind.returncode != 0 and not os.path.exists(os.path.join(host_dir, "g"))
+    d.docker("run", "--rm", "-v", "named:/v", "busybox", "sh", "-c", "echo kept > /v/file")
+    assert out(d.docker("run", "--rm", "-v", "named:/v", "busybox", "cat", "/v/file")) == "kept\n"
+    assert "named" in out(d.docker("volume", "ls", "-q")).split()
+
+
+def test_chown_with_subordinate_range(d):
+    if d.mode != "subuid":
+        pytest.skip("chown to another id needs a subordinate id range (nobody has none, by design)")
+    host_dir = make_user_dir(d.uid)
+    d.docker("run", "--rm", "-v", f"{host_dir}:/data", "busybox", "sh", "-c",
+             "touch /data/owned && chown 1000:1000 /data/owned")
+    assert os.stat(os.path.join(host_dir, "owned")).st_uid == 300000 + 1000 - 1
+
+
+def test_detached_lifecycle(d):
+    script = 'trap "echo got TERM; exit 0" TERM; i=0; while true; do echo line $i; i=$((i+1)); sleep 0.1; done'
+    cid = out(d.docker("run", "-d", "--name", "web", "busybox", "sh", "-c", script)).strip()
+    try:
+        assert len(cid) == 64
+        assert "web" in out(d.docker("ps", "--format", "{{.Names}}")).split()
+        # exec: same namespaces, stdin, exit codes
+        assert out(d.docker("exec", "web", "hostname")) == cid[:12] + "\n"
+        assert out(d.docker("exec", "-i", "web", "cat", input=b"to exec\n")) == "to exec\n"
+        assert d.docker("exec", "web", "sh", "-c", "exit 4", check=False).returncode == 4
+        exec_ps = out(d.docker("exec", "web", "ps", "-o", "pid,comm"))
+        assert "1 sh" in " ".join(exec_ps.split())
+        time.sleep(0.5)
+        tail = out(d.docker("logs", "--tail", "2", "web")).splitlines()
+        assert len(tail) == 2 and all(line.startswith("line ") for line in tail)
+        stamped = out(d.docker("logs", "-t", "--tail", "1", "web"))
+        assert stamped[:4].isdigit() and "T" in stamped.split()[0] and "line" in stamped
+        top = out(d.docker("top", "web"))
+        assert top.splitlines()[0].split()[:3] == ["UID", "PID", "PPID"] and "sleep" in top
+        d.docker("pause", "web")
+        assert "(Paused)" in out(d.docker("ps", "--format", "{{.Status}}", "--filter", "name=web"))
+        paused_exec = d.docker("exec", "web", "true", check=False)
+        assert paused_exec.returncode != 0 and b"paused" in paused_exec.stderr
+        d.docker("unpause", "web")
+        d.docker("rename", "web", "web2")
+        assert "web2" in out(d.docker("ps", "--format", "{{.Names}}")).split()
+        d.docker("stop", "web2")                      # the trap turns TERM into exit 0
+        assert out(d.docker("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", "web2")) == "exited 0\n"
+        assert "got TERM" in out(d.docker("logs", "web2"))
+        d.docker("restart", "-t", "1", "web2")
+        assert out(d.docker("inspect", "-f", "{{.State.Running}}", "web2")) == "true\n"
+        d.docker("kill", "-s", "KILL", "web2")
+        assert out(d.docker("wait", "web2")) == "137\n"
+        d.docker("start", "web2")
+        follower = subprocess.Popen([*d.docker_argv(), "logs", "-f", "web2"], stdout=subprocess.PIPE,
+                                    env=d.cli_env())
+        time.sleep(0.5)
+        d.docker("kill", "web2")
+        assert follower.wait(20) == 0
+        assert b"line" in follower.stdout.read()
+    finally:
+        d.docker("rm", "-f", "web2", check=False)
+        d.docker("rm", "-f", "web", check=False)
+    assert "web2" not in out(d.docker("ps", "-a", "--format", "{{.Names}}"))
+
+
+def test_restart_on_failure_and_rm_on_crash(d):
+    d.docker("run", "-d", "--name", "flaky", "--restart", "on-failure:2", "busybox", "sh", "-c", "echo try; exit 1")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        state = out(d.docker("inspect", "-f", "{{.RestartCount}} {{.State.Status}}", "flaky"))
+        if state == "2 exited\n":
+            break
+        time.sleep(0.2)
+    assert state == "2 exited\n"
+    assert out(d.docker("logs", "flaky")) == "try\ntry\ntry\n"
+    d.docker("rm", "flaky")
+    crash = d.docker("run", "--rm", "--name", "crasher", "busybox", "sh", "-c", "exit 42", check=False)
+    assert crash.returncode == 42
+    assert "crasher" not in out(d.docker("ps", "-a", "--format", "{{.Names}}"))
