@@ -189,8 +189,9 @@ def _registry(engine):
 
 def routes():
     """The whole API: every resource's route table, in one list."""
-    from minidock.api import containers, execs, images, system, volumes
-    return system.ROUTES + images.ROUTES + containers.ROUTES + execs.ROUTES + volumes.ROUTES
+    from minidock.api import containers, execs, images, networks, system, volumes
+    return (system.ROUTES + images.ROUTES + containers.ROUTES + execs.ROUTES + volumes.ROUTES
+            + networks.ROUTES)
 
 
 def serve(engine, hosts, cors_origin=None, ready=None, stop=None):
