@@ -390,9 +390,12 @@ class Hijack:
     hands over the socket. The connection is closed when `run` returns.
     """
 
-    def __init__(self, run, headers=None):
+    def __init__(self, run, headers=None, switch_headers=None):
         self.run = run
         self.headers = list(headers or [])
+        # Another protocol's upgrade (a WebSocket): `101 Switching Protocols` with exactly these
+        # headers instead of Docker's raw-stream ones.
+        self.switch_headers = switch_headers
 
 
 class HijackedConnection:
@@ -505,7 +508,10 @@ class ConnectionHandler(socketserver.StreamRequestHandler):
         keep = head.keep_alive
         base = list(self.server.base_headers())
         if isinstance(response, Hijack):
-            self.wfile.write(upgrade_head(base + response.headers, upgrade=head.wants_upgrade))
+            if response.switch_headers is not None:
+                self.wfile.write(render_head(101, base + response.switch_headers))
+            else:
+                self.wfile.write(upgrade_head(base + response.headers, upgrade=head.wants_upgrade))
             self.wfile.flush()
             try:
                 response.run(HijackedConnection(self.request, self.rfile))
