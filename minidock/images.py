@@ -666,6 +666,43 @@ class ImageStore:
                 config[k] = v
         return json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
 
+    def add_build_step(self, parent, run_config, created_by, diff_id=None, cache_key=None,
+                       author="", container="", container_config=None):
+        """One `docker build` step as an image: `parent`'s layers and history (nothing for
+        `FROM scratch`, parent None) plus one history entry, with the stored layer `diff_id` on
+        top when the step changed files. A metadata-only step (ENV, CMD, ...) adds no layer; its
+        history entry says `"empty_layer": true`, as Docker's do. `cache_key` is kept in
+        meta.json so the builder's cache survives restarts (see build_cache_lookup). -> image ID.
+        """
+        base = self.configs[parent] if parent else {}
+        diff_ids = list(base.get("rootfs", {}).get("diff_ids") or [])
+        created = now_rfc3339()
+        entry = {"created": created, "created_by": created_by}
+        if author:
+            entry["author"] = author
+        if diff_id is None:
+            entry["empty_layer"] = True
+        else:
+            diff_ids.append(diff_id)
+        raw = self._new_config(diff_ids, run_config, list(base.get("history") or []) + [entry],
+                               created=created, author=author, container=container,
+                               container_config=full_config(container_config) if container_config else None,
+                               architecture=base.get("architecture"))
+        image_id = self.add_config(raw, parent=parent)
+        if cache_key:
+            with self._lock:
+                self.meta[image_id]["build_cache"] = cache_key
+                self._write_meta(image_id)
+        return image_id
+
+    def build_cache_lookup(self, parent, cache_key):
+        """The image an earlier build step made from `parent` (None: scratch) with `cache_key`."""
+        with self._lock:
+            for image_id, meta in self.meta.items():
+                if meta.get("parent") == parent and meta.get("build_cache") == cache_key:
+                    return image_id
+        return None
+
     def import_image(self, stream, repo=None, tag=None, changes=(), message="", source="-"):
         """POST /images/create?fromSrc: a rootfs tar (plain/gzip/bzip2/xz) becomes a one-layer
         image, tagged repo[:tag] if given. Returns the image ID."""
