@@ -1,28 +1,71 @@
 """The daemon's side of registries: the image store as a pull sink and a push source.
 
 registry.py speaks the Registry HTTP API and knows nothing of our store; this module adapts the
-store to its sink/source contract and keeps the daemon-wide registry settings (insecure
-registries, mirrors, the token cache) in one `RegistryService`.
+store to its sink/source contract (see registry.py's docstring) and keeps the daemon-wide registry
+state in one `RegistryService`: the insecure registries and mirrors from the command line, the
+Bearer token cache, and the *distribution index*.
 
 Pull order matters for layers: a layer on disk is identified by its *chain* (the layers under it
 plus itself), so "do we already have this layer" is asked in order, bottom first, and only an
 unbroken prefix of present layers counts as "Already exists"; each missing layer is then
-registered on top of the one before it.
+registered on top of the one before it. Nothing names the image until the last layer is stored,
+so a failed pull leaves no image (layers it stored are unreferenced and go with the next prune).
+
+The distribution index (`<image root>/distribution.json`, dockerd's "v2 metadata") remembers, for
+each layer diff id, which compressed blobs it was pushed as and where:
+
+    {"sha256:<diff id>": [{"digest": "sha256:<blob>", "size": 123, "repository": "host:port/team/app"}]}
+
+It is daemon-wide, not per image, because a layer is shared: after pushing `busybox` to
+`reg/team/bb`, pushing a child image to `reg/team/child` can ask the registry to *mount* the
+busybox blob from `team/bb` ("Mounted from team/bb") instead of compressing and uploading it again.
+What you can observe: `cat <data-root>/image/distribution.json` after a push; the registry's
+access log shows `POST /v2/team/child/blobs/uploads/?mount=...&from=team/bb` answered 201.
 """
 
 import json
 import os
+import shutil
+import threading
 
-from minidock import errors, registry
-from minidock.layers import chain_id
+from minidock import errors, registry, store
+from minidock.images import parse_reference as image_reference
+from minidock.layers import chain_id, chain_ids
+
+
+class DistributionIndex:
+    """diff id -> the blobs that layer is known as on registries (persisted, thread-safe)."""
+
+    def __init__(self, path):
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            self._data = store.read_json(path)
+        except (FileNotFoundError, ValueError):
+            self._data = {}
+
+    def get(self, diff_id):
+        with self._lock:
+            return [dict(e) for e in self._data.get(diff_id, [])]
+
+    def add(self, diff_id, digest, size, repository):
+        entry = {"digest": digest, "size": size, "repository": repository}
+        with self._lock:
+            entries = self._data.setdefault(diff_id, [])
+            if entry in entries:
+                return
+            entries.append(entry)
+            store.write_json(self.path, self._data)
 
 
 class PullSink:
+    """The image store as registry.pull's sink: layers stacked bottom-up, then the config."""
+
     def __init__(self, images, layers):
         self.images = images
         self.layers = layers
         self.chain = None           # chain ID of the layers stored so far, bottom up
-        self.prefix_present = True
+        self.prefix_present = True  # still inside the run of layers we already had
         self.tmp_dir = layers.tmpdir()
 
     def has_layer(self, diff_id):
@@ -35,77 +78,72 @@ class PullSink:
         return False
 
     def add_layer(self, fileobj, diff_id):
+        self.prefix_present = False
         meta = self.layers.register(fileobj, parent=self.chain)
         if meta["diff_id"] != diff_id:
             raise errors.InvalidParameter(f"layer content {meta['diff_id']} does not match {diff_id}")
         self.chain = meta["chain_id"]
 
     def add_image(self, config_bytes, reference, manifest_digest):
+        """Store the config and name it by tag (if any) and by `repo@digest` (RepoDigests).
+        Returns False when the first of those names already meant this image ("up to date")."""
         ref = registry.parse_reference(reference)
         keys = []
         if ref.tag:
-            keys.append(self.images_key(f"{ref.name}:{ref.tag}"))
-        keys.append(self.images_key(f"{ref.name}@{manifest_digest}"))
-        before = {k: self.images.refs.get(k) for k in keys}
+            keys.append(image_reference(f"{ref.name}:{ref.tag}").key())
+        keys.append(image_reference(f"{ref.name}@{manifest_digest}").key())
+        before = self.images.refs.get(keys[0])
         image_id = self.images.add_config(config_bytes, ref_keys=keys)
-        return before[keys[0]] != image_id
-
-    def images_key(self, text):
-        from minidock.images import parse_reference
-        return parse_reference(text).key()
+        return before != image_id
 
     def close(self):
-        import shutil
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
 
 class PushSource:
-    def __init__(self, images, layers, image_id):
-        from minidock.layers import chain_ids
-        self.images = images
-        self.layers = layers
-        self.image_id = image_id
-        config = images.configs[image_id]
+    """One stored image as registry.push's source."""
+
+    def __init__(self, images, layers, image_id, index):
+        self._layers = layers
+        self.index = index
         with open(os.path.join(images.root, "images", image_id.split(":", 1)[1], "config.json"), "rb") as f:
-            self.config_bytes = f.read()
-        diff_ids = config.get("rootfs", {}).get("diff_ids") or []
-        self.layers_list = list(zip(diff_ids, chain_ids(diff_ids)))
+            self.config_bytes = f.read()        # exactly as stored: its sha256 is the image ID
+        diff_ids = json.loads(self.config_bytes).get("rootfs", {}).get("diff_ids") or []
+        self._pairs = list(zip(diff_ids, chain_ids(diff_ids)))
+        self.distribution = {diff_id: index.get(diff_id) for diff_id in diff_ids}
         self.tmp_dir = layers.tmpdir()
-        self.distribution = images.meta.get(image_id, {}).get("distribution", {})
 
     @property
     def layers(self):
-        return [(diff_id, (lambda c=chain: open(self._layers.tar_path(c), "rb")))
-                for diff_id, chain in self.layers_list]
-
-    @layers.setter
-    def layers(self, value):
-        self._layers = value
+        return [(diff_id, (lambda c=chain: open(self._layers.tar_path(c), "rb"))) for diff_id, chain in self._pairs]
 
     def record_distribution(self, diff_id, digest, size, repository):
-        self.distribution.setdefault(diff_id, [])
-        entry = {"digest": digest, "size": size, "repository": repository}
-        if entry not in self.distribution[diff_id]:
-            self.distribution[diff_id].append(entry)
+        self.index.add(diff_id, digest, size, repository)
 
     def close(self):
-        import shutil
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
-        meta = self.images.meta.get(self.image_id)
-        if meta is not None:
-            meta["distribution"] = self.distribution
-            self.images._write_meta(self.image_id)
 
 
 class RegistryService:
+    """Daemon-wide registry state and the four operations the API offers."""
+
     def __init__(self, engine):
         self.engine = engine
         self.config = registry.RegistryConfig(insecure=engine.config.insecure_registries,
                                               mirrors=engine.config.registry_mirrors)
+        self._index = None
+
+    @property
+    def index(self):
+        # Created on first use: the image store is attached to the engine after this service.
+        if self._index is None:
+            self._index = DistributionIndex(os.path.join(self.engine.images.root, "distribution.json"))
+        return self._index
 
     def login(self, body):
+        """POST /auth: check the credentials against the registry the body names."""
         auth = registry.AuthConfig.from_dict(body)
-        server = body.get("serveraddress") or "https://index.docker.io/v1/"
+        server = auth.serveraddress or "https://index.docker.io/v1/"
         token = registry.login(server, auth.username, auth.password, config=self.config)
         result = {"Status": "Login Succeeded"}
         if token:
@@ -124,21 +162,19 @@ class RegistryService:
 
     def push(self, name, tag, auth, progress, cancel):
         images = self.engine.images
-        full = f"{name}:{tag}" if tag else name
         try:
-            image_id = images.resolve(full)
+            image_id = images.resolve(f"{name}:{tag}" if tag else name)
         except errors.NotFound:
-            raise errors.NotFound(f"An image does not exist locally with the tag: {name}")
+            raise errors.NotFound(f"An image does not exist locally with the tag: {name}") from None
         ref = registry.parse_reference(name, tag or None)
-        source = PushSource(images, self.engine.layers, image_id)
+        source = PushSource(images, self.engine.layers, image_id, self.index)
         try:
             digest, size = registry.push(ref, source, auth=auth, config=self.config, progress=progress,
                                          cancel=cancel)
         finally:
             source.close()
-        key = registry.parse_reference(f"{ref.name}@{digest}")
-        from minidock.images import parse_reference
-        images._set_ref(parse_reference(str(key)).key(), image_id)
+        # The pushed manifest's digest names the image from now on: RepoDigests shows it.
+        images._set_ref(image_reference(f"{ref.name}@{digest}").key(), image_id)
         self.engine.events.emit("image", "push", str(ref), {"name": str(ref)})
         return digest, size
 
@@ -146,4 +182,5 @@ class RegistryService:
         return registry.search(term, auth=auth, config=self.config, limit=limit)
 
     def auth_from_header(self, header):
+        """X-Registry-Auth (base64url JSON, padded or not; standard base64 too) -> AuthConfig | None."""
         return registry.decode_registry_auth(header) if header else None
