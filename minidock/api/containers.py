@@ -5,7 +5,7 @@ import queue
 import signal
 import time
 
-from minidock import errors, http
+from minidock import errors, http, websocket
 from minidock.api.versions import shape, shape_list
 from minidock.containers import DEFAULT_DETACH_KEYS, EXITED, PAUSED, RUNNING
 
@@ -364,6 +364,144 @@ def attach_session(backend, c, conn, q, tty, want_stdin, want_stdout, want_stder
             return
 
 
+def get_containers_attach_ws(req):
+    """The same attach over a WebSocket (minidock/websocket.py): output goes out as text
+    frames of raw bytes (never multiplexed, as Docker does), data frames from the client are
+    the container's stdin."""
+    backend = _backend(req)
+    c = backend.get(req.params["id"])
+    try:
+        key = websocket.check_handshake(req.head.header)
+    except websocket.ProtocolError as exc:
+        raise errors.InvalidParameter(str(exc))
+    want_stdin, want_stdout, want_stderr = req.qbool("stdin"), req.qbool("stdout"), req.qbool("stderr")
+    want_logs, want_stream = req.qbool("logs"), req.qbool("stream")
+    detach_keys = parse_detach_keys(req.q("detachKeys"))
+    q = backend.subscribe(c) if want_stream else None
+
+    def run(conn):
+        try:
+            ws_session(backend, c, conn, q, want_stdin, want_stdout, want_stderr, want_logs,
+                       want_stream, detach_keys)
+        finally:
+            if q is not None:
+                backend.unsubscribe(c, q)
+
+    return http.Hijack(run, switch_headers=websocket.handshake_headers(key))
+
+
+def ws_session(backend, c, conn, q, want_stdin, want_stdout, want_stderr, want_logs, want_stream,
+               detach_keys):
+    import threading
+    wanted = {s for s, on in (("stdout", want_stdout), ("stderr", want_stderr)) if on}
+    tty = c.config.get("Tty")
+    send_lock = threading.Lock()
+    closed = threading.Event()           # a close frame went out: send nothing more
+
+    def send(opcode, payload=b""):
+        with send_lock:
+            if closed.is_set():
+                return
+            if opcode == websocket.CLOSE:
+                closed.set()
+            conn.send(websocket.encode_frame(opcode, payload))
+
+    def close(code=websocket.NORMAL_CLOSURE, reason=""):
+        try:
+            send(websocket.CLOSE, websocket.close_payload(code, reason))
+        except OSError:
+            pass
+
+    if want_logs:
+        for stream, data, _ in backend.read_logs(c):
+            if stream in wanted:
+                send(websocket.TEXT, data)
+    if not want_stream:
+        close()
+        return
+    generation = c.exit_generation
+    use_stdin = want_stdin and c.config.get("OpenStdin")
+
+    def read_client():
+        """Frames from the client: stdin, pings, and its close (which ends the session)."""
+        buffer, assembler, matched = b"", websocket.MessageAssembler(), 0
+        detached = False
+        try:
+            while not closed.is_set():
+                data = conn.recv(65536)
+                if not data:
+                    break
+                buffer += data
+                while True:
+                    frame, buffer = websocket.decode_frame(buffer, require_mask=True)
+                    if frame is None:
+                        break
+                    for event in assembler.feed(frame):
+                        if event[0] == "ping":
+                            send(websocket.PONG, event[1])
+                        elif event[0] == "close":
+                            close()
+                            return
+                        elif event[0] == "message" and use_stdin and event[2]:
+                            data, matched, detached = scan_detach_keys(event[2], detach_keys, matched) \
+                                if tty and detach_keys else (event[2], 0, False)
+                            if data and backend.stdin_ready(c, generation):
+                                backend.write_stdin(c, data)
+                            if detached:
+                                backend.engine.events.emit("container", "detach", c.id, {"name": c.name})
+                                close()
+                                return
+        except websocket.ProtocolError as exc:
+            close(exc.code, str(exc)[:100])
+        except OSError:
+            pass
+        finally:
+            # StdinOnce: the client's end of input (its close) is the container's; a detach
+            # leaves the container's stdin open for the next attach.
+            if use_stdin and c.config.get("StdinOnce") and not detached:
+                backend.close_stdin(c)
+            q.put(None)
+
+    threading.Thread(target=read_client, daemon=True, name=f"ws-{c.id[:12]}").start()
+    while True:
+        try:
+            item = q.get(timeout=0.5)
+        except queue.Empty:
+            if c.id not in backend.by_id:
+                break
+            continue
+        if item is None:
+            break
+        stream, data = item
+        if stream in wanted:
+            try:
+                send(websocket.TEXT, data)
+            except OSError:
+                break
+    close()
+
+
+def scan_detach_keys(data, keys, matched):
+    """Remove a detach sequence from stdin bytes: returns (bytes to pass on, how much of the
+    sequence is matched so far, whether it completed). Bytes after a completed sequence are
+    dropped; a partial match that breaks off is passed on."""
+    out = b""
+    for byte in data:
+        if byte == keys[matched]:
+            matched += 1
+            if matched == len(keys):
+                return out, 0, True
+            continue
+        if matched:
+            out += keys[:matched]
+            matched = 0
+        if byte == keys[0]:
+            matched = 1
+            continue
+        out += bytes([byte])
+    return out, matched, False
+
+
 ROUTES = [
     ("GET", "/containers/json", get_containers_json),
     ("GET", "/containers/ps", get_containers_json),          # v1.0's name for the list
@@ -382,5 +520,6 @@ ROUTES = [
     ("POST", "/containers/{id}/update", post_containers_update),
     ("POST", "/containers/{id}/resize", post_containers_resize),
     ("POST", "/containers/{id}/attach", post_containers_attach),
+    ("GET", "/containers/{id}/attach/ws", get_containers_attach_ws),
     ("DELETE", "/containers/{id}", delete_containers),
 ]
