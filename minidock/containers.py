@@ -232,11 +232,39 @@ class Containers:
                     to_restart.append(c)
             elif st["Status"] == REMOVING:
                 self._destroy(c)
+            elif st["Status"] == EXITED and st["StartedAt"] != ZERO_TIME:
+                # Docker's rule: `always` comes back with the daemon even after a manual stop;
+                # `unless-stopped` only if it was not stopped by hand.
+                name = (c.host_config.get("RestartPolicy") or {}).get("Name")
+                if name == "always" or (name == "unless-stopped" and not c.record.get("HasBeenManuallyStopped")):
+                    to_restart.append(c)
         for c in to_restart:
             try:
                 self.start(c.id)
             except errors.MinidockError as exc:
                 log.warning("could not restart %s: %s", c.name, exc.message)
+
+    def shutdown(self, timeout=10):
+        """Daemon shutdown: stop every running container (its StopSignal, then SIGKILL), in
+        parallel, so their state on disk says how they ended rather than "died with the daemon"."""
+        running = [c for c in self.all() if c.status in (RUNNING, PAUSED, RESTARTING)]
+        threads = []
+        for c in running:
+            t = threading.Thread(target=self._stop_quietly, args=(c, timeout), daemon=True)
+            t.start()
+            threads.append(t)
+        for t in threads:
+            t.join(timeout + 5)
+
+    def _stop_quietly(self, c, timeout):
+        try:
+            self.stop(c.id, min(timeout, c.config.get("StopTimeout") or timeout))
+        except errors.MinidockError:
+            pass
+        # the restart policy must apply after the daemon restarts, as if it never stopped them
+        c.record["HasBeenManuallyStopped"] = False
+        c.manual_stop = False
+        self.save(c)
 
     # -- create ----------------------------------------------------------------------------------
     def create(self, body, name=None):

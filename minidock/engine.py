@@ -51,6 +51,14 @@ class Engine:
         self.volumes = None
         self.cgroups = None
 
+    def shutdown(self):
+        """Stop containers cleanly, then the spawner (which takes any straggler with it)."""
+        if self.containers is not None:
+            self.containers.shutdown()
+        spawner = getattr(self, "spawner", None)
+        if spawner is not None:
+            spawner.close()
+
     def _engine_id(self):
         """A stable engine ID (Docker's is 12 base32 groups); persisted so it survives restarts."""
         path = os.path.join(self.config.data_root, "engine-id")

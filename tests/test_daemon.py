@@ -88,3 +88,22 @@ def test_sigkill_then_restart_is_clean(daemon_factory):
     assert not [n for n in os.listdir(d.data_root) if n.startswith(".tmp-")]
     assert d.stop() == 0
     assert not os.path.exists(d.socket)
+
+
+def test_sigterm_stops_containers_and_restart_policy_brings_them_back(daemon_factory):
+    from rootfs import make_rootfs_tar
+    d = daemon_factory()
+    d.docker("import", make_rootfs_tar(os.path.join(d.base, "bb.tar")), "busybox")
+    d.docker("run", "-d", "--name", "plain", "busybox", "sh", "-c", 'trap "exit 7" TERM; sleep 300 & wait')
+    d.docker("run", "-d", "--name", "always", "--restart", "always", "busybox", "sh", "-c",
+             'trap "exit 0" TERM; sleep 300 & wait')
+    assert d.stop() == 0
+    d.start()
+    state = lambda name: d.docker("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", name).stdout  # noqa: E731
+    assert state("plain") == b"exited 7\n"          # stopped with SIGTERM by the clean shutdown
+    assert state("always").startswith(b"running")
+    d.kill()                                         # SIGKILL: containers die with the daemon
+    d.start()
+    assert state("always").startswith(b"running")
+    assert state("plain") == b"exited 7\n"
+    d.docker("rm", "-f", "plain", "always")
