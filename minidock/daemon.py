@@ -189,8 +189,8 @@ def _registry(engine):
 
 def routes():
     """The whole API: every resource's route table, in one list."""
-    from minidock.api import containers, execs, images, networks, system, volumes
-    return (system.ROUTES + images.ROUTES + containers.ROUTES + execs.ROUTES + volumes.ROUTES
+    from minidock.api import archive, containers, execs, images, networks, system, volumes
+    return (system.ROUTES + images.ROUTES + containers.ROUTES + archive.ROUTES + execs.ROUTES + volumes.ROUTES
             + networks.ROUTES)
 
 
