@@ -181,3 +181,27 @@ def test_boolean_query_words():
     assert req.qbool("missing", default=True) is True
     with pytest.raises(Exception):
         req.qbool("g")
+
+
+def test_cors_header_when_configured(tmp_path):
+    engine = Engine(Config(str(tmp_path / "data"), str(tmp_path / "exec")))
+    sock = str(tmp_path / "cors.sock")
+    stop, ready = threading.Event(), threading.Event()
+    t = threading.Thread(target=daemon.serve, args=(engine, ["unix://" + sock]),
+                         kwargs={"cors_origin": "https://ui.example", "stop": stop, "ready": ready.set}, daemon=True)
+    t.start()
+    assert ready.wait(5)
+    try:
+        status, headers, _ = get(sock, "/v1.24/version")
+        assert headers["Access-Control-Allow-Origin"] == "https://ui.example"
+        preflight = raw(sock, b"OPTIONS /v1.24/containers/json HTTP/1.1\r\nConnection: close\r\n\r\n")
+        assert preflight.startswith(b"HTTP/1.1 200") and b"Access-Control-Allow-Methods" in preflight
+    finally:
+        stop.set()
+        t.join(5)
+
+
+def test_info_says_pause_method_and_userns(api):
+    status, _, body = get(api[1], "/info")
+    assert body["PauseMethod"] in ("cgroup.freeze", "SIGSTOP")
+    assert ["Pause method", body["PauseMethod"]] in body["SystemStatus"]

@@ -205,3 +205,31 @@ def test_networks_are_the_two_real_modes(d):
     refused = d.docker("network", "create", "mynet", check=False)
     assert refused.returncode != 0 and b"user-defined networks cannot be created" in refused.stderr
     assert b"pre-defined" in d.docker("network", "rm", "host", check=False).stderr
+
+
+def test_project_client_streams_and_hijack(d):
+    """minidock.client without the docker CLI: create/start/wait, exec over a hijacked stream."""
+    from minidock.client import demux
+    c = d.client()
+    cid = c.post("/containers/create", body={"Image": "busybox", "Cmd": ["sleep", "30"]})["Id"]
+    try:
+        c.post(f"/containers/{cid}/start")
+        eid = c.post(f"/containers/{cid}/exec", body={"Cmd": ["sh", "-c", "cat; echo err >&2; exit 5"],
+                                                       "AttachStdin": True, "AttachStdout": True,
+                                                       "AttachStderr": True})["Id"]
+        pipe = c.hijack(f"/exec/{eid}/start", body={"Detach": False, "Tty": False})
+        assert pipe.status == 101
+        pipe.send(b"through the pipe\n")
+        pipe.close_write()
+        stdout, stderr = demux(pipe.read_all())
+        pipe.close()
+        assert (stdout, stderr) == (b"through the pipe\n", b"err\n")
+        deadline = time.monotonic() + 10
+        while c.get(f"/exec/{eid}/json")["Running"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert c.get(f"/exec/{eid}/json")["ExitCode"] == 5
+        events = list(c.stream("GET", "/events", {"since": "0", "until": f"{time.time():.3f}",
+                                                  "filters": {"container": [cid]}}))
+        assert "start" in [e["Action"] for e in events]
+    finally:
+        c.delete(f"/containers/{cid}", {"force": True})
