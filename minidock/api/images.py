@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import tempfile
 import threading
 import urllib.request
@@ -99,6 +100,75 @@ def get_images_json(req):
                               if req.version >= (1, 7) else shape("image_rows_legacy", rows, req.version))
 
 
+def get_images_viz(req):
+    """v1.2-v1.11 `GET /images/viz`: the image graph in Graphviz dot (`docker images --viz`).
+
+    One edge per parent -> child, a hidden `base` node above every image without a parent, and a
+    box labelled with its names for each tagged image; IDs are the 12-hex short form.
+    """
+    if req.version >= (1, 12):
+        raise errors.NotFound(f"page not found: {req.path}")
+    rows = req.daemon.images.list(all=True)
+    short = lambda image_id: image_id.split(":", 1)[-1][:12]      # noqa: E731
+    lines = ["digraph docker {"]
+    for row in sorted(rows, key=lambda r: r["Id"]):
+        if row["ParentId"]:
+            lines.append(f'"{short(row["ParentId"])}" -> "{short(row["Id"])}"')
+        else:
+            lines.append(f'base -> "{short(row["Id"])}" [style=invis]')
+    for row in sorted(rows, key=lambda r: r["Id"]):
+        tags = [t for t in row["RepoTags"] if t != "<none>:<none>"]
+        if tags:
+            label = "\\n".join([short(row["Id"])] + tags)
+            lines.append(f'"{short(row["Id"])}" [label="{label}",shape=box,fillcolor="paleturquoise",'
+                         f'style="filled,rounded"];')
+    lines.append("base [style=invisible]")
+    lines.append("}")
+    return http.Response(200, ("\n".join(lines) + "\n").encode(), content_type="text/plain")
+
+
+def post_images_insert(req):
+    """v1.2-v1.12 `POST /images/(name)/insert?url=&path=`: fetch `url` and add it as the file
+    `path` in a new layer on top of image `name`, streaming progress; the last line carries the
+    new (untagged) image's ID."""
+    if req.version >= (1, 13):
+        raise errors.NotFound(f"page not found: {req.path}")
+    images = req.daemon.images
+    name, url, path = req.params["name"], req.q("url") or "", req.q("path") or ""
+    if not url.startswith(("http://", "https://")):
+        raise errors.InvalidParameter(f"url must be an http(s) URL, got {url!r}")
+    if not path:
+        raise errors.InvalidParameter("path is required")
+    images.resolve(name)                        # 404 before the stream starts
+
+    def work(say, cancel):
+        say({"status": "Inserting..."})
+        spool_dir = req.daemon.layers.tmpdir()
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, \
+                    tempfile.TemporaryFile(dir=spool_dir) as spool:
+                total, current = response.length, 0
+                while True:
+                    chunk = response.read(1 << 20)
+                    if not chunk:
+                        break
+                    if cancel():
+                        return
+                    spool.write(chunk)
+                    current += len(chunk)
+                    detail = {"current": current, **({"total": total} if total else {})}
+                    say({"status": "Inserting", "progress": f"{current}/{total or '?'}", "progressDetail": detail})
+                spool.seek(0)
+                image_id = images.insert_file(name, path, spool, current)
+        except OSError as exc:
+            raise errors.InvalidParameter(f"could not fetch {url}: {exc}")
+        finally:
+            shutil.rmtree(spool_dir, ignore_errors=True)
+        req.daemon.events.emit("image", "insert", image_id, {"name": image_id})
+        say({"status": image_id.split(":", 1)[-1]})
+    return _progress_stream(req, work)
+
+
 def get_images_inspect(req):
     return http.Response.json(shape("image", req.daemon.images.inspect(req.params["name"]), req.version))
 
@@ -164,8 +234,9 @@ def post_images_load(req):
             lines += [{"stream": f"Loaded image: {t}\n"} for t in item["tags"]]
         else:
             lines.append({"stream": f"Loaded image ID: {item['id']}\n"})
-    if req.qbool("quiet"):
-        lines = []
+    # `quiet` only silences progress bars (we send none): Docker still says what it loaded,
+    # and the CLI asks for quiet whenever its output is not a terminal.
+    req.qbool("quiet")
     return http.StreamResponse(iter([json.dumps(line).encode() + b"\n" for line in lines]))
 
 
@@ -178,7 +249,10 @@ def post_images_push(req):
         body = req.json()                       # v1.2/v1.4 send the auth config as the body
         if isinstance(body, dict):
             auth = registry.AuthConfig.from_dict(body)
-    req.daemon.images.resolve(f"{name}:{tag}" if tag else name)
+    try:
+        req.daemon.images.resolve(f"{name}:{tag}" if tag else name)      # 404 before the stream starts
+    except errors.NotFound:
+        raise errors.NotFound(f"An image does not exist locally with the tag: {name}") from None
 
     def work(say, cancel):
         req.daemon.registry.push(name, tag, auth, say, cancel)
@@ -219,6 +293,7 @@ ROUTES = [
     ("GET", "/images/json", get_images_json),
     ("GET", "/images/search", get_images_search),
     ("GET", "/images/get", get_images_get),
+    ("GET", "/images/viz", get_images_viz),
     ("POST", "/images/create", post_images_create),
     ("POST", "/images/load", post_images_load),
     ("POST", "/commit", post_commit),
@@ -226,6 +301,7 @@ ROUTES = [
     ("GET", "/images/{name:path}/history", get_images_history),
     ("GET", "/images/{name:path}/get", get_images_get),
     ("POST", "/images/{name:path}/tag", post_images_tag),
+    ("POST", "/images/{name:path}/insert", post_images_insert),
     ("POST", "/images/{name:path}/push", post_images_push),
     ("DELETE", "/images/{name:path}", delete_images),
 ]

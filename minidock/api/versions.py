@@ -86,7 +86,7 @@ def _image_rows_legacy(rows, version):
     for row in rows:
         for tag in row["RepoTags"]:
             repo, _, name = tag.rpartition(":")
-            item = {"Repository": repo, "Tag": name, "Id": row["Id"].split(":", 1)[-1],
+            item = {"Repository": repo, "Tag": name, "Id": row["Id"].split(":", 1)[-1][:12],
                     "Created": row["Created"]}
             if version >= V("1.4"):
                 item["Size"] = row["Size"]
@@ -97,22 +97,26 @@ def _image_rows_legacy(rows, version):
 
 @reshaper("image")
 def _image(doc, version):
-    """Image inspect: v1.2 used lower-case keys (the legacy v1 image JSON)."""
-    if version < V("1.4"):
-        return {"id": doc["Id"].split(":", 1)[-1], "parent": doc["Parent"].split(":", 1)[-1],
-                "created": doc["Created"], "container": doc["Container"],
-                "container_config": doc["ContainerConfig"]}
+    """Image inspect: up to v1.11 the keys were the legacy v1 image JSON's, lower-case (the v1.2
+    and v1.4 pages), with `Size` added by v1.4; v1.12 shows the capitalised form."""
+    if version < V("1.12"):
+        old = {"id": doc["Id"].split(":", 1)[-1], "parent": doc["Parent"].split(":", 1)[-1],
+               "created": doc["Created"], "container": doc["Container"],
+               "container_config": doc["ContainerConfig"]}
+        if version >= V("1.4"):
+            old["Size"] = doc["Size"]
+        return old
     return doc
 
 
 FIELDS["image"] = [
-    (V("1.11"), ["id", "parent", "created", "container", "container_config", "Id", "Parent", "Created",
-                 "Container", "ContainerConfig", "Size"]),
+    (V("1.11"), ["id", "parent", "created", "container", "container_config", "Size"]),
     (V("1.22"), ["Id", "Parent", "Comment", "Created", "Container", "ContainerConfig", "DockerVersion",
                  "Author", "Config", "Architecture", "Os", "Size", "VirtualSize", "RepoTags", "GraphDriver"]),
 ]
 
 FIELDS["image_summary"] = [
+    (V("1.12"), ["Id", "ParentId", "RepoTags", "Created", "Size", "VirtualSize"]),
     (V("1.22"), ["Id", "ParentId", "RepoTags", "RepoDigests", "Created", "Size", "VirtualSize", "Labels"]),
     (V("1.24"), ["Id", "ParentId", "RepoTags", "RepoDigests", "Created", "Size", "VirtualSize", "Labels"]),
 ]
