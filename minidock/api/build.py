@@ -1,0 +1,142 @@
+"""Build route: POST /build, the classic builder's protocol.
+
+The request body is the build context (a tar, maybe gzip/bzip2/xz compressed, sent chunked by
+the CLI); the query carries the options. The context is unpacked before the response starts,
+so a bad archive or option is a plain 4xx. Then the answer is a stream of JSON lines:
+`{"stream": "Step 1/3 : FROM busybox\\n"}`, ..., `{"aux": {"ID": "sha256:..."}}`,
+`{"stream": "Successfully built 0123456789ab\\n"}`, or, when a step fails,
+`{"error": msg, "errorDetail": {"code": N, "message": msg}}`, which the CLI prints before it
+exits non-zero. A client that hangs up cancels the build (a running RUN container is killed).
+"""
+
+import json
+import queue
+import shutil
+import threading
+
+from minidock import builder, errors, http, images as images_mod, registry
+
+
+def _json_param(req, name):
+    value = req.qjson(name, {}) or {}
+    if not isinstance(value, dict):
+        raise errors.InvalidParameter(f"{name} must be a JSON object")
+    return value
+
+
+def _options(req):
+    tags = [t for t in req.qlist("t") if t]
+    for tag in tags:
+        ref = images_mod.parse_reference(tag)        # Docker refuses a bad tag before building
+        if ref.digest:
+            raise errors.InvalidParameter(f"invalid reference format: {tag!r} has a digest")
+    buildargs = _json_param(req, "buildargs")
+    labels = _json_param(req, "labels")
+    host_config = {}
+    for param, key in builder.LIMITS.items():
+        value = req.q(param)
+        if value in (None, ""):
+            continue
+        if key in ("CpusetCpus", "CpusetMems"):
+            host_config[key] = value
+        else:
+            host_config[key] = req.qint(param)
+    host_config = {k: v for k, v in host_config.items() if v not in (0, "")}
+    auth = None
+    header = req.head.header("x-registry-config")
+    if header:
+        try:
+            configs = json.loads(http_b64(header))
+            auth = next((registry.AuthConfig.from_dict(v) for v in configs.values()), None)
+        except (ValueError, TypeError, AttributeError):
+            auth = None
+    return builder.Options(
+        tags=tags,
+        dockerfile=req.q("dockerfile") or builder.DEFAULT_DOCKERFILE,
+        nocache=req.qbool("nocache"),
+        rm=req.qbool("rm", default=True),
+        forcerm=req.qbool("forcerm"),
+        pull=req.qbool("pull"),
+        buildargs={str(k): (None if v is None else str(v)) for k, v in buildargs.items()},
+        labels={str(k): str(v) for k, v in labels.items()},
+        target=req.q("target") or "",
+        host_config=host_config,
+        auth=auth,
+    )
+
+
+def http_b64(text):
+    import base64
+    text = text.strip()
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+
+
+def post_build(req):
+    options = _options(req)
+    engine = req.daemon
+    context = engine.layers.tmpdir()
+    try:
+        remote = req.q("remote")
+        if remote:
+            builder.fetch_remote(remote, context, options.dockerfile)
+        else:
+            builder.extract_context(req.body, context)
+    except BaseException:
+        shutil.rmtree(context, ignore_errors=True)
+        raise
+    quiet = req.qbool("q")
+    lines = queue.Queue()
+    gone = threading.Event()
+
+    def say(obj):
+        if quiet and "stream" in obj:
+            return
+        lines.put(json.dumps(obj).encode() + b"\r\n")
+
+    def fail(message, code=None):
+        detail = {"message": message}
+        if code is not None:
+            detail["code"] = code
+        lines.put(json.dumps({"errorDetail": detail, "error": message}).encode() + b"\r\n")
+
+    def run():
+        try:
+            image = builder.Builder(engine, context, options, say, gone.is_set).run()
+            if quiet:
+                lines.put(json.dumps({"stream": image + "\n"}).encode() + b"\r\n")
+        except builder.Cancelled:
+            pass
+        except builder.StepFailed as exc:
+            fail(exc.message, exc.code)
+        except errors.MinidockError as exc:
+            fail(exc.message)
+        except Exception as exc:          # noqa: BLE001 - reported to the client and logged
+            builder.log.exception("build failed")
+            fail(f"{type(exc).__name__}: {exc}")
+        finally:
+            shutil.rmtree(context, ignore_errors=True)
+            lines.put(None)
+
+    threading.Thread(target=run, daemon=True, name="build").start()
+
+    def chunks():
+        try:
+            while True:
+                try:
+                    item = lines.get(timeout=0.5)
+                except queue.Empty:
+                    if req.disconnected():
+                        return
+                    continue
+                if item is None:
+                    return
+                yield item
+        finally:
+            gone.set()
+
+    return http.StreamResponse(chunks())
+
+
+ROUTES = [
+    ("POST", "/build", post_build),
+]

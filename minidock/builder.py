@@ -1,0 +1,765 @@
+"""The classic image builder: a Dockerfile and a build context become an image, one step at a time.
+
+`docker build` without BuildKit (`DOCKER_BUILDKIT=0`) sends the *build context* -- a directory as
+a tar stream, maybe compressed -- to `POST /build`, and the daemon answers with a stream of JSON
+lines while it works. This module is that work; dockerfile.py parses, dockerignore.py decides
+which context files exist, and this module runs the steps. The sequence:
+
+1. **Context.** The tar is unpacked (tarsafe: nothing lands outside the directory) into a temp
+   directory on the layer store's file system; `.dockerignore` patterns prune it, and the
+   Dockerfile (the `dockerfile` parameter, default `Dockerfile`) is read from it.
+2. **Stages.** Each `FROM` starts from an image (`scratch` is none at all), an earlier stage, or
+   a name to pull. The base image's ONBUILD triggers run first.
+3. **Steps.** Every instruction makes exactly one new image whose parent is the previous one,
+   with one more `history` entry. The build state is nothing but that image: its config holds
+   Env, Cmd, WorkingDir, ...; the only other state is the stage's ARG scope.
+     - metadata instructions (ENV, CMD, LABEL, EXPOSE, USER, ...) change the config and add no
+       layer: their history entry says `"empty_layer": true`;
+     - RUN starts a real container from the current image (through the containers backend,
+       so the same namespaces, user and cgroups as `docker run`) with Cmd = the command, waits,
+       and commits the container's writable layer (its overlay upper dir) as a layer;
+     - COPY/ADD and WORKDIR write into a writable layer made directly by the layer store on
+       top of the current image (no process runs), then commit it the same way.
+4. **Cache.** Before a step runs, the image store is asked for an image whose parent is the
+   current image and whose recorded cache key matches: the instruction after substitution,
+   the ARG values a RUN sees, and for COPY/ADD a checksum of the files copied. A hit prints
+   ` ---> Using cache` and moves on. Keys live in the images' meta.json, so they survive a
+   daemon restart, and deleting the images forgets them.
+5. **Result.** The last stage's image (or the `target` stage) is tagged with every `t`.
+
+What you can observe: `docker history <image>` lists one row per instruction (metadata steps
+with size 0 and `#(nop)` in CREATED BY); `docker ps -a` shows the build's RUN containers while
+they run; `docker images -a` shows the intermediate images that the cache reuses.
+"""
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import queue
+import shutil
+import stat
+import tarfile
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+
+from minidock import dockerfile, dockerignore, errors, images as images_mod, store, tarsafe
+
+log = logging.getLogger("minidock.builder")
+
+DEFAULT_DOCKERFILE = "Dockerfile"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Instructions that only change the image config.
+METADATA = ("ARG", "CMD", "ENTRYPOINT", "ENV", "EXPOSE", "HEALTHCHECK", "LABEL", "MAINTAINER",
+            "ONBUILD", "SHELL", "STOPSIGNAL", "USER", "VOLUME")
+# Build parameters that become the RUN containers' HostConfig.
+LIMITS = {"memory": "Memory", "memswap": "MemorySwap", "cpushares": "CpuShares",
+          "cpuquota": "CpuQuota", "cpuperiod": "CpuPeriod", "cpusetcpus": "CpusetCpus",
+          "cpusetmems": "CpusetMems", "shmsize": "ShmSize"}
+
+
+class Cancelled(Exception):
+    """The client went away; the build stopped between (or inside) steps."""
+
+
+class StepFailed(errors.InvalidParameter):
+    """A RUN command exited non-zero. `code` is its exit status (errorDetail.code)."""
+
+    def __init__(self, message, code):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclasses.dataclass
+class Options:
+    """The build parameters of POST /build that the builder uses."""
+    tags: list = dataclasses.field(default_factory=list)
+    dockerfile: str = DEFAULT_DOCKERFILE
+    nocache: bool = False
+    rm: bool = True
+    forcerm: bool = False
+    pull: bool = False
+    buildargs: dict = dataclasses.field(default_factory=dict)
+    labels: dict = dataclasses.field(default_factory=dict)
+    target: str = ""
+    host_config: dict = dataclasses.field(default_factory=dict)
+    auth: object = None
+
+
+# ---------------------------------------------------------------------------------------------
+# The context
+# ---------------------------------------------------------------------------------------------
+
+def extract_context(stream, dest):
+    """Unpack a build context tar (plain, gzip, bzip2 or xz) from `stream` into `dest`."""
+    plain, _ = tarsafe.decompressed(stream)
+    tarsafe.extract(plain, dest, whiteouts=tarsafe.KEEP, chown=False)
+
+
+def fetch_remote(url, dest, dockerfile_name):
+    """The `remote` parameter: a URL of a context tar or of a plain Dockerfile, fetched into
+    `dest`. Git repositories are refused by name (cloning would need a `git` subprocess)."""
+    parsed = urllib.parse.urlparse(url)
+    if (url.startswith(("git://", "git@", "github.com/")) or parsed.path.endswith(".git")
+            or "#" in url and parsed.scheme in ("http", "https") and ".git" in url):
+        raise errors.NotImplementedKind(
+            f"git build contexts are not supported by minidock: {url} (send the context as a tar, "
+            "or a URL of a tar or Dockerfile)")
+    if parsed.scheme not in ("http", "https"):
+        raise errors.InvalidParameter(f"remote must be an http(s) URL, got {url!r}")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, \
+                tempfile.TemporaryFile(dir=dest) as spool:
+            shutil.copyfileobj(response, spool)
+            spool.seek(0)
+            head = spool.read(512 * 2)
+            spool.seek(0)
+            if _looks_like_archive(head):
+                extract_context(spool, dest)
+            else:
+                with open(os.path.join(dest, dockerfile_name), "wb") as f:
+                    shutil.copyfileobj(spool, f)
+    except OSError as exc:
+        raise errors.InvalidParameter(f"could not fetch remote context {url}: {exc}") from None
+
+
+def _looks_like_archive(head):
+    if any(head.startswith(magic) for magic, _ in tarsafe.MAGIC):
+        return True
+    return len(head) >= 262 and head[257:262] == b"ustar"
+
+
+def _is_archive_file(path):
+    with open(path, "rb") as f:
+        return _looks_like_archive(f.read(512))
+
+
+# ---------------------------------------------------------------------------------------------
+# The build
+# ---------------------------------------------------------------------------------------------
+
+class Builder:
+    """One build. `say(obj)` receives each JSON message; `cancelled()` is polled."""
+
+    def __init__(self, engine, context_dir, options, say, cancelled=lambda: False):
+        self.engine = engine
+        self.images = engine.images
+        self.layers = engine.layers
+        self.context = context_dir
+        self.options = options
+        self.say = say
+        self.cancelled = cancelled
+        self.ignore = None
+        self.stage_images = {}            # stage index -> final image id (None: scratch)
+        self.step = 0
+        self.total = 0
+
+    def out(self, text):
+        self.say({"stream": text})
+
+    def check_cancel(self):
+        if self.cancelled():
+            raise Cancelled()
+
+    # -- the whole build ---------------------------------------------------------------------
+    def run(self):
+        """Build; return the final image ID. Raises a MinidockError kind on failure."""
+        df = self._read_dockerfile()
+        for warning in df.warnings:
+            self.out(warning + "\n")
+        if self.options.labels:
+            # Docker appends the `labels` parameter as one more LABEL step of the last stage.
+            text = "LABEL " + " ".join(f"{json.dumps(k)}={json.dumps(v)}"
+                                       for k, v in sorted(self.options.labels.items()))
+            df.stages[-1].instructions.append(dockerfile.parse_instruction(text, df.escape))
+        stages = df.stages
+        if self.options.target:
+            stage = df.stage(self.options.target)
+            if stage is None:
+                raise errors.InvalidParameter(
+                    f"failed to reach build target {self.options.target} in Dockerfile")
+            stages = stages[:stage.index + 1]
+        self.total = len(df.meta_args) + sum(1 + len(s.instructions) for s in stages)
+        args = dockerfile.BuildArgs(self.options.buildargs, df.escape)
+        for instr in df.meta_args:
+            self._announce(instr)
+            args.resolve_meta([instr])
+        meta = {k: v for k, v in args.meta.items() if v is not None}
+        image = None
+        for stage in stages:
+            image = self._run_stage(df, stage, args, meta)
+            self.stage_images[stage.index] = image
+        unused = args.unused()
+        if unused:
+            self.out(f"[Warning] One or more build-args [{' '.join(unused)}] were not consumed\n")
+        if image is None:
+            raise errors.InvalidParameter("No image was generated. Is your Dockerfile empty?")
+        self.say({"aux": {"ID": image}})
+        self.out(f"Successfully built {images_mod.short_id(image)}\n")
+        for name in self.options.tags:
+            key = self.images.tag(image, name)
+            self.engine.events.emit("image", "tag", image, {"name": key})
+            self.out(f"Successfully tagged {key}\n")
+        return image
+
+    def _read_dockerfile(self):
+        name = self.options.dockerfile or DEFAULT_DOCKERFILE
+        rel = dockerignore.clean_source(name)
+        ignore_path = os.path.join(self.context, ".dockerignore")
+        if os.path.isfile(ignore_path):
+            with open(ignore_path, "rb") as f:
+                self.ignore = dockerignore.Ignore.from_text(f.read())
+        try:
+            with tarsafe.Resolver(self.context) as res:
+                path = res.host_path(rel)
+            with open(path, "rb") as f:
+                text = f.read()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise errors.InvalidParameter(
+                f"Cannot locate specified Dockerfile: {name}") from None
+        df = dockerfile.parse(text)
+        if self.ignore is not None:
+            # The CLI always sends the Dockerfile and .dockerignore; like Docker, drop them
+            # now if the patterns exclude them, so COPY cannot see them.
+            dockerignore.prune(self.context, self.ignore)
+        return df
+
+    def _announce(self, instr):
+        self.step += 1
+        self.out(f"Step {self.step}/{self.total} : {instr.original}\n")
+
+    # -- a stage -------------------------------------------------------------------------------
+    def _run_stage(self, df, stage, args, meta):
+        from_ = dockerfile.substitute(stage.from_, meta, df.escape)
+        self._announce(stage.from_)
+        image = self._base_image(df, stage, from_.args[0])
+        self.out(f" ---> {images_mod.short_id(image) if image else ''}\n")
+        state = StageState(image, self._config_of(image), args.stage_scope(), df.escape)
+        env = list(state.config.get("Env") or [])
+        if not any(e.startswith("PATH=") for e in env):
+            # Docker gives every stage the default PATH when its base image sets none (an
+            # imported or scratch image), so `ENV PATH=/x:$PATH` and RUN find the usual tools.
+            state.config["Env"] = env + ["PATH=" + DEFAULT_PATH]
+        triggers = list(state.config.get("OnBuild") or [])
+        if triggers:
+            state.config["OnBuild"] = None
+            self.out(f"# Executing {len(triggers)} build trigger{'s' if len(triggers) > 1 else ''}\n")
+            for text in triggers:
+                trigger = dockerfile.parse_instruction(text, df.escape)
+                if trigger.cmd in ("ONBUILD", "FROM", "MAINTAINER"):
+                    raise errors.InvalidParameter(f"{trigger.cmd} isn't allowed as an ONBUILD trigger")
+                self._dispatch(df, state, trigger)
+        for instr in stage.instructions:
+            self.check_cancel()
+            self._announce(instr)
+            self._dispatch(df, state, instr)
+            self.out(f" ---> {images_mod.short_id(state.image) if state.image else ''}\n")
+        return state.image
+
+    def _base_image(self, df, stage, name):
+        if name.lower() == "scratch":
+            return None
+        earlier = df.stage(name)
+        if earlier is not None and earlier.index < stage.index and earlier.name == name.lower():
+            return self.stage_images[earlier.index]
+        return self._image(name)
+
+    def _image(self, name):
+        """An image by name; pulled when it is not here (or when `pull` asks to refresh)."""
+        try:
+            return self.images.resolve(name)
+        except errors.NotFound:
+            pass
+        registry = getattr(self.engine, "registry", None)
+        if registry is None:
+            raise errors.NotFound(f"No such image: {name}")
+        self.out(f"Pulling image {name}\n")
+        registry.pull(name, self.options.auth, lambda obj: None, self.cancelled)
+        return self.images.resolve(name)
+
+    def _config_of(self, image):
+        if image is None:
+            return images_mod.full_config()
+        return json.loads(json.dumps(images_mod.full_config(self.images.config(image).get("config"))))
+
+    # -- one instruction -----------------------------------------------------------------------
+    def _dispatch(self, df, state, instr):
+        variables = state.scope.variables(state.config.get("Env") or [])
+        instr = dockerfile.substitute(instr, variables, df.escape)
+        if instr.cmd == "ARG":
+            state.scope.declare(instr)
+        if instr.cmd in METADATA:
+            self._metadata(state, instr)
+        elif instr.cmd == "RUN":
+            self._run(state, instr)
+        elif instr.cmd in ("COPY", "ADD"):
+            self._copy(df, state, instr)
+        elif instr.cmd == "WORKDIR":
+            self._workdir(state, instr)
+        else:
+            raise errors.InvalidParameter(f"unknown instruction: {instr.cmd}")
+
+    def _cached(self, state, key):
+        """The cached image for this step, announced, or None."""
+        if self.options.nocache:
+            return None
+        hit = self.images.build_cache_lookup(state.image, key)
+        if hit is not None:
+            self.out(" ---> Using cache\n")
+            state.move_to(hit, self._config_of(hit))
+        return hit
+
+    def _commit_metadata(self, state, comment, key, config):
+        container_config = dict(config, Cmd=state.shell() + ["#(nop) ", comment])
+        image = self.images.add_build_step(
+            state.image, config, " ".join(container_config["Cmd"]), cache_key=key,
+            author=state.author, container_config=container_config)
+        state.move_to(image, self._config_of(image))
+
+    def _metadata(self, state, instr):
+        config = json.loads(json.dumps(state.config))
+        config["Image"] = state.image or ""
+        cmd = instr.cmd
+        if cmd == "ARG":
+            comment = "ARG " + " ".join(instr.args)
+        elif cmd == "ENV":
+            env = list(config.get("Env") or [])
+            for k, v in instr.pairs:
+                env = [e for e in env if e.split("=", 1)[0] != k] + [f"{k}={v}"]
+            config["Env"] = env
+            comment = "ENV " + " ".join(f"{k}={v}" for k, v in instr.pairs)
+        elif cmd == "LABEL":
+            labels = dict(config.get("Labels") or {})
+            labels.update(instr.pairs)
+            config["Labels"] = labels
+            comment = "LABEL " + " ".join(f"{k}={v}" for k, v in instr.pairs)
+        elif cmd in ("CMD", "ENTRYPOINT"):
+            argv = dockerfile.command_argv(instr, config.get("Shell"))
+            if cmd == "CMD":
+                config["Cmd"] = argv or None
+                state.cmd_set = True
+            else:
+                config["Entrypoint"] = argv or None
+                if not state.cmd_set:
+                    # Docker: an ENTRYPOINT resets a CMD inherited from the base image.
+                    config["Cmd"] = None
+            comment = f"{cmd} {json.dumps(argv)}"
+        elif cmd == "EXPOSE":
+            ports = dict(config.get("ExposedPorts") or {})
+            for port in instr.args:
+                ports[port if "/" in port else port + "/tcp"] = {}
+            config["ExposedPorts"] = ports
+            comment = "EXPOSE " + " ".join(sorted(ports))
+        elif cmd == "VOLUME":
+            volumes = dict(config.get("Volumes") or {})
+            for path in instr.args:
+                if not path.strip():
+                    raise errors.InvalidParameter("VOLUME specified can not be an empty string")
+                volumes[path] = {}
+            config["Volumes"] = volumes
+            comment = f"VOLUME [{' '.join(instr.args)}]"
+        elif cmd == "USER":
+            config["User"] = instr.args[0]
+            comment = "USER " + instr.args[0]
+        elif cmd == "STOPSIGNAL":
+            config["StopSignal"] = instr.args[0]
+            comment = "STOPSIGNAL " + instr.args[0]
+        elif cmd == "HEALTHCHECK":
+            config["Healthcheck"] = dockerfile.healthcheck_config(instr)
+            comment = "HEALTHCHECK " + json.dumps(config["Healthcheck"], sort_keys=True)
+        elif cmd == "SHELL":
+            config["Shell"] = list(instr.args)
+            comment = f"SHELL {json.dumps(instr.args)}"
+        elif cmd == "ONBUILD":
+            config["OnBuild"] = list(config.get("OnBuild") or []) + [instr.args[0]]
+            comment = "ONBUILD " + instr.args[0]
+        elif cmd == "MAINTAINER":
+            state.author = instr.args[0]
+            comment = "MAINTAINER " + instr.args[0]
+        key = _key(cmd, comment, state.scope.history_args(config.get("Env")) if cmd == "ARG" else None)
+        if self._cached(state, key):
+            return
+        self._commit_metadata(state, comment, key, config)
+
+    # -- RUN -----------------------------------------------------------------------------------
+    def _run(self, state, instr):
+        if state.image is None:
+            raise errors.InvalidParameter("RUN needs a base image with a command to run "
+                                          "(this stage is FROM scratch with no files)")
+        argv = dockerfile.command_argv(instr, state.config.get("Shell"))
+        env = state.config.get("Env") or []
+        history_args = state.scope.history_args(env)
+        shown = ([f"|{len(history_args)}"] + history_args if history_args else []) + argv
+        created_by = " ".join(shown)
+        key = _key("RUN", created_by)
+        if self._cached(state, key):
+            return
+        body = {"Image": state.image, "Cmd": argv, "Entrypoint": [""],
+                "Env": state.scope.run_env(env), "User": state.config.get("User") or "",
+                "WorkingDir": state.config.get("WorkingDir") or "",
+                "AttachStdout": True, "AttachStderr": True,
+                "HostConfig": dict(self.options.host_config)}
+        containers = self.engine.containers
+        cid, _ = containers.create(body)
+        self.out(f" ---> Running in {cid[:12]}\n")
+        ok = False
+        try:
+            code = self._start_and_stream(cid)
+            if code != 0:
+                raise StepFailed(f"The command '{' '.join(argv)}' returned a non-zero code: {code}",
+                                 code)
+            config = json.loads(json.dumps(state.config))
+            config["Image"] = state.image
+            container_config = dict(config, Cmd=shown)
+            diff_id = self._commit_rw(cid, state.image)
+            image = self.images.add_build_step(state.image, config, created_by, diff_id, key,
+                                               author=state.author, container=cid,
+                                               container_config=container_config)
+            state.move_to(image, self._config_of(image))
+            ok = True
+        finally:
+            if self.options.forcerm or (ok and self.options.rm):
+                self.out(f"Removing intermediate container {cid[:12]}\n")
+                try:
+                    containers.remove(cid, force=True, volumes=True)
+                except errors.MinidockError as exc:
+                    log.warning("removing build container %s: %s", cid[:12], exc.message)
+
+    def _start_and_stream(self, cid):
+        """Start the container, stream its output as `stream` lines, return its exit code."""
+        containers = self.engine.containers
+        c = containers.get(cid)
+        q = containers.subscribe(c)
+        try:
+            containers.start(cid)
+            while True:
+                try:
+                    item = q.get(timeout=0.5)
+                except queue.Empty:
+                    if self.cancelled():
+                        containers.kill(cid, "KILL")
+                        raise Cancelled() from None
+                    continue
+                if item is None:
+                    break
+                self.out(item[1].decode("utf-8", errors="replace"))
+        finally:
+            containers.unsubscribe(c, q)
+        return containers.wait(cid, stop=self.cancelled)
+
+    def _commit_rw(self, rw_id, image):
+        """Register the writable layer `rw_id` (a container's, or a scratch one) as a layer on
+        top of `image`; returns its diff_id."""
+        work = self.layers.tmpdir()
+        try:
+            with open(os.path.join(work, "diff.tar"), "w+b") as f:
+                self.layers.diff_tar(rw_id, f)
+                f.seek(0)
+                parent = self.images.top_chain(image) if image else None
+                return self.layers.register(f, parent=parent)["diff_id"]
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    # -- writable layers without a process (COPY, ADD, WORKDIR) ---------------------------------
+    def _scratch_rw(self, image):
+        """A writable layer on `image` with no container around it: (id, mounted root path)."""
+        rw_id = "build-" + store.new_id()[:52]
+        self.layers.create_rw(rw_id, self.images.top_chain(image) if image else None)
+        try:
+            return rw_id, self.layers.mount(rw_id)
+        except BaseException:
+            self.layers.remove_rw(rw_id)
+            raise
+
+    def _workdir(self, state, instr):
+        path = instr.args[0]
+        if not path.startswith("/"):
+            path = posixpath.join(state.config.get("WorkingDir") or "/", path)
+        path = posixpath.normpath(path)
+        config = json.loads(json.dumps(state.config))
+        config["Image"] = state.image or ""
+        config["WorkingDir"] = path
+        comment = "WORKDIR " + path
+        key = _key("WORKDIR", comment)
+        if self._cached(state, key):
+            return
+        # Docker creates the directory now, so later COPY/RUN steps (and the final image) have it.
+        rw_id, root = self._scratch_rw(state.image)
+        try:
+            with tarsafe.Resolver(root) as res:
+                res.dir_fd(path, create=True)
+            diff_id = self._commit_rw(rw_id, state.image) if self.layers.changes(rw_id) else None
+        finally:
+            self.layers.remove_rw(rw_id)
+        container_config = dict(config, Cmd=state.shell() + ["#(nop) ", comment])
+        image = self.images.add_build_step(state.image, config, " ".join(container_config["Cmd"]),
+                                           diff_id, key, author=state.author,
+                                           container_config=container_config)
+        state.move_to(image, self._config_of(image))
+
+    def _copy(self, df, state, instr):
+        cmd = instr.cmd
+        if instr.flags.get("link") not in (None, "", "false"):
+            pass                                # --link only changes how BuildKit caches
+        if instr.flags.get("chmod"):
+            raise errors.NotImplementedKind(f"the --chmod option requires BuildKit")
+        sources, dest = instr.args[:-1], instr.args[-1]
+        if not sources:
+            raise errors.InvalidParameter(f"{cmd} requires at least two arguments")
+        workdir = state.config.get("WorkingDir") or "/"
+        dest_abs = dest if dest.startswith("/") else posixpath.join(workdir, dest)
+        dest_dir_hint = dest.endswith("/") or dest in (".", "..") or dest.endswith(("/.", "/.."))
+        cleanups = []
+        try:
+            root, ignore = self.context, self.ignore
+            if instr.flags.get("from"):
+                root = self._source_root(df, instr.flags["from"], cleanups)
+                ignore = None
+            items = []                          # (host path, name, is_url)
+            for source in sources:
+                if cmd == "ADD" and source.startswith(("http://", "https://")):
+                    items.append(self._download(source, cleanups))
+                    continue
+                if cmd == "ADD" and source.startswith("git@"):
+                    raise errors.NotImplementedKind("ADD of a git repository requires BuildKit")
+                with tarsafe.Resolver(root) as res:
+                    for rel in dockerignore.match_sources(root, source, ignore):
+                        try:
+                            host = res.host_path(rel) if rel else root
+                        except (FileNotFoundError, NotADirectoryError):
+                            raise errors.NotFound(f"{cmd} failed: file not found in build context "
+                                                  f"or excluded by .dockerignore: {rel}") from None
+                        items.append((host, posixpath.basename(rel) or ".", False))
+            many = len(items) > 1 or any(dockerignore.has_wildcards(s) for s in sources)
+            if many and not dest_dir_hint:
+                # The check is on what the sources *matched*, as Docker does.
+                if len(items) > 1:
+                    raise errors.InvalidParameter(
+                        f"When using {cmd} with more than one source file, the destination must "
+                        "be a directory and end with a /")
+            digest = hashlib.sha256()
+            for host, name, is_url in items:
+                # Hash the content under a fixed name: the temp directory the context was
+                # unpacked into differs per build.
+                digest.update(f"{name}\0{is_url}\0".encode())
+                if os.path.isdir(host):
+                    digest.update(dockerignore.checksum(host, [""]).encode())
+                else:
+                    digest.update(dockerignore.checksum(os.path.dirname(host),
+                                                        [os.path.basename(host)]).encode())
+            kind = "dir" if len(items) == 1 and os.path.isdir(items[0][0]) else \
+                "file" if len(items) == 1 else "multi"
+            comment = f"{cmd} {kind}:{digest.hexdigest()} in {dest_abs} "
+            key = _key(cmd, comment, [instr.flags.get("chown") or "", instr.flags.get("from") or ""])
+            if self._cached(state, key):
+                return
+            rw_id, rootfs = self._scratch_rw(state.image)
+            cleanups.append(lambda: self.layers.remove_rw(rw_id))
+            uid, gid = _owner(rootfs, instr.flags.get("chown"))
+            self._write_items(cmd, rootfs, items, dest_abs, dest_dir_hint or many, uid, gid)
+            diff_id = self._commit_rw(rw_id, state.image)
+            config = json.loads(json.dumps(state.config))
+            config["Image"] = state.image or ""
+            created_by = " ".join(state.shell() + ["#(nop) " + comment])
+            image = self.images.add_build_step(state.image, config, created_by, diff_id, key,
+                                               author=state.author,
+                                               container_config=dict(config, Cmd=state.shell() +
+                                                                     ["#(nop) " + comment]))
+            state.move_to(image, self._config_of(image))
+        finally:
+            for cleanup in reversed(cleanups):
+                try:
+                    cleanup()
+                except (OSError, errors.MinidockError) as exc:
+                    log.warning("build cleanup: %s", exc)
+
+    def _source_root(self, df, ref, cleanups):
+        """The root directory `COPY --from=ref` reads: an earlier stage's image or any image,
+        mounted as a throw-away writable layer (only read)."""
+        stage = df.stage(ref)
+        if stage is not None and stage.index in self.stage_images:
+            image = self.stage_images[stage.index]
+        elif stage is not None:
+            raise errors.InvalidParameter(f"COPY --from={ref}: stage {ref} is not built before "
+                                          "this step (a stage can only copy from earlier ones)")
+        else:
+            image = self._image(ref)
+        rw_id, root = self._scratch_rw(image)
+        cleanups.append(lambda: self.layers.remove_rw(rw_id))
+        return root
+
+    def _download(self, url, cleanups):
+        """ADD <url>: fetch into a temp directory; -> (host path, file name, True)."""
+        work = self.layers.tmpdir()
+        cleanups.append(lambda: shutil.rmtree(work, ignore_errors=True))
+        name = posixpath.basename(urllib.parse.urlparse(url).path) or "index.html"
+        path = os.path.join(work, name)
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(path, "wb") as f:
+                shutil.copyfileobj(response, f)
+                modified = response.headers.get("Last-Modified")
+        except OSError as exc:
+            raise errors.InvalidParameter(f"ADD failed to fetch {url}: {exc}") from None
+        os.chmod(path, 0o600)
+        if modified:
+            import email.utils
+            try:
+                stamp = email.utils.parsedate_to_datetime(modified).timestamp()
+                os.utime(path, (stamp, stamp))
+            except (TypeError, ValueError):
+                pass
+        return path, name, True
+
+    def _write_items(self, cmd, rootfs, items, dest, dest_is_dir, uid, gid):
+        """Write the sources into the mounted writable layer `rootfs` at `dest`.
+
+        Docker's rules: a directory source copies its *contents*; a file goes to `dest` itself
+        unless dest is a directory (ends with `/`, several sources, or an existing directory),
+        where it keeps its name; ADD unpacks a local tar archive into the directory dest
+        instead (never one from a URL). Files get uid/gid (0:0 unless --chown), keep their
+        permission bits and mtime. The copy is a tar stream unpacked by tarsafe, so no name or
+        symlink in the image can send a write outside the root.
+        """
+        dest_rel = tarsafe.clean_name(dest)
+        with tarsafe.Resolver(rootfs) as res:
+            try:
+                fd, name, _ = res.walk(dest_rel)
+                os.close(fd)
+                existing_dir = name is None     # walk() descends into a directory it ends on
+            except (FileNotFoundError, NotADirectoryError):
+                existing_dir = False
+        as_dir = dest_is_dir or existing_dir
+        work = self.layers.tmpdir()
+        archives = []
+        try:
+            with open(os.path.join(work, "copy.tar"), "w+b") as spool:
+                w = tarsafe.TarWriter(spool)
+                for host, name, is_url in items:
+                    if os.path.isdir(host):
+                        if dest_rel and not existing_dir:
+                            _add_dir(w, dest_rel, uid, gid)
+                        _add_tree(w, host, dest_rel, uid, gid)
+                    elif cmd == "ADD" and not is_url and _is_archive_file(host):
+                        archives.append(host)
+                    else:
+                        target = posixpath.join(dest_rel, name) if as_dir else dest_rel
+                        if not target:
+                            raise errors.InvalidParameter(f"{cmd}: cannot copy a file onto /")
+                        if as_dir and dest_rel and not existing_dir:
+                            _add_dir(w, dest_rel, uid, gid)
+                        _add_file(w, host, target, uid, gid)
+                w.close()
+                spool.seek(0)
+                tarsafe.extract(spool, rootfs, whiteouts=tarsafe.KEEP, chown=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        for host in archives:
+            with tarsafe.Resolver(rootfs) as res:
+                res.dir_fd(dest_rel, create=True)
+            with open(host, "rb") as f:
+                plain, _ = tarsafe.decompressed(f)
+                tarsafe.extract(plain, rootfs, whiteouts=tarsafe.KEEP, chown=True, subdir=dest_rel)
+
+
+class StageState:
+    """What a stage carries from step to step: the current image and its config, the ARG
+    scope, the author set by MAINTAINER, and whether this stage set CMD itself."""
+
+    def __init__(self, image, config, scope, escape):
+        self.image = image
+        self.config = config
+        self.scope = scope
+        self.escape = escape
+        self.author = ""
+        self.cmd_set = False
+
+    def move_to(self, image, config):
+        self.image, self.config = image, config
+
+    def shell(self):
+        return list(self.config.get("Shell") or dockerfile.DEFAULT_SHELL)
+
+
+def _key(cmd, text, extra=None):
+    """A step's cache key: what it does, after substitution (the parent is matched apart)."""
+    return "sha256:" + hashlib.sha256(json.dumps([cmd, text, extra]).encode()).hexdigest()
+
+
+def _add_dir(w, arcname, uid, gid):
+    """A directory entry Docker would create for a missing destination: 0755, uid:gid."""
+    info = tarfile.TarInfo(arcname)
+    info.type, info.mode, info.uid, info.gid = tarfile.DIRTYPE, 0o755, uid, gid
+    info.mtime = int(time.time())
+    w.add(info)
+
+
+def _add_file(w, host, arcname, uid, gid):
+    """A source file (a symlink named as a source is followed, as Docker does) as `arcname`."""
+    st = os.stat(host)
+    info = tarfile.TarInfo(arcname)
+    info.mode = stat.S_IMODE(st.st_mode)
+    info.uid, info.gid = uid, gid
+    info.mtime = int(st.st_mtime)
+    info.size = st.st_size
+    with open(host, "rb") as f:
+        w.add(info, f)
+
+
+def _add_tree(w, host, arcname, uid, gid):
+    for entry in sorted(os.scandir(host), key=lambda e: e.name):
+        child = posixpath.join(arcname, entry.name) if arcname else entry.name
+        st = entry.stat(follow_symlinks=False)
+        info = tarfile.TarInfo(child)
+        info.mode = stat.S_IMODE(st.st_mode)
+        info.uid, info.gid = uid, gid
+        info.mtime = int(st.st_mtime)
+        if stat.S_ISDIR(st.st_mode):
+            info.type = tarfile.DIRTYPE
+            w.add(info)
+            _add_tree(w, entry.path, child, uid, gid)
+        elif stat.S_ISLNK(st.st_mode):
+            info.type, info.linkname = tarfile.SYMTYPE, os.readlink(entry.path)
+            w.add(info)
+        elif stat.S_ISREG(st.st_mode):
+            info.size = st.st_size
+            with open(entry.path, "rb") as f:
+                w.add(info, f)
+
+
+def _owner(rootfs, chown):
+    """--chown=user[:group] -> (uid, gid), names looked up in the image's /etc/passwd and
+    /etc/group (read through the root, never outside it). No flag: 0:0."""
+    if not chown:
+        return 0, 0
+    user, _, group = chown.partition(":")
+
+    def table(path):
+        try:
+            with tarsafe.Resolver(rootfs) as res:
+                host = res.host_path(path)
+            with open(host, encoding="utf-8", errors="replace") as f:
+                return [line.rstrip("\n").split(":") for line in f if line.strip()]
+        except (OSError, ValueError):
+            return []
+
+    if user.isdigit():
+        uid, primary = int(user), int(user)
+    else:
+        row = next((r for r in table("etc/passwd") if r[0] == user and len(r) > 3), None)
+        if row is None:
+            raise errors.InvalidParameter(f"unable to convert uid/gid chown string to host mapping: "
+                                          f"can't find uid for user {user}: no such user: {user}")
+        uid, primary = int(row[2]), int(row[3])
+    if not group:
+        return uid, primary
+    if group.isdigit():
+        return uid, int(group)
+    row = next((r for r in table("etc/group") if r[0] == group and len(r) > 2), None)
+    if row is None:
+        raise errors.InvalidParameter(f"unable to convert uid/gid chown string to host mapping: "
+                                      f"can't find gid for group {group}: no such group: {group}")
+    return uid, int(row[2])

@@ -1,0 +1,191 @@
+"""docker build (classic builder, DOCKER_BUILDKIT=0) with the real CLI against a rootless daemon.
+
+One context directory per test; the daemon is the module's `rootless` fixture (uid 65534, no
+subordinate ids, a `busybox` image). What is checked is what a user sees: `docker run` output of
+the built image, `docker inspect` config, `docker history` rows, and the build stream's lines.
+"""
+
+import io
+import json
+import os
+import tarfile
+import tempfile
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+MULTI_STAGE = """\
+# a multi-stage build touching most instructions
+ARG BASE=busybox
+FROM ${BASE} AS build
+ARG GREETING=hello
+ENV OUT=/out
+WORKDIR $OUT
+COPY src/ ./src/
+RUN cat src/a.txt src/b.txt > joined.txt && echo "$GREETING from build" > greeting.txt
+FROM $BASE
+LABEL org.example.name="demo app" org.example.stage=final
+ENV APP=/app PATH=/app/bin:$PATH
+WORKDIR ${APP}
+COPY --from=build /out/joined.txt /out/greeting.txt ./
+ADD bundle.tar /app/bundle/
+COPY --chown=1000:1000 run.sh bin/
+RUN chmod +x bin/run.sh
+EXPOSE 8080 9090/udp
+VOLUME /data
+USER 1000
+ENTRYPOINT ["run.sh"]
+CMD ["default-arg"]
+"""
+
+RUN_SH = """\
+#!/bin/sh
+echo "arg=$1 user=$(id -u) pwd=$(pwd)"
+cat /app/joined.txt /app/greeting.txt /app/bundle/inside/file.txt
+ls /app | tr '\\n' ' '; echo
+"""
+
+
+def write(root, rel, data, mode=0o644):
+    path = os.path.join(root, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    os.chmod(path, mode)
+    return path
+
+
+def bundle_tar():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        data = b"from the bundle\n"
+        info = tarfile.TarInfo("inside/file.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.fixture
+def context(rootless):
+    path = tempfile.mkdtemp(prefix="ctx-", dir=rootless.base)
+    os.chmod(path, 0o755)
+    return path
+
+
+def build(d, ctx, *args, check=True):
+    result = d.docker("build", *args, ctx, check=check, timeout=120)
+    return result.returncode, result.stdout.decode(errors="replace"), result.stderr.decode(errors="replace")
+
+
+def make_app(ctx):
+    write(ctx, "Dockerfile", MULTI_STAGE)
+    write(ctx, "src/a.txt", "alpha\n")
+    write(ctx, "src/b.txt", "beta\n")
+    write(ctx, "src/secret.key", "do not copy\n")
+    write(ctx, "run.sh", RUN_SH, 0o644)
+    write(ctx, "bundle.tar", bundle_tar())
+    write(ctx, "notes/big.log", "ignored\n")
+    write(ctx, ".dockerignore", "# keep secrets and logs out\n**/*.key\nnotes\n")
+
+
+def test_multi_stage_build_runs_and_caches(rootless, context):
+    d = rootless
+    make_app(context)
+    _, out, _ = build(d, context, "-t", "demo:1", "-t", "demo:latest")
+    assert "Step 1/20 : ARG BASE=busybox" in out
+    assert "Successfully built" in out and "Successfully tagged demo:1" in out
+    assert "Successfully tagged demo:latest" in out
+    assert " ---> Running in " in out and "Removing intermediate container" in out
+
+    run = d.docker("run", "--rm", "demo:1", timeout=30)
+    lines = run.stdout.decode().splitlines()
+    assert lines[0] == "arg=default-arg user=1000 pwd=/app"
+    assert lines[1:5] == ["alpha", "beta", "hello from build", "from the bundle"]
+    assert lines[5].split() == ["bin", "bundle", "greeting.txt", "joined.txt"]
+    # .dockerignore kept the key and the notes out of the build stage's copy
+    listing = d.docker("run", "--rm", "--entrypoint", "sh", "demo:1", "-c",
+                       "ls /app/bin; ls -ln /app/bin/run.sh").stdout.decode()
+    assert listing.split()[0] == "run.sh"
+
+    config = json.loads(d.docker("inspect", "demo:1").stdout)[0]["Config"]
+    assert config["Labels"] == {"org.example.name": "demo app", "org.example.stage": "final"}
+    assert sorted(config["ExposedPorts"]) == ["8080/tcp", "9090/udp"]
+    assert config["Volumes"] == {"/data": {}}
+    assert config["User"] == "1000" and config["WorkingDir"] == "/app"
+    assert config["Entrypoint"] == ["run.sh"] and config["Cmd"] == ["default-arg"]
+    assert "PATH=/app/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" in config["Env"] \
+        or any(e.startswith("PATH=/app/bin:") for e in config["Env"])
+
+    # the second identical build is served from the cache, step for step
+    _, again, _ = build(d, context, "-t", "demo:2")
+    steps = again.count("Step ")
+    assert steps == 20
+    # every step after each FROM (and the meta ARG) is a cache hit
+    assert again.count("Using cache") == 20 - 1 - 2
+    assert "Running in" not in again
+    ids = lambda tag: json.loads(d.docker("inspect", tag).stdout)[0]["Id"]   # noqa: E731
+    assert ids("demo:1") == ids("demo:2")
+
+    # docker history lists the steps, newest first, metadata ones with #(nop)
+    hist = d.docker("history", "--no-trunc", "--format", "{{.CreatedBy}}", "demo:1").stdout.decode()
+    rows = hist.splitlines()
+    assert rows[0].startswith('/bin/sh -c #(nop)  CMD ["default-arg"]')
+    assert any("chmod +x bin/run.sh" in r for r in rows)
+    assert any("#(nop)  EXPOSE 8080/tcp 9090/udp" in r for r in rows)
+    assert any(r.startswith("/bin/sh -c #(nop) COPY") for r in rows)
+
+
+def test_changed_file_invalidates_from_its_copy_on(rootless, context):
+    d = rootless
+    write(context, "Dockerfile", "FROM busybox\nENV A=1\nCOPY one.txt /one.txt\nRUN echo ran\n"
+          "COPY two.txt /two.txt\nCMD [\"cat\", \"/one.txt\", \"/two.txt\"]\n")
+    write(context, "one.txt", "one\n")
+    write(context, "two.txt", "two\n")
+    build(d, context, "-t", "inv:1")
+    _, out, _ = build(d, context, "-t", "inv:1")
+    assert out.count("Using cache") == 5
+    write(context, "two.txt", "TWO\n")
+    _, out, _ = build(d, context, "-t", "inv:2")
+    steps = out.split("Step ")[1:]
+    hits = ["Using cache" in s for s in steps]
+    assert hits == [False, True, True, True, False, False]      # FROM, ENV, COPY, RUN hit
+    assert d.docker("run", "--rm", "inv:2").stdout.decode() == "one\nTWO\n"
+    # --no-cache runs everything again
+    _, out, _ = build(d, context, "--no-cache", "-t", "inv:3")
+    assert "Using cache" not in out and "ran" in out
+
+
+def test_failing_run_reports_step_and_code(rootless, context):
+    d = rootless
+    write(context, "Dockerfile", "FROM busybox\nRUN echo before-failure\nRUN exit 3\nRUN echo never\n")
+    code, out, err = build(d, context, "-t", "broken", check=False)
+    assert code != 0
+    assert "Step 3/4 : RUN exit 3" in out and "before-failure" in out
+    assert "The command '/bin/sh -c exit 3' returned a non-zero code: 3" in err
+    assert "never" not in out
+    assert d.docker("inspect", "broken", check=False).returncode != 0
+
+
+def test_scratch_quiet_and_build_args(rootless, context):
+    d = rootless
+    write(context, "Dockerfile", "FROM busybox AS tools\nFROM scratch\nARG WHO=nobody\n"
+          "COPY --from=tools /bin/busybox /bin/sh\nCOPY hello.txt /\nLABEL who=$WHO\n"
+          "CMD [\"/bin/sh\", \"-c\", \"read line < /hello.txt; echo $line\"]\n")
+    write(context, "hello.txt", "hi from scratch\n")
+    _, out, _ = build(d, context, "-q", "--build-arg", "WHO=tester", "-t", "tiny")
+    assert out.strip().startswith("sha256:") and "Step" not in out
+    assert d.docker("run", "--rm", "tiny").stdout.decode() == "hi from scratch\n"
+    config = json.loads(d.docker("inspect", "tiny").stdout)[0]
+    assert config["Config"]["Labels"] == {"who": "tester"}
+    assert len(config["RootFS"]["Layers"]) == 2
+
+
+def test_bad_dockerfile_and_missing_source(rootless, context):
+    d = rootless
+    write(context, "Dockerfile", "FROM busybox\nBOGUS thing\n")
+    code, _, err = build(d, context, check=False)
+    assert code != 0 and "unknown instruction: BOGUS" in err.upper().replace("UNKNOWN INSTRUCTION", "unknown instruction")
+    write(context, "Dockerfile", "FROM busybox\nCOPY missing.txt /\n")
+    code, _, err = build(d, context, check=False)
+    assert code != 0 and "missing.txt" in err
