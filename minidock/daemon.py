@@ -189,9 +189,9 @@ def _registry(engine):
 
 def routes():
     """The whole API: every resource's route table, in one list."""
-    from minidock.api import archive, containers, execs, images, networks, system, volumes
+    from minidock.api import archive, build, containers, execs, images, networks, system, volumes
     return (system.ROUTES + images.ROUTES + containers.ROUTES + archive.ROUTES + execs.ROUTES + volumes.ROUTES
-            + networks.ROUTES)
+            + networks.ROUTES + build.ROUTES)
 
 
 def serve(engine, hosts, cors_origin=None, ready=None, stop=None):
