@@ -425,3 +425,14 @@ def test_client_disconnect_cancels_the_pull(fresh):
         assert fresh.docker("inspect", f"{name}:1", check=False).returncode != 0
     finally:
         double.stop()
+
+
+def test_push_of_an_unknown_image_is_404(rootless, logged_in):
+    r = rootless.docker("push", f"{logged_in}/e2e/never:1", check=False)
+    assert r.returncode != 0
+    assert f"An image does not exist locally with the tag: {logged_in}/e2e/never" in out(r), out(r)
+    from minidock.client import APIError
+    with pytest.raises(APIError) as e:
+        list(rootless.client().stream("POST", f"/images/{logged_in}/e2e/never/push", {"tag": "1"},
+                                      headers=auth_header()))
+    assert e.value.status == 404
