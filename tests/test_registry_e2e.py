@@ -19,7 +19,6 @@ import http.server
 import io
 import json
 import os
-import shutil
 import socket
 import tarfile
 import threading
@@ -28,7 +27,7 @@ import time
 import pytest
 
 import registry_fixtures as F
-from support import Daemon, json_lines
+from support import Daemon
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(not F.have_registry(), reason="docker-registry is not installed"),
@@ -436,3 +435,20 @@ def test_push_of_an_unknown_image_is_404(rootless, logged_in):
         list(rootless.client().stream("POST", f"/images/{logged_in}/e2e/never/push", {"tag": "1"},
                                       headers=auth_header()))
     assert e.value.status == 404
+
+
+def test_localhost_spelling_login_push_pull(fresh, reg, tmp_path):
+    """The CLI keys credentials by the host as typed (`localhost:PORT`, not 127.0.0.1:PORT) and
+    sends them for that name; the daemon resolves `localhost` itself (an insecure name by default)."""
+    host = f"localhost:{reg.port}"
+    env = {"DOCKER_CONFIG": str(tmp_path / "cfg")}
+    fresh.docker("login", "-u", USER, "--password-stdin", host, input=PASSWORD.encode(), env=env)
+    assert host in json.loads((tmp_path / "cfg" / "config.json").read_text())["auths"]
+    fresh.docker("import", "-", f"{host}/e2e/local:1", input=layer_tar({"hello": b"local\n"}), env=env)
+    text = out(fresh.docker("push", f"{host}/e2e/local:1", env=env))
+    digest = [ln.split()[2] for ln in text.splitlines() if ln.startswith("1: digest:")][0]
+    fresh.docker("rmi", "-f", fresh.docker("inspect", "-f", "{{.Id}}", f"{host}/e2e/local:1").stdout.decode().strip())
+    text = out(fresh.docker("pull", f"{host}/e2e/local:1", env=env))
+    assert f"Digest: {digest}" in text and "Pull complete" in text, text
+    assert json.loads(fresh.docker("inspect", f"{host}/e2e/local:1").stdout)[0]["RepoDigests"] == \
+        [f"{host}/e2e/local@{digest}"]
