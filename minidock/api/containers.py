@@ -345,15 +345,14 @@ def attach_session(backend, c, conn, q, tty, want_stdin, want_stdout, want_stder
         threading.Thread(target=pump_stdin, daemon=True, name=f"stdin-{c.id[:12]}").start()
     # Output until this run's streams end (the pumps send None), the client detaches, or it
     # goes away. A container that is not running yet (`docker run` attaches before it starts)
-    # simply has no output yet. When the client sends stdin it may half-close its side after
-    # stdin's EOF (the CLI does), so only a failed write tells us it left.
+    # simply has no output yet. A client half-closes its side when its stdin ends, and the
+    # CLI does so at once when it sends no stdin at all, so a readable EOF does not mean it
+    # left: only a failed write tells us (as in Docker).
     while True:
         try:
             item = q.get(timeout=0.5)
         except queue.Empty:
             if c.id not in backend.by_id:
-                return
-            if not want_stdin and http.peer_gone(conn.sock):
                 return
             continue
         if item is None:
