@@ -103,10 +103,10 @@ def test_multi_stage_build_runs_and_caches(rootless, context):
     assert lines[0] == "arg=default-arg user=1000 pwd=/app"
     assert lines[1:5] == ["alpha", "beta", "hello from build", "from the bundle"]
     assert lines[5].split() == ["bin", "bundle", "greeting.txt", "joined.txt"]
-    # .dockerignore kept the key and the notes out of the build stage's copy
-    listing = d.docker("run", "--rm", "--entrypoint", "sh", "demo:1", "-c",
-                       "ls /app/bin; ls -ln /app/bin/run.sh").stdout.decode()
-    assert listing.split()[0] == "run.sh"
+    # .dockerignore kept the key out of the build stage's copy of src/ (--target stops there)
+    build(d, context, "--target", "build", "-t", "demo-build")
+    listing = d.docker("run", "--rm", "demo-build", "ls", "/out/src").stdout.decode()
+    assert listing.split() == ["a.txt", "b.txt"]
 
     config = json.loads(d.docker("inspect", "demo:1").stdout)[0]["Config"]
     assert config["Labels"] == {"org.example.name": "demo app", "org.example.stage": "final"}
@@ -189,3 +189,85 @@ def test_bad_dockerfile_and_missing_source(rootless, context):
     write(context, "Dockerfile", "FROM busybox\nCOPY missing.txt /\n")
     code, _, err = build(d, context, check=False)
     assert code != 0 and "missing.txt" in err
+
+
+def context_tar(files, mode="w"):
+    """A build context as tar bytes ({name: text}); `mode` picks the compression."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_api_error_detail_and_compressed_context(rootless):
+    client = rootless.client()
+    body = context_tar({"Dockerfile": "FROM busybox\nRUN echo out; exit 7\n"}, "w:bz2")
+    lines = list(client.stream("POST", "/build", {"t": "api-fail"}, body=body,
+                               headers={"Content-Type": "application/x-tar"}))
+    assert {"stream": "Step 2/2 : RUN echo out; exit 7\n"} in lines
+    assert lines[-1] == {"errorDetail": {"code": 7, "message": "The command '/bin/sh -c echo out; "
+                                         "exit 7' returned a non-zero code: 7"},
+                         "error": "The command '/bin/sh -c echo out; exit 7' returned a non-zero code: 7"}
+    # the failed container is kept (rm only removes after success); forcerm removes it
+    lines = list(client.stream("POST", "/build", {"forcerm": True, "dockerfile": "sub/Build.df"},
+                               body=context_tar({"sub/Build.df": "FROM busybox\nRUN exit 1\n"}, "w:xz")))
+    assert any("Removing intermediate container" in line.get("stream", "") for line in lines)
+    assert lines[-1]["errorDetail"]["code"] == 1
+
+
+def test_remote_git_is_refused_clearly(rootless):
+    from minidock.client import APIError
+    with pytest.raises(APIError) as info:
+        rootless.client().post("/build", {"remote": "https://example.invalid/team/repo.git"})
+    assert info.value.status == 501 and "git build contexts are not supported" in info.value.message
+
+
+def test_disconnect_cancels_the_build(rootless):
+    import time
+    client = rootless.client()
+    body = context_tar({"Dockerfile": "FROM busybox\nRUN echo started; sleep 30\n"})
+    response = client.request("POST", "/build", body=body)
+    seen = b""
+    while b"started" not in seen:
+        seen += response.read1(4096)
+    response.connection_.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        running = rootless.docker("ps", "-q").stdout.split()
+        if not running:
+            break
+        time.sleep(0.2)
+    assert running == []
+
+
+def test_cache_survives_a_daemon_restart(rootless, context):
+    d = rootless
+    write(context, "Dockerfile", "FROM busybox\nCOPY f /f\nRUN cat /f > /g\n")
+    write(context, "f", "content\n")
+    build(d, context, "-t", "persist")
+    d.stop()
+    d.start()
+    _, out, _ = build(d, context, "-t", "persist")
+    assert out.count("Using cache") == 2
+
+
+def test_onbuild_shell_healthcheck_and_args(rootless, context):
+    d = rootless
+    write(context, "Dockerfile", "FROM busybox\nONBUILD RUN echo triggered > /trigger\n"
+          "STOPSIGNAL SIGINT\nHEALTHCHECK --interval=5s --retries=2 CMD true\n")
+    build(d, context, "-t", "parent-img")
+    write(context, "Dockerfile", "FROM parent-img\nARG VERSION=1.0\nSHELL [\"/bin/sh\", \"-ec\"]\n"
+          "RUN echo \"v=$VERSION\" > /version\nCMD cat /trigger /version\n")
+    _, out, _ = build(d, context, "--build-arg", "VERSION=2.5", "-t", "child-img")
+    assert "# Executing 1 build trigger" in out
+    assert d.docker("run", "--rm", "child-img").stdout.decode() == "triggered\nv=2.5\n"
+    info = json.loads(d.docker("inspect", "child-img").stdout)[0]["Config"]
+    assert info["Cmd"] == ["/bin/sh", "-ec", "cat /trigger /version"]
+    assert info["StopSignal"] == "SIGINT" and info["OnBuild"] in (None, [])
+    assert info["Healthcheck"] == {"Test": ["CMD-SHELL", "true"], "Interval": 5_000_000_000, "Retries": 2}
+    hist = d.docker("history", "--no-trunc", "--format", "{{.CreatedBy}}", "child-img").stdout.decode()
+    assert "|1 VERSION=2.5 /bin/sh -ec echo \"v=$VERSION\" > /version" in hist
