@@ -558,10 +558,18 @@ class ImageStore:
             if by_reference:
                 key = parse_reference(name).key()
                 remaining = [r for r in refs if r != key]
+                # Docker's rule: removing the last *tag* of a repository also removes that
+                # repository's digest references (`repo@sha256:...` recorded by pull or push).
+                repo = _repo_of(key)
+                same_repo_digests = []
+                if "@" not in key and not any("@" not in r and _repo_of(r) == repo for r in remaining):
+                    same_repo_digests = sorted(r for r in remaining if "@" in r and _repo_of(r) == repo)
+                    remaining = [r for r in remaining if r not in same_repo_digests]
                 if not remaining:
                     self._check_conflicts(image_id, force, users, by_reference=True, name=name)
-                self._drop_ref(key)
-                records.append({"Untagged": key})
+                for ref_key in [key] + same_repo_digests:
+                    self._drop_ref(ref_key)
+                    records.append({"Untagged": ref_key})
                 if remaining:
                     return records
             else:
@@ -620,7 +628,7 @@ class ImageStore:
 
     def prune_layers(self):
         """Remove layers no image and no container rw layer stands on; returns their chain IDs."""
-        keep = {self.top_chain(i) for i in self.configs} | self.layers.rw_chains()
+        keep = {self.top_chain(i) for i in self.configs} | self.layers.rw_chains() | set(+self.layers.pinned)
         return self.layers.prune(keep)
 
     # -- creating images -----------------------------------------------------------------------------
@@ -971,6 +979,11 @@ class ImageStore:
 
 
 # -- helpers -------------------------------------------------------------------------------------------
+
+def _repo_of(key):
+    """The repository part of an index key: "repo:tag" or "repo@sha256:..." -> "repo"."""
+    return key.split("@", 1)[0] if "@" in key else key.rsplit(":", 1)[0]
+
 
 def all_labels_match(labels, wanted):
     for item in wanted:

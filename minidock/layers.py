@@ -54,6 +54,7 @@ layers' tar headers. What you can observe: `grep overlay /proc/self/mountinfo` i
 mount namespace (`nsenter -t <daemon pid> -U -m`), `ls -l <id>/upper` after writing in a container.
 """
 
+import collections
 import ctypes
 import errno
 import hashlib
@@ -130,6 +131,9 @@ class LayerStore:
         self._lock = threading.RLock()
         self._driver = driver           # None: probe on first use
         self.driver_error = None        # why overlay was refused, for /info
+        # Layers an operation in flight (a pull, a build) stands on before any image names them:
+        # prune() must not take them. A multiset, since two pulls may share a base.
+        self.pinned = collections.Counter()
 
     def _p(self, *parts):
         return os.path.join(self.root, *parts)

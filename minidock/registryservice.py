@@ -67,11 +67,17 @@ class PullSink:
         self.chain = None           # chain ID of the layers stored so far, bottom up
         self.prefix_present = True  # still inside the run of layers we already had
         self.tmp_dir = layers.tmpdir()
+        self.pinned = []            # chains this pull stands on, safe from a concurrent rmi's prune
+
+    def _pin(self, chain):
+        self.layers.pinned[chain] += 1
+        self.pinned.append(chain)
 
     def has_layer(self, diff_id):
         if self.prefix_present:
             candidate = chain_id(self.chain, diff_id)
             if self.layers.exists(candidate):
+                self._pin(candidate)
                 self.chain = candidate
                 return True
             self.prefix_present = False
@@ -82,6 +88,7 @@ class PullSink:
         meta = self.layers.register(fileobj, parent=self.chain)
         if meta["diff_id"] != diff_id:
             raise errors.InvalidParameter(f"layer content {meta['diff_id']} does not match {diff_id}")
+        self._pin(meta["chain_id"])
         self.chain = meta["chain_id"]
 
     def add_image(self, config_bytes, reference, manifest_digest):
@@ -98,6 +105,9 @@ class PullSink:
 
     def close(self):
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        for chain in self.pinned:
+            self.layers.pinned[chain] -= 1
+        self.layers.pinned = +self.layers.pinned      # drop zero counts
 
 
 class PushSource:

@@ -260,3 +260,28 @@ def test_insert_file_as_new_layer(store, busybox):
     merged = store.layers.mount("c")
     assert open(os.path.join(merged, "usr", "share", "hello.txt")).read() == "hi there"
     store.layers.remove_rw("c")
+
+
+def test_removing_last_tag_drops_same_repo_digests(tmp_path):
+    """`docker rmi repo:tag` after a pull: the repo@digest reference goes with the last tag."""
+    from minidock.images import ImageStore
+    from minidock.layers import LayerStore
+    import io
+    import tarfile
+    layers = LayerStore(str(tmp_path / "l"), driver="vfs")
+    images = ImageStore(str(tmp_path / "i"), layers)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("f")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    buf.seek(0)
+    image_id = images.import_image(buf, "reg.example/app", "1")
+    digest_key = "reg.example/app@sha256:" + "a" * 64
+    images._set_ref(digest_key, image_id)
+    images.tag(image_id, "other/repo", "keep")
+    records = images.delete("reg.example/app:1")
+    assert {"Untagged": digest_key} in records
+    assert images.resolve("other/repo:keep") == image_id     # another repository's tag keeps it
+    records = images.delete("other/repo:keep")
+    assert {"Deleted": image_id} in records
