@@ -34,6 +34,7 @@ they run; `docker images -a` shows the intermediate images that the cache reuses
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
@@ -42,7 +43,6 @@ import queue
 import shutil
 import stat
 import tarfile
-import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -94,10 +94,59 @@ class Options:
 # The context
 # ---------------------------------------------------------------------------------------------
 
-def extract_context(stream, dest):
-    """Unpack a build context tar (plain, gzip, bzip2 or xz) from `stream` into `dest`."""
+def extract_context(stream, dest, dockerfile_name=DEFAULT_DOCKERFILE):
+    """Unpack a build context tar (plain, gzip, bzip2 or xz) from `stream` into `dest`.
+
+    A body that is not an archive at all is taken as the Dockerfile itself, with an otherwise
+    empty context (what Docker does for `curl --data-binary @Dockerfile`).
+    """
     plain, _ = tarsafe.decompressed(stream)
-    tarsafe.extract(plain, dest, whiteouts=tarsafe.KEEP, chown=False)
+    head = b""
+    while len(head) < 512:
+        more = plain.read(512 - len(head))
+        if not more:
+            break
+        head += more
+    body = io.BufferedReader(_Joined(head, plain))
+    if head and not _is_tar_header(head):
+        with open(os.path.join(dest, dockerfile_name.lstrip("/")), "wb") as f:
+            shutil.copyfileobj(body, f)
+        return
+    if head:
+        tarsafe.extract(body, dest, whiteouts=tarsafe.KEEP, chown=False)
+
+
+class _Joined(io.RawIOBase):
+    """`head` bytes already read, then the rest of `raw`."""
+
+    def __init__(self, head, raw):
+        self.head, self.raw = head, raw
+
+    def readable(self):
+        return True
+
+    def readinto(self, buf):
+        if self.head:
+            n = min(len(buf), len(self.head))
+            buf[:n] = self.head[:n]
+            self.head = self.head[n:]
+            return n
+        data = self.raw.read(len(buf))
+        buf[:len(data)] = data
+        return len(data)
+
+
+def _is_tar_header(block):
+    """Does this 512-byte block look like a tar header (ustar magic, or a valid checksum)?"""
+    if len(block) < 512:
+        return False
+    if block[257:262] == b"ustar":
+        return True
+    try:
+        stored = int(block[148:156].split(b"\0", 1)[0].strip() or b"-1", 8)
+    except ValueError:
+        return False
+    return stored == sum(block[:148]) + 8 * 32 + sum(block[156:512])
 
 
 def fetch_remote(url, dest, dockerfile_name):
@@ -112,30 +161,21 @@ def fetch_remote(url, dest, dockerfile_name):
     if parsed.scheme not in ("http", "https"):
         raise errors.InvalidParameter(f"remote must be an http(s) URL, got {url!r}")
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, \
-                tempfile.TemporaryFile(dir=dest) as spool:
-            shutil.copyfileobj(response, spool)
-            spool.seek(0)
-            head = spool.read(512 * 2)
-            spool.seek(0)
-            if _looks_like_archive(head):
-                extract_context(spool, dest)
-            else:
-                with open(os.path.join(dest, dockerfile_name), "wb") as f:
-                    shutil.copyfileobj(spool, f)
+        with urllib.request.urlopen(url, timeout=60) as response:
+            extract_context(response, dest, dockerfile_name)
     except OSError as exc:
         raise errors.InvalidParameter(f"could not fetch remote context {url}: {exc}") from None
 
 
-def _looks_like_archive(head):
-    if any(head.startswith(magic) for magic, _ in tarsafe.MAGIC):
-        return True
-    return len(head) >= 262 and head[257:262] == b"ustar"
-
-
 def _is_archive_file(path):
-    with open(path, "rb") as f:
-        return _looks_like_archive(f.read(512))
+    """ADD's test for "a local tar archive": after any decompression, a tar header."""
+    try:
+        with open(path, "rb") as f:
+            plain, _ = tarsafe.decompressed(f)
+            head = plain.read(512)
+    except (OSError, EOFError, errors.MinidockError) + tarsafe.DECODE_ERRORS:
+        return False                    # not a (readable) compressed tar: copied as a file
+    return _is_tar_header(head)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,8 +259,11 @@ class Builder:
             with open(path, "rb") as f:
                 text = f.read()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            raise errors.InvalidParameter(
-                f"Cannot locate specified Dockerfile: {name}") from None
+            if name != DEFAULT_DOCKERFILE or not os.path.isfile(os.path.join(self.context, "dockerfile")):
+                raise errors.InvalidParameter(
+                    f"Cannot locate specified Dockerfile: {name}") from None
+            with open(os.path.join(self.context, "dockerfile"), "rb") as f:   # Docker's fallback
+                text = f.read()
         df = dockerfile.parse(text)
         if self.ignore is not None:
             # The CLI always sends the Dockerfile and .dockerignore; like Docker, drop them
@@ -406,7 +449,7 @@ class Builder:
         containers = self.engine.containers
         cid, _ = containers.create(body)
         self.out(f" ---> Running in {cid[:12]}\n")
-        ok = False
+        ok = cancelled = False
         try:
             code = self._start_and_stream(cid)
             if code != 0:
@@ -421,8 +464,11 @@ class Builder:
                                                container_config=container_config)
             state.move_to(image, self._config_of(image))
             ok = True
+        except Cancelled:
+            cancelled = True
+            raise
         finally:
-            if self.options.forcerm or (ok and self.options.rm):
+            if self.options.forcerm or cancelled or (ok and self.options.rm):
                 self.out(f"Removing intermediate container {cid[:12]}\n")
                 try:
                     containers.remove(cid, force=True, volumes=True)

@@ -271,3 +271,39 @@ def test_onbuild_shell_healthcheck_and_args(rootless, context):
     assert info["Healthcheck"] == {"Test": ["CMD-SHELL", "true"], "Interval": 5_000_000_000, "Retries": 2}
     hist = d.docker("history", "--no-trunc", "--format", "{{.CreatedBy}}", "child-img").stdout.decode()
     assert "|1 VERSION=2.5 /bin/sh -ec echo \"v=$VERSION\" > /version" in hist
+
+
+@pytest.fixture
+def web(tmp_path):
+    """A local HTTP server (the daemon shares the host's network namespace) serving tmp_path."""
+    import functools
+    import http.server
+    import threading
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_add_url_remote_contexts_and_plain_dockerfile_body(rootless, context, web):
+    d = rootless
+    root, url = web
+    (root / "remote.txt").write_text("fetched\n")
+    (root / "Dockerfile").write_text(f"FROM busybox\nADD {url}/remote.txt /dl/\n"
+                                     "CMD [\"cat\", \"/dl/remote.txt\"]\n")
+    (root / "ctx.tar.gz").write_bytes(context_tar({"Dockerfile": "FROM busybox\nCOPY x /x\n"
+                                                   "CMD [\"cat\", \"/x\"]\n", "x": "from tar\n"}, "w:gz"))
+    client = d.client()
+    lines = list(client.stream("POST", "/build", {"remote": f"{url}/Dockerfile", "t": "remote-df"}))
+    assert lines[-1] == {"stream": "Successfully tagged remote-df:latest\n"}, lines
+    assert d.docker("run", "--rm", "remote-df").stdout.decode() == "fetched\n"
+    perms = d.docker("run", "--rm", "remote-df", "stat", "-c", "%a", "/dl/remote.txt").stdout
+    assert perms.decode().strip() == "600"
+    lines = list(client.stream("POST", "/build", {"remote": f"{url}/ctx.tar.gz", "t": "remote-tar"}))
+    assert d.docker("run", "--rm", "remote-tar").stdout.decode() == "from tar\n"
+    # a body that is not an archive is the Dockerfile itself
+    lines = list(client.stream("POST", "/build", {"t": "plain-df"},
+                               body=b"FROM busybox\nCMD [\"echo\", \"plain\"]\n"))
+    assert d.docker("run", "--rm", "plain-df").stdout.decode() == "plain\n"
