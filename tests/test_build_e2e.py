@@ -173,11 +173,12 @@ def test_scratch_quiet_and_build_args(rootless, context):
           "COPY --from=tools /bin/busybox /bin/sh\nCOPY hello.txt /\nLABEL who=$WHO\n"
           "CMD [\"/bin/sh\", \"-c\", \"read line < /hello.txt; echo $line\"]\n")
     write(context, "hello.txt", "hi from scratch\n")
-    _, out, _ = build(d, context, "-q", "--build-arg", "WHO=tester", "-t", "tiny")
+    _, out, _ = build(d, context, "-q", "--build-arg", "WHO=tester", "--label", "built-by=test",
+                      "-t", "tiny")
     assert out.strip().startswith("sha256:") and "Step" not in out
     assert d.docker("run", "--rm", "tiny").stdout.decode() == "hi from scratch\n"
     config = json.loads(d.docker("inspect", "tiny").stdout)[0]
-    assert config["Config"]["Labels"] == {"who": "tester"}
+    assert config["Config"]["Labels"] == {"who": "tester", "built-by": "test"}
     assert len(config["RootFS"]["Layers"]) == 2
 
 
