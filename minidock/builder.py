@@ -549,10 +549,9 @@ class Builder:
 
     def _copy(self, df, state, instr):
         cmd = instr.cmd
-        if instr.flags.get("link") not in (None, "", "false"):
-            pass                                # --link only changes how BuildKit caches
+        # --link only changes how BuildKit caches and is accepted as a no-op.
         if instr.flags.get("chmod"):
-            raise errors.NotImplementedKind(f"the --chmod option requires BuildKit")
+            raise errors.NotImplementedKind("the --chmod option requires BuildKit")
         sources, dest = instr.args[:-1], instr.args[-1]
         if not sources:
             raise errors.InvalidParameter(f"{cmd} requires at least two arguments")
@@ -580,13 +579,12 @@ class Builder:
                             raise errors.NotFound(f"{cmd} failed: file not found in build context "
                                                   f"or excluded by .dockerignore: {rel}") from None
                         items.append((host, posixpath.basename(rel) or ".", False))
-            many = len(items) > 1 or any(dockerignore.has_wildcards(s) for s in sources)
+            many = len(items) > 1
             if many and not dest_dir_hint:
                 # The check is on what the sources *matched*, as Docker does.
-                if len(items) > 1:
-                    raise errors.InvalidParameter(
-                        f"When using {cmd} with more than one source file, the destination must "
-                        "be a directory and end with a /")
+                raise errors.InvalidParameter(
+                    f"When using {cmd} with more than one source file, the destination must "
+                    "be a directory and end with a /")
             digest = hashlib.sha256()
             for host, name, is_url in items:
                 # Hash the content under a fixed name: the temp directory the context was
