@@ -211,11 +211,6 @@ class Builder:
         df = self._read_dockerfile()
         for warning in df.warnings:
             self.out(warning + "\n")
-        if self.options.labels:
-            # Docker appends the `labels` parameter as one more LABEL step of the last stage.
-            text = "LABEL " + " ".join(f"{json.dumps(k)}={json.dumps(v)}"
-                                       for k, v in sorted(self.options.labels.items()))
-            df.stages[-1].instructions.append(dockerfile.parse_instruction(text, df.escape))
         stages = df.stages
         if self.options.target:
             stage = df.stage(self.options.target)
@@ -223,6 +218,11 @@ class Builder:
                 raise errors.InvalidParameter(
                     f"failed to reach build target {self.options.target} in Dockerfile")
             stages = stages[:stage.index + 1]
+        if self.options.labels:
+            # Docker appends the `labels` parameter as one more LABEL step of the final stage.
+            text = "LABEL " + " ".join(f"{json.dumps(k)}={json.dumps(v)}"
+                                       for k, v in sorted(self.options.labels.items()))
+            stages[-1].instructions.append(dockerfile.parse_instruction(text, df.escape))
         self.total = len(df.meta_args) + sum(1 + len(s.instructions) for s in stages)
         args = dockerfile.BuildArgs(self.options.buildargs, df.escape)
         for instr in df.meta_args:
@@ -312,7 +312,8 @@ class Builder:
         return self._image(name)
 
     def _image(self, name):
-        """An image by name; pulled when it is not here (or when `pull` asks to refresh)."""
+        """An image by name, pulled from its registry when it is not here. (`pull=1` does not
+        refresh an image that is already local.)"""
         try:
             return self.images.resolve(name)
         except errors.NotFound:
