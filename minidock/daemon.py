@@ -156,11 +156,24 @@ def build_engine(config, userns=True):
     engine.containers = Containers(engine, spawner)
     engine.execs = Execs(engine, engine.containers, spawner)
     engine.registry = _registry(engine)
+    _sweep_orphan_rw_layers(engine)
     if spawner is None:
         engine.warnings.append("started with --no-userns: containers cannot run")
     else:
         engine.containers.reconcile()
     return engine
+
+
+def _sweep_orphan_rw_layers(engine):
+    """Writable layers no container owns: a build step or a create cut short by a crash."""
+    directory = os.path.join(engine.layers.root, "containers")
+    for name in os.listdir(directory):
+        if name not in engine.containers.by_id:
+            log.info("removing orphaned writable layer %s", name)
+            try:
+                engine.layers.remove_rw(name)
+            except OSError as exc:
+                log.warning("could not remove orphaned writable layer %s: %s", name, exc)
 
 
 def _cgroups(engine):

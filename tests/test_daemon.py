@@ -83,7 +83,13 @@ def test_sigkill_then_restart_is_clean(daemon_factory):
     engine_id = json.loads(d.docker("info", "--format", "{{json .ID}}").stdout)
     d.kill()
     assert os.path.exists(d.socket), "SIGKILL leaves the socket file behind"
+    # what a crash in the middle of a build step leaves: a writable layer nobody owns
+    orphan = os.path.join(d.data_root, "image", "layers", "containers", "build-cut-short")
+    os.makedirs(os.path.join(orphan, "upper"))
+    for path in (orphan, os.path.join(orphan, "upper")):
+        os.chown(path, d.uid, d.uid)
     d.start()
+    assert not os.path.exists(orphan)
     assert json.loads(d.docker("info", "--format", "{{json .ID}}").stdout) == engine_id
     assert not [n for n in os.listdir(d.data_root) if n.startswith(".tmp-")]
     assert d.stop() == 0
