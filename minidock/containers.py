@@ -181,6 +181,8 @@ class Containers:
         self.collection = store.Collection(self.root, "container", per_dir=True)
         self.by_id = {}
         self.by_pid = {}                  # init pid -> Container
+        self.early_exits = {}             # pid -> exit code, for exits reported before registration
+        self.pid_lock = threading.Lock()
         self.names_lock = threading.Lock()
         self.execs = None                 # set by the Execs backend
         for problem in self.collection.load():
@@ -483,12 +485,14 @@ class Containers:
             for fd in cleanup:
                 os.close(fd)
         c.pid = pid
-        self.by_pid[pid] = c
+        early = self.register_pid(pid, c)
         st = c.state
         st.update(Pid=pid, ExitCode=0, Error="", StartedAt=now_rfc3339(), OOMKilled=False)
         c.set_status(RUNNING)
         c.started_mono = time.monotonic()
         self.save(c)
+        if early is not None:       # it has already ended; handled once we release c.lock
+            self._exit_thread(c, early)
 
     def _failed_start(self, c, code, message):
         st = c.state
@@ -639,13 +643,32 @@ class Containers:
             c.stdin_w = None
 
     # -- exits -----------------------------------------------------------------------------------
+    # A fast process can end before the thread that started it has recorded its pid: the
+    # spawner's reader may deliver the exit between the spawner's reply and our bookkeeping.
+    # Such exits wait in `early_exits` until `register_pid` claims them.
+    def register_pid(self, pid, owner):
+        """Record who owns `pid` (a Container or an Exec); returns its exit code if it already
+        ended, else None."""
+        with self.pid_lock:
+            early = self.early_exits.pop(pid, None)
+            if early is None:
+                (self.by_pid if isinstance(owner, Container) else self.execs.by_pid)[pid] = owner
+            return early
+
     def on_exit(self, pid, code):
         """Called by the spawner's reader thread when a process we started ends."""
-        c = self.by_pid.pop(pid, None)
+        with self.pid_lock:
+            c = self.by_pid.pop(pid, None)
+            known_exec = self.execs is not None and pid in self.execs.by_pid
+            if c is None and not known_exec:
+                self.early_exits[pid] = code
+                return
         if c is None:
-            if self.execs is not None:
-                self.execs.on_exit(pid, code)
+            self.execs.on_exit(pid, code)
             return
+        self._exit_thread(c, code)
+
+    def _exit_thread(self, c, code):
         threading.Thread(target=self._handle_exit, args=(c, code), daemon=True,
                          name=f"exit-{c.id[:12]}").start()
 

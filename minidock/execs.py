@@ -171,9 +171,11 @@ class Execs:
         with e.lock:
             e.pid = pid
             e.record["Pid"] = pid
-            self.by_pid[pid] = e
             self.collection.save(e.id, e.record)
+        early = self.containers.register_pid(pid, e)
         self.containers.emit(c, "exec_start: " + " ".join(spec["argv"]), {"execID": e.id})
+        if early is not None:
+            self._record_exit(e, early)
         self._pump(e, readers, stdin_w, conn, tty)
 
     def _pump(self, e, readers, stdin_w, conn, tty):
@@ -229,8 +231,10 @@ class Execs:
 
     def on_exit(self, pid, code):
         e = self.by_pid.pop(pid, None)
-        if e is None:
-            return
+        if e is not None:
+            self._record_exit(e, code)
+
+    def _record_exit(self, e, code):
         with e.lock:
             e.record.update(Running=False, ExitCode=code, Pid=0)
             e.pid = 0
