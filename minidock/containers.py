@@ -26,7 +26,6 @@ import os
 import queue
 import random
 import re
-import shlex
 import shutil
 import signal
 import struct
@@ -939,7 +938,7 @@ class Containers:
         new_name = new_name.lstrip("/")
         with self.names_lock:
             if new_name == c.name:
-                raise errors.Conflict(f"Renaming a container with the same name as its current name")
+                raise errors.Conflict("Renaming a container with the same name as its current name")
             self._check_name_free(new_name)
             old = c.name
             with c.lock:

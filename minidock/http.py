@@ -33,8 +33,6 @@ import select
 import socket
 import socketserver
 import struct
-import sys
-import threading
 import urllib.parse
 
 from minidock import errors

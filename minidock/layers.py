@@ -58,7 +58,6 @@ import collections
 import ctypes
 import errno
 import hashlib
-import json
 import os
 import posixpath
 import secrets

@@ -1450,7 +1450,7 @@ def search(term, *, auth=None, config=None, limit=25):
     # Then the v2 catalog.
     s2 = Session(registry, config=config, auth=auth, scopes=["registry:catalog:*"])
     try:
-        repos, path = [], f"/v2/_catalog?n=1000"
+        repos, path = [], "/v2/_catalog?n=1000"
         while path and len(repos) < 100000:
             r = s2.request("GET", path)
             s2.expect(r, (200,), "catalog")

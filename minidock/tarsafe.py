@@ -780,7 +780,7 @@ def extract_archive(root, path, fileobj, no_overwrite_dir_nondir=False, label=""
         os.close(fd)
         if name is not None:
             try:
-                st = os.stat(os.path.join(root, *chain, name), follow_symlinks=False)
+                os.stat(os.path.join(root, *chain, name), follow_symlinks=False)
             except FileNotFoundError:
                 raise errors.NotFound(f"Could not find the file {path} in container {label}") from None
             raise errors.InvalidParameter(f"extraction point is not a directory: {path}")

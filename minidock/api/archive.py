@@ -31,19 +31,15 @@ mount point as the empty rootfs directory, without the volume's files.
 
 import base64
 import json
-import logging
 import os
 import posixpath
-import queue
 import shutil
-import threading
 
 from minidock import errors, http, tarsafe
+from minidock.api import streaming
 
-log = logging.getLogger("minidock.api.archive")
 
 STAT_HEADER = "X-Docker-Container-Path-Stat"
-CHUNK = 256 * 1024
 
 
 def _container(req):
@@ -60,78 +56,11 @@ def _emit(req, c, action, extra=None):
 
 # -- streaming a tar produced by a writer function ---------------------------------------------
 
-class _QueueWriter:
-    """A file-like sink that hands bytes to the response in CHUNK-sized pieces.
-
-    The queue is bounded, so a slow client slows the tar writer down instead of letting it fill
-    memory; when the client goes away `gone` is set and the next write raises BrokenPipeError,
-    which ends the writer thread.
-    """
-
-    def __init__(self, q, gone):
-        self.q, self.gone = q, gone
-        self.buf = bytearray()
-
-    def write(self, data):
-        self.buf += data
-        if len(self.buf) >= CHUNK:
-            self.flush()
-        return len(data)
-
-    def flush(self):
-        if self.buf:
-            self._put(bytes(self.buf))
-            self.buf.clear()
-
-    def _put(self, item):
-        while True:
-            if self.gone.is_set():
-                raise BrokenPipeError("client went away")
-            try:
-                self.q.put(item, timeout=0.5)
-                return
-            except queue.Full:
-                continue
-
-
 def _tar_response(req, write, headers=()):
-    """StreamResponse whose body is what `write(out)` writes, produced in a helper thread."""
-    q = queue.Queue(maxsize=16)
-    gone = threading.Event()
-    out = _QueueWriter(q, gone)
-
-    def run():
-        try:
-            write(out)
-            out.flush()
-        except BrokenPipeError:
-            pass
-        except Exception:              # noqa: BLE001 - headers are gone; the client sees a short tar
-            log.exception("writing %s %s", req.method, req.path)
-        finally:
-            try:
-                out._put(None)
-            except BrokenPipeError:
-                pass
-
-    threading.Thread(target=run, daemon=True, name="tar-stream").start()
-
-    def chunks():
-        try:
-            while True:
-                try:
-                    item = q.get(timeout=0.5)
-                except queue.Empty:
-                    if req.disconnected():
-                        return
-                    continue
-                if item is None:
-                    return
-                yield item
-        finally:
-            gone.set()
-
-    return http.StreamResponse(chunks(), headers=list(headers), content_type="application/x-tar")
+    """StreamResponse whose body is what `write(out)` writes, produced in a worker thread. An
+    error after the headers went out can only show as a short tar (and in our log)."""
+    return streaming.worker_response(req, write, maxsize=16, name="tar-stream", headers=list(headers),
+                                     content_type="application/x-tar")
 
 
 # -- where a container path lives: the rootfs or a mount's source ------------------------------

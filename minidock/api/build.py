@@ -10,11 +10,10 @@ exits non-zero. A client that hangs up cancels the build (a running RUN containe
 """
 
 import json
-import queue
 import shutil
-import threading
 
-from minidock import builder, errors, http, images as images_mod, registry
+from minidock import builder, errors, images as images_mod, registry
+from minidock.api import streaming
 
 
 def _json_param(req, name):
@@ -85,56 +84,30 @@ def post_build(req):
         shutil.rmtree(context, ignore_errors=True)
         raise
     quiet = req.qbool("q")
-    lines = queue.Queue()
-    gone = threading.Event()
 
-    def say(obj):
-        if quiet and "stream" in obj:
-            return
-        lines.put(json.dumps(obj).encode() + b"\r\n")
-
-    def fail(message, code=None):
-        detail = {"message": message}
-        if code is not None:
-            detail["code"] = code
-        lines.put(json.dumps({"errorDetail": detail, "error": message}).encode() + b"\r\n")
-
-    def run():
+    def run(pipe):
+        def say(obj):
+            if not (quiet and "stream" in obj):
+                pipe.json_line(obj)
         try:
-            image = builder.Builder(engine, context, options, say, gone.is_set).run()
+            image = builder.Builder(engine, context, options, say, pipe.cancelled).run()
             if quiet:
-                lines.put(json.dumps({"stream": image + "\n"}).encode() + b"\r\n")
+                pipe.json_line({"stream": image + "\n"})
         except builder.Cancelled:
             pass
         except builder.StepFailed as exc:
-            fail(exc.message, exc.code)
+            pipe.error_line(exc.message, exc.code)
         except errors.MinidockError as exc:
-            fail(exc.message)
+            pipe.error_line(exc.message)
+        except BrokenPipeError:
+            raise
         except Exception as exc:          # noqa: BLE001 - reported to the client and logged
             builder.log.exception("build failed")
-            fail(f"{type(exc).__name__}: {exc}")
+            pipe.error_line(f"{type(exc).__name__}: {exc}")
         finally:
             shutil.rmtree(context, ignore_errors=True)
-            lines.put(None)
 
-    threading.Thread(target=run, daemon=True, name="build").start()
-
-    def chunks():
-        try:
-            while True:
-                try:
-                    item = lines.get(timeout=0.5)
-                except queue.Empty:
-                    if req.disconnected():
-                        return
-                    continue
-                if item is None:
-                    return
-                yield item
-        finally:
-            gone.set()
-
-    return http.StreamResponse(chunks())
+    return streaming.worker_response(req, run, name="build")
 
 
 ROUTES = [

@@ -2,12 +2,10 @@
 
 import json
 import queue
-import signal
-import time
 
 from minidock import errors, http, websocket
 from minidock.api.versions import shape, shape_list
-from minidock.containers import DEFAULT_DETACH_KEYS, EXITED, PAUSED, RUNNING
+from minidock.containers import DEFAULT_DETACH_KEYS, PAUSED, RUNNING
 
 
 def _backend(req):

@@ -1,60 +1,29 @@
 """Image routes: import and pull, list, inspect, history, tag, remove, save/load, push, search, commit."""
 
 import json
-import os
 import shutil
 import tempfile
-import threading
 import urllib.request
 
 from minidock import errors, http, registry
+from minidock.api import streaming
 from minidock.api.versions import shape, shape_list
 
 
 def _progress_stream(req, work):
-    """Run `work(say, cancel)` in a thread and stream what it says as JSON lines.
-
-    Errors after the 200 went out become the `{"error", "errorDetail"}` line the CLI prints.
-    A client that goes away sets `cancel`, which the work checks between chunks.
-    """
-    import queue
-    q = queue.Queue()
-    gone = threading.Event()
-
-    def cancel():
-        return gone.is_set()
-
-    def run():
+    """Stream `work(say, cancelled)`'s JSON lines; failures become the error line the CLI prints."""
+    def run(pipe):
         try:
-            work(lambda obj: q.put(json.dumps(obj).encode() + b"\r\n"), cancel)
+            work(pipe.json_line, pipe.cancelled)
         except registry.Cancelled:
             pass
         except errors.MinidockError as exc:
-            q.put(json.dumps({"errorDetail": {"message": exc.message}, "error": exc.message}).encode() + b"\r\n")
+            pipe.error_line(exc.message)
+        except BrokenPipeError:
+            raise
         except Exception as exc:          # noqa: BLE001 - reported to the client, not swallowed
-            message = f"{type(exc).__name__}: {exc}"
-            q.put(json.dumps({"errorDetail": {"message": message}, "error": message}).encode() + b"\r\n")
-        finally:
-            q.put(None)
-
-    threading.Thread(target=run, daemon=True, name="progress").start()
-
-    def chunks():
-        try:
-            while True:
-                try:
-                    item = q.get(timeout=0.5)
-                except queue.Empty:
-                    if req.disconnected():
-                        return
-                    continue
-                if item is None:
-                    return
-                yield item
-        finally:
-            gone.set()
-
-    return http.StreamResponse(chunks())
+            pipe.error_line(f"{type(exc).__name__}: {exc}")
+    return streaming.worker_response(req, run, name="progress")
 
 
 def post_images_create(req):

@@ -1,0 +1,103 @@
+"""Responses produced by a worker thread: pull/push progress, build output, tar streams.
+
+Some answers take a long time to produce and are sent while they are produced. The handler
+returns at once with a `StreamResponse`; a worker thread does the work and feeds a `Pipe`, and the
+server's thread forwards what arrives to the client. The pipe is bounded, so a slow client slows
+the worker down instead of the daemon buffering a whole image in memory. When the client goes
+away the pipe notices, `cancelled()` turns true for the worker to check between steps, and any
+further `put` raises BrokenPipeError, which ends the worker quietly.
+"""
+
+import json
+import logging
+import queue
+import threading
+
+from minidock import http
+
+log = logging.getLogger("minidock.api")
+
+CHUNK = 1 << 16
+_END = None
+
+
+class Pipe:
+    """The worker's end of a streamed response: bytes, JSON lines, or a file-like writer."""
+
+    def __init__(self, maxsize):
+        self._q = queue.Queue(maxsize)
+        self.gone = threading.Event()
+        self._buf = bytearray()
+
+    def cancelled(self):
+        return self.gone.is_set()
+
+    def put(self, item):
+        while True:
+            if self.gone.is_set():
+                raise BrokenPipeError("client went away")
+            try:
+                self._q.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def json_line(self, obj):
+        self.put(json.dumps(obj).encode() + b"\r\n")
+
+    def error_line(self, message, code=None):
+        """The `{"error", "errorDetail"}` line clients print when a stream fails after its 200."""
+        detail = {"message": message}
+        if code is not None:
+            detail["code"] = code
+        self.json_line({"errorDetail": detail, "error": message})
+
+    # file-like, for tar writers
+    def write(self, data):
+        self._buf += data
+        if len(self._buf) >= CHUNK:
+            self.flush()
+        return len(data)
+
+    def flush(self):
+        if self._buf:
+            self.put(bytes(self._buf))
+            self._buf.clear()
+
+
+def worker_response(req, work, maxsize=64, name="stream", **response_kwargs):
+    """Run `work(pipe)` in a thread and stream what it puts; see the module docstring."""
+    pipe = Pipe(maxsize)
+
+    def run():
+        try:
+            work(pipe)
+            pipe.flush()
+        except BrokenPipeError:
+            pass
+        except Exception:          # noqa: BLE001 - the 200 is gone: log it, the client sees the stream end
+            log.exception("%s %s: streaming worker failed", req.method, req.path)
+        finally:
+            try:
+                pipe.put(_END)
+            except BrokenPipeError:
+                pass
+
+    threading.Thread(target=run, daemon=True, name=name).start()
+
+    def chunks():
+        try:
+            while True:
+                try:
+                    item = pipe._q.get(timeout=0.5)
+                except queue.Empty:
+                    if req.disconnected():
+                        return
+                    continue
+                if item is _END:
+                    return
+                yield item
+        finally:
+            pipe.gone.set()
+
+    return http.StreamResponse(chunks(), **response_kwargs)
