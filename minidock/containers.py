@@ -516,7 +516,11 @@ class Containers:
             other = self.get(mode.split(":", 1)[1])
             if other.status != RUNNING:
                 raise errors.Conflict(f"cannot join network of a non running container: {other.id}")
-            network = {"join_pid": other.pid}
+            other_mode = other.host_config.get("NetworkMode") or "default"
+            if other_mode in ("default", "bridge", "host"):
+                network = "host"      # its network *is* the host's, which we join by not leaving it
+            else:
+                network = {"join_pid": other.pid}
         else:
             network = "host"      # no bridge in rootless minidock: default/bridge/host share the host's
         spec = {

@@ -233,3 +233,42 @@ def test_project_client_streams_and_hijack(d):
         assert "start" in [e["Action"] for e in events]
     finally:
         c.delete(f"/containers/{cid}", {"force": True})
+
+
+def test_isolation_options(d):
+    resolv = out(d.docker("run", "--rm", "--dns", "9.9.9.9", "--dns-search", "example.org", "--add-host",
+                          "db:10.0.0.5", "busybox", "sh", "-c", "cat /etc/resolv.conf /etc/hosts"))
+    assert "nameserver 9.9.9.9" in resolv and "search example.org" in resolv and "10.0.0.5\tdb" in resolv
+    assert out(d.docker("run", "--rm", "--ulimit", "nofile=123:456", "busybox", "sh", "-c",
+                        "ulimit -n; ulimit -Hn")) == "123\n456\n"
+    caps = lambda *flags: out(d.docker("run", "--rm", *flags, "busybox", "grep", "CapEff",  # noqa: E731
+                                       "/proc/self/status")).split()[1]
+    assert caps() == "00000000a80425fb"                     # Docker's default set
+    assert caps("--cap-drop", "ALL") == "0000000000000000"
+    assert caps("--cap-add", "NET_ADMIN") == "00000000a80435fb"
+    assert out(d.docker("run", "--rm", "--security-opt", "no-new-privileges", "busybox", "grep", "NoNewPrivs",
+                        "/proc/self/status")).split()[1] == "1"
+    assert out(d.docker("run", "--rm", "--entrypoint", "", "busybox", "echo", "plain")) == "plain\n"
+    shm = out(d.docker("run", "--rm", "--shm-size", "8m", "busybox", "df", "-k", "/dev/shm")).splitlines()[-1]
+    assert shm.split()[1] == "8192"
+    d.docker("run", "-d", "--name", "vsrc", "-v", "/shared", "busybox", "sh", "-c",
+             "echo from-src > /shared/x; sleep 30")
+    try:
+        time.sleep(0.3)
+        assert out(d.docker("run", "--rm", "--volumes-from", "vsrc", "busybox", "cat", "/shared/x")) == "from-src\n"
+        d.docker("run", "--rm", "--network", "container:vsrc", "busybox", "true")
+        d.docker("update", "--restart", "always", "vsrc")
+        assert out(d.docker("inspect", "-f", "{{.HostConfig.RestartPolicy.Name}}", "vsrc")) == "always\n"
+    finally:
+        d.docker("rm", "-f", "-v", "vsrc")
+    d.docker("run", "-d", "--name", "nonet", "--network", "none", "busybox", "sleep", "30")
+    try:
+        dev = out(d.docker("run", "--rm", "--network", "container:nonet", "busybox", "cat", "/proc/net/dev"))
+        assert [line.split(":")[0].strip() for line in dev.splitlines()[2:]] == ["lo"]
+    finally:
+        d.docker("rm", "-f", "nonet")
+    limited = d.docker("run", "--rm", "-m", "64m", "busybox", "true")
+    if d.client().get("/info")["MemoryLimit"]:
+        assert b"Limitation discarded" not in limited.stderr
+    else:                                       # never a fake limit: Docker's warning instead
+        assert b"memory limit capabilities" in limited.stderr and b"Limitation discarded" in limited.stderr
