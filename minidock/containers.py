@@ -1172,6 +1172,34 @@ def resolv_conf(hc):
     return "\n".join(lines) + "\n"
 
 
+TIOCGPTN = 0x80045430       # _IOR('T', 0x30, unsigned int): the slave's number (asm-generic ioctls)
+TIOCSPTLCK = 0x40045431     # _IOW('T', 0x31, int): lock/unlock the slave; termios has neither
+
+
+def container_pty(init_pid):
+    """A pty from the container's own devpts instance (its /dev/pts, mounted `newinstance`).
+
+    A pty made in the daemon's /dev/pts works as a terminal inside the container, but its name
+    does not exist there, so ttyname(3) fails and `tty` prints "not a tty". The container's
+    `ptmx` is reachable through /proc/PID/root, which resolves paths in the container's mount
+    namespace: open it, unlock the slave (TIOCSPTLCK 0), read its number (TIOCGPTN) and open
+    /dev/pts/N the same way. Returns (master, slave); falls back to the daemon's own devpts.
+    """
+    root = f"/proc/{init_pid}/root/dev/pts"
+    try:
+        master = os.open(os.path.join(root, "ptmx"), os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return os.openpty()
+    try:
+        fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+        number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0" * 4))[0]
+        slave = os.open(os.path.join(root, str(number)), os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        os.close(master)
+        return os.openpty()
+    return master, slave
+
+
 def set_winsize(fd, height, width):
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", int(height), int(width), 0, 0))
 

@@ -15,7 +15,7 @@ import os
 import threading
 
 from minidock import errors, http, store
-from minidock.containers import PAUSED, RUNNING, merge_env, set_winsize
+from minidock.containers import PAUSED, RUNNING, container_pty, merge_env, set_winsize
 
 log = logging.getLogger("minidock.execs")
 
@@ -128,7 +128,7 @@ class Execs:
         stdin_r = stdin_w = None
         to_close, readers = [], []
         if tty:
-            master, slave = os.openpty()
+            master, slave = container_pty(c.pid)
             e.pty_master = master
             stdio = (slave, slave, slave)
             to_close.append(slave)

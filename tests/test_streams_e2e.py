@@ -303,6 +303,9 @@ def test_exec_tty_gets_the_terminal_size(rootless):
     out, code = run_in_pty(d, ["exec", "-it", "ex-tty", "sh"], steps=[
         (0.5, b"test -t 0 && echo IS$((1))TTY; exit 7\r")])
     assert code == 7 and b"IS1TTY" in out, out
+    # the pty comes from the container's own devpts, so its name resolves inside (ttyname works)
+    out, code = run_in_pty(d, ["exec", "-t", "ex-tty", "sh", "-c", "tty && ls /dev/pts"], rows=24, cols=80)
+    assert code == 0 and b"/dev/pts/0" in out, out
     d.docker("rm", "-f", "ex-tty")
 
 
