@@ -620,14 +620,14 @@ class Containers:
                     for q in list(c.subscribers):
                         q.put((stream, data))
             finally:
+                if c.pty_master is not None and fd == c.pty_master:
+                    c.pty_master = None          # before the close: a resize must not hit a reused fd
                 os.close(fd)
                 with lock:
                     remaining[0] -= 1
                     last = remaining[0] == 0
                 if last:
                     logger.close()
-                    if c.pty_master is not None and fd == c.pty_master:
-                        c.pty_master = None
                     for q in list(c.subscribers):
                         q.put(None)
                     c.output_done.set()

@@ -195,7 +195,10 @@ class Execs:
                         except OSError:
                             pass
             finally:
-                os.close(fd)
+                with e.lock:
+                    if e.pty_master == fd:
+                        e.pty_master = None      # never resize a closed (or reused) fd number
+                    os.close(fd)
 
         def write_in():
             try:
@@ -255,5 +258,9 @@ class Execs:
 
     def resize(self, ref, height, width):
         e = self.get(ref)
-        if e.pty_master is not None:
+        with e.lock:
+            if e.pty_master is None:
+                # The CLI resizes while its start request is still on the way; an error here makes
+                # it retry (as with Docker) instead of losing the terminal size.
+                raise errors.Conflict(f"Exec {e.id} is not running")
             set_winsize(e.pty_master, height, width)

@@ -295,8 +295,10 @@ def test_logs_and_state_survive_a_daemon_restart(daemon_factory):
 def test_exec_tty_gets_the_terminal_size(rootless):
     d = rootless
     d.docker("run", "-d", "--name", "ex-tty", "busybox", "sleep", "1000")
-    # The CLI passes its terminal's size on (exec resize); test -t sees a terminal.
-    out, code = run_in_pty(d, ["exec", "-t", "ex-tty", "sh", "-c", "test -t 1 && stty size"],
+    # The CLI passes its terminal's size on with an exec resize sent alongside the start, retrying
+    # until the exec runs. API 1.24 has no initial console size, so (as with Docker) a command that
+    # asks at once can win the race: this one waits a moment. test -t sees a terminal.
+    out, code = run_in_pty(d, ["exec", "-t", "ex-tty", "sh", "-c", "sleep 0.5; test -t 1 && stty size"],
                            rows=40, cols=120)
     assert code == 0, out
     assert b"40 120" in out, out
