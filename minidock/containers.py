@@ -577,29 +577,10 @@ class Containers:
     # -- output plumbing -------------------------------------------------------------------------
     def _open_io(self, c):
         """Pipes (or a pty) for the container's stdio; returns ((in, out, err), fds to close)."""
-        cfg = c.config
-        cleanup = []
-        if cfg["Tty"]:
-            master, slave = os.openpty()
-            os.set_blocking(master, True)
-            c.pty_master = master
-            c.stdin_w = os.dup(master) if cfg["OpenStdin"] else None
-            cleanup.append(slave)
-            self._start_pumps(c, [(master, "stdout")])
-            return (slave, slave, slave), cleanup
-        if cfg["OpenStdin"]:
-            r, w = os.pipe()
-            c.stdin_w = w
-            stdin = r
-            cleanup.append(r)
-        else:
-            stdin = os.open(os.devnull, os.O_RDONLY)
-            cleanup.append(stdin)
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        cleanup += [out_w, err_w]
-        self._start_pumps(c, [(out_r, "stdout"), (err_r, "stderr")])
-        return (stdin, out_w, err_w), cleanup
+        io = Stdio(c.config["Tty"], c.config["OpenStdin"])
+        c.pty_master, c.stdin_w = io.pty_master, io.stdin_w
+        self._start_pumps(c, io.outputs)
+        return io.child, io.close_after_spawn
 
     def _start_pumps(self, c, sources):
         c.output_done = threading.Event()
@@ -1170,6 +1151,40 @@ def resolv_conf(hc):
     if options:
         lines.append("options " + " ".join(options))
     return "\n".join(lines) + "\n"
+
+
+class Stdio:
+    """A process's stdin, stdout and stderr, and the daemon's ends of them.
+
+    With a TTY all three are one pty slave and the daemon reads and writes the master; without,
+    stdin is a pipe (or /dev/null when nobody will write to it) and stdout/stderr are two pipes,
+    kept apart so logs and attach can tell them apart.
+
+        child              the three fds the spawner hands to the process
+        close_after_spawn  our copies of the child's ends, closed once the process has them
+        outputs            [(fd, "stdout" | "stderr")] to read the process's output from
+        stdin_w            where to write the process's stdin, or None
+        pty_master         the pty master (for resizes), or None
+    """
+
+    def __init__(self, tty, open_stdin, make_pty=os.openpty):
+        self.stdin_w = self.pty_master = None
+        if tty:
+            master, slave = make_pty()
+            self.pty_master = master
+            self.stdin_w = os.dup(master) if open_stdin else None
+            self.child, self.close_after_spawn = (slave, slave, slave), [slave]
+            self.outputs = [(master, "stdout")]
+            return
+        if open_stdin:
+            stdin, self.stdin_w = os.pipe()
+        else:
+            stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        self.child = (stdin, out_w, err_w)
+        self.close_after_spawn = [stdin, out_w, err_w]
+        self.outputs = [(out_r, "stdout"), (err_r, "stderr")]
 
 
 TIOCGPTN = 0x80045430       # _IOR('T', 0x30, unsigned int): the slave's number (asm-generic ioctls)

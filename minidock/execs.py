@@ -15,7 +15,7 @@ import os
 import threading
 
 from minidock import errors, http, store
-from minidock.containers import PAUSED, RUNNING, container_pty, merge_env, set_winsize
+from minidock.containers import PAUSED, RUNNING, Stdio, container_pty, merge_env, set_winsize
 
 log = logging.getLogger("minidock.execs")
 
@@ -125,27 +125,10 @@ class Execs:
             "cap_add": c.host_config.get("CapAdd") or [],
             "cap_drop": c.host_config.get("CapDrop") or [],
         }
-        stdin_r = stdin_w = None
-        to_close, readers = [], []
-        if tty:
-            master, slave = container_pty(c.pid)
-            e.pty_master = master
-            stdio = (slave, slave, slave)
-            to_close.append(slave)
-            readers.append((master, http.STDOUT))
-            stdin_w = os.dup(master) if e.record["OpenStdin"] else None
-        else:
-            if e.record["OpenStdin"] and conn is not None:
-                stdin_r, stdin_w = os.pipe()
-                to_close.append(stdin_r)
-            else:
-                stdin_r = os.open(os.devnull, os.O_RDONLY)
-                to_close.append(stdin_r)
-            out_r, out_w = os.pipe()
-            err_r, err_w = os.pipe()
-            to_close += [out_w, err_w]
-            readers += [(out_r, http.STDOUT), (err_r, http.STDERR)]
-            stdio = (stdin_r, out_w, err_w)
+        io = Stdio(tty, e.record["OpenStdin"] and (conn is not None or tty),
+                   make_pty=lambda: container_pty(c.pid))
+        e.pty_master, stdin_w, stdio, to_close = io.pty_master, io.stdin_w, io.child, io.close_after_spawn
+        readers = [(fd, http.STDOUT if name == "stdout" else http.STDERR) for fd, name in io.outputs]
         try:
             pid = self.spawner.exec(c.pid, spec, *stdio)
         except errors.MinidockError as exc:
@@ -154,8 +137,8 @@ class Execs:
                 e.record.update(Running=False, ExitCode=code)
                 self.collection.save(e.id, e.record)
                 e.lock.notify_all()
-            for fd in to_close + [fd for fd, _ in readers] + ([stdin_w] if stdin_w is not None else []):
-                os.close(fd)
+            for fd in [fd for fd, _ in readers] + ([stdin_w] if stdin_w is not None else []):
+                os.close(fd)                     # the child's ends are closed in `finally`
             if conn is None:
                 raise
             message = f"OCI runtime exec failed: {exc.message}\r\n".encode()
@@ -163,11 +146,7 @@ class Execs:
             return
         finally:
             for fd in to_close:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-            to_close = []
+                os.close(fd)
         with e.lock:
             e.pid = pid
             e.record["Pid"] = pid
