@@ -278,6 +278,9 @@ def main(argv=None):
     # 3-5. namespaces, spawner, engine
     try:
         engine = build_engine(config, userns=not args.no_userns)
+    except errors.MinidockError as exc:       # e.g. the kernel refuses user namespaces: says how to fix
+        print(f"minidock: {exc.message}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"minidock: {exc}", file=sys.stderr)
         return 1

@@ -113,3 +113,34 @@ def test_sigterm_stops_containers_and_restart_policy_brings_them_back(daemon_fac
     assert state("always").startswith(b"running")
     assert state("plain") == b"exited 7\n"
     d.docker("rm", "-f", "plain", "always")
+
+
+def test_refused_user_namespaces_are_explained(tmp_path):
+    """A real refusal: in a user namespace of our own, user.max_user_namespaces can be set to 0
+    (the limits are per namespace), and the kernel then refuses unshare(CLONE_NEWUSER)."""
+    base = Daemon()
+    try:
+        script = ("echo 0 > /proc/sys/user/max_user_namespaces; exec " + unprivileged_python() +
+                  f" -S -m minidock -H unix://{base.socket} --data-root {base.data_root} --exec-root {base.exec_root}")
+        result = subprocess.run(as_user_argv(NOBODY) + ["unshare", "-Urm", "sh", "-c", script],
+                                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": base.pythonpath, "HOME": base.base},
+                                capture_output=True, timeout=30, cwd=base.base)
+        assert result.returncode == 1
+        message = result.stderr.decode()
+        assert "Traceback" not in message
+        assert "refuses unprivileged user namespaces" in message and "sysctl -w user.max_user_namespaces" in message
+        assert not os.path.exists(base.socket)
+    finally:
+        base.cleanup()
+
+
+def test_unix_and_tcp_listeners_together(daemon_factory):
+    import socket as socket_mod
+    probe = socket_mod.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    d = daemon_factory(extra_args=["-H", f"tcp://127.0.0.1:{port}"])
+    assert b"minidock" in d.docker("version", "--format", "{{.Server.Platform.Name}}").stdout
+    over_tcp = d.docker("version", "--format", "{{.Server.APIVersion}}", env={"DOCKER_HOST": f"tcp://127.0.0.1:{port}"})
+    assert over_tcp.stdout == b"1.24\n"
