@@ -277,3 +277,16 @@ def test_isolation_options(d):
         assert b"Limitation discarded" not in limited.stderr
     else:                                       # never a fake limit: Docker's warning instead
         assert b"memory limit capabilities" in limited.stderr and b"Limitation discarded" in limited.stderr
+
+
+def test_cli_events_follow_a_run(d):
+    since = int(time.time())
+    d.docker("run", "--rm", "--name", "evt", "busybox", "true")
+    time.sleep(1.1)                      # the CLI sends whole seconds
+    actions = out(d.docker("events", "--since", str(since), "--until", str(int(time.time())),
+                           "--filter", "container=evt", "--format", "{{.Action}}")).split()
+    assert actions == ["create", "attach", "start", "die", "destroy"]
+    died = out(d.docker("events", "--since", str(since), "--until", str(int(time.time())),
+                        "--filter", "event=die", "--filter", "container=evt",
+                        "--format", "{{.Actor.Attributes.exitCode}}"))
+    assert died == "0\n"

@@ -273,6 +273,7 @@ def post_containers_attach(req):
     # Subscribe before the hijack reply goes out: `docker run` attaches, then starts, and the
     # first output of a fast command must not slip between the two.
     q = backend.subscribe(c) if want_stream else None
+    backend.emit(c, "attach")
 
     def run(conn):
         try:
@@ -375,6 +376,7 @@ def get_containers_attach_ws(req):
     want_logs, want_stream = req.qbool("logs"), req.qbool("stream")
     detach_keys = parse_detach_keys(req.q("detachKeys"))
     q = backend.subscribe(c) if want_stream else None
+    backend.emit(c, "attach")
 
     def run(conn):
         try:
