@@ -107,33 +107,13 @@ def extract_context(stream, dest, dockerfile_name=DEFAULT_DOCKERFILE):
         if not more:
             break
         head += more
-    body = io.BufferedReader(_Joined(head, plain))
+    body = io.BufferedReader(tarsafe.Prefixed(head, plain))
     if head and not _is_tar_header(head):
         with open(os.path.join(dest, dockerfile_name.lstrip("/")), "wb") as f:
             shutil.copyfileobj(body, f)
         return
     if head:
         tarsafe.extract(body, dest, whiteouts=tarsafe.KEEP, chown=False)
-
-
-class _Joined(io.RawIOBase):
-    """`head` bytes already read, then the rest of `raw`."""
-
-    def __init__(self, head, raw):
-        self.head, self.raw = head, raw
-
-    def readable(self):
-        return True
-
-    def readinto(self, buf):
-        if self.head:
-            n = min(len(buf), len(self.head))
-            buf[:n] = self.head[:n]
-            self.head = self.head[n:]
-            return n
-        data = self.raw.read(len(buf))
-        buf[:len(data)] = data
-        return len(data)
 
 
 def _is_tar_header(block):

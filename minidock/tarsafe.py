@@ -81,7 +81,7 @@ CHUNK = 1 << 20
 MAGIC = [(b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd")]
 
 
-class _Prefixed(io.RawIOBase):
+class Prefixed(io.RawIOBase):
     """A reader that yields `prefix` and then the rest of `raw` (to peek at magic bytes)."""
 
     def __init__(self, prefix, raw):
@@ -118,7 +118,7 @@ def decompressed(stream):
     no decoder in the standard library, so it is refused by name rather than misread as tar.
     """
     head = _read_exact(stream, 6)
-    raw = io.BufferedReader(_Prefixed(head, stream), CHUNK)
+    raw = io.BufferedReader(Prefixed(head, stream), CHUNK)
     for magic, name in MAGIC:
         if head.startswith(magic):
             if name == "gzip":
