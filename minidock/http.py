@@ -492,7 +492,7 @@ class ConnectionHandler(socketserver.StreamRequestHandler):
                 self.server.log_exception(head, exc)
                 response = error_response(exc)
             try:
-                keep = self._send(head, response)
+                keep = self._send(head, response, body)
                 if keep:
                     body.drain()                   # unread body bytes must not be read as a request
             except (OSError, errors.MinidockError):
@@ -501,7 +501,7 @@ class ConnectionHandler(socketserver.StreamRequestHandler):
                 return
             self.request.settimeout(READ_TIMEOUT)
 
-    def _send(self, head, response):
+    def _send(self, head, response, body):
         """Write a response; returns whether the connection can carry another request."""
         keep = head.keep_alive
         base = list(self.server.base_headers())
@@ -520,6 +520,10 @@ class ConnectionHandler(socketserver.StreamRequestHandler):
                     pass
             return False
         if isinstance(response, StreamResponse):
+            # Whatever of the request body the handler left unread (a tar's trailing padding, say)
+            # is read now: leftover bytes would make the client's socket look busy forever, and
+            # a stream notices a client that left by seeing end-of-file there (peer_gone).
+            body.drain()
             chunked = head.version == "HTTP/1.1"
             headers = base + response.headers
             headers.append(("Transfer-Encoding", "chunked") if chunked else ("Connection", "close"))

@@ -233,16 +233,24 @@ def test_disconnect_cancels_the_build(rootless):
     body = context_tar({"Dockerfile": "FROM busybox\nRUN echo started; sleep 30\n"})
     response = client.request("POST", "/build", body=body)
     seen = b""
-    while b"started" not in seen:
+    while b'"started\\n"' not in seen:        # the RUN's own output line, not the Step line
         seen += response.read1(4096)
     response.connection_.close()
+    # The RUN container shows up, then the cancelled build kills it and removes it (not only stops
+    # it): nothing of the build is left, running or not.
+    import re
+    cid = re.search(rb"Running in ([0-9a-f]{12})", seen).group(1).decode()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        running = rootless.docker("ps", "-q").stdout.split()
-        if not running:
-            break
+    left = rootless.docker("ps", "-aq", "--filter", f"id={cid}").stdout.split()
+    while left and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert running == []
+        left = rootless.docker("ps", "-aq", "--filter", f"id={cid}").stdout.split()
+    assert left == []
+    actions = [e["Action"] for e in rootless.client().stream("GET", "/events", {
+        "since": f"{time.time() - 30:.3f}", "until": f"{time.time():.3f}",
+        "filters": {"container": [cid], "event": ["start", "kill", "die", "destroy"]}})]
+    distinct = [a for i, a in enumerate(actions) if i == 0 or a != actions[i - 1]]
+    assert distinct == ["start", "kill", "die", "destroy"]   # killed, not left to run its 30 s
 
 
 def test_cache_survives_a_daemon_restart(rootless, context):

@@ -4,8 +4,9 @@ Some answers take a long time to produce and are sent while they are produced. T
 returns at once with a `StreamResponse`; a worker thread does the work and feeds a `Pipe`, and the
 server's thread forwards what arrives to the client. The pipe is bounded, so a slow client slows
 the worker down instead of the daemon buffering a whole image in memory. When the client goes
-away the pipe notices, `cancelled()` turns true for the worker to check between steps, and any
-further `put` raises BrokenPipeError, which ends the worker quietly.
+away the pipe notices and `cancelled()` turns true for the worker to check between steps;
+further progress lines are dropped, and a raw `put`/`write` (a tar being written) raises
+BrokenPipeError, which ends the worker quietly.
 """
 
 import json
@@ -43,7 +44,13 @@ class Pipe:
                 continue
 
     def json_line(self, obj):
-        self.put(json.dumps(obj).encode() + b"\r\n")
+        """Send one progress message. Once the client has left, messages are dropped rather than
+        raised: the work stops where it checks `cancelled()`, which lets it clean up first (a
+        build kills its RUN container, a pull removes staged files)."""
+        try:
+            self.put(json.dumps(obj).encode() + b"\r\n")
+        except BrokenPipeError:
+            pass
 
     def error_line(self, message, code=None):
         """The `{"error", "errorDetail"}` line clients print when a stream fails after its 200."""
