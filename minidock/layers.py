@@ -318,11 +318,12 @@ class LayerStore:
         os.makedirs(base, mode=0o700, exist_ok=True)
         work = self.tmpdir()
         try:
-            info = {"driver": driver, "chain_id": chain, "lowers": lowers, "flat": False}
+            info = {"driver": driver, "chain_id": chain, "lowers": lowers, "flat": False, "init": True}
             if driver == OVERLAY:
                 for d in ("upper", "work", "merged"):
                     os.mkdir(os.path.join(work, d), 0o755)
-                data_len = sum(len(self._p("l", self.meta(c)["short"])) + 1 for c in lowers) + 3 * len(base) + 80
+                _make_init_layer(os.path.join(work, "init"))
+                data_len = sum(len(self._p("l", self.meta(c)["short"])) + 1 for c in lowers) + 4 * len(base) + 90
                 if not lowers:
                     os.mkdir(os.path.join(work, "empty"), 0o755)
                 elif data_len > MAX_MOUNT_DATA or len(lowers) > MAX_LOWERS:
@@ -333,6 +334,9 @@ class LayerStore:
             else:
                 os.mkdir(os.path.join(work, "merged"), 0o755)
                 self._unpack_all(lowers, os.path.join(work, "merged"))
+                # vfs has no layers to stack: the mount points go into the copy, and are
+                # remembered so that changes() does not report them.
+                info["init_paths"] = _make_init_layer(os.path.join(work, "merged"), only_missing=True)
             for part in os.listdir(work):
                 shutil.rmtree(os.path.join(base, part), ignore_errors=True)    # debris of a crash
                 os.rename(os.path.join(work, part), os.path.join(base, part))
@@ -347,12 +351,13 @@ class LayerStore:
                 tarsafe.extract(f, dest, whiteouts=tarsafe.APPLY)
 
     def _lowerdirs(self, cid, info):
-        """The lowerdir list for overlay, top layer first."""
+        """The lowerdir list for overlay, top layer first (the init layer above the image's)."""
+        init = [self._c(cid, "init")] if info.get("init") else []
         if info["flat"]:
-            return [self._c(cid, "flat")]
+            return init + [self._c(cid, "flat")]
         if not info["lowers"]:
-            return [self._c(cid, "empty")]
-        return [self._p("l", self.meta(c)["short"]) for c in reversed(info["lowers"])]
+            return init + [self._c(cid, "empty")]
+        return init + [self._p("l", self.meta(c)["short"]) for c in reversed(info["lowers"])]
 
     def merged_path(self, cid):
         return self._c(cid, "merged")
@@ -505,6 +510,8 @@ class LayerStore:
                 if stat.S_ISDIR(st.st_mode):
                     walk(entry.path, path)
         walk(merged, "")
+        init_paths = set(info.get("init_paths") or [])
+        out = [c for c in out if c["Path"].lstrip("/") not in init_paths]
         for path in index:
             parent = posixpath.dirname(path)
             if path not in seen and (not parent or parent in seen):
@@ -534,6 +541,39 @@ class LayerStore:
     def export(self, cid, out):
         """Write the container's whole filesystem as one flat tar (docker export)."""
         tarsafe.tar_tree(self.mount(cid), out)
+
+
+# The init layer (Docker's "<id>-init"): empty files where the runtime bind-mounts the files it
+# generates per container. Sitting between the image and the writable layer, they give the binds
+# a target without the container's own changes (docker diff, commit, the rw size) including them.
+INIT_FILES = ("etc/hosts", "etc/hostname", "etc/resolv.conf")
+
+
+def _make_init_layer(root, only_missing=False):
+    """Create the init files under `root`; returns the paths created. With `only_missing` (vfs,
+    writing into the image copy itself), existing entries are left alone and the times of the
+    directories touched are put back, so the image's own /etc does not read as modified."""
+    created = []
+    for rel in INIT_FILES:
+        path = os.path.join(root, rel)
+        parent = os.path.dirname(path)
+        if only_missing and os.path.lexists(path):
+            continue
+        if only_missing and os.path.islink(parent):
+            continue                      # an image whose /etc is a symlink: leave it be
+        parent_times = None
+        if os.path.isdir(parent):
+            st = os.stat(parent)
+            parent_times = (st.st_atime_ns, st.st_mtime_ns)
+        else:
+            os.makedirs(parent, 0o755)
+        with open(path, "wb"):
+            pass
+        os.chmod(path, 0o644)
+        if parent_times and only_missing:
+            os.utime(parent, ns=parent_times)
+        created.append(rel)
+    return created
 
 
 def _fs_name(path):

@@ -178,3 +178,33 @@ def test_deep_images_are_flattened(tmp_path):
         assert open(os.path.join(merged, f"f{layers.MAX_LOWERS + 1}")).read() == str(layers.MAX_LOWERS + 1)
     finally:
         store.remove_rw("deep")
+
+
+def test_init_layer_mount_points_are_not_container_changes_vfs(tmp_path):
+    """The generated /etc files' mount points exist in the container's root, but neither
+    changes() nor the commit tar report them (Docker's -init layer)."""
+    import io
+    import tarfile
+    from minidock.layers import LayerStore
+    store = LayerStore(str(tmp_path / "store"), driver="vfs")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("etc")
+        info.type = tarfile.DIRTYPE
+        info.mode = 0o755
+        tar.addfile(info)
+    buf.seek(0)
+    layer = store.register(buf)
+    store.create_rw("c1", layer["chain_id"])
+    merged = store.mount("c1")
+    for name in ("hosts", "hostname", "resolv.conf"):
+        assert os.path.isfile(os.path.join(merged, "etc", name))
+    assert store.changes("c1") == []
+    with open(os.path.join(merged, "etc", "motd"), "w") as f:
+        f.write("hi\n")
+    assert store.changes("c1") == [{"Path": "/etc", "Kind": 0}, {"Path": "/etc/motd", "Kind": 1}]
+    out = io.BytesIO()
+    store.diff_tar("c1", out)
+    out.seek(0)
+    names = tarfile.open(fileobj=out).getnames()
+    assert "etc/motd" in names and not any(n.startswith("etc/host") or "resolv" in n for n in names)

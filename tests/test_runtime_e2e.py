@@ -5,6 +5,7 @@ the nested-namespace trick for `-u 1000`), and once as `minidock-sub`, a user wi
 range, so the daemon maps 65536 ids through newuidmap.
 """
 
+import json
 import os
 import pwd
 import subprocess
@@ -290,3 +291,19 @@ def test_cli_events_follow_a_run(d):
                         "--filter", "event=die", "--filter", "container=evt",
                         "--format", "{{.Actor.Attributes.exitCode}}"))
     assert died == "0\n"
+
+
+def test_generated_etc_files_stay_out_of_diff_and_commit(d):
+    import io
+    import tarfile
+    d.docker("run", "--name", "fresh", "busybox", "sh", "-c", "cat /etc/hostname > /dev/null; echo x > /made")
+    try:
+        assert out(d.docker("diff", "fresh")).split() == ["A", "/made"]
+        image = out(d.docker("commit", "fresh", "committed:1")).strip()
+        saved = tarfile.open(fileobj=io.BytesIO(d.docker("save", image).stdout))
+        manifest = json.loads(saved.extractfile("manifest.json").read())
+        top = tarfile.open(fileobj=saved.extractfile(manifest[0]["Layers"][-1]))
+        assert top.getnames() == ["made"]
+    finally:
+        d.docker("rm", "-f", "fresh")
+        d.docker("rmi", "committed:1", check=False)

@@ -198,12 +198,13 @@ def test_stdin_once_closes_stdin_when_the_client_does(rootless):
     keep = api.post("/containers/create", body={"Image": "busybox", "Cmd": ["sh", "-c", script],
                                                 "OpenStdin": True})["Id"]
     api.post(f"/containers/{keep}/start")
-    for word in (b"one\n", b"two\n"):
+    for word in (b"one", b"two"):
         pipe = api.hijack(f"/containers/{keep}/attach", params={"stream": 1, "stdin": 1})
-        pipe.send(word)
+        pipe.send(word + b"\n")
         pipe.close_write()
         pipe.close()
-    wait_for(lambda: b"got:two" in d.docker("logs", keep).stdout, what="second line")
+        # one client after the other: wait for this line before the next client writes
+        wait_for(lambda: b"got:" + word in d.docker("logs", keep).stdout, what=f"line {word!r}")
     assert state(d, keep)["Running"]
     assert d.docker("logs", keep).stdout == b"got:one\ngot:two\n"
     d.docker("rm", "-f", once, keep)

@@ -153,18 +153,10 @@ def _stat_header(info):
 
 # -- handlers -----------------------------------------------------------------------------------
 
-# The runtime bind-mounts these daemon-managed files over empty mount-point files it makes in
-# the rw layer. Docker makes its mount points in a separate "-init" layer, so `docker diff` of a
-# fresh container is empty there; we hide them (and an /etc changed by nothing else) to match.
-ETC_MOUNT_POINTS = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
-
-
 def get_containers_changes(req):
-    c = _container(req)
-    changes = [x for x in req.daemon.layers.changes(c.id) if x["Path"] not in ETC_MOUNT_POINTS]
-    if not any(x["Path"].startswith("/etc/") for x in changes):
-        changes = [x for x in changes if not (x["Path"] == "/etc" and x["Kind"] == 0)]
-    return http.Response.json(changes)
+    # The generated /etc files' mount points live in the init layer (layers.INIT_FILES), below
+    # the container's own changes, so a fresh container's diff is empty, as with Docker.
+    return http.Response.json(req.daemon.layers.changes(_container(req).id))
 
 
 def get_containers_export(req):
