@@ -395,8 +395,6 @@ class Containers:
         config["Labels"] = labels
         if config["Healthcheck"] is None and image_cfg.get("Healthcheck"):
             config["Healthcheck"] = image_cfg["Healthcheck"]
-        if config["OnBuild"] is None:
-            config["OnBuild"] = None
         return config
 
     @staticmethod
@@ -496,9 +494,7 @@ class Containers:
     def _failed_start(self, c, code, message):
         st = c.state
         st.update(ExitCode=code, Error=message, FinishedAt=now_rfc3339(), Pid=0)
-        if c.status == CREATED:
-            pass
-        elif c.status != EXITED:
+        if c.status not in (CREATED, EXITED):     # a never-started container stays "created"
             c.set_status(EXITED)
         self.save(c)
         self._close_io(c)

@@ -18,9 +18,6 @@ def post_containers_create(req):
     body = req.json(required=True)
     if not isinstance(body, dict):
         raise errors.InvalidParameter("container config must be a JSON object")
-    if req.version < (1, 12) or "HostConfig" not in body:
-        # Before v1.15 or so, host settings came with start; accept both places.
-        pass
     cid, warnings = _backend(req).create(body, req.q("name"))
     return http.Response.json({"Id": cid, "Warnings": warnings or None}, status=201)
 
@@ -226,8 +223,7 @@ def get_containers_logs(req):
             if q is not None:
                 backend.unsubscribe(c, q)
 
-    content_type = "application/vnd.docker.raw-stream" if not tty else "application/vnd.docker.raw-stream"
-    return http.StreamResponse(produce(), content_type=content_type)
+    return http.StreamResponse(produce(), content_type="application/vnd.docker.raw-stream")
 
 
 def _int(text, name):
