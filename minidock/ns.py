@@ -575,8 +575,8 @@ def join_netns(pid):
 @_Step("create namespaces")
 def unshare_namespaces(network):
     flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC
-    if network == "none":
-        flags |= CLONE_NEWNET          # a fresh stack: loopback only
+    if network == "none" or (isinstance(network, dict) and "netns_pid" in network):
+        flags |= CLONE_NEWNET          # a fresh stack: loopback only (then maybe veths)
     unshare(flags)
 
 
@@ -910,11 +910,17 @@ def spawn_container(spec, stdio, status_fd):
     network = spec.get("network", "none")
     # Joining another container's net namespace happens before unsharing the rest, so that
     # CLONE_NEWNET is not in our flags and the joined stack is what the children inherit.
-    if isinstance(network, dict):
+    if isinstance(network, dict) and "join_pid" in network:
         join_netns(network["join_pid"])
     # Mount, pid, uts, ipc (and net) at once; all owned by the daemon's user namespace,
     # where we hold every capability, so the init can mount and set the hostname.
     unshare_namespaces(network)
+    # Bridge endpoints: veths into the fresh network namespace, before the init exists, so
+    # it starts with its network up (network.py; it needs the daemon's namespace, so it is
+    # done here in the shim and not in the init, which may be in a nested user namespace).
+    if isinstance(network, dict) and "netns_pid" in network:
+        from . import network as _network      # network.py imports ns
+        _network.attach_container(network)
     # CLONE_NEWPID applies to children only: the next fork is PID 1 of the new namespace.
     pid = os.fork()
     if pid:

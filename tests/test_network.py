@@ -1,0 +1,78 @@
+"""The daemon network namespace and container endpoints, built by an unprivileged daemon.
+
+tests/network_driver.py plays the daemon as uid 65534 (no subordinate ids): it starts the
+spawner and the keeper, makes two bridges over rtnetlink, runs busybox containers on them and
+reports what the kernel and the containers showed.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import rootfs as rootfs_helper  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PACKAGE = os.path.join(os.path.dirname(HERE), "minidock")
+PYTHON = "/usr/bin/python3"
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to the test user"),
+    pytest.mark.skipif(not shutil.which("setpriv"), reason="setpriv (util-linux) missing"),
+    pytest.mark.skipif(not os.path.exists("/bin/busybox"), reason="busybox missing"),
+]
+
+
+@pytest.fixture(scope="module")
+def seen():
+    d = tempfile.mkdtemp(prefix="minidock-net-")
+    try:
+        os.chmod(d, 0o755)
+        shutil.copytree(PACKAGE, os.path.join(d, "minidock"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy(os.path.join(HERE, "network_driver.py"), d)
+        rootfs = rootfs_helper.make_rootfs(os.path.join(d, "rootfs"), 65534, 65534)
+        p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                            PYTHON, "-S", os.path.join(d, "network_driver.py"), rootfs],
+                           capture_output=True, text=True, timeout=120, cwd=d)
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_bridges_live_in_the_daemon_namespace(seen):
+    assert seen["keeper_netns_differs"]
+    kinds = {l["name"]: l["kind"] for l in seen["links"]}
+    assert kinds["br-a"] == "bridge" and kinds["br-b"] == "bridge"
+    assert {"10.88.0.1", "10.89.0.1"} <= {a["address"] for a in seen["addrs"]}
+    assert "br-b" not in seen["after_delete"] and "br-a" in seen["after_delete"]
+
+
+def test_container_eth0_address_mac_route(seen):
+    out = seen["seen"]["out"]
+    assert seen["seen"]["code"] == 0, out
+    assert "02:42:0a:58:00:03" in out
+    assert "inet 10.88.0.3/24" in out
+    assert "default via 10.88.0.1" in out
+
+
+def test_same_network_reaches_other_does_not(seen):
+    assert seen["same_net"]["out"].strip() == "from-a"
+    assert "from-a" not in seen["other_net"]["out"]
+    assert "rc=0" not in seen["other_net"]["out"]
+    assert seen["host_net"]
+
+
+def test_daemon_dials_container_with_a_keeper_socket(seen):
+    assert seen["dial"].strip() == "via-keeper"
+
+
+def test_hotplug_and_unplug_of_a_running_container(seen):
+    assert "eth1" in seen["hotplug"]["links"] and "10.89.0.9" in seen["hotplug"]["addrs"]
+    assert "eth1" not in seen["unplug"] and "eth0" in seen["unplug"]
