@@ -1,0 +1,683 @@
+"""The networks backend: Docker's network objects and container endpoints, without HTTP.
+
+What a network is here
+----------------------
+`host` and `none` are predefined modes (the container keeps the daemon's network namespace,
+or gets one with only `lo`). `bridge` (the default network) and every user-defined network
+are Linux bridges in the daemon's network namespace (network.py), each with a subnet from
+IPAM (ipam.py) whose first address, the gateway, sits on the bridge. Records are JSON files
+under DATA/networks/, written atomically; the bridges themselves are rebuilt from them at
+every start (the namespace dies with the daemon).
+
+Endpoints
+---------
+A container's endpoint on a network is stored in the container's own record, under
+NetworkSettings.Networks.<name>, exactly in the shape `docker inspect` shows: IPAddress,
+IPPrefixLen, Gateway, MacAddress, NetworkID, EndpointID, Aliases, IPAMConfig, DNSNames. The
+address is allocated when the container joins the network (at create or connect) and kept
+until it leaves (disconnect or remove), so it survives stops and daemon restarts; the set of
+used addresses of a network is computed from the containers at any time, there is no
+second copy to get out of step.
+
+The pieces that run around a container's start, in order:
+
+    publish(c)            bind its published ports on the host (fails the start cleanly,
+                          before any process exists, with Docker's "port is already
+                          allocated")
+    spawn_network(c)      the spawner spec's "network": {"netns_pid", "endpoints"}; the
+                          shim plugs the veths in (network.attach_container)
+    etc_hosts(c), resolv_conf(c)
+                          the /etc files: own address and name, links; the embedded DNS on
+                          the gateway for user-defined networks, the host's non-loopback
+                          resolvers on the default bridge (as Docker)
+    stopped(c)            listeners closed; the veths died with the namespace
+
+Names
+-----
+On user-defined networks the embedded resolver (dns.py) answers, for a container on that
+network only: the container's name, its network aliases (docker-compose puts the service
+name there), its short id (12 hex digits) and its hostname. The default bridge has no DNS,
+as in Docker: containers there find each other through `--link`.
+"""
+
+import hashlib
+import ipaddress
+import logging
+import os
+import socket
+import threading
+import time
+
+from . import dns, errors, ipam, network, portproxy, store
+
+log = logging.getLogger(__name__)
+
+PREDEFINED_MODES = ("host", "none")
+BRIDGE = "bridge"
+
+
+def _now():
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime())
+
+
+def _predefined_id(name):
+    return hashlib.sha256(f"minidock-network-{name}".encode()).hexdigest()
+
+
+class Networks:
+    """Network records, endpoint allocation, the bridges, DNS and published ports."""
+
+    def __init__(self, data_root, containers=None, bip=None, pools=None, dns_upstreams=None):
+        """`containers` is anything with all() / get(ref) returning objects with .id, .name,
+        .record, .config, .host_config, .pid, .running (set later with attach())."""
+        self.containers = containers
+        self.collection = store.Collection(os.path.join(data_root, "networks"), "network")
+        for problem in self.collection.load():
+            log.warning("skipping unreadable network state: %s", problem)
+        self.lock = threading.RLock()
+        self.pools = pools
+        self.netns = None               # network.DaemonNetns once started
+        self.resolver = None
+        self.published = {}             # container id -> portproxy.Published
+        self.dns_upstreams = dns_upstreams
+        subnet, gateway = ipam.parse_bip(bip) if bip else (
+            ipaddress.IPv4Network(ipam.DEFAULT_BRIDGE_SUBNET), None)
+        gateway = gateway or ipam.first_host(subnet)
+        bridge = self._by_name(BRIDGE)
+        config = [{"Subnet": str(subnet), "Gateway": str(gateway)}]
+        if bridge is None:
+            nid = _predefined_id(BRIDGE)
+            self.collection.objects[nid] = self._record(nid, BRIDGE, config, {}, {}, False,
+                                                        {"com.docker.network.bridge.default_bridge": "true",
+                                                         "com.docker.network.bridge.name": "docker0"})
+            self.collection.save(nid)
+        elif bridge["IPAM"]["Config"] != config:
+            bridge["IPAM"]["Config"] = config       # --bip changed since the last start
+            self.collection.save(bridge["Id"])
+
+    def attach(self, containers):
+        self.containers = containers
+
+    # -- the daemon side: bring-up --------------------------------------------------------------
+
+    def start(self, spawner):
+        """Create the daemon's network namespace and every bridge; serve DNS. Call once the
+        spawner runs; failures are logged per network and leave that network unusable."""
+        self.netns = network.DaemonNetns(spawner)
+        upstreams = self.dns_upstreams
+        if upstreams is None:
+            upstreams = [(ip, 53) for ip in dns.host_resolvers()]
+        self.resolver = dns.Resolver(self.lookup, upstreams)
+        for rec in list(self.collection.objects.values()):
+            try:
+                self._bring_up(rec)
+            except OSError as e:
+                log.warning("network %s: cannot create its bridge: %s", rec["Name"], e)
+
+    def close(self):
+        for pub in self.published.values():
+            pub.close()
+        self.published.clear()
+        if self.resolver:
+            self.resolver.close()
+        if self.netns:
+            self.netns.close()
+
+    def _bring_up(self, rec):
+        cfg = rec["IPAM"]["Config"][0]
+        subnet = ipaddress.IPv4Network(cfg["Subnet"])
+        name = self.bridge_of(rec)
+        self.netns.rtnl(network.delete_link, name)          # a leftover of a failed attempt
+        self.netns.rtnl(network.create_bridge, name, cfg["Gateway"], subnet.prefixlen,
+                        self._mtu(rec))
+        if rec["Name"] != BRIDGE:
+            # The embedded DNS listens on the gateway, inside the daemon's namespace.
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                s = self.netns.socket(socket.AF_INET, kind, bind=(cfg["Gateway"], 53),
+                                      listen=64 if kind == socket.SOCK_STREAM else 0,
+                                      reuse=kind == socket.SOCK_STREAM)
+                self.resolver.add(rec["Id"], s)
+
+    def _bring_down(self, rec):
+        if self.resolver:
+            self.resolver.remove(rec["Id"])
+        if self.netns:
+            self.netns.rtnl(network.delete_link, self.bridge_of(rec))
+
+    def bridge_of(self, rec):
+        return (rec.get("Options") or {}).get("com.docker.network.bridge.name") or \
+            network.bridge_name(rec["Id"], rec["Name"])
+
+    def _mtu(self, rec):
+        try:
+            return int((rec.get("Options") or {}).get("com.docker.network.driver.mtu") or
+                       network.DEFAULT_MTU)
+        except ValueError:
+            return network.DEFAULT_MTU
+
+    # -- records --------------------------------------------------------------------------------
+
+    def _record(self, nid, name, ipam_config, labels, ipam_options, internal, options,
+                attachable=False):
+        return {"Name": name, "Id": nid, "Created": _now(), "Scope": "local", "Driver": "bridge",
+                "EnableIPv6": False,
+                "IPAM": {"Driver": "default", "Options": ipam_options or None,
+                         "Config": ipam_config},
+                "Internal": bool(internal), "Attachable": bool(attachable), "Ingress": False,
+                "ConfigFrom": {"Network": ""}, "ConfigOnly": False, "Options": options or {},
+                "Labels": labels or {}}
+
+    def _by_name(self, name):
+        for rec in self.collection.objects.values():
+            if rec["Name"] == name:
+                return rec
+        return None
+
+    def _predefined(self, name):
+        return {"Name": name, "Id": _predefined_id(name), "Created": "0001-01-01T00:00:00Z",
+                "Scope": "local", "Driver": "host" if name == "host" else "null",
+                "EnableIPv6": False, "IPAM": {"Driver": "default", "Options": None, "Config": []},
+                "Internal": False, "Attachable": False, "Ingress": False,
+                "ConfigFrom": {"Network": ""}, "ConfigOnly": False, "Options": {}, "Labels": {}}
+
+    def _all_records(self):
+        return [self._predefined(n) for n in PREDEFINED_MODES] + \
+            list(self.collection.objects.values())
+
+    def find(self, ref):
+        """The record of network `ref`: full id, exact name, then a unique id prefix."""
+        if ref == "default":
+            ref = BRIDGE
+        recs = self._all_records()
+        for key in ("Id", "Name"):
+            for rec in recs:
+                if rec[key] == ref:
+                    return rec
+        matches = [r for r in recs if ref and r["Id"].startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise errors.InvalidParameter(f"network {ref} is ambiguous ({len(matches)} matches found based on ID prefix)")
+        raise errors.NotFound(f"network {ref} not found")
+
+    def is_bridge(self, rec):
+        return rec["Name"] not in PREDEFINED_MODES
+
+    # -- the API: create, list, inspect, remove, prune -----------------------------------------
+
+    def create(self, body):
+        """POST /networks/create -> {"Id", "Warning"}."""
+        if not isinstance(body, dict):
+            raise errors.InvalidParameter("network config must be a JSON object")
+        name = body.get("Name")
+        if not name or not isinstance(name, str):
+            raise errors.InvalidParameter("network name is required")
+        driver = body.get("Driver") or "bridge"
+        if driver != "bridge":
+            if driver in ("host", "null", "none"):
+                raise errors.Forbidden(f"only one instance of \"{driver}\" network is allowed")
+            raise errors.NotFound(f"plugin \"{driver}\" not found")
+        if body.get("EnableIPv6"):
+            raise errors.InvalidParameter("IPv6 networks are not supported by minidock "
+                                          "(its networks are IPv4 only)")
+        ipam_in = body.get("IPAM") or {}
+        if (ipam_in.get("Driver") or "default") != "default":
+            raise errors.NotFound(f"plugin \"{ipam_in['Driver']}\" not found")
+        configs = ipam_in.get("Config") or []
+        if len(configs) > 1:
+            raise errors.InvalidParameter("minidock networks have exactly one IPv4 subnet")
+        labels = body.get("Labels") or {}
+        options = body.get("Options") or {}
+        with self.lock:
+            if name in PREDEFINED_MODES or self._by_name(name) is not None:
+                raise errors.Conflict(f"network with name {name} already exists")
+            used = [ipaddress.IPv4Network(r["IPAM"]["Config"][0]["Subnet"])
+                    for r in self.collection.objects.values()]
+            cfg = dict(configs[0]) if configs else {}
+            if cfg.get("Subnet"):
+                subnet = ipam.parse_subnet(cfg["Subnet"])
+                for other in self.collection.objects.values():
+                    if ipaddress.IPv4Network(other["IPAM"]["Config"][0]["Subnet"]).overlaps(subnet):
+                        raise errors.Forbidden(f"Pool overlaps with other one on this address space")
+            else:
+                subnet = ipam.next_subnet(used, ipam.host_routes(), self.pools)
+            out = {"Subnet": str(subnet)}
+            if cfg.get("IPRange"):
+                ip_range = ipam.parse_subnet(cfg["IPRange"])
+                if not ip_range.subnet_of(subnet):
+                    raise errors.InvalidParameter(f"invalid ip-range {ip_range}: it must be "
+                                                  f"inside the subnet {subnet}")
+                out["IPRange"] = str(ip_range)
+            if cfg.get("Gateway"):
+                try:
+                    gw = ipaddress.IPv4Address(cfg["Gateway"])
+                except ValueError:
+                    raise errors.InvalidParameter(f"invalid gateway address {cfg['Gateway']}")
+                if gw not in subnet:
+                    raise errors.InvalidParameter(f"no matching subnet for gateway {gw}")
+            else:
+                gw = ipam.first_host(subnet)
+            out["Gateway"] = str(gw)
+            nid = store.new_id()
+            rec = self._record(nid, name, [out], labels, ipam_in.get("Options"),
+                               body.get("Internal"), options, body.get("Attachable"))
+            # Bridge first, then state: a failure leaves neither behind.
+            if self.netns is not None:
+                try:
+                    self._bring_up(rec)
+                except OSError as e:
+                    self._bring_down(rec)
+                    raise errors.System(f"cannot create the bridge of network {name}: {e}")
+            self.collection.objects[nid] = rec
+            try:
+                self.collection.save(nid)
+            except BaseException:
+                del self.collection.objects[nid]
+                self._bring_down(rec)
+                raise
+        return {"Id": nid, "Warning": ""}
+
+    def members(self, rec):
+        """Containers attached to network `rec` (running or not)."""
+        out = []
+        for c in self.containers.all() if self.containers else []:
+            for ep in (c.record.get("NetworkSettings") or {}).get("Networks", {}).values():
+                if ep.get("NetworkID") == rec["Id"]:
+                    out.append(c)
+                    break
+        return out
+
+    def describe(self, rec, verbose=True):
+        """The inspect/list form: the record with Containers (running endpoints) filled in."""
+        out = {k: v for k, v in rec.items()}
+        out["Containers"] = {}
+        if rec["Name"] in PREDEFINED_MODES:
+            for c in self.containers.all() if self.containers else []:
+                if c.running and (c.host_config.get("NetworkMode") or "") == rec["Name"]:
+                    out["Containers"][c.id] = {"Name": c.name, "EndpointID": "", "MacAddress": "",
+                                               "IPv4Address": "", "IPv6Address": ""}
+            return out
+        for c in self.members(rec):
+            if not c.running:
+                continue
+            ep = self._endpoint(c, rec)
+            out["Containers"][c.id] = {
+                "Name": c.name, "EndpointID": ep.get("EndpointID", ""),
+                "MacAddress": ep.get("MacAddress", ""),
+                "IPv4Address": f"{ep['IPAddress']}/{ep['IPPrefixLen']}", "IPv6Address": ""}
+        return out
+
+    def inspect(self, ref):
+        return self.describe(self.find(ref))
+
+    def list(self, filters=None):
+        nets = [self.describe(r) for r in self._all_records()]
+        for key, values in (filters or {}).items():
+            if key == "name":
+                nets = [n for n in nets if any(v in n["Name"] for v in values)]
+            elif key == "id":
+                nets = [n for n in nets if any(n["Id"].startswith(v) for v in values)]
+            elif key == "driver":
+                nets = [n for n in nets if n["Driver"] in values]
+            elif key == "type":
+                for v in values:
+                    if v not in ("custom", "builtin"):
+                        raise errors.InvalidParameter(f"invalid filter: 'type'='{v}'")
+                nets = [n for n in nets if ("builtin" if self._builtin(n) else "custom") in values]
+            elif key == "label":
+                nets = [n for n in nets if all(_label_match(n["Labels"], v) for v in values)]
+            elif key == "scope":
+                nets = [n for n in nets if n["Scope"] in values]
+            elif key == "dangling":
+                want = values[0] in ("1", "true")
+                nets = [n for n in nets if self._builtin(n) is False and (not n["Containers"]) == want]
+            else:
+                raise errors.InvalidParameter(f"invalid filter '{key}'")
+        return nets
+
+    def _builtin(self, rec):
+        return rec["Name"] in PREDEFINED_MODES + (BRIDGE,)
+
+    def remove(self, ref):
+        with self.lock:
+            rec = self.find(ref)
+            if self._builtin(rec):
+                raise errors.Forbidden(f"{rec['Name']} is a pre-defined network and cannot be removed")
+            running = [c for c in self.members(rec) if c.running]
+            if running:
+                raise errors.Forbidden(f"error while removing network: network {rec['Name']} id "
+                                       f"{rec['Id']} has active endpoints")
+            for c in self.members(rec):           # stopped members lose the endpoint
+                c.record["NetworkSettings"]["Networks"].pop(self._ep_name(c, rec), None)
+                self.containers.save(c)
+            self._bring_down(rec)
+            self.collection.delete(rec["Id"])
+        return rec
+
+    def prune(self, filters=None):
+        removed = []
+        for rec in list(self.collection.objects.values()):
+            if self._builtin(rec) or any(c.running for c in self.members(rec)):
+                continue
+            if filters and "label" in filters and not all(_label_match(rec["Labels"], v)
+                                                          for v in filters["label"]):
+                continue
+            try:
+                self.remove(rec["Id"])
+                removed.append(rec["Name"])
+            except errors.MinidockError:
+                pass
+        return removed
+
+    # -- endpoints ------------------------------------------------------------------------------
+
+    def _ep_name(self, c, rec):
+        for name, ep in (c.record.get("NetworkSettings") or {}).get("Networks", {}).items():
+            if ep.get("NetworkID") == rec["Id"]:
+                return name
+        return rec["Name"]
+
+    def _endpoint(self, c, rec):
+        return c.record["NetworkSettings"]["Networks"].get(self._ep_name(c, rec)) or {}
+
+    def _used(self, rec, except_id=None):
+        used = []
+        for c in self.members(rec):
+            if c.id != except_id:
+                ip = self._endpoint(c, rec).get("IPAddress")
+                if ip:
+                    used.append(ipaddress.IPv4Address(ip))
+        return used
+
+    def mode_network(self, host_config):
+        """The network record a container's NetworkMode names, or None for host/none/
+        container:X."""
+        mode = host_config.get("NetworkMode") or "default"
+        if mode in PREDEFINED_MODES or mode.startswith("container:"):
+            return None
+        return self.find(mode)
+
+    def check_mode(self, host_config):
+        """Validate NetworkMode at create (NotFound for an unknown network)."""
+        mode = host_config.get("NetworkMode") or "default"
+        if mode.startswith("container:"):
+            return
+        self.find(mode)
+
+    def join(self, c, rec, config=None):
+        """Allocate `c`'s endpoint on `rec` (no kernel work); returns the endpoint dict.
+        `config` is an EndpointSettings: Aliases, IPAMConfig.IPv4Address, Links, MacAddress."""
+        config = config or {}
+        if rec["Name"] in PREDEFINED_MODES:
+            raise errors.Forbidden(f"container cannot be disconnected from host network or "
+                                   f"connected to host network" if rec["Name"] == "host" else
+                                   f"container cannot be connected to network {rec['Name']}")
+        settings = c.record.setdefault("NetworkSettings", {}).setdefault("Networks", {})
+        for ep in settings.values():
+            if ep.get("NetworkID") == rec["Id"]:
+                raise errors.Forbidden(f"endpoint with name {c.name} already exists in network "
+                                       f"{rec['Name']}")
+        cfg = rec["IPAM"]["Config"][0]
+        subnet = ipaddress.IPv4Network(cfg["Subnet"])
+        gateway = ipaddress.IPv4Address(cfg["Gateway"])
+        ipam_cfg = config.get("IPAMConfig") or {}
+        aliases = list(config.get("Aliases") or [])
+        with self.lock:
+            used = self._used(rec, except_id=c.id)
+            if ipam_cfg.get("IPv4Address"):
+                if rec["Name"] == BRIDGE:
+                    raise errors.InvalidParameter("user specified IP address is supported on user "
+                                                  "defined networks only")
+                ip = ipam.check_requested(subnet, gateway, used, ipam_cfg["IPv4Address"])
+            else:
+                ip_range = ipaddress.IPv4Network(cfg["IPRange"]) if cfg.get("IPRange") else None
+                ip = ipam.allocate(subnet, gateway, used, ip_range)
+            mac = config.get("MacAddress") or c.config.get("MacAddress") or network.mac_for(ip)
+            if rec["Name"] == BRIDGE and aliases:
+                raise errors.InvalidParameter("network-scoped alias is supported only for "
+                                              "containers in user defined networks")
+            ep = {"IPAMConfig": ({"IPv4Address": ipam_cfg["IPv4Address"]}
+                                 if ipam_cfg.get("IPv4Address") else None),
+                  "Links": config.get("Links") or None,
+                  "Aliases": aliases or None,
+                  "MacAddress": mac, "DriverOpts": None, "NetworkID": rec["Id"],
+                  "EndpointID": store.new_id(), "Gateway": str(gateway), "IPAddress": str(ip),
+                  "IPPrefixLen": subnet.prefixlen, "IPv6Gateway": "", "GlobalIPv6Address": "",
+                  "GlobalIPv6PrefixLen": 0,
+                  "DNSNames": ([c.name] + aliases + [c.id[:12]]) if rec["Name"] != BRIDGE else None}
+            settings[rec["Name"]] = ep
+        return ep
+
+    def join_at_create(self, c, networking_config=None):
+        """Endpoints for a new container: its NetworkMode's network, plus any other network in
+        NetworkingConfig.EndpointsConfig (API >= 1.44 allows several)."""
+        rec = self.mode_network(c.host_config)
+        c.record.setdefault("NetworkSettings", {}).setdefault("Networks", {})
+        if rec is None:
+            return
+        eps = dict((networking_config or {}).get("EndpointsConfig") or {})
+        mine = None
+        for key in list(eps):
+            try:
+                if self.find(key)["Id"] == rec["Id"]:
+                    mine = eps.pop(key)
+            except errors.NotFound:
+                pass
+        if mine is None and rec["Name"] == BRIDGE and c.host_config.get("Links"):
+            mine = {}
+        self.join(c, rec, mine)
+        for key, config in eps.items():
+            self.join(c, self.find(key), config)
+
+    def leave(self, c, rec, force=False):
+        """Disconnect `c` from `rec`; a running container loses its interface now."""
+        name = self._ep_name(c, rec)
+        settings = (c.record.get("NetworkSettings") or {}).get("Networks", {})
+        if name not in settings:
+            if force:
+                return
+            raise errors.Forbidden(f"container {c.id} is not connected to network {rec['Name']}")
+        if c.running and self.netns is not None:
+            index = list(settings).index(name)
+            try:
+                network.unplug(self.netns, c.pid, f"eth{index}")
+            except OSError as e:
+                if not force:
+                    raise errors.System(f"cannot disconnect: {e}")
+        del settings[name]
+
+    def leave_all(self, c):
+        """Forget every endpoint of a removed container (its addresses are free again)."""
+        self.stopped(c)
+        ns_ = c.record.get("NetworkSettings") or {}
+        ns_["Networks"] = {}
+
+    def connect(self, ref, c, config=None):
+        """POST /networks/{id}/connect for a running or stopped container."""
+        rec = self.find(ref)
+        mode = c.host_config.get("NetworkMode") or "default"
+        if mode in PREDEFINED_MODES or mode.startswith("container:"):
+            raise errors.Forbidden(f"container sharing network namespace with another container "
+                                   f"or host cannot be connected to any other network"
+                                   if mode != "none" else
+                                   f"container cannot be connected to network {rec['Name']}: "
+                                   f"it runs with --network none")
+        ep = self.join(c, rec, config)
+        if c.running and self.netns is not None:
+            settings = c.record["NetworkSettings"]["Networks"]
+            index = list(settings).index(rec["Name"])
+            try:
+                network.hotplug(self.netns, c.pid, f"eth{index}", self._wire(rec, ep, False))
+            except OSError as e:
+                del settings[rec["Name"]]
+                raise errors.System(f"cannot connect container to network {rec['Name']}: {e}")
+        self.containers.save(c)
+        return ep
+
+    def disconnect(self, ref, c, force=False):
+        rec = self.find(ref)
+        self.leave(c, rec, force)
+        self.containers.save(c)
+
+    def _wire(self, rec, ep, default_route):
+        return {"bridge": self.bridge_of(rec), "address": ep["IPAddress"],
+                "prefixlen": ep["IPPrefixLen"], "gateway": ep["Gateway"],
+                "mac": ep["MacAddress"], "mtu": self._mtu(rec),
+                "default_route": default_route and not rec.get("Internal")}
+
+    # -- around a container's start ------------------------------------------------------------
+
+    def spawn_network(self, c):
+        """The spawner spec's "network" for a bridge-mode container, or None."""
+        settings = (c.record.get("NetworkSettings") or {}).get("Networks", {})
+        if self.mode_network(c.host_config) is None:
+            return None
+        if self.netns is None:
+            raise errors.Unavailable("the daemon's network namespace is not running")
+        endpoints = []
+        first = True
+        for name, ep in settings.items():
+            rec = self.collection.objects.get(ep.get("NetworkID"))
+            if rec is None:
+                raise errors.NotFound(f"network {name} not found")
+            endpoints.append(self._wire(rec, ep, first))
+            first = False
+        return {"netns_pid": self.netns.pid, "endpoints": endpoints}
+
+    def primary_ip(self, c):
+        for ep in (c.record.get("NetworkSettings") or {}).get("Networks", {}).values():
+            if ep.get("IPAddress"):
+                return ep["IPAddress"]
+        return None
+
+    def publish(self, c):
+        """Bind the container's published ports (before its process exists). Returns the
+        NetworkSettings.Ports mapping."""
+        hc = c.host_config
+        bindings = portproxy.expand_bindings(hc.get("PortBindings"), c.config.get("ExposedPorts"),
+                                             hc.get("PublishAllPorts"))
+        ports = {key: None for key in (c.config.get("ExposedPorts") or {})}
+        ip = self.primary_ip(c)
+        if not bindings or ip is None or self.netns is None:
+            return ports
+        dial = lambda kind: self.netns.socket(socket.AF_INET, kind)
+        pub = portproxy.Published(ip, bindings, dial)
+        self.published[c.id] = pub
+        for proto, cport, host_ip, host_port in pub.ports:
+            ports.setdefault(f"{cport}/{proto}", None)
+            ports[f"{cport}/{proto}"] = (ports[f"{cport}/{proto}"] or []) + [
+                {"HostIp": host_ip, "HostPort": str(host_port)}]
+        return ports
+
+    def stopped(self, c):
+        """The container's process ended: close its listeners."""
+        pub = self.published.pop(c.id, None)
+        if pub is not None:
+            pub.close()
+
+    def etc_hosts(self, c, hostname):
+        """Extra /etc/hosts lines: the container's own address and names, and its links."""
+        lines = []
+        ip = self.primary_ip(c)
+        if ip:
+            names = [hostname]
+            if c.name != hostname:
+                pass
+            lines.append(f"{ip}\t{hostname}")
+        for link in c.host_config.get("Links") or []:
+            target, alias = parse_link(link)
+            try:
+                other = self.containers.get(target)
+            except errors.NotFound:
+                continue
+            oip = self.primary_ip(other)
+            if oip:
+                names = [alias, other.config.get("Hostname") or other.id[:12], other.name]
+                lines.append(f"{oip}\t" + " ".join(dict.fromkeys(names)))
+        return lines
+
+    def resolv_conf(self, c, nameservers, search, options):
+        """The nameservers a container gets: the embedded DNS on a user-defined network;
+        the host's minus loopback ones on the default bridge (a container cannot reach the
+        host's 127.0.0.53)."""
+        rec = self.mode_network(c.host_config)
+        if rec is None:
+            return nameservers, search, options
+        if rec["Name"] != BRIDGE:
+            ep = self._endpoint(c, rec)
+            return [ep["Gateway"]], search, options
+        return [n for n in nameservers if not n.startswith("127.") and n != "::1"], search, options
+
+    def link_env(self, c):
+        """Docker's legacy link variables (ALIAS_PORT_80_TCP=tcp://ip:80 ...)."""
+        env = []
+        for link in c.host_config.get("Links") or []:
+            target, alias = parse_link(link)
+            try:
+                other = self.containers.get(target)
+            except errors.NotFound:
+                continue
+            ip = self.primary_ip(other)
+            if not ip:
+                continue
+            prefix = alias.upper().replace("-", "_").replace(".", "_")
+            env.append(f"{prefix}_NAME=/{c.name}/{alias}")
+            ports = sorted((other.config.get("ExposedPorts") or {}),
+                           key=lambda k: (int(k.split("/")[0]), k))
+            for i, key in enumerate(ports):
+                port, _, proto = key.partition("/")
+                proto = proto or "tcp"
+                base = f"{prefix}_PORT_{port}_{proto.upper()}"
+                if i == 0:
+                    env.append(f"{prefix}_PORT={proto}://{ip}:{port}")
+                env += [f"{base}={proto}://{ip}:{port}", f"{base}_ADDR={ip}",
+                        f"{base}_PORT={port}", f"{base}_PROTO={proto}"]
+            for e in other.config.get("Env") or []:
+                key, _, value = e.partition("=")
+                if key not in ("HOME", "PATH", "HOSTNAME"):
+                    env.append(f"{prefix}_ENV_{key}={value}")
+        return env
+
+    # -- DNS ------------------------------------------------------------------------------------
+
+    def lookup(self, network_id, asker_ip, name):
+        """Addresses for `name` among the running containers of network `network_id`, asked
+        by `asker_ip` -- who must be on that network -- or None."""
+        rec = self.collection.objects.get(network_id)
+        if rec is None or not self.containers:
+            return None
+        subnet = ipaddress.IPv4Network(rec["IPAM"]["Config"][0]["Subnet"])
+        try:
+            if ipaddress.IPv4Address(asker_ip) not in subnet:
+                return None
+        except ValueError:
+            return None
+        name = name.rstrip(".").lower()
+        found = []
+        for c in self.members(rec):
+            if not c.running:
+                continue
+            ep = self._endpoint(c, rec)
+            names = {c.name.lower(), c.id[:12]}
+            names.update(a.lower() for a in ep.get("Aliases") or [])
+            hostname = (c.config.get("Hostname") or "").lower()
+            if hostname:
+                names.add(hostname)
+            if name in names or (len(name) >= 12 and c.id.startswith(name)):
+                found.append(ep["IPAddress"])
+        return found or None
+
+
+def parse_link(link):
+    """"/db:/web/alias" (stored) or "db:alias" (CLI) -> (target, alias)."""
+    target, _, alias = link.partition(":")
+    target = target.lstrip("/")
+    alias = alias.rsplit("/", 1)[-1] if alias else target
+    return target, alias
+
+
+def _label_match(labels, want):
+    key, eq, value = want.partition("=")
+    if key not in labels:
+        return False
+    return not eq or labels[key] == value
