@@ -317,17 +317,21 @@ class Containers:
                 raise errors.InvalidParameter("No command specified")
             record["Path"], record["Args"] = path, args
             os.makedirs(os.path.join(self.root, cid), mode=0o700)
+            c = Container(record)
             try:
                 if self.engine.volumes is not None:
                     record["Mounts"] = self.engine.volumes.prepare_mounts(record, image_cfg, self)
                 layers.create_rw(cid, images.top_chain(image_id))
-                self.collection.save(cid, record)
+                # Addresses are allocated from the containers the backend sees: allocate and
+                # publish the new one under the networks lock, so two creates never share one.
+                with self.engine.networks.lock:
+                    self.engine.networks.join_at_create(c, body.get("NetworkingConfig"))
+                    self.collection.save(cid, record)
+                    self.by_id[cid] = c
             except BaseException:
                 shutil.rmtree(os.path.join(self.root, cid), ignore_errors=True)
                 layers.remove_rw(cid)
                 raise
-            c = Container(record)
-            self.by_id[cid] = c
         self.emit(c, "create")
         return cid, warnings
 
@@ -440,9 +444,7 @@ class Containers:
         hc["RestartPolicy"] = {"Name": name, "MaximumRetryCount": retries}
         if hc.get("AutoRemove") and name != "no":
             raise errors.InvalidParameter("can't create 'AutoRemove' container with restart policy")
-        mode = hc.get("NetworkMode") or "default"
-        if not (mode in ("default", "bridge", "none", "host") or mode.startswith("container:")):
-            raise errors.NotFound(f"network {mode} not found")
+        self.engine.networks.check_mode(hc)        # NotFound for a network that does not exist
         return hc
 
     # -- start -----------------------------------------------------------------------------------
@@ -470,11 +472,22 @@ class Containers:
         self.emit(c, "start")
 
     def _start_locked(self, c):
-        spec, stdio, cleanup = self._runtime_spec(c)
+        # Published ports first: a host port in use fails the start before anything exists.
+        try:
+            c.record.setdefault("NetworkSettings", {})["Ports"] = self.engine.networks.publish(c)
+        except errors.MinidockError as exc:
+            self._failed_start(c, 125, exc.message)
+            raise
+        try:
+            spec, stdio, cleanup = self._runtime_spec(c)
+        except BaseException:
+            self.engine.networks.stopped(c)
+            raise
         try:
             pid = self.spawner.run(spec, *stdio[:3])
         except errors.MinidockError as exc:
             code = getattr(exc, "exit_code", 125)
+            self.engine.networks.stopped(c)
             self._failed_start(c, code, exc.message)
             self._unmount(c)
             raise
@@ -513,16 +526,18 @@ class Containers:
             if other.status != RUNNING:
                 raise errors.Conflict(f"cannot join network of a non running container: {other.id}")
             other_mode = other.host_config.get("NetworkMode") or "default"
-            if other_mode in ("default", "bridge", "host"):
+            if other_mode == "host":
                 network = "host"      # its network *is* the host's, which we join by not leaving it
             else:
                 network = {"join_pid": other.pid}
+        elif mode == "host":
+            network = "host"
         else:
-            network = "host"      # no bridge in rootless minidock: default/bridge/host share the host's
+            network = self.engine.networks.spawn_network(c)   # the bridge(s): veths at start
         spec = {
             "rootfs": rootfs,
             "argv": [c.record["Path"]] + c.record["Args"],
-            "env": cfg["Env"] + ([] if any(e.startswith("HOSTNAME=") for e in cfg["Env"])
+            "env": cfg["Env"] + self.engine.networks.link_env(c) + ([] if any(e.startswith("HOSTNAME=") for e in cfg["Env"])
                                  else [f"HOSTNAME={self._hostname(c)}"]) + (["TERM=xterm"] if cfg["Tty"] else []),
             "cwd": cfg.get("WorkingDir") or "/",
             "user": cfg.get("User") or "",
@@ -567,8 +582,10 @@ class Containers:
             if not address:
                 raise errors.InvalidParameter(f"invalid extra host {entry!r}: want host:ip")
             hosts.append(f"{address}\t{host}")
+        hosts += self.engine.networks.etc_hosts(c, hostname)
         store.write_atomic(c.record["HostsPath"], ("\n".join(hosts) + "\n").encode(), mode=0o644)
-        store.write_atomic(c.record["ResolvConfPath"], resolv_conf(hc).encode(), mode=0o644)
+        store.write_atomic(c.record["ResolvConfPath"],
+                           resolv_conf(hc, self.engine.networks, c).encode(), mode=0o644)
 
     # -- output plumbing -------------------------------------------------------------------------
     def _open_io(self, c):
@@ -658,6 +675,7 @@ class Containers:
             c.state["OOMKilled"] = self._oom_killed(c)
             c.pid = 0
             c.state.update(Pid=0, ExitCode=code, FinishedAt=now_rfc3339())
+            self.engine.networks.stopped(c)       # listeners go; the veths died with the netns
             self._close_io(c)
             restart = self._policy_restarts(c, code)
             c.set_status(RESTARTING if restart else EXITED)
@@ -901,6 +919,7 @@ class Containers:
             log.warning("unmounting the rootfs of %s: %s", c.name, exc)
 
     def _destroy(self, c):
+        self.engine.networks.leave_all(c)
         self.engine.layers.remove_rw(c.id)
         if self.execs is not None:
             self.execs.forget_container(c.id)
@@ -1116,7 +1135,7 @@ class Containers:
         return proctable.table(pids, ps_args or "-ef")
 
 
-def resolv_conf(hc):
+def resolv_conf(hc, networks=None, c=None):
     """The container's resolv.conf: the host's, with the container's Dns* options applied."""
     nameservers, search, options = [], [], []
     try:
@@ -1135,6 +1154,8 @@ def resolv_conf(hc):
         pass
     if hc.get("NetworkMode") == "none":
         nameservers = []
+    elif networks is not None:
+        nameservers, search, options = networks.resolv_conf(c, nameservers, search, options)
     if hc.get("Dns"):
         nameservers = list(hc["Dns"])
     if hc.get("DnsSearch"):

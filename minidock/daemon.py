@@ -81,6 +81,10 @@ def parse_args(argv=None):
                    help="registry host[:port] or CIDR to reach over plain HTTP (repeatable)")
     p.add_argument("--registry-mirror", action="append", default=[], help="mirror for docker.io")
     p.add_argument("--label", action="append", default=[], help="engine label key=value")
+    p.add_argument("--bip", default=None,
+                   help="the default bridge's gateway address and subnet, e.g. 10.5.0.1/24")
+    p.add_argument("--default-address-pool", action="append", default=[],
+                   help="base=CIDR,size=N: where user networks' subnets come from (repeatable)")
     p.add_argument("--no-userns", action="store_true",
                    help="do not enter a user namespace (only for debugging the API layer)")
     p.add_argument("-v", "--version", action="version", version=f"minidock {__version__}")
@@ -121,6 +125,7 @@ def build_engine(config, userns=True):
     """
     from minidock import ns
     from minidock.containers import Containers
+    from minidock.networks import Networks
     from minidock.execs import Execs
     from minidock.volumes import Volumes
 
@@ -153,7 +158,11 @@ def build_engine(config, userns=True):
     engine.cgroups = _cgroups(engine)
     engine.images = _images(engine)
     engine.volumes = Volumes(engine)
+    engine.networks = Networks(config.data_root, bip=config.bip, pools=config.address_pools)
     engine.containers = Containers(engine, spawner)
+    engine.networks.attach(engine.containers)
+    if spawner is not None:
+        engine.networks.start(spawner)     # the daemon's network namespace and its bridges
     engine.execs = Execs(engine, engine.containers, spawner)
     engine.registry = _registry(engine)
     _sweep_orphan_rw_layers(engine)
@@ -261,7 +270,8 @@ def main(argv=None):
         config = Config(args.data_root or default_data_root(), args.exec_root or default_exec_root(),
                         hosts=hosts, debug=args.debug, cors_origin=args.api_cors_header,
                         insecure_registries=args.insecure_registry, registry_mirrors=args.registry_mirror,
-                        labels=args.label)
+                        labels=args.label, bip=args.bip,
+                        address_pools=args.default_address_pool)
         os.makedirs(config.data_root, mode=0o700, exist_ok=True)
     except OSError as exc:
         print(f"minidock: cannot prepare data root: {exc}", file=sys.stderr)

@@ -13,7 +13,7 @@ import secrets
 import sys
 import threading
 
-from minidock import API_VERSION, MIN_API_VERSION, __version__, store
+from minidock import API_VERSION, MIN_API_VERSION, __version__, ipam, store
 from minidock.events import Events
 
 GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "ppc64le": "ppc64le",
@@ -24,7 +24,8 @@ class Config:
     """Everything the daemon was told on its command line, with defaults filled in."""
 
     def __init__(self, data_root, exec_root, hosts=(), debug=False, cors_origin=None,
-                 insecure_registries=(), registry_mirrors=(), labels=()):
+                 insecure_registries=(), registry_mirrors=(), labels=(), bip=None,
+                 address_pools=()):
         self.data_root = os.path.abspath(data_root)
         self.exec_root = os.path.abspath(exec_root)
         self.hosts = list(hosts)
@@ -33,6 +34,8 @@ class Config:
         self.insecure_registries = list(insecure_registries)
         self.registry_mirrors = list(registry_mirrors)
         self.labels = list(labels)
+        self.bip = bip
+        self.address_pools = [ipam.parse_pool_flag(p) for p in address_pools] or None
 
 
 class Engine:
@@ -55,9 +58,19 @@ class Engine:
         """Stop containers cleanly, then the spawner (which takes any straggler with it)."""
         if self.containers is not None:
             self.containers.shutdown()
+        if getattr(self, "networks", None) is not None:
+            self.networks.close()
         spawner = getattr(self, "spawner", None)
         if spawner is not None:
             spawner.close()
+
+    def _netns_text(self):
+        nets = getattr(self, "networks", None)
+        if nets is None or nets.netns is None:
+            return "none (containers on bridge networks cannot start)"
+        bridges = ", ".join(f"{nets.bridge_of(r)} {r['IPAM']['Config'][0]['Subnet']}"
+                            for r in nets.collection.objects.values())
+        return f"daemon-owned, held by pid {nets.netns.pid}; bridges: {bridges}"
 
     def _engine_id(self):
         """A stable engine ID (Docker's is 12 base32 groups); persisted so it survives restarts."""
@@ -123,10 +136,13 @@ class Engine:
             "Driver": driver,
             "DriverStatus": driver_status,
             "SystemStatus": [["Pause method", limits.get("PauseMethod", "SIGSTOP")],
-                             ["User namespace", " / ".join((self.userns or {}).get("uid_map", [])) or "none"]],
+                             ["User namespace", " / ".join((self.userns or {}).get("uid_map", [])) or "none"],
+                             ["Network namespace", self._netns_text()]],
+            "DefaultAddressPools": [{"Base": str(base), "Size": size} for base, size in
+                                    (self.config.address_pools or ipam.default_pools())],
             "PauseMethod": limits.get("PauseMethod", "SIGSTOP"),
             "UsernsMapping": self.userns,
-            "Plugins": {"Volume": ["local"], "Network": ["host", "none"], "Authorization": None,
+            "Plugins": {"Volume": ["local"], "Network": ["bridge", "host", "null"], "Authorization": None,
                         "Log": ["json-file"]},
             "MemoryLimit": limits.get("MemoryLimit", False),
             "SwapLimit": limits.get("SwapLimit", False),

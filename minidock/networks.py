@@ -638,33 +638,82 @@ class Networks:
                     env.append(f"{prefix}_ENV_{key}={value}")
         return env
 
+    # -- what inspect and list show --------------------------------------------------------------
+
+    def settings(self, c):
+        """NetworkSettings for inspect, from the container's stored endpoints."""
+        stored = c.record.get("NetworkSettings") or {}
+        mode = c.host_config.get("NetworkMode") or "default"
+        nets = {k: dict(v) for k, v in (stored.get("Networks") or {}).items()}
+        if mode in PREDEFINED_MODES:
+            nets = {mode: {"IPAMConfig": None, "Links": None, "Aliases": None, "MacAddress": "",
+                           "DriverOpts": None, "NetworkID": _predefined_id(mode), "EndpointID": "",
+                           "Gateway": "", "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "",
+                           "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DNSNames": None}}
+        # The top-level fields describe the default bridge only (Docker keeps them for it).
+        top = nets.get(BRIDGE) or {}
+        return {"Bridge": "", "SandboxID": "", "HairpinMode": False, "LinkLocalIPv6Address": "",
+                "LinkLocalIPv6PrefixLen": 0,
+                "Ports": (stored.get("Ports") or {}) if c.running else {},
+                "SandboxKey": f"/proc/{c.pid}/ns/net" if c.pid else "",
+                "SecondaryIPAddresses": None, "SecondaryIPv6Addresses": None,
+                "EndpointID": top.get("EndpointID", ""), "Gateway": top.get("Gateway", ""),
+                "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+                "IPAddress": top.get("IPAddress", ""), "IPPrefixLen": top.get("IPPrefixLen", 0),
+                "IPv6Gateway": "", "MacAddress": top.get("MacAddress", ""), "Networks": nets}
+
+    def summary_ports(self, c):
+        """The `Ports` list of GET /containers/json (the PORTS column of docker ps)."""
+        out = []
+        ports = (c.record.get("NetworkSettings") or {}).get("Ports") or {}
+        if not c.running:
+            ports = {}
+        for key in sorted(set(ports) | set(c.config.get("ExposedPorts") or {})):
+            port, _, proto = key.partition("/")
+            binds = ports.get(key)
+            if binds:
+                for b in binds:
+                    out.append({"IP": b["HostIp"], "PrivatePort": int(port),
+                                "PublicPort": int(b["HostPort"]), "Type": proto or "tcp"})
+            else:
+                out.append({"PrivatePort": int(port), "Type": proto or "tcp"})
+        return out
+
     # -- DNS ------------------------------------------------------------------------------------
 
     def lookup(self, network_id, asker_ip, name):
-        """Addresses for `name` among the running containers of network `network_id`, asked
-        by `asker_ip` -- who must be on that network -- or None."""
+        """Addresses for `name` among the running containers that share a network with the
+        asker -- the container with address `asker_ip` on network `network_id`, where the
+        query arrived -- or None. Like Docker's per-sandbox resolver, a container connected
+        to several networks finds names on all of them, whichever gateway it asks."""
         rec = self.collection.objects.get(network_id)
         if rec is None or not self.containers:
             return None
-        subnet = ipaddress.IPv4Network(rec["IPAM"]["Config"][0]["Subnet"])
-        try:
-            if ipaddress.IPv4Address(asker_ip) not in subnet:
-                return None
-        except ValueError:
+        asker = None
+        for c in self.members(rec):
+            if c.running and self._endpoint(c, rec).get("IPAddress") == asker_ip:
+                asker = c
+                break
+        if asker is None:
             return None
         name = name.rstrip(".").lower()
         found = []
-        for c in self.members(rec):
-            if not c.running:
-                continue
-            ep = self._endpoint(c, rec)
-            names = {c.name.lower(), c.id[:12]}
-            names.update(a.lower() for a in ep.get("Aliases") or [])
-            hostname = (c.config.get("Hostname") or "").lower()
-            if hostname:
-                names.add(hostname)
-            if name in names or (len(name) >= 12 and c.id.startswith(name)):
-                found.append(ep["IPAddress"])
+        for ep_net in (asker.record.get("NetworkSettings") or {}).get("Networks", {}).values():
+            net = self.collection.objects.get(ep_net.get("NetworkID"))
+            if net is None or net["Name"] == BRIDGE:
+                continue                # the default bridge has no names (links only)
+            for c in self.members(net):
+                if not c.running:
+                    continue
+                ep = self._endpoint(c, net)
+                names = {c.name.lower(), c.id[:12]}
+                names.update(a.lower() for a in ep.get("Aliases") or [])
+                hostname = (c.config.get("Hostname") or "").lower()
+                if hostname:
+                    names.add(hostname)
+                if (name in names or (len(name) >= 12 and c.id.startswith(name))) \
+                        and ep["IPAddress"] not in found:
+                    found.append(ep["IPAddress"])
         return found or None
 
 

@@ -87,7 +87,7 @@ def test_join_lookup_links(nets):
     assert n.lookup(nid, "10.50.0.3", "frontend") == ["10.50.0.2"]
     assert n.lookup(nid, "10.50.0.3", "WEB.") == ["10.50.0.2"]
     assert n.lookup(nid, "10.50.0.3", "a" * 12) == ["10.50.0.2"]
-    assert n.lookup(nid, "10.60.0.3", "web") is None          # asker not on the network
+    assert n.lookup(nid, "10.50.0.77", "web") is None         # asker not a container there
     assert n.lookup(nid, "10.50.0.3", "nothere") is None
     with pytest.raises(errors.Forbidden):
         n.join(web, n.find("app"))                             # connecting twice

@@ -44,12 +44,12 @@ def summary(req, c, want_size=False):
         "ImageID": c.record["Image"],
         "Command": command,
         "Created": int(_created_ts(c)),
-        "Ports": [],
+        "Ports": req.daemon.networks.summary_ports(c),
         "Labels": cfg.get("Labels") or {},
         "State": c.status,
         "Status": backend.status_text(c),
         "HostConfig": {"NetworkMode": c.host_config.get("NetworkMode", "default")},
-        "NetworkSettings": {"Networks": {}},
+        "NetworkSettings": {"Networks": req.daemon.networks.settings(c)["Networks"]},
         "Mounts": [_mount_point(m) for m in c.record.get("Mounts") or []],
     }
     if want_size:
@@ -76,30 +76,10 @@ def get_containers_inspect(req):
     record["ExecIDs"] = req.daemon.execs.ids_for(c.id) if req.daemon.execs else None
     record["Mounts"] = [_mount_point(m) for m in record.get("Mounts") or []]
     record["GraphDriver"] = {"Name": req.daemon.layers.driver_name(), "Data": None}
-    record["NetworkSettings"] = network_settings(c)
+    record["NetworkSettings"] = req.daemon.networks.settings(c)
     if req.qbool("size"):
         record["SizeRw"], record["SizeRootFs"] = backend.size(c)
     return http.Response.json(shape("container", record, req.version))
-
-
-def network_settings(c):
-    mode = c.host_config.get("NetworkMode") or "default"
-    networks = {}
-    if mode in ("host", "default", "bridge"):
-        networks["host"] = {"IPAMConfig": None, "Links": None, "Aliases": None, "NetworkID": "host",
-                            "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0,
-                            "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
-                            "MacAddress": ""}
-    elif mode == "none":
-        networks["none"] = {"IPAMConfig": None, "Links": None, "Aliases": None, "NetworkID": "none",
-                            "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0,
-                            "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
-                            "MacAddress": ""}
-    return {"Bridge": "", "SandboxID": "", "HairpinMode": False, "LinkLocalIPv6Address": "",
-            "LinkLocalIPv6PrefixLen": 0, "Ports": {}, "SandboxKey": f"/proc/{c.pid}/ns/net" if c.pid else "",
-            "SecondaryIPAddresses": None, "SecondaryIPv6Addresses": None, "EndpointID": "", "Gateway": "",
-            "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "IPAddress": "", "IPPrefixLen": 0,
-            "IPv6Gateway": "", "MacAddress": "", "Networks": networks}
 
 
 # -- lifecycle ---------------------------------------------------------------------------------
