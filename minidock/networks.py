@@ -691,7 +691,8 @@ class Networks:
             return None
         asker = None
         for c in self.members(rec):
-            if c.running and self._endpoint(c, rec).get("IPAddress") == asker_ip:
+            # Not `running`: the asker may query before the daemon has marked it started.
+            if self._endpoint(c, rec).get("IPAddress") == asker_ip:
                 asker = c
                 break
         if asker is None:

@@ -85,7 +85,7 @@ import signal
 import socket
 import threading
 
-from . import errors, network, ns
+from . import errors, ns
 
 _MAX_MSG = 1 << 20
 
@@ -350,6 +350,7 @@ class _Server:
             if msg["op"] == "run":
                 pid = ns.spawn_container(msg["spec"], fds, status_w)
             elif msg["op"] == "netns":
+                from . import network   # imported where used: the run path stays as lean
                 pid = network.start_keeper(fds[0], status_w)
             else:
                 pid = ns.enter_container(msg["init_pid"], msg["spec"], fds, status_w)
