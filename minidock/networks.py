@@ -453,6 +453,7 @@ class Networks:
         NetworkingConfig.EndpointsConfig (API >= 1.44 allows several)."""
         rec = self.mode_network(c.host_config)
         c.record.setdefault("NetworkSettings", {}).setdefault("Networks", {})
+        self.normalise_links(c)
         if rec is None:
             return
         eps = dict((networking_config or {}).get("EndpointsConfig") or {})
@@ -468,6 +469,29 @@ class Networks:
         self.join(c, rec, mine)
         for key, config in eps.items():
             self.join(c, self.find(key), config)
+
+    def normalise_links(self, c):
+        """HostConfig.Links as Docker stores them ("/db:/web/alias"); the targets must exist."""
+        links = []
+        for link in c.host_config.get("Links") or []:
+            target, alias = parse_link(link)
+            other = self.containers.get(target)      # NotFound: Docker refuses the create too
+            links.append(f"/{other.name}:/{c.name}/{alias}")
+        c.host_config["Links"] = links or None
+
+    def remove_link(self, ref):
+        """DELETE /containers/{/parent/alias}?link=1: drop one legacy link; returns the parent."""
+        parent_name, _, alias = ref.strip("/").rpartition("/")
+        if not parent_name:
+            raise errors.InvalidParameter(f"Conflict, cannot remove the default link name "
+                                          f"of the container")
+        parent = self.containers.get(parent_name)
+        links = parent.host_config.get("Links") or []
+        kept = [l for l in links if parse_link(l)[1] != alias]
+        if len(kept) == len(links):
+            raise errors.NotFound(f"Could not find link {ref}")
+        parent.host_config["Links"] = kept or None
+        return parent
 
     def leave(self, c, rec, force=False):
         """Disconnect `c` from `rec`; a running container loses its interface now."""

@@ -198,8 +198,15 @@ def test_links_env_and_hosts(d):
         assert f"PG_PORT_5432_TCP=tcp://{ip}:5432" in text
         assert f"PG_PORT_5432_TCP_ADDR={ip}" in text and "PG_ENV_SECRET=s1" in text
         assert any(line.startswith(ip) and "pg" in line.split() for line in text.splitlines())
+        d.docker("create", "--name", "web", "--link", "db:pg", "busybox", "true")
+        links = json.loads(out(d.docker("inspect", "web")))[0]["HostConfig"]["Links"]
+        assert links == ["/db:/web/pg"]
+        d.docker("rm", "--link", "/web/pg")
+        assert json.loads(out(d.docker("inspect", "web")))[0]["HostConfig"]["Links"] is None
+        missing = d.docker("run", "--rm", "--link", "nosuch:x", "busybox", "true", check=False)
+        assert missing.returncode != 0
     finally:
-        d.docker("rm", "-f", db, check=False)
+        d.docker("rm", "-f", db, "web", check=False)
 
 
 COMPOSE_FILE = """version: "2.4"
@@ -246,3 +253,31 @@ def test_docker_compose_project(d, tmp_path):
         compose("down", "-v")
     assert "proj" not in out(d.docker("network", "ls", "--format", "{{.Name}}"))
     assert "proj_data" not in out(d.docker("volume", "ls", "--format", "{{.Name}}"))
+
+
+def test_fixed_ip_container_mode_and_daemon_restart(d):
+    d.docker("network", "create", "--subnet", "10.77.0.0/24", "fixed")
+    try:
+        # (--mac-address needs API 1.44 in this CLI; the MAC is Docker's 02:42:<ip>)
+        cid = out(d.docker("run", "-d", "--name", "pinned", "--network", "fixed", "--ip", "10.77.0.50",
+                           "busybox", "sleep", "300")).strip()
+        seen = out(d.docker("exec", cid, "sh", "-c", "ip -4 addr show eth0; cat /sys/class/net/eth0/address"))
+        assert "10.77.0.50/24" in seen and "02:42:0a:4d:00:32" in seen
+        # --network container:X shares the namespace, address included
+        joined = out(d.docker("run", "--rm", "--network", f"container:{cid}", "busybox", "ip", "-4", "addr"))
+        assert "10.77.0.50" in joined
+        bad = d.docker("run", "--rm", "--network", "fixed", "--ip", "10.78.0.5", "busybox", "true", check=False)
+        assert bad.returncode != 0 and b"no configured subnet" in bad.stderr
+        overlap = d.docker("network", "create", "--subnet", "10.77.0.128/25", "clash", check=False)
+        assert overlap.returncode != 0 and b"overlaps" in overlap.stderr
+        # a daemon restart rebuilds the bridge; the address stays with the container
+        d.stop()
+        d.start()
+        d.docker("start", cid)
+        assert "10.77.0.50/24" in out(d.docker("exec", cid, "ip", "-4", "addr", "show", "eth0"))
+        peer = out(d.docker("run", "--rm", "--network", "fixed", "busybox", "sh", "-c",
+                            "ping -c 1 -W 3 pinned >/dev/null && echo reached"))
+        assert "reached" in peer
+    finally:
+        d.docker("rm", "-f", "pinned", check=False)
+        d.docker("network", "rm", "fixed", check=False)
