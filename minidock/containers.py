@@ -1083,7 +1083,10 @@ class Containers:
                 return False
         if filters.get("network"):
             mode = c.host_config.get("NetworkMode")
-            if not any(v in (mode, "host" if mode in ("default", "bridge") else mode) for v in filters["network"]):
+            joined = set((c.record.get("NetworkSettings") or {}).get("Networks") or {})
+            joined |= {ep.get("NetworkID") for ep in ((c.record.get("NetworkSettings") or {})
+                                                      .get("Networks") or {}).values()}
+            if not any(v in joined or v == mode for v in filters["network"]):
                 return False
         return True
 
@@ -1156,8 +1159,8 @@ def resolv_conf(hc, networks=None, c=None):
         nameservers = []
     elif networks is not None:
         nameservers, search, options = networks.resolv_conf(c, nameservers, search, options)
-    if hc.get("Dns"):
-        nameservers = list(hc["Dns"])
+    if hc.get("Dns") and not (networks is not None and networks.uses_embedded_dns(c)):
+        nameservers = list(hc["Dns"])       # (on user networks the embedded DNS forwards to them)
     if hc.get("DnsSearch"):
         search = list(hc["DnsSearch"])
     if hc.get("DnsOptions"):

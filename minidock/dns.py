@@ -205,14 +205,16 @@ class Resolver:
     """Answers on the sockets it is given; forwards the rest. Thread-based, bounded waits.
 
     `lookup(network, asker_ip, name)` -> list of IPv4 strings, or None when the name is not a
-    container of that network. `upstreams` is a list of (ip, port)."""
+    container of that network. `upstreams` is a list of (ip, port); `upstreams_for(network,
+    asker_ip)` may name the asker's own instead (a container's --dns)."""
 
     UPSTREAM_TIMEOUT = 2.0
     TCP_IDLE = 10.0
 
-    def __init__(self, lookup, upstreams):
+    def __init__(self, lookup, upstreams, upstreams_for=None):
         self.lookup = lookup
         self.upstreams = list(upstreams)
+        self.upstreams_for = upstreams_for      # (network, asker ip) -> [(ip, port)] or None
         self._sel = selectors.DefaultSelector()
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -252,13 +254,16 @@ class Resolver:
             addresses = self.lookup(network, asker, q.name)
             if addresses is not None:
                 return build_answer(q, addresses if q.qtype in (TYPE_A, TYPE_ANY) else [])
-        return self.forward(q, data)
+        own = self.upstreams_for(network, asker) if self.upstreams_for else None
+        return self.forward(q, data, own)
 
-    def forward(self, q, data):
-        """Ask the host's resolvers (from the host's namespace); SERVFAIL if none answers."""
-        if not self.upstreams:
+    def forward(self, q, data, upstreams=None):
+        """Ask the host's resolvers (from the host's namespace), or the asker's own servers;
+        SERVFAIL if none answers, NXDOMAIN if there is none."""
+        upstreams = upstreams or self.upstreams
+        if not upstreams:
             return build_answer(q, (), NXDOMAIN)
-        for host, port in self.upstreams:
+        for host, port in upstreams:
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             try:
                 s.settimeout(self.UPSTREAM_TIMEOUT)

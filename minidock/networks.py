@@ -107,7 +107,7 @@ class Networks:
         upstreams = self.dns_upstreams
         if upstreams is None:
             upstreams = [(ip, 53) for ip in dns.host_resolvers()]
-        self.resolver = dns.Resolver(self.lookup, upstreams)
+        self.resolver = dns.Resolver(self.lookup, upstreams, self.upstreams_for)
         for rec in list(self.collection.objects.values()):
             try:
                 self._bring_up(rec)
@@ -502,13 +502,35 @@ class Networks:
                 return
             raise errors.Forbidden(f"container {c.id} is not connected to network {rec['Name']}")
         if c.running and self.netns is not None:
-            index = list(settings).index(name)
             try:
-                network.unplug(self.netns, c.pid, f"eth{index}")
+                network.unplug(self.netns, c.pid, settings[name].get("_ifname") or "eth0")
             except OSError as e:
                 if not force:
                     raise errors.System(f"cannot disconnect: {e}")
-        del settings[name]
+        gone = settings.pop(name)
+        if c.running:
+            self._repoint_resolver(c, gone.get("Gateway"))
+
+    def _repoint_resolver(self, c, old_gateway):
+        """A running container left the network whose gateway its resolv.conf names: name the
+        gateway of a network it still has (the file is bound into the container: rewrite it in
+        place, a rename would leave the container the old inode)."""
+        path = c.record.get("ResolvConfPath")
+        new = next((ep["Gateway"] for ep in c.record["NetworkSettings"]["Networks"].values()
+                    if ep.get("Gateway") and (self.collection.objects.get(ep.get("NetworkID")) or
+                                              {}).get("Name") not in (None, BRIDGE)), None)
+        if not path or not old_gateway or not new:
+            return
+        try:
+            with open(path, "r+") as f:
+                text = f.read()
+                lines = [f"nameserver {new}" if line.split() == ["nameserver", old_gateway]
+                         else line for line in text.splitlines()]
+                f.seek(0)
+                f.truncate()
+                f.write("\n".join(lines) + "\n")
+        except OSError as e:
+            log.warning("cannot update resolv.conf of %s: %s", c.name, e)
 
     def leave_all(self, c):
         """Forget every endpoint of a removed container (its addresses are free again)."""
@@ -529,9 +551,11 @@ class Networks:
         ep = self.join(c, rec, config)
         if c.running and self.netns is not None:
             settings = c.record["NetworkSettings"]["Networks"]
-            index = list(settings).index(rec["Name"])
+            taken = {e.get("_ifname") for e in settings.values()}
+            ep["_ifname"] = next(f"eth{i}" for i in range(len(settings) + 1)
+                                 if f"eth{i}" not in taken)
             try:
-                network.hotplug(self.netns, c.pid, f"eth{index}", self._wire(rec, ep, False))
+                network.hotplug(self.netns, c.pid, ep["_ifname"], self._wire(rec, ep, False))
             except OSError as e:
                 del settings[rec["Name"]]
                 raise errors.System(f"cannot connect container to network {rec['Name']}: {e}")
@@ -559,13 +583,12 @@ class Networks:
         if self.netns is None:
             raise errors.Unavailable("the daemon's network namespace is not running")
         endpoints = []
-        first = True
-        for name, ep in settings.items():
+        for i, (name, ep) in enumerate(settings.items()):
             rec = self.collection.objects.get(ep.get("NetworkID"))
             if rec is None:
                 raise errors.NotFound(f"network {name} not found")
-            endpoints.append(self._wire(rec, ep, first))
-            first = False
+            endpoints.append(self._wire(rec, ep, i == 0))
+            ep["_ifname"] = f"eth{i}"          # attach_container names them in this order
         return {"netns_pid": self.netns.pid, "endpoints": endpoints}
 
     def primary_ip(self, c):
@@ -620,6 +643,22 @@ class Networks:
                 lines.append(f"{oip}\t" + " ".join(dict.fromkeys(names)))
         return lines
 
+    def upstreams_for(self, network_id, asker_ip):
+        """The asker's own --dns servers, which its resolv.conf cannot name (the embedded DNS
+        takes that place): Docker forwards to them instead of the host's."""
+        rec = self.collection.objects.get(network_id)
+        if rec is None or not self.containers:
+            return None
+        for c in self.members(rec):
+            if self._endpoint(c, rec).get("IPAddress") == asker_ip:
+                servers = c.host_config.get("Dns") or []
+                return [(s, 53) for s in servers if ":" not in s] or None
+        return None
+
+    def uses_embedded_dns(self, c):
+        rec = self.mode_network(c.host_config)
+        return rec is not None and rec["Name"] != BRIDGE
+
     def resolv_conf(self, c, nameservers, search, options):
         """The nameservers a container gets: the embedded DNS on a user-defined network;
         the host's minus loopback ones on the default bridge (a container cannot reach the
@@ -668,7 +707,8 @@ class Networks:
         """NetworkSettings for inspect, from the container's stored endpoints."""
         stored = c.record.get("NetworkSettings") or {}
         mode = c.host_config.get("NetworkMode") or "default"
-        nets = {k: dict(v) for k, v in (stored.get("Networks") or {}).items()}
+        nets = {k: {f: x for f, x in v.items() if not f.startswith("_")}
+                for k, v in (stored.get("Networks") or {}).items()}
         if mode in PREDEFINED_MODES:
             nets = {mode: {"IPAMConfig": None, "Links": None, "Aliases": None, "MacAddress": "",
                            "DriverOpts": None, "NetworkID": _predefined_id(mode), "EndpointID": "",

@@ -169,3 +169,20 @@ def test_host_resolvers_keeps_loopback(tmp_path):
     p = tmp_path / "resolv.conf"
     p.write_text("# x\nnameserver 127.0.0.53\nnameserver ::1\nsearch lan\nnameserver 10.1.1.1\n")
     assert dns.host_resolvers(str(p)) == ["127.0.0.53", "10.1.1.1"]
+
+
+def test_an_askers_own_servers_replace_the_hosts(upstream):
+    up, seen = upstream
+    dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dead.bind(("127.0.0.1", 0))         # the "host" resolver: never answers
+    r = dns.Resolver(_names, [dead.getsockname()], lambda net, asker: [up] if net == "net1" else None)
+    r.UPSTREAM_TIMEOUT = 0.5
+    try:
+        udp, _ = _serve(r, "net1")
+        assert dns.parse_answer(_ask_udp(udp, dns.build_query(1, "own.test"))) == (0, ["10.0.0.1"])
+        assert seen == ["own.test"]
+        udp2, _ = _serve(r, "net2")
+        assert dns.parse_answer(_ask_udp(udp2, dns.build_query(2, "own.test")))[0] == dns.SERVFAIL
+    finally:
+        r.close()
+        dead.close()

@@ -122,7 +122,11 @@ def test_user_networks_names_aliases_isolation_connect(d):
         assert "page-srv" in out(by_name)
         by_alias = d.docker("run", "--rm", "--network", "app", "busybox", "sh", "-c", GET.format("svc"))
         assert "page-srv" in out(by_alias)
-        resolv = out(d.docker("run", "--rm", "--network", "app", "busybox", "cat", "/etc/resolv.conf"))
+        # --dns on a user network: resolv.conf still names the embedded DNS (which forwards
+        # to that server), so names keep resolving
+        resolv = out(d.docker("run", "--rm", "--network", "app", "--dns", "127.0.0.1", "busybox",
+                              "sh", "-c", "cat /etc/resolv.conf; " + GET.format("srv")))
+        assert "page-srv" in resolv
         gw = json.loads(out(d.docker("network", "inspect", "app")))[0]["IPAM"]["Config"][0]["Gateway"]
         assert f"nameserver {gw}" in resolv
         ip = json.loads(out(d.docker("inspect", srv)))[0]["NetworkSettings"]["Networks"]["app"]["IPAddress"]
@@ -135,6 +139,10 @@ def test_user_networks_names_aliases_isolation_connect(d):
         try:
             d.docker("network", "connect", "app", c)
             assert "page-srv" in out(d.docker("exec", c, "sh", "-c", GET.format("srv")))
+            # leave the first network (eth0): eth1 stays and keeps its name for a later disconnect
+            d.docker("network", "disconnect", "other", c)
+            assert "page-srv" in out(d.docker("exec", c, "sh", "-c", GET.format("srv")))
+            d.docker("network", "connect", "other", c)
             d.docker("network", "disconnect", "app", c)
             after = d.docker("exec", c, "sh", "-c", GET.format(ip) + "; echo done", check=False)
             assert "page-srv" not in out(after)

@@ -44,7 +44,14 @@ def post_networks_connect(req):
     c = req.daemon.containers.get(body.get("Container") or "")
     with c.lock:
         req.daemon.networks.connect(req.params["id"], c, body.get("EndpointConfig"))
+    _event(req, "connect", c)
     return http.Response.empty(200)
+
+
+def _event(req, action, c):
+    rec = req.daemon.networks.find(req.params["id"])
+    req.daemon.events.emit("network", action, rec["Id"],
+                           {"container": c.id, "name": rec["Name"], "type": "bridge"})
 
 
 def post_networks_disconnect(req):
@@ -52,6 +59,7 @@ def post_networks_disconnect(req):
     c = req.daemon.containers.get(body.get("Container") or "")
     with c.lock:
         req.daemon.networks.disconnect(req.params["id"], c, bool(body.get("Force")))
+    _event(req, "disconnect", c)
     return http.Response.empty(200)
 
 
