@@ -63,6 +63,10 @@ def main():
         out = collect(r)
         return {"code": sp.wait(pid, 20), "out": out}
 
+    # The wire for a user-mode stack: an AF_PACKET socket born in the daemon namespace, on br-a.
+    tap = dn.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003),
+                    bind=("br-a", 0x0003))   # bind() applies htons itself
+    tap.setblocking(False)
     # A server on br-a; the daemon reaches it with a socket born in the daemon namespace.
     server, server_r = start("echo ready; nc -ll -p 8080 -e echo from-a", net(ep("br-a", "10.88.0.2", "10.88.0.1")))
     assert os.read(server_r, 6) == b"ready\n"
@@ -73,6 +77,14 @@ def main():
     res["same_net"] = run("nc -w 2 10.88.0.2 8080 </dev/null", net(ep("br-a", "10.88.0.4", "10.88.0.1")))
     res["other_net"] = run("nc -w 2 10.88.0.2 8080 </dev/null; echo rc=$?",
                            net(ep("br-b", "10.89.0.2", "10.89.0.1")))
+    frames = []
+    try:
+        while len(frames) < 1000:
+            frames.append(tap.recv(65536))
+    except BlockingIOError:
+        pass
+    tap.close()
+    res["tap_ethertypes"] = sorted({f[12:14].hex() for f in frames if len(f) >= 14})
     os.kill(server, signal.SIGKILL)
     sp.wait(server, 10)
     os.close(server_r)

@@ -76,3 +76,9 @@ def test_daemon_dials_container_with_a_keeper_socket(seen):
 def test_hotplug_and_unplug_of_a_running_container(seen):
     assert "eth1" in seen["hotplug"]["links"] and "10.89.0.9" in seen["hotplug"]["addrs"]
     assert "eth1" not in seen["unplug"] and "eth0" in seen["unplug"]
+
+
+def test_packet_socket_on_a_bridge_sees_the_containers_frames(seen):
+    # ARP (0806) and IPv4 (0800) frames of the containers' conversation, read by the daemon
+    # through an AF_PACKET socket the keeper made inside the daemon's namespace.
+    assert {"0800", "0806"} <= set(seen["tap_ethertypes"])
