@@ -668,6 +668,10 @@ class Networks:
             return nameservers, search, options
         if rec["Name"] != BRIDGE:
             ep = self._endpoint(c, rec)
+            # Docker's ndots:0: a bare "db" goes to the embedded DNS as is, before any search
+            # domain of the host's is tried.
+            if not any(o.startswith("ndots:") for o in options):
+                options = options + ["ndots:0"]
             return [ep["Gateway"]], search, options
         return [n for n in nameservers if not n.startswith("127.") and n != "::1"], search, options
 
