@@ -129,7 +129,7 @@ def post_containers_wait(req):
 
 def delete_containers(req):
     if req.qbool("link"):               # `docker rm --link /web/alias`: only the link goes
-        ref = req.params.get("id") or req.params.get("link_name")
+        ref = req.params.get("id") or f"/{req.params['link_parent']}/{req.params['link_alias']}"
         parent = req.daemon.networks.remove_link(ref)
         _backend(req).save(parent)
         return http.Response.empty(204)
@@ -502,5 +502,5 @@ ROUTES = [
     ("POST", "/containers/{id}/attach", post_containers_attach),
     ("GET", "/containers/{id}/attach/ws", get_containers_attach_ws),
     ("DELETE", "/containers/{id}", delete_containers),
-    ("DELETE", "/containers/{link_name:path}", delete_containers),    # "/web/alias"
+    ("DELETE", "/containers/{link_parent}/{link_alias}", delete_containers),  # rm --link /web/pg
 ]
