@@ -577,11 +577,16 @@ class Networks:
 
     def spawn_network(self, c):
         """The spawner spec's "network" for a bridge-mode container, or None."""
-        settings = (c.record.get("NetworkSettings") or {}).get("Networks", {})
-        if self.mode_network(c.host_config) is None:
+        rec = self.mode_network(c.host_config)    # NotFound if its network was removed
+        if rec is None:
             return None
         if self.netns is None:
             raise errors.Unavailable("the daemon's network namespace is not running")
+        settings = c.record.setdefault("NetworkSettings", {}).setdefault("Networks", {})
+        if not any(ep.get("NetworkID") == rec["Id"] for ep in settings.values()):
+            # A container from before networks existed (or whose endpoint went with a removed
+            # and re-created network of the same name): it joins now.
+            self.join(c, rec)
         endpoints = []
         for i, (name, ep) in enumerate(settings.items()):
             rec = self.collection.objects.get(ep.get("NetworkID"))

@@ -118,3 +118,26 @@ def test_link_env_and_hosts(nets):
     assert "172.17.0.2\tpg eeeeeeeeeeee db" in n.etc_hosts(web, "web")
     ns_, search, opts = n.resolv_conf(web, ["127.0.0.53", "10.0.0.2"], [], [])
     assert ns_ == ["10.0.0.2"]
+
+
+class _Keeper:
+    pid = 4242                          # spawn_network only names the keeper's pid
+
+
+def test_spawn_network_joins_an_old_container_and_refuses_a_removed_network(nets):
+    n, boxes = nets
+    n.netns = _Keeper()
+    old = Box("1" * 64, "old")          # created before networks: no endpoint stored
+    boxes.items.append(old)
+    net = n.spawn_network(old)
+    assert net["netns_pid"] == 4242
+    [ep] = net["endpoints"]
+    assert (ep["bridge"], ep["address"], ep["gateway"], ep["default_route"]) == \
+        ("docker0", "172.17.0.2", "172.17.0.1", True)
+    n.create({"Name": "gone"})
+    lost = Box("2" * 64, "lost", "gone", running=False)
+    boxes.items.append(lost)
+    n.join_at_create(lost)
+    n.remove("gone")
+    with pytest.raises(errors.NotFound):
+        n.spawn_network(lost)
