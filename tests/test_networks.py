@@ -126,10 +126,11 @@ class _Keeper:
 
 def test_spawn_network_joins_an_old_container_and_refuses_a_removed_network(nets):
     n, boxes = nets
-    n.netns = _Keeper()
     old = Box("1" * 64, "old")          # created before networks: no endpoint stored
     boxes.items.append(old)
+    n.netns = _Keeper()
     net = n.spawn_network(old)
+    n.netns = None
     assert net["netns_pid"] == 4242
     [ep] = net["endpoints"]
     assert (ep["bridge"], ep["address"], ep["gateway"], ep["default_route"]) == \
@@ -139,5 +140,6 @@ def test_spawn_network_joins_an_old_container_and_refuses_a_removed_network(nets
     boxes.items.append(lost)
     n.join_at_create(lost)
     n.remove("gone")
+    n.netns = _Keeper()
     with pytest.raises(errors.NotFound):
         n.spawn_network(lost)
