@@ -281,11 +281,15 @@ def test_fixed_ip_container_mode_and_daemon_restart(d):
         # a daemon restart rebuilds the bridge; the address stays with the container
         d.stop()
         d.start()
+        # connected while stopped: plugged in at the next start, as eth1
+        d.docker("network", "create", "--subnet", "10.79.0.0/24", "second")
+        d.docker("network", "connect", "second", cid)
         d.docker("start", cid)
         assert "10.77.0.50/24" in out(d.docker("exec", cid, "ip", "-4", "addr", "show", "eth0"))
+        assert "10.79.0.2/24" in out(d.docker("exec", cid, "ip", "-4", "addr", "show", "eth1"))
         peer = out(d.docker("run", "--rm", "--network", "fixed", "busybox", "sh", "-c",
                             "ping -c 1 -W 3 pinned >/dev/null && echo reached"))
         assert "reached" in peer
     finally:
         d.docker("rm", "-f", "pinned", check=False)
-        d.docker("network", "rm", "fixed", check=False)
+        d.docker("network", "rm", "fixed", "second", check=False)
