@@ -293,3 +293,40 @@ def test_fixed_ip_container_mode_and_daemon_restart(d):
     finally:
         d.docker("rm", "-f", "pinned", check=False)
         d.docker("network", "rm", "fixed", "second", check=False)
+
+
+UDP_ECHO = ("import socket\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "s.bind(('0.0.0.0', 9999))\n"
+            "while True:\n"
+            "    data, peer = s.recvfrom(65535)\n"
+            "    s.sendto(b'echo:' + data, peer)\n")
+
+
+def test_udp_echo_through_a_published_port(d):
+    # busybox has no UDP server: the host's python3 serves inside the container, its /usr bound
+    # read-only over the image's (Debian's merged /usr: /lib and /lib64 live under it).
+    port = free_port()
+    cid = out(d.docker("run", "-d", "-p", f"127.0.0.1:{port}:9999/udp",
+                       "-v", "/usr:/usr:ro", "-v", "/usr/lib:/lib:ro", "-v", "/usr/lib64:/lib64:ro",
+                       "busybox", "/usr/bin/python3", "-c", UDP_ECHO)).strip()
+    try:
+        assert f"127.0.0.1:{port}" in out(d.docker("port", cid, "9999/udp"))
+        clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+        try:
+            for i, c in enumerate(clients):
+                c.settimeout(0.5)
+                answer = None
+                for _ in range(40):     # until the server inside is up (bounded)
+                    c.sendto(f"ping{i}".encode(), ("127.0.0.1", port))
+                    try:
+                        answer = c.recv(100)
+                        break
+                    except socket.timeout:
+                        continue
+                assert answer == f"echo:ping{i}".encode()
+        finally:
+            for c in clients:
+                c.close()
+    finally:
+        d.docker("rm", "-f", cid, check=False)
