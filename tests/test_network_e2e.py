@@ -330,3 +330,27 @@ def test_udp_echo_through_a_published_port(d):
                 c.close()
     finally:
         d.docker("rm", "-f", cid, check=False)
+
+
+def test_default_bridge_cannot_reach_host_abstract_sockets(d):
+    name = f"minidock-test-{os.getpid()}-{time.monotonic_ns()}"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind("\0" + name)               # abstract: scoped by network namespace
+    srv.listen(1)
+    try:
+        probe = ("import socket\n"
+                 "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+                 "try:\n"
+                 f"    s.connect('\\0{name}')\n"
+                 "    print('reached')\n"
+                 "except OSError as e:\n"
+                 "    print('refused', e.errno)\n")
+        res = out(d.docker("run", "--rm", "-v", "/usr:/usr:ro", "-v", "/usr/lib:/lib:ro",
+                           "-v", "/usr/lib64:/lib64:ro", "busybox", "/usr/bin/python3", "-c", probe))
+        assert res.startswith("refused"), res
+        # the same probe with --network host does reach it: the test can tell the difference
+        res = out(d.docker("run", "--rm", "--network", "host", "-v", "/usr:/usr:ro", "-v", "/usr/lib:/lib:ro",
+                           "-v", "/usr/lib64:/lib64:ro", "busybox", "/usr/bin/python3", "-c", probe))
+        assert res.startswith("reached"), res
+    finally:
+        srv.close()
