@@ -354,3 +354,45 @@ def test_default_bridge_cannot_reach_host_abstract_sockets(d):
         assert res.startswith("reached"), res
     finally:
         srv.close()
+
+
+def test_embedded_dns_forwards_to_a_loopback_resolver(d):
+    # A fake resolver on the host's 127.0.0.1:53 (the test runs as root), which no container can
+    # reach itself; the container names it with --dns and the embedded DNS forwards to it from
+    # the daemon's (host) namespace. Container names are still answered by the embedded DNS.
+    from minidock import dns
+    upstream = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        upstream.bind(("127.0.0.1", 53))
+    except OSError as e:
+        upstream.close()
+        pytest.skip(f"cannot serve a fake resolver on 127.0.0.1:53: {e}")
+    upstream.settimeout(0.5)
+    asked = []
+
+    def serve():
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            try:
+                data, peer = upstream.recvfrom(65535)
+            except OSError:
+                continue
+            q = dns.parse_query(data)
+            if q is not None:
+                asked.append(q.name)
+                upstream.sendto(dns.build_answer(q, ["10.11.12.13"]), peer)
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    d.docker("network", "create", "dnsnet")
+    try:
+        srv = out(d.docker("run", "-d", "--network", "dnsnet", "--name", "named", "busybox",
+                           "sleep", "60")).strip()
+        text = out(d.docker("run", "--rm", "--network", "dnsnet", "--dns", "127.0.0.1", "busybox",
+                            "sh", "-c", "nslookup outside.test; nslookup named"))
+        assert "10.11.12.13" in text and "outside.test" in asked
+        ip = json.loads(out(d.docker("inspect", srv)))[0]["NetworkSettings"]["Networks"]["dnsnet"]["IPAddress"]
+        assert ip in text and "named" not in asked
+    finally:
+        d.docker("rm", "-f", "named", check=False)
+        d.docker("network", "rm", "dnsnet", check=False)
+        upstream.close()
