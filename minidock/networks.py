@@ -511,6 +511,23 @@ class Networks:
         if c.running:
             self._repoint_resolver(c, gone.get("Gateway"))
 
+    def _use_embedded_dns(self, c, gateway):
+        """A running container's first user-defined network: its resolv.conf (bound into the
+        container, so rewritten in place) names the embedded DNS from now on."""
+        path = c.record.get("ResolvConfPath")
+        if not path:
+            return
+        try:
+            with open(path, "r+") as f:
+                lines = [l for l in f.read().splitlines() if not l.startswith("nameserver")]
+                if not any(l.startswith("options") and "ndots:" in l for l in lines):
+                    lines.append("options ndots:0")
+                f.seek(0)
+                f.truncate()
+                f.write("\n".join([f"nameserver {gateway}"] + lines) + "\n")
+        except OSError as e:
+            log.warning("cannot update resolv.conf of %s: %s", c.name, e)
+
     def _repoint_resolver(self, c, old_gateway):
         """A running container left the network whose gateway its resolv.conf names: name the
         gateway of a network it still has (the file is bound into the container: rewrite it in
@@ -559,6 +576,8 @@ class Networks:
             except OSError as e:
                 del settings[rec["Name"]]
                 raise errors.System(f"cannot connect container to network {rec['Name']}: {e}")
+            if rec["Name"] != BRIDGE and self._dns_gateway(c) == ep["Gateway"]:
+                self._use_embedded_dns(c, ep["Gateway"])
         self.containers.save(c)
         return ep
 
@@ -660,24 +679,30 @@ class Networks:
                 return [(s, 53) for s in servers if ":" not in s] or None
         return None
 
+    def _dns_gateway(self, c):
+        """The gateway of the first user-defined network `c` is on (its embedded DNS), or None."""
+        for ep in (c.record.get("NetworkSettings") or {}).get("Networks", {}).values():
+            rec = self.collection.objects.get(ep.get("NetworkID"))
+            if rec is not None and rec["Name"] != BRIDGE and ep.get("Gateway"):
+                return ep["Gateway"]
+        return None
+
     def uses_embedded_dns(self, c):
-        rec = self.mode_network(c.host_config)
-        return rec is not None and rec["Name"] != BRIDGE
+        return self.mode_network(c.host_config) is not None and self._dns_gateway(c) is not None
 
     def resolv_conf(self, c, nameservers, search, options):
-        """The nameservers a container gets: the embedded DNS on a user-defined network;
-        the host's minus loopback ones on the default bridge (a container cannot reach the
-        host's 127.0.0.53)."""
-        rec = self.mode_network(c.host_config)
-        if rec is None:
+        """The nameservers a container gets: the embedded DNS once it is on a user-defined
+        network (like Docker's sandbox resolver, even when it started on the default bridge);
+        else the host's minus loopback ones (a container cannot reach the host's 127.0.0.53)."""
+        if self.mode_network(c.host_config) is None:
             return nameservers, search, options
-        if rec["Name"] != BRIDGE:
-            ep = self._endpoint(c, rec)
+        gateway = self._dns_gateway(c)
+        if gateway is not None:
             # Docker's ndots:0: a bare "db" goes to the embedded DNS as is, before any search
             # domain of the host's is tried.
             if not any(o.startswith("ndots:") for o in options):
                 options = options + ["ndots:0"]
-            return [ep["Gateway"]], search, options
+            return [gateway], search, options
         return [n for n in nameservers if not n.startswith("127.") and n != "::1"], search, options
 
     def link_env(self, c):

@@ -44,6 +44,14 @@ def test_docker_py_networks(rootless):
                 net.connect(other, aliases=["buddy"], ipv4_address="10.66.0.77")
                 out = other.exec_run(["sh", "-c", "ping -c 1 -W 3 pysrv >/dev/null && echo ok"]).output
                 assert out == b"ok\n"
+                # started on the default bridge (host resolvers), connected: the embedded DNS
+                plain = client.containers.run("busybox", ["sleep", "60"], detach=True)
+                try:
+                    net.connect(plain)
+                    out = plain.exec_run(["sh", "-c", "ping -c 1 -W 3 buddy >/dev/null && echo ok"]).output
+                    assert out == b"ok\n"
+                finally:
+                    plain.remove(force=True)
                 net.reload()
                 assert other.id in net.attrs["Containers"]
                 assert net.attrs["Containers"][other.id]["IPv4Address"] == "10.66.0.77/24"
