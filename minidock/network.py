@@ -22,7 +22,10 @@ it listens and dials -- can use it from any thread:
     AF_NETLINK/NETLINK_ROUTE   the daemon creates and deletes bridges with netlink.py
     AF_INET/SOCK_STREAM        the port proxy's connection to a container (172.18.0.2:80)
     AF_INET/SOCK_DGRAM + bind  the embedded DNS server on each gateway address, port 53
-    AF_PACKET                  what a user-mode TCP/IP stack reads on a gateway veth
+    AF_PACKET + bind(bridge)   every frame on a bridge, for a user-mode TCP/IP stack
+    ... with netns_pid=P       the same, born in container P's namespace instead (the
+                               keeper setns()es there and back): a netlink socket there is
+                               how a *running* container gets another interface (hot-plug)
 
 When the daemon stops, the spawner dies, the keeper dies (PR_SET_PDEATHSIG) and with its last
 process the namespace and every bridge in it vanish; a restarted daemon rebuilds the bridges

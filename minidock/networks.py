@@ -287,7 +287,7 @@ class Networks:
                     break
         return out
 
-    def describe(self, rec, verbose=True):
+    def describe(self, rec):
         """The inspect/list form: the record with Containers (running endpoints) filled in."""
         out = {k: v for k, v in rec.items()}
         out["Containers"] = {}
@@ -651,9 +651,6 @@ class Networks:
         lines = []
         ip = self.primary_ip(c)
         if ip:
-            names = [hostname]
-            if c.name != hostname:
-                pass
             lines.append(f"{ip}\t{hostname}")
         for link in c.host_config.get("Links") or []:
             target, alias = parse_link(link)
