@@ -220,6 +220,9 @@ class Networks:
         if body.get("EnableIPv6"):
             raise errors.InvalidParameter("IPv6 networks are not supported by minidock "
                                           "(its networks are IPv4 only)")
+        if body.get("EnableIPv4") is False:
+            raise errors.InvalidParameter("IPv4 cannot be disabled: minidock networks are IPv4 "
+                                          "only")
         ipam_in = body.get("IPAM") or {}
         if (ipam_in.get("Driver") or "default") != "default":
             raise errors.NotFound(f"plugin \"{ipam_in['Driver']}\" not found")

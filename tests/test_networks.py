@@ -66,6 +66,8 @@ def test_create_validates_and_allocates_subnets(nets):
         n.create({"Name": "e", "IPAM": {"Config": [{"Subnet": "10.98.0.0/24", "Gateway": "10.97.0.1"}]}})
     with pytest.raises(errors.InvalidParameter):
         n.create({"Name": "f", "EnableIPv6": True})
+    with pytest.raises(errors.InvalidParameter):
+        n.create({"Name": "g", "EnableIPv4": False})
     assert [x["Name"] for x in n.list({"label": ["x=1"]})] == ["a"]
     assert [x["Name"] for x in n.list({"type": ["custom"]})] == ["a", "c"]
     assert n.find(a["Id"][:6])["Name"] == "a"
