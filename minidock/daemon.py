@@ -192,7 +192,7 @@ def _images(engine):
     from minidock.layers import LayerStore
     root = os.path.join(engine.config.data_root, "image")
     engine.layers = LayerStore(os.path.join(root, "layers"))
-    return ImageStore(root, engine.layers)
+    return ImageStore(root, engine.layers, engine.events)
 
 
 def _registry(engine):

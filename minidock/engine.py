@@ -13,12 +13,8 @@ import secrets
 import sys
 import threading
 
-from minidock import API_VERSION, MIN_API_VERSION, __version__, store
+from minidock import API_VERSION, MIN_API_VERSION, __version__, platforms, store
 from minidock.events import Events
-
-GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "ppc64le": "ppc64le",
-          "s390x": "s390x", "riscv64": "riscv64"}
-
 
 class Config:
     """Everything the daemon was told on its command line, with defaults filled in."""
@@ -98,8 +94,7 @@ class Engine:
 
     @staticmethod
     def arch():
-        machine = os.uname().machine
-        return GOARCH.get(machine, machine)
+        return platforms.goarch()
 
     # -- GET /info -------------------------------------------------------------------------------
     def info(self):

@@ -9,13 +9,14 @@ import tarfile
 
 import pytest
 
-from minidock import errors, images, layers
+from minidock import errors, events, images, layers, reference
 from tests.rootfs_helpers import busybox_rootfs_tar, names_in, tar_bytes
 
 
 @pytest.fixture
 def store(tmp_path):
-    return images.ImageStore(str(tmp_path / "img"), layers.LayerStore(str(tmp_path / "lay"), driver=layers.VFS))
+    return images.ImageStore(str(tmp_path / "img"), layers.LayerStore(str(tmp_path / "lay"), driver=layers.VFS),
+                              events.Events())
 
 
 @pytest.fixture
@@ -33,7 +34,7 @@ def busybox(store):
     ("busybox@sha256:" + "a" * 64, "busybox@sha256:" + "a" * 64),
 ])
 def test_reference_normalisation(name, expected):
-    assert images.parse_reference(name).key() == expected
+    assert reference.parse(name).key() == expected
 
 
 @pytest.mark.parametrize("name,message", [
@@ -42,7 +43,7 @@ def test_reference_normalisation(name, expected):
 ])
 def test_invalid_references(name, message):
     with pytest.raises(errors.InvalidParameter, match=message):
-        images.parse_reference(name)
+        reference.parse(name)
 
 
 def test_import_inspect_list_history(store, busybox):
@@ -109,7 +110,7 @@ def test_shared_layer_stored_once_freed_when_unused(store, busybox):
 
 
 def test_state_survives_reload(store, busybox, tmp_path):
-    again = images.ImageStore(store.root, layers.LayerStore(store.layers.root))
+    again = images.ImageStore(store.root, layers.LayerStore(store.layers.root), events.Events())
     assert again.resolve("busybox") == busybox and again.inspect("busybox")["Config"]["Cmd"] == ["/bin/sh"]
 
 
@@ -130,7 +131,8 @@ def test_save_writes_both_layouts_and_loads_back(store, busybox, tmp_path):
     top = repos["busybox"]["latest"]
     assert files[f"{top}/VERSION"] == b"1.0" and json.loads(files[f"{top}/json"])["id"] == top
     # load into a fresh store: same ID (config bytes kept exactly), same tag
-    fresh = images.ImageStore(str(tmp_path / "img2"), layers.LayerStore(str(tmp_path / "lay2"), driver=layers.VFS))
+    fresh = images.ImageStore(str(tmp_path / "img2"), layers.LayerStore(str(tmp_path / "lay2"), driver=layers.VFS),
+                                 events.Events())
     loaded = fresh.load(io.BytesIO(out.getvalue()))
     assert loaded == [{"id": busybox, "tags": ["busybox:latest"]}]
     assert fresh.inspect("busybox")["Config"]["Cmd"] == ["/bin/sh"]
@@ -147,7 +149,8 @@ def test_save_writes_both_layouts_and_loads_back(store, busybox, tmp_path):
             else:
                 info.size = len(data)
                 tf.addfile(info, io.BytesIO(data))
-    old = images.ImageStore(str(tmp_path / "img3"), layers.LayerStore(str(tmp_path / "lay3"), driver=layers.VFS))
+    old = images.ImageStore(str(tmp_path / "img3"), layers.LayerStore(str(tmp_path / "lay3"), driver=layers.VFS),
+                               events.Events())
     loaded = old.load(io.BytesIO(legacy.getvalue()))
     assert loaded[0]["tags"] == ["busybox:latest"]
     assert old.inspect("busybox")["Config"]["Cmd"] == ["/bin/sh"]
@@ -269,7 +272,7 @@ def test_removing_last_tag_drops_same_repo_digests(tmp_path):
     import io
     import tarfile
     layers = LayerStore(str(tmp_path / "l"), driver="vfs")
-    images = ImageStore(str(tmp_path / "i"), layers)
+    images = ImageStore(str(tmp_path / "i"), layers, events.Events())
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         info = tarfile.TarInfo("f")
@@ -285,3 +288,21 @@ def test_removing_last_tag_drops_same_repo_digests(tmp_path):
     assert images.resolve("other/repo:keep") == image_id     # another repository's tag keeps it
     records = images.delete("other/repo:keep")
     assert {"Deleted": image_id} in records
+
+
+def test_the_store_announces_its_changes(tmp_path):
+    """Import, tag, load, untag and delete are events emitted by the image store itself."""
+    log = events.Events()
+    store = images.ImageStore(str(tmp_path / "img"), layers.LayerStore(str(tmp_path / "lay"), driver=layers.VFS), log)
+    image_id = store.import_image(io.BytesIO(tar_bytes([("a", "file", "1")])), repo="evt")
+    store.tag(image_id, "evt", "two")
+    saved = io.BytesIO()
+    store.save(["evt:two"], saved)
+    store.delete("evt:latest")
+    store.delete("evt:two")
+    store.load(io.BytesIO(saved.getvalue()))
+    seen = [(e["Action"], e["Actor"]["ID"], e["Actor"]["Attributes"].get("name")) for e in log.history(None, None, {})]
+    assert seen[:4] == [("import", image_id, "evt:latest"), ("tag", image_id, "evt:two"),
+                        ("untag", "evt:latest", "evt:latest"), ("untag", "evt:two", "evt:two")]
+    assert ("delete", image_id, image_id) in seen
+    assert seen[-1] == ("load", image_id, "evt:two")

@@ -37,6 +37,7 @@ import shutil
 
 from minidock import errors, http, tarsafe
 from minidock.api import streaming
+from minidock.api.versions import route
 
 
 STAT_HEADER = "X-Docker-Container-Path-Stat"
@@ -208,8 +209,6 @@ def put_containers_archive(req):
 
 
 def post_containers_copy(req):
-    if req.version >= (1, 24):
-        raise errors.NotFound(f"page not found: {req.path}")
     c = _container(req)
     body = req.json(required=True)
     if not isinstance(body, dict):
@@ -233,7 +232,7 @@ def post_containers_copy(req):
 ROUTES = [
     ("GET", "/containers/{id}/changes", get_containers_changes),
     ("GET", "/containers/{id}/export", get_containers_export),
-    ("POST", "/containers/{id}/copy", post_containers_copy),
+    route("POST", "/containers/{id}/copy", post_containers_copy, until="1.23"),
     ("HEAD", "/containers/{id}/archive", head_containers_archive),
     ("GET", "/containers/{id}/archive", get_containers_archive),
     ("PUT", "/containers/{id}/archive", put_containers_archive),

@@ -4,7 +4,6 @@ import json
 import queue
 
 from minidock import errors, http, websocket
-from minidock.api.versions import shape, shape_list
 from minidock.containers import DEFAULT_DETACH_KEYS, PAUSED, RUNNING
 
 
@@ -30,7 +29,7 @@ def get_containers_json(req):
     rows = []
     for c in containers:
         rows.append(summary(req, c, want_size))
-    return http.Response.json(shape_list("container_summary", rows, req.version))
+    return req.render("container_list", rows)
 
 
 def summary(req, c, want_size=False):
@@ -79,7 +78,7 @@ def get_containers_inspect(req):
     record["NetworkSettings"] = network_settings(c)
     if req.qbool("size"):
         record["SizeRw"], record["SizeRootFs"] = backend.size(c)
-    return http.Response.json(shape("container", record, req.version))
+    return req.render("container", record)
 
 
 def network_settings(c):
@@ -260,7 +259,8 @@ def parse_detach_keys(text):
 def post_containers_attach(req):
     backend = _backend(req)
     c = backend.get(req.params["id"])
-    if req.version < (1, 4) and c.status not in (RUNNING, PAUSED) and not req.qbool("logs"):
+    if req.adapt("container_attach", {"refuse_stopped": False})["refuse_stopped"] \
+            and c.status not in (RUNNING, PAUSED) and not req.qbool("logs"):
         raise errors.NotAcceptable("impossible to attach (container not running)")
     want_stdin, want_stdout, want_stderr = req.qbool("stdin"), req.qbool("stdout"), req.qbool("stderr")
     want_logs, want_stream = req.qbool("logs"), req.qbool("stream")

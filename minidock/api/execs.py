@@ -1,7 +1,6 @@
 """Exec routes: create, start (hijacked or detached), resize, inspect."""
 
 from minidock import errors, http
-from minidock.api.versions import shape
 
 
 def post_containers_exec(req):
@@ -29,7 +28,7 @@ def post_exec_resize(req):
 
 
 def get_exec_json(req):
-    return http.Response.json(shape("exec", req.daemon.execs.inspect(req.params["id"]), req.version))
+    return req.render("exec", req.daemon.execs.inspect(req.params["id"]))
 
 
 ROUTES = [
