@@ -4,9 +4,12 @@ The package is layered; imports only point down:
 
     daemon.py            flags, start-up checks, signals, wiring
     api/<resource>.py    route tables and thin handlers, per-version shapes in api/versions.py
-    backend objects      containers, images, volumes, exec instances, events
-    machinery            ns.py, layers.py, cgroup.py, registry.py, builder.py
-    ground               http.py (bytes in, bytes out), store.py (atomic JSON), errors.py
+    engine.py            the backend root: builds every subsystem, in dependency order
+    backend objects      containers.py (composing container/*), execs.py, volumes.py,
+                         networks.py, images.py, events.py
+    machinery            ns.py, spawner.py, layers.py, cgroup.py, registry.py, builder.py
+    ground               http.py (bytes in, bytes out), websocket.py, store.py (atomic JSON),
+                         timestamps.py, errors.py
 """
 
 __version__ = "0.1.0"
