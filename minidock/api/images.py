@@ -2,7 +2,7 @@
 
 import json
 
-from minidock import errors, http, reference
+from minidock import errors, http, imagearchive, imagecreate, reference
 from minidock.api import streaming
 from minidock.api.versions import route
 
@@ -14,9 +14,9 @@ def post_images_create(req):
         repo, tag = req.q("repo") or None, req.q("tag") or None
         changes, message = req.qlist("changes"), req.q("message") or ""
         if src == "-":
-            image_id = images.import_image(req.body, repo, tag, changes, message, source="-")
+            image_id = imagecreate.import_image(images, req.body, repo, tag, changes, message, source="-")
         else:
-            image_id = images.import_url(src, repo, tag, changes, message)
+            image_id = imagecreate.import_url(images, src, repo, tag, changes, message)
         return req.render("image_import", {"status": image_id}, stream=True)
     name = req.q("fromImage")
     if not name:
@@ -71,7 +71,7 @@ def post_images_insert(req):
     images.resolve(name)                        # 404 before the stream starts
 
     def work(pipe):
-        image_id = images.insert_url(name, path, url, pipe.json_line, pipe.cancelled)
+        image_id = imagecreate.insert_url(images, name, path, url, pipe.json_line, pipe.cancelled)
         if image_id:
             pipe.json_line({"status": image_id.split(":", 1)[-1]})
     return streaming.progress_response(req, work, name="insert")
@@ -105,7 +105,7 @@ def get_images_get(req):
     names = req.qlist("names") if "name" not in req.params else [req.params["name"]]
     if not names:
         raise errors.InvalidParameter("no image names given")
-    spool = req.daemon.images.save_spooled(names)
+    spool = imagearchive.save_spooled(req.daemon.images, names)
 
     def chunks():
         try:
@@ -120,7 +120,7 @@ def get_images_get(req):
 
 
 def post_images_load(req):
-    loaded = req.daemon.images.load(req.body)
+    loaded = imagearchive.load(req.daemon.images, req.body)
     lines = []
     for item in loaded:
         if item["tags"]:
@@ -167,7 +167,7 @@ def post_commit(req):
     if pause:
         backend.pause(c.id)
     try:
-        image_id = req.daemon.images.commit(c.id, c.record["Image"], c.config, repo=req.q("repo") or None,
+        image_id = imagecreate.commit(req.daemon.images, c.id, c.record["Image"], c.config, repo=req.q("repo") or None,
                                             tag=req.q("tag") or None, comment=req.q("comment") or req.q("m") or "",
                                             author=req.q("author") or "", changes=req.qlist("changes"),
                                             overrides=overrides)
