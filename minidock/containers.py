@@ -25,7 +25,7 @@ import os
 import shutil
 import threading
 
-from minidock import cgroup, errors, ns, proctable, store
+from minidock import cgroup, errors, imagecreate, ns, proctable, store
 from minidock.container import attach, config, describe, logs, restart
 from minidock.container.lifecycle import (ACTIVE, ALIVE, CREATED, DEAD, EXITED, PAUSED, REMOVING,
                                           RESTARTING, RUNNING, Container)
@@ -234,6 +234,22 @@ class Containers:
 
     def unpause(self, ref):
         self.supervisor.unpause(self.get(ref))
+
+    def commit(self, ref, pause=True, **options):
+        """POST /commit: the container's changes as a new image (imagecreate.commit; `options`
+        are its repo, tag, comment, author, changes, overrides). A running container is paused
+        meanwhile unless `pause` is false, so the layer is not read while it changes."""
+        c = self.get(ref)
+        pause = pause and c.status == RUNNING
+        if pause:
+            self.pause(c.id)
+        try:
+            image_id = imagecreate.commit(self.images, c.id, c.record["Image"], c.config, **options)
+        finally:
+            if pause:
+                self.unpause(c.id)
+        self.emit(c, "commit", {"comment": options.get("comment", "")})
+        return image_id
 
     def wait(self, ref, condition="not-running", stop=lambda: False):
         """Block until the container stops (or is removed); returns its exit code."""

@@ -158,23 +158,13 @@ def get_images_search(req):
 
 
 def post_commit(req):
-    backend = req.daemon.containers
-    c = backend.get(req.q("container") or "")
     overrides = req.json()
     if overrides is not None and not isinstance(overrides, dict):
         raise errors.InvalidParameter("commit config must be a JSON object")
-    pause = req.qbool("pause", default=True) and c.status == "running"
-    if pause:
-        backend.pause(c.id)
-    try:
-        image_id = imagecreate.commit(req.daemon.images, c.id, c.record["Image"], c.config, repo=req.q("repo") or None,
-                                            tag=req.q("tag") or None, comment=req.q("comment") or req.q("m") or "",
-                                            author=req.q("author") or "", changes=req.qlist("changes"),
-                                            overrides=overrides)
-    finally:
-        if pause:
-            backend.unpause(c.id)
-    backend.emit(c, "commit", {"comment": req.q("comment") or req.q("m") or ""})
+    image_id = req.daemon.containers.commit(
+        req.q("container") or "", pause=req.qbool("pause", default=True), repo=req.q("repo") or None,
+        tag=req.q("tag") or None, comment=req.q("comment") or req.q("m") or "", author=req.q("author") or "",
+        changes=req.qlist("changes"), overrides=overrides)
     return http.Response.json({"Id": image_id}, status=201)
 
 

@@ -18,6 +18,7 @@ import threading
 from minidock.times import now_rfc3339, rfc3339_seconds
 
 PARTIAL_FLUSH = 16384
+EXIT_GRACE = 5.0      # seconds `logs -f` waits, after the output ended, for the exit to be recorded
 
 
 class JsonLog:
@@ -97,6 +98,12 @@ def entries(c, streams, follow=False, since=0, until=None, tail=None, stop=lambd
                     return
                 continue
             if item is None:
+                # The output ends when the process does; its exit is recorded a moment later
+                # by the reaper. End after that, as Docker does, so that `docker logs -f c;
+                # docker rm c` finds the container stopped (bounded: a restart policy may
+                # bring it straight back).
+                with c.changed:
+                    c.changed.wait_for(lambda: not c.running, EXIT_GRACE)
                 return
             stream, data = item
             if stream in streams:
