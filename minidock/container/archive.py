@@ -7,16 +7,10 @@ same mount a running container pivot_root'ed into, so a write here is seen by th
 once and a file the container wrote is readable here. A stopped container's rootfs is simply
 mounted again (idempotent).
 
-    GET  /containers/(id)/changes   [{"Path", "Kind"}]: 0 modified, 1 added, 2 deleted
-    GET  /containers/(id)/export    the whole filesystem as one flat tar
-    POST /containers/(id)/copy      {"Resource": path} -> tar of it (deprecated; gone in v1.24)
-    HEAD /containers/(id)/archive   ?path=  -> only the X-Docker-Container-Path-Stat header
-    GET  /containers/(id)/archive   ?path=  -> that header plus a tar of the path
-    PUT  /containers/(id)/archive   ?path=DIR[&noOverwriteDirNonDir=1], body: a tar to unpack
-
-X-Docker-Container-Path-Stat is base64(JSON {"name", "size", "mode", "mtime", "linkTarget"}),
-`mode` in Go's os.FileMode encoding (tarsafe.go_file_mode). The CLI's `docker cp` HEADs the
-destination first to decide between "copy into this directory" and "copy as this name".
+The routes are listed in minidock/api/archive.py: `changes` (docker diff), `export` (one flat
+tar), `stat` (the X-Docker-Container-Path-Stat document {"name", "size", "mode", "mtime",
+"linkTarget"}, `mode` in Go's os.FileMode encoding), `get` and `copy` (a tar of one path) and
+`put` (unpack a tar into a directory).
 
 Volumes and bind mounts: inside a running container they are mounts in *its* mount namespace,
 not ours; in the rootfs we hold, their destinations are empty directories. So, like Docker, a
