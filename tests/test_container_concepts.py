@@ -1,6 +1,6 @@
 """The container concepts of minidock/container/ tested directly, without a daemon or HTTP:
 configuration merging, the lifecycle table, restart back-off, the detach-key scanner, the exit
-registry, the json-file log and the generated resolv.conf."""
+registry, the json-file log, the generated resolv.conf, and the networks backend."""
 
 import json
 import os
@@ -9,9 +9,10 @@ import threading
 import pytest
 
 from minidock import errors
-from minidock.container import attach, config, exits, lifecycle, logs, restart, spec
+from minidock.container import attach, config, exits, logs, restart, spec
 from minidock.container.lifecycle import (CREATED, DEAD, EXITED, PAUSED, REMOVING, RESTARTING, RUNNING,
                                           TRANSITIONS, Container)
+from minidock.networks import Networks, network_id
 
 IMAGE = {"Cmd": ["sh"], "Entrypoint": None, "Env": ["PATH=/bin", "A=image", "B=image"],
          "WorkingDir": "/srv", "User": "daemon", "Labels": {"from": "image", "both": "image"},
@@ -303,3 +304,49 @@ def test_resolv_conf_from_host_and_options(tmp_path):
     assert spec.resolv_conf({"NetworkMode": "none"}, str(host)) == "search a.example b.example\noptions ndots:2\n"
     assert spec.resolv_conf({"Dns": ["127.0.0.53"], "DnsSearch": ["x"], "DnsOptions": ["rotate"]},
                             str(host)) == "nameserver 127.0.0.53\nsearch x\noptions rotate\n"
+
+
+# -- the networks backend -------------------------------------------------------------------------
+
+class _Containers:
+    """The one thing Networks asks of the container backend: every container."""
+
+    def __init__(self, containers):
+        self.containers = containers
+
+    def all(self):
+        return self.containers
+
+
+def _with_mode(cid, mode, status=RUNNING):
+    c = _container(status)
+    c.record.update(Id=cid * 64, Name="/" + cid * 3, HostConfig={"NetworkMode": mode})
+    return c
+
+
+def test_networks_membership_follows_the_network_mode_rule():
+    nets = Networks(_Containers([_with_mode("a", "default"), _with_mode("b", "bridge"), _with_mode("c", "none"),
+                                 _with_mode("d", "host", status=EXITED), _with_mode("e", "container:aaa")]))
+    listed = {n["Name"]: sorted(n["Containers"]) for n in nets.list()}
+    assert listed == {"host": ["a" * 64, "b" * 64], "none": ["c" * 64]}
+    assert nets.inspect("host")["Id"] == network_id("host") == nets.inspect(network_id("host")[:5])["Id"]
+    assert [n["Name"] for n in nets.list({"driver": ["null"]})] == ["none"]
+    assert nets.list({"label": ["x"]}) == []
+    with pytest.raises(errors.InvalidParameter):
+        nets.list({"colour": ["red"]})
+    with pytest.raises(errors.NotFound):
+        nets.inspect("mynet")
+
+
+def test_networks_refusals_keep_their_messages():
+    nets = Networks(_Containers([]))
+    with pytest.raises(errors.Conflict) as info:
+        nets.create({"Name": "host"})
+    assert info.value.message == "network with name host already exists"
+    with pytest.raises(errors.NotImplementedKind):
+        nets.create({"Name": "mynet"})
+    with pytest.raises(errors.Forbidden) as info:
+        nets.remove("none")
+    assert info.value.message == "none is a pre-defined network and cannot be removed"
+    with pytest.raises(errors.Forbidden):
+        nets.connect("host")
