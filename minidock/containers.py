@@ -359,9 +359,9 @@ class Containers:
         return c.config.get("Tty"), logs.entries(c, streams, follow, since, until, tail, stop)
 
     def attach(self, ref, opts, websocket=False, must_run=False):
-        """Prepare an attach session: -> (whether it has a TTY, run(conn) to call once the
-        connection is hijacked). Subscribes now, before the hijack reply goes out: `docker run`
-        attaches, then starts, and the first output of a fast command must not slip between."""
+        """Prepare an attach session: -> run(conn), to call once the connection is hijacked.
+        It subscribes now, before the hijack reply goes out: `docker run` attaches, then starts,
+        and the first output of a fast command must not slip between the two."""
         c = self.get(ref)
         if must_run and c.status not in ALIVE:
             raise errors.NotAcceptable("impossible to attach (container not running)")
@@ -377,7 +377,7 @@ class Containers:
             finally:
                 if q is not None:
                     c.io.unsubscribe(q)
-        return c.config.get("Tty"), run
+        return run
 
     # -- listing and inspection -----------------------------------------------------------------
     def list(self, all_=False, limit=-1, since=None, before=None, filters=None):
