@@ -21,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from minidock import daemon, errors, http, websocket  # noqa: E402
+from minidock import daemon, errors, http, imagecreate, websocket  # noqa: E402
 from minidock.container import attach  # noqa: E402
 from minidock.engine import Config  # noqa: E402
 
@@ -220,7 +220,7 @@ def main():
     base, tar = sys.argv[1], sys.argv[2]
     engine = daemon.build_engine(Config(os.path.join(base, "data"), os.path.join(base, "exec")))
     with open(tar, "rb") as f:
-        engine.images.import_image(f, "busybox")
+        imagecreate.import_image(engine.images, f, "busybox")
     results = {}
     for scenario in SCENARIOS:
         try:
