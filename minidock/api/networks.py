@@ -4,6 +4,7 @@ Thin handlers over the networks backend (minidock/networks.py), which owns the r
 bridges in the daemon's network namespace and the containers' endpoints."""
 
 from minidock import errors, http
+from minidock.api.versions import route
 
 
 def _body(req):
@@ -66,7 +67,7 @@ def post_networks_disconnect(req):
 ROUTES = [
     ("GET", "/networks", get_networks),
     ("POST", "/networks/create", post_networks_create),
-    ("POST", "/networks/prune", post_networks_prune),
+    route("POST", "/networks/prune", post_networks_prune, since="1.25"),
     ("GET", "/networks/{id}", get_networks_inspect),
     ("DELETE", "/networks/{id}", delete_networks),
     ("POST", "/networks/{id}/connect", post_networks_connect),
