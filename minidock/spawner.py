@@ -85,7 +85,7 @@ import signal
 import socket
 import threading
 
-from . import errors, ns
+from . import errors, network, ns   # network: loaded once here, not in every shim
 
 _MAX_MSG = 1 << 20
 
@@ -350,7 +350,6 @@ class _Server:
             if msg["op"] == "run":
                 pid = ns.spawn_container(msg["spec"], fds, status_w)
             elif msg["op"] == "netns":
-                from . import network   # imported where used: the run path stays as lean
                 pid = network.start_keeper(fds[0], status_w)
             else:
                 pid = ns.enter_container(msg["init_pid"], msg["spec"], fds, status_w)
