@@ -261,6 +261,18 @@ class Networks:
             else:
                 gw = ipam.first_host(subnet)
             out["Gateway"] = str(gw)
+            aux = cfg.get("AuxiliaryAddresses") or {}
+            if not isinstance(aux, dict):
+                raise errors.InvalidParameter("AuxiliaryAddresses must be an object of name: address")
+            for host, address in aux.items():
+                try:
+                    if ipaddress.IPv4Address(address) not in subnet:
+                        raise ValueError("outside the subnet")
+                except ValueError:
+                    raise errors.InvalidParameter(f"invalid auxiliary address {host}={address}: "
+                                                  f"it must be an address of {subnet}")
+            if aux:
+                out["AuxiliaryAddresses"] = dict(aux)   # reserved: never given to a container
             nid = store.new_id()
             rec = self._record(nid, name, [out], labels, ipam_in.get("Options"),
                                body.get("Internal"), options, body.get("Attachable"))
@@ -384,7 +396,9 @@ class Networks:
         return c.record["NetworkSettings"]["Networks"].get(self._ep_name(c, rec)) or {}
 
     def _used(self, rec, except_id=None):
-        used = []
+        """Addresses taken on `rec`: its containers' and its reserved auxiliary addresses."""
+        used = [ipaddress.IPv4Address(a) for a in
+                (rec["IPAM"]["Config"][0].get("AuxiliaryAddresses") or {}).values()]
         for c in self.members(rec):
             if c.id != except_id:
                 ip = self._endpoint(c, rec).get("IPAddress")

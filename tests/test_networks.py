@@ -68,6 +68,9 @@ def test_create_validates_and_allocates_subnets(nets):
         n.create({"Name": "f", "EnableIPv6": True})
     with pytest.raises(errors.InvalidParameter):
         n.create({"Name": "g", "EnableIPv4": False})
+    with pytest.raises(errors.InvalidParameter):
+        n.create({"Name": "h", "IPAM": {"Config": [{"Subnet": "10.97.0.0/24",
+                                                     "AuxiliaryAddresses": {"x": "10.96.0.1"}}]}})
     assert [x["Name"] for x in n.list({"label": ["x=1"]})] == ["a"]
     assert [x["Name"] for x in n.list({"type": ["custom"]})] == ["a", "c"]
     assert n.find(a["Id"][:6])["Name"] == "a"
@@ -76,7 +79,8 @@ def test_create_validates_and_allocates_subnets(nets):
 
 def test_join_lookup_links(nets):
     n, boxes = nets
-    n.create({"Name": "app", "IPAM": {"Config": [{"Subnet": "10.50.0.0/24"}]}})
+    n.create({"Name": "app", "IPAM": {"Config": [{"Subnet": "10.50.0.0/24",
+                                                   "AuxiliaryAddresses": {"router": "10.50.0.4"}}]}})
     web = Box("a" * 64, "web", "app")
     db = Box("b" * 64, "db", "app")
     boxes.items += [web, db]
@@ -97,6 +101,8 @@ def test_join_lookup_links(nets):
         n.remove("app")                                        # running members
     ip = n.join(Box("c" * 64, "x", "app"), n.find("app"), {"IPAMConfig": {"IPv4Address": "10.50.0.9"}})
     assert ip["IPAddress"] == "10.50.0.9"
+    third = n.join(Box("9" * 64, "z", "app"), n.find("app"))
+    assert third["IPAddress"] == "10.50.0.5"                   # .4 is the reserved auxiliary
     with pytest.raises(errors.Conflict):
         n.join(Box("d" * 64, "y", "app"), n.find("app"), {"IPAMConfig": {"IPv4Address": "10.50.0.2"}})
     with pytest.raises(errors.InvalidParameter):
