@@ -827,7 +827,29 @@ class Networks:
                 if (name in names or (len(name) >= 12 and c.id.startswith(name))) \
                         and ep["IPAddress"] not in found:
                     found.append(ep["IPAddress"])
-        return found or None
+        return found or self._link_alias(asker, name)
+
+    def _link_alias(self, asker, name):
+        """On user-defined networks a link is a name only its owner resolves: `--link db:pg`
+        (HostConfig.Links, or an endpoint's Links) makes "pg" mean db, for the asker alone."""
+        links = list(asker.host_config.get("Links") or [])
+        for ep in (asker.record.get("NetworkSettings") or {}).get("Networks", {}).values():
+            links += ep.get("Links") or []
+        for link in links:
+            target, alias = parse_link(link)
+            if alias.lower() != name:
+                continue
+            try:
+                other = self.containers.get(target)
+            except errors.NotFound:
+                continue
+            if not other.running:
+                continue
+            mine = {ep.get("NetworkID") for ep in asker.record["NetworkSettings"]["Networks"].values()}
+            for ep in (other.record.get("NetworkSettings") or {}).get("Networks", {}).values():
+                if ep.get("NetworkID") in mine and ep.get("IPAddress"):
+                    return [ep["IPAddress"]]
+        return None
 
 
 def parse_link(link):

@@ -122,6 +122,9 @@ def test_user_networks_names_aliases_isolation_connect(d):
         assert "page-srv" in out(by_name)
         by_alias = d.docker("run", "--rm", "--network", "app", "busybox", "sh", "-c", GET.format("svc"))
         assert "page-srv" in out(by_alias)
+        by_link = d.docker("run", "--rm", "--network", "app", "--link", "srv:linked", "busybox", "sh", "-c",
+                           GET.format("linked"))
+        assert "page-srv" in out(by_link)
         # --dns on a user network: resolv.conf still names the embedded DNS (which forwards
         # to that server), so names keep resolving
         resolv = out(d.docker("run", "--rm", "--network", "app", "--dns", "127.0.0.1", "busybox",

@@ -151,3 +151,17 @@ def test_spawn_network_joins_an_old_container_and_refuses_a_removed_network(nets
     n.netns = _Keeper()
     with pytest.raises(errors.NotFound):
         n.spawn_network(lost)
+
+
+def test_links_on_a_user_network_are_names_for_their_owner_only(nets):
+    n, boxes = nets
+    n.create({"Name": "app", "IPAM": {"Config": [{"Subnet": "10.51.0.0/24"}]}})
+    nid = n.find("app")["Id"]
+    db = Box("d" * 64, "db", "app")
+    web = Box("e" * 64, "web", "app", links=["db:pg"])
+    other = Box("f" * 64, "other", "app")
+    boxes.items += [db, web, other]
+    for b in (db, web, other):
+        n.join_at_create(b)
+    assert n.lookup(nid, "10.51.0.3", "pg") == ["10.51.0.2"]     # web asks
+    assert n.lookup(nid, "10.51.0.4", "pg") is None              # other does not have the link
