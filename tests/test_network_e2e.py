@@ -403,3 +403,11 @@ def test_embedded_dns_forwards_to_a_loopback_resolver(d):
         d.docker("rm", "-f", "named", check=False)
         d.docker("network", "rm", "dnsnet", check=False)
         upstream.close()
+
+
+def test_info_tells_the_network_layout(d):
+    info = d.client().get("/info")
+    assert info["Plugins"]["Network"] == ["bridge", "host", "null"]
+    layout = dict((k, v) for k, v in info["SystemStatus"])["Network namespace"]
+    assert layout.startswith("daemon-owned, held by pid") and "docker0 172.17.0.0/16" in layout
+    assert info["DefaultAddressPools"][0] == {"Base": "172.17.0.0/16", "Size": 16}
