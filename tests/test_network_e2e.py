@@ -411,3 +411,20 @@ def test_info_tells_the_network_layout(d):
     layout = dict((k, v) for k, v in info["SystemStatus"])["Network namespace"]
     assert layout.startswith("daemon-owned, held by pid") and "docker0 172.17.0.0/16" in layout
     assert info["DefaultAddressPools"][0] == {"Base": "172.17.0.0/16", "Size": 16}
+
+
+def test_bip_and_default_address_pool_flags():
+    daemon = Daemon(extra_args=["--bip", "10.123.0.1/24",
+                                "--default-address-pool", "base=10.124.0.0/16,size=24"])
+    daemon.start()
+    try:
+        daemon.docker("import", make_rootfs_tar(os.path.join(daemon.base, "busybox.tar")), "busybox")
+        bridge = json.loads(out(daemon.docker("network", "inspect", "bridge")))[0]
+        assert bridge["IPAM"]["Config"] == [{"Subnet": "10.123.0.0/24", "Gateway": "10.123.0.1"}]
+        daemon.docker("network", "create", "pooled")
+        pooled = json.loads(out(daemon.docker("network", "inspect", "pooled")))[0]
+        assert pooled["IPAM"]["Config"][0]["Subnet"] == "10.124.0.0/24"
+        seen = out(daemon.docker("run", "--rm", "busybox", "ip", "-4", "addr", "show", "eth0"))
+        assert "10.123.0.2/24" in seen
+    finally:
+        daemon.cleanup()
