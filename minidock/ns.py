@@ -58,6 +58,26 @@ uid on the host. Trade-offs, stated plainly:
     execve as a non-zero uid clears them, as for any non-root user.
 A daemon with a subordinate range (or root) maps 65536 ids and never needs the nested namespace.
 
+keep-id: the daemon's user is the container's user
+----------------------------------------------------
+With a subordinate range, container uid 1000 is host uid SUBUID+999, so `-u 1000 -v $PWD:/w`
+cannot write the user's own directory. `keep_id` in the spec (Podman's `--userns=keep-id`,
+`HostConfig.UsernsMode: "keep-id"`) gives the container a nested user namespace in which the
+daemon's host uid U keeps its number: container U is daemon-namespace 0, i.e. U on the host.
+The other ids are shifted around it, so all N ids of the daemon's namespace stay mapped:
+
+    container 0 .. U-1    ->  daemon 1 .. U          (subordinate ids)
+    container U           ->  daemon 0               (the user, on the host)
+    container U+1 .. N-1  ->  daemon U+1 .. N-1
+
+(`keep_id_map()` computes it; /proc/self/uid_map inside shows the three lines.) Writing a
+multi-line map needs CAP_SETUID in the *parent* namespace, which the process loses the moment it
+unshares, so the init forks a helper first; the helper stays in the daemon's namespace and writes
+the init's maps (the same reason enter_daemon_userns() forks one). The price, plainly: the image's
+files are stored as daemon ids, so inside the container a root-owned file (daemon 0) shows as
+owned by U, and a file of U shows as 0 -- Podman chowns a copy of the image to avoid that; we do
+not. Without a subordinate range the daemon has one id and keep-id is what `-u U` already does.
+
 Entering a running container (exec)
 -----------------------------------
 `enter_container()` opens /proc/PID/ns/* of the container's init, setns(2)s into ipc, uts, net,
@@ -776,6 +796,50 @@ def enter_user_userns(uid, gid):
         f.write(f"{gid} {outer_gid} 1\n")
 
 
+def keep_id_map(host_id, daemon_map):
+    """The nested map lines of keep-id for `host_id` (see the module docstring), given the
+    daemon namespace's own map [(inside, outside, count)] as /proc/self/uid_map shows it."""
+    total = sum(count for _, _, count in daemon_map)
+    lines = []
+    if host_id > 0 and total > 1:
+        lines.append(f"0 1 {min(host_id, total - 1)}")
+    lines.append(f"{host_id} 0 1")
+    if host_id + 1 < total:
+        lines.append(f"{host_id + 1} {host_id + 1} {total - host_id - 1}")
+    return lines
+
+
+@_Step("enter the keep-id user namespace")
+def enter_keep_id_userns(uid_lines, gid_lines):
+    # A helper forked *before* unshare stays in the daemon's namespace, where we hold
+    # CAP_SETUID/CAP_SETGID, and writes our maps: we could only write a one-line map of our
+    # own id after unsharing. /proc here is the container's: our pid is its number there.
+    me = os.getpid()
+    go_r, go_w = os.pipe()
+    helper = os.fork()
+    if helper == 0:
+        code = 1
+        try:
+            os.close(go_w)
+            os.read(go_r, 1)            # wait until the init has unshared
+            for name, lines in (("uid_map", uid_lines), ("gid_map", gid_lines)):
+                with open(f"/proc/{me}/{name}", "w") as f:
+                    f.write("\n".join(lines) + "\n")
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(go_r)
+    try:
+        unshare(CLONE_NEWUSER)
+    finally:
+        os.write(go_w, b"g")            # on failure the helper writes to our old namespace
+        os.close(go_w)                  # and fails harmlessly: that map is already set
+    _, status = os.waitpid(helper, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise OSError(errno.EPERM, "the keep-id helper could not write the id maps",
+                      f"/proc/{me}/uid_map")
+
+
 @_Step("drop capabilities from the bounding set")
 def drop_bounding_set(keep, last_cap):
     for cap in range(last_cap + 1):
@@ -941,6 +1005,10 @@ def _container_init(spec, stdio, status_fd):
     privileged = bool(spec.get("privileged"))
     caps = capability_set(spec.get("cap_add"), spec.get("cap_drop"), privileged)
     nested = _needs_nested_userns(spec)
+    # Read while /proc is still the host's view of us (either works: it is our own map).
+    daemon_uid_map = read_id_map("/proc/self/uid_map")
+    daemon_gid_map = read_id_map("/proc/self/gid_map")
+    single_id = sum(c for _, _, c in daemon_uid_map) <= 1
     tty = bool(spec.get("tty"))
     # The pty slave's path in the daemon's /dev/pts, to bind as /dev/console; asked before
     # pivot_root, while the host /dev/pts is still visible.
@@ -969,7 +1037,11 @@ def _container_init(spec, stdio, status_fd):
     set_rlimits(spec.get("ulimits") or [])
     # The nested user namespace comes after everything that needs our capabilities over the
     # daemon's namespaces (mounts, hostname, rlimits): inside it we have none of those.
-    if nested:
+    keep_id = spec.get("keep_id")
+    if keep_id and not single_id:
+        enter_keep_id_userns(keep_id_map(keep_id["uid"], daemon_uid_map),
+                             keep_id_map(keep_id["gid"], daemon_gid_map))
+    elif nested:
         enter_user_userns(uid, gid)
     drop_bounding_set(caps, last_cap)    # needs CAP_SETPCAP: before we give up root
     if spec.get("no_new_privileges"):

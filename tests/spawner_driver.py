@@ -107,6 +107,19 @@ def main():
                      uid=1000, gid=1000, groups=[],
                      mounts=[{"source": f"{data}/rw", "target": "/data"},
                              {"source": f"{data}/ro", "target": "/ro", "readonly": True}])
+    # keep-id: the daemon's own uid keeps its number in the container and owns what it writes.
+    me = {"uid": userns.host_uid, "gid": userns.host_gid}
+    keep = dict(uid=me["uid"], gid=me["gid"], groups=[], keep_id=me,
+                mounts=[{"source": f"{data}/rw", "target": "/data"}])
+    res["keep_id"] = sh("cat /proc/self/uid_map; id -u; id -g; touch /data/by-keep-id", **keep)
+    kid, kr = start(["sleep", "100"], **keep)
+    res["keep_id_exec"] = execute(kid, ["sh", "-c", "id -u; touch /data/by-keep-id-exec"],
+                                  uid=me["uid"], gid=me["gid"])
+    res["keep_id_root"] = sh("id -u; touch /tmp/r && chown 1000:1000 /tmp/r && stat -c %u:%g /tmp/r",
+                             keep_id=me)
+    os.kill(kid, signal.SIGKILL)
+    sp.wait(kid)
+    os.close(kr)
     res["user_name"] = sh("id -u; id -g; pwd", user="user", cwd="/home/user/new")
     res["chown"] = sh("touch /tmp/c && chown 1000:1000 /tmp/c && stat -c '%u:%g' /tmp/c; "
                       "touch /data/by-1000; chown 1000 /data/by-1000",
