@@ -668,6 +668,55 @@ def mount_dev(rootfs, shm_size, console):
         os.symlink(target, f"{dev}/{name}")
 
 
+TIOCGPTN = 0x80045430       # _IOR('T', 0x30, unsigned int): the slave's number
+TIOCSPTLCK = 0x40045431     # _IOW('T', 0x31, int): lock/unlock the slave
+
+
+@_Step("create the console in the container's devpts")
+def open_console(rootfs, console_socket):
+    """The container's terminal, made in its own devpts and handed over (runc's console socket).
+
+    A pty made by the daemon lives in the daemon's devpts: it works as a terminal, but inside
+    the container `tty` can only call it /dev/console. Opened here, from the fresh devpts
+    instance, the slave is /dev/pts/0 as on Docker. The master goes back over the unix socket
+    the daemon passed as stdin (one SCM_RIGHTS message, b"M"); the slave becomes 0, 1 and 2
+    and is bound as /dev/console. Returns the slave's fd.
+    """
+    import fcntl
+    import socket
+    import struct
+    pts = in_root(rootfs, "/dev/pts")
+    master = os.open(f"{pts}/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))       # unlock before the open below
+    number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0" * 4))[0]
+    slave = os.open(f"{pts}/{number}", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    console = in_root(rootfs, "/dev/console")
+    _touch(console)
+    mount(f"{pts}/{number}", console, None, MS_BIND)
+    sock = socket.socket(fileno=os.dup(console_socket))
+    try:
+        socket.send_fds(sock, [b"M"], [master])
+    finally:
+        sock.close()
+        os.close(master)
+    return slave
+
+
+def receive_console(sock, timeout=5.0):
+    """The daemon's side of open_console(): the pty master, or None if none came."""
+    import socket as _socket
+    sock.settimeout(timeout)
+    try:
+        msg, fds, _, _ = _socket.recv_fds(sock, 16, 1)
+    except OSError:
+        return None
+    if msg != b"M" or not fds:
+        for fd in fds:
+            os.close(fd)
+        return None
+    return fds[0]
+
+
 def _locked_flags(path):
     """The flags of the mount at `path` that a remount in a user namespace must keep.
 
@@ -1012,7 +1061,10 @@ def _container_init(spec, stdio, status_fd):
     tty = bool(spec.get("tty"))
     # The pty slave's path in the daemon's /dev/pts, to bind as /dev/console; asked before
     # pivot_root, while the host /dev/pts is still visible.
-    console = os.ttyname(stdio[0]) if tty and os.isatty(stdio[0]) else None
+    # With `console_socket`, stdin is a unix socket and the init makes the pty itself, in the
+    # container's own devpts (open_console), so `tty` names it /dev/pts/0.
+    console_socket = tty and spec.get("console_socket")
+    console = os.ttyname(stdio[0]) if tty and not console_socket and os.isatty(stdio[0]) else None
     last_cap = spec.get("_last_cap", 40)
 
     make_mounts_private()
@@ -1021,6 +1073,9 @@ def _container_init(spec, stdio, status_fd):
     bind_rootfs(rootfs)                 # before mounts inside it: they must land on the bind
     mount_proc(rootfs)                  # we are PID 1 of the new pid namespace now
     mount_dev(rootfs, spec.get("shm_size") or DEFAULT_SHM_SIZE, console)
+    if console_socket:                  # after mount_dev: the new devpts instance exists
+        slave = open_console(rootfs, stdio[0])
+        stdio = (slave, slave, slave)
     mount_sys(rootfs)
     if not privileged:                  # after /proc and /sys exist: the paths are inside them
         mask_paths(rootfs, spec.get("masked_paths", MASKED_PATHS))

@@ -153,6 +153,17 @@ def main():
     os.close(slave)
     res["tty"] = {"out": collect(master), "code": sp.wait(pid, 10)}
 
+    # TTY made inside the container's devpts, the master handed back over a socket.
+    import socket
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    fd = theirs.fileno()
+    pid = sp.run(dict(base, argv=["sh", "-c", "tty; ls -l /dev/console; printf 'a\\nb\\n'"],
+                      tty=True, console_socket=True), fd, fd, fd)
+    theirs.close()
+    master = ns.receive_console(mine)
+    mine.close()
+    res["console_tty"] = {"out": collect(master), "code": sp.wait(pid, 10)}
+
     # Killed with SIGKILL -> 137.
     pid, r = start(["sleep", "100"])
     os.kill(pid, signal.SIGKILL)

@@ -236,6 +236,14 @@ def test_tty(nobody):
     assert nobody["tty"]["code"] == 0
 
 
+def test_console_from_the_containers_devpts(nobody):
+    res = nobody["console_tty"]
+    assert res["code"] == 0
+    lines = res["out"].split("\r\n")            # output passed the line discipline
+    assert lines[0] == "/dev/pts/0"
+    assert lines[-3:] == ["a", "b", ""]
+
+
 def test_exec_joins_the_container(nobody):
     hostname, pid, cmdline, uid = nobody["exec"]["out"].split("\n")[:4]
     assert hostname == "exec-box"
