@@ -328,3 +328,75 @@ def filter_value(health):
     if health is None:
         return NONE
     return health.status if isinstance(health, Health) else health.get("Status", NONE)
+
+
+class Supervisor:
+    """The container layer's side: one Monitor per running container with a healthcheck.
+
+    The container object needs `id`, `name`, `lock` (held around state changes), `config`
+    (`Healthcheck`, `Shell`), `state` (a dict: `Health` is written there, as inspect shows it)
+    and `started_at()` (epoch seconds of the current start). Callbacks:
+
+      run_probe(c, argv, write) -> handle    see Monitor
+      save(c)                                persist the record (called under c.lock)
+      emit(c, action)                        publish an event ("health_status: healthy")
+
+    Lifecycle hooks, called by the container layer *after* its own state change:
+      started(c)    a (re)start or an unpause: State.Health starts over at `starting`
+      stopped(c)    pause, stop, death: probing ends, Status unhealthy (no event)
+    """
+
+    def __init__(self, run_probe, save, emit):
+        self.run_probe, self.save, self.emit = run_probe, save, emit
+        self.monitors = {}
+        self.lock = threading.Lock()
+
+    def started(self, c, started_at):
+        probe = Probe.from_config(c.config.get("Healthcheck"), c.config.get("Shell"))
+        self.stopped(c, quiet=True)
+        if probe is None:
+            return
+        with c.lock:
+            h = Health(c.state.get("Health"))
+            h.reset()
+            c.state["Health"] = h.as_dict()
+            self.save(c)
+
+        def apply(result):
+            with c.lock:
+                h = Health(c.state.get("Health"))
+                changed = h.record(result, probe.retries, probe.start_period, started_at)
+                c.state["Health"] = h.as_dict()
+                self.save(c)
+            if changed:
+                self.emit(c, f"health_status: {changed}")
+
+        def status():
+            return (c.state.get("Health") or {}).get("Status", STARTING)
+
+        monitor = Monitor(probe, started_at, lambda argv, write: self.run_probe(c, argv, write),
+                          apply, status, name=f"health-{c.id[:12]}")
+        with self.lock:
+            self.monitors[c.id] = monitor
+        monitor.start()
+
+    def stopped(self, c, quiet=False):
+        with self.lock:
+            monitor = self.monitors.pop(c.id, None)
+        if monitor is None:
+            return
+        monitor.stop()
+        if quiet:
+            return
+        with c.lock:
+            if c.state.get("Health"):
+                h = Health(c.state["Health"])
+                h.stopped()
+                c.state["Health"] = h.as_dict()
+                self.save(c)
+
+    def shutdown(self):
+        with self.lock:
+            monitors, self.monitors = list(self.monitors.values()), {}
+        for m in monitors:
+            m.stop()

@@ -277,3 +277,42 @@ def test_start_interval_is_used_while_starting(monitors):
     c.monitor.start()
     assert c.until(lambda c: len(c.health.log) >= 3)
     assert c.health.status == health.STARTING and c.health.failing_streak == 0
+
+
+class Box:
+    """What Supervisor needs of a container."""
+
+    def __init__(self, hc, shell=None):
+        self.id, self.name = "c" * 64, "box"
+        self.lock = threading.RLock()
+        self.config = {"Healthcheck": hc, "Shell": shell}
+        self.state = {}
+
+
+def test_supervisor_records_state_events_and_stops_to_unhealthy():
+    saved, events = [], []
+    sup = health.Supervisor(lambda c, argv, write: HostExec()(argv, write),
+                            lambda c: saved.append(dict(c.state["Health"])),
+                            lambda c, action: events.append(action))
+    box = Box({"Test": ["CMD-SHELL", "echo probe-ran"], "Interval": 50 * 10**6})
+    sup.started(box, time.time())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and box.state["Health"]["Status"] != "healthy":
+        time.sleep(0.02)
+    assert box.state["Health"]["Status"] == "healthy"
+    assert box.state["Health"]["Log"][0]["Output"] == "probe-ran\n"
+    assert events == ["health_status: healthy"]
+    assert saved[0]["Status"] == "starting"
+    sup.stopped(box)
+    assert box.state["Health"]["Status"] == "unhealthy" and events == ["health_status: healthy"]
+    sup.started(box, time.time())                     # unpause / restart: starting again
+    assert box.state["Health"]["Status"] == "starting"
+    sup.shutdown()
+
+
+def test_supervisor_ignores_containers_without_a_check():
+    sup = health.Supervisor(None, None, None)
+    for hc in (None, {"Test": ["NONE"]}):
+        box = Box(hc)
+        sup.started(box, time.time())
+        assert "Health" not in box.state and sup.monitors == {}
