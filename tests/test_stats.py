@@ -121,8 +121,12 @@ def test_busy_process_shows_cpu_and_the_stream_fills_precpu(spaces):
     stream = stats.Stream("/busy", "id1", lambda: ns_.init)
     first = stream.next()
     assert first["preread"] == stats.ZERO_TIME            # the first sample has no predecessor
+    # On a loaded machine the loop may not have run a whole clock tick yet: wait until it has.
+    first = take(stream, lambda d: d["cpu_stats"]["cpu_usage"]["total_usage"] > 0, tries=100)
     time.sleep(0.5)
-    second = stream.next()
+    second = take(stream, lambda d: d["cpu_stats"]["cpu_usage"]["total_usage"] >
+                  d["precpu_stats"]["cpu_usage"]["total_usage"], tries=100)
+    first = {"cpu_stats": second["precpu_stats"], "read": second["preread"]}
     cpu, pre = second["cpu_stats"], second["precpu_stats"]
     assert pre == first["cpu_stats"] and second["preread"] == first["read"]
     assert cpu["cpu_usage"]["total_usage"] > pre["cpu_usage"]["total_usage"] > 0
