@@ -33,13 +33,13 @@ Observe it yourself:
     ls -l "$(docker inspect -f '{{.LogPath}}' r)"*          # x.log x.log.1 x.log.2, ~1 kB each
 """
 
-import datetime
 import json
 import os
 import re
 import threading
 
 from .errors import InvalidParameter, NotImplementedKind
+from .times import now_rfc3339, rfc3339_seconds
 
 PARTIAL_FLUSH = 16384
 BLOCK = 65536
@@ -50,17 +50,6 @@ JSON_FILE_OPTS = ("max-size", "max-file", "compress", "labels", "labels-regex", 
 
 _SIZE_RE = re.compile(r"^(\d+(?:\.\d+)*) ?([kKmMgGtTpP])?[iI]?[bB]?$")
 _DECIMAL = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15}
-
-
-def now_rfc3339():
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_time(text):
-    try:
-        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0
 
 
 # -- LogConfig: which driver, which options -------------------------------------------------
@@ -274,7 +263,7 @@ def read(path, max_file=1, since=0, until=None, tail=None):
         entry = _decode(line)
         if entry is None:
             continue
-        stamp = parse_time(entry[2])
+        stamp = rfc3339_seconds(entry[2])
         if since and stamp < since:
             continue
         if until and stamp > until:

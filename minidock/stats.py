@@ -58,16 +58,15 @@ Observe it yourself:
     docker stats --no-stream busy                              # CPU % near 100
 """
 
-import datetime
 import os
 
 from . import cgroup as cgroups
 from . import ns
+from .times import ZERO_TIME, now_rfc3339
 
 SOURCE_CGROUP = "cgroup2"
 SOURCE_PROCFS = "procfs"
 
-ZERO_TIME = "0001-01-01T00:00:00Z"      # Go's zero time.Time, as moby encodes an empty sample
 
 _NET_FIELDS = ("rx_bytes", "rx_packets", "rx_errors", "rx_dropped",
                None, None, None, None,                      # fifo frame compressed multicast
@@ -85,10 +84,6 @@ def _ticks_to_ns(ticks):
 
 def online_cpus():
     return os.sysconf("SC_NPROCESSORS_ONLN") or 1
-
-
-def now_rfc3339():
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 # -- parsers of the proc files (text in, numbers out) ------------------------------------------

@@ -8,6 +8,7 @@ import pytest
 
 from minidock import jsonfile
 from minidock.errors import InvalidParameter
+from minidock.times import rfc3339_seconds
 
 
 class Clock:
@@ -92,7 +93,7 @@ def test_tail_across_files_and_since_until(tmp_path):
     assert lines_of(tail) == lines_of(everything)[-12:]
     assert jsonfile.read(path, max_file=5, tail=0) == []
     assert len(jsonfile.read(path, max_file=5, tail=10**6)) == 40 - first_kept
-    t = jsonfile.parse_time(everything[-5][2])
+    t = rfc3339_seconds(everything[-5][2])
     assert lines_of(jsonfile.read(path, max_file=5, since=t)) == lines_of(everything)[-5:]
     assert lines_of(jsonfile.read(path, max_file=5, until=t, tail=6)) == lines_of(everything)[-6:-4]
 

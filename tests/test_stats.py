@@ -76,7 +76,7 @@ class PidNamespace:
 
     def _child(self):
         path = f"/proc/{self.outer.pid}/task/{self.outer.pid}/children"
-        for _ in range(200):
+        for _ in range(500):                     # bounded: 10 s on a loaded machine
             with open(path) as f:
                 kids = f.read().split()
             if kids:
