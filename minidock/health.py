@@ -43,11 +43,11 @@ Observe it yourself:
     docker events --filter event=health_status
 """
 
-import datetime
 import threading
 import time
 
 from .errors import InvalidParameter
+from .times import format_rfc3339
 
 STARTING, HEALTHY, UNHEALTHY, NONE = "starting", "healthy", "unhealthy", "none"
 
@@ -169,9 +169,8 @@ class Probe:
 # -- state --------------------------------------------------------------------------------------
 
 def now_rfc3339(stamp=None):
-    moment = datetime.datetime.fromtimestamp(time.time() if stamp is None else stamp,
-                                             datetime.timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """Docker's time format for probe Start/End; `stamp` in epoch seconds, default now."""
+    return format_rfc3339(time.time_ns() if stamp is None else int(stamp * 10**9))
 
 
 class LimitedBuffer:
@@ -257,8 +256,9 @@ class Monitor:
       handle.wait(timeout) -> int|None   the exit code, or None if still running
       handle.kill()                   SIGKILL the probe (it may already have ended)
       apply(result) -> None           record a finished result (under the container's lock:
-                                      Health.record, saving, emitting the event); only called
-                                      while the monitor is running
+                                      Health.record, saving, emitting the event). It should
+                                      check `stopped` under that lock: stop() is called under
+                                      it, so a result racing a stop never lands
       status() -> str                 the current Health status (for the interval choice)
     """
 
@@ -266,7 +266,6 @@ class Monitor:
         self.probe, self.started_at = probe, started_at
         self.run, self.apply, self.status = run, apply, status
         self.stop_event = threading.Event()
-        self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._loop, daemon=True, name=name)
 
     def start(self):
@@ -274,9 +273,9 @@ class Monitor:
         return self
 
     def stop(self):
-        """Stop probing; never waits for a wedged probe. Results after this are discarded."""
-        with self.lock:
-            self.stop_event.set()
+        """Stop probing; never waits (for a wedged probe or for a lock). Results that arrive
+        after this are discarded."""
+        self.stop_event.set()
 
     @property
     def stopped(self):
@@ -290,12 +289,13 @@ class Monitor:
         return p.start_interval if self.status() == STARTING else p.interval
 
     def _loop(self):
+        # No lock of ours is held around apply(): it takes the container's lock, and the
+        # container layer calls stop() while holding that lock (an exit, a pause).
         while not self.stop_event.wait(self.interval()):
             result = self.run_once()
-            with self.lock:
-                if self.stop_event.is_set():
-                    return              # a late result of a stopped monitor never lands
-                self.apply(result)
+            if self.stop_event.is_set():
+                return                  # a late result of a stopped monitor never lands
+            self.apply(result)
 
     def run_once(self):
         """One probe, bounded by its timeout: the result dict Health.record takes."""
@@ -330,7 +330,7 @@ def filter_value(health):
     return health.status if isinstance(health, Health) else health.get("Status", NONE)
 
 
-class Supervisor:
+class Checks:
     """The container layer's side: one Monitor per running container with a healthcheck.
 
     The container object needs `id`, `name`, `lock` (held around state changes), `config`
@@ -351,19 +351,24 @@ class Supervisor:
         self.monitors = {}
         self.lock = threading.Lock()
 
-    def started(self, c, started_at):
+    def started(self, c, started_at, reset=True):
+        """Start probing. `reset` False (an unpause) keeps the status: moby's monitor resumes
+        with the unhealthy its stop left, until the next probe says otherwise."""
         probe = Probe.from_config(c.config.get("Healthcheck"), c.config.get("Shell"))
         self.stopped(c, quiet=True)
         if probe is None:
             return
         with c.lock:
             h = Health(c.state.get("Health"))
-            h.reset()
+            if reset or not c.state.get("Health"):
+                h.reset()
             c.state["Health"] = h.as_dict()
             self.save(c)
 
         def apply(result):
             with c.lock:
+                if monitor.stopped:     # stopped meanwhile (stop() runs under c.lock)
+                    return
                 h = Health(c.state.get("Health"))
                 changed = h.record(result, probe.retries, probe.start_period, started_at)
                 c.state["Health"] = h.as_dict()

@@ -280,7 +280,7 @@ def test_start_interval_is_used_while_starting(monitors):
 
 
 class Box:
-    """What Supervisor needs of a container."""
+    """What health.Checks needs of a container."""
 
     def __init__(self, hc, shell=None):
         self.id, self.name = "c" * 64, "box"
@@ -291,7 +291,7 @@ class Box:
 
 def test_supervisor_records_state_events_and_stops_to_unhealthy():
     saved, events = [], []
-    sup = health.Supervisor(lambda c, argv, write: HostExec()(argv, write),
+    sup = health.Checks(lambda c, argv, write: HostExec()(argv, write),
                             lambda c: saved.append(dict(c.state["Health"])),
                             lambda c, action: events.append(action))
     box = Box({"Test": ["CMD-SHELL", "echo probe-ran"], "Interval": 50 * 10**6})
@@ -311,7 +311,7 @@ def test_supervisor_records_state_events_and_stops_to_unhealthy():
 
 
 def test_supervisor_ignores_containers_without_a_check():
-    sup = health.Supervisor(None, None, None)
+    sup = health.Checks(None, None, None)
     for hc in (None, {"Test": ["NONE"]}):
         box = Box(hc)
         sup.started(box, time.time())
