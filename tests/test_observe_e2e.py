@@ -428,3 +428,24 @@ def test_docker_py_exec_tty_forms_kill_and_remove(d):
         ct.remove(force=True)
     assert ct.id not in [c.id for c in client.containers.list(all=True)]
     assert client.containers.run("busybox", ["tty"], tty=True, remove=True) == b"/dev/pts/0\r\n"
+
+
+def test_stats_net_io_moves_when_containers_talk(d):
+    made = d.docker("network", "create", "obsnet", check=False)
+    if made.returncode != 0:
+        pytest.skip(f"user-defined networks unavailable here: {made.stderr.decode().strip()}")
+    try:
+        d.docker("run", "-d", "--name", "listener", "--network", "obsnet", "busybox", "sh", "-c",
+                 "nc -l -p 8080 > /dev/null; sleep 1000")
+        ip = out(d.docker("inspect", "-f", "{{.NetworkSettings.Networks.obsnet.IPAddress}}",
+                          "listener")).strip()
+        before = stats_row(d, "listener")["listener"]["NetIO"]
+        d.docker("run", "--rm", "--network", "obsnet", "busybox", "sh", "-c",
+                 f"head -c 2000000 /dev/zero | nc {ip} 8080")
+        after = stats_row(d, "listener")["listener"]["NetIO"]
+        received = after.split(" / ")[0]
+        assert received != before.split(" / ")[0]
+        assert received.endswith("MB") and float(received[:-2]) >= 2.0, after
+    finally:
+        d.docker("rm", "-f", "listener", check=False)
+        d.docker("network", "rm", "obsnet", check=False)
