@@ -449,3 +449,21 @@ def test_stats_net_io_moves_when_containers_talk(d):
     finally:
         d.docker("rm", "-f", "listener", check=False)
         d.docker("network", "rm", "obsnet", check=False)
+
+
+def test_a_log_follower_that_never_reads_does_not_hold_the_container(d):
+    d.docker("run", "-d", "--name", "writer", "busybox", "sh", "-c",
+             "sleep 1; i=0; while [ $i -lt 200000 ]; do echo line-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx;"
+             " i=$((i+1)); done")
+    stuck = socket.socket(socket.AF_UNIX)
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        stuck.connect(d.socket)
+        stuck.sendall(b"GET /containers/writer/logs?follow=1&stdout=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        # ~12 MB of output while this client reads nothing: the container still finishes.
+        code = out(d.docker("wait", "writer", timeout=120)).strip()
+        assert code == "0"
+        assert out(d.docker("logs", "--tail", "1", "writer")).startswith("line-199999-")
+    finally:
+        stuck.close()
+        d.docker("rm", "-f", "writer")
