@@ -333,16 +333,18 @@ def filter_value(health):
 class Checks:
     """The container layer's side: one Monitor per running container with a healthcheck.
 
-    The container object needs `id`, `name`, `lock` (held around state changes), `config`
-    (`Healthcheck`, `Shell`), `state` (a dict: `Health` is written there, as inspect shows it)
-    and `started_at()` (epoch seconds of the current start). Callbacks:
+    The container object needs `id`, `lock` (an RLock held around state changes), `config`
+    (`Healthcheck`, `Shell`) and `state` (a dict: `Health` is written there, as inspect shows
+    it). Callbacks:
 
       run_probe(c, argv, write) -> handle    see Monitor
       save(c)                                persist the record (called under c.lock)
       emit(c, action)                        publish an event ("health_status: healthy")
 
     Lifecycle hooks, called by the container layer *after* its own state change:
-      started(c)    a (re)start or an unpause: State.Health starts over at `starting`
+      started(c, started_at, reset=True)   a (re)start (State.Health starts over at
+                    `starting`; `started_at` in epoch seconds for StartPeriod) or, with
+                    reset=False, an unpause
       stopped(c)    pause, stop, death: probing ends, Status unhealthy (no event)
     """
 
