@@ -22,9 +22,10 @@ paused or ends (State.Health turns unhealthy, as Docker reports it) and resume o
 Probes are execs without a record (probe.py).
 
 Stop is Docker's: the container's StopSignal (SIGTERM by default), then SIGKILL after the grace
-period. `kill` with SIGKILL returns once the exit is recorded (moby's Kill waits likewise), so an
-inspect right after `docker kill` sees the container exited. Pause freezes the container's cgroup where cgroup.freeze exists; otherwise every process
-of the container gets SIGSTOP (which the processes can observe, unlike a freeze).
+period. `kill` with SIGKILL returns once the exit is recorded (moby's Kill waits likewise), so
+an inspect right after `docker kill` sees the container exited. Pause freezes the container's
+cgroup where cgroup.freeze exists; otherwise every process of the container gets SIGSTOP (which
+the processes can observe, unlike a freeze).
 """
 
 import logging
@@ -118,9 +119,9 @@ class Supervisor:
                          name=f"exit-{c.id[:12]}").start()
 
     def _handle_exit(self, c, code):
+        self.health.stopped(c)             # first: probes into a dead container would only fail
         c.io.output_done.wait(OUTPUT_DRAIN_WAIT)   # the last output reaches the log before "die"
         with c.lock:
-            self.health.stopped(c)
             c.state["OOMKilled"] = self._oom_killed(c)
             c.pid = 0
             c.state.update(Pid=0, ExitCode=code, FinishedAt=now_rfc3339())
