@@ -218,8 +218,8 @@ def test_image_healthcheck_and_bad_values(d, tmp_path):
 # -- log drivers and rotation ---------------------------------------------------------------------
 
 def test_rotation_keeps_three_files_and_logs_reads_them_in_order(d):
-    # 50 MiB of numbered lines through `--log-opt max-size=1m --log-opt max-file=3`.
-    script = ("i=0; while [ $i -lt 600000 ]; do echo \"$i xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+    # 700000 numbered lines of ~76 bytes, 50.7 MiB, through `--log-opt max-size=1m --log-opt max-file=3`.
+    script = ("i=0; while [ $i -lt 700000 ]; do echo \"$i xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
               "xxxxxxxxxxxxxxxxxxxx\"; i=$((i+1)); done")
     d.docker("run", "--name", "chatty", "--log-opt", "max-size=1m", "--log-opt", "max-file=3",
              "busybox", "sh", "-c", script, timeout=600)
@@ -230,9 +230,9 @@ def test_rotation_keeps_three_files_and_logs_reads_them_in_order(d):
         assert sum(os.path.getsize(f) for f in files) <= 3 * MiB
         lines = out(d.docker("logs", "chatty")).splitlines()
         numbers = [int(line.split()[0]) for line in lines]
-        assert numbers == list(range(numbers[0], 600000))        # the newest, in order, no gaps
+        assert numbers == list(range(numbers[0], 700000))        # the newest, in order, no gaps
         tail = out(d.docker("logs", "--tail", "2", "chatty")).split()
-        assert tail[::2] == ["599998", "599999"]
+        assert tail[::2] == ["699998", "699999"]
         cfg = json.loads(out(d.docker("inspect", "-f", "{{json .HostConfig.LogConfig}}", "chatty")))
         assert cfg == {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "3"}}
     finally:
