@@ -218,7 +218,8 @@ def test_image_healthcheck_and_bad_values(d, tmp_path):
 # -- log drivers and rotation ---------------------------------------------------------------------
 
 def test_rotation_keeps_three_files_and_logs_reads_them_in_order(d):
-    # 700000 numbered lines of ~76 bytes, 50.7 MiB, through `--log-opt max-size=1m --log-opt max-file=3`.
+    # 700000 numbered lines of ~76 bytes (50.7 MiB) through
+    # `--log-opt max-size=1m --log-opt max-file=3`.
     script = ("i=0; while [ $i -lt 700000 ]; do echo \"$i xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
               "xxxxxxxxxxxxxxxxxxxx\"; i=$((i+1)); done")
     d.docker("run", "--name", "chatty", "--log-opt", "max-size=1m", "--log-opt", "max-file=3",
