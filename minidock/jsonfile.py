@@ -270,21 +270,3 @@ def read(path, max_file=1, since=0, until=None, tail=None):
             continue
         entries.append(entry)
     return entries
-
-
-def remove(path, max_file):
-    for name in files(path, max(max_file, 1)):
-        try:
-            os.unlink(name)
-        except FileNotFoundError:
-            pass
-
-
-def disk_usage(path, max_file):
-    total = 0
-    for name in files(path, max_file):
-        try:
-            total += os.stat(name).st_size
-        except FileNotFoundError:
-            pass
-    return total

@@ -60,12 +60,6 @@ def read(c, since=0, until=None, tail=None):
     return jsonfile.read(c.record["LogPath"], max_file, since=since, until=until, tail=tail)
 
 
-def remove(c):
-    """Delete the log and its rotated files."""
-    _, max_file = jsonfile.rotation(_config(c).get("Config") or {}) if stored(c) else (0, 1)
-    jsonfile.remove(c.record["LogPath"], max_file)
-
-
 def entries(c, streams, follow=False, since=0, until=None, tail=None, stop=lambda: False):
     """`docker logs [-f]` of container `c`: (stream, bytes, time) for the wanted `streams`,
     the file's first, then (with `follow`, while it runs) live output as it comes, until the
