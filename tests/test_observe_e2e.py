@@ -422,6 +422,11 @@ def test_docker_py_exec_tty_forms_kill_and_remove(d):
         assert ct.exec_run(script).output == b"a\nb\n"                             # no tty: as is
         missing = ct.exec_run(["no-such-thing"])
         assert missing.exit_code == 126 and b"executable file not found in $PATH" in missing.output
+        once = ct.stats(stream=False)
+        assert once["id"] == ct.id and once["precpu_stats"]["cpu_usage"]["total_usage"] >= 0
+        assert once["pids_stats"]["current"] >= 1 and once["memory_stats"]["usage"] > 0
+        first = next(ct.stats(decode=True))
+        assert first["name"] == "/" + ct.name and first["read"] != "0001-01-01T00:00:00Z"
         ct.kill()
         ct.reload()
         assert ct.status == "exited" and ct.attrs["State"]["ExitCode"] == 137
