@@ -161,7 +161,7 @@ def import_url(store, url, repo=None, tag=None, changes=(), message=""):
         raise errors.InvalidParameter(f"fromSrc must be '-' or an http(s) URL, got {url!r}")
     try:
         with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT) as response:
-            return import_image(response, repo, tag, changes, message, source=url)
+            return import_image(store, response, repo, tag, changes, message, source=url)
     except OSError as exc:
         raise errors.InvalidParameter(f"could not fetch {url}: {exc}")
 
@@ -227,7 +227,7 @@ def insert_url(store, name, path, url, say, cancelled):
                 detail = {"current": current, **({"total": total} if total else {})}
                 say({"status": "Inserting", "progress": f"{current}/{total or '?'}", "progressDetail": detail})
             spool.seek(0)
-            image_id = insert_file(name, path, spool, current)
+            image_id = insert_file(store, name, path, spool, current)
     except OSError as exc:
         raise errors.InvalidParameter(f"could not fetch {url}: {exc}")
     finally:

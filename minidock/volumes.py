@@ -157,7 +157,7 @@ class Volumes:
                     copy["RW"], copy["Mode"] = mode == "rw", mode
                 mounts[copy["Destination"]] = copy
         for dest in (cfg.get("Volumes") or {}):
-            dest = os.path.normpath("/" + dest)
+            dest = os.path.normpath("/" + dest.lstrip("/"))     # "//x" would stay "//x" (POSIX)
             if dest in mounts:
                 continue
             v = self.create(anonymous=True)

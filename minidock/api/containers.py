@@ -175,9 +175,9 @@ def _attach_options(req):
 
 def post_containers_attach(req):
     opts = _attach_options(req)
-    _, run = _backend(req).attach(req.params["id"], opts,
-                                  must_run=req.adapt("container_attach", {"refuse_stopped": False})["refuse_stopped"]
-                                  and not opts.logs)
+    run = _backend(req).attach(req.params["id"], opts,
+                              must_run=req.adapt("container_attach", {"refuse_stopped": False})["refuse_stopped"]
+                              and not opts.logs)
     return http.Hijack(run)
 
 
@@ -189,7 +189,7 @@ def get_containers_attach_ws(req):
         key = websocket.check_handshake(req.head.header)
     except websocket.ProtocolError as exc:
         raise errors.InvalidParameter(str(exc))
-    _, run = _backend(req).attach(req.params["id"], _attach_options(req), websocket=True)
+    run = _backend(req).attach(req.params["id"], _attach_options(req), websocket=True)
     return http.Hijack(run, switch_headers=websocket.handshake_headers(key))
 
 

@@ -7,7 +7,10 @@ same mount a running container pivot_root'ed into, so a write here is seen by th
 once and a file the container wrote is readable here. A stopped container's rootfs is simply
 mounted again (idempotent).
 
-The routes and the X-Docker-Container-Path-Stat header are described in api/archive.py.
+The routes are listed in minidock/api/archive.py: `changes` (docker diff), `export` (one flat
+tar), `stat` (the X-Docker-Container-Path-Stat document {"name", "size", "mode", "mtime",
+"linkTarget"}, `mode` in Go's os.FileMode encoding), `get` and `copy` (a tar of one path) and
+`put` (unpack a tar into a directory).
 
 Volumes and bind mounts: inside a running container they are mounts in *its* mount namespace,
 not ours; in the rootfs we hold, their destinations are empty directories. So, like Docker, a

@@ -106,6 +106,21 @@ def stdin_ready(c, generation):
     return True
 
 
+def output(c, q):
+    """(stream, bytes) from subscription `q` until this run's output ends (the pumps' None, or
+    a detach's), or the container is removed."""
+    while True:
+        try:
+            item = q.get(timeout=0.5)
+        except queue.Empty:
+            if c.status == DEAD:
+                return
+            continue
+        if item is None:
+            return
+        yield item
+
+
 def _scanner(c, opts):
     """The detach scanner for this session: detach keys apply to TTY sessions only."""
     return DetachScanner(parse_detach_keys(opts.detach_keys) if c.config.get("Tty") else b"")
@@ -156,17 +171,9 @@ def http_session(c, conn, q, opts, logs, on_detach):
     # simply has no output yet. A client half-closes its side when its stdin ends, and the
     # CLI does so at once when it sends no stdin at all, so a readable EOF does not mean it
     # left: only a failed write tells us (as in Docker).
-    while True:
+    for stream, data in output(c, q):
         try:
-            item = q.get(timeout=0.5)
-        except queue.Empty:
-            if c.status == DEAD:
-                return
-            continue
-        if item is None:
-            return
-        try:
-            send(*item)
+            send(stream, data)
         except OSError:
             return
 
@@ -243,16 +250,7 @@ def ws_session(c, conn, q, opts, logs, on_detach):
             q.put(None)
 
     threading.Thread(target=read_client, daemon=True, name=f"ws-{c.id[:12]}").start()
-    while True:
-        try:
-            item = q.get(timeout=0.5)
-        except queue.Empty:
-            if c.status == DEAD:
-                break
-            continue
-        if item is None:
-            break
-        stream, data = item
+    for stream, data in output(c, q):
         if stream in wanted:
             try:
                 send(websocket.TEXT, data)

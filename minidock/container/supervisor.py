@@ -253,18 +253,17 @@ class Supervisor:
         self.emit(c, "unpause")
 
     def freeze(self, c):
-        group = self.cgroups.get(c.id)
-        if group is not None and self.cgroups.freeze:
-            group.freeze()
-        else:
-            ns.signal_all(c.pid, signal.SIGSTOP)
+        self._set_frozen(c, True)
 
     def thaw(self, c):
+        self._set_frozen(c, False)
+
+    def _set_frozen(self, c, frozen):
         group = self.cgroups.get(c.id)
         if group is not None and self.cgroups.freeze:
-            group.thaw()
+            group.freeze() if frozen else group.thaw()
         else:
-            ns.signal_all(c.pid, signal.SIGCONT)
+            ns.signal_all(c.pid, signal.SIGSTOP if frozen else signal.SIGCONT)
 
     # -- resources -------------------------------------------------------------------------------
     def _oom_killed(self, c):
