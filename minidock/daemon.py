@@ -89,6 +89,13 @@ def parse_args(argv=None):
                    help="the default bridge's gateway address and subnet, e.g. 10.5.0.1/24")
     p.add_argument("--default-address-pool", action="append", default=[],
                    help="base=CIDR,size=N: where user networks' subnets come from (repeatable)")
+    p.add_argument("--log-driver", default="json-file",
+                   help="default log driver of containers: json-file or none")
+    p.add_argument("--log-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="default log driver option, e.g. max-size=10m, max-file=3 (repeatable)")
+    p.add_argument("--userns", default="", choices=["", "keep-id"],
+                   help="default user namespace mode of containers; keep-id: your uid keeps its "
+                        "number in the container and owns what it writes to bind mounts")
     p.add_argument("--no-userns", action="store_true",
                    help="do not enter a user namespace (only for debugging the API layer)")
     p.add_argument("-v", "--version", action="version", version=f"minidock {__version__}")
@@ -236,8 +243,13 @@ def main(argv=None):
                         hosts=hosts, debug=args.debug, cors_origin=args.api_cors_header,
                         insecure_registries=args.insecure_registry, registry_mirrors=args.registry_mirror,
                         labels=args.label, bip=args.bip,
-                        address_pools=args.default_address_pool)
+                        address_pools=args.default_address_pool, log_driver=args.log_driver,
+                        log_opts=dict(opt.partition("=")[::2] for opt in args.log_opt),
+                        userns_mode=args.userns)
         os.makedirs(config.data_root, mode=0o700, exist_ok=True)
+    except errors.InvalidParameter as exc:     # a bad --log-driver/--log-opt
+        print(f"minidock: {exc.message}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"minidock: cannot prepare data root: {exc}", file=sys.stderr)
         return 1

@@ -261,31 +261,35 @@ def test_exit_before_registration_is_handed_back():
     assert got == []                          # nothing was registered for it
 
 
-# -- the json-file log ----------------------------------------------------------------------------
+# -- log drivers (the json-file format itself: tests/test_jsonfile.py) ---------------------------
 
-def test_json_log_lines_partials_and_tail(tmp_path):
-    path = str(tmp_path / "c-json.log")
-    log = logs.JsonLog(path)
-    log.write("stdout", b"one\ntw")
-    log.write("stderr", b"err\n")
-    log.write("stdout", b"o\nthree")
-    log.close()                                # flushes the partial "three"
-    with open(path) as f:
-        lines = [json.loads(line) for line in f]
-    assert [(e["stream"], e["log"]) for e in lines] == [
-        ("stdout", "one\n"), ("stderr", "err\n"), ("stdout", "two\n"), ("stdout", "three")]
-    assert all(e["time"].endswith("Z") for e in lines)
-    assert [d for _, d, _ in logs.read(path, tail=2)] == [b"two\n", b"three"]
-    assert logs.read(path, tail=0) == []
-    assert logs.read(str(tmp_path / "missing")) == []
+def _logged(tmp_path, log_config):
+    return Container({"Id": "f" * 64, "Name": "/t", "Config": {}, "State": {"Status": RUNNING},
+                      "HostConfig": {"LogConfig": log_config}, "LogPath": str(tmp_path / "t-json.log")})
 
 
-def test_json_log_flushes_long_partial_lines(tmp_path):
-    path = str(tmp_path / "long.log")
-    log = logs.JsonLog(path)
-    log.write("stdout", b"x" * (logs.PARTIAL_FLUSH + 1))
-    assert os.path.getsize(path) > logs.PARTIAL_FLUSH          # written before any newline
+def test_json_file_driver_writes_rotates_and_reads_across_files(tmp_path):
+    c = _logged(tmp_path, {"Type": "json-file", "Config": {"max-size": "200", "max-file": "2"}})
+    log = logs.writer(c)
+    for i in range(50):
+        log.write("stdout", b"line %d\n" % i)
+    log.write("stderr", b"last, unfinished")
+    log.close()                                # flushes the partial line
+    assert sorted(os.listdir(tmp_path)) == ["t-json.log", "t-json.log.1"]
+    got = [d for _, d, _ in logs.read(c)]
+    assert got[-2:] == [b"line 49\n", b"last, unfinished"]
+    assert [d for _, d, _ in logs.read(c, tail=1)] == [b"last, unfinished"]
+    logs.check_readable(c)                     # no error: json-file can be read
+
+
+def test_none_driver_stores_nothing_and_logs_answer_501(tmp_path):
+    c = _logged(tmp_path, {"Type": "none", "Config": {}})
+    log = logs.writer(c)
+    log.write("stdout", b"gone\n")
     log.close()
+    assert os.listdir(tmp_path) == [] and logs.read(c) == []
+    with pytest.raises(errors.NotImplementedKind, match="does not support reading"):
+        logs.check_readable(c)
 
 
 # -- resolv.conf ----------------------------------------------------------------------------------

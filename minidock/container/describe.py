@@ -8,7 +8,7 @@ them in minidock/api/versions.py. `docker ps` shows `status_text` ("Up 3 minutes
 import json
 import re
 
-from minidock import errors
+from minidock import errors, health
 from minidock.container.lifecycle import ACTIVE, CREATED, DEAD, EXITED, PAUSED, REMOVING, RESTARTING, RUNNING
 from minidock.times import ZERO_TIME, human_duration, rfc3339_seconds, seconds_since
 
@@ -64,8 +64,8 @@ def summary(c, sizes=None, ports=(), networks=None):
 def status_text(c):
     """The human `Status` column: "Up 3 minutes", "Exited (0) 2 seconds ago", ..."""
     st = c.state
-    if c.status == RUNNING:
-        return "Up " + human_duration(seconds_since(st["StartedAt"]))
+    if c.status == RUNNING:       # "Up 5 seconds (healthy)" with a healthcheck
+        return "Up " + human_duration(seconds_since(st["StartedAt"])) + health.status_suffix(st.get("Health"))
     if c.status == PAUSED:
         return "Up " + human_duration(seconds_since(st["StartedAt"])) + " (Paused)"
     if c.status == RESTARTING:
@@ -90,6 +90,9 @@ def check_filters(filters):
     for status in filters.get("status", []):
         if status not in STATUSES:
             raise errors.InvalidParameter(f"Unrecognised filter value for status: {status}")
+    for value in filters.get("health", []):
+        if value not in health.HEALTH_FILTER_VALUES:
+            raise errors.InvalidParameter(f"Unrecognised filter value for health: {value}")
 
 
 def select(items, all_, filters, descends_from):
@@ -106,6 +109,8 @@ def select(items, all_, filters, descends_from):
 
 def matches(c, filters, descends_from):
     if filters.get("status") and c.status not in filters["status"]:
+        return False
+    if filters.get("health") and health.filter_value(c.state.get("Health")) not in filters["health"]:
         return False
     if filters.get("exited"):
         if c.status != EXITED or str(c.state["ExitCode"]) not in filters["exited"]:

@@ -6,7 +6,9 @@ over the image's, pivot_root, limits, capabilities, user, exec. Keys:
 
     rootfs, argv, env, cwd, user, group_add, tty, hostname, network, shm_size,
     readonly_rootfs, mounts [{source, target, readonly}], etc_files {container path: host file},
-    ulimits, cap_add, cap_drop, privileged, no_new_privileges, and cgroup (a directory whose
+    ulimits, cap_add, cap_drop, privileged, no_new_privileges, console_socket (with a TTY: the
+    init makes its pty and sends the master over stdin, see stdio.py), keep_id ({uid, gid}
+    of the daemon's user, for UsernsMode keep-id), and cgroup (a directory whose
     cgroup.procs the init joins before anything else runs) when cgroups are usable.
 
 `network` is "host" (stay in the daemon's network namespace), "none" (a new one with only
@@ -51,9 +53,10 @@ def network(c, get_container, networks):
     return networks.spawn_network(c)      # bridge networks: veths plugged in at start
 
 
-def runtime_spec(c, rootfs, mounts, net, link_env=()):
+def runtime_spec(c, rootfs, mounts, net, link_env=(), daemon_user=None):
     """The spawner's spec for container `c` (without stdio and cgroup); `link_env` is the
-    legacy links' variables (Networks.link_env)."""
+    legacy links' variables (Networks.link_env); `daemon_user` is who keep-id maps ({uid, gid}
+    on the host; None without a user namespace)."""
     cfg, hc = c.config, c.host_config
     name = hostname(c)
     env = list(cfg["Env"]) + list(link_env)
@@ -62,7 +65,7 @@ def runtime_spec(c, rootfs, mounts, net, link_env=()):
     if cfg["Tty"]:
         env.append("TERM=xterm")
     security = hc.get("SecurityOpt") or []
-    return {
+    run = {
         "rootfs": rootfs,
         "argv": [c.record["Path"]] + c.record["Args"],
         "env": env,
@@ -83,7 +86,11 @@ def runtime_spec(c, rootfs, mounts, net, link_env=()):
         "cap_drop": hc.get("CapDrop") or [],
         "privileged": bool(hc.get("Privileged")),
         "no_new_privileges": "no-new-privileges" in security or "no-new-privileges:true" in security,
+        "console_socket": bool(cfg["Tty"]),
     }
+    if hc.get("UsernsMode") == "keep-id" and daemon_user:
+        run["keep_id"] = dict(daemon_user)
+    return run
 
 
 def write_etc_files(c, networks):
