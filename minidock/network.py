@@ -64,6 +64,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import threading
 
 from . import errors, netlink, ns
@@ -249,8 +250,10 @@ def attach_container(network):
         os.close(own)
 
 
-def plug_endpoint(outside, inside, own_netns_fd, ifname, ep):
-    """One veth: the daemon end on the bridge, `ifname` configured in the container."""
+def plug_endpoint(outside, inside, own_netns_fd, ifname, ep, packet_socket=None):
+    """One veth: the daemon end on the bridge, `ifname` configured in the container, then
+    announced with a gratuitous ARP sent on `packet_socket` (an AF_PACKET socket in the
+    container's namespace; one is made here when none is given)."""
     bridge = outside.link(ep["bridge"])
     if bridge is None:
         raise OSError(19, f"bridge {ep['bridge']} does not exist in the daemon's namespace")
@@ -267,6 +270,29 @@ def plug_endpoint(outside, inside, own_netns_fd, ifname, ep):
             inside.request(netlink.pack_new_route, gateway=ep["gateway"])
         except FileExistsError:
             pass                        # an earlier network gave the default route: it stays
+    # A restarted container has the same address and MAC, and its previous veth can linger
+    # on the bridge until the kernel finishes destroying the old namespace (lazily, seconds
+    # under load): until the bridge hears from the new port, it sends the container's frames
+    # to the dead one. A gratuitous ARP teaches the bridge (and the gateway's neighbour
+    # table) where the address lives now.
+    own = packet_socket is None
+    if own:
+        packet_socket = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+    try:
+        packet_socket.sendto(gratuitous_arp(ep["address"], ep.get("mac") or mac_for(ep["address"])),
+                             (ifname, 0))
+    finally:
+        if own:
+            packet_socket.close()
+
+
+def gratuitous_arp(ip, mac):
+    """An Ethernet broadcast ARP request for our own address (RFC 5227's announcement):
+    sender and target protocol address are both `ip`."""
+    hw = bytes(int(x, 16) for x in mac.split(":"))
+    addr = ipaddress.IPv4Address(ip).packed
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + hw + addr + b"\0" * 6 + addr
+    return b"\xff" * 6 + hw + struct.pack("!H", 0x0806) + arp
 
 
 def hotplug(netns, init_pid, ifname, ep):
@@ -274,12 +300,14 @@ def hotplug(netns, init_pid, ifname, ep):
     socket the keeper opened inside the container's namespace (`docker network connect`)."""
     inside = netlink.Rtnl(netns.socket(socket.AF_NETLINK, socket.SOCK_RAW, netlink.NETLINK_ROUTE,
                                        bind=(0, 0), netns_pid=init_pid))
+    packets = netns.socket(socket.AF_PACKET, socket.SOCK_RAW, 0, netns_pid=init_pid)
     fd = os.open(f"/proc/{init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        netns.rtnl(plug_endpoint, inside, fd, ifname, ep)
+        netns.rtnl(plug_endpoint, inside, fd, ifname, ep, packets)
     finally:
         os.close(fd)
         inside.close()
+        packets.close()
 
 
 def unplug(netns, init_pid, ifname):

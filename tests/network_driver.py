@@ -85,6 +85,9 @@ def main():
         pass
     tap.close()
     res["tap_ethertypes"] = sorted({f[12:14].hex() for f in frames if len(f) >= 14})
+    # gratuitous ARPs (sender address == target address) the containers announced themselves with
+    res["garps"] = sorted({".".join(map(str, f[28:32])) for f in frames
+                           if f[12:14] == b"\x08\x06" and len(f) >= 42 and f[28:32] == f[38:42]})
     os.kill(server, signal.SIGKILL)
     sp.wait(server, 10)
     os.close(server_r)

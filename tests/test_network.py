@@ -82,3 +82,17 @@ def test_packet_socket_on_a_bridge_sees_the_containers_frames(seen):
     # ARP (0806) and IPv4 (0800) frames of the containers' conversation, read by the daemon
     # through an AF_PACKET socket the keeper made inside the daemon's namespace.
     assert {"0800", "0806"} <= set(seen["tap_ethertypes"])
+
+
+def test_a_plugged_container_announces_itself_with_a_gratuitous_arp(seen):
+    # what makes a restarted container (same address and MAC) reachable at once
+    assert {"10.88.0.3", "10.88.0.4"} <= set(seen["garps"])
+
+
+def test_gratuitous_arp_bytes():
+    from minidock import network
+    frame = network.gratuitous_arp("172.17.0.2", "02:42:ac:11:00:02")
+    assert frame[:6] == b"\xff" * 6 and frame[6:12] == bytes([2, 0x42, 0xac, 0x11, 0, 2])
+    assert frame[12:14] == b"\x08\x06"
+    assert frame[14:22] == bytes([0, 1, 8, 0, 6, 4, 0, 1])            # Ethernet/IPv4, request
+    assert frame[28:32] == frame[38:42] == bytes([172, 17, 0, 2])

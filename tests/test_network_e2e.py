@@ -262,7 +262,11 @@ def test_docker_compose_project(d, tmp_path):
         assert "page-web" in compose("exec", "-T", "client", "sh", "-c", GET.format("web"))
         assert "client-up" in compose("logs", "client")
         compose("restart", "web")
-        assert "page-web" in http_get(port)
+        try:
+            page = http_get(port)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{compose('ps', check=False)}\n{d.read_log()}")
+        assert "page-web" in page
         assert "page-web" in compose("exec", "-T", "client", "sh", "-c", GET.format("web"))
     finally:
         compose("down", "-v")

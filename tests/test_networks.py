@@ -165,3 +165,17 @@ def test_links_on_a_user_network_are_names_for_their_owner_only(nets):
         n.join_at_create(b)
     assert n.lookup(nid, "10.51.0.3", "pg") == ["10.51.0.2"]     # web asks
     assert n.lookup(nid, "10.51.0.4", "pg") is None              # other does not have the link
+
+
+def test_an_address_is_free_again_once_its_container_is_removed(nets):
+    n, boxes = nets
+    first = Box("3" * 64, "first")
+    boxes.items.append(first)
+    n.join_at_create(first)
+    assert first.record["NetworkSettings"]["Networks"]["bridge"]["IPAddress"] == "172.17.0.2"
+    n.leave_all(first)                  # what remove does
+    boxes.items.remove(first)
+    second = Box("4" * 64, "second")
+    boxes.items.append(second)
+    n.join_at_create(second)
+    assert second.record["NetworkSettings"]["Networks"]["bridge"]["IPAddress"] == "172.17.0.2"

@@ -144,6 +144,12 @@ class Supervisor:
             c.io.close_stdin()
             again = restart.restarts(c.host_config.get("RestartPolicy"), code, c.record["RestartCount"],
                                      c.manual_stop or c.record.get("HasBeenManuallyStopped"))
+            if not again:
+                # Before the status says so: `docker restart` starts again as soon as it sees
+                # the exit, and would mount the rootfs this exit then unmounted under it
+                # (seen as `exec: "sh": executable file not found` under load).
+                self.release_cgroup(c)
+                self.unmount(c)
             c.set_status(RESTARTING if again else EXITED)
             c.exit_generation += 1
             self.save(c)
@@ -154,8 +160,6 @@ class Supervisor:
             c.restart_timer.daemon = True
             c.restart_timer.start()
             return
-        self.release_cgroup(c)
-        self.unmount(c)
         if c.host_config.get("AutoRemove"):
             try:
                 self.remove(c.id)
