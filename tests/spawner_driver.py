@@ -12,7 +12,6 @@ SIGKILLs itself, so the caller can check that the containers died with it.
 import json
 import os
 import signal
-import statistics
 import sys
 import time
 
@@ -195,14 +194,12 @@ def main():
     res["top"]["code"] = sp.wait(pid, 10)
     os.close(r)
 
-    # Latency: request -> PID 1 running `true` -> exit reported.
-    times = []
+    # Back to back: request -> PID 1 running `true` -> exit reported, 30 times in a row. (How long
+    # that takes is scripts/bench's business, not a test's.)
+    res["back_to_back"] = []
     for _ in range(30):
-        t0 = time.perf_counter()
         pid = sp.run(dict(base, argv=["true"]), 0, 1, 2)
-        sp.wait(pid)
-        times.append((time.perf_counter() - t0) * 1000)
-    res["latency_ms"] = {"median": statistics.median(times), "max": max(times)}
+        res["back_to_back"].append(sp.wait(pid, 10))
     sp.close()
     print(json.dumps(res))
 

@@ -442,12 +442,16 @@ def test_stats_net_io_moves_when_containers_talk(d):
         pytest.skip(f"user-defined networks unavailable here: {made.stderr.decode().strip()}")
     try:
         d.docker("run", "-d", "--name", "listener", "--network", "obsnet", "busybox", "sh", "-c",
-                 "nc -l -p 8080 > /dev/null; sleep 1000")
+                 # busybox nc stops reading the socket once its own stdin ends: give it one
+                 "sleep 1000 | nc -l -p 8080 > /dev/null")
         ip = out(d.docker("inspect", "-f", "{{.NetworkSettings.Networks.obsnet.IPAddress}}",
                           "listener")).strip()
         before = stats_row(d, "listener")["listener"]["NetIO"]
+        # `run -d` returns before nc listens: the sender retries a refused connection (bounded),
+        # and holds its stdin open a moment after the data, for the same reason as above.
         d.docker("run", "--rm", "--network", "obsnet", "busybox", "sh", "-c",
-                 f"head -c 2000000 /dev/zero | nc {ip} 8080")
+                 f"for i in $(seq 50); do (head -c 2000000 /dev/zero; sleep 1) | nc {ip} 8080 && break; "
+                 f"sleep 0.2; done")
         after = stats_row(d, "listener")["listener"]["NetIO"]
         received = after.split(" / ")[0]
         assert received != before.split(" / ")[0]
