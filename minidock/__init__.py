@@ -12,5 +12,5 @@ The package is layered; imports only point down:
 __version__ = "0.1.0"
 
 # The newest Docker Remote API version we speak, and the oldest we still answer.
-API_VERSION = "1.24"
+API_VERSION = "1.47"
 MIN_API_VERSION = "1.0"

@@ -202,9 +202,9 @@ def _registry(engine):
 
 def routes():
     """The whole API: every resource's route table, in one list."""
-    from minidock.api import archive, build, containers, execs, images, networks, system, volumes
+    from minidock.api import archive, build, containers, execs, images, networks, swarm, system, volumes
     return (system.ROUTES + images.ROUTES + containers.ROUTES + archive.ROUTES + execs.ROUTES + volumes.ROUTES
-            + networks.ROUTES + build.ROUTES)
+            + networks.ROUTES + build.ROUTES + swarm.ROUTES)
 
 
 def serve(engine, hosts, cors_origin=None, ready=None, stop=None):

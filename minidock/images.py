@@ -278,8 +278,9 @@ class ImageStore:
         """Rows for GET /images/json, newest first.
 
         `filters` is Docker's map of lists: dangling=true|false, label=k or k=v, reference=glob,
-        before=/since=<image>. `name_filter` is the old `filter` parameter (a repo glob).
-        Untagged images show RepoTags ["<none>:<none>"] and RepoDigests ["<none>@<none>"].
+        before=/since=<image>, until=<timestamp or duration>. `name_filter` is the old `filter`
+        parameter (a repo glob). An untagged image has empty RepoTags (API versions before 1.43
+        show placeholders, see api/versions.py).
         """
         filters = filters or {}
         with self._lock:
@@ -290,6 +291,7 @@ class ImageStore:
                 before = times.unix_seconds(self.configs[self.resolve(filters["before"][0])].get("created"))
             if filters.get("since"):
                 since = times.unix_seconds(self.configs[self.resolve(filters["since"][0])].get("created"))
+            until = times.parse_filter_time(filters["until"][0]) if filters.get("until") else None
             for image_id, config in self.configs.items():
                 tags, digs = self.tags_of(image_id), self.digests_of(image_id)
                 created = times.unix_seconds(config.get("created"))
@@ -310,12 +312,14 @@ class ImageStore:
                     continue
                 if since is not None and created <= since:
                     continue
+                if until is not None and times.rfc3339_ns(config.get("created") or "1970-01-01T00:00:00Z") > until:
+                    continue
                 size = self.size(image_id)
                 rows.append({
                     "Id": image_id,
                     "ParentId": self.meta[image_id].get("parent") or "",
-                    "RepoTags": tags or ["<none>:<none>"],
-                    "RepoDigests": digs or (["<none>@<none>"] if dangling else []),
+                    "RepoTags": tags,
+                    "RepoDigests": digs,
                     "Created": created,
                     "Size": size,
                     "VirtualSize": size,
@@ -446,6 +450,38 @@ class ImageStore:
             for action, ident in record.items():
                 self.events.emit("image", "untag" if action == "Untagged" else "delete", ident, {"name": ident})
         return records
+
+    def prune(self, filters=None, users=lambda image_id: []):
+        """POST /images/prune: remove dangling images (no tag, no digest), or with the filter
+        `dangling=false` every image no container uses; `until` and `label`/`label!` narrow the
+        choice. Children go before their parents. Returns (records as delete() gives them, bytes
+        of layers freed) and announces a `prune` event carrying `reclaimed`."""
+        filters = filters or {}
+        only_dangling = (filters.get("dangling") or ["true"])[0].lower() not in ("false", "0")
+        until = times.parse_filter_time(filters["until"][0]) if filters.get("until") else None
+        records = []
+        with self._lock:
+            before = self._layers_size()
+            by_age = sorted(self.configs, key=lambda i: times.rfc3339_seconds(self.configs[i].get("created")),
+                            reverse=True)
+            for image_id in by_age:
+                config = self.configs.get(image_id)
+                if config is None or users(image_id) or self.children(image_id):
+                    continue                 # gone with a child already, in use, or a parent
+                if only_dangling and (self.tags_of(image_id) or self.digests_of(image_id)):
+                    continue
+                labels = (config.get("config") or {}).get("Labels") or {}
+                if not labels_filter_match(labels, filters):
+                    continue
+                if until is not None and times.rfc3339_ns(config.get("created") or "1970-01-01T00:00:00Z") > until:
+                    continue
+                records += self.delete(image_id, force=True, users=users)
+            reclaimed = before - self._layers_size()
+        self.events.emit("image", "prune", "", {"reclaimed": str(reclaimed)})
+        return records, reclaimed
+
+    def _layers_size(self):
+        return sum(self.layers.size(chain) for chain in self.layers.all_layers())
 
     def _delete(self, name, force, noprune, users):
         with self._lock:
@@ -788,6 +824,13 @@ class ImageStore:
 def _repo_of(key):
     """The repository part of an index key: "repo:tag" or "repo@sha256:..." -> "repo"."""
     return key.split("@", 1)[0] if "@" in key else key.rsplit(":", 1)[0]
+
+
+def labels_filter_match(labels, filters):
+    """The prune filters `label=k[=v]` (all must match) and `label!=k[=v]` (none may)."""
+    if "label" in filters and not all_labels_match(labels, filters["label"]):
+        return False
+    return not any(all_labels_match(labels, [item]) for item in filters.get("label!") or [])
 
 
 def all_labels_match(labels, wanted):

@@ -306,3 +306,22 @@ def test_the_store_announces_its_changes(tmp_path):
                         ("untag", "evt:latest", "evt:latest"), ("untag", "evt:two", "evt:two")]
     assert ("delete", image_id, image_id) in seen
     assert seen[-1] == ("load", image_id, "evt:two")
+
+
+def test_prune_dangling_then_unused_with_filters(tmp_path):
+    log = events.Events()
+    store = images.ImageStore(str(tmp_path / "img"), layers.LayerStore(str(tmp_path / "lay"), driver=layers.VFS), log)
+    keep = store.import_image(io.BytesIO(tar_bytes([("k", "file", "keep")])), repo="keep", changes=["LABEL keep=yes"])
+    used = store.import_image(io.BytesIO(tar_bytes([("u", "file", "used by a container")])), repo="used")
+    loose = store.import_image(io.BytesIO(tar_bytes([("l", "file", "x" * 5000)])))       # no tag: dangling
+    tagged = store.import_image(io.BytesIO(tar_bytes([("t", "file", "y" * 3000)])), repo="tagged")
+    users = lambda image_id: [("c" * 64, False)] if image_id == used else []   # noqa: E731
+    records, reclaimed = store.prune({}, users=users)
+    assert records == [{"Deleted": loose}, {"Deleted": records[1]["Deleted"]}] and reclaimed >= 5000
+    assert set(store.configs) == {keep, used, tagged}
+    records, reclaimed = store.prune({"dangling": ["false"], "label!": ["keep=yes"]}, users=users)
+    assert {"Untagged": "tagged:latest"} in records and set(store.configs) == {keep, used}
+    records, _ = store.prune({"dangling": ["false"], "until": ["2000-01-01T00:00:00Z"]}, users=users)
+    assert records == [] and set(store.configs) == {keep, used}             # nothing that old
+    prunes = [e for e in log.history(None, None, {}) if e["Action"] == "prune"]
+    assert len(prunes) == 3 and int(prunes[0]["Actor"]["Attributes"]["reclaimed"]) >= 5000

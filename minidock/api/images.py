@@ -2,7 +2,7 @@
 
 import json
 
-from minidock import errors, http, reference
+from minidock import errors, http, platforms, reference
 from minidock.api import streaming
 from minidock.api.versions import route
 
@@ -25,9 +25,10 @@ def post_images_create(req):
     name = f"{name}@{tag}" if tag and tag.startswith("sha256:") else f"{name}:{tag}" if tag else name
     auth = req.daemon.registry.auth_from_header(req.head.header("x-registry-auth"))
     reference.parse(name)          # a bad name is a 400 before streaming starts
+    platform = platforms.parse(req.q("platform")) if req.q("platform") else None
 
     def work(pipe):
-        req.daemon.registry.pull(name, auth, pipe.json_line, pipe.cancelled)
+        req.daemon.registry.pull(name, auth, pipe.json_line, pipe.cancelled, platform=platform)
     return streaming.progress_response(req, work, name="pull")
 
 
@@ -52,9 +53,8 @@ def get_images_viz(req):
         else:
             lines.append(f'base -> "{short(row["Id"])}" [style=invis]')
     for row in sorted(rows, key=lambda r: r["Id"]):
-        tags = [t for t in row["RepoTags"] if t != "<none>:<none>"]
-        if tags:
-            label = "\\n".join([short(row["Id"])] + tags)
+        if row["RepoTags"]:
+            label = "\\n".join([short(row["Id"])] + row["RepoTags"])
             lines.append(f'"{short(row["Id"])}" [label="{label}",shape=box,fillcolor="paleturquoise",'
                          f'style="filled,rounded"];')
     lines.append("base [style=invisible]")
@@ -91,14 +91,31 @@ def post_images_tag(req):
     return req.render("image_tag", None, status=201)
 
 
-def delete_images(req):
+def _users(req):
+    """Which containers use an image: [(container id, running)], for delete and prune."""
     containers = req.daemon.containers
 
     def users(image_id):
         return [(c.id, c.running) for c in containers.all() if c.record["Image"] == image_id]
+    return users
+
+
+def delete_images(req):
     records = req.daemon.images.delete(req.params["name"], force=req.qbool("force"),
-                                       noprune=req.qbool("noprune"), users=users)
+                                       noprune=req.qbool("noprune"), users=_users(req))
     return http.Response.json(records)
+
+
+PRUNE_FILTERS = {"dangling", "until", "label", "label!"}
+
+
+def post_images_prune(req):
+    filters = req.filters()
+    unknown = set(filters) - PRUNE_FILTERS
+    if unknown:
+        raise errors.InvalidParameter(f"invalid filter '{sorted(unknown)[0]}'")
+    records, reclaimed = req.daemon.images.prune(filters, users=_users(req))
+    return http.Response.json({"ImagesDeleted": records or None, "SpaceReclaimed": reclaimed})
 
 
 def get_images_get(req):
@@ -157,6 +174,11 @@ def get_images_search(req):
     return req.render("search", results)
 
 
+def get_distribution(req):
+    auth = req.daemon.registry.auth_from_header(req.head.header("x-registry-auth"))
+    return http.Response.json(req.daemon.registry.distribution(req.params["name"], auth))
+
+
 def post_commit(req):
     backend = req.daemon.containers
     c = backend.get(req.q("container") or "")
@@ -185,6 +207,7 @@ ROUTES = [
     route("GET", "/images/viz", get_images_viz, until="1.11"),
     ("POST", "/images/create", post_images_create),
     ("POST", "/images/load", post_images_load),
+    route("POST", "/images/prune", post_images_prune, since="1.25"),
     ("POST", "/commit", post_commit),
     ("GET", "/images/{name:path}/json", get_images_inspect),
     ("GET", "/images/{name:path}/history", get_images_history),
@@ -193,4 +216,5 @@ ROUTES = [
     route("POST", "/images/{name:path}/insert", post_images_insert, until="1.12"),
     ("POST", "/images/{name:path}/push", post_images_push),
     ("DELETE", "/images/{name:path}", delete_images),
+    route("GET", "/distribution/{name:path}/json", get_distribution, since="1.30"),
 ]

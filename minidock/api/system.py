@@ -9,8 +9,12 @@ from minidock.times import parse_timestamp
 
 
 def get_ping(req):
+    """`OK`, and headers a client reads before choosing how to talk to us (the API version comes
+    with every response): the builder to use (1, the classic one: minidock has no BuildKit) and
+    the swarm state, both unversioned since moby 1.42; never cached (1.40)."""
     return http.Response(200, b"OK", [("Cache-Control", "no-cache, no-store, must-revalidate"),
-                                      ("Pragma", "no-cache")], "text/plain; charset=utf-8")
+                                      ("Pragma", "no-cache"), ("Builder-Version", "1"),
+                                      ("Swarm", "inactive")], "text/plain; charset=utf-8")
 
 
 def get_version(req):

@@ -177,6 +177,21 @@ def adapt(kind, args, req):
 
 # -- system ------------------------------------------------------------------------------------------
 
+@newest("info")
+def _info_newest(model):
+    """Since v1.25 /info has no `ExecutionDriver` (there is none since Docker 1.11)."""
+    return {k: v for k, v in model.items() if k != "ExecutionDriver"}
+
+
+@step("info", "1.25")
+def _info_before_1_25(info, model):
+    """Before v1.25 `SecurityOptions` were bare names (`seccomp`), not `name=seccomp,profile=...`."""
+    info["ExecutionDriver"] = model["ExecutionDriver"]
+    info["SecurityOptions"] = [dict(kv.split("=", 1) for kv in option.split(",") if "=" in kv).get("name", option)
+                               for option in model.get("SecurityOptions") or []]
+    return info
+
+
 fields_before("info", "1.23", [
     "Containers", "Images", "Driver", "DriverStatus", "ExecutionDriver", "KernelVersion", "Debug", "NFd",
     "NGoroutines", "NEventsListener", "InitPath", "InitSha1", "IndexServerAddress", "MemoryLimit", "SwapLimit",
@@ -209,6 +224,26 @@ def _event_before_1_22(event, model):
 
 # -- images ------------------------------------------------------------------------------------------
 
+@newest("image")
+def _image_newest(model):
+    """Image inspect since v1.45: no `Container`/`ContainerConfig` (the config of the container a
+    commit was made from; `Config` is the image's own), and since v1.44 no `VirtualSize`."""
+    return {k: v for k, v in model.items() if k not in ("Container", "ContainerConfig", "VirtualSize")}
+
+
+@step("image", "1.45")
+def _image_before_1_45(doc, model):
+    doc["Container"], doc["ContainerConfig"] = model["Container"], model["ContainerConfig"]
+    return doc
+
+
+@step("image", "1.44")
+def _image_before_1_44(doc, model):
+    """`VirtualSize` was `Size` again (layers are shared, so the two had long been equal)."""
+    doc["VirtualSize"] = model["VirtualSize"]
+    return doc
+
+
 fields_before("image", "1.23", ["Id", "Parent", "Comment", "Created", "Container", "ContainerConfig",
                                 "DockerVersion", "Author", "Config", "Architecture", "Os", "Size", "VirtualSize",
                                 "RepoTags", "GraphDriver"])
@@ -226,6 +261,27 @@ def _image_before_1_12(doc, model):
 fields_before("image", "1.4", ["id", "parent", "created", "container", "container_config"])
 
 # GET /images/json: a list of image summaries.
+
+@newest("image_list")
+def _image_list_newest(rows):
+    return [{k: v for k, v in row.items() if k != "VirtualSize"} for row in rows]
+
+
+@step("image_list", "1.44", items=True)
+def _image_row_before_1_44(row, model):
+    row["VirtualSize"] = model["Size"]
+    return row
+
+
+@step("image_list", "1.43", items=True)
+def _image_row_before_1_43(row, model):
+    """Before v1.43 an untagged image showed `<none>:<none>` (and, with no digest either,
+    `<none>@<none>`) instead of empty lists."""
+    if not row["RepoTags"]:
+        row["RepoDigests"] = row["RepoDigests"] or ["<none>@<none>"]
+        row["RepoTags"] = ["<none>:<none>"]
+    return row
+
 fields_before("image_list", "1.25", ["Id", "ParentId", "RepoTags", "RepoDigests", "Created", "Size", "VirtualSize",
                                      "Labels"], items=True)
 fields_before("image_list", "1.13", ["Id", "ParentId", "RepoTags", "Created", "Size", "VirtualSize"], items=True)
