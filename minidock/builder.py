@@ -47,7 +47,7 @@ import time
 import urllib.parse
 import urllib.request
 
-from minidock import buildvars, dockerfile, dockerignore, errors, images as images_mod, ns, store, tarsafe
+from minidock import buildvars, dockerfile, dockerignore, errors, imagecreate, images as images_mod, ns, store, tarsafe
 from minidock.progress import Cancelled
 
 log = logging.getLogger("minidock.builder")
@@ -302,8 +302,8 @@ class Builder:
 
     def _config_of(self, image):
         if image is None:
-            return images_mod.full_config()
-        return json.loads(json.dumps(images_mod.full_config(self.images.config(image).get("config"))))
+            return imagecreate.full_config()
+        return json.loads(json.dumps(imagecreate.full_config(self.images.config(image).get("config"))))
 
     # -- one instruction -----------------------------------------------------------------------
     def _dispatch(self, df, state, instr):
@@ -334,7 +334,7 @@ class Builder:
 
     def _commit_metadata(self, state, comment, key, config):
         container_config = dict(config, Cmd=state.shell() + ["#(nop) ", comment])
-        image = self.images.add_build_step(
+        image = imagecreate.add_build_step(self.images, 
             state.image, config, " ".join(container_config["Cmd"]), cache_key=key,
             author=state.author, container_config=container_config)
         state.move_to(image, self._config_of(image))
@@ -435,7 +435,7 @@ class Builder:
             config["Image"] = state.image
             container_config = dict(config, Cmd=shown)
             diff_id = self._commit_rw(cid, state.image)
-            image = self.images.add_build_step(state.image, config, created_by, diff_id, key,
+            image = imagecreate.add_build_step(self.images, state.image, config, created_by, diff_id, key,
                                                author=state.author, container=cid,
                                                container_config=container_config)
             state.move_to(image, self._config_of(image))
@@ -518,7 +518,7 @@ class Builder:
         finally:
             self.layers.remove_rw(rw_id)
         container_config = dict(config, Cmd=state.shell() + ["#(nop) ", comment])
-        image = self.images.add_build_step(state.image, config, " ".join(container_config["Cmd"]),
+        image = imagecreate.add_build_step(self.images, state.image, config, " ".join(container_config["Cmd"]),
                                            diff_id, key, author=state.author,
                                            container_config=container_config)
         state.move_to(image, self._config_of(image))
@@ -585,7 +585,7 @@ class Builder:
             config = json.loads(json.dumps(state.config))
             config["Image"] = state.image or ""
             created_by = " ".join(state.shell() + ["#(nop) " + comment])
-            image = self.images.add_build_step(state.image, config, created_by, diff_id, key,
+            image = imagecreate.add_build_step(self.images, state.image, config, created_by, diff_id, key,
                                                author=state.author,
                                                container_config=dict(config, Cmd=state.shell() +
                                                                      ["#(nop) " + comment]))

@@ -10,14 +10,13 @@ The tarball is written in both layouts at once, so every client loads it:
 A *v1 id* is made up per layer (the sha256 of its chain ID, and of the image ID for the top one),
 as Docker does; the legacy `json` of the top layer carries the image config's fields.
 
-`read` takes the manifest.json layout (also today's OCI-flavoured `docker save`, whose Layers point
+`load` takes the manifest.json layout (also today's OCI-flavoured `docker save`, whose Layers point
 into blobs/sha256/) and, when there is none, the legacy layout, rebuilding a config from the
 per-layer `json` files. The archive is unpacked (safely, tarsafe.py) to a temporary directory
 first, since manifest.json may come after the layers; each layer's diff ID is checked against the
 config's. What you can observe: `docker save busybox | tar t`.
 
-Both work on an images.ImageStore (`store`): which images and names to write is the store's
-decision, the bytes of the archive are this module's.
+Both work on an images.ImageStore (`store`).
 """
 
 import hashlib
@@ -27,13 +26,66 @@ import os
 import re
 import shutil
 import tarfile
+import tempfile
 
-from minidock import errors, layers as layers_mod, reference, tarsafe, times
+from minidock import errors, imagecreate, layers as layers_mod, reference, tarsafe, times
 
 HEX64_RE = re.compile(r"^[a-f0-9]{64}$")
 
 
-def write(store, wanted, out):
+def save(store, names, out):
+    """Write the image tarball of `names` to `out`.
+
+    A name with a tag saves that tag; a bare repository name saves every tag of it; an ID
+    saves the image without a name.
+    """
+    with store.lock:
+        wanted = {}                  # image id -> [familiar repo:tag]
+        for name in names:
+            image_id = store.resolve(name)
+            tags = wanted.setdefault(image_id, [])
+            if not store.by_reference(name, image_id):
+                continue
+            ref = reference.parse(name, default_tag=False)
+            if ref.tag:
+                tags.append(ref.key())
+            elif ref.digest:
+                continue
+            else:
+                tags.extend(t for t in store.tags_of(image_id) if t.rsplit(":", 1)[0] == ref.name)
+                for t, i in store.refs.items():
+                    if "@" not in t and t.rsplit(":", 1)[0] == ref.name and i != image_id:
+                        wanted.setdefault(i, []).append(t)
+        _write(store, wanted, out)
+
+
+def save_spooled(store, names):
+    """The tarball of `names` in an anonymous temporary file, rewound (GET /images/get sends
+    it once it is complete, so a failure is still an HTTP error and not a cut stream)."""
+    work = store.layers.tmpdir()
+    try:
+        spool = tempfile.TemporaryFile(dir=work)       # already unlinked: only the fd holds it
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    try:
+        save(store, names, spool)
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
+    return spool
+
+
+def load(store, stream):
+    """POST /images/load: load an image tarball (either layout, any compression) and announce
+    each image it held. Returns [{"id": image id, "tags": [...]}] in archive order."""
+    loaded = _read(store, stream)
+    for item in loaded:
+        store.events.emit("image", "load", item["id"], {"name": ",".join(item["tags"])})
+    return loaded
+
+
+def _write(store, wanted, out):
     """Write the images of `wanted` ({image id: [familiar repo:tag]}) to `out`."""
     w = tarsafe.TarWriter(out)
     manifest, repositories, written = [], {}, set()
@@ -80,7 +132,7 @@ def write(store, wanted, out):
     w.close()
 
 
-def read(store, stream):
+def _read(store, stream):
     """Load an image tarball (either layout, any compression) from `stream` into `store`.
     Returns [{"id": image id, "tags": [...]}] in archive order."""
     work = store.layers.tmpdir()
@@ -194,7 +246,7 @@ def _load_legacy(store, work):
         t = jsons[top]
         extra = {k: t[k] for k in ("author", "comment", "container", "container_config", "docker_version")
                  if t.get(k)}
-        raw = store.new_config(diff_ids, t.get("config"), history, created=t.get("created"),
+        raw = imagecreate.config_bytes(diff_ids, t.get("config"), history, created=t.get("created"),
                                architecture=t.get("architecture"), **extra)
         image_id = store.add_config(raw, ref_keys=refs)
         loaded.append({"id": image_id, "tags": refs})

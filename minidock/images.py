@@ -21,7 +21,8 @@ On disk, under `root`:
 An image directory is written in a temporary directory and renamed into place, after its
 layers are stored: a crash mid-import leaves no half image visible (unused layers are pruned).
 
-The image tarball (`docker save` / `docker load`) is imagearchive.py's.
+Making images (import, commit, insert, build steps) is imagecreate.py's; the image tarball
+(`docker save` / `docker load`) is imagearchive.py's.
 """
 
 import fnmatch
@@ -30,17 +31,12 @@ import json
 import os
 import re
 import secrets
-import shlex
 import shutil
-import tarfile
-import tempfile
 import threading
-import time
-import urllib.request
 
-from minidock import errors, imagearchive, layers as layers_mod, platforms, reference, store, tarsafe, times
+from minidock import errors, layers as layers_mod, reference, store, times
+from minidock.imagecreate import full_config
 
-FETCH_TIMEOUT = 60          # seconds for a URL given to import or insert
 ID_PREFIX_RE = re.compile(r"^(?:sha256:)?([a-f0-9]{1,64})$")
 
 
@@ -50,104 +46,6 @@ def short_id(image_id):
 
 def _hex(image_id):
     return image_id.split(":", 1)[-1]
-
-
-# -- container config and Dockerfile-style changes ------------------------------------------------
-
-CONFIG_DEFAULTS = {
-    "Hostname": "", "Domainname": "", "User": "", "AttachStdin": False, "AttachStdout": False,
-    "AttachStderr": False, "Tty": False, "OpenStdin": False, "StdinOnce": False, "Env": None,
-    "Cmd": None, "Image": "", "Volumes": None, "WorkingDir": "", "Entrypoint": None,
-    "OnBuild": None, "Labels": None,
-}
-
-CHANGE_COMMANDS = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "LABEL", "USER", "VOLUME", "WORKDIR",
-                   "ONBUILD", "STOPSIGNAL")
-
-
-def full_config(partial=None):
-    """A container config with every key Docker always shows, `partial` laid over the defaults."""
-    config = json.loads(json.dumps(CONFIG_DEFAULTS))
-    config.update(partial or {})
-    return config
-
-
-def _json_or_shell(rest):
-    rest = rest.strip()
-    if rest.startswith("["):
-        try:
-            value = json.loads(rest)
-            if isinstance(value, list) and all(isinstance(v, str) for v in value):
-                return value, True
-        except ValueError:
-            pass
-    return rest, False
-
-
-def _pairs(rest, instruction):
-    """ENV/LABEL arguments: `k=v k2="v 2"` or the legacy `k v...` form."""
-    rest = rest.strip()
-    first = rest.split(None, 1)[0] if rest else ""
-    if "=" not in first:
-        parts = rest.split(None, 1)
-        if len(parts) != 2:
-            raise errors.InvalidParameter(f"{instruction} requires two arguments")
-        return [(parts[0], parts[1])]
-    try:
-        words = shlex.split(rest)
-    except ValueError as exc:
-        raise errors.InvalidParameter(f"{instruction}: {exc}") from None
-    out = []
-    for word in words:
-        if "=" not in word:
-            raise errors.InvalidParameter(f"{instruction} names can not be blank: {word!r}")
-        k, v = word.split("=", 1)
-        out.append((k, v))
-    return out
-
-
-def apply_changes(config, changes):
-    """Apply Dockerfile-style `changes` ("CMD [\\"sh\\"]", "ENV A=b", ...) to a container config.
-
-    Only the instructions Docker allows for import and commit are accepted.
-    """
-    for change in changes or ():
-        change = change.strip()
-        if not change:
-            continue
-        instruction, _, rest = change.partition(" ")
-        instruction = instruction.upper()
-        if instruction not in CHANGE_COMMANDS:
-            raise errors.InvalidParameter(f"{instruction} is not a valid change command")
-        if instruction in ("CMD", "ENTRYPOINT"):
-            value, is_json = _json_or_shell(rest)
-            config["Cmd" if instruction == "CMD" else "Entrypoint"] = value if is_json else ["/bin/sh", "-c", value]
-        elif instruction == "ENV":
-            env = list(config.get("Env") or [])
-            for k, v in _pairs(rest, "ENV"):
-                env = [e for e in env if e.split("=", 1)[0] != k] + [f"{k}={v}"]
-            config["Env"] = env
-        elif instruction == "LABEL":
-            labels = dict(config.get("Labels") or {})
-            labels.update(_pairs(rest, "LABEL"))
-            config["Labels"] = labels
-        elif instruction == "EXPOSE":
-            ports = dict(config.get("ExposedPorts") or {})
-            for port in rest.split():
-                ports[port if "/" in port else port + "/tcp"] = {}
-            config["ExposedPorts"] = ports
-        elif instruction == "VOLUME":
-            value, is_json = _json_or_shell(rest)
-            volumes = dict(config.get("Volumes") or {})
-            for v in (value if is_json else value.split()):
-                volumes[v] = {}
-            config["Volumes"] = volumes
-        elif instruction == "ONBUILD":
-            config["OnBuild"] = list(config.get("OnBuild") or []) + [rest.strip()]
-        else:
-            key = {"USER": "User", "WORKDIR": "WorkingDir", "STOPSIGNAL": "StopSignal"}[instruction]
-            config[key] = rest.strip()
-    return config
 
 
 # -- the image store -------------------------------------------------------------------------------
@@ -164,7 +62,7 @@ class ImageStore:
         self.layers = layer_store
         self.events = events     # every change to names and images is announced (events.Events)
         os.makedirs(self._p("images"), mode=0o700, exist_ok=True)
-        self._lock = threading.RLock()
+        self.lock = threading.RLock()     # held by every change (and by imagearchive.save)
         self.configs = {}        # image id -> parsed config
         self.meta = {}           # image id -> local metadata (parent, ...)
         self.refs = {}           # "repo:tag" / "repo@digest" -> image id
@@ -217,7 +115,7 @@ class ImageStore:
     # -- lookup --------------------------------------------------------------------------------------
     def resolve(self, name):
         """A name, ref or (short) ID -> full image ID "sha256:...". NotFound otherwise."""
-        with self._lock:
+        with self.lock:
             if name in self.configs:
                 return name
             try:
@@ -237,7 +135,7 @@ class ImageStore:
                 reference.parse(name)            # raise the reference error
             raise errors.NotFound(f"No such image: {name}")
 
-    def _by_reference(self, name, image_id):
+    def by_reference(self, name, image_id):
         """Did `name` find `image_id` through the tag index (rather than as an ID or ID prefix)?"""
         if name.startswith("sha256:"):
             return False
@@ -283,7 +181,7 @@ class ImageStore:
         show placeholders, see api/versions.py).
         """
         filters = filters or {}
-        with self._lock:
+        with self.lock:
             rows = []
             parents = {m.get("parent") for m in self.meta.values()}
             before = since = None
@@ -333,7 +231,7 @@ class ImageStore:
     def inspect(self, name):
         """The GET /images/(name)/json document (newest shape; older versions drop keys)."""
         image_id = self.resolve(name)
-        with self._lock:
+        with self.lock:
             c = self.configs[image_id]
             size = self.size(image_id)
             chains = layers_mod.chain_ids(c.get("rootfs", {}).get("diff_ids") or [])
@@ -370,7 +268,7 @@ class ImageStore:
         when it is the top of this image or of a stored ancestor, "<missing>" otherwise.
         """
         image_id = self.resolve(name)
-        with self._lock:
+        with self.lock:
             c = self.configs[image_id]
             history = c.get("history") or [{"created": c.get("created"), "comment": c.get("comment", "")}]
             chains = layers_mod.chain_ids(c.get("rootfs", {}).get("diff_ids") or [])
@@ -405,8 +303,8 @@ class ImageStore:
         `force` -- the handler passes force=False only for those versions.
         """
         image_id = self.resolve(name)
-        ref = self._parse_new_tag(repo, tag)
-        with self._lock:
+        ref = self.parse_new_tag(repo, tag)
+        with self.lock:
             key = ref.key()
             if not force and self.refs.get(key) not in (None, image_id):
                 raise errors.Conflict(
@@ -416,7 +314,7 @@ class ImageStore:
         self.events.emit("image", "tag", image_id, {"name": key})
         return key
 
-    def _parse_new_tag(self, repo, tag):
+    def parse_new_tag(self, repo, tag):
         if not repo:
             raise errors.InvalidParameter("repository name must have at least one component")
         if tag:
@@ -484,10 +382,10 @@ class ImageStore:
         return sum(self.layers.size(chain) for chain in self.layers.all_layers())
 
     def _delete(self, name, force, noprune, users):
-        with self._lock:
+        with self.lock:
             image_id = self.resolve(name)
             records = []
-            by_reference = self._by_reference(name, image_id)
+            by_reference = self.by_reference(name, image_id)
             refs = [r for r, i in self.refs.items() if i == image_id]
             if by_reference:
                 key = reference.parse(name).key()
@@ -577,7 +475,7 @@ class ImageStore:
         for chain in layers_mod.chain_ids(diff_ids):
             if not self.layers.exists(chain):
                 raise errors.InvalidParameter(f"layer {chain} of image {image_id} is not stored")
-        with self._lock:
+        with self.lock:
             final = self._p("images", _hex(image_id))
             if image_id not in self.configs:
                 tmp = self._p("images", ".tmp-" + secrets.token_hex(6))
@@ -594,230 +492,23 @@ class ImageStore:
                 self._set_ref(key, image_id)
             return image_id
 
-    def new_config(self, diff_ids, run_config, history, **top):
-        config = {
-            "architecture": platforms.goarch(),
-            "os": "linux",
-            "created": top.pop("created", None) or times.now_rfc3339(),
-            "config": full_config(run_config),
-            "rootfs": {"type": "layers", "diff_ids": list(diff_ids)},
-            "history": history,
-        }
-        for k, v in top.items():
-            if v not in (None, ""):
-                config[k] = v
-        return json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
-
-    def add_build_step(self, parent, run_config, created_by, diff_id=None, cache_key=None,
-                       author="", container="", container_config=None):
-        """One `docker build` step as an image: `parent`'s layers and history (nothing for
-        `FROM scratch`, parent None) plus one history entry, with the stored layer `diff_id` on
-        top when the step changed files. A metadata-only step (ENV, CMD, ...) adds no layer; its
-        history entry says `"empty_layer": true`, as Docker's do. `cache_key` is kept in
-        meta.json so the builder's cache survives restarts (see build_cache_lookup). -> image ID.
-        """
-        base = self.configs[parent] if parent else {}
-        diff_ids = list(base.get("rootfs", {}).get("diff_ids") or [])
-        created = times.now_rfc3339()
-        entry = {"created": created, "created_by": created_by}
-        if author:
-            entry["author"] = author
-        if diff_id is None:
-            entry["empty_layer"] = True
-        else:
-            diff_ids.append(diff_id)
-        raw = self.new_config(diff_ids, run_config, list(base.get("history") or []) + [entry],
-                               created=created, author=author, container=container,
-                               container_config=full_config(container_config) if container_config else None,
-                               architecture=base.get("architecture"))
-        image_id = self.add_config(raw, parent=parent)
-        if cache_key:
-            with self._lock:
-                self.meta[image_id]["build_cache"] = cache_key
-                self._write_meta(image_id)
-        return image_id
-
     def build_cache_lookup(self, parent, cache_key):
         """The image an earlier build step made from `parent` (None: scratch) with `cache_key`."""
-        with self._lock:
+        with self.lock:
             for image_id, meta in self.meta.items():
                 if meta.get("parent") == parent and meta.get("build_cache") == cache_key:
                     return image_id
         return None
 
-    def import_image(self, stream, repo=None, tag=None, changes=(), message="", source="-"):
-        """POST /images/create?fromSrc: a rootfs tar (plain/gzip/bzip2/xz) becomes a one-layer
-        image, tagged repo[:tag] if given. Returns the image ID."""
-        ref_keys = [self._parse_new_tag(repo, tag).key()] if repo else []
-        config = apply_changes(full_config(), changes)
-        layer = self.layers.register(stream)
-        created = times.now_rfc3339()
-        comment = message or f"Imported from {source}"
-        raw = self.new_config([layer["diff_id"]], config,
-                               [{"created": created, "comment": comment}], created=created, comment=comment)
-        image_id = self.add_config(raw, ref_keys=ref_keys)
-        self.events.emit("image", "import", image_id, {"name": ref_keys[0] if ref_keys else ""})
-        return image_id
-
-    def import_url(self, url, repo=None, tag=None, changes=(), message=""):
-        """POST /images/create?fromSrc=<url>: fetch a rootfs tar over HTTP(S) and import it."""
-        if not url.startswith(("http://", "https://")):
-            raise errors.InvalidParameter(f"fromSrc must be '-' or an http(s) URL, got {url!r}")
-        try:
-            with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT) as response:
-                return self.import_image(response, repo, tag, changes, message, source=url)
-        except OSError as exc:
-            raise errors.InvalidParameter(f"could not fetch {url}: {exc}")
-
-    def commit(self, container_id, image_id, container_config, repo=None, tag=None, comment="",
-               author="", changes=(), overrides=None):
-        """POST /commit: the container's rw layer becomes a new layer on top of its image.
-
-        `container_config` is the container's Config (recorded as container_config and the base
-        of the new config), `overrides` the request body's config, `changes` Dockerfile lines.
-        The caller pauses the container if asked. Returns the new image ID.
-        """
-        ref_keys = [self._parse_new_tag(repo, tag).key()] if repo else []
-        if image_id not in self.configs:
-            raise errors.NotFound(f"No such image: {image_id}")
-        parent_config = self.configs[image_id]
-        config = full_config(container_config)
-        for k, v in (overrides or {}).items():
-            if v not in (None, "", [], {}):
-                config[k] = v
-        config = apply_changes(config, changes)
-        config["Image"] = image_id
-        work = self.layers.tmpdir()
-        try:
-            with open(os.path.join(work, "diff.tar"), "w+b") as f:
-                self.layers.diff_tar(container_id, f)
-                f.seek(0)
-                layer = self.layers.register(f, parent=self.top_chain(image_id))
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        created = times.now_rfc3339()
-        history = list(parent_config.get("history") or [])
-        history.append({"created": created, "created_by": " ".join((container_config or {}).get("Cmd") or []),
-                        **({"author": author} if author else {}), **({"comment": comment} if comment else {})})
-        raw = self.new_config(list(parent_config.get("rootfs", {}).get("diff_ids") or []) + [layer["diff_id"]],
-                               config, history, created=created, author=author, comment=comment,
-                               container=container_id, container_config=full_config(container_config),
-                               architecture=parent_config.get("architecture"))
-        return self.add_config(raw, parent=image_id, ref_keys=ref_keys)
-
-    def insert_url(self, name, path, url, say, cancelled):
-        """POST /images/(name)/insert (v1.2-v1.12): fetch `url` into a spool file, reporting
-        progress lines through `say`, and add it as the file `path` on top of image `name`.
-        Returns the new image ID, or None when `cancelled()` turned true on the way."""
-        if not url.startswith(("http://", "https://")):
-            raise errors.InvalidParameter(f"url must be an http(s) URL, got {url!r}")
-        if not path:
-            raise errors.InvalidParameter("path is required")
-        self.resolve(name)
-        say({"status": "Inserting..."})
-        work = self.layers.tmpdir()
-        try:
-            with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT) as response, \
-                    tempfile.TemporaryFile(dir=work) as spool:
-                total, current = response.length, 0
-                while True:
-                    chunk = response.read(1 << 20)
-                    if not chunk:
-                        break
-                    if cancelled():
-                        return None
-                    spool.write(chunk)
-                    current += len(chunk)
-                    detail = {"current": current, **({"total": total} if total else {})}
-                    say({"status": "Inserting", "progress": f"{current}/{total or '?'}", "progressDetail": detail})
-                spool.seek(0)
-                image_id = self.insert_file(name, path, spool, current)
-        except OSError as exc:
-            raise errors.InvalidParameter(f"could not fetch {url}: {exc}")
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        self.events.emit("image", "insert", image_id, {"name": image_id})
-        return image_id
-
-    def insert_file(self, name, path, data, size, mode=0o644):
-        """POST /images/(name)/insert (v1.2-v1.4): `size` bytes from `data` at `path`, as a new
-        layer on top of image `name`. Returns the new image ID."""
-        image_id = self.resolve(name)
-        target = tarsafe.clean_name(path)
-        if not target:
-            raise errors.InvalidParameter(f"invalid path: {path!r}")
-        work = self.layers.tmpdir()
-        with tempfile.TemporaryFile(dir=work) as buf:
-            w = tarsafe.TarWriter(buf)
-            info = tarfile.TarInfo(target)
-            info.size, info.mode, info.mtime = size, mode, int(time.time())
-            w.add(info, data)
-            w.close()
-            buf.seek(0)
-            layer = self.layers.register(buf, parent=self.top_chain(image_id))
-        shutil.rmtree(work, ignore_errors=True)
-        parent_config = self.configs[image_id]
-        created = times.now_rfc3339()
-        history = list(parent_config.get("history") or [])
-        history.append({"created": created, "created_by": f"/bin/sh -c #(nop) ADD file in {path}"})
-        raw = self.new_config(list(parent_config["rootfs"]["diff_ids"]) + [layer["diff_id"]],
-                               parent_config.get("config"), history, created=created,
-                               architecture=parent_config.get("architecture"))
-        return self.add_config(raw, parent=image_id)
-
-    # -- save and load: the image tarball (imagearchive.py) ---------------------------------------
-    def save(self, names, out):
-        """Write the image tarball of `names` to `out`.
-
-        A name with a tag saves that tag; a bare repository name saves every tag of it; an ID
-        saves the image without a name.
-        """
-        with self._lock:
-            wanted = {}                  # image id -> [familiar repo:tag]
-            for name in names:
-                image_id = self.resolve(name)
-                tags = wanted.setdefault(image_id, [])
-                if not self._by_reference(name, image_id):
-                    continue
-                ref = reference.parse(name, default_tag=False)
-                if ref.tag:
-                    tags.append(ref.key())
-                elif ref.digest:
-                    continue
-                else:
-                    tags.extend(t for t in self.tags_of(image_id) if t.rsplit(":", 1)[0] == ref.name)
-                    for t, i in self.refs.items():
-                        if "@" not in t and t.rsplit(":", 1)[0] == ref.name and i != image_id:
-                            wanted.setdefault(i, []).append(t)
-            imagearchive.write(self, wanted, out)
-
-    def save_spooled(self, names):
-        """The tarball of `names` in an anonymous temporary file, rewound (GET /images/get sends
-        it once it is complete, so a failure is still an HTTP error and not a cut stream)."""
-        work = self.layers.tmpdir()
-        try:
-            spool = tempfile.TemporaryFile(dir=work)       # already unlinked: only the fd holds it
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        try:
-            self.save(names, spool)
-            spool.seek(0)
-        except BaseException:
-            spool.close()
-            raise
-        return spool
+    def set_build_cache(self, image_id, cache_key):
+        """Remember which build step made an image (meta.json keeps it across restarts)."""
+        with self.lock:
+            self.meta[image_id]["build_cache"] = cache_key
+            self._write_meta(image_id)
 
     def config_path(self, image_id):
         """The config bytes of an image exactly as hashed (its ID is their sha256)."""
         return self._p("images", _hex(image_id), "config.json")
-
-    def load(self, stream):
-        """POST /images/load: load an image tarball (either layout, any compression) and announce
-        each image it held. Returns [{"id": image id, "tags": [...]}] in archive order."""
-        loaded = imagearchive.read(self, stream)
-        for item in loaded:
-            self.events.emit("image", "load", item["id"], {"name": ",".join(item["tags"])})
-        return loaded
 
 # -- helpers -------------------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ import time
 from minidock import errors
 
 NS = 1_000_000_000
+ZERO_TIME = "0001-01-01T00:00:00Z"     # Go's zero time: Docker's "never" (StartedAt of a new container)
 
 _RFC3339 = re.compile(r"^(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d+))?"
                       r"(?:([Zz])|([+-])(\d\d):(\d\d))?$")

@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 
-from minidock import errors, events, images, layers, reference
+from minidock import errors, events, imagearchive, imagecreate, images, layers, reference
 from tests.rootfs_helpers import busybox_rootfs_tar, names_in, tar_bytes
 
 
@@ -21,7 +21,7 @@ def store(tmp_path):
 
 @pytest.fixture
 def busybox(store):
-    return store.import_image(io.BytesIO(gzip.compress(busybox_rootfs_tar(), 1)), repo="busybox",
+    return imagecreate.import_image(store, io.BytesIO(gzip.compress(busybox_rootfs_tar(), 1)), repo="busybox",
                               changes=['CMD ["/bin/sh"]', "ENV A=1 B=two", "EXPOSE 80", "LABEL x=y",
                                        "WORKDIR /root"])
 
@@ -67,14 +67,14 @@ def test_import_inspect_list_history(store, busybox):
     with pytest.raises(errors.NotFound, match="No such image: nope"):
         store.inspect("nope")
     with pytest.raises(errors.InvalidParameter, match="not a valid change command"):
-        store.import_image(io.BytesIO(tar_bytes([("a", "file", "1")])), changes=["RUN true"])
+        imagecreate.import_image(store, io.BytesIO(tar_bytes([("a", "file", "1")])), changes=["RUN true"])
 
 
 def test_tag_and_delete_semantics(store, busybox):
     assert store.tag("busybox", "localhost:5000/bb", "v1") == "localhost:5000/bb:v1"
     assert store.tag(busybox, "mine") == "mine:latest"
     with pytest.raises(errors.Conflict):
-        other = store.import_image(io.BytesIO(tar_bytes([("a", "file", "1")])))
+        other = imagecreate.import_image(store, io.BytesIO(tar_bytes([("a", "file", "1")])))
         store.tag(other, "mine", force=False)
     assert store.inspect("mine")["RepoTags"] == ["busybox:latest", "localhost:5000/bb:v1", "mine:latest"]
     # by ID with several references: must be forced
@@ -99,7 +99,7 @@ def test_tag_and_delete_semantics(store, busybox):
 
 
 def test_shared_layer_stored_once_freed_when_unused(store, busybox):
-    base = store.import_image(io.BytesIO(busybox_rootfs_tar()), repo="again")
+    base = imagecreate.import_image(store, io.BytesIO(busybox_rootfs_tar()), repo="again")
     assert base != busybox                                     # different config (no changes)
     assert store.inspect(base)["RootFS"] == store.inspect(busybox)["RootFS"]
     assert len(store.layers.all_layers()) == 1
@@ -121,7 +121,7 @@ def _members(data):
 
 def test_save_writes_both_layouts_and_loads_back(store, busybox, tmp_path):
     out = io.BytesIO()
-    store.save(["busybox"], out)
+    imagearchive.save(store, ["busybox"], out)
     files = _members(out.getvalue())
     manifest = json.loads(files["manifest.json"])
     assert manifest[0]["Config"] == busybox[7:] + ".json" and manifest[0]["RepoTags"] == ["busybox:latest"]
@@ -133,7 +133,7 @@ def test_save_writes_both_layouts_and_loads_back(store, busybox, tmp_path):
     # load into a fresh store: same ID (config bytes kept exactly), same tag
     fresh = images.ImageStore(str(tmp_path / "img2"), layers.LayerStore(str(tmp_path / "lay2"), driver=layers.VFS),
                                  events.Events())
-    loaded = fresh.load(io.BytesIO(out.getvalue()))
+    loaded = imagearchive.load(fresh, io.BytesIO(out.getvalue()))
     assert loaded == [{"id": busybox, "tags": ["busybox:latest"]}]
     assert fresh.inspect("busybox")["Config"]["Cmd"] == ["/bin/sh"]
     # and the legacy half alone loads too (what an old engine would read)
@@ -151,7 +151,7 @@ def test_save_writes_both_layouts_and_loads_back(store, busybox, tmp_path):
                 tf.addfile(info, io.BytesIO(data))
     old = images.ImageStore(str(tmp_path / "img3"), layers.LayerStore(str(tmp_path / "lay3"), driver=layers.VFS),
                                events.Events())
-    loaded = old.load(io.BytesIO(legacy.getvalue()))
+    loaded = imagearchive.load(old, io.BytesIO(legacy.getvalue()))
     assert loaded[0]["tags"] == ["busybox:latest"]
     assert old.inspect("busybox")["Config"]["Cmd"] == ["/bin/sh"]
     assert old.inspect("busybox")["RootFS"] == store.inspect("busybox")["RootFS"]
@@ -190,7 +190,7 @@ def test_load_an_archive_as_saved_by_a_real_docker_engine(store):
                         (f"blobs/sha256/{layer_hex}", layer), ("index.json", b'{"schemaVersion":2,"manifests":[]}'),
                         ("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'), ("manifest.json", manifest),
                         ("repositories", json.dumps({"busybox": {"latest": layer_hex}}).encode())])
-    loaded = store.load(io.BytesIO(archive))
+    loaded = imagearchive.load(store, io.BytesIO(archive))
     assert loaded == [{"id": "sha256:" + cfg_hex, "tags": ["busybox:latest"]}]
     info = store.inspect("busybox")
     assert info["Created"] == "2024-05-01T10:00:00.123456789Z" and info["Config"]["Cmd"] == ["sh"]
@@ -211,7 +211,7 @@ def test_load_a_legacy_layout_archive(store):
                                     "container_config": {"Cmd": ["/bin/sh -c echo hi > /hello"]}}).encode()),
         ("repositories", json.dumps({"old/app": {"v1": top}}).encode()),
     ])
-    loaded = store.load(io.BytesIO(archive))
+    loaded = imagearchive.load(store, io.BytesIO(archive))
     assert loaded[0]["tags"] == ["old/app:v1"]
     info = store.inspect("old/app:v1")
     assert info["Config"]["Cmd"] == ["/bin/sh"] and len(info["RootFS"]["Layers"]) == 2
@@ -224,7 +224,7 @@ def test_load_refuses_a_layer_that_does_not_match_its_diff_id(store):
                         ("manifest.json", json.dumps([{"Config": "c.json", "RepoTags": ["x:y"],
                                                        "Layers": ["l.tar"]}]).encode())])
     with pytest.raises(errors.InvalidParameter, match="invalid diffID"):
-        store.load(io.BytesIO(archive))
+        imagearchive.load(store, io.BytesIO(archive))
     assert store.list(all=True) == [] and store.layers.all_layers() == []
 
 
@@ -236,7 +236,7 @@ def test_commit_a_container_rw_layer(store, busybox):
         f.write("hello")
     os.unlink(os.path.join(merged, "etc", "passwd"))
     config = {"Cmd": ["/bin/sh", "-c", "echo hello > /etc/greeting"], "Image": "busybox"}
-    new = store.commit("c1", busybox, config, repo="committed", tag="v1", comment="msg", author="me",
+    new = imagecreate.commit(store, "c1", busybox, config, repo="committed", tag="v1", comment="msg", author="me",
                        changes=["ENV C=3"])
     info = store.inspect("committed:v1")
     assert info["Parent"] == busybox and info["Author"] == "me" and info["Comment"] == "msg"
@@ -258,7 +258,7 @@ def test_commit_a_container_rw_layer(store, busybox):
 
 
 def test_insert_file_as_new_layer(store, busybox):
-    new = store.insert_file("busybox", "/usr/share/hello.txt", io.BytesIO(b"hi there"), 8)
+    new = imagecreate.insert_file(store, "busybox", "/usr/share/hello.txt", io.BytesIO(b"hi there"), 8)
     store.layers.create_rw("c", store.top_chain(new))
     merged = store.layers.mount("c")
     assert open(os.path.join(merged, "usr", "share", "hello.txt")).read() == "hi there"
@@ -279,7 +279,7 @@ def test_removing_last_tag_drops_same_repo_digests(tmp_path):
         info.size = 1
         tar.addfile(info, io.BytesIO(b"x"))
     buf.seek(0)
-    image_id = images.import_image(buf, "reg.example/app", "1")
+    image_id = imagecreate.import_image(images, buf, "reg.example/app", "1")
     digest_key = "reg.example/app@sha256:" + "a" * 64
     images._set_ref(digest_key, image_id)
     images.tag(image_id, "other/repo", "keep")
@@ -294,13 +294,13 @@ def test_the_store_announces_its_changes(tmp_path):
     """Import, tag, load, untag and delete are events emitted by the image store itself."""
     log = events.Events()
     store = images.ImageStore(str(tmp_path / "img"), layers.LayerStore(str(tmp_path / "lay"), driver=layers.VFS), log)
-    image_id = store.import_image(io.BytesIO(tar_bytes([("a", "file", "1")])), repo="evt")
+    image_id = imagecreate.import_image(store, io.BytesIO(tar_bytes([("a", "file", "1")])), repo="evt")
     store.tag(image_id, "evt", "two")
     saved = io.BytesIO()
-    store.save(["evt:two"], saved)
+    imagearchive.save(store, ["evt:two"], saved)
     store.delete("evt:latest")
     store.delete("evt:two")
-    store.load(io.BytesIO(saved.getvalue()))
+    imagearchive.load(store, io.BytesIO(saved.getvalue()))
     seen = [(e["Action"], e["Actor"]["ID"], e["Actor"]["Attributes"].get("name")) for e in log.history(None, None, {})]
     assert seen[:4] == [("import", image_id, "evt:latest"), ("tag", image_id, "evt:two"),
                         ("untag", "evt:latest", "evt:latest"), ("untag", "evt:two", "evt:two")]

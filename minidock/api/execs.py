@@ -12,14 +12,11 @@ def post_exec_start(req):
     body = req.json() or {}
     if not isinstance(body, dict):
         raise errors.InvalidParameter("exec start body must be a JSON object")
-    execs = req.daemon.execs
-    e = execs.get(req.params["id"])                  # 404 before any upgrade
-    if e.record["Running"] or e.record["ExitCode"] is not None:
-        raise errors.Conflict(f"Error: Exec command {e.id} has already run")
     if body.get("Detach"):
-        execs.start(e.id, detach=True, tty=body.get("Tty"))
+        req.daemon.execs.start(req.params["id"], detach=True, tty=body.get("Tty"))
         return http.Response.empty(200)
-    return http.Hijack(lambda conn: execs.start(e.id, tty=body.get("Tty"), conn=conn))
+    # 404 and 409 come before any upgrade
+    return http.Hijack(req.daemon.execs.start_session(req.params["id"], tty=body.get("Tty")))
 
 
 def post_exec_resize(req):

@@ -2,7 +2,7 @@
 
 import json
 
-from minidock import errors, http, platforms, reference
+from minidock import errors, http, imagearchive, imagecreate, platforms, reference
 from minidock.api import streaming
 from minidock.api.versions import route
 
@@ -14,9 +14,9 @@ def post_images_create(req):
         repo, tag = req.q("repo") or None, req.q("tag") or None
         changes, message = req.qlist("changes"), req.q("message") or ""
         if src == "-":
-            image_id = images.import_image(req.body, repo, tag, changes, message, source="-")
+            image_id = imagecreate.import_image(images, req.body, repo, tag, changes, message, source="-")
         else:
-            image_id = images.import_url(src, repo, tag, changes, message)
+            image_id = imagecreate.import_url(images, src, repo, tag, changes, message)
         return req.render("image_import", {"status": image_id}, stream=True)
     name = req.q("fromImage")
     if not name:
@@ -71,7 +71,7 @@ def post_images_insert(req):
     images.resolve(name)                        # 404 before the stream starts
 
     def work(pipe):
-        image_id = images.insert_url(name, path, url, pipe.json_line, pipe.cancelled)
+        image_id = imagecreate.insert_url(images, name, path, url, pipe.json_line, pipe.cancelled)
         if image_id:
             pipe.json_line({"status": image_id.split(":", 1)[-1]})
     return streaming.progress_response(req, work, name="insert")
@@ -122,7 +122,7 @@ def get_images_get(req):
     names = req.qlist("names") if "name" not in req.params else [req.params["name"]]
     if not names:
         raise errors.InvalidParameter("no image names given")
-    spool = req.daemon.images.save_spooled(names)
+    spool = imagearchive.save_spooled(req.daemon.images, names)
 
     def chunks():
         try:
@@ -137,7 +137,7 @@ def get_images_get(req):
 
 
 def post_images_load(req):
-    loaded = req.daemon.images.load(req.body)
+    loaded = imagearchive.load(req.daemon.images, req.body)
     lines = []
     for item in loaded:
         if item["tags"]:
@@ -180,23 +180,13 @@ def get_distribution(req):
 
 
 def post_commit(req):
-    backend = req.daemon.containers
-    c = backend.get(req.q("container") or "")
     overrides = req.json()
     if overrides is not None and not isinstance(overrides, dict):
         raise errors.InvalidParameter("commit config must be a JSON object")
-    pause = req.qbool("pause", default=True) and c.status == "running"
-    if pause:
-        backend.pause(c.id)
-    try:
-        image_id = req.daemon.images.commit(c.id, c.record["Image"], c.config, repo=req.q("repo") or None,
-                                            tag=req.q("tag") or None, comment=req.q("comment") or req.q("m") or "",
-                                            author=req.q("author") or "", changes=req.qlist("changes"),
-                                            overrides=overrides)
-    finally:
-        if pause:
-            backend.unpause(c.id)
-    backend.emit(c, "commit", {"comment": req.q("comment") or req.q("m") or ""})
+    image_id = req.daemon.containers.commit(
+        req.q("container") or "", pause=req.qbool("pause", default=True), repo=req.q("repo") or None,
+        tag=req.q("tag") or None, comment=req.q("comment") or req.q("m") or "", author=req.q("author") or "",
+        changes=req.qlist("changes"), overrides=overrides)
     return http.Response.json({"Id": image_id}, status=201)
 
 
