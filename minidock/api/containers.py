@@ -67,8 +67,9 @@ def post_containers_unpause(req):
 
 
 def post_containers_wait(req):
-    code = _backend(req).wait(req.params["id"], req.q("condition") or "not-running", stop=req.disconnected)
-    return http.Response.json({"StatusCode": code})
+    args = req.adapt("container_wait", {"condition": req.q("condition") or "not-running"})
+    result = _backend(req).waiter(req.params["id"], args["condition"])
+    return req.render("container_wait", lambda: {"StatusCode": result(req.disconnected)}, stream=True)
 
 
 def delete_containers(req):

@@ -374,6 +374,18 @@ def _container_before_1_4(doc, model):
     return doc
 
 
+# POST /containers/{id}/wait: since v1.30 a `condition` and the headers sent at once (the wait is
+# registered by then: the CLI starts the container when it sees them); before, the answer came
+# whole when the container stopped, and `condition` did not exist.
+reply_before("container_wait", "1.30", stream=False)
+
+
+@request_step("container_wait", "1.30")
+def _wait_before_1_30(args, req):
+    args["condition"] = "not-running"
+    return args
+
+
 @request_step("container_attach", "1.4")
 def _attach_before_1_4(args, req):
     """Before v1.4, attaching to a container that is not running (without logs) was refused."""
