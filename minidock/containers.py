@@ -30,7 +30,7 @@ from minidock.container import attach, config, describe, logs, restart
 from minidock.container.lifecycle import (ACTIVE, ALIVE, CREATED, DEAD, EXITED, PAUSED, REMOVING,
                                           RESTARTING, RUNNING, Container)
 from minidock.container.supervisor import Supervisor
-from minidock.times import ZERO_TIME, now_rfc3339
+from minidock.times import ZERO_TIME, now_rfc3339, rfc3339_ns
 
 log = logging.getLogger("minidock.containers")
 
@@ -397,15 +397,18 @@ class Containers:
     def list(self, all_=False, limit=-1, since=None, before=None, filters=None):
         filters = filters or {}
         describe.check_filters(filters)
-        items = sorted(self.all(), key=lambda c: c.record["Created"], reverse=True)
+        # By creation time, parsed: RFC 3339 as Go writes it trims the fraction's trailing
+        # zeros, so the strings do not sort as the times do ("…20.1Z" > "…20.12Z").
+        created = lambda c: rfc3339_ns(c.record["Created"])      # noqa: E731
+        items = sorted(self.all(), key=created, reverse=True)
         since = since or (filters.get("since") or [None])[-1]
         before = before or (filters.get("before") or [None])[-1]
         if since:
-            pivot = self.get(since).record["Created"]
-            items = [c for c in items if c.record["Created"] > pivot]
+            pivot = created(self.get(since))
+            items = [c for c in items if created(c) > pivot]
         if before:
-            pivot = self.get(before).record["Created"]
-            items = [c for c in items if c.record["Created"] < pivot]
+            pivot = created(self.get(before))
+            items = [c for c in items if created(c) < pivot]
         if limit and limit > 0 or since or before:
             all_ = True
         result = describe.select(items, all_, filters, lambda image_id, ref: describe.descends_from(

@@ -174,3 +174,11 @@ def test_go_durations(text, ns):
 def test_go_durations_refused(bad, message):
     with pytest.raises(ValueError, match=message):
         times.parse_duration(bad)
+
+
+def test_go_times_do_not_sort_as_strings():
+    """Why nothing may sort RFC 3339 strings: Go trims the fraction, so text order is not time
+    order (containers are listed by the parsed time)."""
+    early, late = times.format_rfc3339(1_700_000_000_100_000_000), times.format_rfc3339(1_700_000_000_120_000_000)
+    assert early > late                                    # as text
+    assert times.rfc3339_ns(early) < times.rfc3339_ns(late)
