@@ -25,7 +25,7 @@ import os
 import shutil
 import threading
 
-from minidock import cgroup, errors, imagecreate, ns, proctable, store
+from minidock import cgroup, errors, filters as filters_mod, imagecreate, ns, proctable, store
 from minidock.container import attach, config, describe, logs, restart
 from minidock.container.lifecycle import (ACTIVE, ALIVE, CREATED, DEAD, EXITED, PAUSED, REMOVING,
                                           RESTARTING, RUNNING, Container)
@@ -217,13 +217,15 @@ class Containers:
     def kill(self, ref, sig=None):
         self.supervisor.kill(self.get(ref), config.parse_signal(sig))
 
-    def stop(self, ref, timeout=None):
-        self.supervisor.stop(self.get(ref), timeout)
-
-    def restart(self, ref, timeout=None):
+    def stop(self, ref, timeout=None, sig=None):
         c = self.get(ref)
+        self.supervisor.stop(c, timeout, config.parse_signal(sig) if sig else None)
+
+    def restart(self, ref, timeout=None, sig=None):
+        c = self.get(ref)
+        sig = config.parse_signal(sig) if sig else None       # a bad name is a 400 before stopping
         if c.status in ACTIVE:
-            self.supervisor.stop(c, timeout)
+            self.supervisor.stop(c, timeout, sig)
         with c.lock:
             self.supervisor.start_by_hand(c)
         self.emit(c, "start")
@@ -314,6 +316,30 @@ class Containers:
             self.by_id.pop(c.id, None)
             self.collection.delete(c.id)
             c.set_status(DEAD)
+
+    def prune(self, filters=None):
+        """POST /containers/prune: remove every container that is not running (created, exited,
+        dead) and passes the `until` and `label`/`label!` filters. -> (IDs, bytes of writable
+        layers freed); announces a `prune` event carrying `reclaimed`."""
+        filters = filters or {}
+        filters_mod.check_keys(filters, ("until", "label", "label!"))
+        until = filters_mod.until_ns(filters)
+        deleted, space = [], 0
+        for c in list(self.all()):
+            if c.status in ACTIVE or not filters_mod.labels_match(c.config.get("Labels"), filters):
+                continue
+            if until is not None and rfc3339_ns(c.record["Created"]) > until:
+                continue
+            size = self.layers.rw_size(c.id)
+            try:
+                self.remove(c.id)
+            except errors.MinidockError as exc:      # started or removed meanwhile: leave it
+                log.info("prune: skipping %s: %s", c.id[:12], exc.message)
+                continue
+            deleted.append(c.id)
+            space += size
+        self.events.emit("container", "prune", "", {"reclaimed": str(space)})
+        return deleted, space
 
     def rename(self, ref, new_name):
         c = self.get(ref)

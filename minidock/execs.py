@@ -112,11 +112,12 @@ class Execs:
             raise errors.Conflict(f"Error: Exec command {e.id} has already run")
 
     def start_session(self, ref, tty=None):
-        """Check the exec can start (404, 409 before any upgrade); -> run(conn) that starts it
-        over a hijacked connection."""
+        """Check the exec can start (404, 409 before any upgrade); -> (whether its stream is a
+        TTY's, run(conn) that starts it over a hijacked connection)."""
         e = self.get(ref)
         self._check_not_started(e)
-        return lambda conn: self.start(e.id, tty=tty, conn=conn)
+        tty = e.record["ProcessConfig"]["tty"] if tty is None else tty
+        return bool(tty), lambda conn: self.start(e.id, tty=tty, conn=conn)
 
     def start(self, ref, detach=False, tty=None, conn=None):
         """Run the exec; with `conn` (a hijacked connection) pump stdio over it until it ends."""

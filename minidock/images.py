@@ -34,7 +34,7 @@ import secrets
 import shutil
 import threading
 
-from minidock import errors, layers as layers_mod, reference, store, times
+from minidock import errors, filters as filter_words, layers as layers_mod, reference, store, times
 from minidock.imagecreate import full_config
 
 ID_PREFIX_RE = re.compile(r"^(?:sha256:)?([a-f0-9]{1,64})$")
@@ -161,6 +161,10 @@ class ImageStore:
     def children(self, image_id):
         return [i for i, m in self.meta.items() if m.get("parent") == image_id]
 
+    def chains(self, image_id):
+        """The chain IDs of an image's layers, bottom first."""
+        return layers_mod.chain_ids(self.configs[image_id].get("rootfs", {}).get("diff_ids") or [])
+
     def size(self, image_id):
         diff_ids = self.configs[image_id].get("rootfs", {}).get("diff_ids") or []
         total = 0
@@ -201,7 +205,7 @@ class ImageStore:
                     want = filters["dangling"][0].lower() in ("true", "1")
                     if dangling != want:
                         continue
-                if "label" in filters and not all_labels_match(labels, filters["label"]):
+                if not filter_words.labels_match(labels, filters):
                     continue
                 patterns = list(filters.get("reference") or []) + ([name_filter] if name_filter else [])
                 if patterns and not any(_ref_matches(t, p) for t in tags for p in patterns):
@@ -355,10 +359,10 @@ class ImageStore:
         choice. Children go before their parents. Returns (records as delete() gives them, bytes
         of layers freed) and announces a `prune` event carrying `reclaimed`."""
         filters = filters or {}
-        only_dangling = (filters.get("dangling") or ["true"])[0].lower() not in ("false", "0")
-        until = times.parse_filter_time(filters["until"][0]) if filters.get("until") else None
+        only_dangling = filter_words.truthy(filters, "dangling", True)
+        until = filter_words.until_ns(filters)
         records = []
-        with self._lock:
+        with self.lock:
             before = self._layers_size()
             by_age = sorted(self.configs, key=lambda i: times.rfc3339_seconds(self.configs[i].get("created")),
                             reverse=True)
@@ -369,7 +373,7 @@ class ImageStore:
                 if only_dangling and (self.tags_of(image_id) or self.digests_of(image_id)):
                     continue
                 labels = (config.get("config") or {}).get("Labels") or {}
-                if not labels_filter_match(labels, filters):
+                if not filter_words.labels_match(labels, filters):
                     continue
                 if until is not None and times.rfc3339_ns(config.get("created") or "1970-01-01T00:00:00Z") > until:
                     continue
@@ -515,21 +519,6 @@ class ImageStore:
 def _repo_of(key):
     """The repository part of an index key: "repo:tag" or "repo@sha256:..." -> "repo"."""
     return key.split("@", 1)[0] if "@" in key else key.rsplit(":", 1)[0]
-
-
-def labels_filter_match(labels, filters):
-    """The prune filters `label=k[=v]` (all must match) and `label!=k[=v]` (none may)."""
-    if "label" in filters and not all_labels_match(labels, filters["label"]):
-        return False
-    return not any(all_labels_match(labels, [item]) for item in filters.get("label!") or [])
-
-
-def all_labels_match(labels, wanted):
-    for item in wanted:
-        k, eq, v = item.partition("=")
-        if k not in labels or (eq and labels[k] != v):
-            return False
-    return True
 
 
 def _ref_matches(tag, pattern):

@@ -10,7 +10,7 @@ pretending. A network's ID is stable: sha256 of its name.
 
 import hashlib
 
-from minidock import errors
+from minidock import errors, filters as filters_mod
 from minidock.times import ZERO_TIME
 
 PREDEFINED = {"host": "host", "none": "null"}          # name -> driver
@@ -22,8 +22,9 @@ def network_id(name):
 
 
 class Networks:
-    def __init__(self, containers):
+    def __init__(self, containers, events):
         self.containers = containers
+        self.events = events
 
     def _describe(self, name):
         members = {}
@@ -52,6 +53,9 @@ class Networks:
                 nets = [n for n in nets if "builtin" in values]
             elif key == "label":
                 nets = []                  # the predefined networks have no labels
+            elif key == "dangling":        # API 1.40: no container attached (true) or some (false)
+                want = filters_mod.truthy(filters, "dangling", True)
+                nets = [n for n in nets if (not n["Containers"]) == want]
         return nets
 
     def inspect(self, ref):
@@ -68,6 +72,14 @@ class Networks:
         raise errors.NotImplementedKind(
             "minidock runs rootless without a user-space network stack: only the predefined 'host' "
             "and 'none' networks exist, and user-defined networks cannot be created")
+
+    def prune(self, filters=None):
+        """POST /networks/prune: the predefined networks are never pruned, and there are no
+        others; the filters are still checked, and the `prune` event still announced."""
+        filters_mod.check_keys(filters or {}, ("until", "label", "label!"))
+        filters_mod.until_ns(filters or {})
+        self.events.emit("network", "prune", "", {"reclaimed": "0"})
+        return []
 
     def remove(self, ref):
         net = self.inspect(ref)

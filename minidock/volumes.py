@@ -25,7 +25,7 @@ import re
 import shutil
 import threading
 
-from minidock import errors, store
+from minidock import errors, filters as filters_mod, store
 from minidock.times import now_rfc3339
 
 VOLUME_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
@@ -72,6 +72,10 @@ class Volumes:
                 "Labels": record.get("Labels") or None, "Scope": "local",
                 "Options": record.get("Options") or None, "CreatedAt": record["CreatedAt"]}
 
+    def usage(self, name):
+        """`UsageData` of `docker system df -v`: bytes in the volume, containers using it."""
+        return {"Size": _du(self.path(name)), "RefCount": len(self.users(name))}
+
     def path(self, name):
         return os.path.join(self.root, name, "_data")
 
@@ -109,9 +113,7 @@ class Volumes:
                 want = filters["dangling"][-1] in ("1", "true", "True")
                 if (not self.users(name)) != want:
                     continue
-            labels = v["Labels"] or {}
-            if any(k.partition("=")[0] not in labels or ("=" in k and labels[k.partition("=")[0]] != k.partition("=")[2])
-                   for k in filters.get("label", [])):
+            if not filters_mod.labels_match(v["Labels"], {"label": filters.get("label")}):
                 continue
             result.append(v)
         return result
@@ -128,13 +130,23 @@ class Volumes:
             self.collection.delete(name)
         self.events.emit("volume", "destroy", name, {"driver": "local"})
 
-    def prune(self):
+    def prune(self, filters=None):
+        """POST /volumes/prune: remove unused volumes (only anonymous ones unless `all=true`,
+        API 1.42) that pass the `label`/`label!` filters. -> (names, bytes freed); announces a
+        `prune` event carrying `reclaimed`."""
+        filters = filters or {}
+        filters_mod.check_keys(filters, ("all", "label", "label!"))
+        every = filters_mod.truthy(filters, "all", False)
         deleted, space = [], 0
         for name in list(self.collection.objects):
-            if not self.users(name):
-                space += _du(os.path.join(self.root, name))
-                self.remove(name)
-                deleted.append(name)
+            record = self.collection.objects[name]
+            if self.users(name) or not (every or record.get("Anonymous")) \
+                    or not filters_mod.labels_match(record.get("Labels"), filters):
+                continue
+            space += _du(os.path.join(self.root, name))
+            self.remove(name)
+            deleted.append(name)
+        self.events.emit("volume", "prune", "", {"reclaimed": str(space)})
         return deleted, space
 
     # -- container mounts ------------------------------------------------------------------------

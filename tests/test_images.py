@@ -311,10 +311,10 @@ def test_the_store_announces_its_changes(tmp_path):
 def test_prune_dangling_then_unused_with_filters(tmp_path):
     log = events.Events()
     store = images.ImageStore(str(tmp_path / "img"), layers.LayerStore(str(tmp_path / "lay"), driver=layers.VFS), log)
-    keep = store.import_image(io.BytesIO(tar_bytes([("k", "file", "keep")])), repo="keep", changes=["LABEL keep=yes"])
-    used = store.import_image(io.BytesIO(tar_bytes([("u", "file", "used by a container")])), repo="used")
-    loose = store.import_image(io.BytesIO(tar_bytes([("l", "file", "x" * 5000)])))       # no tag: dangling
-    tagged = store.import_image(io.BytesIO(tar_bytes([("t", "file", "y" * 3000)])), repo="tagged")
+    keep = imagecreate.import_image(store, io.BytesIO(tar_bytes([("k", "file", "keep")])), repo="keep", changes=["LABEL keep=yes"])
+    used = imagecreate.import_image(store, io.BytesIO(tar_bytes([("u", "file", "used by a container")])), repo="used")
+    loose = imagecreate.import_image(store, io.BytesIO(tar_bytes([("l", "file", "x" * 5000)])))       # no tag: dangling
+    tagged = imagecreate.import_image(store, io.BytesIO(tar_bytes([("t", "file", "y" * 3000)])), repo="tagged")
     users = lambda image_id: [("c" * 64, False)] if image_id == used else []   # noqa: E731
     records, reclaimed = store.prune({}, users=users)
     assert records == [{"Deleted": loose}, {"Deleted": records[1]["Deleted"]}] and reclaimed >= 5000

@@ -79,7 +79,7 @@ def test_events_lose_private_keys_and_gain_the_old_form():
 
 
 def test_reply_forms():
-    assert versions.reply("image_tag", V("1.24"), status=201) == {"status": 201, "stream": False}
+    assert versions.reply("image_tag", V("1.24"), status=201, stream=False) == {"status": 201, "stream": False}
     assert versions.reply("image_tag", V("1.11"), status=201)["status"] == 200
     assert versions.reply("image_import", V("1.12"), stream=True)["stream"] is True
     assert versions.reply("image_import", V("1.11"), stream=True)["stream"] is False

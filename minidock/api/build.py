@@ -11,8 +11,9 @@ exits non-zero. A client that hangs up cancels the build (a running RUN containe
 
 import shutil
 
-from minidock import builder, errors, reference, registry
+from minidock import builder, errors, filters, http, reference, registry
 from minidock.api import streaming
+from minidock.api.versions import route
 
 
 def _json_param(req, name):
@@ -89,6 +90,15 @@ def post_build(req):
     return streaming.progress_response(req, run, name="build")
 
 
+def post_build_prune(req):
+    """The classic builder keeps no cache apart from images (its steps are images, which
+    `docker image prune` removes): there is nothing else to free. The filters are checked."""
+    filters.check_keys(req.filters(), ("until", "id", "parent", "type", "description", "inuse", "shared",
+                                       "private"))
+    return http.Response.json({"CachesDeleted": None, "SpaceReclaimed": 0})
+
+
 ROUTES = [
     ("POST", "/build", post_build),
+    route("POST", "/build/prune", post_build_prune, since="1.31"),
 ]

@@ -2,10 +2,11 @@
 The backend is minidock/networks.py."""
 
 from minidock import http
+from minidock.api.versions import route
 
 
 def get_networks(req):
-    return http.Response.json(req.daemon.networks.list(req.filters()))
+    return req.render("network_list", req.daemon.networks.list(req.filters()))
 
 
 def get_networks_inspect(req):
@@ -22,6 +23,11 @@ def delete_networks(req):
     return http.Response.empty(204)
 
 
+def post_networks_prune(req):
+    deleted = req.daemon.networks.prune(req.filters())
+    return http.Response.json({"NetworksDeleted": deleted or None})
+
+
 def post_networks_connect(req):
     req.daemon.networks.connect(req.params["id"])
     return http.Response.empty(200)
@@ -30,6 +36,7 @@ def post_networks_connect(req):
 ROUTES = [
     ("GET", "/networks", get_networks),
     ("POST", "/networks/create", post_networks_create),
+    route("POST", "/networks/prune", post_networks_prune, since="1.25"),
     ("GET", "/networks/{id}", get_networks_inspect),
     ("DELETE", "/networks/{id}", delete_networks),
     ("POST", "/networks/{id}/connect", post_networks_connect),

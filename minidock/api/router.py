@@ -110,7 +110,7 @@ class ApiRequest:
 
         `model` may be a function that produces it later (a wait): a streamed reply sends its
         headers at once and the body when the function returns; otherwise it is called now."""
-        form = versions.reply(kind, self.version, status, stream)
+        form = versions.reply(kind, self.version, status=status, stream=stream)
         if model is None:
             return http.Response.empty(form["status"])
         version = self.version
@@ -121,6 +121,15 @@ class ApiRequest:
             return http.StreamResponse((json.dumps(body()).encode() + b"\r\n" for _ in (1,)), status=form["status"],
                                        **response_kwargs)
         return http.Response.json(body(), status=form["status"], **response_kwargs)
+
+    def form(self, kind, **newest):
+        """How a `kind` reply looks at this request's version, `newest` being today's form."""
+        return versions.reply(kind, self.version, **newest)
+
+    def stdio_type(self, tty):
+        """The Content-Type of an attach, exec or logs stream: raw bytes with a TTY, else frames."""
+        return self.form("stdio_stream", content_type=versions.RAW_STREAM if tty
+                         else versions.MULTIPLEXED_STREAM)["content_type"]
 
     def shaper(self, kind):
         """A function shaping one `kind` model after another for this version (streams of events)."""

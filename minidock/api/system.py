@@ -4,6 +4,7 @@ import json
 import time
 
 from minidock import errors, http
+from minidock.api.versions import route
 from minidock.events import FILTER_KEYS
 from minidock.times import parse_timestamp
 
@@ -23,6 +24,17 @@ def get_version(req):
 
 def get_info(req):
     return req.render("info", req.daemon.info())
+
+
+DF_TYPES = ("container", "image", "volume", "build-cache")
+
+
+def get_system_df(req):
+    types = req.qlist("type") or DF_TYPES
+    unknown = [t for t in types if t not in DF_TYPES]
+    if unknown:
+        raise errors.InvalidParameter(f"unknown object type: {unknown[0]}")
+    return req.render("system_df", req.daemon.disk_usage(types))
 
 
 def get_events(req):
@@ -70,5 +82,6 @@ ROUTES = [
     ("GET", "/version", get_version),
     ("GET", "/info", get_info),
     ("GET", "/events", get_events),
+    route("GET", "/system/df", get_system_df, since="1.25"),
     ("POST", "/auth", post_auth),
 ]

@@ -137,9 +137,10 @@ def render(kind, model, version):
     return shape
 
 
-def reply(kind, version, status=200, stream=False):
-    """The status and form of a `kind` reply at `version`: {"status": ..., "stream": ...}."""
-    found = {"status": status, "stream": stream}
+def reply(kind, version, **form):
+    """The form of a `kind` reply at `version` (status, stream, content_type, ...): `form` is
+    the newest version's, changed by every REPLY_STEPS entry above `version`."""
+    found = dict(form)
     for at, changes in REPLY_STEPS.get(kind, ()):
         if version >= at:
             break
@@ -314,6 +315,15 @@ def _search_before_1_4(row, model):
     return {"Name": row.get("name", ""), "Description": row.get("description", "")}
 
 
+# Attach, exec start and logs: since v1.42 the Content-Type says whether the stream carries the
+# 8-byte stdout/stderr frames (multiplexed, no TTY) or the raw bytes of a TTY; before, always raw.
+RAW_STREAM = "application/vnd.docker.raw-stream"
+MULTIPLEXED_STREAM = "application/vnd.docker.multiplexed-stream"
+reply_before("stdio_stream", "1.42", content_type=RAW_STREAM)
+
+# GET /containers/{id}/attach/ws: output in binary frames since v1.28, text frames before.
+reply_before("attach_ws", "1.28", binary=False)
+
 # POST /images/{name}/tag: 200 until v1.11, 201 Created since.
 reply_before("image_tag", "1.12", status=200)
 # POST /images/create?fromSrc: one JSON object until v1.11, a JSON-lines stream since.
@@ -335,6 +345,43 @@ def _push_before_1_5(args, req):
         if isinstance(body, dict):
             args["auth"] = registry.AuthConfig.from_dict(body)
     return args
+
+
+# GET /system/df: its images are image summaries, shaped as the list is for each version.
+
+@newest("system_df")
+def _df_newest(model):
+    df = dict(model)
+    if "Images" in df:
+        df["Images"] = render("image_list", model["Images"], MAX)
+    return df
+
+
+def _df_images_as(at):
+    def shape_images(df, model):
+        if "Images" in df:
+            df["Images"] = render("image_list", model["Images"], parse(at))
+        return df
+    shape_images.__doc__ = f"df images as the image list of v{at} shows them"
+    return shape_images
+
+
+step("system_df", "1.44")(_df_images_as("1.43"))      # VirtualSize is back
+step("system_df", "1.43")(_df_images_as("1.42"))      # and so are the <none> placeholders
+
+
+# -- networks ----------------------------------------------------------------------------------------
+
+@newest("network_list")
+def _network_list_newest(rows):
+    """Since v1.28 the network list leaves out `Containers` (inspect one network for those)."""
+    return [{k: v for k, v in row.items() if k != "Containers"} for row in rows]
+
+
+@step("network_list", "1.28", items=True)
+def _network_row_before_1_28(row, model):
+    row["Containers"] = model["Containers"]
+    return row
 
 
 # -- containers --------------------------------------------------------------------------------------
@@ -384,6 +431,27 @@ reply_before("container_wait", "1.30", stream=False)
 def _wait_before_1_30(args, req):
     args["condition"] = "not-running"
     return args
+
+
+@request_step("container_stop", "1.42")
+def _stop_before_1_42(args, req):
+    """`signal` on stop and restart came with v1.42 (`docker stop -s`)."""
+    args["signal"] = None
+    return args
+
+
+@request_step("container_logs", "1.35")
+def _logs_before_1_35(args, req):
+    """`until` on logs came with v1.35 (`docker logs --until`)."""
+    args["until"] = None
+    return args
+
+
+@request_step("volume_prune", "1.42")
+def _volume_prune_before_1_42(filters, req):
+    """Before v1.42 a volume prune took every unused volume, named ones too (`all` is implied)."""
+    filters["all"] = ["true"]
+    return filters
 
 
 @request_step("container_attach", "1.4")

@@ -85,10 +85,12 @@ class DetachScanner:
 class Options:
     """What a client asked to attach to (the query parameters of both attach routes)."""
 
-    def __init__(self, stdin=False, stdout=False, stderr=False, logs=False, stream=False, detach_keys=None):
+    def __init__(self, stdin=False, stdout=False, stderr=False, logs=False, stream=False, detach_keys=None,
+                 binary=True):
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
         self.logs, self.stream = logs, stream
         self.detach_keys = detach_keys        # Docker's syntax ("ctrl-p,ctrl-q"); None: the default
+        self.binary = binary                  # WebSocket output in binary frames (API 1.28+), else text
 
     @property
     def streams(self):
@@ -172,9 +174,12 @@ def http_session(c, conn, q, opts, logs, on_detach):
 
 
 def ws_session(c, conn, q, opts, logs, on_detach):
-    """The WebSocket attach session (after the 101 went out)."""
+    """The WebSocket attach session (after the 101 went out). Output goes out as the raw bytes
+    of each read, one data frame each: binary frames, or text frames for clients before API 1.28
+    (which is what Docker sent then, UTF-8 or not)."""
     wanted = opts.streams
     tty = c.config.get("Tty")
+    output = websocket.BINARY if opts.binary else websocket.TEXT
     send_lock = threading.Lock()
     closed = threading.Event()           # a close frame went out: send nothing more
 
@@ -195,7 +200,7 @@ def ws_session(c, conn, q, opts, logs, on_detach):
     if opts.logs:
         for stream, data, _ in logs:
             if stream in wanted:
-                send(websocket.TEXT, data)
+                send(output, data)
     if not opts.stream:
         close()
         return
@@ -255,7 +260,7 @@ def ws_session(c, conn, q, opts, logs, on_detach):
         stream, data = item
         if stream in wanted:
             try:
-                send(websocket.TEXT, data)
+                send(output, data)
             except OSError:
                 break
     close()

@@ -180,7 +180,9 @@ class Supervisor:
         if c.status == PAUSED and number == signal.SIGKILL:
             self.thaw(c)
 
-    def stop(self, c, timeout=None):
+    def stop(self, c, timeout=None, sig=None):
+        """Send the stop signal (`sig`, else the container's StopSignal, else SIGTERM), wait
+        `timeout` seconds (else its StopTimeout, else 10), then SIGKILL."""
         with c.lock:
             if c.status == RESTARTING:
                 self.cancel_restart(c, manually=True)
@@ -194,7 +196,7 @@ class Supervisor:
             pid = c.pid
         if timeout is None:
             timeout = c.config.get("StopTimeout") or config.DEFAULT_STOP_TIMEOUT
-        stop_signal = config.parse_signal(c.config.get("StopSignal") or "SIGTERM")
+        stop_signal = config.parse_signal(sig or c.config.get("StopSignal") or "SIGTERM")
         if c.status == PAUSED:
             self.thaw(c)
         self._signal(c, pid, stop_signal)
