@@ -211,7 +211,18 @@ class Containers:
                 raise errors.Conflict(f"container {c.id[:12]} is marked for removal and cannot be started")
             if host_config:          # old API versions pass the HostConfig to start
                 c.record["HostConfig"] = config.normalise_host_config(dict(c.host_config, **host_config))
-            self.supervisor.start_by_hand(c)
+            try:
+                self.supervisor.start_by_hand(c)
+                failure = None
+            except errors.MinidockError as exc:
+                if not c.host_config.get("AutoRemove"):
+                    raise
+                failure = exc
+        if failure is not None:
+            # As Docker: an AutoRemove container whose start failed goes at once (`docker run
+            # --rm` waits for its removal), and the start still answers the failure.
+            self.remove(c.id, volumes=True)
+            raise failure
         self.emit(c, "start")
 
     def kill(self, ref, sig=None):
