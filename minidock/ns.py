@@ -709,9 +709,21 @@ def readonly_paths(rootfs, paths):
         remount_readonly(target)
 
 
+TMPFS_FLAGS = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC,
+               "noatime": MS_NOATIME, "nodiratime": MS_NODIRATIME}
+
+
 @_Step("bind mounts")
 def bind_mounts(rootfs, mounts):
     for m in mounts:
+        if m.get("type") == "tmpfs":    # --mount type=tmpfs: a fresh tmpfs, no source
+            target = in_root(rootfs, m["target"])
+            os.makedirs(target, exist_ok=True)
+            flags = MS_NOSUID | MS_NODEV
+            for word in m.get("flags") or []:
+                flags |= TMPFS_FLAGS[word]
+            mount("tmpfs", target, "tmpfs", flags, m.get("data") or None)
+            continue
         source, target = m["source"], in_root(rootfs, m["target"])
         if not os.path.lexists(target):  # create the mount point, shaped like the source
             if os.path.isdir(source):
