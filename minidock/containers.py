@@ -25,7 +25,7 @@ import os
 import shutil
 import threading
 
-from minidock import cgroup, errors, filters as filters_mod, imagecreate, ns, proctable, store
+from minidock import cgroup, errors, filters as filters_mod, imagecreate, ns, platforms, proctable, store
 from minidock.container import attach, config, describe, logs, restart
 from minidock.container.lifecycle import (ACTIVE, ALIVE, CREATED, DEAD, EXITED, PAUSED, REMOVING,
                                           RESTARTING, RUNNING, Container)
@@ -130,8 +130,10 @@ class Containers:
         self.save(c)
 
     # -- create ----------------------------------------------------------------------------------
-    def create(self, body, name=None):
-        """POST /containers/create. Returns (id, warnings)."""
+    def create(self, body, name=None, platform=None):
+        """POST /containers/create. Returns (id, warnings). `platform` ("linux/amd64", API
+        1.41) must be the image's: the daemon does not pull for create, so another one is a 404
+        (the CLI then pulls that platform, which the registry decides)."""
         if not isinstance(body, dict):
             raise errors.InvalidParameter("container config must be a JSON object")
         host_config = body.get("HostConfig") or {}
@@ -143,6 +145,12 @@ class Containers:
         if name:
             name = config.check_name(name)
         image_id = self.images.resolve(image_ref)                  # NotFound makes the CLI pull
+        if platform:
+            wanted, have = platforms.parse(platform), self.images.platform(image_id)
+            if not platforms.matches(wanted, have):
+                raise errors.NotFound(
+                    f"image with reference {image_ref} was found but does not match the specified platform: "
+                    f"wanted {platforms.format(wanted)}, actual: {platforms.format(have)}")
         image_cfg = self.images.config(image_id).get("config") or {}
         cfg = config.merge_config(body, image_cfg, image_ref)
         host_config = config.normalise_host_config(host_config)

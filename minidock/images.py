@@ -161,6 +161,14 @@ class ImageStore:
     def children(self, image_id):
         return [i for i, m in self.meta.items() if m.get("parent") == image_id]
 
+    def platform(self, image_id):
+        """{"os", "architecture"[, "variant"]} of an image, from its config."""
+        c = self.configs[image_id]
+        found = {"os": c.get("os") or "linux", "architecture": c.get("architecture") or ""}
+        if c.get("variant"):
+            found["variant"] = c["variant"]
+        return found
+
     def chains(self, image_id):
         """The chain IDs of an image's layers, bottom first."""
         return layers_mod.chain_ids(self.configs[image_id].get("rootfs", {}).get("diff_ids") or [])

@@ -433,6 +433,13 @@ def _wait_before_1_30(args, req):
     return args
 
 
+@request_step("container_create", "1.41")
+def _create_before_1_41(args, req):
+    """`platform` on create came with v1.41 (`docker run --platform`)."""
+    args["platform"] = None
+    return args
+
+
 @request_step("container_stop", "1.42")
 def _stop_before_1_42(args, req):
     """`signal` on stop and restart came with v1.42 (`docker stop -s`)."""
