@@ -1,0 +1,103 @@
+"""The same objects requested at /v1.24, /v1.25, /v1.41, /v1.44 and /v1.47 of a real daemon: each
+version has the fields, routes and behaviours its documentation gives it (api/versions.py)."""
+
+import pytest
+
+from minidock.client import APIError
+
+pytestmark = pytest.mark.e2e
+
+VERSIONS = ["1.24", "1.25", "1.41", "1.44", "1.47"]
+
+
+@pytest.fixture(scope="module")
+def untagged(rootless):
+    """An image with no name, to see the <none> placeholders come and go."""
+    d = rootless
+    d.docker("run", "--name", "vshape", "busybox", "sh", "-c", "echo x > /x")
+    image_id = d.docker("commit", "vshape").stdout.decode().strip()
+    d.docker("rm", "vshape")
+    return image_id
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_image_inspect_per_version(rootless, version):
+    doc = rootless.client(version).get("/images/busybox/json")
+    assert ("ContainerConfig" in doc and "Container" in doc) == (version <= "1.44")     # gone at 1.45
+    assert ("VirtualSize" in doc) == (version <= "1.43")                                # gone at 1.44
+    assert doc["Size"] > 0 and doc["RootFS"]["Type"] == "layers"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_image_list_per_version(rootless, untagged, version):
+    rows = {r["Id"]: r for r in rootless.client(version).get("/images/json")}
+    row = rows[untagged]
+    if version <= "1.42":
+        assert (row["RepoTags"], row["RepoDigests"]) == (["<none>:<none>"], ["<none>@<none>"])
+    else:
+        assert (row["RepoTags"], row["RepoDigests"]) == ([], [])
+    assert ("VirtualSize" in row) == (version <= "1.43")
+    assert ("SharedSize" in row and "Containers" in row) == (version >= "1.25")
+
+
+@pytest.mark.parametrize("version,present", [("1.27", True), ("1.28", False), ("1.47", False)])
+def test_network_list_containers_until_1_27(rootless, version, present):
+    rows = rootless.client(version).get("/networks")
+    assert all(("Containers" in row) == present for row in rows) and rows
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_routes_of_1_25_do_not_exist_at_1_24(rootless, version):
+    c = rootless.client(version)
+    for method, path in (("GET", "/system/df"), ("POST", "/containers/prune"), ("POST", "/images/prune"),
+                         ("POST", "/volumes/prune"), ("POST", "/networks/prune")):
+        if version == "1.24":
+            with pytest.raises(APIError) as info:
+                c.call(method, path, params={"filters": '{"label": ["no-such-label-anywhere"]}'})
+            assert info.value.status == 404
+        else:
+            status, _, body = c.call(method, path, params=None if method == "GET" else
+                                     {"filters": '{"label": ["no-such-label-anywhere"]}'})
+            assert status == 200 and isinstance(body, dict)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_info_per_version(rootless, version):
+    info = rootless.client(version).get("/info")
+    if version == "1.24":
+        assert "ExecutionDriver" in info and "rootless" in info["SecurityOptions"]
+    else:
+        assert "ExecutionDriver" not in info and "name=rootless" in info["SecurityOptions"]
+
+
+def test_version_says_1_47_at_every_version(rootless):
+    for version in VERSIONS:
+        assert rootless.client(version).get("/version")["ApiVersion"] == "1.47"
+
+
+@pytest.mark.parametrize("version,named_survives", [("1.41", False), ("1.44", True), ("1.47", True)])
+def test_volume_prune_takes_named_volumes_only_before_1_42(rootless, version, named_survives):
+    c = rootless.client(version)
+    c.post("/volumes/create", body={"Name": f"named-{version}"})
+    result = c.post("/volumes/prune")
+    names = [v["Name"] for v in c.get("/volumes")["Volumes"]]
+    assert (f"named-{version}" in names) == named_survives
+    assert (f"named-{version}" in (result["VolumesDeleted"] or [])) != named_survives
+    assert isinstance(result["SpaceReclaimed"], int)
+    c.delete(f"/volumes/named-{version}", params={"force": 1})
+
+
+@pytest.mark.parametrize("version,signal_used", [("1.41", False), ("1.42", True), ("1.47", True)])
+def test_stop_signal_from_1_42(rootless, version, signal_used):
+    d = rootless
+    name = f"sig-{version}"
+    d.docker("run", "-d", "--name", name, "busybox", "sh", "-c",
+             "trap 'exit 9' USR1; trap 'exit 4' TERM; while true; do sleep 0.1; done")
+    c = d.client(version)
+    for _ in range(100):
+        if b"sh" in d.docker("top", name).stdout:
+            break
+    c.post(f"/containers/{name}/stop", params={"signal": "USR1", "t": 5})
+    code = c.get(f"/containers/{name}/json")["State"]["ExitCode"]
+    assert code == (9 if signal_used else 4)
+    d.docker("rm", name)
