@@ -217,3 +217,14 @@ def test_wait_next_exit_and_removed_through_the_api(rootless):
     assert got == {"next-exit": {"StatusCode": 3}, "removed": {"StatusCode": 3}}
     gone = d.docker("container", "inspect", cid, check=False)
     assert gone.returncode != 0 and b"No such container" in gone.stderr
+
+
+def test_ps_filters_expose_publish_is_task(rootless):
+    d = rootless
+    d.docker("run", "-d", "--name", "exposer", "--expose", "8080", "busybox", "sleep", "30")
+    names = lambda *f: d.docker("ps", "--format", "{{.Names}}", *f).stdout.decode().split()   # noqa: E731
+    assert "exposer" in names("--filter", "expose=8080") and "exposer" in names("--filter", "expose=8080/tcp")
+    assert "exposer" not in names("--filter", "expose=9090")
+    assert names("--filter", "publish=8080") == []          # nothing is ever published here
+    assert names("--filter", "is-task=true") == [] and "exposer" in names("--filter", "is-task=false")
+    d.docker("rm", "-f", "exposer")

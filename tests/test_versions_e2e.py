@@ -101,3 +101,14 @@ def test_stop_signal_from_1_42(rootless, version, signal_used):
     code = c.get(f"/containers/{name}/json")["State"]["ExitCode"]
     assert code == (9 if signal_used else 4)
     d.docker("rm", name)
+
+
+@pytest.mark.parametrize("version", ["1.24", "1.25", "1.47"])
+def test_exec_inspect_pid_from_1_25(rootless, version):
+    d = rootless
+    name = f"execpid-{version}"
+    d.docker("run", "-d", "--name", name, "busybox", "sleep", "30")
+    c = d.client(version)
+    eid = c.post(f"/containers/{name}/exec", body={"Cmd": ["true"]})["Id"]
+    assert ("Pid" in c.get(f"/exec/{eid}/json")) == (version >= "1.25")
+    d.docker("rm", "-f", name)

@@ -461,6 +461,13 @@ def _volume_prune_before_1_42(filters, req):
     return filters
 
 
+@step("exec", "1.25")
+def _exec_before_1_25(doc, model):
+    """Exec inspect shows the process's `Pid` since v1.25."""
+    doc.pop("Pid", None)
+    return doc
+
+
 @request_step("container_attach", "1.4")
 def _attach_before_1_4(args, req):
     """Before v1.4, attaching to a container that is not running (without logs) was refused."""
