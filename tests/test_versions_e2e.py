@@ -1,6 +1,8 @@
 """The same objects requested at /v1.24, /v1.25, /v1.41, /v1.44 and /v1.47 of a real daemon: each
 version has the fields, routes and behaviours its documentation gives it (api/versions.py)."""
 
+import time
+
 import pytest
 
 from minidock.client import APIError
@@ -112,3 +114,23 @@ def test_exec_inspect_pid_from_1_25(rootless, version):
     eid = c.post(f"/containers/{name}/exec", body={"Cmd": ["true"]})["Id"]
     assert ("Pid" in c.get(f"/exec/{eid}/json")) == (version >= "1.25")
     d.docker("rm", "-f", name)
+
+
+def test_console_size_at_create_and_exec(rootless):
+    """API 1.42: a TTY has its size before the command runs, for a container and for an exec."""
+    d = rootless
+    c = d.client("1.47")
+    cid = c.post("/containers/create", body={"Image": "busybox", "Tty": True, "Cmd": ["sh", "-c", "stty size; sleep 30"],
+                                             "HostConfig": {"ConsoleSize": [31, 101]}})["Id"]
+    c.post(f"/containers/{cid}/start")
+    for _ in range(100):
+        if b"31 101" in d.docker("logs", cid).stdout:
+            break
+        time.sleep(0.05)
+    assert d.docker("logs", cid).stdout.startswith(b"31 101")
+    eid = c.post(f"/containers/{cid}/exec", body={"Cmd": ["stty", "size"], "Tty": True, "AttachStdout": True,
+                                                 "ConsoleSize": [17, 73]})["Id"]
+    status, _, out = c.call("POST", f"/exec/{eid}/start", body={"Tty": True, "ConsoleSize": [17, 73]})
+    assert b"17 73" in out
+    assert "ConsoleSize" not in c.get(f"/exec/{eid}/json")
+    d.docker("rm", "-f", cid)

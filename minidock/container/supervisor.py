@@ -74,6 +74,9 @@ class Supervisor:
             run["cgroup"] = group.path   # the init joins it before anything else runs
         stdio, to_close = c.io.open(c.config["Tty"], c.config["OpenStdin"],   # 5
                                     logs.JsonLog(c.record["LogPath"]), c.id[:12])
+        height, width = (c.host_config.get("ConsoleSize") or [0, 0])[:2]
+        if c.config["Tty"] and height and width:
+            c.io.resize(height, width)   # API 1.42: the terminal has its size before the command runs
         try:
             pid = self.spawner.run(run, *stdio[:3])                               # 6
         except errors.MinidockError as exc:
