@@ -8,10 +8,11 @@ The package is layered; imports only point down:
     backend objects      containers.py (composing container/*), execs.py, volumes.py,
                          networks.py, images.py (with imagearchive.py), registryservice.py,
                          events.py
-    machinery            ns.py, spawner.py, layers.py, cgroup.py, registry/, builder.py (with
-                         dockerfile.py, buildvars.py, dockerignore.py), tarsafe.py
+    machinery            ns.py (with pid1.py), spawner.py, layers.py, cgroup.py, registry/,
+                         builder.py (with buildcopy.py, dockerfile.py, buildvars.py,
+                         dockerignore.py), tarsafe.py
     ground               http.py (bytes in, bytes out), websocket.py, store.py (atomic JSON),
-                         times.py, reference.py, platforms.py, progress.py, errors.py
+                         times.py, reference.py, platforms.py, progress.py, filters.py, errors.py
 """
 
 __version__ = "0.1.0"
