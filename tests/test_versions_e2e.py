@@ -134,3 +134,12 @@ def test_console_size_at_create_and_exec(rootless):
     assert b"17 73" in out
     assert "ConsoleSize" not in c.get(f"/exec/{eid}/json")
     d.docker("rm", "-f", cid)
+
+
+@pytest.mark.parametrize("version,ipc", [("1.24", "shareable"), ("1.39", "shareable"), ("1.40", "private"),
+                                         ("1.47", "private")])
+def test_ipc_mode_default_private_from_1_40(rootless, version, ipc):
+    c = rootless.client(version)
+    cid = c.post("/containers/create", body={"Image": "busybox", "Cmd": ["true"]})["Id"]
+    assert c.get(f"/containers/{cid}/json")["HostConfig"]["IpcMode"] == ipc
+    c.delete(f"/containers/{cid}")

@@ -17,7 +17,8 @@ def post_containers_create(req):
     body = req.json(required=True)
     if not isinstance(body, dict):
         raise errors.InvalidParameter("container config must be a JSON object")
-    args = req.adapt("container_create", {"platform": req.q("platform") or None})
+    args = req.adapt("container_create", {"platform": req.q("platform") or None, "body": body})
+    body = args["body"]
     cid, warnings = _backend(req).create(body, req.q("name"), platform=args["platform"])
     return http.Response.json({"Id": cid, "Warnings": warnings or None}, status=201)
 

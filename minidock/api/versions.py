@@ -433,6 +433,22 @@ def _wait_before_1_30(args, req):
     return args
 
 
+@request_step("container_create", "1.40")
+def _create_before_1_40(args, req):
+    """Before v1.40 a container's IPC namespace was "shareable" unless the client said otherwise
+    (the daemon's default became "private")."""
+    body = dict(args["body"])
+    host_config = body.get("HostConfig") or {}
+    if not isinstance(host_config, dict):
+        return args                      # refused by the backend, as at any version
+    host_config = dict(host_config)
+    if not host_config.get("IpcMode"):
+        host_config["IpcMode"] = "shareable"
+    body["HostConfig"] = host_config
+    args["body"] = body
+    return args
+
+
 @request_step("container_create", "1.41")
 def _create_before_1_41(args, req):
     """`platform` on create came with v1.41 (`docker run --platform`)."""

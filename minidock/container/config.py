@@ -25,6 +25,7 @@ from minidock.ns import DEFAULT_PATH, DEFAULT_SHM_SIZE  # noqa: F401  (what a co
 
 NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 DEFAULT_STOP_TIMEOUT = 10
+IPC_MODES = ("private", "shareable", "none")
 
 SIGNALS = {name[3:]: int(value) for name, value in signal.__dict__.items()
            if name.startswith("SIG") and not name.startswith("SIG_") and isinstance(value, signal.Signals)}
@@ -188,6 +189,13 @@ def normalise_host_config(hc):
     if hc.get("AutoRemove") and name != "no":
         raise errors.InvalidParameter("can't create 'AutoRemove' container with restart policy")
     network_mode(hc)                      # refuses a network that does not exist
+    # Every container gets an IPC namespace of its own (ns.py); API 1.40 made "private" the
+    # default name for that, and older clients are given "shareable" (api/versions.py).
+    ipc = hc.get("IpcMode") or "private"
+    if ipc not in IPC_MODES:
+        raise errors.NotImplementedKind(f"IpcMode {ipc!r} is not supported: every minidock container "
+                                        "has a private IPC namespace ('private', 'shareable' or 'none')")
+    hc["IpcMode"] = ipc
     return hc
 
 
