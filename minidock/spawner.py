@@ -82,6 +82,7 @@ import selectors
 import signal
 import socket
 import threading
+import traceback
 
 from . import errors, ns
 
@@ -110,6 +111,9 @@ class Spawner:
                 mine.close()
                 _Server(theirs, daemon).serve()
             except BaseException:
+                # The daemon only sees the socket close ("the spawner process is gone"): say why
+                # on our stderr, which is the daemon's log.
+                traceback.print_exc()
                 code = 1
             os._exit(code)
         theirs.close()
