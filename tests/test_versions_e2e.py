@@ -143,3 +143,35 @@ def test_ipc_mode_default_private_from_1_40(rootless, version, ipc):
     cid = c.post("/containers/create", body={"Image": "busybox", "Cmd": ["true"]})["Id"]
     assert c.get(f"/containers/{cid}/json")["HostConfig"]["IpcMode"] == ipc
     c.delete(f"/containers/{cid}")
+
+
+def test_annotations_in_lists_and_healthcheck_fields_per_version(rootless):
+    c = rootless.client("1.47")
+    health = {"Test": ["CMD", "true"], "Interval": 10**9, "StartPeriod": 2 * 10**9, "StartInterval": 10**8}
+    cid = c.post("/containers/create", body={"Image": "busybox", "Cmd": ["true"], "Labels": {"annotated": "1"},
+                                             "Healthcheck": health,
+                                             "HostConfig": {"Annotations": {"io.example/a": "b"}}})["Id"]
+    for version, shown in (("1.45", False), ("1.46", True), ("1.47", True)):
+        row = [r for r in rootless.client(version).get("/containers/json", params={"all": 1}) if r["Id"] == cid][0]
+        assert ("Annotations" in row["HostConfig"]) == shown
+    for version, fields in (("1.28", {"Test", "Interval"}), ("1.29", {"Test", "Interval", "StartPeriod"}),
+                            ("1.43", {"Test", "Interval", "StartPeriod"}),
+                            ("1.44", {"Test", "Interval", "StartPeriod", "StartInterval"})):
+        doc = rootless.client(version).get(f"/containers/{cid}/json")
+        assert set(doc["Config"]["Healthcheck"]) == fields
+    c.delete(f"/containers/{cid}")
+
+
+@pytest.mark.parametrize("version,tty,media", [
+    ("1.41", False, "application/vnd.docker.raw-stream"),
+    ("1.42", False, "application/vnd.docker.multiplexed-stream"),
+    ("1.47", True, "application/vnd.docker.raw-stream"),
+])
+def test_stream_content_type_from_1_42(rootless, version, tty, media):
+    d = rootless
+    name = f"media-{version}-{tty}"
+    d.docker("run", *(["-t"] if tty else []), "--name", name, "busybox", "echo", "hi")
+    response = d.client(version).request("GET", f"/containers/{name}/logs", params={"stdout": 1})
+    assert response.getheader("Content-Type") == media
+    response.read()
+    d.docker("rm", name)

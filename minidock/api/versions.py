@@ -386,6 +386,34 @@ def _network_row_before_1_28(row, model):
 
 # -- containers --------------------------------------------------------------------------------------
 
+@step("container_list", "1.46", items=True)
+def _container_row_before_1_46(row, model):
+    """A row's HostConfig shows the container's `Annotations` (given at create since 1.43) from
+    v1.46 on."""
+    if "Annotations" in row.get("HostConfig", {}):
+        row["HostConfig"] = {k: v for k, v in row["HostConfig"].items() if k != "Annotations"}
+    return row
+
+
+@step("container", "1.44")
+def _container_before_1_44(doc, model):
+    """`HealthConfig.StartInterval` came with v1.44, `StartPeriod` with v1.29: older clients see a
+    healthcheck without them."""
+    return _without_health_fields(doc, ("StartInterval",))
+
+
+@step("container", "1.29")
+def _container_before_1_29(doc, model):
+    return _without_health_fields(doc, ("StartPeriod",))
+
+
+def _without_health_fields(doc, fields):
+    health = (doc.get("Config") or {}).get("Healthcheck")
+    if isinstance(health, dict) and any(f in health for f in fields):
+        doc["Config"] = dict(doc["Config"], Healthcheck={k: v for k, v in health.items() if k not in fields})
+    return doc
+
+
 fields_before("container_list", "1.17", ["Id", "Names", "Image", "Command", "Created", "Status", "Ports", "SizeRw",
                                          "SizeRootFs"], items=True)
 

@@ -51,7 +51,8 @@ def summary(c, sizes=None):
         "Labels": cfg.get("Labels") or {},
         "State": c.status,
         "Status": status_text(c),
-        "HostConfig": {"NetworkMode": c.host_config.get("NetworkMode", "default")},
+        "HostConfig": {"NetworkMode": c.host_config.get("NetworkMode", "default"),
+                       **({"Annotations": c.host_config["Annotations"]} if c.host_config.get("Annotations") else {})},
         "NetworkSettings": {"Networks": {}},
         "Mounts": [mount_point(m) for m in c.record.get("Mounts") or []],
     }
