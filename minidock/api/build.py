@@ -41,6 +41,14 @@ def _options(req):
         else:
             host_config[key] = req.qint(param)
     host_config = {k: v for k, v in host_config.items() if v not in (0, "")}
+    # The RUN containers' network (`networkmode`, API 1.25) and extra /etc/hosts lines
+    # (`extrahosts`, "name:ip,...", API 1.28), as `docker build --network/--add-host` send them.
+    network = req.q("networkmode") or ""
+    if network and network != "default":
+        host_config["NetworkMode"] = network
+    extra = [h for h in (req.q("extrahosts") or "").split(",") if h]
+    if extra:
+        host_config["ExtraHosts"] = extra
     try:
         configs = registry.decode_registry_config(req.head.header("x-registry-config"))
     except errors.InvalidParameter:
