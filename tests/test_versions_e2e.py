@@ -1,10 +1,12 @@
 """The same objects requested at /v1.24, /v1.25, /v1.41, /v1.44 and /v1.47 of a real daemon: each
 version has the fields, routes and behaviours its documentation gives it (api/versions.py)."""
 
+import json
 import time
 
 import pytest
 
+from minidock import platforms
 from minidock.client import APIError
 
 pytestmark = pytest.mark.e2e
@@ -175,3 +177,53 @@ def test_stream_content_type_from_1_42(rootless, version, tty, media):
     assert response.getheader("Content-Type") == media
     response.read()
     d.docker("rm", name)
+
+
+def test_logs_until_from_1_35(rootless):
+    d = rootless
+    d.docker("run", "--name", "untilv", "busybox", "sh", "-c", "echo one; sleep 1.2; echo two")
+    first = d.docker("logs", "-t", "untilv").stdout.decode().splitlines()[0].split()[0]
+    from minidock import times
+    until = f"{times.rfc3339_ns(first) / times.NS + 0.5:.3f}"
+    for version, want in (("1.34", b"one\ntwo\n"), ("1.35", b"one\n")):
+        raw = d.client(version).call("GET", "/containers/untilv/logs",
+                                     params={"stdout": 1, "until": until})[2]
+        frames, body = [], raw
+        while body:
+            size = int.from_bytes(body[4:8], "big")
+            frames.append(body[8:8 + size])
+            body = body[8 + size:]
+        assert b"".join(frames) == want
+    d.docker("rm", "untilv")
+
+
+def test_wait_condition_from_1_30(rootless):
+    """Before 1.30 `condition` did not exist: a stopped container's wait answers at once, even
+    when asked for the next exit; from 1.30 next-exit waits for one."""
+    d = rootless
+    d.docker("run", "--name", "waitv", "busybox", "sh", "-c", "exit 6", check=False)
+    assert d.client("1.29").post("/containers/waitv/wait", params={"condition": "next-exit"}) == {"StatusCode": 6}
+    response = d.client("1.30").request("POST", "/containers/waitv/wait", params={"condition": "next-exit"})
+    assert response.status == 200                   # the headers came at once, the body waits
+    d.docker("start", "waitv", check=False)
+    assert json.loads(response.read()) == {"StatusCode": 6}
+    d.docker("rm", "waitv")
+
+
+def test_create_platform_from_1_41(rootless):
+    other = {"os": "linux", "architecture": "s390x" if platforms.goarch() != "s390x" else "amd64"}
+    body = {"Image": "busybox", "Cmd": ["true"]}
+    c40 = rootless.client("1.40")
+    cid = c40.post("/containers/create", params={"platform": platforms.format(other)}, body=body)["Id"]
+    c40.delete(f"/containers/{cid}")
+    with pytest.raises(APIError) as info:
+        rootless.client("1.41").post("/containers/create", params={"platform": platforms.format(other)}, body=body)
+    assert info.value.status == 404 and "does not match the specified platform" in str(info.value)
+
+
+@pytest.mark.parametrize("version", ["1.25", "1.43", "1.44", "1.47"])
+def test_system_df_images_per_version(rootless, version):
+    df = rootless.client(version).get("/system/df")
+    assert set(df) >= {"LayersSize", "Images", "Containers", "Volumes", "BuildCache"}
+    assert df["Images"] and all(("VirtualSize" in row) == (version <= "1.43") for row in df["Images"])
+    assert all(isinstance(row["Containers"], int) and row["SharedSize"] >= 0 for row in df["Images"])
