@@ -17,8 +17,9 @@ container, an event), and `render(kind, model, version)` shapes it for the clien
        request older than N. So the v1.12 form of an image is: newest -> step 1.23 -> step 1.12.
 
    A step receives the shape so far and the model, so a version may *remove* a field and an older
-   one still show it (the model keeps it; the older step puts it back). Steps that only narrow a
-   shape to the fields an older version had are written as data with `fields_before()`. Kinds whose
+   one still show it: the model keeps it, the newest shape drops it, and the older step puts it
+   back (`removed_at()` says that as data: image inspect's `Container` at 1.45). Steps that only
+   narrow a shape to the fields an older version had are data too, `fields_before()`. Kinds whose
    model is a list have steps over the whole list, or per item (`items=True`).
 
    Some replies differ in more than their body: a status code (tag answered 200 before v1.12 and
@@ -84,6 +85,7 @@ def exists(span, version):
 # -- response shapes ---------------------------------------------------------------------------------
 
 NEWEST = {}          # kind -> fn(model) -> the newest shape
+REMOVED = {}         # kind -> (per item?, fields a later version stopped showing)
 STEPS = {}           # kind -> [(version N, items?, fn(shape, model) -> shape before N)], newest first
 REPLY_STEPS = {}     # kind -> [(version N, {"status": ..., "stream": ...})], newest first
 
@@ -109,6 +111,19 @@ def newest(kind):
     return register
 
 
+def removed_at(kind, at, fields, items=False):
+    """From version `at` on, `kind` no longer shows `fields`; older versions show the model's."""
+    REMOVED.setdefault(kind, []).append((items, tuple(fields)))
+
+    def restore(shape, model):
+        for field in fields:
+            if field in model:
+                shape[field] = model[field]
+        return shape
+    restore.__doc__ = f"before {at}: {', '.join(fields)} still shown"
+    _register(kind, at, items, restore)
+
+
 def fields_before(kind, at, fields, items=False):
     """Before version `at`, `kind` had only `fields` (in this order)."""
     def keep(shape, model):
@@ -127,6 +142,9 @@ def reply_before(kind, at, **changes):
 def render(kind, model, version):
     """`model` as API `version` presents it."""
     shape = NEWEST[kind](model) if kind in NEWEST else model
+    for items, fields in REMOVED.get(kind, ()):
+        drop = lambda obj: {k: v for k, v in obj.items() if k not in fields}     # noqa: E731
+        shape = [drop(item) for item in shape] if items else drop(shape)
     for at, items, fn in STEPS.get(kind, ()):
         if version >= at:
             break
@@ -178,16 +196,13 @@ def adapt(kind, args, req):
 
 # -- system ------------------------------------------------------------------------------------------
 
-@newest("info")
-def _info_newest(model):
-    """Since v1.25 /info has no `ExecutionDriver` (there is none since Docker 1.11)."""
-    return {k: v for k, v in model.items() if k != "ExecutionDriver"}
+# Since v1.25 /info has no `ExecutionDriver` (there is none since Docker 1.11).
+removed_at("info", "1.25", ["ExecutionDriver"])
 
 
 @step("info", "1.25")
 def _info_before_1_25(info, model):
     """Before v1.25 `SecurityOptions` were bare names (`seccomp`), not `name=seccomp,profile=...`."""
-    info["ExecutionDriver"] = model["ExecutionDriver"]
     info["SecurityOptions"] = [dict(kv.split("=", 1) for kv in option.split(",") if "=" in kv).get("name", option)
                                for option in model.get("SecurityOptions") or []]
     return info
@@ -225,24 +240,11 @@ def _event_before_1_22(event, model):
 
 # -- images ------------------------------------------------------------------------------------------
 
-@newest("image")
-def _image_newest(model):
-    """Image inspect since v1.45: no `Container`/`ContainerConfig` (the config of the container a
-    commit was made from; `Config` is the image's own), and since v1.44 no `VirtualSize`."""
-    return {k: v for k, v in model.items() if k not in ("Container", "ContainerConfig", "VirtualSize")}
-
-
-@step("image", "1.45")
-def _image_before_1_45(doc, model):
-    doc["Container"], doc["ContainerConfig"] = model["Container"], model["ContainerConfig"]
-    return doc
-
-
-@step("image", "1.44")
-def _image_before_1_44(doc, model):
-    """`VirtualSize` was `Size` again (layers are shared, so the two had long been equal)."""
-    doc["VirtualSize"] = model["VirtualSize"]
-    return doc
+# Image inspect: since v1.45 no `Container`/`ContainerConfig` (the config of the container a
+# commit was made from; `Config` is the image's own); since v1.44 no `VirtualSize` (it had long
+# been `Size` again: layers are shared).
+removed_at("image", "1.45", ["Container", "ContainerConfig"])
+removed_at("image", "1.44", ["VirtualSize"])
 
 
 fields_before("image", "1.23", ["Id", "Parent", "Comment", "Created", "Container", "ContainerConfig",
@@ -263,15 +265,7 @@ fields_before("image", "1.4", ["id", "parent", "created", "container", "containe
 
 # GET /images/json: a list of image summaries.
 
-@newest("image_list")
-def _image_list_newest(rows):
-    return [{k: v for k, v in row.items() if k != "VirtualSize"} for row in rows]
-
-
-@step("image_list", "1.44", items=True)
-def _image_row_before_1_44(row, model):
-    row["VirtualSize"] = model["Size"]
-    return row
+removed_at("image_list", "1.44", ["VirtualSize"], items=True)
 
 
 @step("image_list", "1.43", items=True)
@@ -372,16 +366,8 @@ step("system_df", "1.43")(_df_images_as("1.42"))      # and so are the <none> pl
 
 # -- networks ----------------------------------------------------------------------------------------
 
-@newest("network_list")
-def _network_list_newest(rows):
-    """Since v1.28 the network list leaves out `Containers` (inspect one network for those)."""
-    return [{k: v for k, v in row.items() if k != "Containers"} for row in rows]
-
-
-@step("network_list", "1.28", items=True)
-def _network_row_before_1_28(row, model):
-    row["Containers"] = model["Containers"]
-    return row
+# Since v1.28 the network list leaves out `Containers` (inspect one network for those).
+removed_at("network_list", "1.28", ["Containers"], items=True)
 
 
 # -- containers --------------------------------------------------------------------------------------
