@@ -158,6 +158,16 @@ def http_session(c, conn, q, opts, logs, on_detach):
     # simply has no output yet. A client half-closes its side when its stdin ends, and the
     # CLI does so at once when it sends no stdin at all, so a readable EOF does not mean it
     # left: only a failed write tells us (as in Docker).
+    for stream, data in live_output(c, q):
+        try:
+            send(stream, data)
+        except OSError:
+            return
+
+
+def live_output(c, q):
+    """(stream, bytes) from a subscription `q` until this run's output ends (the pumps, or a
+    detach, put None) or the container is removed."""
     while True:
         try:
             item = q.get(timeout=0.5)
@@ -167,10 +177,7 @@ def http_session(c, conn, q, opts, logs, on_detach):
             continue
         if item is None:
             return
-        try:
-            send(*item)
-        except OSError:
-            return
+        yield item
 
 
 def ws_session(c, conn, q, opts, logs, on_detach):
@@ -248,16 +255,7 @@ def ws_session(c, conn, q, opts, logs, on_detach):
             q.put(None)
 
     threading.Thread(target=read_client, daemon=True, name=f"ws-{c.id[:12]}").start()
-    while True:
-        try:
-            item = q.get(timeout=0.5)
-        except queue.Empty:
-            if c.status == DEAD:
-                break
-            continue
-        if item is None:
-            break
-        stream, data = item
+    for stream, data in live_output(c, q):
         if stream in wanted:
             try:
                 send(output, data)
