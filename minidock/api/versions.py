@@ -181,6 +181,16 @@ def request_step(kind, at):
     return register
 
 
+def argument_since(kind, at, name, before=None):
+    """The request argument `name` came with version `at`: older clients' requests have
+    `before` there, whatever they send."""
+    def older(args, req):
+        args[name] = before
+        return args
+    older.__doc__ = f"`{name}` came with v{at}"
+    request_step(kind, at)(older)
+
+
 def adapt(kind, args, req):
     """The version-neutral arguments of a `kind` request, `args` being the newest form's."""
     for at, fn in REQUEST_STEPS.get(kind, ()):
@@ -441,10 +451,7 @@ def _container_before_1_4(doc, model):
 reply_before("container_wait", "1.30", stream=False)
 
 
-@request_step("container_wait", "1.30")
-def _wait_before_1_30(args, req):
-    args["condition"] = "not-running"
-    return args
+argument_since("container_wait", "1.30", "condition", before="not-running")
 
 
 @request_step("container_create", "1.40")
@@ -463,25 +470,9 @@ def _create_before_1_40(args, req):
     return args
 
 
-@request_step("container_create", "1.41")
-def _create_before_1_41(args, req):
-    """`platform` on create came with v1.41 (`docker run --platform`)."""
-    args["platform"] = None
-    return args
-
-
-@request_step("container_stop", "1.42")
-def _stop_before_1_42(args, req):
-    """`signal` on stop and restart came with v1.42 (`docker stop -s`)."""
-    args["signal"] = None
-    return args
-
-
-@request_step("container_logs", "1.35")
-def _logs_before_1_35(args, req):
-    """`until` on logs came with v1.35 (`docker logs --until`)."""
-    args["until"] = None
-    return args
+argument_since("container_create", "1.41", "platform")     # docker run --platform
+argument_since("container_stop", "1.42", "signal")          # docker stop -s (and restart)
+argument_since("container_logs", "1.35", "until")           # docker logs --until
 
 
 @request_step("volume_prune", "1.42")
