@@ -302,7 +302,10 @@ class _Server:
                     except BlockingIOError:
                         pass
                     self.reap()
-                else:
+                elif key.fd in self.by_fd:
+                    # Only if still ours: a SIGCHLD earlier in this same batch may have reaped
+                    # the shim and closed its status pipe (reading it then was EBADF, which
+                    # killed the spawner under load).
                     self.on_status(key.fd)
 
     def send(self, msg):
@@ -324,6 +327,7 @@ class _Server:
         if shim == 0:
             self.shim_main(msg, fds, status_r, status_w)   # never returns
         os.close(status_w)
+        os.set_blocking(status_r, False)   # read only when select says so, never wait on it
         for fd in fds:
             os.close(fd)
         self.shims[shim] = _Shim(msg["id"], status_r)
@@ -363,7 +367,10 @@ class _Server:
         os._exit(code)
 
     def on_status(self, fd):
-        chunk = os.read(fd, 65536)
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:         # the number was reused by a newer, still empty pipe
+            return
         shim = self.shims[self.by_fd[fd]]
         if chunk:
             shim.buf += chunk
