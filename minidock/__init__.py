@@ -6,7 +6,8 @@ The package is layered; imports only point down:
     api/<resource>.py    route tables and thin handlers; API versions as data in api/versions.py
     engine.py            the backend root: builds every subsystem, in dependency order
     backend objects      containers.py (composing container/*), execs.py, volumes.py,
-                         networks.py, images.py (with imagearchive.py), registryservice.py,
+                         networks.py, images.py (with imagecreate.py, imagedescribe.py,
+                         imagearchive.py), registryservice.py,
                          events.py
     machinery            ns.py (with pid1.py), spawner.py, layers.py, cgroup.py, registry/,
                          builder.py (with buildcopy.py, dockerfile.py, buildvars.py,

@@ -27,6 +27,7 @@ import threading
 
 from minidock import cgroup, errors, filters as filters_mod, imagecreate, ns, platforms, proctable, store
 from minidock.container import attach, config, describe, logs, restart
+from minidock.container import lifecycle
 from minidock.container.lifecycle import (ACTIVE, ALIVE, CREATED, DEAD, EXITED, PAUSED, REMOVING,
                                           RESTARTING, RUNNING, Container)
 from minidock.container.supervisor import Supervisor
@@ -277,29 +278,8 @@ class Containers:
         return self.waiter(ref, condition)(stop)
 
     def waiter(self, ref, condition="not-running"):
-        """Register a wait now and return `result(stop)`, which blocks until `condition` holds
-        and returns the exit code. The condition is judged against the state at the moment of
-        this call: `next-exit` means the first exit after it, even one that happens before
-        `result` runs (the API sends its headers in between, and the CLI starts the container
-        as soon as it sees them). `not-running` is met at once by a container that is not
-        running; `removed` waits for the removal (an AutoRemove or a `docker rm`)."""
-        c = self.get(ref)
-        if condition not in ("not-running", "next-exit", "removed"):
-            raise errors.InvalidParameter(f"invalid condition: {condition}")
-        with c.lock:
-            generation = c.exit_generation
-            wait_exit = condition == "next-exit" or (condition == "not-running" and c.status in ACTIVE)
-
-        def result(stop=lambda: False):
-            with c.changed:
-                if wait_exit:
-                    while c.exit_generation == generation and not stop():
-                        c.changed.wait(0.5)
-                if condition == "removed":
-                    while c.status != DEAD and not stop():
-                        c.changed.wait(0.5)
-                return c.state["ExitCode"]
-        return result
+        """Register a wait on container `ref` now (lifecycle.waiter); -> result(stop)."""
+        return lifecycle.waiter(self.get(ref), condition)
 
     # -- remove / rename / update / resize ------------------------------------------------------
     def remove(self, ref, force=False, volumes=False):

@@ -16,7 +16,7 @@ import secrets
 import sys
 import threading
 
-from minidock import API_VERSION, MIN_API_VERSION, __version__, cgroup, errors, platforms, store
+from minidock import API_VERSION, MIN_API_VERSION, __version__, cgroup, errors, imagedescribe, platforms, store
 from minidock.container.archive import Archive
 from minidock.container.exits import ExitRegistry
 from minidock.containers import Containers
@@ -224,7 +224,7 @@ class Engine:
         `SizeRw` is its writable layer; a volume's `UsageData` its bytes and users."""
         out = {}
         if "image" in types:
-            rows = self.images.list(all=True)
+            rows = imagedescribe.list_rows(self.images, all=True)
             chains = {row["Id"]: self.images.chains(row["Id"]) for row in rows}
             users = {}
             for chain_list in chains.values():

@@ -2,7 +2,7 @@
 
 import json
 
-from minidock import errors, http, imagearchive, imagecreate, platforms, reference
+from minidock import errors, http, imagearchive, imagecreate, imagedescribe, platforms, reference
 from minidock.api import streaming
 from minidock.api.versions import route
 
@@ -33,7 +33,7 @@ def post_images_create(req):
 
 
 def get_images_json(req):
-    rows = req.daemon.images.list(all=req.qbool("all"), filters=req.filters(), name_filter=req.q("filter"),
+    rows = imagedescribe.list_rows(req.daemon.images, all=req.qbool("all"), filters=req.filters(), name_filter=req.q("filter"),
                                   digests=req.qbool("digests"))
     return req.render("image_list", rows)
 
@@ -44,7 +44,7 @@ def get_images_viz(req):
     One edge per parent -> child, a hidden `base` node above every image without a parent, and a
     box labelled with its names for each tagged image; IDs are the 12-hex short form.
     """
-    rows = req.daemon.images.list(all=True)
+    rows = imagedescribe.list_rows(req.daemon.images, all=True)
     short = lambda image_id: image_id.split(":", 1)[-1][:12]      # noqa: E731
     lines = ["digraph docker {"]
     for row in sorted(rows, key=lambda r: r["Id"]):
@@ -78,11 +78,11 @@ def post_images_insert(req):
 
 
 def get_images_inspect(req):
-    return req.render("image", req.daemon.images.inspect(req.params["name"]))
+    return req.render("image", imagedescribe.inspect(req.daemon.images, req.params["name"]))
 
 
 def get_images_history(req):
-    return req.render("history", req.daemon.images.history(req.params["name"]))
+    return req.render("history", imagedescribe.history(req.daemon.images, req.params["name"]))
 
 
 def post_images_tag(req):
