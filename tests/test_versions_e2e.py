@@ -227,3 +227,13 @@ def test_system_df_images_per_version(rootless, version):
     assert set(df) >= {"LayersSize", "Images", "Containers", "Volumes", "BuildCache"}
     assert df["Images"] and all(("VirtualSize" in row) == (version <= "1.43") for row in df["Images"])
     assert all(isinstance(row["Containers"], int) and row["SharedSize"] >= 0 for row in df["Images"])
+
+
+def test_cgroupns_mode_is_host_and_private_is_refused(rootless):
+    c = rootless.client("1.47")
+    cid = c.post("/containers/create", body={"Image": "busybox", "Cmd": ["true"]})["Id"]
+    assert c.get(f"/containers/{cid}/json")["HostConfig"]["CgroupnsMode"] == "host"
+    c.delete(f"/containers/{cid}")
+    with pytest.raises(APIError) as info:
+        c.post("/containers/create", body={"Image": "busybox", "HostConfig": {"CgroupnsMode": "private"}})
+    assert info.value.status == 501 and "cgroup namespace" in str(info.value)

@@ -196,6 +196,13 @@ def normalise_host_config(hc):
         raise errors.NotImplementedKind(f"IpcMode {ipc!r} is not supported: every minidock container "
                                         "has a private IPC namespace ('private', 'shareable' or 'none')")
     hc["IpcMode"] = ipc
+    # API 1.41: no container gets a cgroup namespace of its own (ns.py does not unshare one), so
+    # each shares the daemon's: "host", and "private" is refused rather than pretended.
+    cgroupns = hc.get("CgroupnsMode") or "host"
+    if cgroupns != "host":
+        raise errors.NotImplementedKind(f"CgroupnsMode {cgroupns!r} is not supported: minidock containers "
+                                        "share the daemon's cgroup namespace ('host')")
+    hc["CgroupnsMode"] = cgroupns
     return hc
 
 
