@@ -6,18 +6,20 @@ The package is layered; imports only point down:
     api/<resource>.py    route tables and thin handlers; API versions as data in api/versions.py
     engine.py            the backend root: builds every subsystem, in dependency order
     backend objects      containers.py (composing container/*), execs.py, volumes.py,
-                         networks.py, images.py (with imagearchive.py), registryservice.py,
+                         networks.py, images.py (with imagecreate.py, imagedescribe.py,
+                         imagearchive.py), registryservice.py,
                          events.py
-    machinery            ns.py, spawner.py, layers.py, cgroup.py, registry/, builder.py (with
-                         dockerfile.py, buildvars.py, dockerignore.py), tarsafe.py, network.py
-                         (the daemon's network namespace; netlink.py), dns.py, ipam.py,
-                         portproxy.py
+    machinery            ns.py (with pid1.py), spawner.py, layers.py, cgroup.py, registry/,
+                         builder.py (with buildcopy.py, dockerfile.py, buildvars.py,
+                         dockerignore.py), tarsafe.py, network.py (the daemon's network
+                         namespace; netlink.py), dns.py, ipam.py, portproxy.py, stats.py,
+                         health.py, jsonfile.py
     ground               http.py (bytes in, bytes out), websocket.py, store.py (atomic JSON),
-                         times.py, reference.py, platforms.py, progress.py, errors.py
+                         times.py, reference.py, platforms.py, progress.py, filters.py, errors.py
 """
 
 __version__ = "0.1.0"
 
 # The newest Docker Remote API version we speak, and the oldest we still answer.
-API_VERSION = "1.24"
+API_VERSION = "1.47"
 MIN_API_VERSION = "1.0"

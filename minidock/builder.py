@@ -2,8 +2,9 @@
 
 `docker build` without BuildKit (`DOCKER_BUILDKIT=0`) sends the *build context* -- a directory as
 a tar stream, maybe compressed -- to `POST /build`, and the daemon answers with a stream of JSON
-lines while it works. This module is that work; dockerfile.py parses, dockerignore.py decides
-which context files exist, and this module runs the steps. The sequence:
+lines while it works. This module is that work; dockerfile.py parses, buildvars.py substitutes
+variables, dockerignore.py decides which context files exist, and this module runs the steps.
+The sequence:
 
 1. **Context.** The tar is unpacked (tarsafe: nothing lands outside the directory) into a temp
    directory on the layer store's file system; `.dockerignore` patterns prune it, and the
@@ -19,7 +20,8 @@ which context files exist, and this module runs the steps. The sequence:
        so the same namespaces, user and cgroups as `docker run`) with Cmd = the command, waits,
        and commits the container's writable layer (its overlay upper dir) as a layer;
      - COPY/ADD and WORKDIR write into a writable layer made directly by the layer store on
-       top of the current image (no process runs), then commit it the same way.
+       top of the current image (no process runs), then commit it the same way (where COPY
+       and ADD sources come from and how they land is buildcopy.py's).
 4. **Cache.** Before a step runs, the image store is asked for an image whose parent is the
    current image and whose recorded cache key matches: the instruction after substitution,
    the ARG values a RUN sees, and for COPY/ADD a checksum of the files copied. A hit prints
@@ -41,13 +43,10 @@ import os
 import posixpath
 import queue
 import shutil
-import stat
-import tarfile
-import time
 import urllib.parse
 import urllib.request
 
-from minidock import buildvars, dockerfile, dockerignore, errors, imagecreate, images as images_mod, ns, store, tarsafe
+from minidock import buildcopy, buildvars, dockerfile, dockerignore, errors, imagecreate, images as images_mod, ns, store, tarsafe
 from minidock.progress import Cancelled
 
 log = logging.getLogger("minidock.builder")
@@ -104,25 +103,12 @@ def extract_context(stream, dest, dockerfile_name=DEFAULT_DOCKERFILE):
             break
         head += more
     body = io.BufferedReader(tarsafe.Prefixed(head, plain))
-    if head and not _is_tar_header(head):
+    if head and not buildcopy.is_tar_header(head):
         with open(os.path.join(dest, dockerfile_name.lstrip("/")), "wb") as f:
             shutil.copyfileobj(body, f)
         return
     if head:
         tarsafe.extract(body, dest, whiteouts=tarsafe.KEEP, chown=False)
-
-
-def _is_tar_header(block):
-    """Does this 512-byte block look like a tar header (ustar magic, or a valid checksum)?"""
-    if len(block) < 512:
-        return False
-    if block[257:262] == b"ustar":
-        return True
-    try:
-        stored = int(block[148:156].split(b"\0", 1)[0].strip() or b"-1", 8)
-    except ValueError:
-        return False
-    return stored == sum(block[:148]) + 8 * 32 + sum(block[156:512])
 
 
 def fetch_remote(url, dest, dockerfile_name):
@@ -141,17 +127,6 @@ def fetch_remote(url, dest, dockerfile_name):
             extract_context(response, dest, dockerfile_name)
     except OSError as exc:
         raise errors.InvalidParameter(f"could not fetch remote context {url}: {exc}") from None
-
-
-def _is_archive_file(path):
-    """ADD's test for "a local tar archive": after any decompression, a tar header."""
-    try:
-        with open(path, "rb") as f:
-            plain, _ = tarsafe.decompressed(f)
-            head = plain.read(512)
-    except (OSError, EOFError, errors.MinidockError) + tarsafe.DECODE_ERRORS:
-        return False                    # not a (readable) compressed tar: copied as a file
-    return _is_tar_header(head)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -540,47 +515,26 @@ class Builder:
             if instr.flags.get("from"):
                 root = self._source_root(df, instr.flags["from"], cleanups)
                 ignore = None
-            items = []                          # (host path, name, is_url)
-            for source in sources:
-                if cmd == "ADD" and source.startswith(("http://", "https://")):
-                    items.append(self._download(source, cleanups))
-                    continue
-                if cmd == "ADD" and source.startswith("git@"):
-                    raise errors.NotImplementedKind("ADD of a git repository requires BuildKit")
-                with tarsafe.Resolver(root) as res:
-                    for rel in dockerignore.match_sources(root, source, ignore):
-                        try:
-                            host = res.host_path(rel) if rel else root
-                        except (FileNotFoundError, NotADirectoryError):
-                            raise errors.NotFound(f"{cmd} failed: file not found in build context "
-                                                  f"or excluded by .dockerignore: {rel}") from None
-                        items.append((host, posixpath.basename(rel) or ".", False))
+            def url_dir():
+                work = self.layers.tmpdir()
+                cleanups.append(lambda: shutil.rmtree(work, ignore_errors=True))
+                return work
+            items = buildcopy.gather(cmd, root, ignore, sources, url_dir)
             many = len(items) > 1
             if many and not dest_dir_hint:
                 # The check is on what the sources *matched*, as Docker does.
                 raise errors.InvalidParameter(
                     f"When using {cmd} with more than one source file, the destination must "
                     "be a directory and end with a /")
-            digest = hashlib.sha256()
-            for host, name, is_url in items:
-                # Hash the content under a fixed name: the temp directory the context was
-                # unpacked into differs per build.
-                digest.update(f"{name}\0{is_url}\0".encode())
-                if os.path.isdir(host):
-                    digest.update(dockerignore.checksum(host, [""]).encode())
-                else:
-                    digest.update(dockerignore.checksum(os.path.dirname(host),
-                                                        [os.path.basename(host)]).encode())
-            kind = "dir" if len(items) == 1 and os.path.isdir(items[0][0]) else \
-                "file" if len(items) == 1 else "multi"
-            comment = f"{cmd} {kind}:{digest.hexdigest()} in {dest_abs} "
+            comment = buildcopy.comment(cmd, items, dest_abs)
             key = _key(cmd, comment, [instr.flags.get("chown") or "", instr.flags.get("from") or ""])
             if self._cached(state, key):
                 return
             rw_id, rootfs = self._scratch_rw(state.image)
             cleanups.append(lambda: self.layers.remove_rw(rw_id))
-            uid, gid = _owner(rootfs, instr.flags.get("chown"))
-            self._write_items(cmd, rootfs, items, dest_abs, dest_dir_hint or many, uid, gid)
+            uid, gid = buildcopy.owner(rootfs, instr.flags.get("chown"))
+            buildcopy.write_items(cmd, rootfs, items, dest_abs, dest_dir_hint or many, uid, gid,
+                                  self.layers.tmpdir())
             diff_id = self._commit_rw(rw_id, state.image)
             config = json.loads(json.dumps(state.config))
             config["Image"] = state.image or ""
@@ -612,79 +566,6 @@ class Builder:
         cleanups.append(lambda: self.layers.remove_rw(rw_id))
         return root
 
-    def _download(self, url, cleanups):
-        """ADD <url>: fetch into a temp directory; -> (host path, file name, True)."""
-        work = self.layers.tmpdir()
-        cleanups.append(lambda: shutil.rmtree(work, ignore_errors=True))
-        name = posixpath.basename(urllib.parse.urlparse(url).path) or "index.html"
-        path = os.path.join(work, name)
-        try:
-            with urllib.request.urlopen(url, timeout=60) as response, open(path, "wb") as f:
-                shutil.copyfileobj(response, f)
-                modified = response.headers.get("Last-Modified")
-        except OSError as exc:
-            raise errors.InvalidParameter(f"ADD failed to fetch {url}: {exc}") from None
-        os.chmod(path, 0o600)
-        if modified:
-            import email.utils
-            try:
-                stamp = email.utils.parsedate_to_datetime(modified).timestamp()
-                os.utime(path, (stamp, stamp))
-            except (TypeError, ValueError):
-                pass
-        return path, name, True
-
-    def _write_items(self, cmd, rootfs, items, dest, dest_is_dir, uid, gid):
-        """Write the sources into the mounted writable layer `rootfs` at `dest`.
-
-        Docker's rules: a directory source copies its *contents*; a file goes to `dest` itself
-        unless dest is a directory (ends with `/`, several sources, or an existing directory),
-        where it keeps its name; ADD unpacks a local tar archive into the directory dest
-        instead (never one from a URL). Files get uid/gid (0:0 unless --chown), keep their
-        permission bits and mtime. The copy is a tar stream unpacked by tarsafe, so no name or
-        symlink in the image can send a write outside the root.
-        """
-        dest_rel = tarsafe.clean_name(dest)
-        with tarsafe.Resolver(rootfs) as res:
-            try:
-                fd, name, _ = res.walk(dest_rel)
-                os.close(fd)
-                existing_dir = name is None     # walk() descends into a directory it ends on
-            except (FileNotFoundError, NotADirectoryError):
-                existing_dir = False
-        as_dir = dest_is_dir or existing_dir
-        work = self.layers.tmpdir()
-        archives = []
-        try:
-            with open(os.path.join(work, "copy.tar"), "w+b") as spool:
-                w = tarsafe.TarWriter(spool)
-                for host, name, is_url in items:
-                    if os.path.isdir(host):
-                        if dest_rel and not existing_dir:
-                            _add_dir(w, dest_rel, uid, gid)
-                        _add_tree(w, host, dest_rel, uid, gid)
-                    elif cmd == "ADD" and not is_url and _is_archive_file(host):
-                        archives.append(host)
-                    else:
-                        target = posixpath.join(dest_rel, name) if as_dir else dest_rel
-                        if not target:
-                            raise errors.InvalidParameter(f"{cmd}: cannot copy a file onto /")
-                        if as_dir and dest_rel and not existing_dir:
-                            _add_dir(w, dest_rel, uid, gid)
-                        _add_file(w, host, target, uid, gid)
-                w.close()
-                spool.seek(0)
-                tarsafe.extract(spool, rootfs, whiteouts=tarsafe.KEEP, chown=True)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        for host in archives:
-            with tarsafe.Resolver(rootfs) as res:
-                res.dir_fd(dest_rel, create=True)
-            with open(host, "rb") as f:
-                plain, _ = tarsafe.decompressed(f)
-                tarsafe.extract(plain, rootfs, whiteouts=tarsafe.KEEP, chown=True, subdir=dest_rel)
-
-
 class StageState:
     """What a stage carries from step to step: the current image and its config, the ARG
     scope, the author set by MAINTAINER, and whether this stage set CMD itself."""
@@ -707,79 +588,3 @@ class StageState:
 def _key(cmd, text, extra=None):
     """A step's cache key: what it does, after substitution (the parent is matched apart)."""
     return "sha256:" + hashlib.sha256(json.dumps([cmd, text, extra]).encode()).hexdigest()
-
-
-def _add_dir(w, arcname, uid, gid):
-    """A directory entry Docker would create for a missing destination: 0755, uid:gid."""
-    info = tarfile.TarInfo(arcname)
-    info.type, info.mode, info.uid, info.gid = tarfile.DIRTYPE, 0o755, uid, gid
-    info.mtime = int(time.time())
-    w.add(info)
-
-
-def _add_file(w, host, arcname, uid, gid):
-    """A source file (a symlink named as a source is followed, as Docker does) as `arcname`."""
-    st = os.stat(host)
-    info = tarfile.TarInfo(arcname)
-    info.mode = stat.S_IMODE(st.st_mode)
-    info.uid, info.gid = uid, gid
-    info.mtime = int(st.st_mtime)
-    info.size = st.st_size
-    with open(host, "rb") as f:
-        w.add(info, f)
-
-
-def _add_tree(w, host, arcname, uid, gid):
-    for entry in sorted(os.scandir(host), key=lambda e: e.name):
-        child = posixpath.join(arcname, entry.name) if arcname else entry.name
-        st = entry.stat(follow_symlinks=False)
-        info = tarfile.TarInfo(child)
-        info.mode = stat.S_IMODE(st.st_mode)
-        info.uid, info.gid = uid, gid
-        info.mtime = int(st.st_mtime)
-        if stat.S_ISDIR(st.st_mode):
-            info.type = tarfile.DIRTYPE
-            w.add(info)
-            _add_tree(w, entry.path, child, uid, gid)
-        elif stat.S_ISLNK(st.st_mode):
-            info.type, info.linkname = tarfile.SYMTYPE, os.readlink(entry.path)
-            w.add(info)
-        elif stat.S_ISREG(st.st_mode):
-            info.size = st.st_size
-            with open(entry.path, "rb") as f:
-                w.add(info, f)
-
-
-def _owner(rootfs, chown):
-    """--chown=user[:group] -> (uid, gid), names looked up in the image's /etc/passwd and
-    /etc/group (read through the root, never outside it). No flag: 0:0."""
-    if not chown:
-        return 0, 0
-    user, _, group = chown.partition(":")
-
-    def table(path):
-        try:
-            with tarsafe.Resolver(rootfs) as res:
-                host = res.host_path(path)
-            with open(host, encoding="utf-8", errors="replace") as f:
-                return [line.rstrip("\n").split(":") for line in f if line.strip()]
-        except (OSError, ValueError):
-            return []
-
-    if user.isdigit():
-        uid, primary = int(user), int(user)
-    else:
-        row = next((r for r in table("etc/passwd") if r[0] == user and len(r) > 3), None)
-        if row is None:
-            raise errors.InvalidParameter(f"unable to convert uid/gid chown string to host mapping: "
-                                          f"can't find uid for user {user}: no such user: {user}")
-        uid, primary = int(row[2]), int(row[3])
-    if not group:
-        return uid, primary
-    if group.isdigit():
-        return uid, int(group)
-    row = next((r for r in table("etc/group") if r[0] == group and len(r) > 2), None)
-    if row is None:
-        raise errors.InvalidParameter(f"unable to convert uid/gid chown string to host mapping: "
-                                      f"can't find gid for group {group}: no such group: {group}")
-    return uid, int(row[2])

@@ -26,8 +26,9 @@ import os
 import shutil
 import threading
 
-from minidock import cgroup, errors, imagecreate, ns, proctable, stats, store
+from minidock import cgroup, errors, filters as filters_mod, imagecreate, ns, platforms, proctable, stats, store
 from minidock.container import attach, config, describe, logs, restart
+from minidock.container import lifecycle
 from minidock.container.lifecycle import (ACTIVE, ALIVE, CREATED, DEAD, EXITED, PAUSED, REMOVING,
                                           RESTARTING, RUNNING, Container)
 from minidock.container.supervisor import Supervisor
@@ -139,8 +140,10 @@ class Containers:
         self.save(c)
 
     # -- create ----------------------------------------------------------------------------------
-    def create(self, body, name=None):
-        """POST /containers/create. Returns (id, warnings)."""
+    def create(self, body, name=None, platform=None):
+        """POST /containers/create. Returns (id, warnings). `platform` ("linux/amd64", API
+        1.41) must be the image's: the daemon does not pull for create, so another one is a 404
+        (the CLI then pulls that platform, which the registry decides)."""
         if not isinstance(body, dict):
             raise errors.InvalidParameter("container config must be a JSON object")
         host_config = body.get("HostConfig") or {}
@@ -152,6 +155,12 @@ class Containers:
         if name:
             name = config.check_name(name)
         image_id = self.images.resolve(image_ref)                  # NotFound makes the CLI pull
+        if platform:
+            wanted, have = platforms.parse(platform), self.images.platform(image_id)
+            if not platforms.matches(wanted, have):
+                raise errors.NotFound(
+                    f"image with reference {image_ref} was found but does not match the specified platform: "
+                    f"wanted {platforms.format(wanted)}, actual: {platforms.format(have)}")
         image_cfg = self.images.config(image_id).get("config") or {}
         cfg = config.merge_config(body, image_cfg, image_ref)
         host_config = self._normalise(host_config)
@@ -231,19 +240,32 @@ class Containers:
                 raise errors.Conflict(f"container {c.id[:12]} is marked for removal and cannot be started")
             if host_config:          # old API versions pass the HostConfig to start
                 c.record["HostConfig"] = self._normalise(dict(c.host_config, **host_config))
-            self.supervisor.start_by_hand(c)
+            try:
+                self.supervisor.start_by_hand(c)
+                failure = None
+            except errors.MinidockError as exc:
+                if not c.host_config.get("AutoRemove"):
+                    raise
+                failure = exc
+        if failure is not None:
+            # As Docker: an AutoRemove container whose start failed goes at once (`docker run
+            # --rm` waits for its removal), and the start still answers the failure.
+            self.remove(c.id, volumes=True)
+            raise failure
         self.emit(c, "start")
 
     def kill(self, ref, sig=None):
         self.supervisor.kill(self.get(ref), config.parse_signal(sig))
 
-    def stop(self, ref, timeout=None):
-        self.supervisor.stop(self.get(ref), timeout)
-
-    def restart(self, ref, timeout=None):
+    def stop(self, ref, timeout=None, sig=None):
         c = self.get(ref)
+        self.supervisor.stop(c, timeout, config.parse_signal(sig) if sig else None)
+
+    def restart(self, ref, timeout=None, sig=None):
+        c = self.get(ref)
+        sig = config.parse_signal(sig) if sig else None       # a bad name is a 400 before stopping
         if c.status in ACTIVE:
-            self.supervisor.stop(c, timeout)
+            self.supervisor.stop(c, timeout, sig)
         with c.lock:
             self.supervisor.start_by_hand(c)
         self.emit(c, "start")
@@ -273,18 +295,11 @@ class Containers:
 
     def wait(self, ref, condition="not-running", stop=lambda: False):
         """Block until the container stops (or is removed); returns its exit code."""
-        c = self.get(ref)
-        if condition not in ("not-running", "next-exit", "removed"):
-            raise errors.InvalidParameter(f"invalid condition: {condition}")
-        with c.changed:
-            if condition == "next-exit" or (condition == "not-running" and c.status in ACTIVE):
-                generation = c.exit_generation
-                while c.exit_generation == generation and not stop():
-                    c.changed.wait(0.5)
-            if condition == "removed":
-                while c.status != DEAD and not stop():
-                    c.changed.wait(0.5)
-            return c.state["ExitCode"]
+        return self.waiter(ref, condition)(stop)
+
+    def waiter(self, ref, condition="not-running"):
+        """Register a wait on container `ref` now (lifecycle.waiter); -> result(stop)."""
+        return lifecycle.waiter(self.get(ref), condition)
 
     # -- remove / rename / update / resize ------------------------------------------------------
     def remove(self, ref, force=False, volumes=False):
@@ -322,6 +337,30 @@ class Containers:
             self.by_id.pop(c.id, None)
             self.collection.delete(c.id)
             c.set_status(DEAD)
+
+    def prune(self, filters=None):
+        """POST /containers/prune: remove every container that is not running (created, exited,
+        dead) and passes the `until` and `label`/`label!` filters. -> (IDs, bytes of writable
+        layers freed); announces a `prune` event carrying `reclaimed`."""
+        filters = filters or {}
+        filters_mod.check_keys(filters, ("until", "label", "label!"))
+        until = filters_mod.until_ns(filters)
+        deleted, space = [], 0
+        for c in list(self.all()):
+            if c.status in ACTIVE or not filters_mod.labels_match(c.config.get("Labels"), filters):
+                continue
+            if until is not None and rfc3339_ns(c.record["Created"]) > until:
+                continue
+            size = self.layers.rw_size(c.id)
+            try:
+                self.remove(c.id)
+            except errors.MinidockError as exc:      # started or removed meanwhile: leave it
+                log.info("prune: skipping %s: %s", c.id[:12], exc.message)
+                continue
+            deleted.append(c.id)
+            space += size
+        self.events.emit("container", "prune", "", {"reclaimed": str(space)})
+        return deleted, space
 
     def rename(self, ref, new_name):
         c = self.get(ref)

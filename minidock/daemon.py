@@ -25,7 +25,7 @@ import sys
 import threading
 
 from minidock import API_VERSION, __version__, cgroup, errors, http, ns
-from minidock.api import archive, build, containers, execs, images, networks, system, volumes
+from minidock.api import archive, build, containers, execs, images, networks, swarm, system, volumes
 from minidock.api.router import Router
 from minidock.container.exits import ExitRegistry
 from minidock.engine import Config, Engine, NoSpawner
@@ -187,7 +187,7 @@ def _cgroups():
 def routes():
     """The whole API: every resource's route table, in one list."""
     return (system.ROUTES + images.ROUTES + containers.ROUTES + archive.ROUTES + execs.ROUTES + volumes.ROUTES
-            + networks.ROUTES + build.ROUTES)
+            + networks.ROUTES + build.ROUTES + swarm.ROUTES)
 
 
 def serve(engine, hosts, cors_origin=None, ready=None, stop=None):

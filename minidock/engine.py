@@ -16,8 +16,8 @@ import secrets
 import sys
 import threading
 
-from minidock import (API_VERSION, MIN_API_VERSION, __version__, cgroup, errors, ipam, jsonfile,
-                      platforms, stats, store)
+from minidock import (API_VERSION, MIN_API_VERSION, __version__, cgroup, errors, imagedescribe, ipam,
+                      jsonfile, platforms, stats, store)
 from minidock.container.archive import Archive
 from minidock.container.exits import ExitRegistry
 from minidock.containers import Containers
@@ -91,7 +91,7 @@ class Engine:
         self.volumes = Volumes(config.data_root, self.events)
         # Networks before containers (endpoints are allocated at create); it learns the
         # containers right after, for membership, names and links.
-        self.networks = Networks(config.data_root, bip=config.bip, pools=config.address_pools)
+        self.networks = Networks(config.data_root, self.events, bip=config.bip, pools=config.address_pools)
         daemon_user = {"uid": userns["host_uid"], "gid": userns["host_gid"]} if userns else None
         self.containers = Containers(config.data_root, self.events, self.images, self.layers, self.volumes,
                                      self.cgroups, self.spawner, self.exits, self.networks,
@@ -244,6 +244,36 @@ class Engine:
             "InitSha1": "",
             "Warnings": list(self.warnings),
         }
+
+    # -- GET /system/df --------------------------------------------------------------------------
+    def disk_usage(self, types=("image", "container", "volume", "build-cache")):
+        """What the images, containers, volumes and build cache take on disk (`docker system
+        df`). An image's `SharedSize` is what its layers share with other images (a layer counts
+        once in `LayersSize`); `Containers` is how many containers use it. A container's
+        `SizeRw` is its writable layer; a volume's `UsageData` its bytes and users."""
+        out = {}
+        if "image" in types:
+            rows = imagedescribe.list_rows(self.images, all=True)
+            chains = {row["Id"]: self.images.chains(row["Id"]) for row in rows}
+            users = {}
+            for chain_list in chains.values():
+                for chain in set(chain_list):
+                    users[chain] = users.get(chain, 0) + 1
+            per_image = {}
+            for c in self.containers.all():
+                per_image[c.record["Image"]] = per_image.get(c.record["Image"], 0) + 1
+            for row in rows:
+                row["SharedSize"] = sum(self.layers.size(ch) for ch in chains[row["Id"]] if users[ch] > 1)
+                row["Containers"] = per_image.get(row["Id"], 0)
+            out["LayersSize"] = sum(self.layers.size(ch) for ch in users)
+            out["Images"] = rows
+        if "container" in types:
+            out["Containers"] = self.containers.summaries(all_=True, size=True)
+        if "volume" in types:
+            out["Volumes"] = [dict(v, UsageData=self.volumes.usage(v["Name"])) for v in self.volumes.list()]
+        if "build-cache" in types:
+            out["BuildCache"] = []        # the classic builder's cache is its images, counted above
+        return out
 
     def _registry_config(self):
         insecure = ["127.0.0.0/8", "::1/128"] + self.config.insecure_registries

@@ -99,6 +99,7 @@ class Execs:
             "ProcessConfig": {"tty": bool(body.get("Tty")), "entrypoint": cmd[0], "arguments": cmd[1:],
                               "privileged": bool(body.get("Privileged")), "user": body.get("User") or ""},
             "Env": env, "WorkingDir": body.get("WorkingDir") or "",
+            "ConsoleSize": _console_size(body.get("ConsoleSize")),     # API 1.42; not shown by inspect
         }
         self.collection.save(eid, record)
         self.by_id[eid] = Exec(record)
@@ -112,11 +113,12 @@ class Execs:
             raise errors.Conflict(f"Error: Exec command {e.id} has already run")
 
     def start_session(self, ref, tty=None):
-        """Check the exec can start (404, 409 before any upgrade); -> run(conn) that starts it
-        over a hijacked connection."""
+        """Check the exec can start (404, 409 before any upgrade); -> (whether its stream is a
+        TTY's, run(conn) that starts it over a hijacked connection)."""
         e = self.get(ref)
         self._check_not_started(e)
-        return lambda conn: self.start(e.id, tty=tty, conn=conn)
+        tty = e.record["ProcessConfig"]["tty"] if tty is None else tty
+        return bool(tty), lambda conn: self.start(e.id, tty=tty, conn=conn)
 
     def start(self, ref, detach=False, tty=None, conn=None):
         """Run the exec; with `conn` (a hijacked connection) pump stdio over it until it ends."""
@@ -145,6 +147,9 @@ class Execs:
         }
         io = Stdio(tty, e.record["OpenStdin"] and (conn is not None or tty),
                    make_pty=lambda: container_pty(c.pid))
+        height, width = (e.record.get("ConsoleSize") or [0, 0])[:2]
+        if tty and io.pty_master is not None and height and width:
+            set_winsize(io.pty_master, height, width)   # API 1.42: sized before the command runs
         e.pty_master, stdin_w, stdio, to_close = io.pty_master, io.stdin_w, io.child, io.close_after_spawn
         readers = [(fd, http.STDOUT if name == "stdout" else http.STDERR) for fd, name in io.outputs]
         try:
@@ -244,7 +249,7 @@ class Execs:
 
     def inspect(self, ref):
         e = self.get(ref)
-        record = dict(e.record)
+        record = {k: v for k, v in e.record.items() if k != "ConsoleSize"}
         c = self.containers.by_id.get(record["ContainerID"])
         record["Container"] = None
         if c is not None:
@@ -259,3 +264,12 @@ class Execs:
                 # it retry (as with Docker) instead of losing the terminal size.
                 raise errors.Conflict(f"Exec {e.id} is not running")
             set_winsize(e.pty_master, height, width)
+
+
+def _console_size(value):
+    """`ConsoleSize` [height, width] of an exec (API 1.42), checked; None when not given."""
+    if value in (None, [], [0, 0]):
+        return None
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and v >= 0 for v in value)):
+        raise errors.InvalidParameter(f"invalid ConsoleSize: {value!r}, want [height, width]")
+    return value

@@ -337,13 +337,15 @@ def parse_frames(buffer):
 
 
 def upgrade_head(extra_headers=(), upgrade=True):
-    """The reply that turns an HTTP connection into a raw stream (`docker attach` and exec)."""
+    """The reply that turns an HTTP connection into a raw stream (`docker attach` and exec).
+    Its Content-Type is raw-stream unless `extra_headers` name one (API v1.42 says
+    multiplexed-stream when the stream carries stdout/stderr frames)."""
+    extra_headers = list(extra_headers)
+    headers = [] if any(k.lower() == "content-type" for k, _ in extra_headers) else \
+        [("Content-Type", "application/vnd.docker.raw-stream")]
     if upgrade:
-        headers = [("Content-Type", "application/vnd.docker.raw-stream"),
-                   ("Connection", "Upgrade"), ("Upgrade", "tcp")]
-        return render_head(101, list(extra_headers) + headers)
-    headers = [("Content-Type", "application/vnd.docker.raw-stream")]
-    return render_head(200, list(extra_headers) + headers)
+        return render_head(101, extra_headers + headers + [("Connection", "Upgrade"), ("Upgrade", "tcp")])
+    return render_head(200, extra_headers + headers)
 
 
 class Response:

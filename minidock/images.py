@@ -21,11 +21,11 @@ On disk, under `root`:
 An image directory is written in a temporary directory and renamed into place, after its
 layers are stored: a crash mid-import leaves no half image visible (unused layers are pruned).
 
-Making images (import, commit, insert, build steps) is imagecreate.py's; the image tarball
-(`docker save` / `docker load`) is imagearchive.py's.
+Making images (import, commit, insert, build steps) is imagecreate.py's; describing them for the
+API (list rows, inspect, history) imagedescribe.py's; the image tarball (`docker save` /
+`docker load`) is imagearchive.py's.
 """
 
-import fnmatch
 import hashlib
 import json
 import os
@@ -34,8 +34,7 @@ import secrets
 import shutil
 import threading
 
-from minidock import errors, layers as layers_mod, reference, store, times
-from minidock.imagecreate import full_config
+from minidock import errors, filters as filter_words, layers as layers_mod, reference, store, times
 
 ID_PREFIX_RE = re.compile(r"^(?:sha256:)?([a-f0-9]{1,64})$")
 
@@ -161,6 +160,18 @@ class ImageStore:
     def children(self, image_id):
         return [i for i, m in self.meta.items() if m.get("parent") == image_id]
 
+    def platform(self, image_id):
+        """{"os", "architecture"[, "variant"]} of an image, from its config."""
+        c = self.configs[image_id]
+        found = {"os": c.get("os") or "linux", "architecture": c.get("architecture") or ""}
+        if c.get("variant"):
+            found["variant"] = c["variant"]
+        return found
+
+    def chains(self, image_id):
+        """The chain IDs of an image's layers, bottom first."""
+        return layers_mod.chain_ids(self.configs[image_id].get("rootfs", {}).get("diff_ids") or [])
+
     def size(self, image_id):
         diff_ids = self.configs[image_id].get("rootfs", {}).get("diff_ids") or []
         total = 0
@@ -170,126 +181,6 @@ class ImageStore:
             except errors.NotFound:
                 pass
         return total
-
-    # -- list, inspect, history ----------------------------------------------------------------------
-    def list(self, all=False, filters=None, name_filter=None, digests=False):
-        """Rows for GET /images/json, newest first.
-
-        `filters` is Docker's map of lists: dangling=true|false, label=k or k=v, reference=glob,
-        before=/since=<image>. `name_filter` is the old `filter` parameter (a repo glob).
-        Untagged images show RepoTags ["<none>:<none>"] and RepoDigests ["<none>@<none>"].
-        """
-        filters = filters or {}
-        with self.lock:
-            rows = []
-            parents = {m.get("parent") for m in self.meta.values()}
-            before = since = None
-            if filters.get("before"):
-                before = times.unix_seconds(self.configs[self.resolve(filters["before"][0])].get("created"))
-            if filters.get("since"):
-                since = times.unix_seconds(self.configs[self.resolve(filters["since"][0])].get("created"))
-            for image_id, config in self.configs.items():
-                tags, digs = self.tags_of(image_id), self.digests_of(image_id)
-                created = times.unix_seconds(config.get("created"))
-                labels = (config.get("config") or {}).get("Labels") or {}
-                dangling = not tags and not digs
-                if not all and dangling and image_id in parents and not filters.get("dangling"):
-                    continue                     # an intermediate image
-                if "dangling" in filters:
-                    want = filters["dangling"][0].lower() in ("true", "1")
-                    if dangling != want:
-                        continue
-                if "label" in filters and not all_labels_match(labels, filters["label"]):
-                    continue
-                patterns = list(filters.get("reference") or []) + ([name_filter] if name_filter else [])
-                if patterns and not any(_ref_matches(t, p) for t in tags for p in patterns):
-                    continue
-                if before is not None and created >= before:
-                    continue
-                if since is not None and created <= since:
-                    continue
-                size = self.size(image_id)
-                rows.append({
-                    "Id": image_id,
-                    "ParentId": self.meta[image_id].get("parent") or "",
-                    "RepoTags": tags or ["<none>:<none>"],
-                    "RepoDigests": digs or (["<none>@<none>"] if dangling else []),
-                    "Created": created,
-                    "Size": size,
-                    "VirtualSize": size,
-                    "SharedSize": -1,
-                    "Containers": -1,
-                    "Labels": labels or {},
-                })
-            rows.sort(key=lambda r: r["Created"], reverse=True)
-            return rows
-
-    def inspect(self, name):
-        """The GET /images/(name)/json document (newest shape; older versions drop keys)."""
-        image_id = self.resolve(name)
-        with self.lock:
-            c = self.configs[image_id]
-            size = self.size(image_id)
-            chains = layers_mod.chain_ids(c.get("rootfs", {}).get("diff_ids") or [])
-            graph = {"Name": self.layers.driver_name(), "Data": None}
-            if chains:
-                graph["Data"] = {"MergedDir": "", "UpperDir": self.layers.diff_dir(chains[-1]),
-                                 "LowerDir": ":".join(self.layers.diff_dir(x) for x in reversed(chains[:-1])),
-                                 "WorkDir": ""}
-            return {
-                "Id": image_id,
-                "RepoTags": self.tags_of(image_id),
-                "RepoDigests": self.digests_of(image_id),
-                "Parent": self.meta[image_id].get("parent") or "",
-                "Comment": c.get("comment", ""),
-                "Created": c.get("created", ""),
-                "Container": c.get("container", ""),
-                "ContainerConfig": full_config(c.get("container_config")),
-                "DockerVersion": c.get("docker_version", ""),
-                "Author": c.get("author", ""),
-                "Config": full_config(c.get("config")),
-                "Architecture": c.get("architecture", ""),
-                "Os": c.get("os", "linux"),
-                "Size": size,
-                "VirtualSize": size,
-                "GraphDriver": graph,
-                "RootFS": {"Type": "layers", "Layers": list(c.get("rootfs", {}).get("diff_ids") or [])},
-                "Metadata": {"LastTagTime": self.meta[image_id].get("last_tag_time", "0001-01-01T00:00:00Z")},
-            }
-
-    def history(self, name):
-        """Rows for GET /images/(name)/history, newest first (Docker's shape).
-
-        Entries map onto layers in order, skipping `empty_layer` ones. An entry gets an image ID
-        when it is the top of this image or of a stored ancestor, "<missing>" otherwise.
-        """
-        image_id = self.resolve(name)
-        with self.lock:
-            c = self.configs[image_id]
-            history = c.get("history") or [{"created": c.get("created"), "comment": c.get("comment", "")}]
-            chains = layers_mod.chain_ids(c.get("rootfs", {}).get("diff_ids") or [])
-            # ancestors by how many history entries they have
-            tops = {}
-            walk = image_id
-            while walk and walk in self.configs:
-                tops.setdefault(len(self.configs[walk].get("history") or [1]), walk)
-                walk = self.meta.get(walk, {}).get("parent")
-            rows, layer_index = [], 0
-            for i, h in enumerate(history):
-                size = 0
-                if not h.get("empty_layer"):
-                    if layer_index < len(chains):
-                        try:
-                            size = self.layers.size(chains[layer_index])
-                        except errors.NotFound:
-                            pass
-                    layer_index += 1
-                owner = tops.get(i + 1)
-                rows.append({"Id": owner or "<missing>", "Created": times.unix_seconds(h.get("created")),
-                             "CreatedBy": h.get("created_by", ""),
-                             "Tags": (self.tags_of(owner) or None) if owner else None,
-                             "Size": size, "Comment": h.get("comment", "")})
-            return rows[::-1]
 
     # -- tags ----------------------------------------------------------------------------------------
     def tag(self, name, repo, tag=None, force=True):
@@ -344,6 +235,38 @@ class ImageStore:
             for action, ident in record.items():
                 self.events.emit("image", "untag" if action == "Untagged" else "delete", ident, {"name": ident})
         return records
+
+    def prune(self, filters=None, users=lambda image_id: []):
+        """POST /images/prune: remove dangling images (no tag, no digest), or with the filter
+        `dangling=false` every image no container uses; `until` and `label`/`label!` narrow the
+        choice. Children go before their parents. Returns (records as delete() gives them, bytes
+        of layers freed) and announces a `prune` event carrying `reclaimed`."""
+        filters = filters or {}
+        only_dangling = filter_words.truthy(filters, "dangling", True)
+        until = filter_words.until_ns(filters)
+        records = []
+        with self.lock:
+            before = self._layers_size()
+            by_age = sorted(self.configs, key=lambda i: times.rfc3339_seconds(self.configs[i].get("created")),
+                            reverse=True)
+            for image_id in by_age:
+                config = self.configs.get(image_id)
+                if config is None or users(image_id) or self.children(image_id):
+                    continue                 # gone with a child already, in use, or a parent
+                if only_dangling and (self.tags_of(image_id) or self.digests_of(image_id)):
+                    continue
+                labels = (config.get("config") or {}).get("Labels") or {}
+                if not filter_words.labels_match(labels, filters):
+                    continue
+                if until is not None and times.rfc3339_ns(config.get("created") or "1970-01-01T00:00:00Z") > until:
+                    continue
+                records += self.delete(image_id, force=True, users=users)
+            reclaimed = before - self._layers_size()
+        self.events.emit("image", "prune", "", {"reclaimed": str(reclaimed)})
+        return records, reclaimed
+
+    def _layers_size(self):
+        return sum(self.layers.size(chain) for chain in self.layers.all_layers())
 
     def _delete(self, name, force, noprune, users):
         with self.lock:
@@ -479,18 +402,3 @@ class ImageStore:
 def _repo_of(key):
     """The repository part of an index key: "repo:tag" or "repo@sha256:..." -> "repo"."""
     return key.split("@", 1)[0] if "@" in key else key.rsplit(":", 1)[0]
-
-
-def all_labels_match(labels, wanted):
-    for item in wanted:
-        k, eq, v = item.partition("=")
-        if k not in labels or (eq and labels[k] != v):
-            return False
-    return True
-
-
-def _ref_matches(tag, pattern):
-    repo = tag.rsplit(":", 1)[0]
-    if ":" in pattern.rsplit("/", 1)[-1]:
-        return fnmatch.fnmatchcase(tag, pattern)
-    return fnmatch.fnmatchcase(repo, pattern)

@@ -48,16 +48,12 @@ import socket
 import threading
 import time
 
-from . import dns, errors, ipam, network, portproxy, store
+from minidock import dns, errors, filters as filters_mod, ipam, network, portproxy, store, times
 
 log = logging.getLogger(__name__)
 
 PREDEFINED_MODES = ("host", "none")
 BRIDGE = "bridge"
-
-
-def _now():
-    return time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime())
 
 
 def _predefined_id(name):
@@ -67,10 +63,10 @@ def _predefined_id(name):
 class Networks:
     """Network records, endpoint allocation, the bridges, DNS and published ports."""
 
-    def __init__(self, data_root, containers=None, bip=None, pools=None, dns_upstreams=None):
-        """`containers` is anything with all() / get(ref) returning objects with .id, .name,
+    def __init__(self, data_root, events, containers=None, bip=None, pools=None, dns_upstreams=None):
+        """`events` announces prunes (minidock.events.Events); `containers` is anything with all() / get(ref) returning objects with .id, .name,
         .record, .config, .host_config, .pid, .running (set later with attach())."""
-        self.containers = containers
+        self.containers, self.events = containers, events
         self.collection = store.Collection(os.path.join(data_root, "networks"), "network")
         for problem in self.collection.load():
             log.warning("skipping unreadable network state: %s", problem)
@@ -159,7 +155,7 @@ class Networks:
 
     def _record(self, nid, name, ipam_config, labels, ipam_options, internal, options,
                 attachable=False):
-        return {"Name": name, "Id": nid, "Created": _now(), "Scope": "local", "Driver": "bridge",
+        return {"Name": name, "Id": nid, "Created": times.now_rfc3339(), "Scope": "local", "Driver": "bridge",
                 "EnableIPv6": False,
                 "IPAM": {"Driver": "default", "Options": ipam_options or None,
                          "Config": ipam_config},
@@ -174,7 +170,7 @@ class Networks:
         return None
 
     def _predefined(self, name):
-        return {"Name": name, "Id": _predefined_id(name), "Created": "0001-01-01T00:00:00Z",
+        return {"Name": name, "Id": _predefined_id(name), "Created": times.ZERO_TIME,
                 "Scope": "local", "Driver": "host" if name == "host" else "null",
                 "EnableIPv6": False, "IPAM": {"Driver": "default", "Options": None, "Config": []},
                 "Internal": False, "Attachable": False, "Ingress": False,
@@ -290,6 +286,7 @@ class Networks:
                 del self.collection.objects[nid]
                 self._bring_down(rec)
                 raise
+        self.events.emit("network", "create", nid, {"name": name, "type": "bridge"})
         return {"Id": nid, "Warning": ""}
 
     def members(self, rec):
@@ -340,7 +337,7 @@ class Networks:
                         raise errors.InvalidParameter(f"invalid filter: 'type'='{v}'")
                 nets = [n for n in nets if ("builtin" if self._builtin(n) else "custom") in values]
             elif key == "label":
-                nets = [n for n in nets if all(_label_match(n["Labels"], v) for v in values)]
+                nets = [n for n in nets if filters_mod.labels_match(n["Labels"], {"label": values})]
             elif key == "scope":
                 nets = [n for n in nets if n["Scope"] in values]
             elif key == "dangling":
@@ -367,21 +364,29 @@ class Networks:
                 self.containers.save(c)
             self._bring_down(rec)
             self.collection.delete(rec["Id"])
+        self.events.emit("network", "destroy", rec["Id"], {"name": rec["Name"], "type": "bridge"})
         return rec
 
     def prune(self, filters=None):
+        """POST /networks/prune: user-defined networks no running container uses, filtered by
+        `until` and `label`/`label!`; announced with a `prune` event."""
+        filters = filters or {}
+        filters_mod.check_keys(filters, ("until", "label", "label!"))
+        until = filters_mod.until_ns(filters)
         removed = []
         for rec in list(self.collection.objects.values()):
             if self._builtin(rec) or any(c.running for c in self.members(rec)):
                 continue
-            if filters and "label" in filters and not all(_label_match(rec["Labels"], v)
-                                                          for v in filters["label"]):
+            if not filters_mod.labels_match(rec["Labels"], filters):
+                continue
+            if until is not None and times.rfc3339_ns(rec["Created"]) >= until:
                 continue
             try:
                 self.remove(rec["Id"])
                 removed.append(rec["Name"])
             except errors.MinidockError:
                 pass
+        self.events.emit("network", "prune", "", {"reclaimed": "0"})
         return removed
 
     # -- endpoints ------------------------------------------------------------------------------
@@ -602,6 +607,24 @@ class Networks:
         rec = self.find(ref)
         self.leave(c, rec, force)
         self.containers.save(c)
+
+    def connect_container(self, ref, container_ref, config=None):
+        """POST /networks/{id}/connect: the container by id or name, running or stopped."""
+        c = self.containers.get(container_ref or "")
+        with c.lock:
+            self.connect(ref, c, config)
+        self._announce("connect", ref, c)
+
+    def disconnect_container(self, ref, container_ref, force=False):
+        """POST /networks/{id}/disconnect."""
+        c = self.containers.get(container_ref or "")
+        with c.lock:
+            self.disconnect(ref, c, force)
+        self._announce("disconnect", ref, c)
+
+    def _announce(self, action, ref, c):
+        rec = self.find(ref)
+        self.events.emit("network", action, rec["Id"], {"container": c.id, "name": rec["Name"], "type": "bridge"})
 
     def _wire(self, rec, ep, default_route):
         return {"bridge": self.bridge_of(rec), "address": ep["IPAddress"],
@@ -858,10 +881,3 @@ def parse_link(link):
     target = target.lstrip("/")
     alias = alias.rsplit("/", 1)[-1] if alias else target
     return target, alias
-
-
-def _label_match(labels, want):
-    key, eq, value = want.partition("=")
-    if key not in labels:
-        return False
-    return not eq or labels[key] == value

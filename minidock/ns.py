@@ -100,7 +100,7 @@ import shutil
 import signal
 import stat
 
-from . import errors
+from . import errors, pid1
 
 # --- the raw syscalls ----------------------------------------------------------------------
 
@@ -778,9 +778,21 @@ def readonly_paths(rootfs, paths):
         remount_readonly(target)
 
 
+TMPFS_FLAGS = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC,
+               "noatime": MS_NOATIME, "nodiratime": MS_NODIRATIME}
+
+
 @_Step("bind mounts")
 def bind_mounts(rootfs, mounts):
     for m in mounts:
+        if m.get("type") == "tmpfs":    # --mount type=tmpfs: a fresh tmpfs, no source
+            target = in_root(rootfs, m["target"])
+            os.makedirs(target, exist_ok=True)
+            flags = MS_NOSUID | MS_NODEV
+            for word in m.get("flags") or []:
+                flags |= TMPFS_FLAGS[word]
+            mount("tmpfs", target, "tmpfs", flags, m.get("data") or None)
+            continue
         source, target = m["source"], in_root(rootfs, m["target"])
         if not os.path.lexists(target):  # create the mount point, shaped like the source
             if os.path.isdir(source):
@@ -983,8 +995,18 @@ def _exec(argv, env):
         raise StartError(f'exec: "{path}": {what}', "exec", e.errno, code) from e
 
 
-def _prepare_process(stdio, tty):
-    """Last steps common to run and exec: stdio, session, signals, death signal, fds."""
+def _arm_deathsig(parent=0):
+    """Die with our parent. Credential changes (setuid) clear the parent-death signal, so it is
+    armed after them; a parent already gone shows as another getppid(), and we leave at once."""
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(137)
+
+
+def _prepare_process(stdio, tty, parent=0):
+    """Last steps common to run and exec: stdio, session, signals, death signal, fds. `parent`
+    is the pid our parent has in our pid namespace: 0 (the shim, outside it), or 1 (the --init
+    reaper)."""
     for target, fd in enumerate(stdio):
         os.dup2(fd, target)            # dup2 clears close-on-exec on 0, 1, 2
     os.setsid()                         # its own session, away from the spawner's
@@ -999,9 +1021,7 @@ def _prepare_process(stdio, tty):
     # Credential changes (setuid) clear the parent-death signal: arm it again. The parent
     # (the shim) is outside our pid namespace, so getppid() is 0 while it lives; an exec'd
     # process whose shim died has been re-parented to the container's init (1).
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != 0:
-        os._exit(137)
+    _arm_deathsig(parent)
     # Whatever descriptors the daemon inherited must not reach the container.
     _libc.syscall(_SYS_CLOSE_RANGE, 3, ctypes.c_uint(0xFFFFFFFF), _CLOSE_RANGE_CLOEXEC)
 
@@ -1110,7 +1130,9 @@ def _container_init(spec, stdio, status_fd):
     switch_user(uid, gid, groups)
     set_capabilities(caps)
     _step_chdir(spec.get("cwd") or "/")
-    _prepare_process(stdio, tty)   # last: it rewires 0/1/2 and the death signal
+    if spec.get("init"):                # --init: this process stays as PID 1, the reaper (pid1.py)
+        pid1.fork_command(_arm_deathsig)
+    _prepare_process(stdio, tty, parent=1 if spec.get("init") else 0)   # last: 0/1/2, death signal
     _exec(spec["argv"], spec.get("env") or [])
 
 

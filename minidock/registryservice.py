@@ -159,11 +159,13 @@ class RegistryService:
             result["IdentityToken"] = token
         return result
 
-    def pull(self, name, auth, progress, cancel):
+    def pull(self, name, auth, progress, cancel, platform=None):
+        """Pull `name`; `platform` (platforms.parse form) picks from a manifest list, else ours."""
         ref = reference.parse(name)
         sink = PullSink(self.engine.images, self.engine.layers)
         try:
-            digest = registry.pull(ref, sink, auth=auth, config=self.config, progress=progress, cancel=cancel)
+            digest = registry.pull(ref, sink, auth=auth, config=self.config, progress=progress, cancel=cancel,
+                                   platform_want=platform)
         finally:
             sink.close()
         self.engine.events.emit("image", "pull", str(ref), {"name": str(ref)})
@@ -186,6 +188,10 @@ class RegistryService:
         images._set_ref(reference.Reference(ref.domain, ref.path, digest=digest).key(), image_id)
         self.engine.events.emit("image", "push", str(ref), {"name": str(ref)})
         return digest, size
+
+    def distribution(self, name, auth):
+        """GET /distribution/{name}/json: the registry's descriptor and platforms for `name`."""
+        return registry.inspect_remote(reference.parse(name), auth=auth, config=self.config)
 
     def search(self, term, auth, limit=25):
         return registry.search(term, auth=auth, config=self.config, limit=limit)

@@ -84,6 +84,7 @@ import selectors
 import signal
 import socket
 import threading
+import traceback
 
 from . import errors, network, ns   # network: loaded once here, not in every shim
 
@@ -112,6 +113,9 @@ class Spawner:
                 mine.close()
                 _Server(theirs, daemon).serve()
             except BaseException:
+                # The daemon only sees the socket close ("the spawner process is gone"): say why
+                # on our stderr, which is the daemon's log.
+                traceback.print_exc()
                 code = 1
             os._exit(code)
         theirs.close()
@@ -305,7 +309,10 @@ class _Server:
                     except BlockingIOError:
                         pass
                     self.reap()
-                else:
+                elif key.fd in self.by_fd:
+                    # Only if still ours: a SIGCHLD earlier in this same batch may have reaped
+                    # the shim and closed its status pipe (reading it then was EBADF, which
+                    # killed the spawner under load).
                     self.on_status(key.fd)
 
     def send(self, msg):
@@ -327,6 +334,7 @@ class _Server:
         if shim == 0:
             self.shim_main(msg, fds, status_r, status_w)   # never returns
         os.close(status_w)
+        os.set_blocking(status_r, False)   # read only when select says so, never wait on it
         for fd in fds:
             os.close(fd)
         self.shims[shim] = _Shim(msg["id"], status_r)
@@ -368,7 +376,10 @@ class _Server:
         os._exit(code)
 
     def on_status(self, fd):
-        chunk = os.read(fd, 65536)
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:         # the number was reused by a newer, still empty pipe
+            return
         shim = self.shims[self.by_fd[fd]]
         if chunk:
             shim.buf += chunk

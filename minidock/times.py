@@ -133,6 +133,16 @@ def parse_duration(text):
     return sign * int(round(total))
 
 
+def parse_filter_time(text, now_ns=None):
+    """A filter's `until` (prune, image list): a timestamp as `parse_timestamp` reads it, or a Go
+    duration meaning that long before now (`24h`, `10m`), as moby's `GetTimestamp` does."""
+    try:
+        ago = parse_duration(text)
+    except ValueError:
+        return parse_timestamp(text)
+    return (time.time_ns() if now_ns is None else now_ns) - ago
+
+
 def human_duration(seconds):
     """Go's units.HumanDuration, which `docker ps` shows."""
     if seconds < 1:

@@ -25,10 +25,40 @@ import re
 import shutil
 import threading
 
-from minidock import errors, store
+from minidock import errors, filters as filters_mod, store
 from minidock.times import now_rfc3339
 
 VOLUME_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+
+
+MOUNT_TYPES = ("bind", "volume", "tmpfs")
+PROPAGATIONS = ("rprivate", "private", "rshared", "shared", "rslave", "slave")
+TMPFS_FLAGS = ("ro", "nosuid", "nodev", "noexec", "noatime", "nodiratime")
+TMPFS_DATA = ("size", "mode", "nr_inodes", "uid", "gid")
+
+
+def tmpfs_options(options, bad):
+    """TmpfsOptions -> (mount flag words, the tmpfs data string "size=...,mode=..."): SizeBytes
+    and Mode (an octal file mode), and since API 1.46 Options, [[flag]] or [[key, value]]."""
+    flags, data = [], []
+    size = options.get("SizeBytes")
+    if size:
+        if not isinstance(size, int) or size < 0:
+            raise bad(f"invalid tmpfs size: {size}")
+        data.append(f"size={size}")
+    mode = options.get("Mode")
+    if mode:
+        data.append(f"mode={int(mode) & 0o7777:o}")
+    for option in options.get("Options") or []:
+        if not isinstance(option, list) or not 1 <= len(option) <= 2:
+            raise bad(f"invalid tmpfs option: {option}")
+        if len(option) == 1 and option[0] in TMPFS_FLAGS:
+            flags.append(option[0])
+        elif len(option) == 2 and option[0] in TMPFS_DATA:
+            data.append(f"{option[0]}={option[1]}")
+        else:
+            raise bad(f"unsupported tmpfs option: {option}")
+    return flags, ",".join(data)
 
 
 class Volumes:
@@ -72,6 +102,10 @@ class Volumes:
                 "Labels": record.get("Labels") or None, "Scope": "local",
                 "Options": record.get("Options") or None, "CreatedAt": record["CreatedAt"]}
 
+    def usage(self, name):
+        """`UsageData` of `docker system df -v`: bytes in the volume, containers using it."""
+        return {"Size": _du(self.path(name)), "RefCount": len(self.users(name))}
+
     def path(self, name):
         return os.path.join(self.root, name, "_data")
 
@@ -109,9 +143,7 @@ class Volumes:
                 want = filters["dangling"][-1] in ("1", "true", "True")
                 if (not self.users(name)) != want:
                     continue
-            labels = v["Labels"] or {}
-            if any(k.partition("=")[0] not in labels or ("=" in k and labels[k.partition("=")[0]] != k.partition("=")[2])
-                   for k in filters.get("label", [])):
+            if not filters_mod.labels_match(v["Labels"], {"label": filters.get("label")}):
                 continue
             result.append(v)
         return result
@@ -128,13 +160,23 @@ class Volumes:
             self.collection.delete(name)
         self.events.emit("volume", "destroy", name, {"driver": "local"})
 
-    def prune(self):
+    def prune(self, filters=None):
+        """POST /volumes/prune: remove unused volumes (only anonymous ones unless `all=true`,
+        API 1.42) that pass the `label`/`label!` filters. -> (names, bytes freed); announces a
+        `prune` event carrying `reclaimed`."""
+        filters = filters or {}
+        filters_mod.check_keys(filters, ("all", "label", "label!"))
+        every = filters_mod.truthy(filters, "all", False)
         deleted, space = [], 0
         for name in list(self.collection.objects):
-            if not self.users(name):
-                space += _du(os.path.join(self.root, name))
-                self.remove(name)
-                deleted.append(name)
+            record = self.collection.objects[name]
+            if self.users(name) or not (every or record.get("Anonymous")) \
+                    or not filters_mod.labels_match(record.get("Labels"), filters):
+                continue
+            space += _du(os.path.join(self.root, name))
+            self.remove(name)
+            deleted.append(name)
+        self.events.emit("volume", "prune", "", {"reclaimed": str(space)})
         return deleted, space
 
     # -- container mounts ------------------------------------------------------------------------
@@ -144,6 +186,11 @@ class Volumes:
         mounts = {}
         for spec in hc.get("Binds") or []:
             m = self._parse_bind(spec)
+            mounts[m["Destination"]] = m
+        for spec in hc.get("Mounts") or []:
+            m = self._parse_mount(spec)
+            if m["Destination"] in mounts:       # Binds and Mounts may not both claim a path
+                raise errors.InvalidParameter(f"Duplicate mount point: {m['Destination']}")
             mounts[m["Destination"]] = m
         for spec in hc.get("VolumesFrom") or []:
             ref, _, mode = spec.partition(":")
@@ -164,6 +211,68 @@ class Volumes:
             mounts[dest] = {"Type": "volume", "Name": v["Name"], "Source": v["Mountpoint"], "Destination": dest,
                             "Driver": "local", "Mode": "", "RW": True, "Propagation": "", "CopyUp": True}
         return sorted(mounts.values(), key=lambda m: m["Destination"])
+
+    def _parse_mount(self, spec):
+        """One `HostConfig.Mounts` entry (API 1.25, `docker run --mount`) -> a mount point.
+
+        {"Type": "bind"|"volume"|"tmpfs", "Source", "Target", "ReadOnly", and the options of its
+        type only: BindOptions {Propagation, CreateMountpoint}, VolumeOptions {NoCopy, Labels,
+        Subpath}, TmpfsOptions {SizeBytes, Mode, Options}}. Everything is checked before anything
+        is created; the messages are Docker's."""
+        if not isinstance(spec, dict):
+            raise errors.InvalidParameter("invalid mount config: a mount must be a JSON object")
+        kind, source, target = spec.get("Type") or "", spec.get("Source") or "", spec.get("Target") or ""
+        if kind not in MOUNT_TYPES:
+            raise errors.InvalidParameter(f'invalid mount config for type "{kind}": mount type unknown')
+
+        def bad(why):
+            return errors.InvalidParameter(f'invalid mount config for type "{kind}": {why}')
+        for option, own in (("BindOptions", "bind"), ("VolumeOptions", "volume"), ("TmpfsOptions", "tmpfs")):
+            if spec.get(option) and kind != own:
+                raise bad(f"{option} must not be specified")
+        if not target:
+            raise bad("field Target must not be empty")
+        if not target.startswith("/"):
+            raise bad(f"invalid mount path: '{target}' mount path must be absolute")
+        target = os.path.normpath(target)
+        rw = not spec.get("ReadOnly")
+        point = {"Type": kind, "Destination": target, "Mode": "", "RW": rw}
+        if kind == "bind":
+            options = spec.get("BindOptions") or {}
+            propagation = options.get("Propagation") or "rprivate"
+            if propagation not in PROPAGATIONS:
+                raise bad(f"invalid propagation mode: {propagation}")
+            if not source.startswith("/"):
+                raise bad(f"invalid mount path: '{source}' mount path must be absolute"
+                          if source else "field Source must not be empty")
+            source = os.path.normpath(source)
+            if not os.path.exists(source):
+                if not options.get("CreateMountpoint"):
+                    raise bad(f"bind source path does not exist: {source}")
+                os.makedirs(source, mode=0o755, exist_ok=True)
+            return dict(point, Source=source, Propagation=propagation)
+        if kind == "tmpfs":
+            if source:
+                raise bad("field Source must not be specified")
+            options = spec.get("TmpfsOptions") or {}
+            flags, data = tmpfs_options(options, bad)
+            return dict(point, Source="", Propagation="", Tmpfs={"flags": flags, "data": data})
+        options = spec.get("VolumeOptions") or {}
+        subpath = options.get("Subpath") or ""
+        if subpath and (subpath.startswith("/") or ".." in subpath.split("/")):
+            raise bad(f"subpath must be a relative path within the volume: {subpath}")
+        if source and not VOLUME_NAME_RE.match(source):
+            raise bad(f"invalid volume name: {source}")
+        if (options.get("DriverConfig") or {}).get("Name", "local") not in ("", "local"):
+            raise bad("only the local volume driver is available")
+        v = self.create(name=source or None, labels=options.get("Labels"), anonymous=not source)
+        mountpoint = v["Mountpoint"]
+        if subpath:
+            mountpoint = os.path.join(mountpoint, os.path.normpath(subpath))
+            if not os.path.exists(mountpoint):
+                raise bad(f"cannot access path {mountpoint}: no such file or directory")
+        return dict(point, Name=v["Name"], Source=mountpoint, Driver="local", Propagation="",
+                    CopyUp=not options.get("NoCopy") and not subpath)
 
     def _parse_bind(self, spec):
         parts = spec.split(":")
@@ -207,6 +316,11 @@ class Volumes:
                 self._copy_up(os.path.join(rootfs, m["Destination"].lstrip("/")), m["Source"])
                 m["CopyUp"] = False
                 changed = True
+            if m["Type"] == "tmpfs":
+                result.append({"type": "tmpfs", "target": m["Destination"],
+                               "flags": m["Tmpfs"]["flags"] + ([] if m["RW"] else ["ro"]),
+                               "data": m["Tmpfs"]["data"]})
+                continue
             result.append({"source": m["Source"], "target": m["Destination"], "readonly": not m["RW"]})
         return result, changed
 

@@ -65,11 +65,11 @@ VERSION_KEYS = {
 def test_version_shape_per_api_version(api, prefix):
     status, headers, body = get(api[1], prefix + "/version")
     assert status == 200
-    assert headers["Api-Version"] == "1.24" and headers["Ostype"] == "linux"
+    assert headers["Api-Version"] == "1.47" and headers["Ostype"] == "linux"
     assert headers["Server"].startswith("minidock/")
     expected = VERSION_KEYS[prefix]
     if expected is None:
-        assert body["ApiVersion"] == "1.24" and body["MinAPIVersion"] == "1.0"
+        assert body["ApiVersion"] == "1.47" and body["MinAPIVersion"] == "1.0"
         assert body["KernelVersion"] == os.uname().release
         assert body["GoVersion"].startswith("python3.")
     else:
@@ -103,7 +103,7 @@ def test_info_shape_per_api_version(api, prefix):
 def test_too_new_version_is_400(api):
     status, _, body = get(api[1], "/v1.99/version")
     assert status == 400
-    assert body["message"] == "client version 1.99 is too new. Maximum supported API version is 1.24"
+    assert body["message"] == "client version 1.99 is too new. Maximum supported API version is 1.47"
 
 
 def test_ping_get_and_head(api):
@@ -209,3 +209,43 @@ def test_info_says_pause_method_and_userns(api):
     status, _, body = get(api[1], "/info")
     assert body["PauseMethod"] in ("cgroup.freeze", "SIGSTOP")
     assert ["Pause method", body["PauseMethod"]] in body["SystemStatus"]
+
+
+def test_ping_tells_the_builder_and_swarm_state(api):
+    status, headers, body = get(api[1], "/v1.47/_ping")
+    assert (status, body) == (200, b"OK")
+    assert headers["Builder-Version"] == "1" and headers["Swarm"] == "inactive"
+    assert headers["Api-Version"] == "1.47" and headers["Cache-Control"].startswith("no-cache")
+
+
+def post(sock, path, body=b""):
+    data = raw(sock, f"POST {path} HTTP/1.1\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+               + body)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), json.loads(rest) if rest.startswith(b"{") else rest
+
+
+@pytest.mark.parametrize("method,path,status,words", [
+    ("GET", "/v1.47/swarm", 503, "This node is not a swarm manager."),
+    ("GET", "/v1.47/nodes", 503, "This node is not a swarm manager."),
+    ("GET", "/v1.47/services", 503, "docker swarm init"),
+    ("GET", "/v1.47/tasks", 503, "not a swarm manager"),
+    ("GET", "/v1.47/secrets", 503, "not a swarm manager"),
+    ("GET", "/v1.47/configs", 503, "not a swarm manager"),
+    ("POST", "/v1.47/swarm/leave", 503, "This node is not part of a swarm"),
+    ("POST", "/v1.47/swarm/init", 501, "single-host"),
+    ("POST", "/v1.47/session", 501, "DOCKER_BUILDKIT=0"),
+    ("GET", "/v1.29/configs", 404, "page not found"),          # configs came with 1.30
+])
+def test_not_a_swarm_node(api, method, path, status, words):
+    if method == "GET":
+        got, _, body = get(api[1], path)
+    else:
+        got, body = post(api[1], path)
+    assert got == status and words in body["message"]
+
+
+def test_plugins_is_an_empty_list(api):
+    assert get(api[1], "/v1.47/plugins")[2] == []
+    status, _, body = get(api[1], "/v1.47/plugins/vieux/sshfs:latest/json")
+    assert status == 404 and "plugin" in body["message"]

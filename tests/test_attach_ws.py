@@ -2,6 +2,7 @@
 GET /containers/(id)/attach/ws against a real rootless daemon with a small stdlib client."""
 
 import os
+import re
 import socket
 import time
 
@@ -120,6 +121,9 @@ class WSClient:
     """Just enough of a WebSocket client: handshake, masked sends, frame reads."""
 
     def __init__(self, socket_path, path):
+        # Docker sends output in text frames before API v1.28 and in binary frames since.
+        version = re.match(r"^/v1\.(\d+)/", path)
+        self.data_opcode = ws.TEXT if version and int(version.group(1)) < 28 else ws.BINARY
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(15)
         self.sock.connect(socket_path)
@@ -152,7 +156,7 @@ class WSClient:
             self.buffer += data
 
     def read_until_close(self):
-        """Text payloads up to the server's close frame: (bytes, close code)."""
+        """Data payloads up to the server's close frame: (bytes, close code)."""
         out = b""
         while True:
             frame = self.frame()
@@ -160,14 +164,14 @@ class WSClient:
                 return out, None
             if frame.opcode == ws.CLOSE:
                 return out, ws.parse_close_payload(frame.payload)[0]
-            assert frame.opcode == ws.TEXT
+            assert frame.opcode == self.data_opcode
             out += frame.payload
 
     def read_until(self, needle):
         out = b""
         while needle not in out:
             frame = self.frame()
-            assert frame is not None and frame.opcode == ws.TEXT, (out, frame)
+            assert frame is not None and frame.opcode == self.data_opcode, (out, frame)
             out += frame.payload
         return out
 
@@ -251,7 +255,7 @@ def test_ws_tty_ping_and_detach_keys(rootless):
                       "/containers/wstty/attach/ws?stream=1&stdin=1&stdout=1&detachKeys=ctrl-x,y")
     client.send(b"ping!", ws.PING)
     frame = client.frame()
-    while frame.opcode == ws.TEXT:          # a prompt may come first
+    while frame.opcode == ws.BINARY:        # a prompt may come first (binary frames since v1.28)
         frame = client.frame()
     assert (frame.opcode, frame.payload) == (ws.PONG, b"ping!")
     client.send(b"echo ABC$((6*7))\r")
@@ -264,3 +268,16 @@ def test_ws_tty_ping_and_detach_keys(rootless):
     state = d.client().get("/containers/wstty/json")["State"]
     assert state["Running"], state
     d.docker("rm", "-f", "wstty")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("prefix,opcode", [("/v1.27", ws.TEXT), ("/v1.28", ws.BINARY), ("/v1.47", ws.BINARY)])
+def test_ws_frames_are_text_before_1_28_and_binary_since(rootless, prefix, opcode):
+    d = rootless
+    d.docker("run", "--name", "wsframes", "busybox", "echo", "framed")
+    client = WSClient(_socket_path(d), f"{prefix}/containers/wsframes/attach/ws?logs=1&stdout=1")
+    assert client.status == 101 and client.data_opcode == opcode
+    out, _ = client.read_until_close()            # asserts every data frame has `opcode`
+    client.close()
+    assert out == b"framed\n"
+    d.docker("rm", "wsframes")

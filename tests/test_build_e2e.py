@@ -316,3 +316,15 @@ def test_add_url_remote_contexts_and_plain_dockerfile_body(rootless, context, we
     lines = list(client.stream("POST", "/build", {"t": "plain-df"},
                                body=b"FROM busybox\nCMD [\"echo\", \"plain\"]\n"))
     assert d.docker("run", "--rm", "plain-df").stdout.decode() == "plain\n"
+
+
+def test_build_network_and_add_host_reach_run_steps(rootless, context):
+    """`docker build --network none --add-host` (networkmode 1.25, extrahosts 1.28): the RUN
+    containers have only a loopback interface and the extra /etc/hosts line."""
+    write(context, "Dockerfile", "FROM busybox\nRUN grep -q 'db.internal' /etc/hosts && ! grep -q eth /proc/net/dev\n")
+    code, out, err = build(rootless, context, "--network", "none", "--add-host", "db.internal:10.1.2.3", "-t",
+                           "netbuild")
+    assert code == 0, out + err
+    code, out, err = build(rootless, context, "--no-cache", "-t", "netbuild", check=False)
+    assert code != 0 and "returned a non-zero code" in out + err
+    rootless.docker("rmi", "netbuild")

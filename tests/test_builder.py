@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from minidock import builder, errors
+from minidock import buildcopy, builder, errors
 
 
 def tar_bytes(files):
@@ -41,23 +41,23 @@ def test_empty_context_is_empty(tmp_path):
 
 def test_tar_header_sniffing():
     block = tar_bytes({"a": b"1"})[:512]
-    assert builder._is_tar_header(block)
+    assert buildcopy.is_tar_header(block)
     v7 = bytearray(block)
     v7[257:265] = bytes(8)                       # no ustar magic: the checksum decides
     checksum = sum(v7[:148]) + 8 * 32 + sum(v7[156:])
     v7[148:156] = f"{checksum:06o}\0 ".encode()
-    assert builder._is_tar_header(bytes(v7))
-    assert not builder._is_tar_header(b"FROM busybox\n".ljust(512, b"\n"))
-    assert not builder._is_tar_header(b"short")
+    assert buildcopy.is_tar_header(bytes(v7))
+    assert not buildcopy.is_tar_header(b"FROM busybox\n".ljust(512, b"\n"))
+    assert not buildcopy.is_tar_header(b"short")
 
 
 def test_add_archive_detection(tmp_path):
     (tmp_path / "a.tar.gz").write_bytes(gzip.compress(tar_bytes({"x": b"1"})))
     (tmp_path / "notes.gz").write_bytes(gzip.compress(b"just text\n" * 100))
     (tmp_path / "plain.txt").write_bytes(b"hello")
-    assert builder._is_archive_file(str(tmp_path / "a.tar.gz"))
-    assert not builder._is_archive_file(str(tmp_path / "notes.gz"))
-    assert not builder._is_archive_file(str(tmp_path / "plain.txt"))
+    assert buildcopy.is_archive_file(str(tmp_path / "a.tar.gz"))
+    assert not buildcopy.is_archive_file(str(tmp_path / "notes.gz"))
+    assert not buildcopy.is_archive_file(str(tmp_path / "plain.txt"))
 
 
 def test_chown_lookup_reads_the_image_files(tmp_path):
@@ -65,12 +65,12 @@ def test_chown_lookup_reads_the_image_files(tmp_path):
     (tmp_path / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/app:/bin/sh\n")
     (tmp_path / "etc" / "group").write_text("root:x:0:\nstaff:x:50:app\n")
     root = str(tmp_path)
-    assert builder._owner(root, None) == (0, 0)
-    assert builder._owner(root, "1234") == (1234, 1234)
-    assert builder._owner(root, "app") == (1000, 1001)
-    assert builder._owner(root, "app:staff") == (1000, 50)
-    assert builder._owner(root, "7:8") == (7, 8)
+    assert buildcopy.owner(root, None) == (0, 0)
+    assert buildcopy.owner(root, "1234") == (1234, 1234)
+    assert buildcopy.owner(root, "app") == (1000, 1001)
+    assert buildcopy.owner(root, "app:staff") == (1000, 50)
+    assert buildcopy.owner(root, "7:8") == (7, 8)
     with pytest.raises(errors.InvalidParameter, match="no such user: ghost"):
-        builder._owner(root, "ghost")
+        buildcopy.owner(root, "ghost")
     with pytest.raises(errors.InvalidParameter, match="no such group: ghosts"):
-        builder._owner(root, "app:ghosts")
+        buildcopy.owner(root, "app:ghosts")

@@ -25,7 +25,7 @@ def test_real_cli_version_info_events_as_unprivileged_user(daemon_factory):
     assert stat.S_ISSOCK(st.st_mode) and st.st_mode & 0o777 == 0o600 and st.st_uid == NOBODY
 
     out = d.docker("version").stdout.decode()
-    assert "Server: minidock" in out and "API version:      1.24" in out
+    assert "Server: minidock" in out and "API version:      1.47" in out
 
     info = json.loads(d.docker("info", "--format", "{{json .}}").stdout)
     assert info["DockerRootDir"] == d.data_root
@@ -143,4 +143,4 @@ def test_unix_and_tcp_listeners_together(daemon_factory):
     d = daemon_factory(extra_args=["-H", f"tcp://127.0.0.1:{port}"])
     assert b"minidock" in d.docker("version", "--format", "{{.Server.Platform.Name}}").stdout
     over_tcp = d.docker("version", "--format", "{{.Server.APIVersion}}", env={"DOCKER_HOST": f"tcp://127.0.0.1:{port}"})
-    assert over_tcp.stdout == b"1.24\n"
+    assert over_tcp.stdout == b"1.47\n"

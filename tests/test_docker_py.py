@@ -9,10 +9,13 @@ docker = pytest.importorskip("docker", reason="docker-py is not installed on thi
 pytestmark = pytest.mark.e2e
 
 
-def test_docker_py_round_trip(rootless):
-    client = docker.DockerClient(base_url=rootless.host, version="1.24")
+@pytest.mark.parametrize("version", ["1.24", "auto"])
+def test_docker_py_round_trip(rootless, version):
+    """The same round trip at API 1.24 and negotiated (`auto` asks /version and speaks 1.47)."""
+    client = docker.DockerClient(base_url=rootless.host, version=version)
     assert client.ping() is True
-    assert client.version()["ApiVersion"] == "1.24"
+    assert client.version()["ApiVersion"] == "1.47"
+    assert client.api.api_version == ("1.47" if version == "auto" else "1.24")
     assert client.containers.run("busybox", ["echo", "from docker-py"], remove=True) == b"from docker-py\n"
     ct = client.containers.run("busybox", ["sh", "-c", "echo hi; sleep 30"], detach=True)
     try:

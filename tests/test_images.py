@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 
-from minidock import errors, events, imagearchive, imagecreate, images, layers, reference
+from minidock import errors, events, imagearchive, imagecreate, imagedescribe, images, layers, reference
 from tests.rootfs_helpers import busybox_rootfs_tar, names_in, tar_bytes
 
 
@@ -52,20 +52,20 @@ def test_import_inspect_list_history(store, busybox):
         assert "sha256:" + hashlib.sha256(f.read()).hexdigest() == busybox
     for name in ("busybox", "busybox:latest", "docker.io/library/busybox:latest", busybox, busybox[7:19]):
         assert store.resolve(name) == busybox
-    info = store.inspect("busybox")
+    info = imagedescribe.inspect(store, "busybox")
     assert info["RepoTags"] == ["busybox:latest"]
     assert info["Config"]["Cmd"] == ["/bin/sh"] and info["Config"]["Env"] == ["A=1", "B=two"]
     assert info["Config"]["ExposedPorts"] == {"80/tcp": {}} and info["Config"]["Labels"] == {"x": "y"}
     assert info["Config"]["WorkingDir"] == "/root" and info["Os"] == "linux"
     assert info["Size"] >= os.path.getsize("/bin/busybox") and len(info["RootFS"]["Layers"]) == 1
-    rows = store.list()
+    rows = imagedescribe.list_rows(store)
     assert [r["Id"] for r in rows] == [busybox] and rows[0]["RepoTags"] == ["busybox:latest"]
-    assert store.list(filters={"label": ["x=y"]}) and not store.list(filters={"label": ["x=z"]})
-    assert not store.list(filters={"dangling": ["true"]})
-    hist = store.history("busybox")
+    assert imagedescribe.list_rows(store, filters={"label": ["x=y"]}) and not imagedescribe.list_rows(store, filters={"label": ["x=z"]})
+    assert not imagedescribe.list_rows(store, filters={"dangling": ["true"]})
+    hist = imagedescribe.history(store, "busybox")
     assert len(hist) == 1 and hist[0]["Id"] == busybox and hist[0]["Comment"] == "Imported from -"
     with pytest.raises(errors.NotFound, match="No such image: nope"):
-        store.inspect("nope")
+        imagedescribe.inspect(store, "nope")
     with pytest.raises(errors.InvalidParameter, match="not a valid change command"):
         imagecreate.import_image(store, io.BytesIO(tar_bytes([("a", "file", "1")])), changes=["RUN true"])
 
@@ -76,7 +76,7 @@ def test_tag_and_delete_semantics(store, busybox):
     with pytest.raises(errors.Conflict):
         other = imagecreate.import_image(store, io.BytesIO(tar_bytes([("a", "file", "1")])))
         store.tag(other, "mine", force=False)
-    assert store.inspect("mine")["RepoTags"] == ["busybox:latest", "localhost:5000/bb:v1", "mine:latest"]
+    assert imagedescribe.inspect(store, "mine")["RepoTags"] == ["busybox:latest", "localhost:5000/bb:v1", "mine:latest"]
     # by ID with several references: must be forced
     with pytest.raises(errors.Conflict, match="referenced in multiple repositories"):
         store.delete(busybox[7:19])
@@ -92,7 +92,7 @@ def test_tag_and_delete_semantics(store, busybox):
         store.delete(busybox, users=stopped)
     records = store.delete("busybox")
     assert records[0] == {"Untagged": "busybox:latest"} and records[1] == {"Deleted": busybox}
-    assert {"Deleted": store.inspect(other)["RootFS"]["Layers"][0]} not in records
+    assert {"Deleted": imagedescribe.inspect(store, other)["RootFS"]["Layers"][0]} not in records
     assert len(records) == 3           # the image's one layer went too
     with pytest.raises(errors.NotFound):
         store.resolve("busybox")
@@ -101,7 +101,7 @@ def test_tag_and_delete_semantics(store, busybox):
 def test_shared_layer_stored_once_freed_when_unused(store, busybox):
     base = imagecreate.import_image(store, io.BytesIO(busybox_rootfs_tar()), repo="again")
     assert base != busybox                                     # different config (no changes)
-    assert store.inspect(base)["RootFS"] == store.inspect(busybox)["RootFS"]
+    assert imagedescribe.inspect(store, base)["RootFS"] == imagedescribe.inspect(store, busybox)["RootFS"]
     assert len(store.layers.all_layers()) == 1
     assert [r for r in store.delete("again") if "Deleted" in r] == [{"Deleted": base}]
     assert len(store.layers.all_layers()) == 1
@@ -111,7 +111,7 @@ def test_shared_layer_stored_once_freed_when_unused(store, busybox):
 
 def test_state_survives_reload(store, busybox, tmp_path):
     again = images.ImageStore(store.root, layers.LayerStore(store.layers.root), events.Events())
-    assert again.resolve("busybox") == busybox and again.inspect("busybox")["Config"]["Cmd"] == ["/bin/sh"]
+    assert again.resolve("busybox") == busybox and imagedescribe.inspect(again, "busybox")["Config"]["Cmd"] == ["/bin/sh"]
 
 
 def _members(data):
@@ -126,7 +126,7 @@ def test_save_writes_both_layouts_and_loads_back(store, busybox, tmp_path):
     manifest = json.loads(files["manifest.json"])
     assert manifest[0]["Config"] == busybox[7:] + ".json" and manifest[0]["RepoTags"] == ["busybox:latest"]
     layer = files[manifest[0]["Layers"][0]]
-    assert "sha256:" + hashlib.sha256(layer).hexdigest() == store.inspect("busybox")["RootFS"]["Layers"][0]
+    assert "sha256:" + hashlib.sha256(layer).hexdigest() == imagedescribe.inspect(store, "busybox")["RootFS"]["Layers"][0]
     repos = json.loads(files["repositories"])
     top = repos["busybox"]["latest"]
     assert files[f"{top}/VERSION"] == b"1.0" and json.loads(files[f"{top}/json"])["id"] == top
@@ -135,7 +135,7 @@ def test_save_writes_both_layouts_and_loads_back(store, busybox, tmp_path):
                                  events.Events())
     loaded = imagearchive.load(fresh, io.BytesIO(out.getvalue()))
     assert loaded == [{"id": busybox, "tags": ["busybox:latest"]}]
-    assert fresh.inspect("busybox")["Config"]["Cmd"] == ["/bin/sh"]
+    assert imagedescribe.inspect(fresh, "busybox")["Config"]["Cmd"] == ["/bin/sh"]
     # and the legacy half alone loads too (what an old engine would read)
     legacy = io.BytesIO()
     with tarfile.open(fileobj=legacy, mode="w") as tf:
@@ -153,8 +153,8 @@ def test_save_writes_both_layouts_and_loads_back(store, busybox, tmp_path):
                                events.Events())
     loaded = imagearchive.load(old, io.BytesIO(legacy.getvalue()))
     assert loaded[0]["tags"] == ["busybox:latest"]
-    assert old.inspect("busybox")["Config"]["Cmd"] == ["/bin/sh"]
-    assert old.inspect("busybox")["RootFS"] == store.inspect("busybox")["RootFS"]
+    assert imagedescribe.inspect(old, "busybox")["Config"]["Cmd"] == ["/bin/sh"]
+    assert imagedescribe.inspect(old, "busybox")["RootFS"] == imagedescribe.inspect(store, "busybox")["RootFS"]
 
 
 def _archive(entries):
@@ -192,9 +192,9 @@ def test_load_an_archive_as_saved_by_a_real_docker_engine(store):
                         ("repositories", json.dumps({"busybox": {"latest": layer_hex}}).encode())])
     loaded = imagearchive.load(store, io.BytesIO(archive))
     assert loaded == [{"id": "sha256:" + cfg_hex, "tags": ["busybox:latest"]}]
-    info = store.inspect("busybox")
+    info = imagedescribe.inspect(store, "busybox")
     assert info["Created"] == "2024-05-01T10:00:00.123456789Z" and info["Config"]["Cmd"] == ["sh"]
-    hist = store.history("busybox")
+    hist = imagedescribe.history(store, "busybox")
     assert [h["CreatedBy"] for h in hist] == ['CMD ["sh"]', "BusyBox 1.36.1 (glibc), Debian 12"]
     assert hist[0]["Id"] == "sha256:" + cfg_hex and hist[0]["Size"] == 0 and hist[1]["Size"] > 0
 
@@ -213,9 +213,9 @@ def test_load_a_legacy_layout_archive(store):
     ])
     loaded = imagearchive.load(store, io.BytesIO(archive))
     assert loaded[0]["tags"] == ["old/app:v1"]
-    info = store.inspect("old/app:v1")
+    info = imagedescribe.inspect(store, "old/app:v1")
     assert info["Config"]["Cmd"] == ["/bin/sh"] and len(info["RootFS"]["Layers"]) == 2
-    assert [h["CreatedBy"] for h in store.history("old/app:v1")][0] == "/bin/sh -c echo hi > /hello"
+    assert [h["CreatedBy"] for h in imagedescribe.history(store, "old/app:v1")][0] == "/bin/sh -c echo hi > /hello"
 
 
 def test_load_refuses_a_layer_that_does_not_match_its_diff_id(store):
@@ -225,7 +225,7 @@ def test_load_refuses_a_layer_that_does_not_match_its_diff_id(store):
                                                        "Layers": ["l.tar"]}]).encode())])
     with pytest.raises(errors.InvalidParameter, match="invalid diffID"):
         imagearchive.load(store, io.BytesIO(archive))
-    assert store.list(all=True) == [] and store.layers.all_layers() == []
+    assert imagedescribe.list_rows(store, all=True) == [] and store.layers.all_layers() == []
 
 
 def test_commit_a_container_rw_layer(store, busybox):
@@ -238,11 +238,11 @@ def test_commit_a_container_rw_layer(store, busybox):
     config = {"Cmd": ["/bin/sh", "-c", "echo hello > /etc/greeting"], "Image": "busybox"}
     new = imagecreate.commit(store, "c1", busybox, config, repo="committed", tag="v1", comment="msg", author="me",
                        changes=["ENV C=3"])
-    info = store.inspect("committed:v1")
+    info = imagedescribe.inspect(store, "committed:v1")
     assert info["Parent"] == busybox and info["Author"] == "me" and info["Comment"] == "msg"
     assert info["Container"] == "c1" and "C=3" in info["Config"]["Env"]
     assert len(info["RootFS"]["Layers"]) == 2
-    hist = store.history("committed:v1")
+    hist = imagedescribe.history(store, "committed:v1")
     assert hist[0]["Id"] == new and hist[1]["Id"] == busybox
     assert hist[0]["CreatedBy"] == "/bin/sh -c echo hello > /etc/greeting"
     # the new image, run again, shows the change
@@ -306,3 +306,22 @@ def test_the_store_announces_its_changes(tmp_path):
                         ("untag", "evt:latest", "evt:latest"), ("untag", "evt:two", "evt:two")]
     assert ("delete", image_id, image_id) in seen
     assert seen[-1] == ("load", image_id, "evt:two")
+
+
+def test_prune_dangling_then_unused_with_filters(tmp_path):
+    log = events.Events()
+    store = images.ImageStore(str(tmp_path / "img"), layers.LayerStore(str(tmp_path / "lay"), driver=layers.VFS), log)
+    keep = imagecreate.import_image(store, io.BytesIO(tar_bytes([("k", "file", "keep")])), repo="keep", changes=["LABEL keep=yes"])
+    used = imagecreate.import_image(store, io.BytesIO(tar_bytes([("u", "file", "used by a container")])), repo="used")
+    loose = imagecreate.import_image(store, io.BytesIO(tar_bytes([("l", "file", "x" * 5000)])))       # no tag: dangling
+    tagged = imagecreate.import_image(store, io.BytesIO(tar_bytes([("t", "file", "y" * 3000)])), repo="tagged")
+    users = lambda image_id: [("c" * 64, False)] if image_id == used else []   # noqa: E731
+    records, reclaimed = store.prune({}, users=users)
+    assert records == [{"Deleted": loose}, {"Deleted": records[1]["Deleted"]}] and reclaimed >= 5000
+    assert set(store.configs) == {keep, used, tagged}
+    records, reclaimed = store.prune({"dangling": ["false"], "label!": ["keep=yes"]}, users=users)
+    assert {"Untagged": "tagged:latest"} in records and set(store.configs) == {keep, used}
+    records, _ = store.prune({"dangling": ["false"], "until": ["2000-01-01T00:00:00Z"]}, users=users)
+    assert records == [] and set(store.configs) == {keep, used}             # nothing that old
+    prunes = [e for e in log.history(None, None, {}) if e["Action"] == "prune"]
+    assert len(prunes) == 3 and int(prunes[0]["Actor"]["Attributes"]["reclaimed"]) >= 5000

@@ -5,7 +5,7 @@ the kernel side is covered by test_network.py and the end-to-end tests."""
 
 import pytest
 
-from minidock import errors, networks
+from minidock import errors, events, networks
 
 
 class Box:
@@ -38,7 +38,7 @@ class Boxes:
 @pytest.fixture
 def nets(tmp_path):
     boxes = Boxes()
-    return networks.Networks(str(tmp_path), boxes), boxes
+    return networks.Networks(str(tmp_path), events.Events(), boxes), boxes
 
 
 def test_predefined_and_bridge(nets):

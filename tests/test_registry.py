@@ -419,6 +419,28 @@ def test_manifest_list_picks_this_machine(open_reg, sink):
 
 
 @needs_registry
+def test_inspect_remote_reads_platforms_without_pulling(open_reg, sink):
+    """GET /distribution/{name}/json: a list's platforms are its entries'; a single manifest's come
+    from its config blob. Nothing is stored."""
+    mine, other = image("imine", 1, 1000), image("iother", 1, 1000, arch="s390x" if ME != "s390x" else "amd64")
+    d_mine, b_mine = _push_raw_image(open_reg, "insp", mine, tag="single")
+    d_other, b_other = _push_raw_image(open_reg, "insp", other)
+    lst = {"schemaVersion": 2, "mediaType": R.MT_LIST, "manifests": [
+        {"mediaType": R.MT_SCHEMA2, "size": len(b_other), "digest": d_other,
+         "platform": {"os": "linux", "architecture": json.loads(other.config_bytes)["architecture"]}},
+        {"mediaType": R.MT_SCHEMA2, "size": len(b_mine), "digest": d_mine,
+         "platform": {"os": "linux", "architecture": ME}}]}
+    list_digest, list_bytes = open_reg.put_manifest("insp", "multi", lst, R.MT_LIST)
+    single = R.inspect_remote(f"{open_reg.address}/insp:single", config=cfg())
+    assert single == {"Descriptor": {"mediaType": R.MT_SCHEMA2, "digest": d_mine, "size": len(b_mine)},
+                      "Platforms": [{"architecture": ME, "os": "linux"}]}
+    multi = R.inspect_remote(f"{open_reg.address}/insp:multi", config=cfg())
+    assert multi["Descriptor"]["digest"] == list_digest and multi["Descriptor"]["mediaType"] == R.MT_LIST
+    assert [p["architecture"] for p in multi["Platforms"]] == [json.loads(other.config_bytes)["architecture"], ME]
+    assert not sink.images
+
+
+@needs_registry
 def test_corrupt_blob_is_refused_and_nothing_added(open_reg, sink):
     img = image("corrupt", 2, 20_000)
     _push_raw_image(open_reg, "corrupt", img, tag="latest")

@@ -27,6 +27,8 @@ import time
 import pytest
 
 import registry_fixtures as F
+from minidock import platforms
+from minidock.client import APIError
 from support import Daemon
 
 pytestmark = [pytest.mark.e2e,
@@ -34,7 +36,7 @@ pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(not F.have_htpasswd(), reason="htpasswd (apache2-utils) is not installed")]
 
 USER, PASSWORD = "alice", "s3cret"
-ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+ARCH = platforms.goarch()
 
 
 def out(result):
@@ -138,7 +140,6 @@ def test_login_wrong_password_fails_with_registrys_reason(rootless, reg, tmp_pat
     assert not os.path.exists(tmp_path / "cfg" / "config.json") or \
         reg.address not in (tmp_path / "cfg" / "config.json").read_text()
     # The API status is 401, whichever way the server address is written.
-    from minidock.client import APIError
     for server in (reg.address, f"http://{reg.address}", f"https://{reg.address}/v1/"):
         with pytest.raises(APIError) as e:
             rootless.client().call("POST", "/auth", body={"username": USER, "password": "wrong",
@@ -432,7 +433,6 @@ def test_push_of_an_unknown_image_is_404(rootless, logged_in):
     r = rootless.docker("push", f"{logged_in}/e2e/never:1", check=False)
     assert r.returncode != 0
     assert f"An image does not exist locally with the tag: {logged_in}/e2e/never" in out(r), out(r)
-    from minidock.client import APIError
     with pytest.raises(APIError) as e:
         list(rootless.client().stream("POST", f"/images/{logged_in}/e2e/never/push", {"tag": "1"},
                                       headers=auth_header()))
@@ -454,3 +454,15 @@ def test_localhost_spelling_login_push_pull(fresh, reg, tmp_path):
     assert f"Digest: {digest}" in text and "Pull complete" in text, text
     assert json.loads(fresh.docker("inspect", f"{host}/e2e/local:1").stdout)[0]["RepoDigests"] == \
         [f"{host}/e2e/local@{digest}"]
+
+
+def test_distribution_inspect_asks_the_registry(rootless, pushed):
+    """GET /distribution/{name}/json (API 1.30): the registry's descriptor and platforms of a
+    name, without pulling it; not a route before 1.30."""
+    name, digest, _ = pushed
+    doc = rootless.client("1.47").get(f"/distribution/{name}/json", headers=auth_header())
+    assert doc["Descriptor"]["digest"] == digest and doc["Descriptor"]["size"] > 0
+    assert doc["Platforms"] == [{"architecture": platforms.goarch(), "os": "linux"}]
+    with pytest.raises(APIError) as info:
+        rootless.client("1.29").get(f"/distribution/{name}/json", headers=auth_header())
+    assert info.value.status == 404

@@ -29,7 +29,10 @@ def test_parse_and_check_versions():
 
 
 def test_steps_run_from_the_newest_version_down():
-    assert versions.render("image", IMAGE, versions.MAX) == IMAGE
+    newest = versions.render("image", IMAGE, versions.MAX)
+    assert newest == {k: v for k, v in IMAGE.items() if k not in ("Container", "ContainerConfig", "VirtualSize")}
+    assert versions.render("image", IMAGE, V("1.44")) == {k: v for k, v in IMAGE.items() if k != "VirtualSize"}
+    assert versions.render("image", IMAGE, V("1.43")) == IMAGE
     at_1_22 = versions.render("image", IMAGE, V("1.22"))
     assert "RepoDigests" not in at_1_22 and at_1_22["ContainerConfig"] == {"Cmd": ["sh"]}
     at_1_11 = versions.render("image", IMAGE, V("1.11"))
@@ -42,6 +45,8 @@ def test_steps_run_from_the_newest_version_down():
 def test_list_kinds_per_item_and_whole():
     rows = [{"Id": "sha256:" + "a" * 64, "ParentId": "", "RepoTags": ["a:1", "b:2"], "RepoDigests": [],
              "Created": 5, "Size": 1, "VirtualSize": 1, "Labels": {}, "SharedSize": -1, "Containers": -1}]
+    assert "VirtualSize" not in versions.render("image_list", rows, V("1.44"))[0]
+    assert versions.render("image_list", rows, V("1.43"))[0]["VirtualSize"] == 1
     assert set(versions.render("image_list", rows, V("1.24"))[0]) == {
         "Id", "ParentId", "RepoTags", "RepoDigests", "Created", "Size", "VirtualSize", "Labels"}
     assert set(versions.render("image_list", rows, V("1.12"))[0]) == {
@@ -74,7 +79,7 @@ def test_events_lose_private_keys_and_gain_the_old_form():
 
 
 def test_reply_forms():
-    assert versions.reply("image_tag", V("1.24"), status=201) == {"status": 201, "stream": False}
+    assert versions.reply("image_tag", V("1.24"), status=201, stream=False) == {"status": 201, "stream": False}
     assert versions.reply("image_tag", V("1.11"), status=201)["status"] == 200
     assert versions.reply("image_import", V("1.12"), stream=True)["stream"] is True
     assert versions.reply("image_import", V("1.11"), stream=True)["stream"] is False
@@ -112,3 +117,28 @@ def test_routes_exist_only_in_their_versions():
     assert router.match("POST", "/thing", V("1.5"))[0] is both
     with pytest.raises(errors.NotFound, match="page not found"):
         router.match("GET", "/new", V("1.24"))
+
+
+UNTAGGED = [{"Id": "sha256:" + "e" * 64, "ParentId": "", "RepoTags": [], "RepoDigests": [], "Created": 5,
+             "Size": 1, "VirtualSize": 1, "Labels": {}, "SharedSize": -1, "Containers": -1}]
+
+
+@pytest.mark.parametrize("version,tags,digests", [
+    ("1.47", [], []), ("1.43", [], []), ("1.42", ["<none>:<none>"], ["<none>@<none>"]),
+    ("1.24", ["<none>:<none>"], ["<none>@<none>"]),
+])
+def test_untagged_images_lost_their_placeholders_at_1_43(version, tags, digests):
+    row = versions.render("image_list", UNTAGGED, V(version))[0]
+    assert (row["RepoTags"], row["RepoDigests"]) == (tags, digests)
+
+
+INFO = {"ID": "x", "ExecutionDriver": "minidock-0.1.0", "Warnings": [],
+        "SecurityOptions": ["name=rootless", "name=seccomp,profile=default"]}
+
+
+def test_info_security_options_and_execution_driver():
+    assert versions.render("info", INFO, V("1.47")) == {"ID": "x", "Warnings": [], "SecurityOptions": INFO[
+        "SecurityOptions"]}
+    assert versions.render("info", INFO, V("1.25"))["SecurityOptions"] == INFO["SecurityOptions"]
+    old = versions.render("info", INFO, V("1.24"))
+    assert old["SecurityOptions"] == ["rootless", "seccomp"] and old["ExecutionDriver"] == "minidock-0.1.0"

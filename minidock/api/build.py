@@ -11,8 +11,9 @@ exits non-zero. A client that hangs up cancels the build (a running RUN containe
 
 import shutil
 
-from minidock import builder, errors, reference, registry
+from minidock import builder, errors, filters, http, reference, registry
 from minidock.api import streaming
+from minidock.api.versions import route
 
 
 def _json_param(req, name):
@@ -40,6 +41,14 @@ def _options(req):
         else:
             host_config[key] = req.qint(param)
     host_config = {k: v for k, v in host_config.items() if v not in (0, "")}
+    # The RUN containers' network (`networkmode`, API 1.25) and extra /etc/hosts lines
+    # (`extrahosts`, "name:ip,...", API 1.28), as `docker build --network/--add-host` send them.
+    network = req.q("networkmode") or ""
+    if network and network != "default":
+        host_config["NetworkMode"] = network
+    extra = [h for h in (req.q("extrahosts") or "").split(",") if h]
+    if extra:
+        host_config["ExtraHosts"] = extra
     try:
         configs = registry.decode_registry_config(req.head.header("x-registry-config"))
     except errors.InvalidParameter:
@@ -89,6 +98,15 @@ def post_build(req):
     return streaming.progress_response(req, run, name="build")
 
 
+def post_build_prune(req):
+    """The classic builder keeps no cache apart from images (its steps are images, which
+    `docker image prune` removes): there is nothing else to free. The filters are checked."""
+    filters.check_keys(req.filters(), ("until", "id", "parent", "type", "description", "inuse", "shared",
+                                       "private"))
+    return http.Response.json({"CachesDeleted": None, "SpaceReclaimed": 0})
+
+
 ROUTES = [
     ("POST", "/build", post_build),
+    route("POST", "/build/prune", post_build_prune, since="1.31"),
 ]

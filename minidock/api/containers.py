@@ -5,7 +5,8 @@ The backend is minidock/containers.py; attach sessions live in minidock/containe
 import json
 import time
 
-from minidock import errors, http, websocket
+from minidock import errors, http, times, websocket
+from minidock.api.versions import route
 from minidock.container import attach
 
 
@@ -19,7 +20,9 @@ def post_containers_create(req):
     body = req.json(required=True)
     if not isinstance(body, dict):
         raise errors.InvalidParameter("container config must be a JSON object")
-    cid, warnings = _backend(req).create(body, req.q("name"))
+    args = req.adapt("container_create", {"platform": req.q("platform") or None, "body": body})
+    body = args["body"]
+    cid, warnings = _backend(req).create(body, req.q("name"), platform=args["platform"])
     return http.Response.json({"Id": cid, "Warnings": warnings or None}, status=201)
 
 
@@ -44,13 +47,19 @@ def post_containers_start(req):
     return http.Response.empty(204)
 
 
+def _stop_args(req):
+    return req.adapt("container_stop", {"timeout": req.qint("t"), "signal": req.q("signal") or None})
+
+
 def post_containers_stop(req):
-    _backend(req).stop(req.params["id"], req.qint("t"))
+    args = _stop_args(req)
+    _backend(req).stop(req.params["id"], args["timeout"], args["signal"])
     return http.Response.empty(204)
 
 
 def post_containers_restart(req):
-    _backend(req).restart(req.params["id"], req.qint("t"))
+    args = _stop_args(req)
+    _backend(req).restart(req.params["id"], args["timeout"], args["signal"])
     return http.Response.empty(204)
 
 
@@ -70,8 +79,9 @@ def post_containers_unpause(req):
 
 
 def post_containers_wait(req):
-    code = _backend(req).wait(req.params["id"], req.q("condition") or "not-running", stop=req.disconnected)
-    return http.Response.json({"StatusCode": code})
+    args = req.adapt("container_wait", {"condition": req.q("condition") or "not-running"})
+    result = _backend(req).waiter(req.params["id"], args["condition"])
+    return req.render("container_wait", lambda: {"StatusCode": result(req.disconnected)}, stream=True)
 
 
 def delete_containers(req):
@@ -82,6 +92,11 @@ def delete_containers(req):
         return http.Response.empty(204)
     _backend(req).remove(req.params["id"], force=req.qbool("force"), volumes=req.qbool("v"))
     return http.Response.empty(204)
+
+
+def post_containers_prune(req):
+    deleted, reclaimed = _backend(req).prune(req.filters())
+    return http.Response.json({"ContainersDeleted": deleted or None, "SpaceReclaimed": reclaimed})
 
 
 def post_containers_rename(req):
@@ -148,8 +163,10 @@ def get_containers_logs(req):
     follow, timestamps = req.qbool("follow"), req.qbool("timestamps")
     tail_text = req.q("tail", "all")
     tail = None if tail_text in ("all", "") else _int(tail_text, "tail")
-    since = float(req.q("since") or 0)
-    until = float(req.q("until") or 0) or None
+    args = req.adapt("container_logs", {"since": times.parse_timestamp(req.q("since")),
+                                         "until": times.parse_timestamp(req.q("until"))})
+    since = (args["since"] or 0) / times.NS
+    until = args["until"] / times.NS if args["until"] else None
     wanted = {s for s, on in (("stdout", stdout), ("stderr", stderr)) if on}
     tty, entries = _backend(req).logs(req.params["id"], wanted, follow=follow, since=since, until=until,
                                       tail=tail, stop=req.disconnected)
@@ -160,7 +177,7 @@ def get_containers_logs(req):
                 data = stamp.encode() + b" " + data
             yield data if tty else http.frame(http.STDOUT if stream == "stdout" else http.STDERR, data)
 
-    return http.StreamResponse(render(), content_type="application/vnd.docker.raw-stream")
+    return http.StreamResponse(render(), content_type=req.stdio_type(tty))
 
 
 def _int(text, name):
@@ -180,21 +197,23 @@ def _attach_options(req):
 
 def post_containers_attach(req):
     opts = _attach_options(req)
-    run = _backend(req).attach(req.params["id"], opts,
-                              must_run=req.adapt("container_attach", {"refuse_stopped": False})["refuse_stopped"]
-                              and not opts.logs)
-    return http.Hijack(run)
+    tty, run = _backend(req).attach(req.params["id"], opts,
+                                    must_run=req.adapt("container_attach", {"refuse_stopped": False})["refuse_stopped"]
+                                    and not opts.logs)
+    return http.Hijack(run, headers=[("Content-Type", req.stdio_type(tty))])
 
 
 def get_containers_attach_ws(req):
-    """The same attach over a WebSocket (minidock/websocket.py): output goes out as text
-    frames of raw bytes (never multiplexed, as Docker does), data frames from the client are
-    the container's stdin."""
+    """The same attach over a WebSocket (minidock/websocket.py): output goes out as data frames
+    of raw bytes (never multiplexed, as Docker does; binary since v1.28, text before), data
+    frames from the client are the container's stdin."""
     try:
         key = websocket.check_handshake(req.head.header)
     except websocket.ProtocolError as exc:
         raise errors.InvalidParameter(str(exc))
-    run = _backend(req).attach(req.params["id"], _attach_options(req), websocket=True)
+    opts = _attach_options(req)
+    opts.binary = req.form("attach_ws", binary=True)["binary"]
+    _, run = _backend(req).attach(req.params["id"], opts, websocket=True)
     return http.Hijack(run, switch_headers=websocket.handshake_headers(key))
 
 
@@ -202,6 +221,7 @@ ROUTES = [
     ("GET", "/containers/json", get_containers_json),
     ("GET", "/containers/ps", get_containers_json),          # v1.0's name for the list
     ("POST", "/containers/create", post_containers_create),
+    route("POST", "/containers/prune", post_containers_prune, since="1.25"),
     ("GET", "/containers/{id}/json", get_containers_inspect),
     ("GET", "/containers/{id}/top", get_containers_top),
     ("GET", "/containers/{id}/logs", get_containers_logs),

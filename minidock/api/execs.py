@@ -16,7 +16,8 @@ def post_exec_start(req):
         req.daemon.execs.start(req.params["id"], detach=True, tty=body.get("Tty"))
         return http.Response.empty(200)
     # 404 and 409 come before any upgrade
-    return http.Hijack(req.daemon.execs.start_session(req.params["id"], tty=body.get("Tty")))
+    tty, run = req.daemon.execs.start_session(req.params["id"], tty=body.get("Tty"))
+    return http.Hijack(run, headers=[("Content-Type", req.stdio_type(tty))])
 
 
 def post_exec_resize(req):

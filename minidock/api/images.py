@@ -2,7 +2,7 @@
 
 import json
 
-from minidock import errors, http, imagearchive, imagecreate, reference
+from minidock import errors, http, imagearchive, imagecreate, imagedescribe, platforms, reference
 from minidock.api import streaming
 from minidock.api.versions import route
 
@@ -25,14 +25,15 @@ def post_images_create(req):
     name = f"{name}@{tag}" if tag and tag.startswith("sha256:") else f"{name}:{tag}" if tag else name
     auth = req.daemon.registry.auth_from_header(req.head.header("x-registry-auth"))
     reference.parse(name)          # a bad name is a 400 before streaming starts
+    platform = platforms.parse(req.q("platform")) if req.q("platform") else None
 
     def work(pipe):
-        req.daemon.registry.pull(name, auth, pipe.json_line, pipe.cancelled)
+        req.daemon.registry.pull(name, auth, pipe.json_line, pipe.cancelled, platform=platform)
     return streaming.progress_response(req, work, name="pull")
 
 
 def get_images_json(req):
-    rows = req.daemon.images.list(all=req.qbool("all"), filters=req.filters(), name_filter=req.q("filter"),
+    rows = imagedescribe.list_rows(req.daemon.images, all=req.qbool("all"), filters=req.filters(), name_filter=req.q("filter"),
                                   digests=req.qbool("digests"))
     return req.render("image_list", rows)
 
@@ -43,7 +44,7 @@ def get_images_viz(req):
     One edge per parent -> child, a hidden `base` node above every image without a parent, and a
     box labelled with its names for each tagged image; IDs are the 12-hex short form.
     """
-    rows = req.daemon.images.list(all=True)
+    rows = imagedescribe.list_rows(req.daemon.images, all=True)
     short = lambda image_id: image_id.split(":", 1)[-1][:12]      # noqa: E731
     lines = ["digraph docker {"]
     for row in sorted(rows, key=lambda r: r["Id"]):
@@ -52,9 +53,8 @@ def get_images_viz(req):
         else:
             lines.append(f'base -> "{short(row["Id"])}" [style=invis]')
     for row in sorted(rows, key=lambda r: r["Id"]):
-        tags = [t for t in row["RepoTags"] if t != "<none>:<none>"]
-        if tags:
-            label = "\\n".join([short(row["Id"])] + tags)
+        if row["RepoTags"]:
+            label = "\\n".join([short(row["Id"])] + row["RepoTags"])
             lines.append(f'"{short(row["Id"])}" [label="{label}",shape=box,fillcolor="paleturquoise",'
                          f'style="filled,rounded"];')
     lines.append("base [style=invisible]")
@@ -78,11 +78,11 @@ def post_images_insert(req):
 
 
 def get_images_inspect(req):
-    return req.render("image", req.daemon.images.inspect(req.params["name"]))
+    return req.render("image", imagedescribe.inspect(req.daemon.images, req.params["name"]))
 
 
 def get_images_history(req):
-    return req.render("history", req.daemon.images.history(req.params["name"]))
+    return req.render("history", imagedescribe.history(req.daemon.images, req.params["name"]))
 
 
 def post_images_tag(req):
@@ -91,14 +91,31 @@ def post_images_tag(req):
     return req.render("image_tag", None, status=201)
 
 
-def delete_images(req):
+def _users(req):
+    """Which containers use an image: [(container id, running)], for delete and prune."""
     containers = req.daemon.containers
 
     def users(image_id):
         return [(c.id, c.running) for c in containers.all() if c.record["Image"] == image_id]
+    return users
+
+
+def delete_images(req):
     records = req.daemon.images.delete(req.params["name"], force=req.qbool("force"),
-                                       noprune=req.qbool("noprune"), users=users)
+                                       noprune=req.qbool("noprune"), users=_users(req))
     return http.Response.json(records)
+
+
+PRUNE_FILTERS = {"dangling", "until", "label", "label!"}
+
+
+def post_images_prune(req):
+    filters = req.filters()
+    unknown = set(filters) - PRUNE_FILTERS
+    if unknown:
+        raise errors.InvalidParameter(f"invalid filter '{sorted(unknown)[0]}'")
+    records, reclaimed = req.daemon.images.prune(filters, users=_users(req))
+    return http.Response.json({"ImagesDeleted": records or None, "SpaceReclaimed": reclaimed})
 
 
 def get_images_get(req):
@@ -157,6 +174,11 @@ def get_images_search(req):
     return req.render("search", results)
 
 
+def get_distribution(req):
+    auth = req.daemon.registry.auth_from_header(req.head.header("x-registry-auth"))
+    return http.Response.json(req.daemon.registry.distribution(req.params["name"], auth))
+
+
 def post_commit(req):
     overrides = req.json()
     if overrides is not None and not isinstance(overrides, dict):
@@ -175,6 +197,7 @@ ROUTES = [
     route("GET", "/images/viz", get_images_viz, until="1.11"),
     ("POST", "/images/create", post_images_create),
     ("POST", "/images/load", post_images_load),
+    route("POST", "/images/prune", post_images_prune, since="1.25"),
     ("POST", "/commit", post_commit),
     ("GET", "/images/{name:path}/json", get_images_inspect),
     ("GET", "/images/{name:path}/history", get_images_history),
@@ -183,4 +206,5 @@ ROUTES = [
     route("POST", "/images/{name:path}/insert", post_images_insert, until="1.12"),
     ("POST", "/images/{name:path}/push", post_images_push),
     ("DELETE", "/images/{name:path}", delete_images),
+    route("GET", "/distribution/{name:path}/json", get_distribution, since="1.30"),
 ]

@@ -15,7 +15,7 @@ def _body(req):
 
 
 def get_networks(req):
-    return http.Response.json(req.daemon.networks.list(req.filters()))
+    return req.render("network_list", req.daemon.networks.list(req.filters()))
 
 
 def get_networks_inspect(req):
@@ -23,15 +23,11 @@ def get_networks_inspect(req):
 
 
 def post_networks_create(req):
-    created = req.daemon.networks.create(_body(req))
-    req.daemon.events.emit("network", "create", created["Id"],
-                           {"name": req.daemon.networks.find(created["Id"])["Name"], "type": "bridge"})
-    return http.Response.json(created, status=201)
+    return http.Response.json(req.daemon.networks.create(_body(req)), status=201)
 
 
 def delete_networks(req):
-    rec = req.daemon.networks.remove(req.params["id"])
-    req.daemon.events.emit("network", "destroy", rec["Id"], {"name": rec["Name"], "type": "bridge"})
+    req.daemon.networks.remove(req.params["id"])
     return http.Response.empty(204)
 
 
@@ -42,25 +38,13 @@ def post_networks_prune(req):
 
 def post_networks_connect(req):
     body = _body(req)
-    c = req.daemon.containers.get(body.get("Container") or "")
-    with c.lock:
-        req.daemon.networks.connect(req.params["id"], c, body.get("EndpointConfig"))
-    _event(req, "connect", c)
+    req.daemon.networks.connect_container(req.params["id"], body.get("Container"), body.get("EndpointConfig"))
     return http.Response.empty(200)
-
-
-def _event(req, action, c):
-    rec = req.daemon.networks.find(req.params["id"])
-    req.daemon.events.emit("network", action, rec["Id"],
-                           {"container": c.id, "name": rec["Name"], "type": "bridge"})
 
 
 def post_networks_disconnect(req):
     body = _body(req)
-    c = req.daemon.containers.get(body.get("Container") or "")
-    with c.lock:
-        req.daemon.networks.disconnect(req.params["id"], c, bool(body.get("Force")))
-    _event(req, "disconnect", c)
+    req.daemon.networks.disconnect_container(req.params["id"], body.get("Container"), bool(body.get("Force")))
     return http.Response.empty(200)
 
 

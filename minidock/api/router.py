@@ -106,15 +106,30 @@ class ApiRequest:
     # -- answers, shaped for the request's API version -----------------------------------------
     def render(self, kind, model, status=200, stream=False, **response_kwargs):
         """The reply for `model` of `kind` as this request's API version shows it: a JSON body
-        (None: an empty one), or with `stream` one JSON line of a JSON-lines stream."""
-        form = versions.reply(kind, self.version, status, stream)
+        (None: an empty one), or with `stream` one JSON line of a JSON-lines stream.
+
+        `model` may be a function that produces it later (a wait): a streamed reply sends its
+        headers at once and the body when the function returns; otherwise it is called now."""
+        form = versions.reply(kind, self.version, status=status, stream=stream)
         if model is None:
             return http.Response.empty(form["status"])
-        body = versions.render(kind, model, self.version)
+        version = self.version
+
+        def body():
+            return versions.render(kind, model() if callable(model) else model, version)
         if form["stream"]:
-            return http.StreamResponse(iter([json.dumps(body).encode() + b"\r\n"]), status=form["status"],
+            return http.StreamResponse((json.dumps(body()).encode() + b"\r\n" for _ in (1,)), status=form["status"],
                                        **response_kwargs)
-        return http.Response.json(body, status=form["status"], **response_kwargs)
+        return http.Response.json(body(), status=form["status"], **response_kwargs)
+
+    def form(self, kind, **newest):
+        """How a `kind` reply looks at this request's version, `newest` being today's form."""
+        return versions.reply(kind, self.version, **newest)
+
+    def stdio_type(self, tty):
+        """The Content-Type of an attach, exec or logs stream: raw bytes with a TTY, else frames."""
+        return self.form("stdio_stream", content_type=versions.RAW_STREAM if tty
+                         else versions.MULTIPLEXED_STREAM)["content_type"]
 
     def shaper(self, kind):
         """A function shaping one `kind` model after another for this version (streams of events)."""

@@ -4,13 +4,18 @@ import json
 import time
 
 from minidock import errors, http
+from minidock.api.versions import route
 from minidock.events import FILTER_KEYS
 from minidock.times import parse_timestamp
 
 
 def get_ping(req):
+    """`OK`, and headers a client reads before choosing how to talk to us (the API version comes
+    with every response): the builder to use (1, the classic one: minidock has no BuildKit) and
+    the swarm state, both unversioned since moby 1.42; never cached (1.40)."""
     return http.Response(200, b"OK", [("Cache-Control", "no-cache, no-store, must-revalidate"),
-                                      ("Pragma", "no-cache")], "text/plain; charset=utf-8")
+                                      ("Pragma", "no-cache"), ("Builder-Version", "1"),
+                                      ("Swarm", "inactive")], "text/plain; charset=utf-8")
 
 
 def get_version(req):
@@ -19,6 +24,17 @@ def get_version(req):
 
 def get_info(req):
     return req.render("info", req.daemon.info())
+
+
+DF_TYPES = ("container", "image", "volume", "build-cache")
+
+
+def get_system_df(req):
+    types = req.qlist("type") or DF_TYPES
+    unknown = [t for t in types if t not in DF_TYPES]
+    if unknown:
+        raise errors.InvalidParameter(f"unknown object type: {unknown[0]}")
+    return req.render("system_df", req.daemon.disk_usage(types))
 
 
 def get_events(req):
@@ -66,5 +82,6 @@ ROUTES = [
     ("GET", "/version", get_version),
     ("GET", "/info", get_info),
     ("GET", "/events", get_events),
+    route("GET", "/system/df", get_system_df, since="1.25"),
     ("POST", "/auth", post_auth),
 ]

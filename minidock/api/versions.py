@@ -17,8 +17,9 @@ container, an event), and `render(kind, model, version)` shapes it for the clien
        request older than N. So the v1.12 form of an image is: newest -> step 1.23 -> step 1.12.
 
    A step receives the shape so far and the model, so a version may *remove* a field and an older
-   one still show it (the model keeps it; the older step puts it back). Steps that only narrow a
-   shape to the fields an older version had are written as data with `fields_before()`. Kinds whose
+   one still show it: the model keeps it, the newest shape drops it, and the older step puts it
+   back (`removed_at()` says that as data: image inspect's `Container` at 1.45). Steps that only
+   narrow a shape to the fields an older version had are data too, `fields_before()`. Kinds whose
    model is a list have steps over the whole list, or per item (`items=True`).
 
    Some replies differ in more than their body: a status code (tag answered 200 before v1.12 and
@@ -84,6 +85,7 @@ def exists(span, version):
 # -- response shapes ---------------------------------------------------------------------------------
 
 NEWEST = {}          # kind -> fn(model) -> the newest shape
+REMOVED = {}         # kind -> (per item?, fields a later version stopped showing)
 STEPS = {}           # kind -> [(version N, items?, fn(shape, model) -> shape before N)], newest first
 REPLY_STEPS = {}     # kind -> [(version N, {"status": ..., "stream": ...})], newest first
 
@@ -109,6 +111,19 @@ def newest(kind):
     return register
 
 
+def removed_at(kind, at, fields, items=False):
+    """From version `at` on, `kind` no longer shows `fields`; older versions show the model's."""
+    REMOVED.setdefault(kind, []).append((items, tuple(fields)))
+
+    def restore(shape, model):
+        for field in fields:
+            if field in model:
+                shape[field] = model[field]
+        return shape
+    restore.__doc__ = f"before {at}: {', '.join(fields)} still shown"
+    _register(kind, at, items, restore)
+
+
 def fields_before(kind, at, fields, items=False):
     """Before version `at`, `kind` had only `fields` (in this order)."""
     def keep(shape, model):
@@ -127,6 +142,9 @@ def reply_before(kind, at, **changes):
 def render(kind, model, version):
     """`model` as API `version` presents it."""
     shape = NEWEST[kind](model) if kind in NEWEST else model
+    for items, fields in REMOVED.get(kind, ()):
+        drop = lambda obj: {k: v for k, v in obj.items() if k not in fields}     # noqa: E731
+        shape = [drop(item) for item in shape] if items else drop(shape)
     for at, items, fn in STEPS.get(kind, ()):
         if version >= at:
             break
@@ -137,9 +155,10 @@ def render(kind, model, version):
     return shape
 
 
-def reply(kind, version, status=200, stream=False):
-    """The status and form of a `kind` reply at `version`: {"status": ..., "stream": ...}."""
-    found = {"status": status, "stream": stream}
+def reply(kind, version, **form):
+    """The form of a `kind` reply at `version` (status, stream, content_type, ...): `form` is
+    the newest version's, changed by every REPLY_STEPS entry above `version`."""
+    found = dict(form)
     for at, changes in REPLY_STEPS.get(kind, ()):
         if version >= at:
             break
@@ -162,6 +181,16 @@ def request_step(kind, at):
     return register
 
 
+def argument_since(kind, at, name, before=None):
+    """The request argument `name` came with version `at`: older clients' requests have
+    `before` there, whatever they send."""
+    def older(args, req):
+        args[name] = before
+        return args
+    older.__doc__ = f"`{name}` came with v{at}"
+    request_step(kind, at)(older)
+
+
 def adapt(kind, args, req):
     """The version-neutral arguments of a `kind` request, `args` being the newest form's."""
     for at, fn in REQUEST_STEPS.get(kind, ()):
@@ -176,6 +205,18 @@ def adapt(kind, args, req):
 # ====================================================================================================
 
 # -- system ------------------------------------------------------------------------------------------
+
+# Since v1.25 /info has no `ExecutionDriver` (there is none since Docker 1.11).
+removed_at("info", "1.25", ["ExecutionDriver"])
+
+
+@step("info", "1.25")
+def _info_before_1_25(info, model):
+    """Before v1.25 `SecurityOptions` were bare names (`seccomp`), not `name=seccomp,profile=...`."""
+    info["SecurityOptions"] = [dict(kv.split("=", 1) for kv in option.split(",") if "=" in kv).get("name", option)
+                               for option in model.get("SecurityOptions") or []]
+    return info
+
 
 fields_before("info", "1.23", [
     "Containers", "Images", "Driver", "DriverStatus", "ExecutionDriver", "KernelVersion", "Debug", "NFd",
@@ -209,6 +250,13 @@ def _event_before_1_22(event, model):
 
 # -- images ------------------------------------------------------------------------------------------
 
+# Image inspect: since v1.45 no `Container`/`ContainerConfig` (the config of the container a
+# commit was made from; `Config` is the image's own); since v1.44 no `VirtualSize` (it had long
+# been `Size` again: layers are shared).
+removed_at("image", "1.45", ["Container", "ContainerConfig"])
+removed_at("image", "1.44", ["VirtualSize"])
+
+
 fields_before("image", "1.23", ["Id", "Parent", "Comment", "Created", "Container", "ContainerConfig",
                                 "DockerVersion", "Author", "Config", "Architecture", "Os", "Size", "VirtualSize",
                                 "RepoTags", "GraphDriver"])
@@ -226,6 +274,19 @@ def _image_before_1_12(doc, model):
 fields_before("image", "1.4", ["id", "parent", "created", "container", "container_config"])
 
 # GET /images/json: a list of image summaries.
+
+removed_at("image_list", "1.44", ["VirtualSize"], items=True)
+
+
+@step("image_list", "1.43", items=True)
+def _image_row_before_1_43(row, model):
+    """Before v1.43 an untagged image showed `<none>:<none>` (and, with no digest either,
+    `<none>@<none>`) instead of empty lists."""
+    if not row["RepoTags"]:
+        row["RepoDigests"] = row["RepoDigests"] or ["<none>@<none>"]
+        row["RepoTags"] = ["<none>:<none>"]
+    return row
+
 fields_before("image_list", "1.25", ["Id", "ParentId", "RepoTags", "RepoDigests", "Created", "Size", "VirtualSize",
                                      "Labels"], items=True)
 fields_before("image_list", "1.13", ["Id", "ParentId", "RepoTags", "Created", "Size", "VirtualSize"], items=True)
@@ -258,6 +319,15 @@ def _search_before_1_4(row, model):
     return {"Name": row.get("name", ""), "Description": row.get("description", "")}
 
 
+# Attach, exec start and logs: since v1.42 the Content-Type says whether the stream carries the
+# 8-byte stdout/stderr frames (multiplexed, no TTY) or the raw bytes of a TTY; before, always raw.
+RAW_STREAM = "application/vnd.docker.raw-stream"
+MULTIPLEXED_STREAM = "application/vnd.docker.multiplexed-stream"
+reply_before("stdio_stream", "1.42", content_type=RAW_STREAM)
+
+# GET /containers/{id}/attach/ws: output in binary frames since v1.28, text frames before.
+reply_before("attach_ws", "1.28", binary=False)
+
 # POST /images/{name}/tag: 200 until v1.11, 201 Created since.
 reply_before("image_tag", "1.12", status=200)
 # POST /images/create?fromSrc: one JSON object until v1.11, a JSON-lines stream since.
@@ -281,7 +351,64 @@ def _push_before_1_5(args, req):
     return args
 
 
+# GET /system/df: its images are image summaries, shaped as the list is for each version.
+
+@newest("system_df")
+def _df_newest(model):
+    df = dict(model)
+    if "Images" in df:
+        df["Images"] = render("image_list", model["Images"], MAX)
+    return df
+
+
+def _df_images_as(at):
+    def shape_images(df, model):
+        if "Images" in df:
+            df["Images"] = render("image_list", model["Images"], parse(at))
+        return df
+    shape_images.__doc__ = f"df images as the image list of v{at} shows them"
+    return shape_images
+
+
+step("system_df", "1.44")(_df_images_as("1.43"))      # VirtualSize is back
+step("system_df", "1.43")(_df_images_as("1.42"))      # and so are the <none> placeholders
+
+
+# -- networks ----------------------------------------------------------------------------------------
+
+# Since v1.28 the network list leaves out `Containers` (inspect one network for those).
+removed_at("network_list", "1.28", ["Containers"], items=True)
+
+
 # -- containers --------------------------------------------------------------------------------------
+
+@step("container_list", "1.46", items=True)
+def _container_row_before_1_46(row, model):
+    """A row's HostConfig shows the container's `Annotations` (given at create since 1.43) from
+    v1.46 on."""
+    if "Annotations" in row.get("HostConfig", {}):
+        row["HostConfig"] = {k: v for k, v in row["HostConfig"].items() if k != "Annotations"}
+    return row
+
+
+@step("container", "1.44")
+def _container_before_1_44(doc, model):
+    """`HealthConfig.StartInterval` came with v1.44, `StartPeriod` with v1.29: older clients see a
+    healthcheck without them."""
+    return _without_health_fields(doc, ("StartInterval",))
+
+
+@step("container", "1.29")
+def _container_before_1_29(doc, model):
+    return _without_health_fields(doc, ("StartPeriod",))
+
+
+def _without_health_fields(doc, fields):
+    health = (doc.get("Config") or {}).get("Healthcheck")
+    if isinstance(health, dict) and any(f in health for f in fields):
+        doc["Config"] = dict(doc["Config"], Healthcheck={k: v for k, v in health.items() if k not in fields})
+    return doc
+
 
 fields_before("container_list", "1.17", ["Id", "Names", "Image", "Command", "Created", "Status", "Ports", "SizeRw",
                                          "SizeRootFs"], items=True)
@@ -315,6 +442,50 @@ def _container_before_1_20(doc, model):
 def _container_before_1_4(doc, model):
     """v1.2/v1.3 inspect had no HostConfig."""
     doc.pop("HostConfig", None)
+    return doc
+
+
+# POST /containers/{id}/wait: since v1.30 a `condition` and the headers sent at once (the wait is
+# registered by then: the CLI starts the container when it sees them); before, the answer came
+# whole when the container stopped, and `condition` did not exist.
+reply_before("container_wait", "1.30", stream=False)
+
+
+argument_since("container_wait", "1.30", "condition", before="not-running")
+
+
+@request_step("container_create", "1.40")
+def _create_before_1_40(args, req):
+    """Before v1.40 a container's IPC namespace was "shareable" unless the client said otherwise
+    (the daemon's default became "private")."""
+    body = dict(args["body"])
+    host_config = body.get("HostConfig") or {}
+    if not isinstance(host_config, dict):
+        return args                      # refused by the backend, as at any version
+    host_config = dict(host_config)
+    if not host_config.get("IpcMode"):
+        host_config["IpcMode"] = "shareable"
+    body["HostConfig"] = host_config
+    args["body"] = body
+    return args
+
+
+argument_since("container_create", "1.41", "platform")     # docker run --platform
+argument_since("container_stop", "1.42", "signal")          # docker stop -s (and restart)
+argument_since("container_logs", "1.35", "until")           # docker logs --until
+
+
+@request_step("volume_prune", "1.42")
+def _volume_prune_before_1_42(filters, req):
+    """Before v1.42 a volume prune took every unused volume, named ones too (`all` is implied)."""
+    filters["all"] = ["true"]
+    return filters
+
+
+@step("exec", "1.25")
+def _exec_before_1_25(doc, model):
+    """Exec inspect shows the process's `Pid` since v1.25."""
+    doc.pop("Pid", None)
     return doc
 
 

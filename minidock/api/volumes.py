@@ -1,6 +1,7 @@
 """Volume routes (v1.21+): list, create, inspect, remove, prune."""
 
 from minidock import errors, http
+from minidock.api.versions import route
 
 
 def get_volumes(req):
@@ -26,14 +27,14 @@ def delete_volumes(req):
 
 
 def post_volumes_prune(req):
-    deleted, space = req.daemon.volumes.prune()
+    deleted, space = req.daemon.volumes.prune(req.adapt("volume_prune", req.filters()))
     return http.Response.json({"VolumesDeleted": deleted or None, "SpaceReclaimed": space})
 
 
 ROUTES = [
     ("GET", "/volumes", get_volumes),
     ("POST", "/volumes/create", post_volumes_create),
-    ("POST", "/volumes/prune", post_volumes_prune),
+    route("POST", "/volumes/prune", post_volumes_prune, since="1.25"),
     ("GET", "/volumes/{name}", get_volumes_inspect),
     ("DELETE", "/volumes/{name}", delete_volumes),
 ]

@@ -42,8 +42,9 @@ def _suffix(path):
 
 
 def mounts(c):
-    """The container's mounts, plus the daemon-managed /etc files bind-mounted over the rootfs's."""
-    out = list(c.record.get("Mounts") or [])
+    """The container's mounts, plus the daemon-managed /etc files bind-mounted over the rootfs's.
+    A tmpfs has no source on our side: its path shows the rootfs's (empty) directory."""
+    out = [m for m in c.record.get("Mounts") or [] if m.get("Type") != "tmpfs"]
     for dest, key in ETC_FILES:
         if c.record.get(key) and os.path.isfile(c.record[key]):
             out.append({"Type": "file", "Source": c.record[key], "Destination": dest, "RW": True})

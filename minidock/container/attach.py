@@ -85,10 +85,12 @@ class DetachScanner:
 class Options:
     """What a client asked to attach to (the query parameters of both attach routes)."""
 
-    def __init__(self, stdin=False, stdout=False, stderr=False, logs=False, stream=False, detach_keys=None):
+    def __init__(self, stdin=False, stdout=False, stderr=False, logs=False, stream=False, detach_keys=None,
+                 binary=True):
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
         self.logs, self.stream = logs, stream
         self.detach_keys = detach_keys        # Docker's syntax ("ctrl-p,ctrl-q"); None: the default
+        self.binary = binary                  # WebSocket output in binary frames (API 1.28+), else text
 
     @property
     def streams(self):
@@ -104,21 +106,6 @@ def stdin_ready(c, generation):
                 return False
             c.changed.wait(0.5)
     return True
-
-
-def output(c, q):
-    """(stream, bytes) from subscription `q` until this run's output ends (the pumps' None, or
-    a detach's), or the container is removed."""
-    while True:
-        try:
-            item = q.get(timeout=0.5)
-        except queue.Empty:
-            if c.status == DEAD:
-                return
-            continue
-        if item is None:
-            return
-        yield item
 
 
 def _scanner(c, opts):
@@ -171,17 +158,35 @@ def http_session(c, conn, q, opts, logs, on_detach):
     # simply has no output yet. A client half-closes its side when its stdin ends, and the
     # CLI does so at once when it sends no stdin at all, so a readable EOF does not mean it
     # left: only a failed write tells us (as in Docker).
-    for stream, data in output(c, q):
+    for stream, data in live_output(c, q):
         try:
             send(stream, data)
         except OSError:
             return
 
 
+def live_output(c, q):
+    """(stream, bytes) from a subscription `q` until this run's output ends (the pumps, or a
+    detach, put None) or the container is removed."""
+    while True:
+        try:
+            item = q.get(timeout=0.5)
+        except queue.Empty:
+            if c.status == DEAD:
+                return
+            continue
+        if item is None:
+            return
+        yield item
+
+
 def ws_session(c, conn, q, opts, logs, on_detach):
-    """The WebSocket attach session (after the 101 went out)."""
+    """The WebSocket attach session (after the 101 went out). Output goes out as the raw bytes
+    of each read, one data frame each: binary frames, or text frames for clients before API 1.28
+    (which is what Docker sent then, UTF-8 or not)."""
     wanted = opts.streams
     tty = c.config.get("Tty")
+    output = websocket.BINARY if opts.binary else websocket.TEXT
     send_lock = threading.Lock()
     closed = threading.Event()           # a close frame went out: send nothing more
 
@@ -202,7 +207,7 @@ def ws_session(c, conn, q, opts, logs, on_detach):
     if opts.logs:
         for stream, data, _ in logs:
             if stream in wanted:
-                send(websocket.TEXT, data)
+                send(output, data)
     if not opts.stream:
         close()
         return
@@ -250,10 +255,10 @@ def ws_session(c, conn, q, opts, logs, on_detach):
             q.put(None)
 
     threading.Thread(target=read_client, daemon=True, name=f"ws-{c.id[:12]}").start()
-    for stream, data in output(c, q):
+    for stream, data in live_output(c, q):
         if stream in wanted:
             try:
-                send(websocket.TEXT, data)
+                send(output, data)
             except OSError:
                 break
     close()

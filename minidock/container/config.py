@@ -30,6 +30,7 @@ from minidock.ns import DEFAULT_PATH, DEFAULT_SHM_SIZE  # noqa: F401  (what a co
 
 NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 DEFAULT_STOP_TIMEOUT = 10
+IPC_MODES = ("private", "shareable", "none")
 
 SIGNALS = {name[3:]: int(value) for name, value in signal.__dict__.items()
            if name.startswith("SIG") and not name.startswith("SIG_") and isinstance(value, signal.Signals)}
@@ -199,6 +200,20 @@ def normalise_host_config(hc, log_defaults=None, userns_default=""):
     if mode not in USERNS_MODES:
         raise errors.InvalidParameter(f"invalid UsernsMode: {mode}")
     hc["UsernsMode"] = mode
+    # Every container gets an IPC namespace of its own (ns.py); API 1.40 made "private" the
+    # default name for that, and older clients are given "shareable" (api/versions.py).
+    ipc = hc.get("IpcMode") or "private"
+    if ipc not in IPC_MODES:
+        raise errors.NotImplementedKind(f"IpcMode {ipc!r} is not supported: every minidock container "
+                                        "has a private IPC namespace ('private', 'shareable' or 'none')")
+    hc["IpcMode"] = ipc
+    # API 1.41: no container gets a cgroup namespace of its own (ns.py does not unshare one), so
+    # each shares the daemon's: "host", and "private" is refused rather than pretended.
+    cgroupns = hc.get("CgroupnsMode") or "host"
+    if cgroupns != "host":
+        raise errors.NotImplementedKind(f"CgroupnsMode {cgroupns!r} is not supported: minidock containers "
+                                        "share the daemon's cgroup namespace ('host')")
+    hc["CgroupnsMode"] = cgroupns
     return hc
 
 

@@ -8,12 +8,12 @@ them in minidock/api/versions.py. `docker ps` shows `status_text` ("Up 3 minutes
 import json
 import re
 
-from minidock import errors, health
+from minidock import errors, filters as filters_mod, health
 from minidock.container.lifecycle import ACTIVE, CREATED, DEAD, EXITED, PAUSED, REMOVING, RESTARTING, RUNNING
 from minidock.times import ZERO_TIME, human_duration, rfc3339_seconds, seconds_since
 
 FILTERS = {"status", "exited", "label", "ancestor", "before", "since", "volume", "name", "id",
-           "isolation", "network", "health"}
+           "isolation", "network", "health", "is-task", "publish", "expose"}
 STATUSES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
 MOUNT_KEYS = ("Type", "Name", "Source", "Destination", "Driver", "Mode", "RW", "Propagation")
 HIDDEN_KEYS = ("HasBeenManuallyStopped",)      # our bookkeeping, not Docker's document
@@ -52,7 +52,8 @@ def summary(c, sizes=None, ports=(), networks=None):
         "Labels": cfg.get("Labels") or {},
         "State": c.status,
         "Status": status_text(c),
-        "HostConfig": {"NetworkMode": c.host_config.get("NetworkMode", "default")},
+        "HostConfig": {"NetworkMode": c.host_config.get("NetworkMode", "default"),
+                       **({"Annotations": c.host_config["Annotations"]} if c.host_config.get("Annotations") else {})},
         "NetworkSettings": {"Networks": networks or {}},
         "Mounts": [mount_point(m) for m in c.record.get("Mounts") or []],
     }
@@ -119,10 +120,15 @@ def matches(c, filters, descends_from):
         return False
     if filters.get("name") and not any(re.search(v.lstrip("/"), c.name) for v in filters["name"]):
         return False
-    for label in filters.get("label", []):
-        key, eq, value = label.partition("=")
-        labels = c.config.get("Labels") or {}
-        if key not in labels or (eq and labels[key] != value):
+    if not filters_mod.labels_match(c.config.get("Labels"), {"label": filters.get("label")}):
+        return False
+    if filters.get("is-task") and filters_mod.truthy(filters, "is-task", False):
+        return False                     # API 1.25: swarm tasks; a node outside a swarm runs none
+    if filters.get("publish"):
+        return False                     # API 1.28: minidock publishes no ports (host network)
+    if filters.get("expose"):            # API 1.28: `port[/proto]` the image or run exposed
+        exposed = set(c.config.get("ExposedPorts") or {})
+        if not any((v if "/" in v else v + "/tcp") in exposed for v in filters["expose"]):
             return False
     if filters.get("ancestor"):
         if not any(descends_from(c.record["Image"], v) for v in filters["ancestor"]):

@@ -102,3 +102,31 @@ class Container:
             st["Restarting"] = status == RESTARTING
             st["Dead"] = status == DEAD
             self.changed.notify_all()
+
+
+WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
+
+
+def waiter(c, condition="not-running"):
+    """Register a wait now and return `result(stop)`, which blocks until `condition` holds
+    and returns the exit code. The condition is judged against the state at the moment of
+    this call: `next-exit` means the first exit after it, even one that happens before
+    `result` runs (the API sends its headers in between, and the CLI starts the container
+    as soon as it sees them). `not-running` is met at once by a container that is not
+    running; `removed` waits for the removal (an AutoRemove or a `docker rm`)."""
+    if condition not in WAIT_CONDITIONS:
+        raise errors.InvalidParameter(f"invalid condition: {condition}")
+    with c.lock:
+        generation = c.exit_generation
+        wait_exit = condition == "next-exit" or (condition == "not-running" and c.status in ACTIVE)
+
+    def result(stop=lambda: False):
+        with c.changed:
+            if wait_exit:
+                while c.exit_generation == generation and not stop():
+                    c.changed.wait(0.5)
+            if condition == "removed":
+                while c.status != DEAD and not stop():
+                    c.changed.wait(0.5)
+            return c.state["ExitCode"]
+    return result

@@ -73,6 +73,7 @@ def runtime_spec(c, rootfs, mounts, net, link_env=(), daemon_user=None):
         "user": cfg.get("User") or "",
         "group_add": hc.get("GroupAdd") or [],
         "tty": cfg["Tty"],
+        "init": bool(hc.get("Init")),          # --init: the setup process stays as PID 1 (pid1.py)
         "hostname": name,
         "network": net,
         "shm_size": hc.get("ShmSize") or DEFAULT_SHM_SIZE,

@@ -109,6 +109,9 @@ class Supervisor:
             for fd in to_close:
                 os.close(fd)             # the child has its own copies now
             c.io.console_arrived()       # with a TTY: the master the init sent before exec
+        height, width = (c.host_config.get("ConsoleSize") or [0, 0])[:2]
+        if c.config["Tty"] and height and width:
+            c.io.resize(height, width)   # API 1.42: the terminal's size as soon as it exists
         c.pid = pid
         early = self.exits.register(pid, lambda code: self._exit_thread(c, code))
         c.state.update(Pid=pid, ExitCode=0, Error="", StartedAt=now_rfc3339(), OOMKilled=False)
@@ -218,7 +221,9 @@ class Supervisor:
         if c.status == PAUSED and number == signal.SIGKILL:
             self.thaw(c)
 
-    def stop(self, c, timeout=None):
+    def stop(self, c, timeout=None, sig=None):
+        """Send the stop signal (`sig`, else the container's StopSignal, else SIGTERM), wait
+        `timeout` seconds (else its StopTimeout, else 10), then SIGKILL."""
         with c.lock:
             if c.status == RESTARTING:
                 self.cancel_restart(c, manually=True)
@@ -232,7 +237,7 @@ class Supervisor:
             pid = c.pid
         if timeout is None:
             timeout = c.config.get("StopTimeout") or config.DEFAULT_STOP_TIMEOUT
-        stop_signal = config.parse_signal(c.config.get("StopSignal") or "SIGTERM")
+        stop_signal = config.parse_signal(sig or c.config.get("StopSignal") or "SIGTERM")
         if c.status == PAUSED:
             self.thaw(c)
         self._signal(c, pid, stop_signal)

@@ -33,7 +33,7 @@ from minidock.registry.endpoints import RegistryConfig  # noqa: F401
 from minidock.registry.manifests import (EMPTY_LAYER_BLOB, MT_CONFIG, MT_LAYER_GZIP, MT_LIST,  # noqa: F401
                                          MT_OCI_INDEX, MT_OCI_MANIFEST, MT_SCHEMA1, MT_SCHEMA1_SIGNED, MT_SCHEMA2,
                                          select_manifest)
-from minidock.registry.pull import pull, schema1_to_config  # noqa: F401
+from minidock.registry.pull import inspect_remote, pull, schema1_to_config  # noqa: F401
 from minidock.registry.push import push  # noqa: F401
 from minidock.registry.search import search  # noqa: F401
 from minidock.registry.session import Session, login  # noqa: F401

@@ -226,6 +226,28 @@ def pull(ref, sink, *, auth=None, config=None, progress=None, cancel=None, platf
     return digest
 
 
+def inspect_remote(ref, *, auth=None, config=None):
+    """GET /distribution/{name}/json: what the registry has under `ref`, without pulling it.
+
+    {"Descriptor": {mediaType, digest, size}, "Platforms": [{architecture, os[, variant]}]}: the
+    platforms of a manifest list are its entries'; a single manifest's is read from its config."""
+    if isinstance(ref, str):
+        ref = reference.parse(ref)
+    s = Session(ref.domain, config=config or RegistryConfig(), auth=auth, scopes=[repo_scope(ref.path, "pull")])
+    s.open()
+    body, mt, doc, digest = _fetch_manifest(s, ref, ref.ref)
+    if doc.get("manifests") and not doc.get("layers"):
+        found = [d.get("platform") or {} for d in doc["manifests"]]
+    elif doc.get("schemaVersion") == 1:
+        found = [{"architecture": doc.get("architecture", ""), "os": "linux"}]
+    else:
+        image = json.loads(_get_blob_bytes(s, ref.path, doc["config"]["digest"]))
+        found = [{k: image[k] for k in ("architecture", "os", "variant") if image.get(k)}]
+    return {"Descriptor": {"mediaType": mt, "digest": digest, "size": len(body)},
+            "Platforms": [{k: p[k] for k in ("architecture", "os", "os.version", "os.features", "variant")
+                           if p.get(k)} for p in found]}
+
+
 def _pull_schema2(s, ref, doc, sink, say, cancel, tmp_dir, staged, concurrency):
     cfg_desc = doc.get("config") or {}
     config_bytes = _get_blob_bytes(s, ref.path, cfg_desc["digest"])

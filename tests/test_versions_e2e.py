@@ -1,0 +1,239 @@
+"""The same objects requested at /v1.24, /v1.25, /v1.41, /v1.44 and /v1.47 of a real daemon: each
+version has the fields, routes and behaviours its documentation gives it (api/versions.py)."""
+
+import json
+import time
+
+import pytest
+
+from minidock import platforms
+from minidock.client import APIError
+
+pytestmark = pytest.mark.e2e
+
+VERSIONS = ["1.24", "1.25", "1.41", "1.44", "1.47"]
+
+
+@pytest.fixture(scope="module")
+def untagged(rootless):
+    """An image with no name, to see the <none> placeholders come and go."""
+    d = rootless
+    d.docker("run", "--name", "vshape", "busybox", "sh", "-c", "echo x > /x")
+    image_id = d.docker("commit", "vshape").stdout.decode().strip()
+    d.docker("rm", "vshape")
+    return image_id
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_image_inspect_per_version(rootless, version):
+    doc = rootless.client(version).get("/images/busybox/json")
+    assert ("ContainerConfig" in doc and "Container" in doc) == (version <= "1.44")     # gone at 1.45
+    assert ("VirtualSize" in doc) == (version <= "1.43")                                # gone at 1.44
+    assert doc["Size"] > 0 and doc["RootFS"]["Type"] == "layers"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_image_list_per_version(rootless, untagged, version):
+    rows = {r["Id"]: r for r in rootless.client(version).get("/images/json")}
+    row = rows[untagged]
+    if version <= "1.42":
+        assert (row["RepoTags"], row["RepoDigests"]) == (["<none>:<none>"], ["<none>@<none>"])
+    else:
+        assert (row["RepoTags"], row["RepoDigests"]) == ([], [])
+    assert ("VirtualSize" in row) == (version <= "1.43")
+    assert ("SharedSize" in row and "Containers" in row) == (version >= "1.25")
+
+
+@pytest.mark.parametrize("version,present", [("1.27", True), ("1.28", False), ("1.47", False)])
+def test_network_list_containers_until_1_27(rootless, version, present):
+    rows = rootless.client(version).get("/networks")
+    assert all(("Containers" in row) == present for row in rows) and rows
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_routes_of_1_25_do_not_exist_at_1_24(rootless, version):
+    c = rootless.client(version)
+    for method, path in (("GET", "/system/df"), ("POST", "/containers/prune"), ("POST", "/images/prune"),
+                         ("POST", "/volumes/prune"), ("POST", "/networks/prune")):
+        if version == "1.24":
+            with pytest.raises(APIError) as info:
+                c.call(method, path, params={"filters": '{"label": ["no-such-label-anywhere"]}'})
+            assert info.value.status == 404
+        else:
+            status, _, body = c.call(method, path, params=None if method == "GET" else
+                                     {"filters": '{"label": ["no-such-label-anywhere"]}'})
+            assert status == 200 and isinstance(body, dict)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_info_per_version(rootless, version):
+    info = rootless.client(version).get("/info")
+    if version == "1.24":
+        assert "ExecutionDriver" in info and "rootless" in info["SecurityOptions"]
+    else:
+        assert "ExecutionDriver" not in info and "name=rootless" in info["SecurityOptions"]
+
+
+def test_version_says_1_47_at_every_version(rootless):
+    for version in VERSIONS:
+        assert rootless.client(version).get("/version")["ApiVersion"] == "1.47"
+
+
+@pytest.mark.parametrize("version,named_survives", [("1.41", False), ("1.44", True), ("1.47", True)])
+def test_volume_prune_takes_named_volumes_only_before_1_42(rootless, version, named_survives):
+    c = rootless.client(version)
+    c.post("/volumes/create", body={"Name": f"named-{version}"})
+    result = c.post("/volumes/prune")
+    names = [v["Name"] for v in c.get("/volumes")["Volumes"]]
+    assert (f"named-{version}" in names) == named_survives
+    assert (f"named-{version}" in (result["VolumesDeleted"] or [])) != named_survives
+    assert isinstance(result["SpaceReclaimed"], int)
+    c.delete(f"/volumes/named-{version}", params={"force": 1})
+
+
+@pytest.mark.parametrize("version,signal_used", [("1.41", False), ("1.42", True), ("1.47", True)])
+def test_stop_signal_from_1_42(rootless, version, signal_used):
+    d = rootless
+    name = f"sig-{version}"
+    d.docker("run", "-d", "--name", name, "busybox", "sh", "-c",
+             "trap 'exit 9' USR1; trap 'exit 4' TERM; while true; do sleep 0.1; done")
+    c = d.client(version)
+    for _ in range(100):
+        if b"sh" in d.docker("top", name).stdout:
+            break
+    c.post(f"/containers/{name}/stop", params={"signal": "USR1", "t": 5})
+    code = c.get(f"/containers/{name}/json")["State"]["ExitCode"]
+    assert code == (9 if signal_used else 4)
+    d.docker("rm", name)
+
+
+@pytest.mark.parametrize("version", ["1.24", "1.25", "1.47"])
+def test_exec_inspect_pid_from_1_25(rootless, version):
+    d = rootless
+    name = f"execpid-{version}"
+    d.docker("run", "-d", "--name", name, "busybox", "sleep", "30")
+    c = d.client(version)
+    eid = c.post(f"/containers/{name}/exec", body={"Cmd": ["true"]})["Id"]
+    assert ("Pid" in c.get(f"/exec/{eid}/json")) == (version >= "1.25")
+    d.docker("rm", "-f", name)
+
+
+def test_console_size_at_create_and_exec(rootless):
+    """API 1.42: a TTY has its size before the command runs, for a container and for an exec."""
+    d = rootless
+    c = d.client("1.47")
+    cid = c.post("/containers/create", body={"Image": "busybox", "Tty": True, "Cmd": ["sh", "-c", "stty size; sleep 30"],
+                                             "HostConfig": {"ConsoleSize": [31, 101]}})["Id"]
+    c.post(f"/containers/{cid}/start")
+    for _ in range(100):
+        if b"31 101" in d.docker("logs", cid).stdout:
+            break
+        time.sleep(0.05)
+    assert d.docker("logs", cid).stdout.startswith(b"31 101")
+    eid = c.post(f"/containers/{cid}/exec", body={"Cmd": ["stty", "size"], "Tty": True, "AttachStdout": True,
+                                                 "ConsoleSize": [17, 73]})["Id"]
+    status, _, out = c.call("POST", f"/exec/{eid}/start", body={"Tty": True, "ConsoleSize": [17, 73]})
+    assert b"17 73" in out
+    assert "ConsoleSize" not in c.get(f"/exec/{eid}/json")
+    d.docker("rm", "-f", cid)
+
+
+@pytest.mark.parametrize("version,ipc", [("1.24", "shareable"), ("1.39", "shareable"), ("1.40", "private"),
+                                         ("1.47", "private")])
+def test_ipc_mode_default_private_from_1_40(rootless, version, ipc):
+    c = rootless.client(version)
+    cid = c.post("/containers/create", body={"Image": "busybox", "Cmd": ["true"]})["Id"]
+    assert c.get(f"/containers/{cid}/json")["HostConfig"]["IpcMode"] == ipc
+    c.delete(f"/containers/{cid}")
+
+
+def test_annotations_in_lists_and_healthcheck_fields_per_version(rootless):
+    c = rootless.client("1.47")
+    health = {"Test": ["CMD", "true"], "Interval": 10**9, "StartPeriod": 2 * 10**9, "StartInterval": 10**8}
+    cid = c.post("/containers/create", body={"Image": "busybox", "Cmd": ["true"], "Labels": {"annotated": "1"},
+                                             "Healthcheck": health,
+                                             "HostConfig": {"Annotations": {"io.example/a": "b"}}})["Id"]
+    for version, shown in (("1.45", False), ("1.46", True), ("1.47", True)):
+        row = [r for r in rootless.client(version).get("/containers/json", params={"all": 1}) if r["Id"] == cid][0]
+        assert ("Annotations" in row["HostConfig"]) == shown
+    for version, fields in (("1.28", {"Test", "Interval"}), ("1.29", {"Test", "Interval", "StartPeriod"}),
+                            ("1.43", {"Test", "Interval", "StartPeriod"}),
+                            ("1.44", {"Test", "Interval", "StartPeriod", "StartInterval"})):
+        doc = rootless.client(version).get(f"/containers/{cid}/json")
+        assert set(doc["Config"]["Healthcheck"]) == fields
+    c.delete(f"/containers/{cid}")
+
+
+@pytest.mark.parametrize("version,tty,media", [
+    ("1.41", False, "application/vnd.docker.raw-stream"),
+    ("1.42", False, "application/vnd.docker.multiplexed-stream"),
+    ("1.47", True, "application/vnd.docker.raw-stream"),
+])
+def test_stream_content_type_from_1_42(rootless, version, tty, media):
+    d = rootless
+    name = f"media-{version}-{tty}"
+    d.docker("run", *(["-t"] if tty else []), "--name", name, "busybox", "echo", "hi")
+    response = d.client(version).request("GET", f"/containers/{name}/logs", params={"stdout": 1})
+    assert response.getheader("Content-Type") == media
+    response.read()
+    d.docker("rm", name)
+
+
+def test_logs_until_from_1_35(rootless):
+    d = rootless
+    d.docker("run", "--name", "untilv", "busybox", "sh", "-c", "echo one; sleep 1.2; echo two")
+    first = d.docker("logs", "-t", "untilv").stdout.decode().splitlines()[0].split()[0]
+    from minidock import times
+    until = f"{times.rfc3339_ns(first) / times.NS + 0.5:.3f}"
+    for version, want in (("1.34", b"one\ntwo\n"), ("1.35", b"one\n")):
+        raw = d.client(version).call("GET", "/containers/untilv/logs",
+                                     params={"stdout": 1, "until": until})[2]
+        frames, body = [], raw
+        while body:
+            size = int.from_bytes(body[4:8], "big")
+            frames.append(body[8:8 + size])
+            body = body[8 + size:]
+        assert b"".join(frames) == want
+    d.docker("rm", "untilv")
+
+
+def test_wait_condition_from_1_30(rootless):
+    """Before 1.30 `condition` did not exist: a stopped container's wait answers at once, even
+    when asked for the next exit; from 1.30 next-exit waits for one."""
+    d = rootless
+    d.docker("run", "--name", "waitv", "busybox", "sh", "-c", "exit 6", check=False)
+    assert d.client("1.29").post("/containers/waitv/wait", params={"condition": "next-exit"}) == {"StatusCode": 6}
+    response = d.client("1.30").request("POST", "/containers/waitv/wait", params={"condition": "next-exit"})
+    assert response.status == 200                   # the headers came at once, the body waits
+    d.docker("start", "waitv", check=False)
+    assert json.loads(response.read()) == {"StatusCode": 6}
+    d.docker("rm", "waitv")
+
+
+def test_create_platform_from_1_41(rootless):
+    other = {"os": "linux", "architecture": "s390x" if platforms.goarch() != "s390x" else "amd64"}
+    body = {"Image": "busybox", "Cmd": ["true"]}
+    c40 = rootless.client("1.40")
+    cid = c40.post("/containers/create", params={"platform": platforms.format(other)}, body=body)["Id"]
+    c40.delete(f"/containers/{cid}")
+    with pytest.raises(APIError) as info:
+        rootless.client("1.41").post("/containers/create", params={"platform": platforms.format(other)}, body=body)
+    assert info.value.status == 404 and "does not match the specified platform" in str(info.value)
+
+
+@pytest.mark.parametrize("version", ["1.25", "1.43", "1.44", "1.47"])
+def test_system_df_images_per_version(rootless, version):
+    df = rootless.client(version).get("/system/df")
+    assert set(df) >= {"LayersSize", "Images", "Containers", "Volumes", "BuildCache"}
+    assert df["Images"] and all(("VirtualSize" in row) == (version <= "1.43") for row in df["Images"])
+    assert all(isinstance(row["Containers"], int) and row["SharedSize"] >= 0 for row in df["Images"])
+
+
+def test_cgroupns_mode_is_host_and_private_is_refused(rootless):
+    c = rootless.client("1.47")
+    cid = c.post("/containers/create", body={"Image": "busybox", "Cmd": ["true"]})["Id"]
+    assert c.get(f"/containers/{cid}/json")["HostConfig"]["CgroupnsMode"] == "host"
+    c.delete(f"/containers/{cid}")
+    with pytest.raises(APIError) as info:
+        c.post("/containers/create", body={"Image": "busybox", "HostConfig": {"CgroupnsMode": "private"}})
+    assert info.value.status == 501 and "cgroup namespace" in str(info.value)
