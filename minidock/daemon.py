@@ -113,6 +113,29 @@ class DataRootLock:
             self.fd = None
 
 
+def raise_nofile_limit():
+    """Lift the soft RLIMIT_NOFILE to the hard limit; returns the new soft limit.
+
+    Every client connection, container log, pty and pipe is a descriptor, and the usual soft
+    limit of 1024 is reached by a few hundred busy clients. Raising the soft limit up to the
+    hard one needs no privilege (dockerd and containerd do the same at start-up).
+    """
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:     # the kernel still caps it at fs.nr_open
+        with open("/proc/sys/fs/nr_open") as f:
+            target = int(f.read())
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    except (ValueError, OSError) as exc:
+        log.warning("could not raise the open-files limit from %d to %d: %s", soft, target, exc)
+    return soft
+
+
 def build_engine(config, userns=True):
     """Steps 3-5 of the start-up sequence; returns the engine (used by tests too).
 
@@ -266,6 +289,8 @@ def main(argv=None):
     except OSError as exc:
         print(f"minidock: cannot prepare data root: {exc}", file=sys.stderr)
         return 1
+
+    log.info("open-files limit: %d", raise_nofile_limit())
 
     # 2. one daemon per data root
     lock = DataRootLock(config.data_root)
