@@ -59,7 +59,7 @@ class Execs:
         return self.by_id[eid]
 
     def ids_for(self, container_id):
-        ids = [e.id for e in self.by_id.values() if e.record["ContainerID"] == container_id]
+        ids = [e.id for e in list(self.by_id.values()) if e.record["ContainerID"] == container_id]
         return ids or None
 
     def forget_container(self, container_id):

@@ -8,9 +8,19 @@ from minidock.api.versions import shape
 from minidock.events import FILTER_KEYS, parse_timestamp
 
 
+def _degraded(daemon):
+    """Why the daemon cannot start containers right now (its spawner is down), or None."""
+    spawner = getattr(daemon, "spawner", None)
+    return spawner.health() if spawner is not None and hasattr(spawner, "health") else None
+
+
 def get_ping(req):
-    return http.Response(200, b"OK", [("Cache-Control", "no-cache, no-store, must-revalidate"),
-                                      ("Pragma", "no-cache")], "text/plain; charset=utf-8")
+    headers = [("Cache-Control", "no-cache, no-store, must-revalidate"), ("Pragma", "no-cache")]
+    degraded = _degraded(req.daemon)
+    if degraded:                        # running containers are fine; new ones cannot start
+        return http.Response(503, f"degraded: {degraded}".encode(), headers,
+                             "text/plain; charset=utf-8")
+    return http.Response(200, b"OK", headers, "text/plain; charset=utf-8")
 
 
 def get_version(req):
@@ -18,7 +28,12 @@ def get_version(req):
 
 
 def get_info(req):
-    return http.Response.json(shape("info", req.daemon.info(), req.version))
+    info = req.daemon.info()
+    degraded = _degraded(req.daemon)
+    if degraded:
+        info["Warnings"] = list(info.get("Warnings") or []) + [
+            f"WARNING: degraded: {degraded}; containers cannot be started until it is back"]
+    return http.Response.json(shape("info", info, req.version))
 
 
 def get_events(req):
