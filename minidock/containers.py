@@ -542,6 +542,7 @@ class Containers:
             "privileged": bool(hc.get("Privileged")),
             "no_new_privileges": "no-new-privileges" in (hc.get("SecurityOpt") or [])
                                  or "no-new-privileges:true" in (hc.get("SecurityOpt") or []),
+            "security_opt": hc.get("SecurityOpt") or [],   # seccomp profile (spawner.py)
         }
         if self.engine.cgroups is not None:
             # The container's init writes itself into cgroup.procs before anything else runs.

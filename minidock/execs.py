@@ -124,6 +124,7 @@ class Execs:
             "privileged": pc["privileged"] or bool(c.host_config.get("Privileged")),
             "cap_add": c.host_config.get("CapAdd") or [],
             "cap_drop": c.host_config.get("CapDrop") or [],
+            "security_opt": c.host_config.get("SecurityOpt") or [],   # the container's seccomp
         }
         io = Stdio(tty, e.record["OpenStdin"] and (conn is not None or tty),
                    make_pty=lambda: container_pty(c.pid))

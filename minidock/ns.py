@@ -80,7 +80,7 @@ import shutil
 import signal
 import stat
 
-from . import errors
+from . import errors, seccomp
 
 # --- the raw syscalls ----------------------------------------------------------------------
 
@@ -971,6 +971,11 @@ def _container_init(spec, stdio, status_fd):
     # daemon's namespaces (mounts, hostname, rlimits): inside it we have none of those.
     if nested:
         enter_user_userns(uid, gid)
+    # seccomp comes after the nested user namespace (unshare is among the calls it refuses)
+    # and, without no_new_privs, while we still hold CAP_SYS_ADMIN, which installing needs;
+    # every call left before execve (capset, setresuid, dup2, ...) is one it allows.
+    if not spec.get("no_new_privileges"):
+        install_seccomp(spec.get("seccomp"))
     drop_bounding_set(caps, last_cap)    # needs CAP_SETPCAP: before we give up root
     if spec.get("no_new_privileges"):
         set_no_new_privs()
@@ -978,7 +983,16 @@ def _container_init(spec, stdio, status_fd):
     set_capabilities(caps)
     _step_chdir(spec.get("cwd") or "/")
     _prepare_process(stdio, tty)   # last: it rewires 0/1/2 and the death signal
+    if spec.get("no_new_privileges"):    # with no_new_privs: the very last step before execve
+        install_seccomp(spec.get("seccomp"))
     _exec(spec["argv"], spec.get("env") or [])
+
+
+@_Step("install the seccomp filter")
+def install_seccomp(program_hex):
+    """The container's system call filter (seccomp.py compiled it in the daemon)."""
+    if program_hex:
+        seccomp.install(bytes.fromhex(program_hex))
 
 
 @_Step("change to the working directory")
@@ -1049,6 +1063,8 @@ def _exec_init(spec, stdio):
     # running as root under a single-id daemon map) gets its own nested namespace, as in run.
     if _needs_nested_userns(spec):
         enter_user_userns(uid, gid)
+    if not spec.get("no_new_privileges"):   # the same order as in run, for the same reasons
+        install_seccomp(spec.get("seccomp"))
     drop_bounding_set(caps, spec.get("_last_cap", 40))
     if spec.get("no_new_privileges"):
         set_no_new_privs()
@@ -1056,6 +1072,8 @@ def _exec_init(spec, stdio):
     set_capabilities(caps)
     _step_chdir(spec.get("cwd") or "/")
     _prepare_process(stdio, bool(spec.get("tty")))
+    if spec.get("no_new_privileges"):
+        install_seccomp(spec.get("seccomp"))
     _exec(spec["argv"], spec.get("env") or [])
 
 

@@ -87,6 +87,10 @@ The run/exec spec (a JSON-able dict; only `argv` and, for run, `rootfs` are requ
     no_new_privileges bool  prctl(PR_SET_NO_NEW_PRIVS); Docker's default is off
     cgroup            str   optional cgroup directory; the init writes itself to cgroup.procs
     masked_paths, readonly_paths  [str] override Docker's lists (ns.MASKED_PATHS, ...)
+    security_opt      [str] Docker's SecurityOpt: `seccomp=unconfined`, `seccomp=<JSON profile>`,
+                      `no-new-privileges`; without a seccomp entry the built-in profile applies
+                      (seccomp.py), compiled by Spawner.run/exec into `seccomp` (hex of the
+                      BPF program, or None for unconfined) for ns.install_seccomp
 
 For exec, the daemon passes the container's own cap_add/cap_drop/privileged/no_new_privileges
 (Docker applies the container's settings to exec'd processes), the exec's user (default: the
@@ -111,7 +115,7 @@ import threading
 import time
 import traceback
 
-from . import errors, ns
+from . import errors, ns, seccomp
 
 log = logging.getLogger("minidock.spawner")
 
@@ -321,7 +325,17 @@ class Spawner:
                                                spec.pop("user", "") or "",
                                                spec.pop("group_add", None))
             spec.update(uid=uid, gid=gid, groups=groups)
-        ns.capability_set(spec.get("cap_add"), spec.get("cap_drop"))   # validates names
+        caps = ns.capability_set(spec.get("cap_add"), spec.get("cap_drop"),
+                                 spec.get("privileged"))                # validates names
+        # Docker's SecurityOpt: the seccomp profile (compiled here, in the daemon, so a bad
+        # profile is a 400 before anything forks) and no-new-privileges.
+        choice, nnp = seccomp.parse_security_opt(spec.get("security_opt"))
+        if nnp:
+            spec["no_new_privileges"] = True
+        program = seccomp.filter_for(spec.get("security_opt"),
+                                     {"CAP_" + ns.CAPABILITIES[c] for c in caps},
+                                     bool(spec.get("privileged")))
+        spec["seccomp"] = program.hex() if program else None
         for u in spec.get("ulimits") or []:
             if u.get("name") not in ns.RLIMITS:
                 raise errors.InvalidParameter(f"invalid ulimit type: {u.get('name')}")
