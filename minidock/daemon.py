@@ -81,10 +81,87 @@ def parse_args(argv=None):
                    help="registry host[:port] or CIDR to reach over plain HTTP (repeatable)")
     p.add_argument("--registry-mirror", action="append", default=[], help="mirror for docker.io")
     p.add_argument("--label", action="append", default=[], help="engine label key=value")
+    p.add_argument("--tls", nargs="?", const="true", default=None, type=_bool_flag,
+                   help="use TLS on tcp:// listeners (implied by --tlsverify); --tls=false "
+                        "explicitly allows plain TCP on a non-loopback address")
+    p.add_argument("--tlsverify", nargs="?", const="true", default=False, type=_bool_flag,
+                   help="use TLS and require client certificates signed by --tlscacert")
+    p.add_argument("--tlscacert", default=None, help="CA certificates clients must be signed by "
+                   "(default ~/.docker/ca.pem)")
+    p.add_argument("--tlscert", default=None, help="the server certificate (default ~/.docker/cert.pem)")
+    p.add_argument("--tlskey", default=None, help="the server key (default ~/.docker/key.pem)")
     p.add_argument("--no-userns", action="store_true",
                    help="do not enter a user namespace (only for debugging the API layer)")
     p.add_argument("-v", "--version", action="version", version=f"minidock {__version__}")
     return p.parse_args(argv)
+
+
+def _bool_flag(text):
+    value = str(text).lower()
+    if value in ("1", "true", "t", "yes"):
+        return True
+    if value in ("0", "false", "f", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean value {text!r}")
+
+
+def _is_loopback(host):
+    import ipaddress
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def tls_settings(args):
+    """dockerd's TLS rules for tcp:// listeners, as (ssl.SSLContext or None, warnings).
+
+    --tlsverify implies TLS and requires client certificates signed by --tlscacert (mutual
+    TLS: only holders of such a certificate can talk to the daemon). --tls alone encrypts but
+    lets anyone in. Listening on a non-loopback address without TLS is refused unless
+    --tls=false says so explicitly: whoever reaches that port owns the user's account (a bind
+    mount of $HOME is one `docker run` away). Plain TCP on loopback is allowed with a warning:
+    every local user and every container with host networking can reach it.
+    Raises errors.InvalidParameter for a refused combination."""
+    tcp = [h for h in args.host if h.startswith("tcp://")]
+    use_tls = bool(args.tlsverify) or bool(args.tls)
+    warnings = []
+    if not tcp:
+        return None, warnings
+    if not use_tls:
+        for h in tcp:
+            host = h[len("tcp://"):].rpartition(":")[0] or "127.0.0.1"
+            if not _is_loopback(host):
+                if args.tls is False:
+                    warnings.append(f"API listening on {h} WITHOUT TLS as --tls=false asked: anyone "
+                                    f"who can reach it controls this daemon and the user's account")
+                    continue
+                raise errors.InvalidParameter(
+                    f"refusing to listen on {h} without TLS: anyone who can reach it would control "
+                    f"this daemon. Use --tlsverify with --tlscacert/--tlscert/--tlskey, or pass "
+                    f"--tls=false to accept the risk")
+            warnings.append(f"API listening on {h} WITHOUT TLS: any local user and any container "
+                            f"with host networking can control this daemon; use --tlsverify")
+        return None, warnings
+    import ssl
+    cert_dir = os.environ.get("DOCKER_CERT_PATH") or os.path.join(os.path.expanduser("~"), ".docker")
+    cacert = args.tlscacert or os.path.join(cert_dir, "ca.pem")
+    cert = args.tlscert or os.path.join(cert_dir, "cert.pem")
+    key = args.tlskey or os.path.join(cert_dir, "key.pem")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2      # dockerd's minimum too
+    try:
+        ctx.load_cert_chain(cert, key)
+        if args.tlsverify:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(cacert)
+    except (OSError, ssl.SSLError) as exc:
+        raise errors.InvalidParameter(f"cannot load TLS certificates: {exc}")
+    if not args.tlsverify:
+        warnings.append("TLS without --tlsverify: traffic is encrypted but any client may connect")
+    return ctx, warnings
 
 
 class DataRootLock:
@@ -230,7 +307,7 @@ def routes():
             + networks.ROUTES + build.ROUTES)
 
 
-def serve(engine, hosts, cors_origin=None, ready=None, stop=None):
+def serve(engine, hosts, cors_origin=None, ready=None, stop=None, tls_context=None):
     """Bind every host, serve until `stop` is set; returns after a clean shutdown."""
     from minidock.api.router import Router
     from minidock import API_VERSION
@@ -244,7 +321,8 @@ def serve(engine, hosts, cors_origin=None, ready=None, stop=None):
     servers = []
     try:
         for host in hosts:
-            servers.append(http.make_server(host, app, base_headers, logger=logging.getLogger("minidock.http")))
+            servers.append(http.make_server(host, app, base_headers, logger=logging.getLogger("minidock.http"),
+                                            tls_context=tls_context if host.startswith("tcp://") else None))
             log.info("API listening on %s", host)
     except BaseException:
         for server in servers:
@@ -279,6 +357,13 @@ def main(argv=None):
                         stream=sys.stderr)
 
     # 1. flags and defaults
+    try:
+        tls_context, tls_warnings = tls_settings(args)
+    except errors.MinidockError as exc:
+        print(f"minidock: {exc.message}", file=sys.stderr)
+        return 1
+    for warning in tls_warnings:
+        log.warning("%s", warning)
     try:
         hosts = args.host or [default_host()]
         config = Config(args.data_root or default_data_root(), args.exec_root or default_exec_root(),
@@ -320,7 +405,7 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        serve(engine, config.hosts, cors_origin=config.cors_origin, stop=stop,
+        serve(engine, config.hosts, cors_origin=config.cors_origin, stop=stop, tls_context=tls_context,
               ready=lambda: log.info("minidock %s ready (data root %s)", __version__, config.data_root))
     except errors.MinidockError as exc:
         print(f"minidock: {exc.message}", file=sys.stderr)

@@ -31,6 +31,7 @@ import errno
 import io
 import json
 import os
+import re
 import select
 import socket
 import socketserver
@@ -47,6 +48,7 @@ MAX_LINE_BYTES = 8 * 1024        # one request line or header line
 MAX_HEAD_BYTES = 64 * 1024       # the whole head, request line and headers
 MAX_HEADERS = 100
 MAX_JSON_BODY = 16 * 1024 * 1024  # handlers that parse JSON refuse larger bodies with 413
+MAX_JSON_DEPTH = 64              # nesting of arrays/objects in a JSON body
 READ_TIMEOUT = 60.0              # seconds a client may stall while sending a request body
 HEAD_TIMEOUT = 60.0              # seconds for a whole request head (and a TLS handshake)
 IDLE_TIMEOUT = 300.0             # seconds a keep-alive connection may wait for its next request
@@ -164,6 +166,8 @@ def parse_head(raw):
             target = split.path + ("?" + split.query if split.query else "")
         else:
             raise errors.InvalidParameter(f"malformed request target: {target[:100]!r}")
+    if "\x00" in target or "%00" in target:
+        raise errors.InvalidParameter("NUL byte in request target")
     headers = []
     for line in lines[1:]:
         if line[:1] in (" ", "\t"):
@@ -171,12 +175,18 @@ def parse_head(raw):
         name, sep, value = line.partition(":")
         if not sep or not name or name != name.strip() or any(c in name for c in " \t\"(),/;<=>?@[\\]{}"):
             raise errors.InvalidParameter(f"malformed header line: {line[:100]!r}")
+        if "\x00" in value:
+            raise errors.InvalidParameter(f"NUL byte in header {name[:40]!r}")
         headers.append((name.lower(), value.strip(" \t")))
     if len(headers) > MAX_HEADERS:
         raise errors.HeadersTooLarge(f"too many request headers (limit {MAX_HEADERS})")
     head = Head(method, target, version, headers)
     _check_framing(head)
     return head
+
+
+_ASCII_DIGITS = re.compile(r"[0-9]+")
+_HEX_DIGITS = re.compile(rb"[0-9a-fA-F]+")
 
 
 def _check_framing(head):
@@ -191,7 +201,9 @@ def _check_framing(head):
         raise errors.InvalidParameter("conflicting Content-Length headers")
     if lengths:
         value = lengths.pop()
-        if not value.isdigit():
+        # ASCII digits only: str.isdigit() also takes "²" or "٣", which int() then refuses
+        # or reads as another number than the client meant.
+        if not _ASCII_DIGITS.fullmatch(value) or len(value) > 18:
             raise errors.InvalidParameter(f"invalid Content-Length: {value[:30]!r}")
 
 
@@ -248,12 +260,10 @@ class ChunkedReader:
         if not line:
             raise errors.InvalidParameter("chunked body ended before its last chunk")
         size_text = line.split(b";", 1)[0].strip()     # chunk extensions are ignored
-        try:
-            size = int(size_text, 16)
-        except ValueError:
+        # Hex digits only: int(x, 16) would also take "0x10", "+5" or "1_0".
+        if not _HEX_DIGITS.fullmatch(size_text) or len(size_text) > 16:
             raise errors.InvalidParameter(f"malformed chunk size: {size_text[:20]!r}")
-        if size < 0 or len(size_text) > 16:
-            raise errors.InvalidParameter("malformed chunk size")
+        size = int(size_text, 16)
         if size == 0:
             # Trailer fields, then the empty line that ends the body.
             for _ in range(MAX_HEADERS + 1):
@@ -297,8 +307,26 @@ class ChunkedReader:
             pass
 
 
+def check_json_content_type(head):
+    """moby's rule for endpoints that take JSON: the body must say `application/json`
+    (parameters such as charset allowed); without a Content-Type only an empty body passes.
+    A chunked body has no known length, so it needs the header (as in Go's net/http).
+    This is what keeps a web page's form post from reaching a TCP daemon."""
+    ct = head.header("content-type", "")
+    if not ct:
+        if "chunked" not in head.tokens("transfer-encoding") and \
+                head.header("content-length", "0") in ("0", ""):
+            return
+    elif ct.split(";", 1)[0].strip().lower() == "application/json":
+        return
+    raise errors.InvalidParameter(f"Content-Type specified ({ct}) must be 'application/json'")
+
+
 def read_json_body(reader, limit=MAX_JSON_BODY, allow_empty=True):
-    """Read and parse a JSON request body, with the size limit JSON endpoints use."""
+    """Read and parse a JSON request body, with the size limit JSON endpoints use.
+
+    Nesting deeper than MAX_JSON_DEPTH and NUL characters in any string (a path, an argv
+    entry, an environment variable: none can carry one to the kernel) are refused with 400."""
     data = b""
     while reader is not None and len(data) <= limit:
         more = reader.read(limit + 1 - len(data))
@@ -312,9 +340,34 @@ def read_json_body(reader, limit=MAX_JSON_BODY, allow_empty=True):
             return None
         raise errors.InvalidParameter("a JSON request body is required")
     try:
-        return json.loads(data)
+        value = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise errors.InvalidParameter(f"invalid JSON in request body: {exc}")
+    except RecursionError:
+        raise errors.InvalidParameter(f"JSON in request body nested deeper than {MAX_JSON_DEPTH}")
+    check_json_value(value)
+    return value
+
+
+def check_json_value(value, max_depth=None):
+    """Raise InvalidParameter for nesting deeper than max_depth or a NUL in any string."""
+    max_depth = max_depth or MAX_JSON_DEPTH
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise errors.InvalidParameter("NUL character in a JSON string of the request body")
+        elif isinstance(item, (dict, list)):
+            if depth > max_depth:
+                raise errors.InvalidParameter(f"JSON in request body nested deeper than {max_depth}")
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    if "\x00" in key:
+                        raise errors.InvalidParameter("NUL character in a JSON key of the request body")
+                    stack.append((child, depth + 1))
+            else:
+                stack.extend((child, depth + 1) for child in item)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -463,6 +516,16 @@ def peer_gone(sock):
         poller.register(sock, select.POLLIN)
         if not poller.poll(0):
             return False
+        if isinstance(sock, ssl.SSLSocket):
+            # TLS cannot peek at plain text; look at the raw bytes instead. End of stream, or a
+            # TLS alert record (content type 21: close_notify, which Go clients send on
+            # Close), both mean the client is done.
+            raw = socket.socket(fileno=os.dup(sock.fileno()))
+            try:
+                first = raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            finally:
+                raw.close()
+            return first in (b"", b"\x15")
         return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
     except (BlockingIOError, InterruptedError):
         return False
@@ -753,6 +816,10 @@ class _ServerMixin:
         return self.wrap(conn), addr
 
     def wrap(self, conn):
+        # TLS: wrap now, shake hands later in the connection's own thread (ConnectionHandler).
+        if getattr(self, "tls_context", None) is not None:
+            return self.tls_context.wrap_socket(conn, server_side=True,
+                                                do_handshake_on_connect=False)
         return conn
 
     def _out_of_descriptors(self, exc):
@@ -775,6 +842,9 @@ class _ServerMixin:
         time.sleep(self._pause)
 
     def _refuse(self, conn, message):
+        if isinstance(conn, ssl.SSLSocket):      # no plain-text answer on a TLS connection
+            conn.close()
+            return
         try:
             conn.setblocking(False)
             conn.send(busy_response(message))
@@ -825,7 +895,7 @@ class TCPServer(_ServerMixin, socketserver.ThreadingTCPServer):
     pass
 
 
-def make_server(address, app, headers_fn=None, logger=None, max_connections=None):
+def make_server(address, app, headers_fn=None, logger=None, max_connections=None, tls_context=None):
     """Bind a threading HTTP server to `unix:///path` or `tcp://host:port`.
 
     A unix socket is created mode 0600 (umask around bind, so it is never briefly wider), and a
@@ -846,6 +916,7 @@ def make_server(address, app, headers_fn=None, logger=None, max_connections=None
     else:
         raise errors.InvalidParameter(f"unsupported listen address {address!r} (want unix:// or tcp://)")
     server._init_limits()
+    server.tls_context = tls_context
     if max_connections:
         server.max_connections = max_connections
     server.app = app

@@ -110,6 +110,7 @@ class ApiRequest:
 
     # -- body --------------------------------------------------------------------------------
     def json(self, required=False):
+        http.check_json_content_type(self.head)
         return http.read_json_body(self.body, allow_empty=not required)
 
     def disconnected(self):

@@ -3,7 +3,7 @@
 import json
 import time
 
-from minidock import errors, http
+from minidock import errors, http, seccomp
 from minidock.api.versions import shape
 from minidock.events import FILTER_KEYS, parse_timestamp
 
@@ -29,6 +29,8 @@ def get_version(req):
 
 def get_info(req):
     info = req.daemon.info()
+    if seccomp.native_arch() and "name=seccomp,profile=builtin" not in info["SecurityOptions"]:
+        info["SecurityOptions"] = ["name=seccomp,profile=builtin"] + list(info["SecurityOptions"])
     degraded = _degraded(req.daemon)
     if degraded:
         info["Warnings"] = list(info.get("Warnings") or []) + [
