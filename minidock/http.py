@@ -254,6 +254,7 @@ class ChunkedReader:
         self.left = 0          # bytes left in the current chunk
         self.done = False
         self.length = None
+        self.broken = None     # the framing error once one was found: the stream is lost
 
     def _next_chunk(self):
         line = self.rfile.readline(MAX_LINE_BYTES + 1)
@@ -278,10 +279,18 @@ class ChunkedReader:
     def read(self, n=-1):
         if n is None or n < 0:
             return b"".join(iter(lambda: self.read(65536), b""))
+        if self.broken is not None:
+            # After a framing error we no longer know where chunks start: reading on would
+            # take body bytes for a chunk size (and wait for thousands of bytes that never come).
+            raise self.broken
         try:
             return self._read(n)
         except socket.timeout:
-            raise errors.RequestTimeout(f"request body stalled for {READ_TIMEOUT:g}s")
+            self.broken = errors.RequestTimeout(f"request body stalled for {READ_TIMEOUT:g}s")
+            raise self.broken
+        except errors.MinidockError as exc:
+            self.broken = exc
+            raise
 
     def _read(self, n):
         out = []

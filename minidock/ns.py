@@ -580,6 +580,23 @@ def unshare_namespaces(network):
     unshare(flags)
 
 
+_SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
+
+
+@_Step("bring up the loopback interface")
+def bring_up_loopback():
+    """A new network namespace has `lo` down; set IFF_UP on it (ioctl SIOCSIFFLAGS on any
+    socket of the namespace; we hold CAP_NET_ADMIN over it: our user namespace owns it).
+    Afterwards `ip link show lo` says UP and 127.0.0.1 answers."""
+    import fcntl
+    import socket
+    import struct
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifreq = struct.pack("16sH22x", b"lo", 0)            # struct ifreq: name, then flags
+        flags = struct.unpack_from("16sH", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, ifreq))[1]
+        fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | _IFF_UP))
+
+
 @_Step("make mounts private")
 def make_mounts_private():
     # The daemon made / private already; repeat it so nothing set up later can ever
@@ -915,6 +932,8 @@ def spawn_container(spec, stdio, status_fd):
     # Mount, pid, uts, ipc (and net) at once; all owned by the daemon's user namespace,
     # where we hold every capability, so the init can mount and set the hostname.
     unshare_namespaces(network)
+    if network == "none":
+        bring_up_loopback()             # Docker's "none" network still has a working lo
     # CLONE_NEWPID applies to children only: the next fork is PID 1 of the new namespace.
     pid = os.fork()
     if pid:
