@@ -47,6 +47,8 @@ CORPUS = [
     ("deep inside a field", post("/containers/create", '{"Image": "busybox", "Labels": '
                                  + '{"a":' * 200 + '"x"' + "}" * 200 + "}")),
     ("deep query filters", get(b"/containers/json?filters=" + b"%5B" * DEEP + b"%5D" * DEEP)),
+    ("deep query filters within the line limit", get(b"/containers/json?filters=" + b"[" * 4000 + b"]" * 4000)),
+    ("filters not an object", get(b"/containers/json?filters=%5B1%5D")),
     ("NUL in Cmd", post("/containers/create", '{"Image": "busybox", "Cmd": ["a\\u0000b"]}')),
     ("NUL in Env", post("/containers/create", '{"Image": "busybox", "Env": ["A=\\u0000"]}')),
     ("NUL in a key", post("/containers/create", '{"Image": "busybox", "Labels": {"a\\u0000": "b"}}')),
