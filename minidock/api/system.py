@@ -3,7 +3,7 @@
 import json
 import time
 
-from minidock import errors, http, seccomp
+from minidock import errors, http, seccomp, spawner
 from minidock.api.versions import shape
 from minidock.events import FILTER_KEYS, parse_timestamp
 
@@ -31,6 +31,11 @@ def get_info(req):
     info = req.daemon.info()
     if seccomp.native_arch() and "name=seccomp,profile=builtin" not in info["SecurityOptions"]:
         info["SecurityOptions"] = ["name=seccomp,profile=builtin"] + list(info["SecurityOptions"])
+    bound = spawner.process_bound()
+    info["SystemStatus"] = list(info.get("SystemStatus") or []) + [
+        ["Process bound", f"RLIMIT_NPROC {bound} per container (shared with the daemon's user "
+                          f"namespace; --ulimit nproc overrides)" if bound else
+                          "none (the daemon's RLIMIT_NPROC is unlimited)"]]
     degraded = _degraded(req.daemon)
     if degraded:
         info["Warnings"] = list(info.get("Warnings") or []) + [
