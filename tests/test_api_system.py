@@ -120,7 +120,7 @@ def test_unknown_route_404_wrong_method_405(api):
 
 
 def test_malformed_json_body_is_400(api):
-    data = raw(api[1], b"POST /auth HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\n{nope")
+    data = raw(api[1], b"POST /auth HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 5\r\nConnection: close\r\n\r\n{nope")
     assert data.startswith(b"HTTP/1.1 400")
     assert b"invalid JSON" in data
 
