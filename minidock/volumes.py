@@ -33,6 +33,7 @@ class Volumes:
         self.root = os.path.join(engine.config.data_root, "volumes")
         self.collection = store.Collection(self.root, "volume", filename="opts.json", per_dir=True)
         self.collection.load()
+        self._sweep_half_created()
         self.lock = threading.RLock()
 
     # -- the volume API --------------------------------------------------------------------------
@@ -51,13 +52,46 @@ class Volumes:
             name = name or store.new_id()
             if name in self.collection.objects:
                 return self.describe(name)
-            data = os.path.join(self.root, name, "_data")
-            os.makedirs(data, mode=0o755)
             record = {"Name": name, "Driver": "local", "Labels": labels or {}, "Options": driver_opts or {},
                       "CreatedAt": now_rfc3339(), "Anonymous": anonymous}
-            self.collection.save(name, record)
+            self._create_atomically(name, record)
         self.engine.events.emit("volume", "create", name, {"driver": "local"})
         return self.describe(name)
+
+    def _create_atomically(self, name, record):
+        """The volume directory appears whole or not at all: it is built under a temporary name
+        (`.tmp-<name>-<random>`, with `_data` and `opts.json`) and renamed into place, so a
+        crash midway leaves only a temporary directory, removed at the next start, and never a
+        name that can neither be created nor removed."""
+        final = os.path.join(self.root, name)
+        tmp = os.path.join(self.root, f".tmp-{name}-{store.new_id()[:8]}")
+        os.makedirs(os.path.join(tmp, "_data"), mode=0o755)
+        try:
+            store.write_json(os.path.join(tmp, "opts.json"), record)
+            if os.path.lexists(final):
+                # No record, so not a volume: what an interrupted create of an older version
+                # left. It was never given to a container.
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        store.fsync_dir(self.root)
+        self.collection.objects[name] = record
+
+    def _sweep_half_created(self):
+        """Directories without opts.json (interrupted creates of older versions): removed when
+        their _data is empty, reported otherwise."""
+        for entry in sorted(os.listdir(self.root)):
+            full = os.path.join(self.root, entry)
+            if entry in self.collection.objects or not os.path.isdir(full):
+                continue
+            data = os.path.join(full, "_data")
+            if not os.path.isdir(data) or not os.listdir(data):
+                shutil.rmtree(full, ignore_errors=True)
+            else:
+                self.engine.warnings.append(f"volume directory {full} has data but no opts.json; "
+                                            f"left alone")
 
     def describe(self, name):
         record = self.collection.objects.get(name)
