@@ -256,6 +256,7 @@ class Spawner:
             os.close(lifeline_w)
             _spawner_main(theirs, lifeline_r, daemon)      # never returns
         theirs.close()
+        log.info("spawner started (pid %d)", pid)
         return cls(pid, mine, (lifeline_r, lifeline_w), on_exit)
 
     def __init__(self, pid, sock, lifeline, on_exit=None):

@@ -7,6 +7,7 @@ containers it had started keep running and are still reaped and reported.
 
 import concurrent.futures
 import os
+import re
 import signal
 import time
 
@@ -16,31 +17,16 @@ from minidock.client import APIError
 
 
 def spawner_pid(daemon):
-    """The daemon's one child that is a python process: the spawner (shims are its children)."""
-    kids = []
-    for tid in os.listdir(f"/proc/{daemon.proc.pid}/task"):
-        try:
-            with open(f"/proc/{daemon.proc.pid}/task/{tid}/children") as f:
-                kids += [int(p) for p in f.read().split()]
-        except FileNotFoundError:      # a thread that just ended
-            pass
-    for pid in kids:
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except FileNotFoundError:
-            continue
-        if b"python" in argv[0] and not any(b"shim" in a for a in argv):
-            with open(f"/proc/{pid}/status") as f:
-                ppid = next(int(line.split()[1]) for line in f if line.startswith("PPid:"))
-            if ppid == daemon.proc.pid:
-                return pid
-    raise AssertionError(f"no spawner among the daemon's children {kids}")
+    """The current spawner's pid, as the daemon logged it ("spawner started/restarted (pid N")."""
+    pids = re.findall(r"spawner (?:started|restarted) \(pid (\d+)", daemon.read_log())
+    if not pids:
+        raise AssertionError("the daemon logged no spawner pid")
+    return int(pids[-1])
 
 
 def assert_spawner_never_died(daemon):
     log = daemon.read_log()
-    for words in ("spawner restarted", "crashed", "error handling an event", "the spawner (pid"):
+    for words in ("spawner restarted", "crashed", "error handling an event", "the spawner (pid "):
         assert words not in log, log
 
 
@@ -144,3 +130,44 @@ def test_kill_9_of_the_spawner_keeps_containers_and_the_next_run_works(rootless)
     assert rootless.docker("inspect", "-f", "{{.State.ExitCode}}", cid).stdout == b"137\n"
     rootless.docker("rm", cid, short)
     assert rootless.ping()
+
+
+def wait_for_new_spawner(daemon, old, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            pid = spawner_pid(daemon)
+            if pid != old:
+                return pid
+        except AssertionError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("the spawner was not restarted")
+
+
+def test_ping_and_info_report_degraded_while_the_spawner_is_down(rootless):
+    # Spawners that die in quick succession are restarted after growing pauses (0.5 s, 1 s,
+    # 2 s, ...): kill it until a pause is long enough to look at the daemon meanwhile.
+    client = rootless.client()
+    seen_ping = seen_info = None
+    for _ in range(4):
+        old = spawner_pid(rootless)
+        os.kill(old, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not (seen_ping and seen_info):
+            try:
+                status, _, body = client.call("GET", "/_ping")
+            except APIError as e:
+                if e.status == 503:
+                    seen_ping = e.message
+            warnings = client.get("/info")["Warnings"] or []
+            seen_info = seen_info or next((w for w in warnings if "degraded" in w), None)
+            time.sleep(0.05)
+        wait_for_new_spawner(rootless, old)
+        if seen_ping and seen_info:
+            break
+    assert "degraded" in seen_ping and "was killed by SIGKILL" in seen_ping
+    assert "was killed by SIGKILL" in seen_info
+    # Back to normal once it is up again.
+    assert client.call("GET", "/_ping")[2] == b"OK"
+    assert rootless.docker("run", "--rm", "busybox", "echo", "ok").stdout == b"ok\n"
