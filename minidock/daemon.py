@@ -3,7 +3,9 @@
 The start-up sequence is linear and its order matters:
 
 1. Parse flags and fill defaults (socket under $XDG_RUNTIME_DIR, data under ~/.local/share for a
-   normal user, /var/lib/minidock for root).
+   normal user, /var/lib/minidock for root). TCP listeners: TLS settings from --tls/--tlsverify
+   (plain TCP off loopback is refused without --tls=false). The soft RLIMIT_NOFILE is raised to
+   the hard limit: every connection, log and pty is a descriptor.
 2. Take an exclusive lock on the data root, so a second daemon on the same state is refused with
    a clear error instead of both corrupting it. The lock is a `flock` on a file: the kernel drops
    it when the process dies, even by SIGKILL, so a killed daemon never blocks the next start.

@@ -22,9 +22,21 @@ Everything protocol-shaped here is a function over bytes or over a buffered read
 on bytes (tests/test_http.py). The socketserver classes at the bottom only move bytes between the
 socket and those functions and the application callable; they know nothing about containers.
 
-Limits protect the threads: a request head over `MAX_HEAD_BYTES` or with more than `MAX_HEADERS`
-headers is refused with 431, a malformed one with 400, and a body that stops half-way raises instead
-of hanging (sockets get a read timeout while a request is being read).
+Limits protect the daemon from its clients, careless or hostile:
+
+- a request head over `MAX_HEAD_BYTES` or with more than `MAX_HEADERS` headers is refused with
+  431, a malformed one with 400 (Content-Length and chunk sizes are ASCII digits only; NUL bytes
+  are refused in the target and in headers);
+- the whole head must arrive within `HEAD_TIMEOUT` (a deadline, not a per-read timeout, so a
+  client dribbling one byte a minute is cut off too), an idle keep-alive connection is closed
+  after `IDLE_TIMEOUT`, and a body that stalls for `READ_TIMEOUT` ends with 408;
+- JSON bodies must say `Content-Type: application/json` (moby's rule, `check_json_content_type`),
+  and may nest `MAX_JSON_DEPTH` deep at most, without NUL characters in strings;
+- the listener asks for the kernel's full backlog, serves at most `MAX_CONNECTIONS` at once (one
+  more gets a 503 from the accept loop), and survives running out of descriptors or threads
+  (see `_ServerMixin`);
+- TCP listeners may be TLS (a context made by the daemon from its --tls* flags): the handshake
+  runs in the connection's thread under the head deadline.
 """
 
 import errno
