@@ -183,3 +183,10 @@ def test_an_empty_body_needs_no_content_type(tls_daemon):
                            f"Content-Length: 0\r\n\r\n".encode())
     assert data.startswith(b"HTTP/1.1 204 ")
     tls_daemon.docker("rm", "-f", cid)
+
+
+def test_stdin_over_tls(tls_daemon):
+    d = tls_daemon
+    out = d.docker("run", "-i", "--rm", "busybox", "sh", "-c", "cat; echo done",
+                   input=b"through tls\n", env=tls_env(d, d.client_certs))
+    assert out.stdout == b"through tls\ndone\n"
