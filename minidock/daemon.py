@@ -259,6 +259,8 @@ def build_engine(config, userns=True):
     engine.execs = Execs(engine, engine.containers, spawner)
     engine.registry = _registry(engine)
     _sweep_orphan_rw_layers(engine)
+    _sweep_half_created_containers(engine)
+    _collect_unreferenced_layers(engine)
     if spawner is None:
         engine.warnings.append("started with --no-userns: containers cannot run")
     else:
@@ -276,6 +278,35 @@ def _sweep_orphan_rw_layers(engine):
                 engine.layers.remove_rw(name)
             except OSError as exc:
                 log.warning("could not remove orphaned writable layer %s: %s", name, exc)
+
+
+def _sweep_half_created_containers(engine):
+    """Container directories without a config.json: a create cut short by a crash. No container
+    record names them, so nothing of them can be reached through the API; they go."""
+    import shutil
+    directory = os.path.join(engine.config.data_root, "containers")
+    if not os.path.isdir(directory):
+        return
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if name in engine.containers.by_id or not os.path.isdir(path) or os.path.islink(path):
+            continue
+        log.info("removing half-created container directory %s", name)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _collect_unreferenced_layers(engine):
+    """Layers no image and no container stands on: what a crash between storing a layer and
+    writing its image (an interrupted commit, import, load or pull) leaves. At start-up nothing
+    is in flight (we hold the data-root lock and serve nothing yet), so every layer that no
+    stored image config or container rw layer reaches is garbage."""
+    try:
+        removed = engine.images.prune_layers()
+    except OSError as exc:
+        log.warning("could not collect unreferenced layers: %s", exc)
+        return
+    for chain in removed:
+        log.info("removed unreferenced layer %s", chain)
 
 
 def _cgroups(engine):

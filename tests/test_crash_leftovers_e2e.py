@@ -39,3 +39,28 @@ def test_half_created_volumes_are_cleaned_at_start():
         assert os.listdir(volumes) == []
     finally:
         d.cleanup()
+
+
+def test_unreferenced_layers_and_half_created_containers_are_collected_at_start():
+    import shutil
+    from rootfs import make_rootfs_tar
+    d = Daemon()
+    try:
+        d.start()
+        d.docker("import", make_rootfs_tar(os.path.join(d.base, "busybox.tar")), "busybox")
+        cid = d.docker("create", "busybox", "true").stdout.decode().strip()
+        d.stop()
+        layers = os.path.join(d.data_root, "image", "layers", "layers")
+        images = os.path.join(d.data_root, "image", "images")
+        assert len(os.listdir(layers)) == 1
+        # A crash after the layer was stored but before the image was written: the layer has
+        # no image. And a create cut short: a container directory without config.json.
+        shutil.rmtree(os.path.join(images, os.listdir(images)[0]))
+        os.remove(os.path.join(d.data_root, "containers", cid, "config.json"))
+        d.start()
+        assert os.listdir(layers) == []
+        assert cid not in os.listdir(os.path.join(d.data_root, "containers"))
+        assert d.docker("ps", "-aq").stdout == b""
+        assert "removed unreferenced layer" in d.read_log()
+    finally:
+        d.cleanup()
