@@ -5,6 +5,7 @@ writable layer (with its init layer): checked on the data root's contents.
 """
 
 import os
+import time
 
 from support import Daemon, NOBODY, primary_gid
 
@@ -62,5 +63,79 @@ def test_unreferenced_layers_and_half_created_containers_are_collected_at_start(
         assert cid not in os.listdir(os.path.join(d.data_root, "containers"))
         assert d.docker("ps", "-aq").stdout == b""
         assert "removed unreferenced layer" in d.read_log()
+    finally:
+        d.cleanup()
+
+
+def data_root_problems(data_root):
+    """What a consistent data root must not hold: layers nothing stands on, container and
+    volume directories without their record, temporary debris."""
+    from minidock.images import ImageStore
+    from minidock.layers import LayerStore
+    problems = []
+    layers = LayerStore(os.path.join(data_root, "image", "layers"))
+    images = ImageStore(os.path.join(data_root, "image"), layers)
+    keep = {images.top_chain(i) for i in images.configs} | layers.rw_chains()
+    needed = set()
+    for chain in keep:
+        if chain and layers.exists(chain):
+            needed.update(layers.lowers(chain))
+    problems += [f"orphan layer {c}" for c in layers.all_layers() if c not in needed]
+    containers = os.path.join(data_root, "containers")
+    for name in os.listdir(containers):
+        if not os.path.exists(os.path.join(containers, name, "config.json")):
+            problems.append(f"container dir without config: {name}")
+    volumes = os.path.join(data_root, "volumes")
+    for name in os.listdir(volumes):
+        if not os.path.exists(os.path.join(volumes, name, "opts.json")):
+            problems.append(f"volume dir without opts.json: {name}")
+    for root, dirs, files in os.walk(data_root):
+        problems += [f"temp debris {os.path.join(root, n)}" for n in dirs + files if n.startswith(".tmp-")]
+        if os.path.basename(root) == "tmp" and (dirs or files):
+            problems.append(f"leftovers in {root}: {dirs + files}")
+    return problems
+
+
+def test_kill_9_during_operations_then_restart_leaves_a_consistent_data_root():
+    import random
+    import subprocess
+    from rootfs import make_rootfs_tar
+    from support import DOCKER
+    d = Daemon()
+    rng = random.Random(14)
+    try:
+        d.start()
+        tar = make_rootfs_tar(os.path.join(d.base, "busybox.tar"))
+        big = os.path.join(d.base, "big.tar")
+        with open(big, "wb") as f:           # a larger import: a wider window to be killed in
+            import tarfile
+            with tarfile.open(fileobj=f, mode="w") as t:
+                data = os.urandom(8 << 20)
+                info = tarfile.TarInfo("blob")
+                info.size = len(data)
+                import io
+                t.addfile(info, io.BytesIO(data))
+        os.chmod(big, 0o644)
+        d.docker("import", tar, "busybox")
+        operations = [
+            ["import", big, "big"],
+            ["volume", "create", "v"],
+            ["create", "busybox", "true"],
+            ["run", "--name", "c", "busybox", "sh", "-c", "head -c 4000000 /dev/urandom > /f"],
+            ["commit", "c", "committed"],
+        ]
+        for round_ in range(6):
+            for argv in operations:
+                proc = subprocess.Popen([DOCKER, *argv], env=d.cli_env(), stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+                time.sleep(rng.uniform(0.0, 0.8))
+                d.kill()                    # SIGKILL, mid-operation or just after
+                proc.wait(60)
+                d.start()
+            d.stop()
+            problems = data_root_problems(d.data_root)
+            assert problems == [], f"round {round_}: {problems}"
+            d.start()
+            d.docker("rm", "-f", "c", check=False)
     finally:
         d.cleanup()
