@@ -213,3 +213,26 @@ def check_container_create(body):
         check(body["HostConfig"], HOST_CONFIG, "ContainerConfigWrapper.HostConfig")
     if "NetworkingConfig" in body:
         check(body["NetworkingConfig"], NETWORKING_CONFIG, "ContainerConfigWrapper.NetworkingConfig")
+
+
+# --- the other JSON bodies ------------------------------------------------------------------------
+
+EXEC_CREATE = {"User": STR, "Privileged": BOOL, "Tty": BOOL, "ConsoleSize": [UINT],
+               "AttachStdin": BOOL, "AttachStdout": BOOL, "AttachStderr": BOOL, "Detach": BOOL,
+               "DetachKeys": STR, "Env": STRS, "WorkingDir": STR, "Cmd": STRSLICE}
+EXEC_START = {"Detach": BOOL, "Tty": BOOL, "ConsoleSize": [UINT]}
+VOLUME_CREATE = {"Name": STR, "Driver": STR, "DriverOpts": STRMAP, "Labels": STRMAP,
+                 "ClusterVolumeSpec": ANY}
+CONTAINER_UPDATE = dict(RESOURCES, RestartPolicy={"Name": STR, "MaximumRetryCount": INT})
+
+BODIES = {"ExecConfig": EXEC_CREATE, "ExecStartCheck": EXEC_START,
+          "VolumeCreateOptions": VOLUME_CREATE, "UpdateConfig": CONTAINER_UPDATE,
+          "HostConfig": HOST_CONFIG}
+
+
+def check_body(body, kind):
+    """The type check of another JSON body (`kind` names its Go struct, a key of BODIES)."""
+    table = BODIES[kind]
+    if not isinstance(body, dict):
+        _fail(body, kind, table)
+    check(body, table, kind)

@@ -77,3 +77,21 @@ def test_valid_bodies_pass(body):
 def test_a_body_that_is_not_an_object(body):
     with pytest.raises(errors.InvalidParameter):
         schema.check_container_create(body)
+
+
+BODY_WRONG = [(kind, [key], v) for kind, table in schema.BODIES.items() if kind != "HostConfig"
+              for key, t in table.items() for v in wrong_values(t)]
+
+
+@pytest.mark.parametrize("kind,path,value", BODY_WRONG, ids=[f"{k}.{p[0]}={v!r}"[:80] for k, p, v in BODY_WRONG])
+def test_other_bodies_refuse_wrong_types(kind, path, value):
+    with pytest.raises(errors.InvalidParameter) as info:
+        schema.check_body({path[0]: value}, kind)
+    assert f"{kind}.{path[0]}" in info.value.message
+
+
+def test_other_bodies_accept_their_usual_shape():
+    schema.check_body({"Cmd": ["sh"], "AttachStdout": True, "Env": None, "Tty": False}, "ExecConfig")
+    schema.check_body({"Detach": False, "Tty": False}, "ExecStartCheck")
+    schema.check_body({"Name": "v", "Driver": "local", "Labels": {"a": "b"}}, "VolumeCreateOptions")
+    schema.check_body({"Memory": 1 << 20, "RestartPolicy": {"Name": "always"}}, "UpdateConfig")
