@@ -74,7 +74,7 @@ def data_root_problems(data_root):
     from minidock.layers import LayerStore
     problems = []
     layers = LayerStore(os.path.join(data_root, "image", "layers"))
-    images = ImageStore(os.path.join(data_root, "image"), layers)
+    images = ImageStore(os.path.join(data_root, "image"), layers, events=None)
     keep = {images.top_chain(i) for i in images.configs} | layers.rw_chains()
     needed = set()
     for chain in keep:
