@@ -25,7 +25,7 @@ import os
 import shutil
 import threading
 
-from minidock import cgroup, errors, imagecreate, ns, proctable, store
+from minidock import cgroup, errors, imagecreate, ns, proctable, schema, store
 from minidock.container import attach, config, describe, logs, restart
 from minidock.container.lifecycle import (ACTIVE, ALIVE, CREATED, DEAD, EXITED, PAUSED, REMOVING,
                                           RESTARTING, RUNNING, Container)
@@ -132,8 +132,7 @@ class Containers:
     # -- create ----------------------------------------------------------------------------------
     def create(self, body, name=None):
         """POST /containers/create. Returns (id, warnings)."""
-        if not isinstance(body, dict):
-            raise errors.InvalidParameter("container config must be a JSON object")
+        config.check_types(body)            # every field's type, before anything is made
         host_config = body.get("HostConfig") or {}
         if not isinstance(host_config, dict):
             raise errors.InvalidParameter("HostConfig must be a JSON object")
@@ -174,7 +173,7 @@ class Containers:
             os.makedirs(directory, mode=0o700)
             try:
                 record["Mounts"] = self.volumes.prepare_mounts(
-                    host_config, cfg, lambda ref: self.get(ref).record.get("Mounts") or [])
+                    host_config, cfg, lambda ref: self.get(ref).record.get("Mounts") or [], created_for=cid)
                 self.layers.create_rw(cid, self.images.top_chain(image_id))
                 self.collection.save(cid, record)
             except BaseException:
@@ -203,6 +202,8 @@ class Containers:
     # -- start, stop, signals, pause, wait (the supervisor does the work) -------------------------
     def start(self, ref, host_config=None):
         """POST /containers/(id)/start. NotModified when it already runs."""
+        if host_config is not None:          # old API versions pass the HostConfig to start
+            schema.check_body(host_config, config.HOST_CONFIG_TYPES, "HostConfig")
         c = self.get(ref)
         with c.lock:
             if c.status in ALIVE:
@@ -315,9 +316,8 @@ class Containers:
         self.emit(c, "rename", {"oldName": "/" + old})
 
     def update(self, ref, body):
+        schema.check_body(body, config.UPDATE_TYPES, "UpdateConfig")
         c = self.get(ref)
-        if not isinstance(body, dict):
-            raise errors.InvalidParameter("update body must be a JSON object")
         warnings = []
         with c.lock:
             merged = dict(c.host_config)

@@ -266,17 +266,21 @@ def _sweep_orphan_rw_layers(engine):
 
 def _sweep_half_created_containers(engine):
     """Container directories without a config.json: a create cut short by a crash. No container
-    record names them, so nothing of them can be reached through the API; they go."""
+    record names them, so nothing of them can be reached through the API; they go, with the
+    anonymous volumes made for them."""
     import shutil
     directory = os.path.join(engine.config.data_root, "containers")
     if not os.path.isdir(directory):
         return
+    half = set()
     for name in os.listdir(directory):
         path = os.path.join(directory, name)
         if name in engine.containers.by_id or not os.path.isdir(path) or os.path.islink(path):
             continue
         log.info("removing half-created container directory %s", name)
         shutil.rmtree(path, ignore_errors=True)
+        half.add(name)
+    engine.volumes.remove_made_for(half)      # and the anonymous volumes made for them
 
 
 def _collect_unreferenced_layers(engine):

@@ -26,10 +26,15 @@ import re
 import shutil
 import threading
 
-from minidock import errors, store
+from minidock import errors, schema, store
+from minidock.schema import ANY, STR, STRMAP
 from minidock.times import now_rfc3339
 
 log = logging.getLogger("minidock.volumes")
+
+# POST /volumes/create's body (Docker's VolumeCreateOptions), checked before anything is made.
+CREATE_TYPES = {"Name": STR, "Driver": STR, "DriverOpts": STRMAP, "Labels": STRMAP,
+                "ClusterVolumeSpec": ANY}
 
 VOLUME_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 
@@ -45,7 +50,8 @@ class Volumes:
         self.refs = {}                    # volume name -> {container id: None}, in order of use
 
     # -- the volume API --------------------------------------------------------------------------
-    def create(self, name=None, driver="local", driver_opts=None, labels=None, anonymous=False):
+    def create(self, name=None, driver="local", driver_opts=None, labels=None, anonymous=False,
+               created_for=None):
         driver = driver or "local"
         if driver != "local":
             raise errors.NotFound(f"plugin \"{driver}\" not found")
@@ -62,6 +68,10 @@ class Volumes:
                 return self.describe(name)
             record = {"Name": name, "Driver": "local", "Labels": labels or {}, "Options": driver_opts or {},
                       "CreatedAt": now_rfc3339(), "Anonymous": anonymous}
+            if created_for:
+                # The container this anonymous volume was made for: if a crash ends its create
+                # before its config is written, start-up finds and removes the volume with it.
+                record["CreatedFor"] = created_for
             self._create_atomically(name, record)
         self.events.emit("volume", "create", name, {"driver": "local"})
         return self.describe(name)
@@ -164,6 +174,14 @@ class Volumes:
             self.collection.delete(name)
         self.events.emit("volume", "destroy", name, {"driver": "local"})
 
+    def remove_made_for(self, container_ids):
+        """Anonymous volumes made for containers whose create never finished (start-up)."""
+        for name, record in list(self.collection.objects.items()):
+            if record.get("Anonymous") and record.get("CreatedFor") in container_ids:
+                log.info("removing anonymous volume %s of half-created container %s", name,
+                         record["CreatedFor"])
+                self.remove(name, force=True)
+
     def prune(self):
         deleted, space = [], 0
         for name in list(self.collection.objects):
@@ -174,9 +192,10 @@ class Volumes:
         return deleted, space
 
     # -- container mounts ------------------------------------------------------------------------
-    def prepare_mounts(self, hc, cfg, mounts_of):
+    def prepare_mounts(self, hc, cfg, mounts_of, created_for=None):
         """Resolve Binds, Volumes (Config's, merged with the image's) and VolumesFrom into the
-        Mounts list; `mounts_of(ref)` is the Mounts list of another container."""
+        Mounts list; `mounts_of(ref)` is the Mounts list of another container, `created_for`
+        the id of the container being created (recorded in its anonymous volumes)."""
         mounts = {}
         for spec in hc.get("Binds") or []:
             m = self._parse_bind(spec)
@@ -196,7 +215,7 @@ class Volumes:
             dest = os.path.normpath("/" + dest.lstrip("/"))     # "//x" would stay "//x" (POSIX)
             if dest in mounts:
                 continue
-            v = self.create(anonymous=True)
+            v = self.create(anonymous=True, created_for=created_for)
             mounts[dest] = {"Type": "volume", "Name": v["Name"], "Source": v["Mountpoint"], "Destination": dest,
                             "Driver": "local", "Mode": "", "RW": True, "Propagation": "", "CopyUp": True}
         return sorted(mounts.values(), key=lambda m: m["Destination"])

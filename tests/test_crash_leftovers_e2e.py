@@ -49,7 +49,11 @@ def test_unreferenced_layers_and_half_created_containers_are_collected_at_start(
     try:
         d.start()
         d.docker("import", make_rootfs_tar(os.path.join(d.base, "busybox.tar")), "busybox")
-        cid = d.docker("create", "busybox", "true").stdout.decode().strip()
+        cid = d.docker("create", "-v", "/data", "busybox", "true").stdout.decode().strip()
+        kept = d.docker("create", "-v", "/kept", "busybox", "true").stdout.decode().strip()
+        d.docker("rm", kept)                 # without -v: its anonymous volume stays, as in Docker
+        volumes = sorted(d.docker("volume", "ls", "-q").stdout.decode().split())
+        assert len(volumes) == 2
         d.stop()
         layers = os.path.join(d.data_root, "image", "layers", "layers")
         images = os.path.join(d.data_root, "image", "images")
@@ -63,6 +67,10 @@ def test_unreferenced_layers_and_half_created_containers_are_collected_at_start(
         assert cid not in os.listdir(os.path.join(d.data_root, "containers"))
         assert d.docker("ps", "-aq").stdout == b""
         assert "removed unreferenced layer" in d.read_log()
+        # The anonymous volume made for the half-created container went with it; the one of
+        # the container removed without -v is still there.
+        left = d.docker("volume", "ls", "-q").stdout.decode().split()
+        assert len(left) == 1 and left[0] in volumes
     finally:
         d.cleanup()
 

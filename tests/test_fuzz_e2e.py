@@ -91,6 +91,44 @@ def test_hostile_request_gets_a_4xx_json_answer(rootless, name, request_bytes):
     assert rootless.ping()
 
 
+
+
+def test_wrong_typed_create_bodies_are_400_and_create_nothing(rootless):
+    """One wrong-typed value for every field of the create body (Config, HostConfig,
+    NetworkingConfig, nested ones too), generated from the typed field table."""
+    from test_schema import body_with, create_fields, wrong_values
+    failures = []
+    for path, t in create_fields():
+        values = wrong_values(t)
+        if not values:
+            continue
+        body = json.dumps(body_with(path, values[0]))
+        data = exchange(rootless.socket, post("/containers/create", body))
+        if not data.startswith(b"HTTP/1.1 400 ") or b"cannot unmarshal" not in data:
+            failures.append((".".join(path), data[:200]))
+    assert failures == []
+    assert rootless.docker("ps", "-aq").stdout == b""
+
+
+@pytest.mark.parametrize("field", ["Privileged", "AutoRemove", "ReadonlyRootfs"])
+def test_string_false_is_not_false(rootless, field):
+    data = exchange(rootless.socket, post("/containers/create", json.dumps(
+        {"Image": "busybox", "Cmd": ["true"], "HostConfig": {field: "false"}})))
+    assert data.startswith(b"HTTP/1.1 400 ")
+    assert f"HostConfig.{field} of type bool".encode() in data
+
+
+@pytest.mark.parametrize("query", ["since=xyz", "until=abc", "tail=many", "since=1e9", "since=nan"])
+def test_strict_log_query_values(rootless, query):
+    cid = rootless.docker("create", "busybox", "true").stdout.decode().strip()
+    try:
+        data = exchange(rootless.socket, get(f"/containers/{cid}/logs?stdout=1&{query}".encode()))
+        assert data.startswith(b"HTTP/1.1 400 "), data[:200]
+    finally:
+        rootless.docker("rm", cid)
+
+
+# Last in the module: it looks back at everything the cases above did.
 def test_no_traceback_and_nothing_created(rootless):
     log = rootless.read_log()
     assert "Traceback" not in log, log

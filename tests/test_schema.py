@@ -3,7 +3,8 @@ field of the create body (the same generator feeds the end-to-end corpus)."""
 
 import pytest
 
-from minidock import errors, schema
+from minidock import errors, execs, schema, volumes
+from minidock.container import config
 
 
 def wrong_values(t):
@@ -32,8 +33,8 @@ def create_fields():
             out.append((path + [key], t))
             if isinstance(t, dict):
                 walk(t, path + [key])
-    walk(schema.CONFIG, [])
-    walk({"HostConfig": schema.HOST_CONFIG, "NetworkingConfig": schema.NETWORKING_CONFIG}, [])
+    walk(config.CONFIG_TYPES, [])
+    walk({"HostConfig": config.HOST_CONFIG_TYPES, "NetworkingConfig": config.NETWORKING_CONFIG_TYPES}, [])
     return out
 
 
@@ -52,7 +53,7 @@ WRONG = [(path, v) for path, t in create_fields() for v in wrong_values(t)]
 @pytest.mark.parametrize("path,value", WRONG, ids=[f"{'.'.join(p)}={v!r}"[:80] for p, v in WRONG])
 def test_every_wrong_type_is_refused(path, value):
     with pytest.raises(errors.InvalidParameter) as info:
-        schema.check_container_create(body_with(path, value))
+        config.check_types(body_with(path, value))
     assert "json: cannot unmarshal" in info.value.message
     assert path[-1] in info.value.message
 
@@ -70,28 +71,30 @@ def test_every_wrong_type_is_refused(path, value):
     {"Image": "busybox", "Cmd": None, "HostConfig": None, "Labels": None},
 ])
 def test_valid_bodies_pass(body):
-    schema.check_container_create(body)
+    config.check_types(body)
 
 
 @pytest.mark.parametrize("body", [[], "x", 1])
 def test_a_body_that_is_not_an_object(body):
     with pytest.raises(errors.InvalidParameter):
-        schema.check_container_create(body)
+        config.check_types(body)
 
 
-BODY_WRONG = [(kind, [key], v) for kind, table in schema.BODIES.items() if kind != "HostConfig"
+BODIES = {"ExecConfig": execs.EXEC_CREATE_TYPES, "ExecStartCheck": execs.EXEC_START_TYPES,
+          "VolumeCreateOptions": volumes.CREATE_TYPES, "UpdateConfig": config.UPDATE_TYPES}
+BODY_WRONG = [(kind, [key], v) for kind, table in BODIES.items()
               for key, t in table.items() for v in wrong_values(t)]
 
 
 @pytest.mark.parametrize("kind,path,value", BODY_WRONG, ids=[f"{k}.{p[0]}={v!r}"[:80] for k, p, v in BODY_WRONG])
 def test_other_bodies_refuse_wrong_types(kind, path, value):
     with pytest.raises(errors.InvalidParameter) as info:
-        schema.check_body({path[0]: value}, kind)
+        schema.check_body({path[0]: value}, BODIES[kind], kind)
     assert f"{kind}.{path[0]}" in info.value.message
 
 
 def test_other_bodies_accept_their_usual_shape():
-    schema.check_body({"Cmd": ["sh"], "AttachStdout": True, "Env": None, "Tty": False}, "ExecConfig")
-    schema.check_body({"Detach": False, "Tty": False}, "ExecStartCheck")
-    schema.check_body({"Name": "v", "Driver": "local", "Labels": {"a": "b"}}, "VolumeCreateOptions")
-    schema.check_body({"Memory": 1 << 20, "RestartPolicy": {"Name": "always"}}, "UpdateConfig")
+    schema.check_body({"Cmd": ["sh"], "AttachStdout": True, "Env": None, "Tty": False}, BODIES["ExecConfig"], "ExecConfig")
+    schema.check_body({"Detach": False, "Tty": False}, BODIES["ExecStartCheck"], "ExecStartCheck")
+    schema.check_body({"Name": "v", "Driver": "local", "Labels": {"a": "b"}}, BODIES["VolumeCreateOptions"], "V")
+    schema.check_body({"Memory": 1 << 20, "RestartPolicy": {"Name": "always"}}, BODIES["UpdateConfig"], "U")

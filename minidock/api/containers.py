@@ -4,6 +4,7 @@ The backend is minidock/containers.py; attach sessions live in minidock/containe
 
 from minidock import errors, http, websocket
 from minidock.container import attach
+from minidock.times import parse_timestamp
 
 
 def _backend(req):
@@ -103,8 +104,9 @@ def get_containers_logs(req):
     follow, timestamps = req.qbool("follow"), req.qbool("timestamps")
     tail_text = req.q("tail", "all")
     tail = None if tail_text in ("all", "") else _int(tail_text, "tail")
-    since = float(req.q("since") or 0)
-    until = float(req.q("until") or 0) or None
+    # Unix seconds with an optional fraction, or RFC 3339; anything else is a 400 (times.py).
+    since = (parse_timestamp(req.q("since")) or 0) / 1e9
+    until = (parse_timestamp(req.q("until")) or 0) / 1e9 or None
     wanted = {s for s, on in (("stdout", stdout), ("stderr", stderr)) if on}
     tty, entries = _backend(req).logs(req.params["id"], wanted, follow=follow, since=since, until=until,
                                       tail=tail, stop=req.disconnected)

@@ -15,6 +15,7 @@ import json
 import queue
 import threading
 
+from minidock import tailfile
 from minidock.times import now_rfc3339, rfc3339_seconds
 
 PARTIAL_FLUSH = 16384
@@ -56,27 +57,36 @@ class JsonLog:
 
 
 def read(path, since=0, until=None, tail=None):
-    """Log entries (stream, bytes, time string), oldest first."""
-    try:
-        with open(path, "rb") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        return []
-    entries = []
-    for line in lines:
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue           # a line cut short by a crash
-        stamp = rfc3339_seconds(entry["time"])
-        if since and stamp < since:
-            continue
-        if until and stamp > until:
-            continue
-        entries.append((entry["stream"], entry["log"].encode(), entry["time"]))
+    """Log entries (stream, bytes, time string), oldest first, produced lazily.
+
+    With `tail` the file is read from its end (tailfile.py), only as far back as the last
+    `tail` entries in the time window reach: `logs --tail 1` of a gigabyte log reads a block,
+    not the gigabyte. Without it the file is read forward line by line, never whole."""
     if tail is not None and tail >= 0:
-        entries = entries[len(entries) - tail:] if tail else []
-    return entries
+        picked = []
+        if tail:
+            for line in tailfile.reverse_lines(path):
+                entry = _entry(line, since, until)
+                if entry is not None:
+                    picked.append(entry)
+                    if len(picked) == tail:
+                        break
+        return iter(picked[::-1])
+    return (e for e in map(lambda line: _entry(line, since, until), tailfile.forward_lines(path))
+            if e is not None)
+
+
+def _entry(line, since, until):
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None            # a line cut short by a crash
+    stamp = rfc3339_seconds(entry["time"])
+    if since and stamp < since:
+        return None
+    if until and stamp > until:
+        return None
+    return entry["stream"], entry["log"].encode(), entry["time"]
 
 
 def entries(c, streams, follow=False, since=0, until=None, tail=None, stop=lambda: False):

@@ -11,8 +11,8 @@ Starting is one sequence, with the container's lock held:
     7. status running (lifecycle.TRANSITIONS), record saved
 
 Steps 1-4 may refuse (a network container that is not running, a bad extra host) before
-anything runs. An exit arrives from the spawner's reader (exits.py) and is handled in a thread
-of its own: wait for the last output to reach the log, record the exit code (and whether the
+anything runs. An exit arrives from the spawner's reader (exits.py) and is handled by one of
+a few exit workers made at start (workers.py: no thread is created on the exit path): wait for the last output to reach the log, record the exit code (and whether the
 cgroup saw an OOM kill), then restart after the back-off (restart.py) or release the cgroup and
 rootfs, and remove the container if it was created with AutoRemove.
 
@@ -24,10 +24,9 @@ of the container gets SIGSTOP (which the processes can observe, unlike a freeze)
 import logging
 import os
 import signal
-import threading
 import time
 
-from minidock import errors, ns
+from minidock import errors, ns, workers
 from minidock.container import config, logs, restart, spec
 from minidock.container.lifecycle import ALIVE, CREATED, EXITED, PAUSED, RESTARTING, RUNNING
 from minidock.times import now_rfc3339
@@ -47,6 +46,10 @@ class Supervisor:
         self.layers, self.volumes, self.cgroups = layers, volumes, cgroups
         self.spawner, self.exits = spawner, exits
         self.save, self.emit, self.get, self.remove = save, emit, get, remove
+        # Exits are handled, and restarts scheduled, by threads made now: under a fork bomb a
+        # new thread cannot be had, and an exit must never be lost (workers.py).
+        self.exit_workers = workers.WorkerPool(4, "exit")
+        self.timers = workers.Scheduler("restart-timer")
 
     # -- start -----------------------------------------------------------------------------------
     def start_by_hand(self, c):
@@ -101,8 +104,7 @@ class Supervisor:
 
     # -- exits -----------------------------------------------------------------------------------
     def _exit_thread(self, c, code):
-        threading.Thread(target=self._handle_exit, args=(c, code), daemon=True,
-                         name=f"exit-{c.id[:12]}").start()
+        self.exit_workers.submit(self._handle_exit, c, code)
 
     def _handle_exit(self, c, code):
         c.io.output_done.wait(OUTPUT_DRAIN_WAIT)   # the last output reaches the log before "die"
@@ -119,9 +121,7 @@ class Supervisor:
         self.emit(c, "die", {"exitCode": str(code)})
         if again:
             c.backoff = restart.next_backoff(c.backoff, time.monotonic() - c.started_mono)
-            c.restart_timer = threading.Timer(c.backoff, self._restart_after_backoff, args=(c,))
-            c.restart_timer.daemon = True
-            c.restart_timer.start()
+            c.restart_timer = self.timers.call_later(c.backoff, self._restart_after_backoff, c)
             return
         self.release_cgroup(c)
         self.unmount(c)
