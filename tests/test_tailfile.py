@@ -50,3 +50,28 @@ def test_tail_of_a_large_file_reads_only_its_end():
 
 def test_missing_file_yields_nothing():
     assert list(tailfile.reverse_lines("/nonexistent/log")) == []
+
+
+def test_logs_tail_reads_the_end_of_a_big_json_log(tmp_path):
+    import json
+    from minidock.container import logs
+    path = tmp_path / "c-json.log"
+    line = json.dumps({"log": "x" * 1000 + "\n", "stream": "stdout", "time": "2026-12-01T00:00:00Z"})
+    with open(path, "w") as f:
+        for _ in range(20_000):                       # ~20 MB
+            f.write(line + "\n")
+        f.write(json.dumps({"log": "last\n", "stream": "stderr", "time": "2026-12-01T00:00:01Z"}) + "\n")
+    reads = []
+    real = os.pread
+
+    def counting(fd, n, offset):
+        reads.append(n)
+        return real(fd, n, offset)
+
+    os.pread = counting
+    try:
+        assert logs.read(str(path), tail=1) == [("stderr", b"last\n", "2026-12-01T00:00:01Z")]
+        assert [e[1] for e in logs.read(str(path), tail=3)][-1] == b"last\n"
+    finally:
+        os.pread = real
+    assert sum(reads) <= 2 * tailfile.BLOCK

@@ -57,7 +57,12 @@ class JsonLog:
 
 
 def read(path, since=0, until=None, tail=None):
-    """Log entries (stream, bytes, time string), oldest first, produced lazily.
+    """Log entries (stream, bytes, time string), oldest first, as a list."""
+    return list(stream(path, since, until, tail))
+
+
+def stream(path, since=0, until=None, tail=None):
+    """The same entries, produced lazily: what `docker logs` sends as it reads.
 
     With `tail` the file is read from its end (tailfile.py), only as far back as the last
     `tail` entries in the time window reach: `logs --tail 1` of a gigabyte log reads a block,
@@ -72,7 +77,7 @@ def read(path, since=0, until=None, tail=None):
                     if len(picked) == tail:
                         break
         return iter(picked[::-1])
-    return (e for e in map(lambda line: _entry(line, since, until), tailfile.forward_lines(path))
+    return (e for e in (_entry(line, since, until) for line in tailfile.forward_lines(path))
             if e is not None)
 
 
@@ -95,9 +100,9 @@ def entries(c, streams, follow=False, since=0, until=None, tail=None, stop=lambd
     container stops, its output ends, or `stop()` (the client left) says so."""
     q = c.io.subscribe() if follow and c.running else None
     try:
-        for stream, data, stamp in read(c.record["LogPath"], since=since, until=until, tail=tail):
-            if stream in streams:
-                yield stream, data, stamp
+        for name, data, stamp in stream(c.record["LogPath"], since=since, until=until, tail=tail):
+            if name in streams:
+                yield name, data, stamp
         if q is None:
             return
         while True:
@@ -115,9 +120,9 @@ def entries(c, streams, follow=False, since=0, until=None, tail=None, stop=lambd
                 with c.changed:
                     c.changed.wait_for(lambda: not c.running, EXIT_GRACE)
                 return
-            stream, data = item
-            if stream in streams:
-                yield stream, data, now_rfc3339()
+            name, data = item
+            if name in streams:
+                yield name, data, now_rfc3339()
     finally:
         if q is not None:
             c.io.unsubscribe(q)
