@@ -105,12 +105,18 @@ def data_root_problems(data_root):
 
 
 def test_kill_9_during_operations_then_restart_leaves_a_consistent_data_root():
+    """import, volume create, create (with an anonymous volume), run, commit and pull, each
+    SIGKILLed at a random moment and followed by a restart."""
     import random
     import subprocess
     from rootfs import make_rootfs_tar
     from support import DOCKER
+    import registry_fixtures
     d = Daemon()
     rng = random.Random(14)
+    registry = None
+    if registry_fixtures.have_registry():
+        registry = registry_fixtures.Registry(os.path.join(d.base, "registry")).start()
     try:
         d.start()
         tar = make_rootfs_tar(os.path.join(d.base, "busybox.tar"))
@@ -129,11 +135,20 @@ def test_kill_9_during_operations_then_restart_leaves_a_consistent_data_root():
             ["import", big, "big"],
             ["volume", "create", "v"],
             ["create", "busybox", "true"],
+            ["create", "-v", "/anon", "busybox", "true"],
             ["run", "--name", "c", "busybox", "sh", "-c", "head -c 4000000 /dev/urandom > /f"],
             ["commit", "c", "committed"],
         ]
+        if registry is not None:
+            # A pull from a local registry: the image pushed once, removed before each pull.
+            d.docker("import", big, "bigpush")
+            d.docker("tag", "bigpush", f"{registry.address}/big:1")
+            d.docker("push", f"{registry.address}/big:1", timeout=120)
+            operations.append(["pull", f"{registry.address}/big:1"])
         for round_ in range(6):
             for argv in operations:
+                if argv[0] == "pull":
+                    d.docker("rmi", "-f", argv[1], check=False)
                 proc = subprocess.Popen([DOCKER, *argv], env=d.cli_env(), stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
                 time.sleep(rng.uniform(0.0, 0.8))
@@ -147,3 +162,5 @@ def test_kill_9_during_operations_then_restart_leaves_a_consistent_data_root():
             d.docker("rm", "-f", "c", check=False)
     finally:
         d.cleanup()
+        if registry is not None:
+            registry.stop()
