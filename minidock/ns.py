@@ -37,8 +37,10 @@ Containers
 ----------
 `spawn_container()` is the whole container set-up as one linear sequence. It runs in a fresh
 fork of the spawner (the "shim", see spawner.py): it unshares mount, pid, uts, ipc (and net)
-namespaces, forks so the command will be PID 1, and the child runs `_container_init()`:
-mounts, pivot_root(2), hostname, rlimits, capabilities, user, execve(2). Every step is named;
+namespaces (bringing `lo` up in a new network namespace, as Docker's "none" network has it),
+forks so the command will be PID 1, and the child runs `_container_init()`: mounts,
+pivot_root(2), hostname, rlimits, the seccomp filter (seccomp.py; while CAP_SYS_ADMIN is still
+held, or last with no_new_privs), capabilities, user, execve(2). Every step is named;
 when one fails, the step, errno and message go back to the spawner over a close-on-exec pipe
 (the pipe reaches EOF without a word when execve succeeds) -- runc's error-pipe pattern.
 
