@@ -205,6 +205,46 @@ def process_bound():
     return max(soft - reserve, 1)
 
 
+def reap_stray_zombies(keep=()):
+    """Reap dead children of ours that no one else will: returns their pids.
+
+    After a spawner died, we (a subreaper) inherit its children. Those we know (the shims of
+    running containers) are watched by pidfd; but a shim forked for a request in flight at the
+    moment of death, or a container init whose shim was killed meanwhile, is unknown to us and
+    would stay a zombie for ever. Such processes are in the spawner's session or their own
+    (setsid), never in ours -- unlike the children `subprocess` makes and waits for itself,
+    which must not be touched (its wait would then fail and report exit code 0). So: zombie
+    children in another session than ours, not in `keep`."""
+    me, my_session = os.getpid(), os.getsid(0)
+    children = set()
+    try:
+        tasks = os.listdir(f"/proc/{me}/task")
+    except OSError:
+        return []
+    for tid in tasks:
+        try:
+            with open(f"/proc/{me}/task/{tid}/children") as f:
+                children.update(int(p) for p in f.read().split())
+        except OSError:
+            continue
+    reaped = []
+    for pid in sorted(children - set(keep)):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state, session = fields[0], int(fields[3])     # after "(comm)": state ppid pgrp session
+        if state != "Z" or session == my_session:
+            continue
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                reaped.append(pid)
+        except ChildProcessError:
+            pass
+    return reaped
+
+
 def _describe_status(status):
     if os.WIFSIGNALED(status):
         return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
@@ -402,8 +442,13 @@ class Spawner:
         while True:
             if self._undelivered:
                 self._retry_undelivered()
+            if self.restarts:           # a spawner died: strays of it may need reaping
+                keep = {self.pid} | {shim for _, shim in self._adopted.values()}
+                for pid in reap_stray_zombies(keep):
+                    log.info("reaped stray process %d left by a dead spawner", pid)
+            timeout = 1.0 if self._undelivered else 5.0 if self.restarts else None
             try:
-                events = self._sel.select(1.0 if self._undelivered else None)
+                events = self._sel.select(timeout)
             except OSError as exc:      # nothing sane to do but log and go on
                 log.error("spawner supervisor: select failed: %s", exc)
                 time.sleep(0.5)

@@ -112,3 +112,29 @@ def test_the_spawner_loop_survives_bad_requests():
     assert out["health"] is None and out["pid_after"] == out["pid_end"]
     assert "crashed" not in proc.stderr
     assert "error handling an event" not in proc.stderr
+
+
+def test_stray_zombies_in_another_session_are_reaped_ours_are_not():
+    import time
+    stray = os.fork()
+    if stray == 0:
+        os.setsid()                     # as a shim's child or a container init would be
+        os._exit(3)
+    ours = os.fork()
+    if ours == 0:
+        os._exit(4)                     # as a `subprocess` child would be: our session
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # both have exited (zombies) once /proc says "Z"
+        states = []
+        for pid in (stray, ours):
+            with open(f"/proc/{pid}/stat") as f:
+                states.append(f.read().rsplit(")", 1)[1].split()[0])
+        if states == ["Z", "Z"]:
+            break
+        time.sleep(0.01)
+    try:
+        reaped = spawner.reap_stray_zombies()
+        assert stray in reaped and ours not in reaped
+        assert not os.path.exists(f"/proc/{stray}")
+    finally:
+        assert os.waitpid(ours, 0)[1] >> 8 == 4     # still ours to wait for, with its code
