@@ -25,7 +25,7 @@ import os
 import shutil
 import threading
 
-from minidock import cgroup, errors, imagecreate, ns, proctable, schema, store
+from minidock import cgroup, errors, http, imagecreate, ns, proctable, schema, store
 from minidock.container import attach, config, describe, logs, restart
 from minidock.container.lifecycle import (ACTIVE, ALIVE, CREATED, DEAD, EXITED, PAUSED, REMOVING,
                                           RESTARTING, RUNNING, Container)
@@ -290,7 +290,10 @@ class Containers:
         if volumes:
             self.volumes.release_anonymous(c.id, c.record.get("Mounts") or [])
         self._destroy(c)
-        self.emit(c, "destroy")
+        # Published once the DELETE's reply is written: the docker CLI talking API < 1.25
+        # removes a `run --rm` container itself and exits as soon as it sees "destroy"; seen
+        # before its DELETE's reply, that request is cancelled and reported as an error.
+        http.after_reply(lambda: self.emit(c, "destroy"))
 
     def _destroy(self, c):
         """The end of a removal (status removing): its layer, cgroup, record and volume uses go."""

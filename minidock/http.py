@@ -570,6 +570,31 @@ class Request:
         return peer_gone(self.sock)
 
 
+_reply = threading.local()
+
+
+def after_reply(fn):
+    """Run `fn()` once the reply to the request this thread is serving has been written, or
+    now when this thread serves no request (or its reply is a stream or a hijack, which have
+    begun by then). For an effect a client may watch for *while its request is in flight*:
+    it must not see the effect before it has the reply."""
+    hooks = getattr(_reply, "hooks", None)
+    if hooks is None:
+        fn()
+    else:
+        hooks.append(fn)
+
+
+def _run_reply_hooks():
+    hooks, _reply.hooks = getattr(_reply, "hooks", None), None
+    for fn in hooks or ():
+        try:
+            fn()
+        except Exception:
+            import logging
+            logging.getLogger("minidock.http").exception("after-reply hook failed")
+
+
 class _TimedReader(io.RawIOBase):
     """The socket as a raw stream whose reads obey the connection's current time limit.
 
@@ -682,11 +707,14 @@ class ConnectionHandler(socketserver.StreamRequestHandler):
             # The handler reads the body itself: each read of it may stall READ_TIMEOUT at most.
             # Everything else the handler does may legitimately take long (wait, pull).
             self.raw.set_limit(("idle", READ_TIMEOUT))
+            _reply.hooks = []
             try:
                 response = app(request)
             except Exception as exc:              # the app renders its own errors; this is a last net
                 self.server.log_exception(head, exc)
                 response = error_response(exc)
+            if isinstance(response, (Hijack, StreamResponse)):
+                _run_reply_hooks()                 # its head is about to go out; no waiting for the end
             try:
                 keep = self._send(head, response, body)
                 if keep:
@@ -694,6 +722,8 @@ class ConnectionHandler(socketserver.StreamRequestHandler):
                     body.drain()                   # unread body bytes must not be read as a request
             except (OSError, errors.MinidockError):
                 return
+            finally:
+                _run_reply_hooks()
             if not keep:
                 return
 

@@ -202,3 +202,36 @@ def test_out_of_descriptors_answers_503_and_does_not_spin():
             s.close()
         proc.kill()
         proc.wait(5)
+
+
+def test_after_reply_hooks_run_once_the_reply_is_written(serve):
+    received = threading.Event()
+    ran = []
+
+    def hook_app(request):
+        # The hook waits until the client has its reply: run before the reply was written, it
+        # would hold the reply back and the client below would time out.
+        http.after_reply(lambda: ran.append(received.wait(10)))
+        return http.Response.json({"ok": True})
+
+    path = os.path.join(tempfile.mkdtemp(), "s.sock")
+    srv = http.make_server("unix://" + path, hook_app)
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(5)
+        s.connect(path)
+        s.sendall(b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n")
+        data = s.recv(65536)
+        received.set()
+        assert data.startswith(b"HTTP/1.1 200 ")
+        deadline = time.monotonic() + 10
+        while not ran and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ran == [True]
+        ran.clear()
+        http.after_reply(lambda: ran.append("now"))     # no request served here: runs at once
+        assert ran == ["now"]
+    finally:
+        srv.shutdown()
+        srv.server_close()
