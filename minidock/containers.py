@@ -26,7 +26,8 @@ import os
 import shutil
 import threading
 
-from minidock import cgroup, errors, filters as filters_mod, imagecreate, ns, platforms, proctable, stats, store
+from minidock import (cgroup, errors, filters as filters_mod, http, imagecreate, ns, platforms, proctable,
+                      schema, stats, store)
 from minidock.container import attach, config, describe, logs, restart
 from minidock.container import lifecycle
 from minidock.container.lifecycle import (ACTIVE, ALIVE, CREATED, DEAD, EXITED, PAUSED, REMOVING,
@@ -144,8 +145,7 @@ class Containers:
         """POST /containers/create. Returns (id, warnings). `platform` ("linux/amd64", API
         1.41) must be the image's: the daemon does not pull for create, so another one is a 404
         (the CLI then pulls that platform, which the registry decides)."""
-        if not isinstance(body, dict):
-            raise errors.InvalidParameter("container config must be a JSON object")
+        config.check_types(body)            # every field's type, before anything is made
         host_config = body.get("HostConfig") or {}
         if not isinstance(host_config, dict):
             raise errors.InvalidParameter("HostConfig must be a JSON object")
@@ -196,7 +196,7 @@ class Containers:
             os.makedirs(directory, mode=0o700)
             try:
                 record["Mounts"] = self.volumes.prepare_mounts(
-                    host_config, cfg, lambda ref: self.get(ref).record.get("Mounts") or [])
+                    host_config, cfg, lambda ref: self.get(ref).record.get("Mounts") or [], created_for=cid)
                 self.layers.create_rw(cid, self.images.top_chain(image_id))
                 c = Container(record)
                 # Addresses are allocated from the containers the backend sees: allocate and
@@ -232,6 +232,8 @@ class Containers:
     # -- start, stop, signals, pause, wait (the supervisor does the work) -------------------------
     def start(self, ref, host_config=None):
         """POST /containers/(id)/start. NotModified when it already runs."""
+        if host_config is not None:          # old API versions pass the HostConfig to start
+            schema.check_body(host_config, config.HOST_CONFIG_TYPES, "HostConfig")
         c = self.get(ref)
         with c.lock:
             if c.status in ALIVE:
@@ -324,7 +326,10 @@ class Containers:
         if volumes:
             self.volumes.release_anonymous(c.id, c.record.get("Mounts") or [])
         self._destroy(c)
-        self.emit(c, "destroy")
+        # Published once the DELETE's reply is written: the docker CLI talking API < 1.25
+        # removes a `run --rm` container itself and exits as soon as it sees "destroy"; seen
+        # before its DELETE's reply, that request is cancelled and reported as an error.
+        http.after_reply(lambda: self.emit(c, "destroy"))
 
     def _destroy(self, c):
         """The end of a removal (status removing): its layer, cgroup, record, volume uses and
@@ -376,9 +381,8 @@ class Containers:
         self.emit(c, "rename", {"oldName": "/" + old})
 
     def update(self, ref, body):
+        schema.check_body(body, config.UPDATE_TYPES, "UpdateConfig")
         c = self.get(ref)
-        if not isinstance(body, dict):
-            raise errors.InvalidParameter("update body must be a JSON object")
         warnings = []
         with c.lock:
             merged = dict(c.host_config)
@@ -421,9 +425,9 @@ class Containers:
         return c.config.get("Tty"), logs.entries(c, streams, follow, since, until, tail, stop)
 
     def attach(self, ref, opts, websocket=False, must_run=False):
-        """Prepare an attach session: -> run(conn), to call once the connection is hijacked.
-        It subscribes now, before the hijack reply goes out: `docker run` attaches, then starts,
-        and the first output of a fast command must not slip between the two."""
+        """Prepare an attach session: -> (whether it has a TTY, run(conn) to call once the
+        connection is hijacked). Subscribes now, before the hijack reply goes out: `docker run`
+        attaches, then starts, and the first output of a fast command must not slip between."""
         c = self.get(ref)
         if must_run and c.status not in ALIVE:
             raise errors.NotAcceptable("impossible to attach (container not running)")
@@ -439,7 +443,7 @@ class Containers:
             finally:
                 if q is not None:
                     c.io.unsubscribe(q)
-        return run
+        return c.config.get("Tty"), run
 
     # -- listing and inspection -----------------------------------------------------------------
     def list(self, all_=False, limit=-1, since=None, before=None, filters=None):

@@ -3,7 +3,9 @@
 The start-up sequence is linear and its order matters:
 
 1. Parse flags and fill defaults (socket under $XDG_RUNTIME_DIR, data under ~/.local/share for a
-   normal user, /var/lib/minidock for root).
+   normal user, /var/lib/minidock for root). TCP listeners: TLS settings from --tls/--tlsverify
+   (plain TCP off loopback is refused without --tls=false). The soft RLIMIT_NOFILE is raised to
+   the hard limit: every connection, log and pty is a descriptor.
 2. Take an exclusive lock on the data root, so a second daemon on the same state is refused with
    a clear error instead of both corrupting it. The lock is a `flock` on a file: the kernel drops
    it when the process dies, even by SIGKILL, so a killed daemon never blocks the next start.
@@ -96,10 +98,87 @@ def parse_args(argv=None):
     p.add_argument("--userns", default="", choices=["", "keep-id"],
                    help="default user namespace mode of containers; keep-id: your uid keeps its "
                         "number in the container and owns what it writes to bind mounts")
+    p.add_argument("--tls", nargs="?", const="true", default=None, type=_bool_flag,
+                   help="use TLS on tcp:// listeners (implied by --tlsverify); --tls=false "
+                        "explicitly allows plain TCP on a non-loopback address")
+    p.add_argument("--tlsverify", nargs="?", const="true", default=False, type=_bool_flag,
+                   help="use TLS and require client certificates signed by --tlscacert")
+    p.add_argument("--tlscacert", default=None, help="CA certificates clients must be signed by "
+                   "(default ~/.docker/ca.pem)")
+    p.add_argument("--tlscert", default=None, help="the server certificate (default ~/.docker/cert.pem)")
+    p.add_argument("--tlskey", default=None, help="the server key (default ~/.docker/key.pem)")
     p.add_argument("--no-userns", action="store_true",
                    help="do not enter a user namespace (only for debugging the API layer)")
     p.add_argument("-v", "--version", action="version", version=f"minidock {__version__}")
     return p.parse_args(argv)
+
+
+def _bool_flag(text):
+    value = str(text).lower()
+    if value in ("1", "true", "t", "yes"):
+        return True
+    if value in ("0", "false", "f", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean value {text!r}")
+
+
+def _is_loopback(host):
+    import ipaddress
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def tls_settings(args):
+    """dockerd's TLS rules for tcp:// listeners, as (ssl.SSLContext or None, warnings).
+
+    --tlsverify implies TLS and requires client certificates signed by --tlscacert (mutual
+    TLS: only holders of such a certificate can talk to the daemon). --tls alone encrypts but
+    lets anyone in. Listening on a non-loopback address without TLS is refused unless
+    --tls=false says so explicitly: whoever reaches that port owns the user's account (a bind
+    mount of $HOME is one `docker run` away). Plain TCP on loopback is allowed with a warning:
+    every local user and every container with host networking can reach it.
+    Raises errors.InvalidParameter for a refused combination."""
+    tcp = [h for h in args.host if h.startswith("tcp://")]
+    use_tls = bool(args.tlsverify) or bool(args.tls)
+    warnings = []
+    if not tcp:
+        return None, warnings
+    if not use_tls:
+        for h in tcp:
+            host = h[len("tcp://"):].rpartition(":")[0] or "127.0.0.1"
+            if not _is_loopback(host):
+                if args.tls is False:
+                    warnings.append(f"API listening on {h} WITHOUT TLS as --tls=false asked: anyone "
+                                    f"who can reach it controls this daemon and the user's account")
+                    continue
+                raise errors.InvalidParameter(
+                    f"refusing to listen on {h} without TLS: anyone who can reach it would control "
+                    f"this daemon. Use --tlsverify with --tlscacert/--tlscert/--tlskey, or pass "
+                    f"--tls=false to accept the risk")
+            warnings.append(f"API listening on {h} WITHOUT TLS: any local user and any container "
+                            f"with host networking can control this daemon; use --tlsverify")
+        return None, warnings
+    import ssl
+    cert_dir = os.environ.get("DOCKER_CERT_PATH") or os.path.join(os.path.expanduser("~"), ".docker")
+    cacert = args.tlscacert or os.path.join(cert_dir, "ca.pem")
+    cert = args.tlscert or os.path.join(cert_dir, "cert.pem")
+    key = args.tlskey or os.path.join(cert_dir, "key.pem")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2      # dockerd's minimum too
+    try:
+        ctx.load_cert_chain(cert, key)
+        if args.tlsverify:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(cacert)
+    except (OSError, ssl.SSLError) as exc:
+        raise errors.InvalidParameter(f"cannot load TLS certificates: {exc}")
+    if not args.tlsverify:
+        warnings.append("TLS without --tlsverify: traffic is encrypted but any client may connect")
+    return ctx, warnings
 
 
 class DataRootLock:
@@ -128,6 +207,29 @@ class DataRootLock:
             self.fd = None
 
 
+def raise_nofile_limit():
+    """Lift the soft RLIMIT_NOFILE to the hard limit; returns the new soft limit.
+
+    Every client connection, container log, pty and pipe is a descriptor, and the usual soft
+    limit of 1024 is reached by a few hundred busy clients. Raising the soft limit up to the
+    hard one needs no privilege (dockerd and containerd do the same at start-up).
+    """
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:     # the kernel still caps it at fs.nr_open
+        with open("/proc/sys/fs/nr_open") as f:
+            target = int(f.read())
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    except (ValueError, OSError) as exc:
+        log.warning("could not raise the open-files limit from %d to %d: %s", soft, target, exc)
+    return soft
+
+
 def build_engine(config, userns=True):
     """Steps 3-5 of the start-up sequence; returns the engine (used by tests too).
 
@@ -154,6 +256,8 @@ def build_engine(config, userns=True):
     engine = Engine(config, spawner=spawner, exits=exits, cgroups=cgroups,
                     userns=daemon_userns.as_dict() if daemon_userns else None, warnings=warnings)
     _sweep_orphan_rw_layers(engine)
+    _sweep_half_created_containers(engine)
+    _collect_unreferenced_layers(engine)
     if userns:
         # the daemon's network namespace and every network's bridge, before any container
         # (re)starts on them
@@ -174,6 +278,39 @@ def _sweep_orphan_rw_layers(engine):
                 log.warning("could not remove orphaned writable layer %s: %s", name, exc)
 
 
+def _sweep_half_created_containers(engine):
+    """Container directories without a config.json: a create cut short by a crash. No container
+    record names them, so nothing of them can be reached through the API; they go, with the
+    anonymous volumes made for them."""
+    import shutil
+    directory = os.path.join(engine.config.data_root, "containers")
+    if not os.path.isdir(directory):
+        return
+    half = set()
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if name in engine.containers.by_id or not os.path.isdir(path) or os.path.islink(path):
+            continue
+        log.info("removing half-created container directory %s", name)
+        shutil.rmtree(path, ignore_errors=True)
+        half.add(name)
+    engine.volumes.remove_made_for(half)      # and the anonymous volumes made for them
+
+
+def _collect_unreferenced_layers(engine):
+    """Layers no image and no container stands on: what a crash between storing a layer and
+    writing its image (an interrupted commit, import, load or pull) leaves. At start-up nothing
+    is in flight (we hold the data-root lock and serve nothing yet), so every layer that no
+    stored image config or container rw layer reaches is garbage."""
+    try:
+        removed = engine.images.prune_layers()
+    except OSError as exc:
+        log.warning("could not collect unreferenced layers: %s", exc)
+        return
+    for chain in removed:
+        log.info("removed unreferenced layer %s", chain)
+
+
 def _cgroups():
     """The cgroup v2 tree we may use (limits discarded with warnings, SIGSTOP pause when not
     usable), and its /info warnings."""
@@ -190,7 +327,7 @@ def routes():
             + networks.ROUTES + build.ROUTES + swarm.ROUTES)
 
 
-def serve(engine, hosts, cors_origin=None, ready=None, stop=None):
+def serve(engine, hosts, cors_origin=None, ready=None, stop=None, tls_context=None):
     """Bind every host, serve until `stop` is set; returns after a clean shutdown."""
     app = Router(routes(), engine, cors_origin=cors_origin)
     server_header = f"minidock/{__version__} (linux)"
@@ -202,7 +339,8 @@ def serve(engine, hosts, cors_origin=None, ready=None, stop=None):
     servers = []
     try:
         for host in hosts:
-            servers.append(http.make_server(host, app, base_headers, logger=logging.getLogger("minidock.http")))
+            servers.append(http.make_server(host, app, base_headers, logger=logging.getLogger("minidock.http"),
+                                            tls_context=tls_context if host.startswith("tcp://") else None))
             log.info("API listening on %s", host)
     except BaseException:
         for server in servers:
@@ -238,6 +376,13 @@ def main(argv=None):
 
     # 1. flags and defaults
     try:
+        tls_context, tls_warnings = tls_settings(args)
+    except errors.MinidockError as exc:
+        print(f"minidock: {exc.message}", file=sys.stderr)
+        return 1
+    for warning in tls_warnings:
+        log.warning("%s", warning)
+    try:
         hosts = args.host or [default_host()]
         config = Config(args.data_root or default_data_root(), args.exec_root or default_exec_root(),
                         hosts=hosts, debug=args.debug, cors_origin=args.api_cors_header,
@@ -253,6 +398,8 @@ def main(argv=None):
     except OSError as exc:
         print(f"minidock: cannot prepare data root: {exc}", file=sys.stderr)
         return 1
+
+    log.info("open-files limit: %d", raise_nofile_limit())
 
     # 2. one daemon per data root
     lock = DataRootLock(config.data_root)
@@ -282,7 +429,7 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        serve(engine, config.hosts, cors_origin=config.cors_origin, stop=stop,
+        serve(engine, config.hosts, cors_origin=config.cors_origin, stop=stop, tls_context=tls_context,
               ready=lambda: log.info("minidock %s ready (data root %s)", __version__, config.data_root))
     except errors.MinidockError as exc:
         print(f"minidock: {exc.message}", file=sys.stderr)

@@ -43,6 +43,10 @@ class NotAcceptable(MinidockError):      # v1.2's "impossible to attach (contain
     status = 406
 
 
+class RequestTimeout(MinidockError):    # the client stopped sending its request half-way
+    status = 408
+
+
 class Conflict(MinidockError):           # name in use, image used by a container, container paused
     status = 409
 

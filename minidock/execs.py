@@ -15,10 +15,19 @@ import logging
 import os
 import threading
 
-from minidock import errors, http, store
+from minidock import errors, http, schema, store
+from minidock.schema import BOOL, STR, STRS, STRSLICE, UINT
 from minidock.container.config import merge_env
 from minidock.container.lifecycle import PAUSED, RUNNING
 from minidock.container.stdio import Stdio, container_pty, set_winsize
+
+# The bodies' field types, checked before anything happens (schema.py; Docker's ExecConfig and
+# ExecStartCheck).
+EXEC_CREATE_TYPES = {"User": STR, "Privileged": BOOL, "Tty": BOOL, "ConsoleSize": [UINT],
+                     "AttachStdin": BOOL, "AttachStdout": BOOL, "AttachStderr": BOOL, "Detach": BOOL,
+                     "DetachKeys": STR, "Env": STRS, "WorkingDir": STR, "Cmd": STRSLICE}
+EXEC_START_TYPES = {"Detach": BOOL, "Tty": BOOL, "ConsoleSize": [UINT]}
+
 
 log = logging.getLogger("minidock.execs")
 
@@ -74,8 +83,7 @@ class Execs:
                 self._forget(e)
 
     def create(self, container_ref, body):
-        if not isinstance(body, dict):
-            raise errors.InvalidParameter("exec config must be a JSON object")
+        schema.check_body(body, EXEC_CREATE_TYPES, "ExecConfig")
         c = self.containers.get(container_ref)
         if c.status == PAUSED:
             raise errors.Conflict(f"Container {c.id} is paused, unpause the container before exec")
@@ -144,6 +152,7 @@ class Execs:
             "privileged": pc["privileged"] or bool(c.host_config.get("Privileged")),
             "cap_add": c.host_config.get("CapAdd") or [],
             "cap_drop": c.host_config.get("CapDrop") or [],
+            "security_opt": c.host_config.get("SecurityOpt") or [],   # the container's seccomp
         }
         io = Stdio(tty, e.record["OpenStdin"] and (conn is not None or tty),
                    make_pty=lambda: container_pty(c.pid))

@@ -22,17 +22,36 @@ Everything protocol-shaped here is a function over bytes or over a buffered read
 on bytes (tests/test_http.py). The socketserver classes at the bottom only move bytes between the
 socket and those functions and the application callable; they know nothing about containers.
 
-Limits protect the threads: a request head over `MAX_HEAD_BYTES` or with more than `MAX_HEADERS`
-headers is refused with 431, a malformed one with 400, and a body that stops half-way raises instead
-of hanging (sockets get a read timeout while a request is being read).
+Limits protect the daemon from its clients, careless or hostile:
+
+- a request head over `MAX_HEAD_BYTES` or with more than `MAX_HEADERS` headers is refused with
+  431, a malformed one with 400 (Content-Length and chunk sizes are ASCII digits only; NUL bytes
+  are refused in the target and in headers);
+- the whole head must arrive within `HEAD_TIMEOUT` (a deadline, not a per-read timeout, so a
+  client dribbling one byte a minute is cut off too), an idle keep-alive connection is closed
+  after `IDLE_TIMEOUT`, and a body that stalls for `READ_TIMEOUT` ends with 408;
+- JSON bodies must say `Content-Type: application/json` (moby's rule, `check_json_content_type`),
+  and may nest `MAX_JSON_DEPTH` deep at most, without NUL characters in strings;
+- the listener asks for the kernel's full backlog, serves at most `MAX_CONNECTIONS` at once (one
+  more gets a 503 from the accept loop), and survives running out of descriptors or threads
+  (see `_ServerMixin`);
+- TCP listeners may be TLS (a context made by the daemon from its --tls* flags): the handshake
+  runs in the connection's thread under the head deadline.
 """
 
+import errno
+import io
 import json
 import os
+import re
 import select
 import socket
 import socketserver
+import ssl
 import struct
+import sys
+import threading
+import time
 import urllib.parse
 
 from minidock import errors
@@ -41,12 +60,17 @@ MAX_LINE_BYTES = 8 * 1024        # one request line or header line
 MAX_HEAD_BYTES = 64 * 1024       # the whole head, request line and headers
 MAX_HEADERS = 100
 MAX_JSON_BODY = 16 * 1024 * 1024  # handlers that parse JSON refuse larger bodies with 413
-READ_TIMEOUT = 60.0              # seconds a client may stall while sending a request
+MAX_JSON_DEPTH = 64              # nesting of arrays/objects in a JSON body
+READ_TIMEOUT = 60.0              # seconds a client may stall while sending a request body
+HEAD_TIMEOUT = 60.0              # seconds for a whole request head (and a TLS handshake)
+IDLE_TIMEOUT = 300.0             # seconds a keep-alive connection may wait for its next request
+MAX_CONNECTIONS = 1000           # connections served at once; more get a 503
 
 REASONS = {
     100: "Continue", 101: "UPGRADED", 200: "OK", 201: "Created", 204: "No Content",
     304: "Not Modified", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-    404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable", 409: "Conflict",
+    404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable", 408: "Request Timeout",
+    409: "Conflict",
     411: "Length Required", 413: "Payload Too Large", 431: "Request Header Fields Too Large",
     500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
 }
@@ -154,6 +178,8 @@ def parse_head(raw):
             target = split.path + ("?" + split.query if split.query else "")
         else:
             raise errors.InvalidParameter(f"malformed request target: {target[:100]!r}")
+    if "\x00" in target or "%00" in target:
+        raise errors.InvalidParameter("NUL byte in request target")
     headers = []
     for line in lines[1:]:
         if line[:1] in (" ", "\t"):
@@ -161,12 +187,18 @@ def parse_head(raw):
         name, sep, value = line.partition(":")
         if not sep or not name or name != name.strip() or any(c in name for c in " \t\"(),/;<=>?@[\\]{}"):
             raise errors.InvalidParameter(f"malformed header line: {line[:100]!r}")
+        if "\x00" in value:
+            raise errors.InvalidParameter(f"NUL byte in header {name[:40]!r}")
         headers.append((name.lower(), value.strip(" \t")))
     if len(headers) > MAX_HEADERS:
         raise errors.HeadersTooLarge(f"too many request headers (limit {MAX_HEADERS})")
     head = Head(method, target, version, headers)
     _check_framing(head)
     return head
+
+
+_ASCII_DIGITS = re.compile(r"[0-9]+")
+_HEX_DIGITS = re.compile(rb"[0-9a-fA-F]+")
 
 
 def _check_framing(head):
@@ -181,7 +213,9 @@ def _check_framing(head):
         raise errors.InvalidParameter("conflicting Content-Length headers")
     if lengths:
         value = lengths.pop()
-        if not value.isdigit():
+        # ASCII digits only: str.isdigit() also takes "²" or "٣", which int() then refuses
+        # or reads as another number than the client meant.
+        if not _ASCII_DIGITS.fullmatch(value) or len(value) > 18:
             raise errors.InvalidParameter(f"invalid Content-Length: {value[:30]!r}")
 
 
@@ -190,6 +224,13 @@ def body_reader(head, rfile):
     if "chunked" in head.tokens("transfer-encoding"):
         return ChunkedReader(rfile)
     return LengthReader(rfile, int(head.header("content-length", "0")))
+
+
+def _read_body(rfile, n):
+    try:
+        return rfile.read(n)
+    except socket.timeout:
+        raise errors.RequestTimeout(f"request body stalled for {READ_TIMEOUT:g}s")
 
 
 class LengthReader:
@@ -205,7 +246,7 @@ class LengthReader:
             return b""
         if n is None or n < 0 or n > self.remaining:
             n = self.remaining
-        data = self.rfile.read(n)     # a buffered reader returns short only at end of stream
+        data = _read_body(self.rfile, n)   # a buffered reader returns short only at end of stream
         if len(data) < n:
             self.remaining = 0
             raise errors.InvalidParameter("request body ended before Content-Length bytes arrived")
@@ -225,18 +266,17 @@ class ChunkedReader:
         self.left = 0          # bytes left in the current chunk
         self.done = False
         self.length = None
+        self.broken = None     # the framing error once one was found: the stream is lost
 
     def _next_chunk(self):
         line = self.rfile.readline(MAX_LINE_BYTES + 1)
         if not line:
             raise errors.InvalidParameter("chunked body ended before its last chunk")
         size_text = line.split(b";", 1)[0].strip()     # chunk extensions are ignored
-        try:
-            size = int(size_text, 16)
-        except ValueError:
+        # Hex digits only: int(x, 16) would also take "0x10", "+5" or "1_0".
+        if not _HEX_DIGITS.fullmatch(size_text) or len(size_text) > 16:
             raise errors.InvalidParameter(f"malformed chunk size: {size_text[:20]!r}")
-        if size < 0 or len(size_text) > 16:
-            raise errors.InvalidParameter("malformed chunk size")
+        size = int(size_text, 16)
         if size == 0:
             # Trailer fields, then the empty line that ends the body.
             for _ in range(MAX_HEADERS + 1):
@@ -251,6 +291,20 @@ class ChunkedReader:
     def read(self, n=-1):
         if n is None or n < 0:
             return b"".join(iter(lambda: self.read(65536), b""))
+        if self.broken is not None:
+            # After a framing error we no longer know where chunks start: reading on would
+            # take body bytes for a chunk size (and wait for thousands of bytes that never come).
+            raise self.broken
+        try:
+            return self._read(n)
+        except socket.timeout:
+            self.broken = errors.RequestTimeout(f"request body stalled for {READ_TIMEOUT:g}s")
+            raise self.broken
+        except errors.MinidockError as exc:
+            self.broken = exc
+            raise
+
+    def _read(self, n):
         out = []
         while n > 0 and not self.done:
             if self.left == 0:
@@ -274,8 +328,26 @@ class ChunkedReader:
             pass
 
 
+def check_json_content_type(head):
+    """moby's rule for endpoints that take JSON: the body must say `application/json`
+    (parameters such as charset allowed); without a Content-Type only an empty body passes.
+    A chunked body has no known length, so it needs the header (as in Go's net/http).
+    This is what keeps a web page's form post from reaching a TCP daemon."""
+    ct = head.header("content-type", "")
+    if not ct:
+        if "chunked" not in head.tokens("transfer-encoding") and \
+                head.header("content-length", "0") in ("0", ""):
+            return
+    elif ct.split(";", 1)[0].strip().lower() == "application/json":
+        return
+    raise errors.InvalidParameter(f"Content-Type specified ({ct}) must be 'application/json'")
+
+
 def read_json_body(reader, limit=MAX_JSON_BODY, allow_empty=True):
-    """Read and parse a JSON request body, with the size limit JSON endpoints use."""
+    """Read and parse a JSON request body, with the size limit JSON endpoints use.
+
+    Nesting deeper than MAX_JSON_DEPTH and NUL characters in any string (a path, an argv
+    entry, an environment variable: none can carry one to the kernel) are refused with 400."""
     data = b""
     while reader is not None and len(data) <= limit:
         more = reader.read(limit + 1 - len(data))
@@ -289,9 +361,34 @@ def read_json_body(reader, limit=MAX_JSON_BODY, allow_empty=True):
             return None
         raise errors.InvalidParameter("a JSON request body is required")
     try:
-        return json.loads(data)
+        value = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise errors.InvalidParameter(f"invalid JSON in request body: {exc}")
+    except RecursionError:
+        raise errors.InvalidParameter(f"JSON in request body nested deeper than {MAX_JSON_DEPTH}")
+    check_json_value(value)
+    return value
+
+
+def check_json_value(value, max_depth=None):
+    """Raise InvalidParameter for nesting deeper than max_depth or a NUL in any string."""
+    max_depth = max_depth or MAX_JSON_DEPTH
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise errors.InvalidParameter("NUL character in a JSON string of the request body")
+        elif isinstance(item, (dict, list)):
+            if depth > max_depth:
+                raise errors.InvalidParameter(f"JSON in request body nested deeper than {max_depth}")
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    if "\x00" in key:
+                        raise errors.InvalidParameter("NUL character in a JSON key of the request body")
+                    stack.append((child, depth + 1))
+            else:
+                stack.extend((child, depth + 1) for child in item)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -436,9 +533,22 @@ def peer_gone(sock):
     notice a client that went away without waiting for a write to fail.
     """
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
-        if not readable:
+        # poll, not select: select() cannot take descriptors above 1023, and a busy daemon
+        # with a raised RLIMIT_NOFILE has them.
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        if not poller.poll(0):
             return False
+        if isinstance(sock, ssl.SSLSocket):
+            # TLS cannot peek at plain text; look at the raw bytes instead. End of stream, or a
+            # TLS alert record (content type 21: close_notify, which Go clients send on
+            # Close), both mean the client is done.
+            raw = socket.socket(fileno=os.dup(sock.fileno()))
+            try:
+                first = raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            finally:
+                raw.close()
+            return first in (b"", b"\x15")
         return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
     except (BlockingIOError, InterruptedError):
         return False
@@ -462,18 +572,127 @@ class Request:
         return peer_gone(self.sock)
 
 
+_reply = threading.local()
+
+
+def after_reply(fn):
+    """Run `fn()` once the reply to the request this thread is serving has been written, or
+    now when this thread serves no request (or its reply is a stream or a hijack, which have
+    begun by then). For an effect a client may watch for *while its request is in flight*:
+    it must not see the effect before it has the reply."""
+    hooks = getattr(_reply, "hooks", None)
+    if hooks is None:
+        fn()
+    else:
+        hooks.append(fn)
+
+
+def _run_reply_hooks():
+    hooks, _reply.hooks = getattr(_reply, "hooks", None), None
+    for fn in hooks or ():
+        try:
+            fn()
+        except Exception:
+            import logging
+            logging.getLogger("minidock.http").exception("after-reply hook failed")
+
+
+class _TimedReader(io.RawIOBase):
+    """The socket as a raw stream whose reads obey the connection's current time limit.
+
+    A socket timeout bounds each recv(), not a whole request head: a client dribbling one byte
+    every 59 seconds would keep a thread forever. So the limit is one of three modes, set by
+    the handler as the connection moves along:
+
+        ("deadline", t)   every read fails once monotonic time t has passed (a request head)
+        ("idle", s)       each read may wait at most s seconds (a body: large uploads are fine,
+                          a stalled one is not)
+        None              no limit (the handler is working, streaming, or the connection is
+                          hijacked and belongs to the application)
+
+    settimeout() is only called when the value changes, so a hijacked connection, whose
+    reader and writer threads share the socket, never has its timeout changed under it.
+    """
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.limit = None
+        self._current = sock.gettimeout()
+
+    def readable(self):
+        return True
+
+    def set_limit(self, limit):
+        self.limit = limit
+        if limit is None:
+            self._apply(None)
+
+    def _apply(self, timeout):
+        if timeout != self._current:
+            self.sock.settimeout(timeout)
+            self._current = timeout
+
+    def readinto(self, buffer):
+        if self.limit is None:
+            self._apply(None)
+        elif self.limit[0] == "idle":
+            self._apply(self.limit[1])
+        else:
+            left = self.limit[1] - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("request head not received in time")
+            self._apply(left)
+        return self.sock.recv_into(buffer)
+
+
+class _SocketWriter(io.BufferedIOBase):
+    """Unbuffered writes with sendall (a raw socket file may write only part of a buffer)."""
+
+    def __init__(self, sock):
+        self.sock = sock
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        self.sock.sendall(data)
+        return len(data)
+
+
 class ConnectionHandler(socketserver.StreamRequestHandler):
     """Serves one connection: requests in sequence (keep-alive, pipelining) until close or hijack."""
 
     rbufsize = 65536
 
     def setup(self):
-        super().setup()
-        self.request.settimeout(READ_TIMEOUT)
+        # The server may hand us a TLS socket whose handshake is still to do: do it here, in
+        # this connection's thread and under a deadline, never in the accept loop.
+        if hasattr(self.request, "do_handshake"):
+            self.request.settimeout(HEAD_TIMEOUT)
+            self.request.do_handshake()
+            self.request.settimeout(None)
+        self.raw = _TimedReader(self.request)
+        self.connection = self.request
+        self.rfile = io.BufferedReader(self.raw, self.rbufsize)
+        self.wfile = _SocketWriter(self.request)
 
     def handle(self):
         app = self.server.app
+        first = True
         while True:
+            # The head must arrive whole within its deadline; an idle keep-alive connection
+            # gets longer to send the first byte of its next request.
+            if first:
+                self.raw.set_limit(("deadline", time.monotonic() + HEAD_TIMEOUT))
+            else:
+                self.raw.set_limit(("deadline", time.monotonic() + IDLE_TIMEOUT))
+                try:
+                    if not self.rfile.peek(1):
+                        return
+                except (OSError, socket.timeout):
+                    return
+                self.raw.set_limit(("deadline", time.monotonic() + HEAD_TIMEOUT))
+            first = False
             try:
                 head = read_head(self.rfile)
             except (errors.MinidockError) as exc:
@@ -487,27 +706,35 @@ class ConnectionHandler(socketserver.StreamRequestHandler):
                 self.wfile.write(render_head(100, []))
             body = body_reader(head, self.rfile)
             request = Request(head, body, self.request)
-            self.request.settimeout(None)         # handlers may legitimately take long (wait, pull)
+            # The handler reads the body itself: each read of it may stall READ_TIMEOUT at most.
+            # Everything else the handler does may legitimately take long (wait, pull).
+            self.raw.set_limit(("idle", READ_TIMEOUT))
+            _reply.hooks = []
             try:
                 response = app(request)
             except Exception as exc:              # the app renders its own errors; this is a last net
                 self.server.log_exception(head, exc)
                 response = error_response(exc)
+            if isinstance(response, (Hijack, StreamResponse)):
+                _run_reply_hooks()                 # its head is about to go out; no waiting for the end
             try:
                 keep = self._send(head, response, body)
                 if keep:
+                    self.raw.set_limit(("idle", READ_TIMEOUT))
                     body.drain()                   # unread body bytes must not be read as a request
             except (OSError, errors.MinidockError):
                 return
+            finally:
+                _run_reply_hooks()
             if not keep:
                 return
-            self.request.settimeout(READ_TIMEOUT)
 
     def _send(self, head, response, body):
         """Write a response; returns whether the connection can carry another request."""
         keep = head.keep_alive
         base = list(self.server.base_headers())
         if isinstance(response, Hijack):
+            self.raw.set_limit(None)
             if response.switch_headers is not None:
                 self.wfile.write(render_head(101, base + response.switch_headers))
             else:
@@ -526,6 +753,7 @@ class ConnectionHandler(socketserver.StreamRequestHandler):
             # is read now: leftover bytes would make the client's socket look busy forever, and
             # a stream notices a client that left by seeing end-of-file there (peer_gone).
             body.drain()
+            self.raw.set_limit(None)              # a stream may wait on a slow reader for ever
             chunked = head.version == "HTTP/1.1"
             headers = base + response.headers
             headers.append(("Transfer-Encoding", "chunked") if chunked else ("Connection", "close"))
@@ -545,6 +773,7 @@ class ConnectionHandler(socketserver.StreamRequestHandler):
                 if close:
                     close()
             return keep and chunked
+        self.raw.set_limit(None)
         headers = base + response.headers
         no_body = response.status in (204, 304) or 100 <= response.status < 200
         if not no_body:
@@ -574,10 +803,37 @@ def error_response(exc):
     return Response.json(errors.body_for(exc), status=errors.status_for(exc))
 
 
+def busy_response(message):
+    """A complete 503 answer for a connection we will not serve (sent from the accept loop)."""
+    body = json.dumps({"message": message}).encode() + b"\n"
+    return render_head(503, [("Content-Type", "application/json"),
+                             ("Content-Length", str(len(body))), ("Connection", "close")]) + body
+
+
 class _ServerMixin:
+    """What every listener adds to socketserver: a deep backlog, a connection cap, and an
+    accept loop that survives running out of descriptors or threads.
+
+    - `listen(SOMAXCONN)`: the docker CLI connects non-blocking, and on a unix socket a full
+      backlog refuses at once (EAGAIN) instead of queueing; dockerd also asks the kernel's max.
+    - At most `max_connections` connections are served at once; one more gets a 503 written
+      from the accept loop, without a thread.
+    - accept() failing with EMFILE/ENFILE would leave the connection pending, the listener
+      readable, and the loop spinning. We keep one spare descriptor: close it, accept the
+      connection, answer 503, close it, take the spare back, and pause a little, doubling
+      the pause while it lasts.
+    """
     daemon_threads = True
     allow_reuse_address = True
     block_on_close = False
+    request_queue_size = socket.SOMAXCONN
+    max_connections = MAX_CONNECTIONS
+
+    def _init_limits(self):
+        self._active = 0
+        self._active_lock = threading.Lock()
+        self._spare = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        self._pause = 0.0
 
     def base_headers(self):
         return self.headers_fn() if self.headers_fn else []
@@ -588,9 +844,100 @@ class _ServerMixin:
 
     def handle_error(self, request, client_address):
         # socketserver prints tracebacks to stderr with the client address, which is '' on
-        # AF_UNIX; route them to our logger instead.
+        # AF_UNIX; route them to our logger instead. A client that went away or stalled is
+        # not an error of ours.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (OSError, socket.timeout, ssl.SSLError)):
+            if self.logger:
+                self.logger.debug("connection dropped: %s", exc)
+            return
         if self.logger:
             self.logger.exception("connection error")
+
+    @property
+    def active_connections(self):
+        return self._active
+
+    def get_request(self):
+        try:
+            conn, addr = self.socket.accept()
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                self._out_of_descriptors(exc)
+            raise
+        self._pause = 0.0
+        return self.wrap(conn), addr
+
+    def wrap(self, conn):
+        # TLS: wrap now, shake hands later in the connection's own thread (ConnectionHandler).
+        if getattr(self, "tls_context", None) is not None:
+            return self.tls_context.wrap_socket(conn, server_side=True,
+                                                do_handshake_on_connect=False)
+        return conn
+
+    def _out_of_descriptors(self, exc):
+        if self.logger:
+            self.logger.warning("accept: %s; answering 503 and pausing %.2fs", exc.strerror,
+                                self._pause or 0.05)
+        if self._spare is not None:
+            os.close(self._spare)
+            self._spare = None
+            try:
+                conn, _ = self.socket.accept()
+                self._refuse(conn, "the daemon is out of file descriptors; try again")
+            except OSError:
+                pass
+            try:
+                self._spare = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                pass
+        self._pause = min(max(self._pause * 2, 0.05), 1.0)
+        time.sleep(self._pause)
+
+    def _refuse(self, conn, message):
+        if isinstance(conn, ssl.SSLSocket):      # no plain-text answer on a TLS connection
+            conn.close()
+            return
+        try:
+            conn.setblocking(False)
+            conn.send(busy_response(message))
+        except OSError:
+            pass
+        try:
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        conn.close()
+
+    def process_request(self, request, client_address):
+        with self._active_lock:
+            full = self._active >= self.max_connections
+            if not full:
+                self._active += 1
+        if full:
+            self._refuse(request, f"too many connections (limit {self.max_connections}); try again")
+            return
+        try:
+            super().process_request(request, client_address)
+        except RuntimeError:            # "can't start new thread": out of processes or memory
+            with self._active_lock:
+                self._active -= 1
+            if self.logger:
+                self.logger.warning("cannot start a thread for a connection; answering 503")
+            self._refuse(request, "the daemon cannot start a thread now; try again")
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._active_lock:
+                self._active -= 1
+
+    def server_close(self):
+        super().server_close()
+        if self._spare is not None:
+            os.close(self._spare)
+            self._spare = None
 
 
 class UnixServer(_ServerMixin, socketserver.ThreadingUnixStreamServer):
@@ -601,7 +948,7 @@ class TCPServer(_ServerMixin, socketserver.ThreadingTCPServer):
     pass
 
 
-def make_server(address, app, headers_fn=None, logger=None):
+def make_server(address, app, headers_fn=None, logger=None, max_connections=None, tls_context=None):
     """Bind a threading HTTP server to `unix:///path` or `tcp://host:port`.
 
     A unix socket is created mode 0600 (umask around bind, so it is never briefly wider), and a
@@ -621,6 +968,10 @@ def make_server(address, app, headers_fn=None, logger=None):
         server = TCPServer((host.strip("[]") or "127.0.0.1", int(port)), ConnectionHandler)
     else:
         raise errors.InvalidParameter(f"unsupported listen address {address!r} (want unix:// or tcp://)")
+    server._init_limits()
+    server.tls_context = tls_context
+    if max_connections:
+        server.max_connections = max_connections
     server.app = app
     server.headers_fn = headers_fn
     server.logger = logger

@@ -37,8 +37,10 @@ Containers
 ----------
 `spawn_container()` is the whole container set-up as one linear sequence. It runs in a fresh
 fork of the spawner (the "shim", see spawner.py): it unshares mount, pid, uts, ipc (and net)
-namespaces, forks so the command will be PID 1, and the child runs `_container_init()`:
-mounts, pivot_root(2), hostname, rlimits, capabilities, user, execve(2). Every step is named;
+namespaces (bringing `lo` up in a new network namespace, as Docker's "none" network has it),
+forks so the command will be PID 1, and the child runs `_container_init()`: mounts,
+pivot_root(2), hostname, rlimits, the seccomp filter (seccomp.py; while CAP_SYS_ADMIN is still
+held, or last with no_new_privs), capabilities, user, execve(2). Every step is named;
 when one fails, the step, errno and message go back to the spawner over a close-on-exec pipe
 (the pipe reaches EOF without a word when execve succeeds) -- runc's error-pipe pattern.
 
@@ -100,7 +102,7 @@ import shutil
 import signal
 import stat
 
-from . import errors, pid1
+from . import errors, pid1, seccomp
 
 # --- the raw syscalls ----------------------------------------------------------------------
 
@@ -600,6 +602,23 @@ def unshare_namespaces(network):
     unshare(flags)
 
 
+_SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
+
+
+@_Step("bring up the loopback interface")
+def bring_up_loopback():
+    """A new network namespace has `lo` down; set IFF_UP on it (ioctl SIOCSIFFLAGS on any
+    socket of the namespace; we hold CAP_NET_ADMIN over it: our user namespace owns it).
+    Afterwards `ip link show lo` says UP and 127.0.0.1 answers."""
+    import fcntl
+    import socket
+    import struct
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifreq = struct.pack("16sH22x", b"lo", 0)            # struct ifreq: name, then flags
+        flags = struct.unpack_from("16sH", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, ifreq))[1]
+        fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | _IFF_UP))
+
+
 @_Step("make mounts private")
 def make_mounts_private():
     # The daemon made / private already; repeat it so nothing set up later can ever
@@ -1054,6 +1073,8 @@ def spawn_container(spec, stdio, status_fd):
     if isinstance(network, dict) and "netns_pid" in network:
         from . import network as _network      # network.py imports ns
         _network.attach_container(network)
+    if network == "none":
+        bring_up_loopback()             # Docker's "none" network still has a working lo
     # CLONE_NEWPID applies to children only: the next fork is PID 1 of the new namespace.
     pid = os.fork()
     if pid:
@@ -1124,6 +1145,11 @@ def _container_init(spec, stdio, status_fd):
                              keep_id_map(keep_id["gid"], daemon_gid_map))
     elif nested:
         enter_user_userns(uid, gid)
+    # seccomp comes after the nested user namespace (unshare is among the calls it refuses)
+    # and, without no_new_privs, while we still hold CAP_SYS_ADMIN, which installing needs;
+    # every call left before execve (capset, setresuid, dup2, ...) is one it allows.
+    if not spec.get("no_new_privileges"):
+        install_seccomp(spec.get("seccomp"))
     drop_bounding_set(caps, last_cap)    # needs CAP_SETPCAP: before we give up root
     if spec.get("no_new_privileges"):
         set_no_new_privs()
@@ -1133,7 +1159,16 @@ def _container_init(spec, stdio, status_fd):
     if spec.get("init"):                # --init: this process stays as PID 1, the reaper (pid1.py)
         pid1.fork_command(_arm_deathsig)
     _prepare_process(stdio, tty, parent=1 if spec.get("init") else 0)   # last: 0/1/2, death signal
+    if spec.get("no_new_privileges"):    # with no_new_privs: the very last step before execve
+        install_seccomp(spec.get("seccomp"))
     _exec(spec["argv"], spec.get("env") or [])
+
+
+@_Step("install the seccomp filter")
+def install_seccomp(program_hex):
+    """The container's system call filter (seccomp.py compiled it in the daemon)."""
+    if program_hex:
+        seccomp.install(bytes.fromhex(program_hex))
 
 
 @_Step("change to the working directory")
@@ -1204,6 +1239,8 @@ def _exec_init(spec, stdio):
     # running as root under a single-id daemon map) gets its own nested namespace, as in run.
     if _needs_nested_userns(spec):
         enter_user_userns(uid, gid)
+    if not spec.get("no_new_privileges"):   # the same order as in run, for the same reasons
+        install_seccomp(spec.get("seccomp"))
     drop_bounding_set(caps, spec.get("_last_cap", 40))
     if spec.get("no_new_privileges"):
         set_no_new_privs()
@@ -1211,6 +1248,8 @@ def _exec_init(spec, stdio):
     set_capabilities(caps)
     _step_chdir(spec.get("cwd") or "/")
     _prepare_process(stdio, bool(spec.get("tty")))
+    if spec.get("no_new_privileges"):
+        install_seccomp(spec.get("seccomp"))
     _exec(spec["argv"], spec.get("env") or [])
 
 

@@ -13,29 +13,51 @@ fresh `python -m ...` per container would cost 15-65 ms.
 The process tree
 ----------------
 
-    daemon (threads)                       in the daemon's user + mount namespace
-      `- spawner        select() loop      PR_SET_PDEATHSIG(SIGKILL), child subreaper
+    daemon (threads)     subreaper         in the daemon's user + mount namespace
+      `- spawner        select() loop      PR_SET_PDEATHSIG(SIGKILL) on the daemon, subreaper
            `- shim      one per run/exec   a fork of the spawner; waits for its one child
                 `- init PID 1 of the container (or the exec'd process), execs the command
 
-Each link holds PR_SET_PDEATHSIG(SIGKILL) on its parent, so SIGKILL of the daemon kills the
-spawner, which kills every shim, which kills every container init -- and the death of a pid
-namespace's init kills every process in it. A restarted daemon finds no orphans. (The death
-signal is tied to the parent *thread*: the daemon must start the spawner from the thread that
-lives as long as the daemon, normally its main thread.)
+Who dies with whom. The spawner holds PR_SET_PDEATHSIG(SIGKILL) on the daemon. The shims do
+*not* hold one on the spawner: a spawner that crashes or is killed must not take running
+containers along. A shim dies with the daemon instead, through a "lifeline": a pipe whose
+only write end the daemon holds (close-on-exec, never inherited), so its read end, which every
+shim watches next to its child's pidfd, reaches EOF exactly when the daemon is gone, however
+it died. The container init and exec'd processes hold a death signal on their shim, and the
+death of a pid namespace's init kills every process in it. So SIGKILL of the daemon still
+leaves no orphans, and SIGKILL of the spawner leaves every container running.
 
-Who reaps: each shim waits for its one child and exits with the child's code (or 128+signal,
+Who reaps. Each shim waits for its one child and exits with the child's code (or 128+signal,
 Docker's convention, since an exit status cannot carry both). The spawner reaps shims on
-SIGCHLD and sends `{"exit": pid, "code": n}` to the daemon. The daemon never calls waitpid(-1).
+SIGCHLD and sends `{"exit": pid, "code": n}` to the daemon. If the spawner dies, the kernel
+re-parents its shims to the nearest subreaper: the daemon (PR_SET_CHILD_SUBREAPER). The
+daemon's supervisor thread then opens a pidfd for each shim it knows (the spawner reported
+each shim's pid with the start reply), waits for it to become readable, and waitpid()s that
+one pid: the daemon never calls waitpid(-1), which would steal the children of `subprocess`.
+
+Supervision. The supervisor thread sees the spawner's socket reach EOF, reaps the spawner and
+logs how it ended (the spawner itself writes its traceback to stderr, the daemon's log, before
+exiting 1), fails the requests in flight with 503, adopts the shims, and starts a new spawner
+-- not with fork(), unsafe in a threaded process, but as a fresh `python -m minidock.spawner`
+given the socket and lifeline descriptors. Its death signal is tied to the supervisor thread,
+which lives as long as the daemon. While it is down, `health()` says why (/_ping answers 503
+"degraded", /info warns), and new requests wait a little for it.
+
+Inside the spawner, one bad event fails at most its own request: a fork() refused with EAGAIN,
+no descriptor for a status pipe, a malformed message. A status pipe closed while handling an
+earlier event of the same select() batch (its shim was reaped and decided) is recognised as
+stale by the shim record registered with it, even if a new pipe has reused its number.
 
 The wire
 --------
-One SOCK_SEQPACKET unix socketpair, so every message is one datagram of JSON:
+One SOCK_SEQPACKET unix socketpair. A message is JSON sent as parts of at most 48 KiB, each one
+datagram: a flag byte (`M` more follows, `L` last) then the bytes. Parts keep any message the
+API accepts (16 MiB bodies) under the socket buffer limit an unprivileged process cannot raise.
 
     daemon -> spawner   {"op": "run",  "id": N, "spec": {...}}               + 3 fds (SCM_RIGHTS)
                         {"op": "exec", "id": N, "init_pid": P, "spec": {...}} + 3 fds
                         {"op": "netns", "id": N}  + 1 fd: start network.py's keeper on it
-    spawner -> daemon   {"id": N, "pid": P}           the command is being exec'd
+    spawner -> daemon   {"id": N, "pid": P, "shim": S} the command is being exec'd
                         {"id": N, "error": {...}}     ns.StartError.to_record()
                         {"exit": P, "code": C}        a process started by run/exec ended
 
@@ -67,6 +89,10 @@ The run/exec spec (a JSON-able dict; only `argv` and, for run, `rootfs` are requ
     no_new_privileges bool  prctl(PR_SET_NO_NEW_PRIVS); Docker's default is off
     cgroup            str   optional cgroup directory; the init writes itself to cgroup.procs
     masked_paths, readonly_paths  [str] override Docker's lists (ns.MASKED_PATHS, ...)
+    security_opt      [str] Docker's SecurityOpt: `seccomp=unconfined`, `seccomp=<JSON profile>`,
+                      `no-new-privileges`; without a seccomp entry the built-in profile applies
+                      (seccomp.py), compiled by Spawner.run/exec into `seccomp` (hex of the
+                      BPF program, or None for unconfined) for ns.install_seccomp
 
 For exec, the daemon passes the container's own cap_add/cap_drop/privileged/no_new_privileges
 (Docker applies the container's settings to exec'd processes), the exec's user (default: the
@@ -79,63 +105,232 @@ message keeps the words the docker CLI greps for to choose its own exit code.
 
 import itertools
 import json
+import logging
 import os
+import select
 import selectors
 import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 import traceback
 
-from . import errors, network, ns   # network: loaded once here, not in every shim
+from . import errors, network, ns, seccomp   # network: loaded once here, not in every shim
 
-_MAX_MSG = 1 << 20
+log = logging.getLogger("minidock.spawner")
+
+# The wire: every datagram is one byte saying whether more of the message follows, then a part
+# of the JSON. Parts stay well under any socket buffer limit (an unprivileged process cannot
+# raise SO_SNDBUF past net.core.wmem_max), so a message of any size the API accepts fits.
+_PART = 48 * 1024
+_MORE, _LAST = b"M", b"L"
+MAX_MESSAGE = 64 * 1024 * 1024          # far above the API's 16 MiB body limit: a guard only
+_RESTART_DELAYS = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)   # after deaths in quick succession
+UNKNOWN_EXIT = 255                      # a process whose end we could not observe
+
+
+def send_message(sock, obj, fds=()):
+    """Send one JSON message as parts; the fds travel with the first part."""
+    data = json.dumps(obj).encode()
+    if len(data) > MAX_MESSAGE:
+        raise errors.InvalidParameter(f"container settings too large ({len(data)} bytes; "
+                                      f"limit {MAX_MESSAGE})")
+    parts = [data[i:i + _PART] for i in range(0, len(data), _PART)] or [b""]
+    for n, part in enumerate(parts):
+        flag = _LAST if n == len(parts) - 1 else _MORE
+        if n == 0 and fds:
+            socket.send_fds(sock, [flag + part], list(fds))
+        else:
+            sock.send(flag + part)
+
+
+class MessageReader:
+    """Reassembles messages from parts, one received datagram at a time."""
+
+    def __init__(self):
+        self.parts = []
+        self.size = 0
+        self.fds = []
+        self.too_large = False
+
+    def feed(self, datagram, fds=()):
+        """Add one datagram; returns (message, fds) when it completes one, else None.
+
+        A message that cannot be parsed or is over MAX_MESSAGE comes back as
+        ({"_invalid": reason}, fds) so the caller can fail that request alone."""
+        self.fds += list(fds)
+        flag, part = datagram[:1], datagram[1:]
+        self.size += len(part)
+        if self.size > MAX_MESSAGE:
+            self.too_large = True
+            self.parts = []
+        elif not self.too_large:
+            self.parts.append(part)
+        if flag == _MORE:
+            return None
+        data, fds = b"".join(self.parts), self.fds
+        too_large = self.too_large
+        self.parts, self.size, self.fds, self.too_large = [], 0, [], False
+        if flag != _LAST:
+            return {"_invalid": f"unknown part flag {flag!r}"}, fds
+        if too_large:
+            return {"_invalid": f"message over {MAX_MESSAGE} bytes"}, fds
+        try:
+            msg = json.loads(data)
+        except ValueError as exc:
+            return {"_invalid": f"not JSON: {exc}"}, fds
+        if not isinstance(msg, dict):
+            return {"_invalid": "not a JSON object"}, fds
+        return msg, fds
+
+
+def process_bound():
+    """The RLIMIT_NPROC a container gets unless it sets its own (--ulimit nproc), or None.
+
+    Without a pids cgroup this is the bound that keeps a fork bomb from starving the daemon.
+    Since Linux 5.14 RLIMIT_NPROC is counted per user *per user namespace* (ucounts) and checked
+    at every level up to the host, against the limit each namespace's creator had. Containers
+    run in the daemon's user namespace as its uids, so their processes share one count with the
+    daemon's own threads (uid 0 there): each container may take the count up to the daemon's
+    limit minus a reserve, and the daemon, checked against its full limit, keeps the reserve
+    for its threads, its spawner and the `docker stop` that ends the bomb. A container in its
+    own nested user namespace (a user the daemon's map lacks) is counted apart: a bound of its
+    own. Measured on this 6.x kernel: two nested namespaces with RLIMIT_NPROC 100 each got 99
+    processes each, and the parent, limited to 300, could still fork."""
+    import resource
+    soft, _ = resource.getrlimit(resource.RLIMIT_NPROC)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    reserve = max(64, soft // 8)
+    return max(soft - reserve, 1)
+
+
+def reap_stray_zombies(keep=()):
+    """Reap dead children of ours that no one else will: returns their pids.
+
+    After a spawner died, we (a subreaper) inherit its children. Those we know (the shims of
+    running containers) are watched by pidfd; but a shim forked for a request in flight at the
+    moment of death, or a container init whose shim was killed meanwhile, is unknown to us and
+    would stay a zombie for ever. Such processes are in the spawner's session or their own
+    (setsid), never in ours -- unlike the children `subprocess` makes and waits for itself,
+    which must not be touched (its wait would then fail and report exit code 0). So: zombie
+    children in another session than ours, not in `keep`."""
+    me, my_session = os.getpid(), os.getsid(0)
+    children = set()
+    try:
+        tasks = os.listdir(f"/proc/{me}/task")
+    except OSError:
+        return []
+    for tid in tasks:
+        try:
+            with open(f"/proc/{me}/task/{tid}/children") as f:
+                children.update(int(p) for p in f.read().split())
+        except OSError:
+            continue
+    reaped = []
+    for pid in sorted(children - set(keep)):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state, session = fields[0], int(fields[3])     # after "(comm)": state ppid pgrp session
+        if state != "Z" or session == my_session:
+            continue
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                reaped.append(pid)
+        except ChildProcessError:
+            pass
+    return reaped
+
+
+def _describe_status(status):
+    if os.WIFSIGNALED(status):
+        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+def _exit_code(status):
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+class _Pending:
+    """A run/exec request waiting for the spawner's answer (set by the supervisor thread)."""
+
+    def __init__(self):
+        self._done = threading.Event()
+        self.reply = None
+
+    def answer(self, reply):
+        self.reply = reply
+        self._done.set()
+
+    def wait(self):
+        self._done.wait()
+        return self.reply
 
 
 class Spawner:
-    """The daemon's handle on the spawner process. Thread-safe."""
+    """The daemon's handle on the spawner process: requests, exits, and supervision. Thread-safe."""
 
     @classmethod
     def start(cls, on_exit=None):
         """Fork the spawner. Call while the daemon is single-threaded (after enter_daemon_userns).
 
-        `on_exit(pid, code)` is called from a reader thread whenever a process started by run
-        or exec ends (keep it short: it delays every later message). Without a callback, codes
-        are kept until `wait(pid)` takes them; use one style or the other.
+        `on_exit(pid, code)` is called from the supervisor thread whenever a process started by
+        run or exec ends (keep it short: it delays every later message). Without a callback,
+        codes are kept until `wait(pid)` takes them; use one style or the other.
         """
+        # Shims orphaned by a dead spawner are re-parented to us, so we can keep reaping them.
+        ns.prctl(ns.PR_SET_CHILD_SUBREAPER, 1)
+        # The lifeline: only this process holds the write end, so its read end reaches EOF
+        # exactly when the daemon is gone, however it died. Shims watch it.
+        lifeline_r, lifeline_w = os.pipe2(os.O_CLOEXEC)
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        for s in (mine, theirs):
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _MAX_MSG)
         daemon = os.getpid()
         pid = os.fork()
         if pid == 0:
-            code = 0
-            try:
-                mine.close()
-                _Server(theirs, daemon).serve()
-            except BaseException:
-                # The daemon only sees the socket close ("the spawner process is gone"): say why
-                # on our stderr, which is the daemon's log.
-                traceback.print_exc()
-                code = 1
-            os._exit(code)
+            mine.close()
+            os.close(lifeline_w)
+            _spawner_main(theirs, lifeline_r, daemon)      # never returns
         theirs.close()
-        return cls(pid, mine, on_exit)
+        log.info("spawner started (pid %d)", pid)
+        return cls(pid, mine, (lifeline_r, lifeline_w), on_exit)
 
-    def __init__(self, pid, sock, on_exit=None):
-        self.pid = pid                  # the spawner's pid
+    def __init__(self, pid, sock, lifeline, on_exit=None):
+        self.pid = pid                  # the spawner's pid (changes when it is restarted)
         self._sock = sock
+        self._lifeline_r, self._lifeline_w = lifeline
         self._on_exit = on_exit
         self._lock = threading.Lock()
-        self._ids = itertools.count(1)
-        self._replies = {}              # request id -> [Event, reply]
-        self._codes = {}                # pid -> exit code, until wait() takes it
-        self._live = set()              # pids started and not yet ended
         self._cond = threading.Condition(self._lock)
-        self._dead = False
+        self._send_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._pending = {}              # request id -> _Pending
+        self._codes = {}                # pid -> exit code, until wait() takes it
+        self._live = {}                 # pid started and not yet ended -> its shim's pid
+        self._adopted = {}              # pidfd of an orphaned shim -> (pid, shim pid)
+        self._undelivered = []          # (pid, code) whose on_exit callback failed
+        self._reader = MessageReader()
+        self._closing = threading.Event()
+        self.state = "running"          # running | restarting | closed
+        self.down_reason = ""
+        self.restarts = 0
+        self._started_at = time.monotonic()
+        self._quick_deaths = 0
         self._last_cap = int(open("/proc/sys/kernel/cap_last_cap").read())
-        self._reader = threading.Thread(target=self._read_loop, name="spawner-reader",
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self._sock, selectors.EVENT_READ, None)
+        # The supervisor thread reads the spawner's messages, reaps adopted shims and restarts
+        # the spawner. It lives as long as this handle: a restarted spawner's death signal is
+        # tied to the thread that started it.
+        self._thread = threading.Thread(target=self._supervise, name="spawner-supervisor",
                                         daemon=True)
-        self._reader.start()
+        self._thread.start()
 
     # -- requests --
 
@@ -143,7 +338,7 @@ class Spawner:
         """Start a container; returns the host pid of its init once execve is under way.
 
         Raises ns.StartError (exit_code 125/126/127) if set-up or exec failed,
-        errors.InvalidParameter for a bad spec, errors.Unavailable if the spawner is gone."""
+        errors.InvalidParameter for a bad spec, errors.Unavailable if the spawner is down."""
         if not spec.get("rootfs") or not spec.get("argv"):
             raise errors.InvalidParameter("run needs rootfs and argv")
         return self._request({"op": "run", "spec": self._prepare(spec)}, [stdin, stdout, stderr])
@@ -167,18 +362,27 @@ class Spawner:
                 return None
             return self._codes.pop(pid)
 
+    def health(self):
+        """None while the spawner runs, else why it does not (for /_ping and /info)."""
+        with self._lock:
+            return self.health_locked()
+
+    def health_locked(self):
+        return None if self.state == "running" else (self.down_reason or self.state)
+
     def close(self):
-        """Stop the spawner; every container it started is killed with it."""
+        """Stop the spawner; every process it started is killed with it (the lifeline ends)."""
+        self._closing.set()
+        with self._lock:
+            self.state = "closed"
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-        self._reader.join(5)
-        try:
-            os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            pass
-        self._sock.close()
+        self._thread.join(10)
+        if self._lifeline_w is not None:
+            os.close(self._lifeline_w)  # every shim sees EOF and takes its process with it
+            self._lifeline_w = None
 
     # -- internals --
 
@@ -191,73 +395,251 @@ class Spawner:
                                                spec.pop("user", "") or "",
                                                spec.pop("group_add", None))
             spec.update(uid=uid, gid=gid, groups=groups)
-        ns.capability_set(spec.get("cap_add"), spec.get("cap_drop"))   # validates names
+        caps = ns.capability_set(spec.get("cap_add"), spec.get("cap_drop"),
+                                 spec.get("privileged"))                # validates names
+        # Docker's SecurityOpt: the seccomp profile (compiled here, in the daemon, so a bad
+        # profile is a 400 before anything forks) and no-new-privileges.
+        choice, nnp = seccomp.parse_security_opt(spec.get("security_opt"))
+        if nnp:
+            spec["no_new_privileges"] = True
+        program = seccomp.filter_for(spec.get("security_opt"),
+                                     {"CAP_" + ns.CAPABILITIES[c] for c in caps},
+                                     bool(spec.get("privileged")))
+        spec["seccomp"] = program.hex() if program else None
         for u in spec.get("ulimits") or []:
             if u.get("name") not in ns.RLIMITS:
                 raise errors.InvalidParameter(f"invalid ulimit type: {u.get('name')}")
+        bound = process_bound()
+        if bound is not None and not any(u.get("name") == "nproc" for u in spec.get("ulimits") or []):
+            spec["ulimits"] = list(spec.get("ulimits") or []) + [
+                {"name": "nproc", "soft": bound, "hard": bound}]
         spec["_last_cap"] = self._last_cap
         return spec
 
     def _request(self, msg, fds):
-        waiter = [threading.Event(), None]
-        with self._lock:
-            if self._dead:
-                raise errors.Unavailable("the spawner process is gone")
+        pending = _Pending()
+        with self._cond:
+            # A spawner being restarted is back within moments: wait a little for it rather
+            # than fail the request.
+            self._cond.wait_for(lambda: self.state != "restarting", timeout=15)
+            if self.state != "running":
+                raise errors.Unavailable(f"the spawner process is down: {self.health_locked()}")
             msg["id"] = rid = next(self._ids)
-            self._replies[rid] = waiter
-            socket.send_fds(self._sock, [json.dumps(msg).encode()], fds)
-        waiter[0].wait()
-        reply = waiter[1]
+            self._pending[rid] = pending
+            sock = self._sock
+        # Sending has its own lock: the supervisor thread never waits for a sender, so it
+        # keeps reading replies while a large message goes out part by part.
+        try:
+            with self._send_lock:
+                send_message(sock, msg, fds)
+        except BaseException as exc:
+            with self._lock:
+                self._pending.pop(rid, None)
+            if isinstance(exc, OSError):
+                raise errors.Unavailable(f"the spawner process is down: {exc}")
+            raise
+        reply = pending.wait()
         if "error" in reply:
             if reply["error"].get("unavailable"):
                 raise errors.Unavailable(reply["error"]["message"])
             raise ns.StartError.from_record(reply["error"])
         return reply["pid"]
 
-    def _read_loop(self):
+    def _supervise(self):
         while True:
+            if self._undelivered:
+                self._retry_undelivered()
+            if self.restarts:           # a spawner died: strays of it may need reaping
+                keep = {self.pid} | {shim for _, shim in self._adopted.values()}
+                for pid in reap_stray_zombies(keep):
+                    log.info("reaped stray process %d left by a dead spawner", pid)
+            timeout = 1.0 if self._undelivered else 5.0 if self.restarts else None
             try:
-                data = self._sock.recv(_MAX_MSG)
-            except OSError:
-                data = b""
-            if not data:
-                break
-            msg = json.loads(data)
-            if "exit" in msg:
-                pid, code = msg["exit"], msg["code"]
-                with self._cond:
-                    if self._on_exit is None:   # with a callback nobody wait()s: keep nothing
-                        self._codes[pid] = code
-                    self._live.discard(pid)
-                    self._cond.notify_all()
-                if self._on_exit:
-                    self._on_exit(pid, code)
-            else:
-                with self._lock:
-                    waiter = self._replies.pop(msg["id"])
-                    if "pid" in msg:
-                        self._live.add(msg["pid"])
-                waiter[1] = msg
-                waiter[0].set()
-        # The spawner is gone: so are its containers (death signals). Say so to everyone.
+                events = self._sel.select(timeout)
+            except OSError as exc:      # nothing sane to do but log and go on
+                log.error("spawner supervisor: select failed: %s", exc)
+                time.sleep(0.5)
+                continue
+            for key, _ in events:
+                if key.data is None:
+                    if key.fileobj is not self._sock:
+                        continue        # a socket replaced earlier in this batch
+                    if self._on_readable():
+                        continue
+                    self._spawner_gone()
+                    if self._closing.is_set():
+                        return
+                    self._restart()
+                    if self._closing.is_set():
+                        return
+                else:
+                    self._reap_adopted(key.fd)
+
+    def _on_readable(self):
+        """Read one datagram; False when the spawner is gone."""
+        try:
+            data = self._sock.recv(_PART + 1)
+        except OSError:
+            return False
+        if not data:
+            return False
+        done = self._reader.feed(data)
+        if done is not None:
+            try:
+                self._dispatch(done[0])
+            except Exception:           # one bad message must not end the supervisor
+                log.exception("spawner supervisor: bad message %.200r", done[0])
+        return True
+
+    def _dispatch(self, msg):
+        if "exit" in msg:
+            pid, code = msg["exit"], msg["code"]
+            with self._cond:
+                self._live.pop(pid, None)
+            self._exited(pid, code)
+            return
+        with self._lock:
+            pending = self._pending.pop(msg.get("id"), None)
+            if pending is not None and "pid" in msg:
+                self._live[msg["pid"]] = msg.get("shim")
+        if pending is None:
+            log.error("spawner supervisor: a reply nobody waits for: %.200r", msg)
+            return
+        pending.answer(msg)
+
+    def _exited(self, pid, code):
         with self._cond:
-            self._dead = True
-            gone = list(self._live)
-            self._live.clear()
-            for pid in gone:
-                self._codes[pid] = 128 + signal.SIGKILL
-            for waiter in self._replies.values():
-                waiter[1] = {"error": {"message": "the spawner process is gone",
-                                       "unavailable": True}}
-                waiter[0].set()
-            self._replies.clear()
+            if self._on_exit is None:   # with a callback nobody wait()s: keep nothing
+                self._codes[pid] = code
             self._cond.notify_all()
         if self._on_exit:
-            for pid in gone:
-                self._on_exit(pid, 128 + signal.SIGKILL)
+            self._deliver(pid, code)
+
+    def _deliver(self, pid, code):
+        # An exit must never be lost: if the callback fails (say, it cannot start a thread
+        # while a fork bomb holds every process slot), keep the report and retry each second.
+        try:
+            self._on_exit(pid, code)
+        except Exception:
+            log.exception("delivering the exit of process %d failed; retrying", pid)
+            self._undelivered.append((pid, code))
+
+    def _retry_undelivered(self):
+        pending, self._undelivered = self._undelivered, []
+        for pid, code in pending:
+            self._deliver(pid, code)
+
+    def _spawner_gone(self):
+        """The spawner died (or was closed): log why, fail its pending requests, adopt shims."""
+        self._sel.unregister(self._sock)
+        self._sock.close()
+        try:
+            _, status = os.waitpid(self.pid, 0)
+            how = _describe_status(status)
+        except ChildProcessError:
+            how = "is gone"
+        closing = self._closing.is_set()
+        with self._cond:
+            self.state = "closed" if closing else "restarting"
+            self.down_reason = f"the spawner (pid {self.pid}) {how}"
+            pending = list(self._pending.values())
+            self._pending.clear()
+            live = dict(self._live)
+            self._reader = MessageReader()
+            self._cond.notify_all()
+        if not closing:
+            log.error("%s; restarting it. %d running processes keep running; %d requests "
+                      "in flight failed", self.down_reason, len(live), len(pending))
+        for p in pending:
+            p.answer({"error": {"message": f"{self.down_reason} during this request",
+                                "unavailable": True}})
+        # Its shims are our children now (we are a subreaper): watch each one's pidfd.
+        for pid, shim in live.items():
+            self._adopt(pid, shim)
+
+    def _adopt(self, pid, shim):
+        try:
+            if shim is None:
+                raise ChildProcessError
+            os.waitid(os.P_PID, shim, os.WEXITED | os.WNOHANG | os.WNOWAIT)   # ours?
+            fd = os.pidfd_open(shim)
+        except (ChildProcessError, ProcessLookupError, OSError):
+            # Reaped by the spawner just before it died, its report lost with it.
+            log.warning("process %d ended while the spawner was dying; exit code unknown", pid)
+            with self._cond:
+                self._live.pop(pid, None)
+            self._exited(pid, UNKNOWN_EXIT)
+            return
+        self._adopted[fd] = (pid, shim)
+        self._sel.register(fd, selectors.EVENT_READ, "adopted")
+
+    def _reap_adopted(self, fd):
+        pid, shim = self._adopted.pop(fd)
+        self._sel.unregister(fd)
+        os.close(fd)
+        try:
+            _, status = os.waitpid(shim, 0)
+            code = _exit_code(status)
+        except ChildProcessError:
+            code = UNKNOWN_EXIT
+        with self._cond:
+            self._live.pop(pid, None)
+        self._exited(pid, code)
+
+    def _restart(self):
+        """Start a new spawner, with a growing pause when they keep dying."""
+        if time.monotonic() - self._started_at < 60:
+            self._quick_deaths += 1
+        else:
+            self._quick_deaths = 0
+        delay = _RESTART_DELAYS[min(self._quick_deaths, len(_RESTART_DELAYS) - 1)]
+        while not self._closing.wait(delay):
+            try:
+                self._start_exec()
+                return
+            except OSError as exc:
+                log.error("could not restart the spawner: %s", exc)
+                delay = min(max(delay * 2, 1.0), 30.0)
+
+    def _start_exec(self):
+        """A fresh interpreter: fork() without exec in our threaded process would be unsafe."""
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent,
+                                                          env.get("PYTHONPATH")]))
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-S", "-m", "minidock.spawner", str(theirs.fileno()),
+                 str(self._lifeline_r), str(os.getpid())],
+                pass_fds=(theirs.fileno(), self._lifeline_r), env=env,
+                stdin=subprocess.DEVNULL)
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        # We reap it ourselves with waitpid (subprocess would only reap it if polled).
+        proc.returncode = 0             # keeps Popen.__del__ from touching the pid later
+        with self._cond:
+            if self._closing.is_set():  # close() came while we were starting it
+                mine.close()            # it reads EOF and exits; reap it
+                os.waitpid(proc.pid, 0)
+                return
+            self.pid = proc.pid
+            self._sock = mine
+            self._sel.register(mine, selectors.EVENT_READ, None)
+            self.state = "running"
+            self.down_reason = ""
+            self.restarts += 1
+            self._started_at = time.monotonic()
+            self._cond.notify_all()
+        log.warning("spawner restarted (pid %d, restart %d)", proc.pid, self.restarts)
 
 
 class _Shim:
+    """What the spawner keeps for one run/exec until the process's end is reported."""
+
     def __init__(self, req_id, status_fd):
         self.req_id = req_id
         self.status_fd = status_fd      # None once the start is decided
@@ -266,14 +648,34 @@ class _Shim:
         self.code = None                # the shim's exit code, once reaped
 
 
+def _spawner_main(sock, lifeline, daemon_pid):
+    """The spawner process: serve until the daemon closes the socket. Never returns.
+
+    A crash is logged with its traceback on stderr (the daemon's log) before exiting 1, so
+    the daemon's "the spawner exited with status 1" has its explanation next to it."""
+    code = 0
+    try:
+        _Server(sock, lifeline, daemon_pid).serve()
+    except BaseException:
+        code = 1
+        try:
+            sys.stderr.write(f"minidock spawner (pid {os.getpid()}) crashed:\n"
+                             + traceback.format_exc())
+            sys.stderr.flush()
+        except BaseException:
+            pass
+    os._exit(code)
+
+
 class _Server:
     """The spawner's single-threaded loop: requests in, forks, pipes and SIGCHLD."""
 
-    def __init__(self, sock, daemon_pid):
+    def __init__(self, sock, lifeline, daemon_pid):
         self.sock = sock
+        self.lifeline = lifeline
         self.daemon_pid = daemon_pid
         self.shims = {}                 # shim pid -> _Shim
-        self.by_fd = {}                 # status pipe fd -> shim pid
+        self.reader = MessageReader()
 
     def serve(self):
         # Die with the daemon; the check closes the race of it dying before the prctl.
@@ -282,9 +684,9 @@ class _Server:
             os._exit(0)
         self.me = os.getpid()
         os.setsid()                     # no terminal signals (^C goes to the daemon only)
-        # Orphans (a shim killed before its child) are re-parented to us, not to host init.
+        # Orphans (a shim killed before its child) are re-parented to us, not to the daemon.
         ns.prctl(ns.PR_SET_CHILD_SUBREAPER, 1)
-        keep = {self.sock.fileno(), 0, 1, 2}
+        keep = {self.sock.fileno(), self.lifeline, 0, 1, 2}
         for fd in os.listdir("/proc/self/fd"):   # the daemon's other descriptors
             if int(fd) not in keep:
                 try:
@@ -299,56 +701,95 @@ class _Server:
         self.sel.register(self.wake_r, selectors.EVENT_READ, "sigchld")
         while True:
             for key, _ in self.sel.select():
-                if key.data == "request":
-                    if not self.on_request():
-                        return          # the daemon closed us: our death kills the shims
-                elif key.data == "sigchld":
-                    try:
-                        while os.read(self.wake_r, 512):
-                            pass
-                    except BlockingIOError:
-                        pass
-                    self.reap()
-                elif key.fd in self.by_fd:
-                    # Only if still ours: a SIGCHLD earlier in this same batch may have reaped
-                    # the shim and closed its status pipe (reading it then was EBADF, which
-                    # killed the spawner under load).
-                    self.on_status(key.fd)
+                # One event's failure fails its own request at most, never the loop.
+                try:
+                    if key.data == "request":
+                        if not self.on_request():
+                            return      # the daemon closed us; our shims carry on alone
+                    elif key.data == "sigchld":
+                        self.on_sigchld()
+                    else:
+                        self.on_status(key.fd, key.data)
+                except Exception:
+                    sys.stderr.write("minidock spawner: error handling an event (carrying on):\n"
+                                     + traceback.format_exc())
 
     def send(self, msg):
         try:
-            self.sock.send(json.dumps(msg).encode())
+            send_message(self.sock, msg)
         except OSError:
-            os._exit(0)
+            os._exit(0)                 # the daemon is gone
+
+    def on_sigchld(self):
+        try:
+            while os.read(self.wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+        self.reap()
 
     def on_request(self):
         try:
-            data, fds, _, _ = socket.recv_fds(self.sock, _MAX_MSG, 3, socket.MSG_CMSG_CLOEXEC)
+            data, fds, _, _ = socket.recv_fds(self.sock, _PART + 1, 3, socket.MSG_CMSG_CLOEXEC)
         except OSError:
             return False
         if not data:
             return False
-        msg = json.loads(data)
+        done = self.reader.feed(data, fds)
+        if done is None:
+            return True
+        msg, fds = done
+        try:
+            self.start(msg, fds)
+        except Exception as exc:
+            # fork() failing with EAGAIN (a process limit), no descriptors left for the pipe,
+            # a malformed request: this request fails, the spawner carries on.
+            if isinstance(exc, OSError):
+                message = f"cannot start the process: {exc.strerror or exc}"
+            else:
+                message = f"cannot start the process: {type(exc).__name__}: {exc}"
+            if "id" in msg:
+                self.send({"id": msg["id"], "error": {"message": message, "exit_code": 125,
+                                                      "errno": getattr(exc, "errno", 0) or 0}})
+            else:
+                sys.stderr.write(f"minidock spawner: dropped a request without id: {message}\n")
+        finally:
+            for fd in fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        return True
+
+    def start(self, msg, fds):
+        if "_invalid" in msg:
+            raise ValueError(msg["_invalid"])
+        if msg.get("op") not in ("run", "exec", "netns") or "id" not in msg:
+            raise ValueError(f"unknown request {msg.get('op')!r}")
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
-        shim = os.fork()
+        try:
+            shim = os.fork()
+        except BaseException:
+            os.close(status_r)
+            os.close(status_w)
+            raise
         if shim == 0:
             self.shim_main(msg, fds, status_r, status_w)   # never returns
         os.close(status_w)
-        os.set_blocking(status_r, False)   # read only when select says so, never wait on it
-        for fd in fds:
-            os.close(fd)
-        self.shims[shim] = _Shim(msg["id"], status_r)
-        self.by_fd[status_r] = shim
-        self.sel.register(status_r, selectors.EVENT_READ, "status")
-        return True
+        record = _Shim(msg["id"], status_r)
+        self.shims[shim] = record
+        # The shim record itself is the key's data: a pipe closed earlier in the same batch of
+        # events, whose number a new pipe may even have reused, is then recognised as stale.
+        self.sel.register(status_r, selectors.EVENT_READ, (shim, record))
 
     def shim_main(self, msg, fds, status_r, status_w):
-        """The shim: start the process, report its pid, wait, exit with its code."""
+        """The shim: start the process, report its pid, wait, exit with its code.
+
+        The shim outlives the spawner (no death signal tied to it: a crashed or killed spawner
+        must not take running containers along) but not the daemon: it watches the lifeline,
+        whose EOF means the daemon is gone, and then exits, its child's death signal following."""
         code = 125
         try:
-            ns.prctl(ns.PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() != self.me:
-                os._exit(137)
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             self.sock.close()
@@ -365,9 +806,18 @@ class _Server:
             os.close(status_w)
             for fd in fds:              # only the child needs them; EOF must not wait for us
                 os.close(fd)
+            pidfd = os.pidfd_open(pid)
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)
+            poller.register(self.lifeline, select.POLLIN)
+            while True:
+                ready = {fd for fd, _ in poller.poll()}
+                if pidfd in ready:
+                    break
+                if self.lifeline in ready:
+                    os._exit(137)       # the daemon is gone
             _, status = os.waitpid(pid, 0)
-            code = os.waitstatus_to_exitcode(status)
-            code = 128 - code if code < 0 else code
+            code = _exit_code(status)
         except BaseException as e:
             try:
                 ns.report_failure(status_w, e)
@@ -375,16 +825,15 @@ class _Server:
                 pass
         os._exit(code)
 
-    def on_status(self, fd):
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:         # the number was reused by a newer, still empty pipe
-            return
-        shim = self.shims[self.by_fd[fd]]
+    def on_status(self, fd, data):
+        shim_pid, record = data
+        if self.shims.get(shim_pid) is not record or record.status_fd != fd:
+            return                      # stale: decided and closed earlier in this batch
+        chunk = os.read(fd, 65536)
         if chunk:
-            shim.buf += chunk
+            record.buf += chunk
             return
-        self.decide(self.by_fd[fd])
+        self.decide(shim_pid)
 
     def decide(self, shim_pid):
         """The status pipe is at EOF (or every writer died): answer the run/exec request."""
@@ -401,20 +850,22 @@ class _Server:
             pass
         self.sel.unregister(fd)
         os.close(fd)
-        del self.by_fd[fd]
         shim.status_fd = None
         error = None
         for line in shim.buf.splitlines():
             if line.startswith(b"P"):
                 shim.pid = int(line[1:])
             elif line.startswith(b"E") and error is None:
-                error = json.loads(line[1:])
+                try:
+                    error = json.loads(line[1:])
+                except ValueError:
+                    error = {"message": "set-up failed (unreadable report)", "exit_code": 125}
         if error is not None or shim.pid is None:
             shim.pid = None
             self.send({"id": shim.req_id, "error": error or {
                 "message": "the container process died during set-up", "exit_code": 125}})
         else:
-            self.send({"id": shim.req_id, "pid": shim.pid})
+            self.send({"id": shim.req_id, "pid": shim.pid, "shim": shim_pid})
         if shim.code is not None:
             self.finish(shim_pid)
 
@@ -433,9 +884,18 @@ class _Server:
                 return
             if pid not in self.shims:
                 continue                # an adopted orphan
-            code = os.waitstatus_to_exitcode(status)
-            self.shims[pid].code = 128 - code if code < 0 else code
+            self.shims[pid].code = _exit_code(status)
             if self.shims[pid].status_fd is not None:
                 self.decide(pid)        # it also finishes
             else:
                 self.finish(pid)
+
+
+def main(argv):
+    """`python -m minidock.spawner SOCKET_FD LIFELINE_FD DAEMON_PID`: a restarted spawner."""
+    sock_fd, lifeline, daemon = (int(a) for a in argv)
+    _spawner_main(socket.socket(fileno=sock_fd), lifeline, daemon)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -99,7 +99,11 @@ class Collection:
         for entry in sorted(os.listdir(self.directory)):
             full = os.path.join(self.directory, entry)
             if entry.startswith(".tmp-"):
-                os.unlink(full)
+                if os.path.isdir(full) and not os.path.islink(full):
+                    import shutil
+                    shutil.rmtree(full, ignore_errors=True)   # an object built under a temp name
+                else:
+                    os.unlink(full)
                 continue
             if self.per_dir:
                 if not os.path.isdir(full):

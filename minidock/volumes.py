@@ -20,13 +20,21 @@ container backend `attach`es a container's mounts when it creates or loads it an
 them when it is destroyed, so this module never needs to know what a container is.
 """
 
+import logging
 import os
 import re
 import shutil
 import threading
 
-from minidock import errors, filters as filters_mod, store
+from minidock import errors, filters as filters_mod, schema, store
+from minidock.schema import ANY, STR, STRMAP
 from minidock.times import now_rfc3339
+
+log = logging.getLogger("minidock.volumes")
+
+# POST /volumes/create's body (Docker's VolumeCreateOptions), checked before anything is made.
+CREATE_TYPES = {"Name": STR, "Driver": STR, "DriverOpts": STRMAP, "Labels": STRMAP,
+                "ClusterVolumeSpec": ANY}
 
 VOLUME_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 
@@ -67,11 +75,13 @@ class Volumes:
         self.root = os.path.join(data_root, "volumes")
         self.collection = store.Collection(self.root, "volume", filename="opts.json", per_dir=True)
         self.collection.load()
+        self._sweep_half_created()
         self.lock = threading.RLock()
         self.refs = {}                    # volume name -> {container id: None}, in order of use
 
     # -- the volume API --------------------------------------------------------------------------
-    def create(self, name=None, driver="local", driver_opts=None, labels=None, anonymous=False):
+    def create(self, name=None, driver="local", driver_opts=None, labels=None, anonymous=False,
+               created_for=None):
         driver = driver or "local"
         if driver != "local":
             raise errors.NotFound(f"plugin \"{driver}\" not found")
@@ -86,13 +96,49 @@ class Volumes:
             name = name or store.new_id()
             if name in self.collection.objects:
                 return self.describe(name)
-            data = os.path.join(self.root, name, "_data")
-            os.makedirs(data, mode=0o755)
             record = {"Name": name, "Driver": "local", "Labels": labels or {}, "Options": driver_opts or {},
                       "CreatedAt": now_rfc3339(), "Anonymous": anonymous}
-            self.collection.save(name, record)
+            if created_for:
+                # The container this anonymous volume was made for: if a crash ends its create
+                # before its config is written, start-up finds and removes the volume with it.
+                record["CreatedFor"] = created_for
+            self._create_atomically(name, record)
         self.events.emit("volume", "create", name, {"driver": "local"})
         return self.describe(name)
+
+    def _create_atomically(self, name, record):
+        """The volume directory appears whole or not at all: it is built under a temporary name
+        (`.tmp-<name>-<random>`, with `_data` and `opts.json`) and renamed into place, so a
+        crash midway leaves only a temporary directory, removed at the next start, and never a
+        name that can neither be created nor removed."""
+        final = os.path.join(self.root, name)
+        tmp = os.path.join(self.root, f".tmp-{name}-{store.new_id()[:8]}")
+        os.makedirs(os.path.join(tmp, "_data"), mode=0o755)
+        try:
+            store.write_json(os.path.join(tmp, "opts.json"), record)
+            if os.path.lexists(final):
+                # No record, so not a volume: what an interrupted create of an older version
+                # left. It was never given to a container.
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        store.fsync_dir(self.root)
+        self.collection.objects[name] = record
+
+    def _sweep_half_created(self):
+        """Directories without opts.json (interrupted creates of older versions): removed when
+        their _data is empty, reported otherwise."""
+        for entry in sorted(os.listdir(self.root)):
+            full = os.path.join(self.root, entry)
+            if entry in self.collection.objects or not os.path.isdir(full):
+                continue
+            data = os.path.join(full, "_data")
+            if not os.path.isdir(data) or not os.listdir(data):
+                shutil.rmtree(full, ignore_errors=True)
+            else:
+                log.warning("volume directory %s has data but no opts.json; left alone", full)
 
     def describe(self, name):
         record = self.collection.objects.get(name)
@@ -160,6 +206,14 @@ class Volumes:
             self.collection.delete(name)
         self.events.emit("volume", "destroy", name, {"driver": "local"})
 
+    def remove_made_for(self, container_ids):
+        """Anonymous volumes made for containers whose create never finished (start-up)."""
+        for name, record in list(self.collection.objects.items()):
+            if record.get("Anonymous") and record.get("CreatedFor") in container_ids:
+                log.info("removing anonymous volume %s of half-created container %s", name,
+                         record["CreatedFor"])
+                self.remove(name, force=True)
+
     def prune(self, filters=None):
         """POST /volumes/prune: remove unused volumes (only anonymous ones unless `all=true`,
         API 1.42) that pass the `label`/`label!` filters. -> (names, bytes freed); announces a
@@ -180,9 +234,10 @@ class Volumes:
         return deleted, space
 
     # -- container mounts ------------------------------------------------------------------------
-    def prepare_mounts(self, hc, cfg, mounts_of):
+    def prepare_mounts(self, hc, cfg, mounts_of, created_for=None):
         """Resolve Binds, Volumes (Config's, merged with the image's) and VolumesFrom into the
-        Mounts list; `mounts_of(ref)` is the Mounts list of another container."""
+        Mounts list; `mounts_of(ref)` is the Mounts list of another container, `created_for`
+        the id of the container being created (recorded in its anonymous volumes)."""
         mounts = {}
         for spec in hc.get("Binds") or []:
             m = self._parse_bind(spec)
@@ -207,7 +262,7 @@ class Volumes:
             dest = os.path.normpath("/" + dest.lstrip("/"))     # "//x" would stay "//x" (POSIX)
             if dest in mounts:
                 continue
-            v = self.create(anonymous=True)
+            v = self.create(anonymous=True, created_for=created_for)
             mounts[dest] = {"Type": "volume", "Name": v["Name"], "Source": v["Mountpoint"], "Destination": dest,
                             "Driver": "local", "Mode": "", "RW": True, "Propagation": "", "CopyUp": True}
         return sorted(mounts.values(), key=lambda m: m["Destination"])

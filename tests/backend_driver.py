@@ -190,7 +190,7 @@ def attach_detach(engine):
     c = cs.get(cid)
     seen = {}
     for kind in ("http", "ws"):
-        run = cs.attach(cid, attach.Options(stdin=True, stdout=True, stream=True), websocket=kind == "ws")
+        _, run = cs.attach(cid, attach.Options(stdin=True, stdout=True, stream=True), websocket=kind == "ws")
         ours, theirs = socket.socketpair()
         theirs.settimeout(DEADLINE)
         session = threading.Thread(target=run, args=(ours,), daemon=True)

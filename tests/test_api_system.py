@@ -120,7 +120,7 @@ def test_unknown_route_404_wrong_method_405(api):
 
 
 def test_malformed_json_body_is_400(api):
-    data = raw(api[1], b"POST /auth HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\n{nope")
+    data = raw(api[1], b"POST /auth HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 5\r\nConnection: close\r\n\r\n{nope")
     assert data.startswith(b"HTTP/1.1 400")
     assert b"invalid JSON" in data
 
@@ -170,8 +170,8 @@ def test_auth_answers_clear_error_when_the_registry_is_unreachable(api):
     # Every engine has its registry service now; a registry nobody listens at (on 127.0.0.1,
     # so nothing leaves the machine) is a clear error with a message, never a 500 or a hang.
     body = b'{"serveraddress": "127.0.0.1:1", "username": "u", "password": "p"}'
-    data = raw(api[1], b'POST /auth HTTP/1.1\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s'
-               % (len(body), body))
+    data = raw(api[1], b'POST /auth HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: %d\r\n'
+               b'Connection: close\r\n\r\n%s' % (len(body), body))
     status = int(data.split(b" ")[1])
     assert status in (400, 401, 501, 503)
     assert b'"message"' in data and b"127.0.0.1:1" in data

@@ -58,6 +58,14 @@ CORPUS = [
      errors.InvalidParameter),
     ("chunked ends early", b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nabc", errors.InvalidParameter),
     ("short content-length body", b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc", errors.InvalidParameter),
+    ("superscript digit length", b"POST / HTTP/1.1\r\nContent-Length: \xb2\r\n\r\nab", errors.InvalidParameter),
+    ("signed length", b"POST / HTTP/1.1\r\nContent-Length: +2\r\n\r\nab", errors.InvalidParameter),
+    ("0x chunk size", b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0x2\r\nab\r\n0\r\n\r\n",
+     errors.InvalidParameter),
+    ("signed chunk size", b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n+2\r\nab\r\n0\r\n\r\n",
+     errors.InvalidParameter),
+    ("NUL in target", b"GET /a%00b HTTP/1.1\r\n\r\n", errors.InvalidParameter),
+    ("NUL in header value", b"GET / HTTP/1.1\r\nX-A: a\x00b\r\n\r\n", errors.InvalidParameter),
 ]
 
 
@@ -276,3 +284,39 @@ def test_stale_socket_replaced_live_socket_refused(server):
     dead.close()                       # a socket file nobody listens on: what SIGKILL leaves
     srv = http.make_server("unix://" + stale, echo_app)
     srv.server_close()
+
+
+@pytest.mark.parametrize("body,ok", [
+    (b'{"a": [1, {"b": "c"}]}', True),
+    (b"[" * 64 + b"]" * 64, True),
+    (b"[" * 65 + b"]" * 65, False),
+    (b"[" * 100000 + b"]" * 100000, False),        # json.loads alone: RecursionError
+    (b'{"Cmd": ["a\\u0000b"]}', False),
+    (b'{"a\\u0000": 1}', False),
+])
+def test_json_body_depth_and_nul(body, ok):
+    reader = http.LengthReader(io.BufferedReader(io.BytesIO(body)), len(body))
+    if ok:
+        assert http.read_json_body(reader) is not None
+    else:
+        with pytest.raises(errors.InvalidParameter):
+            http.read_json_body(reader)
+
+
+@pytest.mark.parametrize("headers,ok", [
+    ([("content-type", "application/json")], True),
+    ([("content-type", "application/json; charset=utf-8")], True),
+    ([], True),                                                  # no body, no header: fine
+    ([("content-length", "0")], True),
+    ([("content-length", "2")], False),                          # a body needs the header
+    ([("transfer-encoding", "chunked")], False),
+    ([("content-type", "text/plain"), ("content-length", "2")], False),
+    ([("content-type", "application/x-www-form-urlencoded")], False),
+])
+def test_json_content_type_rule(headers, ok):
+    head = http.Head("POST", "/containers/create", "HTTP/1.1", headers)
+    if ok:
+        http.check_json_content_type(head)
+    else:
+        with pytest.raises(errors.InvalidParameter):
+            http.check_json_content_type(head)

@@ -1,6 +1,6 @@
 """Exec routes: create, start (hijacked or detached), resize, inspect."""
 
-from minidock import errors, http
+from minidock import errors, execs, http, schema
 
 
 def post_containers_exec(req):
@@ -10,8 +10,7 @@ def post_containers_exec(req):
 
 def post_exec_start(req):
     body = req.json() or {}
-    if not isinstance(body, dict):
-        raise errors.InvalidParameter("exec start body must be a JSON object")
+    schema.check_body(body, execs.EXEC_START_TYPES, "ExecStartCheck")
     if body.get("Detach"):
         req.daemon.execs.start(req.params["id"], detach=True, tty=body.get("Tty"))
         return http.Response.empty(200)

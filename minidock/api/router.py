@@ -76,9 +76,13 @@ class ApiRequest:
         if not value:
             return default
         try:
-            return json.loads(value)
+            parsed = json.loads(value)
         except ValueError as exc:
             raise errors.InvalidParameter(f"invalid JSON in query parameter {name!r}: {exc}")
+        except RecursionError:
+            raise errors.InvalidParameter(f"JSON in query parameter {name!r} nested too deeply")
+        http.check_json_value(parsed)
+        return parsed
 
     def filters(self, name="filters"):
         """Docker's filters argument: {"key": ["v1", ...]} (or the old {"key": {"v1": true}})."""
@@ -98,6 +102,7 @@ class ApiRequest:
 
     # -- body --------------------------------------------------------------------------------
     def json(self, required=False):
+        http.check_json_content_type(self.head)
         return http.read_json_body(self.body, allow_empty=not required)
 
     def disconnected(self):

@@ -3,19 +3,31 @@
 import json
 import time
 
-from minidock import errors, http
+from minidock import errors, http, seccomp, spawner
 from minidock.api.versions import route
 from minidock.events import FILTER_KEYS
 from minidock.times import parse_timestamp
 
 
+def _degraded(daemon):
+    """Why the daemon cannot start containers right now (its spawner is down), or None."""
+    spawner = getattr(daemon, "spawner", None)
+    return spawner.health() if spawner is not None and hasattr(spawner, "health") else None
+
+
 def get_ping(req):
     """`OK`, and headers a client reads before choosing how to talk to us (the API version comes
     with every response): the builder to use (1, the classic one: minidock has no BuildKit) and
-    the swarm state, both unversioned since moby 1.42; never cached (1.40)."""
-    return http.Response(200, b"OK", [("Cache-Control", "no-cache, no-store, must-revalidate"),
-                                      ("Pragma", "no-cache"), ("Builder-Version", "1"),
-                                      ("Swarm", "inactive")], "text/plain; charset=utf-8")
+    the swarm state, both unversioned since moby 1.42; never cached (1.40). While the spawner is
+    down (it is restarted) the answer is 503 "degraded": running containers are fine, new ones
+    cannot start."""
+    headers = [("Cache-Control", "no-cache, no-store, must-revalidate"), ("Pragma", "no-cache"),
+               ("Builder-Version", "1"), ("Swarm", "inactive")]
+    degraded = _degraded(req.daemon)
+    if degraded:
+        return http.Response(503, f"degraded: {degraded}".encode(), headers,
+                             "text/plain; charset=utf-8")
+    return http.Response(200, b"OK", headers, "text/plain; charset=utf-8")
 
 
 def get_version(req):
@@ -23,7 +35,19 @@ def get_version(req):
 
 
 def get_info(req):
-    return req.render("info", req.daemon.info())
+    info = req.daemon.info()
+    if seccomp.native_arch() and "name=seccomp,profile=builtin" not in info["SecurityOptions"]:
+        info["SecurityOptions"] = ["name=seccomp,profile=builtin"] + list(info["SecurityOptions"])
+    bound = spawner.process_bound()
+    info["SystemStatus"] = list(info.get("SystemStatus") or []) + [
+        ["Process bound", f"RLIMIT_NPROC {bound} per container (shared with the daemon's user "
+                          f"namespace; --ulimit nproc overrides)" if bound else
+                          "none (the daemon's RLIMIT_NPROC is unlimited)"]]
+    degraded = _degraded(req.daemon)
+    if degraded:
+        info["Warnings"] = list(info.get("Warnings") or []) + [
+            f"WARNING: degraded: {degraded}; containers cannot be started until it is back"]
+    return req.render("info", info)
 
 
 DF_TYPES = ("container", "image", "volume", "build-cache")

@@ -1,6 +1,6 @@
 """Volume routes (v1.21+): list, create, inspect, remove, prune."""
 
-from minidock import errors, http
+from minidock import errors, http, schema, volumes
 from minidock.api.versions import route
 
 
@@ -10,8 +10,7 @@ def get_volumes(req):
 
 def post_volumes_create(req):
     body = req.json() or {}
-    if not isinstance(body, dict):
-        raise errors.InvalidParameter("volume config must be a JSON object")
+    schema.check_body(body, volumes.CREATE_TYPES, "VolumeCreateOptions")
     v = req.daemon.volumes.create(body.get("Name") or None, body.get("Driver") or "local",
                                   body.get("DriverOpts"), body.get("Labels"))
     return http.Response.json(v, status=201)

@@ -25,7 +25,9 @@ import random
 import re
 import signal
 
-from minidock import errors, health, jsonfile
+from minidock import errors, health, jsonfile, schema
+from minidock.schema import (ANY, BOOL, INT, SET, STR, STRMAP, STRS, STRSLICE, UINT, UINT16,  # noqa: F401
+                             UINT32, MapOf)
 from minidock.ns import DEFAULT_PATH, DEFAULT_SHM_SIZE  # noqa: F401  (what a container gets without its own)
 
 NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
@@ -225,3 +227,97 @@ def network_mode(hc):
     question (Networks.check_mode, at create)."""
     mode = hc.get("NetworkMode") or "default"
     return "bridge" if mode == "default" else mode
+
+
+# --- the types of every create field (moby's container.Config, HostConfig, NetworkingConfig) --
+#
+# Checked by check_types() before anything is created: Docker answers `"Privileged": "false"`
+# with 400, and so do we (schema.py has the rules: what BOOL, STRSLICE, MapOf(...) accept).
+
+HEALTHCHECK_TYPES = {"Test": STRS, "Interval": INT, "Timeout": INT, "StartPeriod": INT,
+                     "StartInterval": INT, "Retries": INT}
+
+CONFIG_TYPES = {
+    "Hostname": STR, "Domainname": STR, "User": STR,
+    "AttachStdin": BOOL, "AttachStdout": BOOL, "AttachStderr": BOOL,
+    "ExposedPorts": SET, "Tty": BOOL, "OpenStdin": BOOL, "StdinOnce": BOOL,
+    "Env": STRS, "Cmd": STRSLICE, "Healthcheck": HEALTHCHECK_TYPES, "ArgsEscaped": BOOL,
+    "Image": STR, "Volumes": SET, "WorkingDir": STR, "Entrypoint": STRSLICE,
+    "NetworkDisabled": BOOL, "MacAddress": STR, "OnBuild": STRS, "Labels": STRMAP,
+    "StopSignal": STR, "StopTimeout": INT, "Shell": STRSLICE,
+}
+
+_THROTTLE_TYPES = [{"Path": STR, "Rate": UINT}]
+
+RESOURCES_TYPES = {
+    "CpuShares": INT, "Memory": INT, "NanoCpus": INT, "CgroupParent": STR,
+    "BlkioWeight": UINT16, "BlkioWeightDevice": [{"Path": STR, "Weight": UINT16}],
+    "BlkioDeviceReadBps": _THROTTLE_TYPES, "BlkioDeviceWriteBps": _THROTTLE_TYPES,
+    "BlkioDeviceReadIOps": _THROTTLE_TYPES, "BlkioDeviceWriteIOps": _THROTTLE_TYPES,
+    "CpuPeriod": INT, "CpuQuota": INT, "CpuRealtimePeriod": INT, "CpuRealtimeRuntime": INT,
+    "CpusetCpus": STR, "CpusetMems": STR,
+    "Devices": [{"PathOnHost": STR, "PathInContainer": STR, "CgroupPermissions": STR}],
+    "DeviceCgroupRules": STRS,
+    "DeviceRequests": [{"Driver": STR, "Count": INT, "DeviceIDs": STRS, "Capabilities": [STRS],
+                        "Options": STRMAP}],
+    "KernelMemory": INT, "KernelMemoryTCP": INT, "MemoryReservation": INT, "MemorySwap": INT,
+    "MemorySwappiness": INT, "OomKillDisable": BOOL, "PidsLimit": INT,
+    "Ulimits": [{"Name": STR, "Hard": INT, "Soft": INT}],
+    "CpuCount": INT, "CpuPercent": INT, "IOMaximumIOps": UINT, "IOMaximumBandwidth": UINT,
+}
+
+MOUNT_TYPES = {
+    "Type": STR, "Source": STR, "Target": STR, "ReadOnly": BOOL, "Consistency": STR,
+    "BindOptions": {"Propagation": STR, "NonRecursive": BOOL, "CreateMountpoint": BOOL,
+                    "ReadOnlyNonRecursive": BOOL, "ReadOnlyForceRecursive": BOOL},
+    "VolumeOptions": {"NoCopy": BOOL, "Labels": STRMAP, "Subpath": STR,
+                      "DriverConfig": {"Name": STR, "Options": STRMAP}},
+    "ImageOptions": {"Subpath": STR},
+    "TmpfsOptions": {"SizeBytes": INT, "Mode": UINT32, "Options": [STRS]},
+}
+
+HOST_CONFIG_TYPES = dict(RESOURCES_TYPES, **{
+    "Binds": STRS, "ContainerIDFile": STR,
+    "LogConfig": {"Type": STR, "Config": STRMAP},
+    "NetworkMode": STR,
+    "PortBindings": MapOf([{"HostIp": STR, "HostPort": STR}]),
+    "RestartPolicy": {"Name": STR, "MaximumRetryCount": INT},
+    "AutoRemove": BOOL, "VolumeDriver": STR, "VolumesFrom": STRS,
+    "ConsoleSize": [UINT], "Annotations": STRMAP,
+    "CapAdd": STRSLICE, "CapDrop": STRSLICE, "CgroupnsMode": STR,
+    "Dns": STRS, "DnsOptions": STRS, "DnsSearch": STRS, "ExtraHosts": STRS, "GroupAdd": STRS,
+    "IpcMode": STR, "Cgroup": STR, "Links": STRS, "OomScoreAdj": INT, "PidMode": STR,
+    "Privileged": BOOL, "PublishAllPorts": BOOL, "ReadonlyRootfs": BOOL, "SecurityOpt": STRS,
+    "StorageOpt": STRMAP, "Tmpfs": STRMAP, "UTSMode": STR, "UsernsMode": STR, "ShmSize": INT,
+    "Sysctls": STRMAP, "Runtime": STR, "Isolation": STR,
+    "Mounts": [MOUNT_TYPES], "MaskedPaths": STRS, "ReadonlyPaths": STRS, "Init": BOOL,
+})
+
+ENDPOINT_TYPES = {
+    "IPAMConfig": {"IPv4Address": STR, "IPv6Address": STR, "LinkLocalIPs": STRS},
+    "Links": STRS, "Aliases": STRS, "MacAddress": STR, "DriverOpts": STRMAP,
+    "NetworkID": STR, "EndpointID": STR, "Gateway": STR, "IPAddress": STR, "IPPrefixLen": INT,
+    "IPv6Gateway": STR, "GlobalIPv6Address": STR, "GlobalIPv6PrefixLen": INT, "DNSNames": STRS,
+}
+
+NETWORKING_CONFIG_TYPES = {"EndpointsConfig": MapOf(ENDPOINT_TYPES)}
+
+# The create body is Config with HostConfig and NetworkingConfig beside its fields.
+CREATE_TYPES = dict(CONFIG_TYPES, HostConfig=HOST_CONFIG_TYPES, NetworkingConfig=NETWORKING_CONFIG_TYPES)
+
+
+def check_types(body):
+    """The type check of a create body, before anything is created (400 on the first misfit)."""
+    if not isinstance(body, dict):
+        schema.check_body(body, CREATE_TYPES, "ContainerConfigWrapper")
+    for key, table in CONFIG_TYPES.items():
+        if key in body:
+            schema.check(body[key], table, f"ContainerConfigWrapper.Config.{key}")
+    if "HostConfig" in body:
+        schema.check(body["HostConfig"], HOST_CONFIG_TYPES, "ContainerConfigWrapper.HostConfig")
+    if "NetworkingConfig" in body:
+        schema.check(body["NetworkingConfig"], NETWORKING_CONFIG_TYPES, "ContainerConfigWrapper.NetworkingConfig")
+
+
+# `POST /containers/{id}/update`: the resources and the restart policy.
+UPDATE_TYPES = dict(RESOURCES_TYPES, RestartPolicy={"Name": STR, "MaximumRetryCount": INT})

@@ -35,4 +35,11 @@ class ExitRegistry:
             if callback is None:
                 self.early[pid] = code
                 return
-        callback(code)
+        try:
+            callback(code)
+        except BaseException:
+            # The spawner handle delivers this exit again later: the callback must still be
+            # there then, or the exit would be parked in `early` and never handled.
+            with self.lock:
+                self.callbacks.setdefault(pid, callback)
+            raise

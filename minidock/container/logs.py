@@ -86,9 +86,9 @@ def entries(c, streams, follow=False, since=0, until=None, tail=None, stop=lambd
                 with c.changed:
                     c.changed.wait_for(lambda: not c.running, EXIT_GRACE)
                 return
-            stream, data = item
-            if stream in streams:
-                yield stream, data, now_rfc3339()
+            name, data = item
+            if name in streams:
+                yield name, data, now_rfc3339()
     finally:
         if q is not None:
             c.io.unsubscribe(q)

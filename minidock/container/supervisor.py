@@ -12,8 +12,8 @@ Starting is one sequence, with the container's lock held:
     7. status running (lifecycle.TRANSITIONS), record saved
 
 Steps 1-4 may refuse (a network container that is not running, a bad extra host) before
-anything runs. An exit arrives from the spawner's reader (exits.py) and is handled in a thread
-of its own: wait for the last output to reach the log, record the exit code (and whether the
+anything runs. An exit arrives from the spawner's reader (exits.py) and is handled by one of
+a few exit workers made at start (workers.py: no thread is created on the exit path): wait for the last output to reach the log, record the exit code (and whether the
 cgroup saw an OOM kill), then restart after the back-off (restart.py) or release the cgroup and
 rootfs, and remove the container if it was created with AutoRemove.
 
@@ -31,10 +31,9 @@ the processes can observe, unlike a freeze).
 import logging
 import os
 import signal
-import threading
 import time
 
-from minidock import errors, health, ns
+from minidock import errors, health, ns, workers
 from minidock.container import config, logs, probe, restart, spec
 from minidock.container.lifecycle import ALIVE, CREATED, EXITED, PAUSED, RESTARTING, RUNNING
 from minidock.times import now_rfc3339, rfc3339_seconds
@@ -58,6 +57,10 @@ class Supervisor:
         self.save, self.emit, self.get, self.remove = save, emit, get, remove
         self.daemon_user = daemon_user      # {uid, gid} that keep-id maps; None without userns
         self.health = health.Checks(self._probe, save, lambda c, action: emit(c, action))
+        # Exits are handled, and restarts scheduled, by threads made now: under a fork bomb a
+        # new thread cannot be had, and an exit must never be lost (workers.py).
+        self.exit_workers = workers.WorkerPool(4, "exit")
+        self.timers = workers.Scheduler("restart-timer")
 
     def _probe(self, c, argv, write):
         return probe.start(self.spawner, self.exits, c, self.layers.mount(c.id), argv, write)
@@ -133,8 +136,7 @@ class Supervisor:
 
     # -- exits -----------------------------------------------------------------------------------
     def _exit_thread(self, c, code):
-        threading.Thread(target=self._handle_exit, args=(c, code), daemon=True,
-                         name=f"exit-{c.id[:12]}").start()
+        self.exit_workers.submit(self._handle_exit, c, code)
 
     def _handle_exit(self, c, code):
         self.health.stopped(c)             # first: probes into a dead container would only fail
@@ -159,9 +161,7 @@ class Supervisor:
         self.emit(c, "die", {"exitCode": str(code)})
         if again:
             c.backoff = restart.next_backoff(c.backoff, time.monotonic() - c.started_mono)
-            c.restart_timer = threading.Timer(c.backoff, self._restart_after_backoff, args=(c,))
-            c.restart_timer.daemon = True
-            c.restart_timer.start()
+            c.restart_timer = self.timers.call_later(c.backoff, self._restart_after_backoff, c)
             return
         if c.host_config.get("AutoRemove"):
             try:

@@ -1,0 +1,173 @@
+"""The spawner under concurrency and faults, through a real unprivileged daemon.
+
+What must hold: no burst of execs or lifecycles ends the spawner's loop; one oversized request
+fails (or runs) alone; a spawner killed with SIGKILL is restarted by the daemon, and the
+containers it had started keep running and are still reaped and reported.
+"""
+
+import concurrent.futures
+import os
+import re
+import signal
+import time
+
+import pytest
+
+from minidock.client import APIError
+
+
+def spawner_pid(daemon):
+    """The current spawner's pid, as the daemon logged it ("spawner started/restarted (pid N")."""
+    pids = re.findall(r"spawner (?:started|restarted) \(pid (\d+)", daemon.read_log())
+    if not pids:
+        raise AssertionError("the daemon logged no spawner pid")
+    return int(pids[-1])
+
+
+def assert_spawner_never_died(daemon):
+    log = daemon.read_log()
+    for words in ("spawner restarted", "crashed", "error handling an event", "the spawner (pid "):
+        assert words not in log, log
+
+
+def test_ten_parallel_execs_for_twenty_rounds(rootless):
+    cid = rootless.docker("run", "-d", "busybox", "sleep", "600").stdout.decode().strip()
+    first = spawner_pid(rootless)
+    try:
+        def one(n):
+            r = rootless.docker("exec", cid, "sh", "-c", f"echo ok-{n}; exit {n % 7}", check=False)
+            return r.returncode, r.stdout.decode().strip() or r.stderr.decode().strip()
+
+        with concurrent.futures.ThreadPoolExecutor(10) as pool:
+            for round_ in range(20):
+                results = list(pool.map(one, range(round_ * 10, round_ * 10 + 10)))
+                assert results == [(n % 7, f"ok-{n}") for n in range(round_ * 10, round_ * 10 + 10)]
+        assert spawner_pid(rootless) == first
+        assert_spawner_never_died(rootless)
+    finally:
+        rootless.docker("rm", "-f", cid, check=False)
+
+
+def test_eight_threads_of_twenty_lifecycles(rootless):
+    client = rootless.client()
+    first = spawner_pid(rootless)
+
+    def lifecycles(t):
+        codes = []
+        for i in range(20):
+            cid = client.post("/containers/create", body={
+                "Image": "busybox", "Cmd": ["sh", "-c", f"exit {(t + i) % 5}"]})["Id"]
+            client.post(f"/containers/{cid}/start")
+            codes.append(client.post(f"/containers/{cid}/wait", timeout=60)["StatusCode"])
+            client.delete(f"/containers/{cid}")
+        return codes
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lifecycles, range(8)))
+    assert results == [[(t + i) % 5 for i in range(20)] for t in range(8)]
+    assert spawner_pid(rootless) == first
+    assert_spawner_never_died(rootless)
+
+
+def test_a_1_2_mb_environment_runs_alone(rootless):
+    client = rootless.client()
+    env = [f"BIG{i}=" + chr(ord("a") + i) * 100_000 for i in range(12)]
+    cid = client.post("/containers/create", body={
+        "Image": "busybox", "Env": env,
+        "Cmd": ["sh", "-c", "echo ${#BIG0} ${#BIG11}"]})["Id"]
+    try:
+        client.post(f"/containers/{cid}/start")
+        assert client.post(f"/containers/{cid}/wait", timeout=60)["StatusCode"] == 0
+        logs = client.call("GET", f"/containers/{cid}/logs", {"stdout": 1})[2]
+        assert logs[8:] == b"100000 100000\n"
+    finally:
+        client.delete(f"/containers/{cid}", {"force": 1})
+    # The spawner is the one it was, and a plain container still runs.
+    assert rootless.docker("run", "--rm", "busybox", "echo", "after").stdout == b"after\n"
+    assert_spawner_never_died(rootless)
+
+
+def test_an_environment_too_large_for_execve_fails_alone(rootless):
+    client = rootless.client()
+    # 30 x 100 KB: each string is allowed (< 128 KiB) but the total is over execve's limit
+    # (a quarter of the 8 MiB stack): E2BIG, reported for this container only.
+    env = [f"HUGE{i}=" + "x" * 100_000 for i in range(30)]
+    cid = client.post("/containers/create", body={"Image": "busybox", "Env": env,
+                                                  "Cmd": ["true"]})["Id"]
+    try:
+        with pytest.raises(APIError) as info:
+            client.post(f"/containers/{cid}/start")
+        assert info.value.status in (400, 500)
+        assert "argument list too long" in info.value.message.lower()
+    finally:
+        client.delete(f"/containers/{cid}", {"force": 1})
+    assert rootless.docker("run", "--rm", "busybox", "echo", "after").stdout == b"after\n"
+
+
+def test_kill_9_of_the_spawner_keeps_containers_and_the_next_run_works(rootless):
+    cid = rootless.docker("run", "-d", "busybox", "sleep", "600").stdout.decode().strip()
+    short = rootless.docker("run", "-d", "busybox", "sh", "-c",
+                            "sleep 3; exit 7").stdout.decode().strip()
+    pid = int(rootless.docker("inspect", "-f", "{{.State.Pid}}", cid).stdout)
+    old = spawner_pid(rootless)
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and "spawner restarted" not in rootless.read_log():
+        time.sleep(0.1)
+    assert spawner_pid(rootless) != old
+    log = rootless.read_log()
+    assert "was killed by SIGKILL; restarting it" in log and "spawner restarted" in log
+    # The container did not die with the spawner.
+    os.kill(pid, 0)
+    assert rootless.docker("inspect", "-f", "{{.State.Running}}", cid).stdout == b"true\n"
+    # The next run works, and exec into the old container goes through the new spawner.
+    assert rootless.docker("run", "--rm", "busybox", "echo", "next").stdout == b"next\n"
+    assert rootless.docker("exec", cid, "echo", "inside").stdout == b"inside\n"
+    # Exits of containers started by the dead spawner still reach the daemon (we reap the
+    # orphaned shims): its own code, and a stop's 137.
+    assert rootless.docker("wait", short, timeout=30).stdout == b"7\n"
+    rootless.docker("stop", "-t", "1", cid)
+    assert rootless.docker("inspect", "-f", "{{.State.ExitCode}}", cid).stdout == b"137\n"
+    rootless.docker("rm", cid, short)
+    assert rootless.ping()
+
+
+def wait_for_new_spawner(daemon, old, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            pid = spawner_pid(daemon)
+            if pid != old:
+                return pid
+        except AssertionError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("the spawner was not restarted")
+
+
+def test_ping_and_info_report_degraded_while_the_spawner_is_down(rootless):
+    # Spawners that die in quick succession are restarted after growing pauses (0.5 s, 1 s,
+    # 2 s, ...): kill it until a pause is long enough to look at the daemon meanwhile.
+    client = rootless.client()
+    seen_ping = seen_info = None
+    for _ in range(4):
+        old = spawner_pid(rootless)
+        os.kill(old, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not (seen_ping and seen_info):
+            try:
+                status, _, body = client.call("GET", "/_ping")
+            except APIError as e:
+                if e.status == 503:
+                    seen_ping = e.message
+            warnings = client.get("/info")["Warnings"] or []
+            seen_info = seen_info or next((w for w in warnings if "degraded" in w), None)
+            time.sleep(0.05)
+        wait_for_new_spawner(rootless, old)
+        if seen_ping and seen_info:
+            break
+    assert "degraded" in seen_ping and "was killed by SIGKILL" in seen_ping
+    assert "was killed by SIGKILL" in seen_info
+    # Back to normal once it is up again.
+    assert client.call("GET", "/_ping")[2] == b"OK"
+    assert rootless.docker("run", "--rm", "busybox", "echo", "ok").stdout == b"ok\n"

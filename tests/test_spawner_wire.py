@@ -1,0 +1,140 @@
+"""The spawner's wire on bytes (parts, limits, garbage), then its loop fed bad requests."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from minidock import spawner
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def sent_datagrams(obj):
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    grams = []
+    with a, b:
+        b.settimeout(10)
+        t = threading.Thread(target=spawner.send_message, args=(a, obj))
+        t.start()
+        while not grams or grams[-1][:1] != b"L":
+            grams.append(b.recv(1 << 20))
+        t.join()
+    return grams
+
+
+def test_a_large_message_travels_in_parts_and_reassembles():
+    obj = {"id": 1, "spec": {"env": ["X=" + "y" * 100_000 for _ in range(12)]}}
+    grams = sent_datagrams(obj)
+    assert len(grams) > 20 and all(len(g) <= spawner._PART + 1 for g in grams)
+    assert [g[:1] for g in grams] == [b"M"] * (len(grams) - 1) + [b"L"]
+    reader = spawner.MessageReader()
+    results = [reader.feed(g) for g in grams]
+    assert results[:-1] == [None] * (len(grams) - 1)
+    assert results[-1] == (obj, [])
+
+
+CORPUS = [
+    ("small", [b'L{"id": 3}'], {"id": 3}),
+    ("two parts", [b'M{"id"', b'L: 4}'], {"id": 4}),
+    ("not json", [b"Lnot json"], "not JSON"),
+    ("not an object", [b"L[1, 2]"], "not a JSON object"),
+    ("unknown flag", [b'X{"id": 1}'], "unknown part flag"),
+    ("empty datagram", [b""], "unknown part flag"),
+]
+
+
+@pytest.mark.parametrize("name,grams,expected", CORPUS, ids=[c[0] for c in CORPUS])
+def test_reader_corpus(name, grams, expected):
+    reader = spawner.MessageReader()
+    for g in grams[:-1]:
+        assert reader.feed(g) is None
+    msg, fds = reader.feed(grams[-1])
+    if isinstance(expected, dict):
+        assert msg == expected
+    else:
+        assert expected in msg["_invalid"]
+    # and the reader is clean for the next message
+    assert reader.feed(b'L{"id": 9}') == ({"id": 9}, [])
+
+
+def test_an_oversized_message_is_refused_and_the_next_one_reads(monkeypatch):
+    monkeypatch.setattr(spawner, "MAX_MESSAGE", 100)
+    reader = spawner.MessageReader()
+    assert reader.feed(b"M" + b"x" * 80) is None
+    assert reader.feed(b"M" + b"x" * 80) is None
+    msg, _ = reader.feed(b"L}")
+    assert "over 100 bytes" in msg["_invalid"]
+    assert reader.feed(b'L{"id": 2}') == ({"id": 2}, [])
+
+
+BAD_REQUESTS = r"""
+import json, os, socket, sys
+sys.path.insert(0, sys.argv[1])
+from minidock import ns, spawner
+sp = spawner.Spawner.start()
+out = {}
+# garbage with no id: logged by the spawner, answered to nobody
+sp._sock.send(b"Lnot json")
+sp._sock.send(b"X???")
+# an unknown op with an id: that request fails alone
+for key, msg in (("bogus", {"op": "bogus"}), ("badspec", {"op": "run", "spec": "not a dict"})):
+    try:
+        sp._request(msg, [])
+        out[key] = "no error"
+    except ns.StartError as e:
+        out[key] = e.message
+out["pid_after"] = sp.pid
+out["health"] = sp.health()
+r, w = os.pipe()
+try:
+    sp.run({"rootfs": "/nonexistent", "argv": ["true"], "uid": 0, "gid": 0}, r, w, w)
+except ns.StartError as e:
+    out["run"] = "answered: " + e.message[:40]
+out["pid_end"] = sp.pid
+print(json.dumps(out), flush=True)
+sp.close()
+"""
+
+
+def test_the_spawner_loop_survives_bad_requests():
+    proc = subprocess.run([sys.executable, "-c", BAD_REQUESTS, REPO], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert "unknown request 'bogus'" in out["bogus"]
+    assert out["badspec"] != "no error"
+    assert out["run"].startswith("answered")
+    assert out["health"] is None and out["pid_after"] == out["pid_end"]
+    assert "crashed" not in proc.stderr
+    assert "error handling an event" not in proc.stderr
+
+
+def test_stray_zombies_in_another_session_are_reaped_ours_are_not():
+    import time
+    stray = os.fork()
+    if stray == 0:
+        os.setsid()                     # as a shim's child or a container init would be
+        os._exit(3)
+    ours = os.fork()
+    if ours == 0:
+        os._exit(4)                     # as a `subprocess` child would be: our session
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # both have exited (zombies) once /proc says "Z"
+        states = []
+        for pid in (stray, ours):
+            with open(f"/proc/{pid}/stat") as f:
+                states.append(f.read().rsplit(")", 1)[1].split()[0])
+        if states == ["Z", "Z"]:
+            break
+        time.sleep(0.01)
+    try:
+        reaped = spawner.reap_stray_zombies()
+        assert stray in reaped and ours not in reaped
+        assert not os.path.exists(f"/proc/{stray}")
+    finally:
+        assert os.waitpid(ours, 0)[1] >> 8 == 4     # still ours to wait for, with its code
