@@ -11,15 +11,16 @@ Here one thread serves all of them, the way dockerd's Go runtime multiplexes its
 epoll. The sequence, per descriptor:
 
     fcntl(fd, F_SETFL, O_NONBLOCK)      so a read never blocks the loop
-    epoll_ctl(EPOLL_CTL_ADD, fd, EPOLLIN)          (selectors.DefaultSelector is epoll on Linux)
+    epoll_ctl(EPOLL_CTL_ADD, fd, EPOLLIN)                           (select.epoll)
     epoll_wait -> readable -> read(fd, 256 KiB) -> the chunk goes to the group's on_data
     ... read returns 0 (every write end closed: the process and its children exited)
         or fails with EIO (a pty master whose last slave closed) -> EPOLL_CTL_DEL, close(fd)
 
 and per group (the two pipes of one container): when its last descriptor reaches end of file,
 on_done() runs -- the moment the output is complete, so an exit can be announced after the last
-line is in the log. Descriptors are registered by the loop thread itself: `add()` queues them
-and wakes the loop through a pipe, so no other thread ever touches the selector.
+line is in the log. `add()` registers the descriptors from the caller's thread (epoll_ctl may
+run while another thread waits in epoll_wait); only the loop thread reads, unregisters and
+closes them.
 
 Callbacks run on the loop thread and must not block: appending to a log file (page cache) and
 putting into unbounded queues for attached clients is fine; a slow client only lets its own
@@ -29,11 +30,10 @@ Observe it: `grep Threads /proc/$(pgrep -f 'minidock$')/status` stays flat as co
 and `ls -l /proc/PID/fd` of the daemon shows the read ends (pipe:[...], /dev/ptmx) it watches.
 """
 
-import collections
 import errno
 import logging
 import os
-import selectors
+import select
 import threading
 
 log = logging.getLogger("minidock.pumps")
@@ -53,78 +53,67 @@ class Group:
 
 
 class OutputLoop:
-    """A daemon thread reading every registered output descriptor with one selector."""
+    """A daemon thread reading every registered output descriptor with one epoll instance."""
 
     def __init__(self, name="output-loop"):
         self.name = name
-        self._sel = selectors.DefaultSelector()
+        self._epoll = select.epoll()           # close-on-exec, like every descriptor Python makes
+        self._watched = {}                     # fd -> (stream, Group); only the loop removes
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
-        self._pending = collections.deque()    # groups waiting to be registered by the loop
+        self._epoll.register(self._wake_r, select.EPOLLIN)
         self._lock = threading.Lock()
         self._thread = None
         self._stopping = False
 
     def add(self, sources, on_data, on_done=None, on_eof=None):
         """Watch `sources` [(fd, stream)] until each reaches end of file; the loop owns (and
-        closes) the descriptors from now on. Returns the Group."""
+        closes) the descriptors from now on. Returns the Group. (An empty group is done at
+        once, on the caller's thread.)"""
         group = Group(sources, on_data, on_done, on_eof)
-        for fd, _ in group.sources:
-            os.set_blocking(fd, False)
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self._thread.start()
-            self._pending.append(group)
-        self._wake()
+        if not group.sources:
+            self._finish(group)
+        for fd, stream in group.sources:
+            os.set_blocking(fd, False)
+            # Registered from the caller's thread: epoll_ctl is safe while the loop waits in
+            # epoll_wait, and the first output is seen without a hand-over to the loop thread.
+            # The entry goes in first, so an event can never find it missing.
+            self._watched[fd] = (stream, group)
+            self._epoll.register(fd, select.EPOLLIN)
         return group
 
     def stop(self):
         """End the loop thread (descriptors still watched are closed, their groups finished)."""
         self._stopping = True
-        self._wake()
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def _wake(self):
         try:
             os.write(self._wake_w, b"w")
         except BlockingIOError:
-            pass                          # the pipe is full of wake-ups already: it will wake
+            pass
+        if self._thread is not None:
+            self._thread.join(5)
 
     # -- the loop thread ----------------------------------------------------------------------
 
     def _run(self):
         while not self._stopping:
-            for key, _ in self._sel.select():
-                if self._sel.get_map().get(key.fd) is not key:
-                    continue              # closed earlier in this batch (its number may be reused)
-                if key.data is None:
-                    self._drain_wake()
-                    self._register_pending()
-                else:
-                    self._readable(key.fd, *key.data)
-        for key in list(self._sel.get_map().values()):
-            if key.data is not None:
-                self._close(key.fd, *key.data)
-
-    def _drain_wake(self):
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-
-    def _register_pending(self):
-        while True:
-            with self._lock:
-                if not self._pending:
-                    return
-                group = self._pending.popleft()
-            if not group.sources:
-                self._finish(group)
-            for fd, stream in group.sources:
-                self._sel.register(fd, selectors.EVENT_READ, (stream, group))
+            try:
+                events = self._epoll.poll()
+            except InterruptedError:
+                continue
+            for fd, _ in events:
+                if fd == self._wake_r:
+                    continue              # stop() woke us
+                # Looked up now, not when the batch was made: a descriptor closed earlier in this
+                # batch is gone (or its number already belongs to a new one, whose entry then
+                # reads it -- harmless, the read does not block).
+                entry = self._watched.get(fd)
+                if entry is not None:
+                    self._readable(fd, *entry)
+        for fd, entry in list(self._watched.items()):
+            self._close(fd, *entry)
 
     def _readable(self, fd, stream, group):
         try:
@@ -144,7 +133,10 @@ class OutputLoop:
             log.exception("output callback failed")
 
     def _close(self, fd, stream, group):
-        self._sel.unregister(fd)
+        # Unregistered explicitly: a pty master has a dup (for stdin) that keeps the open file
+        # alive, and epoll forgets a registration only with the last descriptor of the file.
+        self._epoll.unregister(fd)
+        del self._watched[fd]             # before the close: the number may be reused at once
         if group.on_eof is not None:
             try:
                 group.on_eof(fd)

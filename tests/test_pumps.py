@@ -6,6 +6,7 @@ import os
 import pty
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -118,4 +119,30 @@ def test_an_empty_group_is_done_at_once():
     done = threading.Event()
     loop.add([], lambda s, d: None, done.set)
     assert done.wait(5)
+    loop.stop()
+
+
+def test_a_pty_whose_master_has_a_dup_is_unregistered_not_spun_on():
+    """The daemon keeps a dup of a pty master for stdin. epoll forgets a registration only when
+    every descriptor of the open file is closed, so the loop must unregister explicitly: else
+    the dead pty reports HUP forever and the loop thread spins. Its CPU time says which."""
+    loop = OutputLoop(name="output-loop-dup")
+    master, slave = pty.openpty()
+    keep = os.dup(master)                   # like ContainerIO.stdin_w
+    p = subprocess.Popen(["true"], stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    sink = Sink()
+    loop.add([(master, "stdout")], sink.on_data, sink.on_done)
+    assert p.wait(10) == 0
+    assert sink.done.wait(10)
+    tid = loop._thread.native_id
+
+    def cpu_ticks():
+        with open(f"/proc/self/task/{tid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    before = cpu_ticks()
+    time.sleep(0.5)
+    assert cpu_ticks() - before <= 2        # a spinning loop burns ~50 ticks in 0.5 s
+    os.close(keep)
     loop.stop()
