@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from minidock.container import logs
-from minidock.container.logs import bulk_payload, encode_lines, entry_bytes
+from minidock import jsonfile
+from minidock.jsonfile import bulk_payload, encode_lines, entry_bytes
 
 TS = "2026-12-01T14:00:00.123456Z"
 
@@ -103,24 +103,28 @@ def test_bulk_payload_refuses_what_it_does_not_handle(lines):
     assert bulk_payload(lines) is None
 
 
-def test_read_blocks_across_block_edges(tmp_path, monkeypatch):
-    monkeypatch.setattr(logs, "READ_BLOCK", 4096)        # many block edges inside lines
+def test_read_blocks_across_block_edges_rotated_files_and_tail(tmp_path, monkeypatch):
+    monkeypatch.setattr(jsonfile, "READ_BLOCK", 4096)     # many block edges inside lines
     path = str(tmp_path / "c-json.log")
-    w = logs.JsonLog(path)
+    w = jsonfile.Writer(path, max_size=50_000, max_file=3)
     rng = random.Random(1)
     for i in range(2000):
         stream = "stderr" if i % 7 == 0 else "stdout"
         w.write(stream, b"%05d %s\n" % (i, rng.choice(CHUNKS[:8]).rstrip(b"\n")))
     w.write("stdout", b"unfinished")
     w.close()
+    entries = jsonfile.read(path, max_file=3)
     expect = {"stdout": b"", "stderr": b""}
-    for stream, data, _ in logs.read(path):
+    for stream, data, _ in entries:
         expect[stream] += data
     got = {"stdout": b"", "stderr": b""}
-    for stream, data in logs.read_blocks(path):
+    for stream, data in jsonfile.read_blocks(path, max_file=3):
         got[stream] += data
     assert got == expect
-    assert got["stdout"].endswith(b"unfinished") and got["stderr"].startswith(b"00000 ")
+    assert got["stdout"].endswith(b"unfinished") and len(entries) > 500     # spans rotated files
+    tail = list(jsonfile.read_blocks(path, max_file=3, tail=5))
+    assert b"".join(d for _, d in tail) == b"".join(d for _, d, _ in entries[-5:])
     with open(path, "ab") as f:
-        f.write(b'{"log":"cut short by a cra')            # a crash mid-entry: skipped, as read() does
-    assert b"".join(d for _, d in logs.read_blocks(path)) == b"".join(d for _, d, _ in logs.read(path))
+        f.write(b'{"log":"cut short by a cra')             # a crash mid-entry: skipped, as read() does
+    assert b"".join(d for _, d in jsonfile.read_blocks(path, max_file=3)) == \
+        b"".join(d for _, d, _ in jsonfile.read(path, max_file=3))
