@@ -177,7 +177,9 @@ class Containers:
         cid = store.new_id()
         directory = os.path.join(self.root, cid)
         with self.names_lock:
-            name = name or config.generate_name(self._name_owner)
+            # one pass over the names, not one per random draw (up to 100 draws once
+            # most of the 460 adjective_surname pairs are taken)
+            name = name or config.generate_name({c.name for c in self.all()}.__contains__)
             self._check_name_free(name)
             record = {
                 "Id": cid, "Created": now_rfc3339(), "Name": "/" + name, "Path": path, "Args": args,
@@ -416,13 +418,15 @@ class Containers:
     def unsubscribe(self, c, q):
         c.io.unsubscribe(q)
 
-    def logs(self, ref, streams, follow=False, since=0, until=None, tail=None, stop=lambda: False):
-        """`docker logs`: -> (whether it has a TTY, iterator of (stream, bytes, time))."""
+    def logs(self, ref, streams, follow=False, since=0, until=None, tail=None, stop=lambda: False,
+             timestamps=True):
+        """`docker logs`: -> (whether it has a TTY, iterator of (stream, bytes, time)); without
+        `timestamps` the stored part may come as large merged blocks whose time is None."""
         c = self.get(ref)
         if not streams:
             raise errors.InvalidParameter("Bad parameters: you must choose at least one stream")
         logs.check_readable(c)
-        return c.config.get("Tty"), logs.entries(c, streams, follow, since, until, tail, stop)
+        return c.config.get("Tty"), logs.entries(c, streams, follow, since, until, tail, stop, timestamps)
 
     def attach(self, ref, opts, websocket=False, must_run=False):
         """Prepare an attach session: -> (whether it has a TTY, run(conn) to call once the

@@ -370,6 +370,12 @@ def serve(engine, hosts, cors_origin=None, ready=None, stop=None, tls_context=No
 
 def main(argv=None):
     args = parse_args(argv)
+    # Threads hand the GIL over after 1 ms instead of CPython's 5: the output loop, the exit
+    # handlers and the request threads each wake for a moment's work, and waiting 5 ms behind a
+    # busy thread at every hand-over made a container's exit reach `wait` up to tens of ms late
+    # under load (measured: exit -> output done, 2 busy threads: median 10-18 ms at 5 ms,
+    # 0.1 ms at 1 ms).
+    sys.setswitchinterval(0.001)
     level = logging.DEBUG if args.debug else LOG_LEVELS[args.log_level]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)

@@ -26,6 +26,13 @@ writer's rename or a reader's open(2) calls, never for a read.
 in 64 KiB blocks from its end and stops as soon as N lines are found, so a `--tail 10` on a huge
 log reads a few KiB, not the whole file.
 
+Speed. A container writing 100-byte lines produces ~650 of them per 64 KiB read; one
+json.dumps or json.loads per line costs a microsecond or two in Python, which caps a log at
+~50 MB/s. Both directions therefore work a chunk at a time with bytes operations that run at C
+speed (`encode_lines`, `bulk_payload`, `read_blocks`), falling back to the per-line code for any
+chunk whose shape they do not handle; the bytes they write and accept are exactly the per-line
+ones.
+
 Observe it yourself:
 
     docker run -d --log-opt max-size=1k --log-opt max-file=3 --name r busybox \\
@@ -147,29 +154,39 @@ class Writer:
         return cls(path, max_size, max_file)
 
     def write(self, stream, data):
-        """Output bytes of `stream` ("stdout"/"stderr"): complete lines become entries."""
+        """Output bytes of `stream` ("stdout"/"stderr"): complete lines become entries, all
+        the lines of one call stamped with one time (when the daemon read them) and encoded
+        together (`encode_lines`)."""
         with self.lock:
-            buffer = self.partial[stream] + data
-            lines = buffer.split(b"\n")
-            rest = lines.pop()
-            out = [self._entry(stream, line + b"\n") for line in lines]
+            stamp = self.clock()
+            out, rest = encode_lines(stream, self.partial[stream] + data, stamp)
             if len(rest) > PARTIAL_FLUSH:
-                out.append(self._entry(stream, rest))
+                out += entry_bytes(stream, rest.decode("utf-8", errors="replace"), stamp)
                 rest = b""
             self.partial[stream] = rest
-            for entry in out:
-                self._append(entry)
+            if out:
+                self._append(out)
 
     def _entry(self, stream, data):
-        return json.dumps({"log": data.decode("utf-8", errors="replace"), "stream": stream,
-                           "time": self.clock()}).encode() + b"\n"
+        return entry_bytes(stream, data.decode("utf-8", errors="replace"), self.clock())
 
-    def _append(self, entry):
-        # moby checks before the write: the file may pass max-size by this one entry.
-        if self.max_size > 0 and self.size >= self.max_size:
-            self._rotate()
-        self.file.write(entry)
-        self.size += len(entry)
+    def _append(self, entries):
+        """Append whole entries (one or many), rotating where moby would: it checks before
+        each entry, so a file passes max-size by at most the one entry that crossed it."""
+        if self.max_size <= 0:
+            self.file.write(entries)
+            self.size += len(entries)
+            return
+        while entries:
+            if self.size >= self.max_size:
+                self._rotate()
+            # the entries that start before the file is full: up to the first newline at or
+            # past `room - 1`, i.e. including the entry that crosses max-size
+            room = self.max_size - self.size
+            cut = entries.find(b"\n", max(room - 1, 0)) + 1 or len(entries)
+            self.file.write(entries[:cut])
+            self.size += cut
+            entries = entries[cut:]
 
     def _rotate(self):
         self.file.close()
@@ -194,6 +211,101 @@ class Writer:
                     self._append(self._entry(stream, rest))
                     self.partial[stream] = b""
             self.file.close()
+
+
+# -- bulk encoding and decoding --------------------------------------------------------------
+# Bytes that stand for themselves inside a JSON string (json.dumps leaves them alone): printable
+# ASCII without '"' and '\', plus the newline we turn into "\n" ourselves.
+_PLAIN = bytes(range(0x20, 0x7f)).replace(b'"', b"").replace(b"\\", b"") + b"\n"
+
+
+def encode_lines(stream, data, stamp):
+    """Complete lines of `data` (up to its last newline) as json-file entries, in one bytes
+    object, and the rest (an unfinished line). Each entry keeps its newline in `log`."""
+    end = data.rfind(b"\n") + 1
+    if not end:
+        return b"", data
+    lines, rest = data[:end], data[end:]
+    tail = b'","stream":"%s","time":"%s"}\n' % (stream.encode(), stamp.encode())
+    if not lines.translate(None, _PLAIN):
+        # Nothing to escape but the newlines: the entries are the lines with the framing
+        # between them.
+        return b'{"log":"' + lines[:-1].replace(b"\n", b"\\n" + tail + b'{"log":"') + b"\\n" + tail, rest
+    text = lines.decode("utf-8", errors="replace")
+    if "\\" not in text:
+        # One escape of the whole text; with no backslash in it, every "\n" in the escaped text
+        # is one of our newlines.
+        parts = json.encoder.encode_basestring_ascii(text)[1:-1].split("\\n")
+        parts.pop()
+        sep = "\\n" + tail.decode() + '{"log":"'
+        return ('{"log":"' + sep.join(parts) + "\\n" + tail.decode()).encode("ascii"), rest
+    pieces = text.split("\n")
+    pieces.pop()
+    return b"".join(entry_bytes(stream, piece + "\n", stamp) for piece in pieces), rest
+
+
+def entry_bytes(stream, text, stamp):
+    """One json-file entry, Docker's key order, non-ASCII escaped as json.dumps does."""
+    return ('{"log":%s,"stream":"%s","time":"%s"}\n'
+            % (json.encoder.encode_basestring_ascii(text), stream, stamp)).encode("ascii")
+
+
+_TAIL = re.compile(rb'","stream":"(stdout|stderr)","time":"[^"\\\n]*"\}\n')
+_HEAD = b'{"log":"'
+
+
+def bulk_payload(lines, end=None):
+    """[(stream, payload)] of the complete json-file lines in `lines[:end]` -- one item per run
+    of entries written together, their `log` values concatenated -- or None when the lines have
+    a shape this does not handle (another key order, a damaged line): the caller then decodes
+    them line by line.
+
+    It works a *run* at a time: the entries written from one read share their stream and time,
+    so the framing between them is one constant string,
+
+        \\n","stream":"stdout","time":"2026-12-01T14:00:00.123456Z"}\n{"log":"
+
+    and bytes.replace() turns every one of them into a newline at C speed. A run ends at the
+    last occurrence of its framing near its start (rfind in a window sized by the previous run,
+    grown while the entry after it still has the same framing). That nothing but values is left is checked, not assumed: framing
+    always holds bare quotes, which an escaped value never does -- so a run with no '"' and no
+    backslash left is its payload as it is, and one with some is decoded as one JSON string,
+    which also fails if any framing survived.
+    """
+    out, pos, window = [], 0, 1 << 16
+    end = len(lines) if end is None else end
+    while pos < end:
+        if not lines.startswith(_HEAD, pos):
+            return None
+        k = lines.find(b'","stream":"', pos, end)
+        tail = _TAIL.match(lines, k, end) if k >= 0 else None
+        if tail is None:
+            return None
+        tail = tail.group(0)
+        last = lines.rfind(tail, k, min(end, k + window))
+        while True:                       # does the run go on past what the window saw?
+            after = lines.find(b'","stream":"', last + len(tail), end)
+            if after < 0 or not lines.startswith(tail, after):
+                break
+            window *= 2
+            last = lines.rfind(tail, after, min(end, after + window))
+        # The run's entries up to and including its last framing, which is followed by the
+        # next run's '{"log":"' -- or, at the end, by one we add -- so that every framing in
+        # it has the same shape.
+        stop = last + len(tail)
+        run = lines[pos + len(_HEAD):stop + len(_HEAD)] if stop < end else lines[pos + len(_HEAD):end] + _HEAD
+        run = run.replace(b"\\n" + tail + _HEAD, b"\n")
+        if tail in run:
+            run = run.replace(tail + _HEAD, b"")   # entries without a newline (partial lines)
+        if b'"' in run or b"\\" in run:
+            try:
+                run = json.loads(b'"' + run.replace(b"\n", b"\\n") + b'"').encode("utf-8", errors="replace")
+            except ValueError:
+                return None
+        out.append((tail[12:18].decode(), run))
+        window = max(1 << 16, 2 * (stop - pos))
+        pos = stop
+    return out
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -270,3 +382,49 @@ def read(path, max_file=1, since=0, until=None, tail=None):
             continue
         entries.append(entry)
     return entries
+
+
+READ_BLOCK = 4 << 20
+
+
+def read_blocks(path, max_file=1, tail=None):
+    """The log's payload as (stream, bytes) blocks, oldest first: what `docker logs` without
+    timestamps, since or until sends. The files are read 4 MiB at a time and each block decoded
+    in bulk (`bulk_payload`), line by line only where a block has another shape. `tail` as in
+    read() (the last lines, read backwards from the end)."""
+    handles = open_all(path, max_file)
+    try:
+        if tail is not None and tail >= 0:
+            raw = []
+            for f in reversed(handles):            # newest file first
+                if len(raw) >= tail:
+                    break
+                raw = last_lines(f, tail - len(raw)) + raw
+            if raw:
+                yield from _payload_blocks(b"\n".join(raw) + b"\n")
+            return
+        for f in handles:
+            carry = b""
+            while True:
+                chunk = f.read(READ_BLOCK)
+                if not chunk:
+                    break                       # a last line without newline: cut by a crash
+                data = carry + chunk if carry else chunk
+                end = data.rfind(b"\n") + 1
+                carry = data[end:]
+                if end:
+                    yield from _payload_blocks(data, end)
+    finally:
+        for f in handles:
+            f.close()
+
+
+def _payload_blocks(lines, end=None):
+    runs = bulk_payload(lines, end)
+    if runs is not None:
+        yield from runs
+        return
+    for line in lines[:end].split(b"\n"):
+        entry = _decode(line) if line else None
+        if entry is not None:
+            yield entry[0], entry[1]

@@ -26,8 +26,14 @@ from minidock import errors
 NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 
 
-def write_atomic(path, data, mode=0o600):
-    """Replace `path` with `data` (bytes) so that a crash leaves the old or the new content."""
+def write_atomic(path, data, mode=0o600, durable=True):
+    """Replace `path` with `data` (bytes) so that a crash leaves the old or the new content.
+
+    `durable=False` skips the two fsyncs (each ~0.3-1 ms, more while other processes write):
+    only for files regenerated from durable state whenever they are used -- a container's
+    /etc/hosts, written at every start from its record. Readers still never see half a file;
+    after a crash such a file may be old or empty, and it is rewritten before anyone reads it.
+    """
     directory = os.path.dirname(path) or "."
     tmp = os.path.join(directory, f".tmp-{os.path.basename(path)}-{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
@@ -35,7 +41,8 @@ def write_atomic(path, data, mode=0o600):
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.rename(tmp, path)
     except BaseException:
         try:
@@ -43,7 +50,8 @@ def write_atomic(path, data, mode=0o600):
         except FileNotFoundError:
             pass
         raise
-    fsync_dir(directory)
+    if durable:
+        fsync_dir(directory)
 
 
 def fsync_dir(directory):
@@ -55,7 +63,9 @@ def fsync_dir(directory):
 
 
 def write_json(path, obj):
-    write_atomic(path, json.dumps(obj, indent=1, sort_keys=True).encode() + b"\n")
+    # No indent: json.dumps with an indent runs the pure-Python encoder, ~4x slower than the C
+    # one -- 0.5 ms of CPU per save of a container record, eight saves per container lifecycle.
+    write_atomic(path, json.dumps(obj, sort_keys=True).encode() + b"\n")
 
 
 def read_json(path):

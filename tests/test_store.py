@@ -51,3 +51,12 @@ def test_resolve_by_id_name_prefix_and_ambiguity(tmp_path):
         c.resolve("abcd", name_of)
     with pytest.raises(errors.NotFound, match="No such container: nope"):
         c.resolve("nope", name_of)
+
+
+def test_write_atomic_without_fsync_still_replaces_whole(tmp_path):
+    path = tmp_path / "hosts"
+    store.write_atomic(str(path), b"old\n", mode=0o644)
+    store.write_atomic(str(path), b"new\n", mode=0o644, durable=False)
+    assert path.read_bytes() == b"new\n"
+    assert oct(path.stat().st_mode & 0o777) == "0o644"
+    assert os.listdir(tmp_path) == ["hosts"]          # no temp file left behind

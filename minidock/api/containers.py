@@ -169,7 +169,7 @@ def get_containers_logs(req):
     until = args["until"] / times.NS if args["until"] else None
     wanted = {s for s, on in (("stdout", stdout), ("stderr", stderr)) if on}
     tty, entries = _backend(req).logs(req.params["id"], wanted, follow=follow, since=since, until=until,
-                                      tail=tail, stop=req.disconnected)
+                                      tail=tail, stop=req.disconnected, timestamps=timestamps)
 
     def render():
         for stream, data, stamp in entries:

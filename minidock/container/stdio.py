@@ -6,11 +6,12 @@ them apart. With a TTY all three are one pty slave (openpty(3)); the daemon read
 writes input into it, and sets its size with the TIOCSWINSZ ioctl (tty_ioctl(4)).
 
 The spawner gets the child's ends over SCM_RIGHTS; we close our copies of them right after
-(else the pipes never reach end-of-file). Then one *pump* thread per output descriptor reads
-until end-of-file (EIO on a pty master whose last slave closed), appends every chunk to the
+(else the pipes never reach end-of-file). Then the daemon's one output loop (minidock/pumps.py:
+epoll over every running container's pipes and ptys, one thread in all) reads them until
+end-of-file (EIO on a pty master whose last slave closed), appends every chunk to the
 container's log and hands it to each subscriber queue (attach sessions, `logs -f`, the
-builder). When the last pump ends, every subscriber gets `None`: this run's output is over.
-Exec instances use `Stdio` and `container_pty` too (minidock/execs.py).
+builder). When the last descriptor ends, every subscriber gets `None`: this run's output is
+over. Exec instances use `Stdio` and `container_pty` too (minidock/execs.py).
 
 A container's own TTY is made differently: a pty opened here would live in the daemon's devpts,
 and inside the container `tty` could only call it /dev/console. Instead the init opens the
@@ -21,6 +22,7 @@ slave is /dev/pts/0 inside, as on Docker.
 """
 
 import fcntl
+import logging
 import os
 import queue
 import socket
@@ -29,6 +31,13 @@ import termios
 import threading
 
 from minidock import ns
+from minidock.pumps import OutputLoop
+
+logger = logging.getLogger("minidock.container")
+
+# Every container's output, one thread (started with the first container, long after the spawner
+# was forked from a single-threaded daemon).
+OUTPUT = OutputLoop()
 
 TIOCGPTN = 0x80045430       # _IOR('T', 0x30, unsigned int): the slave's number (asm-generic ioctls)
 TIOCSPTLCK = 0x40045431     # _IOW('T', 0x31, int): lock/unlock the slave; termios has neither
@@ -101,7 +110,6 @@ class ContainerIO:
         self.stdin_w = None               # fd we write the container's stdin into
         self.pty_master = None
         self.subscribers = []             # queues of (stream, bytes), then None at the end
-        self.pumps = []
         self.output_done = threading.Event()
         self.output_done.set()
         self.console = None               # (socket, open_stdin, log, label) until the pty arrives
@@ -141,38 +149,26 @@ class ContainerIO:
 
     def _start_pumps(self, sources, log, name):
         self.output_done = done = threading.Event()
-        remaining = [len(sources)]
-        lock = threading.Lock()
 
-        def pump(fd, stream):
+        def on_data(stream, data):
             try:
-                while True:
-                    try:
-                        data = os.read(fd, 65536)
-                    except OSError:          # EIO on a pty whose last slave closed
-                        data = b""
-                    if not data:
-                        break
-                    log.write(stream, data)
-                    for q in list(self.subscribers):
-                        q.put((stream, data))
-            finally:
-                if self.pty_master is not None and fd == self.pty_master:
-                    self.pty_master = None       # before the close: a resize must not hit a reused fd
-                os.close(fd)
-                with lock:
-                    remaining[0] -= 1
-                    last = remaining[0] == 0
-                if last:
-                    log.close()
-                    for q in list(self.subscribers):
-                        q.put(None)
-                    done.set()
+                log.write(stream, data)
+            except OSError as exc:        # a full disk loses log lines, not the attach stream
+                logger.warning("%s: writing the log: %s", name, exc)
+            for q in list(self.subscribers):
+                q.put((stream, data))
 
-        self.pumps = [threading.Thread(target=pump, args=(fd, s), daemon=True, name=f"{name}-{s}")
-                      for fd, s in sources]
-        for t in self.pumps:
-            t.start()
+        def on_eof(fd):
+            if fd == self.pty_master:
+                self.pty_master = None    # before the close: a resize must not hit a reused fd
+
+        def on_done():
+            log.close()
+            for q in list(self.subscribers):
+                q.put(None)
+            done.set()
+
+        OUTPUT.add(sources, on_data, on_done, on_eof)
 
     # -- listeners -----------------------------------------------------------------------------
     def subscribe(self):

@@ -1,0 +1,148 @@
+"""The output event loop on real pipes and ptys: bytes arrive whole and in order per stream, end
+of file finishes a group exactly once, many groups share one thread, and a process writing more
+than a pipe holds is never left blocked."""
+
+import os
+import pty
+import subprocess
+import threading
+import time
+
+import pytest
+
+from minidock.pumps import OutputLoop
+
+
+class Sink:
+    def __init__(self):
+        self.data = {"stdout": bytearray(), "stderr": bytearray()}
+        self.done = threading.Event()
+        self.done_calls = 0
+        self.eofs = []
+        self.thread_names = set()
+
+    def on_data(self, stream, data):
+        self.thread_names.add(threading.current_thread().name)
+        self.data[stream] += data
+
+    def on_done(self):
+        self.done_calls += 1
+        self.done.set()
+
+    def on_eof(self, fd):
+        os.fstat(fd)                        # still open when on_eof runs (raises if not)
+        self.eofs.append(fd)
+
+
+def test_two_pipes_of_a_real_process_until_eof():
+    loop = OutputLoop()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    # 1 MiB on stdout is 16 times what a pipe holds: the writer finishes only if we keep reading.
+    p = subprocess.Popen(["sh", "-c", "head -c 1048576 /dev/zero | tr '\\0' x; echo oops >&2"],
+                         stdout=out_w, stderr=err_w)
+    os.close(out_w)
+    os.close(err_w)
+    sink = Sink()
+    loop.add([(out_r, "stdout"), (err_r, "stderr")], sink.on_data, sink.on_done, sink.on_eof)
+    assert p.wait(20) == 0
+    assert sink.done.wait(10)
+    assert bytes(sink.data["stdout"]) == b"x" * 1048576
+    assert bytes(sink.data["stderr"]) == b"oops\n"
+    assert sink.done_calls == 1
+    assert sorted(sink.eofs) == sorted([out_r, err_r])
+    assert sink.thread_names == {"output-loop"}
+    for fd in (out_r, err_r):               # the loop closed them after on_eof
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    loop.stop()
+
+
+def test_a_pty_master_reports_eio_as_end_of_file():
+    loop = OutputLoop()
+    master, slave = pty.openpty()
+    p = subprocess.Popen(["sh", "-c", "echo on-a-tty; tty >/dev/null && echo is-a-tty"],
+                         stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    sink = Sink()
+    loop.add([(master, "stdout")], sink.on_data, sink.on_done)
+    assert p.wait(10) == 0
+    assert sink.done.wait(10)               # EIO after the last slave closed ends the group
+    assert bytes(sink.data["stdout"]).replace(b"\r\n", b"\n") == b"on-a-tty\nis-a-tty\n"
+    loop.stop()
+
+
+def test_many_groups_one_thread_and_no_crosstalk():
+    loop = OutputLoop()
+    before = threading.active_count()
+    sinks, writers = [], []
+    for i in range(50):
+        r, w = os.pipe()
+        sink = Sink()
+        loop.add([(r, "stdout")], sink.on_data, sink.on_done)
+        sinks.append(sink)
+        writers.append(w)
+    assert threading.active_count() <= before + 1       # one loop thread, whatever the count
+    for i, w in enumerate(writers):
+        os.write(w, b"%d\n" % i * 100)
+    for w in writers:
+        os.close(w)
+    for i, sink in enumerate(sinks):
+        assert sink.done.wait(10)
+        assert bytes(sink.data["stdout"]) == b"%d\n" % i * 100
+    loop.stop()
+
+
+def test_a_failing_callback_does_not_stop_other_groups():
+    loop = OutputLoop()
+    bad_r, bad_w = os.pipe()
+    good_r, good_w = os.pipe()
+
+    def explode(stream, data):
+        raise RuntimeError("boom")
+    bad_done = threading.Event()
+    loop.add([(bad_r, "stdout")], explode, bad_done.set)
+    sink = Sink()
+    loop.add([(good_r, "stdout")], sink.on_data, sink.on_done)
+    os.write(bad_w, b"first\n")
+    os.write(good_w, b"second\n")
+    os.close(bad_w)
+    os.close(good_w)
+    assert bad_done.wait(10)                # its EOF is still seen
+    assert sink.done.wait(10)
+    assert bytes(sink.data["stdout"]) == b"second\n"
+    loop.stop()
+
+
+def test_an_empty_group_is_done_at_once():
+    loop = OutputLoop()
+    done = threading.Event()
+    loop.add([], lambda s, d: None, done.set)
+    assert done.wait(5)
+    loop.stop()
+
+
+def test_a_pty_whose_master_has_a_dup_is_unregistered_not_spun_on():
+    """The daemon keeps a dup of a pty master for stdin. epoll forgets a registration only when
+    every descriptor of the open file is closed, so the loop must unregister explicitly: else
+    the dead pty reports HUP forever and the loop thread spins. Its CPU time says which."""
+    loop = OutputLoop(name="output-loop-dup")
+    master, slave = pty.openpty()
+    keep = os.dup(master)                   # like ContainerIO.stdin_w
+    p = subprocess.Popen(["true"], stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    sink = Sink()
+    loop.add([(master, "stdout")], sink.on_data, sink.on_done)
+    assert p.wait(10) == 0
+    assert sink.done.wait(10)
+    tid = loop._thread.native_id
+
+    def cpu_ticks():
+        with open(f"/proc/self/task/{tid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    before = cpu_ticks()
+    time.sleep(0.5)
+    assert cpu_ticks() - before <= 2        # a spinning loop burns ~50 ticks in 0.5 s
+    os.close(keep)
+    loop.stop()
