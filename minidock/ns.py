@@ -94,13 +94,17 @@ newuidmap(1), subuid(5).
 
 import ctypes
 import errno
+import fcntl
 import json
 import os
 import pwd
 import resource
 import shutil
 import signal
+import socket
 import stat
+import struct
+import termios
 
 from . import errors, pid1, seccomp
 
@@ -610,9 +614,6 @@ def bring_up_loopback():
     """A new network namespace has `lo` down; set IFF_UP on it (ioctl SIOCSIFFLAGS on any
     socket of the namespace; we hold CAP_NET_ADMIN over it: our user namespace owns it).
     Afterwards `ip link show lo` says UP and 127.0.0.1 answers."""
-    import fcntl
-    import socket
-    import struct
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         ifreq = struct.pack("16sH22x", b"lo", 0)            # struct ifreq: name, then flags
         flags = struct.unpack_from("16sH", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, ifreq))[1]
@@ -692,23 +693,23 @@ TIOCSPTLCK = 0x40045431     # _IOW('T', 0x31, int): lock/unlock the slave
 
 
 @_Step("create the console in the container's devpts")
-def open_console(rootfs, console_socket):
+def open_console(rootfs, console_socket, size=None):
     """The container's terminal, made in its own devpts and handed over (runc's console socket).
 
     A pty made by the daemon lives in the daemon's devpts: it works as a terminal, but inside
     the container `tty` can only call it /dev/console. Opened here, from the fresh devpts
     instance, the slave is /dev/pts/0 as on Docker. The master goes back over the unix socket
     the daemon passed as stdin (one SCM_RIGHTS message, b"M"); the slave becomes 0, 1 and 2
-    and is bound as /dev/console. Returns the slave's fd.
+    and is bound as /dev/console. `size` ([rows, columns], API 1.42's ConsoleSize) is set on it
+    here, so the command finds it before it runs. Returns the slave's fd.
     """
-    import fcntl
-    import socket
-    import struct
     pts = in_root(rootfs, "/dev/pts")
     master = os.open(f"{pts}/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))       # unlock before the open below
     number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0" * 4))[0]
     slave = os.open(f"{pts}/{number}", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    if size and size[0] and size[1]:
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", size[0], size[1], 0, 0))
     console = in_root(rootfs, "/dev/console")
     _touch(console)
     mount(f"{pts}/{number}", console, None, MS_BIND)
@@ -723,10 +724,9 @@ def open_console(rootfs, console_socket):
 
 def receive_console(sock, timeout=5.0):
     """The daemon's side of open_console(): the pty master, or None if none came."""
-    import socket as _socket
     sock.settimeout(timeout)
     try:
-        msg, fds, _, _ = _socket.recv_fds(sock, 16, 1)
+        msg, fds, _, _ = socket.recv_fds(sock, 16, 1)
     except OSError:
         return None
     if msg != b"M" or not fds:
@@ -851,7 +851,6 @@ def readonly_rootfs():
 
 @_Step("set the hostname")
 def set_hostname(name):
-    import socket
     socket.sethostname(name)
 
 
@@ -1030,7 +1029,6 @@ def _prepare_process(stdio, tty, parent=0):
         os.dup2(fd, target)            # dup2 clears close-on-exec on 0, 1, 2
     os.setsid()                         # its own session, away from the spawner's
     if tty:
-        import fcntl
         fcntl.ioctl(0, _TIOCSCTTY, 0)   # the pty slave becomes our controlling terminal
     # Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive execve.
     for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
@@ -1121,7 +1119,7 @@ def _container_init(spec, stdio, status_fd):
     mount_proc(rootfs)                  # we are PID 1 of the new pid namespace now
     mount_dev(rootfs, spec.get("shm_size") or DEFAULT_SHM_SIZE, console)
     if console_socket:                  # after mount_dev: the new devpts instance exists
-        slave = open_console(rootfs, stdio[0])
+        slave = open_console(rootfs, stdio[0], spec.get("console_size"))
         stdio = (slave, slave, slave)
     mount_sys(rootfs)
     if not privileged:                  # after /proc and /sys exist: the paths are inside them

@@ -88,5 +88,6 @@ def test_exec_gets_the_containers_filter(rootless, tools):
 
 
 def test_info_lists_seccomp(rootless):
-    info = rootless.client().get("/info")
+    info = rootless.client("1.47").get("/info")
     assert "name=seccomp,profile=builtin" in info["SecurityOptions"]
+    assert "seccomp" in rootless.client("1.24").get("/info")["SecurityOptions"]   # bare names before 1.25

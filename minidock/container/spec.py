@@ -88,6 +88,7 @@ def runtime_spec(c, rootfs, mounts, net, link_env=(), daemon_user=None):
         "privileged": bool(hc.get("Privileged")),
         "no_new_privileges": "no-new-privileges" in security or "no-new-privileges:true" in security,
         "console_socket": bool(cfg["Tty"]),
+        "console_size": (hc.get("ConsoleSize") or [0, 0])[:2],   # API 1.42: set before the command runs
         "security_opt": list(security),     # the seccomp profile too (spawner.py, seccomp.py)
     }
     if hc.get("UsernsMode") == "keep-id" and daemon_user:

@@ -112,9 +112,6 @@ class Supervisor:
             for fd in to_close:
                 os.close(fd)             # the child has its own copies now
             c.io.console_arrived()       # with a TTY: the master the init sent before exec
-        height, width = (c.host_config.get("ConsoleSize") or [0, 0])[:2]
-        if c.config["Tty"] and height and width:
-            c.io.resize(height, width)   # API 1.42: the terminal's size as soon as it exists
         c.pid = pid
         early = self.exits.register(pid, lambda code: self._exit_thread(c, code))
         c.state.update(Pid=pid, ExitCode=0, Error="", StartedAt=now_rfc3339(), OOMKilled=False)
