@@ -59,6 +59,7 @@ Observe it yourself:
 """
 
 import os
+import time
 
 from . import cgroup as cgroups
 from . import ns
@@ -283,6 +284,11 @@ class Stream:
             self.previous = None
             return empty(self.name, self.id)
         self.source, fields = sample(pid, self.group())
+        if fields["num_procs"] == 0 and os.path.exists(f"/proc/{pid}"):
+            # Alive but unreadable for a moment: a process in the middle of execve(2) has its
+            # /proc files refused while its memory map is swapped. Once more, after it.
+            time.sleep(0.005)
+            self.source, fields = sample(pid, self.group())
         if fields["num_procs"] == 0:     # it died between init_pid() and the walk
             self.previous = None
             return empty(self.name, self.id)
