@@ -1,0 +1,576 @@
+"""The gateway: one event loop between the containers' wire and the host's sockets.
+
+A `Gateway` owns an AF_PACKET socket (packet.py) on the veth that stands for the containers'
+default gateway, and answers everything that arrives on it:
+
+    ARP "who has <gateway>?"        -> "<gateway> is at <our MAC>"
+    ICMP echo to the gateway         -> an echo reply (the gateway is us)
+    ICMP echo elsewhere              -> an unprivileged ICMP socket (SOCK_DGRAM, IPPROTO_ICMP)
+                                        when net.ipv4.ping_group_range admits our group; if
+                                        not, one log line says so and the packet is dropped
+                                        (never a faked reply)
+    TCP                              -> a TcpFlow (tcp.py): a host socket per connection
+    UDP                              -> a UdpFlow: a host socket per container address/port
+    anything else (IPv6, fragments, broken packets)  -> counted in `stats` and dropped
+
+Destinations (`route()`): the host sees every connection as coming from the daemon's own
+address -- the host sockets are ordinary unbound sockets of the daemon's process, like
+slirp4netns. A container reaching the *gateway* address reaches the host's 127.0.0.1 only when
+the gateway runs with `allow_host_loopback` (the daemon's `--allow-host-loopback`, off by
+default as in rootless Docker); without it the connection is refused (TCP RST, ICMP port
+unreachable for UDP). Loopback destinations (127.0.0.0/8), this-network/multicast/broadcast
+addresses and the container networks' own subnets are never dialled: a packet can therefore
+never reach a loopback-only service of the host by accident.
+
+One thread, one epoll: the packet socket level-triggered, host TCP sockets edge-triggered
+(tcp.py says why), UDP and ICMP sockets level-triggered. After each batch of frames the loop
+sends the acknowledgments the batch earned (one per flow, not one per segment), then runs the
+timers that are due. `selectors` offers neither EPOLLET nor EPOLLRDHUP, so this module uses
+`select.epoll` directly.
+
+Entry point for the daemon (the contract):
+
+    gw = Gateway(packet_sock, networks=["172.17.0.1/16"], allow_host_loopback=False)
+    threading.Thread(target=gw.run, daemon=True).start()    # returns after gw.stop()
+    gw.stop()
+
+`packet_sock` is an AF_PACKET socket already bound to the gateway's veth end (made inside the
+daemon's network namespace by the spawner and passed back); PACKET_VNET_HDR is detected on it.
+`networks` lists each gateway address with its prefix. Only `stop()`, `stats`, `snapshot()` and
+`drop_address()` may be called from another thread.
+"""
+
+import collections
+import errno
+import heapq
+import logging
+import os
+import select
+import socket
+import time
+
+from . import ethernet, ipv4, packet, tcp, tcpwire, udp
+from .ethernet import ETH_HLEN, ETH_P_ARP, ETH_P_IP, Malformed
+from .ipv4 import (ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+                   UNREACH_PORT, addr_bytes, addr_str)
+from .tcpwire import ACK, RST, SYN, MASK
+
+DEFAULT_MAC = ethernet.mac_bytes("02:42:ac:11:ff:fe")   # locally administered, not a real NIC's
+HOST_LOOPBACK = "127.0.0.1"
+UDP_TIMEOUT = 60.0
+ICMP_TIMEOUT = 20.0
+TCP_IDLE_TIMEOUT = 7200.0
+TCP_TIME_WAIT = 60.0
+MAX_TCP_FLOWS = 16384
+MAX_UDP_FLOWS = 4096
+BATCH = 256                 # frames read per wake-up before acknowledgments go out
+
+log = logging.getLogger("minidock.tcpip")
+
+HOST, REFUSE, DROP = "host", "refuse", "drop"
+
+
+class Network:
+    """One container network as the gateway sees it: its gateway address and subnet."""
+    __slots__ = ("gateway", "net", "plen")
+
+    def __init__(self, spec):
+        addr, _, plen = spec.partition("/")
+        self.gateway = addr_bytes(addr)
+        self.net, self.plen = ipv4.parse_cidr(f"{addr}/{plen or 24}")
+
+    def contains(self, addr):
+        return ipv4.in_cidr(addr, self.net, self.plen)
+
+
+def route(dst, networks, allow_host_loopback):
+    """Where a container's packet to `dst` (4 bytes) goes: (HOST, address) / (REFUSE|DROP, why).
+
+    The policy of the module docstring as a pure function (tested as a table)."""
+    first = dst[0]
+    for n in networks:
+        if dst == n.gateway:
+            if allow_host_loopback:
+                return HOST, HOST_LOOPBACK
+            return REFUSE, "the host's loopback is reachable only with --allow-host-loopback"
+    if first == 127:
+        return REFUSE, "loopback destinations are never forwarded"
+    if first == 0 or first >= 224:
+        return DROP, "not a unicast destination"
+    for n in networks:
+        if n.contains(dst):
+            return REFUSE, "an address of the container network itself"
+    return HOST, addr_str(dst)
+
+
+class UdpFlow:
+    """A container's UDP port: one unconnected host socket, forgotten when idle."""
+    __slots__ = ("gw", "key", "mac", "gw_ip", "sock", "fd", "last", "loop_mapped", "deadline")
+
+    def __init__(self, gw, key, mac, gw_ip):
+        self.gw, self.key, self.mac, self.gw_ip = gw, key, mac, gw_ip
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
+                                  | socket.SOCK_CLOEXEC)
+        self.fd = self.sock.fileno()
+        self.last = gw.now
+        self.loop_mapped = False
+        self.deadline = None
+
+    def send(self, host, port, data):
+        self.last = self.gw.now
+        if host == HOST_LOOPBACK:
+            self.loop_mapped = True
+        try:
+            self.sock.sendto(data, (host, port))
+        except BlockingIOError:
+            self.gw.stats["udp_dropped_host_full"] += 1
+        except OSError as e:
+            self.gw.stats["udp_send_error"] += 1
+            self.gw.log_once(f"udp-send-{e.errno}", f"udp to {host}:{port}: {e}")
+
+    def on_host_event(self, ev):
+        buf = self.gw.udp_buf
+        for _ in range(64):
+            try:
+                n, (src, sport) = self.sock.recvfrom_into(buf)
+            except BlockingIOError:
+                return
+            except OSError:
+                continue            # an ICMP error queued on the socket: reported once, go on
+            self.last = self.gw.now
+            if src == HOST_LOOPBACK:
+                if not self.loop_mapped:
+                    continue
+                src_addr = self.gw_ip
+            else:
+                src_addr = addr_bytes(src)
+            if n + 28 > self.gw.link.mtu:
+                self.gw.stats["udp_too_big"] += 1
+                self.gw.log_once("udp-too-big", f"a {n}-byte UDP reply from {src}:{sport} "
+                                 f"exceeds the MTU and fragments are not sent: dropped")
+                continue
+            l4 = udp.udp_datagram(src_addr, self.key[0], sport, self.key[1], memoryview(buf)[:n])
+            self.gw.link.send_ip(self.mac, src_addr, self.key[0], PROTO_UDP, l4)
+            self.gw.stats["udp_in"] += 1
+
+    def close(self):
+        self.gw.unregister(self)
+        self.sock.close()
+
+
+class IcmpFlow:
+    """Echo requests of one container (address, identifier) through a ping socket."""
+    __slots__ = ("gw", "key", "mac", "sock", "fd", "last", "deadline")
+
+    def __init__(self, gw, key, mac):
+        self.gw, self.key, self.mac = gw, key, mac
+        # icmp(7): SOCK_DGRAM + IPPROTO_ICMP is the unprivileged "ping socket"; the kernel
+        # rewrites the echo identifier to the socket's port and filters replies by it.
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
+                                  | socket.SOCK_CLOEXEC, socket.IPPROTO_ICMP)
+        self.fd = self.sock.fileno()
+        self.last = gw.now
+        self.deadline = None
+
+    def send(self, host, message):
+        self.last = self.gw.now
+        try:
+            self.sock.sendto(message, (host, 0))
+        except OSError as e:
+            self.gw.stats["icmp_send_error"] += 1
+            self.gw.log_once(f"icmp-send-{e.errno}", f"ping to {host}: {e}")
+
+    def on_host_event(self, ev):
+        for _ in range(16):
+            try:
+                data, (src, _) = self.sock.recvfrom(65535)
+            except BlockingIOError:
+                return
+            except OSError:
+                continue
+            self.last = self.gw.now
+            if len(data) < 8 or data[0] != ICMP_ECHO_REPLY:
+                continue
+            # Put the container's identifier back (the kernel used the socket's port).
+            msg = ipv4.icmp_message(ICMP_ECHO_REPLY, 0, self.key[1].to_bytes(2, "big") + data[6:8],
+                                    data[8:])
+            self.gw.link.send_ip(self.mac, addr_bytes(src), self.key[0], PROTO_ICMP, msg)
+
+    def close(self):
+        self.gw.unregister(self)
+        self.sock.close()
+
+
+class Gateway:
+    def __init__(self, packet_sock=None, *, networks, allow_host_loopback=False, mac=DEFAULT_MAC,
+                 sink=None, vnet_hdr=None, mtu=packet.MTU, udp_timeout=UDP_TIMEOUT,
+                 tcp_idle_timeout=TCP_IDLE_TIMEOUT, tcp_time_wait=TCP_TIME_WAIT,
+                 max_tcp_flows=MAX_TCP_FLOWS, logger=None):
+        if (packet_sock is None) == (sink is None):
+            raise ValueError("give a packet socket, or a sink for frames (tests)")
+        self.networks = [Network(n) for n in networks]
+        if not self.networks:
+            raise ValueError("a gateway needs at least one network")
+        self.allow_host_loopback = bool(allow_host_loopback)
+        self.mac = mac
+        self.psock = packet_sock
+        if packet_sock is not None:
+            packet_sock.setblocking(False)
+            if vnet_hdr is None:
+                vnet_hdr = packet.vnet_enabled(packet_sock)
+            sink = self._send_frame
+        self.vnet = bool(vnet_hdr)
+        self.link = packet.Link(sink, mac, self.vnet, mtu)
+        self.udp_timeout = udp_timeout
+        self.tcp_idle_timeout = tcp_idle_timeout
+        self.tcp_time_wait = tcp_time_wait
+        self.max_tcp_flows = max_tcp_flows
+        self.log = logger or log.warning
+        self.peek_off = tcp.peek_offset_supported()
+        self.stats = collections.Counter()
+        self.tcp = {}               # (cip, cport, dip, dport) -> TcpFlow
+        self.udp = {}               # (cip, cport) -> UdpFlow
+        self.icmp = {}              # (cip, echo id) -> IcmpFlow
+        self.macs = {}              # container ip -> MAC, learned from its frames
+        self.now = time.monotonic()
+        self._timers = []           # heap of (when, tie-breaker, object)
+        self._tie = 0
+        self._acks = set()
+        self._fds = {}
+        self._logged = set()
+        self._ping_error = None
+        self.udp_buf = bytearray(65535)
+        self._rx = bytearray(packet.VNET_HLEN + packet.MAX_FRAME)
+        self.ep = select.epoll()
+        self._stop_r, self._stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.ep.register(self._stop_r, select.EPOLLIN)
+        if self.psock is not None:
+            self.ep.register(self.psock.fileno(), select.EPOLLIN)
+        self._sweep_at = self.now + 1.0
+
+    # --- plumbing used by the flows --------------------------------------------------------
+
+    def _send_frame(self, view):
+        try:
+            self.psock.send(view)
+        except (BlockingIOError, OSError) as e:
+            # ENOBUFS and friends: the frame is lost like on any wire; TCP will retransmit.
+            self.stats["frames_out_lost"] += 1
+            self.log_once(f"psend-{getattr(e, 'errno', 0)}", f"packet socket send: {e}")
+
+    def log_once(self, key, message):
+        if key not in self._logged:
+            self._logged.add(key)
+            self.log(message)
+
+    def register(self, obj, events=tcp.EPOLL_FLAGS):
+        self.ep.register(obj.fd, events)
+        self._fds[obj.fd] = obj
+
+    def unregister(self, obj):
+        if self._fds.pop(obj.fd, None) is not None:
+            try:
+                self.ep.unregister(obj.fd)
+            except OSError:
+                pass
+
+    def schedule(self, obj, when):
+        self._tie += 1
+        heapq.heappush(self._timers, (when, self._tie, obj))
+
+    def want_ack(self, flow):
+        self._acks.add(flow)
+
+    def forget_tcp(self, flow):
+        flow.state = tcp.CLOSED
+        if flow.sock is not None:
+            flow.close_host(abort=True)
+        if self.tcp.get(flow.key) is flow:
+            del self.tcp[flow.key]
+
+    def send_icmp(self, mac, src, dst, message):
+        self.link.send_ip(mac, src, dst, PROTO_ICMP, message)
+
+    # --- frames in -------------------------------------------------------------------------
+
+    def handle_frame(self, frame, trusted=False):
+        """Process one Ethernet frame from the containers' side. `trusted`: the kernel says
+        the L4 checksum needs no verification (virtio_net_hdr flags). Never raises for bad
+        input: malformed frames are counted and dropped."""
+        self.stats["frames_in"] += 1
+        try:
+            self._handle_frame(frame if isinstance(frame, memoryview) else memoryview(frame),
+                               trusted)
+        except ipv4.Fragment as e:
+            self.stats["fragments_dropped"] += 1
+            self.log_once("fragment", f"IPv4 fragments are refused (MTU {self.link.mtu} on both "
+                          f"ends makes them unnecessary): {e}")
+        except Malformed as e:
+            self.stats["malformed"] += 1
+            self.log_once(f"malformed-{type(e).__name__}-{str(e)[:20]}", f"dropped: {e}")
+
+    def _handle_frame(self, frame, trusted):
+        dst_mac, src_mac, etype = ethernet.parse_ethernet(frame)
+        if etype == ETH_P_IP:
+            if dst_mac != self.mac:
+                self.stats["not_for_us"] += 1
+                return
+            ip = ipv4.parse_ipv4(frame[ETH_HLEN:])
+            net = self._network_of(ip.src)
+            if net is None:
+                self.stats["foreign_source"] += 1
+                return
+            if self.macs.get(ip.src) != src_mac:
+                self.macs[ip.src] = src_mac
+            if ip.proto == PROTO_TCP:
+                self._tcp_in(ip, src_mac, net, trusted)
+            elif ip.proto == PROTO_UDP:
+                self._udp_in(ip, src_mac, net, trusted)
+            elif ip.proto == PROTO_ICMP:
+                self._icmp_in(ip, src_mac, net)
+            else:
+                self.stats["ip_proto_ignored"] += 1
+        elif etype == ETH_P_ARP:
+            self._arp_in(frame[ETH_HLEN:])
+        else:
+            self.stats["ethertype_ignored"] += 1
+
+    def _network_of(self, addr):
+        for n in self.networks:
+            if n.contains(addr):
+                return n
+        return None
+
+    def _arp_in(self, payload):
+        req = ethernet.parse_arp(payload)
+        op, sha, spa, _, tpa = req
+        if op != ethernet.ARP_REQUEST:
+            return
+        if any(tpa == n.gateway for n in self.networks) and self._network_of(spa):
+            self.link.send_frame(ethernet.arp_reply_frame(req, self.mac))
+            self.stats["arp_replies"] += 1
+
+    def _tcp_in(self, ip, mac, net, trusted):
+        seg = tcpwire.parse_tcp(ip.payload, ip.src, ip.dst, verify=not trusted)
+        key = (ip.src, seg.sport, ip.dst, seg.dport)
+        flow = self.tcp.get(key)
+        is_syn = seg.flags & (SYN | ACK | RST) == SYN
+        if flow is not None and flow.state == tcp.TIME_WAIT and is_syn:
+            self.forget_tcp(flow)           # a new connection reusing the ports
+            flow = None
+        if flow is not None:
+            flow.on_segment(seg)
+            return
+        if not is_syn:
+            if not seg.flags & RST:         # a segment of no flow we know: tell it so
+                self.stats["tcp_unknown_flow"] += 1
+                self._rst_for(ip, seg, mac)
+            return
+        action, where = route(ip.dst, self.networks, self.allow_host_loopback)
+        if action != HOST:
+            self.stats[f"tcp_{action}"] += 1
+            if action == REFUSE:
+                self.log_once(f"refuse-{where}", f"TCP to {addr_str(ip.dst)}:{seg.dport} "
+                              f"refused: {where}")
+                self._rst_for(ip, seg, mac)
+            return
+        if len(self.tcp) >= self.max_tcp_flows:
+            self.log_once("tcp-max", f"{self.max_tcp_flows} TCP flows open: new ones are reset")
+            self._rst_for(ip, seg, mac)
+            return
+        quote = bytes(ip.header) + bytes(ip.payload[:8])
+        flow = tcp.TcpFlow(self, key, mac, net.gateway, (where, seg.dport), seg, quote)
+        self.tcp[key] = flow
+        self.stats["tcp_flows"] += 1
+        flow.connect()
+
+    def _rst_for(self, ip, seg, mac):
+        """RFC 9293's reset for a segment that has no connection."""
+        if seg.flags & ACK:
+            seq, ack, flags = seg.ack, 0, RST
+        else:
+            length = len(seg.data) + (1 if seg.flags & SYN else 0) + (1 if seg.flags & 1 else 0)
+            seq, ack, flags = 0, (seg.seq + length) & MASK, RST | ACK
+        self.link.send_tcp(mac, ip.dst, ip.src, seg.dport, seg.sport, seq, ack, flags, 0)
+
+    def _udp_in(self, ip, mac, net, trusted):
+        sport, dport, data = udp.parse_udp(ip.payload, ip.src, ip.dst, verify=not trusted)
+        action, where = route(ip.dst, self.networks, self.allow_host_loopback)
+        if action != HOST:
+            self.stats[f"udp_{action}"] += 1
+            if action == REFUSE:
+                # What a host without a listener says; the container's socket gets ECONNREFUSED.
+                quote = bytes(ip.header) + bytes(ip.payload[:8])
+                self.send_icmp(mac, ip.dst, ip.src, ipv4.icmp_unreachable(UNREACH_PORT, quote))
+            return
+        key = (ip.src, sport)
+        flow = self.udp.get(key)
+        if flow is None:
+            if len(self.udp) >= MAX_UDP_FLOWS:
+                self.stats["udp_flow_limit"] += 1
+                return
+            try:
+                flow = UdpFlow(self, key, mac, net.gateway)
+            except OSError as e:
+                self.log_once(f"udp-socket-{e.errno}", f"cannot open a UDP socket: {e}")
+                return
+            self.udp[key] = flow
+            self.register(flow, select.EPOLLIN)
+            self.stats["udp_flows"] += 1
+        self.stats["udp_out"] += 1
+        flow.send(where, dport, data)
+
+    def _icmp_in(self, ip, mac, net):
+        itype, code, rest, data = ipv4.parse_icmp(ip.payload)
+        if itype != ICMP_ECHO_REQUEST:
+            self.stats["icmp_ignored"] += 1
+            return
+        if ip.dst == net.gateway or any(ip.dst == n.gateway for n in self.networks):
+            # The gateway's own address: the reply is ours to give.
+            self.send_icmp(mac, ip.dst, ip.src, ipv4.icmp_message(ICMP_ECHO_REPLY, 0, rest, data))
+            self.stats["icmp_echo_gateway"] += 1
+            return
+        action, where = route(ip.dst, self.networks, self.allow_host_loopback)
+        if action != HOST:
+            self.stats[f"icmp_{action}"] += 1
+            return
+        ident = int.from_bytes(rest[:2], "big")
+        key = (ip.src, ident)
+        flow = self.icmp.get(key)
+        if flow is None:
+            if self._ping_error is not None:
+                self.stats["icmp_unavailable"] += 1
+                return
+            try:
+                flow = IcmpFlow(self, key, mac)
+            except OSError as e:
+                self._ping_error = e
+                self.stats["icmp_unavailable"] += 1
+                self.log(ping_unavailable_message(e))
+                return
+            self.icmp[key] = flow
+            self.register(flow, select.EPOLLIN)
+        flow.send(where, ipv4.icmp_message(ICMP_ECHO_REQUEST, 0, rest, data))
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def _drain_packets(self):
+        rx = self._rx
+        view = memoryview(rx)
+        start = packet.VNET_HLEN if self.vnet else 0
+        recv_into = self.psock.recv_into
+        for _ in range(BATCH):
+            try:
+                n = recv_into(rx)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                self.stats["packet_recv_error"] += 1
+                self.log_once(f"precv-{e.errno}", f"packet socket recv: {e}")
+                return
+            trusted = self.vnet and packet.vnet_checksum_trusted(rx)
+            self.handle_frame(view[start:n], trusted)
+
+    def flush(self):
+        """Send the acknowledgments earned by the frames handled so far, run due timers."""
+        if self._acks:
+            acks, self._acks = self._acks, set()
+            for flow in acks:
+                if flow.state == tcp.ESTABLISHED:
+                    flow.send_ack()
+        self._run_timers()
+
+    def _run_timers(self):
+        timers = self._timers
+        now = self.now
+        while timers and timers[0][0] <= now:
+            when, _, obj = heapq.heappop(timers)
+            if obj is self:
+                self._sweep(now)
+            elif obj.state != tcp.CLOSED and obj.deadline == when:
+                obj.on_timer(now)
+        if now >= self._sweep_at:
+            self._sweep(now)
+
+    def _sweep(self, now):
+        """Forget idle UDP and ICMP flows."""
+        self._sweep_at = now + min(self.udp_timeout / 2, 5.0)
+        for table, timeout in ((self.udp, self.udp_timeout), (self.icmp, ICMP_TIMEOUT)):
+            for key in [k for k, f in table.items() if now - f.last > timeout]:
+                table.pop(key).close()
+                self.stats["idle_flows_closed"] += 1
+
+    def step(self, timeout):
+        """One round of the loop: wait up to `timeout` seconds for events, handle them."""
+        if self._timers:
+            timeout = max(0.0, min(timeout, self._timers[0][0] - time.monotonic()))
+        timeout = max(0.0, min(timeout, self._sweep_at - time.monotonic()))
+        events = self.ep.poll(timeout, 512)
+        self.now = time.monotonic()
+        stop = False
+        for fd, ev in events:
+            obj = self._fds.get(fd)
+            if obj is not None:
+                obj.on_host_event(ev)
+            elif self.psock is not None and fd == self.psock.fileno():
+                self._drain_packets()
+            elif fd == self._stop_r:
+                stop = True
+        self.flush()
+        return not stop
+
+    def run(self):
+        """The loop, until stop() is called (from any thread). Closes every flow on the way out."""
+        try:
+            while self.step(5.0):
+                pass
+        finally:
+            self.close()
+
+    def stop(self):
+        try:
+            os.write(self._stop_w, b"x")
+        except OSError:
+            pass
+
+    def drop_address(self, addr):
+        """Reset every flow of a container address (the container left the network).
+        Must run on the loop's thread (or with the loop stopped)."""
+        addr = addr_bytes(addr) if isinstance(addr, str) else addr
+        for flow in [f for k, f in self.tcp.items() if k[0] == addr]:
+            flow.abort()
+        for table in (self.udp, self.icmp):
+            for key in [k for k in table if k[0] == addr]:
+                table.pop(key).close()
+        self.macs.pop(addr, None)
+
+    def snapshot(self):
+        states = collections.Counter(f.state for f in self.tcp.values())
+        return {"tcp": dict(states), "udp": len(self.udp), "icmp": len(self.icmp),
+                "vnet_hdr": self.vnet, "peek_offset": self.peek_off, "stats": dict(self.stats)}
+
+    def close(self):
+        for flow in list(self.tcp.values()):
+            flow.abort()
+        for table in (self.udp, self.icmp):
+            for f in table.values():
+                f.close()
+            table.clear()
+        for fd in (self._stop_r, self._stop_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.ep.close()
+
+
+def ping_unavailable_message(err):
+    try:
+        with open("/proc/sys/net/ipv4/ping_group_range") as f:
+            rng = f.read().split()
+    except OSError:
+        rng = ["?", "?"]
+    return (f"ICMP echo from containers is dropped: no unprivileged ICMP socket ({err}); "
+            f"net.ipv4.ping_group_range is '{' '.join(rng)}' and the daemon's group is "
+            f"{os.getgid()}. Widen it (sysctl -w net.ipv4.ping_group_range='0 2147483647') to "
+            f"let containers ping.")
