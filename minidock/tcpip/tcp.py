@@ -76,6 +76,11 @@ _ERRNO_TO_ICMP = {errno.ENETUNREACH: UNREACH_NET, errno.EHOSTUNREACH: UNREACH_HO
                   errno.ETIMEDOUT: UNREACH_HOST, errno.EACCES: UNREACH_ADMIN,
                   errno.EPERM: UNREACH_ADMIN, errno.EADDRNOTAVAIL: UNREACH_HOST}
 
+# The host socket's send buffer is fixed (SO_SNDBUF; the kernel doubles it and caps it at
+# net.core.wmem_max). The window we advertise mirrors its free space, and an autotuned buffer
+# starts at 16 KiB: uploads measured 0.7 Gbit/s that way, 4 Gbit/s with 4 MiB. The memory is
+# the kernel's, used only while the host reader is slower than the container.
+SNDBUF = 4 << 20
 _DISCARD = None             # the shared buffer recv(MSG_TRUNC) and the peek fallback write into
 
 
@@ -104,7 +109,8 @@ class TcpFlow:
                  "our_wscale", "mss", "fin_rcvd", "fin_sent", "fin_seq", "fin_acked",
                  "first_fin_ours", "rdhup", "host_pending", "host_blocked", "dupacks",
                  "rto", "retries", "rto_at", "win_at", "win_delay", "idle_at", "probes",
-                 "deadline", "last_seen", "syn_quote", "adv_right", "ack_sent", "peekoff")
+                 "deadline", "last_seen", "syn_quote", "adv_right", "ack_sent", "peekoff",
+                 "sndbuf")
 
     def __init__(self, gw, key, mac, gw_ip, dest, syn, syn_quote):
         self.gw = gw
@@ -140,6 +146,7 @@ class TcpFlow:
         self.adv_right = self.rcv_nxt
         self.ack_sent = None
         self.peekoff = gw.peek_off
+        self.sndbuf = 0
 
     def __repr__(self):
         return f"TcpFlow({self.key} {self.state})"
@@ -157,6 +164,8 @@ class TcpFlow:
             return
         # Segments arrive already sized by the container's stack: don't delay them again.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
+        self.sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)   # fixed from now on
         self.sock, self.fd = sock, sock.fileno()
         err = sock.connect_ex(self.dest)
         if err not in (0, errno.EINPROGRESS):
@@ -183,8 +192,8 @@ class TcpFlow:
         self._arm_rto()
 
     def _send_synack(self):
-        opts = syn_options(self.mss, self.our_wscale) if self.our_wscale else syn_options(
-            self.mss, 0)[:4]
+        mss = self.gw.link.mtu - 40    # what we can receive, whatever the container can
+        opts = syn_options(mss, self.our_wscale) if self.our_wscale else syn_options(mss, 0)[:4]
         win = min(self._free_space(), 65535)      # the window of a SYN is never scaled
         self.adv_right = (self.rcv_nxt + win) & MASK
         self._out(SYN | ACK, self.iss, win, options=opts)
@@ -441,11 +450,10 @@ class TcpFlow:
         if self.sock is None:
             return 0
         try:
-            sndbuf = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
             outq = struct.unpack("i", fcntl.ioctl(self.fd, SIOCOUTQ, b"\0\0\0\0"))[0]
         except OSError:
             return 0
-        return max(0, sndbuf - outq)
+        return max(0, self.sndbuf - outq)
 
     def _window_field(self):
         """The window we advertise: the host socket's free send space, scaled."""
