@@ -1,0 +1,459 @@
+"""End to end: a real kernel in a network namespace talks through the user-mode gateway.
+
+No daemon: tests/netns_harness.py makes an unprivileged user+network namespace with a veth
+pair, hands us an AF_PACKET socket on its gateway end, and runs clients inside the namespace
+with nsenter. The gateway loop runs in a thread of this process; servers listen on 127.0.0.1
+only, and the only address clients dial is the gateway's, 10.0.2.2.
+"""
+
+import hashlib
+import os
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from minidock.tcpip import Gateway
+from netns_harness import GATEWAY, NETWORK, Netns
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/nsenter"), reason="needs nsenter")
+
+MIB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def netns():
+    n = Netns()
+    yield n
+    n.close()
+
+
+class Running:
+    def __init__(self, netns, allow):
+        self.logs = []
+        self.gw = Gateway(netns.packet_sock, networks=[NETWORK], allow_host_loopback=allow,
+                          logger=self.logs.append)
+        self.thread = threading.Thread(target=self.gw.run, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.gw.stop()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def gateway(netns):
+    g = Running(netns, allow=True)
+    yield g.gw
+    g.stop()
+
+
+@pytest.fixture
+def closed_gateway(netns):
+    g = Running(netns, allow=False)
+    yield g
+    g.stop()
+
+
+def _listener():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(256)
+    s.settimeout(60)
+    return s
+
+
+def _thread(fn, *args):
+    result = {}
+
+    def run():
+        try:
+            result["value"] = fn(*args)
+        except BaseException as e:      # reported by the test through result
+            result["error"] = e
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, result
+
+
+def test_arp_and_ping_of_the_gateway(netns, gateway):
+    r = netns.run(["busybox", "ping", "-c", "2", "-W", "5", GATEWAY], timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    neigh = netns.run(["ip", "neigh", "show", GATEWAY]).stdout.decode()
+    assert "02:42:ac:11:ff:fe" in neigh
+
+
+DOWNLOAD = r"""
+import hashlib, socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60)
+h, n = hashlib.sha256(), 0
+while True:
+    d = s.recv(1 << 20)
+    if not d:
+        break
+    h.update(d); n += len(d)
+print(n, h.hexdigest())
+"""
+
+
+def test_download_100_mib_byte_for_byte(netns, gateway):
+    srv = _listener()
+    block = os.urandom(4 * MIB)
+    expected = hashlib.sha256(block * 25).hexdigest()
+
+    def serve():
+        conn, _ = srv.accept()
+        with conn:
+            for _ in range(25):
+                conn.sendall(block)
+    t, res = _thread(serve)
+    r = netns.python(DOWNLOAD, GATEWAY, srv.getsockname()[1], timeout=300)
+    t.join(60)
+    srv.close()
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(100 * MIB), expected]
+    assert "error" not in res
+
+
+UPLOAD = r"""
+import hashlib, os, socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60)
+block = os.urandom(4 << 20)
+h = hashlib.sha256()
+for _ in range(25):
+    s.sendall(block); h.update(block)
+s.shutdown(socket.SHUT_WR)
+assert s.recv(10) == b""
+print(h.hexdigest())
+"""
+
+
+def test_upload_100_mib_byte_for_byte(netns, gateway):
+    srv = _listener()
+
+    def serve():
+        conn, _ = srv.accept()
+        h, n = hashlib.sha256(), 0
+        with conn:
+            while True:
+                d = conn.recv(MIB)
+                if not d:
+                    break
+                h.update(d)
+                n += len(d)
+        return n, h.hexdigest()
+    t, res = _thread(serve)
+    r = netns.python(UPLOAD, GATEWAY, srv.getsockname()[1], timeout=300)
+    t.join(60)
+    srv.close()
+    assert r.returncode == 0, r.stderr
+    assert res["value"] == (100 * MIB, r.stdout.strip())
+
+
+CONCURRENT = r"""
+import resource, socket, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+n = int(sys.argv[3])
+socks = [socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60) for _ in range(n)]
+for i, s in enumerate(socks):
+    s.sendall(b"hello %d\n" % i)
+ok = 0
+for i, s in enumerate(socks):
+    buf = b""
+    while not buf.endswith(b"\n"):
+        d = s.recv(100)
+        if not d:
+            break
+        buf += d
+    ok += buf == b"hello %d\n" % i
+for s in socks:
+    s.close()
+print(ok)
+"""
+
+
+def _echo_server(srv, count):
+    """Accept `count` connections, echo one line on each (threads: real concurrency)."""
+    def echo(conn):
+        with conn:
+            buf = b""
+            while not buf.endswith(b"\n"):
+                d = conn.recv(100)
+                if not d:
+                    return
+                buf += d
+            conn.sendall(buf)
+    threads = []
+    for _ in range(count):
+        conn, _ = srv.accept()
+        t = threading.Thread(target=echo, args=(conn,), daemon=True)
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join(60)
+
+
+@pytest.mark.parametrize("count", [100, 1000])
+def test_concurrent_connections(netns, gateway, count):
+    srv = _listener()
+    t, res = _thread(_echo_server, srv, count)
+    r = netns.python(CONCURRENT, GATEWAY, srv.getsockname()[1], count, timeout=300)
+    t.join(60)
+    srv.close()
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(count)
+    assert gateway.stats["tcp_flows"] >= count
+
+
+UDP_CLIENT = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(10)
+s.connect((sys.argv[1], int(sys.argv[2])))
+out = []
+for i in range(3):
+    s.send(b"question %d" % i)
+    try:
+        out.append(s.recv(100).decode())
+    except ConnectionRefusedError:
+        out.append("refused")
+print(",".join(out))
+"""
+
+
+def test_udp_round_trip(netns, gateway):
+    echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    echo.bind(("127.0.0.1", 0))
+    echo.settimeout(30)
+
+    def serve():
+        peers = set()
+        for _ in range(3):
+            data, peer = echo.recvfrom(100)
+            peers.add(peer[0])
+            echo.sendto(data.replace(b"question", b"answer"), peer)
+        return peers
+    t, res = _thread(serve)
+    r = netns.python(UDP_CLIENT, GATEWAY, echo.getsockname()[1], timeout=60)
+    t.join(30)
+    echo.close()
+    assert r.stdout.strip() == "answer 0,answer 1,answer 2", r.stderr
+    assert res["value"] == {"127.0.0.1"}
+
+
+READ_THEN_CLOSE = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60)
+n = 0
+while n < (1 << 20):
+    n += len(s.recv(65536))
+s.close()              # with unread data: the kernel sends a RST
+print(n)
+"""
+
+
+def test_container_closes_mid_transfer(netns, gateway):
+    srv = _listener()
+
+    def serve():
+        conn, _ = srv.accept()
+        conn.settimeout(60)
+        sent = 0
+        with conn:
+            try:
+                for _ in range(1000):           # 1 GiB at most: the reset comes long before
+                    conn.sendall(b"z" * MIB)
+                    sent += MIB
+            except (ConnectionResetError, BrokenPipeError) as e:
+                return type(e).__name__, sent
+        return "finished", sent
+    t, res = _thread(serve)
+    r = netns.python(READ_THEN_CLOSE, GATEWAY, srv.getsockname()[1], timeout=60)
+    t.join(60)
+    srv.close()
+    assert r.returncode == 0, r.stderr
+    outcome, sent = res["value"]
+    assert outcome in ("ConnectionResetError", "BrokenPipeError") and sent < 1000 * MIB
+
+
+READ_ALL = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60)
+n = 0
+try:
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        n += len(d)
+    print("eof", n)
+except ConnectionResetError:
+    print("reset", n)
+"""
+
+
+@pytest.mark.parametrize("abort", [False, True])
+def test_host_closes_mid_transfer(netns, gateway, abort):
+    srv = _listener()
+
+    def serve():
+        conn, _ = srv.accept()
+        conn.sendall(b"y" * MIB)
+        if abort:                       # SO_LINGER 0: close() sends a RST, not a FIN
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+    t, res = _thread(serve)
+    r = netns.python(READ_ALL, GATEWAY, srv.getsockname()[1], timeout=60)
+    t.join(30)
+    srv.close()
+    kind, n = r.stdout.split()
+    if abort:
+        assert kind == "reset" and int(n) <= MIB
+    else:
+        assert (kind, int(n)) == ("eof", MIB)
+
+
+HALF_CLOSE = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60)
+s.sendall(b"x" * 100000)
+s.shutdown(socket.SHUT_WR)
+buf = b""
+while True:
+    d = s.recv(65536)
+    if not d:
+        break
+    buf += d
+print(buf.decode())
+"""
+
+
+def test_half_close_from_the_container(netns, gateway):
+    srv = _listener()
+
+    def serve():
+        conn, _ = srv.accept()
+        n = 0
+        with conn:
+            while True:
+                d = conn.recv(65536)
+                if not d:
+                    break
+                n += len(d)
+            conn.sendall(b"got %d after EOF" % n)
+    t, res = _thread(serve)
+    r = netns.python(HALF_CLOSE, GATEWAY, srv.getsockname()[1], timeout=60)
+    t.join(30)
+    srv.close()
+    assert r.stdout.strip() == "got 100000 after EOF", r.stderr
+
+
+CONNECT = r"""
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
+    print("connected")
+except OSError as e:
+    print(type(e).__name__)
+"""
+
+
+def test_refused_connect(netns, gateway):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]           # bound, not listening: connect() is refused
+    r = netns.python(CONNECT, GATEWAY, port, timeout=60)
+    s.close()
+    assert r.stdout.strip() == "ConnectionRefusedError", r.stderr
+
+
+def test_host_loopback_refused_without_the_flag(netns, closed_gateway):
+    srv = _listener()
+    r = netns.python(CONNECT, GATEWAY, srv.getsockname()[1], timeout=60)
+    assert r.stdout.strip() == "ConnectionRefusedError", r.stderr
+    srv.settimeout(0.5)
+    with pytest.raises(socket.timeout):
+        srv.accept()                    # nothing ever reached the listener
+    srv.close()
+    echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    echo.bind(("127.0.0.1", 0))
+    r = netns.python(UDP_CLIENT, GATEWAY, echo.getsockname()[1], timeout=60)
+    assert r.stdout.strip() == "refused,refused,refused", r.stderr
+    echo.settimeout(0.2)
+    with pytest.raises(socket.timeout):
+        echo.recvfrom(100)
+    echo.close()
+    assert any("--allow-host-loopback" in m for m in closed_gateway.logs)
+
+
+def _rss_kib():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+
+
+IDLE_AND_STALLED = r"""
+import socket, sys, time, hashlib
+host, port = sys.argv[1], int(sys.argv[2])
+idle = [socket.create_connection((host, port), timeout=60) for _ in range(200)]
+stalled = socket.create_connection((host, port), timeout=60)
+stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+print("open", flush=True)
+sys.stdin.readline()                   # the test measures while nobody reads
+h, n = hashlib.sha256(), 0
+while True:
+    d = stalled.recv(1 << 20)
+    if not d:
+        break
+    h.update(d); n += len(d)
+print(n, h.hexdigest(), flush=True)
+"""
+
+
+def test_idle_connections_and_a_stalled_reader_keep_memory_bounded(netns, gateway):
+    import subprocess
+    srv = _listener()
+    block = os.urandom(MIB)
+    conns = []
+
+    def serve():
+        for _ in range(201):
+            conns.append(srv.accept()[0])
+        stalled = conns[-1]
+        for _ in range(64):             # 64 MiB toward a reader that does not read
+            stalled.sendall(block)
+        stalled.close()
+    t, res = _thread(serve)
+    before = _rss_kib()
+    p = netns.popen(["/usr/bin/python3", "-c", IDLE_AND_STALLED, GATEWAY,
+                     str(srv.getsockname()[1])], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    text=True)
+    try:
+        assert p.stdout.readline().strip() == "open"
+        samples = []
+        for _ in range(6):              # three seconds of a stalled transfer
+            time.sleep(0.5)
+            samples.append(_rss_kib())
+        flows = len(gateway.tcp)
+        p.stdin.write("\n")
+        p.stdin.flush()
+        n, digest = p.stdout.readline().split()
+    finally:
+        p.kill()
+        p.wait()
+    t.join(30)
+    for c in conns:
+        c.close()
+    srv.close()
+    assert flows == 201
+    assert (int(n), digest) == (64 * MIB, hashlib.sha256(block * 64).hexdigest())
+    growth = max(samples) - before
+    print(f"RSS before {before} KiB, with 200 idle + 1 stalled: max {max(samples)} KiB "
+          f"(+{growth} KiB)")
+    # 64 MiB were pushed at a reader that did not read: none of it may sit in our memory.
+    assert growth < 16 * 1024
