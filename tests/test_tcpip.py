@@ -419,6 +419,22 @@ def test_rst_from_host_resets_the_container(listener):
     gw.close()
 
 
+def test_data_before_a_host_reset_reaches_the_container_first(listener):
+    out, gw = _gateway()
+    c = Container(gw, out, listener.getsockname()[1])
+    c.handshake(window=65535)
+    conn, _ = listener.accept()
+    conn.sendall(b"last words")
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+    data = c.expect(lambda s: s.data or s.flags & RST)
+    assert bytes(data.data) == b"last words"
+    rst = c.expect(lambda s: s.flags & RST)
+    assert rst.seq == data.seq + len(b"last words")
+    assert gw.snapshot()["tcp"] == {}
+    gw.close()
+
+
 def test_refused_connect_is_a_reset(listener):
     port = listener.getsockname()[1]
     listener.close()                        # nobody listens there now

@@ -310,6 +310,7 @@ def test_host_closes_mid_transfer(netns, gateway, abort):
     r = netns.python(READ_ALL, GATEWAY, srv.getsockname()[1], timeout=60)
     t.join(30)
     srv.close()
+    assert len(r.stdout.split()) == 2, r.stderr
     kind, n = r.stdout.split()
     if abort:
         assert kind == "reset" and int(n) <= MIB

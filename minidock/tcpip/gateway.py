@@ -47,6 +47,7 @@ import logging
 import os
 import select
 import socket
+import struct
 import time
 
 from . import ethernet, ipv4, packet, tcp, tcpwire, udp
@@ -63,7 +64,8 @@ TCP_IDLE_TIMEOUT = 7200.0
 TCP_TIME_WAIT = 60.0
 MAX_TCP_FLOWS = 16384
 MAX_UDP_FLOWS = 4096
-BATCH = 256                 # frames read per wake-up before acknowledgments go out
+BATCH = 256                 # frames read per wake-up before the host sockets get a turn
+ACK_EVERY = 16              # acknowledgments go out at least this often within a batch
 
 log = logging.getLogger("minidock.tcpip")
 
@@ -459,6 +461,7 @@ class Gateway:
         view = memoryview(rx)
         start = packet.VNET_HLEN if self.vnet else 0
         recv_into = self.psock.recv_into
+        count = 0
         for _ in range(BATCH):
             try:
                 n = recv_into(rx)
@@ -470,15 +473,21 @@ class Gateway:
                 return
             trusted = self.vnet and packet.vnet_checksum_trusted(rx)
             self.handle_frame(view[start:n], trusted)
+            count += 1
+            if count % ACK_EVERY == 0 and self._acks:
+                self._send_acks()       # keep the senders' windows moving during a long burst
 
     def flush(self):
         """Send the acknowledgments earned by the frames handled so far, run due timers."""
         if self._acks:
-            acks, self._acks = self._acks, set()
-            for flow in acks:
-                if flow.state == tcp.ESTABLISHED:
-                    flow.send_ack()
+            self._send_acks()
         self._run_timers()
+
+    def _send_acks(self):
+        acks, self._acks = self._acks, set()
+        for flow in acks:
+            if flow.state == tcp.ESTABLISHED:
+                flow.send_ack()
 
     def _run_timers(self):
         timers = self._timers
@@ -544,8 +553,21 @@ class Gateway:
                 table.pop(key).close()
         self.macs.pop(addr, None)
 
+    def packet_drops(self):
+        """Frames the kernel dropped because the packet socket's queue was full
+        (PACKET_STATISTICS; reading it resets the kernel's counters)."""
+        if self.psock is not None:
+            try:
+                _, drops = struct.unpack("II", self.psock.getsockopt(
+                    packet.SOL_PACKET, packet.PACKET_STATISTICS, 8))
+                self.stats["packet_drops"] += drops
+            except OSError:
+                pass
+        return self.stats["packet_drops"]
+
     def snapshot(self):
         states = collections.Counter(f.state for f in self.tcp.values())
+        self.packet_drops()
         return {"tcp": dict(states), "udp": len(self.udp), "icmp": len(self.icmp),
                 "vnet_hdr": self.vnet, "peek_offset": self.peek_off, "stats": dict(self.stats)}
 

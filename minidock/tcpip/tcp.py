@@ -8,7 +8,7 @@ lossless local link: **no buffer of our own**.
   container -> host   A segment's payload goes straight into the host socket with one non-
                       blocking send(); we acknowledge exactly what the socket took. The window we
                       advertise is the free space of the host socket's send buffer
-                      (SO_SNDBUF - SIOCOUTQ), so a well-behaved container never sends more than
+                      (SO_MEMINFO: sndbuf - wmem_queued), so a well-behaved container never sends more than
                       the socket can take. If it still does, the rest is not acknowledged (the
                       container retransmits it) and we wait for EPOLLOUT to reopen the window.
   host -> container   Data stays in the host socket's receive queue until the container
@@ -46,7 +46,6 @@ vanished without a RST.
 """
 
 import errno
-import fcntl
 import os
 import select
 import socket
@@ -60,7 +59,11 @@ CONNECTING, SYN_RCVD, ESTABLISHED, TIME_WAIT, CLOSED = (
     "CONNECTING", "SYN_RCVD", "ESTABLISHED", "TIME_WAIT", "CLOSED")
 
 SO_PEEK_OFF = 42
-SIOCOUTQ = 0x5411           # TIOCOUTQ: bytes in the send queue not yet acknowledged by the peer
+# At most this much in flight from one container connection: the packet socket's receive
+# buffer (2 x net.core.rmem_max, 8 MiB by default) must absorb a whole window while the loop is
+# busy, or frames are dropped before we see them.
+MAX_WINDOW = 4 << 20
+SO_MEMINFO = 55             # u32[9]: rmem_alloc, rcvbuf, wmem_alloc, sndbuf, fwd_alloc, wmem_queued...
 OUR_WSCALE = 7              # windows up to 8 MiB
 DEFAULT_MSS = 536           # RFC 9293 when the SYN carries none
 RTO_MIN = 0.2
@@ -110,7 +113,7 @@ class TcpFlow:
                  "first_fin_ours", "rdhup", "host_pending", "host_blocked", "dupacks",
                  "rto", "retries", "rto_at", "win_at", "win_delay", "idle_at", "probes",
                  "deadline", "last_seen", "syn_quote", "adv_right", "ack_sent", "peekoff",
-                 "sndbuf")
+                 "host_err")
 
     def __init__(self, gw, key, mac, gw_ip, dest, syn, syn_quote):
         self.gw = gw
@@ -146,7 +149,7 @@ class TcpFlow:
         self.adv_right = self.rcv_nxt
         self.ack_sent = None
         self.peekoff = gw.peek_off
-        self.sndbuf = 0
+        self.host_err = 0               # the host side was reset: pass on its data, then RST
 
     def __repr__(self):
         return f"TcpFlow({self.key} {self.state})"
@@ -165,7 +168,6 @@ class TcpFlow:
         # Segments arrive already sized by the container's stack: don't delay them again.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
-        self.sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)   # fixed from now on
         self.sock, self.fd = sock, sock.fileno()
         err = sock.connect_ex(self.dest)
         if err not in (0, errno.EINPROGRESS):
@@ -204,7 +206,12 @@ class TcpFlow:
         if self.state == CONNECTING:
             if ev & (select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP):
                 err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if err:
+                if err in (errno.ECONNRESET, errno.EPIPE):
+                    # Connected, then reset before we looked: the container gets the
+                    # connection, whatever data came before the reset, and then the reset.
+                    self.host_err = err
+                    self._connected()
+                elif err:
                     self._connect_failed(err)
                 else:
                     self._connected()
@@ -212,10 +219,12 @@ class TcpFlow:
         if self.sock is None:
             return
         if ev & select.EPOLLERR:
+            # A reset from the host: the data it sent before stays readable in the socket and
+            # goes to the container first (push() resets the container when it runs dry).
             err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
-                self._host_reset()
-                return
+                self.host_err = err
+                self.host_pending = True
         if ev & (select.EPOLLRDHUP | select.EPOLLHUP):
             self.rdhup = True
         if ev & (select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP):
@@ -373,15 +382,16 @@ class TcpFlow:
             try:
                 got = self._peek(view, n, inflight)
             except BlockingIOError:
-                self.host_pending = False
-                return
+                got = 0
             except OSError:
                 self._host_reset()
                 return
             if got == 0:
-                if self.rdhup:
-                    self._send_fin()
                 self.host_pending = False
+                if self.host_err:
+                    self._host_reset()
+                elif self.rdhup:
+                    self._send_fin()
                 return
             win = self._window_field()
             link.send_tcp(self.mac, self.key[2], self.key[0], self.key[3], self.key[1],
@@ -450,10 +460,14 @@ class TcpFlow:
         if self.sock is None:
             return 0
         try:
-            outq = struct.unpack("i", fcntl.ioctl(self.fd, SIOCOUTQ, b"\0\0\0\0"))[0]
+            info = self.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36)
         except OSError:
             return 0
-        return max(0, self.sndbuf - outq)
+        sndbuf, _fwd, queued = struct.unpack_from("III", info, 12)  # SK_MEMINFO_SNDBUF..QUEUED
+        # Queued memory counts skb overhead (~2% on loopback) and send() refuses data by that
+        # measure, so the payload that still fits is a little less than the difference.
+        free = sndbuf - queued
+        return min(free - (free >> 4), MAX_WINDOW) if free > 0 else 0
 
     def _window_field(self):
         """The window we advertise: the host socket's free send space, scaled."""
