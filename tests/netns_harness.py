@@ -54,8 +54,9 @@ def _child(ctl, mtu, vnet, user):
         with open("/proc/self/gid_map", "w") as f:
             f.write(f"0 {gid} 1\n")
         for cmd in (["ip", "link", "set", "lo", "up"],
-                    ["ip", "link", "add", "veth0", "mtu", str(mtu), "type", "veth",
-                     "peer", "name", "gw0", "mtu", str(mtu)],
+                    ["ip", "link", "add", "veth0", "mtu", str(mtu), "numtxqueues", "1",
+                     "numrxqueues", "1", "type", "veth", "peer", "name", "gw0", "mtu", str(mtu),
+                     "numtxqueues", "1", "numrxqueues", "1"],
                     ["ip", "addr", "add", f"{CONTAINER}/24", "dev", "veth0"],
                     ["ip", "link", "set", "veth0", "up"],
                     ["ip", "link", "set", "gw0", "up"],

@@ -351,6 +351,27 @@ def test_out_of_order_segment_is_dropped_with_a_duplicate_ack(listener):
     gw.close()
 
 
+def test_reordering_within_one_batch_is_absorbed(listener):
+    out, gw = _gateway()
+    c = Container(gw, out, listener.getsockname()[1])
+    c.handshake(window=65535)
+    conn, _ = listener.accept()
+    base = c.seq
+    second = tcpwire.tcp_segment(CT, GW, c.sport, c.port, base + 5, c.ack, ACK, 1000, b"world")
+    first = tcpwire.tcp_segment(CT, GW, c.sport, c.port, base, c.ack, ACK, 1000, b"hello")
+    gw.handle_frame(_frame(ipv4.PROTO_TCP, second))     # one batch: the later one first
+    gw.handle_frame(_frame(ipv4.PROTO_TCP, first))
+    gw.flush()
+    c.seq = base + 10
+    ack = c.expect()
+    assert ack.ack == base + 10 and gw.stats["tcp_reordered"] == 1
+    assert gw.stats["tcp_out_of_order"] == 0
+    time.sleep(0.05)
+    assert conn.recv(100) == b"helloworld"
+    conn.close()
+    gw.close()
+
+
 def test_fin_from_container_is_a_half_close(listener):
     out, gw = _gateway()
     c = Container(gw, out, listener.getsockname()[1])

@@ -65,6 +65,8 @@ TCP_TIME_WAIT = 60.0
 MAX_TCP_FLOWS = 16384
 MAX_UDP_FLOWS = 4096
 BATCH = 256                 # frames read per wake-up before the host sockets get a turn
+STASH_SLOTS = 8             # reordered segments held per batch, for all flows together
+STASH_REACH = 8 * 65536     # how far ahead of the expected byte a segment may be to be held
 ACK_EVERY = 16              # acknowledgments go out at least this often within a batch
 
 log = logging.getLogger("minidock.tcpip")
@@ -238,6 +240,8 @@ class Gateway:
         self._timers = []           # heap of (when, tie-breaker, object)
         self._tie = 0
         self._acks = set()
+        self._stash = {}            # flow -> [(seq, flags, bytes)]: the reorder stash
+        self.stashed = 0
         self._fds = {}
         self._logged = set()
         self._ping_error = None
@@ -282,6 +286,43 @@ class Gateway:
 
     def want_ack(self, flow):
         self._acks.add(flow)
+
+    # The reorder stash: the one exception to "no buffer of our own", bounded for the whole
+    # gateway (STASH_SLOTS segments, so at most STASH_SLOTS x 64 KiB) and for one batch of
+    # frames only. Measured without it: a single reordering on the veth cost the container a
+    # window of retransmissions, and some 1 GiB uploads ran at 0.6 Gbit/s instead of 8.
+
+    def stash(self, flow, distance, seq, flags, data):
+        if self.stashed >= STASH_SLOTS or distance > STASH_REACH or not data:
+            return False
+        self._stash.setdefault(flow, []).append((seq, flags, bytes(data)))
+        self.stashed += 1
+        self.stats["tcp_reordered"] += 1
+        return True
+
+    def unstash(self, flow):
+        """Feed the flow the stashed segments that are now in order."""
+        entries = self._stash.get(flow)
+        while entries and flow.state == tcp.ESTABLISHED:
+            ready = [e for e in entries if tcpwire.seq_diff(e[0], flow.rcv_nxt) <= 0]
+            if not ready:
+                return
+            for e in ready:
+                entries.remove(e)
+                self.stashed -= 1
+            for seq, flags, data in sorted(ready, key=lambda e: tcpwire.seq_diff(e[0], flow.rcv_nxt)):
+                flow._on_data(seq, flags, memoryview(data))
+        if not entries:
+            self._stash.pop(flow, None)
+
+    def _flush_stash(self):
+        """End of a batch: what is still stashed was not mere reordering; drop it."""
+        stash, self._stash = self._stash, {}
+        self.stashed = 0
+        for flow, entries in stash.items():
+            self.stats["tcp_out_of_order"] += len(entries)
+            if flow.state == tcp.ESTABLISHED:
+                flow.send_ack(force=True)       # the duplicate ACK we held back
 
     def forget_tcp(self, flow):
         flow.state = tcp.CLOSED
@@ -479,6 +520,8 @@ class Gateway:
 
     def flush(self):
         """Send the acknowledgments earned by the frames handled so far, run due timers."""
+        if self.stashed:
+            self._flush_stash()
         if self._acks:
             self._send_acks()
         self._run_timers()

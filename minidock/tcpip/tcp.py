@@ -287,7 +287,7 @@ class TcpFlow:
         if self.state != ESTABLISHED:
             return
         if seg.data or f & FIN:
-            self._on_data(seg)
+            self._on_data(seg.seq, seg.flags, seg.data)
         if self.state == ESTABLISHED and self.host_pending:
             self.push()
 
@@ -325,17 +325,20 @@ class TcpFlow:
             self.host_pending = self.host_pending or self.sock is not None
         self.snd_wnd = win
 
-    def _on_data(self, seg):
-        data = seg.data
-        d = seq_diff(seg.seq, self.rcv_nxt)
+    def _on_data(self, seq, flags, data):
+        d = seq_diff(seq, self.rcv_nxt)
         if d > 0:
-            # Out of order: we keep nothing, the container will resend; tell it where we are.
-            self.gw.stats["tcp_out_of_order"] += 1
-            self.send_ack(force=True)
+            # Out of order. A segment a few positions early is usually just reordered (two
+            # CPUs of the container transmitting for one socket): the gateway's small shared
+            # stash may hold it until the end of this batch of frames. Otherwise we keep
+            # nothing: the container will resend; a duplicate ACK tells it where we are.
+            if not self.gw.stash(self, d, seq, flags, data):
+                self.gw.stats["tcp_out_of_order"] += 1
+                self.send_ack(force=True)
             return
         if d < 0:
             skip = -d
-            if skip >= len(data) + (1 if seg.flags & FIN else 0):
+            if skip >= len(data) + (1 if flags & FIN else 0):
                 self.send_ack(force=True)       # entirely old: a retransmission we already have
                 return
             data = data[skip:]
@@ -355,7 +358,7 @@ class TcpFlow:
                 self.gw.stats["tcp_host_blocked"] += 1
                 self.send_ack(force=True)
                 return
-        if seg.flags & FIN and not self.fin_rcvd:
+        if flags & FIN and not self.fin_rcvd:
             self.rcv_nxt = (self.rcv_nxt + 1) & MASK
             self.fin_rcvd = True
             try:
@@ -367,6 +370,8 @@ class TcpFlow:
                 self._finish()
             return
         self.gw.want_ack(self)
+        if self.gw.stashed:
+            self.gw.unstash(self)
 
     # --- host -> container -----------------------------------------------------------------
 
