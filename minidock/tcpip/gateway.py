@@ -512,7 +512,11 @@ class Gateway:
                 self.stats["packet_recv_error"] += 1
                 self.log_once(f"precv-{e.errno}", f"packet socket recv: {e}")
                 return
-            trusted = self.vnet and packet.vnet_checksum_trusted(rx)
+            # With the virtio header the kernel says whether the checksum is complete; without
+            # it we cannot know, and a frame from the container's kernel usually carries a
+            # partial one (CHECKSUM_PARTIAL: only the pseudo-header summed), so it is trusted:
+            # the other end of a veth is a local kernel, not a wire that flips bits.
+            trusted = packet.vnet_checksum_trusted(rx) if self.vnet else True
             self.handle_frame(view[start:n], trusted)
             count += 1
             if count % ACK_EVERY == 0 and self._acks:
