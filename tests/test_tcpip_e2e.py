@@ -33,7 +33,7 @@ def netns():
 class Running:
     def __init__(self, netns, allow):
         self.logs = []
-        self.gw = Gateway(netns.packet_sock, networks=[NETWORK], allow_host_loopback=allow,
+        self.gw = Gateway(netns.packet_sock.dup(), networks=[NETWORK], allow_host_loopback=allow,
                           logger=self.logs.append)
         self.thread = threading.Thread(target=self.gw.run, daemon=True)
         self.thread.start()

@@ -48,6 +48,7 @@ import os
 import select
 import socket
 import struct
+import threading
 import time
 
 from . import ethernet, ipv4, packet, tcp, tcpwire, udp
@@ -87,13 +88,22 @@ class Network:
         return ipv4.in_cidr(addr, self.net, self.plen)
 
 
-def route(dst, networks, allow_host_loopback):
+def route(dst, networks, allow_host_loopback, host_alias=None, kernel_gateway=False):
     """Where a container's packet to `dst` (4 bytes) goes: (HOST, address) / (REFUSE|DROP, why).
 
-    The policy of the module docstring as a pure function (tested as a table)."""
+    The policy of the module docstring as a pure function (tested as a table). `host_alias` is
+    an extra address standing for the host (slirp4netns's 10.0.2.2); `kernel_gateway` says the
+    gateway addresses belong to the namespace's kernel (a bridge holds them), so packets to them
+    are none of our business."""
     first = dst[0]
+    if dst == host_alias:
+        if allow_host_loopback:
+            return HOST, HOST_LOOPBACK
+        return REFUSE, "the host's loopback is reachable only with --allow-host-loopback"
     for n in networks:
         if dst == n.gateway:
+            if kernel_gateway:
+                return DROP, "the gateway address belongs to the namespace's kernel"
             if allow_host_loopback:
                 return HOST, HOST_LOOPBACK
             return REFUSE, "the host's loopback is reachable only with --allow-host-loopback"
@@ -107,12 +117,39 @@ def route(dst, networks, allow_host_loopback):
     return HOST, addr_str(dst)
 
 
+class Port:
+    """One wire of the gateway: an AF_PACKET socket (or a test sink), the MAC we use on it,
+    and the container networks behind it.
+
+    Two layouts are supported. In the first (`kernel_gateway=False`) the socket reads a veth end
+    that *is* the gateway: we answer ARP for the gateway addresses and the gateway address
+    itself stands for the host. In the second (`kernel_gateway=True`) the socket is opened on a
+    bridge whose kernel interface holds the gateway address (the daemon's network namespace of
+    networks.py): the kernel answers ARP and owns the gateway's ports (the embedded DNS), and
+    with ip_forward=0 it silently drops what it would have to route; a packet tap on the bridge
+    sees those same frames, and we answer them with the bridge's MAC as source."""
+    __slots__ = ("link", "psock", "networks", "kernel_gateway", "mac")
+
+    def __init__(self, link, psock, networks, kernel_gateway):
+        self.link, self.psock, self.mac = link, psock, link.mac
+        self.networks = networks
+        self.kernel_gateway = kernel_gateway
+
+    def network_of(self, addr):
+        for n in self.networks:
+            if n.contains(addr):
+                return n
+        return None
+
+
 class UdpFlow:
     """A container's UDP port: one unconnected host socket, forgotten when idle."""
-    __slots__ = ("gw", "key", "mac", "gw_ip", "sock", "fd", "last", "loop_mapped", "deadline")
+    __slots__ = ("gw", "link", "key", "mac", "gw_ip", "sock", "fd", "last", "loop_mapped",
+                 "alias", "deadline")
 
-    def __init__(self, gw, key, mac, gw_ip):
-        self.gw, self.key, self.mac, self.gw_ip = gw, key, mac, gw_ip
+    def __init__(self, gw, link, key, mac, gw_ip):
+        self.gw, self.link, self.key, self.mac, self.gw_ip = gw, link, key, mac, gw_ip
+        self.alias = gw_ip              # the address replies from the host's loopback wear
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
                                   | socket.SOCK_CLOEXEC)
         self.fd = self.sock.fileno()
@@ -120,10 +157,11 @@ class UdpFlow:
         self.loop_mapped = False
         self.deadline = None
 
-    def send(self, host, port, data):
+    def send(self, host, port, data, dst):
         self.last = self.gw.now
         if host == HOST_LOOPBACK:
             self.loop_mapped = True
+            self.alias = dst
         try:
             self.sock.sendto(data, (host, port))
         except BlockingIOError:
@@ -145,16 +183,16 @@ class UdpFlow:
             if src == HOST_LOOPBACK:
                 if not self.loop_mapped:
                     continue
-                src_addr = self.gw_ip
+                src_addr = self.alias
             else:
                 src_addr = addr_bytes(src)
-            if n + 28 > self.gw.link.mtu:
+            if n + 28 > self.link.mtu:
                 self.gw.stats["udp_too_big"] += 1
                 self.gw.log_once("udp-too-big", f"a {n}-byte UDP reply from {src}:{sport} "
                                  f"exceeds the MTU and fragments are not sent: dropped")
                 continue
             l4 = udp.udp_datagram(src_addr, self.key[0], sport, self.key[1], memoryview(buf)[:n])
-            self.gw.link.send_ip(self.mac, src_addr, self.key[0], PROTO_UDP, l4)
+            self.link.send_ip(self.mac, src_addr, self.key[0], PROTO_UDP, l4)
             self.gw.stats["udp_in"] += 1
 
     def close(self):
@@ -164,10 +202,10 @@ class UdpFlow:
 
 class IcmpFlow:
     """Echo requests of one container (address, identifier) through a ping socket."""
-    __slots__ = ("gw", "key", "mac", "sock", "fd", "last", "deadline")
+    __slots__ = ("gw", "link", "key", "mac", "sock", "fd", "last", "deadline")
 
-    def __init__(self, gw, key, mac):
-        self.gw, self.key, self.mac = gw, key, mac
+    def __init__(self, gw, link, key, mac):
+        self.gw, self.link, self.key, self.mac = gw, link, key, mac
         # icmp(7): SOCK_DGRAM + IPPROTO_ICMP is the unprivileged "ping socket"; the kernel
         # rewrites the echo identifier to the socket's port and filters replies by it.
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
@@ -198,7 +236,7 @@ class IcmpFlow:
             # Put the container's identifier back (the kernel used the socket's port).
             msg = ipv4.icmp_message(ICMP_ECHO_REPLY, 0, self.key[1].to_bytes(2, "big") + data[6:8],
                                     data[8:])
-            self.gw.link.send_ip(self.mac, addr_bytes(src), self.key[0], PROTO_ICMP, msg)
+            self.link.send_ip(self.mac, addr_bytes(src), self.key[0], PROTO_ICMP, msg)
 
     def close(self):
         self.gw.unregister(self)
@@ -206,25 +244,12 @@ class IcmpFlow:
 
 
 class Gateway:
-    def __init__(self, packet_sock=None, *, networks, allow_host_loopback=False, mac=DEFAULT_MAC,
-                 sink=None, vnet_hdr=None, mtu=packet.MTU, udp_timeout=UDP_TIMEOUT,
-                 tcp_idle_timeout=TCP_IDLE_TIMEOUT, tcp_time_wait=TCP_TIME_WAIT,
-                 max_tcp_flows=MAX_TCP_FLOWS, logger=None):
-        if (packet_sock is None) == (sink is None):
-            raise ValueError("give a packet socket, or a sink for frames (tests)")
-        self.networks = [Network(n) for n in networks]
-        if not self.networks:
-            raise ValueError("a gateway needs at least one network")
+    def __init__(self, packet_sock=None, *, networks=(), allow_host_loopback=False,
+                 mac=DEFAULT_MAC, sink=None, vnet_hdr=None, mtu=packet.MTU, kernel_gateway=False,
+                 host_alias=None, udp_timeout=UDP_TIMEOUT, tcp_idle_timeout=TCP_IDLE_TIMEOUT,
+                 tcp_time_wait=TCP_TIME_WAIT, max_tcp_flows=MAX_TCP_FLOWS, logger=None):
         self.allow_host_loopback = bool(allow_host_loopback)
-        self.mac = mac
-        self.psock = packet_sock
-        if packet_sock is not None:
-            packet_sock.setblocking(False)
-            if vnet_hdr is None:
-                vnet_hdr = packet.vnet_enabled(packet_sock)
-            sink = self._send_frame
-        self.vnet = bool(vnet_hdr)
-        self.link = packet.Link(sink, mac, self.vnet, mtu)
+        self.host_alias = addr_bytes(host_alias) if host_alias else None
         self.udp_timeout = udp_timeout
         self.tcp_idle_timeout = tcp_idle_timeout
         self.tcp_time_wait = tcp_time_wait
@@ -232,10 +257,12 @@ class Gateway:
         self.log = logger or log.warning
         self.peek_off = tcp.peek_offset_supported()
         self.stats = collections.Counter()
+        self.ports = []
+        self.networks = []          # of every port: no container subnet is ever dialled
+        self._port_fds = {}
         self.tcp = {}               # (cip, cport, dip, dport) -> TcpFlow
         self.udp = {}               # (cip, cport) -> UdpFlow
         self.icmp = {}              # (cip, echo id) -> IcmpFlow
-        self.macs = {}              # container ip -> MAC, learned from its frames
         self.now = time.monotonic()
         self._timers = []           # heap of (when, tie-breaker, object)
         self._tie = 0
@@ -245,24 +272,106 @@ class Gateway:
         self._fds = {}
         self._logged = set()
         self._ping_error = None
+        self._calls = collections.deque()
+        self._thread = None
         self.udp_buf = bytearray(65535)
         self._rx = bytearray(packet.VNET_HLEN + packet.MAX_FRAME)
         self.ep = select.epoll()
-        self._stop_r, self._stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.ep.register(self._stop_r, select.EPOLLIN)
-        if self.psock is not None:
-            self.ep.register(self.psock.fileno(), select.EPOLLIN)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.ep.register(self._wake_r, select.EPOLLIN)
+        self._stopping = False
         self._sweep_at = self.now + 1.0
+        if packet_sock is not None or sink is not None:
+            self.add_port(packet_sock, networks=networks, mac=mac, sink=sink, vnet_hdr=vnet_hdr,
+                          mtu=mtu, kernel_gateway=kernel_gateway)
+
+    @property
+    def link(self):
+        """The first port's frame writer (the single-wire case)."""
+        return self.ports[0].link
+
+    # --- ports: may be called from any thread -----------------------------------------------
+
+    def add_port(self, packet_sock=None, *, networks, mac=DEFAULT_MAC, sink=None, vnet_hdr=None,
+                 mtu=packet.MTU, kernel_gateway=False):
+        """Attach a wire. `packet_sock` (now owned by the gateway) or, for tests, `sink`."""
+        if (packet_sock is None) == (sink is None):
+            raise ValueError("give a packet socket, or a sink for frames (tests)")
+        nets = [Network(n) for n in networks]
+        if not nets:
+            raise ValueError("a port needs at least one network")
+        if packet_sock is not None:
+            packet_sock.setblocking(False)
+            if vnet_hdr is None:
+                vnet_hdr = packet.vnet_enabled(packet_sock)
+            sink = self._sender(packet_sock)
+        port = Port(packet.Link(sink, mac, bool(vnet_hdr), mtu), packet_sock, nets,
+                    bool(kernel_gateway))
+        return self.call(self._add_port, port)
+
+    def _add_port(self, port):
+        self.ports.append(port)
+        self.networks = [n for p in self.ports for n in p.networks]
+        if port.psock is not None:
+            self._port_fds[port.psock.fileno()] = port
+            self.ep.register(port.psock.fileno(), select.EPOLLIN)
+        return port
+
+    def remove_port(self, port):
+        """Detach a wire (a network was removed): its flows are reset, its socket closed."""
+        return self.call(self._remove_port, port)
+
+    def _remove_port(self, port):
+        for flow in [f for f in self.tcp.values() if f.link is port.link]:
+            flow.abort()
+        for table in (self.udp, self.icmp):
+            for key in [k for k, f in table.items() if f.link is port.link]:
+                table.pop(key).close()
+        if port in self.ports:
+            self.ports.remove(port)
+        self.networks = [n for p in self.ports for n in p.networks]
+        if port.psock is not None:
+            self._port_fds.pop(port.psock.fileno(), None)
+            try:
+                self.ep.unregister(port.psock.fileno())
+            except OSError:
+                pass
+            port.psock.close()
+
+    def call(self, fn, *args):
+        """Run fn(*args) on the loop's thread (now, if the loop is not running or this is it)."""
+        if self._thread is None or self._thread is threading.current_thread():
+            return fn(*args)
+        done, box = threading.Event(), {}
+
+        def run():
+            try:
+                box["value"] = fn(*args)
+            except BaseException as e:  # handed to the caller's thread
+                box["error"] = e
+            finally:
+                done.set()
+        self._calls.append(run)
+        os.write(self._wake_w, b"c")
+        if not done.wait(30):
+            raise TimeoutError("the gateway's loop did not answer")
+        if "error" in box:
+            raise box["error"]
+        return box.get("value")
 
     # --- plumbing used by the flows --------------------------------------------------------
 
-    def _send_frame(self, view):
-        try:
-            self.psock.send(view)
-        except (BlockingIOError, OSError) as e:
-            # ENOBUFS and friends: the frame is lost like on any wire; TCP will retransmit.
-            self.stats["frames_out_lost"] += 1
-            self.log_once(f"psend-{getattr(e, 'errno', 0)}", f"packet socket send: {e}")
+    def _sender(self, psock):
+        send = psock.send
+
+        def send_frame(view):
+            try:
+                send(view)
+            except OSError as e:
+                # ENOBUFS and friends: the frame is lost like on any wire; TCP retransmits.
+                self.stats["frames_out_lost"] += 1
+                self.log_once(f"psend-{e.errno}", f"packet socket send: {e}")
+        return send_frame
 
     def log_once(self, key, message):
         if key not in self._logged:
@@ -331,19 +440,18 @@ class Gateway:
         if self.tcp.get(flow.key) is flow:
             del self.tcp[flow.key]
 
-    def send_icmp(self, mac, src, dst, message):
-        self.link.send_ip(mac, src, dst, PROTO_ICMP, message)
 
     # --- frames in -------------------------------------------------------------------------
 
-    def handle_frame(self, frame, trusted=False):
-        """Process one Ethernet frame from the containers' side. `trusted`: the kernel says
-        the L4 checksum needs no verification (virtio_net_hdr flags). Never raises for bad
-        input: malformed frames are counted and dropped."""
+    def handle_frame(self, frame, trusted=False, port=None):
+        """Process one Ethernet frame from the containers' side (of `port`, the first one by
+        default). `trusted`: the kernel says the L4 checksum needs no verification
+        (virtio_net_hdr flags). Never raises for bad input: malformed frames are counted and
+        dropped."""
         self.stats["frames_in"] += 1
         try:
             self._handle_frame(frame if isinstance(frame, memoryview) else memoryview(frame),
-                               trusted)
+                               trusted, port or self.ports[0])
         except ipv4.Fragment as e:
             self.stats["fragments_dropped"] += 1
             self.log_once("fragment", f"IPv4 fragments are refused (MTU {self.link.mtu} on both "
@@ -352,48 +460,45 @@ class Gateway:
             self.stats["malformed"] += 1
             self.log_once(f"malformed-{type(e).__name__}-{str(e)[:20]}", f"dropped: {e}")
 
-    def _handle_frame(self, frame, trusted):
+    def _handle_frame(self, frame, trusted, port):
         dst_mac, src_mac, etype = ethernet.parse_ethernet(frame)
         if etype == ETH_P_IP:
-            if dst_mac != self.mac:
+            if dst_mac != port.mac:
                 self.stats["not_for_us"] += 1
                 return
             ip = ipv4.parse_ipv4(frame[ETH_HLEN:])
-            net = self._network_of(ip.src)
+            net = port.network_of(ip.src)
             if net is None:
                 self.stats["foreign_source"] += 1
                 return
-            if self.macs.get(ip.src) != src_mac:
-                self.macs[ip.src] = src_mac
             if ip.proto == PROTO_TCP:
-                self._tcp_in(ip, src_mac, net, trusted)
+                self._tcp_in(ip, src_mac, net, trusted, port)
             elif ip.proto == PROTO_UDP:
-                self._udp_in(ip, src_mac, net, trusted)
+                self._udp_in(ip, src_mac, net, trusted, port)
             elif ip.proto == PROTO_ICMP:
-                self._icmp_in(ip, src_mac, net)
+                self._icmp_in(ip, src_mac, net, port)
             else:
                 self.stats["ip_proto_ignored"] += 1
         elif etype == ETH_P_ARP:
-            self._arp_in(frame[ETH_HLEN:])
+            if not port.kernel_gateway:
+                self._arp_in(frame[ETH_HLEN:], port)
         else:
             self.stats["ethertype_ignored"] += 1
 
-    def _network_of(self, addr):
-        for n in self.networks:
-            if n.contains(addr):
-                return n
-        return None
+    def _route(self, dst, port):
+        return route(dst, self.networks, self.allow_host_loopback, self.host_alias,
+                     port.kernel_gateway)
 
-    def _arp_in(self, payload):
+    def _arp_in(self, payload, port):
         req = ethernet.parse_arp(payload)
         op, sha, spa, _, tpa = req
         if op != ethernet.ARP_REQUEST:
             return
-        if any(tpa == n.gateway for n in self.networks) and self._network_of(spa):
-            self.link.send_frame(ethernet.arp_reply_frame(req, self.mac))
+        if any(tpa == n.gateway for n in port.networks) and port.network_of(spa):
+            port.link.send_frame(ethernet.arp_reply_frame(req, port.mac))
             self.stats["arp_replies"] += 1
 
-    def _tcp_in(self, ip, mac, net, trusted):
+    def _tcp_in(self, ip, mac, net, trusted, port):
         seg = tcpwire.parse_tcp(ip.payload, ip.src, ip.dst, verify=not trusted)
         key = (ip.src, seg.sport, ip.dst, seg.dport)
         flow = self.tcp.get(key)
@@ -407,44 +512,46 @@ class Gateway:
         if not is_syn:
             if not seg.flags & RST:         # a segment of no flow we know: tell it so
                 self.stats["tcp_unknown_flow"] += 1
-                self._rst_for(ip, seg, mac)
+                self._rst_for(ip, seg, mac, port)
             return
-        action, where = route(ip.dst, self.networks, self.allow_host_loopback)
+        action, where = self._route(ip.dst, port)
         if action != HOST:
             self.stats[f"tcp_{action}"] += 1
             if action == REFUSE:
                 self.log_once(f"refuse-{where}", f"TCP to {addr_str(ip.dst)}:{seg.dport} "
                               f"refused: {where}")
-                self._rst_for(ip, seg, mac)
+                self._rst_for(ip, seg, mac, port)
             return
         if len(self.tcp) >= self.max_tcp_flows:
             self.log_once("tcp-max", f"{self.max_tcp_flows} TCP flows open: new ones are reset")
-            self._rst_for(ip, seg, mac)
+            self._rst_for(ip, seg, mac, port)
             return
         quote = bytes(ip.header) + bytes(ip.payload[:8])
-        flow = tcp.TcpFlow(self, key, mac, net.gateway, (where, seg.dport), seg, quote)
+        flow = tcp.TcpFlow(self, port.link, key, mac, net.gateway, (where, seg.dport), seg,
+                           quote)
         self.tcp[key] = flow
         self.stats["tcp_flows"] += 1
         flow.connect()
 
-    def _rst_for(self, ip, seg, mac):
+    def _rst_for(self, ip, seg, mac, port):
         """RFC 9293's reset for a segment that has no connection."""
         if seg.flags & ACK:
             seq, ack, flags = seg.ack, 0, RST
         else:
             length = len(seg.data) + (1 if seg.flags & SYN else 0) + (1 if seg.flags & 1 else 0)
             seq, ack, flags = 0, (seg.seq + length) & MASK, RST | ACK
-        self.link.send_tcp(mac, ip.dst, ip.src, seg.dport, seg.sport, seq, ack, flags, 0)
+        port.link.send_tcp(mac, ip.dst, ip.src, seg.dport, seg.sport, seq, ack, flags, 0)
 
-    def _udp_in(self, ip, mac, net, trusted):
+    def _udp_in(self, ip, mac, net, trusted, port):
         sport, dport, data = udp.parse_udp(ip.payload, ip.src, ip.dst, verify=not trusted)
-        action, where = route(ip.dst, self.networks, self.allow_host_loopback)
+        action, where = self._route(ip.dst, port)
         if action != HOST:
             self.stats[f"udp_{action}"] += 1
             if action == REFUSE:
                 # What a host without a listener says; the container's socket gets ECONNREFUSED.
                 quote = bytes(ip.header) + bytes(ip.payload[:8])
-                self.send_icmp(mac, ip.dst, ip.src, ipv4.icmp_unreachable(UNREACH_PORT, quote))
+                port.link.send_ip(mac, ip.dst, ip.src, PROTO_ICMP,
+                                  ipv4.icmp_unreachable(UNREACH_PORT, quote))
             return
         key = (ip.src, sport)
         flow = self.udp.get(key)
@@ -453,7 +560,7 @@ class Gateway:
                 self.stats["udp_flow_limit"] += 1
                 return
             try:
-                flow = UdpFlow(self, key, mac, net.gateway)
+                flow = UdpFlow(self, port.link, key, mac, net.gateway)
             except OSError as e:
                 self.log_once(f"udp-socket-{e.errno}", f"cannot open a UDP socket: {e}")
                 return
@@ -461,19 +568,22 @@ class Gateway:
             self.register(flow, select.EPOLLIN)
             self.stats["udp_flows"] += 1
         self.stats["udp_out"] += 1
-        flow.send(where, dport, data)
+        flow.send(where, dport, data, ip.dst)
 
-    def _icmp_in(self, ip, mac, net):
+    def _icmp_in(self, ip, mac, net, port):
         itype, code, rest, data = ipv4.parse_icmp(ip.payload)
         if itype != ICMP_ECHO_REQUEST:
             self.stats["icmp_ignored"] += 1
             return
-        if ip.dst == net.gateway or any(ip.dst == n.gateway for n in self.networks):
-            # The gateway's own address: the reply is ours to give.
-            self.send_icmp(mac, ip.dst, ip.src, ipv4.icmp_message(ICMP_ECHO_REPLY, 0, rest, data))
+        ours = ip.dst == self.host_alias or (not port.kernel_gateway and any(
+            ip.dst == n.gateway for n in self.networks))
+        if ours:
+            # An address that is us: the reply is ours to give.
+            port.link.send_ip(mac, ip.dst, ip.src, PROTO_ICMP,
+                              ipv4.icmp_message(ICMP_ECHO_REPLY, 0, rest, data))
             self.stats["icmp_echo_gateway"] += 1
             return
-        action, where = route(ip.dst, self.networks, self.allow_host_loopback)
+        action, where = self._route(ip.dst, port)
         if action != HOST:
             self.stats[f"icmp_{action}"] += 1
             return
@@ -485,7 +595,7 @@ class Gateway:
                 self.stats["icmp_unavailable"] += 1
                 return
             try:
-                flow = IcmpFlow(self, key, mac)
+                flow = IcmpFlow(self, port.link, key, mac)
             except OSError as e:
                 self._ping_error = e
                 self.stats["icmp_unavailable"] += 1
@@ -497,11 +607,12 @@ class Gateway:
 
     # --- the loop --------------------------------------------------------------------------
 
-    def _drain_packets(self):
+    def _drain_packets(self, port):
         rx = self._rx
         view = memoryview(rx)
-        start = packet.VNET_HLEN if self.vnet else 0
-        recv_into = self.psock.recv_into
+        vnet = port.link.vnet
+        start = packet.VNET_HLEN if vnet else 0
+        recv_into = port.psock.recv_into
         count = 0
         for _ in range(BATCH):
             try:
@@ -516,8 +627,8 @@ class Gateway:
             # it we cannot know, and a frame from the container's kernel usually carries a
             # partial one (CHECKSUM_PARTIAL: only the pseudo-header summed), so it is trusted:
             # the other end of a veth is a local kernel, not a wire that flips bits.
-            trusted = packet.vnet_checksum_trusted(rx) if self.vnet else True
-            self.handle_frame(view[start:n], trusted)
+            trusted = packet.vnet_checksum_trusted(rx) if vnet else True
+            self.handle_frame(view[start:n], trusted, port)
             count += 1
             if count % ACK_EVERY == 0 and self._acks:
                 self._send_acks()       # keep the senders' windows moving during a long burst
@@ -557,26 +668,37 @@ class Gateway:
                 self.stats["idle_flows_closed"] += 1
 
     def step(self, timeout):
-        """One round of the loop: wait up to `timeout` seconds for events, handle them."""
+        """One round of the loop: wait up to `timeout` seconds for events, handle them.
+        Returns False once stop() was called."""
         if self._timers:
             timeout = max(0.0, min(timeout, self._timers[0][0] - time.monotonic()))
         timeout = max(0.0, min(timeout, self._sweep_at - time.monotonic()))
         events = self.ep.poll(timeout, 512)
         self.now = time.monotonic()
-        stop = False
         for fd, ev in events:
             obj = self._fds.get(fd)
             if obj is not None:
                 obj.on_host_event(ev)
-            elif self.psock is not None and fd == self.psock.fileno():
-                self._drain_packets()
-            elif fd == self._stop_r:
-                stop = True
+            elif fd in self._port_fds:
+                self._drain_packets(self._port_fds[fd])
+            elif fd == self._wake_r:
+                self._wake()
         self.flush()
-        return not stop
+        return not self._stopping
+
+    def _wake(self):
+        try:
+            data = os.read(self._wake_r, 4096)
+        except BlockingIOError:
+            data = b""
+        if b"x" in data:
+            self._stopping = True
+        while self._calls:
+            self._calls.popleft()()
 
     def run(self):
         """The loop, until stop() is called (from any thread). Closes every flow on the way out."""
+        self._thread = threading.current_thread()
         try:
             while self.step(5.0):
                 pass
@@ -585,38 +707,42 @@ class Gateway:
 
     def stop(self):
         try:
-            os.write(self._stop_w, b"x")
+            os.write(self._wake_w, b"x")
         except OSError:
             pass
 
     def drop_address(self, addr):
-        """Reset every flow of a container address (the container left the network).
-        Must run on the loop's thread (or with the loop stopped)."""
-        addr = addr_bytes(addr) if isinstance(addr, str) else addr
+        """Reset every flow of a container address (the container left the network)."""
+        return self.call(self._drop_address, addr_bytes(addr) if isinstance(addr, str) else addr)
+
+    def _drop_address(self, addr):
         for flow in [f for k, f in self.tcp.items() if k[0] == addr]:
             flow.abort()
         for table in (self.udp, self.icmp):
             for key in [k for k in table if k[0] == addr]:
                 table.pop(key).close()
-        self.macs.pop(addr, None)
 
     def packet_drops(self):
-        """Frames the kernel dropped because the packet socket's queue was full
+        """Frames the kernel dropped because a packet socket's queue was full
         (PACKET_STATISTICS; reading it resets the kernel's counters)."""
-        if self.psock is not None:
-            try:
-                _, drops = struct.unpack("II", self.psock.getsockopt(
-                    packet.SOL_PACKET, packet.PACKET_STATISTICS, 8))
-                self.stats["packet_drops"] += drops
-            except OSError:
-                pass
+        for port in self.ports:
+            if port.psock is not None:
+                try:
+                    _, drops = struct.unpack("II", port.psock.getsockopt(
+                        packet.SOL_PACKET, packet.PACKET_STATISTICS, 8))
+                    self.stats["packet_drops"] += drops
+                except OSError:
+                    pass
         return self.stats["packet_drops"]
 
     def snapshot(self):
         states = collections.Counter(f.state for f in self.tcp.values())
         self.packet_drops()
         return {"tcp": dict(states), "udp": len(self.udp), "icmp": len(self.icmp),
-                "vnet_hdr": self.vnet, "peek_offset": self.peek_off, "stats": dict(self.stats)}
+                "ports": [{"networks": [f"{addr_str(n.gateway)}/{n.plen}" for n in p.networks],
+                           "vnet_hdr": p.link.vnet, "kernel_gateway": p.kernel_gateway}
+                          for p in self.ports],
+                "peek_offset": self.peek_off, "stats": dict(self.stats)}
 
     def close(self):
         for flow in list(self.tcp.values()):
@@ -625,7 +751,12 @@ class Gateway:
             for f in table.values():
                 f.close()
             table.clear()
-        for fd in (self._stop_r, self._stop_w):
+        for port in list(self.ports):
+            if port.psock is not None:
+                port.psock.close()
+        self.ports.clear()
+        self._port_fds.clear()
+        for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
             except OSError:

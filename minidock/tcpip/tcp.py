@@ -52,7 +52,7 @@ import socket
 import struct
 import time
 
-from .ipv4 import UNREACH_ADMIN, UNREACH_HOST, UNREACH_NET, icmp_unreachable
+from .ipv4 import PROTO_ICMP, UNREACH_ADMIN, UNREACH_HOST, UNREACH_NET, icmp_unreachable
 from .tcpwire import ACK, FIN, PSH, RST, SYN, MASK, seq_diff, syn_options
 
 CONNECTING, SYN_RCVD, ESTABLISHED, TIME_WAIT, CLOSED = (
@@ -112,7 +112,7 @@ def peek_offset_supported():
 
 
 class TcpFlow:
-    __slots__ = ("gw", "key", "mac", "gw_ip", "dest", "state", "sock", "fd",
+    __slots__ = ("gw", "link", "key", "mac", "gw_ip", "dest", "state", "sock", "fd",
                  "irs", "rcv_nxt", "iss", "snd_una", "snd_nxt", "snd_wnd", "c_wscale",
                  "our_wscale", "mss", "fin_rcvd", "fin_sent", "fin_seq", "fin_acked",
                  "first_fin_ours", "rdhup", "host_pending", "host_blocked", "dupacks",
@@ -120,8 +120,9 @@ class TcpFlow:
                  "deadline", "last_seen", "syn_quote", "adv_right", "ack_sent", "peekoff",
                  "host_err")
 
-    def __init__(self, gw, key, mac, gw_ip, dest, syn, syn_quote):
+    def __init__(self, gw, link, key, mac, gw_ip, dest, syn, syn_quote):
         self.gw = gw
+        self.link = link                # the frame writer of the wire the container is on
         self.key = key                  # (container ip, container port, dst ip, dst port)
         self.mac = mac                  # container's MAC
         self.gw_ip = gw_ip              # the gateway address of the container's network
@@ -138,7 +139,7 @@ class TcpFlow:
             self.c_wscale, self.our_wscale = syn.wscale, OUR_WSCALE
         else:
             self.c_wscale = self.our_wscale = 0
-        self.mss = min(syn.mss or DEFAULT_MSS, gw.link.mtu - 40)
+        self.mss = min(syn.mss or DEFAULT_MSS, link.mtu - 40)
         self.fin_rcvd = self.fin_sent = self.fin_acked = self.first_fin_ours = False
         self.fin_seq = None
         self.rdhup = self.host_pending = self.host_blocked = False
@@ -187,7 +188,7 @@ class TcpFlow:
         if code is None:                # ECONNREFUSED and anything unexpected: a reset
             self._reset_container(self.rcv_nxt, synack=True)
         else:
-            self.gw.send_icmp(self.mac, self.gw_ip, self.key[0],
+            self.link.send_ip(self.mac, self.gw_ip, self.key[0], PROTO_ICMP,
                               icmp_unreachable(code, self.syn_quote))
         self.gw.stats["tcp_connect_failed"] += 1
         self.close_host(abort=False)
@@ -201,7 +202,7 @@ class TcpFlow:
         self._arm_rto()
 
     def _send_synack(self):
-        mss = self.gw.link.mtu - 40    # what we can receive, whatever the container can
+        mss = self.link.mtu - 40    # what we can receive, whatever the container can
         opts = syn_options(mss, self.our_wscale) if self.our_wscale else syn_options(mss, 0)[:4]
         win = min(self._free_space(), 65535)      # the window of a SYN is never scaled
         self.adv_right = (self.rcv_nxt + win) & MASK
@@ -380,7 +381,7 @@ class TcpFlow:
         if self.state != ESTABLISHED or self.fin_sent or self.sock is None:
             self.host_pending = False
             return
-        link = self.gw.link
+        link = self.link
         view = link.payload_view()
         while True:
             inflight = seq_diff(self.snd_nxt, self.snd_una)
@@ -514,12 +515,12 @@ class TcpFlow:
         self.ack_sent = self.rcv_nxt
 
     def _out(self, flags, seq, window, options=b""):
-        self.gw.link.send_tcp(self.mac, self.key[2], self.key[0], self.key[3], self.key[1],
+        self.link.send_tcp(self.mac, self.key[2], self.key[0], self.key[3], self.key[1],
                               seq, self.rcv_nxt, flags, window, 0, options)
 
     def _reset_container(self, ack, synack=False):
         if synack:
-            self.gw.link.send_tcp(self.mac, self.key[2], self.key[0], self.key[3], self.key[1],
+            self.link.send_tcp(self.mac, self.key[2], self.key[0], self.key[3], self.key[1],
                                   0, ack, RST | ACK, 0)
         else:
             self._out(RST | ACK, self.snd_nxt, 0)
