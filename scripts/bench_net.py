@@ -2,7 +2,7 @@
 """`bench net --outbound`: TCP throughput container -> host loopback through minidock's user-mode
 stack, and through slirp4netns in the same run.
 
-    scripts/bench_net.py [--size 1G] [--runs 3] [--reverse] [--no-vnet] [--no-slirp]
+    scripts/bench_net.py [--size 1G] [--runs 3] [--reverse] [--no-vnet] [--no-slirp] [--bridge]
 
 Per run and per stack, iperf3 (C on both ends, so the stack is what is measured) sends --size
 bytes from inside a fresh user+network namespace to `iperf3 -s` bound to 127.0.0.1 on the host,
@@ -78,12 +78,16 @@ def _iperf(client_prefix, size, reverse):
             server.wait()
 
 
-def run_minidock(size, reverse, vnet):
+def run_minidock(size, reverse, vnet, bridge=False):
     from minidock.tcpip import Gateway
-    from netns_harness import NETWORK, Netns
-    ns = Netns(vnet=vnet)
-    gw = Gateway(ns.packet_sock, networks=[NETWORK], allow_host_loopback=True,
-                 logger=lambda m: None)
+    from netns_harness import BRIDGE_NETWORK, NETWORK, Netns
+    ns = Netns(vnet=vnet, bridge=bridge)
+    if bridge:      # the tap on a bridge holding the gateway (minidock/network.py's layout)
+        gw = Gateway(ns.packet_sock, networks=[BRIDGE_NETWORK], kernel_gateway=True,
+                     host_alias="10.0.2.2", allow_host_loopback=True, logger=lambda m: None)
+    else:
+        gw = Gateway(ns.packet_sock, networks=[NETWORK], allow_host_loopback=True,
+                     logger=lambda m: None)
     t = threading.Thread(target=gw.run, daemon=True)
     t.start()
     try:
@@ -126,12 +130,15 @@ def add_arguments(p):
     p.add_argument("--reverse", action="store_true", help="host -> container instead")
     p.add_argument("--no-vnet", action="store_true", help="without PACKET_VNET_HDR")
     p.add_argument("--no-slirp", action="store_true")
+    p.add_argument("--bridge", action="store_true",
+                   help="tap a bridge that holds the gateway (the daemon namespace's layout)")
     p.add_argument("--outbound", action="store_true", help="(the default direction)")
 
 
 def cmd_net(args):
-    stacks = [("minidock" + (" (no vnet hdr)" if args.no_vnet else ""),
-               lambda: run_minidock(args.size, args.reverse, not args.no_vnet))]
+    stacks = [("minidock" + (" (no vnet hdr)" if args.no_vnet else "")
+               + (" (bridge tap)" if args.bridge else ""),
+               lambda: run_minidock(args.size, args.reverse, not args.no_vnet, args.bridge))]
     if not args.no_slirp and os.geteuid() == 0 and shutil.which(SLIRP):
         stacks.append(("slirp4netns", lambda: run_slirp(args.size, args.reverse)))
     results = {name: [] for name, _ in stacks}

@@ -35,7 +35,7 @@ NOBODY = 65534
 PYTHON = "/usr/bin/python3"     # readable by uid 65534, unlike the pyenv one under /root
 
 
-def _child(ctl, mtu, vnet, user):
+def _child(ctl, mtu, vnet, user, bridge):
     try:
         if user is not None and os.getuid() == 0:
             os.setgroups([])
@@ -53,6 +53,8 @@ def _child(ctl, mtu, vnet, user):
             f.write(f"0 {uid} 1\n")
         with open("/proc/self/gid_map", "w") as f:
             f.write(f"0 {gid} 1\n")
+        if bridge:
+            _bridge_layout(ctl, mtu, vnet)
         for cmd in (["ip", "link", "set", "lo", "up"],
                     ["ip", "link", "add", "veth0", "mtu", str(mtu), "numtxqueues", "1",
                      "numrxqueues", "1", "type", "veth", "peer", "name", "gw0", "mtu", str(mtu),
@@ -81,21 +83,74 @@ def _child(ctl, mtu, vnet, user):
             os._exit(1)
 
 
+BRIDGE_GATEWAY = "172.30.0.1"
+BRIDGE_CONTAINER = "172.30.0.2"
+BRIDGE_NETWORK = "172.30.0.1/24"
+
+
+def _bridge_layout(ctl, mtu, vnet):
+    """The daemon-namespace layout of minidock/network.py, in small: we are the daemon's
+    namespace (a bridge holding the gateway address, ip_forward=0); a grandchild holds the
+    container's namespace with eth0 on the bridge. The packet socket taps the bridge."""
+    with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+        f.write("0")
+    go_r, go_w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                        # the container: its own network namespace
+        try:
+            ns.unshare(ns.CLONE_NEWNET)
+            os.write(ready_w, b"1")
+            os.read(go_r, 1)            # eth0 has arrived
+            for cmd in (["ip", "link", "set", "lo", "up"],
+                        ["ip", "addr", "add", f"{BRIDGE_CONTAINER}/24", "dev", "eth0"],
+                        ["ip", "link", "set", "eth0", "up"],
+                        ["ip", "route", "add", "default", "via", BRIDGE_GATEWAY]):
+                subprocess.run(cmd, check=True, capture_output=True)
+            os.write(ready_w, b"2")
+            os.read(go_r, 1)            # until the harness ends
+        finally:
+            os._exit(0)
+    os.read(ready_r, 1)
+    for cmd in (["ip", "link", "set", "lo", "up"],
+                ["ip", "link", "add", "br0", "mtu", str(mtu), "type", "bridge"],
+                ["ip", "addr", "add", BRIDGE_NETWORK, "dev", "br0"],
+                ["ip", "link", "add", "vethc", "mtu", str(mtu), "type", "veth", "peer", "name",
+                 "eth0", "mtu", str(mtu), "netns", str(pid)],
+                ["ip", "link", "set", "vethc", "master", "br0", "up"],
+                ["ip", "link", "set", "br0", "up"]):
+        subprocess.run(cmd, check=True, capture_output=True)
+    os.write(go_w, b"1")
+    os.read(ready_r, 1)
+    psock, enabled = packet.open_packet_socket("br0", vnet_hdr=vnet)
+    socket.send_fds(ctl, [(b"1" if enabled else b"0") + str(pid).encode()], [psock.fileno()])
+    psock.close()
+    ctl.recv(1)
+    os.write(go_w, b"1")
+    os.waitpid(pid, 0)
+    os._exit(0)
+
+
 class Netns:
-    def __init__(self, mtu=packet.MTU, vnet=True, user=NOBODY):
+    def __init__(self, mtu=packet.MTU, vnet=True, user=NOBODY, bridge=False):
+        """`bridge`: the bridge layout (see _bridge_layout); commands then run in the
+        container's namespace, and the packet socket taps the bridge."""
         parent, child = socket.socketpair()
         pid = os.fork()
         if pid == 0:
             parent.close()
-            _child(child, mtu, vnet, user)
+            _child(child, mtu, vnet, user, bridge)
         child.close()
         self.pid = pid
+        self.daemon_pid = pid
         self.ctl = parent
         msg, fds, _, _ = socket.recv_fds(parent, 1100, 1)
         if not fds:
             self.close()
             raise RuntimeError(f"netns set-up failed: {msg[1:].decode(errors='replace')}")
-        self.vnet = msg == b"1"
+        self.vnet = msg[:1] == b"1"
+        if bridge:
+            self.pid = int(msg[1:])     # where commands run: the container's namespace
         self.packet_sock = socket.socket(fileno=fds[0])
 
     def popen(self, argv, **kw):

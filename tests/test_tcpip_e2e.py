@@ -458,3 +458,35 @@ def test_idle_connections_and_a_stalled_reader_keep_memory_bounded(netns, gatewa
           f"(+{growth} KiB)")
     # 64 MiB were pushed at a reader that did not read: none of it may sit in our memory.
     assert growth < 16 * 1024
+
+
+# --- the daemon-namespace layout: a tap on a bridge that holds the gateway address ----------
+
+def test_bridge_layout_with_a_kernel_owned_gateway():
+    """networks.py's daemon namespace: the bridge owns 172.30.0.1 (ARP, its own ports),
+    ip_forward=0, and the packet socket taps the bridge. The host's loopback is reached
+    through the host alias 10.0.2.2; the gateway address stays the kernel's."""
+    from netns_harness import BRIDGE_GATEWAY, BRIDGE_NETWORK
+    n = Netns(bridge=True)
+    gw = Gateway(n.packet_sock, networks=[BRIDGE_NETWORK], kernel_gateway=True,
+                 host_alias="10.0.2.2", allow_host_loopback=True, logger=lambda m: None)
+    t = threading.Thread(target=gw.run, daemon=True)
+    t.start()
+    srv = _listener()
+    try:
+        th, res = _thread(lambda: srv.accept()[0].sendall(b"through the bridge") or "sent")
+        r = n.python(DOWNLOAD, "10.0.2.2", srv.getsockname()[1], timeout=60)
+        th.join(30)
+        assert r.stdout.split()[0] == str(len(b"through the bridge")), r.stderr
+        # The gateway's own ports are the kernel's (nothing listens there: the kernel's RST),
+        # and we stay silent about them.
+        r = n.python(CONNECT, BRIDGE_GATEWAY, srv.getsockname()[1], timeout=60)
+        assert r.stdout.strip() == "ConnectionRefusedError", r.stderr
+        assert gw.stats["tcp_drop"] >= 1 and gw.stats["arp_replies"] == 0
+        r = n.run(["busybox", "ping", "-c", "1", "-W", "5", "10.0.2.2"], timeout=30)
+        assert r.returncode == 0, r.stdout
+    finally:
+        srv.close()
+        gw.stop()
+        t.join(10)
+        n.close()

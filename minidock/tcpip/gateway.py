@@ -245,7 +245,7 @@ class IcmpFlow:
 
 class Gateway:
     def __init__(self, packet_sock=None, *, networks=(), allow_host_loopback=False,
-                 mac=DEFAULT_MAC, sink=None, vnet_hdr=None, mtu=packet.MTU, kernel_gateway=False,
+                 mac=None, sink=None, vnet_hdr=None, mtu=packet.MTU, kernel_gateway=False,
                  host_alias=None, udp_timeout=UDP_TIMEOUT, tcp_idle_timeout=TCP_IDLE_TIMEOUT,
                  tcp_time_wait=TCP_TIME_WAIT, max_tcp_flows=MAX_TCP_FLOWS, logger=None):
         self.allow_host_loopback = bool(allow_host_loopback)
@@ -292,9 +292,15 @@ class Gateway:
 
     # --- ports: may be called from any thread -----------------------------------------------
 
-    def add_port(self, packet_sock=None, *, networks, mac=DEFAULT_MAC, sink=None, vnet_hdr=None,
+    def add_port(self, packet_sock=None, *, networks, mac=None, sink=None, vnet_hdr=None,
                  mtu=packet.MTU, kernel_gateway=False):
-        """Attach a wire. `packet_sock` (now owned by the gateway) or, for tests, `sink`."""
+        """Attach a wire. `packet_sock` (now owned by the gateway) or, for tests, `sink`.
+
+        `mac` defaults to an invented one (DEFAULT_MAC) on a veth we own, and to the
+        interface's own address (getsockname() of the packet socket) when the kernel owns the
+        gateway: the containers' ARP caches hold the bridge's MAC then."""
+        if mac is None:
+            mac = packet_sock.getsockname()[4] if kernel_gateway and packet_sock else DEFAULT_MAC
         if (packet_sock is None) == (sink is None):
             raise ValueError("give a packet socket, or a sink for frames (tests)")
         nets = [Network(n) for n in networks]
