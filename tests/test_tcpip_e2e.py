@@ -490,3 +490,76 @@ def test_bridge_layout_with_a_kernel_owned_gateway():
         gw.stop()
         t.join(10)
         n.close()
+
+
+# --- a host side of our own: ICMP echo and unreachable destinations, safely ----------------
+
+HOST_SIDE = r"""
+import os, socket, subprocess, sys, threading
+sys.path.insert(0, sys.argv[2])
+# We are root of a fresh user+network namespace: the "host" this gateway dials into. It has
+# one address besides lo, 10.99.0.1 on a veth whose peer has none, and no route elsewhere.
+for cmd in (["ip", "link", "set", "lo", "up"],
+            ["ip", "link", "add", "d0", "type", "veth", "peer", "name", "d1"],
+            ["ip", "addr", "add", "10.99.0.1/24", "dev", "d0"], ["ip", "link", "set", "d0", "up"],
+            ["ip", "link", "set", "d1", "up"]):
+    subprocess.run(cmd, check=True)
+if sys.argv[3] != "default":            # a new namespace starts with "1 0": nobody
+    with open("/proc/sys/net/ipv4/ping_group_range", "w") as f:
+        f.write(sys.argv[3])
+from minidock.tcpip import Gateway
+logs = []
+gw = Gateway(socket.socket(fileno=int(sys.argv[1])), networks=["10.0.2.2/24"], logger=logs.append)
+t = threading.Thread(target=gw.run, daemon=True)
+t.start()
+print("ready", flush=True)
+sys.stdin.readline()
+gw.stop()
+t.join(10)
+print(dict(gw.stats), logs, flush=True)
+"""
+
+
+def _host_side(netns, ping_range):
+    import subprocess
+    import sys
+    fd = netns.packet_sock.dup().detach()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.Popen(["unshare", "--user", "--map-root-user", "--net", "--", sys.executable,
+                          "-c", HOST_SIDE, str(fd), root, ping_range], pass_fds=[fd],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    os.close(fd)
+    assert p.stdout.readline().strip() == "ready"
+    return p
+
+
+def _finish(p):
+    out, _ = p.communicate("\n", timeout=30)
+    return out
+
+
+def test_echo_through_a_ping_socket_and_unreachable_destinations(netns):
+    p = _host_side(netns, "0 0")       # gid 0 (ours there) may open ping sockets
+    try:
+        ok = netns.run(["busybox", "ping", "-c", "2", "-W", "3", "10.99.0.1"], timeout=30)
+        # No such neighbour on that link: the request leaves, no reply comes back, and
+        # the gateway does not invent one.
+        silent = netns.run(["busybox", "ping", "-c", "1", "-W", "2", "10.99.0.2"], timeout=30)
+        # No route at all on the host side: connect() fails with ENETUNREACH there, and the
+        # container hears ICMP net unreachable, as from a router.
+        unreach = netns.python(CONNECT, "10.98.0.1", 80, timeout=30)
+    finally:
+        out = _finish(p)
+    assert ok.returncode == 0 and b"2 packets received" in ok.stdout, ok.stdout
+    assert silent.returncode != 0 and b"0 packets received" in silent.stdout
+    assert unreach.stdout.strip() == "OSError", unreach.stdout + unreach.stderr
+
+
+def test_echo_without_ping_sockets_is_refused_honestly_once(netns):
+    p = _host_side(netns, "default")    # "1 0": nobody may open a ping socket
+    try:
+        r = netns.run(["busybox", "ping", "-c", "2", "-W", "2", "10.99.0.1"], timeout=30)
+    finally:
+        out = _finish(p)
+    assert r.returncode != 0 and b"0 packets received" in r.stdout
+    assert out.count("ICMP echo from containers is dropped") == 1 and "'icmp_unavailable': 2" in out
