@@ -622,3 +622,65 @@ def test_connect_errors_map_to_what_a_router_says():
     assert tcp._ERRNO_TO_ICMP[errno.EHOSTUNREACH] == ipv4.UNREACH_HOST
     assert tcp._ERRNO_TO_ICMP[errno.ETIMEDOUT] == ipv4.UNREACH_HOST
     assert errno.ECONNREFUSED not in tcp._ERRNO_TO_ICMP
+
+
+def test_idle_flow_is_probed_then_reset(listener):
+    out, gw = _gateway(tcp_idle_timeout=0.3)
+    c = Container(gw, out, listener.getsockname()[1])
+    c.handshake()
+    conn, _ = listener.accept()
+    probe = c.expect(lambda s: not s.data, timeout=5)
+    assert probe.flags == ACK and probe.seq == (c.ack - 1) & 0xFFFFFFFF   # a keepalive
+    c.send(ACK)                                 # answered: the flow lives on
+    assert gw.snapshot()["tcp"] == {tcp.ESTABLISHED: 1}
+    rst = c.expect(lambda s: s.flags & RST, timeout=30)   # silence: probes, then a reset
+    assert rst.flags & RST and gw.stats["tcp_idle_reset"] == 1
+    conn.settimeout(5)
+    with pytest.raises(ConnectionResetError):
+        conn.recv(10)
+    gw.close()
+
+
+def test_zero_window_is_probed_and_reopened(listener):
+    out, gw = _gateway()
+    c = Container(gw, out, listener.getsockname()[1])
+    c.handshake(window=1000)
+    conn, _ = listener.accept()
+    c.send(ACK, window=0)                       # the container's buffer is full
+    conn.sendall(b"q" * 500)
+    probe = c.expect(timeout=5)                 # no data, but a window probe
+    assert not probe.data and probe.seq == (c.ack - 1) & 0xFFFFFFFF
+    c.send(ACK, window=1000)                    # it read something: the window opens
+    seg = c.expect(lambda s: s.data)
+    assert bytes(seg.data) == b"q" * 500 and seg.seq == c.ack
+    conn.close()
+    gw.close()
+
+
+def test_window_follows_the_host_socket_and_reopens(listener):
+    """The window we advertise is the host socket's free send space: a host that does not read
+    closes it; when it reads, a window update follows without the container asking."""
+    out, gw = _gateway()
+    c = Container(gw, out, listener.getsockname()[1])
+    c.handshake(window=65535, wscale=7)
+    conn, _ = listener.accept()
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    chunk = b"w" * 60000
+    windows = []
+    for _ in range(1000):                       # bounded: ~16 MiB at most
+        c.send(ACK, chunk, window=65535)
+        ack = c.expect(lambda s: not s.data)
+        windows.append(ack.window << tcp.OUR_WSCALE)
+        assert ack.ack == c.seq                  # every byte offered was taken: never dropped
+        if windows[-1] < len(chunk):
+            break
+    assert windows[-1] < len(chunk) < windows[0]
+    total = 0
+    conn.settimeout(5)
+    while total < 1 << 20:                      # the host reads a MiB
+        total += len(conn.recv(1 << 20))
+    update = c.expect(lambda s: not s.data and (s.window << tcp.OUR_WSCALE) >= len(chunk),
+                      timeout=5)
+    assert update.ack == c.seq
+    conn.close()
+    gw.close()

@@ -70,6 +70,7 @@ RTO_MIN = 0.2
 RTO_MAX = 30.0
 MAX_RETRIES = 10
 SYNACK_RETRIES = 5
+WINDOW_LOW = 256 << 10      # below this, the window we advertised is re-checked on a timer
 WINDOW_RECHECK = 0.01       # first delay to re-read the send buffer after advertising a small window
 # Host sockets are watched edge-triggered: their data stays queued after we have sent it on,
 # so a level-triggered "readable" would fire forever. EPOLLRDHUP tells EOF from "no news".
@@ -497,7 +498,7 @@ class TcpFlow:
             field = min(max(seq_diff(self.adv_right, self.rcv_nxt), 0) >> self.our_wscale, 65535)
             right = (self.rcv_nxt + (field << self.our_wscale)) & MASK
         self.adv_right = right
-        if not self.fin_rcvd and (field << self.our_wscale) < 2 * self.mss:
+        if not self.fin_rcvd and (field << self.our_wscale) < max(2 * self.mss, WINDOW_LOW):
             # A small window closes only on our word: re-read the socket shortly (the kernel
             # raises no EPOLLOUT unless a send() failed).
             if self.win_at is None:
