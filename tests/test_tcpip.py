@@ -684,3 +684,26 @@ def test_window_follows_the_host_socket_and_reopens(listener):
     assert update.ack == c.seq
     conn.close()
     gw.close()
+
+
+def test_ack_for_the_first_transmission_after_a_rewind(listener):
+    out, gw = _gateway()
+    c = Container(gw, out, listener.getsockname()[1])
+    c.handshake(window=65535)
+    conn, _ = listener.accept()
+    conn.sendall(b"R" * 2920)
+    first = c.expect(lambda s: s.data)
+    second = c.expect(lambda s: s.data)
+    c.send(ACK, ack=first.seq, window=1460)     # a window update: room for one segment only
+    again = c.expect(lambda s: s.data)          # the timer fired: a rewind, from `first`
+    assert again.seq == first.seq
+    with pytest.raises(AssertionError):         # and `second` was not resent (window)
+        c.expect(lambda s: s.data, timeout=0.1)
+    # The container's (late) ACK covers both original segments: beyond what we have resent,
+    # still accepted, and `second` is not sent a third time.
+    c.send(ACK, ack=second.seq + len(second.data), window=65535)
+    conn.sendall(b"S" * 100)
+    nxt = c.expect(lambda s: s.data)
+    assert nxt.seq == second.seq + len(second.data) and bytes(nxt.data) == b"S" * 100
+    conn.close()
+    gw.close()

@@ -114,7 +114,7 @@ def peek_offset_supported():
 
 class TcpFlow:
     __slots__ = ("gw", "link", "key", "mac", "gw_ip", "dest", "state", "sock", "fd",
-                 "irs", "rcv_nxt", "iss", "snd_una", "snd_nxt", "snd_wnd", "c_wscale",
+                 "irs", "rcv_nxt", "iss", "snd_una", "snd_nxt", "snd_max", "snd_wnd", "c_wscale",
                  "our_wscale", "mss", "fin_rcvd", "fin_sent", "fin_seq", "fin_acked",
                  "first_fin_ours", "rdhup", "host_pending", "host_blocked", "dupacks",
                  "rto", "retries", "rto_at", "win_at", "win_delay", "idle_at", "probes",
@@ -134,7 +134,7 @@ class TcpFlow:
         self.irs = syn.seq
         self.rcv_nxt = (syn.seq + 1) & MASK
         self.iss = int.from_bytes(os.urandom(4), "big")
-        self.snd_una = self.snd_nxt = (self.iss + 1) & MASK
+        self.snd_una = self.snd_nxt = self.snd_max = (self.iss + 1) & MASK
         self.snd_wnd = syn.window       # unscaled in a SYN
         if syn.wscale is not None:      # both sides must offer it, or neither scales
             self.c_wscale, self.our_wscale = syn.wscale, OUR_WSCALE
@@ -297,14 +297,18 @@ class TcpFlow:
         ack = seg.ack
         win = seg.window << self.c_wscale
         advanced = seq_diff(ack, self.snd_una)
-        if advanced > 0 and seq_diff(ack, self.snd_nxt) <= 0:
+        # Up to snd_max, not snd_nxt: after a rewind, an ACK for the first transmission may
+        # still arrive, and it is as good as any.
+        if advanced > 0 and seq_diff(ack, self.snd_max) <= 0:
             data = advanced
-            if self.fin_sent and ack == (self.fin_seq + 1) & MASK:
+            if self.fin_seq is not None and ack == (self.fin_seq + 1) & MASK:
                 data -= 1
-                self.fin_acked = True
+                self.fin_acked = self.fin_sent = True
             if data > 0:
-                self._drop_acked(data)
+                self._drop_acked(data)      # (SO_PEEK_OFF moves back with it, never below 0)
             self.snd_una = ack
+            if seq_diff(ack, self.snd_nxt) > 0:
+                self.snd_nxt = ack
             self.dupacks = 0
             self.retries = 0
             self.rto = RTO_MIN
@@ -412,6 +416,8 @@ class TcpFlow:
                           self.snd_nxt, self.rcv_nxt, ACK | PSH if got < n else ACK, win, got)
             self.ack_sent = self.rcv_nxt
             self.snd_nxt = (self.snd_nxt + got) & MASK
+            if seq_diff(self.snd_nxt, self.snd_max) > 0:
+                self.snd_max = self.snd_nxt
             if self.rto_at is None:
                 self._arm_rto()
             if got < n and not self.rdhup:
@@ -455,6 +461,8 @@ class TcpFlow:
             self.first_fin_ours = True
         self._out(FIN | ACK, self.snd_nxt, self._window_field())
         self.snd_nxt = (self.snd_nxt + 1) & MASK
+        if seq_diff(self.snd_nxt, self.snd_max) > 0:
+            self.snd_max = self.snd_nxt
         self._arm_rto()
 
     def _rewind(self):
