@@ -78,16 +78,17 @@ def _iperf(client_prefix, size, reverse):
             server.wait()
 
 
-def run_minidock(size, reverse, vnet, bridge=False):
+def run_minidock(size, reverse, vnet, bridge=False, mtu=65520):
     from minidock.tcpip import Gateway
     from netns_harness import BRIDGE_NETWORK, NETWORK, Netns
-    ns = Netns(vnet=vnet, bridge=bridge)
+    ns = Netns(vnet=vnet, bridge=bridge, mtu=mtu)
     if bridge:      # the tap on a bridge holding the gateway (minidock/network.py's layout)
         gw = Gateway(ns.packet_sock, networks=[BRIDGE_NETWORK], kernel_gateway=True,
-                     host_alias="10.0.2.2", allow_host_loopback=True, logger=lambda m: None)
+                     host_alias="10.0.2.2", allow_host_loopback=True, logger=lambda m: None,
+                     mtu=mtu)
     else:
         gw = Gateway(ns.packet_sock, networks=[NETWORK], allow_host_loopback=True,
-                     logger=lambda m: None)
+                     logger=lambda m: None, mtu=mtu)
     t = threading.Thread(target=gw.run, daemon=True)
     t.start()
     try:
@@ -130,6 +131,7 @@ def add_arguments(p):
     p.add_argument("--reverse", action="store_true", help="host -> container instead")
     p.add_argument("--no-vnet", action="store_true", help="without PACKET_VNET_HDR")
     p.add_argument("--no-slirp", action="store_true")
+    p.add_argument("--mtu", type=int, default=65520, help="of the veths (and the bridge)")
     p.add_argument("--bridge", action="store_true",
                    help="tap a bridge that holds the gateway (the daemon namespace's layout)")
     p.add_argument("--outbound", action="store_true", help="(the default direction)")
@@ -137,8 +139,10 @@ def add_arguments(p):
 
 def cmd_net(args):
     stacks = [("minidock" + (" (no vnet hdr)" if args.no_vnet else "")
-               + (" (bridge tap)" if args.bridge else ""),
-               lambda: run_minidock(args.size, args.reverse, not args.no_vnet, args.bridge))]
+               + (" (bridge tap)" if args.bridge else "") + (f" (MTU {args.mtu})"
+                                                               if args.mtu != 65520 else ""),
+               lambda: run_minidock(args.size, args.reverse, not args.no_vnet, args.bridge,
+                                    args.mtu))]
     if not args.no_slirp and os.geteuid() == 0 and shutil.which(SLIRP):
         stacks.append(("slirp4netns", lambda: run_slirp(args.size, args.reverse)))
     results = {name: [] for name, _ in stacks}

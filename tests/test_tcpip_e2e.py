@@ -563,3 +563,52 @@ def test_echo_without_ping_sockets_is_refused_honestly_once(netns):
         out = _finish(p)
     assert r.returncode != 0 and b"0 packets received" in r.stdout
     assert out.count("ICMP echo from containers is dropped") == 1 and "'icmp_unavailable': 2" in out
+
+
+@pytest.mark.parametrize("bridge", [False, True])
+def test_mtu_1500_with_segmentation_offload(bridge):
+    """At Docker's default MTU the stack still moves 64 KiB per frame: the kernel cuts our
+    segments (virtio GSO) and hands us the container's unsegmented ones. 32 MiB each way,
+    byte for byte (the container's kernel checks every checksum)."""
+    from netns_harness import BRIDGE_NETWORK
+    n = Netns(mtu=1500, bridge=bridge)
+    if bridge:
+        gw = Gateway(n.packet_sock, networks=[BRIDGE_NETWORK], kernel_gateway=True, mtu=1500,
+                     host_alias="10.0.2.2", allow_host_loopback=True, logger=lambda m: None)
+    else:
+        gw = Gateway(n.packet_sock, networks=[NETWORK], mtu=1500, allow_host_loopback=True,
+                     logger=lambda m: None)
+    t = threading.Thread(target=gw.run, daemon=True)
+    t.start()
+    target = "10.0.2.2"
+    block = os.urandom(4 * MIB)
+    try:
+        srv = _listener()
+        th, res = _thread(lambda: [srv.accept()[0].sendall(block * 8)])
+        r = n.python(DOWNLOAD, target, srv.getsockname()[1], timeout=120)
+        th.join(30)
+        assert r.stdout.split() == [str(32 * MIB), hashlib.sha256(block * 8).hexdigest()], r.stderr
+        srv.close()
+        srv = _listener()
+
+        def sink():
+            conn, _ = srv.accept()
+            h, total = hashlib.sha256(), 0
+            while True:
+                d = conn.recv(MIB)
+                if not d:
+                    return total, h.hexdigest()
+                h.update(d)
+                total += len(d)
+        th, res = _thread(sink)
+        up = UPLOAD.replace("range(25)", "range(8)")
+        r = n.python(up, target, srv.getsockname()[1], timeout=120)
+        th.join(30)
+        srv.close()
+        assert res["value"] == (32 * MIB, r.stdout.strip()), r.stderr
+        frames = gw.stats["frames_in"]
+        assert frames < 32 * MIB / 1500 / 4     # mostly big frames, not 1500-byte ones
+    finally:
+        gw.stop()
+        t.join(10)
+        n.close()

@@ -396,7 +396,9 @@ class TcpFlow:
                     self._arm_rto()     # persist: probe the zero window on expiry
                 self.host_pending = True
                 return
-            n = min(room, self.mss)
+            # Without the virtio header a segment must fit the container's MSS; with it, the
+            # kernel cuts bigger ones to gso_size = MSS.
+            n = min(room, link.max_payload if link.vnet else self.mss)
             try:
                 got = self._peek(view, n, inflight)
             except BlockingIOError:
@@ -413,7 +415,8 @@ class TcpFlow:
                 return
             win = self._window_field()
             link.send_tcp(self.mac, self.key[2], self.key[0], self.key[3], self.key[1],
-                          self.snd_nxt, self.rcv_nxt, ACK | PSH if got < n else ACK, win, got)
+                          self.snd_nxt, self.rcv_nxt, ACK | PSH if got < n else ACK, win, got,
+                          gso_size=self.mss)
             self.ack_sent = self.rcv_nxt
             self.snd_nxt = (self.snd_nxt + got) & MASK
             if seq_diff(self.snd_nxt, self.snd_max) > 0:
