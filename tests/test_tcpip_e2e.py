@@ -16,7 +16,7 @@ import time
 import pytest
 
 from minidock.tcpip import Gateway
-from netns_harness import GATEWAY, NETWORK, Netns
+from netns_harness import GATEWAY, NETWORK, PYTHON as PYTHON_IN_NS, Netns
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/nsenter"), reason="needs nsenter")
 
@@ -391,6 +391,18 @@ def test_host_loopback_refused_without_the_flag(netns, closed_gateway):
     assert any("--allow-host-loopback" in m for m in closed_gateway.logs)
 
 
+HOLD = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+print("connected", flush=True)
+try:
+    s.recv(10)
+    print("eof", flush=True)
+except OSError as e:
+    print(type(e).__name__, flush=True)
+"""
+
+
 def _rss_kib():
     with open("/proc/self/status") as f:
         for line in f:
@@ -612,3 +624,35 @@ def test_mtu_1500_with_segmentation_offload(bridge):
         gw.stop()
         t.join(10)
         n.close()
+
+
+def test_ports_come_and_go_while_the_loop_runs(netns):
+    """The daemon's use: the loop runs first, networks (ports) are added and removed from
+    other threads; removing a port resets its flows and closes its socket."""
+    gw = Gateway(allow_host_loopback=True, logger=lambda m: None)
+    t = threading.Thread(target=gw.run, daemon=True)
+    t.start()
+    psock = netns.packet_sock.dup()
+    srv = _listener()
+    r = netns.python(CONNECT.replace("timeout=20", "timeout=2"), GATEWAY,
+                     srv.getsockname()[1], timeout=60)
+    assert r.stdout.split()[0] in ("TimeoutError", "OSError"), r.stdout  # no port: no ARP reply
+    port = gw.add_port(psock, networks=[NETWORK])
+    p = netns.popen([PYTHON_IN_NS, "-c", HOLD, GATEWAY, str(srv.getsockname()[1])],
+                    stdout=__import__("subprocess").PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "connected"
+        conn, _ = srv.accept()
+        assert gw.snapshot()["tcp"] == {"ESTABLISHED": 1}
+        gw.remove_port(port)
+        assert p.stdout.readline().strip() == "ConnectionResetError"
+        conn.settimeout(5)
+        with pytest.raises(ConnectionResetError):
+            conn.recv(10)
+        assert psock.fileno() == -1 and gw.snapshot()["tcp"] == {} and gw.ports == []
+    finally:
+        p.kill()
+        p.wait()
+        srv.close()
+        gw.stop()
+        t.join(10)

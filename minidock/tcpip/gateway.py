@@ -30,14 +30,24 @@ timers that are due. `selectors` offers neither EPOLLET nor EPOLLRDHUP, so this 
 
 Entry point for the daemon (the contract):
 
-    gw = Gateway(packet_sock, networks=["172.17.0.1/16"], allow_host_loopback=False)
-    threading.Thread(target=gw.run, daemon=True).start()    # returns after gw.stop()
+    gw = Gateway(allow_host_loopback=flag, host_alias="10.0.2.2")
+    threading.Thread(target=gw.run, daemon=True).start()     # returns after gw.stop()
+    port = gw.add_port(packet_sock, networks=["172.17.0.1/16"], kernel_gateway=True)
+    ...
+    gw.drop_address("172.17.0.2")     # a container left: its flows are reset
+    gw.remove_port(port)              # a network was removed: its flows reset, socket closed
     gw.stop()
 
-`packet_sock` is an AF_PACKET socket already bound to the gateway's veth end (made inside the
-daemon's network namespace by the spawner and passed back); PACKET_VNET_HDR is detected on it.
-`networks` lists each gateway address with its prefix. Only `stop()`, `stats`, `snapshot()` and
-`drop_address()` may be called from another thread.
+`packet_sock` is an AF_PACKET socket (SOCK_RAW, ETH_P_ALL) bound to the wire, created inside
+the namespace that holds it and passed back over SCM_RIGHTS; configure it with
+`packet.configure_packet_socket(sock)` first (virtio header, buffers); the gateway owns it
+from then on. Two wirings (see `Port`): a veth end that *is* the gateway (the gateway address
+stands for the host, we answer ARP), or a tap on a bridge whose interface holds the gateway
+address (`kernel_gateway=True`: the kernel answers ARP and owns the gateway's ports; the host
+is reached through `host_alias`, slirp4netns's 10.0.2.2). `networks` lists each gateway
+address with its prefix; --internal networks simply get no port. add_port, remove_port,
+drop_address, stop, `stats` and `snapshot()` may be called from any thread (call() runs them
+on the loop's thread).
 """
 
 import collections
@@ -742,6 +752,10 @@ class Gateway:
         return self.stats["packet_drops"]
 
     def snapshot(self):
+        """Flows by state, ports and counters (for /info and tests); from any thread."""
+        return self.call(self._snapshot)
+
+    def _snapshot(self):
         states = collections.Counter(f.state for f in self.tcp.values())
         self.packet_drops()
         return {"tcp": dict(states), "udp": len(self.udp), "icmp": len(self.icmp),

@@ -55,34 +55,46 @@ MAX_FRAME = ETH_HLEN + 65535
 
 
 def open_packet_socket(ifname, vnet_hdr=True):
-    """Open and bind the AF_PACKET socket for `ifname` (in the caller's network namespace).
-
-    Returns (socket, vnet_hdr actually enabled). Must run inside the namespace that holds the
-    interface: the spawner does it there and passes the descriptor back.
-    """
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    """Open, configure and bind the AF_PACKET socket for `ifname` (in the caller's network
+    namespace). Returns (socket, vnet_hdr actually enabled)."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                         socket.htons(ETH_P_ALL))
     try:
-        try:
-            sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-        except OSError:
-            pass            # kernels before 4.20: outgoing frames carry our MAC and are ignored
-        enabled = False
-        if vnet_hdr:
-            # Before bind: no frame may be queued without the header once we expect one.
-            try:
-                sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
-                enabled = True
-            except OSError:
-                enabled = False
-        # Big buffers: a burst of 64 KiB frames must not be dropped by the socket while the
-        # loop is busy elsewhere (drops are recovered by TCP, but cost a retransmission timeout).
-        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
+        # Options before bind: no frame may be queued without the header once we expect one.
+        enabled = configure_packet_socket(sock, vnet_hdr)
         sock.bind((ifname, ETH_P_ALL))
         return sock, enabled
     except BaseException:
         sock.close()
         raise
+
+
+def configure_packet_socket(sock, vnet_hdr=True):
+    """Set the options of the module docstring on a packet socket; returns whether the virtio
+    header is on. For a socket made and bound elsewhere (the daemon's namespace keeper makes
+    plain sockets), frames queued before the header was switched on would be misread: they
+    are drained and dropped here."""
+    try:
+        sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+    except OSError:
+        pass            # kernels before 4.20: outgoing frames carry the wrong MAC and are ignored
+    enabled = False
+    if vnet_hdr:
+        try:
+            sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+            enabled = True
+        except OSError:
+            enabled = False
+    # Big buffers: a burst of 64 KiB frames must not be dropped by the socket while the loop
+    # is busy elsewhere (drops are recovered by TCP, but cost a retransmission timeout).
+    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
+    while True:
+        try:
+            sock.recv(MAX_FRAME, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            break
+    return enabled
 
 
 def vnet_enabled(sock):
