@@ -656,3 +656,56 @@ def test_ports_come_and_go_while_the_loop_runs(netns):
         srv.close()
         gw.stop()
         t.join(10)
+
+
+UNPRIVILEGED_GATEWAY = r"""
+import os, socket, sys, threading
+sys.path.insert(0, sys.argv[2])
+from minidock.tcpip import Gateway
+gw = Gateway(socket.socket(fileno=int(sys.argv[1])), networks=[sys.argv[3]],
+             allow_host_loopback=True, logger=lambda m: None)
+t = threading.Thread(target=gw.run, daemon=True)
+t.start()
+print("ready", os.getuid(), gw.fd_limit, flush=True)
+sys.stdin.readline()
+gw.stop()
+t.join(10)
+print(gw.snapshot()["stats"]["tcp_flows"], flush=True)
+"""
+
+
+def test_gateway_as_an_unprivileged_user(netns):
+    """What the daemon will do: the loop in a process of uid 65534, with the system Python."""
+    import subprocess
+    import support
+    if os.getuid() != 0:
+        pytest.skip("needs root to become uid 65534")
+    home = support.make_user_dir()
+    path = support.copy_package(home)
+    fd = netns.packet_sock.dup().detach()
+    p = subprocess.Popen(support.as_user_argv(support.NOBODY) + [
+        support.unprivileged_python(), "-c", UNPRIVILEGED_GATEWAY, str(fd), path, NETWORK],
+        pass_fds=[fd], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    os.close(fd)
+    srv = _listener()
+    try:
+        ready, uid, limit = p.stdout.readline().split()
+        assert (ready, uid) == ("ready", str(support.NOBODY)) and int(limit) >= 1000
+        block = os.urandom(4 * MIB)
+        t, res = _thread(lambda: [srv.accept()[0].sendall(block * 4)])
+        r = netns.python(DOWNLOAD, GATEWAY, srv.getsockname()[1], timeout=120)
+        t.join(30)
+        assert r.stdout.split() == [str(16 * MIB), hashlib.sha256(block * 4).hexdigest()]
+        t, res = _thread(_echo_server, srv, 200)
+        r = netns.python(CONCURRENT, GATEWAY, srv.getsockname()[1], 200, timeout=120)
+        t.join(60)
+        assert r.stdout.strip() == "200", r.stderr
+        out, _ = p.communicate("\n", timeout=30)
+        assert int(out.split()[-1]) == 201
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        srv.close()
+        import shutil
+        shutil.rmtree(home, ignore_errors=True)

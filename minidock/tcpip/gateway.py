@@ -55,6 +55,7 @@ import errno
 import heapq
 import logging
 import os
+import resource
 import select
 import socket
 import struct
@@ -253,6 +254,19 @@ class IcmpFlow:
         self.sock.close()
 
 
+def raise_fd_limit():
+    """Every flow holds a host socket: lift RLIMIT_NOFILE's soft limit to the hard one (often
+    1024 -> 524288), or "thousands of connections" stops at a thousand. Returns the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError):
+            pass
+    return soft
+
+
 class Gateway:
     def __init__(self, packet_sock=None, *, networks=(), allow_host_loopback=False,
                  mac=None, sink=None, vnet_hdr=None, mtu=packet.MTU, kernel_gateway=False,
@@ -265,6 +279,7 @@ class Gateway:
         self.tcp_time_wait = tcp_time_wait
         self.max_tcp_flows = max_tcp_flows
         self.log = logger or log.warning
+        self.fd_limit = raise_fd_limit()
         self.peek_off = tcp.peek_offset_supported()
         self.stats = collections.Counter()
         self.ports = []
@@ -720,6 +735,7 @@ class Gateway:
                 pass
         finally:
             self.close()
+            self._thread = None         # call() runs directly from now on
 
     def stop(self):
         try:
