@@ -388,6 +388,7 @@ class TcpFlow:
             return
         link = self.link
         view = link.payload_view()
+        win = None
         while True:
             inflight = seq_diff(self.snd_nxt, self.snd_una)
             room = self.snd_wnd - inflight
@@ -413,7 +414,8 @@ class TcpFlow:
                 elif self.rdhup:
                     self._send_fin()
                 return
-            win = self._window_field()
+            if win is None:             # once per push: rcv_nxt does not move in here
+                win = self._window_field()
             link.send_tcp(self.mac, self.key[2], self.key[0], self.key[3], self.key[1],
                           self.snd_nxt, self.rcv_nxt, ACK | PSH if got < n else ACK, win, got,
                           gso_size=self.mss)
