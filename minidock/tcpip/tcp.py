@@ -7,10 +7,12 @@ lossless local link: **no buffer of our own**.
 
   container -> host   A segment's payload goes straight into the host socket with one non-
                       blocking send(); we acknowledge exactly what the socket took. The window we
-                      advertise is the free space of the host socket's send buffer
-                      (SO_MEMINFO: sndbuf - wmem_queued), so a well-behaved container never sends more than
-                      the socket can take. If it still does, the rest is not acknowledged (the
-                      container retransmits it) and we wait for EPOLLOUT to reopen the window.
+                      advertise is the free space of the host socket's send buffer (SO_MEMINFO:
+                      sndbuf - wmem_queued, less 1/16 for skb overhead), so a well-behaved
+                      container never sends more than the socket can take. If it still does,
+                      the rest is not acknowledged (the container retransmits it) and we wait
+                      for EPOLLOUT to reopen the window; a window that got small is re-read on a
+                      timer (the kernel raises EPOLLOUT only after a send() failed).
   host -> container   Data stays in the host socket's receive queue until the container
                       acknowledges it. We MSG_PEEK it into the outgoing frame, advancing the
                       socket's SO_PEEK_OFF (Linux >= 6.9; older kernels: a discard buffer in
@@ -20,7 +22,9 @@ lossless local link: **no buffer of our own**.
                       oldest unacknowledged byte (go-back-N: cheap on a local link).
 
 Per connection that is a socket and a few integers (RSS does not grow with traffic, only
-the kernel's socket buffers do, and those are bounded by tcp_rmem/tcp_wmem).
+the kernel's socket buffers do: fixed at 4 MiB each way, see SNDBUF/RCVBUF). The one exception
+is the gateway's reorder stash (gateway.py): at most 8 segments for all flows together, held
+for one batch of frames, because veths reorder frames when the sender hops between CPUs.
 
 The life of a flow, in the states below:
 
@@ -31,7 +35,8 @@ The life of a flow, in the states below:
                 ENETUNREACH as it would behind a real router). Retransmitted SYNs are ignored.
   SYN_RCVD      SYN-ACK sent with our MSS (MTU - 40) and window scale; retransmitted on timeout.
   ESTABLISHED   data both ways. In-order only: a segment starting after the next expected byte
-                is dropped and answered with a duplicate ACK; three duplicate ACKs from the
+                is dropped (unless the reorder stash takes it) and answered with a duplicate
+                ACK; three duplicate ACKs from the
                 container, or the retransmission timeout, rewind our side. FIN from the container
                 -> shutdown(SHUT_WR) of the host socket (half-close); EOF from the host -> our FIN
                 after the last byte. RST either way is passed on (to the host as an abortive
