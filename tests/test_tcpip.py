@@ -167,6 +167,15 @@ def test_route_table(dst, flag, expected):
 
 # --- the gateway on bytes -----------------------------------------------------------------------
 
+@pytest.fixture(params=[None, False], ids=["peek_off", "peek_fallback"])
+def peek_mode(request):
+    """Run a data test with SO_PEEK_OFF (when the kernel has it) and with the fallback that
+    kernels before 6.9 get (the already-sent prefix peeked into a scratch buffer)."""
+    if request.param is None and not tcp.peek_offset_supported():
+        pytest.skip("this kernel has no SO_PEEK_OFF for TCP")
+    return request.param
+
+
 def _gateway(allow=True, **kw):
     out = []
     gw = Gateway(sink=lambda v: out.append(bytes(v)), networks=["10.0.2.2/24"],
@@ -267,8 +276,8 @@ def test_handshake_only_after_the_host_accepts():
     gw.close()
 
 
-def test_data_both_ways_with_window_updates(listener):
-    out, gw = _gateway()
+def test_data_both_ways_with_window_updates(listener, peek_mode):
+    out, gw = _gateway(peek_offset=peek_mode)
     c = Container(gw, out, listener.getsockname()[1])
     c.handshake(window=4000)                # no window scaling: 4000 bytes at a time
     conn, _ = listener.accept()
@@ -302,8 +311,8 @@ def test_data_both_ways_with_window_updates(listener):
     gw.close()
 
 
-def test_retransmission_after_a_dropped_segment(listener):
-    out, gw = _gateway()
+def test_retransmission_after_a_dropped_segment(listener, peek_mode):
+    out, gw = _gateway(peek_offset=peek_mode)
     c = Container(gw, out, listener.getsockname()[1])
     c.handshake(window=65535)
     conn, _ = listener.accept()
@@ -372,8 +381,8 @@ def test_reordering_within_one_batch_is_absorbed(listener):
     gw.close()
 
 
-def test_fin_from_container_is_a_half_close(listener):
-    out, gw = _gateway()
+def test_fin_from_container_is_a_half_close(listener, peek_mode):
+    out, gw = _gateway(peek_offset=peek_mode)
     c = Container(gw, out, listener.getsockname()[1])
     c.handshake()
     conn, _ = listener.accept()
@@ -440,8 +449,8 @@ def test_rst_from_host_resets_the_container(listener):
     gw.close()
 
 
-def test_data_before_a_host_reset_reaches_the_container_first(listener):
-    out, gw = _gateway()
+def test_data_before_a_host_reset_reaches_the_container_first(listener, peek_mode):
+    out, gw = _gateway(peek_offset=peek_mode)
     c = Container(gw, out, listener.getsockname()[1])
     c.handshake(window=65535)
     conn, _ = listener.accept()
@@ -641,8 +650,8 @@ def test_idle_flow_is_probed_then_reset(listener):
     gw.close()
 
 
-def test_zero_window_is_probed_and_reopened(listener):
-    out, gw = _gateway()
+def test_zero_window_is_probed_and_reopened(listener, peek_mode):
+    out, gw = _gateway(peek_offset=peek_mode)
     c = Container(gw, out, listener.getsockname()[1])
     c.handshake(window=1000)
     conn, _ = listener.accept()
@@ -686,8 +695,8 @@ def test_window_follows_the_host_socket_and_reopens(listener):
     gw.close()
 
 
-def test_ack_for_the_first_transmission_after_a_rewind(listener):
-    out, gw = _gateway()
+def test_ack_for_the_first_transmission_after_a_rewind(listener, peek_mode):
+    out, gw = _gateway(peek_offset=peek_mode)
     c = Container(gw, out, listener.getsockname()[1])
     c.handshake(window=65535)
     conn, _ = listener.accept()

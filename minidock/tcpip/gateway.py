@@ -271,7 +271,8 @@ class Gateway:
     def __init__(self, packet_sock=None, *, networks=(), allow_host_loopback=False,
                  mac=None, sink=None, vnet_hdr=None, mtu=packet.MTU, kernel_gateway=False,
                  host_alias=None, udp_timeout=UDP_TIMEOUT, tcp_idle_timeout=TCP_IDLE_TIMEOUT,
-                 tcp_time_wait=TCP_TIME_WAIT, max_tcp_flows=MAX_TCP_FLOWS, logger=None):
+                 tcp_time_wait=TCP_TIME_WAIT, max_tcp_flows=MAX_TCP_FLOWS, logger=None,
+                 peek_offset=None):
         self.allow_host_loopback = bool(allow_host_loopback)
         self.host_alias = addr_bytes(host_alias) if host_alias else None
         self.udp_timeout = udp_timeout
@@ -280,7 +281,9 @@ class Gateway:
         self.max_tcp_flows = max_tcp_flows
         self.log = logger or log.warning
         self.fd_limit = raise_fd_limit()
-        self.peek_off = tcp.peek_offset_supported()
+        # SO_PEEK_OFF on TCP sockets is Linux 6.9+; `peek_offset=False` forces the fallback
+        # (tests run both ways on kernels that have it).
+        self.peek_off = tcp.peek_offset_supported() if peek_offset is None else peek_offset
         self.stats = collections.Counter()
         self.ports = []
         self.networks = []          # of every port: no container subnet is ever dialled
@@ -292,6 +295,7 @@ class Gateway:
         self._timers = []           # heap of (when, tie-breaker, object)
         self._tie = 0
         self._acks = set()
+        self._drops = set()         # flows with acknowledged bytes to drop from their socket
         self._stash = {}            # flow -> [(seq, flags, bytes)]: the reorder stash
         self.stashed = 0
         self._fds = {}
@@ -426,6 +430,9 @@ class Gateway:
 
     def want_ack(self, flow):
         self._acks.add(flow)
+
+    def want_drop(self, flow):
+        self._drops.add(flow)
 
     # The reorder stash: the one exception to "no buffer of our own", bounded for the whole
     # gateway (STASH_SLOTS segments, so at most STASH_SLOTS x 64 KiB) and for one batch of
@@ -670,6 +677,10 @@ class Gateway:
             self._flush_stash()
         if self._acks:
             self._send_acks()
+        if self._drops:
+            drops, self._drops = self._drops, set()
+            for flow in drops:
+                flow.apply_drops()
         self._run_timers()
 
     def _send_acks(self):

@@ -124,7 +124,7 @@ class TcpFlow:
                  "first_fin_ours", "rdhup", "host_pending", "host_blocked", "dupacks",
                  "rto", "retries", "rto_at", "win_at", "win_delay", "idle_at", "probes",
                  "deadline", "last_seen", "syn_quote", "adv_right", "ack_sent", "peekoff",
-                 "host_err")
+                 "host_err", "drop_pending")
 
     def __init__(self, gw, link, key, mac, gw_ip, dest, syn, syn_quote):
         self.gw = gw
@@ -162,6 +162,7 @@ class TcpFlow:
         self.ack_sent = None
         self.peekoff = gw.peek_off
         self.host_err = 0               # the host side was reset: pass on its data, then RST
+        self.drop_pending = 0           # acknowledged bytes still in the host socket
 
     def __repr__(self):
         return f"TcpFlow({self.key} {self.state})"
@@ -310,10 +311,16 @@ class TcpFlow:
                 data -= 1
                 self.fin_acked = self.fin_sent = True
             if data > 0:
-                self._drop_acked(data)      # (SO_PEEK_OFF moves back with it, never below 0)
+                # Dropped from the host socket once per batch of frames (apply_drops), not
+                # once per ACK: a syscall saved for nearly every frame of a download.
+                self.drop_pending += data
+                self.gw.want_drop(self)
             self.snd_una = ack
             if seq_diff(ack, self.snd_nxt) > 0:
+                # Past what we have (re)sent since a rewind: the peek position must jump there
+                # too, which dropping now does (SO_PEEK_OFF clamps at the new head).
                 self.snd_nxt = ack
+                self.apply_drops()
             self.dupacks = 0
             self.retries = 0
             self.rto = RTO_MIN
@@ -442,14 +449,23 @@ class TcpFlow:
             if got == 0:
                 self.rdhup = True       # recv returns 0 only at the end of the stream
             return got
-        # No SO_PEEK_OFF: peek the already-sent prefix into a scratch buffer in front.
+        # No SO_PEEK_OFF: peek the already-sent prefix (and the acknowledged bytes not dropped
+        # yet) into a scratch buffer in front.
+        skip = inflight + self.drop_pending
         discard = _discard_buffer()
-        if inflight > len(discard):
+        if skip > len(discard):
             return 0
-        nbytes, *_ = self.sock.recvmsg_into([memoryview(discard)[:inflight], view[:n]], 0, flags)
+        nbytes, *_ = self.sock.recvmsg_into([memoryview(discard)[:skip], view[:n]], 0, flags)
         if nbytes == 0:
             self.rdhup = True
-        return max(0, nbytes - inflight)
+        return max(0, nbytes - skip)
+
+    def apply_drops(self):
+        if self.drop_pending and self.sock is not None:
+            # SO_PEEK_OFF moves back by what is dropped (never below 0): peeking goes on
+            # from the same byte.
+            self._drop_acked(self.drop_pending)
+        self.drop_pending = 0
 
     def _drop_acked(self, count):
         """The container has these bytes: remove them from the host socket without copying."""
@@ -477,6 +493,7 @@ class TcpFlow:
 
     def _rewind(self):
         """Go back to the oldest unacknowledged byte (retransmission)."""
+        self.apply_drops()              # the socket must start at snd_una before SO_PEEK_OFF 0
         self.snd_nxt = self.snd_una
         if self.fin_sent and not self.fin_acked:
             self.fin_sent = False
