@@ -716,3 +716,45 @@ def test_ack_for_the_first_transmission_after_a_rewind(listener, peek_mode):
     assert nxt.seq == second.seq + len(second.data) and bytes(nxt.data) == b"S" * 100
     conn.close()
     gw.close()
+
+
+def test_fuzzed_frames_never_raise(monkeypatch, listener):
+    """5000 mutations (bytes flipped, truncated, extended) of valid frames of every kind: the
+    gateway counts and drops what is broken and never raises. A guard on the routing policy
+    makes sure a mutated destination can never make the test dial anything but 127.0.0.1."""
+    import random
+    from minidock.tcpip import gateway as gwmod
+    real_route = gwmod.route
+
+    def guarded(dst, *args):
+        if dst != GW:
+            return gwmod.DROP, "fuzzing: only the gateway address is dialled"
+        return real_route(dst, *args)
+    monkeypatch.setattr(gwmod, "route", guarded)
+    port = listener.getsockname()[1]
+    seeds = [
+        _frame(ipv4.PROTO_TCP, tcpwire.tcp_segment(CT, GW, 1000, port, 5, 0, SYN, 1000,
+                                                   options=tcpwire.syn_options(1460, 7))),
+        _frame(ipv4.PROTO_TCP, tcpwire.tcp_segment(CT, GW, 1000, port, 6, 1, ACK, 1000, b"data")),
+        _frame(ipv4.PROTO_UDP, udp.udp_datagram(CT, GW, 1000, port, b"x" * 30)),
+        _frame(ipv4.PROTO_ICMP, ipv4.icmp_message(8, 0, b"\0\1\0\1", b"abc")),
+        ethernet.ethernet_frame(ethernet.BROADCAST, CT_MAC, ethernet.ETH_P_ARP,
+                                ethernet.arp_packet(1, CT_MAC, CT, b"\0" * 6, GW)),
+    ]
+    rng = random.Random(11)
+    out, gw = _gateway()
+    for i in range(5000):
+        f = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 6)):
+            op = rng.random()
+            if op < 0.5 and f:
+                f[rng.randrange(len(f))] = rng.randrange(256)
+            elif op < 0.75:
+                f = f[:rng.randrange(len(f) + 1)]
+            else:
+                f += bytes(rng.randrange(256) for _ in range(rng.randint(1, 40)))
+        gw.handle_frame(bytes(f), trusted=rng.random() < 0.5)
+        if i % 100 == 0:
+            gw.step(0)
+    assert gw.stats["frames_in"] == 5000 and gw.stats["malformed"] > 1000
+    gw.close()
