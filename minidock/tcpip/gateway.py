@@ -719,14 +719,33 @@ class Gateway:
         self.now = time.monotonic()
         for fd, ev in events:
             obj = self._fds.get(fd)
-            if obj is not None:
-                obj.on_host_event(ev)
-            elif fd in self._port_fds:
-                self._drain_packets(self._port_fds[fd])
-            elif fd == self._wake_r:
-                self._wake()
-        self.flush()
+            try:
+                if obj is not None:
+                    obj.on_host_event(ev)
+                elif fd in self._port_fds:
+                    self._drain_packets(self._port_fds[fd])
+                elif fd == self._wake_r:
+                    self._wake()
+            except Exception as e:
+                self._internal_error(e, obj)
+        try:
+            self.flush()
+        except Exception as e:
+            self._internal_error(e, None)
         return not self._stopping
+
+    def _internal_error(self, err, obj):
+        """A bug of ours must not take every container's network down with the loop: the
+        flow involved is reset, the error counted and logged (with its traceback, once)."""
+        import traceback
+        self.stats["internal_errors"] += 1
+        self.log_once(f"bug-{type(err).__name__}", "tcpip: internal error (flow reset): "
+                      + "".join(traceback.format_exception(err)))
+        if isinstance(obj, tcp.TcpFlow):
+            try:
+                obj.abort()
+            except Exception:
+                self.forget_tcp(obj)
 
     def _wake(self):
         try:
