@@ -758,3 +758,25 @@ def test_fuzzed_frames_never_raise(monkeypatch, listener):
             gw.step(0)
     assert gw.stats["frames_in"] == 5000 and gw.stats["malformed"] > 1000
     gw.close()
+
+
+def test_a_bug_in_one_flow_resets_it_and_the_loop_goes_on(listener, monkeypatch):
+    logged = []
+    out = []
+    gw = Gateway(sink=lambda v: out.append(bytes(v)), networks=["10.0.2.2/24"],
+                 allow_host_loopback=True, logger=logged.append)
+    c = Container(gw, out, listener.getsockname()[1])
+    c.handshake()
+    conn, _ = listener.accept()
+
+    def broken(self, ev):
+        raise ZeroDivisionError("a bug")
+    monkeypatch.setattr(tcp.TcpFlow, "on_host_event", broken)
+    conn.sendall(b"x")
+    rst = c.expect(lambda s: s.flags & RST)
+    assert rst and gw.stats["internal_errors"] == 1 and "ZeroDivisionError" in logged[0]
+    monkeypatch.undo()
+    c2 = Container(gw, out, listener.getsockname()[1], sport=40001)
+    c2.handshake()                              # the loop still serves new flows
+    listener.accept()[0].close()
+    gw.close()
