@@ -474,13 +474,17 @@ def test_idle_connections_and_a_stalled_reader_keep_memory_bounded(netns, gatewa
 
 # --- the daemon-namespace layout: a tap on a bridge that holds the gateway address ----------
 
-def test_bridge_layout_with_a_kernel_owned_gateway():
+@pytest.mark.parametrize("stale_mac", [False, True])
+def test_bridge_layout_with_a_kernel_owned_gateway(stale_mac):
     """networks.py's daemon namespace: the bridge owns 172.30.0.1 (ARP, its own ports),
     ip_forward=0, and the packet socket taps the bridge. The host's loopback is reached
-    through the host alias 10.0.2.2; the gateway address stays the kernel's."""
+    through the host alias 10.0.2.2; the gateway address stays the kernel's. A bridge's MAC
+    changes as ports come and go: a MAC taken before that (`stale_mac`) is corrected from the
+    frames themselves."""
     from netns_harness import BRIDGE_GATEWAY, BRIDGE_NETWORK
     n = Netns(bridge=True)
     gw = Gateway(n.packet_sock, networks=[BRIDGE_NETWORK], kernel_gateway=True,
+                 mac=b"\x02\x00\x00\x00\x00\x99" if stale_mac else None,
                  host_alias="10.0.2.2", allow_host_loopback=True, logger=lambda m: None)
     t = threading.Thread(target=gw.run, daemon=True)
     t.start()
@@ -494,9 +498,13 @@ def test_bridge_layout_with_a_kernel_owned_gateway():
         # and we stay silent about them.
         r = n.python(CONNECT, BRIDGE_GATEWAY, srv.getsockname()[1], timeout=60)
         assert r.stdout.strip() == "ConnectionRefusedError ECONNREFUSED", r.stderr
+        deadline = time.monotonic() + 5     # the kernel answered; our loop may see it later
+        while not gw.stats["tcp_drop"] and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert gw.stats["tcp_drop"] >= 1 and gw.stats["arp_replies"] == 0
         r = n.run(["busybox", "ping", "-c", "1", "-W", "5", "10.0.2.2"], timeout=30)
         assert r.returncode == 0, r.stdout
+        assert gw.ports[0].mac != b"\x02\x00\x00\x00\x00\x99"
     finally:
         srv.close()
         gw.stop()

@@ -502,8 +502,14 @@ class Gateway:
         dst_mac, src_mac, etype = ethernet.parse_ethernet(frame)
         if etype == ETH_P_IP:
             if dst_mac != port.mac:
-                self.stats["not_for_us"] += 1
-                return
+                if port.kernel_gateway and not dst_mac[0] & 1:
+                    # A bridge's MAC follows its ports (the lowest port MAC wins, unless one
+                    # was set): a unicast frame the bridge passed up to its own interface is
+                    # addressed to whatever MAC the bridge has now, and our answers use it.
+                    port.mac = port.link.mac = dst_mac
+                else:
+                    self.stats["not_for_us"] += 1
+                    return
             ip = ipv4.parse_ipv4(frame[ETH_HLEN:])
             net = port.network_of(ip.src)
             if net is None:
