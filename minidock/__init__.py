@@ -3,10 +3,15 @@
 The package is layered; imports only point down:
 
     daemon.py            flags, start-up checks, signals, wiring
-    api/<resource>.py    route tables and thin handlers, per-version shapes in api/versions.py
-    backend objects      containers, images, volumes, exec instances, events
-    machinery            ns.py, layers.py, cgroup.py, registry.py, builder.py
-    ground               http.py (bytes in, bytes out), store.py (atomic JSON), errors.py
+    api/<resource>.py    route tables and thin handlers; API versions as data in api/versions.py
+    engine.py            the backend root: builds every subsystem, in dependency order
+    backend objects      containers.py (composing container/*), execs.py, volumes.py,
+                         networks.py, images.py (with imagearchive.py), registryservice.py,
+                         events.py
+    machinery            ns.py, spawner.py, layers.py, cgroup.py, registry/, builder.py (with
+                         dockerfile.py, buildvars.py, dockerignore.py), tarsafe.py
+    ground               http.py (bytes in, bytes out), websocket.py, store.py (atomic JSON),
+                         times.py, reference.py, platforms.py, progress.py, errors.py
 """
 
 __version__ = "0.1.0"

@@ -47,12 +47,12 @@ import time
 import urllib.parse
 import urllib.request
 
-from minidock import dockerfile, dockerignore, errors, images as images_mod, store, tarsafe
+from minidock import buildvars, dockerfile, dockerignore, errors, imagecreate, images as images_mod, ns, store, tarsafe
+from minidock.progress import Cancelled
 
 log = logging.getLogger("minidock.builder")
 
 DEFAULT_DOCKERFILE = "Dockerfile"
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Instructions that only change the image config.
 METADATA = ("ARG", "CMD", "ENTRYPOINT", "ENV", "EXPOSE", "HEALTHCHECK", "LABEL", "MAINTAINER",
             "ONBUILD", "SHELL", "STOPSIGNAL", "USER", "VOLUME")
@@ -60,10 +60,6 @@ METADATA = ("ARG", "CMD", "ENTRYPOINT", "ENV", "EXPOSE", "HEALTHCHECK", "LABEL",
 LIMITS = {"memory": "Memory", "memswap": "MemorySwap", "cpushares": "CpuShares",
           "cpuquota": "CpuQuota", "cpuperiod": "CpuPeriod", "cpusetcpus": "CpusetCpus",
           "cpusetmems": "CpusetMems", "shmsize": "ShmSize"}
-
-
-class Cancelled(Exception):
-    """The client went away; the build stopped between (or inside) steps."""
 
 
 class StepFailed(errors.InvalidParameter):
@@ -204,7 +200,7 @@ class Builder:
                                        for k, v in sorted(self.options.labels.items()))
             stages[-1].instructions.append(dockerfile.parse_instruction(text, df.escape))
         self.total = len(df.meta_args) + sum(1 + len(s.instructions) for s in stages)
-        args = dockerfile.BuildArgs(self.options.buildargs, df.escape)
+        args = buildvars.BuildArgs(self.options.buildargs, df.escape)
         for instr in df.meta_args:
             self._announce(instr)
             args.resolve_meta([instr])
@@ -222,7 +218,6 @@ class Builder:
         self.out(f"Successfully built {images_mod.short_id(image)}\n")
         for name in self.options.tags:
             key = self.images.tag(image, name)
-            self.engine.events.emit("image", "tag", image, {"name": key})
             self.out(f"Successfully tagged {key}\n")
         return image
 
@@ -257,7 +252,7 @@ class Builder:
 
     # -- a stage -------------------------------------------------------------------------------
     def _run_stage(self, df, stage, args, meta):
-        from_ = dockerfile.substitute(stage.from_, meta, df.escape)
+        from_ = buildvars.substitute(stage.from_, meta, df.escape)
         self._announce(stage.from_)
         image = self._base_image(df, stage, from_.args[0])
         self.out(f" ---> {images_mod.short_id(image) if image else ''}\n")
@@ -266,7 +261,7 @@ class Builder:
         if not any(e.startswith("PATH=") for e in env):
             # Docker gives every stage the default PATH when its base image sets none (an
             # imported or scratch image), so `ENV PATH=/x:$PATH` and RUN find the usual tools.
-            state.config["Env"] = env + ["PATH=" + DEFAULT_PATH]
+            state.config["Env"] = env + ["PATH=" + ns.DEFAULT_PATH]
         triggers = list(state.config.get("OnBuild") or [])
         if triggers:
             state.config["OnBuild"] = None
@@ -307,13 +302,13 @@ class Builder:
 
     def _config_of(self, image):
         if image is None:
-            return images_mod.full_config()
-        return json.loads(json.dumps(images_mod.full_config(self.images.config(image).get("config"))))
+            return imagecreate.full_config()
+        return json.loads(json.dumps(imagecreate.full_config(self.images.config(image).get("config"))))
 
     # -- one instruction -----------------------------------------------------------------------
     def _dispatch(self, df, state, instr):
         variables = state.scope.variables(state.config.get("Env") or [])
-        instr = dockerfile.substitute(instr, variables, df.escape)
+        instr = buildvars.substitute(instr, variables, df.escape)
         if instr.cmd == "ARG":
             state.scope.declare(instr)
         if instr.cmd in METADATA:
@@ -339,7 +334,7 @@ class Builder:
 
     def _commit_metadata(self, state, comment, key, config):
         container_config = dict(config, Cmd=state.shell() + ["#(nop) ", comment])
-        image = self.images.add_build_step(
+        image = imagecreate.add_build_step(self.images, 
             state.image, config, " ".join(container_config["Cmd"]), cache_key=key,
             author=state.author, container_config=container_config)
         state.move_to(image, self._config_of(image))
@@ -440,7 +435,7 @@ class Builder:
             config["Image"] = state.image
             container_config = dict(config, Cmd=shown)
             diff_id = self._commit_rw(cid, state.image)
-            image = self.images.add_build_step(state.image, config, created_by, diff_id, key,
+            image = imagecreate.add_build_step(self.images, state.image, config, created_by, diff_id, key,
                                                author=state.author, container=cid,
                                                container_config=container_config)
             state.move_to(image, self._config_of(image))
@@ -523,7 +518,7 @@ class Builder:
         finally:
             self.layers.remove_rw(rw_id)
         container_config = dict(config, Cmd=state.shell() + ["#(nop) ", comment])
-        image = self.images.add_build_step(state.image, config, " ".join(container_config["Cmd"]),
+        image = imagecreate.add_build_step(self.images, state.image, config, " ".join(container_config["Cmd"]),
                                            diff_id, key, author=state.author,
                                            container_config=container_config)
         state.move_to(image, self._config_of(image))
@@ -590,7 +585,7 @@ class Builder:
             config = json.loads(json.dumps(state.config))
             config["Image"] = state.image or ""
             created_by = " ".join(state.shell() + ["#(nop) " + comment])
-            image = self.images.add_build_step(state.image, config, created_by, diff_id, key,
+            image = imagecreate.add_build_step(self.images, state.image, config, created_by, diff_id, key,
                                                author=state.author,
                                                container_config=dict(config, Cmd=state.shell() +
                                                                      ["#(nop) " + comment]))

@@ -24,8 +24,12 @@ import signal
 import sys
 import threading
 
-from minidock import __version__, errors, http
-from minidock.engine import Config, Engine
+from minidock import API_VERSION, __version__, cgroup, errors, http, ns
+from minidock.api import archive, build, containers, execs, images, networks, system, volumes
+from minidock.api.router import Router
+from minidock.container.exits import ExitRegistry
+from minidock.engine import Config, Engine, NoSpawner
+from minidock.spawner import Spawner
 
 log = logging.getLogger("minidock")
 
@@ -119,11 +123,6 @@ def build_engine(config, userns=True):
     Must run on the main thread of a still single-threaded process: unshare(CLONE_NEWUSER)
     refuses threaded callers, and the spawner's death signal is tied to the thread that forks it.
     """
-    from minidock import ns
-    from minidock.containers import Containers
-    from minidock.execs import Execs
-    from minidock.volumes import Volumes
-
     # 3. the daemon's own user + mount namespace
     daemon_userns = None
     if userns:
@@ -131,35 +130,20 @@ def build_engine(config, userns=True):
         daemon_userns = ns.enter_daemon_userns()
         log.info("user namespace: %s", daemon_userns.as_dict())
 
-    # 4. the spawner, forked while we are single-threaded. Exit reports are forwarded to the
-    # containers backend, which exists only after step 5, hence the indirection.
-    engine_box = {}
+    # 4. the spawner, forked while we are single-threaded. It reports every exit into the
+    # registry, where the container and exec backends register their pids.
+    exits = ExitRegistry()
+    spawner = Spawner.start(on_exit=exits.deliver) if userns else NoSpawner()
 
-    def on_exit(pid, code):
-        engine = engine_box.get("engine")
-        if engine is not None and engine.containers is not None:
-            engine.containers.on_exit(pid, code)
-
-    spawner = None
-    if userns:
-        from minidock.spawner import Spawner
-        spawner = Spawner.start(on_exit=on_exit)
-
-    # 5. the engine and its subsystems, state loaded from disk
-    engine = Engine(config)
-    engine_box["engine"] = engine
-    engine.userns = daemon_userns.as_dict() if daemon_userns else None
-    engine.spawner = spawner
-    engine.cgroups = _cgroups(engine)
-    engine.images = _images(engine)
-    engine.volumes = Volumes(engine)
-    engine.containers = Containers(engine, spawner)
-    engine.execs = Execs(engine, engine.containers, spawner)
-    engine.registry = _registry(engine)
+    # 5. the cgroup tree (after the spawner: preparing it may move our own processes), then the
+    # engine and its subsystems, state loaded from disk
+    cgroups, warnings = _cgroups()
+    if not userns:
+        warnings.append(NoSpawner.REASON)
+    engine = Engine(config, spawner=spawner, exits=exits, cgroups=cgroups,
+                    userns=daemon_userns.as_dict() if daemon_userns else None, warnings=warnings)
     _sweep_orphan_rw_layers(engine)
-    if spawner is None:
-        engine.warnings.append("started with --no-userns: containers cannot run")
-    else:
+    if userns:
         engine.containers.reconcile()
     return engine
 
@@ -176,41 +160,24 @@ def _sweep_orphan_rw_layers(engine):
                 log.warning("could not remove orphaned writable layer %s: %s", name, exc)
 
 
-def _cgroups(engine):
-    """The cgroup v2 tree we may use, or None (limits discarded with warnings, SIGSTOP pause)."""
-    from minidock import cgroup
+def _cgroups():
+    """The cgroup v2 tree we may use (limits discarded with warnings, SIGSTOP pause when not
+    usable), and its /info warnings."""
     hierarchy = cgroup.Hierarchy.discover()
     hierarchy.prepare()                 # never raises; records what is usable and why not
     if not hierarchy.usable:
         log.warning("cgroup v2 not usable (%s): limits are discarded, pause uses SIGSTOP", hierarchy.reason)
-    engine.warnings += hierarchy.info_warnings()
-    return hierarchy
-
-
-def _images(engine):
-    from minidock.images import ImageStore
-    from minidock.layers import LayerStore
-    root = os.path.join(engine.config.data_root, "image")
-    engine.layers = LayerStore(os.path.join(root, "layers"))
-    return ImageStore(root, engine.layers)
-
-
-def _registry(engine):
-    from minidock.registryservice import RegistryService
-    return RegistryService(engine)
+    return hierarchy, hierarchy.info_warnings()
 
 
 def routes():
     """The whole API: every resource's route table, in one list."""
-    from minidock.api import archive, build, containers, execs, images, networks, system, volumes
     return (system.ROUTES + images.ROUTES + containers.ROUTES + archive.ROUTES + execs.ROUTES + volumes.ROUTES
             + networks.ROUTES + build.ROUTES)
 
 
 def serve(engine, hosts, cors_origin=None, ready=None, stop=None):
     """Bind every host, serve until `stop` is set; returns after a clean shutdown."""
-    from minidock.api.router import Router
-    from minidock import API_VERSION
     app = Router(routes(), engine, cors_origin=cors_origin)
     server_header = f"minidock/{__version__} (linux)"
 
@@ -304,8 +271,6 @@ def main(argv=None):
         print(f"minidock: cannot listen: {exc}", file=sys.stderr)
         return 1
     finally:
-        shutdown = getattr(engine, "shutdown", None)
-        if shutdown:
-            shutdown()
+        engine.shutdown()
         lock.release()
     return 0

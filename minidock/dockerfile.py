@@ -39,14 +39,7 @@ it runs nothing. What the format is, in the order the parser meets it:
    lines before the first FROM are *meta args*: visible only to FROM lines (and to a stage that
    redeclares them with a bare `ARG name`). Anything else before FROM is an error.
 
-5. **Variable substitution** (`expand_word`, `substitute`). Only ADD COPY ENV EXPOSE FROM LABEL
-   STOPSIGNAL USER VOLUME WORKDIR and ARG are expanded by the builder; RUN/CMD/ENTRYPOINT text is
-   left for the shell in the container. The rules are a small subset of sh: `$NAME`, `${NAME}`,
-   `${NAME:-word}` (word if unset or empty), `${NAME:+word}` (word if set and non-empty), the
-   colon-less `-`/`+` forms (test "unset" only), `${NAME:?msg}`; single quotes suppress
-   expansion, double quotes don't (inside them the escape character only escapes `"`, `$` and
-   itself); the escape character outside quotes takes the next character literally. Quotes are
-   removed in the process. EXPOSE alone splits an expanded value into several words.
+5. **Variable substitution** and ARG/ENV scoping are buildvars.py's.
 
 The data handed to the builder:
 
@@ -80,21 +73,10 @@ import dataclasses
 import json
 import re
 
-from minidock import errors
+from minidock import errors, times
 
 
 DEFAULT_SHELL = ["/bin/sh", "-c"]
-
-# Instructions whose arguments the builder runs through variable substitution (Docker's
-# replaceEnvAllowed plus FROM, which only sees the meta args). RUN, CMD, ENTRYPOINT, SHELL,
-# HEALTHCHECK, MAINTAINER and ONBUILD are stored as written.
-EXPANDED = frozenset({"ADD", "ARG", "COPY", "ENV", "EXPOSE", "FROM", "LABEL", "STOPSIGNAL",
-                      "USER", "VOLUME", "WORKDIR"})
-
-# Build args any Dockerfile may use without declaring them with ARG. Docker keeps them out of
-# the image history (they often hold credentials).
-BUILTIN_ARGS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY",
-                "ftp_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy")
 
 # Flags each instruction accepts: name -> "bool" or "string". Anything else is "Unknown flag".
 FLAGS = {
@@ -177,7 +159,8 @@ class Dockerfile:
         return None
 
 
-def _fail(message, line=None):
+def parse_error(message, line=None):
+    """An InvalidParameter with Docker's `Dockerfile parse error line N: ` prefix."""
     if line is not None:
         message = f"Dockerfile parse error line {line}: {message}"
     err = errors.InvalidParameter(message)
@@ -221,11 +204,11 @@ def _logical_lines(text):
             return
         name, value = match.group(1).lower(), match.group(2)
         if name in seen:
-            raise _fail(f"only one {name} parser directive can be used", number)
+            raise parse_error(f"only one {name} parser directive can be used", number)
         seen.add(name)
         if name == "escape":
             if value not in ("\\", "`"):
-                raise _fail(f"invalid escape token '{value}' does not match ` or \\", number)
+                raise parse_error(f"invalid escape token '{value}' does not match ` or \\", number)
             escape = value
             continuation = re.compile(re.escape(escape) + r"[ \t]*$")
         else:
@@ -328,18 +311,18 @@ def _parse_flags(cmd, words, line):
         name, eq, value = word[2:].partition("=")
         kind = known.get(name)
         if kind is None:
-            raise _fail(f"Unknown flag: {name}", line)
+            raise parse_error(f"Unknown flag: {name}", line)
         if name in values:
-            raise _fail(f"Duplicate flag specified: {name}", line)
+            raise parse_error(f"Duplicate flag specified: {name}", line)
         if kind == "bool":
             if eq and value == "":
-                raise _fail(f"Missing a value on flag: {name}", line)
+                raise parse_error(f"Missing a value on flag: {name}", line)
             if value.lower() not in ("", "true", "false"):
-                raise _fail(f"Expecting boolean value for flag {name}, not: {value}", line)
+                raise parse_error(f"Expecting boolean value for flag {name}, not: {value}", line)
             values[name] = value.lower() or "true"
         else:
             if not eq:
-                raise _fail(f"Missing a value on flag: {name}", line)
+                raise parse_error(f"Missing a value on flag: {name}", line)
             values[name] = value
     return values
 
@@ -410,94 +393,62 @@ def _name_values(cmd, rest, escape, line):
     """ENV and LABEL: `k=v k2="v 2"` or the legacy `k value with spaces`."""
     words = _parse_words(rest, escape)
     if not words:
-        raise _fail(f"{cmd} requires at least one argument", line)
+        raise parse_error(f"{cmd} requires at least one argument", line)
     if "=" not in words[0]:
         parts = _WHITESPACE.split(rest, 1)
         if len(parts) < 2:
-            raise _fail(f"{cmd} must have two arguments", line)
+            raise parse_error(f"{cmd} must have two arguments", line)
         pairs = [(parts[0], parts[1])]
     else:
         pairs = []
         for word in words:
             if "=" not in word:
-                raise _fail(f"Syntax error - can't find = in {json.dumps(word)}. "
+                raise parse_error(f"Syntax error - can't find = in {json.dumps(word)}. "
                             "Must be of the form: name=value", line)
             key, _, value = word.partition("=")
             pairs.append((key, value))
     for key, _ in pairs:
         if key == "":
-            raise _fail(f"{cmd} names can not be blank", line)
+            raise parse_error(f"{cmd} names can not be blank", line)
     return pairs
-
-
-_DURATION_UNITS = {"ns": 1, "us": 10**3, "\u00b5s": 10**3, "\u03bcs": 10**3, "ms": 10**6,
-                   "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
-_DURATION_PART = re.compile(r"([0-9]*(?:\.[0-9]*)?)([^0-9.]*)")
-
-
-def _duration_ns(text):
-    """Go's time.ParseDuration ("1m30s", "1.5h", "300ms") -> integer nanoseconds."""
-    s = text
-    sign = 1
-    if s[:1] in ("+", "-"):
-        sign = -1 if s[0] == "-" else 1
-        s = s[1:]
-    if s == "0":
-        return 0
-    if s == "":
-        raise ValueError(f'time: invalid duration "{text}"')
-    total = 0
-    pos = 0
-    while pos < len(s):
-        match = _DURATION_PART.match(s, pos)
-        number, unit = match.group(1), match.group(2)
-        if number in ("", "."):
-            raise ValueError(f'time: invalid duration "{text}"')
-        if unit == "":
-            raise ValueError(f'time: missing unit in duration "{text}"')
-        if unit not in _DURATION_UNITS:
-            raise ValueError(f'time: unknown unit "{unit}" in duration "{text}"')
-        total += float(number) * _DURATION_UNITS[unit]
-        pos = match.end()
-    return sign * int(round(total))
 
 
 def _healthcheck(rest, escape, flag_words, line):
     parts = rest.split(None, 1)
     if not parts:
-        raise _fail("HEALTHCHECK requires at least one argument", line)
+        raise parse_error("HEALTHCHECK requires at least one argument", line)
     kind = parts[0].upper()
     tail = parts[1] if len(parts) > 1 else ""
     if kind == "NONE":
         if tail.strip():
-            raise _fail("HEALTHCHECK NONE takes no arguments", line)
+            raise parse_error("HEALTHCHECK NONE takes no arguments", line)
         return ["NONE"], _parse_flags("HEALTHCHECK", flag_words, line), False
     flags = _parse_flags("HEALTHCHECK", flag_words, line)
     if kind != "CMD":
-        raise _fail(f'Unknown type "{kind}" in HEALTHCHECK (try CMD)', line)
+        raise parse_error(f'Unknown type "{kind}" in HEALTHCHECK (try CMD)', line)
     argv = _maybe_json(tail, line)
     if argv is None:
         args, is_json = ([tail] if tail else []), False
     else:
         args, is_json = argv, True
     if not args:
-        raise _fail("Missing command after HEALTHCHECK CMD", line)
+        raise parse_error("Missing command after HEALTHCHECK CMD", line)
     for name in ("interval", "timeout", "start-period", "start-interval"):
         if flags.get(name):
             try:
-                ns = _duration_ns(flags[name])
+                ns = times.parse_duration(flags[name])
             except ValueError as exc:
-                raise _fail(str(exc), line) from None
+                raise parse_error(str(exc), line) from None
             if 0 < ns < 10**6 or ns < 0:
-                raise _fail(f'Interval "{name}" cannot be less than 1ms', line)
+                raise parse_error(f'Interval "{name}" cannot be less than 1ms', line)
     if flags.get("retries"):
         try:
             retries = int(flags["retries"])
         except ValueError:
-            raise _fail(f'strconv.ParseInt: parsing "{flags["retries"]}": invalid syntax',
+            raise parse_error(f'strconv.ParseInt: parsing "{flags["retries"]}": invalid syntax',
                         line) from None
         if retries < 0:
-            raise _fail(f"--retries cannot be negative ({retries})", line)
+            raise parse_error(f"--retries cannot be negative ({retries})", line)
     return (["CMD"] if is_json else ["CMD-SHELL"]) + args, flags, is_json
 
 
@@ -505,7 +456,7 @@ def _maybe_json(rest, line):
     try:
         return _parse_json(rest)
     except ValueError as exc:
-        raise _fail(str(exc), line) from None
+        raise parse_error(str(exc), line) from None
 
 
 def parse_instruction(text, escape="\\", line=1, end_line=None):
@@ -518,7 +469,7 @@ def parse_instruction(text, escape="\\", line=1, end_line=None):
     keyword, flag_words, rest = _split_command(text)
     cmd = keyword.upper()
     if cmd not in INSTRUCTIONS:
-        raise _fail(f"unknown instruction: {cmd}", line)
+        raise parse_error(f"unknown instruction: {cmd}", line)
     instr = Instruction(cmd=cmd, args=[], original=text.strip(), line=line, end_line=end_line)
     if cmd not in FLAGS and cmd != "ONBUILD":
         _parse_flags(cmd, flag_words, line)    # rejects any flag with Docker's message
@@ -531,9 +482,9 @@ def parse_instruction(text, escape="\\", line=1, end_line=None):
             instr.args = [rest] if rest else []
         if cmd == "SHELL":
             if not instr.args:
-                raise _fail("SHELL requires at least one argument", line)
+                raise parse_error("SHELL requires at least one argument", line)
             if not instr.json:
-                raise _fail("SHELL requires the arguments to be in JSON form", line)
+                raise parse_error("SHELL requires the arguments to be in JSON form", line)
     elif cmd in ("COPY", "ADD", "VOLUME"):
         argv = _maybe_json(rest, line)
         if argv is not None:
@@ -542,13 +493,13 @@ def parse_instruction(text, escape="\\", line=1, end_line=None):
             instr.args = _WHITESPACE.split(rest) if rest else []
         if cmd == "VOLUME":
             if not instr.args:
-                raise _fail("VOLUME requires at least one argument", line)
+                raise parse_error("VOLUME requires at least one argument", line)
             if any(v.strip() == "" for v in instr.args):
-                raise _fail("VOLUME specified can not be an empty string", line)
+                raise parse_error("VOLUME specified can not be an empty string", line)
             instr.args = [v.strip() for v in instr.args]
         else:
             if len(instr.args) < 2:
-                raise _fail(f"{cmd} requires at least two arguments, but only one was "
+                raise parse_error(f"{cmd} requires at least two arguments, but only one was "
                             "provided. Destination could not be determined", line)
             instr.flags = _parse_flags(cmd, flag_words, line)
     elif cmd == "FROM":
@@ -556,49 +507,49 @@ def parse_instruction(text, escape="\\", line=1, end_line=None):
         if len(words) == 3 and words[1].lower() == "as":
             name = words[2].lower()
             if not _STAGE_NAME.match(name):
-                raise _fail(f'invalid name for build stage: "{words[2]}", name can\'t start '
+                raise parse_error(f'invalid name for build stage: "{words[2]}", name can\'t start '
                             "with a number or contain symbols", line)
             instr.pairs = [("as", name)]
         elif len(words) != 1:
-            raise _fail("FROM requires either one or three arguments", line)
+            raise parse_error("FROM requires either one or three arguments", line)
         instr.args = words[:1]
         instr.flags = _parse_flags(cmd, flag_words, line)
     elif cmd == "EXPOSE":
         instr.args = sorted(_WHITESPACE.split(rest)) if rest else []
         if not instr.args:
-            raise _fail("EXPOSE requires at least one argument", line)
+            raise parse_error("EXPOSE requires at least one argument", line)
     elif cmd in ("ENV", "LABEL"):
         instr.pairs = _name_values(cmd, rest, escape, line)
         instr.args = [x for pair in instr.pairs for x in pair]
     elif cmd == "ARG":
         words = _parse_words(rest, escape)
         if not words:
-            raise _fail("ARG requires at least one argument", line)
+            raise parse_error("ARG requires at least one argument", line)
         instr.pairs = []
         for word in words:
             if "=" in word:
                 key, _, value = word.partition("=")
                 if key == "":
-                    raise _fail("ARG names can not be blank", line)
+                    raise parse_error("ARG names can not be blank", line)
                 instr.pairs.append((key, value))
             else:
                 instr.pairs.append((word, None))
         instr.args = words
     elif cmd in ("USER", "WORKDIR", "STOPSIGNAL", "MAINTAINER"):
         if not rest:
-            raise _fail(f"{cmd} requires exactly one argument", line)
+            raise parse_error(f"{cmd} requires exactly one argument", line)
         instr.args = [rest]
     elif cmd == "HEALTHCHECK":
         instr.args, instr.flags, instr.json = _healthcheck(rest, escape, flag_words, line)
     elif cmd == "ONBUILD":
         _parse_flags(cmd, flag_words, line)
         if not rest:
-            raise _fail("ONBUILD requires at least one argument", line)
+            raise parse_error("ONBUILD requires at least one argument", line)
         inner = _WHITESPACE.split(rest, 1)[0].upper()
         if inner == "ONBUILD":
-            raise _fail("Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed", line)
+            raise parse_error("Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed", line)
         if inner in ("MAINTAINER", "FROM"):
-            raise _fail(f"{inner} isn't allowed as an ONBUILD trigger", line)
+            raise parse_error(f"{inner} isn't allowed as an ONBUILD trigger", line)
         expression = _ONBUILD_PREFIX.sub("", instr.original)
         # Docker only checks the trigger's keyword here and finds other mistakes when a child
         # image runs it; parsing it fully now reports them where the author can fix them.
@@ -615,7 +566,7 @@ def parse(source):
         source = source[1:]                    # a UTF-8 byte-order mark on the first line
     lines, escape, syntax, warnings = _logical_lines(source)
     if not lines:
-        raise _fail("file with no instructions")
+        raise parse_error("file with no instructions")
 
     meta_args, stages = [], []
     for start, end, text in lines:
@@ -624,11 +575,11 @@ def parse(source):
             name = instr.pairs[0][1] if instr.pairs else None
             instr.pairs = None
             if name is not None and any(s.name == name for s in stages):
-                raise _fail(f'duplicate stage name "{name}"', start)
+                raise parse_error(f'duplicate stage name "{name}"', start)
             stages.append(Stage(index=len(stages), name=name, from_=instr, instructions=[]))
         elif not stages:
             if instr.cmd != "ARG":
-                raise _fail("No build stage in current context")
+                raise parse_error("No build stage in current context")
             meta_args.append(instr)
         else:
             stages[-1].instructions.append(instr)
@@ -655,325 +606,7 @@ def healthcheck_config(instr):
     for flag, key in (("interval", "Interval"), ("timeout", "Timeout"),
                       ("start-period", "StartPeriod"), ("start-interval", "StartInterval")):
         if instr.flags.get(flag):
-            config[key] = _duration_ns(instr.flags[flag])
+            config[key] = times.parse_duration(instr.flags[flag])
     if instr.flags.get("retries"):
         config["Retries"] = int(instr.flags["retries"])
     return config
-
-
-# ---------------------------------------------------------------------------------------------
-# Variable substitution
-# ---------------------------------------------------------------------------------------------
-
-class _Words:
-    """Collects the words a substitution yields, splitting on unquoted (or expanded) blanks."""
-
-    def __init__(self):
-        self.word = ""
-        self.words = []
-        self.in_word = False
-
-    def add_char(self, ch):
-        if ch.isspace():
-            if self.in_word and self.word:
-                self.words.append(self.word)
-                self.word, self.in_word = "", False
-        else:
-            self.add_raw(ch)
-
-    def add_raw(self, text):
-        self.word += text
-        self.in_word = True
-
-    def add_expanded(self, text):
-        for ch in text:
-            self.add_char(ch)
-
-    def finish(self):
-        if self.word:
-            self.words.append(self.word)
-            self.word, self.in_word = "", False
-        return self.words
-
-
-class _Lexer:
-    def __init__(self, text, variables, escape):
-        self.text = text
-        self.pos = 0
-        self.variables = variables
-        self.escape = escape
-
-    def peek(self):
-        return self.text[self.pos] if self.pos < len(self.text) else None
-
-    def next(self):
-        ch = self.peek()
-        if ch is not None:
-            self.pos += 1
-        return ch
-
-    def process(self, stop=None):
-        """Scan until `stop` (or the end); -> (joined result, list of words)."""
-        result = []
-        words = _Words()
-        while self.peek() is not None:
-            ch = self.peek()
-            if stop is not None and ch == stop:
-                self.next()
-                return "".join(result), words.finish()
-            if ch == "'":
-                piece = self.single_quoted()
-                words.add_raw(piece)
-            elif ch == '"':
-                piece = self.double_quoted()
-                words.add_raw(piece)
-            elif ch == "$":
-                piece = self.dollar()
-                words.add_expanded(piece)
-            else:
-                ch = self.next()
-                if ch == self.escape:
-                    ch = self.next()
-                    if ch is None:
-                        break                  # a trailing escape character is dropped
-                    words.add_raw(ch)
-                else:
-                    words.add_char(ch)
-                piece = ch
-            result.append(piece)
-        if stop is not None:
-            raise errors.InvalidParameter(
-                f"unexpected end of statement while looking for matching {stop}")
-        return "".join(result), words.finish()
-
-    def single_quoted(self):
-        self.next()
-        out = []
-        while True:
-            ch = self.next()
-            if ch is None:
-                raise errors.InvalidParameter(
-                    "unexpected end of statement while looking for matching single-quote")
-            if ch == "'":
-                return "".join(out)
-            out.append(ch)
-
-    def double_quoted(self):
-        self.next()
-        out = []
-        while True:
-            ch = self.peek()
-            if ch is None:
-                raise errors.InvalidParameter(
-                    "unexpected end of statement while looking for matching double-quote")
-            if ch == '"':
-                self.next()
-                return "".join(out)
-            if ch == "$":
-                out.append(self.dollar())
-                continue
-            ch = self.next()
-            if ch == self.escape:
-                following = self.peek()
-                if following is None:
-                    continue
-                if following in ('"', "$", self.escape):
-                    ch = self.next()
-            out.append(ch)
-
-    def name(self):
-        out = []
-        while self.peek() is not None:
-            ch = self.peek()
-            if not out and ch.isdigit():
-                return self.next()             # $1 .. $9: a one-digit positional name
-            if not (ch.isalnum() or ch == "_"):
-                break
-            out.append(self.next())
-        return "".join(out)
-
-    def dollar(self):
-        self.next()
-        if self.peek() != "{":
-            name = self.name()
-            if name == "":
-                return "$"
-            return self.variables.get(name, "")
-        self.next()
-        if self.peek() is None:
-            raise errors.InvalidParameter("syntax error: missing '}'")
-        if self.peek() in "{}:":
-            raise errors.InvalidParameter("syntax error: bad substitution")
-        name = self.name()
-        if name == "":
-            raise errors.InvalidParameter("syntax error: bad substitution")
-        ch = self.next()
-        if ch == "}":
-            return self.variables.get(name, "")
-        colon = ch == ":"
-        modifier = self.next() if colon else ch
-        if modifier is None:
-            raise errors.InvalidParameter("syntax error: missing '}'")
-        if modifier not in ("-", "+", "?"):
-            if colon:
-                raise errors.InvalidParameter(f"unsupported modifier ({modifier}) in "
-                                              "substitution")
-            raise errors.InvalidParameter("missing ':' in substitution")
-        try:
-            word, _ = self.process(stop="}")
-        except errors.InvalidParameter:
-            if self.peek() is None:
-                raise errors.InvalidParameter("syntax error: missing '}'") from None
-            raise
-        value = self.variables.get(name)
-        # With a colon an empty value counts as unset; without one only a missing name does.
-        unset = value is None or (colon and value == "")
-        if modifier == "-":
-            return word if unset else value
-        if modifier == "+":
-            return "" if unset else word
-        if unset:
-            raise errors.InvalidParameter(f"{name}: {word or 'parameter not set or null'}")
-        return value
-
-
-def expand_word(word, variables, escape="\\"):
-    """Substitute variables in `word` and remove its quotes, keeping blanks: one string."""
-    return _Lexer(word, variables, escape).process()[0]
-
-
-def expand_words(word, variables, escape="\\"):
-    """Like expand_word, but split the result on unquoted blanks (what EXPOSE does)."""
-    return _Lexer(word, variables, escape).process()[1]
-
-
-def substitute(instr, variables, escape="\\"):
-    """The instruction with Docker's substitution applied, as a new Instruction.
-
-    `variables` maps names to values: for FROM the meta args, elsewhere the stage's
-    `Scope.variables(env)`. Instructions Docker does not expand come back unchanged.
-    Substitution errors become `Dockerfile parse error line N: ...`.
-    """
-    if instr.cmd not in EXPANDED:
-        return instr
-    word = lambda w: expand_word(w, variables, escape)   # noqa: E731
-    out = dataclasses.replace(instr, args=list(instr.args), flags=dict(instr.flags),
-                              pairs=list(instr.pairs) if instr.pairs is not None else None)
-    try:
-        if instr.cmd == "EXPOSE":
-            out.args = [p for arg in instr.args for p in expand_words(arg, variables, escape)]
-        elif instr.cmd in ("ENV", "LABEL"):
-            out.pairs = [(word(k), word(v)) for k, v in instr.pairs]
-            out.args = [x for pair in out.pairs for x in pair]
-        elif instr.cmd == "ARG":
-            out.pairs = [(word(k), None if v is None else word(v)) for k, v in instr.pairs]
-            out.args = [k if v is None else f"{k}={v}" for k, v in out.pairs]
-        else:
-            out.args = [word(a) for a in instr.args]
-            for flag in ("chown", "chmod", "from", "platform"):
-                if flag in out.flags:
-                    out.flags[flag] = word(out.flags[flag])
-    except errors.InvalidParameter as exc:
-        raise _fail(exc.message, instr.line) from None
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# ARG scoping
-# ---------------------------------------------------------------------------------------------
-
-class BuildArgs:
-    """The build's `buildargs` and the ARGs before FROM: the build-wide half of ARG scoping.
-
-    Rules (Docker's): a build arg only takes effect where an ARG declares it. Meta args (ARGs
-    before the first FROM) are visible to FROM lines only; inside a stage, `ARG NAME` without a
-    default brings the meta value in. A value given in `buildargs` beats any default. The proxy
-    variables in BUILTIN_ARGS are usable without an ARG.
-    """
-
-    def __init__(self, given=None, escape="\\"):
-        self.given = dict(given or {})         # name -> value (None: "declared, no value")
-        self.escape = escape
-        self.meta = {}                         # meta arg name -> value or None
-        self.consumed = set()
-
-    def resolve_meta(self, meta_args):
-        """Evaluate the ARGs before FROM in order; -> {name: value} for those with a value,
-        which is the `variables` mapping for substituting every FROM line."""
-        for instr in meta_args:
-            visible = {k: v for k, v in self.meta.items() if v is not None}
-            instr = substitute(instr, visible, self.escape)
-            for name, default in instr.pairs:
-                self.consumed.add(name)
-                value = self.given.get(name)
-                self.meta[name] = value if value is not None else default
-        return {k: v for k, v in self.meta.items() if v is not None}
-
-    def stage_scope(self):
-        """A fresh Scope for a new stage (nothing declared yet)."""
-        return Scope(self)
-
-    def unused(self):
-        """Build args nobody declared, sorted: Docker warns
-        `[Warning] One or more build-args [a b] were not consumed`."""
-        return sorted(k for k in self.given if k not in self.consumed and k not in BUILTIN_ARGS)
-
-
-class Scope:
-    """The ARGs declared in one stage, combined with its ENV for substitution and RUN."""
-
-    def __init__(self, build_args):
-        self.build_args = build_args
-        self.declared = {}                     # name -> value or None, in declaration order
-
-    def declare(self, instr):
-        """Apply an ARG instruction *already passed through substitute()*."""
-        for name, default in instr.pairs:
-            self.build_args.consumed.add(name)
-            given = self.build_args.given.get(name)
-            if given is not None:
-                value = given
-            elif default is None and name in self.build_args.meta:
-                value = self.build_args.meta[name]
-            else:
-                value = default
-            self.declared[name] = value
-
-    def args(self):
-        """The ARG values in effect, in order: declared ones with a value, then proxy args
-        given to the build. (Docker's "allowed" build args.)"""
-        out = {k: v for k, v in self.declared.items() if v is not None}
-        for name in BUILTIN_ARGS:
-            if name not in out and self.build_args.given.get(name) is not None:
-                out[name] = self.build_args.given[name]
-        return out
-
-    def variables(self, env):
-        """The mapping for `substitute`: ARG values, overridden by ENV (`env` is a dict or a
-        list of "K=V" strings, the image config's Env)."""
-        env = _env_dict(env)
-        out = self.args()
-        out.update(env)
-        return out
-
-    def run_env(self, env):
-        """Extra "K=V" strings for a RUN container: ARG values that ENV does not override."""
-        env = _env_dict(env)
-        return [f"{k}={v}" for k, v in self.args().items() if k not in env]
-
-    def history_args(self, env):
-        """The ARGs a RUN's cache key and history line show (Docker's `|N K=V ... cmd`
-        prefix): like run_env, minus the proxy variables, sorted by name."""
-        env = _env_dict(env)
-        return sorted(f"{k}={v}" for k, v in self.args().items()
-                      if k not in env and k not in BUILTIN_ARGS)
-
-
-def _env_dict(env):
-    if isinstance(env, dict):
-        return dict(env)
-    out = {}
-    for item in env or ():
-        key, _, value = item.partition("=")
-        out[key] = value
-    return out

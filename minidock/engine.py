@@ -1,7 +1,10 @@
 """The engine: the daemon's backend root, holding every subsystem and answering system questions.
 
 `Engine` is plain Python: API handlers call its subsystems (`engine.images`, `engine.containers`,
-...), tests can drive it without HTTP, and `daemon.py` builds one at start-up. This module also
+...), tests can drive it without HTTP, and `daemon.py` builds one at start-up. The engine builds
+its subsystems in one place, `__init__`, in the order they depend on each other; the three
+things that must exist before it (the spawner, forked while the daemon is single-threaded, the
+exit registry it reports into, and the prepared cgroup tree) are handed in. This module also
 knows how to describe the engine and the machine honestly for `GET /version` and `GET /info`:
 every figure comes from the kernel or our own state, never from a constant that looks plausible.
 """
@@ -13,12 +16,17 @@ import secrets
 import sys
 import threading
 
-from minidock import API_VERSION, MIN_API_VERSION, __version__, store
+from minidock import API_VERSION, MIN_API_VERSION, __version__, cgroup, errors, platforms, store
+from minidock.container.archive import Archive
+from minidock.container.exits import ExitRegistry
+from minidock.containers import Containers
 from minidock.events import Events
-
-GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "ppc64le": "ppc64le",
-          "s390x": "s390x", "riscv64": "riscv64"}
-
+from minidock.execs import Execs
+from minidock.images import ImageStore
+from minidock.layers import LayerStore
+from minidock.networks import Networks
+from minidock.registryservice import RegistryService
+from minidock.volumes import Volumes
 
 class Config:
     """Everything the daemon was told on its command line, with defaults filled in."""
@@ -35,29 +43,54 @@ class Config:
         self.labels = list(labels)
 
 
+class NoSpawner:
+    """The spawner of a daemon started with --no-userns: it refuses to run anything."""
+
+    REASON = "started with --no-userns: containers cannot run"
+
+    def run(self, spec, stdin, stdout, stderr):
+        raise errors.Unavailable(self.REASON)
+
+    def exec(self, init_pid, spec, stdin, stdout, stderr):
+        raise errors.Unavailable(self.REASON)
+
+    def close(self):
+        pass
+
+
 class Engine:
-    def __init__(self, config):
+    """Every subsystem, built once. Without a spawner containers cannot run (NoSpawner); without
+    a prepared cgroup tree, limits are discarded and pause uses SIGSTOP (what `Hierarchy.discover`
+    alone gives: read-only discovery, nothing usable)."""
+
+    def __init__(self, config, spawner=None, exits=None, cgroups=None, userns=None, warnings=()):
         self.config = config
         os.makedirs(config.data_root, mode=0o700, exist_ok=True)
         os.makedirs(config.exec_root, mode=0o700, exist_ok=True)
-        self.events = Events()
         self.id = self._engine_id()
         self.started = datetime.datetime.now(datetime.timezone.utc)
-        self.userns = None          # set by the daemon after entering its user namespace
-        self.warnings = []          # start-up findings shown in /info (e.g. a missing feature)
-        # Subsystems are attached by the daemon as it wires them up.
-        self.images = None
-        self.containers = None
-        self.volumes = None
-        self.cgroups = None
+        self.userns = userns             # the daemon's user namespace (uid_map, ...) or None
+        self.warnings = list(warnings)   # start-up findings shown in /info (e.g. a missing feature)
+        self.spawner = spawner or NoSpawner()
+        self.exits = exits or ExitRegistry()
+        self.cgroups = cgroups or cgroup.Hierarchy.discover()
+        # Ground first, then each subsystem after those it uses.
+        self.events = Events()
+        image_root = os.path.join(config.data_root, "image")
+        self.layers = LayerStore(os.path.join(image_root, "layers"))
+        self.images = ImageStore(image_root, self.layers, self.events)
+        self.volumes = Volumes(config.data_root, self.events)
+        self.containers = Containers(config.data_root, self.events, self.images, self.layers, self.volumes,
+                                     self.cgroups, self.spawner, self.exits)
+        self.execs = Execs(config.data_root, self.containers, self.layers, self.spawner, self.exits)
+        self.archive = Archive(self.containers, self.layers)
+        self.networks = Networks(self.containers)
+        self.registry = RegistryService(self)
 
     def shutdown(self):
         """Stop containers cleanly, then the spawner (which takes any straggler with it)."""
-        if self.containers is not None:
-            self.containers.shutdown()
-        spawner = getattr(self, "spawner", None)
-        if spawner is not None:
-            spawner.close()
+        self.containers.shutdown()
+        self.spawner.close()
 
     def _engine_id(self):
         """A stable engine ID (Docker's is 12 base32 groups); persisted so it survives restarts."""
@@ -98,17 +131,16 @@ class Engine:
 
     @staticmethod
     def arch():
-        machine = os.uname().machine
-        return GOARCH.get(machine, machine)
+        return platforms.goarch()
 
     # -- GET /info -------------------------------------------------------------------------------
     def info(self):
         uname = os.uname()
-        counts = self.containers.counts() if self.containers else {"running": 0, "paused": 0, "stopped": 0}
-        n_images = self.images.count() if self.images else 0
-        limits = self.cgroups.capabilities() if self.cgroups else {}
-        driver = self.images.driver_name() if self.images else "none"
-        driver_status = self.images.driver_status() if self.images else []
+        counts = self.containers.counts()
+        n_images = self.images.count()
+        limits = self.cgroups.capabilities()
+        driver = self.images.driver_name()
+        driver_status = self.images.driver_status()
         security = ["name=rootless"] if os.getuid() != 0 or self.userns else []
         if self.userns:
             security.append("name=userns")

@@ -138,27 +138,3 @@ def matches(event, filters):
                 if name not in attributes or (eq and attributes[name] != wanted):
                     return False
     return True
-
-
-def parse_timestamp(text, now_ns=None):
-    """`since`/`until` values: unix seconds with optional fraction ("1700000000.5"), or RFC 3339."""
-    if text is None or text == "":
-        return None
-    try:
-        seconds, _, fraction = text.partition(".")
-        ns = int(seconds) * 1_000_000_000
-        if fraction:
-            ns += int((fraction + "000000000")[:9])
-        return ns
-    except ValueError:
-        pass
-    import datetime
-    try:
-        value = text.replace("Z", "+00:00")
-        stamp = datetime.datetime.fromisoformat(value)
-        if stamp.tzinfo is None:
-            stamp = stamp.replace(tzinfo=datetime.timezone.utc)
-        return int(stamp.timestamp() * 1_000_000_000)
-    except ValueError:
-        from minidock import errors
-        raise errors.InvalidParameter(f"invalid timestamp {text!r}")

@@ -7,7 +7,8 @@ then fork, because joining a pid namespace only applies to children). Its exit c
 on the instance, where the CLI reads it (`GET /exec/(id)/json`).
 
 Exec records are kept as JSON like containers, so an inspect after a daemon restart still
-answers; one that was running when the daemon died is marked finished with code 137.
+answers; one that was running when the daemon died is marked finished with code 137. Records
+of a removed container are dropped when next looked at, and at start-up.
 """
 
 import logging
@@ -15,7 +16,9 @@ import os
 import threading
 
 from minidock import errors, http, store
-from minidock.containers import PAUSED, RUNNING, Stdio, container_pty, merge_env, set_winsize
+from minidock.container.config import merge_env
+from minidock.container.lifecycle import PAUSED, RUNNING
+from minidock.container.stdio import Stdio, container_pty, set_winsize
 
 log = logging.getLogger("minidock.execs")
 
@@ -33,40 +36,42 @@ class Exec:
 
 
 class Execs:
-    def __init__(self, engine, containers, spawner):
-        self.engine = engine
-        self.containers = containers
-        self.spawner = spawner
-        self.collection = store.Collection(os.path.join(engine.config.data_root, "execs"), "exec instance")
+    """Exec instances, by id; each also listed in its container's `exec_ids`."""
+
+    def __init__(self, data_root, containers, layers, spawner, exits):
+        self.containers, self.layers, self.spawner, self.exits = containers, layers, spawner, exits
+        self.collection = store.Collection(os.path.join(data_root, "execs"), "exec instance")
         for problem in self.collection.load():
             log.warning("skipping unreadable exec state: %s", problem)
         self.by_id = {}
-        self.by_pid = {}
         for eid, record in self.collection.objects.items():
             if record.get("Running"):
                 record.update(Running=False, ExitCode=137, Pid=0)
                 self.collection.save(eid, record)
             if record["ContainerID"] in containers.by_id:
                 self.by_id[eid] = Exec(record)
+                containers.by_id[record["ContainerID"]].exec_ids.append(eid)
             else:
                 self.collection.delete(eid)
-        containers.execs = self
 
     def get(self, ref):
         eid = self.collection.resolve(ref)
-        if eid not in self.by_id:
+        e = self.by_id.get(eid)
+        if e is not None and e.record["ContainerID"] not in self.containers.by_id:
+            self._forget(e)              # its container was removed
+            e = None
+        if e is None:
             raise errors.NotFound(f"No such exec instance: {ref}")
-        return self.by_id[eid]
+        return e
 
-    def ids_for(self, container_id):
-        ids = [e.id for e in self.by_id.values() if e.record["ContainerID"] == container_id]
-        return ids or None
+    def _forget(self, e):
+        self.by_id.pop(e.id, None)
+        self.collection.delete(e.id)
 
-    def forget_container(self, container_id):
+    def _forget_orphans(self):
         for e in list(self.by_id.values()):
-            if e.record["ContainerID"] == container_id:
-                self.by_id.pop(e.id, None)
-                self.collection.delete(e.id)
+            if e.record["ContainerID"] not in self.containers.by_id:
+                self._forget(e)
 
     def create(self, container_ref, body):
         if not isinstance(body, dict):
@@ -84,6 +89,7 @@ class Execs:
         env = body.get("Env") or []
         if not isinstance(env, list):
             raise errors.InvalidParameter("Env must be a list of KEY=value strings")
+        self._forget_orphans()
         eid = store.new_id()
         record = {
             "ID": eid, "ContainerID": c.id, "Running": False, "ExitCode": None, "Pid": 0,
@@ -96,15 +102,27 @@ class Execs:
         }
         self.collection.save(eid, record)
         self.by_id[eid] = Exec(record)
+        c.exec_ids.append(eid)
         self.containers.emit(c, "exec_create: " + " ".join(cmd), {"execID": eid})
         return eid
+
+    @staticmethod
+    def _check_not_started(e):
+        if e.record["Running"] or e.record["ExitCode"] is not None:
+            raise errors.Conflict(f"Error: Exec command {e.id} has already run")
+
+    def start_session(self, ref, tty=None):
+        """Check the exec can start (404, 409 before any upgrade); -> run(conn) that starts it
+        over a hijacked connection."""
+        e = self.get(ref)
+        self._check_not_started(e)
+        return lambda conn: self.start(e.id, tty=tty, conn=conn)
 
     def start(self, ref, detach=False, tty=None, conn=None):
         """Run the exec; with `conn` (a hijacked connection) pump stdio over it until it ends."""
         e = self.get(ref)
         with e.lock:
-            if e.record["Running"] or e.record["ExitCode"] is not None:
-                raise errors.Conflict(f"Error: Exec command {e.id} has already run")
+            self._check_not_started(e)
             c = self.containers.get(e.record["ContainerID"])
             if c.status == PAUSED:
                 raise errors.Conflict(f"Container {c.id} is paused, unpause the container before exec")
@@ -119,7 +137,7 @@ class Execs:
             "cwd": e.record["WorkingDir"] or c.config.get("WorkingDir") or "/",
             "user": pc["user"] or c.config.get("User") or "",
             "group_add": c.host_config.get("GroupAdd") or [],
-            "rootfs": self.engine.layers.mount(c.id),
+            "rootfs": self.layers.mount(c.id),
             "tty": tty,
             "privileged": pc["privileged"] or bool(c.host_config.get("Privileged")),
             "cap_add": c.host_config.get("CapAdd") or [],
@@ -151,7 +169,7 @@ class Execs:
             e.pid = pid
             e.record["Pid"] = pid
             self.collection.save(e.id, e.record)
-        early = self.containers.register_pid(pid, e)
+        early = self.exits.register(pid, lambda code: self._record_exit(e, code))
         self.containers.emit(c, "exec_start: " + " ".join(spec["argv"]), {"execID": e.id})
         if early is not None:
             self._record_exit(e, early)
@@ -210,11 +228,6 @@ class Execs:
             t.join()
         with e.lock:
             e.lock.wait_for(lambda: not e.record["Running"], 10)
-
-    def on_exit(self, pid, code):
-        e = self.by_pid.pop(pid, None)
-        if e is not None:
-            self._record_exit(e, code)
 
     def _record_exit(self, e, code):
         with e.lock:

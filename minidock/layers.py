@@ -71,7 +71,7 @@ from minidock import errors, store, tarsafe
 OVERLAY, VFS = "overlay2", "vfs"
 KIND_MODIFIED, KIND_ADDED, KIND_DELETED = 0, 1, 2
 MAX_MOUNT_DATA = 4000          # a page, minus room for the kernel's own terminator and safety
-RW_PARTS = ("upper", "work", "merged", "flat", "empty")
+RW_PARTS = ("upper", "work", "merged", "flat", "empty", "init")
 MAX_LOWERS = 128               # overlay's hard limit is 500; deep stacks are cheaper flattened
 
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -1,7 +1,7 @@
 """The daemon's side of registries: the image store as a pull sink and a push source.
 
-registry.py speaks the Registry HTTP API and knows nothing of our store; this module adapts the
-store to its sink/source contract (see registry.py's docstring) and keeps the daemon-wide registry
+minidock/registry/ speaks the Registry HTTP API and knows nothing of our store; this module adapts the
+store to its sink/source contract (see minidock/registry/pull.py and push.py) and keeps the daemon-wide registry
 state in one `RegistryService`: the insecure registries and mirrors from the command line, the
 Bearer token cache, and the *distribution index*.
 
@@ -28,8 +28,7 @@ import os
 import shutil
 import threading
 
-from minidock import errors, registry, store
-from minidock.images import parse_reference as image_reference
+from minidock import errors, reference, registry, store
 from minidock.layers import chain_id, chain_ids
 
 
@@ -91,14 +90,14 @@ class PullSink:
         self._pin(meta["chain_id"])
         self.chain = meta["chain_id"]
 
-    def add_image(self, config_bytes, reference, manifest_digest):
+    def add_image(self, config_bytes, name, manifest_digest):
         """Store the config and name it by tag (if any) and by `repo@digest` (RepoDigests).
         Returns False when the first of those names already meant this image ("up to date")."""
-        ref = registry.parse_reference(reference)
+        ref = reference.parse(name)
         keys = []
         if ref.tag:
-            keys.append(image_reference(f"{ref.name}:{ref.tag}").key())
-        keys.append(image_reference(f"{ref.name}@{manifest_digest}").key())
+            keys.append(reference.Reference(ref.domain, ref.path, tag=ref.tag).key())
+        keys.append(reference.Reference(ref.domain, ref.path, digest=manifest_digest).key())
         before = self.images.refs.get(keys[0])
         image_id = self.images.add_config(config_bytes, ref_keys=keys)
         return before != image_id
@@ -160,8 +159,8 @@ class RegistryService:
             result["IdentityToken"] = token
         return result
 
-    def pull(self, reference, auth, progress, cancel):
-        ref = registry.parse_reference(reference)
+    def pull(self, name, auth, progress, cancel):
+        ref = reference.parse(name)
         sink = PullSink(self.engine.images, self.engine.layers)
         try:
             digest = registry.pull(ref, sink, auth=auth, config=self.config, progress=progress, cancel=cancel)
@@ -176,7 +175,7 @@ class RegistryService:
             image_id = images.resolve(f"{name}:{tag}" if tag else name)
         except errors.NotFound:
             raise errors.NotFound(f"An image does not exist locally with the tag: {name}") from None
-        ref = registry.parse_reference(name, tag or None)
+        ref = reference.parse(name, tag or None)
         source = PushSource(images, self.engine.layers, image_id, self.index)
         try:
             digest, size = registry.push(ref, source, auth=auth, config=self.config, progress=progress,
@@ -184,7 +183,7 @@ class RegistryService:
         finally:
             source.close()
         # The pushed manifest's digest names the image from now on: RepoDigests shows it.
-        images._set_ref(image_reference(f"{ref.name}@{digest}").key(), image_id)
+        images._set_ref(reference.Reference(ref.domain, ref.path, digest=digest).key(), image_id)
         self.engine.events.emit("image", "push", str(ref), {"name": str(ref)})
         return digest, size
 

@@ -14,6 +14,10 @@ places, resolved once at create time into the container's `Mounts` list:
 A new volume mounted where the image has files starts as a copy of them ("copy-up"); this is
 done at the container's first start, when its root filesystem is assembled. Volumes in use by a
 container cannot be removed (409); `docker rm -v` removes a container's anonymous volumes.
+
+Which containers use a volume is kept here as references, as Docker's volume service does: the
+container backend `attach`es a container's mounts when it creates or loads it and `detach`es
+them when it is destroyed, so this module never needs to know what a container is.
 """
 
 import os
@@ -22,18 +26,19 @@ import shutil
 import threading
 
 from minidock import errors, store
-from minidock.containers import now_rfc3339
+from minidock.times import now_rfc3339
 
 VOLUME_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 
 
 class Volumes:
-    def __init__(self, engine):
-        self.engine = engine
-        self.root = os.path.join(engine.config.data_root, "volumes")
+    def __init__(self, data_root, events):
+        self.events = events
+        self.root = os.path.join(data_root, "volumes")
         self.collection = store.Collection(self.root, "volume", filename="opts.json", per_dir=True)
         self.collection.load()
         self.lock = threading.RLock()
+        self.refs = {}                    # volume name -> {container id: None}, in order of use
 
     # -- the volume API --------------------------------------------------------------------------
     def create(self, name=None, driver="local", driver_opts=None, labels=None, anonymous=False):
@@ -56,7 +61,7 @@ class Volumes:
             record = {"Name": name, "Driver": "local", "Labels": labels or {}, "Options": driver_opts or {},
                       "CreatedAt": now_rfc3339(), "Anonymous": anonymous}
             self.collection.save(name, record)
-        self.engine.events.emit("volume", "create", name, {"driver": "local"})
+        self.events.emit("volume", "create", name, {"driver": "local"})
         return self.describe(name)
 
     def describe(self, name):
@@ -71,8 +76,22 @@ class Volumes:
         return os.path.join(self.root, name, "_data")
 
     def users(self, name):
-        containers = self.engine.containers.all() if self.engine.containers else []
-        return [c for c in containers if any(m.get("Name") == name for m in c.record.get("Mounts") or [])]
+        """IDs of the containers that mount volume `name`."""
+        with self.lock:
+            return list(self.refs.get(name, ()))
+
+    def attach(self, container_id, mounts):
+        """Container `container_id` uses the volumes among `mounts` (its Mounts list)."""
+        with self.lock:
+            for m in mounts:
+                if m.get("Name"):
+                    self.refs.setdefault(m["Name"], {})[container_id] = None
+
+    def detach(self, container_id):
+        """Container `container_id` is gone: it uses no volume any more."""
+        with self.lock:
+            for users in self.refs.values():
+                users.pop(container_id, None)
 
     def list(self, filters=None):
         filters = filters or {}
@@ -105,9 +124,9 @@ class Volumes:
                 raise errors.NotFound(f"get {name}: no such volume")
             users = self.users(name)
             if users:
-                raise errors.Conflict(f"remove {name}: volume is in use - [{', '.join(c.id for c in users)}]")
+                raise errors.Conflict(f"remove {name}: volume is in use - [{', '.join(users)}]")
             self.collection.delete(name)
-        self.engine.events.emit("volume", "destroy", name, {"driver": "local"})
+        self.events.emit("volume", "destroy", name, {"driver": "local"})
 
     def prune(self):
         deleted, space = [], 0
@@ -119,9 +138,9 @@ class Volumes:
         return deleted, space
 
     # -- container mounts ------------------------------------------------------------------------
-    def prepare_mounts(self, record, image_cfg, containers):
-        """Resolve Binds, Volumes (with the image's) and VolumesFrom into the Mounts list."""
-        hc, cfg = record["HostConfig"], record["Config"]
+    def prepare_mounts(self, hc, cfg, mounts_of):
+        """Resolve Binds, Volumes (Config's, merged with the image's) and VolumesFrom into the
+        Mounts list; `mounts_of(ref)` is the Mounts list of another container."""
         mounts = {}
         for spec in hc.get("Binds") or []:
             m = self._parse_bind(spec)
@@ -130,8 +149,7 @@ class Volumes:
             ref, _, mode = spec.partition(":")
             if mode not in ("", "ro", "rw"):
                 raise errors.InvalidParameter(f"invalid mode for volumes-from: {mode}")
-            other = containers.get(ref)
-            for m in other.record.get("Mounts") or []:
+            for m in mounts_of(ref):
                 if m["Destination"] in mounts:
                     continue
                 copy = dict(m)
@@ -139,7 +157,7 @@ class Volumes:
                     copy["RW"], copy["Mode"] = mode == "rw", mode
                 mounts[copy["Destination"]] = copy
         for dest in (cfg.get("Volumes") or {}):
-            dest = os.path.normpath("/" + dest)
+            dest = os.path.normpath("/" + dest.lstrip("/"))     # "//x" would stay "//x" (POSIX)
             if dest in mounts:
                 continue
             v = self.create(anonymous=True)
@@ -179,20 +197,18 @@ class Volumes:
         return {"Type": "volume", "Name": src, "Source": v["Mountpoint"], "Destination": dst,
                 "Driver": "local", "Mode": mode, "RW": rw, "Propagation": "", "CopyUp": "nocopy" not in modes}
 
-    def runtime_mounts(self, c):
-        """The spawner's mount list for a container, doing copy-up for new, empty volumes."""
+    def runtime_mounts(self, mounts, rootfs):
+        """The spawner's mount list for a container's `mounts`, doing copy-up from `rootfs` for
+        new, empty volumes. Returns (list, whether `mounts` changed and must be saved)."""
         result = []
-        rootfs = self.engine.layers.mount(c.id)
         changed = False
-        for m in c.record.get("Mounts") or []:
+        for m in mounts:
             if m.get("CopyUp") and m["Type"] == "volume":
                 self._copy_up(os.path.join(rootfs, m["Destination"].lstrip("/")), m["Source"])
                 m["CopyUp"] = False
                 changed = True
             result.append({"source": m["Source"], "target": m["Destination"], "readonly": not m["RW"]})
-        if changed:
-            self.engine.containers.save(c)
-        return result
+        return result, changed
 
     @staticmethod
     def _copy_up(image_path, volume_path):
@@ -206,13 +222,14 @@ class Volumes:
         except OSError:
             pass
 
-    def release_anonymous(self, c):
-        for m in c.record.get("Mounts") or []:
+    def release_anonymous(self, container_id, mounts):
+        """`docker rm -v`: remove the anonymous volumes among `mounts` nobody else uses."""
+        for m in mounts:
             name = m.get("Name")
             record = self.collection.objects.get(name) if name else None
-            if record and record.get("Anonymous") and not [u for u in self.users(name) if u.id != c.id]:
+            if record and record.get("Anonymous") and not [u for u in self.users(name) if u != container_id]:
                 self.collection.delete(name)
-                self.engine.events.emit("volume", "destroy", name, {"driver": "local"})
+                self.events.emit("volume", "destroy", name, {"driver": "local"})
 
 
 def _du(path):

@@ -3,7 +3,7 @@ bad ones with Docker's message, substitution cases, and ARG/ENV scoping across s
 
 import pytest
 
-from minidock import dockerfile, errors
+from minidock import buildvars, dockerfile, errors
 
 
 def steps(text):
@@ -287,7 +287,7 @@ WORDS = [
 
 @pytest.mark.parametrize("word,expected", WORDS)
 def test_expand_word(word, expected):
-    assert dockerfile.expand_word(word, VARS) == expected
+    assert buildvars.expand_word(word, VARS) == expected
 
 
 @pytest.mark.parametrize("word,expected", [
@@ -298,12 +298,12 @@ def test_expand_word(word, expected):
     ('""', []),
 ])
 def test_expand_words(word, expected):
-    assert dockerfile.expand_words(word, VARS) == expected
+    assert buildvars.expand_words(word, VARS) == expected
 
 
 def test_expand_with_backtick_escape():
-    assert dockerfile.expand_word("`$A", VARS, escape="`") == "$A"
-    assert dockerfile.expand_word("c:\\$A", VARS, escape="`") == "c:\\a"
+    assert buildvars.expand_word("`$A", VARS, escape="`") == "$A"
+    assert buildvars.expand_word("c:\\$A", VARS, escape="`") == "c:\\a"
 
 
 @pytest.mark.parametrize("word,message", [
@@ -319,12 +319,12 @@ def test_expand_with_backtick_escape():
 ])
 def test_expand_errors(word, message):
     with pytest.raises(errors.InvalidParameter) as info:
-        dockerfile.expand_word(word, VARS)
+        buildvars.expand_word(word, VARS)
     assert info.value.message == message
 
 
 def sub(line, variables):
-    return dockerfile.substitute(dockerfile.parse_instruction(line), variables)
+    return buildvars.substitute(dockerfile.parse_instruction(line), variables)
 
 
 def test_substitute_per_instruction():
@@ -349,13 +349,13 @@ def test_substitute_per_instruction():
     for line in ("RUN echo $D", "CMD echo $D", 'ENTRYPOINT ["$D"]', "ONBUILD RUN echo $D",
                  "HEALTHCHECK CMD test -d $D", "MAINTAINER $U"):
         instr = dockerfile.parse_instruction(line)
-        assert dockerfile.substitute(instr, v) is instr
+        assert buildvars.substitute(instr, v) is instr
 
 
 def test_substitute_error_names_line():
     instr = dockerfile.parse("FROM a\n\nWORKDIR ${D\n").stages[0].instructions[0]
     with pytest.raises(errors.InvalidParameter) as info:
-        dockerfile.substitute(instr, {})
+        buildvars.substitute(instr, {})
     assert info.value.message == "Dockerfile parse error line 3: syntax error: missing '}'"
 
 
@@ -366,15 +366,15 @@ def test_substitute_error_names_line():
 def run_build(text, given, image_env=()):
     """Walk a Dockerfile like a builder: -> (FROM images, per-stage final variables, run envs)."""
     df = dockerfile.parse(text)
-    args = dockerfile.BuildArgs(given, df.escape)
+    args = buildvars.BuildArgs(given, df.escape)
     meta = args.resolve_meta(df.meta_args)
     froms, finals, run_envs = [], [], []
     for stage in df.stages:
-        froms.append(dockerfile.substitute(stage.from_, meta, df.escape).args[0])
+        froms.append(buildvars.substitute(stage.from_, meta, df.escape).args[0])
         scope = args.stage_scope()
         env = dict(kv.split("=", 1) for kv in image_env)
         for instr in stage.instructions:
-            instr = dockerfile.substitute(instr, scope.variables(env), df.escape)
+            instr = buildvars.substitute(instr, scope.variables(env), df.escape)
             if instr.cmd == "ARG":
                 scope.declare(instr)
             elif instr.cmd == "ENV":
@@ -424,10 +424,10 @@ def test_args_are_scoped_per_stage():
 
 def test_image_env_visible_and_history_args():
     df = dockerfile.parse("FROM a\nARG V=1\nARG https_proxy\nRUN x\n")
-    args = dockerfile.BuildArgs({"https_proxy": "secret"})
+    args = buildvars.BuildArgs({"https_proxy": "secret"})
     scope = args.stage_scope()
     for instr in df.stages[0].instructions[:2]:
-        scope.declare(dockerfile.substitute(instr, scope.variables(["PATH=/bin"])))
+        scope.declare(buildvars.substitute(instr, scope.variables(["PATH=/bin"])))
     assert scope.variables(["PATH=/bin"]) == {"V": "1", "https_proxy": "secret", "PATH": "/bin"}
     assert scope.history_args(["PATH=/bin"]) == ["V=1"]         # proxies never reach history
     assert args.unused() == []

@@ -9,18 +9,19 @@ import tarfile
 
 import pytest
 
-from minidock import errors, images, layers
+from minidock import errors, events, imagearchive, imagecreate, images, layers, reference
 from tests.rootfs_helpers import busybox_rootfs_tar, names_in, tar_bytes
 
 
 @pytest.fixture
 def store(tmp_path):
-    return images.ImageStore(str(tmp_path / "img"), layers.LayerStore(str(tmp_path / "lay"), driver=layers.VFS))
+    return images.ImageStore(str(tmp_path / "img"), layers.LayerStore(str(tmp_path / "lay"), driver=layers.VFS),
+                              events.Events())
 
 
 @pytest.fixture
 def busybox(store):
-    return store.import_image(io.BytesIO(gzip.compress(busybox_rootfs_tar(), 1)), repo="busybox",
+    return imagecreate.import_image(store, io.BytesIO(gzip.compress(busybox_rootfs_tar(), 1)), repo="busybox",
                               changes=['CMD ["/bin/sh"]', "ENV A=1 B=two", "EXPOSE 80", "LABEL x=y",
                                        "WORKDIR /root"])
 
@@ -33,7 +34,7 @@ def busybox(store):
     ("busybox@sha256:" + "a" * 64, "busybox@sha256:" + "a" * 64),
 ])
 def test_reference_normalisation(name, expected):
-    assert images.parse_reference(name).key() == expected
+    assert reference.parse(name).key() == expected
 
 
 @pytest.mark.parametrize("name,message", [
@@ -42,7 +43,7 @@ def test_reference_normalisation(name, expected):
 ])
 def test_invalid_references(name, message):
     with pytest.raises(errors.InvalidParameter, match=message):
-        images.parse_reference(name)
+        reference.parse(name)
 
 
 def test_import_inspect_list_history(store, busybox):
@@ -66,14 +67,14 @@ def test_import_inspect_list_history(store, busybox):
     with pytest.raises(errors.NotFound, match="No such image: nope"):
         store.inspect("nope")
     with pytest.raises(errors.InvalidParameter, match="not a valid change command"):
-        store.import_image(io.BytesIO(tar_bytes([("a", "file", "1")])), changes=["RUN true"])
+        imagecreate.import_image(store, io.BytesIO(tar_bytes([("a", "file", "1")])), changes=["RUN true"])
 
 
 def test_tag_and_delete_semantics(store, busybox):
     assert store.tag("busybox", "localhost:5000/bb", "v1") == "localhost:5000/bb:v1"
     assert store.tag(busybox, "mine") == "mine:latest"
     with pytest.raises(errors.Conflict):
-        other = store.import_image(io.BytesIO(tar_bytes([("a", "file", "1")])))
+        other = imagecreate.import_image(store, io.BytesIO(tar_bytes([("a", "file", "1")])))
         store.tag(other, "mine", force=False)
     assert store.inspect("mine")["RepoTags"] == ["busybox:latest", "localhost:5000/bb:v1", "mine:latest"]
     # by ID with several references: must be forced
@@ -98,7 +99,7 @@ def test_tag_and_delete_semantics(store, busybox):
 
 
 def test_shared_layer_stored_once_freed_when_unused(store, busybox):
-    base = store.import_image(io.BytesIO(busybox_rootfs_tar()), repo="again")
+    base = imagecreate.import_image(store, io.BytesIO(busybox_rootfs_tar()), repo="again")
     assert base != busybox                                     # different config (no changes)
     assert store.inspect(base)["RootFS"] == store.inspect(busybox)["RootFS"]
     assert len(store.layers.all_layers()) == 1
@@ -109,7 +110,7 @@ def test_shared_layer_stored_once_freed_when_unused(store, busybox):
 
 
 def test_state_survives_reload(store, busybox, tmp_path):
-    again = images.ImageStore(store.root, layers.LayerStore(store.layers.root))
+    again = images.ImageStore(store.root, layers.LayerStore(store.layers.root), events.Events())
     assert again.resolve("busybox") == busybox and again.inspect("busybox")["Config"]["Cmd"] == ["/bin/sh"]
 
 
@@ -120,7 +121,7 @@ def _members(data):
 
 def test_save_writes_both_layouts_and_loads_back(store, busybox, tmp_path):
     out = io.BytesIO()
-    store.save(["busybox"], out)
+    imagearchive.save(store, ["busybox"], out)
     files = _members(out.getvalue())
     manifest = json.loads(files["manifest.json"])
     assert manifest[0]["Config"] == busybox[7:] + ".json" and manifest[0]["RepoTags"] == ["busybox:latest"]
@@ -130,8 +131,9 @@ def test_save_writes_both_layouts_and_loads_back(store, busybox, tmp_path):
     top = repos["busybox"]["latest"]
     assert files[f"{top}/VERSION"] == b"1.0" and json.loads(files[f"{top}/json"])["id"] == top
     # load into a fresh store: same ID (config bytes kept exactly), same tag
-    fresh = images.ImageStore(str(tmp_path / "img2"), layers.LayerStore(str(tmp_path / "lay2"), driver=layers.VFS))
-    loaded = fresh.load(io.BytesIO(out.getvalue()))
+    fresh = images.ImageStore(str(tmp_path / "img2"), layers.LayerStore(str(tmp_path / "lay2"), driver=layers.VFS),
+                                 events.Events())
+    loaded = imagearchive.load(fresh, io.BytesIO(out.getvalue()))
     assert loaded == [{"id": busybox, "tags": ["busybox:latest"]}]
     assert fresh.inspect("busybox")["Config"]["Cmd"] == ["/bin/sh"]
     # and the legacy half alone loads too (what an old engine would read)
@@ -147,8 +149,9 @@ def test_save_writes_both_layouts_and_loads_back(store, busybox, tmp_path):
             else:
                 info.size = len(data)
                 tf.addfile(info, io.BytesIO(data))
-    old = images.ImageStore(str(tmp_path / "img3"), layers.LayerStore(str(tmp_path / "lay3"), driver=layers.VFS))
-    loaded = old.load(io.BytesIO(legacy.getvalue()))
+    old = images.ImageStore(str(tmp_path / "img3"), layers.LayerStore(str(tmp_path / "lay3"), driver=layers.VFS),
+                               events.Events())
+    loaded = imagearchive.load(old, io.BytesIO(legacy.getvalue()))
     assert loaded[0]["tags"] == ["busybox:latest"]
     assert old.inspect("busybox")["Config"]["Cmd"] == ["/bin/sh"]
     assert old.inspect("busybox")["RootFS"] == store.inspect("busybox")["RootFS"]
@@ -187,7 +190,7 @@ def test_load_an_archive_as_saved_by_a_real_docker_engine(store):
                         (f"blobs/sha256/{layer_hex}", layer), ("index.json", b'{"schemaVersion":2,"manifests":[]}'),
                         ("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'), ("manifest.json", manifest),
                         ("repositories", json.dumps({"busybox": {"latest": layer_hex}}).encode())])
-    loaded = store.load(io.BytesIO(archive))
+    loaded = imagearchive.load(store, io.BytesIO(archive))
     assert loaded == [{"id": "sha256:" + cfg_hex, "tags": ["busybox:latest"]}]
     info = store.inspect("busybox")
     assert info["Created"] == "2024-05-01T10:00:00.123456789Z" and info["Config"]["Cmd"] == ["sh"]
@@ -208,7 +211,7 @@ def test_load_a_legacy_layout_archive(store):
                                     "container_config": {"Cmd": ["/bin/sh -c echo hi > /hello"]}}).encode()),
         ("repositories", json.dumps({"old/app": {"v1": top}}).encode()),
     ])
-    loaded = store.load(io.BytesIO(archive))
+    loaded = imagearchive.load(store, io.BytesIO(archive))
     assert loaded[0]["tags"] == ["old/app:v1"]
     info = store.inspect("old/app:v1")
     assert info["Config"]["Cmd"] == ["/bin/sh"] and len(info["RootFS"]["Layers"]) == 2
@@ -221,7 +224,7 @@ def test_load_refuses_a_layer_that_does_not_match_its_diff_id(store):
                         ("manifest.json", json.dumps([{"Config": "c.json", "RepoTags": ["x:y"],
                                                        "Layers": ["l.tar"]}]).encode())])
     with pytest.raises(errors.InvalidParameter, match="invalid diffID"):
-        store.load(io.BytesIO(archive))
+        imagearchive.load(store, io.BytesIO(archive))
     assert store.list(all=True) == [] and store.layers.all_layers() == []
 
 
@@ -233,7 +236,7 @@ def test_commit_a_container_rw_layer(store, busybox):
         f.write("hello")
     os.unlink(os.path.join(merged, "etc", "passwd"))
     config = {"Cmd": ["/bin/sh", "-c", "echo hello > /etc/greeting"], "Image": "busybox"}
-    new = store.commit("c1", busybox, config, repo="committed", tag="v1", comment="msg", author="me",
+    new = imagecreate.commit(store, "c1", busybox, config, repo="committed", tag="v1", comment="msg", author="me",
                        changes=["ENV C=3"])
     info = store.inspect("committed:v1")
     assert info["Parent"] == busybox and info["Author"] == "me" and info["Comment"] == "msg"
@@ -255,7 +258,7 @@ def test_commit_a_container_rw_layer(store, busybox):
 
 
 def test_insert_file_as_new_layer(store, busybox):
-    new = store.insert_file("busybox", "/usr/share/hello.txt", io.BytesIO(b"hi there"), 8)
+    new = imagecreate.insert_file(store, "busybox", "/usr/share/hello.txt", io.BytesIO(b"hi there"), 8)
     store.layers.create_rw("c", store.top_chain(new))
     merged = store.layers.mount("c")
     assert open(os.path.join(merged, "usr", "share", "hello.txt")).read() == "hi there"
@@ -269,14 +272,14 @@ def test_removing_last_tag_drops_same_repo_digests(tmp_path):
     import io
     import tarfile
     layers = LayerStore(str(tmp_path / "l"), driver="vfs")
-    images = ImageStore(str(tmp_path / "i"), layers)
+    images = ImageStore(str(tmp_path / "i"), layers, events.Events())
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         info = tarfile.TarInfo("f")
         info.size = 1
         tar.addfile(info, io.BytesIO(b"x"))
     buf.seek(0)
-    image_id = images.import_image(buf, "reg.example/app", "1")
+    image_id = imagecreate.import_image(images, buf, "reg.example/app", "1")
     digest_key = "reg.example/app@sha256:" + "a" * 64
     images._set_ref(digest_key, image_id)
     images.tag(image_id, "other/repo", "keep")
@@ -285,3 +288,21 @@ def test_removing_last_tag_drops_same_repo_digests(tmp_path):
     assert images.resolve("other/repo:keep") == image_id     # another repository's tag keeps it
     records = images.delete("other/repo:keep")
     assert {"Deleted": image_id} in records
+
+
+def test_the_store_announces_its_changes(tmp_path):
+    """Import, tag, load, untag and delete are events emitted by the image store itself."""
+    log = events.Events()
+    store = images.ImageStore(str(tmp_path / "img"), layers.LayerStore(str(tmp_path / "lay"), driver=layers.VFS), log)
+    image_id = imagecreate.import_image(store, io.BytesIO(tar_bytes([("a", "file", "1")])), repo="evt")
+    store.tag(image_id, "evt", "two")
+    saved = io.BytesIO()
+    imagearchive.save(store, ["evt:two"], saved)
+    store.delete("evt:latest")
+    store.delete("evt:two")
+    imagearchive.load(store, io.BytesIO(saved.getvalue()))
+    seen = [(e["Action"], e["Actor"]["ID"], e["Actor"]["Attributes"].get("name")) for e in log.history(None, None, {})]
+    assert seen[:4] == [("import", image_id, "evt:latest"), ("tag", image_id, "evt:two"),
+                        ("untag", "evt:latest", "evt:latest"), ("untag", "evt:two", "evt:two")]
+    assert ("delete", image_id, image_id) in seen
+    assert seen[-1] == ("load", image_id, "evt:two")

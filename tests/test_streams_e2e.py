@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from minidock import http as proto
+from minidock import http as proto, times
 from minidock.client import demux
 from support import DOCKER
 
@@ -241,8 +241,7 @@ def test_logs_since_splits_output_in_time(rootless):
     stamps = d.docker("logs", "-t", "logs2").stdout.decode().splitlines()
     late = stamps[1].split()[0]
     # A time between the two lines: only the late one is newer.
-    from minidock.containers import parse_time
-    middle = parse_time(late) - 1.0
+    middle = times.rfc3339_seconds(late) - 1.0
     assert d.docker("logs", "--since", f"{middle:.3f}", "logs2").stdout == b"late\n"
     d.docker("rm", "logs2")
 

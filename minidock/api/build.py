@@ -9,10 +9,9 @@ so a bad archive or option is a plain 4xx. Then the answer is a stream of JSON l
 exits non-zero. A client that hangs up cancels the build (a running RUN container is killed).
 """
 
-import json
 import shutil
 
-from minidock import builder, errors, images as images_mod, registry
+from minidock import builder, errors, reference, registry
 from minidock.api import streaming
 
 
@@ -26,7 +25,7 @@ def _json_param(req, name):
 def _options(req):
     tags = [t for t in req.qlist("t") if t]
     for tag in tags:
-        ref = images_mod.parse_reference(tag)        # Docker refuses a bad tag before building
+        ref = reference.parse(tag)        # Docker refuses a bad tag before building
         if ref.digest:
             raise errors.InvalidParameter(f"invalid reference format: {tag!r} has a digest")
     buildargs = _json_param(req, "buildargs")
@@ -41,14 +40,11 @@ def _options(req):
         else:
             host_config[key] = req.qint(param)
     host_config = {k: v for k, v in host_config.items() if v not in (0, "")}
-    auth = None
-    header = req.head.header("x-registry-config")
-    if header:
-        try:
-            configs = json.loads(http_b64(header))
-            auth = next((registry.AuthConfig.from_dict(v) for v in configs.values()), None)
-        except (ValueError, TypeError, AttributeError):
-            auth = None
+    try:
+        configs = registry.decode_registry_config(req.head.header("x-registry-config"))
+    except errors.InvalidParameter:
+        configs = {}          # as dockerd: a bad X-Registry-Config only means no credentials
+    auth = next(iter(configs.values()), None)
     return builder.Options(
         tags=tags,
         dockerfile=req.q("dockerfile") or builder.DEFAULT_DOCKERFILE,
@@ -62,12 +58,6 @@ def _options(req):
         host_config=host_config,
         auth=auth,
     )
-
-
-def http_b64(text):
-    import base64
-    text = text.strip()
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
 
 
 def post_build(req):
@@ -93,21 +83,10 @@ def post_build(req):
             image = builder.Builder(engine, context, options, say, pipe.cancelled).run()
             if quiet:
                 pipe.json_line({"stream": image + "\n"})
-        except builder.Cancelled:
-            pass
-        except builder.StepFailed as exc:
-            pipe.error_line(exc.message, exc.code)
-        except errors.MinidockError as exc:
-            pipe.error_line(exc.message)
-        except BrokenPipeError:
-            raise
-        except Exception as exc:          # noqa: BLE001 - reported to the client and logged
-            builder.log.exception("build failed")
-            pipe.error_line(f"{type(exc).__name__}: {exc}")
         finally:
             shutil.rmtree(context, ignore_errors=True)
 
-    return streaming.worker_response(req, run, name="build")
+    return streaming.progress_response(req, run, name="build")
 
 
 ROUTES = [

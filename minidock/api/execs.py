@@ -1,7 +1,6 @@
 """Exec routes: create, start (hijacked or detached), resize, inspect."""
 
 from minidock import errors, http
-from minidock.api.versions import shape
 
 
 def post_containers_exec(req):
@@ -13,14 +12,11 @@ def post_exec_start(req):
     body = req.json() or {}
     if not isinstance(body, dict):
         raise errors.InvalidParameter("exec start body must be a JSON object")
-    execs = req.daemon.execs
-    e = execs.get(req.params["id"])                  # 404 before any upgrade
-    if e.record["Running"] or e.record["ExitCode"] is not None:
-        raise errors.Conflict(f"Error: Exec command {e.id} has already run")
     if body.get("Detach"):
-        execs.start(e.id, detach=True, tty=body.get("Tty"))
+        req.daemon.execs.start(req.params["id"], detach=True, tty=body.get("Tty"))
         return http.Response.empty(200)
-    return http.Hijack(lambda conn: execs.start(e.id, tty=body.get("Tty"), conn=conn))
+    # 404 and 409 come before any upgrade
+    return http.Hijack(req.daemon.execs.start_session(req.params["id"], tty=body.get("Tty")))
 
 
 def post_exec_resize(req):
@@ -29,7 +25,7 @@ def post_exec_resize(req):
 
 
 def get_exec_json(req):
-    return http.Response.json(shape("exec", req.daemon.execs.inspect(req.params["id"]), req.version))
+    return req.render("exec", req.daemon.execs.inspect(req.params["id"]))
 
 
 ROUTES = [

@@ -1,9 +1,13 @@
 """Routing: version prefixes, path patterns, methods, query parsing, and error rendering.
 
 A request path may carry an API version prefix, `/v1.24/containers/json`; without one the newest
-version (1.24) applies. The prefix is stripped, checked against what we support, and the rest is
-matched against the route table. Patterns use `{name}` for one path segment and `{name:path}` for
-anything including slashes (image names such as `localhost:5000/team/app` live in URLs unescaped).
+version applies. The prefix is stripped, checked against what we support (`versions.check`), and
+the rest is matched against the route table, skipping routes that do not exist in that version.
+Patterns use `{name}` for one path segment and `{name:path}` for anything including slashes (image
+names such as `localhost:5000/team/app` live in URLs unescaped).
+
+Handlers never see the version: `ApiRequest.render` and `ApiRequest.adapt` hand it to
+`versions.py`, which shapes the answer (and reads old request forms) for it.
 
 Errors raised anywhere below a handler become `{"message": ...}` with the status of their kind
 (`errors.status_for`); this module is the only place that happens for API requests.
@@ -13,30 +17,14 @@ import json
 import logging
 import re
 
-from minidock import API_VERSION, MIN_API_VERSION, errors, http
+from minidock import errors, http
+from minidock.api import versions
 
 log = logging.getLogger("minidock.api")
 
 VERSION_PREFIX = re.compile(r"^/v([0-9]+(?:\.[0-9]+)?)(/.*)$")
 TRUE_WORDS = {"1", "true", "True", "yes"}
 FALSE_WORDS = {"0", "false", "False", "no", ""}
-
-
-def parse_version(text):
-    """'1.24' -> (1, 24). Raises InvalidParameter for anything else."""
-    major, _, minor = text.partition(".")
-    try:
-        return (int(major), int(minor or 0))
-    except ValueError:
-        raise errors.InvalidParameter(f"invalid API version {text!r}")
-
-
-MAX_VERSION = parse_version(API_VERSION)
-MIN_VERSION = parse_version(MIN_API_VERSION)
-
-
-def format_version(version):
-    return f"{version[0]}.{version[1]}"
 
 
 class ApiRequest:
@@ -115,8 +103,28 @@ class ApiRequest:
     def disconnected(self):
         return self.http.disconnected()
 
-    def at_least(self, major_minor):
-        return self.version >= parse_version(major_minor)
+    # -- answers, shaped for the request's API version -----------------------------------------
+    def render(self, kind, model, status=200, stream=False, **response_kwargs):
+        """The reply for `model` of `kind` as this request's API version shows it: a JSON body
+        (None: an empty one), or with `stream` one JSON line of a JSON-lines stream."""
+        form = versions.reply(kind, self.version, status, stream)
+        if model is None:
+            return http.Response.empty(form["status"])
+        body = versions.render(kind, model, self.version)
+        if form["stream"]:
+            return http.StreamResponse(iter([json.dumps(body).encode() + b"\r\n"]), status=form["status"],
+                                       **response_kwargs)
+        return http.Response.json(body, status=form["status"], **response_kwargs)
+
+    def shaper(self, kind):
+        """A function shaping one `kind` model after another for this version (streams of events)."""
+        version = self.version
+        return lambda model: versions.render(kind, model, version)
+
+    def adapt(self, kind, args):
+        """The version-neutral arguments of this request, `args` being the newest form's; older
+        clients' forms are read by the request steps in versions.py."""
+        return versions.adapt(kind, args, self)
 
 
 def compile_pattern(pattern):
@@ -138,19 +146,30 @@ class Router:
         self.cors_origin = cors_origin
         # First match wins, so a table lists literal paths (`/images/search`) before the
         # `{name:path}` patterns that could also swallow them.
-        self.routes = [(method, compile_pattern(pattern), handler, pattern)
-                       for method, pattern, handler in routes]
+        # A route is (method, pattern, handler) or, made by versions.route(), with a 4th element:
+        # the (since, until) span of API versions it exists in.
+        self.routes = [(entry[0], compile_pattern(entry[1]), entry[2],
+                        entry[3] if len(entry) > 3 else (versions.MIN, versions.MAX))
+                       for entry in routes]
 
-    def match(self, method, path):
-        """Find (handler, params) or raise NotFound / MethodNotAllowed."""
-        allowed = set()
-        for route_method, regex, handler, _ in self.routes:
+    def match(self, method, path, version=versions.MAX):
+        """Find (handler, params) or raise NotFound / MethodNotAllowed.
+
+        A route of this method and path that exists only in other API versions makes the answer
+        404, as from a daemon that does not have it, even where a broader pattern of another
+        method matches too (`GET /images/viz` at v1.24 is not `DELETE /images/{name}`)."""
+        allowed, elsewhere = set(), False
+        for route_method, regex, handler, span in self.routes:
             m = regex.match(path)
-            if m:
-                if route_method == method:
-                    return handler, m.groupdict()
-                allowed.add(route_method)
-        if allowed:
+            if not m:
+                continue
+            if not versions.exists(span, version):
+                elsewhere = elsewhere or route_method == method
+                continue
+            if route_method == method:
+                return handler, m.groupdict()
+            allowed.add(route_method)
+        if allowed and not elsewhere:
             raise errors.MethodNotAllowed(f"method {method} not allowed for {path}"
                                           f" (allowed: {', '.join(sorted(allowed))})")
         raise errors.NotFound(f"page not found: {path}")
@@ -176,21 +195,12 @@ class Router:
 
     def dispatch(self, request):
         path = request.head.path
-        version = MAX_VERSION
+        version = versions.MAX
         m = VERSION_PREFIX.match(path)
         if m:
-            version = parse_version(m.group(1))
+            version = versions.check(m.group(1))
             path = m.group(2)
-            if version > MAX_VERSION:
-                raise errors.InvalidParameter(
-                    f"client version {m.group(1)} is too new. "
-                    f"Maximum supported API version is {API_VERSION}")
-            if version < MIN_VERSION:
-                raise errors.InvalidParameter(
-                    f"client version {m.group(1)} is too old. "
-                    f"Minimum supported API version is {MIN_API_VERSION}, "
-                    f"please upgrade your client to a newer version")
         if request.head.method == "OPTIONS" and self.cors_origin:
             return http.Response.empty(200)
-        handler, params = self.match(request.head.method, path)
+        handler, params = self.match(request.head.method, path, version)
         return handler(ApiRequest(request, version, params, self.daemon))

@@ -7,6 +7,9 @@ the worker down instead of the daemon buffering a whole image in memory. When th
 away the pipe notices and `cancelled()` turns true for the worker to check between steps;
 further progress lines are dropped, and a raw `put`/`write` (a tar being written) raises
 BrokenPipeError, which ends the worker quietly.
+
+`progress_response` is the form every JSON-lines operation (pull, push, insert, build) takes:
+a failure after the `200` becomes the error line of `minidock/progress.py`, which the CLI prints.
 """
 
 import json
@@ -14,7 +17,7 @@ import logging
 import queue
 import threading
 
-from minidock import http
+from minidock import errors, http, progress
 
 log = logging.getLogger("minidock.api")
 
@@ -51,13 +54,6 @@ class Pipe:
             self.put(json.dumps(obj).encode() + b"\r\n")
         except BrokenPipeError:
             pass
-
-    def error_line(self, message, code=None):
-        """The `{"error", "errorDetail"}` line clients print when a stream fails after its 200."""
-        detail = {"message": message}
-        if code is not None:
-            detail["code"] = code
-        self.json_line({"errorDetail": detail, "error": message})
 
     # file-like, for tar writers
     def write(self, data):
@@ -108,3 +104,20 @@ def worker_response(req, work, maxsize=64, name="stream", **response_kwargs):
             pipe.gone.set()
 
     return http.StreamResponse(chunks(), **response_kwargs)
+
+
+def progress_response(req, work, name="progress"):
+    """Stream `work(pipe)`'s JSON lines. Cancellation (the client left) ends it quietly; any
+    failure becomes the final error line (unexpected ones are logged with their traceback)."""
+    def run(pipe):
+        try:
+            work(pipe)
+        except progress.Cancelled:
+            pass
+        except BrokenPipeError:
+            raise
+        except Exception as exc:          # noqa: BLE001 - reported to the client, not swallowed
+            if not isinstance(exc, errors.MinidockError):
+                log.exception("%s %s: %s failed", req.method, req.path, name)
+            pipe.json_line(progress.error_line(exc))
+    return worker_response(req, run, name=name)

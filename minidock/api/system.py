@@ -4,8 +4,8 @@ import json
 import time
 
 from minidock import errors, http
-from minidock.api.versions import shape
-from minidock.events import FILTER_KEYS, parse_timestamp
+from minidock.events import FILTER_KEYS
+from minidock.times import parse_timestamp
 
 
 def get_ping(req):
@@ -14,11 +14,11 @@ def get_ping(req):
 
 
 def get_version(req):
-    return http.Response.json(shape("version", req.daemon.version(), req.version))
+    return req.render("version", req.daemon.version())
 
 
 def get_info(req):
-    return http.Response.json(shape("info", req.daemon.info(), req.version))
+    return req.render("info", req.daemon.info())
 
 
 def get_events(req):
@@ -32,7 +32,7 @@ def get_events(req):
     if since is not None and until is not None and since > until:
         raise errors.InvalidParameter("`since` time is after `until` time")
     events = req.daemon.events
-    version = req.version
+    shape = req.shaper("event")
 
     def lines():
         if until is not None and until <= time.time_ns():
@@ -41,7 +41,7 @@ def get_events(req):
             stream = events.follow(since, until, filters, stop=req.disconnected)
         try:
             for event in stream:
-                yield json.dumps(shape("event", event, version)).encode() + b"\n"
+                yield json.dumps(shape(event)).encode() + b"\n"
         finally:
             close = getattr(stream, "close", None)
             if close:

@@ -1,0 +1,205 @@
+"""A container's configuration: what the user asked for, merged with what the image says.
+
+`POST /containers/create` carries a `Config` (the process: command, environment, user, ...) and
+a `HostConfig` (how the host runs it: mounts, restart policy, network mode, limits). Docker's
+rules, each applied below:
+
+- Entrypoint/Cmd: with no user entrypoint, an empty user Cmd takes the image's Cmd and a null
+  user entrypoint the image's; `--entrypoint ""` resets it (moby daemon/commit.go `merge`).
+- Env: the user's variables override the image's by name; PATH is always set.
+- Names: unique, shown with a leading `/`, `[a-zA-Z0-9][a-zA-Z0-9_.-]+`; a container created
+  without one gets `adjective_surname`.
+- HostConfig: every field present (defaults filled in), restart policies checked
+  (`no`, `always`, `unless-stopped`, `on-failure[:N]`; AutoRemove excludes a policy).
+- Network mode: `default`, `bridge`, `host`, `none` or `container:<ref>`. Rootless minidock
+  has no bridge, so default and bridge *are* the host's network: `network_mode` decides that
+  in one place for everyone (spawner spec, inspect, list filters, the networks backend).
+"""
+
+import random
+import re
+import signal
+
+from minidock import errors
+from minidock.ns import DEFAULT_PATH, DEFAULT_SHM_SIZE  # noqa: F401  (what a container gets without its own)
+
+NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+DEFAULT_STOP_TIMEOUT = 10
+
+SIGNALS = {name[3:]: int(value) for name, value in signal.__dict__.items()
+           if name.startswith("SIG") and not name.startswith("SIG_") and isinstance(value, signal.Signals)}
+
+ADJECTIVES = ["admiring", "brave", "clever", "dazzling", "eager", "focused", "gallant", "happy",
+              "jolly", "keen", "lucid", "modest", "nifty", "optimistic", "quirky", "relaxed",
+              "sharp", "tender", "upbeat", "vibrant", "wizardly", "youthful", "zealous"]
+SURNAMES = ["babbage", "curie", "dijkstra", "euler", "feynman", "goldberg", "hopper", "hypatia",
+            "kepler", "lamport", "lovelace", "mccarthy", "noether", "pike", "ritchie", "shannon",
+            "thompson", "turing", "wozniak", "yonath"]
+
+CONFIG_KEYS = ["Hostname", "Domainname", "User", "AttachStdin", "AttachStdout", "AttachStderr",
+               "ExposedPorts", "Tty", "OpenStdin", "StdinOnce", "Env", "Cmd", "Healthcheck",
+               "ArgsEscaped", "Image", "Volumes", "WorkingDir", "Entrypoint", "NetworkDisabled",
+               "MacAddress", "OnBuild", "Labels", "StopSignal", "StopTimeout", "Shell"]
+
+HOST_CONFIG_DEFAULTS = {
+    "Binds": None, "ContainerIDFile": "", "LogConfig": {"Type": "json-file", "Config": {}},
+    "NetworkMode": "default", "PortBindings": {}, "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
+    "AutoRemove": False, "VolumeDriver": "", "VolumesFrom": None, "CapAdd": None, "CapDrop": None,
+    "Dns": [], "DnsOptions": [], "DnsSearch": [], "ExtraHosts": None, "GroupAdd": None, "IpcMode": "",
+    "Cgroup": "", "Links": None, "OomScoreAdj": 0, "PidMode": "", "Privileged": False,
+    "PublishAllPorts": False, "ReadonlyRootfs": False, "SecurityOpt": None, "UTSMode": "",
+    "UsernsMode": "", "ShmSize": DEFAULT_SHM_SIZE, "Runtime": "minidock", "ConsoleSize": [0, 0],
+    "Isolation": "", "CpuShares": 0, "Memory": 0, "CgroupParent": "", "BlkioWeight": 0, "CpuPeriod": 0,
+    "CpuQuota": 0, "CpusetCpus": "", "CpusetMems": "", "KernelMemory": 0, "MemoryReservation": 0,
+    "MemorySwap": 0, "MemorySwappiness": -1, "OomKillDisable": False, "PidsLimit": 0, "Ulimits": None,
+}
+
+RESTART_POLICIES = ("no", "always", "unless-stopped", "on-failure")
+
+
+def parse_signal(value, default=signal.SIGKILL):
+    """A signal by number or name ("9", "KILL", "SIGKILL")."""
+    if value in (None, ""):
+        return int(default)
+    text = str(value).upper()
+    if text.isdigit():
+        number = int(text)
+        if number <= 0 or number > 64:
+            raise errors.InvalidParameter(f"Invalid signal: {value}")
+        return number
+    name = text[3:] if text.startswith("SIG") else text
+    if name not in SIGNALS:
+        raise errors.InvalidParameter(f"Invalid signal: {value}")
+    return SIGNALS[name]
+
+
+def strslice(value):
+    """Docker's StrSlice: a JSON string means a one-element list; null stays None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise errors.InvalidParameter(f"expected a string or a list of strings, got {value!r}")
+
+
+def merge_env(image_env, user_env):
+    """User variables override image ones by name; order: image's first, then new ones."""
+    merged = {}
+    for item in (image_env or []) + (user_env or []):
+        key = item.split("=", 1)[0]
+        merged[key] = item
+    return list(merged.values())
+
+
+# -- names ----------------------------------------------------------------------------------------
+
+def check_name(name):
+    """A user-given name without its leading "/"; InvalidParameter for one Docker refuses."""
+    if not name or not NAME_RE.match(name):
+        raise errors.InvalidParameter(
+            f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+    return name.lstrip("/")
+
+
+def generate_name(taken):
+    """Docker's `adjective_surname`, avoiding names for which `taken(name)` is true."""
+    for _ in range(100):
+        name = f"{random.choice(ADJECTIVES)}_{random.choice(SURNAMES)}"
+        if not taken(name):
+            return name
+    return f"{random.choice(ADJECTIVES)}_{random.choice(SURNAMES)}{random.randint(1, 9999)}"
+
+
+# -- Config ---------------------------------------------------------------------------------------
+
+def merge_config(body, image_cfg, image_ref):
+    """The container's Config: the user's, with the image's defaults where the user gave none."""
+    config = {k: body.get(k) for k in CONFIG_KEYS}
+    for key in ("Hostname", "Domainname", "User", "WorkingDir", "MacAddress", "StopSignal"):
+        if config[key] is None:
+            config[key] = ""
+    for key in ("AttachStdin", "AttachStdout", "AttachStderr", "Tty", "OpenStdin", "StdinOnce"):
+        config[key] = bool(config[key])
+    config["Image"] = image_ref
+    config["Cmd"] = strslice(body.get("Cmd"))
+    config["Entrypoint"] = strslice(body.get("Entrypoint"))
+    if config["Env"] is not None and not isinstance(config["Env"], list):
+        raise errors.InvalidParameter("Env must be a list of KEY=value strings")
+    # Docker's merge rule (daemon/commit.go merge): with no user entrypoint, an empty user
+    # Cmd takes the image's Cmd; a null user entrypoint takes the image's entrypoint.
+    if not config["Entrypoint"]:
+        if not config["Cmd"]:
+            config["Cmd"] = image_cfg.get("Cmd")
+        if config["Entrypoint"] is None:
+            config["Entrypoint"] = image_cfg.get("Entrypoint")
+    if config["Entrypoint"] == [""]:          # `--entrypoint ""` resets the image's
+        config["Entrypoint"] = None
+    config["Env"] = merge_env(image_cfg.get("Env") or [], config["Env"] or [])
+    if not any(e.startswith("PATH=") for e in config["Env"]):
+        config["Env"].insert(0, "PATH=" + DEFAULT_PATH)
+    for key in ("WorkingDir", "User", "StopSignal"):
+        if not config[key]:
+            config[key] = image_cfg.get(key) or ""
+    for key in ("ExposedPorts", "Volumes"):
+        merged = dict(image_cfg.get(key) or {})
+        merged.update(config[key] or {})
+        config[key] = merged or None
+    labels = dict(image_cfg.get("Labels") or {})
+    labels.update(config["Labels"] or {})
+    config["Labels"] = labels
+    if config["Healthcheck"] is None and image_cfg.get("Healthcheck"):
+        config["Healthcheck"] = image_cfg["Healthcheck"]
+    return config
+
+
+def command(config):
+    """(Path, Args): the process a Config runs, Entrypoint then Cmd; ("", []) when there is none."""
+    argv = list(config.get("Entrypoint") or []) + list(config.get("Cmd") or [])
+    if not argv:
+        return "", []
+    return argv[0], argv[1:]
+
+
+# -- HostConfig -----------------------------------------------------------------------------------
+
+def normalise_host_config(hc):
+    """A HostConfig with every field present and its rules checked (a new dict)."""
+    hc = dict(hc)
+    for key, value in HOST_CONFIG_DEFAULTS.items():
+        if hc.get(key) is None and value is not None:
+            hc[key] = value
+        hc.setdefault(key, value)
+    if not hc.get("ShmSize"):
+        hc["ShmSize"] = DEFAULT_SHM_SIZE
+    if hc["ShmSize"] < 0:
+        raise errors.InvalidParameter("SHM size can not be less than 0")
+    policy = hc.get("RestartPolicy") or {}
+    name = policy.get("Name") or "no"
+    if name not in RESTART_POLICIES:
+        raise errors.InvalidParameter(f"invalid restart policy '{name}'")
+    retries = int(policy.get("MaximumRetryCount") or 0)
+    if retries and name != "on-failure":
+        raise errors.InvalidParameter(f"maximum retry count cannot be used with restart policy '{name}'")
+    if retries < 0:
+        raise errors.InvalidParameter("maximum retry count cannot be negative")
+    hc["RestartPolicy"] = {"Name": name, "MaximumRetryCount": retries}
+    if hc.get("AutoRemove") and name != "no":
+        raise errors.InvalidParameter("can't create 'AutoRemove' container with restart policy")
+    network_mode(hc)                      # refuses a network that does not exist
+    return hc
+
+
+def network_mode(hc):
+    """The network a container really has: "host", "none" or "container:<ref>".
+
+    The one place that decides it. `default` and `bridge` mean the host's network namespace in
+    rootless minidock (there is no bridge to attach to). NotFound for any other name.
+    """
+    mode = hc.get("NetworkMode") or "default"
+    if mode in ("default", "bridge", "host"):
+        return "host"
+    if mode == "none" or mode.startswith("container:"):
+        return mode
+    raise errors.NotFound(f"network {mode} not found")

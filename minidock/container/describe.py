@@ -1,0 +1,166 @@
+"""What the API shows of a container: the inspect document, list rows, list filters, status text.
+
+These are the version-neutral models of the newest API shape; older shapes are derived from
+them in minidock/api/versions.py. `docker ps` shows `status_text` ("Up 3 minutes", "Exited (0)
+2 seconds ago") and filters rows with `--filter key=value` (`FILTERS` below).
+"""
+
+import json
+import re
+
+from minidock import errors
+from minidock.container.lifecycle import ACTIVE, CREATED, DEAD, EXITED, PAUSED, REMOVING, RESTARTING, RUNNING
+from minidock.times import ZERO_TIME, human_duration, rfc3339_seconds, seconds_since
+
+FILTERS = {"status", "exited", "label", "ancestor", "before", "since", "volume", "name", "id",
+           "isolation", "network", "health"}
+STATUSES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
+MOUNT_KEYS = ("Type", "Name", "Source", "Destination", "Driver", "Mode", "RW", "Propagation")
+HIDDEN_KEYS = ("HasBeenManuallyStopped",)      # our bookkeeping, not Docker's document
+
+
+def mount_point(m):
+    return {k: m.get(k) for k in MOUNT_KEYS if k in m}
+
+
+def inspect(c, driver_name, sizes=None):
+    """`GET /containers/(id)/json`; `sizes` is (SizeRw, SizeRootFs) when asked for."""
+    record = {k: v for k, v in c.record.items() if k not in HIDDEN_KEYS}
+    record = json.loads(json.dumps(record))
+    record["Name"] = "/" + c.name
+    record["ExecIDs"] = list(c.exec_ids) or None
+    record["Mounts"] = [mount_point(m) for m in record.get("Mounts") or []]
+    record["GraphDriver"] = {"Name": driver_name, "Data": None}
+    record["NetworkSettings"] = network_settings(c)
+    if sizes is not None:
+        record["SizeRw"], record["SizeRootFs"] = sizes
+    return record
+
+
+def summary(c, sizes=None):
+    """One row of `GET /containers/json`."""
+    cfg = c.config
+    row = {
+        "Id": c.id,
+        "Names": ["/" + c.name],
+        "Image": cfg.get("Image", ""),
+        "ImageID": c.record["Image"],
+        "Command": " ".join([c.record["Path"]] + c.record["Args"]),
+        "Created": int(rfc3339_seconds(c.record["Created"])),
+        "Ports": [],
+        "Labels": cfg.get("Labels") or {},
+        "State": c.status,
+        "Status": status_text(c),
+        "HostConfig": {"NetworkMode": c.host_config.get("NetworkMode", "default")},
+        "NetworkSettings": {"Networks": {}},
+        "Mounts": [mount_point(m) for m in c.record.get("Mounts") or []],
+    }
+    if sizes is not None:
+        row["SizeRw"], row["SizeRootFs"] = sizes
+    return row
+
+
+def endpoint(network_id):
+    """A container's entry in one network (minidock's networks have no addresses)."""
+    return {"IPAMConfig": None, "Links": None, "Aliases": None, "NetworkID": network_id,
+            "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "",
+            "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "MacAddress": ""}
+
+
+def network_settings(c):
+    mode = c.network_mode
+    networks = {mode: endpoint(mode)} if mode in ("host", "none") else {}
+    return {"Bridge": "", "SandboxID": "", "HairpinMode": False, "LinkLocalIPv6Address": "",
+            "LinkLocalIPv6PrefixLen": 0, "Ports": {}, "SandboxKey": f"/proc/{c.pid}/ns/net" if c.pid else "",
+            "SecondaryIPAddresses": None, "SecondaryIPv6Addresses": None, "EndpointID": "", "Gateway": "",
+            "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "IPAddress": "", "IPPrefixLen": 0,
+            "IPv6Gateway": "", "MacAddress": "", "Networks": networks}
+
+
+def status_text(c):
+    """The human `Status` column: "Up 3 minutes", "Exited (0) 2 seconds ago", ..."""
+    st = c.state
+    if c.status == RUNNING:
+        return "Up " + human_duration(seconds_since(st["StartedAt"]))
+    if c.status == PAUSED:
+        return "Up " + human_duration(seconds_since(st["StartedAt"])) + " (Paused)"
+    if c.status == RESTARTING:
+        return f"Restarting ({st['ExitCode']}) " + human_duration(seconds_since(st["FinishedAt"])) + " ago"
+    if c.status == CREATED:
+        return "Created"
+    if c.status == REMOVING:
+        return "Removal In Progress"
+    if c.status == DEAD:
+        return "Dead"
+    if st["FinishedAt"] == ZERO_TIME:
+        return "Created"
+    return f"Exited ({st['ExitCode']}) " + human_duration(seconds_since(st["FinishedAt"])) + " ago"
+
+
+# -- list filters ---------------------------------------------------------------------------------
+
+def check_filters(filters):
+    for key in filters:
+        if key not in FILTERS:
+            raise errors.InvalidParameter(f"Invalid filter '{key}'")
+    for status in filters.get("status", []):
+        if status not in STATUSES:
+            raise errors.InvalidParameter(f"Unrecognised filter value for status: {status}")
+
+
+def select(items, all_, filters, descends_from):
+    """The containers of `items` a listing shows. `descends_from(image_id, ref)` answers the
+    `ancestor` filter."""
+    result = []
+    for c in items:
+        if not all_ and not filters.get("status") and c.status not in ACTIVE:
+            continue
+        if matches(c, filters, descends_from):
+            result.append(c)
+    return result
+
+
+def matches(c, filters, descends_from):
+    if filters.get("status") and c.status not in filters["status"]:
+        return False
+    if filters.get("exited"):
+        if c.status != EXITED or str(c.state["ExitCode"]) not in filters["exited"]:
+            return False
+    if filters.get("id") and not any(c.id.startswith(v) for v in filters["id"]):
+        return False
+    if filters.get("name") and not any(re.search(v.lstrip("/"), c.name) for v in filters["name"]):
+        return False
+    for label in filters.get("label", []):
+        key, eq, value = label.partition("=")
+        labels = c.config.get("Labels") or {}
+        if key not in labels or (eq and labels[key] != value):
+            return False
+    if filters.get("ancestor"):
+        if not any(descends_from(c.record["Image"], v) for v in filters["ancestor"]):
+            return False
+    if filters.get("volume"):
+        mounts = c.record.get("Mounts") or []
+        names = {m.get("Name") for m in mounts} | {m.get("Destination") for m in mounts} | \
+                {m.get("Source") for m in mounts}
+        if not any(v in names for v in filters["volume"]):
+            return False
+    if filters.get("network"):
+        # by the mode asked for ("bridge") or the network it really is ("host")
+        asked = c.host_config.get("NetworkMode")
+        if not any(v in (asked, c.network_mode) for v in filters["network"]):
+            return False
+    return True
+
+
+def descends_from(images, image_id, ref):
+    """Is `ref` (a name or ID) the image `image_id` or one of that image's parents?"""
+    try:
+        wanted = images.resolve(ref)
+    except errors.MinidockError:
+        return False
+    current = image_id
+    while current:
+        if current == wanted:
+            return True
+        current = images.meta.get(current, {}).get("parent")
+    return False

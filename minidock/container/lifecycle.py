@@ -1,0 +1,104 @@
+"""A container's life: its states, the transitions between them, and the object that holds them.
+
+    created --start--> running --exit--> exited --start--> running ...
+                       running --pause--> paused --unpause--> running
+                       running --exit + restart policy--> restarting --backoff--> running
+    any non-running --remove--> removing --> dead (gone from the daemon)
+
+`TRANSITIONS` is the truth (`python3 -c 'from minidock.container import lifecycle;
+print(lifecycle.TRANSITIONS)'` prints it): every status change, including the daemon's own
+bookkeeping at start-up (`reconcile`) and the end of a removal, goes through
+`Container.set_status`, which refuses a move the table does not allow with a Conflict (409).
+The status is mirrored into Docker's booleans (`State.Running`, `Paused`, `Restarting`,
+`Dead`) in the same step, so they can never disagree with it.
+"""
+
+import threading
+
+from minidock import errors
+from minidock.container import config
+from minidock.container.stdio import ContainerIO
+
+CREATED, RUNNING, PAUSED, RESTARTING, EXITED, REMOVING, DEAD = (
+    "created", "running", "paused", "restarting", "exited", "removing", "dead")
+
+TRANSITIONS = {
+    CREATED: {RUNNING, REMOVING, DEAD},
+    RUNNING: {PAUSED, EXITED, RESTARTING, REMOVING},
+    PAUSED: {RUNNING, EXITED, REMOVING},
+    RESTARTING: {RUNNING, EXITED, REMOVING},
+    EXITED: {RUNNING, RESTARTING, REMOVING},
+    REMOVING: {DEAD},
+    DEAD: set(),
+}
+
+ALIVE = (RUNNING, PAUSED)                       # a process exists
+ACTIVE = (RUNNING, PAUSED, RESTARTING)          # `docker ps` lists it without -a
+
+
+class Container:
+    """One container: its persisted record plus the live process plumbing.
+
+    `lock` (an RLock) guards the record and the status; `changed` is a condition on that lock,
+    notified on every status change and exit, which `wait`, `stop` and attach sessions block on.
+    """
+
+    def __init__(self, record):
+        self.record = record
+        self.lock = threading.RLock()
+        self.changed = threading.Condition(self.lock)
+        self.pid = 0
+        self.io = ContainerIO()
+        self.manual_stop = False
+        self.restart_timer = None
+        self.backoff = 0.0
+        self.started_mono = 0.0
+        self.exit_generation = 0          # bumps on every exit: `wait` waits for the next one
+        self.exec_ids = []                # exec instances created in it, oldest first
+
+    @property
+    def id(self):
+        return self.record["Id"]
+
+    @property
+    def name(self):
+        return self.record["Name"].lstrip("/")
+
+    @property
+    def state(self):
+        return self.record["State"]
+
+    @property
+    def status(self):
+        return self.state["Status"]
+
+    @property
+    def config(self):
+        return self.record["Config"]
+
+    @property
+    def host_config(self):
+        return self.record["HostConfig"]
+
+    @property
+    def running(self):
+        return self.status in ALIVE
+
+    @property
+    def network_mode(self):
+        """"host", "none" or "container:<ref>" (config.network_mode decides)."""
+        return config.network_mode(self.host_config)
+
+    def set_status(self, status):
+        """Move to `status` if TRANSITIONS allows it (Conflict otherwise); wakes waiters."""
+        with self.lock:
+            current = self.status
+            if status != current and status not in TRANSITIONS[current]:
+                raise errors.Conflict(f"container {self.id[:12]} cannot go from {current} to {status}")
+            st = self.state
+            st["Status"] = status
+            st["Running"] = status in ALIVE
+            st["Paused"] = status == PAUSED
+            st["Restarting"] = status == RESTARTING
+            st["Dead"] = status == DEAD
+            self.changed.notify_all()

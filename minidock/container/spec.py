@@ -1,0 +1,131 @@
+"""The runtime spec: everything the spawner needs to start a container's init, as one dict.
+
+The spawner (minidock/spawner.py, then ns.py in the child) turns this into the linear set-up
+sequence: namespaces, id maps, the rootfs mount, volume binds, the generated /etc files bound
+over the image's, pivot_root, limits, capabilities, user, exec. Keys:
+
+    rootfs, argv, env, cwd, user, group_add, tty, hostname, network, shm_size,
+    readonly_rootfs, mounts [{source, target, readonly}], etc_files {container path: host file},
+    ulimits, cap_add, cap_drop, privileged, no_new_privileges, and cgroup (a directory whose
+    cgroup.procs the init joins before anything else runs) when cgroups are usable.
+
+`network` is "host" (stay in the daemon's network namespace), "none" (a new one with only
+loopback) or {"join_pid": pid} (share another container's).
+
+The generated /etc files live in the container's directory, not its rootfs, so `docker diff`
+does not see them and they can be rewritten for every start: /etc/hostname, /etc/hosts (the
+usual localhost lines, the container's own name, `--add-host` entries) and /etc/resolv.conf
+(the host's, with `--dns`, `--dns-search`, `--dns-option` applied; no nameserver without a
+network).
+"""
+
+from minidock import errors, store
+from minidock.container.config import DEFAULT_SHM_SIZE, network_mode
+from minidock.container.lifecycle import RUNNING
+
+HOST_RESOLV_CONF = "/etc/resolv.conf"
+HOSTS_HEADER = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback",
+                "fe00::0\tip6-localnet", "ff00::0\tip6-mcastprefix", "ff02::1\tip6-allnodes",
+                "ff02::2\tip6-allrouters"]
+
+
+def hostname(c):
+    return c.config.get("Hostname") or c.id[:12]
+
+
+def network(c, get_container):
+    """The spec's `network` for container `c`; `get_container(ref)` finds the one it joins."""
+    mode = c.network_mode
+    if mode == "none":
+        return "none"
+    if mode.startswith("container:"):
+        other = get_container(mode.split(":", 1)[1])
+        if other.status != RUNNING:
+            raise errors.Conflict(f"cannot join network of a non running container: {other.id}")
+        if other.network_mode == "host":
+            return "host"      # its network *is* the host's, which we join by not leaving it
+        return {"join_pid": other.pid}
+    return "host"
+
+
+def runtime_spec(c, rootfs, mounts, net):
+    """The spawner's spec for container `c` (without stdio and cgroup)."""
+    cfg, hc = c.config, c.host_config
+    name = hostname(c)
+    env = list(cfg["Env"])
+    if not any(e.startswith("HOSTNAME=") for e in env):
+        env.append(f"HOSTNAME={name}")
+    if cfg["Tty"]:
+        env.append("TERM=xterm")
+    security = hc.get("SecurityOpt") or []
+    return {
+        "rootfs": rootfs,
+        "argv": [c.record["Path"]] + c.record["Args"],
+        "env": env,
+        "cwd": cfg.get("WorkingDir") or "/",
+        "user": cfg.get("User") or "",
+        "group_add": hc.get("GroupAdd") or [],
+        "tty": cfg["Tty"],
+        "hostname": name,
+        "network": net,
+        "shm_size": hc.get("ShmSize") or DEFAULT_SHM_SIZE,
+        "readonly_rootfs": bool(hc.get("ReadonlyRootfs")),
+        "mounts": mounts,
+        "etc_files": {"/etc/hosts": c.record["HostsPath"], "/etc/hostname": c.record["HostnamePath"],
+                      "/etc/resolv.conf": c.record["ResolvConfPath"]},
+        "ulimits": [{"name": u["Name"], "soft": u["Soft"], "hard": u["Hard"]}
+                    for u in (hc.get("Ulimits") or [])],
+        "cap_add": hc.get("CapAdd") or [],
+        "cap_drop": hc.get("CapDrop") or [],
+        "privileged": bool(hc.get("Privileged")),
+        "no_new_privileges": "no-new-privileges" in security or "no-new-privileges:true" in security,
+    }
+
+
+def write_etc_files(c):
+    """(Re)write the container's hostname, hosts and resolv.conf files, atomically."""
+    cfg, hc = c.config, c.host_config
+    name = hostname(c)
+    fqdn = f"{name}.{cfg['Domainname']}" if cfg.get("Domainname") else name
+    store.write_atomic(c.record["HostnamePath"], (name + "\n").encode(), mode=0o644)
+    hosts = HOSTS_HEADER + [f"127.0.1.1\t{fqdn}" + (f" {name}" if fqdn != name else "")]
+    for entry in hc.get("ExtraHosts") or []:
+        host, _, address = entry.partition(":")
+        if not address:
+            raise errors.InvalidParameter(f"invalid extra host {entry!r}: want host:ip")
+        hosts.append(f"{address}\t{host}")
+    store.write_atomic(c.record["HostsPath"], ("\n".join(hosts) + "\n").encode(), mode=0o644)
+    store.write_atomic(c.record["ResolvConfPath"], resolv_conf(hc).encode(), mode=0o644)
+
+
+def resolv_conf(hc, host_file=HOST_RESOLV_CONF):
+    """The container's resolv.conf: the host's, with the container's Dns* options applied."""
+    nameservers, search, options = [], [], []
+    try:
+        with open(host_file) as f:
+            for line in f:
+                words = line.split()
+                if not words or words[0].startswith(("#", ";")):
+                    continue
+                if words[0] == "nameserver" and len(words) > 1:
+                    nameservers.append(words[1])
+                elif words[0] in ("search", "domain"):
+                    search = words[1:]
+                elif words[0] == "options":
+                    options += words[1:]
+    except OSError:
+        pass
+    if network_mode(hc) == "none":
+        nameservers = []
+    if hc.get("Dns"):
+        nameservers = list(hc["Dns"])
+    if hc.get("DnsSearch"):
+        search = list(hc["DnsSearch"])
+    if hc.get("DnsOptions"):
+        options = list(hc["DnsOptions"])
+    lines = [f"nameserver {ns}" for ns in nameservers]
+    if search:
+        lines.append("search " + " ".join(search))
+    if options:
+        lines.append("options " + " ".join(options))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,184 @@
+"""A process's stdio from the daemon's side: pipes or a pty, and the threads that carry output.
+
+Without a TTY a container gets three descriptors: stdin is a pipe (or /dev/null when nobody
+will write to it) and stdout and stderr are two pipes, kept apart so logs and attach can tell
+them apart. With a TTY all three are one pty slave (openpty(3)); the daemon reads the master,
+writes input into it, and sets its size with the TIOCSWINSZ ioctl (tty_ioctl(4)).
+
+The spawner gets the child's ends over SCM_RIGHTS; we close our copies of them right after
+(else the pipes never reach end-of-file). Then one *pump* thread per output descriptor reads
+until end-of-file (EIO on a pty master whose last slave closed), appends every chunk to the
+container's log and hands it to each subscriber queue (attach sessions, `logs -f`, the
+builder). When the last pump ends, every subscriber gets `None`: this run's output is over.
+Exec instances use `Stdio` and `container_pty` too (minidock/execs.py).
+"""
+
+import fcntl
+import os
+import queue
+import struct
+import termios
+import threading
+
+TIOCGPTN = 0x80045430       # _IOR('T', 0x30, unsigned int): the slave's number (asm-generic ioctls)
+TIOCSPTLCK = 0x40045431     # _IOW('T', 0x31, int): lock/unlock the slave; termios has neither
+EOF_CHAR = b"\x04"          # what a terminal reads as end-of-file (VEOF, ctrl-d)
+
+
+class Stdio:
+    """A process's stdin, stdout and stderr, and the daemon's ends of them.
+
+        child              the three fds the spawner hands to the process
+        close_after_spawn  our copies of the child's ends, closed once the process has them
+        outputs            [(fd, "stdout" | "stderr")] to read the process's output from
+        stdin_w            where to write the process's stdin, or None
+        pty_master         the pty master (for resizes), or None
+    """
+
+    def __init__(self, tty, open_stdin, make_pty=os.openpty):
+        self.stdin_w = self.pty_master = None
+        if tty:
+            master, slave = make_pty()
+            self.pty_master = master
+            self.stdin_w = os.dup(master) if open_stdin else None
+            self.child, self.close_after_spawn = (slave, slave, slave), [slave]
+            self.outputs = [(master, "stdout")]
+            return
+        if open_stdin:
+            stdin, self.stdin_w = os.pipe()
+        else:
+            stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        self.child = (stdin, out_w, err_w)
+        self.close_after_spawn = [stdin, out_w, err_w]
+        self.outputs = [(out_r, "stdout"), (err_r, "stderr")]
+
+
+def container_pty(init_pid):
+    """A pty from the container's own devpts instance (its /dev/pts, mounted `newinstance`).
+
+    A pty made in the daemon's /dev/pts works as a terminal inside the container, but its name
+    does not exist there, so ttyname(3) fails and `tty` prints "not a tty". The container's
+    `ptmx` is reachable through /proc/PID/root, which resolves paths in the container's mount
+    namespace: open it, unlock the slave (TIOCSPTLCK 0), read its number (TIOCGPTN) and open
+    /dev/pts/N the same way. Returns (master, slave); falls back to the daemon's own devpts.
+    """
+    root = f"/proc/{init_pid}/root/dev/pts"
+    try:
+        master = os.open(os.path.join(root, "ptmx"), os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return os.openpty()
+    try:
+        fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+        number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0" * 4))[0]
+        slave = os.open(os.path.join(root, str(number)), os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        os.close(master)
+        return os.openpty()
+    return master, slave
+
+
+def set_winsize(fd, height, width):
+    """TIOCSWINSZ: the terminal size the process sees (and gets SIGWINCH for)."""
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", int(height), int(width), 0, 0))
+
+
+class ContainerIO:
+    """The daemon's ends of one container's stdio for its current run, and who listens."""
+
+    def __init__(self):
+        self.stdin_w = None               # fd we write the container's stdin into
+        self.pty_master = None
+        self.subscribers = []             # queues of (stream, bytes), then None at the end
+        self.pumps = []
+        self.output_done = threading.Event()
+        self.output_done.set()
+
+    def open(self, tty, open_stdin, log, label):
+        """New pipes (or a pty) for a run, pumps started into `log` (a JsonLog); returns
+        (the child's three fds, our copies to close once the spawner has them)."""
+        io = Stdio(tty, open_stdin)
+        self.pty_master, self.stdin_w = io.pty_master, io.stdin_w
+        self._start_pumps(io.outputs, log, name=f"pump-{label}")
+        return io.child, io.close_after_spawn
+
+    def _start_pumps(self, sources, log, name):
+        self.output_done = done = threading.Event()
+        remaining = [len(sources)]
+        lock = threading.Lock()
+
+        def pump(fd, stream):
+            try:
+                while True:
+                    try:
+                        data = os.read(fd, 65536)
+                    except OSError:          # EIO on a pty whose last slave closed
+                        data = b""
+                    if not data:
+                        break
+                    log.write(stream, data)
+                    for q in list(self.subscribers):
+                        q.put((stream, data))
+            finally:
+                if self.pty_master is not None and fd == self.pty_master:
+                    self.pty_master = None       # before the close: a resize must not hit a reused fd
+                os.close(fd)
+                with lock:
+                    remaining[0] -= 1
+                    last = remaining[0] == 0
+                if last:
+                    log.close()
+                    for q in list(self.subscribers):
+                        q.put(None)
+                    done.set()
+
+        self.pumps = [threading.Thread(target=pump, args=(fd, s), daemon=True, name=f"{name}-{s}")
+                      for fd, s in sources]
+        for t in self.pumps:
+            t.start()
+
+    # -- listeners -----------------------------------------------------------------------------
+    def subscribe(self):
+        q = queue.Queue()
+        self.subscribers.append(q)
+        return q
+
+    def unsubscribe(self, q):
+        try:
+            self.subscribers.remove(q)
+        except ValueError:
+            pass
+
+    # -- input -----------------------------------------------------------------------------------
+    def write_stdin(self, data):
+        if self.stdin_w is None:
+            return False
+        try:
+            os.write(self.stdin_w, data)
+            return True
+        except OSError:
+            return False
+
+    def end_stdin(self, tty):
+        """The client's input ended: close the container's stdin. A TTY has no half-close, so
+        it gets the terminal's end-of-file character instead."""
+        if tty:
+            self.write_stdin(EOF_CHAR)
+            return
+        self.close_stdin()
+
+    def close_stdin(self):
+        if self.stdin_w is not None:
+            try:
+                os.close(self.stdin_w)
+            except OSError:
+                pass
+            self.stdin_w = None
+
+    def resize(self, height, width):
+        """False when there is no terminal to resize."""
+        if self.pty_master is None:
+            return False
+        set_winsize(self.pty_master, height, width)
+        return True

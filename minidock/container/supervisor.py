@@ -1,0 +1,271 @@
+"""The supervisor: a container's process from start to exit, and what the daemon does to it.
+
+Starting is one sequence, with the container's lock held:
+
+    1. mount the rootfs (layers.py; overlay or a vfs copy)
+    2. write /etc/hostname, /etc/hosts, /etc/resolv.conf (spec.py)
+    3. volume mounts, copying the image's files into a new empty volume once (volumes.py)
+    4. the runtime spec, the network to join, the cgroup with its limits (cgroup.py)
+    5. pipes or a pty, and their pumps started *before* the process, so no output is lost
+    6. the spawner forks the init (spawner.py / ns.py); its pid is registered for its exit
+    7. status running (lifecycle.TRANSITIONS), record saved
+
+Steps 1-4 may refuse (a network container that is not running, a bad extra host) before
+anything runs. An exit arrives from the spawner's reader (exits.py) and is handled in a thread
+of its own: wait for the last output to reach the log, record the exit code (and whether the
+cgroup saw an OOM kill), then restart after the back-off (restart.py) or release the cgroup and
+rootfs, and remove the container if it was created with AutoRemove.
+
+Stop is Docker's: the container's StopSignal (SIGTERM by default), then SIGKILL after the grace
+period. Pause freezes the container's cgroup where cgroup.freeze exists; otherwise every process
+of the container gets SIGSTOP (which the processes can observe, unlike a freeze).
+"""
+
+import logging
+import os
+import signal
+import threading
+import time
+
+from minidock import errors, ns
+from minidock.container import config, logs, restart, spec
+from minidock.container.lifecycle import ALIVE, CREATED, EXITED, PAUSED, RESTARTING, RUNNING
+from minidock.times import now_rfc3339
+
+log = logging.getLogger("minidock.containers")
+
+STOP_KILL_WAIT = 30                 # seconds to wait for an exit after SIGKILL
+OUTPUT_DRAIN_WAIT = 5               # seconds an exit waits for the last output to be logged
+
+
+class Supervisor:
+    """Runs containers' processes. `save(c)` persists a record, `emit(c, action, extra)`
+    announces an event, `get(ref)` finds another container (network sharing), and
+    `remove(ref)` removes one (AutoRemove)."""
+
+    def __init__(self, layers, volumes, cgroups, spawner, exits, save, emit, get, remove):
+        self.layers, self.volumes, self.cgroups = layers, volumes, cgroups
+        self.spawner, self.exits = spawner, exits
+        self.save, self.emit, self.get, self.remove = save, emit, get, remove
+
+    # -- start -----------------------------------------------------------------------------------
+    def start_by_hand(self, c):
+        """A start asked for (start, restart), with c.lock held: it clears a manual stop, and a
+        failure is announced as a "die", as Docker does (`docker run --rm` on API < 1.25 waits
+        for it before removing the container itself)."""
+        c.manual_stop = False
+        c.record["HasBeenManuallyStopped"] = False
+        try:
+            self.start(c)
+        except errors.MinidockError:
+            self.emit(c, "die", {"exitCode": str(c.state["ExitCode"])})
+            raise
+
+    def start(self, c):
+        """The start sequence (module docstring), with c.lock held."""
+        rootfs = self.layers.mount(c.id)                                          # 1
+        spec.write_etc_files(c)                                                   # 2
+        mounts, changed = self.volumes.runtime_mounts(c.record.get("Mounts") or [], rootfs)   # 3
+        if changed:
+            self.save(c)                 # the copy-up is done once: remember that it was
+        run = spec.runtime_spec(c, rootfs, mounts, spec.network(c, self.get))    # 4
+        group = self.cgroups.create(c.id, c.host_config)
+        if group is not None:
+            run["cgroup"] = group.path   # the init joins it before anything else runs
+        stdio, to_close = c.io.open(c.config["Tty"], c.config["OpenStdin"],   # 5
+                                    logs.JsonLog(c.record["LogPath"]), c.id[:12])
+        try:
+            pid = self.spawner.run(run, *stdio[:3])                               # 6
+        except errors.MinidockError as exc:
+            self._failed_start(c, getattr(exc, "exit_code", 125), exc.message)
+            raise
+        finally:
+            for fd in to_close:
+                os.close(fd)             # the child has its own copies now
+        c.pid = pid
+        early = self.exits.register(pid, lambda code: self._exit_thread(c, code))
+        c.state.update(Pid=pid, ExitCode=0, Error="", StartedAt=now_rfc3339(), OOMKilled=False)
+        c.set_status(RUNNING)                                                     # 7
+        c.started_mono = time.monotonic()
+        self.save(c)
+        if early is not None:       # it has already ended; handled once we release c.lock
+            self._exit_thread(c, early)
+
+    def _failed_start(self, c, code, message):
+        c.state.update(ExitCode=code, Error=message, FinishedAt=now_rfc3339(), Pid=0)
+        if c.status not in (CREATED, EXITED):     # a never-started container stays "created"
+            c.set_status(EXITED)
+        self.save(c)
+        c.io.close_stdin()
+        self.unmount(c)
+
+    # -- exits -----------------------------------------------------------------------------------
+    def _exit_thread(self, c, code):
+        threading.Thread(target=self._handle_exit, args=(c, code), daemon=True,
+                         name=f"exit-{c.id[:12]}").start()
+
+    def _handle_exit(self, c, code):
+        c.io.output_done.wait(OUTPUT_DRAIN_WAIT)   # the last output reaches the log before "die"
+        with c.lock:
+            c.state["OOMKilled"] = self._oom_killed(c)
+            c.pid = 0
+            c.state.update(Pid=0, ExitCode=code, FinishedAt=now_rfc3339())
+            c.io.close_stdin()
+            again = restart.restarts(c.host_config.get("RestartPolicy"), code, c.record["RestartCount"],
+                                     c.manual_stop or c.record.get("HasBeenManuallyStopped"))
+            c.set_status(RESTARTING if again else EXITED)
+            c.exit_generation += 1
+            self.save(c)
+        self.emit(c, "die", {"exitCode": str(code)})
+        if again:
+            c.backoff = restart.next_backoff(c.backoff, time.monotonic() - c.started_mono)
+            c.restart_timer = threading.Timer(c.backoff, self._restart_after_backoff, args=(c,))
+            c.restart_timer.daemon = True
+            c.restart_timer.start()
+            return
+        self.release_cgroup(c)
+        self.unmount(c)
+        if c.host_config.get("AutoRemove"):
+            try:
+                self.remove(c.id)
+            except errors.MinidockError as exc:
+                log.warning("auto-remove of %s failed: %s", c.name, exc.message)
+
+    def _restart_after_backoff(self, c):
+        with c.lock:
+            if c.status != RESTARTING or c.manual_stop:
+                return
+            c.record["RestartCount"] += 1
+            try:
+                self.start(c)
+            except errors.MinidockError as exc:
+                log.warning("restart of %s failed: %s", c.name, exc.message)
+                if c.status == RESTARTING:
+                    c.set_status(EXITED)
+                self.save(c)
+                return
+        self.emit(c, "start")
+
+    def cancel_restart(self, c, manually=False):
+        """With c.lock held: a container waiting to restart stays exited instead."""
+        c.manual_stop = True
+        if manually:
+            c.record["HasBeenManuallyStopped"] = True
+        if c.restart_timer:
+            c.restart_timer.cancel()
+        if c.status == RESTARTING:
+            c.set_status(EXITED)
+            self.save(c)
+
+    # -- signals ---------------------------------------------------------------------------------
+    def kill(self, c, number):
+        with c.lock:
+            if c.status == RESTARTING and number == signal.SIGKILL:
+                self.cancel_restart(c)
+                return
+            if c.status not in ALIVE:
+                raise errors.Conflict(f"Container {c.id} is not running")
+            pid = c.pid
+            if number in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
+                # A deliberate kill is not a failure the restart policy should undo.
+                c.manual_stop = number == signal.SIGKILL or c.manual_stop
+        self._signal(c, pid, number)
+        self.emit(c, "kill", {"signal": str(number)})
+
+    def _signal(self, c, pid, number):
+        try:
+            os.kill(pid, number)
+        except ProcessLookupError:
+            pass
+        if c.status == PAUSED and number == signal.SIGKILL:
+            self.thaw(c)
+
+    def stop(self, c, timeout=None):
+        with c.lock:
+            if c.status == RESTARTING:
+                self.cancel_restart(c, manually=True)
+                self.emit(c, "stop")
+                return
+            if c.status not in ALIVE:
+                raise errors.NotModified("container already stopped")
+            c.manual_stop = True
+            c.record["HasBeenManuallyStopped"] = True
+            generation = c.exit_generation
+            pid = c.pid
+        if timeout is None:
+            timeout = c.config.get("StopTimeout") or config.DEFAULT_STOP_TIMEOUT
+        stop_signal = config.parse_signal(c.config.get("StopSignal") or "SIGTERM")
+        if c.status == PAUSED:
+            self.thaw(c)
+        self._signal(c, pid, stop_signal)
+        if not self.wait_exit(c, generation, max(0, timeout)):
+            self._signal(c, pid, signal.SIGKILL)
+            self.wait_exit(c, generation, STOP_KILL_WAIT)
+        self.emit(c, "stop")
+
+    @staticmethod
+    def wait_exit(c, generation, timeout):
+        """Wait for the run `generation` to end; False on timeout."""
+        with c.changed:
+            return c.changed.wait_for(lambda: c.exit_generation != generation or c.status not in ALIVE,
+                                      timeout)
+
+    # -- pause -----------------------------------------------------------------------------------
+    def pause(self, c):
+        with c.lock:
+            if c.status == PAUSED:
+                raise errors.Conflict(f"Container {c.id} is already paused")
+            if c.status != RUNNING:
+                raise errors.Conflict(f"Container {c.id} is not running")
+            self.freeze(c)
+            c.set_status(PAUSED)
+            self.save(c)
+        self.emit(c, "pause")
+
+    def unpause(self, c):
+        with c.lock:
+            if c.status != PAUSED:
+                raise errors.Conflict(f"Container {c.id} is not paused")
+            self.thaw(c)
+            c.set_status(RUNNING)
+            self.save(c)
+        self.emit(c, "unpause")
+
+    def freeze(self, c):
+        self._set_frozen(c, True)
+
+    def thaw(self, c):
+        self._set_frozen(c, False)
+
+    def _set_frozen(self, c, frozen):
+        group = self.cgroups.get(c.id)
+        if group is not None and self.cgroups.freeze:
+            group.freeze() if frozen else group.thaw()
+        else:
+            ns.signal_all(c.pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+
+    # -- resources -------------------------------------------------------------------------------
+    def _oom_killed(self, c):
+        """Did the kernel's OOM killer kill a process of the container (memory.events)?"""
+        group = self.cgroups.get(c.id)
+        if group is None:
+            return False
+        try:
+            with open(os.path.join(group.path, "memory.events")) as f:
+                return any(line.split()[0] == "oom_kill" and int(line.split()[1]) > 0 for line in f)
+        except (OSError, ValueError, IndexError):
+            return False
+
+    def release_cgroup(self, c):
+        group = self.cgroups.get(c.id)
+        if group is not None:
+            try:
+                group.remove()
+            except OSError as exc:
+                log.warning("removing the cgroup of %s: %s", c.name, exc)
+
+    def unmount(self, c):
+        try:
+            self.layers.unmount(c.id)
+        except (errors.NotFound, OSError) as exc:
+            log.warning("unmounting the rootfs of %s: %s", c.name, exc)

@@ -1,0 +1,235 @@
+"""Test driver: the container, exec and volume backends driven without HTTP, against a real spawner.
+
+Run by tests/test_backends.py as an unprivileged user (setpriv, like tests/spawner_driver.py),
+from a 0755 directory holding a copy of the minidock package:
+
+    python3 -S backend_driver.py BASE ROOTFS_TAR
+
+It builds the engine exactly as the daemon does (`daemon.build_engine`: the daemon's user
+namespace, the spawner, the cgroup tree, the engine with its state), imports ROOTFS_TAR as the
+image `busybox`, runs every scenario below through the backend objects' own methods and prints
+one JSON document {scenario: what it saw}. What the kernel shows (a pid in /proc, a file in a
+volume's directory) is read here and reported; the tests judge it.
+"""
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from minidock import daemon, errors, http, imagecreate, websocket  # noqa: E402
+from minidock.container import attach  # noqa: E402
+from minidock.engine import Config  # noqa: E402
+
+DEADLINE = 15          # seconds any one wait in a scenario may take
+
+
+def _until(predicate, timeout=DEADLINE):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def _refused(call):
+    """The error kind and message a backend call raises, or None when it succeeds."""
+    try:
+        call()
+    except errors.MinidockError as exc:
+        return [type(exc).__name__, exc.message]
+    return None
+
+
+def _read_until(sock, needle):
+    out = b""
+    while needle not in out:
+        data = sock.recv(65536)
+        if not data:
+            break
+        out += data
+    return out
+
+
+def _read_all(sock):
+    out = b""
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            return out
+        out += data
+
+
+def run_to_exit(engine):
+    cs = engine.containers
+    cid, _ = cs.create({"Image": "busybox", "Cmd": ["sh", "-c", "echo out; echo err >&2; exit 3"]},
+                       name="exit3")
+    created = cs.get("exit3").status
+    cs.start(cid)
+    code = cs.wait(cid)
+    _, entries = cs.logs(cid, {"stdout", "stderr"})
+    entries = list(entries)
+    state = cs.inspect(cid)["State"]
+    again = _refused(lambda: cs.create({"Image": "busybox", "Cmd": ["true"]}, name="exit3"))
+    cs.remove(cid)
+    return {"created": created, "code": code, "logs": [[s, d.decode()] for s, d, _ in entries],
+            "state": {k: state[k] for k in ("Status", "ExitCode", "Running", "Pid")}, "name_again": again}
+
+
+def stop_and_remove(engine):
+    cs = engine.containers
+    cid, _ = cs.create({"Image": "busybox", "Cmd": ["sleep", "1000"]})
+    c = cs.get(cid)
+    cs.start(cid)
+    pid = c.pid
+    seen = {"alive": os.path.exists(f"/proc/{pid}"), "counts_running": cs.counts(),
+            "remove_running": _refused(lambda: cs.remove(cid)),
+            "start_again": _refused(lambda: cs.start(cid))}
+    cs.stop(cid, timeout=1)
+    seen.update(status=c.status, code=c.state["ExitCode"], gone=not os.path.exists(f"/proc/{pid}"),
+                stop_again=_refused(lambda: cs.stop(cid)), pause_exited=_refused(lambda: cs.pause(cid)))
+    directory = os.path.join(cs.root, cid)
+    rw = os.path.join(engine.layers.root, "containers", cid)
+    seen["dirs_before"] = [os.path.isdir(directory), os.path.isdir(rw)]
+    cs.remove(cid)
+    seen.update(dirs_after=[os.path.isdir(directory), os.path.isdir(rw)], status_after=c.status,
+                lookup=_refused(lambda: cs.get(cid)))
+    return seen
+
+
+def pause_and_kill(engine):
+    cs = engine.containers
+    cid, _ = cs.create({"Image": "busybox", "Cmd": ["sleep", "1000"]})
+    cs.start(cid)
+    c = cs.get(cid)
+    cs.pause(cid)
+    paused = [c.status, cs.inspect(cid)["State"]["Paused"]]
+    twice = _refused(lambda: cs.pause(cid))
+    cs.unpause(cid)
+    unpaused = c.status
+    cs.kill(cid, "KILL")
+    code = cs.wait(cid)
+    cs.remove(cid)
+    return {"paused": paused, "twice": twice, "unpaused": unpaused, "code": code}
+
+
+def restart_policy(engine):
+    cs = engine.containers
+    cid, _ = cs.create({"Image": "busybox", "Cmd": ["sh", "-c", "exit 1"],
+                        "HostConfig": {"RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": 2}}})
+    c = cs.get(cid)
+    cs.start(cid)
+    done = _until(lambda: c.record["RestartCount"] == 2 and c.status == "exited")
+    seen = {"done": done, "status": c.status, "restarts": c.record["RestartCount"],
+            "code": c.state["ExitCode"], "backoff": c.backoff}
+    cs.remove(cid)
+    return seen
+
+
+def execs(engine):
+    cs, xs = engine.containers, engine.execs
+    cid, _ = cs.create({"Image": "busybox", "Cmd": ["sleep", "1000"], "Hostname": "box"})
+    cs.start(cid)
+    eid = xs.create(cid, {"Cmd": ["sh", "-c", "echo in-$(hostname); echo e >&2; exit 5"],
+                          "AttachStdout": True, "AttachStderr": True})
+    ours, theirs = socket.socketpair()
+    xs.start(eid, conn=ours)                     # returns when the process has ended
+    ours.close()
+    out, _ = http.parse_frames(_read_all(theirs))
+    theirs.close()
+    stdout = b"".join(d for s, d in out if s == http.STDOUT).decode()
+    stderr = b"".join(d for s, d in out if s == http.STDERR).decode()
+    record = xs.inspect(eid)
+    detached = xs.create(cid, {"Cmd": ["sh", "-c", "exit 4"]})
+    xs.start(detached, detach=True)
+    e = xs.get(detached)
+    with e.lock:
+        e.lock.wait_for(lambda: e.record["ExitCode"] is not None, DEADLINE)
+    seen = {"stdout": stdout, "stderr": stderr, "code": record["ExitCode"], "running": record["Running"],
+            "detached_code": e.record["ExitCode"], "exec_ids": cs.inspect(cid)["ExecIDs"],
+            "ids": [eid, detached], "again": _refused(lambda: xs.start(eid, detach=True))}
+    cs.remove(cid, force=True)
+    seen["after_remove"] = _refused(lambda: xs.get(eid))
+    return seen
+
+
+def volumes(engine):
+    cs, vs = engine.containers, engine.volumes
+    vs.create("data")
+    cid, _ = cs.create({"Image": "busybox", "Cmd": ["sh", "-c", "echo hello > /data/f; echo anon > /anon/g"],
+                        "Volumes": {"/anon": {}}, "HostConfig": {"Binds": ["data:/data"]}})
+    cs.start(cid)
+    code = cs.wait(cid)
+    mounts = {m["Destination"]: m for m in cs.inspect(cid)["Mounts"]}
+    anon = mounts["/anon"]["Name"]
+
+    def read(name, file):
+        with open(os.path.join(vs.path(name), file)) as f:
+            return f.read()
+
+    seen = {"code": code, "data": read("data", "f"), "anon": read(anon, "g"), "users": vs.users("data") == [cid],
+            "in_use": _refused(lambda: vs.remove("data")), "mount_types": sorted(m["Type"] for m in mounts.values())}
+    cs.remove(cid, volumes=True)
+    names = [v["Name"] for v in vs.list()]
+    seen.update(anon_after=anon in names, data_after="data" in names, users_after=vs.users("data"))
+    vs.remove("data")
+    seen["data_dir_after"] = os.path.exists(vs.path("data"))
+    return seen
+
+
+def attach_detach(engine):
+    """ctrl-p ctrl-p ctrl-q over both session kinds, on a socketpair standing for the client."""
+    cs = engine.containers
+    cid, _ = cs.create({"Image": "busybox", "Cmd": ["sh"], "Tty": True, "OpenStdin": True})
+    cs.start(cid)
+    c = cs.get(cid)
+    seen = {}
+    for kind in ("http", "ws"):
+        run = cs.attach(cid, attach.Options(stdin=True, stdout=True, stream=True), websocket=kind == "ws")
+        ours, theirs = socket.socketpair()
+        theirs.settimeout(DEADLINE)
+        session = threading.Thread(target=run, args=(ours,), daemon=True)
+        session.start()
+
+        def send(data):
+            if kind == "ws":
+                data = websocket.encode_frame(websocket.BINARY, data, mask=os.urandom(4))
+            theirs.sendall(data)
+
+        send(f"echo {kind.upper()}$((40+2))\r".encode())
+        echoed = _read_until(theirs, f"{kind.upper()}42".encode())
+        send(b"\x10\x10\x11")                       # ctrl-p ctrl-p ctrl-q
+        session.join(DEADLINE)
+        seen[kind] = {"echoed": f"{kind.upper()}42".encode() in echoed, "ended": not session.is_alive(),
+                      "status": c.status}
+        ours.close()
+        theirs.close()
+    cs.remove(cid, force=True)
+    return seen
+
+
+SCENARIOS = [run_to_exit, stop_and_remove, pause_and_kill, restart_policy, execs, volumes, attach_detach]
+
+
+def main():
+    base, tar = sys.argv[1], sys.argv[2]
+    engine = daemon.build_engine(Config(os.path.join(base, "data"), os.path.join(base, "exec")))
+    with open(tar, "rb") as f:
+        imagecreate.import_image(engine.images, f, "busybox")
+    results = {}
+    for scenario in SCENARIOS:
+        try:
+            results[scenario.__name__] = scenario(engine)
+        except Exception as exc:              # reported, so one broken scenario names itself
+            results[scenario.__name__] = {"exception": f"{type(exc).__name__}: {exc}"}
+    engine.shutdown()
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,352 @@
+"""The container concepts of minidock/container/ tested directly, without a daemon or HTTP:
+configuration merging, the lifecycle table, restart back-off, the detach-key scanner, the exit
+registry, the json-file log, the generated resolv.conf, and the networks backend."""
+
+import json
+import os
+import threading
+
+import pytest
+
+from minidock import errors
+from minidock.container import attach, config, exits, logs, restart, spec
+from minidock.container.lifecycle import (CREATED, DEAD, EXITED, PAUSED, REMOVING, RESTARTING, RUNNING,
+                                          TRANSITIONS, Container)
+from minidock.networks import Networks, network_id
+
+IMAGE = {"Cmd": ["sh"], "Entrypoint": None, "Env": ["PATH=/bin", "A=image", "B=image"],
+         "WorkingDir": "/srv", "User": "daemon", "Labels": {"from": "image", "both": "image"},
+         "ExposedPorts": {"80/tcp": {}}, "StopSignal": "SIGQUIT"}
+
+
+# -- configuration merging ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body, entrypoint, cmd", [
+    ({}, None, ["sh"]),                                              # all from the image
+    ({"Cmd": ["ls", "-l"]}, None, ["ls", "-l"]),                     # user Cmd replaces the image's
+    ({"Cmd": "ls"}, None, ["ls"]),                                   # a string is a one-element list
+    ({"Entrypoint": ["top"]}, ["top"], None),                        # user entrypoint drops image Cmd
+    ({"Entrypoint": ["top"], "Cmd": ["-b"]}, ["top"], ["-b"]),
+    ({"Entrypoint": [""], "Cmd": ["echo"]}, None, ["echo"]),          # --entrypoint "" resets
+])
+def test_entrypoint_and_cmd_merge(body, entrypoint, cmd):
+    merged = config.merge_config(body, IMAGE, "busybox")
+    assert (merged["Entrypoint"], merged["Cmd"]) == (entrypoint, cmd)
+
+
+def test_image_entrypoint_kept_with_user_cmd():
+    image = dict(IMAGE, Entrypoint=["/entry.sh"])
+    merged = config.merge_config({"Cmd": ["run"]}, image, "x")
+    assert config.command(merged) == ("/entry.sh", ["run"])
+
+
+def test_env_labels_and_defaults_merge():
+    merged = config.merge_config({"Env": ["B=user", "C=user"], "Labels": {"both": "user"}}, IMAGE, "busybox")
+    assert merged["Env"] == ["PATH=/bin", "A=image", "B=user", "C=user"]
+    assert merged["Labels"] == {"from": "image", "both": "user"}
+    assert (merged["WorkingDir"], merged["User"], merged["StopSignal"]) == ("/srv", "daemon", "SIGQUIT")
+    assert merged["ExposedPorts"] == {"80/tcp": {}} and merged["Image"] == "busybox"
+    assert merged["Tty"] is False and merged["Hostname"] == ""
+    # no PATH anywhere: Docker's default comes first
+    bare = config.merge_config({}, {}, "scratch")
+    assert bare["Env"] == ["PATH=" + config.DEFAULT_PATH]
+    with pytest.raises(errors.InvalidParameter):
+        config.merge_config({"Env": "A=1"}, IMAGE, "busybox")
+
+
+def test_no_command_means_empty_path():
+    assert config.command(config.merge_config({}, {}, "scratch")) == ("", [])
+
+
+@pytest.mark.parametrize("hc, message", [
+    ({"RestartPolicy": {"Name": "sometimes"}}, "invalid restart policy 'sometimes'"),
+    ({"RestartPolicy": {"Name": "always", "MaximumRetryCount": 3}},
+     "maximum retry count cannot be used with restart policy 'always'"),
+    ({"RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": -1}}, "maximum retry count cannot be negative"),
+    ({"AutoRemove": True, "RestartPolicy": {"Name": "always"}}, "can't create 'AutoRemove' container with restart policy"),
+    ({"ShmSize": -1}, "SHM size can not be less than 0"),
+])
+def test_host_config_rules(hc, message):
+    with pytest.raises(errors.InvalidParameter) as info:
+        config.normalise_host_config(hc)
+    assert info.value.message == message
+
+
+def test_host_config_defaults_filled_in():
+    hc = config.normalise_host_config({"Memory": 0, "Dns": None})
+    assert hc["ShmSize"] == config.DEFAULT_SHM_SIZE and hc["Dns"] == [] and hc["NetworkMode"] == "default"
+    assert hc["RestartPolicy"] == {"Name": "no", "MaximumRetryCount": 0}
+    assert set(config.HOST_CONFIG_DEFAULTS) <= set(hc)
+
+
+@pytest.mark.parametrize("mode, effective", [
+    (None, "host"), ("default", "host"), ("bridge", "host"), ("host", "host"), ("none", "none"),
+    ("container:web", "container:web"),
+])
+def test_network_mode_is_decided_in_one_place(mode, effective):
+    assert config.network_mode({"NetworkMode": mode}) == effective
+
+
+def test_unknown_network_is_not_found():
+    with pytest.raises(errors.NotFound):
+        config.normalise_host_config({"NetworkMode": "mynet"})
+
+
+@pytest.mark.parametrize("name, ok", [("web", True), ("/web", True), ("a.b-c_d", True), ("x", False),
+                                      ("-bad", False), ("sp ace", False), ("", False)])
+def test_names(name, ok):
+    if ok:
+        assert config.check_name(name) == name.lstrip("/")
+    else:
+        with pytest.raises(errors.InvalidParameter):
+            config.check_name(name)
+
+
+def test_generated_names_avoid_taken_ones():
+    taken = {f"{a}_{s}" for a in config.ADJECTIVES for s in config.SURNAMES[1:]}
+    name = config.generate_name(lambda n: n in taken)
+    assert name not in taken and config.NAME_RE.match(name)
+
+
+@pytest.mark.parametrize("value, number", [("9", 9), ("KILL", 9), ("SIGTERM", 15), ("hup", 1), (None, 9)])
+def test_signals(value, number):
+    assert config.parse_signal(value) == number
+
+
+@pytest.mark.parametrize("value", ["0", "65", "SIGNOPE"])
+def test_bad_signals(value):
+    with pytest.raises(errors.InvalidParameter):
+        config.parse_signal(value)
+
+
+# -- the lifecycle table --------------------------------------------------------------------------
+
+def _container(status=CREATED):
+    c = Container({"Id": "f" * 64, "Name": "/t", "Config": {}, "HostConfig": {},
+                   "State": {"Status": status}})
+    return c
+
+
+def test_every_legal_transition_is_accepted_and_mirrored():
+    for start, targets in TRANSITIONS.items():
+        for target in targets:
+            c = _container(start)
+            c.set_status(target)
+            st = c.state
+            assert st["Status"] == target
+            assert st["Running"] == (target in (RUNNING, PAUSED))
+            assert (st["Paused"], st["Restarting"], st["Dead"]) == (target == PAUSED, target == RESTARTING,
+                                                                    target == DEAD)
+
+
+def test_every_illegal_transition_is_refused():
+    statuses = list(TRANSITIONS)
+    refused = 0
+    for start in statuses:
+        for target in statuses:
+            if target == start or target in TRANSITIONS[start]:
+                continue
+            c = _container(start)
+            with pytest.raises(errors.Conflict):
+                c.set_status(target)
+            assert c.status == start            # nothing changed
+            refused += 1
+    assert refused > 20
+    # the ones the daemon must never do
+    for start, target in ((CREATED, PAUSED), (EXITED, PAUSED), (DEAD, RUNNING), (REMOVING, RUNNING)):
+        with pytest.raises(errors.Conflict):
+            _container(start).set_status(target)
+
+
+def test_set_status_wakes_waiters():
+    c = _container(CREATED)
+    seen = []
+
+    def waiter():
+        with c.changed:
+            c.changed.wait_for(lambda: c.status == RUNNING, 5)
+            seen.append(c.status)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    c.set_status(RUNNING)
+    t.join(5)
+    assert seen == [RUNNING]
+
+
+# -- restart policy and back-off ------------------------------------------------------------------
+
+@pytest.mark.parametrize("policy, code, count, manual, expected", [
+    ({"Name": "no"}, 1, 0, False, False),
+    ({"Name": "always"}, 0, 0, False, True),
+    ({"Name": "always"}, 0, 0, True, False),
+    ({"Name": "unless-stopped"}, 3, 9, False, True),
+    ({"Name": "on-failure", "MaximumRetryCount": 0}, 0, 0, False, False),
+    ({"Name": "on-failure", "MaximumRetryCount": 0}, 2, 50, False, True),
+    ({"Name": "on-failure", "MaximumRetryCount": 2}, 2, 1, False, True),
+    ({"Name": "on-failure", "MaximumRetryCount": 2}, 2, 2, False, False),
+    (None, 1, 0, False, False),
+])
+def test_restart_policies(policy, code, count, manual, expected):
+    assert restart.restarts(policy, code, count, manual) is expected
+
+
+@pytest.mark.parametrize("policy, manual, expected", [
+    ({"Name": "always"}, True, True), ({"Name": "unless-stopped"}, False, True),
+    ({"Name": "unless-stopped"}, True, False), ({"Name": "on-failure"}, False, False)])
+def test_restarts_with_the_daemon(policy, manual, expected):
+    assert restart.restarts_with_daemon(policy, manual) is expected
+
+
+def test_backoff_doubles_on_quick_exits_caps_and_resets():
+    delays, delay = [], 0.0
+    for _ in range(12):
+        delay = restart.next_backoff(delay, ran=0.5)
+        delays.append(delay)
+    assert delays[:4] == [0.1, 0.2, 0.4, 0.8]
+    assert max(delays) == restart.BACKOFF_MAX and delays[-1] == restart.BACKOFF_MAX
+    assert restart.next_backoff(delays[-1], ran=restart.BACKOFF_RESET) == restart.BACKOFF_START
+
+
+# -- detach keys ----------------------------------------------------------------------------------
+
+CTRL_P, CTRL_Q = b"\x10", b"\x11"
+
+
+@pytest.mark.parametrize("feeds, passed, detached", [
+    ([b"ls\r"], b"ls\r", False),
+    ([CTRL_P + CTRL_Q], b"", True),
+    ([b"ab" + CTRL_P + CTRL_Q + b"cd"], b"ab", True),                 # bytes after the sequence dropped
+    ([CTRL_P + CTRL_P + CTRL_Q], CTRL_P, True),                       # the second ctrl-p starts a new match
+    ([CTRL_P, CTRL_Q], b"", True),                                    # split across reads
+    ([CTRL_P, b"x"], CTRL_P + b"x", False),                           # a broken-off match is passed on
+    ([CTRL_P + b"x" + CTRL_P, CTRL_P + CTRL_Q], CTRL_P + b"x" + CTRL_P, True),
+])
+def test_detach_scanner(feeds, passed, detached):
+    scanner = attach.DetachScanner(attach.DEFAULT_DETACH_KEYS)
+    out, done = b"", False
+    for data in feeds:
+        chunk, done = scanner.feed(data)
+        out += chunk
+        if done:
+            break
+    assert (out, done) == (passed, detached)
+
+
+def test_empty_keys_never_detach():
+    assert attach.DetachScanner(b"").feed(CTRL_P + CTRL_Q) == (CTRL_P + CTRL_Q, False)
+
+
+@pytest.mark.parametrize("text, keys", [(None, b"\x10\x11"), ("", b"\x10\x11"), ("ctrl-x,y", b"\x18y"),
+                                        ("ctrl-a,ctrl-@,ctrl-[", b"\x01\x00\x1b"), ("a, b", b"ab")])
+def test_parse_detach_keys(text, keys):
+    assert attach.parse_detach_keys(text) == keys
+
+
+@pytest.mark.parametrize("text", ["ctrl-1", "ctrl-", "abc", "ctrl-ab"])
+def test_bad_detach_keys(text):
+    with pytest.raises(errors.InvalidParameter):
+        attach.parse_detach_keys(text)
+
+
+# -- the exit registry ----------------------------------------------------------------------------
+
+def test_exit_after_registration_calls_back():
+    registry, got = exits.ExitRegistry(), []
+    assert registry.register(100, got.append) is None
+    registry.deliver(100, 7)
+    registry.deliver(100, 8)                  # a second report for the pid is only kept as early
+    assert got == [7]
+
+
+def test_exit_before_registration_is_handed_back():
+    registry, got = exits.ExitRegistry(), []
+    registry.deliver(200, 137)
+    assert registry.register(200, got.append) == 137
+    registry.deliver(201, 0)
+    assert got == []                          # nothing was registered for it
+
+
+# -- the json-file log ----------------------------------------------------------------------------
+
+def test_json_log_lines_partials_and_tail(tmp_path):
+    path = str(tmp_path / "c-json.log")
+    log = logs.JsonLog(path)
+    log.write("stdout", b"one\ntw")
+    log.write("stderr", b"err\n")
+    log.write("stdout", b"o\nthree")
+    log.close()                                # flushes the partial "three"
+    with open(path) as f:
+        lines = [json.loads(line) for line in f]
+    assert [(e["stream"], e["log"]) for e in lines] == [
+        ("stdout", "one\n"), ("stderr", "err\n"), ("stdout", "two\n"), ("stdout", "three")]
+    assert all(e["time"].endswith("Z") for e in lines)
+    assert [d for _, d, _ in logs.read(path, tail=2)] == [b"two\n", b"three"]
+    assert logs.read(path, tail=0) == []
+    assert logs.read(str(tmp_path / "missing")) == []
+
+
+def test_json_log_flushes_long_partial_lines(tmp_path):
+    path = str(tmp_path / "long.log")
+    log = logs.JsonLog(path)
+    log.write("stdout", b"x" * (logs.PARTIAL_FLUSH + 1))
+    assert os.path.getsize(path) > logs.PARTIAL_FLUSH          # written before any newline
+    log.close()
+
+
+# -- resolv.conf ----------------------------------------------------------------------------------
+
+def test_resolv_conf_from_host_and_options(tmp_path):
+    host = tmp_path / "resolv.conf"
+    host.write_text("# comment\nnameserver 10.0.0.1\nsearch a.example b.example\noptions ndots:2\n")
+    assert spec.resolv_conf({}, str(host)) == \
+        "nameserver 10.0.0.1\nsearch a.example b.example\noptions ndots:2\n"
+    assert spec.resolv_conf({"NetworkMode": "none"}, str(host)) == "search a.example b.example\noptions ndots:2\n"
+    assert spec.resolv_conf({"Dns": ["127.0.0.53"], "DnsSearch": ["x"], "DnsOptions": ["rotate"]},
+                            str(host)) == "nameserver 127.0.0.53\nsearch x\noptions rotate\n"
+
+
+# -- the networks backend -------------------------------------------------------------------------
+
+class _Containers:
+    """The one thing Networks asks of the container backend: every container."""
+
+    def __init__(self, containers):
+        self.containers = containers
+
+    def all(self):
+        return self.containers
+
+
+def _with_mode(cid, mode, status=RUNNING):
+    c = _container(status)
+    c.record.update(Id=cid * 64, Name="/" + cid * 3, HostConfig={"NetworkMode": mode})
+    return c
+
+
+def test_networks_membership_follows_the_network_mode_rule():
+    nets = Networks(_Containers([_with_mode("a", "default"), _with_mode("b", "bridge"), _with_mode("c", "none"),
+                                 _with_mode("d", "host", status=EXITED), _with_mode("e", "container:aaa")]))
+    listed = {n["Name"]: sorted(n["Containers"]) for n in nets.list()}
+    assert listed == {"host": ["a" * 64, "b" * 64], "none": ["c" * 64]}
+    assert nets.inspect("host")["Id"] == network_id("host") == nets.inspect(network_id("host")[:5])["Id"]
+    assert [n["Name"] for n in nets.list({"driver": ["null"]})] == ["none"]
+    assert nets.list({"label": ["x"]}) == []
+    with pytest.raises(errors.InvalidParameter):
+        nets.list({"colour": ["red"]})
+    with pytest.raises(errors.NotFound):
+        nets.inspect("mynet")
+
+
+def test_networks_refusals_keep_their_messages():
+    nets = Networks(_Containers([]))
+    with pytest.raises(errors.Conflict) as info:
+        nets.create({"Name": "host"})
+    assert info.value.message == "network with name host already exists"
+    with pytest.raises(errors.NotImplementedKind):
+        nets.create({"Name": "mynet"})
+    with pytest.raises(errors.Forbidden) as info:
+        nets.remove("none")
+    assert info.value.message == "none is a pre-defined network and cannot be removed"
+    with pytest.raises(errors.Forbidden):
+        nets.connect("host")
