@@ -146,6 +146,22 @@ class Port:
         self.networks = networks
         self.kernel_gateway = kernel_gateway
 
+    def refresh_mac(self, candidate):
+        """Is `candidate` the interface's MAC now? A bridge's MAC follows its ports (the lowest
+        port MAC wins unless one was set), so on a kernel-owned gateway the MAC taken at start
+        goes stale when containers come and go. getsockname() of the packet socket reads the
+        interface's current address; frames addressed elsewhere (the namespace's own traffic
+        to a container) must never be taken for ours."""
+        if not self.kernel_gateway or self.psock is None or candidate[0] & 1:
+            return False
+        try:
+            current = self.psock.getsockname()[4]
+        except OSError:
+            return False
+        if current != self.mac:
+            self.mac = self.link.mac = current
+        return candidate == current
+
     def network_of(self, addr):
         for n in self.networks:
             if n.contains(addr):
@@ -501,15 +517,9 @@ class Gateway:
     def _handle_frame(self, frame, trusted, port):
         dst_mac, src_mac, etype = ethernet.parse_ethernet(frame)
         if etype == ETH_P_IP:
-            if dst_mac != port.mac:
-                if port.kernel_gateway and not dst_mac[0] & 1:
-                    # A bridge's MAC follows its ports (the lowest port MAC wins, unless one
-                    # was set): a unicast frame the bridge passed up to its own interface is
-                    # addressed to whatever MAC the bridge has now, and our answers use it.
-                    port.mac = port.link.mac = dst_mac
-                else:
-                    self.stats["not_for_us"] += 1
-                    return
+            if dst_mac != port.mac and not port.refresh_mac(dst_mac):
+                self.stats["not_for_us"] += 1
+                return
             ip = ipv4.parse_ipv4(frame[ETH_HLEN:])
             net = port.network_of(ip.src)
             if net is None:
@@ -554,7 +564,9 @@ class Gateway:
             flow.on_segment(seg)
             return
         if not is_syn:
-            if not seg.flags & RST:         # a segment of no flow we know: tell it so
+            # A segment of no flow we know: tell it so -- unless it is not ours at all (the
+            # namespace's kernel talking with a container over the bridge we tap).
+            if not seg.flags & RST and self._route(ip.dst, port)[0] != DROP:
                 self.stats["tcp_unknown_flow"] += 1
                 self._rst_for(ip, seg, mac, port)
             return
