@@ -532,7 +532,7 @@ def test_bridge_layout_with_a_kernel_owned_gateway(stale_mac):
             finally:
                 srv_p.kill()
                 srv_p.wait()
-        assert gw.stats["tcp_unknown_flow"] == 0
+        assert gw.stats["tcp_unknown_flow"] == 0 and gw.stats["tcp_refuse"] == 0
     finally:
         srv.close()
         gw.stop()
