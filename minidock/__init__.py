@@ -9,7 +9,9 @@ The package is layered; imports only point down:
                          networks.py, images.py (with imagearchive.py), registryservice.py,
                          events.py
     machinery            ns.py, spawner.py, layers.py, cgroup.py, registry/, builder.py (with
-                         dockerfile.py, buildvars.py, dockerignore.py), tarsafe.py
+                         dockerfile.py, buildvars.py, dockerignore.py), tarsafe.py, network.py
+                         (the daemon's network namespace; netlink.py), dns.py, ipam.py,
+                         portproxy.py
     ground               http.py (bytes in, bytes out), websocket.py, store.py (atomic JSON),
                          times.py, reference.py, platforms.py, progress.py, errors.py
 """

@@ -8,7 +8,8 @@ threads that carry its output. This class composes the concepts of minidock/cont
     lifecycle.py  the states, the TRANSITIONS table every status change goes through, Container
     spec.py       the spawner's runtime spec and the generated /etc files
     stdio.py      pipes and ptys, output pumps, subscribers, stdin
-    logs.py       the json-file log: writing, reading, following
+    logs.py       log drivers (json-file, none): writing, reading, following
+    probe.py      healthcheck probes (health.py has the rules and the monitors)
     attach.py     attach sessions over hijacked HTTP and WebSocket, the detach-key scanner
     supervisor.py the process: start sequence, exits, restart back-off, stop, kill, pause
     exits.py      the pid -> exit callback registry the spawner reports into
@@ -25,7 +26,7 @@ import os
 import shutil
 import threading
 
-from minidock import cgroup, errors, imagecreate, ns, proctable, store
+from minidock import cgroup, errors, imagecreate, ns, proctable, stats, store
 from minidock.container import attach, config, describe, logs, restart
 from minidock.container.lifecycle import (ACTIVE, ALIVE, CREATED, DEAD, EXITED, PAUSED, REMOVING,
                                           RESTARTING, RUNNING, Container)
@@ -38,15 +39,23 @@ log = logging.getLogger("minidock.containers")
 class Containers:
     """Containers, by id and name, and what can be done to them."""
 
-    def __init__(self, data_root, events, images, layers, volumes, cgroups, spawner, exits):
+    def __init__(self, data_root, events, images, layers, volumes, cgroups, spawner, exits, networks,
+                 log_defaults=None, userns_default="", daemon_user=None):
+        """`log_defaults` ({"Type", "Config"}) and `userns_default` are the daemon's flags;
+        `daemon_user` ({"uid", "gid"} on the host) is who keep-id maps, None without a user
+        namespace."""
+        self.log_defaults, self.userns_default = log_defaults, userns_default
+        self.daemon_user = daemon_user
         self.events, self.images, self.layers, self.volumes = events, images, layers, volumes
+        self.networks = networks
         self.cgroups, self.spawner, self.exits = cgroups, spawner, exits
         self.root = os.path.join(data_root, "containers")
         self.collection = store.Collection(self.root, "container", per_dir=True)
         self.by_id = {}
         self.names_lock = threading.Lock()
         self.supervisor = Supervisor(layers, volumes, cgroups, spawner, exits, save=self.save, emit=self.emit,
-                                     get=self.get, remove=lambda ref: self.remove(ref, force=True, volumes=True))
+                                     get=self.get, remove=lambda ref: self.remove(ref, force=True, volumes=True),
+                                     networks=networks, daemon_user=daemon_user)
         for problem in self.collection.load():
             log.warning("skipping unreadable container state: %s", problem)
         for cid, record in self.collection.objects.items():
@@ -145,7 +154,11 @@ class Containers:
         image_id = self.images.resolve(image_ref)                  # NotFound makes the CLI pull
         image_cfg = self.images.config(image_id).get("config") or {}
         cfg = config.merge_config(body, image_cfg, image_ref)
-        host_config = config.normalise_host_config(host_config)
+        host_config = self._normalise(host_config)
+        if host_config["UsernsMode"] == "keep-id" and self.daemon_user and not cfg["User"]:
+            # Podman's keep-id runs as the user by default, so what it writes is the user's.
+            cfg["User"] = f"{self.daemon_user['uid']}:{self.daemon_user['gid']}"
+        self.networks.check_mode(host_config)       # NotFound for a network that does not exist
         # Limits this machine cannot enforce are reset here, with Docker's warnings.
         adapted, warnings = self.cgroups.check(host_config)
         host_config.update(adapted)
@@ -176,16 +189,23 @@ class Containers:
                 record["Mounts"] = self.volumes.prepare_mounts(
                     host_config, cfg, lambda ref: self.get(ref).record.get("Mounts") or [])
                 self.layers.create_rw(cid, self.images.top_chain(image_id))
-                self.collection.save(cid, record)
+                c = Container(record)
+                # Addresses are allocated from the containers the backend sees: allocate and
+                # publish the new one under the networks lock, so two creates never share one.
+                with self.networks.lock:
+                    self.networks.join_at_create(c, body.get("NetworkingConfig"))
+                    self.collection.save(cid, record)
+                    self.by_id[cid] = c
             except BaseException:
                 shutil.rmtree(directory, ignore_errors=True)
                 self.layers.remove_rw(cid)
                 raise
-            c = Container(record)
             self.volumes.attach(cid, record["Mounts"])
-            self.by_id[cid] = c
         self.emit(c, "create")
         return cid, warnings
+
+    def _normalise(self, host_config):
+        return config.normalise_host_config(host_config, self.log_defaults, self.userns_default)
 
     def _name_owner(self, name):
         for c in self.all():
@@ -210,7 +230,7 @@ class Containers:
             if c.status in (REMOVING, DEAD):
                 raise errors.Conflict(f"container {c.id[:12]} is marked for removal and cannot be started")
             if host_config:          # old API versions pass the HostConfig to start
-                c.record["HostConfig"] = config.normalise_host_config(dict(c.host_config, **host_config))
+                c.record["HostConfig"] = self._normalise(dict(c.host_config, **host_config))
             self.supervisor.start_by_hand(c)
         self.emit(c, "start")
 
@@ -292,7 +312,9 @@ class Containers:
         self.emit(c, "destroy")
 
     def _destroy(self, c):
-        """The end of a removal (status removing): its layer, cgroup, record and volume uses go."""
+        """The end of a removal (status removing): its layer, cgroup, record, volume uses and
+        network endpoints (addresses) go."""
+        self.networks.leave_all(c)
         self.layers.remove_rw(c.id)
         self.supervisor.release_cgroup(c)
         self.volumes.detach(c.id)
@@ -326,7 +348,7 @@ class Containers:
             limits = {k: v for k, v in body.items() if k != "RestartPolicy" and v not in (None, 0, "")}
             if merged.get("AutoRemove") and (merged["RestartPolicy"] or {}).get("Name", "no") != "no":
                 raise errors.InvalidParameter("Restart policy cannot be updated because AutoRemove is enabled for the container")
-            merged = config.normalise_host_config(merged)
+            merged = self._normalise(merged)
             if limits:
                 new_limits, warnings = self.cgroups.check_update(merged, limits)
                 merged.update(new_limits)
@@ -356,6 +378,7 @@ class Containers:
         c = self.get(ref)
         if not streams:
             raise errors.InvalidParameter("Bad parameters: you must choose at least one stream")
+        logs.check_readable(c)
         return c.config.get("Tty"), logs.entries(c, streams, follow, since, until, tail, stop)
 
     def attach(self, ref, opts, websocket=False, must_run=False):
@@ -372,7 +395,7 @@ class Containers:
 
         def run(conn):
             try:
-                session(c, conn, q, opts, logs.read(c.record["LogPath"]) if opts.logs else [],
+                session(c, conn, q, opts, logs.read(c) if opts.logs else [],
                         on_detach=lambda: self.events.emit("container", "detach", c.id, {"name": c.name}))
             finally:
                 if q is not None:
@@ -403,17 +426,25 @@ class Containers:
 
     def summaries(self, all_=False, limit=-1, since=None, before=None, filters=None, size=False):
         """The rows of `GET /containers/json`."""
-        return [describe.summary(c, self.size(c) if size else None)
+        return [describe.summary(c, self.size(c) if size else None, self.networks.summary_ports(c),
+                                 self.networks.settings(c)["Networks"])
                 for c in self.list(all_, limit, since, before, filters)]
 
     def inspect(self, ref, size=False):
         c = self.get(ref)
-        return describe.inspect(c, self.layers.driver_name(), self.size(c) if size else None)
+        return describe.inspect(c, self.layers.driver_name(), self.size(c) if size else None,
+                                self.networks.settings(c))
 
     def size(self, c):
         """(SizeRw, SizeRootFs) in bytes."""
         rw = self.layers.rw_size(c.id)
         return rw, rw + self.images.size(c.record["Image"])
+
+    def stats(self, ref):
+        """-> (a stats.Stream of the container's samples, whether it runs now)."""
+        c = self.get(ref)
+        return stats.Stream("/" + c.name, c.id, init_pid=lambda: c.pid if c.status in ALIVE else 0,
+                            group=lambda: self.cgroups.get(c.id)), c.status in ALIVE
 
     def top(self, ref, ps_args="-ef"):
         c = self.get(ref)

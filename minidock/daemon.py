@@ -85,6 +85,17 @@ def parse_args(argv=None):
                    help="registry host[:port] or CIDR to reach over plain HTTP (repeatable)")
     p.add_argument("--registry-mirror", action="append", default=[], help="mirror for docker.io")
     p.add_argument("--label", action="append", default=[], help="engine label key=value")
+    p.add_argument("--bip", default=None,
+                   help="the default bridge's gateway address and subnet, e.g. 10.5.0.1/24")
+    p.add_argument("--default-address-pool", action="append", default=[],
+                   help="base=CIDR,size=N: where user networks' subnets come from (repeatable)")
+    p.add_argument("--log-driver", default="json-file",
+                   help="default log driver of containers: json-file or none")
+    p.add_argument("--log-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="default log driver option, e.g. max-size=10m, max-file=3 (repeatable)")
+    p.add_argument("--userns", default="", choices=["", "keep-id"],
+                   help="default user namespace mode of containers; keep-id: your uid keeps its "
+                        "number in the container and owns what it writes to bind mounts")
     p.add_argument("--no-userns", action="store_true",
                    help="do not enter a user namespace (only for debugging the API layer)")
     p.add_argument("-v", "--version", action="version", version=f"minidock {__version__}")
@@ -144,6 +155,9 @@ def build_engine(config, userns=True):
                     userns=daemon_userns.as_dict() if daemon_userns else None, warnings=warnings)
     _sweep_orphan_rw_layers(engine)
     if userns:
+        # the daemon's network namespace and every network's bridge, before any container
+        # (re)starts on them
+        engine.networks.start(spawner)
         engine.containers.reconcile()
     return engine
 
@@ -228,8 +242,14 @@ def main(argv=None):
         config = Config(args.data_root or default_data_root(), args.exec_root or default_exec_root(),
                         hosts=hosts, debug=args.debug, cors_origin=args.api_cors_header,
                         insecure_registries=args.insecure_registry, registry_mirrors=args.registry_mirror,
-                        labels=args.label)
+                        labels=args.label, bip=args.bip,
+                        address_pools=args.default_address_pool, log_driver=args.log_driver,
+                        log_opts=dict(opt.partition("=")[::2] for opt in args.log_opt),
+                        userns_mode=args.userns)
         os.makedirs(config.data_root, mode=0o700, exist_ok=True)
+    except errors.InvalidParameter as exc:     # a bad --log-driver/--log-opt
+        print(f"minidock: {exc.message}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"minidock: cannot prepare data root: {exc}", file=sys.stderr)
         return 1

@@ -16,7 +16,8 @@ import secrets
 import sys
 import threading
 
-from minidock import API_VERSION, MIN_API_VERSION, __version__, cgroup, errors, platforms, store
+from minidock import (API_VERSION, MIN_API_VERSION, __version__, cgroup, errors, ipam, jsonfile,
+                      platforms, stats, store)
 from minidock.container.archive import Archive
 from minidock.container.exits import ExitRegistry
 from minidock.containers import Containers
@@ -32,7 +33,8 @@ class Config:
     """Everything the daemon was told on its command line, with defaults filled in."""
 
     def __init__(self, data_root, exec_root, hosts=(), debug=False, cors_origin=None,
-                 insecure_registries=(), registry_mirrors=(), labels=()):
+                 insecure_registries=(), registry_mirrors=(), labels=(), bip=None,
+                 address_pools=(), log_driver="json-file", log_opts=None, userns_mode=""):
         self.data_root = os.path.abspath(data_root)
         self.exec_root = os.path.abspath(exec_root)
         self.hosts = list(hosts)
@@ -41,6 +43,13 @@ class Config:
         self.insecure_registries = list(insecure_registries)
         self.registry_mirrors = list(registry_mirrors)
         self.labels = list(labels)
+        self.bip = bip                                  # --bip: the default bridge's gateway/subnet
+        self.address_pools = [ipam.parse_pool_flag(p) for p in address_pools] or None
+        # dockerd's --log-driver/--log-opt: what a container with an empty LogConfig.Type gets
+        # (checked like a container's; InvalidParameter in moby's words)
+        self.log_config = jsonfile.check_log_config({"Type": log_driver or "json-file",
+                                                     "Config": dict(log_opts or {})})
+        self.userns_mode = userns_mode        # --userns: "" or "keep-id" for new containers
 
 
 class NoSpawner:
@@ -80,17 +89,31 @@ class Engine:
         self.layers = LayerStore(os.path.join(image_root, "layers"))
         self.images = ImageStore(image_root, self.layers, self.events)
         self.volumes = Volumes(config.data_root, self.events)
+        # Networks before containers (endpoints are allocated at create); it learns the
+        # containers right after, for membership, names and links.
+        self.networks = Networks(config.data_root, bip=config.bip, pools=config.address_pools)
+        daemon_user = {"uid": userns["host_uid"], "gid": userns["host_gid"]} if userns else None
         self.containers = Containers(config.data_root, self.events, self.images, self.layers, self.volumes,
-                                     self.cgroups, self.spawner, self.exits)
+                                     self.cgroups, self.spawner, self.exits, self.networks,
+                                     log_defaults=config.log_config, userns_default=config.userns_mode,
+                                     daemon_user=daemon_user)
+        self.networks.attach(self.containers)
         self.execs = Execs(config.data_root, self.containers, self.layers, self.spawner, self.exits)
         self.archive = Archive(self.containers, self.layers)
-        self.networks = Networks(self.containers)
         self.registry = RegistryService(self)
 
     def shutdown(self):
         """Stop containers cleanly, then the spawner (which takes any straggler with it)."""
         self.containers.shutdown()
+        self.networks.close()
         self.spawner.close()
+
+    def _netns_text(self):
+        if self.networks.netns is None:
+            return "none (containers on bridge networks cannot start)"
+        bridges = ", ".join(f"{self.networks.bridge_of(r)} {r['IPAM']['Config'][0]['Subnet']}"
+                            for r in self.networks.collection.objects.values())
+        return f"daemon-owned, held by pid {self.networks.netns.pid}; bridges: {bridges}"
 
     def _engine_id(self):
         """A stable engine ID (Docker's is 12 base32 groups); persisted so it survives restarts."""
@@ -141,6 +164,7 @@ class Engine:
         limits = self.cgroups.capabilities()
         driver = self.images.driver_name()
         driver_status = self.images.driver_status()
+        stats_source = stats.source_for(self.cgroups)
         security = ["name=rootless"] if os.getuid() != 0 or self.userns else []
         if self.userns:
             security.append("name=userns")
@@ -155,11 +179,16 @@ class Engine:
             "Driver": driver,
             "DriverStatus": driver_status,
             "SystemStatus": [["Pause method", limits.get("PauseMethod", "SIGSTOP")],
-                             ["User namespace", " / ".join((self.userns or {}).get("uid_map", [])) or "none"]],
+                             ["User namespace", " / ".join((self.userns or {}).get("uid_map", [])) or "none"],
+                             ["Network namespace", self._netns_text()],
+                             ["Stats source", stats_source]],
+            "DefaultAddressPools": [{"Base": str(base), "Size": size} for base, size in
+                                    (self.config.address_pools or ipam.default_pools())],
             "PauseMethod": limits.get("PauseMethod", "SIGSTOP"),
+            "StatsSource": stats_source,      # cgroup2 files, or procfs per-process accounting
             "UsernsMapping": self.userns,
-            "Plugins": {"Volume": ["local"], "Network": ["host", "none"], "Authorization": None,
-                        "Log": ["json-file"]},
+            "Plugins": {"Volume": ["local"], "Network": ["bridge", "host", "null"], "Authorization": None,
+                        "Log": list(jsonfile.DRIVERS)},
             "MemoryLimit": limits.get("MemoryLimit", False),
             "SwapLimit": limits.get("SwapLimit", False),
             "KernelMemory": False,
@@ -177,7 +206,7 @@ class Engine:
             "NFd": _count_fds(),
             "NGoroutines": threading.active_count(),   # our closest equivalent: live threads
             "SystemTime": datetime.datetime.now().astimezone().isoformat(),
-            "LoggingDriver": "json-file",
+            "LoggingDriver": self.config.log_config["Type"],
             "CgroupDriver": limits.get("CgroupDriver", "none"),
             "CgroupVersion": limits.get("CgroupVersion", "2"),
             "NEventsListener": self.events.listeners,

@@ -150,7 +150,9 @@ class Execs:
         try:
             pid = self.spawner.exec(c.pid, spec, *stdio)
         except errors.MinidockError as exc:
-            code = getattr(exc, "exit_code", 126)
+            # moby records 126 for every exec that could not start (127 is `run`'s code for a
+            # missing command); the CLI prints the message and exits with the recorded code.
+            code = 126
             with e.lock:
                 e.record.update(Running=False, ExitCode=code)
                 self.collection.save(e.id, e.record)
@@ -159,7 +161,8 @@ class Execs:
                 os.close(fd)                     # the child's ends are closed in `finally`
             if conn is None:
                 raise
-            message = f"OCI runtime exec failed: {exc.message}\r\n".encode()
+            message = (f"OCI runtime exec failed: exec failed: unable to start container process: "
+                       f"{exc.message}: unknown\r\n").encode()
             conn.send(message if tty else http.frame(http.STDOUT, message))
             return
         finally:

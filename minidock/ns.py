@@ -58,6 +58,26 @@ uid on the host. Trade-offs, stated plainly:
     execve as a non-zero uid clears them, as for any non-root user.
 A daemon with a subordinate range (or root) maps 65536 ids and never needs the nested namespace.
 
+keep-id: the daemon's user is the container's user
+----------------------------------------------------
+With a subordinate range, container uid 1000 is host uid SUBUID+999, so `-u 1000 -v $PWD:/w`
+cannot write the user's own directory. `keep_id` in the spec (Podman's `--userns=keep-id`,
+`HostConfig.UsernsMode: "keep-id"`) gives the container a nested user namespace in which the
+daemon's host uid U keeps its number: container U is daemon-namespace 0, i.e. U on the host.
+The other ids are shifted around it, so all N ids of the daemon's namespace stay mapped:
+
+    container 0 .. U-1    ->  daemon 1 .. U          (subordinate ids)
+    container U           ->  daemon 0               (the user, on the host)
+    container U+1 .. N-1  ->  daemon U+1 .. N-1
+
+(`keep_id_map()` computes it; /proc/self/uid_map inside shows the three lines.) Writing a
+multi-line map needs CAP_SETUID in the *parent* namespace, which the process loses the moment it
+unshares, so the init forks a helper first; the helper stays in the daemon's namespace and writes
+the init's maps (the same reason enter_daemon_userns() forks one). The price, plainly: the image's
+files are stored as daemon ids, so inside the container a root-owned file (daemon 0) shows as
+owned by U, and a file of U shows as 0 -- Podman chowns a copy of the image to avoid that; we do
+not. Without a subordinate range the daemon has one id and keep-id is what `-u U` already does.
+
 Entering a running container (exec)
 -----------------------------------
 `enter_container()` opens /proc/PID/ns/* of the container's init, setns(2)s into ipc, uts, net,
@@ -575,8 +595,8 @@ def join_netns(pid):
 @_Step("create namespaces")
 def unshare_namespaces(network):
     flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC
-    if network == "none":
-        flags |= CLONE_NEWNET          # a fresh stack: loopback only
+    if network == "none" or (isinstance(network, dict) and "netns_pid" in network):
+        flags |= CLONE_NEWNET          # a fresh stack: loopback only (then maybe veths)
     unshare(flags)
 
 
@@ -646,6 +666,55 @@ def mount_dev(rootfs, shm_size, console):
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
                          ("core", "/proc/kcore")):
         os.symlink(target, f"{dev}/{name}")
+
+
+TIOCGPTN = 0x80045430       # _IOR('T', 0x30, unsigned int): the slave's number
+TIOCSPTLCK = 0x40045431     # _IOW('T', 0x31, int): lock/unlock the slave
+
+
+@_Step("create the console in the container's devpts")
+def open_console(rootfs, console_socket):
+    """The container's terminal, made in its own devpts and handed over (runc's console socket).
+
+    A pty made by the daemon lives in the daemon's devpts: it works as a terminal, but inside
+    the container `tty` can only call it /dev/console. Opened here, from the fresh devpts
+    instance, the slave is /dev/pts/0 as on Docker. The master goes back over the unix socket
+    the daemon passed as stdin (one SCM_RIGHTS message, b"M"); the slave becomes 0, 1 and 2
+    and is bound as /dev/console. Returns the slave's fd.
+    """
+    import fcntl
+    import socket
+    import struct
+    pts = in_root(rootfs, "/dev/pts")
+    master = os.open(f"{pts}/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))       # unlock before the open below
+    number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0" * 4))[0]
+    slave = os.open(f"{pts}/{number}", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    console = in_root(rootfs, "/dev/console")
+    _touch(console)
+    mount(f"{pts}/{number}", console, None, MS_BIND)
+    sock = socket.socket(fileno=os.dup(console_socket))
+    try:
+        socket.send_fds(sock, [b"M"], [master])
+    finally:
+        sock.close()
+        os.close(master)
+    return slave
+
+
+def receive_console(sock, timeout=5.0):
+    """The daemon's side of open_console(): the pty master, or None if none came."""
+    import socket as _socket
+    sock.settimeout(timeout)
+    try:
+        msg, fds, _, _ = _socket.recv_fds(sock, 16, 1)
+    except OSError:
+        return None
+    if msg != b"M" or not fds:
+        for fd in fds:
+            os.close(fd)
+        return None
+    return fds[0]
 
 
 def _locked_flags(path):
@@ -774,6 +843,50 @@ def enter_user_userns(uid, gid):
         f.write(f"{uid} {outer_uid} 1\n")
     with open("/proc/self/gid_map", "w") as f:
         f.write(f"{gid} {outer_gid} 1\n")
+
+
+def keep_id_map(host_id, daemon_map):
+    """The nested map lines of keep-id for `host_id` (see the module docstring), given the
+    daemon namespace's own map [(inside, outside, count)] as /proc/self/uid_map shows it."""
+    total = sum(count for _, _, count in daemon_map)
+    lines = []
+    if host_id > 0 and total > 1:
+        lines.append(f"0 1 {min(host_id, total - 1)}")
+    lines.append(f"{host_id} 0 1")
+    if host_id + 1 < total:
+        lines.append(f"{host_id + 1} {host_id + 1} {total - host_id - 1}")
+    return lines
+
+
+@_Step("enter the keep-id user namespace")
+def enter_keep_id_userns(uid_lines, gid_lines):
+    # A helper forked *before* unshare stays in the daemon's namespace, where we hold
+    # CAP_SETUID/CAP_SETGID, and writes our maps: we could only write a one-line map of our
+    # own id after unsharing. /proc here is the container's: our pid is its number there.
+    me = os.getpid()
+    go_r, go_w = os.pipe()
+    helper = os.fork()
+    if helper == 0:
+        code = 1
+        try:
+            os.close(go_w)
+            os.read(go_r, 1)            # wait until the init has unshared
+            for name, lines in (("uid_map", uid_lines), ("gid_map", gid_lines)):
+                with open(f"/proc/{me}/{name}", "w") as f:
+                    f.write("\n".join(lines) + "\n")
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(go_r)
+    try:
+        unshare(CLONE_NEWUSER)
+    finally:
+        os.write(go_w, b"g")            # on failure the helper writes to our old namespace
+        os.close(go_w)                  # and fails harmlessly: that map is already set
+    _, status = os.waitpid(helper, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise OSError(errno.EPERM, "the keep-id helper could not write the id maps",
+                      f"/proc/{me}/uid_map")
 
 
 @_Step("drop capabilities from the bounding set")
@@ -910,11 +1023,17 @@ def spawn_container(spec, stdio, status_fd):
     network = spec.get("network", "none")
     # Joining another container's net namespace happens before unsharing the rest, so that
     # CLONE_NEWNET is not in our flags and the joined stack is what the children inherit.
-    if isinstance(network, dict):
+    if isinstance(network, dict) and "join_pid" in network:
         join_netns(network["join_pid"])
     # Mount, pid, uts, ipc (and net) at once; all owned by the daemon's user namespace,
     # where we hold every capability, so the init can mount and set the hostname.
     unshare_namespaces(network)
+    # Bridge endpoints: veths into the fresh network namespace, before the init exists, so
+    # it starts with its network up (network.py; it needs the daemon's namespace, so it is
+    # done here in the shim and not in the init, which may be in a nested user namespace).
+    if isinstance(network, dict) and "netns_pid" in network:
+        from . import network as _network      # network.py imports ns
+        _network.attach_container(network)
     # CLONE_NEWPID applies to children only: the next fork is PID 1 of the new namespace.
     pid = os.fork()
     if pid:
@@ -941,10 +1060,17 @@ def _container_init(spec, stdio, status_fd):
     privileged = bool(spec.get("privileged"))
     caps = capability_set(spec.get("cap_add"), spec.get("cap_drop"), privileged)
     nested = _needs_nested_userns(spec)
+    # Read while /proc is still the host's view of us (either works: it is our own map).
+    daemon_uid_map = read_id_map("/proc/self/uid_map")
+    daemon_gid_map = read_id_map("/proc/self/gid_map")
+    single_id = sum(c for _, _, c in daemon_uid_map) <= 1
     tty = bool(spec.get("tty"))
     # The pty slave's path in the daemon's /dev/pts, to bind as /dev/console; asked before
     # pivot_root, while the host /dev/pts is still visible.
-    console = os.ttyname(stdio[0]) if tty and os.isatty(stdio[0]) else None
+    # With `console_socket`, stdin is a unix socket and the init makes the pty itself, in the
+    # container's own devpts (open_console), so `tty` names it /dev/pts/0.
+    console_socket = tty and spec.get("console_socket")
+    console = os.ttyname(stdio[0]) if tty and not console_socket and os.isatty(stdio[0]) else None
     last_cap = spec.get("_last_cap", 40)
 
     make_mounts_private()
@@ -953,6 +1079,9 @@ def _container_init(spec, stdio, status_fd):
     bind_rootfs(rootfs)                 # before mounts inside it: they must land on the bind
     mount_proc(rootfs)                  # we are PID 1 of the new pid namespace now
     mount_dev(rootfs, spec.get("shm_size") or DEFAULT_SHM_SIZE, console)
+    if console_socket:                  # after mount_dev: the new devpts instance exists
+        slave = open_console(rootfs, stdio[0])
+        stdio = (slave, slave, slave)
     mount_sys(rootfs)
     if not privileged:                  # after /proc and /sys exist: the paths are inside them
         mask_paths(rootfs, spec.get("masked_paths", MASKED_PATHS))
@@ -969,7 +1098,11 @@ def _container_init(spec, stdio, status_fd):
     set_rlimits(spec.get("ulimits") or [])
     # The nested user namespace comes after everything that needs our capabilities over the
     # daemon's namespaces (mounts, hostname, rlimits): inside it we have none of those.
-    if nested:
+    keep_id = spec.get("keep_id")
+    if keep_id and not single_id:
+        enter_keep_id_userns(keep_id_map(keep_id["uid"], daemon_uid_map),
+                             keep_id_map(keep_id["gid"], daemon_gid_map))
+    elif nested:
         enter_user_userns(uid, gid)
     drop_bounding_set(caps, last_cap)    # needs CAP_SETPCAP: before we give up root
     if spec.get("no_new_privileges"):

@@ -34,6 +34,7 @@ One SOCK_SEQPACKET unix socketpair, so every message is one datagram of JSON:
 
     daemon -> spawner   {"op": "run",  "id": N, "spec": {...}}               + 3 fds (SCM_RIGHTS)
                         {"op": "exec", "id": N, "init_pid": P, "spec": {...}} + 3 fds
+                        {"op": "netns", "id": N}  + 1 fd: start network.py's keeper on it
     spawner -> daemon   {"id": N, "pid": P}           the command is being exec'd
                         {"id": N, "error": {...}}     ns.StartError.to_record()
                         {"exit": P, "code": C}        a process started by run/exec ended
@@ -54,6 +55,7 @@ The run/exec spec (a JSON-able dict; only `argv` and, for run, `rootfs` are requ
     tty               bool  the three fds are a pty slave: setsid + TIOCSCTTY, /dev/console
     hostname          str   run: the UTS hostname; "localhost" if empty
     network           run: "none" (new net ns, lo only; default) | "host" | {"join_pid": P}
+                      | {"netns_pid": keeper, "endpoints": [...]} (network.attach_container)
     shm_size          int   run: bytes of the /dev/shm tmpfs; 64 MiB if 0/absent
     readonly_rootfs   bool  run: remount / read-only after set-up
     mounts            [{"source": host path, "target": container path, "readonly": bool}]
@@ -83,7 +85,7 @@ import signal
 import socket
 import threading
 
-from . import errors, ns
+from . import errors, network, ns   # network: loaded once here, not in every shim
 
 _MAX_MSG = 1 << 20
 
@@ -148,6 +150,11 @@ class Spawner:
             raise errors.InvalidParameter("exec needs argv")
         return self._request({"op": "exec", "init_pid": int(init_pid),
                               "spec": self._prepare(spec)}, [stdin, stdout, stderr])
+
+    def netns(self, sock_fd):
+        """Start the keeper of the daemon's network namespace (network.py), serving `sock_fd`;
+        its pid. It lives, like a container, until the spawner dies."""
+        return self._request({"op": "netns"}, [sock_fd])
 
     def wait(self, pid, timeout=None):
         """The exit code of `pid` (its own, or 128+signal); None on timeout."""
@@ -342,6 +349,8 @@ class _Server:
             os.close(self.wake_w)
             if msg["op"] == "run":
                 pid = ns.spawn_container(msg["spec"], fds, status_w)
+            elif msg["op"] == "netns":
+                pid = network.start_keeper(fds[0], status_w)
             else:
                 pid = ns.enter_container(msg["init_pid"], msg["spec"], fds, status_w)
             os.write(status_w, b"P%d\n" % pid)

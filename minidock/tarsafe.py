@@ -379,6 +379,30 @@ def open_tar_stream(fileobj):
         raise errors.InvalidParameter(f"invalid tar archive: {exc}") from None
 
 
+def _members(tf):
+    """The members of a stream, ending where Go's archive/tar reader ends.
+
+    A stream that stops right after an entry's data -- its block padding and the two zero
+    blocks of the end-of-archive marker missing -- is, for Go, a complete archive: reading the
+    padding hits EOF and Next() answers io.EOF. The docker CLI sends exactly such a build
+    context when the Dockerfile lives outside it (`-f ../Dockerfile`: its tar rewriter closes
+    the pipe before the tar writer's footer). Python's tarfile calls it "unexpected end of
+    data" when it steps over the missing padding; here that ends the archive, as in dockerd.
+    A member whose *data* is cut short still fails, in _extract_one.
+    """
+    it = iter(tf)
+    while True:
+        try:
+            member = next(it)
+        except StopIteration:
+            return
+        except tarfile.ReadError as exc:
+            if str(exc) == "unexpected end of data" and tf.members:
+                return
+            raise
+        yield member
+
+
 class ExtractStats:
     def __init__(self):
         self.entries = 0
@@ -401,7 +425,7 @@ def extract(fileobj, root, whiteouts=KEEP, no_overwrite_dir_nondir=False, chown=
     created = set()                       # paths this archive made (for APPLY opaque markers)
     with Resolver(root) as res:
         try:
-            for member in tf:
+            for member in _members(tf):
                 _extract_one(tf, member, res, whiteouts, no_overwrite_dir_nondir, chown, stats,
                              dir_times, created, subdir)
                 stats.entries += 1

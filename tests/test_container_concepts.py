@@ -1,6 +1,6 @@
 """The container concepts of minidock/container/ tested directly, without a daemon or HTTP:
 configuration merging, the lifecycle table, restart back-off, the detach-key scanner, the exit
-registry, the json-file log, the generated resolv.conf, and the networks backend."""
+registry, the json-file log and the generated resolv.conf (the networks backend: test_networks.py)."""
 
 import json
 import os
@@ -12,7 +12,6 @@ from minidock import errors
 from minidock.container import attach, config, exits, logs, restart, spec
 from minidock.container.lifecycle import (CREATED, DEAD, EXITED, PAUSED, REMOVING, RESTARTING, RUNNING,
                                           TRANSITIONS, Container)
-from minidock.networks import Networks, network_id
 
 IMAGE = {"Cmd": ["sh"], "Entrypoint": None, "Env": ["PATH=/bin", "A=image", "B=image"],
          "WorkingDir": "/srv", "User": "daemon", "Labels": {"from": "image", "both": "image"},
@@ -80,16 +79,11 @@ def test_host_config_defaults_filled_in():
 
 
 @pytest.mark.parametrize("mode, effective", [
-    (None, "host"), ("default", "host"), ("bridge", "host"), ("host", "host"), ("none", "none"),
-    ("container:web", "container:web"),
+    (None, "bridge"), ("default", "bridge"), ("bridge", "bridge"), ("host", "host"), ("none", "none"),
+    ("container:web", "container:web"), ("mynet", "mynet"),
 ])
 def test_network_mode_is_decided_in_one_place(mode, effective):
     assert config.network_mode({"NetworkMode": mode}) == effective
-
-
-def test_unknown_network_is_not_found():
-    with pytest.raises(errors.NotFound):
-        config.normalise_host_config({"NetworkMode": "mynet"})
 
 
 @pytest.mark.parametrize("name, ok", [("web", True), ("/web", True), ("a.b-c_d", True), ("x", False),
@@ -267,31 +261,35 @@ def test_exit_before_registration_is_handed_back():
     assert got == []                          # nothing was registered for it
 
 
-# -- the json-file log ----------------------------------------------------------------------------
+# -- log drivers (the json-file format itself: tests/test_jsonfile.py) ---------------------------
 
-def test_json_log_lines_partials_and_tail(tmp_path):
-    path = str(tmp_path / "c-json.log")
-    log = logs.JsonLog(path)
-    log.write("stdout", b"one\ntw")
-    log.write("stderr", b"err\n")
-    log.write("stdout", b"o\nthree")
-    log.close()                                # flushes the partial "three"
-    with open(path) as f:
-        lines = [json.loads(line) for line in f]
-    assert [(e["stream"], e["log"]) for e in lines] == [
-        ("stdout", "one\n"), ("stderr", "err\n"), ("stdout", "two\n"), ("stdout", "three")]
-    assert all(e["time"].endswith("Z") for e in lines)
-    assert [d for _, d, _ in logs.read(path, tail=2)] == [b"two\n", b"three"]
-    assert logs.read(path, tail=0) == []
-    assert logs.read(str(tmp_path / "missing")) == []
+def _logged(tmp_path, log_config):
+    return Container({"Id": "f" * 64, "Name": "/t", "Config": {}, "State": {"Status": RUNNING},
+                      "HostConfig": {"LogConfig": log_config}, "LogPath": str(tmp_path / "t-json.log")})
 
 
-def test_json_log_flushes_long_partial_lines(tmp_path):
-    path = str(tmp_path / "long.log")
-    log = logs.JsonLog(path)
-    log.write("stdout", b"x" * (logs.PARTIAL_FLUSH + 1))
-    assert os.path.getsize(path) > logs.PARTIAL_FLUSH          # written before any newline
+def test_json_file_driver_writes_rotates_and_reads_across_files(tmp_path):
+    c = _logged(tmp_path, {"Type": "json-file", "Config": {"max-size": "200", "max-file": "2"}})
+    log = logs.writer(c)
+    for i in range(50):
+        log.write("stdout", b"line %d\n" % i)
+    log.write("stderr", b"last, unfinished")
+    log.close()                                # flushes the partial line
+    assert sorted(os.listdir(tmp_path)) == ["t-json.log", "t-json.log.1"]
+    got = [d for _, d, _ in logs.read(c)]
+    assert got[-2:] == [b"line 49\n", b"last, unfinished"]
+    assert [d for _, d, _ in logs.read(c, tail=1)] == [b"last, unfinished"]
+    logs.check_readable(c)                     # no error: json-file can be read
+
+
+def test_none_driver_stores_nothing_and_logs_answer_501(tmp_path):
+    c = _logged(tmp_path, {"Type": "none", "Config": {}})
+    log = logs.writer(c)
+    log.write("stdout", b"gone\n")
     log.close()
+    assert os.listdir(tmp_path) == [] and logs.read(c) == []
+    with pytest.raises(errors.NotImplementedKind, match="does not support reading"):
+        logs.check_readable(c)
 
 
 # -- resolv.conf ----------------------------------------------------------------------------------
@@ -304,49 +302,3 @@ def test_resolv_conf_from_host_and_options(tmp_path):
     assert spec.resolv_conf({"NetworkMode": "none"}, str(host)) == "search a.example b.example\noptions ndots:2\n"
     assert spec.resolv_conf({"Dns": ["127.0.0.53"], "DnsSearch": ["x"], "DnsOptions": ["rotate"]},
                             str(host)) == "nameserver 127.0.0.53\nsearch x\noptions rotate\n"
-
-
-# -- the networks backend -------------------------------------------------------------------------
-
-class _Containers:
-    """The one thing Networks asks of the container backend: every container."""
-
-    def __init__(self, containers):
-        self.containers = containers
-
-    def all(self):
-        return self.containers
-
-
-def _with_mode(cid, mode, status=RUNNING):
-    c = _container(status)
-    c.record.update(Id=cid * 64, Name="/" + cid * 3, HostConfig={"NetworkMode": mode})
-    return c
-
-
-def test_networks_membership_follows_the_network_mode_rule():
-    nets = Networks(_Containers([_with_mode("a", "default"), _with_mode("b", "bridge"), _with_mode("c", "none"),
-                                 _with_mode("d", "host", status=EXITED), _with_mode("e", "container:aaa")]))
-    listed = {n["Name"]: sorted(n["Containers"]) for n in nets.list()}
-    assert listed == {"host": ["a" * 64, "b" * 64], "none": ["c" * 64]}
-    assert nets.inspect("host")["Id"] == network_id("host") == nets.inspect(network_id("host")[:5])["Id"]
-    assert [n["Name"] for n in nets.list({"driver": ["null"]})] == ["none"]
-    assert nets.list({"label": ["x"]}) == []
-    with pytest.raises(errors.InvalidParameter):
-        nets.list({"colour": ["red"]})
-    with pytest.raises(errors.NotFound):
-        nets.inspect("mynet")
-
-
-def test_networks_refusals_keep_their_messages():
-    nets = Networks(_Containers([]))
-    with pytest.raises(errors.Conflict) as info:
-        nets.create({"Name": "host"})
-    assert info.value.message == "network with name host already exists"
-    with pytest.raises(errors.NotImplementedKind):
-        nets.create({"Name": "mynet"})
-    with pytest.raises(errors.Forbidden) as info:
-        nets.remove("none")
-    assert info.value.message == "none is a pre-defined network and cannot be removed"
-    with pytest.raises(errors.Forbidden):
-        nets.connect("host")

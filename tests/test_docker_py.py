@@ -26,3 +26,42 @@ def test_docker_py_round_trip(rootless):
     assert ["busybox:latest"] in [image.tags for image in client.images.list()]
     with pytest.raises(docker.errors.ImageNotFound):
         client.images.get("no-such-image")
+
+
+def test_docker_py_networks(rootless):
+    client = docker.DockerClient(base_url=rootless.host, version="1.24")
+    net = client.networks.create("pynet", driver="bridge", labels={"from": "docker-py"},
+                                 ipam=docker.types.IPAMConfig(pool_configs=[
+                                     docker.types.IPAMPool(subnet="10.66.0.0/24")]))
+    try:
+        assert net.attrs["IPAM"]["Config"][0]["Subnet"] == "10.66.0.0/24"
+        assert [n.name for n in client.networks.list(filters={"label": "from=docker-py"})] == ["pynet"]
+        srv = client.containers.run("busybox", ["sleep", "60"], detach=True, network="pynet", name="pysrv")
+        side = client.networks.create("pyside")
+        try:
+            other = client.containers.run("busybox", ["sleep", "60"], detach=True, network="pyside")
+            try:
+                net.connect(other, aliases=["buddy"], ipv4_address="10.66.0.77")
+                out = other.exec_run(["sh", "-c", "ping -c 1 -W 3 pysrv >/dev/null && echo ok"]).output
+                assert out == b"ok\n"
+                # started on the default bridge (host resolvers), connected: the embedded DNS
+                plain = client.containers.run("busybox", ["sleep", "60"], detach=True)
+                try:
+                    net.connect(plain)
+                    out = plain.exec_run(["sh", "-c", "ping -c 1 -W 3 buddy >/dev/null && echo ok"]).output
+                    assert out == b"ok\n"
+                finally:
+                    plain.remove(force=True)
+                net.reload()
+                assert other.id in net.attrs["Containers"]
+                assert net.attrs["Containers"][other.id]["IPv4Address"] == "10.66.0.77/24"
+                srv_view = srv.exec_run(["nslookup", "buddy"]).output.decode()
+                assert "10.66.0.77" in srv_view
+                net.disconnect(other)
+            finally:
+                other.remove(force=True)
+        finally:
+            srv.remove(force=True)
+            side.remove()
+    finally:
+        net.remove()

@@ -24,6 +24,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 import rootfs as rootfs_helper  # noqa: E402
 
+from minidock import ns  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 PACKAGE = os.path.join(os.path.dirname(HERE), "minidock")
 PYTHON = "/usr/bin/python3"
@@ -163,6 +165,22 @@ def test_user_1000_without_subuids(nobody, nobody_daemon):
     assert os.stat(os.path.join(nobody_daemon.data, "rw", "by-user")).st_uid == 65534
 
 
+def _keep_id_owned(daemon, res):
+    for key in ("keep_id", "keep_id_exec"):
+        assert res[key]["code"] == 0, res[key]
+    assert res["keep_id"]["out"].split()[-2:] == [str(daemon.uid), str(daemon.gid)]
+    assert res["keep_id_exec"]["out"] == f"{daemon.uid}\n"
+    for name in ("by-keep-id", "by-keep-id-exec"):
+        st = os.stat(os.path.join(daemon.data, "rw", name))
+        assert (st.st_uid, st.st_gid) == (daemon.uid, daemon.gid)
+
+
+def test_keep_id_without_subuids(nobody, nobody_daemon):
+    _keep_id_owned(nobody_daemon, nobody)
+    # One id only: the container's view is the one-line map of the plain nested namespace.
+    assert nobody["keep_id"]["out"].split()[:3] == ["65534", "0", "1"]
+
+
 def test_user_by_name_and_workdir_created(nobody):
     assert nobody["user_name"]["out"] == "1000\n1000\n/home/user/new\n"
 
@@ -218,6 +236,14 @@ def test_tty(nobody):
     assert nobody["tty"]["code"] == 0
 
 
+def test_console_from_the_containers_devpts(nobody):
+    res = nobody["console_tty"]
+    assert res["code"] == 0
+    lines = res["out"].split("\r\n")            # output passed the line discipline
+    assert lines[0] == "/dev/pts/0"
+    assert lines[-3:] == ["a", "b", ""]
+
+
 def test_exec_joins_the_container(nobody):
     hostname, pid, cmdline, uid = nobody["exec"]["out"].split("\n")[:4]
     assert hostname == "exec-box"
@@ -236,8 +262,8 @@ def test_top_and_pause(nobody):
     assert top["code"] == 137
 
 
-def test_spawn_latency(nobody):
-    assert nobody["latency_ms"]["median"] < 20
+def test_back_to_back_runs_all_exit_cleanly(nobody):
+    assert nobody["back_to_back"] == [0] * 30
 
 
 def test_containers_die_with_the_daemon(nobody_daemon):
@@ -266,6 +292,25 @@ def test_subuid_user_and_chown(sub):
     assert res["chown"]["out"] == "1000:1000\n"
     st = os.stat(os.path.join(daemon.data, "rw", "by-1000"))
     assert st.st_uid == 300000 + 999
+
+
+def test_keep_id_with_subuids(sub):
+    daemon, res = sub
+    _keep_id_owned(daemon, res)
+    u = daemon.uid
+    lines = res["keep_id"]["out"].split()[:9]
+    assert lines == ["0", "1", str(u), str(u), "0", "1", str(u + 1), str(u + 1), str(65535 - u)]
+    # Container root is a subordinate id there and still owns the rest of the range.
+    assert res["keep_id_root"]["out"] == "0\n1000:1000\n"
+
+
+def test_keep_id_map_layout():
+    full = [(0, 1000, 1), (1, 300000, 65535)]
+    assert ns.keep_id_map(1000, full) == ["0 1 1000", "1000 0 1", "1001 1001 64535"]
+    assert ns.keep_id_map(0, full) == ["0 0 1", "1 1 65535"]
+    assert ns.keep_id_map(65535, full) == ["0 1 65535", "65535 0 1"]
+    assert ns.keep_id_map(70000, full) == ["0 1 65535", "70000 0 1"]
+    assert ns.keep_id_map(65534, [(0, 65534, 1)]) == ["65534 0 1"]
 
 
 def test_subuid_exec(sub):

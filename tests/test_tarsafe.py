@@ -192,3 +192,34 @@ def test_extract_archive_no_overwrite_and_atomic(tmp_path):
     assert (root / "dst" / "new").read_text() == "n"
     with pytest.raises(errors.NotFound):
         tarsafe.extract_archive(str(root), "/missing", io.BytesIO(tar_bytes([("x", "file", "n")])))
+
+
+def _unpadded(files):
+    """A tar as the docker CLI sends a build context with an outside Dockerfile: the last
+    entry's data, then nothing (no block padding, no end-of-archive blocks)."""
+    whole = io.BytesIO()
+    with tarfile.open(fileobj=whole, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    raw = whole.getvalue()
+    last = list(files.values())[-1]
+    end = raw.rindex(last) + len(last)
+    return raw[:end]
+
+
+def test_stream_ending_after_the_last_entrys_data_is_complete(tmp_path):
+    # Go's tar reader (dockerd) takes this as the end of the archive; so do we.
+    data = _unpadded({"f": b"data\n", ".dockerfile.abc": b"FROM busybox\n", ".dockerignore": b"x\n"})
+    assert len(data) % 512 != 0
+    stats = tarsafe.extract(io.BytesIO(data), str(tmp_path))
+    assert stats.entries == 3
+    assert (tmp_path / ".dockerignore").read_bytes() == b"x\n"
+    assert (tmp_path / ".dockerfile.abc").read_bytes() == b"FROM busybox\n"
+
+
+def test_stream_cut_inside_data_still_fails(tmp_path):
+    data = _unpadded({"f": b"data\n", "g": b"y" * 1000})[:-10]
+    with pytest.raises(errors.InvalidParameter, match="unexpected end of data"):
+        tarsafe.extract(io.BytesIO(data), str(tmp_path))

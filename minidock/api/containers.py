@@ -2,6 +2,9 @@
 
 The backend is minidock/containers.py; attach sessions live in minidock/container/attach.py."""
 
+import json
+import time
+
 from minidock import errors, http, websocket
 from minidock.container import attach
 
@@ -72,6 +75,11 @@ def post_containers_wait(req):
 
 
 def delete_containers(req):
+    if req.qbool("link"):               # `docker rm --link /web/alias`: only the link goes
+        ref = req.params.get("id") or f"/{req.params['link_parent']}/{req.params['link_alias']}"
+        parent = req.daemon.networks.remove_link(ref)
+        _backend(req).save(parent)
+        return http.Response.empty(204)
     _backend(req).remove(req.params["id"], force=req.qbool("force"), volumes=req.qbool("v"))
     return http.Response.empty(204)
 
@@ -94,6 +102,43 @@ def post_containers_resize(req):
 def get_containers_top(req):
     result = _backend(req).top(req.params["id"], req.q("ps_args"))
     return http.Response.json(result)
+
+
+# -- stats -------------------------------------------------------------------------------------
+
+STATS_INTERVAL = 1.0        # moby's collector samples once a second
+
+
+def get_containers_stats(req):
+    """`docker stats`: one JSON object a second (stream), or one primed object (stream=0: the
+    first sample only fills precpu_stats, moby discards it), or one at once (one-shot)."""
+    stream, one_shot = req.qbool("stream", True), req.qbool("one-shot")
+    if stream and one_shot:
+        raise errors.InvalidParameter("cannot have stream=true and one-shot=true")
+    samples, running = _backend(req).stats(req.params["id"])
+    if not stream:
+        if one_shot or not running:
+            return http.Response.json(samples.next())
+        samples.next()
+        _sleep(req, STATS_INTERVAL)
+        return http.Response.json(samples.next())
+
+    def produce():
+        while True:
+            yield json.dumps(samples.next()).encode() + b"\n"
+            if not _sleep(req, STATS_INTERVAL):
+                return
+    return http.StreamResponse(produce(), content_type="application/json")
+
+
+def _sleep(req, seconds):
+    """Sleep in small steps; False as soon as the client has gone."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if req.disconnected():
+            return False
+        time.sleep(min(0.1, left))
+    return not req.disconnected()
 
 
 # -- logs --------------------------------------------------------------------------------------
@@ -160,6 +205,7 @@ ROUTES = [
     ("GET", "/containers/{id}/json", get_containers_inspect),
     ("GET", "/containers/{id}/top", get_containers_top),
     ("GET", "/containers/{id}/logs", get_containers_logs),
+    ("GET", "/containers/{id}/stats", get_containers_stats),
     ("POST", "/containers/{id}/start", post_containers_start),
     ("POST", "/containers/{id}/stop", post_containers_stop),
     ("POST", "/containers/{id}/restart", post_containers_restart),
@@ -173,4 +219,5 @@ ROUTES = [
     ("POST", "/containers/{id}/attach", post_containers_attach),
     ("GET", "/containers/{id}/attach/ws", get_containers_attach_ws),
     ("DELETE", "/containers/{id}", delete_containers),
+    ("DELETE", "/containers/{link_parent}/{link_alias}", delete_containers),  # rm --link /web/pg
 ]

@@ -6,7 +6,8 @@
     spec.py        the spawner's runtime spec; generated /etc/hostname, hosts, resolv.conf
     stdio.py       pipes and ptys, output pumps, subscribers, stdin
     attach.py      attach sessions (hijacked HTTP and WebSocket), the detach-key scanner
-    logs.py        the json-file log: write, read, follow
+    logs.py        log drivers (json-file via minidock/jsonfile.py, none): write, read, follow
+    probe.py       healthcheck probes: execs without a record
     exits.py       pid -> exit callback registry the spawner reports into
     restart.py     restart policies and the back-off
     describe.py    inspect documents, list rows, list filters, the status column

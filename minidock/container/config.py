@@ -11,6 +11,11 @@ rules, each applied below:
   without one gets `adjective_surname`.
 - HostConfig: every field present (defaults filled in), restart policies checked
   (`no`, `always`, `unless-stopped`, `on-failure[:N]`; AutoRemove excludes a policy).
+- LogConfig: an empty Type takes the daemon's `--log-driver`/`--log-opt`; unknown drivers and
+  options are refused in moby's words (jsonfile.check_log_config).
+- UsernsMode: "" or "host" (the daemon's namespace), or "keep-id" (ns.py: the daemon's uid keeps
+  its number in the container); an empty one takes the daemon's `--userns`.
+- Healthcheck: checked and merged with the image's field by field (health.validate, merge).
 - Network mode: `default`, `bridge`, `host`, `none` or `container:<ref>`. Rootless minidock
   has no bridge, so default and bridge *are* the host's network: `network_mode` decides that
   in one place for everyone (spawner spec, inspect, list filters, the networks backend).
@@ -20,7 +25,7 @@ import random
 import re
 import signal
 
-from minidock import errors
+from minidock import errors, health, jsonfile
 from minidock.ns import DEFAULT_PATH, DEFAULT_SHM_SIZE  # noqa: F401  (what a container gets without its own)
 
 NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
@@ -42,7 +47,7 @@ CONFIG_KEYS = ["Hostname", "Domainname", "User", "AttachStdin", "AttachStdout", 
                "MacAddress", "OnBuild", "Labels", "StopSignal", "StopTimeout", "Shell"]
 
 HOST_CONFIG_DEFAULTS = {
-    "Binds": None, "ContainerIDFile": "", "LogConfig": {"Type": "json-file", "Config": {}},
+    "Binds": None, "ContainerIDFile": "", "LogConfig": None,
     "NetworkMode": "default", "PortBindings": {}, "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
     "AutoRemove": False, "VolumeDriver": "", "VolumesFrom": None, "CapAdd": None, "CapDrop": None,
     "Dns": [], "DnsOptions": [], "DnsSearch": [], "ExtraHosts": None, "GroupAdd": None, "IpcMode": "",
@@ -55,6 +60,7 @@ HOST_CONFIG_DEFAULTS = {
 }
 
 RESTART_POLICIES = ("no", "always", "unless-stopped", "on-failure")
+USERNS_MODES = ("", "host", "keep-id")
 
 
 def parse_signal(value, default=signal.SIGKILL):
@@ -149,8 +155,8 @@ def merge_config(body, image_cfg, image_ref):
     labels = dict(image_cfg.get("Labels") or {})
     labels.update(config["Labels"] or {})
     config["Labels"] = labels
-    if config["Healthcheck"] is None and image_cfg.get("Healthcheck"):
-        config["Healthcheck"] = image_cfg["Healthcheck"]
+    health.validate(config["Healthcheck"])
+    config["Healthcheck"] = health.merge(image_cfg.get("Healthcheck"), config["Healthcheck"])
     return config
 
 
@@ -164,8 +170,9 @@ def command(config):
 
 # -- HostConfig -----------------------------------------------------------------------------------
 
-def normalise_host_config(hc):
-    """A HostConfig with every field present and its rules checked (a new dict)."""
+def normalise_host_config(hc, log_defaults=None, userns_default=""):
+    """A HostConfig with every field present and its rules checked (a new dict). `log_defaults`
+    and `userns_default` are the daemon's (`--log-driver`/`--log-opt`, `--userns`)."""
     hc = dict(hc)
     for key, value in HOST_CONFIG_DEFAULTS.items():
         if hc.get(key) is None and value is not None:
@@ -187,19 +194,19 @@ def normalise_host_config(hc):
     hc["RestartPolicy"] = {"Name": name, "MaximumRetryCount": retries}
     if hc.get("AutoRemove") and name != "no":
         raise errors.InvalidParameter("can't create 'AutoRemove' container with restart policy")
-    network_mode(hc)                      # refuses a network that does not exist
+    hc["LogConfig"] = jsonfile.check_log_config(hc.get("LogConfig"), log_defaults)
+    mode = hc.get("UsernsMode") or userns_default or ""
+    if mode not in USERNS_MODES:
+        raise errors.InvalidParameter(f"invalid UsernsMode: {mode}")
+    hc["UsernsMode"] = mode
     return hc
 
 
 def network_mode(hc):
-    """The network a container really has: "host", "none" or "container:<ref>".
+    """The network a container really has: "host", "none", "container:<ref>", or the name (or
+    id) of the bridge network it joins first -- "bridge" for `default`.
 
-    The one place that decides it. `default` and `bridge` mean the host's network namespace in
-    rootless minidock (there is no bridge to attach to). NotFound for any other name.
-    """
+    The one place that decides it. Whether a named network exists is the networks backend's
+    question (Networks.check_mode, at create)."""
     mode = hc.get("NetworkMode") or "default"
-    if mode in ("default", "bridge", "host"):
-        return "host"
-    if mode == "none" or mode.startswith("container:"):
-        return mode
-    raise errors.NotFound(f"network {mode} not found")
+    return "bridge" if mode == "default" else mode

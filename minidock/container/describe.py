@@ -8,7 +8,7 @@ them in minidock/api/versions.py. `docker ps` shows `status_text` ("Up 3 minutes
 import json
 import re
 
-from minidock import errors
+from minidock import errors, health
 from minidock.container.lifecycle import ACTIVE, CREATED, DEAD, EXITED, PAUSED, REMOVING, RESTARTING, RUNNING
 from minidock.times import ZERO_TIME, human_duration, rfc3339_seconds, seconds_since
 
@@ -23,22 +23,23 @@ def mount_point(m):
     return {k: m.get(k) for k in MOUNT_KEYS if k in m}
 
 
-def inspect(c, driver_name, sizes=None):
-    """`GET /containers/(id)/json`; `sizes` is (SizeRw, SizeRootFs) when asked for."""
+def inspect(c, driver_name, sizes=None, network_settings=None):
+    """`GET /containers/(id)/json`; `sizes` is (SizeRw, SizeRootFs) when asked for;
+    `network_settings` is what the networks backend says (Networks.settings)."""
     record = {k: v for k, v in c.record.items() if k not in HIDDEN_KEYS}
     record = json.loads(json.dumps(record))
     record["Name"] = "/" + c.name
     record["ExecIDs"] = list(c.exec_ids) or None
     record["Mounts"] = [mount_point(m) for m in record.get("Mounts") or []]
     record["GraphDriver"] = {"Name": driver_name, "Data": None}
-    record["NetworkSettings"] = network_settings(c)
+    record["NetworkSettings"] = network_settings
     if sizes is not None:
         record["SizeRw"], record["SizeRootFs"] = sizes
     return record
 
 
-def summary(c, sizes=None):
-    """One row of `GET /containers/json`."""
+def summary(c, sizes=None, ports=(), networks=None):
+    """One row of `GET /containers/json`; `ports` and `networks` from the networks backend."""
     cfg = c.config
     row = {
         "Id": c.id,
@@ -47,12 +48,12 @@ def summary(c, sizes=None):
         "ImageID": c.record["Image"],
         "Command": " ".join([c.record["Path"]] + c.record["Args"]),
         "Created": int(rfc3339_seconds(c.record["Created"])),
-        "Ports": [],
+        "Ports": list(ports),
         "Labels": cfg.get("Labels") or {},
         "State": c.status,
         "Status": status_text(c),
         "HostConfig": {"NetworkMode": c.host_config.get("NetworkMode", "default")},
-        "NetworkSettings": {"Networks": {}},
+        "NetworkSettings": {"Networks": networks or {}},
         "Mounts": [mount_point(m) for m in c.record.get("Mounts") or []],
     }
     if sizes is not None:
@@ -60,28 +61,11 @@ def summary(c, sizes=None):
     return row
 
 
-def endpoint(network_id):
-    """A container's entry in one network (minidock's networks have no addresses)."""
-    return {"IPAMConfig": None, "Links": None, "Aliases": None, "NetworkID": network_id,
-            "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "",
-            "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "MacAddress": ""}
-
-
-def network_settings(c):
-    mode = c.network_mode
-    networks = {mode: endpoint(mode)} if mode in ("host", "none") else {}
-    return {"Bridge": "", "SandboxID": "", "HairpinMode": False, "LinkLocalIPv6Address": "",
-            "LinkLocalIPv6PrefixLen": 0, "Ports": {}, "SandboxKey": f"/proc/{c.pid}/ns/net" if c.pid else "",
-            "SecondaryIPAddresses": None, "SecondaryIPv6Addresses": None, "EndpointID": "", "Gateway": "",
-            "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "IPAddress": "", "IPPrefixLen": 0,
-            "IPv6Gateway": "", "MacAddress": "", "Networks": networks}
-
-
 def status_text(c):
     """The human `Status` column: "Up 3 minutes", "Exited (0) 2 seconds ago", ..."""
     st = c.state
-    if c.status == RUNNING:
-        return "Up " + human_duration(seconds_since(st["StartedAt"]))
+    if c.status == RUNNING:       # "Up 5 seconds (healthy)" with a healthcheck
+        return "Up " + human_duration(seconds_since(st["StartedAt"])) + health.status_suffix(st.get("Health"))
     if c.status == PAUSED:
         return "Up " + human_duration(seconds_since(st["StartedAt"])) + " (Paused)"
     if c.status == RESTARTING:
@@ -106,6 +90,9 @@ def check_filters(filters):
     for status in filters.get("status", []):
         if status not in STATUSES:
             raise errors.InvalidParameter(f"Unrecognised filter value for status: {status}")
+    for value in filters.get("health", []):
+        if value not in health.HEALTH_FILTER_VALUES:
+            raise errors.InvalidParameter(f"Unrecognised filter value for health: {value}")
 
 
 def select(items, all_, filters, descends_from):
@@ -122,6 +109,8 @@ def select(items, all_, filters, descends_from):
 
 def matches(c, filters, descends_from):
     if filters.get("status") and c.status not in filters["status"]:
+        return False
+    if filters.get("health") and health.filter_value(c.state.get("Health")) not in filters["health"]:
         return False
     if filters.get("exited"):
         if c.status != EXITED or str(c.state["ExitCode"]) not in filters["exited"]:
@@ -145,9 +134,11 @@ def matches(c, filters, descends_from):
         if not any(v in names for v in filters["volume"]):
             return False
     if filters.get("network"):
-        # by the mode asked for ("bridge") or the network it really is ("host")
-        asked = c.host_config.get("NetworkMode")
-        if not any(v in (asked, c.network_mode) for v in filters["network"]):
+        # by the mode asked for, or any network joined (by name or id)
+        endpoints = (c.record.get("NetworkSettings") or {}).get("Networks") or {}
+        joined = set(endpoints) | {ep.get("NetworkID") for ep in endpoints.values()}
+        joined |= {c.host_config.get("NetworkMode"), c.network_mode}
+        if not any(v in joined for v in filters["network"]):
             return False
     return True
 

@@ -86,7 +86,7 @@ class Container:
 
     @property
     def network_mode(self):
-        """"host", "none" or "container:<ref>" (config.network_mode decides)."""
+        """"host", "none", "container:<ref>" or a bridge network's name (config.network_mode)."""
         return config.network_mode(self.host_config)
 
     def set_status(self, status):

@@ -1,82 +1,63 @@
-"""The json-file log driver: what `docker logs` reads.
+"""A container's log: which driver stores it, and what `docker logs` reads back.
 
-Each container has `<data-root>/containers/<id>/<id>-json.log`, one JSON object per line:
+`HostConfig.LogConfig` names the driver (jsonfile.check_log_config decided it at create, with
+the daemon's `--log-driver`/`--log-opt` defaults):
 
-    {"log": "hello\\n", "stream": "stdout", "time": "2026-12-01T14:05:09.123456Z"}
+    json-file   every line of output in `<data-root>/containers/<id>/<id>-json.log`, rotated by
+                `max-size`/`max-file` (minidock/jsonfile.py has the format and the rules)
+    none        nothing is stored: `docker logs` answers 501 "configured logging driver does
+                not support reading", as Docker does; attach and `logs -f` still see live output
 
-A line of output becomes one entry; output without a newline is kept until one comes, or
-flushed as its own entry past 16 KiB and when the stream ends (Docker does the same). The
-file survives daemon restarts. Reading filters by time (`since`, `until`, epoch seconds) and
-keeps the last `tail` entries; following then continues with live output from the container's
-pumps (minidock/container/stdio.py) until the container stops or the reader leaves.
+Reading filters by time (`since`, `until`, epoch seconds) and keeps the last `tail` entries
+across the rotated files; following then continues with live output from the container's pumps
+(minidock/container/stdio.py) until the container stops or the reader leaves.
 """
 
-import json
 import queue
-import threading
 
-from minidock.times import now_rfc3339, rfc3339_seconds
+from minidock import jsonfile
+from minidock.times import now_rfc3339
 
-PARTIAL_FLUSH = 16384
 EXIT_GRACE = 5.0      # seconds `logs -f` waits, after the output ended, for the exit to be recorded
 
 
-class JsonLog:
-    """The writer: one per run of a container, fed by its output pumps."""
-
-    def __init__(self, path):
-        self.file = open(path, "ab", buffering=0)
-        self.lock = threading.Lock()
-        self.partial = {"stdout": b"", "stderr": b""}
+class Discard:
+    """The `none` driver's writer."""
 
     def write(self, stream, data):
-        buffer = self.partial[stream] + data
-        lines = buffer.split(b"\n")
-        self.partial[stream] = lines.pop()
-        out = [self._entry(stream, line + b"\n") for line in lines]
-        if self.partial[stream] and len(self.partial[stream]) > PARTIAL_FLUSH:
-            out.append(self._entry(stream, self.partial[stream]))
-            self.partial[stream] = b""
-        if out:
-            with self.lock:
-                self.file.write(b"".join(out))
-
-    @staticmethod
-    def _entry(stream, data):
-        return json.dumps({"log": data.decode("utf-8", errors="replace"), "stream": stream,
-                           "time": now_rfc3339()}).encode() + b"\n"
+        pass
 
     def close(self):
-        with self.lock:
-            for stream, rest in self.partial.items():
-                if rest:
-                    self.file.write(self._entry(stream, rest))
-                    self.partial[stream] = b""
-            self.file.close()
+        pass
 
 
-def read(path, since=0, until=None, tail=None):
-    """Log entries (stream, bytes, time string), oldest first."""
-    try:
-        with open(path, "rb") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
+def _config(c):
+    return c.host_config.get("LogConfig") or {"Type": "json-file", "Config": {}}
+
+
+def stored(c):
+    return _config(c).get("Type", "json-file") == "json-file"
+
+
+def writer(c):
+    """The writer one run of `c` feeds its output to (the pumps call write/close)."""
+    if not stored(c):
+        return Discard()
+    return jsonfile.Writer.for_config(c.record["LogPath"], _config(c))
+
+
+def check_readable(c):
+    """501 for `docker logs` of a container whose driver stores nothing."""
+    if not stored(c):
+        raise jsonfile.cannot_read(_config(c))
+
+
+def read(c, since=0, until=None, tail=None):
+    """Stored entries (stream, bytes, time string), oldest first, across rotated files."""
+    if not stored(c):
         return []
-    entries = []
-    for line in lines:
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue           # a line cut short by a crash
-        stamp = rfc3339_seconds(entry["time"])
-        if since and stamp < since:
-            continue
-        if until and stamp > until:
-            continue
-        entries.append((entry["stream"], entry["log"].encode(), entry["time"]))
-    if tail is not None and tail >= 0:
-        entries = entries[len(entries) - tail:] if tail else []
-    return entries
+    _, max_file = jsonfile.rotation(_config(c).get("Config") or {})
+    return jsonfile.read(c.record["LogPath"], max_file, since=since, until=until, tail=tail)
 
 
 def entries(c, streams, follow=False, since=0, until=None, tail=None, stop=lambda: False):
@@ -85,7 +66,7 @@ def entries(c, streams, follow=False, since=0, until=None, tail=None, stop=lambd
     container stops, its output ends, or `stop()` (the client left) says so."""
     q = c.io.subscribe() if follow and c.running else None
     try:
-        for stream, data, stamp in read(c.record["LogPath"], since=since, until=until, tail=tail):
+        for stream, data, stamp in read(c, since=since, until=until, tail=tail):
             if stream in streams:
                 yield stream, data, stamp
         if q is None:

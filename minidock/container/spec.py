@@ -6,11 +6,14 @@ over the image's, pivot_root, limits, capabilities, user, exec. Keys:
 
     rootfs, argv, env, cwd, user, group_add, tty, hostname, network, shm_size,
     readonly_rootfs, mounts [{source, target, readonly}], etc_files {container path: host file},
-    ulimits, cap_add, cap_drop, privileged, no_new_privileges, and cgroup (a directory whose
+    ulimits, cap_add, cap_drop, privileged, no_new_privileges, console_socket (with a TTY: the
+    init makes its pty and sends the master over stdin, see stdio.py), keep_id ({uid, gid}
+    of the daemon's user, for UsernsMode keep-id), and cgroup (a directory whose
     cgroup.procs the init joins before anything else runs) when cgroups are usable.
 
 `network` is "host" (stay in the daemon's network namespace), "none" (a new one with only
-loopback) or {"join_pid": pid} (share another container's).
+loopback), {"join_pid": pid} (share another container's) or, for bridge networks, what
+Networks.spawn_network gives: the daemon namespace's keeper and the endpoints to plug in.
 
 The generated /etc files live in the container's directory, not its rootfs, so `docker diff`
 does not see them and they can be rewritten for every start: /etc/hostname, /etc/hosts (the
@@ -33,7 +36,7 @@ def hostname(c):
     return c.config.get("Hostname") or c.id[:12]
 
 
-def network(c, get_container):
+def network(c, get_container, networks):
     """The spec's `network` for container `c`; `get_container(ref)` finds the one it joins."""
     mode = c.network_mode
     if mode == "none":
@@ -45,20 +48,24 @@ def network(c, get_container):
         if other.network_mode == "host":
             return "host"      # its network *is* the host's, which we join by not leaving it
         return {"join_pid": other.pid}
-    return "host"
+    if mode == "host":
+        return "host"
+    return networks.spawn_network(c)      # bridge networks: veths plugged in at start
 
 
-def runtime_spec(c, rootfs, mounts, net):
-    """The spawner's spec for container `c` (without stdio and cgroup)."""
+def runtime_spec(c, rootfs, mounts, net, link_env=(), daemon_user=None):
+    """The spawner's spec for container `c` (without stdio and cgroup); `link_env` is the
+    legacy links' variables (Networks.link_env); `daemon_user` is who keep-id maps ({uid, gid}
+    on the host; None without a user namespace)."""
     cfg, hc = c.config, c.host_config
     name = hostname(c)
-    env = list(cfg["Env"])
+    env = list(cfg["Env"]) + list(link_env)
     if not any(e.startswith("HOSTNAME=") for e in env):
         env.append(f"HOSTNAME={name}")
     if cfg["Tty"]:
         env.append("TERM=xterm")
     security = hc.get("SecurityOpt") or []
-    return {
+    run = {
         "rootfs": rootfs,
         "argv": [c.record["Path"]] + c.record["Args"],
         "env": env,
@@ -79,11 +86,16 @@ def runtime_spec(c, rootfs, mounts, net):
         "cap_drop": hc.get("CapDrop") or [],
         "privileged": bool(hc.get("Privileged")),
         "no_new_privileges": "no-new-privileges" in security or "no-new-privileges:true" in security,
+        "console_socket": bool(cfg["Tty"]),
     }
+    if hc.get("UsernsMode") == "keep-id" and daemon_user:
+        run["keep_id"] = dict(daemon_user)
+    return run
 
 
-def write_etc_files(c):
-    """(Re)write the container's hostname, hosts and resolv.conf files, atomically."""
+def write_etc_files(c, networks):
+    """(Re)write the container's hostname, hosts and resolv.conf files, atomically; `networks`
+    adds the container's own address, its links, and decides the nameservers."""
     cfg, hc = c.config, c.host_config
     name = hostname(c)
     fqdn = f"{name}.{cfg['Domainname']}" if cfg.get("Domainname") else name
@@ -94,11 +106,13 @@ def write_etc_files(c):
         if not address:
             raise errors.InvalidParameter(f"invalid extra host {entry!r}: want host:ip")
         hosts.append(f"{address}\t{host}")
+    hosts += networks.etc_hosts(c, name)
     store.write_atomic(c.record["HostsPath"], ("\n".join(hosts) + "\n").encode(), mode=0o644)
-    store.write_atomic(c.record["ResolvConfPath"], resolv_conf(hc).encode(), mode=0o644)
+    store.write_atomic(c.record["ResolvConfPath"], resolv_conf(hc, networks=networks, c=c).encode(),
+                       mode=0o644)
 
 
-def resolv_conf(hc, host_file=HOST_RESOLV_CONF):
+def resolv_conf(hc, host_file=HOST_RESOLV_CONF, networks=None, c=None):
     """The container's resolv.conf: the host's, with the container's Dns* options applied."""
     nameservers, search, options = [], [], []
     try:
@@ -117,8 +131,10 @@ def resolv_conf(hc, host_file=HOST_RESOLV_CONF):
         pass
     if network_mode(hc) == "none":
         nameservers = []
-    if hc.get("Dns"):
-        nameservers = list(hc["Dns"])
+    elif networks is not None:
+        nameservers, search, options = networks.resolv_conf(c, nameservers, search, options)
+    if hc.get("Dns") and not (networks is not None and networks.uses_embedded_dns(c)):
+        nameservers = list(hc["Dns"])       # (on user networks the embedded DNS forwards to them)
     if hc.get("DnsSearch"):
         search = list(hc["DnsSearch"])
     if hc.get("DnsOptions"):

@@ -11,14 +11,24 @@ until end-of-file (EIO on a pty master whose last slave closed), appends every c
 container's log and hands it to each subscriber queue (attach sessions, `logs -f`, the
 builder). When the last pump ends, every subscriber gets `None`: this run's output is over.
 Exec instances use `Stdio` and `container_pty` too (minidock/execs.py).
+
+A container's own TTY is made differently: a pty opened here would live in the daemon's devpts,
+and inside the container `tty` could only call it /dev/console. Instead the init opens the
+`ptmx` of its fresh devpts instance (ns.open_console, runc's console socket): the three fds it
+gets are one end of a unix socket, over which it sends the master back (SCM_RIGHTS) before it
+execs. `ContainerIO.console_arrived` then picks the master up and starts the pump, and the
+slave is /dev/pts/0 inside, as on Docker.
 """
 
 import fcntl
 import os
 import queue
+import socket
 import struct
 import termios
 import threading
+
+from minidock import ns
 
 TIOCGPTN = 0x80045430       # _IOR('T', 0x30, unsigned int): the slave's number (asm-generic ioctls)
 TIOCSPTLCK = 0x40045431     # _IOW('T', 0x31, int): lock/unlock the slave; termios has neither
@@ -94,14 +104,40 @@ class ContainerIO:
         self.pumps = []
         self.output_done = threading.Event()
         self.output_done.set()
+        self.console = None               # (socket, open_stdin, log, label) until the pty arrives
 
     def open(self, tty, open_stdin, log, label):
-        """New pipes (or a pty) for a run, pumps started into `log` (a JsonLog); returns
-        (the child's three fds, our copies to close once the spawner has them)."""
+        """New pipes (or, with `tty`, a console socket) for a run, pumps started into `log`
+        (logs.writer); returns (the child's three fds, our copies to close once the spawner
+        has them). With a TTY, call `console_arrived()` once the spawner has answered."""
+        if tty:
+            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            self.console = (mine, open_stdin, log, label)
+            fd = theirs.detach()
+            return (fd, fd, fd), [fd]
         io = Stdio(tty, open_stdin)
         self.pty_master, self.stdin_w = io.pty_master, io.stdin_w
         self._start_pumps(io.outputs, log, name=f"pump-{label}")
         return io.child, io.close_after_spawn
+
+    def console_arrived(self, timeout=0.5):
+        """Take the pty master the init sent (ns.open_console) and pump it. The init sends it
+        before it execs, so once the spawner has answered it is there or never comes (a start
+        that failed earlier). The log is closed then, as a pump would at the end."""
+        if self.console is None:
+            return
+        sock, open_stdin, log, label = self.console
+        self.console = None
+        try:
+            master = ns.receive_console(sock, timeout)
+        finally:
+            sock.close()
+        if master is None:
+            log.close()
+            return
+        self.pty_master = master
+        self.stdin_w = os.dup(master) if open_stdin else None
+        self._start_pumps([(master, "stdout")], log, name=f"pump-{label}")
 
     def _start_pumps(self, sources, log, name):
         self.output_done = done = threading.Event()

@@ -6,7 +6,8 @@ Starting is one sequence, with the container's lock held:
     2. write /etc/hostname, /etc/hosts, /etc/resolv.conf (spec.py)
     3. volume mounts, copying the image's files into a new empty volume once (volumes.py)
     4. the runtime spec, the network to join, the cgroup with its limits (cgroup.py)
-    5. pipes or a pty, and their pumps started *before* the process, so no output is lost
+    5. pipes and their pumps started *before* the process, so no output is lost (with a TTY
+       a console socket: the init makes the pty in its own devpts and sends the master back)
     6. the spawner forks the init (spawner.py / ns.py); its pid is registered for its exit
     7. status running (lifecycle.TRANSITIONS), record saved
 
@@ -16,9 +17,15 @@ of its own: wait for the last output to reach the log, record the exit code (and
 cgroup saw an OOM kill), then restart after the back-off (restart.py) or release the cgroup and
 rootfs, and remove the container if it was created with AutoRemove.
 
+Healthchecks (health.py) run while the container runs: they start with it, stop when it is
+paused or ends (State.Health turns unhealthy, as Docker reports it) and resume on unpause.
+Probes are execs without a record (probe.py).
+
 Stop is Docker's: the container's StopSignal (SIGTERM by default), then SIGKILL after the grace
-period. Pause freezes the container's cgroup where cgroup.freeze exists; otherwise every process
-of the container gets SIGSTOP (which the processes can observe, unlike a freeze).
+period. `kill` with SIGKILL returns once the exit is recorded (moby's Kill waits likewise), so
+an inspect right after `docker kill` sees the container exited. Pause freezes the container's
+cgroup where cgroup.freeze exists; otherwise every process of the container gets SIGSTOP (which
+the processes can observe, unlike a freeze).
 """
 
 import logging
@@ -27,10 +34,10 @@ import signal
 import threading
 import time
 
-from minidock import errors, ns
-from minidock.container import config, logs, restart, spec
+from minidock import errors, health, ns
+from minidock.container import config, logs, probe, restart, spec
 from minidock.container.lifecycle import ALIVE, CREATED, EXITED, PAUSED, RESTARTING, RUNNING
-from minidock.times import now_rfc3339
+from minidock.times import now_rfc3339, rfc3339_seconds
 
 log = logging.getLogger("minidock.containers")
 
@@ -43,10 +50,17 @@ class Supervisor:
     announces an event, `get(ref)` finds another container (network sharing), and
     `remove(ref)` removes one (AutoRemove)."""
 
-    def __init__(self, layers, volumes, cgroups, spawner, exits, save, emit, get, remove):
+    def __init__(self, layers, volumes, cgroups, spawner, exits, save, emit, get, remove, networks,
+                 daemon_user=None):
         self.layers, self.volumes, self.cgroups = layers, volumes, cgroups
+        self.networks = networks
         self.spawner, self.exits = spawner, exits
         self.save, self.emit, self.get, self.remove = save, emit, get, remove
+        self.daemon_user = daemon_user      # {uid, gid} that keep-id maps; None without userns
+        self.health = health.Checks(self._probe, save, lambda c, action: emit(c, action))
+
+    def _probe(self, c, argv, write):
+        return probe.start(self.spawner, self.exits, c, self.layers.mount(c.id), argv, write)
 
     # -- start -----------------------------------------------------------------------------------
     def start_by_hand(self, c):
@@ -63,41 +77,56 @@ class Supervisor:
 
     def start(self, c):
         """The start sequence (module docstring), with c.lock held."""
-        rootfs = self.layers.mount(c.id)                                          # 1
-        spec.write_etc_files(c)                                                   # 2
-        mounts, changed = self.volumes.runtime_mounts(c.record.get("Mounts") or [], rootfs)   # 3
-        if changed:
-            self.save(c)                 # the copy-up is done once: remember that it was
-        run = spec.runtime_spec(c, rootfs, mounts, spec.network(c, self.get))    # 4
+        # 0. published ports: a host port in use fails the start before anything exists
+        try:
+            c.record.setdefault("NetworkSettings", {})["Ports"] = self.networks.publish(c)
+        except errors.MinidockError as exc:
+            self._failed_start(c, 125, exc.message, unmount=False)
+            raise
+        try:
+            rootfs = self.layers.mount(c.id)                                      # 1
+            spec.write_etc_files(c, self.networks)                                # 2
+            mounts, changed = self.volumes.runtime_mounts(c.record.get("Mounts") or [], rootfs)  # 3
+            if changed:
+                self.save(c)             # the copy-up is done once: remember that it was
+            run = spec.runtime_spec(c, rootfs, mounts, spec.network(c, self.get, self.networks),
+                                    self.networks.link_env(c), self.daemon_user)                    # 4
+        except BaseException:
+            self.networks.stopped(c)
+            raise
         group = self.cgroups.create(c.id, c.host_config)
         if group is not None:
             run["cgroup"] = group.path   # the init joins it before anything else runs
         stdio, to_close = c.io.open(c.config["Tty"], c.config["OpenStdin"],   # 5
-                                    logs.JsonLog(c.record["LogPath"]), c.id[:12])
+                                    logs.writer(c), c.id[:12])
         try:
             pid = self.spawner.run(run, *stdio[:3])                               # 6
         except errors.MinidockError as exc:
+            self.networks.stopped(c)
             self._failed_start(c, getattr(exc, "exit_code", 125), exc.message)
             raise
         finally:
             for fd in to_close:
                 os.close(fd)             # the child has its own copies now
+            c.io.console_arrived()       # with a TTY: the master the init sent before exec
         c.pid = pid
         early = self.exits.register(pid, lambda code: self._exit_thread(c, code))
         c.state.update(Pid=pid, ExitCode=0, Error="", StartedAt=now_rfc3339(), OOMKilled=False)
         c.set_status(RUNNING)                                                     # 7
         c.started_mono = time.monotonic()
         self.save(c)
+        self.health.started(c, time.time())
         if early is not None:       # it has already ended; handled once we release c.lock
             self._exit_thread(c, early)
 
-    def _failed_start(self, c, code, message):
+    def _failed_start(self, c, code, message, unmount=True):
         c.state.update(ExitCode=code, Error=message, FinishedAt=now_rfc3339(), Pid=0)
         if c.status not in (CREATED, EXITED):     # a never-started container stays "created"
             c.set_status(EXITED)
         self.save(c)
         c.io.close_stdin()
-        self.unmount(c)
+        if unmount:
+            self.unmount(c)
 
     # -- exits -----------------------------------------------------------------------------------
     def _exit_thread(self, c, code):
@@ -105,14 +134,22 @@ class Supervisor:
                          name=f"exit-{c.id[:12]}").start()
 
     def _handle_exit(self, c, code):
+        self.health.stopped(c)             # first: probes into a dead container would only fail
         c.io.output_done.wait(OUTPUT_DRAIN_WAIT)   # the last output reaches the log before "die"
         with c.lock:
             c.state["OOMKilled"] = self._oom_killed(c)
             c.pid = 0
             c.state.update(Pid=0, ExitCode=code, FinishedAt=now_rfc3339())
+            self.networks.stopped(c)      # listeners go; the veths died with the namespace
             c.io.close_stdin()
             again = restart.restarts(c.host_config.get("RestartPolicy"), code, c.record["RestartCount"],
                                      c.manual_stop or c.record.get("HasBeenManuallyStopped"))
+            if not again:
+                # Before the status says so: `docker restart` starts again as soon as it sees
+                # the exit, and would mount the rootfs this exit then unmounted under it
+                # (seen as `exec: "sh": executable file not found` under load).
+                self.release_cgroup(c)
+                self.unmount(c)
             c.set_status(RESTARTING if again else EXITED)
             c.exit_generation += 1
             self.save(c)
@@ -123,8 +160,6 @@ class Supervisor:
             c.restart_timer.daemon = True
             c.restart_timer.start()
             return
-        self.release_cgroup(c)
-        self.unmount(c)
         if c.host_config.get("AutoRemove"):
             try:
                 self.remove(c.id)
@@ -166,11 +201,14 @@ class Supervisor:
             if c.status not in ALIVE:
                 raise errors.Conflict(f"Container {c.id} is not running")
             pid = c.pid
+            generation = c.exit_generation
             if number in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
                 # A deliberate kill is not a failure the restart policy should undo.
                 c.manual_stop = number == signal.SIGKILL or c.manual_stop
         self._signal(c, pid, number)
         self.emit(c, "kill", {"signal": str(number)})
+        if number == signal.SIGKILL:
+            self.wait_exit(c, generation, STOP_KILL_WAIT)     # it cannot be caught: wait for it
 
     def _signal(self, c, pid, number):
         try:
@@ -217,6 +255,7 @@ class Supervisor:
                 raise errors.Conflict(f"Container {c.id} is already paused")
             if c.status != RUNNING:
                 raise errors.Conflict(f"Container {c.id} is not running")
+            self.health.stopped(c)          # no probes into a paused container
             self.freeze(c)
             c.set_status(PAUSED)
             self.save(c)
@@ -229,6 +268,8 @@ class Supervisor:
             self.thaw(c)
             c.set_status(RUNNING)
             self.save(c)
+            # probing resumes; the status stays what the pause left until the next probe
+            self.health.started(c, rfc3339_seconds(c.state["StartedAt"]), reset=False)
         self.emit(c, "unpause")
 
     def freeze(self, c):

@@ -1,0 +1,320 @@
+"""The daemon's network namespace: bridges, veth pairs, and sockets born inside it.
+
+Without root, a process cannot put a veth into the host's network namespace: the host's
+namespace belongs to the initial user namespace, where the daemon has no CAP_NET_ADMIN. So,
+like RootlessKit and Podman ("the rootless netns"), minidock builds its container networks
+in a network namespace of its own:
+
+    host network namespace          daemon network namespace (owned by the daemon's userns)
+    ----------------------          -------------------------------------------------------
+    daemon: API socket,             lo, and per network a bridge holding the gateway address
+      published ports (listen),       docker0  172.17.0.1/16 ---- vethN ==== eth0 (container A)
+      DNS forwarding to the host      br-<id>  172.18.0.1/16 ---- vethM ==== eth0 (container B)
+
+The namespace is created at start-up by the *keeper*: a child of the spawner (so a
+single-threaded process inside the daemon's user namespace) that calls
+`unshare(CLONE_NEWNET)`, brings `lo` up, and then serves one request forever over a unix
+socket from the daemon: "give me a socket of this family/type (bound to ADDRESS, listening)".
+The socket is created *inside* the namespace and handed back over SCM_RIGHTS; a socket keeps
+the namespace it was born in, so the daemon -- which never leaves the host's namespace, where
+it listens and dials -- can use it from any thread:
+
+    AF_NETLINK/NETLINK_ROUTE   the daemon creates and deletes bridges with netlink.py
+    AF_INET/SOCK_STREAM        the port proxy's connection to a container (172.18.0.2:80)
+    AF_INET/SOCK_DGRAM + bind  the embedded DNS server on each gateway address, port 53
+    AF_PACKET + bind(bridge)   every frame on a bridge, for a user-mode TCP/IP stack
+    ... with netns_pid=P       the same, born in container P's namespace instead (the
+                               keeper setns()es there and back): a netlink socket there is
+                               how a *running* container gets another interface (hot-plug)
+
+When the daemon stops, the spawner dies, the keeper dies (PR_SET_PDEATHSIG) and with its last
+process the namespace and every bridge in it vanish; a restarted daemon rebuilds the bridges
+from its network state. Nothing is left on the host to clean up.
+
+IP forwarding is switched off in the daemon's namespace (net.ipv4.ip_forward=0): a packet from one bridge is never routed to another, which is what
+isolates networks from one another without iptables. A container can address the gateway of
+another network (it is a local address of the namespace), and nothing else there.
+
+Attaching a container (`attach_container`, a named step of the container start sequence)
+------------------------------------------------------------------------------------------
+It runs in the container's shim right after `unshare(CLONE_NEWNET|...)`, before the init is
+forked, so the init starts with its network ready:
+
+    1. open /proc/self/ns/net                      the container's fresh namespace
+    2. setns(/proc/KEEPER/ns/net) -> netlink socket  a socket *in the daemon namespace*
+    3. setns(back to the container namespace)      our children must be born in it
+    4. RTM_NEWLINK veth: the daemon end (kernel-named vethN) up with IFLA_MASTER = the bridge,
+       the peer named eth0 with the MAC 02:42:<ip> created straight in the container's
+       namespace (IFLA_NET_NS_FD of step 1)
+    5. in the container's namespace: lo up, eth0 up, its address, the default route via the
+       gateway (not for --internal networks)
+
+Step 2 works because the keeper's namespace is owned by the daemon's user namespace, where
+the shim holds CAP_SYS_ADMIN; the shim is single-threaded, which setns(2) requires. The
+container end dies with the container's namespace, and the kernel deletes both ends of a
+veth together: nothing to clean up when the container stops.
+
+Observe it: `nsenter -t KEEPER -U -n ip -d link` (as the daemon's user) shows the bridges
+and vethN with `master docker0`; `cat /sys/class/net/eth0/address` inside a container shows
+02:42:ac:11:00:02 for 172.17.0.2.
+"""
+
+import ipaddress
+import json
+import os
+import signal
+import socket
+import struct
+import threading
+
+from . import errors, netlink, ns
+
+DEFAULT_MTU = 1500
+
+
+# --- the keeper: the process holding the daemon's network namespace ---------------------------
+
+def start_keeper(sock_fd, status_fd):
+    """Fork the keeper (called in a spawner shim). Returns its pid; the child unshares the
+    network namespace, closes `status_fd` once ready and serves `sock_fd` until EOF."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 0
+    try:
+        ns.prctl(ns.PR_SET_PDEATHSIG, signal.SIGKILL)   # die with the shim, so with the daemon
+        ns.unshare(ns.CLONE_NEWNET)
+        # A new namespace inherits the host's IPv4 settings (net.core.devconf_inherit_init_net
+        # = 0), ip_forward=1 included on many hosts: switch routing between bridges off, it is
+        # what keeps networks apart. /proc/sys/net shows the writer's network namespace.
+        with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+            f.write("0")
+        rtnl = netlink.Rtnl()
+        rtnl.request(netlink.pack_set_link, rtnl.link("lo")["index"], up=True)
+        rtnl.close()
+        os.close(status_fd)             # EOF on the status pipe: the spawner reports our pid
+        status_fd = None
+        _serve(socket.socket(fileno=sock_fd))
+    except BaseException as e:
+        code = 1
+        if status_fd is not None:
+            ns.report_failure(status_fd, e)
+    os._exit(code)
+
+
+def _serve(sock):
+    """Answer socket requests until the daemon closes its end (one request, one reply)."""
+    while True:
+        try:
+            data = sock.recv(65536)
+        except InterruptedError:
+            continue
+        if not data:
+            return
+        req = json.loads(data)
+        try:
+            s = _make_socket(req)
+        except OSError as e:
+            sock.send(json.dumps({"errno": e.errno or 0, "message": str(e)}).encode())
+            continue
+        socket.send_fds(sock, [b'{"ok": true}'], [s.fileno()])
+        s.close()
+
+
+def _make_socket(req):
+    if req.get("netns_pid"):
+        # A socket in a container's namespace: in and straight back out. Both namespaces are
+        # owned by the daemon's user namespace, where we are root, so setns(2) allows both.
+        home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            ns.join_netns(req["netns_pid"])
+            try:
+                return _make_socket(dict(req, netns_pid=None))
+            finally:
+                ns.setns(home, ns.CLONE_NEWNET, "the daemon's network namespace")
+        finally:
+            os.close(home)
+    s = socket.socket(req["family"], req["type"] | socket.SOCK_CLOEXEC, req.get("proto", 0))
+    try:
+        if req.get("reuse"):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if req.get("device"):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, req["device"].encode())
+        if req.get("bind") is not None:
+            s.bind(tuple(req["bind"]))
+        if req.get("listen"):
+            s.listen(req["listen"])
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+class DaemonNetns:
+    """The daemon's handle on its network namespace (thread-safe)."""
+
+    def __init__(self, spawner):
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.pid = spawner.netns(theirs.fileno())
+        finally:
+            theirs.close()
+        self._sock = mine
+        self._lock = threading.Lock()
+        self._rtnl = netlink.Rtnl(self.socket(socket.AF_NETLINK, socket.SOCK_RAW,
+                                              netlink.NETLINK_ROUTE, bind=(0, 0)))
+        self._rtnl_lock = threading.Lock()
+
+    def socket(self, family=socket.AF_INET, type=socket.SOCK_STREAM, proto=0, bind=None,
+               listen=0, reuse=False, device=None, netns_pid=None):
+        """A socket created inside the daemon's network namespace (or, with `netns_pid`, in
+        the network namespace of that process: a running container's)."""
+        req = {"family": int(family), "type": int(type), "proto": proto, "bind": bind,
+               "listen": listen, "reuse": reuse, "device": device, "netns_pid": netns_pid}
+        with self._lock:
+            self._sock.send(json.dumps(req).encode())
+            data, fds, _, _ = socket.recv_fds(self._sock, 65536, 1, socket.MSG_CMSG_CLOEXEC)
+        if not data:
+            raise errors.Unavailable("the daemon's network namespace is gone")
+        reply = json.loads(data)
+        if "errno" in reply:
+            raise OSError(reply["errno"], reply["message"])
+        return socket.socket(fileno=fds[0])
+
+    def rtnl(self, fn, *args, **kw):
+        """Run `fn(rtnl, ...)` with the namespace's netlink socket, one caller at a time."""
+        with self._rtnl_lock:
+            return fn(self._rtnl, *args, **kw)
+
+    def close(self):
+        self._sock.close()
+        self._rtnl.close()
+
+
+# --- bridges -------------------------------------------------------------------------------------
+
+def create_bridge(rtnl, name, gateway, prefixlen, mtu=DEFAULT_MTU):
+    """A bridge holding the gateway address, up (`ip link add NAME type bridge; ip addr add
+    GW/P dev NAME; ip link set NAME up`). A half-made bridge is deleted before raising."""
+    rtnl.request(netlink.pack_new_bridge, name, mtu=mtu)
+    try:
+        index = rtnl.link(name)["index"]
+        rtnl.request(netlink.pack_new_addr, index, gateway, prefixlen)
+        rtnl.request(netlink.pack_set_link, index, up=True)
+    except BaseException:
+        delete_link(rtnl, name)
+        raise
+    return index
+
+
+def delete_link(rtnl, name):
+    """`ip link del NAME`; a link that is already gone is fine."""
+    link = rtnl.link(name)
+    if link is not None:
+        rtnl.request(netlink.pack_del_link, link["index"])
+
+
+def bridge_name(network_id, name):
+    return "docker0" if name == "bridge" else f"br-{network_id[:12]}"
+
+
+def mac_for(ip):
+    """Docker's MAC for an IPv4 address: 02:42 and the four address bytes."""
+    return "02:42:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
+
+
+# --- attaching a container: runs in the shim, between unshare and the init's fork -------------
+
+@ns._Step("connect the container to its networks")
+def attach_container(network):
+    """Give the calling process's (fresh) network namespace lo and one ethN per endpoint.
+
+    `network` = {"netns_pid": keeper pid, "endpoints": [{"bridge", "address", "prefixlen",
+    "gateway", "mac", "mtu", "default_route"}...]}."""
+    own = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        # A netlink socket in the daemon's namespace, then straight back: the init we fork
+        # next must be born in the container's namespace.
+        ns.join_netns(network["netns_pid"])
+        outside = netlink.Rtnl()
+        ns.setns(own, ns.CLONE_NEWNET, "the container's network namespace")
+        inside = netlink.Rtnl()
+        try:
+            inside.request(netlink.pack_set_link, inside.link("lo")["index"], up=True)
+            for i, ep in enumerate(network.get("endpoints") or []):
+                plug_endpoint(outside, inside, own, f"eth{i}", ep)
+        finally:
+            outside.close()
+            inside.close()
+    finally:
+        os.close(own)
+
+
+def plug_endpoint(outside, inside, own_netns_fd, ifname, ep, packet_socket=None):
+    """One veth: the daemon end on the bridge, `ifname` configured in the container, then
+    announced with a gratuitous ARP sent on `packet_socket` (an AF_PACKET socket in the
+    container's namespace; one is made here when none is given)."""
+    bridge = outside.link(ep["bridge"])
+    if bridge is None:
+        raise OSError(19, f"bridge {ep['bridge']} does not exist in the daemon's namespace")
+    mtu = ep.get("mtu") or DEFAULT_MTU
+    # The daemon end gets a kernel-chosen name (vethN): a name derived from the container
+    # could still be taken by the previous run's veth, which the kernel deletes lazily.
+    outside.request(netlink.pack_new_veth, "", ifname, peer_netns_fd=own_netns_fd, mtu=mtu,
+                    master=bridge["index"], peer_mac=ep.get("mac"), up=True)
+    index = inside.link(ifname)["index"]
+    inside.request(netlink.pack_new_addr, index, ep["address"], ep["prefixlen"])
+    inside.request(netlink.pack_set_link, index, up=True)
+    if ep.get("default_route"):
+        try:
+            inside.request(netlink.pack_new_route, gateway=ep["gateway"])
+        except FileExistsError:
+            pass                        # an earlier network gave the default route: it stays
+    # A restarted container has the same address and MAC, and its previous veth can linger
+    # on the bridge until the kernel finishes destroying the old namespace (lazily, seconds
+    # under load): until the bridge hears from the new port, it sends the container's frames
+    # to the dead one. A gratuitous ARP teaches the bridge (and the gateway's neighbour
+    # table) where the address lives now.
+    own = packet_socket is None
+    if own:
+        packet_socket = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+    try:
+        packet_socket.sendto(gratuitous_arp(ep["address"], ep.get("mac") or mac_for(ep["address"])),
+                             (ifname, 0))
+    finally:
+        if own:
+            packet_socket.close()
+
+
+def gratuitous_arp(ip, mac):
+    """An Ethernet broadcast ARP request for our own address (RFC 5227's announcement):
+    sender and target protocol address are both `ip`."""
+    hw = bytes(int(x, 16) for x in mac.split(":"))
+    addr = ipaddress.IPv4Address(ip).packed
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + hw + addr + b"\0" * 6 + addr
+    return b"\xff" * 6 + hw + struct.pack("!H", 0x0806) + arp
+
+
+def hotplug(netns, init_pid, ifname, ep):
+    """Connect a *running* container: the same veth, made from the daemon with a netlink
+    socket the keeper opened inside the container's namespace (`docker network connect`)."""
+    inside = netlink.Rtnl(netns.socket(socket.AF_NETLINK, socket.SOCK_RAW, netlink.NETLINK_ROUTE,
+                                       bind=(0, 0), netns_pid=init_pid))
+    packets = netns.socket(socket.AF_PACKET, socket.SOCK_RAW, 0, netns_pid=init_pid)
+    fd = os.open(f"/proc/{init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        netns.rtnl(plug_endpoint, inside, fd, ifname, ep, packets)
+    finally:
+        os.close(fd)
+        inside.close()
+        packets.close()
+
+
+def unplug(netns, init_pid, ifname):
+    """Remove `ifname` from a running container; its veth peer on the bridge goes with it."""
+    inside = netlink.Rtnl(netns.socket(socket.AF_NETLINK, socket.SOCK_RAW, netlink.NETLINK_ROUTE,
+                                       bind=(0, 0), netns_pid=init_pid))
+    try:
+        delete_link(inside, ifname)
+    finally:
+        inside.close()

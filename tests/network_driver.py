@@ -1,0 +1,122 @@
+"""Test driver: a rootless "daemon" builds the daemon network namespace and real container
+networks, and prints what the kernel and the containers showed, as JSON.
+
+Run by tests/test_network.py under `setpriv --reuid U ... python3 -S network_driver.py ROOTFS`
+from a 0755 directory holding a copy of the minidock package.
+"""
+
+import json
+import os
+import signal
+import socket
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from minidock import netlink, network, ns, spawner  # noqa: E402
+
+ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"]
+
+
+def collect(fd):
+    out = b""
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        out += chunk
+    os.close(fd)
+    return out.decode(errors="replace")
+
+
+def main():
+    rootfs = sys.argv[1]
+    ns.enter_daemon_userns()
+    sp = spawner.Spawner.start()
+    dn = network.DaemonNetns(sp)
+    res = {"keeper_netns_differs": os.readlink(f"/proc/{dn.pid}/ns/net")
+           != os.readlink("/proc/self/ns/net")}
+    dn.rtnl(network.create_bridge, "br-a", "10.88.0.1", 24)
+    dn.rtnl(network.create_bridge, "br-b", "10.89.0.1", 24)
+    res["links"] = dn.rtnl(lambda r: r.links())
+    res["addrs"] = dn.rtnl(lambda r: r.addrs())
+
+    def ep(bridge, ip, gw):
+        return {"bridge": bridge, "address": ip, "prefixlen": 24, "gateway": gw,
+                "mac": network.mac_for(ip), "default_route": True}
+
+    def net(*eps):
+        return {"netns_pid": dn.pid, "endpoints": list(eps)}
+
+    def start(script, network_):
+        r, w = os.pipe()
+        try:
+            pid = sp.run({"rootfs": rootfs, "env": ENV, "argv": ["sh", "-c", script],
+                          "network": network_}, w, w, w)
+        finally:
+            os.close(w)
+        return pid, r
+
+    def run(script, network_):
+        pid, r = start(script, network_)
+        out = collect(r)
+        return {"code": sp.wait(pid, 20), "out": out}
+
+    # The wire for a user-mode stack: an AF_PACKET socket born in the daemon namespace, on br-a.
+    tap = dn.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003),
+                    bind=("br-a", 0x0003))   # bind() applies htons itself
+    tap.setblocking(False)
+    # A server on br-a; the daemon reaches it with a socket born in the daemon namespace.
+    server, server_r = start("echo ready; nc -ll -p 8080 -e echo from-a", net(ep("br-a", "10.88.0.2", "10.88.0.1")))
+    assert os.read(server_r, 6) == b"ready\n"
+    time.sleep(0.3)                     # nc gets to listen()
+    res["host_net"] = os.readlink(f"/proc/{server}/ns/net") != os.readlink("/proc/self/ns/net")
+    res["seen"] = run("cat /sys/class/net/eth0/address; ip -4 addr show eth0; ip route; "
+                      "cat /sys/class/net/lo/operstate", net(ep("br-a", "10.88.0.3", "10.88.0.1")))
+    res["same_net"] = run("nc -w 2 10.88.0.2 8080 </dev/null", net(ep("br-a", "10.88.0.4", "10.88.0.1")))
+    res["other_net"] = run("nc -w 2 10.88.0.2 8080 </dev/null; echo rc=$?",
+                           net(ep("br-b", "10.89.0.2", "10.89.0.1")))
+    frames = []
+    try:
+        while len(frames) < 1000:
+            frames.append(tap.recv(65536))
+    except BlockingIOError:
+        pass
+    tap.close()
+    res["tap_ethertypes"] = sorted({f[12:14].hex() for f in frames if len(f) >= 14})
+    # gratuitous ARPs (sender address == target address) the containers announced themselves with
+    res["garps"] = sorted({".".join(map(str, f[28:32])) for f in frames
+                           if f[12:14] == b"\x08\x06" and len(f) >= 42 and f[28:32] == f[38:42]})
+    os.kill(server, signal.SIGKILL)
+    sp.wait(server, 10)
+    os.close(server_r)
+
+    # The port proxy's dial: a socket from the keeper, connect()ed by the daemon.
+    server, server_r = start("echo ready; nc -ll -p 8081 -e echo via-keeper", net(ep("br-a", "10.88.0.5", "10.88.0.1")))
+    os.read(server_r, 6)
+    time.sleep(0.3)
+    s = dn.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(("10.88.0.5", 8081))
+    res["dial"] = s.recv(100).decode()
+    s.close()
+    # Hot-plug a second interface into the running server, then take it away again.
+    network.hotplug(dn, server, "eth1", ep("br-b", "10.89.0.9", "10.89.0.1"))
+    inside = netlink.Rtnl(dn.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0, bind=(0, 0), netns_pid=server))
+    res["hotplug"] = {"links": [l["name"] for l in inside.links()], "addrs": [a["address"] for a in inside.addrs()]}
+    network.unplug(dn, server, "eth1")
+    res["unplug"] = [l["name"] for l in inside.links()]
+    inside.close()
+    os.kill(server, signal.SIGKILL)
+    sp.wait(server, 10)
+    os.close(server_r)
+    dn.rtnl(network.delete_link, "br-b")
+    res["after_delete"] = [l["name"] for l in dn.rtnl(lambda r: r.links())]
+    print(json.dumps(res), flush=True)
+    dn.close()
+    sp.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""jsonfile.py on real files: entries, rotation by size, reading across rotated files in order,
+tail from the end, option checks in moby's words, and a reader that never holds the writer up."""
+
+import json
+import os
+
+import pytest
+
+from minidock import jsonfile
+from minidock.errors import InvalidParameter
+from minidock.times import rfc3339_seconds
+
+
+class Clock:
+    """Strictly increasing timestamps, one second apart, so since/until are exact."""
+
+    def __init__(self):
+        self.t = 0
+
+    def __call__(self):
+        self.t += 1
+        return f"2026-01-01T00:{self.t // 60:02d}:{self.t % 60:02d}.000000Z"
+
+
+def lines_of(entries):
+    return [data for _, data, _ in entries]
+
+
+def test_entries_lines_partials_and_streams(tmp_path):
+    path = str(tmp_path / "c-json.log")
+    w = jsonfile.Writer(path, clock=Clock())
+    w.write("stdout", b"one\ntw")
+    w.write("stderr", b"err\n")
+    w.write("stdout", b"o\nthree")
+    w.close()
+    raw = [json.loads(line) for line in open(path)]
+    assert raw[0] == {"log": "one\n", "stream": "stdout", "time": "2026-01-01T00:00:01.000000Z"}
+    assert [(e["stream"], e["log"]) for e in raw] == [
+        ("stdout", "one\n"), ("stderr", "err\n"), ("stdout", "two\n"), ("stdout", "three")]
+    assert lines_of(jsonfile.read(path)) == [b"one\n", b"err\n", b"two\n", b"three"]
+
+
+def test_long_partial_is_flushed(tmp_path):
+    path = str(tmp_path / "c-json.log")
+    w = jsonfile.Writer(path)
+    w.write("stdout", b"x" * (jsonfile.PARTIAL_FLUSH + 1))
+    assert len(jsonfile.read(path)) == 1
+    w.close()
+
+
+def test_rotation_keeps_max_file_files_of_about_max_size(tmp_path):
+    path = str(tmp_path / "c-json.log")
+    w = jsonfile.Writer(path, max_size=1000, max_file=3, clock=Clock())
+    for i in range(1000):
+        w.write("stdout", b"line %04d\n" % i)
+    w.close()
+    names = sorted(os.listdir(tmp_path))
+    assert names == ["c-json.log", "c-json.log.1", "c-json.log.2"]
+    entry = len(json.dumps({"log": "line 0000\n", "stream": "stdout",
+                            "time": "2026-01-01T00:00:01.000000Z"})) + 1
+    for name in names[1:]:
+        size = os.path.getsize(tmp_path / name)
+        assert 1000 <= size < 1000 + entry           # full files pass max-size by < one entry
+    got = lines_of(jsonfile.read(path, max_file=3))
+    numbers = [int(line.split()[1]) for line in got]
+    assert numbers == list(range(numbers[0], 1000))   # in order, contiguous, ending at the newest
+    assert numbers[0] > 900
+
+
+def test_max_file_one_truncates_in_place(tmp_path):
+    path = str(tmp_path / "c-json.log")
+    w = jsonfile.Writer(path, max_size=500, max_file=1)
+    for i in range(200):
+        w.write("stdout", b"%d\n" % i)
+    w.close()
+    assert os.listdir(tmp_path) == ["c-json.log"]
+    assert os.path.getsize(path) < 600
+    assert lines_of(jsonfile.read(path))[-1] == b"199\n"
+
+
+def test_tail_across_files_and_since_until(tmp_path):
+    path = str(tmp_path / "c-json.log")
+    clock = Clock()
+    w = jsonfile.Writer(path, max_size=300, max_file=5, clock=clock)
+    for i in range(40):
+        w.write("stdout", b"%d\n" % i)
+    w.close()
+    assert len(os.listdir(tmp_path)) == 5
+    everything = jsonfile.read(path, max_file=5)
+    first_kept = int(everything[0][1])
+    assert lines_of(jsonfile.read(path, max_file=5, tail=3)) == [b"37\n", b"38\n", b"39\n"]
+    tail = jsonfile.read(path, max_file=5, tail=12)        # spans at least two files
+    assert lines_of(tail) == lines_of(everything)[-12:]
+    assert jsonfile.read(path, max_file=5, tail=0) == []
+    assert len(jsonfile.read(path, max_file=5, tail=10**6)) == 40 - first_kept
+    t = rfc3339_seconds(everything[-5][2])
+    assert lines_of(jsonfile.read(path, max_file=5, since=t)) == lines_of(everything)[-5:]
+    assert lines_of(jsonfile.read(path, max_file=5, until=t, tail=6)) == lines_of(everything)[-6:-4]
+
+
+def test_tail_reads_from_the_end_not_the_whole_file(tmp_path):
+    # A 20 MB log: the last lines come from reading only the final block(s).
+    path = str(tmp_path / "big-json.log")
+    w = jsonfile.Writer(path)
+    chunk = b"".join(b"%07d %s\n" % (i, b"y" * 80) for i in range(1000))
+    for _ in range(200):
+        w.write("stdout", chunk)
+    w.write("stdout", b"the end\n")
+    w.close()
+
+    reads = []
+
+    class Counting:
+        def __init__(self, f):
+            self.f = f
+
+        def seek(self, *a):
+            return self.f.seek(*a)
+
+        def read(self, n=-1):
+            data = self.f.read(n)
+            reads.append(len(data))
+            return data
+    with open(path, "rb") as f:
+        last = jsonfile.last_lines(Counting(f), 2)
+    assert json.loads(last[-1])["log"] == "the end\n"
+    assert json.loads(last[0])["log"].startswith("0000999 ")
+    assert sum(reads) <= jsonfile.BLOCK
+
+
+def test_slow_reader_never_holds_the_writer(tmp_path):
+    # A reader opened the files and reads them slowly; meanwhile the writer rotates through every
+    # name many times. The writer goes on, and the reader still sees a consistent old view.
+    path = str(tmp_path / "c-json.log")
+    w = jsonfile.Writer(path, max_size=200, max_file=2)
+    for i in range(20):
+        w.write("stdout", b"old %d\n" % i)
+    handles = jsonfile.open_all(path, 2)
+    before = [h.read(10) for h in handles]           # partway through
+    for i in range(2000):
+        w.write("stdout", b"new %d\n" % i)
+    w.close()
+    rest = [b + h.read() for b, h in zip(before, handles)]
+    for h in handles:
+        h.close()
+    seen = [json.loads(line)["log"] for r in rest for line in r.splitlines()[1:]]
+    olds = [x for x in seen if x.startswith("old")]
+    assert olds and olds[-1] == "old 19\n"            # the old view is whole and in order
+    assert len(seen) < 40                              # rotated-away files stopped growing
+    assert lines_of(jsonfile.read(path, max_file=2))[-1] == b"new 1999\n"
+
+
+@pytest.mark.parametrize("text,value", [
+    ("1m", 10**6), ("10k", 10**4), ("1.5m", 1500000), ("2g", 2 * 10**9), ("100", 100),
+    ("1mb", 10**6), ("1MiB", 10**6), ("3 k", 3000)])
+def test_from_human_size_is_decimal(text, value):
+    assert jsonfile.from_human_size(text) == value
+
+
+@pytest.mark.parametrize("config,message", [
+    ({"Type": "syslog2"}, "logger: no log driver named 'syslog2' is registered"),
+    ({"Type": "json-file", "Config": {"max-size": "lots"}}, "invalid size: 'lots'"),
+    ({"Type": "json-file", "Config": {"max-size": "0"}}, "max-size must be a positive number"),
+    ({"Type": "json-file", "Config": {"max-file": "0"}}, "max-file cannot be less than 1"),
+    ({"Type": "json-file", "Config": {"colour": "red"}}, "unknown log opt 'colour' for json-file log driver"),
+    ({"Type": "none", "Config": {"max-size": "1m"}}, "unknown log opt 'max-size' for none log driver"),
+])
+def test_log_config_refused_in_mobys_words(config, message):
+    with pytest.raises(InvalidParameter, match=message):
+        jsonfile.check_log_config(config)
+
+
+def test_log_config_defaults():
+    assert jsonfile.check_log_config(None) == {"Type": "json-file", "Config": {}}
+    daemon = {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "3"}}
+    assert jsonfile.check_log_config({}, daemon) == daemon
+    assert jsonfile.check_log_config({"Type": "", "Config": {"max-file": "5"}}, daemon)["Config"] == {
+        "max-size": "1m", "max-file": "5"}
+    assert jsonfile.check_log_config({"Type": "json-file"}, daemon) == {"Type": "json-file", "Config": {}}
+    assert jsonfile.check_log_config({"Type": "none"}, daemon) == {"Type": "none", "Config": {}}
+    assert jsonfile.rotation({"max-size": "1m", "max-file": "3"}) == (10**6, 3)
+    assert jsonfile.cannot_read({}).status == 501
