@@ -107,6 +107,9 @@ def parse_args(argv=None):
                    "(default ~/.docker/ca.pem)")
     p.add_argument("--tlscert", default=None, help="the server certificate (default ~/.docker/cert.pem)")
     p.add_argument("--tlskey", default=None, help="the server key (default ~/.docker/key.pem)")
+    p.add_argument("--allow-host-loopback", action="store_true",
+                   help="let containers reach the host's 127.0.0.1 at 10.0.2.2 (slirp4netns's "
+                        "address for the host; off by default, as in rootless Docker)")
     p.add_argument("--no-userns", action="store_true",
                    help="do not enter a user namespace (only for debugging the API layer)")
     p.add_argument("-v", "--version", action="version", version=f"minidock {__version__}")
@@ -396,7 +399,8 @@ def main(argv=None):
                         labels=args.label, bip=args.bip,
                         address_pools=args.default_address_pool, log_driver=args.log_driver,
                         log_opts=dict(opt.partition("=")[::2] for opt in args.log_opt),
-                        userns_mode=args.userns)
+                        userns_mode=args.userns,
+                        allow_host_loopback=args.allow_host_loopback)
         os.makedirs(config.data_root, mode=0o700, exist_ok=True)
     except errors.InvalidParameter as exc:     # a bad --log-driver/--log-opt
         print(f"minidock: {exc.message}", file=sys.stderr)

@@ -34,7 +34,8 @@ class Config:
 
     def __init__(self, data_root, exec_root, hosts=(), debug=False, cors_origin=None,
                  insecure_registries=(), registry_mirrors=(), labels=(), bip=None,
-                 address_pools=(), log_driver="json-file", log_opts=None, userns_mode=""):
+                 address_pools=(), log_driver="json-file", log_opts=None, userns_mode="",
+                 allow_host_loopback=False):
         self.data_root = os.path.abspath(data_root)
         self.exec_root = os.path.abspath(exec_root)
         self.hosts = list(hosts)
@@ -50,6 +51,7 @@ class Config:
         self.log_config = jsonfile.check_log_config({"Type": log_driver or "json-file",
                                                      "Config": dict(log_opts or {})})
         self.userns_mode = userns_mode        # --userns: "" or "keep-id" for new containers
+        self.allow_host_loopback = bool(allow_host_loopback)
 
 
 class NoSpawner:
@@ -91,7 +93,8 @@ class Engine:
         self.volumes = Volumes(config.data_root, self.events)
         # Networks before containers (endpoints are allocated at create); it learns the
         # containers right after, for membership, names and links.
-        self.networks = Networks(config.data_root, self.events, bip=config.bip, pools=config.address_pools)
+        self.networks = Networks(config.data_root, self.events, bip=config.bip, pools=config.address_pools,
+                                 allow_host_loopback=config.allow_host_loopback)
         daemon_user = {"uid": userns["host_uid"], "gid": userns["host_gid"]} if userns else None
         self.containers = Containers(config.data_root, self.events, self.images, self.layers, self.volumes,
                                      self.cgroups, self.spawner, self.exits, self.networks,
@@ -113,7 +116,9 @@ class Engine:
             return "none (containers on bridge networks cannot start)"
         bridges = ", ".join(f"{self.networks.bridge_of(r)} {r['IPAM']['Config'][0]['Subnet']}"
                             for r in self.networks.collection.objects.values())
-        return f"daemon-owned, held by pid {self.networks.netns.pid}; bridges: {bridges}"
+        loopback = "allowed" if self.networks.allow_host_loopback else "refused"
+        return (f"daemon-owned, held by pid {self.networks.netns.pid}; bridges: {bridges}; "
+                f"outbound: user-mode TCP/IP, host loopback at 10.0.2.2 {loopback}")
 
     def _engine_id(self):
         """A stable engine ID (Docker's is 12 base32 groups); persisted so it survives restarts."""

@@ -30,7 +30,18 @@ The pieces that run around a container's start, in order:
                           the /etc files: own address and name, links; the embedded DNS on
                           the gateway for user-defined networks, the host's non-loopback
                           resolvers on the default bridge (as Docker)
-    stopped(c)            listeners closed; the veths died with the namespace
+    stopped(c)            listeners closed, outbound flows reset; the veths died with the
+                          namespace
+
+Outbound traffic
+----------------
+The daemon's namespace does not route (ip_forward=0). What a container sends beyond its
+subnet goes to the bridge's MAC, and the user-mode TCP/IP stack (tcpip/) reads it there: one
+`tcpip.Gateway` loop, one port per non-internal bridge (an AF_PACKET socket the keeper makes
+on the bridge), every connection re-originated as an ordinary socket of the daemon in the
+host's namespace -- the host sees the daemon's address. 10.0.2.2 (slirp4netns's address for
+the host) is the host's 127.0.0.1 when the daemon runs with --allow-host-loopback, refused
+otherwise; other loopback addresses and the container subnets are never dialled.
 
 Names
 -----
@@ -49,11 +60,13 @@ import threading
 import time
 
 from minidock import dns, errors, filters as filters_mod, ipam, network, portproxy, store, times
+from minidock.tcpip import Gateway, packet
 
 log = logging.getLogger(__name__)
 
 PREDEFINED_MODES = ("host", "none")
 BRIDGE = "bridge"
+HOST_ALIAS = "10.0.2.2"     # the host's loopback, with --allow-host-loopback (slirp4netns's)
 
 
 def _predefined_id(name):
@@ -63,8 +76,10 @@ def _predefined_id(name):
 class Networks:
     """Network records, endpoint allocation, the bridges, DNS and published ports."""
 
-    def __init__(self, data_root, events, containers=None, bip=None, pools=None, dns_upstreams=None):
-        """`events` announces prunes (minidock.events.Events); `containers` is anything with all() / get(ref) returning objects with .id, .name,
+    def __init__(self, data_root, events, containers=None, bip=None, pools=None, dns_upstreams=None,
+                 allow_host_loopback=False):
+        """`events` announces prunes (minidock.events.Events); `containers` is anything with
+        all() / get(ref) returning objects with .id, .name,
         .record, .config, .host_config, .pid, .running (set later with attach())."""
         self.containers, self.events = containers, events
         self.collection = store.Collection(os.path.join(data_root, "networks"), "network")
@@ -76,6 +91,10 @@ class Networks:
         self.resolver = None
         self.published = {}             # container id -> portproxy.Published
         self.dns_upstreams = dns_upstreams
+        # Outbound traffic: the user-mode TCP/IP stack (tcpip/) taps every non-internal bridge.
+        self.allow_host_loopback = allow_host_loopback
+        self.gateway = None             # tcpip.Gateway once started
+        self.ports = {}                 # network id -> its tcpip port
         subnet, gateway = ipam.parse_bip(bip) if bip else (
             ipaddress.IPv4Network(ipam.DEFAULT_BRIDGE_SUBNET), None)
         gateway = gateway or ipam.first_host(subnet)
@@ -104,6 +123,12 @@ class Networks:
         if upstreams is None:
             upstreams = [(ip, 53) for ip in dns.host_resolvers()]
         self.resolver = dns.Resolver(self.lookup, upstreams, self.upstreams_for)
+        # One loop for every network's outbound traffic (tcpip/gateway.py): the containers
+        # reach the host's network through it, and the host's 127.0.0.1 at HOST_ALIAS only
+        # with --allow-host-loopback.
+        self.gateway = Gateway(allow_host_loopback=self.allow_host_loopback,
+                               host_alias=HOST_ALIAS)
+        threading.Thread(target=self.gateway.run, name="tcpip", daemon=True).start()
         for rec in list(self.collection.objects.values()):
             try:
                 self._bring_up(rec)
@@ -114,6 +139,8 @@ class Networks:
         for pub in self.published.values():
             pub.close()
         self.published.clear()
+        if self.gateway:
+            self.gateway.stop()
         if self.resolver:
             self.resolver.close()
         if self.netns:
@@ -133,8 +160,23 @@ class Networks:
                                       listen=64 if kind == socket.SOCK_STREAM else 0,
                                       reuse=kind == socket.SOCK_STREAM)
                 self.resolver.add(rec["Id"], s)
+        if not rec.get("Internal") and self.gateway is not None:
+            self._tap(rec, name, cfg["Gateway"], subnet.prefixlen)
+
+    def _tap(self, rec, bridge, gateway, prefixlen):
+        """The bridge's outbound wire: an AF_PACKET socket the keeper makes on the bridge,
+        handed to the user-mode stack. The bridge keeps the gateway address (ARP, DNS); what
+        the namespace's kernel would have to route (ip_forward=0 drops it) the stack answers."""
+        psock = self.netns.socket(socket.AF_PACKET, socket.SOCK_RAW,
+                                  socket.htons(packet.ETH_P_ALL), bind=(bridge, packet.ETH_P_ALL))
+        packet.configure_packet_socket(psock)
+        self.ports[rec["Id"]] = self.gateway.add_port(
+            psock, networks=[f"{gateway}/{prefixlen}"], kernel_gateway=True, mtu=self._mtu(rec))
 
     def _bring_down(self, rec):
+        port = self.ports.pop(rec["Id"], None)
+        if port is not None and self.gateway is not None:
+            self.gateway.remove_port(port)
         if self.resolver:
             self.resolver.remove(rec["Id"])
         if self.netns:
@@ -530,6 +572,8 @@ class Networks:
                 if not force:
                     raise errors.System(f"cannot disconnect: {e}")
         gone = settings.pop(name)
+        if self.gateway is not None and gone.get("IPAddress"):
+            self.gateway.drop_address(gone["IPAddress"])
         if c.running:
             self._repoint_resolver(c, gone.get("Gateway"))
 
@@ -681,10 +725,15 @@ class Networks:
         return ports
 
     def stopped(self, c):
-        """The container's process ended: close its listeners."""
+        """The container's process ended: close its listeners, reset its outbound flows
+        (its namespace is gone: no FIN or RST will ever come from it)."""
         pub = self.published.pop(c.id, None)
         if pub is not None:
             pub.close()
+        if self.gateway is not None:
+            for ep in ((c.record.get("NetworkSettings") or {}).get("Networks") or {}).values():
+                if ep.get("IPAddress"):
+                    self.gateway.drop_address(ep["IPAddress"])
 
     def etc_hosts(self, c, hostname):
         """Extra /etc/hosts lines: the container's own address and names, and its links."""
