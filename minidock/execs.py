@@ -53,7 +53,7 @@ class Execs:
         for problem in self.collection.load():
             log.warning("skipping unreadable exec state: %s", problem)
         self.by_id = {}
-        for eid, record in self.collection.objects.items():
+        for eid, record in list(self.collection.objects.items()):    # deletes as it goes
             if record.get("Running"):
                 record.update(Running=False, ExitCode=137, Pid=0)
                 self.collection.save(eid, record)

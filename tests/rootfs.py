@@ -60,3 +60,9 @@ def make_rootfs_tar(path):
             for entry in sorted(os.listdir(tree)):
                 tar.add(os.path.join(tree, entry), arcname=entry, filter=as_root)
     return path
+
+
+if __name__ == "__main__":
+    # `python3 tests/rootfs.py busybox-rootfs.tar`: the README tour's image, from the host's busybox.
+    import sys
+    print(make_rootfs_tar(sys.argv[1] if len(sys.argv) > 1 else "busybox-rootfs.tar"))

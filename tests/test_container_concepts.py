@@ -302,3 +302,23 @@ def test_resolv_conf_from_host_and_options(tmp_path):
     assert spec.resolv_conf({"NetworkMode": "none"}, str(host)) == "search a.example b.example\noptions ndots:2\n"
     assert spec.resolv_conf({"Dns": ["127.0.0.53"], "DnsSearch": ["x"], "DnsOptions": ["rotate"]},
                             str(host)) == "nameserver 127.0.0.53\nsearch x\noptions rotate\n"
+
+
+# --- exec records across a daemon restart ---------------------------------------------------
+
+def test_exec_records_of_removed_containers_are_dropped_at_start(tmp_path):
+    """A restarted daemon loads exec instances: those whose container is gone are deleted while
+    the records are walked (once a RuntimeError that stopped the daemon from starting)."""
+    import types
+    from minidock import execs, store
+    saved = store.Collection(os.path.join(tmp_path, "execs"), "exec instance")
+    for n, cid in enumerate(["gone1", "kept", "gone2"]):
+        saved.objects[f"e{n}"] = {"ID": f"e{n}", "ContainerID": cid, "Running": n == 1}
+        saved.save(f"e{n}")
+    kept = types.SimpleNamespace(exec_ids=[])
+    backend = execs.Execs(str(tmp_path), types.SimpleNamespace(by_id={"kept": kept}), None, None, None)
+    assert sorted(backend.by_id) == ["e1"] and kept.exec_ids == ["e1"]
+    assert backend.by_id["e1"].record["Running"] is False          # it died with the old daemon
+    again = store.Collection(os.path.join(tmp_path, "execs"), "exec instance")
+    again.load()
+    assert sorted(again.objects) == ["e1"]                          # the others left the disk
