@@ -428,7 +428,9 @@ class Networks:
 
     def join(self, c, rec, config=None):
         """Allocate `c`'s endpoint on `rec` (no kernel work); returns the endpoint dict.
-        `config` is an EndpointSettings: Aliases, IPAMConfig.IPv4Address, Links, MacAddress."""
+        `config` is an EndpointSettings: Aliases, IPAMConfig.IPv4Address, Links, MacAddress.
+        Every problem with `config` is found before anything is stored, and reported at once
+        (as moby does since v1.44): one error of its own kind, or InvalidParameter listing all."""
         config = config or {}
         if rec["Name"] in PREDEFINED_MODES:
             raise errors.Forbidden(f"container cannot be disconnected from host network or "
@@ -444,25 +446,35 @@ class Networks:
         gateway = ipaddress.IPv4Address(cfg["Gateway"])
         ipam_cfg = config.get("IPAMConfig") or {}
         aliases = list(config.get("Aliases") or [])
+        problems = []
         with self.lock:
             used = self._used(rec, except_id=c.id)
+            ip = None
             if ipam_cfg.get("IPv4Address"):
                 if rec["Name"] == BRIDGE:
-                    raise errors.InvalidParameter("user specified IP address is supported on user "
-                                                  "defined networks only")
-                ip = ipam.check_requested(subnet, gateway, used, ipam_cfg["IPv4Address"])
-            else:
+                    problems.append(errors.InvalidParameter("user specified IP address is supported on "
+                                                            "user defined networks only"))
+                else:
+                    try:
+                        ip = ipam.check_requested(subnet, gateway, used, ipam_cfg["IPv4Address"])
+                    except errors.MinidockError as e:
+                        problems.append(e)
+            if rec["Name"] == BRIDGE and aliases:
+                problems.append(errors.InvalidParameter("network-scoped alias is supported only for "
+                                                        "containers in user defined networks"))
+            mac = config.get("MacAddress") or c.config.get("MacAddress")
+            if mac and not network.valid_mac(mac):
+                problems.append(errors.InvalidParameter(f"invalid MAC address {mac}"))
+            if problems:
+                raise _all_of(problems)
+            if ip is None:
                 ip_range = ipaddress.IPv4Network(cfg["IPRange"]) if cfg.get("IPRange") else None
                 ip = ipam.allocate(subnet, gateway, used, ip_range)
-            mac = config.get("MacAddress") or c.config.get("MacAddress") or network.mac_for(ip)
-            if rec["Name"] == BRIDGE and aliases:
-                raise errors.InvalidParameter("network-scoped alias is supported only for "
-                                              "containers in user defined networks")
             ep = {"IPAMConfig": ({"IPv4Address": ipam_cfg["IPv4Address"]}
                                  if ipam_cfg.get("IPv4Address") else None),
                   "Links": config.get("Links") or None,
                   "Aliases": aliases or None,
-                  "MacAddress": mac, "DriverOpts": None, "NetworkID": rec["Id"],
+                  "MacAddress": mac or network.mac_for(ip), "DriverOpts": None, "NetworkID": rec["Id"],
                   "EndpointID": store.new_id(), "Gateway": str(gateway), "IPAddress": str(ip),
                   "IPPrefixLen": subnet.prefixlen, "IPv6Gateway": "", "GlobalIPv6Address": "",
                   "GlobalIPv6PrefixLen": 0,
@@ -472,7 +484,8 @@ class Networks:
 
     def join_at_create(self, c, networking_config=None):
         """Endpoints for a new container: its NetworkMode's network, plus any other network in
-        NetworkingConfig.EndpointsConfig (API >= 1.44 allows several)."""
+        NetworkingConfig.EndpointsConfig (API >= 1.44 allows several). Every endpoint is tried
+        and every problem reported together; on any, the container has no endpoint at all."""
         rec = self.mode_network(c.host_config)
         c.record.setdefault("NetworkSettings", {}).setdefault("Networks", {})
         self.normalise_links(c)
@@ -488,9 +501,18 @@ class Networks:
                 pass
         if mine is None and rec["Name"] == BRIDGE and c.host_config.get("Links"):
             mine = {}
-        self.join(c, rec, mine)
-        for key, config in eps.items():
-            self.join(c, self.find(key), config)
+        problems = []
+        for key, config in [(rec["Name"], mine)] + list(eps.items()):
+            try:
+                self.join(c, rec if key == rec["Name"] else self.find(key), config)
+            except errors.MinidockError as e:
+                problems.append((key, e))
+        if problems:
+            c.record["NetworkSettings"]["Networks"] = {}
+            if len(problems) == 1:
+                raise problems[0][1]
+            raise _all_of([errors.InvalidParameter(f"invalid config for network {key}: {e.message}")
+                           for key, e in problems])
 
     def normalise_links(self, c):
         """HostConfig.Links as Docker stores them ("/db:/web/alias"); the targets must exist."""
@@ -873,6 +895,14 @@ class Networks:
                 if ep.get("NetworkID") in mine and ep.get("IPAddress"):
                     return [ep["IPAddress"]]
         return None
+
+
+def _all_of(problems):
+    """One error for a list of them: the error itself when alone, else InvalidParameter whose
+    message lists each on its own line, as moby's joined errors read."""
+    if len(problems) == 1:
+        return problems[0]
+    return errors.InvalidParameter("\n".join(f"* {p.message}" for p in problems))
 
 
 def parse_link(link):
