@@ -326,3 +326,36 @@ def test_aliases_carry_the_short_id_before_1_45(rootless, two_networks):
                 assert shown["Aliases"] == aliases and ("DNSNames" in shown) == dns, version
     finally:
         c.delete(f"/containers/{cid}")
+
+
+def test_wait_removed_reports_a_failed_removal_from_1_34(rootless):
+    """A removal that fails (here: the test, as root, makes the directory of the container's
+    writable layer immutable, so the daemon cannot take anything out of it: EPERM) leaves the
+    container dead, and a
+    `removed` wait says why from 1.34 on; a second removal succeeds once the mount is gone."""
+    import os
+    import subprocess
+    d = rootless
+    c = d.client("1.47")
+    cid = c.post("/containers/create", body={"Image": "busybox", "Cmd": ["true"]})["Id"]
+    layer = os.path.join(d.data_root, "layers", "containers", cid)
+    if not os.path.isdir(layer):
+        layer = next(os.path.join(root, cid) for root, dirs, _ in os.walk(d.data_root) if cid in dirs
+                     and os.path.basename(root) == "containers" and "layers" in root)
+    subprocess.run(["chattr", "+i", layer], check=True)
+    try:
+        waits = {v: d.client(v).request("POST", f"/containers/{cid}/wait", params={"condition": "removed"})
+                 for v in ("1.33", "1.34", "1.47")}
+        with pytest.raises(APIError) as info:
+            c.delete(f"/containers/{cid}")
+        assert info.value.status == 500 and "unable to remove filesystem" in str(info.value)
+        answers = {v: json.loads(r.read()) for v, r in waits.items()}
+        assert answers["1.33"] == {"StatusCode": 0}
+        for v in ("1.34", "1.47"):
+            assert answers[v]["StatusCode"] == 0 and "unable to remove filesystem" in answers[v]["Error"]["Message"]
+        assert c.get(f"/containers/{cid}/json")["State"]["Status"] == "dead"
+    finally:
+        subprocess.run(["chattr", "-i", layer], check=True)
+    done = c.request("POST", f"/containers/{cid}/wait", params={"condition": "removed"})
+    c.delete(f"/containers/{cid}")
+    assert json.loads(done.read()) == {"StatusCode": 0}

@@ -81,7 +81,11 @@ def post_containers_unpause(req):
 def post_containers_wait(req):
     args = req.adapt("container_wait", {"condition": req.q("condition") or "not-running"})
     result = _backend(req).waiter(req.params["id"], args["condition"])
-    return req.render("container_wait", lambda: {"StatusCode": result(req.disconnected)}, stream=True)
+
+    def answer():
+        code, error = result(req.disconnected)
+        return {"StatusCode": code, "Error": {"Message": error} if error else None}
+    return req.render("container_wait", answer, stream=True)
 
 
 def delete_containers(req):

@@ -517,6 +517,20 @@ reply_before("container_wait", "1.30", stream=False)
 argument_since("container_wait", "1.30", "condition", before="not-running")
 
 
+@newest("container_wait")
+def _wait_newest(model):
+    """{"StatusCode": n}, with `Error: {"Message": ...}` when a `removed` wait saw the removal
+    fail (moby's WaitResponse.Error is omitempty)."""
+    return {k: v for k, v in model.items() if k != "Error" or v is not None}
+
+
+@step("container_wait", "1.34")
+def _wait_before_1_34(doc, model):
+    """Before v1.34 a failed removal was not reported to waiters: the exit code only."""
+    doc.pop("Error", None)
+    return doc
+
+
 @request_step("container_create", "1.40")
 def _create_before_1_40(args, req):
     """Before v1.40 a container's IPC namespace was "shareable" unless the client said otherwise
