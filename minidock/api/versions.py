@@ -405,17 +405,25 @@ def _without_dns_names(ep, doc):
     return ep
 
 
+def _endpoints_before_1_45(doc, model):
+    """Before v1.45 a user-defined network's Aliases ended with the container's short id."""
+    return _endpoints(doc, _alias_short_id)
+
+
+def _endpoints_before_1_44(doc, model):
+    """Before v1.44 endpoints had no DNSNames."""
+    return _endpoints(doc, _without_dns_names)
+
+
 for _kind, _items in (("container", False), ("container_list", True)):
-    step(_kind, "1.45", items=_items)(lambda doc, model: _endpoints(doc, _alias_short_id))
-    step(_kind, "1.44", items=_items)(lambda doc, model: _endpoints(doc, _without_dns_names))
+    step(_kind, "1.45", items=_items)(_endpoints_before_1_45)
+    step(_kind, "1.44", items=_items)(_endpoints_before_1_44)
 
 
-def _endpoints_config_before_1_44(body, key):
+def _without_mac(ep):
     """Before v1.44 an endpoint's `MacAddress` was output only (the container's Config.MacAddress
-    set it), so what an old client sends there is ignored."""
-    endpoints = (body.get(key) or {}) if isinstance(body.get(key), dict) else {}
-    return {name: ({k: v for k, v in ep.items() if k != "MacAddress"} if isinstance(ep, dict) else ep)
-            for name, ep in endpoints.items()}
+    set it): what an old client sends there is ignored."""
+    return {k: v for k, v in ep.items() if k != "MacAddress"} if isinstance(ep, dict) else ep
 
 
 @request_step("container_create", "1.44")
@@ -426,7 +434,7 @@ def _create_before_1_44(args, req):
     networking = body.get("NetworkingConfig")
     if not isinstance(networking, dict) or not isinstance(networking.get("EndpointsConfig"), dict):
         return args                      # absent, or refused by the backend as at any version
-    endpoints = _endpoints_config_before_1_44(networking, "EndpointsConfig")
+    endpoints = {name: _without_mac(ep) for name, ep in networking["EndpointsConfig"].items()}
     if len(endpoints) > 1:
         raise errors.InvalidParameter(f"Container cannot be connected to network endpoints: "
                                       f"{', '.join(endpoints)}")
@@ -438,8 +446,7 @@ def _create_before_1_44(args, req):
 @request_step("network_connect", "1.44")
 def _connect_before_1_44(body, req):
     """Before v1.44 connect ignored EndpointConfig.MacAddress too."""
-    if isinstance(body.get("EndpointConfig"), dict):
-        body["EndpointConfig"] = {k: v for k, v in body["EndpointConfig"].items() if k != "MacAddress"}
+    body["EndpointConfig"] = _without_mac(body.get("EndpointConfig"))
     return body
 
 
