@@ -299,10 +299,11 @@ class Containers:
 
     def wait(self, ref, condition="not-running", stop=lambda: False):
         """Block until the container stops (or is removed); returns its exit code."""
-        return self.waiter(ref, condition)(stop)
+        return self.waiter(ref, condition)(stop)[0]
 
     def waiter(self, ref, condition="not-running"):
-        """Register a wait on container `ref` now (lifecycle.waiter); -> result(stop)."""
+        """Register a wait on container `ref` now (lifecycle.waiter); -> result(stop), which
+        returns (exit code, why a removal failed or None)."""
         return lifecycle.waiter(self.get(ref), condition)
 
     # -- remove / rename / update / resize ------------------------------------------------------
@@ -324,10 +325,20 @@ class Containers:
             if c.status == REMOVING:
                 raise errors.Conflict(f"removal of container {c.id} is already in progress")
             c.set_status(REMOVING)
+            c.removal_error, c.removals = None, c.removals + 1
             self.save(c)
         if volumes:
             self.volumes.release_anonymous(c.id, c.record.get("Mounts") or [])
-        self._destroy(c)
+        try:
+            self._destroy(c)
+        except OSError as exc:
+            # As moby: the container stays, dead, and `removed` waiters learn why.
+            message = f"unable to remove filesystem for {c.id}: {exc}"
+            with c.lock:
+                c.removal_error = message
+                c.set_status(DEAD)
+                self.save(c)
+            raise errors.System(message)
         # Published once the DELETE's reply is written: the docker CLI talking API < 1.25
         # removes a `run --rm` container itself and exits as soon as it sees "destroy"; seen
         # before its DELETE's reply, that request is cancelled and reported as an error.

@@ -218,6 +218,13 @@ def bridge_name(network_id, name):
     return "docker0" if name == "bridge" else f"br-{network_id[:12]}"
 
 
+def valid_mac(text):
+    """A MAC address as Docker accepts one: six hex octets separated by colons."""
+    parts = str(text).split(":")
+    return len(parts) == 6 and all(len(p) == 2 and all(ch in "0123456789abcdefABCDEF" for ch in p)
+                                   for p in parts)
+
+
 def mac_for(ip):
     """Docker's MAC for an IPv4 address: 02:42 and the four address bytes."""
     return "02:42:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)

@@ -557,7 +557,8 @@ def _extract_one(tf, m, res, whiteouts, no_overwrite, chown, stats, dir_times, c
     if m.issym() or not m.isdir():
         res.forget(path)
     if chown:
-        _chown(name, pfd, m.uid, m.gid, stats.warnings)
+        uid, gid = chown if isinstance(chown, tuple) else (m.uid, m.gid)    # a tuple: every entry's owner
+        _chown(name, pfd, uid, gid, stats.warnings)
     if not m.issym():
         # chmod after chown: chown clears the set-user-ID bits
         _chmod_at(pfd, name, mode)
@@ -788,12 +789,13 @@ def archive_path(root, path, out, label=""):
     return info
 
 
-def extract_archive(root, path, fileobj, no_overwrite_dir_nondir=False, label="", spool_dir=None):
+def extract_archive(root, path, fileobj, no_overwrite_dir_nondir=False, label="", spool_dir=None, owner=None):
     """Unpack the tar `fileobj` into directory `path` inside `root` (PUT .../archive, docker cp).
 
     The stream is spooled to a temporary file and checked in full first -- every name, every
     hardlink, truncation, and the noOverwriteDirNonDir rule -- so a bad archive changes nothing.
-    Compressed archives are accepted like Docker does.
+    Compressed archives are accepted like Docker does. `owner` (uid, gid) replaces every
+    entry's own ids (copyUIDGID).
     """
     absolute = _request_path(path)
     with Resolver(root) as res:
@@ -818,7 +820,8 @@ def extract_archive(root, path, fileobj, no_overwrite_dir_nondir=False, label=""
         spool.seek(0)
         _check_archive(spool, size, root, subdir, no_overwrite_dir_nondir)
         spool.seek(0)
-        extract(spool, root, whiteouts=KEEP, no_overwrite_dir_nondir=no_overwrite_dir_nondir, subdir=subdir)
+        extract(spool, root, whiteouts=KEEP, no_overwrite_dir_nondir=no_overwrite_dir_nondir, subdir=subdir,
+                chown=owner or True)
 
 
 def _check_archive(spool, size, root, subdir, no_overwrite):

@@ -179,3 +179,37 @@ def test_an_address_is_free_again_once_its_container_is_removed(nets):
     boxes.items.append(second)
     n.join_at_create(second)
     assert second.record["NetworkSettings"]["Networks"]["bridge"]["IPAddress"] == "172.17.0.2"
+
+
+def test_removing_a_network_in_use_is_forbidden_as_in_moby(nets):
+    """moby answers 403 (libnetwork's ActiveEndpointsError is a Forbidden error), not 409."""
+    n, boxes = nets
+    n.create({"Name": "busy"})
+    web = Box("a" * 64, "web", mode="busy")
+    boxes.items.append(web)
+    n.join_at_create(web)
+    with pytest.raises(errors.Forbidden) as info:
+        n.remove("busy")
+    assert "has active endpoints" in info.value.message
+    web.running = False                      # a stopped member loses its endpoint with the network
+    n.remove("busy")
+    assert web.record["NetworkSettings"]["Networks"] == {}
+
+
+def test_join_reports_every_problem_at_once_and_stores_nothing(nets):
+    n, boxes = nets
+    n.create({"Name": "u", "IPAM": {"Config": [{"Subnet": "10.77.0.0/24"}]}})
+    c = Box("b" * 64, "c", mode="bridge")
+    boxes.items.append(c)
+    with pytest.raises(errors.InvalidParameter) as info:
+        n.join(c, n.find("bridge"), {"IPAMConfig": {"IPv4Address": "172.17.0.9"}, "Aliases": ["x"],
+                                     "MacAddress": "zz"})
+    lines = info.value.message.splitlines()
+    assert len(lines) == 3 and "user defined networks only" in lines[0] and "invalid MAC address zz" in lines[2]
+    assert c.record["NetworkSettings"]["Networks"] == {}
+    with pytest.raises(errors.InvalidParameter) as info:     # across networks at create
+        n.join_at_create(c, {"EndpointsConfig": {"bridge": {"Aliases": ["x"]},
+                                                 "u": {"IPAMConfig": {"IPv4Address": "10.99.0.2"}}}})
+    assert "invalid config for network bridge" in info.value.message
+    assert "invalid config for network u" in info.value.message
+    assert c.record["NetworkSettings"]["Networks"] == {}

@@ -306,3 +306,39 @@ def test_generated_etc_files_stay_out_of_diff_and_commit(d):
     finally:
         d.docker("rm", "-f", "fresh")
         d.docker("rmi", "committed:1", check=False)
+
+
+def test_put_archive_copy_uid_gid_from_1_30(d):
+    """PUT /containers/{id}/archive?copyUIDGID=1 (v1.30+): the files take the container user's
+    ids instead of the archive's. With one id mapped (mode nobody) no other owner can exist at
+    all: every file is the one mapped id, which the nested namespace shows the user as its
+    own; with a subordinate range both ids are real, and the difference shows."""
+    import io
+    import tarfile
+
+    def archive(name):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tf:
+            info = tarfile.TarInfo(name)
+            info.size, info.uid, info.gid, info.mode = 2, 1234, 1234, 0o644
+            tf.addfile(info, io.BytesIO(b"x\n"))
+        return buf.getvalue()
+
+    c = d.client("1.47")
+    cid = c.post("/containers/create", body={"Image": "busybox", "User": "4321:4321",
+                                             "Cmd": ["stat", "-c", "%n %u:%g", "/tmp/kept", "/tmp/copied",
+                                                     "/tmp/old"]})["Id"]
+    try:
+        c.call("PUT", f"/containers/{cid}/archive", params={"path": "/tmp"}, body=archive("kept"))
+        c.call("PUT", f"/containers/{cid}/archive", params={"path": "/tmp", "copyUIDGID": 1}, body=archive("copied"))
+        d.client("1.29").call("PUT", f"/containers/{cid}/archive", params={"path": "/tmp", "copyUIDGID": 1},
+                              body=archive("old"))       # before 1.30 the parameter means nothing
+        c.post(f"/containers/{cid}/start")
+        assert c.post(f"/containers/{cid}/wait")["StatusCode"] == 0
+        owners = dict(line.split() for line in out(d.docker("logs", cid)).splitlines())
+        if d.mode == "nobody":
+            assert set(owners.values()) == {"4321:4321"}
+        else:
+            assert owners == {"/tmp/kept": "1234:1234", "/tmp/copied": "4321:4321", "/tmp/old": "1234:1234"}
+    finally:
+        c.delete(f"/containers/{cid}", params={"force": 1})

@@ -237,3 +237,125 @@ def test_cgroupns_mode_is_host_and_private_is_refused(rootless):
     with pytest.raises(APIError) as info:
         c.post("/containers/create", body={"Image": "busybox", "HostConfig": {"CgroupnsMode": "private"}})
     assert info.value.status == 501 and "cgroup namespace" in str(info.value)
+
+
+def test_stats_online_cpus_from_1_27_and_one_shot_from_1_41(rootless):
+    c = rootless.client("1.47")
+    cid = c.post("/containers/create", body={"Image": "busybox", "Cmd": ["sleep", "1000"]})["Id"]
+    c.post(f"/containers/{cid}/start")
+    try:
+        for version, shown in (("1.26", False), ("1.27", True), ("1.47", True)):
+            doc = rootless.client(version).get(f"/containers/{cid}/stats", params={"stream": 0})
+            assert ("online_cpus" in doc["cpu_stats"]) == shown and "system_cpu_usage" in doc["cpu_stats"]
+        # one-shot with stream: refused where one-shot exists, meaningless (a stream) before.
+        with pytest.raises(APIError) as info:
+            rootless.client("1.41").get(f"/containers/{cid}/stats", params={"stream": 1, "one-shot": 1})
+        assert info.value.status == 400
+        status, _, _ = rootless.client("1.40").call("GET", f"/containers/{cid}/stats",
+                                                    params={"stream": 0, "one-shot": 1})
+        assert status == 200
+    finally:
+        c.delete(f"/containers/{cid}", params={"force": 1})
+
+
+@pytest.fixture(scope="module")
+def two_networks(rootless):
+    c = rootless.client("1.47")
+    ids = [c.post("/networks/create", body={"Name": name})["Id"] for name in ("vnet-a", "vnet-b")]
+    yield ["vnet-a", "vnet-b"]
+    for nid in ids:
+        c.delete(f"/networks/{nid}")
+
+
+def test_several_networks_and_endpoint_mac_at_create_from_1_44(rootless, two_networks):
+    body = {"Image": "busybox", "Cmd": ["true"], "HostConfig": {"NetworkMode": "vnet-a"},
+            "NetworkingConfig": {"EndpointsConfig": {"vnet-a": {"MacAddress": "02:00:00:00:aa:01"},
+                                                     "vnet-b": {"Aliases": ["bee"]}}}}
+    with pytest.raises(APIError) as info:
+        rootless.client("1.43").post("/containers/create", body=body)
+    assert info.value.status == 400 and "cannot be connected to network endpoints: vnet-a, vnet-b" in str(info.value)
+    c = rootless.client("1.44")
+    cid = c.post("/containers/create", body=body)["Id"]
+    try:
+        nets = c.get(f"/containers/{cid}/json")["NetworkSettings"]["Networks"]
+        assert set(nets) == {"vnet-a", "vnet-b"}
+        assert nets["vnet-a"]["MacAddress"] == "02:00:00:00:aa:01"
+        assert nets["vnet-b"]["DNSNames"][1:] == ["bee", cid[:12]]
+    finally:
+        c.delete(f"/containers/{cid}")
+    # Before 1.44 an endpoint's MacAddress was output only: ignored, the address derives from the IP.
+    one = {"Image": "busybox", "Cmd": ["true"], "HostConfig": {"NetworkMode": "vnet-a"},
+           "NetworkingConfig": {"EndpointsConfig": {"vnet-a": {"MacAddress": "02:00:00:00:aa:02"}}}}
+    c43 = rootless.client("1.43")
+    cid = c43.post("/containers/create", body=one)["Id"]
+    try:
+        assert c43.get(f"/containers/{cid}/json")["NetworkSettings"]["Networks"]["vnet-a"]["MacAddress"] \
+            != "02:00:00:00:aa:02"
+    finally:
+        c43.delete(f"/containers/{cid}")
+
+
+def test_create_reports_every_endpoint_problem_at_once(rootless, two_networks):
+    body = {"Image": "busybox", "Cmd": ["true"], "HostConfig": {"NetworkMode": "vnet-a"},
+            "NetworkingConfig": {"EndpointsConfig": {
+                "vnet-a": {"IPAMConfig": {"IPv4Address": "10.254.0.9"}},
+                "bridge": {"Aliases": ["nope"]},
+                "vnet-b": {"MacAddress": "not-a-mac"}}}}
+    c = rootless.client("1.47")
+    before = len(c.get("/containers/json", params={"all": 1}))
+    with pytest.raises(APIError) as info:
+        c.post("/containers/create", body=body)
+    message = str(info.value)
+    assert info.value.status == 400
+    assert "10.254.0.9" in message and "network-scoped alias" in message and "not-a-mac" in message
+    assert len(c.get("/containers/json", params={"all": 1})) == before          # nothing half-made
+
+
+def test_aliases_carry_the_short_id_before_1_45(rootless, two_networks):
+    c = rootless.client("1.47")
+    cid = c.post("/containers/create", body={
+        "Image": "busybox", "Cmd": ["true"], "HostConfig": {"NetworkMode": "vnet-a"},
+        "NetworkingConfig": {"EndpointsConfig": {"vnet-a": {"Aliases": ["web"]}}}})["Id"]
+    try:
+        for version, aliases, dns in (("1.43", ["web", cid[:12]], False), ("1.44", ["web", cid[:12]], True),
+                                      ("1.45", ["web"], True), ("1.47", ["web"], True)):
+            client = rootless.client(version)
+            ep = client.get(f"/containers/{cid}/json")["NetworkSettings"]["Networks"]["vnet-a"]
+            row = [r for r in client.get("/containers/json", params={"all": 1}) if r["Id"] == cid][0]
+            for shown in (ep, row["NetworkSettings"]["Networks"]["vnet-a"]):
+                assert shown["Aliases"] == aliases and ("DNSNames" in shown) == dns, version
+    finally:
+        c.delete(f"/containers/{cid}")
+
+
+def test_wait_removed_reports_a_failed_removal_from_1_34(rootless):
+    """A removal that fails (here: the test, as root, makes the directory of the container's
+    writable layer immutable, so the daemon cannot take anything out of it: EPERM) leaves the
+    container dead, and a
+    `removed` wait says why from 1.34 on; a second removal succeeds once the mount is gone."""
+    import os
+    import subprocess
+    d = rootless
+    c = d.client("1.47")
+    cid = c.post("/containers/create", body={"Image": "busybox", "Cmd": ["true"]})["Id"]
+    layer = os.path.join(d.data_root, "layers", "containers", cid)
+    if not os.path.isdir(layer):
+        layer = next(os.path.join(root, cid) for root, dirs, _ in os.walk(d.data_root) if cid in dirs
+                     and os.path.basename(root) == "containers" and "layers" in root)
+    subprocess.run(["chattr", "+i", layer], check=True)
+    try:
+        waits = {v: d.client(v).request("POST", f"/containers/{cid}/wait", params={"condition": "removed"})
+                 for v in ("1.33", "1.34", "1.47")}
+        with pytest.raises(APIError) as info:
+            c.delete(f"/containers/{cid}")
+        assert info.value.status == 500 and "unable to remove filesystem" in str(info.value)
+        answers = {v: json.loads(r.read()) for v, r in waits.items()}
+        assert answers["1.33"] == {"StatusCode": 0}
+        for v in ("1.34", "1.47"):
+            assert answers[v]["StatusCode"] == 0 and "unable to remove filesystem" in answers[v]["Error"]["Message"]
+        assert c.get(f"/containers/{cid}/json")["State"]["Status"] == "dead"
+    finally:
+        subprocess.run(["chattr", "-i", layer], check=True)
+    done = c.request("POST", f"/containers/{cid}/wait", params={"condition": "removed"})
+    c.delete(f"/containers/{cid}")
+    assert json.loads(done.read()) == {"StatusCode": 0}

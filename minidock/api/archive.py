@@ -7,7 +7,8 @@ The backend, and how paths inside mounts are served, is minidock/container/archi
     POST /containers/(id)/copy      {"Resource": path} -> tar of it (deprecated; gone in v1.24)
     HEAD /containers/(id)/archive   ?path=  -> only the X-Docker-Container-Path-Stat header
     GET  /containers/(id)/archive   ?path=  -> that header plus a tar of the path
-    PUT  /containers/(id)/archive   ?path=DIR[&noOverwriteDirNonDir=1], body: a tar to unpack
+    PUT  /containers/(id)/archive   ?path=DIR[&noOverwriteDirNonDir=1][&copyUIDGID=1] (v1.30+),
+                                    body: a tar to unpack
 
 X-Docker-Container-Path-Stat is base64(JSON {"name", "size", "mode", "mtime", "linkTarget"}),
 `mode` in Go's os.FileMode encoding (tarsafe.go_file_mode). The CLI's `docker cp` HEADs the
@@ -57,8 +58,10 @@ def get_containers_archive(req):
 
 
 def put_containers_archive(req):
+    args = req.adapt("archive_put", {"copy_uid_gid": req.qbool("copyUIDGID")})
     req.daemon.archive.put(req.params["id"], req.q("path") or "", req.body,
-                           no_overwrite_dir_nondir=req.qbool("noOverwriteDirNonDir"))
+                           no_overwrite_dir_nondir=req.qbool("noOverwriteDirNonDir"),
+                           copy_uid_gid=args["copy_uid_gid"])
     return http.Response.empty(200)
 
 

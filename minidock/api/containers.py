@@ -81,7 +81,11 @@ def post_containers_unpause(req):
 def post_containers_wait(req):
     args = req.adapt("container_wait", {"condition": req.q("condition") or "not-running"})
     result = _backend(req).waiter(req.params["id"], args["condition"])
-    return req.render("container_wait", lambda: {"StatusCode": result(req.disconnected)}, stream=True)
+
+    def answer():
+        code, error = result(req.disconnected)
+        return {"StatusCode": code, "Error": {"Message": error} if error else None}
+    return req.render("container_wait", answer, stream=True)
 
 
 def delete_containers(req):
@@ -127,20 +131,23 @@ STATS_INTERVAL = 1.0        # moby's collector samples once a second
 def get_containers_stats(req):
     """`docker stats`: one JSON object a second (stream), or one primed object (stream=0: the
     first sample only fills precpu_stats, moby discards it), or one at once (one-shot)."""
-    stream, one_shot = req.qbool("stream", True), req.qbool("one-shot")
+    stream = req.qbool("stream", True)
+    one_shot = req.adapt("container_stats", {"one_shot": req.qbool("one-shot")})["one_shot"]
     if stream and one_shot:
         raise errors.InvalidParameter("cannot have stream=true and one-shot=true")
     samples, running = _backend(req).stats(req.params["id"])
     if not stream:
         if one_shot or not running:
-            return http.Response.json(samples.next())
+            return req.render("stats", samples.next())
         samples.next()
         _sleep(req, STATS_INTERVAL)
-        return http.Response.json(samples.next())
+        return req.render("stats", samples.next())
+
+    shape = req.shaper("stats")
 
     def produce():
         while True:
-            yield json.dumps(samples.next()).encode() + b"\n"
+            yield json.dumps(shape(samples.next())).encode() + b"\n"
             if not _sleep(req, STATS_INTERVAL):
                 return
     return http.StreamResponse(produce(), content_type="application/json")

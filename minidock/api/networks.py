@@ -37,7 +37,7 @@ def post_networks_prune(req):
 
 
 def post_networks_connect(req):
-    body = _body(req)
+    body = req.adapt("network_connect", _body(req))
     req.daemon.networks.connect_container(req.params["id"], body.get("Container"), body.get("EndpointConfig"))
     return http.Response.empty(200)
 

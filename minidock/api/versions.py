@@ -380,6 +380,76 @@ step("system_df", "1.43")(_df_images_as("1.42"))      # and so are the <none> pl
 removed_at("network_list", "1.28", ["Containers"], items=True)
 
 
+# Container endpoints (inspect's and the list's NetworkSettings.Networks): before v1.45 the
+# daemon put the container's short id into the Aliases of every user-defined network (the
+# resolver answers it either way, DNSNames lists it since v1.44); before v1.44 there was no
+# DNSNames.
+
+def _endpoints(doc, fn):
+    nets = (doc.get("NetworkSettings") or {}).get("Networks")
+    if isinstance(nets, dict):
+        doc["NetworkSettings"] = dict(doc["NetworkSettings"],
+                                      Networks={name: fn(dict(ep), doc) for name, ep in nets.items()})
+    return doc
+
+
+def _alias_short_id(ep, doc):
+    short = doc["Id"][:12]
+    if ep.get("DNSNames") is not None and short not in (ep.get("Aliases") or []):   # user-defined
+        ep["Aliases"] = list(ep.get("Aliases") or []) + [short]
+    return ep
+
+
+def _without_dns_names(ep, doc):
+    ep.pop("DNSNames", None)
+    return ep
+
+
+def _endpoints_before_1_45(doc, model):
+    """Before v1.45 a user-defined network's Aliases ended with the container's short id."""
+    return _endpoints(doc, _alias_short_id)
+
+
+def _endpoints_before_1_44(doc, model):
+    """Before v1.44 endpoints had no DNSNames."""
+    return _endpoints(doc, _without_dns_names)
+
+
+for _kind, _items in (("container", False), ("container_list", True)):
+    step(_kind, "1.45", items=_items)(_endpoints_before_1_45)
+    step(_kind, "1.44", items=_items)(_endpoints_before_1_44)
+
+
+def _without_mac(ep):
+    """Before v1.44 an endpoint's `MacAddress` was output only (the container's Config.MacAddress
+    set it): what an old client sends there is ignored."""
+    return {k: v for k, v in ep.items() if k != "MacAddress"} if isinstance(ep, dict) else ep
+
+
+@request_step("container_create", "1.44")
+def _create_before_1_44(args, req):
+    """Before v1.44 a container was created on one network only: several EndpointsConfig
+    entries were refused (connect the others afterwards), and endpoint MAC addresses ignored."""
+    body = dict(args["body"])
+    networking = body.get("NetworkingConfig")
+    if not isinstance(networking, dict) or not isinstance(networking.get("EndpointsConfig"), dict):
+        return args                      # absent, or refused by the backend as at any version
+    endpoints = {name: _without_mac(ep) for name, ep in networking["EndpointsConfig"].items()}
+    if len(endpoints) > 1:
+        raise errors.InvalidParameter(f"Container cannot be connected to network endpoints: "
+                                      f"{', '.join(endpoints)}")
+    body["NetworkingConfig"] = dict(networking, EndpointsConfig=endpoints)
+    args["body"] = body
+    return args
+
+
+@request_step("network_connect", "1.44")
+def _connect_before_1_44(body, req):
+    """Before v1.44 connect ignored EndpointConfig.MacAddress too."""
+    body["EndpointConfig"] = _without_mac(body.get("EndpointConfig"))
+    return body
+
+
 # -- containers --------------------------------------------------------------------------------------
 
 @step("container_list", "1.46", items=True)
@@ -454,6 +524,20 @@ reply_before("container_wait", "1.30", stream=False)
 argument_since("container_wait", "1.30", "condition", before="not-running")
 
 
+@newest("container_wait")
+def _wait_newest(model):
+    """{"StatusCode": n}, with `Error: {"Message": ...}` when a `removed` wait saw the removal
+    fail (moby's WaitResponse.Error is omitempty)."""
+    return {k: v for k, v in model.items() if k != "Error" or v is not None}
+
+
+@step("container_wait", "1.34")
+def _wait_before_1_34(doc, model):
+    """Before v1.34 a failed removal was not reported to waiters: the exit code only."""
+    doc.pop("Error", None)
+    return doc
+
+
 @request_step("container_create", "1.40")
 def _create_before_1_40(args, req):
     """Before v1.40 a container's IPC namespace was "shareable" unless the client said otherwise
@@ -473,6 +557,7 @@ def _create_before_1_40(args, req):
 argument_since("container_create", "1.41", "platform")     # docker run --platform
 argument_since("container_stop", "1.42", "signal")          # docker stop -s (and restart)
 argument_since("container_logs", "1.35", "until")           # docker logs --until
+argument_since("archive_put", "1.30", "copy_uid_gid", before=False)     # docker cp -a (PUT ?copyUIDGID)
 
 
 @request_step("volume_prune", "1.42")
@@ -486,6 +571,20 @@ def _volume_prune_before_1_42(filters, req):
 def _exec_before_1_25(doc, model):
     """Exec inspect shows the process's `Pid` since v1.25."""
     doc.pop("Pid", None)
+    return doc
+
+
+# GET /containers/{id}/stats: `one-shot` (one sample at once, without priming precpu) came with
+# v1.41; an older client's `one-shot=1` means nothing, as it did to its daemon.
+argument_since("container_stats", "1.41", "one_shot", before=False)
+
+
+@step("stats", "1.27")
+def _stats_before_1_27(doc, model):
+    """`online_cpus` (beside `percpu_usage`) came with v1.27 in cpu_stats and precpu_stats."""
+    for key in ("cpu_stats", "precpu_stats"):
+        if isinstance(doc.get(key), dict) and "online_cpus" in doc[key]:
+            doc[key] = {k: v for k, v in doc[key].items() if k != "online_cpus"}
     return doc
 
 

@@ -27,7 +27,7 @@ import os
 import posixpath
 import shutil
 
-from minidock import errors, tarsafe
+from minidock import errors, ns, tarsafe
 
 ETC_FILES = (("/etc/hosts", "HostsPath"), ("/etc/hostname", "HostnamePath"), ("/etc/resolv.conf", "ResolvConfPath"))
 
@@ -170,10 +170,16 @@ class Archive:
         whole = mount is not None and inner.rstrip("/.") == ""
         return self._writer(c, root, inner, mount, name, whole)
 
-    def put(self, ref, path, body, no_overwrite_dir_nondir=False):
-        """Unpack the tar `body` (a file-like object) into directory `path`."""
+    def put(self, ref, path, body, no_overwrite_dir_nondir=False, copy_uid_gid=False):
+        """Unpack the tar `body` (a file-like object) into directory `path`. With `copy_uid_gid`
+        every file gets the container user's uid and gid (Config.User, names looked up in the
+        container's own /etc/passwd and /etc/group), not the ids the archive carries."""
         c = self.containers.get(ref)
         root, inner, mount, _ = self._locate(c, path)
+        owner = None
+        if copy_uid_gid:
+            uid, gid, _ = ns.resolve_user(self.layers.mount(c.id), c.config.get("User") or "")
+            owner = (uid, gid)
         if mount is not None and not mount.get("RW", True):
             raise errors.Forbidden("mounted volume is marked read-only")
         if mount is None and c.host_config.get("ReadonlyRootfs"):
@@ -181,7 +187,7 @@ class Archive:
         spool = self.layers.tmpdir()
         try:
             tarsafe.extract_archive(root, inner, body, no_overwrite_dir_nondir=no_overwrite_dir_nondir,
-                                    label=c.name, spool_dir=spool)
+                                    label=c.name, spool_dir=spool, owner=owner)
         finally:
             shutil.rmtree(spool, ignore_errors=True)
         self.containers.emit(c, "extract-to-dir", {"path": path})

@@ -29,7 +29,7 @@ TRANSITIONS = {
     RESTARTING: {RUNNING, EXITED, REMOVING},
     EXITED: {RUNNING, RESTARTING, REMOVING},
     REMOVING: {DEAD},
-    DEAD: set(),
+    DEAD: {REMOVING},           # a removal that failed half-way leaves it dead; `rm` tries again
 }
 
 ALIVE = (RUNNING, PAUSED)                       # a process exists
@@ -55,6 +55,8 @@ class Container:
         self.started_mono = 0.0
         self.exit_generation = 0          # bumps on every exit: `wait` waits for the next one
         self.exec_ids = []                # exec instances created in it, oldest first
+        self.removal_error = None         # why the last removal failed (a `removed` wait says it)
+        self.removals = 0                 # removals begun: a dead container's `removed` waits for the next
 
     @property
     def id(self):
@@ -113,11 +115,12 @@ def waiter(c, condition="not-running"):
     this call: `next-exit` means the first exit after it, even one that happens before
     `result` runs (the API sends its headers in between, and the CLI starts the container
     as soon as it sees them). `not-running` is met at once by a container that is not
-    running; `removed` waits for the removal (an AutoRemove or a `docker rm`)."""
+    running; `removed` waits for the removal (an AutoRemove or a `docker rm`), which may fail:
+    then `result` returns the removal's error message as well, else None."""
     if condition not in WAIT_CONDITIONS:
         raise errors.InvalidParameter(f"invalid condition: {condition}")
     with c.lock:
-        generation = c.exit_generation
+        generation, removals, dead = c.exit_generation, c.removals, c.status == DEAD
         wait_exit = condition == "next-exit" or (condition == "not-running" and c.status in ACTIVE)
 
     def result(stop=lambda: False):
@@ -126,7 +129,8 @@ def waiter(c, condition="not-running"):
                 while c.exit_generation == generation and not stop():
                     c.changed.wait(0.5)
             if condition == "removed":
-                while c.status != DEAD and not stop():
+                while (c.status != DEAD or (dead and c.removals == removals)) and not stop():
                     c.changed.wait(0.5)
-            return c.state["ExitCode"]
+                return c.state["ExitCode"], c.removal_error
+            return c.state["ExitCode"], None
     return result
