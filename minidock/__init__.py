@@ -9,12 +9,12 @@ The package is layered; imports only point down:
                          networks.py, images.py (with imagecreate.py, imagedescribe.py,
                          imagearchive.py), registryservice.py,
                          events.py
-    machinery            ns.py (with pid1.py), spawner.py, layers.py, cgroup.py, registry/,
+    machinery            ns.py (with mounts.py, userns.py, pid1.py), spawner.py, layers.py, cgroup.py, registry/,
                          builder.py (with buildcopy.py, dockerfile.py, buildvars.py,
                          dockerignore.py), tarsafe.py, network.py (the daemon's network
                          namespace; netlink.py), dns.py, ipam.py, portproxy.py, stats.py,
                          health.py, jsonfile.py
-    ground               http.py (bytes in, bytes out), websocket.py, store.py (atomic JSON),
+    ground               syscalls.py (ctypes), http.py (bytes in, bytes out), websocket.py, store.py (atomic JSON),
                          times.py, reference.py, platforms.py, progress.py, filters.py, errors.py
 """
 

@@ -6,7 +6,7 @@ fork(2) in a multi-threaded Python process copies only the calling thread; locks
 others stay locked forever in the child, so running Python after such a fork can deadlock
 (and `preexec_fn` is documented as unsafe with threads). setns(2) into a user namespace is
 refused outright to a multi-threaded process. So the daemon forks *one* helper right after
-`ns.enter_daemon_userns()`, while it is still single-threaded, and that helper does every
+`userns.enter_daemon_userns()`, while it is still single-threaded, and that helper does every
 fork afterwards. Forking an already-running interpreter costs well under a millisecond; a
 fresh `python -m ...` per container would cost 15-65 ms.
 
@@ -58,7 +58,7 @@ API accepts (16 MiB bodies) under the socket buffer limit an unprivileged proces
                         {"op": "exec", "id": N, "init_pid": P, "spec": {...}} + 3 fds
                         {"op": "netns", "id": N}  + 1 fd: start network.py's keeper on it
     spawner -> daemon   {"id": N, "pid": P, "shim": S} the command is being exec'd
-                        {"id": N, "error": {...}}     ns.StartError.to_record()
+                        {"id": N, "error": {...}}     syscalls.StartError.to_record()
                         {"exit": P, "code": C}        a process started by run/exec ended
 
 Start status travels from the container init to the spawner over a close-on-exec pipe: the
@@ -88,7 +88,7 @@ The run/exec spec (a JSON-able dict; only `argv` and, for run, `rootfs` are requ
     privileged        bool  all capabilities, no masked or read-only /proc paths
     no_new_privileges bool  prctl(PR_SET_NO_NEW_PRIVS); Docker's default is off
     cgroup            str   optional cgroup directory; the init writes itself to cgroup.procs
-    masked_paths, readonly_paths  [str] override Docker's lists (ns.MASKED_PATHS, ...)
+    masked_paths, readonly_paths  [str] override Docker's lists (mounts.MASKED_PATHS, ...)
     security_opt      [str] Docker's SecurityOpt: `seccomp=unconfined`, `seccomp=<JSON profile>`,
                       `no-new-privileges`; without a seccomp entry the built-in profile applies
                       (seccomp.py), compiled by Spawner.run/exec into `seccomp` (hex of the
@@ -98,7 +98,7 @@ For exec, the daemon passes the container's own cap_add/cap_drop/privileged/no_n
 (Docker applies the container's settings to exec'd processes), the exec's user (default: the
 container's), env (container env + exec env) and cwd; `rootfs` only if `user` needs resolving.
 
-Failures: run/exec raise ns.StartError with `exit_code` 127 (command not found), 126 (not
+Failures: run/exec raise syscalls.StartError with `exit_code` 127 (command not found), 126 (not
 executable / permission denied) or 125 (a named set-up step failed: `step`, `errno`). The
 message keeps the words the docker CLI greps for to choose its own exit code.
 """
@@ -117,7 +117,7 @@ import threading
 import time
 import traceback
 
-from . import errors, network, ns, seccomp   # network: loaded once here, not in every shim
+from . import errors, mounts, network, ns, seccomp, syscalls, userns   # network: loaded once here, not in every shim
 
 log = logging.getLogger("minidock.spawner")
 
@@ -286,7 +286,7 @@ class Spawner:
         codes are kept until `wait(pid)` takes them; use one style or the other.
         """
         # Shims orphaned by a dead spawner are re-parented to us, so we can keep reaping them.
-        ns.prctl(ns.PR_SET_CHILD_SUBREAPER, 1)
+        syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
         # The lifeline: only this process holds the write end, so its read end reaches EOF
         # exactly when the daemon is gone, however it died. Shims watch it.
         lifeline_r, lifeline_w = os.pipe2(os.O_CLOEXEC)
@@ -337,7 +337,7 @@ class Spawner:
     def run(self, spec, stdin, stdout, stderr):
         """Start a container; returns the host pid of its init once execve is under way.
 
-        Raises ns.StartError (exit_code 125/126/127) if set-up or exec failed,
+        Raises syscalls.StartError (exit_code 125/126/127) if set-up or exec failed,
         errors.InvalidParameter for a bad spec, errors.Unavailable if the spawner is down."""
         if not spec.get("rootfs") or not spec.get("argv"):
             raise errors.InvalidParameter("run needs rootfs and argv")
@@ -442,7 +442,7 @@ class Spawner:
         if "error" in reply:
             if reply["error"].get("unavailable"):
                 raise errors.Unavailable(reply["error"]["message"])
-            raise ns.StartError.from_record(reply["error"])
+            raise syscalls.StartError.from_record(reply["error"])
         return reply["pid"]
 
     def _supervise(self):
@@ -679,13 +679,13 @@ class _Server:
 
     def serve(self):
         # Die with the daemon; the check closes the race of it dying before the prctl.
-        ns.prctl(ns.PR_SET_PDEATHSIG, signal.SIGKILL)
+        syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != self.daemon_pid:
             os._exit(0)
         self.me = os.getpid()
         os.setsid()                     # no terminal signals (^C goes to the daemon only)
         # Orphans (a shim killed before its child) are re-parented to us, not to the daemon.
-        ns.prctl(ns.PR_SET_CHILD_SUBREAPER, 1)
+        syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
         keep = {self.sock.fileno(), self.lifeline, 0, 1, 2}
         for fd in os.listdir("/proc/self/fd"):   # the daemon's other descriptors
             if int(fd) not in keep:
@@ -820,7 +820,7 @@ class _Server:
             code = _exit_code(status)
         except BaseException as e:
             try:
-                ns.report_failure(status_w, e)
+                syscalls.report_failure(status_w, e)
             except OSError:
                 pass
         os._exit(code)

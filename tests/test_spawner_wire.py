@@ -75,7 +75,7 @@ def test_an_oversized_message_is_refused_and_the_next_one_reads(monkeypatch):
 BAD_REQUESTS = r"""
 import json, os, socket, sys
 sys.path.insert(0, sys.argv[1])
-from minidock import ns, spawner
+from minidock import spawner, syscalls
 sp = spawner.Spawner.start()
 out = {}
 # garbage with no id: logged by the spawner, answered to nobody
@@ -86,14 +86,14 @@ for key, msg in (("bogus", {"op": "bogus"}), ("badspec", {"op": "run", "spec": "
     try:
         sp._request(msg, [])
         out[key] = "no error"
-    except ns.StartError as e:
+    except syscalls.StartError as e:
         out[key] = e.message
 out["pid_after"] = sp.pid
 out["health"] = sp.health()
 r, w = os.pipe()
 try:
     sp.run({"rootfs": "/nonexistent", "argv": ["true"], "uid": 0, "gid": 0}, r, w, w)
-except ns.StartError as e:
+except syscalls.StartError as e:
     out["run"] = "answered: " + e.message[:40]
 out["pid_end"] = sp.pid
 print(json.dumps(out), flush=True)
