@@ -26,7 +26,7 @@ import os
 import shutil
 import threading
 
-from minidock import (cgroup, errors, filters as filters_mod, http, imagecreate, ns, platforms, proctable,
+from minidock import (cgroup, errors, filters as filters_mod, httpserver, imagecreate, ns, platforms, proctable,
                       schema, stats, store)
 from minidock.container import attach, config, describe, logs, restart
 from minidock.container import lifecycle
@@ -331,7 +331,7 @@ class Containers:
         # Published once the DELETE's reply is written: the docker CLI talking API < 1.25
         # removes a `run --rm` container itself and exits as soon as it sees "destroy"; seen
         # before its DELETE's reply, that request is cancelled and reported as an error.
-        http.after_reply(lambda: self.emit(c, "destroy"))
+        httpserver.after_reply(lambda: self.emit(c, "destroy"))
 
     def _destroy(self, c):
         """The end of a removal (status removing): its layer, cgroup, record, volume uses and

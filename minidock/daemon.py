@@ -26,7 +26,7 @@ import signal
 import sys
 import threading
 
-from minidock import API_VERSION, __version__, cgroup, errors, http
+from minidock import API_VERSION, __version__, cgroup, errors, httpserver
 from minidock.api import archive, build, containers, execs, images, networks, swarm, system, volumes
 from minidock.api.router import Router
 from minidock.container.exits import ExitRegistry
@@ -340,7 +340,7 @@ def serve(engine, hosts, cors_origin=None, ready=None, stop=None, tls_context=No
     servers = []
     try:
         for host in hosts:
-            servers.append(http.make_server(host, app, base_headers, logger=logging.getLogger("minidock.http"),
+            servers.append(httpserver.make_server(host, app, base_headers, logger=logging.getLogger("minidock.http"),
                                             tls_context=tls_context if host.startswith("tcp://") else None))
             log.info("API listening on %s", host)
     except BaseException:
