@@ -46,7 +46,8 @@ import shutil
 import urllib.parse
 import urllib.request
 
-from minidock import buildcopy, buildvars, dockerfile, dockerignore, errors, imagecreate, images as images_mod, ns, store, tarsafe
+from minidock import (buildcopy, buildvars, compression, dockerfile, dockerignore, errors, imagecreate,
+                      images as images_mod, ns, store, tarsafe)
 from minidock.progress import Cancelled
 
 log = logging.getLogger("minidock.builder")
@@ -95,14 +96,14 @@ def extract_context(stream, dest, dockerfile_name=DEFAULT_DOCKERFILE):
     A body that is not an archive at all is taken as the Dockerfile itself, with an otherwise
     empty context (what Docker does for `curl --data-binary @Dockerfile`).
     """
-    plain, _ = tarsafe.decompressed(stream)
+    plain, _ = compression.decompressed(stream)
     head = b""
     while len(head) < 512:
         more = plain.read(512 - len(head))
         if not more:
             break
         head += more
-    body = io.BufferedReader(tarsafe.Prefixed(head, plain))
+    body = io.BufferedReader(compression.Prefixed(head, plain))
     if head and not buildcopy.is_tar_header(head):
         with open(os.path.join(dest, dockerfile_name.lstrip("/")), "wb") as f:
             shutil.copyfileobj(body, f)

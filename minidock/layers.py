@@ -66,7 +66,7 @@ import stat
 import tarfile
 import threading
 
-from minidock import errors, store, tarsafe
+from minidock import compression, errors, store, tarsafe
 
 OVERLAY, VFS = "overlay2", "vfs"
 KIND_MODIFIED, KIND_ADDED, KIND_DELETED = 0, 1, 2
@@ -213,9 +213,9 @@ class LayerStore:
         work = self.tmpdir()
         try:
             os.mkdir(os.path.join(work, "diff"), 0o755)
-            plain, _ = tarsafe.decompressed(stream)
+            plain, _ = compression.decompressed(stream)
             with open(os.path.join(work, "layer.tar"), "wb") as sink:
-                reader = tarsafe.HashingReader(plain, sink)
+                reader = compression.HashingReader(plain, sink)
                 try:
                     stats = tarsafe.extract(reader, os.path.join(work, "diff"), whiteouts=tarsafe.OVERLAY)
                     reader.drain()
