@@ -26,7 +26,7 @@ import os
 import shutil
 import threading
 
-from minidock import (cgroup, errors, filters as filters_mod, httpserver, imagecreate, ns, platforms, proctable,
+from minidock import (cgrouplimits, errors, filters as filters_mod, httpserver, imagecreate, ns, platforms, proctable,
                       schema, stats, store)
 from minidock.container import attach, config, describe, logs, restart
 from minidock.container import lifecycle
@@ -399,7 +399,7 @@ class Containers:
                 merged.update(new_limits)
                 group = self.cgroups.get(c.id)
                 if group is not None and c.status in ALIVE:
-                    group.apply(cgroup.translate(merged, self.cgroups.enabled, group.path))
+                    group.apply(cgrouplimits.translate(merged, self.cgroups.enabled, group.path))
             c.record["HostConfig"] = merged
             self.save(c)
         self.emit(c, "update")
