@@ -124,6 +124,15 @@ def generate_name(taken):
 
 # -- Config ---------------------------------------------------------------------------------------
 
+def check_name_free(name, containers):
+    """Conflict, in Docker's words, when one of `containers` already has `name`."""
+    owner = next((c for c in containers if c.name == name), None)
+    if owner:
+        raise errors.Conflict(
+            f'Conflict. The container name "/{name}" is already in use by container '
+            f'"{owner.id}". You have to remove (or rename) that container to be able to reuse that name.')
+
+
 def merge_config(body, image_cfg, image_ref):
     """The container's Config: the user's, with the image's defaults where the user gave none."""
     config = {k: body.get(k) for k in CONFIG_KEYS}
