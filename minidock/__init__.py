@@ -10,7 +10,7 @@ The package is layered; imports only point down:
                          imagearchive.py), registryservice.py,
                          events.py
     machinery            ns.py (with mounts.py, userns.py, pid1.py), spawner.py, layers.py, cgroup.py, registry/,
-                         builder.py (with buildcopy.py, dockerfile.py, buildvars.py,
+                         builder.py (with buildconfig.py, buildcopy.py, dockerfile.py, buildvars.py,
                          dockerignore.py), tarsafe.py, network.py (the daemon's network
                          namespace; netlink.py), dns.py, ipam.py, portproxy.py, stats.py,
                          health.py, jsonfile.py
