@@ -50,8 +50,9 @@ layers are unpacked once, in order, into containers/<id>/flat, used as the singl
 
 When overlay is refused (old kernel, a file system that cannot be an upper dir), the "vfs" driver
 copies every layer into containers/<id>/merged and finds changes by comparing that tree with the
-layers' tar headers (how changes are found, for either driver, is layerdiff.py's). What you can observe: `grep overlay /proc/self/mountinfo` in the daemon's
-mount namespace (`nsenter -t <daemon pid> -U -m`), `ls -l <id>/upper` after writing in a container.
+layers' tar headers (how changes are found, for either driver, is layerdiff.py's). What you can
+observe: `grep overlay /proc/self/mountinfo` in the daemon's mount namespace (`nsenter -t <daemon
+pid> -U -m`), `ls -l <id>/upper` after writing in a container.
 """
 
 import collections
