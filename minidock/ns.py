@@ -158,28 +158,24 @@ def resolve_user(rootfs, user, group_add=()):
     else:
         username = None
     if group_part:
-        if group_part.isdigit():
-            gid = int(group_part)
-        else:
-            g = next((e for e in groups if e[0] == group_part), None)
-            if g is None:
-                raise errors.InvalidParameter(
-                    f"unable to find group {group_part}: no matching entries in group file")
-            gid = int(g[2])
+        gid = _group_id(groups, group_part)
     extra = []
     if username is not None and not group_part:
         extra = [int(e[2]) for e in groups if username in e[3].split(",")]
     for g in group_add or ():
-        g = str(g)
-        if g.isdigit():
-            extra.append(int(g))
-        else:
-            e = next((e for e in groups if e[0] == g), None)
-            if e is None:
-                raise errors.InvalidParameter(
-                    f"unable to find group {g}: no matching entries in group file")
-            extra.append(int(e[2]))
+        extra.append(_group_id(groups, str(g)))
     return uid, gid, sorted(set(extra))
+
+
+def _group_id(groups, group):
+    """A group given by number, or by name in the container's /etc/group -> its gid."""
+    if group.isdigit():
+        return int(group)
+    entry = next((e for e in groups if e[0] == group), None)
+    if entry is None:
+        raise errors.InvalidParameter(
+            f"unable to find group {group}: no matching entries in group file")
+    return int(entry[2])
 
 
 def user_home(rootfs, uid):
