@@ -374,7 +374,7 @@ class _Server:
 
 
 def main(argv):
-    """`python -m minidock.spawner SOCKET_FD LIFELINE_FD DAEMON_PID`: a restarted spawner."""
+    """`python -m minidock.spawnerloop SOCKET_FD LIFELINE_FD DAEMON_PID`: a restarted spawner."""
     sock_fd, lifeline, daemon = (int(a) for a in argv)
     spawner_main(socket.socket(fileno=sock_fd), lifeline, daemon)
 
