@@ -9,13 +9,16 @@ The package is layered; imports only point down:
                          networks.py, images.py (with imagecreate.py, imagedescribe.py,
                          imagearchive.py), registryservice.py,
                          events.py
-    machinery            ns.py (with pid1.py), spawner.py, layers.py, cgroup.py, registry/,
-                         builder.py (with buildcopy.py, dockerfile.py, buildvars.py,
-                         dockerignore.py), tarsafe.py, network.py (the daemon's network
+    machinery            ns.py (with mounts.py, userns.py, pid1.py), spawner.py (with
+                         spawnerloop.py), layers.py (with layerdiff.py), cgroup.py (with
+                         cgrouplimits.py), registry/, builder.py (with buildconfig.py,
+                         buildcopy.py, dockerfile.py, buildvars.py, dockerignore.py),
+                         tarsafe.py (with compression.py), network.py (the daemon's network
                          namespace; netlink.py), dns.py, ipam.py, portproxy.py, stats.py,
                          health.py, jsonfile.py
-    ground               http.py (bytes in, bytes out), websocket.py, store.py (atomic JSON),
-                         times.py, reference.py, platforms.py, progress.py, filters.py, errors.py
+    ground               syscalls.py (ctypes), http.py (bytes in, bytes out) and httpserver.py
+                         (its socket side), websocket.py, store.py (atomic JSON), times.py,
+                         reference.py, platforms.py, progress.py, filters.py, errors.py
 """
 
 __version__ = "0.1.0"

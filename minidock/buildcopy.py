@@ -20,7 +20,7 @@ import time
 import urllib.parse
 import urllib.request
 
-from minidock import dockerignore, errors, tarsafe
+from minidock import compression, dockerignore, errors, tarsafe
 
 def gather(cmd, root, ignore, sources, url_dir):
     """The files `sources` name: [(host path, name in the image, fetched from a URL)]. Paths
@@ -127,7 +127,7 @@ def write_items(cmd, rootfs, items, dest, dest_is_dir, uid, gid, work):
         with tarsafe.Resolver(rootfs) as res:
             res.dir_fd(dest_rel, create=True)
         with open(host, "rb") as f:
-            plain, _ = tarsafe.decompressed(f)
+            plain, _ = compression.decompressed(f)
             tarsafe.extract(plain, rootfs, whiteouts=tarsafe.KEEP, chown=True, subdir=dest_rel)
 
 
@@ -148,9 +148,9 @@ def is_archive_file(path):
     """ADD's test for "a local tar archive": after any decompression, a tar header."""
     try:
         with open(path, "rb") as f:
-            plain, _ = tarsafe.decompressed(f)
+            plain, _ = compression.decompressed(f)
             head = plain.read(512)
-    except (OSError, EOFError, errors.MinidockError) + tarsafe.DECODE_ERRORS:
+    except (OSError, EOFError, errors.MinidockError) + compression.DECODE_ERRORS:
         return False                    # not a (readable) compressed tar: copied as a file
     return is_tar_header(head)
 

@@ -46,15 +46,13 @@ import shutil
 import urllib.parse
 import urllib.request
 
-from minidock import buildcopy, buildvars, dockerfile, dockerignore, errors, imagecreate, images as images_mod, ns, store, tarsafe
+from minidock import (buildconfig, buildcopy, buildvars, compression, dockerfile, dockerignore, errors, imagecreate,
+                      images as images_mod, ns, store, tarsafe)
 from minidock.progress import Cancelled
 
 log = logging.getLogger("minidock.builder")
 
 DEFAULT_DOCKERFILE = "Dockerfile"
-# Instructions that only change the image config.
-METADATA = ("ARG", "CMD", "ENTRYPOINT", "ENV", "EXPOSE", "HEALTHCHECK", "LABEL", "MAINTAINER",
-            "ONBUILD", "SHELL", "STOPSIGNAL", "USER", "VOLUME")
 # Build parameters that become the RUN containers' HostConfig.
 LIMITS = {"memory": "Memory", "memswap": "MemorySwap", "cpushares": "CpuShares",
           "cpuquota": "CpuQuota", "cpuperiod": "CpuPeriod", "cpusetcpus": "CpusetCpus",
@@ -95,14 +93,14 @@ def extract_context(stream, dest, dockerfile_name=DEFAULT_DOCKERFILE):
     A body that is not an archive at all is taken as the Dockerfile itself, with an otherwise
     empty context (what Docker does for `curl --data-binary @Dockerfile`).
     """
-    plain, _ = tarsafe.decompressed(stream)
+    plain, _ = compression.decompressed(stream)
     head = b""
     while len(head) < 512:
         more = plain.read(512 - len(head))
         if not more:
             break
         head += more
-    body = io.BufferedReader(tarsafe.Prefixed(head, plain))
+    body = io.BufferedReader(compression.Prefixed(head, plain))
     if head and not buildcopy.is_tar_header(head):
         with open(os.path.join(dest, dockerfile_name.lstrip("/")), "wb") as f:
             shutil.copyfileobj(body, f)
@@ -286,7 +284,7 @@ class Builder:
         instr = buildvars.substitute(instr, variables, df.escape)
         if instr.cmd == "ARG":
             state.scope.declare(instr)
-        if instr.cmd in METADATA:
+        if instr.cmd in buildconfig.METADATA:
             self._metadata(state, instr)
         elif instr.cmd == "RUN":
             self._run(state, instr)
@@ -317,63 +315,8 @@ class Builder:
     def _metadata(self, state, instr):
         config = json.loads(json.dumps(state.config))
         config["Image"] = state.image or ""
+        comment = buildconfig.apply(config, instr, state)
         cmd = instr.cmd
-        if cmd == "ARG":
-            comment = "ARG " + " ".join(instr.args)
-        elif cmd == "ENV":
-            env = list(config.get("Env") or [])
-            for k, v in instr.pairs:
-                env = [e for e in env if e.split("=", 1)[0] != k] + [f"{k}={v}"]
-            config["Env"] = env
-            comment = "ENV " + " ".join(f"{k}={v}" for k, v in instr.pairs)
-        elif cmd == "LABEL":
-            labels = dict(config.get("Labels") or {})
-            labels.update(instr.pairs)
-            config["Labels"] = labels
-            comment = "LABEL " + " ".join(f"{k}={v}" for k, v in instr.pairs)
-        elif cmd in ("CMD", "ENTRYPOINT"):
-            argv = dockerfile.command_argv(instr, config.get("Shell"))
-            if cmd == "CMD":
-                config["Cmd"] = argv or None
-                state.cmd_set = True
-            else:
-                config["Entrypoint"] = argv or None
-                if not state.cmd_set:
-                    # Docker: an ENTRYPOINT resets a CMD inherited from the base image.
-                    config["Cmd"] = None
-            comment = f"{cmd} {json.dumps(argv)}"
-        elif cmd == "EXPOSE":
-            ports = dict(config.get("ExposedPorts") or {})
-            for port in instr.args:
-                ports[port if "/" in port else port + "/tcp"] = {}
-            config["ExposedPorts"] = ports
-            comment = "EXPOSE " + " ".join(sorted(ports))
-        elif cmd == "VOLUME":
-            volumes = dict(config.get("Volumes") or {})
-            for path in instr.args:
-                if not path.strip():
-                    raise errors.InvalidParameter("VOLUME specified can not be an empty string")
-                volumes[path] = {}
-            config["Volumes"] = volumes
-            comment = f"VOLUME [{' '.join(instr.args)}]"
-        elif cmd == "USER":
-            config["User"] = instr.args[0]
-            comment = "USER " + instr.args[0]
-        elif cmd == "STOPSIGNAL":
-            config["StopSignal"] = instr.args[0]
-            comment = "STOPSIGNAL " + instr.args[0]
-        elif cmd == "HEALTHCHECK":
-            config["Healthcheck"] = dockerfile.healthcheck_config(instr)
-            comment = "HEALTHCHECK " + json.dumps(config["Healthcheck"], sort_keys=True)
-        elif cmd == "SHELL":
-            config["Shell"] = list(instr.args)
-            comment = f"SHELL {json.dumps(instr.args)}"
-        elif cmd == "ONBUILD":
-            config["OnBuild"] = list(config.get("OnBuild") or []) + [instr.args[0]]
-            comment = "ONBUILD " + instr.args[0]
-        elif cmd == "MAINTAINER":
-            state.author = instr.args[0]
-            comment = "MAINTAINER " + instr.args[0]
         key = _key(cmd, comment, state.scope.history_args(config.get("Env")) if cmd == "ARG" else None)
         if self._cached(state, key):
             return

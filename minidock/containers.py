@@ -26,12 +26,12 @@ import os
 import shutil
 import threading
 
-from minidock import (cgroup, errors, filters as filters_mod, http, imagecreate, ns, platforms, proctable,
+from minidock import (cgrouplimits, errors, filters as filters_mod, httpserver, imagecreate, ns, platforms, proctable,
                       schema, stats, store)
 from minidock.container import attach, config, describe, logs, restart
 from minidock.container import lifecycle
-from minidock.container.lifecycle import (ACTIVE, ALIVE, CREATED, DEAD, EXITED, PAUSED, REMOVING,
-                                          RESTARTING, RUNNING, Container)
+from minidock.container.lifecycle import (ACTIVE, ALIVE, DEAD, EXITED, PAUSED, REMOVING, RUNNING,
+                                          Container)
 from minidock.container.supervisor import Supervisor
 from minidock.times import ZERO_TIME, now_rfc3339, rfc3339_ns
 
@@ -73,15 +73,7 @@ class Containers:
         return list(self.by_id.values())
 
     def counts(self):
-        counts = {"running": 0, "paused": 0, "stopped": 0}
-        for c in self.all():
-            if c.status == PAUSED:
-                counts["paused"] += 1
-            elif c.status in (RUNNING, RESTARTING):
-                counts["running"] += 1
-            else:
-                counts["stopped"] += 1
-        return counts
+        return describe.counts(self.all())
 
     def save(self, c):
         self.collection.save(c.id, c.record)
@@ -180,21 +172,9 @@ class Containers:
             # one pass over the names, not one per random draw (up to 100 draws once
             # most of the 460 adjective_surname pairs are taken)
             name = name or config.generate_name({c.name for c in self.all()}.__contains__)
-            self._check_name_free(name)
-            record = {
-                "Id": cid, "Created": now_rfc3339(), "Name": "/" + name, "Path": path, "Args": args,
-                "State": {"Status": CREATED, "Running": False, "Paused": False, "Restarting": False,
-                          "OOMKilled": False, "Dead": False, "Pid": 0, "ExitCode": 0, "Error": "",
-                          "StartedAt": ZERO_TIME, "FinishedAt": ZERO_TIME},
-                "Image": image_id, "RestartCount": 0, "Driver": self.layers.driver_name(),
-                "MountLabel": "", "ProcessLabel": "", "AppArmorProfile": "", "ExecIDs": None,
-                "Config": cfg, "HostConfig": host_config,
-                "LogPath": os.path.join(directory, f"{cid}-json.log"),
-                "HostnamePath": os.path.join(directory, "hostname"),
-                "HostsPath": os.path.join(directory, "hosts"),
-                "ResolvConfPath": os.path.join(directory, "resolv.conf"),
-                "Mounts": [], "HasBeenManuallyStopped": False,
-            }
+            config.check_name_free(name, self.all())
+            record = lifecycle.new_record(cid, name, path, args, image_id, cfg, host_config,
+                                          self.layers.driver_name(), directory)
             os.makedirs(directory, mode=0o700)
             try:
                 record["Mounts"] = self.volumes.prepare_mounts(
@@ -217,19 +197,6 @@ class Containers:
 
     def _normalise(self, host_config):
         return config.normalise_host_config(host_config, self.log_defaults, self.userns_default)
-
-    def _name_owner(self, name):
-        for c in self.all():
-            if c.name == name:
-                return c
-        return None
-
-    def _check_name_free(self, name):
-        owner = self._name_owner(name)
-        if owner:
-            raise errors.Conflict(
-                f'Conflict. The container name "/{name}" is already in use by container '
-                f'"{owner.id}". You have to remove (or rename) that container to be able to reuse that name.')
 
     # -- start, stop, signals, pause, wait (the supervisor does the work) -------------------------
     def start(self, ref, host_config=None):
@@ -342,7 +309,7 @@ class Containers:
         # Published once the DELETE's reply is written: the docker CLI talking API < 1.25
         # removes a `run --rm` container itself and exits as soon as it sees "destroy"; seen
         # before its DELETE's reply, that request is cancelled and reported as an error.
-        http.after_reply(lambda: self.emit(c, "destroy"))
+        httpserver.after_reply(lambda: self.emit(c, "destroy"))
 
     def _destroy(self, c):
         """The end of a removal (status removing): its layer, cgroup, record, volume uses and
@@ -386,7 +353,7 @@ class Containers:
         with self.names_lock:
             if new_name == c.name:
                 raise errors.Conflict("Renaming a container with the same name as its current name")
-            self._check_name_free(new_name)
+            config.check_name_free(new_name, self.all())
             old = c.name
             with c.lock:
                 c.record["Name"] = "/" + new_name
@@ -410,7 +377,7 @@ class Containers:
                 merged.update(new_limits)
                 group = self.cgroups.get(c.id)
                 if group is not None and c.status in ALIVE:
-                    group.apply(cgroup.translate(merged, self.cgroups.enabled, group.path))
+                    group.apply(cgrouplimits.translate(merged, self.cgroups.enabled, group.path))
             c.record["HostConfig"] = merged
             self.save(c)
         self.emit(c, "update")
@@ -446,41 +413,15 @@ class Containers:
         c = self.get(ref)
         if must_run and c.status not in ALIVE:
             raise errors.NotAcceptable("impossible to attach (container not running)")
-        attach.parse_detach_keys(opts.detach_keys)      # bad keys: a 400 before the hijack
-        q = c.io.subscribe() if opts.stream else None
+        run = attach.prepare(c, opts, websocket, logs.read,
+                             on_detach=lambda: self.events.emit("container", "detach", c.id, {"name": c.name}))
         self.emit(c, "attach")
-        session = attach.ws_session if websocket else attach.http_session
-
-        def run(conn):
-            try:
-                session(c, conn, q, opts, logs.read(c) if opts.logs else [],
-                        on_detach=lambda: self.events.emit("container", "detach", c.id, {"name": c.name}))
-            finally:
-                if q is not None:
-                    c.io.unsubscribe(q)
         return c.config.get("Tty"), run
 
     # -- listing and inspection -----------------------------------------------------------------
     def list(self, all_=False, limit=-1, since=None, before=None, filters=None):
-        filters = filters or {}
-        describe.check_filters(filters)
-        # By creation time, parsed: RFC 3339 as Go writes it trims the fraction's trailing
-        # zeros, so the strings do not sort as the times do ("…20.1Z" > "…20.12Z").
-        created = lambda c: rfc3339_ns(c.record["Created"])      # noqa: E731
-        items = sorted(self.all(), key=created, reverse=True)
-        since = since or (filters.get("since") or [None])[-1]
-        before = before or (filters.get("before") or [None])[-1]
-        if since:
-            pivot = created(self.get(since))
-            items = [c for c in items if created(c) > pivot]
-        if before:
-            pivot = created(self.get(before))
-            items = [c for c in items if created(c) < pivot]
-        if limit and limit > 0 or since or before:
-            all_ = True
-        result = describe.select(items, all_, filters, lambda image_id, ref: describe.descends_from(
-            self.images, image_id, ref))
-        return result[:limit] if limit and limit > 0 else result
+        return describe.listing(self.all(), self.get, all_, limit, since, before, filters or {},
+                                lambda image_id, ref: describe.descends_from(self.images, image_id, ref))
 
     def summaries(self, all_=False, limit=-1, since=None, before=None, filters=None, size=False):
         """The rows of `GET /containers/json`."""

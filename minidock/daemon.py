@@ -9,7 +9,7 @@ The start-up sequence is linear and its order matters:
 2. Take an exclusive lock on the data root, so a second daemon on the same state is refused with
    a clear error instead of both corrupting it. The lock is a `flock` on a file: the kernel drops
    it when the process dies, even by SIGKILL, so a killed daemon never blocks the next start.
-3. Enter the daemon's own user and mount namespace (ns.py) — *before* any thread exists, because
+3. Enter the daemon's own user and mount namespace (userns.py) — *before* any thread exists, because
    unshare(CLONE_NEWUSER) is refused to multi-threaded processes.
 4. Start the single-threaded spawner process that forks containers (also before threads: it is
    forked from this still single-threaded process).
@@ -26,12 +26,13 @@ import signal
 import sys
 import threading
 
-from minidock import API_VERSION, __version__, cgroup, errors, http, ns
+from minidock import API_VERSION, __version__, cgroup, errors, httpserver
 from minidock.api import archive, build, containers, execs, images, networks, swarm, system, volumes
 from minidock.api.router import Router
 from minidock.container.exits import ExitRegistry
 from minidock.engine import Config, Engine, NoSpawner
 from minidock.spawner import Spawner
+from minidock.userns import check_userns_support, enter_daemon_userns
 
 log = logging.getLogger("minidock")
 
@@ -242,8 +243,8 @@ def build_engine(config, userns=True):
     # 3. the daemon's own user + mount namespace
     daemon_userns = None
     if userns:
-        ns.check_userns_support()
-        daemon_userns = ns.enter_daemon_userns()
+        check_userns_support()
+        daemon_userns = enter_daemon_userns()
         log.info("user namespace: %s", daemon_userns.as_dict())
 
     # 4. the spawner, forked while we are single-threaded. It reports every exit into the
@@ -342,7 +343,7 @@ def serve(engine, hosts, cors_origin=None, ready=None, stop=None, tls_context=No
     servers = []
     try:
         for host in hosts:
-            servers.append(http.make_server(host, app, base_headers, logger=logging.getLogger("minidock.http"),
+            servers.append(httpserver.make_server(host, app, base_headers, logger=logging.getLogger("minidock.http"),
                                             tls_context=tls_context if host.startswith("tcp://") else None))
             log.info("API listening on %s", host)
     except BaseException:

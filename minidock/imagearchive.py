@@ -28,7 +28,7 @@ import shutil
 import tarfile
 import tempfile
 
-from minidock import errors, imagecreate, layers as layers_mod, reference, tarsafe, times
+from minidock import compression, errors, imagecreate, layers as layers_mod, reference, tarsafe, times
 
 HEX64_RE = re.compile(r"^[a-f0-9]{64}$")
 
@@ -137,7 +137,7 @@ def _read(store, stream):
     Returns [{"id": image id, "tags": [...]}] in archive order."""
     work = store.layers.tmpdir()
     try:
-        plain, _ = tarsafe.decompressed(stream)
+        plain, _ = compression.decompressed(stream)
         tarsafe.extract(plain, work, whiteouts=tarsafe.KEEP, chown=False)
         if os.path.lexists(os.path.join(work, "manifest.json")):
             return _load_manifest(store, work)

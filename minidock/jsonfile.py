@@ -349,6 +349,16 @@ def last_lines(f, n):
     return lines[-n:]
 
 
+def _tail_lines(handles, tail):
+    """The last `tail` lines over the rotated files (oldest first in `handles`), read backwards."""
+    raw = []
+    for f in reversed(handles):            # newest file first
+        if len(raw) >= tail:
+            break
+        raw = last_lines(f, tail - len(raw)) + raw
+    return raw
+
+
 def read(path, max_file=1, since=0, until=None, tail=None):
     """Entries (stream, bytes, time string) across the rotated files, in order.
 
@@ -358,11 +368,7 @@ def read(path, max_file=1, since=0, until=None, tail=None):
     handles = open_all(path, max_file)
     try:
         if tail is not None and tail >= 0:
-            raw = []
-            for f in reversed(handles):            # newest file first
-                if len(raw) >= tail:
-                    break
-                raw = last_lines(f, tail - len(raw)) + raw
+            raw = _tail_lines(handles, tail)
         else:
             raw = []
             for f in handles:
@@ -395,11 +401,7 @@ def read_blocks(path, max_file=1, tail=None):
     handles = open_all(path, max_file)
     try:
         if tail is not None and tail >= 0:
-            raw = []
-            for f in reversed(handles):            # newest file first
-                if len(raw) >= tail:
-                    break
-                raw = last_lines(f, tail - len(raw)) + raw
+            raw = _tail_lines(handles, tail)
             if raw:
                 yield from _payload_blocks(b"\n".join(raw) + b"\n")
             return

@@ -50,8 +50,9 @@ layers are unpacked once, in order, into containers/<id>/flat, used as the singl
 
 When overlay is refused (old kernel, a file system that cannot be an upper dir), the "vfs" driver
 copies every layer into containers/<id>/merged and finds changes by comparing that tree with the
-layers' tar headers. What you can observe: `grep overlay /proc/self/mountinfo` in the daemon's
-mount namespace (`nsenter -t <daemon pid> -U -m`), `ls -l <id>/upper` after writing in a container.
+layers' tar headers (how changes are found, for either driver, is layerdiff.py's). What you can
+observe: `grep overlay /proc/self/mountinfo` in the daemon's mount namespace (`nsenter -t <daemon
+pid> -U -m`), `ls -l <id>/upper` after writing in a container.
 """
 
 import collections
@@ -59,17 +60,14 @@ import ctypes
 import errno
 import hashlib
 import os
-import posixpath
 import secrets
 import shutil
 import stat
-import tarfile
 import threading
 
-from minidock import errors, store, tarsafe
+from minidock import compression, errors, layerdiff, store, tarsafe
 
 OVERLAY, VFS = "overlay2", "vfs"
-KIND_MODIFIED, KIND_ADDED, KIND_DELETED = 0, 1, 2
 MAX_MOUNT_DATA = 4000          # a page, minus room for the kernel's own terminator and safety
 RW_PARTS = ("upper", "work", "merged", "flat", "empty", "init")
 MAX_LOWERS = 128               # overlay's hard limit is 500; deep stacks are cheaper flattened
@@ -213,9 +211,9 @@ class LayerStore:
         work = self.tmpdir()
         try:
             os.mkdir(os.path.join(work, "diff"), 0o755)
-            plain, _ = tarsafe.decompressed(stream)
+            plain, _ = compression.decompressed(stream)
             with open(os.path.join(work, "layer.tar"), "wb") as sink:
-                reader = tarsafe.HashingReader(plain, sink)
+                reader = compression.HashingReader(plain, sink)
                 try:
                     stats = tarsafe.extract(reader, os.path.join(work, "diff"), whiteouts=tarsafe.OVERLAY)
                     reader.drain()
@@ -406,7 +404,7 @@ class LayerStore:
         """Bytes of regular-file data in the container's changes (SizeRw)."""
         total = 0
         for change in self.changes(cid):
-            if change["Kind"] == KIND_DELETED:
+            if change["Kind"] == layerdiff.KIND_DELETED:
                 continue
             try:
                 st = os.lstat(self._changed_host_path(cid, change["Path"]))
@@ -426,97 +424,14 @@ class LayerStore:
         """[{"Path": "/etc/x", "Kind": 0|1|2}] sorted by path: modified, added, deleted."""
         info = self.rw_info(cid)
         if info["driver"] == OVERLAY:
-            out = self._overlay_changes(cid, info)
+            out = layerdiff.overlay_changes(self._c(cid, "upper"), self._lowerdirs(cid, info))
         else:
             out = self._vfs_changes(cid, info)
         return sorted(out, key=lambda c: c["Path"])
 
-    def _overlay_changes(self, cid, info):
-        upper = self._c(cid, "upper")
-        lowers = self._lowerdirs(cid, info)
-        out = []
-
-        def walk(directory, rel):
-            for entry in sorted(os.scandir(directory), key=lambda e: e.name):
-                path = f"{rel}/{entry.name}"
-                st = entry.stat(follow_symlinks=False)
-                if tarsafe.is_whiteout(st, entry.path):
-                    if _in_lowers(lowers, path):
-                        out.append({"Path": path, "Kind": KIND_DELETED})
-                    continue
-                out.append({"Path": path, "Kind": KIND_MODIFIED if _in_lowers(lowers, path) else KIND_ADDED})
-                if stat.S_ISDIR(st.st_mode):
-                    walk(entry.path, path)
-        walk(upper, "")
-        return out
-
-    def _image_index(self, lowers):
-        """path -> (type, perm bits, size, mtime, linkname) of the image, from its layer tars."""
-        index = {}
-        for chain in lowers:
-            with open(self.tar_path(chain), "rb") as f:
-                tf = tarfile.open(fileobj=f, mode="r|")
-                for m in tf:
-                    path = tarsafe.clean_name(m.name)
-                    if not path:
-                        continue
-                    parent, name = posixpath.split(path)
-                    if name == tarsafe.OPAQUE_MARKER:
-                        prefix = parent + "/" if parent else ""
-                        for key in [k for k, v in index.items() if k.startswith(prefix) and v[5] != chain]:
-                            del index[key]
-                        continue
-                    if name.startswith(tarsafe.WHITEOUT_PREFIX):
-                        gone = posixpath.join(parent, name[len(tarsafe.WHITEOUT_PREFIX):])
-                        for key in [k for k in index if k == gone or k.startswith(gone + "/")]:
-                            del index[key]
-                        continue
-                    if m.islnk():
-                        target = index.get(tarsafe.clean_name(m.linkname))
-                        if target:
-                            index[path] = target[:5] + (chain,)
-                        continue
-                    kind = (stat.S_IFDIR if m.isdir() else stat.S_IFLNK if m.issym() else
-                            stat.S_IFREG if m.isreg() else stat.S_IFCHR if m.ischr() else
-                            stat.S_IFBLK if m.isblk() else stat.S_IFIFO)
-                    if path in index and m.isdir():
-                        # a dir entry again: keep it (children stay), refresh its attributes
-                        pass
-                    index[path] = (kind, m.mode & 0o7777, m.size if m.isreg() else 0, int(m.mtime),
-                                   m.linkname if m.issym() else "", chain)
-        return index
-
     def _vfs_changes(self, cid, info):
-        index = self._image_index(info["lowers"])
-        merged = self._c(cid, "merged")
-        seen = set()
-        out = []
-
-        def walk(directory, rel):
-            for entry in sorted(os.scandir(directory), key=lambda e: e.name):
-                path = f"{rel}/{entry.name}".lstrip("/")
-                st = entry.stat(follow_symlinks=False)
-                seen.add(path)
-                old = index.get(path)
-                if old is None:
-                    out.append({"Path": "/" + path, "Kind": KIND_ADDED})
-                else:
-                    link = os.readlink(entry.path) if stat.S_ISLNK(st.st_mode) else ""
-                    size = st.st_size if stat.S_ISREG(st.st_mode) else 0
-                    now = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode) if not stat.S_ISLNK(st.st_mode)
-                           else old[1], size, int(st.st_mtime), link)
-                    if now != old[:5]:
-                        out.append({"Path": "/" + path, "Kind": KIND_MODIFIED})
-                if stat.S_ISDIR(st.st_mode):
-                    walk(entry.path, path)
-        walk(merged, "")
-        init_paths = set(info.get("init_paths") or [])
-        out = [c for c in out if c["Path"].lstrip("/") not in init_paths]
-        for path in index:
-            parent = posixpath.dirname(path)
-            if path not in seen and (not parent or parent in seen):
-                out.append({"Path": "/" + path, "Kind": KIND_DELETED})
-        return out
+        index = layerdiff.image_index([(chain, self.tar_path(chain)) for chain in info["lowers"]])
+        return layerdiff.vfs_changes(self._c(cid, "merged"), index, info.get("init_paths"))
 
     def diff_tar(self, cid, out):
         """Write the container's changes as a layer tar (for commit): whiteouts as `.wh.` entries."""
@@ -524,19 +439,7 @@ class LayerStore:
         if info["driver"] == OVERLAY:
             tarsafe.tar_tree(self._c(cid, "upper"), out, from_overlay=True)
             return
-        merged = self._c(cid, "merged")
-        w = tarsafe.TarWriter(out)
-        for change in self._vfs_changes(cid, info):
-            rel = change["Path"].lstrip("/")
-            if change["Kind"] == KIND_DELETED:
-                parent, name = posixpath.split(rel)
-                w.add_empty(posixpath.join(parent, tarsafe.WHITEOUT_PREFIX + name))
-            else:
-                try:
-                    w.add_path(os.path.join(merged, rel), rel)
-                except FileNotFoundError:
-                    pass
-        w.close()
+        layerdiff.write_vfs_diff(self._c(cid, "merged"), self._vfs_changes(cid, info), out)
 
     def export(self, cid, out):
         """Write the container's whole filesystem as one flat tar (docker export)."""
@@ -590,28 +493,3 @@ def _fs_name(path):
     except OSError:
         pass
     return name
-
-
-def _in_lowers(lowers, path):
-    """Does `path` exist in the stack of lower dirs (top first), honouring whiteouts and opaque dirs?"""
-    parts = [p for p in path.split("/") if p]
-    for lower in lowers:
-        current = lower
-        blocked = False          # an opaque dir or whiteout on the way hides the layers below
-        for i, part in enumerate(parts):
-            current = os.path.join(current, part)
-            try:
-                st = os.lstat(current)
-            except (FileNotFoundError, NotADirectoryError):
-                break
-            if tarsafe.is_whiteout(st, current):
-                return False
-            if i == len(parts) - 1:
-                return True
-            if not stat.S_ISDIR(st.st_mode):
-                return False     # a non-directory hides anything below this name
-            if tarsafe.is_opaque(current):
-                blocked = True
-        if blocked:
-            return False
-    return False

@@ -67,7 +67,7 @@ import socket
 import struct
 import threading
 
-from . import errors, netlink, ns
+from . import errors, netlink, ns, syscalls
 
 DEFAULT_MTU = 1500
 
@@ -82,8 +82,8 @@ def start_keeper(sock_fd, status_fd):
         return pid
     code = 0
     try:
-        ns.prctl(ns.PR_SET_PDEATHSIG, signal.SIGKILL)   # die with the shim, so with the daemon
-        ns.unshare(ns.CLONE_NEWNET)
+        syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)   # die with the shim, so with the daemon
+        syscalls.unshare(syscalls.CLONE_NEWNET)
         # A new namespace inherits the host's IPv4 settings (net.core.devconf_inherit_init_net
         # = 0), ip_forward=1 included on many hosts: switch routing between bridges off, it is
         # what keeps networks apart. /proc/sys/net shows the writer's network namespace.
@@ -98,7 +98,7 @@ def start_keeper(sock_fd, status_fd):
     except BaseException as e:
         code = 1
         if status_fd is not None:
-            ns.report_failure(status_fd, e)
+            syscalls.report_failure(status_fd, e)
     os._exit(code)
 
 
@@ -131,7 +131,7 @@ def _make_socket(req):
             try:
                 return _make_socket(dict(req, netns_pid=None))
             finally:
-                ns.setns(home, ns.CLONE_NEWNET, "the daemon's network namespace")
+                syscalls.setns(home, syscalls.CLONE_NEWNET, "the daemon's network namespace")
         finally:
             os.close(home)
     s = socket.socket(req["family"], req["type"] | socket.SOCK_CLOEXEC, req.get("proto", 0))
@@ -232,7 +232,7 @@ def mac_for(ip):
 
 # --- attaching a container: runs in the shim, between unshare and the init's fork -------------
 
-@ns._Step("connect the container to its networks")
+@syscalls.Step("connect the container to its networks")
 def attach_container(network):
     """Give the calling process's (fresh) network namespace lo and one ethN per endpoint.
 
@@ -244,7 +244,7 @@ def attach_container(network):
         # next must be born in the container's namespace.
         ns.join_netns(network["netns_pid"])
         outside = netlink.Rtnl()
-        ns.setns(own, ns.CLONE_NEWNET, "the container's network namespace")
+        syscalls.setns(own, syscalls.CLONE_NEWNET, "the container's network namespace")
         inside = netlink.Rtnl()
         try:
             inside.request(netlink.pack_set_link, inside.link("lo")["index"], up=True)

@@ -6,7 +6,7 @@ fork(2) in a multi-threaded Python process copies only the calling thread; locks
 others stay locked forever in the child, so running Python after such a fork can deadlock
 (and `preexec_fn` is documented as unsafe with threads). setns(2) into a user namespace is
 refused outright to a multi-threaded process. So the daemon forks *one* helper right after
-`ns.enter_daemon_userns()`, while it is still single-threaded, and that helper does every
+`userns.enter_daemon_userns()`, while it is still single-threaded, and that helper does every
 fork afterwards. Forking an already-running interpreter costs well under a millisecond; a
 fresh `python -m ...` per container would cost 15-65 ms.
 
@@ -38,32 +38,14 @@ one pid: the daemon never calls waitpid(-1), which would steal the children of `
 Supervision. The supervisor thread sees the spawner's socket reach EOF, reaps the spawner and
 logs how it ended (the spawner itself writes its traceback to stderr, the daemon's log, before
 exiting 1), fails the requests in flight with 503, adopts the shims, and starts a new spawner
--- not with fork(), unsafe in a threaded process, but as a fresh `python -m minidock.spawner`
+-- not with fork(), unsafe in a threaded process, but as a fresh `python -m minidock.spawnerloop`
 given the socket and lifeline descriptors. Its death signal is tied to the supervisor thread,
 which lives as long as the daemon. While it is down, `health()` says why (/_ping answers 503
 "degraded", /info warns), and new requests wait a little for it.
 
-Inside the spawner, one bad event fails at most its own request: a fork() refused with EAGAIN,
-no descriptor for a status pipe, a malformed message. A status pipe closed while handling an
-earlier event of the same select() batch (its shim was reaped and decided) is recognised as
-stale by the shim record registered with it, even if a new pipe has reused its number.
-
-The wire
---------
-One SOCK_SEQPACKET unix socketpair. A message is JSON sent as parts of at most 48 KiB, each one
-datagram: a flag byte (`M` more follows, `L` last) then the bytes. Parts keep any message the
-API accepts (16 MiB bodies) under the socket buffer limit an unprivileged process cannot raise.
-
-    daemon -> spawner   {"op": "run",  "id": N, "spec": {...}}               + 3 fds (SCM_RIGHTS)
-                        {"op": "exec", "id": N, "init_pid": P, "spec": {...}} + 3 fds
-                        {"op": "netns", "id": N}  + 1 fd: start network.py's keeper on it
-    spawner -> daemon   {"id": N, "pid": P, "shim": S} the command is being exec'd
-                        {"id": N, "error": {...}}     ns.StartError.to_record()
-                        {"exit": P, "code": C}        a process started by run/exec ended
-
-Start status travels from the container init to the spawner over a close-on-exec pipe: the
-shim writes `P<pid>`, the init writes `E<json>` if a step fails, and EOF without an `E` means
-execve succeeded.
+The spawner process's own side -- its select() loop, the shims it forks, the wire both sides
+speak -- is spawnerloop.py; this module is the daemon's: the `Spawner` handle, requests and
+their answers, exits, and supervision.
 
 The run/exec spec (a JSON-able dict; only `argv` and, for run, `rootfs` are required)
 -----------------------------------------------------------------------------------------
@@ -88,7 +70,7 @@ The run/exec spec (a JSON-able dict; only `argv` and, for run, `rootfs` are requ
     privileged        bool  all capabilities, no masked or read-only /proc paths
     no_new_privileges bool  prctl(PR_SET_NO_NEW_PRIVS); Docker's default is off
     cgroup            str   optional cgroup directory; the init writes itself to cgroup.procs
-    masked_paths, readonly_paths  [str] override Docker's lists (ns.MASKED_PATHS, ...)
+    masked_paths, readonly_paths  [str] override Docker's lists (mounts.MASKED_PATHS, ...)
     security_opt      [str] Docker's SecurityOpt: `seccomp=unconfined`, `seccomp=<JSON profile>`,
                       `no-new-privileges`; without a seccomp entry the built-in profile applies
                       (seccomp.py), compiled by Spawner.run/exec into `seccomp` (hex of the
@@ -98,16 +80,14 @@ For exec, the daemon passes the container's own cap_add/cap_drop/privileged/no_n
 (Docker applies the container's settings to exec'd processes), the exec's user (default: the
 container's), env (container env + exec env) and cwd; `rootfs` only if `user` needs resolving.
 
-Failures: run/exec raise ns.StartError with `exit_code` 127 (command not found), 126 (not
+Failures: run/exec raise syscalls.StartError with `exit_code` 127 (command not found), 126 (not
 executable / permission denied) or 125 (a named set-up step failed: `step`, `errno`). The
 message keeps the words the docker CLI greps for to choose its own exit code.
 """
-
 import itertools
-import json
 import logging
 import os
-import select
+import resource
 import selectors
 import signal
 import socket
@@ -115,75 +95,14 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 
-from . import errors, network, ns, seccomp   # network: loaded once here, not in every shim
+from . import errors, ns, seccomp, syscalls
+from .spawnerloop import MAX_PART, MessageReader, exit_code, send_message, spawner_main
 
 log = logging.getLogger("minidock.spawner")
 
-# The wire: every datagram is one byte saying whether more of the message follows, then a part
-# of the JSON. Parts stay well under any socket buffer limit (an unprivileged process cannot
-# raise SO_SNDBUF past net.core.wmem_max), so a message of any size the API accepts fits.
-_PART = 48 * 1024
-_MORE, _LAST = b"M", b"L"
-MAX_MESSAGE = 64 * 1024 * 1024          # far above the API's 16 MiB body limit: a guard only
 _RESTART_DELAYS = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)   # after deaths in quick succession
 UNKNOWN_EXIT = 255                      # a process whose end we could not observe
-
-
-def send_message(sock, obj, fds=()):
-    """Send one JSON message as parts; the fds travel with the first part."""
-    data = json.dumps(obj).encode()
-    if len(data) > MAX_MESSAGE:
-        raise errors.InvalidParameter(f"container settings too large ({len(data)} bytes; "
-                                      f"limit {MAX_MESSAGE})")
-    parts = [data[i:i + _PART] for i in range(0, len(data), _PART)] or [b""]
-    for n, part in enumerate(parts):
-        flag = _LAST if n == len(parts) - 1 else _MORE
-        if n == 0 and fds:
-            socket.send_fds(sock, [flag + part], list(fds))
-        else:
-            sock.send(flag + part)
-
-
-class MessageReader:
-    """Reassembles messages from parts, one received datagram at a time."""
-
-    def __init__(self):
-        self.parts = []
-        self.size = 0
-        self.fds = []
-        self.too_large = False
-
-    def feed(self, datagram, fds=()):
-        """Add one datagram; returns (message, fds) when it completes one, else None.
-
-        A message that cannot be parsed or is over MAX_MESSAGE comes back as
-        ({"_invalid": reason}, fds) so the caller can fail that request alone."""
-        self.fds += list(fds)
-        flag, part = datagram[:1], datagram[1:]
-        self.size += len(part)
-        if self.size > MAX_MESSAGE:
-            self.too_large = True
-            self.parts = []
-        elif not self.too_large:
-            self.parts.append(part)
-        if flag == _MORE:
-            return None
-        data, fds = b"".join(self.parts), self.fds
-        too_large = self.too_large
-        self.parts, self.size, self.fds, self.too_large = [], 0, [], False
-        if flag != _LAST:
-            return {"_invalid": f"unknown part flag {flag!r}"}, fds
-        if too_large:
-            return {"_invalid": f"message over {MAX_MESSAGE} bytes"}, fds
-        try:
-            msg = json.loads(data)
-        except ValueError as exc:
-            return {"_invalid": f"not JSON: {exc}"}, fds
-        if not isinstance(msg, dict):
-            return {"_invalid": "not a JSON object"}, fds
-        return msg, fds
 
 
 def process_bound():
@@ -199,7 +118,6 @@ def process_bound():
     own nested user namespace (a user the daemon's map lacks) is counted apart: a bound of its
     own. Measured on this 6.x kernel: two nested namespaces with RLIMIT_NPROC 100 each got 99
     processes each, and the parent, limited to 300, could still fork."""
-    import resource
     soft, _ = resource.getrlimit(resource.RLIMIT_NPROC)
     if soft == resource.RLIM_INFINITY:
         return None
@@ -253,10 +171,6 @@ def _describe_status(status):
     return f"exited with status {os.waitstatus_to_exitcode(status)}"
 
 
-def _exit_code(status):
-    code = os.waitstatus_to_exitcode(status)
-    return 128 - code if code < 0 else code
-
 
 class _Pending:
     """A run/exec request waiting for the spawner's answer (set by the supervisor thread)."""
@@ -286,7 +200,7 @@ class Spawner:
         codes are kept until `wait(pid)` takes them; use one style or the other.
         """
         # Shims orphaned by a dead spawner are re-parented to us, so we can keep reaping them.
-        ns.prctl(ns.PR_SET_CHILD_SUBREAPER, 1)
+        syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
         # The lifeline: only this process holds the write end, so its read end reaches EOF
         # exactly when the daemon is gone, however it died. Shims watch it.
         lifeline_r, lifeline_w = os.pipe2(os.O_CLOEXEC)
@@ -296,7 +210,7 @@ class Spawner:
         if pid == 0:
             mine.close()
             os.close(lifeline_w)
-            _spawner_main(theirs, lifeline_r, daemon)      # never returns
+            spawner_main(theirs, lifeline_r, daemon)      # never returns
         theirs.close()
         log.info("spawner started (pid %d)", pid)
         return cls(pid, mine, (lifeline_r, lifeline_w), on_exit)
@@ -337,7 +251,7 @@ class Spawner:
     def run(self, spec, stdin, stdout, stderr):
         """Start a container; returns the host pid of its init once execve is under way.
 
-        Raises ns.StartError (exit_code 125/126/127) if set-up or exec failed,
+        Raises syscalls.StartError (exit_code 125/126/127) if set-up or exec failed,
         errors.InvalidParameter for a bad spec, errors.Unavailable if the spawner is down."""
         if not spec.get("rootfs") or not spec.get("argv"):
             raise errors.InvalidParameter("run needs rootfs and argv")
@@ -442,7 +356,7 @@ class Spawner:
         if "error" in reply:
             if reply["error"].get("unavailable"):
                 raise errors.Unavailable(reply["error"]["message"])
-            raise ns.StartError.from_record(reply["error"])
+            raise syscalls.StartError.from_record(reply["error"])
         return reply["pid"]
 
     def _supervise(self):
@@ -478,7 +392,7 @@ class Spawner:
     def _on_readable(self):
         """Read one datagram; False when the spawner is gone."""
         try:
-            data = self._sock.recv(_PART + 1)
+            data = self._sock.recv(MAX_PART + 1)
         except OSError:
             return False
         if not data:
@@ -579,7 +493,7 @@ class Spawner:
         os.close(fd)
         try:
             _, status = os.waitpid(shim, 0)
-            code = _exit_code(status)
+            code = exit_code(status)
         except ChildProcessError:
             code = UNKNOWN_EXIT
         with self._cond:
@@ -610,7 +524,7 @@ class Spawner:
                                                           env.get("PYTHONPATH")]))
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-S", "-m", "minidock.spawner", str(theirs.fileno()),
+                [sys.executable, "-S", "-m", "minidock.spawnerloop", str(theirs.fileno()),
                  str(self._lifeline_r), str(os.getpid())],
                 pass_fds=(theirs.fileno(), self._lifeline_r), env=env,
                 stdin=subprocess.DEVNULL)
@@ -635,267 +549,3 @@ class Spawner:
             self._started_at = time.monotonic()
             self._cond.notify_all()
         log.warning("spawner restarted (pid %d, restart %d)", proc.pid, self.restarts)
-
-
-class _Shim:
-    """What the spawner keeps for one run/exec until the process's end is reported."""
-
-    def __init__(self, req_id, status_fd):
-        self.req_id = req_id
-        self.status_fd = status_fd      # None once the start is decided
-        self.buf = b""
-        self.pid = None                 # the container init / exec'd process, once started
-        self.code = None                # the shim's exit code, once reaped
-
-
-def _spawner_main(sock, lifeline, daemon_pid):
-    """The spawner process: serve until the daemon closes the socket. Never returns.
-
-    A crash is logged with its traceback on stderr (the daemon's log) before exiting 1, so
-    the daemon's "the spawner exited with status 1" has its explanation next to it."""
-    code = 0
-    try:
-        _Server(sock, lifeline, daemon_pid).serve()
-    except BaseException:
-        code = 1
-        try:
-            sys.stderr.write(f"minidock spawner (pid {os.getpid()}) crashed:\n"
-                             + traceback.format_exc())
-            sys.stderr.flush()
-        except BaseException:
-            pass
-    os._exit(code)
-
-
-class _Server:
-    """The spawner's single-threaded loop: requests in, forks, pipes and SIGCHLD."""
-
-    def __init__(self, sock, lifeline, daemon_pid):
-        self.sock = sock
-        self.lifeline = lifeline
-        self.daemon_pid = daemon_pid
-        self.shims = {}                 # shim pid -> _Shim
-        self.reader = MessageReader()
-
-    def serve(self):
-        # Die with the daemon; the check closes the race of it dying before the prctl.
-        ns.prctl(ns.PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != self.daemon_pid:
-            os._exit(0)
-        self.me = os.getpid()
-        os.setsid()                     # no terminal signals (^C goes to the daemon only)
-        # Orphans (a shim killed before its child) are re-parented to us, not to the daemon.
-        ns.prctl(ns.PR_SET_CHILD_SUBREAPER, 1)
-        keep = {self.sock.fileno(), self.lifeline, 0, 1, 2}
-        for fd in os.listdir("/proc/self/fd"):   # the daemon's other descriptors
-            if int(fd) not in keep:
-                try:
-                    os.close(int(fd))
-                except OSError:
-                    pass
-        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(self.wake_w)
-        signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so the wakeup fd fires
-        self.sel = selectors.DefaultSelector()
-        self.sel.register(self.sock, selectors.EVENT_READ, "request")
-        self.sel.register(self.wake_r, selectors.EVENT_READ, "sigchld")
-        while True:
-            for key, _ in self.sel.select():
-                # One event's failure fails its own request at most, never the loop.
-                try:
-                    if key.data == "request":
-                        if not self.on_request():
-                            return      # the daemon closed us; our shims carry on alone
-                    elif key.data == "sigchld":
-                        self.on_sigchld()
-                    else:
-                        self.on_status(key.fd, key.data)
-                except Exception:
-                    sys.stderr.write("minidock spawner: error handling an event (carrying on):\n"
-                                     + traceback.format_exc())
-
-    def send(self, msg):
-        try:
-            send_message(self.sock, msg)
-        except OSError:
-            os._exit(0)                 # the daemon is gone
-
-    def on_sigchld(self):
-        try:
-            while os.read(self.wake_r, 512):
-                pass
-        except BlockingIOError:
-            pass
-        self.reap()
-
-    def on_request(self):
-        try:
-            data, fds, _, _ = socket.recv_fds(self.sock, _PART + 1, 3, socket.MSG_CMSG_CLOEXEC)
-        except OSError:
-            return False
-        if not data:
-            return False
-        done = self.reader.feed(data, fds)
-        if done is None:
-            return True
-        msg, fds = done
-        try:
-            self.start(msg, fds)
-        except Exception as exc:
-            # fork() failing with EAGAIN (a process limit), no descriptors left for the pipe,
-            # a malformed request: this request fails, the spawner carries on.
-            if isinstance(exc, OSError):
-                message = f"cannot start the process: {exc.strerror or exc}"
-            else:
-                message = f"cannot start the process: {type(exc).__name__}: {exc}"
-            if "id" in msg:
-                self.send({"id": msg["id"], "error": {"message": message, "exit_code": 125,
-                                                      "errno": getattr(exc, "errno", 0) or 0}})
-            else:
-                sys.stderr.write(f"minidock spawner: dropped a request without id: {message}\n")
-        finally:
-            for fd in fds:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        return True
-
-    def start(self, msg, fds):
-        if "_invalid" in msg:
-            raise ValueError(msg["_invalid"])
-        if msg.get("op") not in ("run", "exec", "netns") or "id" not in msg:
-            raise ValueError(f"unknown request {msg.get('op')!r}")
-        status_r, status_w = os.pipe2(os.O_CLOEXEC)
-        try:
-            shim = os.fork()
-        except BaseException:
-            os.close(status_r)
-            os.close(status_w)
-            raise
-        if shim == 0:
-            self.shim_main(msg, fds, status_r, status_w)   # never returns
-        os.close(status_w)
-        record = _Shim(msg["id"], status_r)
-        self.shims[shim] = record
-        # The shim record itself is the key's data: a pipe closed earlier in the same batch of
-        # events, whose number a new pipe may even have reused, is then recognised as stale.
-        self.sel.register(status_r, selectors.EVENT_READ, (shim, record))
-
-    def shim_main(self, msg, fds, status_r, status_w):
-        """The shim: start the process, report its pid, wait, exit with its code.
-
-        The shim outlives the spawner (no death signal tied to it: a crashed or killed spawner
-        must not take running containers along) but not the daemon: it watches the lifeline,
-        whose EOF means the daemon is gone, and then exits, its child's death signal following."""
-        code = 125
-        try:
-            signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            self.sock.close()
-            os.close(status_r)
-            os.close(self.wake_r)
-            os.close(self.wake_w)
-            if msg["op"] == "run":
-                pid = ns.spawn_container(msg["spec"], fds, status_w)
-            elif msg["op"] == "netns":
-                pid = network.start_keeper(fds[0], status_w)
-            else:
-                pid = ns.enter_container(msg["init_pid"], msg["spec"], fds, status_w)
-            os.write(status_w, b"P%d\n" % pid)
-            os.close(status_w)
-            for fd in fds:              # only the child needs them; EOF must not wait for us
-                os.close(fd)
-            pidfd = os.pidfd_open(pid)
-            poller = select.poll()
-            poller.register(pidfd, select.POLLIN)
-            poller.register(self.lifeline, select.POLLIN)
-            while True:
-                ready = {fd for fd, _ in poller.poll()}
-                if pidfd in ready:
-                    break
-                if self.lifeline in ready:
-                    os._exit(137)       # the daemon is gone
-            _, status = os.waitpid(pid, 0)
-            code = _exit_code(status)
-        except BaseException as e:
-            try:
-                ns.report_failure(status_w, e)
-            except OSError:
-                pass
-        os._exit(code)
-
-    def on_status(self, fd, data):
-        shim_pid, record = data
-        if self.shims.get(shim_pid) is not record or record.status_fd != fd:
-            return                      # stale: decided and closed earlier in this batch
-        chunk = os.read(fd, 65536)
-        if chunk:
-            record.buf += chunk
-            return
-        self.decide(shim_pid)
-
-    def decide(self, shim_pid):
-        """The status pipe is at EOF (or every writer died): answer the run/exec request."""
-        shim = self.shims[shim_pid]
-        fd = shim.status_fd
-        os.set_blocking(fd, False)
-        try:
-            while True:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    break
-                shim.buf += chunk
-        except BlockingIOError:
-            pass
-        self.sel.unregister(fd)
-        os.close(fd)
-        shim.status_fd = None
-        error = None
-        for line in shim.buf.splitlines():
-            if line.startswith(b"P"):
-                shim.pid = int(line[1:])
-            elif line.startswith(b"E") and error is None:
-                try:
-                    error = json.loads(line[1:])
-                except ValueError:
-                    error = {"message": "set-up failed (unreadable report)", "exit_code": 125}
-        if error is not None or shim.pid is None:
-            shim.pid = None
-            self.send({"id": shim.req_id, "error": error or {
-                "message": "the container process died during set-up", "exit_code": 125}})
-        else:
-            self.send({"id": shim.req_id, "pid": shim.pid, "shim": shim_pid})
-        if shim.code is not None:
-            self.finish(shim_pid)
-
-    def finish(self, shim_pid):
-        shim = self.shims.pop(shim_pid)
-        if shim.pid is not None:
-            self.send({"exit": shim.pid, "code": shim.code})
-
-    def reap(self):
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            if pid not in self.shims:
-                continue                # an adopted orphan
-            self.shims[pid].code = _exit_code(status)
-            if self.shims[pid].status_fd is not None:
-                self.decide(pid)        # it also finishes
-            else:
-                self.finish(pid)
-
-
-def main(argv):
-    """`python -m minidock.spawner SOCKET_FD LIFELINE_FD DAEMON_PID`: a restarted spawner."""
-    sock_fd, lifeline, daemon = (int(a) for a in argv)
-    _spawner_main(socket.socket(fileno=sock_fd), lifeline, daemon)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -47,23 +47,19 @@ What you can observe: `ls -l` on an extracted layer shows `c--------- 0, 0` whit
 `getfattr -n user.overlay.opaque DIR` shows opaque dirs; `tar tvf layer.tar` shows `.wh.` names.
 """
 
-import bz2
 import collections
 import errno
-import gzip
-import hashlib
 import io
 import logging
-import lzma
 import os
 import posixpath
 import shutil
 import stat
 import tarfile
 import time
-import zlib
 
 from minidock import errors
+from minidock.compression import CHUNK, DECODE_ERRORS, decompressed
 
 log = logging.getLogger("minidock.tarsafe")
 
@@ -73,92 +69,6 @@ OPAQUE_MARKER = ".wh..wh..opq"
 OPAQUE_XATTR = "user.overlay.opaque"
 WHITEOUT_XATTR = "user.overlay.whiteout"   # xattr whiteouts (Linux >= 6.7), read and written as fallback
 MAX_SYMLINKS = 40                          # like the kernel's MAXSYMLINKS
-CHUNK = 1 << 20
-
-
-# -- compression ---------------------------------------------------------------------------------
-
-MAGIC = [(b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd")]
-
-
-class Prefixed(io.RawIOBase):
-    """A reader that yields `prefix` and then the rest of `raw` (to peek at magic bytes)."""
-
-    def __init__(self, prefix, raw):
-        self.prefix, self.raw = prefix, raw
-
-    def readable(self):
-        return True
-
-    def readinto(self, buf):
-        if self.prefix:
-            n = min(len(buf), len(self.prefix))
-            buf[:n] = self.prefix[:n]
-            self.prefix = self.prefix[n:]
-            return n
-        data = self.raw.read(len(buf))
-        buf[:len(data)] = data
-        return len(data)
-
-
-def _read_exact(f, n):
-    data = b""
-    while len(data) < n:
-        more = f.read(n - len(data))
-        if not more:
-            break
-        data += more
-    return data
-
-
-def decompressed(stream):
-    """Sniff the first bytes of `stream` and return (reader of plain tar bytes, compression name).
-
-    Docker accepts plain, gzip, bzip2 and xz tars for import, build contexts and layers; zstd has
-    no decoder in the standard library, so it is refused by name rather than misread as tar.
-    """
-    head = _read_exact(stream, 6)
-    raw = io.BufferedReader(Prefixed(head, stream), CHUNK)
-    for magic, name in MAGIC:
-        if head.startswith(magic):
-            if name == "gzip":
-                return gzip.GzipFile(fileobj=raw, mode="rb"), name
-            if name == "bzip2":
-                return bz2.BZ2File(raw, "rb"), name
-            if name == "xz":
-                return lzma.LZMAFile(raw, "rb"), name
-            raise errors.InvalidParameter("zstd-compressed archives are not supported")
-    return raw, "none"
-
-
-class HashingReader(io.RawIOBase):
-    """Pass bytes through, hashing them (sha256) and optionally copying them to `sink`."""
-
-    def __init__(self, raw, sink=None):
-        self.raw, self.sink = raw, sink
-        self.sha = hashlib.sha256()
-        self.count = 0
-
-    def readable(self):
-        return True
-
-    def readinto(self, buf):
-        data = self.raw.read(len(buf))
-        if data:
-            self.sha.update(data)
-            self.count += len(data)
-            if self.sink is not None:
-                self.sink.write(data)
-            buf[:len(data)] = data
-        return len(data)
-
-    def drain(self):
-        """Read to the end: a tar's trailing zero blocks belong to its digest too."""
-        while self.read(CHUNK):
-            pass
-
-    def digest(self):
-        return "sha256:" + self.sha.hexdigest()
 
 
 # -- names ---------------------------------------------------------------------------------------
@@ -440,9 +350,6 @@ def extract(fileobj, root, whiteouts=KEEP, no_overwrite_dir_nondir=False, chown=
                 pass
     return stats
 
-
-# What the decompressors raise on corrupt input (bz2 raises a plain OSError, caught by callers).
-DECODE_ERRORS = (zlib.error, lzma.LZMAError, gzip.BadGzipFile)
 
 
 def _extract_one(tf, m, res, whiteouts, no_overwrite, chown, stats, dir_times, created, subdir):

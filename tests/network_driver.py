@@ -14,7 +14,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from minidock import netlink, network, ns, spawner  # noqa: E402
+from minidock import netlink, network, spawner, userns  # noqa: E402
 
 ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"]
 
@@ -32,7 +32,7 @@ def collect(fd):
 
 def main():
     rootfs = sys.argv[1]
-    ns.enter_daemon_userns()
+    userns.enter_daemon_userns()
     sp = spawner.Spawner.start()
     dn = network.DaemonNetns(sp)
     res = {"keeper_netns_differs": os.readlink(f"/proc/{dn.pid}/ns/net")

@@ -17,7 +17,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from minidock import ns, spawner  # noqa: E402
+from minidock import mounts, ns, spawner, syscalls  # noqa: E402
+from minidock.userns import enter_daemon_userns  # noqa: E402
 
 ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"]
 
@@ -38,7 +39,7 @@ def collect(fd):
 
 def main():
     mode, rootfs, data = sys.argv[1], sys.argv[2], sys.argv[3]
-    userns = ns.enter_daemon_userns()
+    userns = enter_daemon_userns()
     sp = spawner.Spawner.start()
     base = {"rootfs": rootfs, "env": ENV, "hostname": "box"}
 
@@ -56,7 +57,7 @@ def main():
         """Run to completion: {"code", "out"} or {"error", "exit_code", "step"}."""
         try:
             pid, r = start(argv, **kw)
-        except ns.StartError as e:
+        except syscalls.StartError as e:
             return {"error": e.message, "exit_code": e.exit_code, "step": e.step}
         out = collect(r)
         return {"code": sp.wait(pid, 10), "out": out}
@@ -74,7 +75,7 @@ def main():
         try:
             pid = sp.exec(init_pid, dict({"env": ENV, "rootfs": rootfs}, argv=argv, **kw),
                           ir if ir is not None else w, w, w)
-        except ns.StartError as e:
+        except syscalls.StartError as e:
             os.close(w)
             return {"error": e.message, "exit_code": e.exit_code}
         finally:
@@ -159,7 +160,7 @@ def main():
     pid = sp.run(dict(base, argv=["sh", "-c", "tty; ls -l /dev/console; printf 'a\\nb\\n'"],
                       tty=True, console_socket=True), fd, fd, fd)
     theirs.close()
-    master = ns.receive_console(mine)
+    master = mounts.receive_console(mine)
     mine.close()
     res["console_tty"] = {"out": collect(master), "code": sp.wait(pid, 10)}
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from minidock import daemon, http
+from minidock import daemon, http, httpserver
 from minidock.api.router import Router
 from minidock.client import APIError, Client
 from minidock.engine import Config, Engine
@@ -180,7 +180,7 @@ def test_auth_answers_clear_error_when_the_registry_is_unreachable(api):
 def test_boolean_query_words():
     from minidock.api.router import ApiRequest
     head = http.parse_head(b"GET /x?a=1&b=True&c=true&d=0&e=False&f=false&g=maybe HTTP/1.1\r\n")
-    req = ApiRequest(http.Request(head, None, None), (1, 24), {}, None)
+    req = ApiRequest(httpserver.Request(head, None, None), (1, 24), {}, None)
     assert [req.qbool(k) for k in "abcdef"] == [True, True, True, False, False, False]
     assert req.qbool("missing", default=True) is True
     with pytest.raises(Exception):

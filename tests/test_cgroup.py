@@ -15,8 +15,9 @@ import time
 
 import pytest
 
-from minidock import cgroup
-from minidock.cgroup import Hierarchy, translate
+from minidock import cgroup, cgrouplimits
+from minidock.cgroup import Hierarchy
+from minidock.cgrouplimits import translate
 from minidock.errors import InvalidParameter
 from support import NOBODY, as_user_argv, copy_package, make_user_dir, unprivileged_python
 
@@ -169,9 +170,9 @@ def test_check_discards_unsupported_limits_with_dockers_warnings(tmp_path):
     r, warnings = h.check({"Memory": 64 * MB, "MemoryReservation": 8 * MB, "KernelMemory": 8 * MB,
                            "CpuShares": 512, "CpuPeriod": 100000, "CpuQuota": 50000, "CpusetCpus": "0",
                            "BlkioWeight": 300, "PidsLimit": 10, "OomKillDisable": True})
-    assert warnings == [cgroup.W_MEMORY, cgroup.W_RESERVATION, cgroup.W_KERNEL_MEMORY, cgroup.W_OOM_KILL_DISABLE,
-                        cgroup.W_PIDS, cgroup.W_SHARES, cgroup.W_PERIOD, cgroup.W_QUOTA, cgroup.W_CPUSET,
-                        cgroup.W_BLKIO]
+    assert warnings == [cgrouplimits.W_MEMORY, cgrouplimits.W_RESERVATION, cgrouplimits.W_KERNEL_MEMORY, cgrouplimits.W_OOM_KILL_DISABLE,
+                        cgrouplimits.W_PIDS, cgrouplimits.W_SHARES, cgrouplimits.W_PERIOD, cgrouplimits.W_QUOTA, cgrouplimits.W_CPUSET,
+                        cgrouplimits.W_BLKIO]
     assert "Your kernel does not support memory limit capabilities or the cgroup is not mounted. " \
            "Limitation discarded." in warnings
     assert "Your kernel does not support CPU cfs quota or the cgroup is not mounted. Quota discarded." in warnings
@@ -182,7 +183,7 @@ def test_check_discards_unsupported_limits_with_dockers_warnings(tmp_path):
 def test_check_without_swap_accounting_limits_memory_only(tmp_path):
     h = prepared(tmp_path, swap=False)
     r, warnings = h.check({"Memory": 64 * MB})
-    assert warnings == [cgroup.W_SWAP] and r["MemorySwap"] == -1
+    assert warnings == [cgrouplimits.W_SWAP] and r["MemorySwap"] == -1
     assert translate(r, ALL) == [("memory.max", 64 * MB), ("memory.swap.max", "max")]
 
 
@@ -232,13 +233,13 @@ def test_check_ignores_unset_and_minus_one_values(tmp_path):
 # -- translation to files ------------------------------------------------------------------------
 
 def test_shares_and_blkio_weight_conversions():
-    assert cgroup.shares_to_weight(2) == 1
-    assert cgroup.shares_to_weight(1024) == 39          # v1 default -> what runc writes
-    assert cgroup.shares_to_weight(512) == 20
-    assert cgroup.shares_to_weight(262144) == 10000
-    assert cgroup.shares_to_weight(1) == 1 and cgroup.shares_to_weight(10**9) == 10000   # clamped
-    assert cgroup.blkio_to_io_weight(10) == 1 and cgroup.blkio_to_io_weight(1000) == 10000
-    assert cgroup.blkio_to_io_weight(300) == 2930
+    assert cgrouplimits.shares_to_weight(2) == 1
+    assert cgrouplimits.shares_to_weight(1024) == 39          # v1 default -> what runc writes
+    assert cgrouplimits.shares_to_weight(512) == 20
+    assert cgrouplimits.shares_to_weight(262144) == 10000
+    assert cgrouplimits.shares_to_weight(1) == 1 and cgrouplimits.shares_to_weight(10**9) == 10000   # clamped
+    assert cgrouplimits.blkio_to_io_weight(10) == 1 and cgrouplimits.blkio_to_io_weight(1000) == 10000
+    assert cgrouplimits.blkio_to_io_weight(300) == 2930
 
 
 def test_translate_every_limit():
@@ -279,7 +280,7 @@ def test_create_writes_limit_files_and_update_rewrites_them(tmp_path):
                                                    "cpu.max", "pids.max", "cpuset.cpus", "io.weight")}
     assert files == {"memory.max": str(64 * MB), "memory.swap.max": str(64 * MB), "memory.low": "0\n",
                      "cpu.weight": "39", "cpu.max": "50000 100000", "pids.max": "20", "cpuset.cpus": "0",
-                     "io.weight": str(cgroup.blkio_to_io_weight(500))}
+                     "io.weight": str(cgrouplimits.blkio_to_io_weight(500))}
     # docker update --memory 100m --memory-swap 200m --pids-limit -1: merged over the stored limits
     merged, warnings = h.check_update(r, {"Memory": 100 * MB, "MemorySwap": 200 * MB, "PidsLimit": -1})
     assert warnings == [] and merged["CpuQuota"] == 50000 and merged["Memory"] == 100 * MB
@@ -486,7 +487,7 @@ def test_real_unprivileged_without_delegation_degrades_to_sigstop():
         pytest.skip("our cgroup is delegated to uid 65534 here")
     assert result["caps"]["PauseMethod"] == "SIGSTOP" and result["caps"]["CgroupDriver"] == "none"
     assert not result["caps"]["MemoryLimit"] and "Permission denied" in result["reason"]
-    assert result["warnings"] == [cgroup.W_MEMORY, cgroup.W_QUOTA] and result["group"]
+    assert result["warnings"] == [cgrouplimits.W_MEMORY, cgrouplimits.W_QUOTA] and result["group"]
 
 
 @pytest.mark.parametrize("userns", [False, True], ids=["plain", "in-daemon-userns"])

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from minidock import errors, http
+from minidock import errors, http, httpserver
 
 # (name, raw request bytes, expected) where expected is either an error kind, or a dict of
 # method / path / query / headers / body the parse must produce.
@@ -169,7 +169,7 @@ def echo_app(request):
 def server():
     directory = tempfile.mkdtemp()
     sock_path = os.path.join(directory, "s.sock")
-    srv = http.make_server("unix://" + sock_path, echo_app, lambda: [("Api-Version", "1.24")])
+    srv = httpserver.make_server("unix://" + sock_path, echo_app, lambda: [("Api-Version", "1.24")])
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()
     yield sock_path, srv
@@ -277,12 +277,12 @@ def test_client_disconnect_mid_body_frees_the_thread(server):
 
 def test_stale_socket_replaced_live_socket_refused(server):
     with pytest.raises(errors.Conflict):
-        http.make_server("unix://" + server[0], echo_app)
+        httpserver.make_server("unix://" + server[0], echo_app)
     stale = os.path.join(tempfile.mkdtemp(), "stale.sock")
     dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     dead.bind(stale)
     dead.close()                       # a socket file nobody listens on: what SIGKILL leaves
-    srv = http.make_server("unix://" + stale, echo_app)
+    srv = httpserver.make_server("unix://" + stale, echo_app)
     srv.server_close()
 
 

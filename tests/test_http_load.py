@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from minidock import http
+from minidock import http, httpserver
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,7 +33,7 @@ def serve():
 
     def start(**kwargs):
         path = os.path.join(tempfile.mkdtemp(), "s.sock")
-        srv = http.make_server("unix://" + path, app, **kwargs)
+        srv = httpserver.make_server("unix://" + path, app, **kwargs)
         threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1},
                          daemon=True).start()
         servers.append(srv)
@@ -113,7 +113,7 @@ def test_connections_beyond_the_cap_get_a_clean_503(serve):
 
 
 def test_a_head_sent_one_byte_at_a_time_is_cut_off(serve, monkeypatch):
-    monkeypatch.setattr(http, "HEAD_TIMEOUT", 0.5)
+    monkeypatch.setattr(httpserver, "HEAD_TIMEOUT", 0.5)
     path, srv = serve()
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(5)
@@ -158,9 +158,9 @@ def test_a_stalled_chunked_body_times_out_with_408(serve, monkeypatch):
 EMFILE_SERVER = r"""
 import os, resource, sys, threading, time
 sys.path.insert(0, sys.argv[2])
-from minidock import http
+from minidock import http, httpserver
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
-srv = http.make_server("unix://" + sys.argv[1], lambda r: http.Response.json({}))
+srv = httpserver.make_server("unix://" + sys.argv[1], lambda r: http.Response.json({}))
 threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
 print("ready", flush=True)
 sys.stdin.readline()                       # the test says when to measure
@@ -211,11 +211,11 @@ def test_after_reply_hooks_run_once_the_reply_is_written(serve):
     def hook_app(request):
         # The hook waits until the client has its reply: run before the reply was written, it
         # would hold the reply back and the client below would time out.
-        http.after_reply(lambda: ran.append(received.wait(10)))
+        httpserver.after_reply(lambda: ran.append(received.wait(10)))
         return http.Response.json({"ok": True})
 
     path = os.path.join(tempfile.mkdtemp(), "s.sock")
-    srv = http.make_server("unix://" + path, hook_app)
+    srv = httpserver.make_server("unix://" + path, hook_app)
     threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
     try:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -230,7 +230,7 @@ def test_after_reply_hooks_run_once_the_reply_is_written(serve):
             time.sleep(0.01)
         assert ran == [True]
         ran.clear()
-        http.after_reply(lambda: ran.append("now"))     # no request served here: runs at once
+        httpserver.after_reply(lambda: ran.append("now"))     # no request served here: runs at once
         assert ran == ["now"]
     finally:
         srv.shutdown()

@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 import rootfs as rootfs_helper  # noqa: E402
 
-from minidock import errors, ns  # noqa: E402
+from minidock import errors, mounts, ns, syscalls, userns  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +57,12 @@ def test_in_root_keeps_symlinks_inside(tmp_path):
     os.makedirs(f"{root}/a/b")
     os.symlink("/a", f"{root}/abs")
     os.symlink("../../../../..", f"{root}/a/up")
-    assert ns.in_root(root, "/abs/b") == f"{root}/a/b"
-    assert ns.in_root(root, "/a/up/etc/passwd") == f"{root}/etc/passwd"
-    assert ns.in_root(root, "/../../x") == f"{root}/x"
+    assert mounts.in_root(root, "/abs/b") == f"{root}/a/b"
+    assert mounts.in_root(root, "/a/up/etc/passwd") == f"{root}/etc/passwd"
+    assert mounts.in_root(root, "/../../x") == f"{root}/x"
     os.symlink("loop", f"{root}/loop")
     with pytest.raises(OSError) as e:
-        ns.in_root(root, "/loop")
+        mounts.in_root(root, "/loop")
     assert e.value.errno == errno.ELOOP
 
 
@@ -82,20 +82,20 @@ def test_capability_set():
 def test_subordinate_range(tmp_path):
     f = tmp_path / "subuid"
     f.write_text("other:100000:65536\nroot:200000:1000\n4242:300000:65536\n")
-    assert ns._subordinate_range(str(f), 0) == (200000, 1000)     # by name
-    assert ns._subordinate_range(str(f), 4242) == (300000, 65536)  # by number
-    assert ns._subordinate_range(str(f), 4243) is None
-    assert ns._subordinate_range(str(tmp_path / "missing"), 0) is None
+    assert userns._subordinate_range(str(f), 0) == (200000, 1000)     # by name
+    assert userns._subordinate_range(str(f), 4242) == (300000, 65536)  # by number
+    assert userns._subordinate_range(str(f), 4243) is None
+    assert userns._subordinate_range(str(tmp_path / "missing"), 0) is None
 
 
 def test_userns_support_check_passes_here():
     # This machine allows unprivileged user namespaces; the check must agree.
-    assert ns.check_userns_support() is None
+    assert userns.check_userns_support() is None
 
 
 def test_start_error_round_trip():
-    e = ns.StartError('exec: "x": executable file not found in $PATH', "exec", errno.ENOENT, 127)
-    back = ns.StartError.from_record(e.to_record())
+    e = syscalls.StartError('exec: "x": executable file not found in $PATH', "exec", errno.ENOENT, 127)
+    back = syscalls.StartError.from_record(e.to_record())
     assert (back.message, back.step, back.errno, back.exit_code) == (
         e.message, "exec", errno.ENOENT, 127)
     assert isinstance(back, errors.MinidockError)
@@ -104,13 +104,13 @@ def test_start_error_round_trip():
 def test_find_executable(rootfs, tmp_path):
     env = [f"PATH={rootfs}/bin"]
     assert ns.find_executable("sh", env) == f"{rootfs}/bin/sh"
-    with pytest.raises(ns.StartError) as e:
+    with pytest.raises(syscalls.StartError) as e:
         ns.find_executable("nope", env)
     assert e.value.exit_code == 127
-    with pytest.raises(ns.StartError) as e:
+    with pytest.raises(syscalls.StartError) as e:
         ns.find_executable(f"{rootfs}/etc/passwd", env)
     assert e.value.exit_code == 126 and "permission denied" in e.value.message
-    with pytest.raises(ns.StartError) as e:
+    with pytest.raises(syscalls.StartError) as e:
         ns.find_executable("/no/such/file", env)
     assert e.value.exit_code == 127 and "no such file or directory" in e.value.message
 

@@ -24,7 +24,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 import rootfs as rootfs_helper  # noqa: E402
 
-from minidock import ns  # noqa: E402
+from minidock import userns  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PACKAGE = os.path.join(os.path.dirname(HERE), "minidock")
@@ -306,11 +306,11 @@ def test_keep_id_with_subuids(sub):
 
 def test_keep_id_map_layout():
     full = [(0, 1000, 1), (1, 300000, 65535)]
-    assert ns.keep_id_map(1000, full) == ["0 1 1000", "1000 0 1", "1001 1001 64535"]
-    assert ns.keep_id_map(0, full) == ["0 0 1", "1 1 65535"]
-    assert ns.keep_id_map(65535, full) == ["0 1 65535", "65535 0 1"]
-    assert ns.keep_id_map(70000, full) == ["0 1 65535", "70000 0 1"]
-    assert ns.keep_id_map(65534, [(0, 65534, 1)]) == ["65534 0 1"]
+    assert userns.keep_id_map(1000, full) == ["0 1 1000", "1000 0 1", "1001 1001 64535"]
+    assert userns.keep_id_map(0, full) == ["0 0 1", "1 1 65535"]
+    assert userns.keep_id_map(65535, full) == ["0 1 65535", "65535 0 1"]
+    assert userns.keep_id_map(70000, full) == ["0 1 65535", "70000 0 1"]
+    assert userns.keep_id_map(65534, [(0, 65534, 1)]) == ["65534 0 1"]
 
 
 def test_subuid_exec(sub):

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from minidock import spawner
+from minidock import spawner, spawnerloop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,7 +19,7 @@ def sent_datagrams(obj):
     grams = []
     with a, b:
         b.settimeout(10)
-        t = threading.Thread(target=spawner.send_message, args=(a, obj))
+        t = threading.Thread(target=spawnerloop.send_message, args=(a, obj))
         t.start()
         while not grams or grams[-1][:1] != b"L":
             grams.append(b.recv(1 << 20))
@@ -30,9 +30,9 @@ def sent_datagrams(obj):
 def test_a_large_message_travels_in_parts_and_reassembles():
     obj = {"id": 1, "spec": {"env": ["X=" + "y" * 100_000 for _ in range(12)]}}
     grams = sent_datagrams(obj)
-    assert len(grams) > 20 and all(len(g) <= spawner._PART + 1 for g in grams)
+    assert len(grams) > 20 and all(len(g) <= spawnerloop.MAX_PART + 1 for g in grams)
     assert [g[:1] for g in grams] == [b"M"] * (len(grams) - 1) + [b"L"]
-    reader = spawner.MessageReader()
+    reader = spawnerloop.MessageReader()
     results = [reader.feed(g) for g in grams]
     assert results[:-1] == [None] * (len(grams) - 1)
     assert results[-1] == (obj, [])
@@ -50,7 +50,7 @@ CORPUS = [
 
 @pytest.mark.parametrize("name,grams,expected", CORPUS, ids=[c[0] for c in CORPUS])
 def test_reader_corpus(name, grams, expected):
-    reader = spawner.MessageReader()
+    reader = spawnerloop.MessageReader()
     for g in grams[:-1]:
         assert reader.feed(g) is None
     msg, fds = reader.feed(grams[-1])
@@ -63,8 +63,8 @@ def test_reader_corpus(name, grams, expected):
 
 
 def test_an_oversized_message_is_refused_and_the_next_one_reads(monkeypatch):
-    monkeypatch.setattr(spawner, "MAX_MESSAGE", 100)
-    reader = spawner.MessageReader()
+    monkeypatch.setattr(spawnerloop, "MAX_MESSAGE", 100)
+    reader = spawnerloop.MessageReader()
     assert reader.feed(b"M" + b"x" * 80) is None
     assert reader.feed(b"M" + b"x" * 80) is None
     msg, _ = reader.feed(b"L}")
@@ -75,7 +75,7 @@ def test_an_oversized_message_is_refused_and_the_next_one_reads(monkeypatch):
 BAD_REQUESTS = r"""
 import json, os, socket, sys
 sys.path.insert(0, sys.argv[1])
-from minidock import ns, spawner
+from minidock import spawner, syscalls
 sp = spawner.Spawner.start()
 out = {}
 # garbage with no id: logged by the spawner, answered to nobody
@@ -86,14 +86,14 @@ for key, msg in (("bogus", {"op": "bogus"}), ("badspec", {"op": "run", "spec": "
     try:
         sp._request(msg, [])
         out[key] = "no error"
-    except ns.StartError as e:
+    except syscalls.StartError as e:
         out[key] = e.message
 out["pid_after"] = sp.pid
 out["health"] = sp.health()
 r, w = os.pipe()
 try:
     sp.run({"rootfs": "/nonexistent", "argv": ["true"], "uid": 0, "gid": 0}, r, w, w)
-except ns.StartError as e:
+except syscalls.StartError as e:
     out["run"] = "answered: " + e.message[:40]
 out["pid_end"] = sp.pid
 print(json.dumps(out), flush=True)

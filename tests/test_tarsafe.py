@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from minidock import errors, tarsafe
+from minidock import compression, errors, tarsafe
 from tests.rootfs_helpers import names_in, tar_bytes, tree
 
 
@@ -144,7 +144,7 @@ def test_compressed_streams_are_sniffed(tmp_path):
     import bz2, gzip, lzma
     data = tar_bytes([("f", "file", "hello")])
     for i, packed in enumerate((data, gzip.compress(data), bz2.compress(data), lzma.compress(data))):
-        plain, _ = tarsafe.decompressed(io.BytesIO(packed))
+        plain, _ = compression.decompressed(io.BytesIO(packed))
         root = tmp_path / str(i)
         root.mkdir()
         tarsafe.extract(plain, str(root))

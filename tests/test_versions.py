@@ -6,7 +6,7 @@ rendered at several versions must have exactly the fields that version documente
 
 import pytest
 
-from minidock import errors, http
+from minidock import errors, http, httpserver
 from minidock.api import versions
 from minidock.api.router import ApiRequest, Router
 
@@ -87,7 +87,7 @@ def test_reply_forms():
 
 def _request(target, version, body=b""):
     head = http.parse_head(f"POST {target} HTTP/1.1\r\n".encode())
-    return ApiRequest(http.Request(head, None, None), version, {}, None)
+    return ApiRequest(httpserver.Request(head, None, None), version, {}, None)
 
 
 def test_request_steps_read_old_forms():

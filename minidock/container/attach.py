@@ -97,6 +97,24 @@ class Options:
         return {s for s, on in (("stdout", self.stdout), ("stderr", self.stderr)) if on}
 
 
+def prepare(c, opts, websocket, read_logs, on_detach):
+    """An attach session made ready before the hijack: checks the detach keys (a 400 while a
+    reply can still be one) and subscribes to the output now, so none of it slips between this
+    and the session. -> run(conn), which runs the session on the hijacked connection;
+    `read_logs(c)` gives the stored output when `opts.logs` asks for it."""
+    parse_detach_keys(opts.detach_keys)
+    q = c.io.subscribe() if opts.stream else None
+    session = ws_session if websocket else http_session
+
+    def run(conn):
+        try:
+            session(c, conn, q, opts, read_logs(c) if opts.logs else [], on_detach=on_detach)
+        finally:
+            if q is not None:
+                c.io.unsubscribe(q)
+    return run
+
+
 def stdin_ready(c, generation):
     """Wait until the container has a stdin to write to (`docker run -i` attaches and sends
     input before it starts the container). False when a run ended or it was removed first."""

@@ -13,7 +13,7 @@ rules, each applied below:
   (`no`, `always`, `unless-stopped`, `on-failure[:N]`; AutoRemove excludes a policy).
 - LogConfig: an empty Type takes the daemon's `--log-driver`/`--log-opt`; unknown drivers and
   options are refused in moby's words (jsonfile.check_log_config).
-- UsernsMode: "" or "host" (the daemon's namespace), or "keep-id" (ns.py: the daemon's uid keeps
+- UsernsMode: "" or "host" (the daemon's namespace), or "keep-id" (userns.py: the daemon's uid keeps
   its number in the container); an empty one takes the daemon's `--userns`.
 - Healthcheck: checked and merged with the image's field by field (health.validate, merge).
 - Network mode: `default`, `bridge`, `host`, `none` or `container:<ref>`. Rootless minidock
@@ -28,7 +28,8 @@ import signal
 from minidock import errors, health, jsonfile, schema
 from minidock.schema import (ANY, BOOL, INT, SET, STR, STRMAP, STRS, STRSLICE, UINT, UINT16,  # noqa: F401
                              UINT32, MapOf)
-from minidock.ns import DEFAULT_PATH, DEFAULT_SHM_SIZE  # noqa: F401  (what a container gets without its own)
+from minidock.mounts import DEFAULT_SHM_SIZE  # noqa: F401  (what a container gets without its own)
+from minidock.ns import DEFAULT_PATH  # noqa: F401
 
 NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 DEFAULT_STOP_TIMEOUT = 10
@@ -122,6 +123,15 @@ def generate_name(taken):
 
 
 # -- Config ---------------------------------------------------------------------------------------
+
+def check_name_free(name, containers):
+    """Conflict, in Docker's words, when one of `containers` already has `name`."""
+    owner = next((c for c in containers if c.name == name), None)
+    if owner:
+        raise errors.Conflict(
+            f'Conflict. The container name "/{name}" is already in use by container '
+            f'"{owner.id}". You have to remove (or rename) that container to be able to reuse that name.')
+
 
 def merge_config(body, image_cfg, image_ref):
     """The container's Config: the user's, with the image's defaults where the user gave none."""

@@ -10,7 +10,7 @@ import re
 
 from minidock import errors, filters as filters_mod, health
 from minidock.container.lifecycle import ACTIVE, CREATED, DEAD, EXITED, PAUSED, REMOVING, RESTARTING, RUNNING
-from minidock.times import ZERO_TIME, human_duration, rfc3339_seconds, seconds_since
+from minidock.times import ZERO_TIME, human_duration, rfc3339_ns, rfc3339_seconds, seconds_since
 
 FILTERS = {"status", "exited", "label", "ancestor", "before", "since", "volume", "name", "id",
            "isolation", "network", "health", "is-task", "publish", "expose"}
@@ -84,6 +84,19 @@ def status_text(c):
 
 # -- list filters ---------------------------------------------------------------------------------
 
+def counts(containers):
+    """/info's ContainersRunning, ContainersPaused and ContainersStopped."""
+    counts = {"running": 0, "paused": 0, "stopped": 0}
+    for c in containers:
+        if c.status == PAUSED:
+            counts["paused"] += 1
+        elif c.status in (RUNNING, RESTARTING):
+            counts["running"] += 1
+        else:
+            counts["stopped"] += 1
+    return counts
+
+
 def check_filters(filters):
     for key in filters:
         if key not in FILTERS:
@@ -94,6 +107,29 @@ def check_filters(filters):
     for value in filters.get("health", []):
         if value not in health.HEALTH_FILTER_VALUES:
             raise errors.InvalidParameter(f"Unrecognised filter value for health: {value}")
+
+
+def listing(containers, get, all_, limit, since, before, filters, descends_from):
+    """`GET /containers/json`'s containers, newest first: `since`/`before` (ids or names, as
+    arguments or filters; `get` resolves them) cut the list by creation time, `limit` keeps the
+    first ones, and any of the three lists stopped containers too, as Docker does."""
+    check_filters(filters)
+    # By creation time, parsed: RFC 3339 as Go writes it trims the fraction's trailing
+    # zeros, so the strings do not sort as the times do ("…20.1Z" > "…20.12Z").
+    created = lambda c: rfc3339_ns(c.record["Created"])      # noqa: E731
+    items = sorted(containers, key=created, reverse=True)
+    since = since or (filters.get("since") or [None])[-1]
+    before = before or (filters.get("before") or [None])[-1]
+    if since:
+        pivot = created(get(since))
+        items = [c for c in items if created(c) > pivot]
+    if before:
+        pivot = created(get(before))
+        items = [c for c in items if created(c) < pivot]
+    if limit and limit > 0 or since or before:
+        all_ = True
+    result = select(items, all_, filters, descends_from)
+    return result[:limit] if limit and limit > 0 else result
 
 
 def select(items, all_, filters, descends_from):

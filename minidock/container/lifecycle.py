@@ -13,11 +13,13 @@ The status is mirrored into Docker's booleans (`State.Running`, `Paused`, `Resta
 `Dead`) in the same step, so they can never disagree with it.
 """
 
+import os
 import threading
 
 from minidock import errors
 from minidock.container import config
 from minidock.container.stdio import ContainerIO
+from minidock.times import ZERO_TIME, now_rfc3339
 
 CREATED, RUNNING, PAUSED, RESTARTING, EXITED, REMOVING, DEAD = (
     "created", "running", "paused", "restarting", "exited", "removing", "dead")
@@ -107,6 +109,25 @@ class Container:
 
 
 WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
+
+
+def new_record(cid, name, path, args, image_id, cfg, host_config, driver, directory):
+    """The record of a container just created: every field inspect shows, in state "created";
+    its generated files (log, /etc/hostname, hosts, resolv.conf) live in `directory`."""
+    return {
+        "Id": cid, "Created": now_rfc3339(), "Name": "/" + name, "Path": path, "Args": args,
+        "State": {"Status": CREATED, "Running": False, "Paused": False, "Restarting": False,
+                  "OOMKilled": False, "Dead": False, "Pid": 0, "ExitCode": 0, "Error": "",
+                  "StartedAt": ZERO_TIME, "FinishedAt": ZERO_TIME},
+        "Image": image_id, "RestartCount": 0, "Driver": driver,
+        "MountLabel": "", "ProcessLabel": "", "AppArmorProfile": "", "ExecIDs": None,
+        "Config": cfg, "HostConfig": host_config,
+        "LogPath": os.path.join(directory, f"{cid}-json.log"),
+        "HostnamePath": os.path.join(directory, "hostname"),
+        "HostsPath": os.path.join(directory, "hosts"),
+        "ResolvConfPath": os.path.join(directory, "resolv.conf"),
+        "Mounts": [], "HasBeenManuallyStopped": False,
+    }
 
 
 def waiter(c, condition="not-running"):

@@ -15,7 +15,7 @@ over. Exec instances use `Stdio` and `container_pty` too (minidock/execs.py).
 
 A container's own TTY is made differently: a pty opened here would live in the daemon's devpts,
 and inside the container `tty` could only call it /dev/console. Instead the init opens the
-`ptmx` of its fresh devpts instance (ns.open_console, runc's console socket): the three fds it
+`ptmx` of its fresh devpts instance (mounts.open_console, runc's console socket): the three fds it
 gets are one end of a unix socket, over which it sends the master back (SCM_RIGHTS) before it
 execs. `ContainerIO.console_arrived` then picks the master up and starts the pump, and the
 slave is /dev/pts/0 inside, as on Docker.
@@ -30,7 +30,7 @@ import struct
 import termios
 import threading
 
-from minidock import ns
+from minidock import mounts
 from minidock.pumps import OutputLoop
 
 logger = logging.getLogger("minidock.container")
@@ -129,7 +129,7 @@ class ContainerIO:
         return io.child, io.close_after_spawn
 
     def console_arrived(self, timeout=0.5):
-        """Take the pty master the init sent (ns.open_console) and pump it. The init sends it
+        """Take the pty master the init sent (mounts.open_console) and pump it. The init sends it
         before it execs, so once the spawner has answered it is there or never comes (a start
         that failed earlier). The log is closed then, as a pump would at the end."""
         if self.console is None:
@@ -137,7 +137,7 @@ class ContainerIO:
         sock, open_stdin, log, label = self.console
         self.console = None
         try:
-            master = ns.receive_console(sock, timeout)
+            master = mounts.receive_console(sock, timeout)
         finally:
             sock.close()
         if master is None:

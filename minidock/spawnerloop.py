@@ -1,0 +1,383 @@
+"""The spawner process: a single-threaded select() loop that forks shims, and the wire to the daemon.
+
+Why the daemon needs this process, and who dies with whom, is told in spawner.py, the daemon's
+side. This module is what runs *inside* the spawner: forked by `Spawner.start()` from the still
+single-threaded daemon, or, after a crash, started afresh as
+`python -m minidock.spawnerloop SOCKET_FD LIFELINE_FD DAEMON_PID`.
+
+The loop
+--------
+`_Server.serve()` waits, with select(2), on the daemon's socket, on SIGCHLD (a self-pipe), on
+the lifeline and on every shim's start-status pipe. A request forks a shim (`start()`); the
+shim forks the container init (ns.spawn_container) or the exec'd process (ns.enter_container),
+writes `P<pid>` on the status pipe, and waits for its one child. On SIGCHLD the loop reaps
+shims and reports `{"exit": pid, "code": n}`.
+
+Inside the spawner, one bad event fails at most its own request: a fork() refused with EAGAIN,
+no descriptor for a status pipe, a malformed message. A status pipe closed while handling an
+earlier event of the same select() batch (its shim was reaped and decided) is recognised as
+stale by the shim record registered with it, even if a new pipe has reused its number.
+
+The wire
+--------
+One SOCK_SEQPACKET unix socketpair. A message is JSON sent as parts of at most 48 KiB, each one
+datagram: a flag byte (`M` more follows, `L` last) then the bytes. Parts keep any message the
+API accepts (16 MiB bodies) under the socket buffer limit an unprivileged process cannot raise.
+
+    daemon -> spawner   {"op": "run",  "id": N, "spec": {...}}               + 3 fds (SCM_RIGHTS)
+                        {"op": "exec", "id": N, "init_pid": P, "spec": {...}} + 3 fds
+                        {"op": "netns", "id": N}  + 1 fd: start network.py's keeper on it
+    spawner -> daemon   {"id": N, "pid": P, "shim": S} the command is being exec'd
+                        {"id": N, "error": {...}}     syscalls.StartError.to_record()
+                        {"exit": P, "code": C}        a process started by run/exec ended
+
+Start status travels from the container init to the spawner over a close-on-exec pipe: the
+shim writes `P<pid>`, the init writes `E<json>` if a step fails, and EOF without an `E` means
+execve succeeded.
+
+"""
+
+import json
+import logging
+import os
+import select
+import selectors
+import signal
+import socket
+import sys
+import traceback
+
+from . import errors, network, ns, syscalls   # network: loaded once here, not in every shim
+
+log = logging.getLogger("minidock.spawner")
+
+# The wire: every datagram is one byte saying whether more of the message follows, then a part
+# of the JSON. Parts stay well under any socket buffer limit (an unprivileged process cannot
+# raise SO_SNDBUF past net.core.wmem_max), so a message of any size the API accepts fits.
+MAX_PART = 48 * 1024
+_MORE, _LAST = b"M", b"L"
+MAX_MESSAGE = 64 * 1024 * 1024          # far above the API's 16 MiB body limit: a guard only
+
+
+def send_message(sock, obj, fds=()):
+    """Send one JSON message as parts; the fds travel with the first part."""
+    data = json.dumps(obj).encode()
+    if len(data) > MAX_MESSAGE:
+        raise errors.InvalidParameter(f"container settings too large ({len(data)} bytes; "
+                                      f"limit {MAX_MESSAGE})")
+    parts = [data[i:i + MAX_PART] for i in range(0, len(data), MAX_PART)] or [b""]
+    for n, part in enumerate(parts):
+        flag = _LAST if n == len(parts) - 1 else _MORE
+        if n == 0 and fds:
+            socket.send_fds(sock, [flag + part], list(fds))
+        else:
+            sock.send(flag + part)
+
+
+class MessageReader:
+    """Reassembles messages from parts, one received datagram at a time."""
+
+    def __init__(self):
+        self.parts = []
+        self.size = 0
+        self.fds = []
+        self.too_large = False
+
+    def feed(self, datagram, fds=()):
+        """Add one datagram; returns (message, fds) when it completes one, else None.
+
+        A message that cannot be parsed or is over MAX_MESSAGE comes back as
+        ({"_invalid": reason}, fds) so the caller can fail that request alone."""
+        self.fds += list(fds)
+        flag, part = datagram[:1], datagram[1:]
+        self.size += len(part)
+        if self.size > MAX_MESSAGE:
+            self.too_large = True
+            self.parts = []
+        elif not self.too_large:
+            self.parts.append(part)
+        if flag == _MORE:
+            return None
+        data, fds = b"".join(self.parts), self.fds
+        too_large = self.too_large
+        self.parts, self.size, self.fds, self.too_large = [], 0, [], False
+        if flag != _LAST:
+            return {"_invalid": f"unknown part flag {flag!r}"}, fds
+        if too_large:
+            return {"_invalid": f"message over {MAX_MESSAGE} bytes"}, fds
+        try:
+            msg = json.loads(data)
+        except ValueError as exc:
+            return {"_invalid": f"not JSON: {exc}"}, fds
+        if not isinstance(msg, dict):
+            return {"_invalid": "not a JSON object"}, fds
+        return msg, fds
+
+
+def exit_code(status):
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+class _Shim:
+    """What the spawner keeps for one run/exec until the process's end is reported."""
+
+    def __init__(self, req_id, status_fd):
+        self.req_id = req_id
+        self.status_fd = status_fd      # None once the start is decided
+        self.buf = b""
+        self.pid = None                 # the container init / exec'd process, once started
+        self.code = None                # the shim's exit code, once reaped
+
+
+def spawner_main(sock, lifeline, daemon_pid):
+    """The spawner process: serve until the daemon closes the socket. Never returns.
+
+    A crash is logged with its traceback on stderr (the daemon's log) before exiting 1, so
+    the daemon's "the spawner exited with status 1" has its explanation next to it."""
+    code = 0
+    try:
+        _Server(sock, lifeline, daemon_pid).serve()
+    except BaseException:
+        code = 1
+        try:
+            sys.stderr.write(f"minidock spawner (pid {os.getpid()}) crashed:\n"
+                             + traceback.format_exc())
+            sys.stderr.flush()
+        except BaseException:
+            pass
+    os._exit(code)
+
+
+class _Server:
+    """The spawner's single-threaded loop: requests in, forks, pipes and SIGCHLD."""
+
+    def __init__(self, sock, lifeline, daemon_pid):
+        self.sock = sock
+        self.lifeline = lifeline
+        self.daemon_pid = daemon_pid
+        self.shims = {}                 # shim pid -> _Shim
+        self.reader = MessageReader()
+
+    def serve(self):
+        # Die with the daemon; the check closes the race of it dying before the prctl.
+        syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != self.daemon_pid:
+            os._exit(0)
+        self.me = os.getpid()
+        os.setsid()                     # no terminal signals (^C goes to the daemon only)
+        # Orphans (a shim killed before its child) are re-parented to us, not to the daemon.
+        syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
+        keep = {self.sock.fileno(), self.lifeline, 0, 1, 2}
+        for fd in os.listdir("/proc/self/fd"):   # the daemon's other descriptors
+            if int(fd) not in keep:
+                try:
+                    os.close(int(fd))
+                except OSError:
+                    pass
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so the wakeup fd fires
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.sock, selectors.EVENT_READ, "request")
+        self.sel.register(self.wake_r, selectors.EVENT_READ, "sigchld")
+        while True:
+            for key, _ in self.sel.select():
+                # One event's failure fails its own request at most, never the loop.
+                try:
+                    if key.data == "request":
+                        if not self.on_request():
+                            return      # the daemon closed us; our shims carry on alone
+                    elif key.data == "sigchld":
+                        self.on_sigchld()
+                    else:
+                        self.on_status(key.fd, key.data)
+                except Exception:
+                    sys.stderr.write("minidock spawner: error handling an event (carrying on):\n"
+                                     + traceback.format_exc())
+
+    def send(self, msg):
+        try:
+            send_message(self.sock, msg)
+        except OSError:
+            os._exit(0)                 # the daemon is gone
+
+    def on_sigchld(self):
+        try:
+            while os.read(self.wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+        self.reap()
+
+    def on_request(self):
+        try:
+            data, fds, _, _ = socket.recv_fds(self.sock, MAX_PART + 1, 3, socket.MSG_CMSG_CLOEXEC)
+        except OSError:
+            return False
+        if not data:
+            return False
+        done = self.reader.feed(data, fds)
+        if done is None:
+            return True
+        msg, fds = done
+        try:
+            self.start(msg, fds)
+        except Exception as exc:
+            # fork() failing with EAGAIN (a process limit), no descriptors left for the pipe,
+            # a malformed request: this request fails, the spawner carries on.
+            if isinstance(exc, OSError):
+                message = f"cannot start the process: {exc.strerror or exc}"
+            else:
+                message = f"cannot start the process: {type(exc).__name__}: {exc}"
+            if "id" in msg:
+                self.send({"id": msg["id"], "error": {"message": message, "exit_code": 125,
+                                                      "errno": getattr(exc, "errno", 0) or 0}})
+            else:
+                sys.stderr.write(f"minidock spawner: dropped a request without id: {message}\n")
+        finally:
+            for fd in fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        return True
+
+    def start(self, msg, fds):
+        if "_invalid" in msg:
+            raise ValueError(msg["_invalid"])
+        if msg.get("op") not in ("run", "exec", "netns") or "id" not in msg:
+            raise ValueError(f"unknown request {msg.get('op')!r}")
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            shim = os.fork()
+        except BaseException:
+            os.close(status_r)
+            os.close(status_w)
+            raise
+        if shim == 0:
+            self.shim_main(msg, fds, status_r, status_w)   # never returns
+        os.close(status_w)
+        record = _Shim(msg["id"], status_r)
+        self.shims[shim] = record
+        # The shim record itself is the key's data: a pipe closed earlier in the same batch of
+        # events, whose number a new pipe may even have reused, is then recognised as stale.
+        self.sel.register(status_r, selectors.EVENT_READ, (shim, record))
+
+    def shim_main(self, msg, fds, status_r, status_w):
+        """The shim: start the process, report its pid, wait, exit with its code.
+
+        The shim outlives the spawner (no death signal tied to it: a crashed or killed spawner
+        must not take running containers along) but not the daemon: it watches the lifeline,
+        whose EOF means the daemon is gone, and then exits, its child's death signal following."""
+        code = 125
+        try:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            self.sock.close()
+            os.close(status_r)
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+            if msg["op"] == "run":
+                pid = ns.spawn_container(msg["spec"], fds, status_w)
+            elif msg["op"] == "netns":
+                pid = network.start_keeper(fds[0], status_w)
+            else:
+                pid = ns.enter_container(msg["init_pid"], msg["spec"], fds, status_w)
+            os.write(status_w, b"P%d\n" % pid)
+            os.close(status_w)
+            for fd in fds:              # only the child needs them; EOF must not wait for us
+                os.close(fd)
+            pidfd = os.pidfd_open(pid)
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)
+            poller.register(self.lifeline, select.POLLIN)
+            while True:
+                ready = {fd for fd, _ in poller.poll()}
+                if pidfd in ready:
+                    break
+                if self.lifeline in ready:
+                    os._exit(137)       # the daemon is gone
+            _, status = os.waitpid(pid, 0)
+            code = exit_code(status)
+        except BaseException as e:
+            try:
+                syscalls.report_failure(status_w, e)
+            except OSError:
+                pass
+        os._exit(code)
+
+    def on_status(self, fd, data):
+        shim_pid, record = data
+        if self.shims.get(shim_pid) is not record or record.status_fd != fd:
+            return                      # stale: decided and closed earlier in this batch
+        chunk = os.read(fd, 65536)
+        if chunk:
+            record.buf += chunk
+            return
+        self.decide(shim_pid)
+
+    def decide(self, shim_pid):
+        """The status pipe is at EOF (or every writer died): answer the run/exec request."""
+        shim = self.shims[shim_pid]
+        fd = shim.status_fd
+        os.set_blocking(fd, False)
+        try:
+            while True:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                shim.buf += chunk
+        except BlockingIOError:
+            pass
+        self.sel.unregister(fd)
+        os.close(fd)
+        shim.status_fd = None
+        error = None
+        for line in shim.buf.splitlines():
+            if line.startswith(b"P"):
+                shim.pid = int(line[1:])
+            elif line.startswith(b"E") and error is None:
+                try:
+                    error = json.loads(line[1:])
+                except ValueError:
+                    error = {"message": "set-up failed (unreadable report)", "exit_code": 125}
+        if error is not None or shim.pid is None:
+            shim.pid = None
+            self.send({"id": shim.req_id, "error": error or {
+                "message": "the container process died during set-up", "exit_code": 125}})
+        else:
+            self.send({"id": shim.req_id, "pid": shim.pid, "shim": shim_pid})
+        if shim.code is not None:
+            self.finish(shim_pid)
+
+    def finish(self, shim_pid):
+        shim = self.shims.pop(shim_pid)
+        if shim.pid is not None:
+            self.send({"exit": shim.pid, "code": shim.code})
+
+    def reap(self):
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid not in self.shims:
+                continue                # an adopted orphan
+            self.shims[pid].code = exit_code(status)
+            if self.shims[pid].status_fd is not None:
+                self.decide(pid)        # it also finishes
+            else:
+                self.finish(pid)
+
+
+def main(argv):
+    """`python -m minidock.spawnerloop SOCKET_FD LIFELINE_FD DAEMON_PID`: a restarted spawner."""
+    sock_fd, lifeline, daemon = (int(a) for a in argv)
+    spawner_main(socket.socket(fileno=sock_fd), lifeline, daemon)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

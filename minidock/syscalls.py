@@ -1,0 +1,168 @@
+"""The raw system calls a container needs that Python 3.11 lacks, and how a failing step is named.
+
+`os` has no unshare(2), setns(2), mount(2), umount2(2), prctl(2) or pivot_root(2) (3.12 adds
+only the first two), so they are called through ctypes on the C library, loaded with
+`use_errno=True` so that a -1 return becomes `OSError(errno, strerror, call)` naming the call
+and, for mount(2), its `MS_*` flags by name:
+
+    mount('proc', '/r/proc', 'proc', MS_NOSUID|MS_NODEV|MS_NOEXEC, None): [Errno 1] ...
+
+pivot_root(2) and capset(2) have no glibc wrapper and go through syscall(2) by number (x86_64).
+
+Set-up steps and their errors
+-----------------------------
+Between fork and execve a container's init runs a few dozen steps (ns.py, mounts.py,
+userns.py). Each is decorated with `Step("mount /proc")`: any exception inside becomes a
+`StartError` carrying the step's name and errno. `report_failure()` sends it to the spawner as
+one record on a close-on-exec pipe (b"E" + JSON + newline, shorter than PIPE_BUF so the write is
+atomic); a successful execve closes the pipe, so EOF without a word means "started" --
+runc's error-pipe pattern. `exit_code` follows Docker: 127 command not found, 126 not
+executable, 125 any other set-up failure.
+
+Man pages: unshare(2), setns(2), mount(2), umount2(2), prctl(2), pivot_root(2), capset(2),
+close_range(2), syscall(2).
+"""
+
+import ctypes
+import json
+import os
+
+from . import errors
+
+# --- the raw syscalls ----------------------------------------------------------------------
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                        ctypes.c_char_p]
+libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                        ctypes.c_ulong]
+libc.syscall.restype = ctypes.c_long
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_NOATIME = 1024
+MS_NODIRATIME = 2048
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MS_RELATIME = 1 << 21
+MS_STRICTATIME = 1 << 24
+MNT_DETACH = 2
+_MS_NAMES = {MS_RDONLY: "MS_RDONLY", MS_NOSUID: "MS_NOSUID", MS_NODEV: "MS_NODEV",
+             MS_NOEXEC: "MS_NOEXEC", MS_REMOUNT: "MS_REMOUNT", MS_NOATIME: "MS_NOATIME",
+             MS_NODIRATIME: "MS_NODIRATIME", MS_BIND: "MS_BIND", MS_REC: "MS_REC",
+             MS_PRIVATE: "MS_PRIVATE", MS_RELATIME: "MS_RELATIME",
+             MS_STRICTATIME: "MS_STRICTATIME"}
+
+PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+
+_SYS_PIVOT_ROOT = 155          # x86_64 numbers; glibc has no pivot_root() wrapper
+SYS_CAPSET = 126
+SYS_CLOSE_RANGE = 436
+CLOSE_RANGE_CLOEXEC = 4
+
+
+def check(ret, call):
+    """Turn a libc -1 return into OSError(errno, strerror, call)."""
+    if ret == -1:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), call)
+    return ret
+
+
+def _flag_names(flags):
+    names = [n for bit, n in _MS_NAMES.items() if flags & bit]
+    return "|".join(names) or "0"
+
+
+def unshare(flags):
+    check(libc.unshare(flags), f"unshare({flags:#x})")
+
+
+def setns(fd, nstype, what=""):
+    check(libc.setns(fd, nstype), f"setns({what or fd}, {nstype:#x})")
+
+
+def mount(source, target, fstype, flags, data=None):
+    enc = lambda s: None if s is None else os.fsencode(s)
+    ret = libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data))
+    check(ret, f"mount({source!r}, {target!r}, {fstype!r}, {_flag_names(flags)}, {data!r})")
+
+
+def umount2(target, flags):
+    check(libc.umount2(os.fsencode(target), flags), f"umount2({target!r}, {flags})")
+
+
+def prctl(option, arg2=0, arg3=0, arg4=0, arg5=0):
+    return check(libc.prctl(option, arg2, arg3, arg4, arg5), f"prctl({option}, {arg2})")
+
+
+def pivot_root(new_root, put_old):
+    ret = libc.syscall(_SYS_PIVOT_ROOT, os.fsencode(new_root), os.fsencode(put_old))
+    check(ret, f"pivot_root({new_root!r}, {put_old!r})")
+
+
+
+# --- container set-up: errors reported before exec ----------------------------------------
+
+class StartError(errors.System):
+    """A container or exec could not start. `exit_code` follows Docker: 127 command not found,
+    126 not executable, 125 any other set-up failure; `step` names the step that failed.
+    The message keeps the phrases the docker CLI matches ("executable file not found",
+    "no such file or directory", "permission denied") to pick its own exit code."""
+
+    def __init__(self, message, step="", errno_=0, exit_code=125):
+        super().__init__(message)
+        self.step, self.errno, self.exit_code = step, errno_, exit_code
+
+    def to_record(self):
+        return {"message": self.message, "step": self.step, "errno": self.errno,
+                "exit_code": self.exit_code}
+
+    @classmethod
+    def from_record(cls, r):
+        return cls(r["message"], r.get("step", ""), r.get("errno", 0), r.get("exit_code", 125))
+
+
+class Step:
+    """Decorator naming a set-up step: any failure inside becomes a StartError saying which."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __call__(self, fn):
+        name = self.name
+
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except StartError:
+                raise
+            except OSError as e:
+                raise StartError(f"{name}: {e}", name, e.errno or 0) from e
+            except Exception as e:
+                raise StartError(f"{name}: {type(e).__name__}: {e}", name) from e
+        wrapper.__name__ = fn.__name__
+        wrapper.__doc__ = fn.__doc__
+        return wrapper
+
+
+def report_failure(status_fd, exc):
+    """Send a set-up failure to the spawner as one atomic pipe record: b"E" + JSON + newline."""
+    if not isinstance(exc, StartError):
+        exc = StartError(f"{type(exc).__name__}: {exc}")
+    os.write(status_fd, b"E" + json.dumps(exc.to_record()).encode()[:3000] + b"\n")
