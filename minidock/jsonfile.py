@@ -330,6 +330,17 @@ def _decode(line):
         return None                     # a line cut short by a crash
 
 
+def tail_lines(handles, n):
+    """The last `n` lines over the open log files (oldest first), newest file read first and
+    only as far back as needed."""
+    raw = []
+    for f in reversed(handles):
+        if len(raw) >= n:
+            break
+        raw = last_lines(f, n - len(raw)) + raw
+    return raw
+
+
 def last_lines(f, n):
     """The last `n` complete lines of an open file, reading backwards block by block."""
     end = f.seek(0, os.SEEK_END)
@@ -358,11 +369,7 @@ def read(path, max_file=1, since=0, until=None, tail=None):
     handles = open_all(path, max_file)
     try:
         if tail is not None and tail >= 0:
-            raw = []
-            for f in reversed(handles):            # newest file first
-                if len(raw) >= tail:
-                    break
-                raw = last_lines(f, tail - len(raw)) + raw
+            raw = tail_lines(handles, tail)
         else:
             raw = []
             for f in handles:
@@ -395,11 +402,7 @@ def read_blocks(path, max_file=1, tail=None):
     handles = open_all(path, max_file)
     try:
         if tail is not None and tail >= 0:
-            raw = []
-            for f in reversed(handles):            # newest file first
-                if len(raw) >= tail:
-                    break
-                raw = last_lines(f, tail - len(raw)) + raw
+            raw = tail_lines(handles, tail)
             if raw:
                 yield from _payload_blocks(b"\n".join(raw) + b"\n")
             return
