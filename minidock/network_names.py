@@ -53,9 +53,9 @@ class ContainerNames:
         parent.host_config["Links"] = kept or None
         return parent
 
-    def link_env(self, c):
-        """Docker's legacy link variables (ALIAS_PORT_80_TCP=tcp://ip:80 ...)."""
-        env = []
+    def _links(self, c):
+        """(alias, linked container, its address) for each of `c`'s legacy links whose target
+        exists and has an address."""
         for link in c.host_config.get("Links") or []:
             target, alias = parse_link(link)
             try:
@@ -63,8 +63,13 @@ class ContainerNames:
             except errors.NotFound:
                 continue
             ip = self.primary_ip(other)
-            if not ip:
-                continue
+            if ip:
+                yield alias, other, ip
+
+    def link_env(self, c):
+        """Docker's legacy link variables (ALIAS_PORT_80_TCP=tcp://ip:80 ...)."""
+        env = []
+        for alias, other, ip in self._links(c):
             prefix = alias.upper().replace("-", "_").replace(".", "_")
             env.append(f"{prefix}_NAME=/{c.name}/{alias}")
             ports = sorted((other.config.get("ExposedPorts") or {}),
@@ -91,16 +96,9 @@ class ContainerNames:
         ip = self.primary_ip(c)
         if ip:
             lines.append(f"{ip}\t{hostname}")
-        for link in c.host_config.get("Links") or []:
-            target, alias = parse_link(link)
-            try:
-                other = self.containers.get(target)
-            except errors.NotFound:
-                continue
-            oip = self.primary_ip(other)
-            if oip:
-                names = [alias, other.config.get("Hostname") or other.id[:12], other.name]
-                lines.append(f"{oip}\t" + " ".join(dict.fromkeys(names)))
+        for alias, other, oip in self._links(c):
+            names = [alias, other.config.get("Hostname") or other.id[:12], other.name]
+            lines.append(f"{oip}\t" + " ".join(dict.fromkeys(names)))
         return lines
 
     def _dns_gateway(self, c):
