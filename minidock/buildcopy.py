@@ -72,7 +72,6 @@ def download(url, work):
         raise errors.InvalidParameter(f"ADD failed to fetch {url}: {exc}") from None
     os.chmod(path, 0o600)
     if modified:
-        import email.utils
         try:
             stamp = email.utils.parsedate_to_datetime(modified).timestamp()
             os.utime(path, (stamp, stamp))

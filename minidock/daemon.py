@@ -20,8 +20,11 @@ The start-up sequence is linear and its order matters:
 
 import argparse
 import fcntl
+import ipaddress
 import logging
 import os
+import resource
+import shutil
 import signal
 import sys
 import threading
@@ -127,7 +130,6 @@ def _bool_flag(text):
 
 
 def _is_loopback(host):
-    import ipaddress
     if host == "localhost":
         return True
     try:
@@ -166,7 +168,7 @@ def tls_settings(args):
             warnings.append(f"API listening on {h} WITHOUT TLS: any local user and any container "
                             f"with host networking can control this daemon; use --tlsverify")
         return None, warnings
-    import ssl
+    import ssl          # here, not at the top: only TLS listeners need it (10 ms of start-up)
     cert_dir = os.environ.get("DOCKER_CERT_PATH") or os.path.join(os.path.expanduser("~"), ".docker")
     cacert = args.tlscacert or os.path.join(cert_dir, "ca.pem")
     cert = args.tlscert or os.path.join(cert_dir, "cert.pem")
@@ -218,7 +220,6 @@ def raise_nofile_limit():
     limit of 1024 is reached by a few hundred busy clients. Raising the soft limit up to the
     hard one needs no privilege (dockerd and containerd do the same at start-up).
     """
-    import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard
     if hard == resource.RLIM_INFINITY:     # the kernel still caps it at fs.nr_open
@@ -286,7 +287,6 @@ def _sweep_half_created_containers(engine):
     """Container directories without a config.json: a create cut short by a crash. No container
     record names them, so nothing of them can be reached through the API; they go, with the
     anonymous volumes made for them."""
-    import shutil
     directory = os.path.join(engine.config.data_root, "containers")
     if not os.path.isdir(directory):
         return

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import threading
 
 from minidock import errors
@@ -110,7 +111,6 @@ class Collection:
             full = os.path.join(self.directory, entry)
             if entry.startswith(".tmp-"):
                 if os.path.isdir(full) and not os.path.islink(full):
-                    import shutil
                     shutil.rmtree(full, ignore_errors=True)   # an object built under a temp name
                 else:
                     os.unlink(full)
@@ -148,7 +148,6 @@ class Collection:
         self.objects[object_id] = obj
 
     def delete(self, object_id):
-        import shutil
         self.objects.pop(object_id, None)
         if self.per_dir:
             shutil.rmtree(os.path.join(self.directory, object_id), ignore_errors=True)

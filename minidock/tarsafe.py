@@ -56,6 +56,7 @@ import posixpath
 import shutil
 import stat
 import tarfile
+import tempfile
 import time
 
 from minidock import errors
@@ -719,7 +720,6 @@ def extract_archive(root, path, fileobj, no_overwrite_dir_nondir=False, label=""
             raise errors.InvalidParameter(f"extraction point is not a directory: {path}")
         subdir = "/".join(chain)
 
-    import tempfile
     with tempfile.TemporaryFile(dir=spool_dir) as spool:
         plain, _ = decompressed(fileobj)
         shutil.copyfileobj(plain, spool, CHUNK)
