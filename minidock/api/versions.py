@@ -561,6 +561,7 @@ def _create_before_1_40(args, req):
 argument_since("container_create", "1.41", "platform")     # docker run --platform
 argument_since("container_stop", "1.42", "signal")          # docker stop -s (and restart)
 argument_since("container_logs", "1.35", "until")           # docker logs --until
+argument_since("build", "1.25", "cache_from", before=[])    # docker build --cache-from
 argument_since("archive_put", "1.30", "copy_uid_gid", before=False)     # docker cp -a (PUT ?copyUIDGID)
 
 
