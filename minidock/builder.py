@@ -26,7 +26,8 @@ The sequence:
    current image and whose recorded cache key matches: the instruction after substitution,
    the ARG values a RUN sees, and for COPY/ADD a checksum of the files copied. A hit prints
    ` ---> Using cache` and moves on. Keys live in the images' meta.json, so they survive a
-   daemon restart, and deleting the images forgets them.
+   daemon restart, and deleting the images forgets them. Images named in `cachefrom` are a
+   second cache read from their history, with moby's rules (buildcache.py).
 5. **Result.** The last stage's image (or the `target` stage) is tagged with every `t`.
 
 What you can observe: `docker history <image>` lists one row per instruction (metadata steps
@@ -46,8 +47,8 @@ import shutil
 import urllib.parse
 import urllib.request
 
-from minidock import (buildconfig, buildcopy, buildvars, compression, dockerfile, dockerignore, errors, imagecreate,
-                      images as images_mod, ns, store, tarsafe)
+from minidock import (buildcache, buildconfig, buildcopy, buildvars, compression, dockerfile, dockerignore, errors,
+                      imagecreate, images as images_mod, ns, store, tarsafe)
 from minidock.progress import Cancelled
 
 log = logging.getLogger("minidock.builder")
@@ -79,6 +80,7 @@ class Options:
     buildargs: dict = dataclasses.field(default_factory=dict)
     labels: dict = dataclasses.field(default_factory=dict)
     target: str = ""
+    cache_from: list = dataclasses.field(default_factory=list)
     host_config: dict = dataclasses.field(default_factory=dict)
     auth: object = None
 
@@ -144,6 +146,7 @@ class Builder:
         self.cancelled = cancelled
         self.ignore = None
         self.stage_images = {}            # stage index -> final image id (None: scratch)
+        self.sources = buildcache.Sources(self.images, [])   # `cachefrom`, anew per stage
         self.step = 0
         self.total = 0
 
@@ -230,6 +233,7 @@ class Builder:
         image = self._base_image(df, stage, from_.args[0])
         self.out(f" ---> {images_mod.short_id(image) if image else ''}\n")
         state = StageState(image, self._config_of(image), args.stage_scope(), df.escape)
+        self.sources = buildcache.Sources(self.images, self.options.cache_from)
         env = list(state.config.get("Env") or [])
         if not any(e.startswith("PATH=") for e in env):
             # Docker gives every stage the default PATH when its base image sets none (an
@@ -295,11 +299,17 @@ class Builder:
         else:
             raise errors.InvalidParameter(f"unknown instruction: {instr.cmd}")
 
-    def _cached(self, state, key):
-        """The cached image for this step, announced, or None."""
+    def _cached(self, state, key, created_by, config):
+        """The cached image for this step, announced, or None: a step made here with the same
+        parent and `key`, or one the `cachefrom` images' history offers for `created_by`
+        (the step's history text; `config` is what the step makes, buildcache.py)."""
         if self.options.nocache:
             return None
         hit = self.images.build_cache_lookup(state.image, key)
+        if hit is not None and not self.sources.accepts_local(hit):
+            hit = None
+        if hit is None and self.sources:
+            hit = self.sources.lookup(state.image, created_by, config)
         if hit is not None:
             self.out(" ---> Using cache\n")
             state.move_to(hit, self._config_of(hit))
@@ -318,7 +328,7 @@ class Builder:
         comment = buildconfig.apply(config, instr, state)
         cmd = instr.cmd
         key = _key(cmd, comment, state.scope.history_args(config.get("Env")) if cmd == "ARG" else None)
-        if self._cached(state, key):
+        if self._cached(state, key, " ".join(state.shell() + ["#(nop) ", comment]), config):
             return
         self._commit_metadata(state, comment, key, config)
 
@@ -333,7 +343,7 @@ class Builder:
         shown = ([f"|{len(history_args)}"] + history_args if history_args else []) + argv
         created_by = " ".join(shown)
         key = _key("RUN", created_by)
-        if self._cached(state, key):
+        if self._cached(state, key, created_by, dict(state.config, Image=state.image)):
             return
         body = {"Image": state.image, "Cmd": argv, "Entrypoint": [""],
                 "Env": state.scope.run_env(env), "User": state.config.get("User") or "",
@@ -425,7 +435,7 @@ class Builder:
         config["WorkingDir"] = path
         comment = "WORKDIR " + path
         key = _key("WORKDIR", comment)
-        if self._cached(state, key):
+        if self._cached(state, key, " ".join(state.shell() + ["#(nop) ", comment]), config):
             return
         # Docker creates the directory now, so later COPY/RUN steps (and the final image) have it.
         rw_id, root = self._scratch_rw(state.image)
@@ -471,7 +481,8 @@ class Builder:
                     "be a directory and end with a /")
             comment = buildcopy.comment(cmd, items, dest_abs)
             key = _key(cmd, comment, [instr.flags.get("chown") or "", instr.flags.get("from") or ""])
-            if self._cached(state, key):
+            if self._cached(state, key, " ".join(state.shell() + ["#(nop) " + comment]),
+                            dict(state.config, Image=state.image or "")):
                 return
             rw_id, rootfs = self._scratch_rw(state.image)
             cleanups.append(lambda: self.layers.remove_rw(rw_id))

@@ -393,6 +393,13 @@ class ImageStore:
             self.meta[image_id]["build_cache"] = cache_key
             self._write_meta(image_id)
 
+    def set_parent(self, image_id, parent):
+        """Link an image to the image it was built on (a `cachefrom` hit, buildcache.py)."""
+        with self.lock:
+            if self.meta[image_id].get("parent") != parent:
+                self.meta[image_id]["parent"] = parent
+                self._write_meta(image_id)
+
     def config_path(self, image_id):
         """The config bytes of an image exactly as hashed (its ID is their sha256)."""
         return self._p("images", _hex(image_id), "config.json")

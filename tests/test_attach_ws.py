@@ -281,3 +281,19 @@ def test_ws_frames_are_text_before_1_28_and_binary_since(rootless, prefix, opcod
     client.close()
     assert out == b"framed\n"
     d.docker("rm", "wsframes")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("prefix,expected", [
+    ("/v1.24", b"out\nerr\n"), ("/v1.41", b"out\nerr\n"),     # the query's streams ignored: all
+    ("/v1.42", b"out\n"), ("/v1.47", b"out\n")])               # only the streams asked for
+def test_ws_streams_from_the_query_since_1_42(rootless, prefix, expected):
+    d = rootless
+    name = "wsstreams" + prefix.replace("/v1.", "")
+    d.docker("run", "--name", name, "busybox", "sh", "-c", "echo out; sleep 0.2; echo err >&2")
+    client = WSClient(_socket_path(d), f"{prefix}/containers/{name}/attach/ws?logs=1&stdout=1")
+    assert client.status == 101
+    out, code = client.read_until_close()
+    client.close()
+    assert (out, code) == (expected, ws.NORMAL_CLOSURE)
+    d.docker("rm", name)

@@ -328,3 +328,66 @@ def test_build_network_and_add_host_reach_run_steps(rootless, context):
     code, out, err = build(rootless, context, "--no-cache", "-t", "netbuild", check=False)
     assert code != 0 and "returned a non-zero code" in out + err
     rootless.docker("rmi", "netbuild")
+
+
+CACHE_FROM = """\
+FROM busybox
+ENV GREETING=hi
+COPY f /f
+RUN cat /f > /g && echo ran-$GREETING
+WORKDIR /w
+CMD ["cat", "/g"]
+"""
+
+
+def test_cache_from_an_image_that_lost_its_build_chain(rootless, context):
+    d = rootless
+    write(context, "Dockerfile", CACHE_FROM)
+    write(context, "f", "version one\n")
+    build(d, context, "-t", "cf:1")
+    first = d.docker("inspect", "-f", "{{.Id}}", "cf:1").stdout.decode().strip()
+    # save, rmi, load: the same image, but the intermediate images of its build are gone.
+    archive = os.path.join(d.base, "cf.tar")
+    d.docker("save", "-o", archive, "cf:1")
+    d.docker("rmi", "cf:1")
+    d.docker("load", "-i", archive)
+    # Without --cache-from nothing of its history is a cache: every step runs.
+    _, out, _ = build(d, context, "-t", "cf:plain")
+    assert out.count("Using cache") == 0 and "ran-hi" in out
+    # With it, every step's history text matches the loaded image's: all five are cache hits
+    # (the local images of the plain build are not: they are not on cf:1's chain), nothing
+    # runs, and the last step's image is cf:1 itself.
+    _, out, _ = build(d, context, "--cache-from", "cf:1", "-t", "cf:2")
+    assert out.count(" ---> Using cache") == 5 and "ran-hi" not in out, out
+    assert d.docker("inspect", "-f", "{{.Id}}", "cf:2").stdout.decode().strip() == first
+    assert d.docker("run", "--rm", "cf:2").stdout == b"version one\n"
+    # `docker history` follows the chain the cache hits built, down to busybox.
+    rows = d.docker("history", "-q", "cf:2").stdout.decode().split()
+    assert len(rows) == 6 and "<missing>" not in rows, rows
+    # A changed file: ENV still comes from the cache, COPY and what follows run again.
+    write(context, "f", "version two\n")
+    _, out, _ = build(d, context, "--cache-from", "cf:1", "-t", "cf:3")
+    assert out.count("Using cache") == 1 and "ran-hi" in out
+    assert d.docker("run", "--rm", "cf:3").stdout == b"version two\n"
+    # A name that is no image is skipped, as dockerd does; cache sources were asked for, so
+    # the local cache (cf:3's steps) does not count either.
+    code, out, _ = build(d, context, "--cache-from", "no-such:image", "-t", "cf:4", check=False)
+    assert code == 0 and out.count("Using cache") == 0
+
+
+
+@pytest.mark.parametrize("prefix,hits", [("/v1.24", 0), ("/v1.25", 2), ("/v1.47", 2)])
+def test_cachefrom_parameter_since_1_25(rootless, prefix, hits):
+    d, client = rootless, rootless.client()
+    body = context_tar({"Dockerfile": f"FROM busybox\nLABEL v={prefix}\nRUN echo {prefix} > /v\n"})
+    tag = "cfv:" + prefix.replace("/v1.", "")
+    list(client.stream("POST", "/build", {"t": tag}, body=body))
+    archive = os.path.join(d.base, tag.replace(":", "-") + ".tar")
+    d.docker("save", "-o", archive, tag)
+    d.docker("rmi", tag)                         # its build chain goes with it
+    d.docker("load", "-i", archive)
+    lines = list(d.client(version=prefix[2:]).stream("POST", "/build",
+                               {"t": tag + "-again", "cachefrom": json.dumps([tag])}, body=body))
+    text = "".join(line.get("stream", "") for line in lines)
+    # A v1.24 daemon had no cachefrom: the parameter is ignored and both steps run.
+    assert text.count("Using cache") == hits, text

@@ -369,26 +369,24 @@ version: "2.1"
 services:
   db:
     image: busybox
-    command: sh -c "sleep 2; touch /tmp/ready; sleep 1000"
+    command: ["sh", "-c", "sleep 2; mkdir -p /www; echo db-page > /www/index.html; exec httpd -f -p 80 -h /www"]
     healthcheck:
-      test: ["CMD", "test", "-e", "/tmp/ready"]
+      test: ["CMD-SHELL", "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 1 127.0.0.1 80 | grep -q db-page"]
       interval: 500ms
       retries: 60
-    network_mode: host
   app:
     image: busybox
-    command: sh -c "echo app-started"
+    command: ["sh", "-c", "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 db 80 | grep -q db-page && echo app-started"]
     depends_on:
       db:
         condition: service_healthy
-    network_mode: host
 """
 
 
 @pytest.mark.skipif(not __import__("shutil").which("docker-compose"), reason="docker-compose missing")
 def test_compose_waits_for_service_healthy(d, tmp_path):
-    # network_mode: host keeps compose from creating a project network (user-defined networks
-    # are a separate piece of work); the dependency on health is what is tested here.
+    # The project runs on compose's default network (obs_default): db is healthy once its HTTP
+    # server answers, and app reaches it by its service name, which only works once db serves.
     (tmp_path / "docker-compose.yml").write_text(COMPOSE)
     env = d.cli_env({"COMPOSE_API_VERSION": "1.24"})
 
@@ -401,6 +399,9 @@ def test_compose_waits_for_service_healthy(d, tmp_path):
         compose("up", "-d")
         # `up` returned only after db turned healthy, then started app.
         assert health(d, "obs_db_1")["Status"] == "healthy"
+        networks = out(d.docker("inspect", "-f", "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}",
+                                "obs_db_1", "obs_app_1"))
+        assert networks.split() == ["obs_default", "obs_default"]
         # db can only be healthy 2 s after its start (it sleeps before the file appears).
         started = {name: datetime.datetime.fromisoformat(
             out(d.docker("inspect", "-f", "{{.State.StartedAt}}", name)).strip().replace("Z", "+00:00"))

@@ -49,6 +49,11 @@ def _options(req):
     extra = [h for h in (req.q("extrahosts") or "").split(",") if h]
     if extra:
         host_config["ExtraHosts"] = extra
+    # Images whose history is a cache for the steps (`cachefrom`, API 1.25: a JSON list).
+    cache_from = req.qjson("cachefrom", []) or []
+    if not isinstance(cache_from, list) or not all(isinstance(n, str) for n in cache_from):
+        raise errors.InvalidParameter("cachefrom must be a JSON list of image names")
+    cache_from = req.adapt("build", {"cache_from": cache_from})["cache_from"]
     try:
         configs = registry.decode_registry_config(req.head.header("x-registry-config"))
     except errors.InvalidParameter:
@@ -64,6 +69,7 @@ def _options(req):
         buildargs={str(k): (None if v is None else str(v)) for k, v in buildargs.items()},
         labels={str(k): str(v) for k, v in labels.items()},
         target=req.q("target") or "",
+        cache_from=cache_from,
         host_config=host_config,
         auth=auth,
     )

@@ -219,6 +219,9 @@ def get_containers_attach_ws(req):
     except websocket.ProtocolError as exc:
         raise errors.InvalidParameter(str(exc))
     opts = _attach_options(req)
+    # Which streams: the query's since v1.42, all three before (api/versions.py).
+    streams = req.adapt("attach_ws", {"stdin": opts.stdin, "stdout": opts.stdout, "stderr": opts.stderr})
+    opts.stdin, opts.stdout, opts.stderr = streams["stdin"], streams["stdout"], streams["stderr"]
     opts.binary = req.form("attach_ws", binary=True)["binary"]
     _, run = _backend(req).attach(req.params["id"], opts, websocket=True)
     return http.Hijack(run, switch_headers=websocket.handshake_headers(key))

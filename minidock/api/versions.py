@@ -327,6 +327,10 @@ reply_before("stdio_stream", "1.42", content_type=RAW_STREAM)
 
 # GET /containers/{id}/attach/ws: output in binary frames since v1.28, text frames before.
 reply_before("attach_ws", "1.28", binary=False)
+# ... and it honours `stdin`, `stdout`, `stderr` only since v1.42: before, those parameters were
+# documented but ignored, and every stream was attached (moby's v1.42 changelog).
+for _stream in ("stdin", "stdout", "stderr"):
+    argument_since("attach_ws", "1.42", _stream, before=True)
 
 # POST /images/{name}/tag: 200 until v1.11, 201 Created since.
 reply_before("image_tag", "1.12", status=200)
@@ -557,6 +561,7 @@ def _create_before_1_40(args, req):
 argument_since("container_create", "1.41", "platform")     # docker run --platform
 argument_since("container_stop", "1.42", "signal")          # docker stop -s (and restart)
 argument_since("container_logs", "1.35", "until")           # docker logs --until
+argument_since("build", "1.25", "cache_from", before=[])    # docker build --cache-from
 argument_since("archive_put", "1.30", "copy_uid_gid", before=False)     # docker cp -a (PUT ?copyUIDGID)
 
 
