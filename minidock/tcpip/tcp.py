@@ -22,9 +22,10 @@ lossless local link: **no buffer of our own**.
                       oldest unacknowledged byte (go-back-N: cheap on a local link).
 
 Per connection that is a socket and a few integers (RSS does not grow with traffic, only
-the kernel's socket buffers do: fixed at 4 MiB each way, see SNDBUF/RCVBUF in tcpstate.py). The one exception
-is the gateway's reorder stash (demux.py): at most 8 segments for all flows together, held
-for one batch of frames, because veths reorder frames when the sender hops between CPUs.
+the kernel's socket buffers do: fixed at 4 MiB each way, see SNDBUF/RCVBUF in tcpstate.py).
+The one exception is the gateway's reorder stash (demux.py): at most 8 segments for all flows
+together, held for one batch of frames, because veths reorder frames when the sender hops
+between CPUs.
 
 The life of a flow, in the states below:
 
