@@ -5,17 +5,19 @@ default gateway, and answers everything that arrives on it:
 
     ARP "who has <gateway>?"        -> "<gateway> is at <our MAC>"
     ICMP echo to the gateway         -> an echo reply (the gateway is us)
-    ICMP echo elsewhere              -> an unprivileged ICMP socket (SOCK_DGRAM, IPPROTO_ICMP)
-                                        when net.ipv4.ping_group_range admits our group; if
+    ICMP echo elsewhere              -> an IcmpFlow (icmpflow.py): an unprivileged ICMP
+                                        socket (SOCK_DGRAM, IPPROTO_ICMP) when
+                                        net.ipv4.ping_group_range admits our group; if
                                         not, one log line says so and the packet is dropped
                                         (never a faked reply)
     TCP                              -> a TcpFlow (tcp.py): a host socket per connection
-    UDP                              -> a UdpFlow: a host socket per container address/port
+    UDP                              -> a UdpFlow (udpflow.py): a host socket per container
+                                        address/port
     anything else (IPv6, fragments, broken packets)  -> counted in `stats` and dropped
 
-Destinations (`route()`): the host sees every connection as coming from the daemon's own
-address -- the host sockets are ordinary unbound sockets of the daemon's process, like
-slirp4netns. A container reaching the *gateway* address reaches the host's 127.0.0.1 only when
+Destinations (`route()`, policy.py): the host sees every connection as coming from the
+daemon's own address -- the host sockets are ordinary unbound sockets of the daemon's process,
+like slirp4netns. A container reaching the *gateway* address reaches the host's 127.0.0.1 only when
 the gateway runs with `allow_host_loopback` (the daemon's `--allow-host-loopback`, off by
 default as in rootless Docker); without it the connection is refused (TCP RST, ICMP port
 unreachable for UDP). Loopback destinations (127.0.0.0/8), this-network/multicast/broadcast
@@ -51,81 +53,30 @@ on the loop's thread).
 """
 
 import collections
-import errno
 import heapq
 import logging
 import os
 import resource
 import select
-import socket
 import struct
 import threading
 import time
 
-from . import ethernet, ipv4, packet, tcp, tcpwire, udp
-from .ethernet import ETH_HLEN, ETH_P_ARP, ETH_P_IP, Malformed
-from .ipv4 import (ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-                   UNREACH_PORT, addr_bytes, addr_str)
-from .tcpwire import ACK, RST, SYN, MASK
+from . import ethernet, packet, tcp
+from .demux import FrameDemux
+from .ipv4 import addr_bytes, addr_str
+from .policy import DROP, HOST, HOST_LOOPBACK, REFUSE, Network, route  # noqa: F401 (re-exported)
 
 DEFAULT_MAC = ethernet.mac_bytes("02:42:ac:11:ff:fe")   # locally administered, not a real NIC's
-HOST_LOOPBACK = "127.0.0.1"
 UDP_TIMEOUT = 60.0
 ICMP_TIMEOUT = 20.0
 TCP_IDLE_TIMEOUT = 7200.0
 TCP_TIME_WAIT = 60.0
 MAX_TCP_FLOWS = 16384
-MAX_UDP_FLOWS = 4096
 BATCH = 256                 # frames read per wake-up before the host sockets get a turn
-STASH_SLOTS = 8             # reordered segments held per batch, for all flows together
-STASH_REACH = 8 * 65536     # how far ahead of the expected byte a segment may be to be held
 ACK_EVERY = 16              # acknowledgments go out at least this often within a batch
 
 log = logging.getLogger("minidock.tcpip")
-
-HOST, REFUSE, DROP = "host", "refuse", "drop"
-
-
-class Network:
-    """One container network as the gateway sees it: its gateway address and subnet."""
-    __slots__ = ("gateway", "net", "plen")
-
-    def __init__(self, spec):
-        addr, _, plen = spec.partition("/")
-        self.gateway = addr_bytes(addr)
-        self.net, self.plen = ipv4.parse_cidr(f"{addr}/{plen or 24}")
-
-    def contains(self, addr):
-        return ipv4.in_cidr(addr, self.net, self.plen)
-
-
-def route(dst, networks, allow_host_loopback, host_alias=None, kernel_gateway=False):
-    """Where a container's packet to `dst` (4 bytes) goes: (HOST, address) / (REFUSE|DROP, why).
-
-    The policy of the module docstring as a pure function (tested as a table). `host_alias` is
-    an extra address standing for the host (slirp4netns's 10.0.2.2); `kernel_gateway` says the
-    gateway addresses belong to the namespace's kernel (a bridge holds them), so packets to them
-    are none of our business."""
-    first = dst[0]
-    if dst == host_alias:
-        if allow_host_loopback:
-            return HOST, HOST_LOOPBACK
-        return REFUSE, "the host's loopback is reachable only with --allow-host-loopback"
-    for n in networks:
-        if dst == n.gateway:
-            if kernel_gateway:
-                return DROP, "the gateway address belongs to the namespace's kernel"
-            if allow_host_loopback:
-                return HOST, HOST_LOOPBACK
-            return REFUSE, "the host's loopback is reachable only with --allow-host-loopback"
-    if first == 127:
-        return REFUSE, "loopback destinations are never forwarded"
-    if first == 0 or first >= 224:
-        return DROP, "not a unicast destination"
-    for n in networks:
-        if n.contains(dst):
-            return REFUSE, "an address of the container network itself"
-    return HOST, addr_str(dst)
 
 
 class Port:
@@ -169,107 +120,6 @@ class Port:
         return None
 
 
-class UdpFlow:
-    """A container's UDP port: one unconnected host socket, forgotten when idle."""
-    __slots__ = ("gw", "link", "key", "mac", "gw_ip", "sock", "fd", "last", "loop_mapped",
-                 "alias", "deadline")
-
-    def __init__(self, gw, link, key, mac, gw_ip):
-        self.gw, self.link, self.key, self.mac, self.gw_ip = gw, link, key, mac, gw_ip
-        self.alias = gw_ip              # the address replies from the host's loopback wear
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
-                                  | socket.SOCK_CLOEXEC)
-        self.fd = self.sock.fileno()
-        self.last = gw.now
-        self.loop_mapped = False
-        self.deadline = None
-
-    def send(self, host, port, data, dst):
-        self.last = self.gw.now
-        if host == HOST_LOOPBACK:
-            self.loop_mapped = True
-            self.alias = dst
-        try:
-            self.sock.sendto(data, (host, port))
-        except BlockingIOError:
-            self.gw.stats["udp_dropped_host_full"] += 1
-        except OSError as e:
-            self.gw.stats["udp_send_error"] += 1
-            self.gw.log_once(f"udp-send-{e.errno}", f"udp to {host}:{port}: {e}")
-
-    def on_host_event(self, ev):
-        buf = self.gw.udp_buf
-        for _ in range(64):
-            try:
-                n, (src, sport) = self.sock.recvfrom_into(buf)
-            except BlockingIOError:
-                return
-            except OSError:
-                continue            # an ICMP error queued on the socket: reported once, go on
-            self.last = self.gw.now
-            if src == HOST_LOOPBACK:
-                if not self.loop_mapped:
-                    continue
-                src_addr = self.alias
-            else:
-                src_addr = addr_bytes(src)
-            if n + 28 > self.link.mtu:
-                self.gw.stats["udp_too_big"] += 1
-                self.gw.log_once("udp-too-big", f"a {n}-byte UDP reply from {src}:{sport} "
-                                 f"exceeds the MTU and fragments are not sent: dropped")
-                continue
-            l4 = udp.udp_datagram(src_addr, self.key[0], sport, self.key[1], memoryview(buf)[:n])
-            self.link.send_ip(self.mac, src_addr, self.key[0], PROTO_UDP, l4)
-            self.gw.stats["udp_in"] += 1
-
-    def close(self):
-        self.gw.unregister(self)
-        self.sock.close()
-
-
-class IcmpFlow:
-    """Echo requests of one container (address, identifier) through a ping socket."""
-    __slots__ = ("gw", "link", "key", "mac", "sock", "fd", "last", "deadline")
-
-    def __init__(self, gw, link, key, mac):
-        self.gw, self.link, self.key, self.mac = gw, link, key, mac
-        # icmp(7): SOCK_DGRAM + IPPROTO_ICMP is the unprivileged "ping socket"; the kernel
-        # rewrites the echo identifier to the socket's port and filters replies by it.
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
-                                  | socket.SOCK_CLOEXEC, socket.IPPROTO_ICMP)
-        self.fd = self.sock.fileno()
-        self.last = gw.now
-        self.deadline = None
-
-    def send(self, host, message):
-        self.last = self.gw.now
-        try:
-            self.sock.sendto(message, (host, 0))
-        except OSError as e:
-            self.gw.stats["icmp_send_error"] += 1
-            self.gw.log_once(f"icmp-send-{e.errno}", f"ping to {host}: {e}")
-
-    def on_host_event(self, ev):
-        for _ in range(16):
-            try:
-                data, (src, _) = self.sock.recvfrom(65535)
-            except BlockingIOError:
-                return
-            except OSError:
-                continue
-            self.last = self.gw.now
-            if len(data) < 8 or data[0] != ICMP_ECHO_REPLY:
-                continue
-            # Put the container's identifier back (the kernel used the socket's port).
-            msg = ipv4.icmp_message(ICMP_ECHO_REPLY, 0, self.key[1].to_bytes(2, "big") + data[6:8],
-                                    data[8:])
-            self.link.send_ip(self.mac, addr_bytes(src), self.key[0], PROTO_ICMP, msg)
-
-    def close(self):
-        self.gw.unregister(self)
-        self.sock.close()
-
-
 def raise_fd_limit():
     """Every flow holds a host socket: lift RLIMIT_NOFILE's soft limit to the hard one (often
     1024 -> 524288), or "thousands of connections" stops at a thousand. Returns the limit."""
@@ -283,7 +133,10 @@ def raise_fd_limit():
     return soft
 
 
-class Gateway:
+class Gateway(FrameDemux):
+    """The event loop, its ports, timers and flow tables. Taking frames apart (and the reorder
+    stash) is the FrameDemux half, demux.py; the flows are tcp.py, udpflow.py, icmpflow.py."""
+
     def __init__(self, packet_sock=None, *, networks=(), allow_host_loopback=False,
                  mac=None, sink=None, vnet_hdr=None, mtu=packet.MTU, kernel_gateway=False,
                  host_alias=None, udp_timeout=UDP_TIMEOUT, tcp_idle_timeout=TCP_IDLE_TIMEOUT,
@@ -450,43 +303,6 @@ class Gateway:
     def want_drop(self, flow):
         self._drops.add(flow)
 
-    # The reorder stash: the one exception to "no buffer of our own", bounded for the whole
-    # gateway (STASH_SLOTS segments, so at most STASH_SLOTS x 64 KiB) and for one batch of
-    # frames only. Measured without it: a single reordering on the veth cost the container a
-    # window of retransmissions, and some 1 GiB uploads ran at 0.6 Gbit/s instead of 8.
-
-    def stash(self, flow, distance, seq, flags, data):
-        if self.stashed >= STASH_SLOTS or distance > STASH_REACH or not data:
-            return False
-        self._stash.setdefault(flow, []).append((seq, flags, bytes(data)))
-        self.stashed += 1
-        self.stats["tcp_reordered"] += 1
-        return True
-
-    def unstash(self, flow):
-        """Feed the flow the stashed segments that are now in order."""
-        entries = self._stash.get(flow)
-        while entries and flow.state == tcp.ESTABLISHED:
-            ready = [e for e in entries if tcpwire.seq_diff(e[0], flow.rcv_nxt) <= 0]
-            if not ready:
-                return
-            for e in ready:
-                entries.remove(e)
-                self.stashed -= 1
-            for seq, flags, data in sorted(ready, key=lambda e: tcpwire.seq_diff(e[0], flow.rcv_nxt)):
-                flow._on_data(seq, flags, memoryview(data))
-        if not entries:
-            self._stash.pop(flow, None)
-
-    def _flush_stash(self):
-        """End of a batch: what is still stashed was not mere reordering; drop it."""
-        stash, self._stash = self._stash, {}
-        self.stashed = 0
-        for flow, entries in stash.items():
-            self.stats["tcp_out_of_order"] += len(entries)
-            if flow.state == tcp.ESTABLISHED:
-                flow.send_ack(force=True)       # the duplicate ACK we held back
-
     def forget_tcp(self, flow):
         flow.state = tcp.CLOSED
         if flow.sock is not None:
@@ -494,172 +310,10 @@ class Gateway:
         if self.tcp.get(flow.key) is flow:
             del self.tcp[flow.key]
 
-
-    # --- frames in -------------------------------------------------------------------------
-
-    def handle_frame(self, frame, trusted=False, port=None):
-        """Process one Ethernet frame from the containers' side (of `port`, the first one by
-        default). `trusted`: the kernel says the L4 checksum needs no verification
-        (virtio_net_hdr flags). Never raises for bad input: malformed frames are counted and
-        dropped."""
-        self.stats["frames_in"] += 1
-        try:
-            self._handle_frame(frame if isinstance(frame, memoryview) else memoryview(frame),
-                               trusted, port or self.ports[0])
-        except ipv4.Fragment as e:
-            self.stats["fragments_dropped"] += 1
-            self.log_once("fragment", f"IPv4 fragments are refused (MTU {self.link.mtu} on both "
-                          f"ends makes them unnecessary): {e}")
-        except Malformed as e:
-            self.stats["malformed"] += 1
-            self.log_once(f"malformed-{type(e).__name__}-{str(e)[:20]}", f"dropped: {e}")
-
-    def _handle_frame(self, frame, trusted, port):
-        dst_mac, src_mac, etype = ethernet.parse_ethernet(frame)
-        if etype == ETH_P_IP:
-            if dst_mac != port.mac and not port.refresh_mac(dst_mac):
-                self.stats["not_for_us"] += 1
-                return
-            ip = ipv4.parse_ipv4(frame[ETH_HLEN:])
-            net = port.network_of(ip.src)
-            if net is None:
-                self.stats["foreign_source"] += 1
-                return
-            if ip.proto == PROTO_TCP:
-                self._tcp_in(ip, src_mac, net, trusted, port)
-            elif ip.proto == PROTO_UDP:
-                self._udp_in(ip, src_mac, net, trusted, port)
-            elif ip.proto == PROTO_ICMP:
-                self._icmp_in(ip, src_mac, net, port)
-            else:
-                self.stats["ip_proto_ignored"] += 1
-        elif etype == ETH_P_ARP:
-            if not port.kernel_gateway:
-                self._arp_in(frame[ETH_HLEN:], port)
-        else:
-            self.stats["ethertype_ignored"] += 1
-
     def _route(self, dst, port):
+        """route() (policy.py) for a packet that came in on `port`."""
         return route(dst, self.networks, self.allow_host_loopback, self.host_alias,
                      port.kernel_gateway)
-
-    def _arp_in(self, payload, port):
-        req = ethernet.parse_arp(payload)
-        op, sha, spa, _, tpa = req
-        if op != ethernet.ARP_REQUEST:
-            return
-        if any(tpa == n.gateway for n in port.networks) and port.network_of(spa):
-            port.link.send_frame(ethernet.arp_reply_frame(req, port.mac))
-            self.stats["arp_replies"] += 1
-
-    def _tcp_in(self, ip, mac, net, trusted, port):
-        seg = tcpwire.parse_tcp(ip.payload, ip.src, ip.dst, verify=not trusted)
-        key = (ip.src, seg.sport, ip.dst, seg.dport)
-        flow = self.tcp.get(key)
-        is_syn = seg.flags & (SYN | ACK | RST) == SYN
-        if flow is not None and flow.state == tcp.TIME_WAIT and is_syn:
-            self.forget_tcp(flow)           # a new connection reusing the ports
-            flow = None
-        if flow is not None:
-            flow.on_segment(seg)
-            return
-        if not is_syn:
-            # A segment of no flow we know: tell it so -- unless it is not ours at all (the
-            # namespace's kernel talking with a container over the bridge we tap).
-            if not seg.flags & RST and self._route(ip.dst, port)[0] != DROP:
-                self.stats["tcp_unknown_flow"] += 1
-                self._rst_for(ip, seg, mac, port)
-            return
-        action, where = self._route(ip.dst, port)
-        if action != HOST:
-            self.stats[f"tcp_{action}"] += 1
-            if action == REFUSE:
-                self.log_once(f"refuse-{where}", f"TCP to {addr_str(ip.dst)}:{seg.dport} "
-                              f"refused: {where}")
-                self._rst_for(ip, seg, mac, port)
-            return
-        if len(self.tcp) >= self.max_tcp_flows:
-            self.log_once("tcp-max", f"{self.max_tcp_flows} TCP flows open: new ones are reset")
-            self._rst_for(ip, seg, mac, port)
-            return
-        quote = bytes(ip.header) + bytes(ip.payload[:8])
-        flow = tcp.TcpFlow(self, port.link, key, mac, net.gateway, (where, seg.dport), seg,
-                           quote)
-        self.tcp[key] = flow
-        self.stats["tcp_flows"] += 1
-        flow.connect()
-
-    def _rst_for(self, ip, seg, mac, port):
-        """RFC 9293's reset for a segment that has no connection."""
-        if seg.flags & ACK:
-            seq, ack, flags = seg.ack, 0, RST
-        else:
-            length = len(seg.data) + (1 if seg.flags & SYN else 0) + (1 if seg.flags & 1 else 0)
-            seq, ack, flags = 0, (seg.seq + length) & MASK, RST | ACK
-        port.link.send_tcp(mac, ip.dst, ip.src, seg.dport, seg.sport, seq, ack, flags, 0)
-
-    def _udp_in(self, ip, mac, net, trusted, port):
-        sport, dport, data = udp.parse_udp(ip.payload, ip.src, ip.dst, verify=not trusted)
-        action, where = self._route(ip.dst, port)
-        if action != HOST:
-            self.stats[f"udp_{action}"] += 1
-            if action == REFUSE:
-                # What a host without a listener says; the container's socket gets ECONNREFUSED.
-                quote = bytes(ip.header) + bytes(ip.payload[:8])
-                port.link.send_ip(mac, ip.dst, ip.src, PROTO_ICMP,
-                                  ipv4.icmp_unreachable(UNREACH_PORT, quote))
-            return
-        key = (ip.src, sport)
-        flow = self.udp.get(key)
-        if flow is None:
-            if len(self.udp) >= MAX_UDP_FLOWS:
-                self.stats["udp_flow_limit"] += 1
-                return
-            try:
-                flow = UdpFlow(self, port.link, key, mac, net.gateway)
-            except OSError as e:
-                self.log_once(f"udp-socket-{e.errno}", f"cannot open a UDP socket: {e}")
-                return
-            self.udp[key] = flow
-            self.register(flow, select.EPOLLIN)
-            self.stats["udp_flows"] += 1
-        self.stats["udp_out"] += 1
-        flow.send(where, dport, data, ip.dst)
-
-    def _icmp_in(self, ip, mac, net, port):
-        itype, code, rest, data = ipv4.parse_icmp(ip.payload)
-        if itype != ICMP_ECHO_REQUEST:
-            self.stats["icmp_ignored"] += 1
-            return
-        ours = ip.dst == self.host_alias or (not port.kernel_gateway and any(
-            ip.dst == n.gateway for n in self.networks))
-        if ours:
-            # An address that is us: the reply is ours to give.
-            port.link.send_ip(mac, ip.dst, ip.src, PROTO_ICMP,
-                              ipv4.icmp_message(ICMP_ECHO_REPLY, 0, rest, data))
-            self.stats["icmp_echo_gateway"] += 1
-            return
-        action, where = self._route(ip.dst, port)
-        if action != HOST:
-            self.stats[f"icmp_{action}"] += 1
-            return
-        ident = int.from_bytes(rest[:2], "big")
-        key = (ip.src, ident)
-        flow = self.icmp.get(key)
-        if flow is None:
-            if self._ping_error is not None:
-                self.stats["icmp_unavailable"] += 1
-                return
-            try:
-                flow = IcmpFlow(self, port.link, key, mac)
-            except OSError as e:
-                self._ping_error = e
-                self.stats["icmp_unavailable"] += 1
-                self.log(ping_unavailable_message(e))
-                return
-            self.icmp[key] = flow
-            self.register(flow, select.EPOLLIN)
-        flow.send(where, ipv4.icmp_message(ICMP_ECHO_REQUEST, 0, rest, data))
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -846,15 +500,3 @@ class Gateway:
             except OSError:
                 pass
         self.ep.close()
-
-
-def ping_unavailable_message(err):
-    try:
-        with open("/proc/sys/net/ipv4/ping_group_range") as f:
-            rng = f.read().split()
-    except OSError:
-        rng = ["?", "?"]
-    return (f"ICMP echo from containers is dropped: no unprivileged ICMP socket ({err}); "
-            f"net.ipv4.ping_group_range is '{' '.join(rng)}' and the daemon's group is "
-            f"{os.getgid()}. Widen it (sysctl -w net.ipv4.ping_group_range='0 2147483647') to "
-            f"let containers ping.")

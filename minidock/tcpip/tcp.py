@@ -22,9 +22,10 @@ lossless local link: **no buffer of our own**.
                       oldest unacknowledged byte (go-back-N: cheap on a local link).
 
 Per connection that is a socket and a few integers (RSS does not grow with traffic, only
-the kernel's socket buffers do: fixed at 4 MiB each way, see SNDBUF/RCVBUF). The one exception
-is the gateway's reorder stash (gateway.py): at most 8 segments for all flows together, held
-for one batch of frames, because veths reorder frames when the sender hops between CPUs.
+the kernel's socket buffers do: fixed at 4 MiB each way, see SNDBUF/RCVBUF in tcpstate.py).
+The one exception is the gateway's reorder stash (demux.py): at most 8 segments for all flows
+together, held for one batch of frames, because veths reorder frames when the sender hops
+between CPUs.
 
 The life of a flow, in the states below:
 
@@ -48,6 +49,10 @@ Idle flows: an ESTABLISHED flow that sees no segment for `idle_timeout` gets kee
 (an ACK for the byte before snd_una, which the container's kernel must answer); two unanswered
 probes and the flow is reset both ways -- this is what frees the host socket of a container that
 vanished without a RST.
+
+The flow is one class in three modules: this one (the host socket's life: connect, its epoll
+events, timers, endings), tcpin.py (segments from the container) and tcpout.py (host data,
+windows and acknowledgments to the container); tcpstate.py holds the names they share.
 """
 
 import errno
@@ -58,51 +63,17 @@ import struct
 import time
 
 from .ipv4 import PROTO_ICMP, UNREACH_ADMIN, UNREACH_HOST, UNREACH_NET, icmp_unreachable
-from .tcpwire import ACK, FIN, PSH, RST, SYN, MASK, seq_diff, syn_options
-
-CONNECTING, SYN_RCVD, ESTABLISHED, TIME_WAIT, CLOSED = (
-    "CONNECTING", "SYN_RCVD", "ESTABLISHED", "TIME_WAIT", "CLOSED")
-
-SO_PEEK_OFF = 42
-# At most this much in flight from one container connection: the packet socket's receive
-# buffer (2 x net.core.rmem_max, 8 MiB by default) must absorb a whole window while the loop is
-# busy, or frames are dropped before we see them.
-MAX_WINDOW = 4 << 20
-SO_MEMINFO = 55             # u32[9]: rmem_alloc, rcvbuf, wmem_alloc, sndbuf, fwd_alloc, wmem_queued...
-OUR_WSCALE = 7              # windows up to 8 MiB
-DEFAULT_MSS = 536           # RFC 9293 when the SYN carries none
-RTO_MIN = 0.2
-RTO_MAX = 30.0
-MAX_RETRIES = 10
-SYNACK_RETRIES = 5
-WINDOW_LOW = 256 << 10      # below this, the window we advertised is re-checked on a timer
-WINDOW_RECHECK = 0.01       # first delay to re-read the send buffer after advertising a small window
-# Host sockets are watched edge-triggered: their data stays queued after we have sent it on,
-# so a level-triggered "readable" would fire forever. EPOLLRDHUP tells EOF from "no news".
-EPOLL_FLAGS = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
+from .tcpin import SegmentsIn
+from .tcpout import HostDataOut
+from .tcpstate import (  # noqa: F401 (the names other modules read as tcp.X)
+    CLOSED, CONNECTING, DEFAULT_MSS, EPOLL_FLAGS, ESTABLISHED, MAX_RETRIES, MAX_WINDOW,
+    OUR_WSCALE, RCVBUF, RTO_MAX, RTO_MIN, SNDBUF, SO_MEMINFO, SO_PEEK_OFF, SYN_RCVD,
+    SYNACK_RETRIES, TIME_WAIT, WINDOW_LOW, WINDOW_RECHECK)
+from .tcpwire import ACK, SYN, MASK, seq_diff, syn_options
 
 _ERRNO_TO_ICMP = {errno.ENETUNREACH: UNREACH_NET, errno.EHOSTUNREACH: UNREACH_HOST,
                   errno.ETIMEDOUT: UNREACH_HOST, errno.EACCES: UNREACH_ADMIN,
                   errno.EPERM: UNREACH_ADMIN, errno.EADDRNOTAVAIL: UNREACH_HOST}
-
-# The host socket's send buffer is fixed (SO_SNDBUF; the kernel doubles it and caps it at
-# net.core.wmem_max). The window we advertise mirrors its free space, and an autotuned buffer
-# starts at 16 KiB: uploads measured 0.7 Gbit/s that way, 4 Gbit/s with 4 MiB. The memory is
-# the kernel's, used only while the host reader is slower than the container.
-SNDBUF = 4 << 20
-# Same for the receive side. Data leaves it only when the container acknowledges it, and the
-# kernel autotunes a receive buffer by what the application *reads* -- which MSG_PEEK is not:
-# downloads measured 2.5 Gbit/s autotuned, 6.7 Gbit/s fixed at 4 MiB. (Autotuning could grow
-# it to tcp_rmem's maximum, 32 MiB here; fixed, it is smaller.)
-RCVBUF = 4 << 20
-_DISCARD = None             # the shared buffer recv(MSG_TRUNC) and the peek fallback write into
-
-
-def _discard_buffer():
-    global _DISCARD
-    if _DISCARD is None:
-        _DISCARD = bytearray(8 << 20)
-    return _DISCARD
 
 
 def peek_offset_supported():
@@ -117,7 +88,10 @@ def peek_offset_supported():
         s.close()
 
 
-class TcpFlow:
+class TcpFlow(SegmentsIn, HostDataOut):
+    """One container connection and its host socket. This module holds the host socket's life
+    (connect, events, timers, endings); segments in are SegmentsIn (tcpin.py), data and
+    acknowledgments out are HostDataOut (tcpout.py)."""
     __slots__ = ("gw", "link", "key", "mac", "gw_ip", "dest", "state", "sock", "fd",
                  "irs", "rcv_nxt", "iss", "snd_una", "snd_nxt", "snd_max", "snd_wnd", "c_wscale",
                  "our_wscale", "mss", "fin_rcvd", "fin_sent", "fin_seq", "fin_acked",
@@ -250,317 +224,6 @@ class TcpFlow:
             self.host_blocked = False
             self.send_ack(force=True)   # the window update the container waits for
 
-    # --- container side: segments ----------------------------------------------------------
-
-    def on_segment(self, seg):
-        now = self.gw.now
-        self.last_seen = now
-        self.probes = 0
-        f = seg.flags
-        if f & RST:
-            # Accept a RST only inside what we expect (RFC 5961's spirit, loosely): blind
-            # resets from nowhere do not kill flows.
-            if self.state in (CONNECTING, SYN_RCVD) or abs(seq_diff(seg.seq, self.rcv_nxt)) <= (
-                    65535 << self.our_wscale):
-                self.gw.stats["tcp_rst_from_container"] += 1
-                self.close_host(abort=True)
-                self.gw.forget_tcp(self)
-            return
-        if self.state == CONNECTING:
-            return                      # a retransmitted SYN: the host has not answered yet
-        if self.state == TIME_WAIT:
-            if f & FIN:
-                self._out(ACK, self.snd_nxt, 0)
-            return
-        if self.state == SYN_RCVD:
-            if f & SYN and not f & ACK:
-                self._send_synack()
-                return
-            if not (f & ACK) or seg.ack != (self.iss + 1) & MASK:
-                return
-            self.state = ESTABLISHED
-            self.snd_una = seg.ack
-            self.rto_at = None
-            self.retries = 0
-            self.rto = RTO_MIN
-            self.snd_wnd = seg.window << self.c_wscale
-            self._arm_idle()
-            self.host_pending = True    # data may have arrived before the handshake ended
-        elif f & SYN:
-            self.send_ack(force=True)   # a SYN on an established flow: tell it where we are
-            return
-        if not f & ACK:
-            return
-        self._on_ack(seg)
-        if self.state != ESTABLISHED:
-            return
-        if seg.data or f & FIN:
-            self._on_data(seg.seq, seg.flags, seg.data)
-        if self.state == ESTABLISHED and self.host_pending:
-            self.push()
-
-    def _on_ack(self, seg):
-        ack = seg.ack
-        win = seg.window << self.c_wscale
-        advanced = seq_diff(ack, self.snd_una)
-        # Up to snd_max, not snd_nxt: after a rewind, an ACK for the first transmission may
-        # still arrive, and it is as good as any.
-        if advanced > 0 and seq_diff(ack, self.snd_max) <= 0:
-            data = advanced
-            if self.fin_seq is not None and ack == (self.fin_seq + 1) & MASK:
-                data -= 1
-                self.fin_acked = self.fin_sent = True
-            if data > 0:
-                # Dropped from the host socket once per batch of frames (apply_drops), not
-                # once per ACK: a syscall saved for nearly every frame of a download.
-                self.drop_pending += data
-                self.gw.want_drop(self)
-            self.snd_una = ack
-            if seq_diff(ack, self.snd_nxt) > 0:
-                # Past what we have (re)sent since a rewind: the peek position must jump there
-                # too, which dropping now does (SO_PEEK_OFF clamps at the new head).
-                self.snd_nxt = ack
-                self.apply_drops()
-            self.dupacks = 0
-            self.retries = 0
-            self.rto = RTO_MIN
-            self.rto_at = None
-            if self.snd_nxt != self.snd_una:
-                self._arm_rto()
-            if win > self.snd_wnd or advanced:
-                self.host_pending = self.host_pending or self.sock is not None
-            self.snd_wnd = win
-            if self.fin_acked and self.fin_rcvd:
-                self._finish()
-            return
-        if (advanced == 0 and not seg.data and not seg.flags & FIN
-                and self.snd_nxt != self.snd_una and win == self.snd_wnd):
-            self.dupacks += 1
-            if self.dupacks == 3:       # fast retransmit: the container is missing a segment
-                self.gw.stats["tcp_fast_retransmit"] += 1
-                self._rewind()
-        if win > self.snd_wnd:
-            self.host_pending = self.host_pending or self.sock is not None
-        self.snd_wnd = win
-
-    def _on_data(self, seq, flags, data):
-        d = seq_diff(seq, self.rcv_nxt)
-        if d > 0:
-            # Out of order. A segment a few positions early is usually just reordered (two
-            # CPUs of the container transmitting for one socket): the gateway's small shared
-            # stash may hold it until the end of this batch of frames. Otherwise we keep
-            # nothing: the container will resend; a duplicate ACK tells it where we are.
-            if not self.gw.stash(self, d, seq, flags, data):
-                self.gw.stats["tcp_out_of_order"] += 1
-                self.send_ack(force=True)
-            return
-        if d < 0:
-            skip = -d
-            if skip >= len(data) + (1 if flags & FIN else 0):
-                self.send_ack(force=True)       # entirely old: a retransmission we already have
-                return
-            data = data[skip:]
-        if data and not self.fin_rcvd:
-            try:
-                n = self.sock.send(data)
-            except BlockingIOError:
-                n = 0
-            except OSError:
-                self._host_reset()
-                return
-            self.rcv_nxt = (self.rcv_nxt + n) & MASK
-            if n < len(data):
-                # The host socket is full: acknowledge what it took, advertise what is left
-                # (nothing), and reopen the window on EPOLLOUT.
-                self.host_blocked = True
-                self.gw.stats["tcp_host_blocked"] += 1
-                self.send_ack(force=True)
-                return
-        if flags & FIN and not self.fin_rcvd:
-            self.rcv_nxt = (self.rcv_nxt + 1) & MASK
-            self.fin_rcvd = True
-            try:
-                self.sock.shutdown(socket.SHUT_WR)      # half-close: the host reads EOF
-            except OSError:
-                pass
-            self.send_ack(force=True)
-            if self.fin_acked:
-                self._finish()
-            return
-        self.gw.want_ack(self)
-        if self.gw.stashed:
-            self.gw.unstash(self)
-
-    # --- host -> container -----------------------------------------------------------------
-
-    def push(self):
-        """Send as much queued host data as the container's window allows."""
-        if self.state != ESTABLISHED or self.fin_sent or self.sock is None:
-            self.host_pending = False
-            return
-        link = self.link
-        view = link.payload_view()
-        win = None
-        while True:
-            inflight = seq_diff(self.snd_nxt, self.snd_una)
-            room = self.snd_wnd - inflight
-            if room <= 0:
-                if self.snd_wnd == 0 and inflight == 0:
-                    self._arm_rto()     # persist: probe the zero window on expiry
-                self.host_pending = True
-                return
-            # Without the virtio header a segment must fit the container's MSS; with it, the
-            # kernel cuts bigger ones to gso_size = MSS.
-            n = min(room, link.max_payload if link.vnet else self.mss)
-            try:
-                got = self._peek(view, n, inflight)
-            except BlockingIOError:
-                got = 0
-            except OSError:
-                self._host_reset()
-                return
-            if got == 0:
-                self.host_pending = False
-                if self.host_err:
-                    self._host_reset()
-                elif self.rdhup:
-                    self._send_fin()
-                return
-            if win is None:             # once per push: rcv_nxt does not move in here
-                win = self._window_field()
-            link.send_tcp(self.mac, self.key[2], self.key[0], self.key[3], self.key[1],
-                          self.snd_nxt, self.rcv_nxt, ACK | PSH if got < n else ACK, win, got,
-                          gso_size=self.mss)
-            self.ack_sent = self.rcv_nxt
-            self.snd_nxt = (self.snd_nxt + got) & MASK
-            if seq_diff(self.snd_nxt, self.snd_max) > 0:
-                self.snd_max = self.snd_nxt
-            if self.rto_at is None:
-                self._arm_rto()
-            if got < n and not self.rdhup:
-                self.host_pending = False
-                return
-
-    def _peek(self, view, n, inflight):
-        """Copy up to n not-yet-sent bytes from the host socket into view; 0 at EOF/no news."""
-        flags = socket.MSG_PEEK | socket.MSG_DONTWAIT
-        if self.peekoff:
-            got = self.sock.recv_into(view, n, flags)
-            if got == 0:
-                self.rdhup = True       # recv returns 0 only at the end of the stream
-            return got
-        # No SO_PEEK_OFF: peek the already-sent prefix (and the acknowledged bytes not dropped
-        # yet) into a scratch buffer in front.
-        skip = inflight + self.drop_pending
-        discard = _discard_buffer()
-        if skip > len(discard):
-            return 0
-        nbytes, *_ = self.sock.recvmsg_into([memoryview(discard)[:skip], view[:n]], 0, flags)
-        if nbytes == 0:
-            self.rdhup = True
-        return max(0, nbytes - skip)
-
-    def apply_drops(self):
-        if self.drop_pending and self.sock is not None:
-            # SO_PEEK_OFF moves back by what is dropped (never below 0): peeking goes on
-            # from the same byte.
-            self._drop_acked(self.drop_pending)
-        self.drop_pending = 0
-
-    def _drop_acked(self, count):
-        """The container has these bytes: remove them from the host socket without copying."""
-        discard = _discard_buffer()
-        while count > 0:
-            chunk = min(count, len(discard))
-            try:
-                got = self.sock.recv_into(discard, chunk, socket.MSG_TRUNC | socket.MSG_DONTWAIT)
-            except OSError:
-                return
-            if got <= 0:
-                return
-            count -= got
-
-    def _send_fin(self):
-        self.fin_seq = self.snd_nxt
-        self.fin_sent = True
-        if not self.fin_rcvd:
-            self.first_fin_ours = True
-        self._out(FIN | ACK, self.snd_nxt, self._window_field())
-        self.snd_nxt = (self.snd_nxt + 1) & MASK
-        if seq_diff(self.snd_nxt, self.snd_max) > 0:
-            self.snd_max = self.snd_nxt
-        self._arm_rto()
-
-    def _rewind(self):
-        """Go back to the oldest unacknowledged byte (retransmission)."""
-        self.apply_drops()              # the socket must start at snd_una before SO_PEEK_OFF 0
-        self.snd_nxt = self.snd_una
-        if self.fin_sent and not self.fin_acked:
-            self.fin_sent = False
-        if self.peekoff and self.sock is not None:
-            self.sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
-        self.gw.stats["tcp_retransmit"] += 1
-        self.host_pending = True
-        self.push()
-
-    # --- acknowledgments and windows -------------------------------------------------------
-
-    def _free_space(self):
-        if self.sock is None:
-            return 0
-        try:
-            info = self.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36)
-        except OSError:
-            return 0
-        sndbuf, _fwd, queued = struct.unpack_from("III", info, 12)  # SK_MEMINFO_SNDBUF..QUEUED
-        # Queued memory counts skb overhead (~2% on loopback) and send() refuses data by that
-        # measure, so the payload that still fits is a little less than the difference.
-        free = sndbuf - queued
-        return min(free - (free >> 4), MAX_WINDOW) if free > 0 else 0
-
-    def _window_field(self):
-        """The window we advertise: the host socket's free send space, scaled."""
-        if self.host_blocked:
-            # Closed until EPOLLOUT: this shrinks the window we offered, which RFC 9293
-            # discourages but every sender must survive -- better than accepting data we drop.
-            self.adv_right = self.rcv_nxt
-            return 0
-        free = 65535 << self.our_wscale if self.fin_rcvd else self._free_space()
-        field = min(free >> self.our_wscale, 65535)
-        right = (self.rcv_nxt + (field << self.our_wscale)) & MASK
-        # Never shrink the right edge we advertised (RFC 9293 3.8.6): keep it where it was.
-        if seq_diff(right, self.adv_right) < 0:
-            field = min(max(seq_diff(self.adv_right, self.rcv_nxt), 0) >> self.our_wscale, 65535)
-            right = (self.rcv_nxt + (field << self.our_wscale)) & MASK
-        self.adv_right = right
-        if not self.fin_rcvd and (field << self.our_wscale) < max(2 * self.mss, WINDOW_LOW):
-            # A small window closes only on our word: re-read the socket shortly (the kernel
-            # raises no EPOLLOUT unless a send() failed).
-            if self.win_at is None:
-                self.win_at = self.gw.now + self.win_delay
-                self.win_delay = min(self.win_delay * 2, 0.5)
-                self._schedule()
-        else:
-            self.win_delay = WINDOW_RECHECK
-        return field
-
-    def send_ack(self, force=False):
-        if self.state not in (ESTABLISHED, TIME_WAIT) or (not force and self.ack_sent == self.rcv_nxt):
-            return
-        self._out(ACK, self.snd_nxt, self._window_field() if self.state == ESTABLISHED else 0)
-        self.ack_sent = self.rcv_nxt
-
-    def _out(self, flags, seq, window, options=b""):
-        self.link.send_tcp(self.mac, self.key[2], self.key[0], self.key[3], self.key[1],
-                              seq, self.rcv_nxt, flags, window, 0, options)
-
-    def _reset_container(self, ack, synack=False):
-        if synack:
-            self.link.send_tcp(self.mac, self.key[2], self.key[0], self.key[3], self.key[1],
-                                  0, ack, RST | ACK, 0)
-        else:
-            self._out(RST | ACK, self.snd_nxt, 0)
-
     # --- timers ----------------------------------------------------------------------------
 
     def _arm_rto(self):
@@ -664,4 +327,3 @@ class TcpFlow:
             self._reset_container(self.rcv_nxt)
         self.close_host(abort=True)
         self.gw.forget_tcp(self)
-
