@@ -184,3 +184,23 @@ class Daemon:
 
 def json_lines(data):
     return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+
+
+def wait_for(predicate, timeout=10, what="condition"):
+    """Poll `predicate` until it is true; AssertionError naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def read_until_close(s):
+    """Everything a socket delivers until the peer closes it."""
+    out = b""
+    while True:
+        data = s.recv(65536)
+        if not data:
+            return out
+        out += data

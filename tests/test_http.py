@@ -11,6 +11,7 @@ import time
 import pytest
 
 from minidock import errors, http, httpserver
+from support import read_until_close
 
 # (name, raw request bytes, expected) where expected is either an error kind, or a dict of
 # method / path / query / headers / body the parse must produce.
@@ -182,15 +183,6 @@ def connect(path):
     s.settimeout(5)
     s.connect(path)
     return s
-
-
-def read_until_close(s):
-    out = b""
-    while True:
-        data = s.recv(65536)
-        if not data:
-            return out
-        out += data
 
 
 def test_socket_mode_is_0600(server):

@@ -17,6 +17,7 @@ import time
 import pytest
 
 from minidock import http, httpserver
+from support import read_until_close
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,15 +46,6 @@ def serve():
         srv.server_close()
 
 
-def read_all(s):
-    out = b""
-    while True:
-        data = s.recv(65536)
-        if not data:
-            return out
-        out += data
-
-
 def test_listen_backlog_is_somaxconn(serve):
     path, srv = serve()
     # The kernel shows a listening unix socket's backlog nowhere, but the server asked for it:
@@ -78,7 +70,7 @@ def test_200_nonblocking_clients_at_once_are_all_answered(serve):
         s.setblocking(True)
         s.settimeout(20)
         s.sendall(b"GET /_ping HTTP/1.1\r\nConnection: close\r\n\r\n")
-    answers = [read_all(s) for s in socks]
+    answers = [read_until_close(s) for s in socks]
     for s in socks:
         s.close()
     assert all(a.startswith(b"HTTP/1.1 200 ") for a in answers)
@@ -97,7 +89,7 @@ def test_connections_beyond_the_cap_get_a_clean_503(serve):
     extra = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     extra.settimeout(5)
     extra.connect(path)
-    data = read_all(extra)
+    data = read_until_close(extra)
     assert data.startswith(b"HTTP/1.1 503 ")
     assert "too many connections" in json.loads(data.split(b"\r\n\r\n", 1)[1])["message"]
     for s in held:
@@ -109,7 +101,7 @@ def test_connections_beyond_the_cap_get_a_clean_503(serve):
     ok.settimeout(5)
     ok.connect(path)
     ok.sendall(b"GET /b HTTP/1.1\r\nConnection: close\r\n\r\n")
-    assert read_all(ok).startswith(b"HTTP/1.1 200 ")
+    assert read_until_close(ok).startswith(b"HTTP/1.1 200 ")
 
 
 def test_a_head_sent_one_byte_at_a_time_is_cut_off(serve, monkeypatch):
@@ -130,7 +122,7 @@ def test_a_head_sent_one_byte_at_a_time_is_cut_off(serve, monkeypatch):
             closed = True
             break
     assert closed
-    assert read_all(s) == b""           # dropped without an answer
+    assert read_until_close(s) == b""           # dropped without an answer
 
 
 def test_a_stalled_body_times_out_with_408(serve, monkeypatch):
@@ -140,7 +132,7 @@ def test_a_stalled_body_times_out_with_408(serve, monkeypatch):
     s.settimeout(10)
     s.connect(path)
     s.sendall(b"POST /echo HTTP/1.1\r\nContent-Length: 100\r\n\r\nonly a part")
-    data = read_all(s)
+    data = read_until_close(s)
     assert data.startswith(b"HTTP/1.1 408 ")
     assert "stalled" in json.loads(data.split(b"\r\n\r\n", 1)[1])["message"]
 
@@ -152,7 +144,7 @@ def test_a_stalled_chunked_body_times_out_with_408(serve, monkeypatch):
     s.settimeout(10)
     s.connect(path)
     s.sendall(b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
-    assert read_all(s).startswith(b"HTTP/1.1 408 ")
+    assert read_until_close(s).startswith(b"HTTP/1.1 408 ")
 
 
 EMFILE_SERVER = r"""

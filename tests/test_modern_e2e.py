@@ -9,6 +9,7 @@ import time
 import pytest
 
 from rootfs import make_rootfs_tar
+from support import wait_for
 from minidock import platforms
 
 pytestmark = pytest.mark.e2e
@@ -20,15 +21,6 @@ def fresh(daemon_factory):
     d = daemon_factory()
     d.docker("import", make_rootfs_tar(os.path.join(d.base, "busybox.tar")), "busybox")
     return d
-
-
-def wait_for(predicate, timeout=10, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_cli_negotiates_1_47_and_shows_components(rootless):

@@ -22,7 +22,7 @@ import pytest
 
 from minidock import http as proto, times
 from minidock.client import demux
-from support import DOCKER
+from support import DOCKER, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -89,15 +89,6 @@ def run_in_pty(d, args, steps=(), rows=24, cols=80, timeout=15):
 
 def state(d, name):
     return d.client().get(f"/containers/{name}/json")["State"]
-
-
-def wait_for(predicate, timeout=10, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # -- attach ------------------------------------------------------------------------------------
