@@ -79,6 +79,18 @@ def _thread(fn, *args):
     return t, result
 
 
+def _hashing_sink(srv):
+    """Accept one connection and read it to the end: (bytes received, their sha256)."""
+    conn, _ = srv.accept()
+    h, total = hashlib.sha256(), 0
+    while True:
+        d = conn.recv(MIB)
+        if not d:
+            return total, h.hexdigest()
+        h.update(d)
+        total += len(d)
+
+
 def test_arp_and_ping_of_the_gateway(netns, gateway):
     r = netns.run(["busybox", "ping", "-c", "2", "-W", "5", GATEWAY], timeout=30)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -642,16 +654,7 @@ def test_mtu_1500_with_segmentation_offload(bridge):
         srv = _listener()
         before = gw.stats["frames_in"]
 
-        def sink():
-            conn, _ = srv.accept()
-            h, total = hashlib.sha256(), 0
-            while True:
-                d = conn.recv(MIB)
-                if not d:
-                    return total, h.hexdigest()
-                h.update(d)
-                total += len(d)
-        th, res = _thread(sink)
+        th, res = _thread(_hashing_sink, srv)
         up = UPLOAD.replace("range(25)", "range(8)")
         r = n.python(up, target, srv.getsockname()[1], timeout=120)
         th.join(30)
@@ -767,16 +770,7 @@ def test_transfers_without_so_peek_off(netns):
         assert r.stdout.split() == [str(32 * MIB), hashlib.sha256(block * 8).hexdigest()], r.stderr
         srv = _listener()
 
-        def sink():
-            conn, _ = srv.accept()
-            h, total = hashlib.sha256(), 0
-            while True:
-                d = conn.recv(MIB)
-                if not d:
-                    return total, h.hexdigest()
-                h.update(d)
-                total += len(d)
-        th, res = _thread(sink)
+        th, res = _thread(_hashing_sink, srv)
         r = netns.python(UPLOAD.replace("range(25)", "range(8)"), GATEWAY, srv.getsockname()[1],
                          timeout=120)
         th.join(30)
