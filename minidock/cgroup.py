@@ -62,6 +62,7 @@ import select
 import signal
 import time
 
+from minidock import pidlimit
 from minidock.cgrouplimits import (FIELDS, MIN_MEMORY, W_BLKIO, W_CPUSET, W_KERNEL_MEMORY, W_MEMORY,
                                    W_NANO_CPUS, W_OOM_KILL_DISABLE, W_PERIOD, W_PIDS, W_QUOTA,
                                    W_RESERVATION, W_SHARES, W_SWAP, W_SWAPPINESS, normalise,
@@ -302,6 +303,12 @@ class Hierarchy:
         self.evacuated = True
         return target
 
+    @property
+    def pids_by_rlimit(self):
+        """--pids-limit enforced without the pids controller (pidlimit.py): RLIMIT_NPROC in a user
+        namespace of the container's own, counted apart since Linux 5.14."""
+        return not (self.usable and "pids" in self.enabled) and pidlimit.kernel_counts_per_userns()
+
     # -- what the daemon says in /info ---------------------------------------------------------------
     @property
     def pause_method(self):
@@ -339,7 +346,7 @@ class Hierarchy:
                           ("CpuCfsQuota", "No cpu cfs quota support"), ("CpuCfsPeriod", "No cpu cfs period support"),
                           ("CPUShares", "No cpu shares support"), ("CPUSet", "No cpuset support"),
                           ("PidsLimit", "No pids limit support"), ("BlkioWeight", "No io.weight support")):
-            if not caps[key]:
+            if not caps[key] and not (key == "PidsLimit" and self.pids_by_rlimit):
                 lines.append(f"WARNING: {text}")
         return lines
 
@@ -391,7 +398,8 @@ class Hierarchy:
         if r["OomKillDisable"]:
             warnings.append(W_OOM_KILL_DISABLE)
         r["OomKillDisable"] = False
-        if r["PidsLimit"] is not None and r["PidsLimit"] > 0 and not caps["PidsLimit"]:
+        if r["PidsLimit"] is not None and r["PidsLimit"] > 0 and not caps["PidsLimit"] \
+                and not self.pids_by_rlimit:
             warnings.append(W_PIDS)
             r["PidsLimit"] = None
 

@@ -26,8 +26,8 @@ import os
 import shutil
 import threading
 
-from minidock import (cgrouplimits, errors, filters as filters_mod, httpserver, imagecreate, ns, platforms, proctable,
-                      schema, stats, store)
+from minidock import (cgrouplimits, errors, filters as filters_mod, httpserver, imagecreate, ns, pidlimit,
+                      platforms, proctable, schema, stats, store)
 from minidock.container import attach, config, describe, logs, restart
 from minidock.container import lifecycle
 from minidock.container.lifecycle import (ACTIVE, ALIVE, DEAD, EXITED, PAUSED, REMOVING, RUNNING,
@@ -378,6 +378,14 @@ class Containers:
                 group = self.cgroups.get(c.id)
                 if group is not None and c.status in ALIVE:
                     group.apply(cgrouplimits.translate(merged, self.cgroups.enabled, group.path))
+                if "PidsLimit" in limits and self.cgroups.pids_by_rlimit and c.status in ALIVE:
+                    # No pids.max: rewrite RLIMIT_NPROC of the running processes (pidlimit.py),
+                    # possible only for one started with a limit (a namespace of its own).
+                    own = c.pid and pidlimit.in_own_userns(c.pid)
+                    if not own or not pidlimit.limit_running(ns.container_pids(c.pid),
+                                                             merged.get("PidsLimit") or 0):
+                        warnings.append("The running container keeps its current process limit; "
+                                        "the new PIDs limit applies from its next start.")
             c.record["HostConfig"] = merged
             self.save(c)
         self.emit(c, "update")

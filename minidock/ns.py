@@ -54,7 +54,7 @@ import signal
 import socket
 import struct
 
-from . import errors, pid1, seccomp
+from . import errors, pid1, pidlimit, seccomp
 from .mounts import (DEFAULT_SHM_SIZE, MASKED_PATHS, READONLY_PATHS, bind_mounts, bind_rootfs,
                      enter_rootfs, in_root, make_mounts_private, mask_paths, mount_dev,
                      mount_proc, mount_sys, open_console, readonly_paths, readonly_rootfs)
@@ -63,8 +63,8 @@ from .syscalls import (CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CL
                        CLOSE_RANGE_CLOEXEC, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS,
                        PR_SET_PDEATHSIG, SYS_CAPSET, SYS_CLOSE_RANGE, StartError, Step, check,
                        libc, prctl, report_failure, setns, unshare)
-from .userns import (enter_keep_id_userns, enter_user_userns, keep_id_map, needs_nested_userns,
-                     read_id_map)
+from .userns import (enter_identity_userns, enter_keep_id_userns, enter_user_userns, keep_id_map,
+                     needs_nested_userns, read_id_map)
 
 _TIOCSCTTY = 0x540E
 
@@ -464,6 +464,13 @@ def _container_init(spec, stdio, status_fd):
                              keep_id_map(keep_id["gid"], daemon_gid_map))
     elif nested:
         enter_user_userns(uid, gid)
+    if spec.get("pids_limit"):
+        # --pids-limit without a pids cgroup: a count of its own needs a user namespace of its
+        # own (pidlimit.py), entered while RLIMIT_NPROC is still the daemon's default bound
+        # (the new namespace's ceiling one level up); the container's limit comes after.
+        if not nested and not (keep_id and not single_id):
+            enter_identity_userns(daemon_uid_map, daemon_gid_map)
+        pidlimit.limit_self(spec["pids_limit"])
     # seccomp comes after the nested user namespace (unshare is among the calls it refuses)
     # and, without no_new_privs, while we still hold CAP_SYS_ADMIN, which installing needs;
     # every call left before execve (capset, setresuid, dup2, ...) is one it allows.
@@ -558,6 +565,8 @@ def _exec_init(spec, stdio):
     # running as root under a single-id daemon map) gets its own nested namespace, as in run.
     if needs_nested_userns(spec):
         enter_user_userns(uid, gid)
+    if spec.get("pids_limit"):          # the container's own count, joined with its namespace
+        pidlimit.limit_self(spec["pids_limit"])
     if not spec.get("no_new_privileges"):   # the same order as in run, for the same reasons
         install_seccomp(spec.get("seccomp"))
     drop_bounding_set(caps, spec.get("_last_cap", 40))

@@ -286,6 +286,30 @@ def keep_id_map(host_id, daemon_map):
 
 @Step("enter the keep-id user namespace")
 def enter_keep_id_userns(uid_lines, gid_lines):
+    _enter_userns_mapped_by_helper(uid_lines, gid_lines, "keep-id")
+
+
+@Step("enter a user namespace of the container's own (--pids-limit)")
+def enter_identity_userns(uid_map, gid_map):
+    """A nested namespace in which every id of the daemon's keeps its number: only the
+    RLIMIT_NPROC count it starts is new (pidlimit.py tells why)."""
+    if sum(count for _, _, count in uid_map) <= 1:
+        # One id: our own, which we may map for ourselves (setgroups is already "deny" in the
+        # daemon's single-id namespace, so nothing is lost by denying it here).
+        outer_uid, outer_gid = os.geteuid(), os.getegid()
+        unshare(CLONE_NEWUSER)
+        with open("/proc/self/setgroups", "w") as f:
+            f.write("deny")
+        with open("/proc/self/uid_map", "w") as f:
+            f.write(f"{outer_uid} {outer_uid} 1\n")
+        with open("/proc/self/gid_map", "w") as f:
+            f.write(f"{outer_gid} {outer_gid} 1\n")
+        return
+    _enter_userns_mapped_by_helper([f"{i} {i} {n}" for i, _, n in uid_map],
+                                   [f"{i} {i} {n}" for i, _, n in gid_map], "identity")
+
+
+def _enter_userns_mapped_by_helper(uid_lines, gid_lines, what):
     # A helper forked *before* unshare stays in the daemon's namespace, where we hold
     # CAP_SETUID/CAP_SETGID, and writes our maps: we could only write a one-line map of our
     # own id after unsharing. /proc here is the container's: our pid is its number there.
@@ -311,5 +335,5 @@ def enter_keep_id_userns(uid_lines, gid_lines):
         os.close(go_w)                  # and fails harmlessly: that map is already set
     _, status = os.waitpid(helper, 0)
     if os.waitstatus_to_exitcode(status) != 0:
-        raise OSError(errno.EPERM, "the keep-id helper could not write the id maps",
+        raise OSError(errno.EPERM, f"the {what} helper could not write the id maps",
                       f"/proc/{me}/uid_map")

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from minidock import cgroup, cgrouplimits
+from minidock import cgroup, cgrouplimits, pidlimit
 from minidock.cgroup import Hierarchy
 from minidock.cgrouplimits import translate
 from minidock.errors import InvalidParameter
@@ -165,7 +165,8 @@ def test_check_passes_supported_limits_and_adapts_swap_like_docker(tmp_path):
     assert r["CpuQuota"] == 50000 and r["PidsLimit"] == 10 and r["CpusetCpus"] == "0"
 
 
-def test_check_discards_unsupported_limits_with_dockers_warnings(tmp_path):
+def test_check_discards_unsupported_limits_with_dockers_warnings(tmp_path, monkeypatch):
+    monkeypatch.setattr(pidlimit, "kernel_counts_per_userns", lambda: False)   # a kernel < 5.14
     h = prepared(tmp_path, enabled=set())
     r, warnings = h.check({"Memory": 64 * MB, "MemoryReservation": 8 * MB, "KernelMemory": 8 * MB,
                            "CpuShares": 512, "CpuPeriod": 100000, "CpuQuota": 50000, "CpusetCpus": "0",
@@ -178,6 +179,24 @@ def test_check_discards_unsupported_limits_with_dockers_warnings(tmp_path):
     assert "Your kernel does not support CPU cfs quota or the cgroup is not mounted. Quota discarded." in warnings
     assert r["Memory"] == 0 and r["MemorySwap"] == -1 and r["CpuQuota"] == 0 and r["PidsLimit"] is None
     assert translate(r, ALL) == []          # nothing left to write: a discarded limit is never faked
+
+
+def test_pids_limit_without_the_controller_is_kept_where_rlimit_counts_per_namespace(tmp_path, monkeypatch):
+    monkeypatch.setattr(pidlimit, "kernel_counts_per_userns", lambda: True)
+    h = prepared(tmp_path, enabled=set())
+    r, warnings = h.check({"PidsLimit": 10})
+    assert warnings == [] and r["PidsLimit"] == 10 and h.pids_by_rlimit
+    assert translate(r, h.enabled) == []    # no pids.max to write: the init sets RLIMIT_NPROC
+    assert not any("pids" in line for line in h.info_warnings())
+    assert prepared(tmp_path / "full").pids_by_rlimit is False    # the controller wins where it exists
+
+
+def test_kernel_release_parsing():
+    assert pidlimit.kernel_counts_per_userns("5.14.0-1-amd64")
+    assert pidlimit.kernel_counts_per_userns("6.18.44-fc-v669")
+    assert not pidlimit.kernel_counts_per_userns("5.13.19")
+    assert not pidlimit.kernel_counts_per_userns("4.19.0-25-amd64")
+    assert not pidlimit.kernel_counts_per_userns("garbage")
 
 
 def test_check_without_swap_accounting_limits_memory_only(tmp_path):

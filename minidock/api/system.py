@@ -39,10 +39,16 @@ def get_info(req):
     if seccomp.native_arch() and "name=seccomp,profile=builtin" not in info["SecurityOptions"]:
         info["SecurityOptions"] = ["name=seccomp,profile=builtin"] + list(info["SecurityOptions"])
     bound = spawner.process_bound()
+    pids_rlimit = req.daemon.cgroups.pids_by_rlimit
     info["SystemStatus"] = list(info.get("SystemStatus") or []) + [
         ["Process bound", f"RLIMIT_NPROC {bound} per container (shared with the daemon's user "
                           f"namespace; --ulimit nproc overrides)" if bound else
-                          "none (the daemon's RLIMIT_NPROC is unlimited)"]]
+                          "none (the daemon's RLIMIT_NPROC is unlimited)"],
+        ["PIDs limit", "pids.max of the container's cgroup" if info.get("PidsLimit") else
+                       "RLIMIT_NPROC in a user namespace of the container's own (per user "
+                       "in the container)" if pids_rlimit else "not enforced (no pids cgroup)"]]
+    if pids_rlimit:
+        info["PidsLimit"] = True        # enforced, though not by the pids controller
     degraded = _degraded(req.daemon)
     if degraded:
         info["Warnings"] = list(info.get("Warnings") or []) + [

@@ -100,6 +100,8 @@ class Supervisor:
         group = self.cgroups.create(c.id, c.host_config)
         if group is not None:
             run["cgroup"] = group.path   # the init joins it before anything else runs
+        if (c.host_config.get("PidsLimit") or 0) > 0 and self.cgroups.pids_by_rlimit:
+            run["pids_limit"] = c.host_config["PidsLimit"]   # no pids.max here: pidlimit.py
         stdio, to_close = c.io.open(c.config["Tty"], c.config["OpenStdin"],   # 5
                                     logs.writer(c), c.id[:12])
         try:
