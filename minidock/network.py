@@ -37,7 +37,7 @@ another network (it is a local address of the namespace), and nothing else there
 
 Attaching a container (`attach_container`, a named step of the container start sequence)
 ------------------------------------------------------------------------------------------
-It runs in the container's shim right after `unshare(CLONE_NEWNET|...)`, before the init is
+It runs in the container's starter right after `unshare(CLONE_NEWNET|...)`, before the init is
 forked, so the init starts with its network ready:
 
     1. open /proc/self/ns/net                      the container's fresh namespace
@@ -50,7 +50,7 @@ forked, so the init starts with its network ready:
        gateway (not for --internal networks)
 
 Step 2 works because the keeper's namespace is owned by the daemon's user namespace, where
-the shim holds CAP_SYS_ADMIN; the shim is single-threaded, which setns(2) requires. The
+the starter holds CAP_SYS_ADMIN; the starter is single-threaded, which setns(2) requires. The
 container end dies with the container's namespace, and the kernel deletes both ends of a
 veth together: nothing to clean up when the container stops.
 
@@ -230,7 +230,7 @@ def mac_for(ip):
     return "02:42:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
 
 
-# --- attaching a container: runs in the shim, between unshare and the init's fork -------------
+# --- attaching a container: runs in the starter, between unshare and the init's fork ----------
 
 @syscalls.Step("connect the container to its networks")
 def attach_container(network):

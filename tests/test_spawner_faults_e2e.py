@@ -124,7 +124,7 @@ def test_kill_9_of_the_spawner_keeps_containers_and_the_next_run_works(rootless)
     assert rootless.docker("run", "--rm", "busybox", "echo", "next").stdout == b"next\n"
     assert rootless.docker("exec", cid, "echo", "inside").stdout == b"inside\n"
     # Exits of containers started by the dead spawner still reach the daemon (we reap the
-    # orphaned shims): its own code, and a stop's 137.
+    # daemon's own children, reaped by pidfd): its own code, and a stop's 137.
     assert rootless.docker("wait", short, timeout=30).stdout == b"7\n"
     rootless.docker("stop", "-t", "1", cid)
     assert rootless.docker("inspect", "-f", "{{.State.ExitCode}}", cid).stdout == b"137\n"
