@@ -77,11 +77,13 @@ def tree(sp, start, base):
         sp.run(dict(base, argv=["no-such-command"]), null, null, null)
     except syscalls.StartError as e:
         res["failed_run"] = e.exit_code
-    _until(lambda: not any(_proc(p) and _proc(p)[0] == "Z" for p in _children(me)))
+    # (It may still be exiting when the error is answered: wait for it to be reaped.)
+    expected = sorted([sp.pid] + inits + [execd])
+    _until(lambda: _children(me) == expected)
     res["ppids"] = [_proc(p)[1] for p in inits + [execd]]
     res["spawner_children"] = _children(sp.pid)
     res["daemon_children"] = _children(me)
-    res["expected_children"] = sorted([sp.pid] + inits + [execd])
+    res["expected_children"] = expected
     # Exits still arrive after a kill -9 of the spawner, for an init and for an exec'd process
     # both started by the dead one.
     seven, r = start(["sh", "-c", "sleep 1; exit 7"])
