@@ -528,11 +528,12 @@ class Spawner:
             code = exit_code(status) if done else None
         except ChildProcessError:       # not ours after all: its end cannot be observed
             done, code = pid, UNKNOWN_EXIT
-        if not done:
-            return                      # not yet a zombie (cannot happen once readable)
         del self._watched[fd]
         self._sel.unregister(fd)
         os.close(fd)
+        if not done:                    # readable yet not a zombie: should not happen, but
+            self._polled[pid] = report  # never spin on it
+            return
         self._ended(pid, code, report)
 
     def _poll_unwatched(self):
