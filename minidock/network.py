@@ -11,7 +11,7 @@ in a network namespace of its own:
       published ports (listen),       docker0  172.17.0.1/16 ---- vethN ==== eth0 (container A)
       DNS forwarding to the host      br-<id>  172.18.0.1/16 ---- vethM ==== eth0 (container B)
 
-The namespace is created at start-up by the *keeper*: a child of the spawner (so a
+The namespace is created at start-up by the *keeper*: a fork of the spawner (so a
 single-threaded process inside the daemon's user namespace) that calls
 `unshare(CLONE_NEWNET)`, brings `lo` up, and then serves one request forever over a unix
 socket from the daemon: "give me a socket of this family/type (bound to ADDRESS, listening)".
@@ -27,7 +27,7 @@ it listens and dials -- can use it from any thread:
                                keeper setns()es there and back): a netlink socket there is
                                how a *running* container gets another interface (hot-plug)
 
-When the daemon stops, the spawner dies, the keeper dies (PR_SET_PDEATHSIG) and with its last
+When the daemon stops, the keeper dies (PR_SET_PDEATHSIG, ns.DaemonTie) and with its last
 process the namespace and every bridge in it vanish; a restarted daemon rebuilds the bridges
 from its network state. Nothing is left on the host to clean up.
 
@@ -37,7 +37,7 @@ another network (it is a local address of the namespace), and nothing else there
 
 Attaching a container (`attach_container`, a named step of the container start sequence)
 ------------------------------------------------------------------------------------------
-It runs in the container's shim right after `unshare(CLONE_NEWNET|...)`, before the init is
+It runs in the container's starter right after `unshare(CLONE_NEWNET|...)`, before the init is
 forked, so the init starts with its network ready:
 
     1. open /proc/self/ns/net                      the container's fresh namespace
@@ -50,7 +50,7 @@ forked, so the init starts with its network ready:
        gateway (not for --internal networks)
 
 Step 2 works because the keeper's namespace is owned by the daemon's user namespace, where
-the shim holds CAP_SYS_ADMIN; the shim is single-threaded, which setns(2) requires. The
+the starter holds CAP_SYS_ADMIN; the starter is single-threaded, which setns(2) requires. The
 container end dies with the container's namespace, and the kernel deletes both ends of a
 veth together: nothing to clean up when the container stops.
 
@@ -62,7 +62,6 @@ and vethN with `master docker0`; `cat /sys/class/net/eth0/address` inside a cont
 import ipaddress
 import json
 import os
-import signal
 import socket
 import struct
 import threading
@@ -74,15 +73,16 @@ DEFAULT_MTU = 1500
 
 # --- the keeper: the process holding the daemon's network namespace ---------------------------
 
-def start_keeper(sock_fd, status_fd):
-    """Fork the keeper (called in a spawner shim). Returns its pid; the child unshares the
-    network namespace, closes `status_fd` once ready and serves `sock_fd` until EOF."""
+def start_keeper(sock_fd, status_fd, tie):
+    """Fork the keeper (called in a spawner's starter). Returns its pid; the child unshares the
+    network namespace, closes `status_fd` once ready and serves `sock_fd` until EOF. `tie`
+    (ns.DaemonTie) makes it die with the daemon, its parent once the starter has exited."""
     pid = os.fork()
     if pid:
         return pid
     code = 0
     try:
-        syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)   # die with the shim, so with the daemon
+        tie.arm()                       # die with the daemon
         syscalls.unshare(syscalls.CLONE_NEWNET)
         # A new namespace inherits the host's IPv4 settings (net.core.devconf_inherit_init_net
         # = 0), ip_forward=1 included on many hosts: switch routing between bridges off, it is
@@ -230,7 +230,7 @@ def mac_for(ip):
     return "02:42:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
 
 
-# --- attaching a container: runs in the shim, between unshare and the init's fork -------------
+# --- attaching a container: runs in the starter, between unshare and the init's fork ----------
 
 @syscalls.Step("connect the container to its networks")
 def attach_container(network):

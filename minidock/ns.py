@@ -19,11 +19,12 @@ You can see which namespaces a process is in with `ls -l /proc/PID/ns`: each lin
 Containers
 ----------
 `spawn_container()` is the whole container set-up as one linear sequence. It runs in a fresh
-fork of the spawner (the "shim", see spawner.py): it unshares mount, pid, uts, ipc (and net)
-namespaces (bringing `lo` up in a new network namespace, as Docker's "none" network has it),
-forks so the command will be PID 1, and the child runs `_container_init()`: mounts,
-pivot_root(2), hostname, rlimits, the seccomp filter (seccomp.py; while CAP_SYS_ADMIN is still
-held, or last with no_new_privs), capabilities, user, execve(2). Every step is named;
+fork of the spawner (the short-lived "starter", see spawner.py): it unshares mount, pid, uts,
+ipc (and net) namespaces (bringing `lo` up in a new network namespace, as Docker's "none"
+network has it), forks so the command will be PID 1 -- and the starter exits, leaving the init
+to the daemon (`DaemonTie`) -- and the child runs `_container_init()`: mounts, pivot_root(2),
+hostname, rlimits, the seccomp filter (seccomp.py; while CAP_SYS_ADMIN is still held, or last
+with no_new_privs), capabilities, user, the death signal, execve(2). Every step is named;
 when one fails, the step, errno and message go back to the spawner over a close-on-exec pipe
 (the pipe reaches EOF without a word when execve succeeds) -- runc's error-pipe pattern.
 
@@ -50,6 +51,7 @@ import errno
 import fcntl
 import os
 import resource
+import select
 import signal
 import socket
 import struct
@@ -340,18 +342,59 @@ def _exec(argv, env):
         raise StartError(f'exec: "{path}": {what}', "exec", e.errno, code) from e
 
 
-def _arm_deathsig(parent=0):
-    """Die with our parent. Credential changes (setuid) clear the parent-death signal, so it is
-    armed after them; a parent already gone shows as another getppid(), and we leave at once."""
+class DaemonTie:
+    """How a started process dies with the daemon although no process of ours waits for it.
+
+    The spawner forks a short-lived *starter* per run/exec; the starter creates or joins the
+    namespaces, forks the process and exits at once. The kernel then re-parents the orphan to
+    the nearest subreaper above it: the daemon (PR_SET_CHILD_SUBREAPER; the spawner is not
+    one), which reaps it through a pidfd. PR_SET_PDEATHSIG(SIGKILL) then ties the process to
+    the daemon. Two kernel rules fix the order of `arm()`:
+
+    * The death signal is sent on *every* re-parenting (kernel/exit.c, forget_original_parent:
+      each orphan with pdeath_signal set gets it), so armed before the starter's exit it would
+      fire at that exit. So we first wait for the starter to be gone: a pidfd of the starter
+      (opened by the starter, inherited through fork) turns readable only after its exit has
+      re-parented its children.
+    * A death signal armed after the daemon died never fires. The lifeline -- a pipe whose only
+      write end the daemon holds -- is at EOF once the daemon is gone, so it is checked *after*
+      the prctl: either the signal was armed in time or the lifeline shows EOF.
+
+    The signal is tied to the daemon thread that adopted us: the kernel picks the first live
+    thread of the subreaper, its main thread, which lives as long as the daemon. Credential
+    changes (setuid, a new user namespace) clear the death signal, so `arm()` is one of the
+    last steps before execve. What you can observe: the container init's `PPid:` in
+    /proc/PID/status is the daemon's pid; when the daemon dies the init gets SIGKILL, and with
+    it every process of its pid namespace.
+    """
+
+    def __init__(self, starter_pidfd, lifeline):
+        self.starter_pidfd = starter_pidfd
+        self.lifeline = lifeline
+
+    def arm(self):
+        starter = select.poll()
+        starter.register(self.starter_pidfd, select.POLLIN)
+        while not starter.poll():
+            pass                        # readable: the starter has exited, we are re-parented
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        lifeline = select.poll()
+        lifeline.register(self.lifeline, select.POLLIN)
+        if lifeline.poll(0):            # nobody writes it: readable means EOF, the daemon is gone
+            os._exit(137)
+
+
+def _die_with_reaper():
+    """The command under --init dies with the reaper, its parent (PID 1 of its namespace)."""
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:
+    if os.getppid() != 1:               # the reaper died before the prctl
         os._exit(137)
 
 
-def _prepare_process(stdio, tty, parent=0):
-    """Last steps common to run and exec: stdio, session, signals, death signal, fds. `parent`
-    is the pid our parent has in our pid namespace: 0 (the shim, outside it), or 1 (the --init
-    reaper)."""
+def _prepare_process(stdio, tty, arm_deathsig):
+    """Last steps common to run and exec: stdio, session, signals, death signal, fds.
+    `arm_deathsig` ties us to what we must die with: DaemonTie.arm, or _die_with_reaper for
+    the command under --init."""
     for target, fd in enumerate(stdio):
         os.dup2(fd, target)            # dup2 clears close-on-exec on 0, 1, 2
     os.setsid()                         # its own session, away from the spawner's
@@ -362,21 +405,20 @@ def _prepare_process(stdio, tty, parent=0):
         signal.signal(sig, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    # Credential changes (setuid) clear the parent-death signal: arm it again. The parent
-    # (the shim) is outside our pid namespace, so getppid() is 0 while it lives; an exec'd
-    # process whose shim died has been re-parented to the container's init (1).
-    _arm_deathsig(parent)
+    # After every credential change (setuid, a nested user namespace): they clear it.
+    arm_deathsig()
     # Whatever descriptors the daemon inherited must not reach the container.
     libc.syscall(SYS_CLOSE_RANGE, 3, ctypes.c_uint(0xFFFFFFFF), CLOSE_RANGE_CLOEXEC)
 
 
 # --- run: the linear sequence ------------------------------------------------------------
 
-def spawn_container(spec, stdio, status_fd):
-    """Create the container's namespaces and fork its init. Runs in the shim process.
+def spawn_container(spec, stdio, status_fd, tie):
+    """Create the container's namespaces and fork its init. Runs in the starter process.
 
-    Returns the init's pid (host pid namespace) in the shim; the init never returns from
-    here: it execs the command or reports a StartError on `status_fd` and exits 125/126/127.
+    Returns the init's pid (host pid namespace) in the starter, which then exits; the init
+    never returns from here: it execs the command or reports a StartError on `status_fd` and
+    exits 125/126/127. `tie` (a DaemonTie) makes it die with the daemon.
     """
     network = spec.get("network", "none")
     # Joining another container's net namespace happens before unsharing the rest, so that
@@ -388,7 +430,7 @@ def spawn_container(spec, stdio, status_fd):
     unshare_namespaces(network)
     # Bridge endpoints: veths into the fresh network namespace, before the init exists, so
     # it starts with its network up (network.py; it needs the daemon's namespace, so it is
-    # done here in the shim and not in the init, which may be in a nested user namespace).
+    # done here in the starter and not in the init, which may be in a nested user namespace).
     if isinstance(network, dict) and "netns_pid" in network:
         from . import network as _network      # network.py imports ns
         _network.attach_container(network)
@@ -399,11 +441,9 @@ def spawn_container(spec, stdio, status_fd):
     if pid:
         return pid
     try:
-        # If the shim dies, so does the init -- and with it, the whole pid namespace.
-        # (Our parent lives outside our pid namespace, so getppid() reads 0 and cannot tell
-        # whether the shim died before this prctl; the shim only dies by being killed.)
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        _container_init(spec, stdio, status_fd)
+        # No death signal yet: the starter's exit, moments away, re-parents us to the daemon
+        # and would fire it. DaemonTie.arm() comes last, after the credential changes.
+        _container_init(spec, stdio, status_fd, tie)
     except BaseException as e:
         try:
             report_failure(status_fd, e)
@@ -413,7 +453,7 @@ def spawn_container(spec, stdio, status_fd):
     os._exit(125)
 
 
-def _container_init(spec, stdio, status_fd):
+def _container_init(spec, stdio, status_fd, tie):
     """PID 1 of the container, from a fresh mount namespace to execve. Never returns."""
     rootfs = os.path.realpath(spec["rootfs"])
     uid, gid, groups = spec.get("uid", 0), spec.get("gid", 0), list(spec.get("groups", []))
@@ -482,9 +522,11 @@ def _container_init(spec, stdio, status_fd):
     switch_user(uid, gid, groups)
     set_capabilities(caps)
     _step_chdir(spec.get("cwd") or "/")
+    arm_deathsig = tie.arm
     if spec.get("init"):                # --init: this process stays as PID 1, the reaper (pid1.py)
-        pid1.fork_command(_arm_deathsig)
-    _prepare_process(stdio, tty, parent=1 if spec.get("init") else 0)   # last: 0/1/2, death signal
+        pid1.fork_command(tie.arm)      # returns in the command's process only
+        arm_deathsig = _die_with_reaper
+    _prepare_process(stdio, tty, arm_deathsig)   # last: 0/1/2, death signal
     if spec.get("no_new_privileges"):    # with no_new_privs: the very last step before execve
         install_seccomp(spec.get("seccomp"))
     _exec(spec["argv"], spec.get("env") or [])
@@ -532,11 +574,14 @@ def join_namespaces(init_pid):
             os.close(fd)
 
 
-def enter_container(init_pid, spec, stdio, status_fd):
-    """Join a running container and fork the exec'd process. Runs in the shim process.
+def enter_container(init_pid, spec, stdio, status_fd, tie):
+    """Join a running container and fork the exec'd process. Runs in the starter process.
 
-    Returns the new process's pid (host pid namespace) in the shim; the child execs or
-    reports a StartError on `status_fd`.
+    Returns the new process's pid (host pid namespace) in the starter, which then exits; the
+    child execs or reports a StartError on `status_fd`. Re-parenting follows the *starter's*
+    pid namespace, so the orphan goes to the daemon (the subreaper), not to the container's
+    init -- and the daemon must reap it, or a dying init waits for ever in
+    zap_pid_ns_processes for this last process of its namespace to be released.
     """
     join_namespaces(init_pid)
     # setns(CLONE_NEWPID) only decides where our *children* live.
@@ -544,10 +589,7 @@ def enter_container(init_pid, spec, stdio, status_fd):
     if pid:
         return pid
     try:
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != 0:           # the shim, outside our pid namespace, reads as 0
-            os._exit(137)
-        _exec_init(spec, stdio)
+        _exec_init(spec, stdio, tie)
     except BaseException as e:
         try:
             report_failure(status_fd, e)
@@ -556,7 +598,7 @@ def enter_container(init_pid, spec, stdio, status_fd):
     os._exit(125)
 
 
-def _exec_init(spec, stdio):
+def _exec_init(spec, stdio, tie):
     uid, gid, groups = spec.get("uid", 0), spec.get("gid", 0), list(spec.get("groups", []))
     caps = capability_set(spec.get("cap_add"), spec.get("cap_drop"), spec.get("privileged"))
     if spec.get("cgroup"):
@@ -575,7 +617,7 @@ def _exec_init(spec, stdio):
     switch_user(uid, gid, groups)
     set_capabilities(caps)
     _step_chdir(spec.get("cwd") or "/")
-    _prepare_process(stdio, bool(spec.get("tty")))
+    _prepare_process(stdio, bool(spec.get("tty")), tie.arm)
     if spec.get("no_new_privileges"):
         install_seccomp(spec.get("seccomp"))
     _exec(spec["argv"], spec.get("env") or [])

@@ -40,8 +40,8 @@ def fork_command(prctl_deathsig):
     """Fork the command. Returns in the child (which goes on to exec it) with its parent's pid;
     never returns in the parent, which becomes the reaper until the command exits.
 
-    `prctl_deathsig()` re-arms the parent-death signal in the reaper (credential changes cleared
-    it): the reaper must die with the shim outside the namespace, as the command would have."""
+    `prctl_deathsig()` arms the parent-death signal in the reaper (ns.DaemonTie.arm): the
+    reaper, the container's init, must die with the daemon, as the command would have."""
     everything = signal.valid_signals()
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, everything)   # no handler runs in between
     child = os.fork()

@@ -13,37 +13,47 @@ fresh `python -m ...` per container would cost 15-65 ms.
 The process tree
 ----------------
 
-    daemon (threads)     subreaper         in the daemon's user + mount namespace
-      `- spawner        select() loop      PR_SET_PDEATHSIG(SIGKILL) on the daemon, subreaper
-           `- shim      one per run/exec   a fork of the spawner; waits for its one child
-                `- init PID 1 of the container (or the exec'd process), execs the command
+    daemon (threads)     subreaper, parent   in the daemon's user + mount namespace
+      |- spawner         select() loop       PR_SET_PDEATHSIG(SIGKILL) on the daemon
+      |    `- starter    one per run/exec    a fork of the spawner, gone within milliseconds
+      |- init            PID 1 of a container, re-parented to the daemon when its starter exits
+      `- exec'd process  likewise, in the container's pid namespace
 
-Who dies with whom. The spawner holds PR_SET_PDEATHSIG(SIGKILL) on the daemon. The shims do
-*not* hold one on the spawner: a spawner that crashes or is killed must not take running
-containers along. A shim dies with the daemon instead, through a "lifeline": a pipe whose
-only write end the daemon holds (close-on-exec, never inherited), so its read end, which every
-shim watches next to its child's pidfd, reaches EOF exactly when the daemon is gone, however
-it died. The container init and exec'd processes hold a death signal on their shim, and the
-death of a pid namespace's init kills every process in it. So SIGKILL of the daemon still
-leaves no orphans, and SIGKILL of the spawner leaves every container running.
+A starter creates or joins the namespaces, forks the container init (or the exec'd process),
+reports its pid and exits. The kernel re-parents the orphan to the nearest subreaper above it,
+the daemon (PR_SET_CHILD_SUBREAPER; the spawner is deliberately not one), so no process of
+the engine stays behind per running container: Docker keeps a containerd-shim for each, and
+this project used to keep a forked Python shim (~1.4 MB of private pages) for each.
 
-Who reaps. Each shim waits for its one child and exits with the child's code (or 128+signal,
-Docker's convention, since an exit status cannot carry both). The spawner reaps shims on
-SIGCHLD and sends `{"exit": pid, "code": n}` to the daemon. If the spawner dies, the kernel
-re-parents its shims to the nearest subreaper: the daemon (PR_SET_CHILD_SUBREAPER). The
-daemon's supervisor thread then opens a pidfd for each shim it knows (the spawner reported
-each shim's pid with the start reply), waits for it to become readable, and waitpid()s that
-one pid: the daemon never calls waitpid(-1), which would steal the children of `subprocess`.
+Who dies with whom. The spawner holds PR_SET_PDEATHSIG(SIGKILL) on the daemon. A container
+init or exec'd process holds one too, on the daemon (ns.DaemonTie): armed as the last step
+before execve, once its starter is gone (re-parenting fires an armed death signal, so arming
+earlier would kill it at the starter's exit) and re-checked against the lifeline -- a pipe
+whose only write end the daemon holds, at EOF exactly when the daemon is gone -- so a daemon
+that died before the prctl is seen too. The death of a pid namespace's init kills every
+process in it. So SIGKILL of the daemon leaves no container running; SIGKILL of the spawner
+touches no container at all (they are not its children, and hold no signal on it).
+
+Who reaps. The daemon: the spawner's reply `{"id", "pid"}` is sent only after the starter is
+reaped, when the process is surely the daemon's child; the supervisor thread then opens a
+pidfd for it, waits in its one selector for it to become readable, and waitpid()s that one
+pid, reporting `on_exit(pid, code)` (code: the exit status, or 128+signal, Docker's
+convention). The daemon never calls waitpid(-1), which would steal the children of
+`subprocess`. An exec'd process must be reaped by the daemon too, or its container's init,
+dying, would wait for ever for it (zap_pid_ns_processes). A start that failed may leave a dead
+init behind: its pid comes with the error, and it is reaped without a report.
 
 Supervision. The supervisor thread sees the spawner's socket reach EOF, reaps the spawner and
 logs how it ended (the spawner itself writes its traceback to stderr, the daemon's log, before
-exiting 1), fails the requests in flight with 503, adopts the shims, and starts a new spawner
--- not with fork(), unsafe in a threaded process, but as a fresh `python -m minidock.spawnerloop`
-given the socket and lifeline descriptors. Its death signal is tied to the supervisor thread,
+exiting 1), fails the requests in flight with 503, and starts a new spawner -- not with fork(),
+unsafe in a threaded process, but as a fresh `python -m minidock.spawnerloop` given the socket
+and lifeline descriptors. Running containers need nothing: they were never the spawner's. A
+starter caught in flight is re-parented to us and reaped as a stray (it is in the dead
+spawner's session). The restarted spawner's death signal is tied to the supervisor thread,
 which lives as long as the daemon. While it is down, `health()` says why (/_ping answers 503
 "degraded", /info warns), and new requests wait a little for it.
 
-The spawner process's own side -- its select() loop, the shims it forks, the wire both sides
+The spawner process's own side -- its select() loop, the starters it forks, the wire both sides
 speak -- is spawnerloop.py; this module is the daemon's: the `Spawner` handle, requests and
 their answers, exits, and supervision.
 
@@ -125,17 +135,17 @@ def process_bound():
     return max(soft - reserve, 1)
 
 
-def reap_stray_zombies(keep=()):
+def reap_stray_zombies(sessions):
     """Reap dead children of ours that no one else will: returns their pids.
 
-    After a spawner died, we (a subreaper) inherit its children. Those we know (the shims of
-    running containers) are watched by pidfd; but a shim forked for a request in flight at the
-    moment of death, or a container init whose shim was killed meanwhile, is unknown to us and
-    would stay a zombie for ever. Such processes are in the spawner's session or their own
-    (setsid), never in ours -- unlike the children `subprocess` makes and waits for itself,
-    which must not be touched (its wait would then fail and report exit code 0). So: zombie
-    children in another session than ours, not in `keep`."""
-    me, my_session = os.getpid(), os.getsid(0)
+    After a spawner died, we (a subreaper) inherit the starters it had in flight; their
+    requests failed, nobody waits for them, and they would stay zombies for ever. They are in
+    the dead spawner's session (it called setsid(), so the session id is its pid), as is an
+    init that failed before its own setsid(). Everything else stays untouched: the processes
+    we watch by pidfd are in sessions of their own, and the children `subprocess` makes and
+    waits for itself are in ours (reaping one would make its wait fail and report code 0).
+    So: zombie children whose session is one of `sessions`."""
+    me = os.getpid()
     children = set()
     try:
         tasks = os.listdir(f"/proc/{me}/task")
@@ -148,14 +158,14 @@ def reap_stray_zombies(keep=()):
         except OSError:
             continue
     reaped = []
-    for pid in sorted(children - set(keep)):
+    for pid in sorted(children):
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
         state, session = fields[0], int(fields[3])     # after "(comm)": state ppid pgrp session
-        if state != "Z" or session == my_session:
+        if state != "Z" or session not in sessions:
             continue
         try:
             if os.waitpid(pid, os.WNOHANG)[0] == pid:
@@ -199,10 +209,12 @@ class Spawner:
         run or exec ends (keep it short: it delays every later message). Without a callback,
         codes are kept until `wait(pid)` takes them; use one style or the other.
         """
-        # Shims orphaned by a dead spawner are re-parented to us, so we can keep reaping them.
+        # Every process a starter forks is re-parented to us when the starter exits: we are
+        # the parent of every container init and exec'd process, and reap them.
         syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
         # The lifeline: only this process holds the write end, so its read end reaches EOF
-        # exactly when the daemon is gone, however it died. Shims watch it.
+        # exactly when the daemon is gone, however it died. A started process checks it
+        # right after arming its death signal (ns.DaemonTie).
         lifeline_r, lifeline_w = os.pipe2(os.O_CLOEXEC)
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         daemon = os.getpid()
@@ -226,8 +238,10 @@ class Spawner:
         self._ids = itertools.count(1)
         self._pending = {}              # request id -> _Pending
         self._codes = {}                # pid -> exit code, until wait() takes it
-        self._live = {}                 # pid started and not yet ended -> its shim's pid
-        self._adopted = {}              # pidfd of an orphaned shim -> (pid, shim pid)
+        self._live = set()              # pids started, ours to reap, not yet ended
+        self._watched = {}              # pidfd -> (pid, report its exit?)
+        self._polled = {}               # pid -> report? (no pidfd to be had: polled each second)
+        self._dead_spawners = set()     # their pids = their session ids: strays' sessions
         self._undelivered = []          # (pid, code) whose on_exit callback failed
         self._reader = MessageReader()
         self._closing = threading.Event()
@@ -239,7 +253,7 @@ class Spawner:
         self._last_cap = int(open("/proc/sys/kernel/cap_last_cap").read())
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._sock, selectors.EVENT_READ, None)
-        # The supervisor thread reads the spawner's messages, reaps adopted shims and restarts
+        # The supervisor thread reads the spawner's messages, reaps started processes and restarts
         # the spawner. It lives as long as this handle: a restarted spawner's death signal is
         # tied to the thread that started it.
         self._thread = threading.Thread(target=self._supervise, name="spawner-supervisor",
@@ -284,8 +298,9 @@ class Spawner:
     def health_locked(self):
         return None if self.state == "running" else (self.down_reason or self.state)
 
-    def close(self):
-        """Stop the spawner; every process it started is killed with it (the lifeline ends)."""
+    def close(self, timeout=5.0):
+        """Stop the spawner and SIGKILL every process it started that still runs (their death
+        signal would only fire when this process exits); reap them."""
         self._closing.set()
         with self._lock:
             self.state = "closed"
@@ -294,8 +309,33 @@ class Spawner:
         except OSError:
             pass
         self._thread.join(10)
+        with self._lock:
+            live = set(self._live)
+        for pid in live:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        # Reap in any order: a container's init finishes dying only once its exec'd processes,
+        # our children too, are reaped.
+        deadline = time.monotonic() + timeout
+        while live and time.monotonic() < deadline:
+            for pid in list(live):
+                try:
+                    done, status = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    live.discard(pid)
+                    continue
+                if done:                # not reported: the engine is shutting down
+                    live.discard(pid)
+                    self._ended(pid, exit_code(status), False)
+            if live:
+                time.sleep(0.01)
+        for fd in list(self._watched):
+            os.close(fd)
+        self._watched.clear()
         if self._lifeline_w is not None:
-            os.close(self._lifeline_w)  # every shim sees EOF and takes its process with it
+            os.close(self._lifeline_w)  # a process still arming its death signal sees EOF
             self._lifeline_w = None
 
     # -- internals --
@@ -363,11 +403,13 @@ class Spawner:
         while True:
             if self._undelivered:
                 self._retry_undelivered()
-            if self.restarts:           # a spawner died: strays of it may need reaping
-                keep = {self.pid} | {shim for _, shim in self._adopted.values()}
-                for pid in reap_stray_zombies(keep):
+            if self._dead_spawners:     # a spawner died: strays of it may need reaping
+                for pid in reap_stray_zombies(self._dead_spawners):
                     log.info("reaped stray process %d left by a dead spawner", pid)
-            timeout = 1.0 if self._undelivered else 5.0 if self.restarts else None
+            if self._polled:
+                self._poll_unwatched()
+            timeout = (1.0 if self._undelivered or self._polled else
+                       5.0 if self._dead_spawners else None)
             try:
                 events = self._sel.select(timeout)
             except OSError as exc:      # nothing sane to do but log and go on
@@ -387,7 +429,7 @@ class Spawner:
                     if self._closing.is_set():
                         return
                 else:
-                    self._reap_adopted(key.fd)
+                    self._reap_watched(key.fd)
 
     def _on_readable(self):
         """Read one datagram; False when the spawner is gone."""
@@ -406,16 +448,12 @@ class Spawner:
         return True
 
     def _dispatch(self, msg):
-        if "exit" in msg:
-            pid, code = msg["exit"], msg["code"]
-            with self._cond:
-                self._live.pop(pid, None)
-            self._exited(pid, code)
-            return
+        # The process is our child by now (the spawner answers after reaping its starter):
+        # watch it before anyone can be told its pid. A failed start's process is reaped too.
+        if msg.get("pid"):
+            self._watch(msg["pid"], report="error" not in msg)
         with self._lock:
             pending = self._pending.pop(msg.get("id"), None)
-            if pending is not None and "pid" in msg:
-                self._live[msg["pid"]] = msg.get("shim")
         if pending is None:
             log.error("spawner supervisor: a reply nobody waits for: %.200r", msg)
             return
@@ -444,7 +482,7 @@ class Spawner:
             self._deliver(pid, code)
 
     def _spawner_gone(self):
-        """The spawner died (or was closed): log why, fail its pending requests, adopt shims."""
+        """The spawner died (or was closed): log why, fail its pending requests."""
         self._sel.unregister(self._sock)
         self._sock.close()
         try:
@@ -458,47 +496,62 @@ class Spawner:
             self.down_reason = f"the spawner (pid {self.pid}) {how}"
             pending = list(self._pending.values())
             self._pending.clear()
-            live = dict(self._live)
+            running = len(self._live)
             self._reader = MessageReader()
             self._cond.notify_all()
+        self._dead_spawners.add(self.pid)
         if not closing:
             log.error("%s; restarting it. %d running processes keep running; %d requests "
-                      "in flight failed", self.down_reason, len(live), len(pending))
+                      "in flight failed", self.down_reason, running, len(pending))
         for p in pending:
             p.answer({"error": {"message": f"{self.down_reason} during this request",
                                 "unavailable": True}})
-        # Its shims are our children now (we are a subreaper): watch each one's pidfd.
-        for pid, shim in live.items():
-            self._adopt(pid, shim)
 
-    def _adopt(self, pid, shim):
+    def _watch(self, pid, report):
+        """Reap `pid`, our child, when it ends: by its pidfd, or polled if none can be had."""
+        if report:
+            with self._lock:
+                self._live.add(pid)
         try:
-            if shim is None:
-                raise ChildProcessError
-            os.waitid(os.P_PID, shim, os.WEXITED | os.WNOHANG | os.WNOWAIT)   # ours?
-            fd = os.pidfd_open(shim)
-        except (ChildProcessError, ProcessLookupError, OSError):
-            # Reaped by the spawner just before it died, its report lost with it.
-            log.warning("process %d ended while the spawner was dying; exit code unknown", pid)
-            with self._cond:
-                self._live.pop(pid, None)
-            self._exited(pid, UNKNOWN_EXIT)
+            fd = os.pidfd_open(pid)
+        except OSError as exc:          # EMFILE, say: poll it each second instead
+            log.warning("no pidfd for process %d (%s); polling it", pid, exc)
+            self._polled[pid] = report
             return
-        self._adopted[fd] = (pid, shim)
-        self._sel.register(fd, selectors.EVENT_READ, "adopted")
+        self._watched[fd] = (pid, report)
+        self._sel.register(fd, selectors.EVENT_READ, "child")
 
-    def _reap_adopted(self, fd):
-        pid, shim = self._adopted.pop(fd)
+    def _reap_watched(self, fd):
+        pid, report = self._watched[fd]
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            code = exit_code(status) if done else None
+        except ChildProcessError:       # not ours after all: its end cannot be observed
+            done, code = pid, UNKNOWN_EXIT
+        del self._watched[fd]
         self._sel.unregister(fd)
         os.close(fd)
-        try:
-            _, status = os.waitpid(shim, 0)
-            code = exit_code(status)
-        except ChildProcessError:
-            code = UNKNOWN_EXIT
+        if not done:                    # readable yet not a zombie: should not happen, but
+            self._polled[pid] = report  # never spin on it
+            return
+        self._ended(pid, code, report)
+
+    def _poll_unwatched(self):
+        for pid, report in list(self._polled.items()):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                code = exit_code(status) if done else None
+            except ChildProcessError:
+                done, code = pid, UNKNOWN_EXIT
+            if done:
+                del self._polled[pid]
+                self._ended(pid, code, report)
+
+    def _ended(self, pid, code, report):
         with self._cond:
-            self._live.pop(pid, None)
-        self._exited(pid, code)
+            self._live.discard(pid)
+        if report:
+            self._exited(pid, code)
 
     def _restart(self):
         """Start a new spawner, with a growing pause when they keep dying."""

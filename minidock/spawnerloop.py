@@ -1,4 +1,4 @@
-"""The spawner process: a single-threaded select() loop that forks shims, and the wire to the daemon.
+"""The spawner process: a single-threaded select() loop that forks starters, and the wire to the daemon.
 
 Why the daemon needs this process, and who dies with whom, is told in spawner.py, the daemon's
 side. This module is what runs *inside* the spawner: forked by `Spawner.start()` from the still
@@ -7,16 +7,18 @@ single-threaded daemon, or, after a crash, started afresh as
 
 The loop
 --------
-`_Server.serve()` waits, with select(2), on the daemon's socket, on SIGCHLD (a self-pipe), on
-the lifeline and on every shim's start-status pipe. A request forks a shim (`start()`); the
-shim forks the container init (ns.spawn_container) or the exec'd process (ns.enter_container),
-writes `P<pid>` on the status pipe, and waits for its one child. On SIGCHLD the loop reaps
-shims and reports `{"exit": pid, "code": n}`.
+`_Server.serve()` waits, with select(2), on the daemon's socket, on SIGCHLD (a self-pipe) and
+on every starter's start-status pipe. A request forks a *starter* (`start()`); the starter
+creates or joins the namespaces, forks the container init (ns.spawn_container) or the exec'd
+process (ns.enter_container), writes `P<pid>` on the status pipe and exits. The orphan is
+re-parented to the daemon, the subreaper above us (we are not one), and the daemon reaps it:
+the spawner keeps nothing per running container. The request is answered once the status pipe
+is at EOF *and* the starter is reaped -- only then is the process surely the daemon's child.
 
 Inside the spawner, one bad event fails at most its own request: a fork() refused with EAGAIN,
 no descriptor for a status pipe, a malformed message. A status pipe closed while handling an
-earlier event of the same select() batch (its shim was reaped and decided) is recognised as
-stale by the shim record registered with it, even if a new pipe has reused its number.
+earlier event of the same select() batch (its starter was reaped and answered) is recognised
+as stale by the record registered with it, even if a new pipe has reused its number.
 
 The wire
 --------
@@ -27,12 +29,14 @@ API accepts (16 MiB bodies) under the socket buffer limit an unprivileged proces
     daemon -> spawner   {"op": "run",  "id": N, "spec": {...}}               + 3 fds (SCM_RIGHTS)
                         {"op": "exec", "id": N, "init_pid": P, "spec": {...}} + 3 fds
                         {"op": "netns", "id": N}  + 1 fd: start network.py's keeper on it
-    spawner -> daemon   {"id": N, "pid": P, "shim": S} the command is being exec'd
-                        {"id": N, "error": {...}}     syscalls.StartError.to_record()
-                        {"exit": P, "code": C}        a process started by run/exec ended
+    spawner -> daemon   {"id": N, "pid": P}           the command is being exec'd; P is now
+                                                      the daemon's child, for it to reap
+                        {"id": N, "error": {...}, "pid": P or null}
+                                                      syscalls.StartError.to_record(); P: a
+                                                      failed init the daemon must still reap
 
 Start status travels from the container init to the spawner over a close-on-exec pipe: the
-shim writes `P<pid>`, the init writes `E<json>` if a step fails, and EOF without an `E` means
+starter writes `P<pid>`, the init writes `E<json>` if a step fails, and EOF without an `E` means
 execve succeeded.
 
 """
@@ -40,14 +44,13 @@ execve succeeded.
 import json
 import logging
 import os
-import select
 import selectors
 import signal
 import socket
 import sys
 import traceback
 
-from . import errors, network, ns, syscalls   # network: loaded once here, not in every shim
+from . import errors, network, ns, syscalls   # network: loaded once here, not in every starter
 
 log = logging.getLogger("minidock.spawner")
 
@@ -119,15 +122,14 @@ def exit_code(status):
     return 128 - code if code < 0 else code
 
 
-class _Shim:
-    """What the spawner keeps for one run/exec until the process's end is reported."""
+class _Start:
+    """What the spawner keeps for one run/exec until its start is decided and answered."""
 
     def __init__(self, req_id, status_fd):
         self.req_id = req_id
-        self.status_fd = status_fd      # None once the start is decided
+        self.status_fd = status_fd      # None once the status pipe reached EOF
         self.buf = b""
-        self.pid = None                 # the container init / exec'd process, once started
-        self.code = None                # the shim's exit code, once reaped
+        self.starter_code = None        # the starter's exit code, once reaped
 
 
 def spawner_main(sock, lifeline, daemon_pid):
@@ -156,7 +158,7 @@ class _Server:
         self.sock = sock
         self.lifeline = lifeline
         self.daemon_pid = daemon_pid
-        self.shims = {}                 # shim pid -> _Shim
+        self.starts = {}                # starter pid -> _Start
         self.reader = MessageReader()
 
     def serve(self):
@@ -166,8 +168,8 @@ class _Server:
             os._exit(0)
         self.me = os.getpid()
         os.setsid()                     # no terminal signals (^C goes to the daemon only)
-        # Orphans (a shim killed before its child) are re-parented to us, not to the daemon.
-        syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
+        # Deliberately *not* a subreaper: the processes our starters fork must be re-parented
+        # past us, to the daemon, so that they outlive us.
         keep = {self.sock.fileno(), self.lifeline, 0, 1, 2}
         for fd in os.listdir("/proc/self/fd"):   # the daemon's other descriptors
             if int(fd) not in keep:
@@ -187,7 +189,7 @@ class _Server:
                 try:
                     if key.data == "request":
                         if not self.on_request():
-                            return      # the daemon closed us; our shims carry on alone
+                            return      # the daemon closed us
                     elif key.data == "sigchld":
                         self.on_sigchld()
                     else:
@@ -250,26 +252,27 @@ class _Server:
             raise ValueError(f"unknown request {msg.get('op')!r}")
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         try:
-            shim = os.fork()
+            starter = os.fork()
         except BaseException:
             os.close(status_r)
             os.close(status_w)
             raise
-        if shim == 0:
-            self.shim_main(msg, fds, status_r, status_w)   # never returns
+        if starter == 0:
+            self.starter_main(msg, fds, status_r, status_w)   # never returns
         os.close(status_w)
-        record = _Shim(msg["id"], status_r)
-        self.shims[shim] = record
-        # The shim record itself is the key's data: a pipe closed earlier in the same batch of
+        record = _Start(msg["id"], status_r)
+        self.starts[starter] = record
+        # The record itself is the key's data: a pipe closed earlier in the same batch of
         # events, whose number a new pipe may even have reused, is then recognised as stale.
-        self.sel.register(status_r, selectors.EVENT_READ, (shim, record))
+        self.sel.register(status_r, selectors.EVENT_READ, (starter, record))
 
-    def shim_main(self, msg, fds, status_r, status_w):
-        """The shim: start the process, report its pid, wait, exit with its code.
+    def starter_main(self, msg, fds, status_r, status_w):
+        """The starter: create or join the namespaces, fork the process, report its pid, exit.
 
-        The shim outlives the spawner (no death signal tied to it: a crashed or killed spawner
-        must not take running containers along) but not the daemon: it watches the lifeline,
-        whose EOF means the daemon is gone, and then exits, its child's death signal following."""
+        Its exit is what hands the process to the daemon: the kernel re-parents the orphan to
+        the nearest subreaper, the daemon (we, the spawner, are not one). The process arms its
+        death signal on the daemon only once we are gone (ns.DaemonTie.arm, which watches a
+        pidfd of ours). Nothing of the starter stays behind: no process per container."""
         code = 125
         try:
             signal.set_wakeup_fd(-1)
@@ -278,28 +281,15 @@ class _Server:
             os.close(status_r)
             os.close(self.wake_r)
             os.close(self.wake_w)
+            tie = ns.DaemonTie(os.pidfd_open(os.getpid()), self.lifeline)
             if msg["op"] == "run":
-                pid = ns.spawn_container(msg["spec"], fds, status_w)
+                pid = ns.spawn_container(msg["spec"], fds, status_w, tie)
             elif msg["op"] == "netns":
-                pid = network.start_keeper(fds[0], status_w)
+                pid = network.start_keeper(fds[0], status_w, tie)
             else:
-                pid = ns.enter_container(msg["init_pid"], msg["spec"], fds, status_w)
+                pid = ns.enter_container(msg["init_pid"], msg["spec"], fds, status_w, tie)
             os.write(status_w, b"P%d\n" % pid)
-            os.close(status_w)
-            for fd in fds:              # only the child needs them; EOF must not wait for us
-                os.close(fd)
-            pidfd = os.pidfd_open(pid)
-            poller = select.poll()
-            poller.register(pidfd, select.POLLIN)
-            poller.register(self.lifeline, select.POLLIN)
-            while True:
-                ready = {fd for fd, _ in poller.poll()}
-                if pidfd in ready:
-                    break
-                if self.lifeline in ready:
-                    os._exit(137)       # the daemon is gone
-            _, status = os.waitpid(pid, 0)
-            code = exit_code(status)
+            code = 0
         except BaseException as e:
             try:
                 syscalls.report_failure(status_w, e)
@@ -308,53 +298,56 @@ class _Server:
         os._exit(code)
 
     def on_status(self, fd, data):
-        shim_pid, record = data
-        if self.shims.get(shim_pid) is not record or record.status_fd != fd:
+        starter, record = data
+        if self.starts.get(starter) is not record or record.status_fd != fd:
             return                      # stale: decided and closed earlier in this batch
         chunk = os.read(fd, 65536)
         if chunk:
             record.buf += chunk
             return
-        self.decide(shim_pid)
+        self.decide(starter)
 
-    def decide(self, shim_pid):
-        """The status pipe is at EOF (or every writer died): answer the run/exec request."""
-        shim = self.shims[shim_pid]
-        fd = shim.status_fd
+    def decide(self, starter):
+        """The status pipe is at EOF (every writer closed it or died): read what is left."""
+        record = self.starts[starter]
+        fd = record.status_fd
         os.set_blocking(fd, False)
         try:
             while True:
                 chunk = os.read(fd, 65536)
                 if not chunk:
                     break
-                shim.buf += chunk
+                record.buf += chunk
         except BlockingIOError:
             pass
         self.sel.unregister(fd)
         os.close(fd)
-        shim.status_fd = None
-        error = None
-        for line in shim.buf.splitlines():
+        record.status_fd = None
+        if record.starter_code is not None:
+            self.answer(starter)
+
+    def answer(self, starter):
+        """Status at EOF and the starter reaped: answer the run/exec request.
+
+        Only now, after the starter's exit, is the process the daemon's child, so the daemon
+        can reap it by pid. A failed start may still have left a process (the init reported
+        an error and exited): its pid goes with the error, for the daemon to reap."""
+        record = self.starts.pop(starter)
+        pid, error = None, None
+        for line in record.buf.splitlines():
             if line.startswith(b"P"):
-                shim.pid = int(line[1:])
+                pid = int(line[1:])
             elif line.startswith(b"E") and error is None:
                 try:
                     error = json.loads(line[1:])
                 except ValueError:
                     error = {"message": "set-up failed (unreadable report)", "exit_code": 125}
-        if error is not None or shim.pid is None:
-            shim.pid = None
-            self.send({"id": shim.req_id, "error": error or {
-                "message": "the container process died during set-up", "exit_code": 125}})
+        if error is None and (pid is None or record.starter_code != 0):
+            error = {"message": "the container process died during set-up", "exit_code": 125}
+        if error is not None:
+            self.send({"id": record.req_id, "error": error, "pid": pid})
         else:
-            self.send({"id": shim.req_id, "pid": shim.pid, "shim": shim_pid})
-        if shim.code is not None:
-            self.finish(shim_pid)
-
-    def finish(self, shim_pid):
-        shim = self.shims.pop(shim_pid)
-        if shim.pid is not None:
-            self.send({"exit": shim.pid, "code": shim.code})
+            self.send({"id": record.req_id, "pid": pid})
 
     def reap(self):
         while True:
@@ -364,13 +357,12 @@ class _Server:
                 return
             if pid == 0:
                 return
-            if pid not in self.shims:
-                continue                # an adopted orphan
-            self.shims[pid].code = exit_code(status)
-            if self.shims[pid].status_fd is not None:
-                self.decide(pid)        # it also finishes
-            else:
-                self.finish(pid)
+            record = self.starts.get(pid)
+            if record is None:
+                continue
+            record.starter_code = exit_code(status)
+            if record.status_fd is None:
+                self.answer(pid)
 
 
 def main(argv):

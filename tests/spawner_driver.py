@@ -5,8 +5,10 @@ from a 0755 directory holding a copy of the minidock package:
 
     python3 -S spawner_driver.py MODE ROOTFS DATA_DIR
 
-MODE "full" runs every scenario; "orphan" starts `sleep` containers, prints their pids and
-SIGKILLs itself, so the caller can check that the containers died with it.
+MODE "full" runs every scenario; "orphan" starts `sleep` containers (one with --init) and an
+exec'd process, prints their pids and SIGKILLs itself, so the caller can check that they died
+with it; "tree" reports which processes the engine keeps per container, and what a kill -9 of
+the spawner changes.
 """
 
 import json
@@ -35,6 +37,73 @@ def collect(fd):
         out += chunk
     os.close(fd)
     return out.decode(errors="replace")
+
+
+def _proc(pid):
+    """(state, ppid) from /proc/PID/stat, or None once the pid is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
+
+
+def _children(pid):
+    out = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            out += [int(p) for p in f.read().split()]
+    return sorted(out)
+
+
+def _until(predicate, timeout=10):
+    deadline = time.time() + timeout
+    while not predicate() and time.time() < deadline:
+        time.sleep(0.01)
+    return predicate()
+
+
+def tree(sp, start, base):
+    """Which processes the engine keeps per container, what a spawner's death changes."""
+    me = os.getpid()
+    res = {"daemon": me}
+    inits = [start(["sleep", "100"])[0] for _ in range(3)]
+    inits.append(start(["sleep", "100"], init=True)[0])
+    null = os.open(os.devnull, os.O_RDWR)
+    execd = sp.exec(inits[0], {"env": ENV, "argv": ["sleep", "100"]}, null, null, null)
+    # A start that fails after the init was forked: its dead init must not stay a zombie.
+    try:
+        sp.run(dict(base, argv=["no-such-command"]), null, null, null)
+    except syscalls.StartError as e:
+        res["failed_run"] = e.exit_code
+    # (It may still be exiting when the error is answered: wait for it to be reaped.)
+    expected = sorted([sp.pid] + inits + [execd])
+    _until(lambda: _children(me) == expected)
+    res["ppids"] = [_proc(p)[1] for p in inits + [execd]]
+    res["spawner_children"] = _children(sp.pid)
+    res["daemon_children"] = _children(me)
+    res["expected_children"] = expected
+    # Exits still arrive after a kill -9 of the spawner, for an init and for an exec'd process
+    # both started by the dead one.
+    seven, r = start(["sh", "-c", "sleep 1; exit 7"])
+    os.close(r)
+    nine = sp.exec(inits[1], {"env": ENV, "argv": ["sh", "-c", "sleep 1; exit 9"]},
+                   null, null, null)
+    old = sp.pid
+    os.kill(old, signal.SIGKILL)
+    res["restarted"] = _until(lambda: sp.pid != old and sp.health() is None, 30)
+    res["running_after_kill"] = [_proc(p) is not None and _proc(p)[0] != "Z" for p in inits]
+    res["init_code_after_kill"] = sp.wait(seven, 10)
+    res["exec_code_after_kill"] = sp.wait(nine, 10)
+    pid, r = start(["true"])
+    os.close(r)
+    res["next_run"] = sp.wait(pid, 10)
+    for p in inits:
+        os.kill(p, signal.SIGKILL)
+    res["codes"] = [sp.wait(p, 10) for p in inits] + [sp.wait(execd, 10)]
+    res["zombies_left"] = [p for p in _children(me) if _proc(p) and _proc(p)[0] == "Z"]
+    return res
 
 
 def main():
@@ -87,8 +156,16 @@ def main():
 
     if mode == "orphan":
         pids = [start(["sleep", "1000"])[0] for _ in range(2)]
+        pids.append(start(["sleep", "1000"], init=True)[0])      # --init: a Python PID 1
+        null = os.open(os.devnull, os.O_RDWR)
+        pids.append(sp.exec(pids[0], {"env": ENV, "argv": ["sleep", "1000"]}, null, null, null))
         print(json.dumps({"pids": pids, "spawner": sp.pid}), flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
+
+    if mode == "tree":
+        print(json.dumps(tree(sp, start, base)))
+        sp.close()
+        return
 
     res = {"userns": userns.as_dict()}
     res["pid1"] = sh("echo $$")

@@ -277,6 +277,27 @@ def test_containers_die_with_the_daemon(nobody_daemon):
     assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
 
 
+def test_no_engine_process_per_container_and_the_spawner_may_die(nobody_daemon):
+    p = nobody_daemon.driver("tree")
+    out, err = p.communicate(timeout=90)
+    assert p.returncode == 0, err
+    res = json.loads(out)
+    # Every container init and exec'd process is the daemon's own child (re-parented from its
+    # starter): the daemon's children are the spawner and those, nothing in between.
+    assert res["ppids"] == [res["daemon"]] * 5
+    assert res["daemon_children"] == res["expected_children"]
+    assert res["spawner_children"] == []
+    assert res["failed_run"] == 127
+    # kill -9 of the spawner: containers keep running; exits of an init and of an exec'd
+    # process started by the dead spawner still arrive, with their codes; the next run works.
+    assert res["restarted"] and res["running_after_kill"] == [True] * 4
+    assert res["init_code_after_kill"] == 7 and res["exec_code_after_kill"] == 9
+    assert res["next_run"] == 0
+    assert res["codes"][:4] == [137] * 4
+    assert res["codes"][4] == 137       # the exec'd sleep died with its container's pid namespace
+    assert res["zombies_left"] == []
+
+
 # --- with subordinate ids, through newuidmap --------------------------------------------------
 
 def test_subuid_daemon_maps_a_range(sub):

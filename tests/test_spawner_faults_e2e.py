@@ -2,7 +2,9 @@
 
 What must hold: no burst of execs or lifecycles ends the spawner's loop; one oversized request
 fails (or runs) alone; a spawner killed with SIGKILL is restarted by the daemon, and the
-containers it had started keep running and are still reaped and reported.
+containers it had started keep running and are still reaped and reported. The engine keeps no
+process per container (each init is the daemon's own child), and a daemon killed with SIGKILL
+takes every container process with it.
 """
 
 import concurrent.futures
@@ -124,7 +126,7 @@ def test_kill_9_of_the_spawner_keeps_containers_and_the_next_run_works(rootless)
     assert rootless.docker("run", "--rm", "busybox", "echo", "next").stdout == b"next\n"
     assert rootless.docker("exec", cid, "echo", "inside").stdout == b"inside\n"
     # Exits of containers started by the dead spawner still reach the daemon (we reap the
-    # orphaned shims): its own code, and a stop's 137.
+    # daemon's own children, reaped by pidfd): its own code, and a stop's 137.
     assert rootless.docker("wait", short, timeout=30).stdout == b"7\n"
     rootless.docker("stop", "-t", "1", cid)
     assert rootless.docker("inspect", "-f", "{{.State.ExitCode}}", cid).stdout == b"137\n"
@@ -171,3 +173,51 @@ def test_ping_and_info_report_degraded_while_the_spawner_is_down(rootless):
     # Back to normal once it is up again.
     assert client.call("GET", "/_ping")[2] == b"OK"
     assert rootless.docker("run", "--rm", "busybox", "echo", "ok").stdout == b"ok\n"
+
+
+def _stat(pid):
+    """(state, ppid) of a pid from /proc, or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
+
+
+def _children(pid):
+    out = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            out += [int(p) for p in f.read().split()]
+    return sorted(out)
+
+
+def test_no_process_per_container_and_daemon_death_ends_containers(daemon_factory):
+    from rootfs import make_rootfs_tar
+    d = daemon_factory()
+    d.docker("import", make_rootfs_tar(os.path.join(d.base, "bb.tar")), "busybox")
+    daemon = d.proc.pid
+    before = _children(daemon)          # the spawner and the network namespace's keeper
+    ids = [d.docker("run", "-d", "busybox", "sleep", "300").stdout.decode().strip()
+           for _ in range(3)]
+    ids.append(d.docker("run", "-d", "--init", "busybox", "sleep", "300").stdout.decode().strip())
+    inits = [int(d.docker("inspect", "-f", "{{.State.Pid}}", c).stdout) for c in ids]
+    d.docker("exec", "-d", ids[0], "sleep", "300")
+    execd = None
+    deadline = time.monotonic() + 10
+    while execd is None and time.monotonic() < deadline:
+        execd = next((p for p in _children(daemon) if p not in before + inits), None)
+        time.sleep(0.02)
+    # Each container init and the exec'd process is the daemon's own child: the engine keeps
+    # no process per container (the daemon's other children are the ones it had idle).
+    assert [_stat(p)[1] for p in inits] == [daemon] * 4
+    assert execd is not None and _stat(execd)[1] == daemon
+    assert _children(daemon) == sorted(before + inits + [execd])
+    # kill -9 of the daemon: every container process dies with it (their death signal).
+    d.kill()
+    deadline = time.monotonic() + 10
+    gone = lambda p: _stat(p) is None or _stat(p)[0] == "Z"     # noqa: E731
+    while time.monotonic() < deadline and not all(gone(p) for p in inits + [execd]):
+        time.sleep(0.05)
+    assert [p for p in inits + [execd] if not gone(p)] == []

@@ -114,27 +114,32 @@ def test_the_spawner_loop_survives_bad_requests():
     assert "error handling an event" not in proc.stderr
 
 
-def test_stray_zombies_in_another_session_are_reaped_ours_are_not():
+def test_stray_zombies_of_a_dead_spawners_session_are_reaped_no_others():
     import time
     stray = os.fork()
     if stray == 0:
-        os.setsid()                     # as a shim's child or a container init would be
+        os.setsid()                     # a session of its own, as a spawner's: id == its pid
         os._exit(3)
+    watched = os.fork()
+    if watched == 0:
+        os.setsid()                     # as a container init, which the pidfd watch reaps
+        os._exit(5)
     ours = os.fork()
     if ours == 0:
         os._exit(4)                     # as a `subprocess` child would be: our session
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:  # both have exited (zombies) once /proc says "Z"
+    while time.monotonic() < deadline:  # all have exited (zombies) once /proc says "Z"
         states = []
-        for pid in (stray, ours):
+        for pid in (stray, watched, ours):
             with open(f"/proc/{pid}/stat") as f:
                 states.append(f.read().rsplit(")", 1)[1].split()[0])
-        if states == ["Z", "Z"]:
+        if states == ["Z", "Z", "Z"]:
             break
         time.sleep(0.01)
     try:
-        reaped = spawner.reap_stray_zombies()
-        assert stray in reaped and ours not in reaped
+        reaped = spawner.reap_stray_zombies({stray})
+        assert reaped == [stray]
         assert not os.path.exists(f"/proc/{stray}")
     finally:
-        assert os.waitpid(ours, 0)[1] >> 8 == 4     # still ours to wait for, with its code
+        assert os.waitpid(watched, 0)[1] >> 8 == 5  # still ours to wait for, with its code
+        assert os.waitpid(ours, 0)[1] >> 8 == 4
