@@ -8,11 +8,11 @@ the daemon's `--log-driver`/`--log-opt` defaults):
     none        nothing is stored: `docker logs` answers 501 "configured logging driver does
                 not support reading", as Docker does; attach and `logs -f` still see live output
 
-Reading filters by time (`since`, `until`, epoch seconds) and keeps the last `tail` entries
-across the rotated files; without timestamps, since or until it reads in bulk (4 MiB blocks,
-runs of entries merged into large frames). Following then continues with live output from the
-container's output loop (minidock/container/stdio.py) until the container stops or the reader
-leaves.
+Reading filters by stream and time (`since`, `until`, epoch seconds), keeps the last `tail`
+entries across the rotated files and adds the `--timestamps`/`--details` prefixes; the stored
+part is decoded in bulk (jsonfile.render_lines: 1 MiB reads, runs of entries merged into large
+blocks). Following then continues with live output from the container's output loop
+(minidock/container/stdio.py) until the container stops or the reader leaves.
 """
 
 import queue
@@ -55,37 +55,27 @@ def check_readable(c):
 
 
 def read(c, since=0, until=None, tail=None):
-    """Stored entries (stream, bytes, time string), oldest first, across rotated files."""
+    """Stored entries (stream, bytes, time string), oldest first, across rotated files, decoded
+    line by line (attach replays them)."""
     if not stored(c):
         return []
     _, max_file = jsonfile.rotation(_config(c).get("Config") or {})
     return jsonfile.read(c.record["LogPath"], max_file, since=since, until=until, tail=tail)
 
 
-def read_blocks(c, tail=None):
-    """The stored payload as (stream, bytes) blocks of merged entries (jsonfile.read_blocks)."""
-    if not stored(c):
-        return
-    _, max_file = jsonfile.rotation(_config(c).get("Config") or {})
-    yield from jsonfile.read_blocks(c.record["LogPath"], max_file, tail=tail)
-
-
 def entries(c, streams, follow=False, since=0, until=None, tail=None, stop=lambda: False,
-            timestamps=True):
-    """`docker logs [-f]` of container `c`: (stream, bytes, time) for the wanted `streams`,
-    the file's first, then (with `follow`, while it runs) live output as it comes, until the
-    container stops, its output ends, or `stop()` (the client left) says so. When nobody needs
-    an entry's own time (no timestamps, since or until), the stored part comes as large blocks
-    of merged entries (time None), decoded in bulk."""
+            timestamps=False, details=False):
+    """`docker logs [-f]` of container `c`: (stream, bytes shown) blocks of the wanted `streams`
+    within since/until, each entry after its --timestamps/--details prefix; the file's first --
+    decoded in bulk, entries of one stream merged into large blocks -- then (with `follow`,
+    while it runs) live output as it comes, until the container stops, its output ends, or
+    `stop()` (the client left) says so."""
+    view = jsonfile.View(streams, since, until, timestamps, details)
     q = c.io.subscribe() if follow and c.running else None
     try:
-        if timestamps or since or until:
-            stored_part = read(c, since=since, until=until, tail=tail)
-        else:
-            stored_part = ((stream, data, None) for stream, data in read_blocks(c, tail=tail))
-        for stream, data, stamp in stored_part:
-            if stream in streams:
-                yield stream, data, stamp
+        if stored(c):
+            _, max_file = jsonfile.rotation(_config(c).get("Config") or {})
+            yield from jsonfile.read_shown(c.record["LogPath"], max_file, view, tail=tail)
         if q is None:
             return
         while True:
@@ -104,8 +94,9 @@ def entries(c, streams, follow=False, since=0, until=None, tail=None, stop=lambd
                     c.changed.wait_for(lambda: not c.running, EXIT_GRACE)
                 return
             name, data = item
-            if name in streams:
-                yield name, data, now_rfc3339()
+            stamp = now_rfc3339()
+            if view.wants(name, stamp):
+                yield name, view.prefix(stamp) + data
     finally:
         if q is not None:
             c.io.unsubscribe(q)
