@@ -26,12 +26,21 @@ writer's rename or a reader's open(2) calls, never for a read.
 in 64 KiB blocks from its end and stops as soon as N lines are found, so a `--tail 10` on a huge
 log reads a few KiB, not the whole file.
 
+What `docker logs` shows of an entry is its `log` value, after `--details` (the entry's attrs,
+`k=v,...`, and a space) and `--timestamps` (its time as RFC3339NanoFixed -- nine fraction digits,
+unlike the file -- and a space) prefixes, for the wanted streams inside since/until: moby's
+WriteLogStream. Consecutive entries of one stream may share a stream frame; the client's
+demuxed bytes are the same.
+
 Speed. A container writing 100-byte lines produces ~650 of them per 64 KiB read; one
 json.dumps or json.loads per line costs a microsecond or two in Python, which caps a log at
 ~50 MB/s. Both directions therefore work a chunk at a time with bytes operations that run at C
-speed (`encode_lines`, `bulk_payload`, `read_blocks`), falling back to the per-line code for any
-chunk whose shape they do not handle; the bytes they write and accept are exactly the per-line
-ones.
+speed (`encode_lines` writing; `render_lines` reading: split at newlines, one map() slicing the
+bodies out of a run of entries, one join, one memcmp checking the run against the file), falling
+back to the per-line code for any line whose shape they do not handle; the bytes they write and
+show are exactly the per-line ones. Reading 64 MiB of 100-byte lines costs ~150 ms of CPU here,
+about 200 ns a line: two small bytes objects made and freed per line (the split piece and its
+body) are now most of it, with the page-cache copy (pread) and the checking join.
 
 Observe it yourself:
 

@@ -15,12 +15,16 @@ blocks). Following then continues with live output from the container's output l
 (minidock/container/stdio.py) until the container stops or the reader leaves.
 """
 
+import os
 import queue
+import threading
 
 from minidock import jsonfile
 from minidock.times import now_rfc3339
 
 EXIT_GRACE = 5.0      # seconds `logs -f` waits, after the output ended, for the exit to be recorded
+READ_AHEAD_FROM = 8 << 20     # a stored log this large is decoded on a thread of its own
+READ_AHEAD = 4                # blocks (1 MiB reads' worth each) decoded ahead of the socket
 
 
 class Discard:
@@ -75,7 +79,11 @@ def entries(c, streams, follow=False, since=0, until=None, tail=None, stop=lambd
     try:
         if stored(c):
             _, max_file = jsonfile.rotation(_config(c).get("Config") or {})
-            yield from jsonfile.read_shown(c.record["LogPath"], max_file, view, tail=tail)
+            path = c.record["LogPath"]
+            blocks = jsonfile.read_shown(path, max_file, view, tail=tail)
+            if (tail is None or tail < 0) and _size(path, max_file) >= READ_AHEAD_FROM:
+                blocks = ahead(blocks, READ_AHEAD)
+            yield from blocks
         if q is None:
             return
         while True:
@@ -100,3 +108,67 @@ def entries(c, streams, follow=False, since=0, until=None, tail=None, stop=lambd
     finally:
         if q is not None:
             c.io.unsubscribe(q)
+
+
+def _size(path, max_file):
+    total = 0
+    for name in jsonfile.files(path, max_file):
+        try:
+            total += os.stat(name).st_size
+        except FileNotFoundError:
+            pass
+    return total
+
+
+_END = object()
+
+
+class _Failed:
+    def __init__(self, exc):
+        self.exc = exc
+
+
+def ahead(blocks, depth):
+    """Iterate the generator `blocks` on a thread of its own, at most `depth` items ahead.
+
+    Decoding a log holds the GIL; sending a block to the client does not (sendall waits in the
+    kernel for the client to read). With the decoding on its own thread, the next blocks are
+    decoded while one is on its way, instead of one after the other. The thread ends with the
+    log, with an error (raised here, in the reader), or when the reader goes away (close() of
+    this generator): it never waits more than a moment on a full queue nobody empties."""
+    q = queue.Queue(depth)
+    gone = threading.Event()
+
+    def put(item):
+        while not gone.is_set():
+            try:
+                q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            for item in blocks:
+                if not put(item):
+                    return
+            put(_END)
+        except BaseException as exc:          # handed to the reader, which raises it
+            put(_Failed(exc))
+        finally:
+            close = getattr(blocks, "close", None)   # a generator: its finally closes the files
+            if close:
+                close()
+
+    threading.Thread(target=produce, name="logs-ahead", daemon=True).start()
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.exc
+            yield item
+    finally:
+        gone.set()
