@@ -380,29 +380,44 @@ def render_lines(chunk, lines, view):
     b"\\n".join(lines) + b"\\n", or begins so). Consecutive entries of one stream come merged."""
     out = _Blocks(view)
     n, i, off, guess = len(lines), 0, 0, 1
+    suffix = None                       # the last run's: its stream and time, decided once
     while i < n:
         line = lines[i]
         k = line.rfind(b'","stream":"')
-        m = _SUFFIX.fullmatch(line, k) if k >= 0 else None
-        tail = b"\\n" + line[k:] if m else b""
-        if m is None or not line.startswith(_HEAD) or not line.endswith(tail):
-            out.add_reference(lines, i, i + 1)
+        if k < len(_HEAD) + 2 or not line.startswith(_HEAD) or not line.startswith(b"\\n", k - 2):
+            out.add_reference(lines, i, i + 1)      # another shape, or no newline at the end
+            i, off = i + 1, off + len(line) + 1
+            continue
+        if not line.endswith(suffix or b"\0") or len(suffix) != len(line) - k:
+            m = _SUFFIX.fullmatch(line, k)
+            if m is None:
+                out.add_reference(lines, i, i + 1)
+                i, off = i + 1, off + len(line) + 1
+                continue
+            suffix = line[k:]
+            tail = b"\\n" + suffix
+            stream, stamp = m.group(1).decode(), m.group(2).decode()
+            shown = view.wants(stream, stamp)
+            prefix = view.prefix(stamp) if shown else b""
+        if i + 1 == n or not lines[i + 1].endswith(tail):
+            # A run of one line (a container writing a line at a time): HEAD, body, TAIL
+            # were checked just now.
+            if shown:
+                out.add_body(stream, prefix, line[len(_HEAD):k - 2], lines, i)
             i, off = i + 1, off + len(line) + 1
             continue
         j = _run_end(lines, i, tail, guess)
         getter = operator.itemgetter(slice(len(_HEAD), -len(tail)))
         bodies = list(map(getter, lines[i:j])) if j - i < n else list(map(getter, lines))
-        joint = tail + b"\n" + _HEAD
-        inner = joint.join(bodies)
+        inner = (tail + b"\n" + _HEAD).join(bodies)
         end = off + len(_HEAD) + len(inner)
         if not (chunk.startswith(_HEAD, off) and chunk.startswith(inner, off + len(_HEAD))
                 and chunk.startswith(tail + b"\n", end)):
             out.add_reference(lines, i, j)                  # not one run after all
             i, off = j, off + sum(map(len, lines[i:j])) + (j - i)
             continue
-        stream, stamp = m.group(1).decode(), m.group(2).decode()
-        if view.wants(stream, stamp):
-            out.add_run(stream, view.prefix(stamp), bodies, lines, i, j)
+        if shown:
+            out.add_run(stream, prefix, bodies, lines, i, j)
         i, off, guess = j, end + len(tail) + 1, j - i
     return out.finish()
 
@@ -472,6 +487,16 @@ class _Blocks:
             text_prefix = prefix.decode()
             data = utf8(text_prefix + text_prefix.join(texts))
         self.parts.append(data)
+
+    def add_body(self, stream, prefix, body, lines, i):
+        """add_run for a run of one line, without the lists."""
+        if stream != self.stream:
+            self._to(stream)
+        if prefix:
+            self.add_run(stream, prefix, [body], lines, i, i + 1)
+        else:
+            self.bodies.append(body)
+            self.ranges.append((lines, i, i + 1))
 
     def add_reference(self, lines, i, j):
         self._flush_bodies()
