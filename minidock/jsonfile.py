@@ -577,7 +577,7 @@ def _tail_lines(handles, tail):
     return raw
 
 
-READ_BLOCK = 1 << 20         # bytes per pread: a batch of ~6,000 lines of 100 bytes stays in cache
+READ_BLOCK = 256 << 10       # bytes per pread: a batch (~1,500 lines of 100 bytes) and its objects stay in L2
 TAIL_BATCH = 8192            # lines per batch of a --tail
 
 

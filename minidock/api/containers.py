@@ -180,7 +180,7 @@ def get_containers_logs(req):
                                      details=details)
 
     def render():
-        # Blocks hold many entries (up to a 1 MiB read's worth): a large one goes out as its
+        # Blocks hold many entries (up to a 256 KiB read's worth): a large one goes out as its
         # frame header and then itself, two writes rather than a copy.
         for stream, data in blocks:
             if tty:

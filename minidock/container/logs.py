@@ -10,7 +10,7 @@ the daemon's `--log-driver`/`--log-opt` defaults):
 
 Reading filters by stream and time (`since`, `until`, epoch seconds), keeps the last `tail`
 entries across the rotated files and adds the `--timestamps`/`--details` prefixes; the stored
-part is decoded in bulk (jsonfile.render_lines: 1 MiB reads, runs of entries merged into large
+part is decoded in bulk (jsonfile.render_lines: 256 KiB reads, runs of entries merged into large
 blocks). Following then continues with live output from the container's output loop
 (minidock/container/stdio.py) until the container stops or the reader leaves.
 """
@@ -24,7 +24,7 @@ from minidock.times import now_rfc3339
 
 EXIT_GRACE = 5.0      # seconds `logs -f` waits, after the output ended, for the exit to be recorded
 READ_AHEAD_FROM = 8 << 20     # a stored log this large is decoded on a thread of its own
-READ_AHEAD = 4                # blocks (1 MiB reads' worth each) decoded ahead of the socket
+READ_AHEAD = 16               # blocks (a 256 KiB read's worth each) decoded ahead of the socket
 
 
 class Discard:
