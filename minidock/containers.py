@@ -405,14 +405,15 @@ class Containers:
         c.io.unsubscribe(q)
 
     def logs(self, ref, streams, follow=False, since=0, until=None, tail=None, stop=lambda: False,
-             timestamps=True):
-        """`docker logs`: -> (whether it has a TTY, iterator of (stream, bytes, time)); without
-        `timestamps` the stored part may come as large merged blocks whose time is None."""
+             timestamps=False, details=False):
+        """`docker logs`: -> (whether it has a TTY, iterator of (stream, bytes shown)): entries
+        with their --timestamps/--details prefixes, consecutive ones of a stream merged."""
         c = self.get(ref)
         if not streams:
             raise errors.InvalidParameter("Bad parameters: you must choose at least one stream")
         logs.check_readable(c)
-        return c.config.get("Tty"), logs.entries(c, streams, follow, since, until, tail, stop, timestamps)
+        return c.config.get("Tty"), logs.entries(c, streams, follow, since, until, tail, stop,
+                                                 timestamps, details)
 
     def attach(self, ref, opts, websocket=False, must_run=False):
         """Prepare an attach session: -> (whether it has a TTY, run(conn) to call once the

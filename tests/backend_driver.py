@@ -77,7 +77,7 @@ def run_to_exit(engine):
     state = cs.inspect(cid)["State"]
     again = _refused(lambda: cs.create({"Image": "busybox", "Cmd": ["true"]}, name="exit3"))
     cs.remove(cid)
-    return {"created": created, "code": code, "logs": [[s, d.decode()] for s, d, _ in entries],
+    return {"created": created, "code": code, "logs": [[s, d.decode()] for s, d in entries],
             "state": {k: state[k] for k in ("Status", "ExitCode", "Running", "Pid")}, "name_again": again}
 
 

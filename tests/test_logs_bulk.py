@@ -1,15 +1,23 @@
-"""The json-file log's bulk paths on bytes: encode_lines must write exactly what the per-entry
-encoder writes, and bulk_payload must read back exactly what line-by-line decoding reads -- or
-refuse (None), never guess. Table-driven, plus a randomized log of many runs, both streams,
-partial entries and every escape, and read_blocks over a real file (block edges)."""
+"""The json-file log's bulk paths on bytes and files.
+
+Writing: encode_lines must write exactly what the per-entry encoder writes. Reading: what
+`docker logs` shows through the bulk reader (jsonfile.read_shown / render_lines) must be, byte
+for byte and in the same order, what decoding every line on its own shows -- for logs with both
+streams interleaved, every escape, non-ASCII, partial lines, lines of other writers and damaged
+ones, across rotated files and block edges, under every view (streams, since/until, tail,
+timestamps, details). The reference here is written independently of jsonfile's own per-line
+code (json.loads of each line, the prefixes spelled out by hand)."""
 
 import json
 import random
+import re
+from urllib.parse import quote_plus
 
 import pytest
 
 from minidock import jsonfile
-from minidock.jsonfile import bulk_payload, encode_lines, entry_bytes
+from minidock.jsonfile import View, encode_lines, entry_bytes
+from minidock.times import rfc3339_seconds
 
 TS = "2026-12-01T14:00:00.123456Z"
 
@@ -27,32 +35,9 @@ CHUNKS = [
     b"",
     b"\n",
     b"\xe2\x82\xac\n\xf0\x9f\x90\xb3\n",
+    b"{\"log\":\"a line that looks like an entry\\n\",\"stream\":\"stderr\"}\n",
+    b"carriage\r return and \x1b[1mescape\x1b[0m\n",
 ]
-
-
-def per_line(lines):
-    """What line-by-line decoding gives, runs of one stream merged."""
-    out = []
-    for line in lines.split(b"\n"):
-        if not line:
-            continue
-        entry = json.loads(line)
-        data = entry["log"].encode("utf-8", errors="replace")
-        if out and out[-1][0] == entry["stream"]:
-            out[-1] = (entry["stream"], out[-1][1] + data)
-        else:
-            out.append((entry["stream"], data))
-    return out
-
-
-def merged(runs):
-    out = []
-    for stream, data in runs:
-        if out and out[-1][0] == stream:
-            out[-1] = (stream, out[-1][1] + data)
-        else:
-            out.append((stream, data))
-    return out
 
 
 @pytest.mark.parametrize("chunk", CHUNKS)
@@ -68,63 +53,228 @@ def test_encode_lines_is_the_per_entry_encoding(chunk):
         assert entry["stream"] == "stdout" and entry["time"] == TS
 
 
-@pytest.mark.parametrize("chunk", [c for c in CHUNKS if b"\n" in c])
-def test_bulk_payload_reads_back_what_was_written(chunk):
-    out, _ = encode_lines("stderr", chunk, TS)
-    assert merged(bulk_payload(out)) == per_line(out)
+# -- the reference: every line decoded on its own -------------------------------------------
+
+def fixed(stamp):
+    """RFC3339NanoFixed by hand: the fraction padded to nine digits."""
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z", stamp)
+    return f"{m.group(1)}.{(m.group(2) or '').ljust(9, '0')}Z" if m else stamp
 
 
-def test_a_log_of_many_runs_both_streams_partials_and_escapes():
-    rng = random.Random(15)
-    log = b""
-    for i in range(400):
-        stream = rng.choice(["stdout", "stdout", "stderr"])
-        stamp = "2026-12-01T14:%02d:%02d.%06dZ" % (i // 3600, i // 60 % 60, i)
-        if rng.random() < 0.1:
-            log += entry_bytes(stream, "partial %d" % i, stamp)      # a line cut at 16 KiB
+def shown_by_line(raw_lines, view, tail=None):
+    """[(stream, bytes)] as per-line decoding shows it, consecutive entries of a stream merged."""
+    if tail is not None:
+        raw_lines = raw_lines[len(raw_lines) - tail:] if tail else []
+    out = []
+    for line in raw_lines:
+        try:
+            entry = json.loads(line, strict=False)
+            stream, log, stamp = entry["stream"], entry["log"], entry["time"]
+            if not all(isinstance(v, str) for v in (stream, log, stamp)):
+                continue
+            data = re.sub("[\ud800-\udfff]", "\ufffd", log).encode()
+        except (ValueError, KeyError, TypeError):
+            continue
+        if stream not in view.streams:
+            continue
+        seconds = rfc3339_seconds(stamp)
+        if view.since and seconds < view.since or view.until and seconds > view.until:
+            continue
+        if view.details:
+            attrs = entry.get("attrs") if isinstance(entry.get("attrs"), dict) else {}
+            data = ",".join(f"{quote_plus(k, safe='')}={quote_plus(str(v), safe='')}"
+                            for k, v in sorted(attrs.items())).encode() + b" " + data
+        if view.timestamps:
+            data = fixed(stamp).encode() + b" " + data
+        if out and out[-1][0] == stream:
+            out[-1] = (stream, out[-1][1] + data)
         else:
-            log += encode_lines(stream, b"".join(rng.choice(CHUNKS[:8]) for _ in range(rng.randint(1, 40))),
-                                stamp)[0]
-    runs = bulk_payload(log)
-    assert runs is not None
-    assert merged(runs) == per_line(log)
+            out.append((stream, data))
+    return out
 
 
-@pytest.mark.parametrize("lines", [
-    json.dumps({"log": "spaced\n", "stream": "stdout", "time": TS}).encode() + b"\n",   # other writer
-    b'{"stream":"stdout","log":"order\\n","time":"' + TS.encode() + b'"}\n',           # key order
-    encode_lines("stdout", b"a\nb\n", TS)[0][:-5],                                     # cut short
-    encode_lines("stdout", b"a\n", TS)[0] + b"garbage\n",
-    # the same framing again after another run: its window would swallow the run between
-    encode_lines("stdout", b"a\n", TS)[0] + encode_lines("stderr", b"b\n", TS)[0]
-    + encode_lines("stdout", b"c\n", TS)[0],
-])
-def test_bulk_payload_refuses_what_it_does_not_handle(lines):
-    assert bulk_payload(lines) is None
+def merged(blocks):
+    out = []
+    for stream, data in blocks:
+        assert data, "an empty block"
+        if out and out[-1][0] == stream:
+            out[-1] = (stream, out[-1][1] + data)
+        else:
+            out.append((stream, data))
+    return out
 
 
-def test_read_blocks_across_block_edges_rotated_files_and_tail(tmp_path, monkeypatch):
-    monkeypatch.setattr(jsonfile, "READ_BLOCK", 4096)     # many block edges inside lines
-    path = str(tmp_path / "c-json.log")
-    w = jsonfile.Writer(path, max_size=50_000, max_file=3)
-    rng = random.Random(1)
-    for i in range(2000):
+def log_lines(path, max_file):
+    out = []
+    for name in jsonfile.files(path, max_file):
+        try:
+            with open(name, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            continue
+        out += data[:data.rfind(b"\n") + 1].split(b"\n")[:-1]
+    return out
+
+
+def render(log, view):
+    lines = log.split(b"\n")
+    lines.pop()
+    return merged(jsonfile.render_lines(log, lines, view))
+
+
+def stamp(i):
+    # trailing zeros in some fractions: the file trims them, --timestamps shows nine digits
+    return "2026-12-01T14:%02d:%02d.%sZ" % (i // 3600, i // 60 % 60, ("%09d" % (i * 1000)).rstrip("0") or "0")
+
+
+def random_log(seed, runs=400):
+    """A writer's log: runs of each stream, partial entries, every chunk shape."""
+    rng = random.Random(seed)
+    log = b""
+    for i in range(runs):
+        stream = rng.choice(["stdout", "stdout", "stderr"])
+        if rng.random() < 0.1:
+            log += entry_bytes(stream, "partial %d" % i, stamp(i))      # a line cut at 16 KiB
+        else:
+            log += encode_lines(stream, b"".join(rng.choice(CHUNKS) for _ in range(rng.randint(1, 40))),
+                                stamp(i))[0]
+    return log
+
+
+VIEWS = [
+    View(),
+    View(streams=["stdout"]),
+    View(streams=["stderr"]),
+    View(timestamps=True),
+    View(details=True),
+    View(streams=["stderr"], timestamps=True, details=True),
+    View(since=rfc3339_seconds(stamp(100))),
+    View(until=rfc3339_seconds(stamp(300))),
+    View(since=rfc3339_seconds(stamp(150)), until=rfc3339_seconds(stamp(151)), timestamps=True),
+]
+
+
+@pytest.mark.parametrize("view", VIEWS, ids=range(len(VIEWS)))
+def test_a_writers_log_shows_what_line_by_line_decoding_shows(view):
+    log = random_log(15)
+    expected = shown_by_line(log.split(b"\n")[:-1], view)
+    assert expected                                        # the view selects something
+    assert render(log, view) == expected
+
+
+@pytest.mark.parametrize("chunk", [c for c in CHUNKS if b"\n" in c])
+def test_each_shape_of_chunk_alone(chunk):
+    log = encode_lines("stderr", chunk, TS)[0] + encode_lines("stdout", chunk * 3, stamp(7))[0]
+    for view in VIEWS[:6]:
+        assert render(log, view) == shown_by_line(log.split(b"\n")[:-1], view)
+
+
+FOREIGN = [
+    json.dumps({"log": "spaced\n", "stream": "stdout", "time": TS}).encode(),          # other writer
+    b'{"stream":"stdout","log":"order\\n","time":"' + TS.encode() + b'"}',           # key order
+    b'{"log":"with attrs\\n","stream":"stdout","attrs":{"b":"2 &","a":"x=y"},"time":"' + TS.encode() + b'"}',
+    b'{"log":"docker writes UTF-8 raw: caf\xc3\xa9\\n","stream":"stdout","time":"' + TS.encode() + b'"}',
+    b'{"log":"raw invalid UTF-8 \xff\\n","stream":"stdout","time":"' + TS.encode() + b'"}',
+    b'{"log":"a raw\ttab\\n","stream":"stdout","time":"' + TS.encode() + b'"}',
+    b'{"log":"lone surrogate \\ud800 and a pair \\ud83d\\udc33\\n","stream":"stderr","time":"' + TS.encode() + b'"}',
+    b'{"log":"two\\nlines in one entry\\n","stream":"stdout","time":"' + TS.encode() + b'"}',
+    b'{"log":"a literal backslash-n, no newline \\\\n","stream":"stdout","time":"' + TS.encode() + b'"}',
+    b'{"log":"bad escape \\q\\n","stream":"stdout","time":"' + TS.encode() + b'"}',
+    b'{"log":123,"stream":"stdout","time":"' + TS.encode() + b'"}',
+    b'{"log":"other stream name\\n","stream":"stdin","time":"' + TS.encode() + b'"}',
+    b'{"log":"bad time\\n","stream":"stdout","time":"yesterday"}',
+    b"garbage",
+    b"",
+    b'{"log":"cut short by a cra',
+]
+
+
+@pytest.mark.parametrize("foreign", FOREIGN, ids=range(len(FOREIGN)))
+def test_lines_of_other_shapes_inside_runs(foreign):
+    """A foreign line between, inside and at the edges of runs never changes what is shown
+    around it, nor is it misread as part of a run."""
+    run = encode_lines("stdout", b"".join(b"line %d\n" % i for i in range(20)), TS)[0]
+    lines = run.split(b"\n")[:-1]
+    for cut in (0, 1, 10, 19, 20):
+        log = b"\n".join(lines[:cut] + [foreign] + lines[cut:]) + b"\n"
+        for view in (View(), View(timestamps=True, details=True), View(streams=["stderr"])):
+            assert render(log, view) == shown_by_line(log.split(b"\n")[:-1], view), (cut, view.__dict__)
+
+
+def test_the_same_framing_again_after_another_run():
+    """Bisection assumes a run is contiguous: a run whose stream and time come back after
+    another run must still come out in order."""
+    a = encode_lines("stdout", b"a\n" * 50, TS)[0]
+    b = encode_lines("stderr", b"b\n" * 3, TS)[0]
+    log = a + b + a + a[:100 * 0] + encode_lines("stdout", b"c\n", TS)[0]
+    assert render(log, View()) == shown_by_line(log.split(b"\n")[:-1], View())
+    assert render(log, View()) == [("stdout", b"a\n" * 50), ("stderr", b"b\n" * 3), ("stdout", b"a\n" * 50 + b"c\n")]
+
+
+def test_the_bulk_path_is_taken_for_a_writers_log(monkeypatch):
+    """The equivalence above would hold as well if everything went line by line: here the
+    per-line path is made to fail, and a writer's log (escapes, non-ASCII, both streams,
+    timestamps) still reads back."""
+    log = b""
+    for i in range(30):
+        log += encode_lines("stdout" if i % 3 else "stderr",
+                            b"".join(CHUNKS[k % 8] for k in range(i, i + 20)), stamp(i))[0]
+    expected = shown_by_line(log.split(b"\n")[:-1], View(timestamps=True))
+
+    def refuse(*args):
+        raise AssertionError("decoded line by line")
+    monkeypatch.setattr(jsonfile, "render_entry", refuse)
+    assert render(log, View(timestamps=True)) == expected
+    assert render(log, View()) == shown_by_line(log.split(b"\n")[:-1], View())
+    assert len(render(log, View())) == 20                  # merged: one block per change of stream
+
+
+def write_rotated(path, seed, count=3000):
+    w = jsonfile.Writer(path, max_size=40_000, max_file=3, clock=Clock())
+    rng = random.Random(seed)
+    for i in range(count):
         stream = "stderr" if i % 7 == 0 else "stdout"
-        w.write(stream, b"%05d %s\n" % (i, rng.choice(CHUNKS[:8]).rstrip(b"\n")))
+        w.write(stream, b"".join(rng.choice(CHUNKS) for _ in range(rng.randint(1, 4))))
     w.write("stdout", b"unfinished")
     w.close()
-    entries = jsonfile.read(path, max_file=3)
-    expect = {"stdout": b"", "stderr": b""}
-    for stream, data, _ in entries:
-        expect[stream] += data
-    got = {"stdout": b"", "stderr": b""}
-    for stream, data in jsonfile.read_blocks(path, max_file=3):
-        got[stream] += data
-    assert got == expect
-    assert got["stdout"].endswith(b"unfinished") and len(entries) > 500     # spans rotated files
-    tail = list(jsonfile.read_blocks(path, max_file=3, tail=5))
-    assert b"".join(d for _, d in tail) == b"".join(d for _, d, _ in entries[-5:])
+
+
+class Clock:
+    def __init__(self):
+        self.i = 0
+
+    def __call__(self):
+        self.i += 1
+        return stamp(self.i)
+
+
+@pytest.mark.parametrize("block", [jsonfile.READ_BLOCK, 4096, 97])
+def test_files_rotated_block_edges_and_tail(tmp_path, monkeypatch, block):
+    """read_shown over real rotated files: reads cut inside lines (97 bytes is shorter than
+    most lines: the read doubles), tail across files, tail batches, a crash mid-entry."""
+    monkeypatch.setattr(jsonfile, "READ_BLOCK", block)
+    monkeypatch.setattr(jsonfile, "TAIL_BATCH", 7)
+    path = str(tmp_path / "c-json.log")
+    write_rotated(path, block)
+    raw = log_lines(path, 3)
+    assert len(raw) > 500 and jsonfile.files(path, 3)[0].endswith(".2")
+    for view in (View(), View(streams=["stderr"], timestamps=True), View(details=True),
+                 View(since=rfc3339_seconds(stamp(2500)))):
+        got = merged(jsonfile.read_shown(path, 3, view))
+        assert got == shown_by_line(raw, view)
+        assert b"unfinished" in b"".join(d for s, d in got if s == "stdout") or "stdout" not in view.streams
+        for tail in (0, 1, 5, 40, len(raw) - 3, 10**6):
+            got = merged(jsonfile.read_shown(path, 3, view, tail=tail))
+            assert got == shown_by_line(raw, view, tail=min(tail, len(raw))), tail
     with open(path, "ab") as f:
-        f.write(b'{"log":"cut short by a cra')             # a crash mid-entry: skipped, as read() does
-    assert b"".join(d for _, d in jsonfile.read_blocks(path, max_file=3)) == \
-        b"".join(d for _, d, _ in jsonfile.read(path, max_file=3))
+        f.write(b'{"log":"cut short by a cra')              # a crash mid-entry: not shown
+    assert merged(jsonfile.read_shown(path, 3)) == shown_by_line(raw, View())
+
+
+def test_read_is_the_per_line_entries(tmp_path):
+    """read() (attach's replay) decodes the same entries, with their times."""
+    path = str(tmp_path / "c-json.log")
+    write_rotated(path, 3, count=500)
+    entries = jsonfile.read(path, 3)
+    assert merged((s, d) for s, d, _ in entries if d) == shown_by_line(log_lines(path, 3), View())
+    assert all(re.fullmatch(r"2026-12-01T14:\d\d:\d\d\.\d+Z", t) for _, _, t in entries)

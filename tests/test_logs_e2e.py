@@ -22,3 +22,69 @@ def test_logs_of_a_large_output_read_back_exactly(rootless):
     assert len(lines) == 60001
     assert lines[-1].split(b" ", 1)[1] == b"no newline at the end"
     d.docker("rm", "big-logs")
+
+
+def test_logs_timestamps_details_since_until_through_the_cli(rootless):
+    """--timestamps shows nine fraction digits (moby's RFC3339NanoFixed, whatever the file
+    trimmed), --details a space before each line (no attrs), --since/--until select by the
+    shown times, inclusive at both ends; both streams keep their order."""
+    import re
+    d = rootless
+    d.docker("run", "--name", "opts", "busybox", "sh", "-c",
+             "echo one; sleep 0.3; echo two >&2; sleep 0.3; echo three")
+    r = d.docker("logs", "--timestamps", "opts")
+    stamped = r.stdout.splitlines() + r.stderr.splitlines()
+    assert len(stamped) == 3
+    for line in stamped:
+        assert re.fullmatch(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z (one|two|three)", line), line
+    when = {line.split(b" ")[1]: line.split(b" ")[0].decode() for line in stamped}
+    r = d.docker("logs", "--details", "opts")
+    assert (r.stdout, r.stderr) == (b" one\n three\n", b" two\n")
+    r = d.docker("logs", "--since", when[b"two"], "opts")
+    assert (r.stdout, r.stderr) == (b"three\n", b"two\n")
+    r = d.docker("logs", "--until", when[b"two"], "opts")
+    assert (r.stdout, r.stderr) == (b"one\n", b"two\n")
+    r = d.docker("logs", "--since", when[b"two"], "--until", when[b"two"], "--timestamps", "opts")
+    assert (r.stdout, r.stderr) == (b"", when[b"two"].encode() + b" two\n")
+    d.docker("rm", "opts")
+
+
+def test_a_large_log_decoded_ahead_and_a_reader_that_leaves(rootless):
+    """A log above container/logs.READ_AHEAD_FROM (8 MiB of json-file) is decoded on a thread of
+    its own: it still arrives whole and in order, and a reader that goes away after the first
+    bytes leaves no thread behind in the daemon."""
+    import socket
+    from support import wait_for
+
+    d = rootless
+    line = b"0123456789012345678901234567890123456789\n"
+    d.docker("run", "--name", "huge", "busybox", "sh", "-c", f"yes {line.decode().strip()} | head -c 9000000")
+    r = d.docker("logs", "huge")
+    assert r.stdout == (line * (9000000 // len(line) + 1))[:9000000] and r.stderr == b""
+
+    def threads():
+        with open(f"/proc/{d.proc.pid}/status") as f:
+            return int(next(x for x in f if x.startswith("Threads:")).split()[1])
+
+    def leave_early():
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(d.socket)
+        s.sendall(b"GET /containers/huge/logs?stdout=1 HTTP/1.0\r\n\r\n")
+        first = s.recv(65536)
+        s.close()                                   # with megabytes still to come
+        return first
+
+    assert read_until_close_ok(d)                   # the daemon answers; baseline taken after
+    before = threads()
+    assert b" 200 " in leave_early()
+    wait_for(lambda: threads() <= before, timeout=20, what="the reader's threads to end")
+    d.docker("rm", "huge")
+
+
+def read_until_close_ok(d):
+    import socket
+    from support import read_until_close
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(d.socket)
+    s.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+    return read_until_close(s).endswith(b"OK")

@@ -167,7 +167,7 @@ def _sleep(req, seconds):
 
 def get_containers_logs(req):
     stdout, stderr = req.qbool("stdout"), req.qbool("stderr")
-    follow, timestamps = req.qbool("follow"), req.qbool("timestamps")
+    follow, timestamps, details = req.qbool("follow"), req.qbool("timestamps"), req.qbool("details")
     tail_text = req.q("tail", "all")
     tail = None if tail_text in ("all", "") else _int(tail_text, "tail")
     args = req.adapt("container_logs", {"since": times.parse_timestamp(req.q("since")),
@@ -175,16 +175,26 @@ def get_containers_logs(req):
     since = (args["since"] or 0) / times.NS
     until = args["until"] / times.NS if args["until"] else None
     wanted = {s for s, on in (("stdout", stdout), ("stderr", stderr)) if on}
-    tty, entries = _backend(req).logs(req.params["id"], wanted, follow=follow, since=since, until=until,
-                                      tail=tail, stop=req.disconnected, timestamps=timestamps)
+    tty, blocks = _backend(req).logs(req.params["id"], wanted, follow=follow, since=since, until=until,
+                                     tail=tail, stop=req.disconnected, timestamps=timestamps,
+                                     details=details)
 
     def render():
-        for stream, data, stamp in entries:
-            if timestamps:
-                data = stamp.encode() + b" " + data
-            yield data if tty else http.frame(http.STDOUT if stream == "stdout" else http.STDERR, data)
+        # Blocks hold many entries (up to a 256 KiB read's worth): a large one goes out as its
+        # frame header and then itself, two writes rather than a copy.
+        for stream, data in blocks:
+            if tty:
+                yield data
+            elif len(data) < LARGE:
+                yield http.frame(http.STDOUT if stream == "stdout" else http.STDERR, data)
+            else:
+                yield http.FRAME_HEADER.pack(http.STDOUT if stream == "stdout" else http.STDERR, len(data))
+                yield data
 
     return http.StreamResponse(render(), content_type=req.stdio_type(tty))
+
+
+LARGE = 65536
 
 
 def _int(text, name):

@@ -8,19 +8,23 @@ the daemon's `--log-driver`/`--log-opt` defaults):
     none        nothing is stored: `docker logs` answers 501 "configured logging driver does
                 not support reading", as Docker does; attach and `logs -f` still see live output
 
-Reading filters by time (`since`, `until`, epoch seconds) and keeps the last `tail` entries
-across the rotated files; without timestamps, since or until it reads in bulk (4 MiB blocks,
-runs of entries merged into large frames). Following then continues with live output from the
-container's output loop (minidock/container/stdio.py) until the container stops or the reader
-leaves.
+Reading filters by stream and time (`since`, `until`, epoch seconds), keeps the last `tail`
+entries across the rotated files and adds the `--timestamps`/`--details` prefixes; the stored
+part is decoded in bulk (jsonfile.render_lines: 256 KiB reads, runs of entries merged into large
+blocks). Following then continues with live output from the container's output loop
+(minidock/container/stdio.py) until the container stops or the reader leaves.
 """
 
+import os
 import queue
+import threading
 
 from minidock import jsonfile
 from minidock.times import now_rfc3339
 
 EXIT_GRACE = 5.0      # seconds `logs -f` waits, after the output ended, for the exit to be recorded
+READ_AHEAD_FROM = 8 << 20     # a stored log this large is decoded on a thread of its own
+READ_AHEAD = 16               # blocks (a 256 KiB read's worth each) decoded ahead of the socket
 
 
 class Discard:
@@ -55,37 +59,31 @@ def check_readable(c):
 
 
 def read(c, since=0, until=None, tail=None):
-    """Stored entries (stream, bytes, time string), oldest first, across rotated files."""
+    """Stored entries (stream, bytes, time string), oldest first, across rotated files, decoded
+    line by line (attach replays them)."""
     if not stored(c):
         return []
     _, max_file = jsonfile.rotation(_config(c).get("Config") or {})
     return jsonfile.read(c.record["LogPath"], max_file, since=since, until=until, tail=tail)
 
 
-def read_blocks(c, tail=None):
-    """The stored payload as (stream, bytes) blocks of merged entries (jsonfile.read_blocks)."""
-    if not stored(c):
-        return
-    _, max_file = jsonfile.rotation(_config(c).get("Config") or {})
-    yield from jsonfile.read_blocks(c.record["LogPath"], max_file, tail=tail)
-
-
 def entries(c, streams, follow=False, since=0, until=None, tail=None, stop=lambda: False,
-            timestamps=True):
-    """`docker logs [-f]` of container `c`: (stream, bytes, time) for the wanted `streams`,
-    the file's first, then (with `follow`, while it runs) live output as it comes, until the
-    container stops, its output ends, or `stop()` (the client left) says so. When nobody needs
-    an entry's own time (no timestamps, since or until), the stored part comes as large blocks
-    of merged entries (time None), decoded in bulk."""
+            timestamps=False, details=False):
+    """`docker logs [-f]` of container `c`: (stream, bytes shown) blocks of the wanted `streams`
+    within since/until, each entry after its --timestamps/--details prefix; the file's first --
+    decoded in bulk, entries of one stream merged into large blocks -- then (with `follow`,
+    while it runs) live output as it comes, until the container stops, its output ends, or
+    `stop()` (the client left) says so."""
+    view = jsonfile.View(streams, since, until, timestamps, details)
     q = c.io.subscribe() if follow and c.running else None
     try:
-        if timestamps or since or until:
-            stored_part = read(c, since=since, until=until, tail=tail)
-        else:
-            stored_part = ((stream, data, None) for stream, data in read_blocks(c, tail=tail))
-        for stream, data, stamp in stored_part:
-            if stream in streams:
-                yield stream, data, stamp
+        if stored(c):
+            _, max_file = jsonfile.rotation(_config(c).get("Config") or {})
+            path = c.record["LogPath"]
+            blocks = jsonfile.read_shown(path, max_file, view, tail=tail)
+            if (tail is None or tail < 0) and _size(path, max_file) >= READ_AHEAD_FROM:
+                blocks = ahead(blocks, READ_AHEAD)
+            yield from blocks
         if q is None:
             return
         while True:
@@ -104,8 +102,73 @@ def entries(c, streams, follow=False, since=0, until=None, tail=None, stop=lambd
                     c.changed.wait_for(lambda: not c.running, EXIT_GRACE)
                 return
             name, data = item
-            if name in streams:
-                yield name, data, now_rfc3339()
+            stamp = now_rfc3339()
+            if view.wants(name, stamp):
+                yield name, view.prefix(stamp) + data
     finally:
         if q is not None:
             c.io.unsubscribe(q)
+
+
+def _size(path, max_file):
+    total = 0
+    for name in jsonfile.files(path, max_file):
+        try:
+            total += os.stat(name).st_size
+        except FileNotFoundError:
+            pass
+    return total
+
+
+_END = object()
+
+
+class _Failed:
+    def __init__(self, exc):
+        self.exc = exc
+
+
+def ahead(blocks, depth):
+    """Iterate the generator `blocks` on a thread of its own, at most `depth` items ahead.
+
+    Decoding a log holds the GIL; sending a block to the client does not (sendall waits in the
+    kernel for the client to read). With the decoding on its own thread, the next blocks are
+    decoded while one is on its way, instead of one after the other. The thread ends with the
+    log, with an error (raised here, in the reader), or when the reader goes away (close() of
+    this generator): it never waits more than a moment on a full queue nobody empties."""
+    q = queue.Queue(depth)
+    gone = threading.Event()
+
+    def put(item):
+        while not gone.is_set():
+            try:
+                q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            for item in blocks:
+                if not put(item):
+                    return
+            put(_END)
+        except BaseException as exc:          # handed to the reader, which raises it
+            put(_Failed(exc))
+        finally:
+            close = getattr(blocks, "close", None)   # a generator: its finally closes the files
+            if close:
+                close()
+
+    threading.Thread(target=produce, name="logs-ahead", daemon=True).start()
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.exc
+            yield item
+    finally:
+        gone.set()
