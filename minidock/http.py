@@ -65,15 +65,19 @@ class Head:
     """A parsed request line and headers. Header names are kept lower-case."""
 
     route = None        # what the application found for it while choosing how to serve it
+    framing = True      # it has Content-Length, Transfer-Encoding or Expect (False: no body)
 
     def __init__(self, method, target, version, headers):
         self.method = method
         self.target = target
         self.version = version              # "HTTP/1.1" or "HTTP/1.0"
         self.headers = headers              # list of (lower-case name, value), in order
-        split = urllib.parse.urlsplit(target)
-        self.path = urllib.parse.unquote(split.path)
-        self.query = urllib.parse.parse_qs(split.query, keep_blank_values=True)
+        if _PLAIN_TARGET.match(target):     # the common case, and what urlsplit would make of it
+            self.path, self.query = target, {}
+        else:
+            split = urllib.parse.urlsplit(target)
+            self.path = urllib.parse.unquote(split.path)
+            self.query = urllib.parse.parse_qs(split.query, keep_blank_values=True)
 
     def header(self, name, default=None):
         name = name.lower()
@@ -204,20 +208,33 @@ def parse_head(raw):
     if "\x00" in target or "%00" in target:
         raise errors.InvalidParameter("NUL byte in request target")
     headers = []
+    framed = False
     for line in lines[1:]:
         if line[:1] in (" ", "\t"):
             raise errors.InvalidParameter("obsolete header line folding is not accepted")
         name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip() or any(c in name for c in " \t\"(),/;<=>?@[\\]{}"):
+        if not sep or not name or _BAD_NAME.search(name):
             raise errors.InvalidParameter(f"malformed header line: {line[:100]!r}")
         if "\x00" in value:
             raise errors.InvalidParameter(f"NUL byte in header {name[:40]!r}")
-        headers.append((name.lower(), value.strip(" \t")))
+        name = name.lower()
+        framed = framed or name in ("content-length", "transfer-encoding", "expect")
+        headers.append((name, value.strip(" \t")))
     if len(headers) > MAX_HEADERS:
         raise errors.HeadersTooLarge(f"too many request headers (limit {MAX_HEADERS})")
     head = Head(method, target, version, headers)
-    _check_framing(head)
+    head.framing = framed
+    if framed:
+        _check_framing(head)
     return head
+
+
+# Characters a header name may not hold (RFC 9110 5.6.2 delimiters and whitespace; a name
+# with whitespace around it, "Host : x", is refused too, as request smuggling has used it).
+_BAD_NAME = re.compile(r'[\s"(),/;<=>?@\[\\\]{}]')
+# A target that urlsplit/unquote would return unchanged: no query, fragment, escapes, or
+# a leading "//" (which urlsplit reads as a host).
+_PLAIN_TARGET = re.compile(r"/(?!/)[A-Za-z0-9._~!$&'()*+,;=:@/-]*\Z")
 
 
 _ASCII_DIGITS = re.compile(r"[0-9]+")

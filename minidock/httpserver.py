@@ -674,6 +674,10 @@ class Server:
                 self._close(conn)
                 return
             if conn.pending is None:
+                if not conn.inbuf:                 # the common case after an answer
+                    if self._wait_for_bytes(conn, body=False):
+                        continue
+                    return
                 try:
                     head = take_head(conn.inbuf)
                 except errors.MinidockError as exc:
@@ -687,7 +691,7 @@ class Server:
                 conn.served += 1
                 mode = self._mode(head)
                 length = 0
-                if mode != THREAD:
+                if mode != THREAD and head.framing:
                     # Bodies the loop reads: a known length, small. A chunked body or a client
                     # waiting for `100 Continue` is read by a thread, like any large upload.
                     if "chunked" in head.tokens("transfer-encoding") or "100-continue" in head.tokens("expect"):
@@ -776,7 +780,7 @@ class Server:
     def _answer(self, conn, head, body):
         """Run the application for a request whose body is in memory and start writing its
         answer; True when it is written and the connection can carry another request."""
-        request = Request(head, http.LengthReader(io.BytesIO(body), len(body)), conn.sock)
+        request = Request(head, http.LengthReader(io.BytesIO(body) if body else None, len(body)), conn.sock)
         _reply.hooks = []
         try:
             response = self.app(request)
