@@ -244,6 +244,27 @@ def test_pipelined_requests_of_every_mode_answer_in_order(mode_server):
     assert b'"path": "/quick"' in bodies[5]
 
 
+def test_http_1_0_closes_unless_asked_to_keep_alive(mode_server):
+    path, app, srv = mode_server
+    for target in (b"/inline", b"/quick", b"/thread"):
+        s = connect(path)
+        s.sendall(b"GET %s HTTP/1.0\r\n\r\n" % target)
+        data = read_until_close(s)
+        assert data.startswith(b"HTTP/1.0 200 OK\r\n") and b"Connection: close\r\n" in data
+        s = connect(path)
+        s.sendall(b"GET %s HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" % target)
+        for _ in range(2):                  # the second request on the same connection
+            status, body, rest = read_response(s)
+            assert status == 200 and json.loads(body)["path"] == target.decode() and rest == b""
+            s.sendall(b"GET %s HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" % target)
+    s = connect(path)                       # a stream to HTTP/1.0: raw bytes, then the close
+    app.release.set()
+    s.sendall(b"GET /stream HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    data = read_until_close(s)
+    assert data.startswith(b"HTTP/1.0 200 OK\r\n") and b"chunked" not in data
+    assert data.endswith(b'\r\n\r\n{"first":1}\n{"last":1}\n')
+
+
 def test_a_slow_stream_does_not_delay_a_ping_on_another_connection(mode_server):
     path, app, srv = mode_server
     streamer = connect(path)
