@@ -184,8 +184,10 @@ def parse_head(raw):
         text = raw.decode("latin-1")
     except UnicodeDecodeError:      # latin-1 decodes any byte; kept for clarity
         raise errors.InvalidParameter("request head is not text")
-    lines = text.split("\n")
-    lines = [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+    if text.count("\r\n") == text.count("\n"):
+        lines = text.split("\r\n")         # every line ends with CRLF: the usual head
+    else:
+        lines = [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
     if lines and lines[-1] == "":
         lines.pop()
     if not lines:

@@ -473,7 +473,10 @@ class Server:
                     self._resume_at = None
                     self._epoll.modify(self.socket.fileno(), select.EPOLLIN)
                 if now >= next_sweep:
-                    self._sweep(now)
+                    try:
+                        self._sweep(now)
+                    except Exception:           # the loop must outlive any one connection
+                        (self.logger or _log).exception("checking connection deadlines")
                     next_sweep = now + poll_interval
         finally:
             self._stop = False
@@ -553,14 +556,18 @@ class Server:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self._out_of_descriptors(exc)
-                    return
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
-                    continue
-                raise
+                    continue                   # that client is gone; the next one may be fine
+                # Out of descriptors (EMFILE, ENFILE) or kernel memory, or anything else that
+                # would fail again at once: answer what we can and pause instead of spinning.
+                self._out_of_descriptors(exc)
+                return
             self._pause = 0.0
-            self._admit(sock)
+            try:
+                self._admit(sock)
+            except Exception:
+                (self.logger or _log).exception("accepting a connection")
+                sock.close()
 
     def _admit(self, sock):
         if len(self._conns) >= self.max_connections:
@@ -576,10 +583,10 @@ class Server:
             return
         conn = _Connection(sock, self.tls_context is not None)
         conn.head_deadline = conn.deadline = time.monotonic() + HEAD_TIMEOUT
+        conn.armed = True
+        self._epoll.register(conn.fd, _IN)     # may fail (ENOSPC: max_user_watches): not yet listed
         with self._lock:
             self._conns[conn.fd] = conn
-        conn.armed = True
-        self._epoll.register(conn.fd, _IN)
 
     def _refuse(self, sock, message):
         if self.tls_context is not None:       # no plain-text answer on a TLS connection
