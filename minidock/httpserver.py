@@ -430,6 +430,9 @@ class Server:
         self._closed = False
         self._stopped = threading.Event()
         self._stopped.set()
+        # The workers start with the server, not with serve_forever() in its own thread: the
+        # threads a server has are all there once make_server() has returned.
+        self._start_workers()
 
     # -- what the daemon and the tests look at -------------------------------------------------
     @property
@@ -447,7 +450,6 @@ class Server:
         """Run the event loop until shutdown(); deadlines are checked every `poll_interval`."""
         self._stopped.clear()
         try:
-            self._start_workers()
             next_sweep = time.monotonic() + poll_interval
             while not self._stop:
                 timeout = poll_interval
