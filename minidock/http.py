@@ -29,6 +29,7 @@ The socket side -- limits, timeouts, TLS, the accept loop, the connection handle
 the application -- is httpserver.py; it only moves bytes between a socket and these functions.
 """
 
+import io
 import json
 import re
 import struct
@@ -63,14 +64,20 @@ FRAME_HEADER = struct.Struct(">BxxxL")
 class Head:
     """A parsed request line and headers. Header names are kept lower-case."""
 
+    route = None        # what the application found for it while choosing how to serve it
+    framing = True      # it has Content-Length, Transfer-Encoding or Expect (False: no body)
+
     def __init__(self, method, target, version, headers):
         self.method = method
         self.target = target
         self.version = version              # "HTTP/1.1" or "HTTP/1.0"
         self.headers = headers              # list of (lower-case name, value), in order
-        split = urllib.parse.urlsplit(target)
-        self.path = urllib.parse.unquote(split.path)
-        self.query = urllib.parse.parse_qs(split.query, keep_blank_values=True)
+        if _PLAIN_TARGET.match(target):     # the common case, and what urlsplit would make of it
+            self.path, self.query = target, {}
+        else:
+            split = urllib.parse.urlsplit(target)
+            self.path = urllib.parse.unquote(split.path)
+            self.query = urllib.parse.parse_qs(split.query, keep_blank_values=True)
 
     def header(self, name, default=None):
         name = name.lower()
@@ -128,14 +135,59 @@ def read_head(rfile):
     return parse_head(b"".join(lines))
 
 
+def take_head(buf):
+    """Split one request head off the front of `buf`, a bytearray of what a connection has sent.
+
+    The event loop's form of read_head(): it never waits. Returns the Head and deletes its bytes
+    (and any blank lines before it) from `buf`, leaving the body and pipelined requests; returns
+    None while the head is still incomplete. Raises exactly what read_head() raises for the same
+    bytes, and raises as soon as a partial head is over the limits (a client cannot make the
+    server buffer more than MAX_HEAD_BYTES of head).
+    """
+    start = 0
+    while True:                     # blank lines before the request line (RFC 9112 2.2)
+        if buf.startswith(b"\r\n", start):
+            start += 2
+        elif buf.startswith(b"\n", start):
+            start += 1
+        else:
+            break
+    if start:
+        del buf[:start]             # consumed: they never count against the next head's limits
+    # The head ends with an empty line right after a line end: CRLF CRLF, or LF LF from
+    # lenient clients (and the mixed forms); the first such place is the end.
+    crlf = buf.find(b"\n\r\n")
+    lf = buf.find(b"\n\n")
+    if crlf < 0 and lf < 0:
+        if len(buf) > MAX_HEAD_BYTES:
+            raise errors.HeadersTooLarge("request headers too large")
+        line_start = buf.rfind(b"\n") + 1
+        if len(buf) - line_start > MAX_LINE_BYTES:
+            kind = errors.InvalidParameter if line_start == 0 else errors.HeadersTooLarge
+            raise kind("request line or header line too long")
+        return None
+    if lf < 0 or 0 <= crlf < lf:
+        end, blank = crlf + 1, 2
+    else:
+        end, blank = lf + 1, 1
+    raw = bytes(buf[:end])
+    del buf[:end + blank]
+    if len(raw) + blank <= MAX_LINE_BYTES:
+        return parse_head(raw)      # too short to break a line or size limit
+    # A long head: let read_head() apply every limit, in its order, with its messages.
+    return read_head(io.BytesIO(raw + (b"\r\n" if blank == 2 else b"\n")))
+
+
 def parse_head(raw):
     """Parse request line + header lines (without the final blank line) into a Head."""
     try:
         text = raw.decode("latin-1")
     except UnicodeDecodeError:      # latin-1 decodes any byte; kept for clarity
         raise errors.InvalidParameter("request head is not text")
-    lines = text.split("\n")
-    lines = [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+    if text.count("\r\n") == text.count("\n"):
+        lines = text.split("\r\n")         # every line ends with CRLF: the usual head
+    else:
+        lines = [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
     if lines and lines[-1] == "":
         lines.pop()
     if not lines:
@@ -158,20 +210,33 @@ def parse_head(raw):
     if "\x00" in target or "%00" in target:
         raise errors.InvalidParameter("NUL byte in request target")
     headers = []
+    framed = False
     for line in lines[1:]:
         if line[:1] in (" ", "\t"):
             raise errors.InvalidParameter("obsolete header line folding is not accepted")
         name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip() or any(c in name for c in " \t\"(),/;<=>?@[\\]{}"):
+        if not sep or not name or _BAD_NAME.search(name):
             raise errors.InvalidParameter(f"malformed header line: {line[:100]!r}")
         if "\x00" in value:
             raise errors.InvalidParameter(f"NUL byte in header {name[:40]!r}")
-        headers.append((name.lower(), value.strip(" \t")))
+        name = name.lower()
+        framed = framed or name in ("content-length", "transfer-encoding", "expect")
+        headers.append((name, value.strip(" \t")))
     if len(headers) > MAX_HEADERS:
         raise errors.HeadersTooLarge(f"too many request headers (limit {MAX_HEADERS})")
     head = Head(method, target, version, headers)
-    _check_framing(head)
+    head.framing = framed
+    if framed:
+        _check_framing(head)
     return head
+
+
+# Characters a header name may not hold (RFC 9110 5.6.2 delimiters and whitespace; a name
+# with whitespace around it, "Host : x", is refused too, as request smuggling has used it).
+_BAD_NAME = re.compile(r'[\s"(),/;<=>?@\[\\\]{}]')
+# A target that urlsplit/unquote would return unchanged: no query, fragment, escapes, or
+# a leading "//" (which urlsplit reads as a host).
+_PLAIN_TARGET = re.compile(r"/(?!/)[A-Za-z0-9._~!$&'()*+,;=:@/-]*\Z")
 
 
 _ASCII_DIGITS = re.compile(r"[0-9]+")
@@ -378,6 +443,22 @@ def render_head(status, headers, version="HTTP/1.1"):
     lines = [f"{version} {status} {reason}"]
     lines += [f"{name}: {value}" for name, value in headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def render_response(response, head, keep, base_headers=()):
+    """A complete Response as bytes for the request `head`: Content-Length framing (none for
+    1xx, 204 and 304, which have no body), `Connection: close` when the connection ends after
+    it, and no body bytes for HEAD (its Content-Length still says what GET would send)."""
+    headers = list(base_headers) + response.headers
+    no_body = response.status in (204, 304) or 100 <= response.status < 200
+    if not no_body:
+        headers.append(("Content-Length", str(len(response.body))))
+    if not keep:
+        headers.append(("Connection", "close"))
+    data = render_head(response.status, headers, head.version)
+    if head.method != "HEAD" and not no_body:
+        data += response.body
+    return data
 
 
 def chunk(data):

@@ -1,11 +1,38 @@
-"""The HTTP server: a socket listener that moves bytes between clients and the application.
+"""The HTTP server: one event loop holds every connection; threads only for work that takes time.
 
-http.py holds the protocol as functions over bytes; this module is the socket side of it, built
-on `socketserver` (one thread per connection). `ConnectionHandler` reads a request head with
-`http.read_head()`, hands the application callable a `Request` (the head, a body reader and the
-socket), and writes what comes back: a `Response` with a Content-Length, a `StreamResponse` as
-chunks, or a `Hijack`, after which the socket is the application's raw byte pipe
-(`HijackedConnection`). The connection then waits for the next request (keep-alive) or closes.
+http.py holds the protocol as functions over bytes; this module is the socket side of it. A
+daemon has many clients that mostly sit idle on keep-alive connections (each docker CLI call,
+each docker-py client, compose's pool) and a few that stream for minutes (attach, logs -f,
+events, pull). Giving each connection a blocked thread, as `socketserver` does, costs a thread
+per idle client, and under load 200 runnable threads take turns at the GIL: the last in line
+waits for all the others, which is what a p99 latency measures. So the work is split by what it
+waits for:
+
+- **The event loop** (one thread per listener) owns every connection that is between requests.
+  It waits in `epoll_wait(2)` on the listening socket and on all those connections at once
+  (`select.epoll`, non-blocking sockets, `EPOLLONESHOT`), accepts, reads what arrives into the
+  connection's buffer and cuts request heads off it with `http.take_head()`. A small body (a
+  `Content-Length` up to `MAX_LOOP_BODY`) is read there too. Idle connections cost a few
+  hundred bytes and no thread.
+- **How a request runs** is the application's choice, per route (`app.serving_mode(head)`, see
+  api/router.py): `INLINE` requests (the `/_ping` fast path) are answered in the loop the moment
+  they are read; `QUICK` ones (lists and inspects answered from memory) go in arrival order to a
+  fixed pool of `WORKERS` threads, so 200 clients are served first come, first served by a few
+  threads instead of 200 threads at once; every other request (`THREAD`: it may wait on a
+  container, the spawner, the network or the client: attach, logs, events, wait, build, pull,
+  exec start, uploads) gets a thread of its own, with the socket in blocking mode, exactly as a
+  thread-per-connection server would run it. Request threads are reused while there is work and
+  end after `THREAD_IDLE` seconds without. A quick handler that returns a stream or a hijack
+  hands the connection to such a thread too, so a worker is never held by a slow reader.
+- **Ownership.** At any moment exactly one thread owns a connection: the loop while it is armed
+  in the epoll set, else the worker or request thread serving it. The owner gives it back by
+  re-arming it (`epoll_ctl(EPOLL_CTL_MOD)` with `EPOLLONESHOT`: the next event goes to the loop
+  once and disarms it again), which is thread-safe and needs no wake-up of the loop. Before
+  re-arming, the owner serves anything already buffered: a pipelined request is in the buffer,
+  not in the socket, and epoll would never report it.
+- **Writes** are tried at once without blocking; what the socket does not take is written by
+  the loop when `EPOLLOUT` says there is room, and the connection reads no further request until
+  its answer is out (a client that pipelines without reading stalls only itself).
 
 Limits protect the daemon from its clients, careless or hostile (the byte-level ones are checked
 by http.py's parsers; this module enforces them on the socket):
@@ -15,14 +42,23 @@ by http.py's parsers; this module enforces them on the socket):
   are refused in the target and in headers);
 - the whole head must arrive within `HEAD_TIMEOUT` (a deadline, not a per-read timeout, so a
   client dribbling one byte a minute is cut off too), an idle keep-alive connection is closed
-  after `IDLE_TIMEOUT`, and a body that stalls for `READ_TIMEOUT` ends with 408;
+  after `IDLE_TIMEOUT`, and a body that stalls for `READ_TIMEOUT` ends with 408; the loop checks
+  the deadlines of the connections it holds each `poll_interval`;
 - JSON bodies must say `Content-Type: application/json` (moby's rule, `check_json_content_type`),
   and may nest `MAX_JSON_DEPTH` deep at most, without NUL characters in strings;
-- the listener asks for the kernel's full backlog, serves at most `MAX_CONNECTIONS` at once (one
-  more gets a 503 from the accept loop), and survives running out of descriptors or threads
-  (see `_ServerMixin`);
+- the listener asks for the kernel's full backlog (`listen(SOMAXCONN)`: the docker CLI connects
+  non-blocking, and a full unix-socket backlog refuses at once with EAGAIN instead of queueing),
+  serves at most `MAX_CONNECTIONS` at once (one more gets a 503 from the loop), and survives
+  running out of descriptors or threads (see `Server._out_of_descriptors`);
 - TCP listeners may be TLS (a context made by the daemon from its --tls* flags): the handshake
-  runs in the connection's thread under the head deadline.
+  runs in the loop, non-blocking, under the head deadline (`do_handshake()` raises
+  SSLWantReadError or SSLWantWriteError until it is done; the loop waits for that readiness and
+  tries again). A TLS socket may hold decrypted bytes that epoll cannot see (`pending()`), so
+  they are read before the connection is re-armed.
+
+What you can observe: `ls /proc/<daemon>/task | wc -l` stays at a handful of threads however
+many keep-alive clients are connected, and `/proc/<daemon>/fd` holds one descriptor per client
+plus the epoll instance (`anon_inode:[eventpoll]`) and the loop's wake-up pipe.
 """
 
 import errno
@@ -30,36 +66,48 @@ import io
 import json
 import logging
 import os
+import queue
 import select
 import socket
-import socketserver
 import ssl
 import stat
-import sys
 import threading
 import time
 
 from minidock import errors, http
 from minidock.http import (LAST_CHUNK, Hijack, StreamResponse, body_reader, chunk,
-                           error_response, read_head, render_head, upgrade_head)
+                           error_response, render_head, render_response, take_head, upgrade_head)
 
 HEAD_TIMEOUT = 60.0              # seconds for a whole request head (and a TLS handshake)
 IDLE_TIMEOUT = 300.0             # seconds a keep-alive connection may wait for its next request
+                                 # (and an answer may wait for a client that does not read it)
 MAX_CONNECTIONS = 1000           # connections served at once; more get a 503
+WORKERS = 4                      # the pool that answers QUICK requests in arrival order
+MAX_LOOP_BODY = 1024 * 1024      # a QUICK/INLINE request body read by the loop; larger: own thread
+THREAD_IDLE = 30.0               # seconds an idle request thread waits for more work, then ends
+ACCEPTS_PER_WAKEUP = 64          # new connections taken per wake-up, so readers get a turn too
+RECV_BYTES = 65536
+
+# How a request is run (the application says, per route: app.serving_mode(head)).
+INLINE = "inline"                # answered in the event loop itself: only for microsecond handlers
+QUICK = "quick"                  # the worker pool, first come first served: handlers that never wait
+THREAD = "thread"                # a thread of its own: anything that may wait or stream
+
+_log = logging.getLogger("minidock.http")
 
 
 class HijackedConnection:
     """The raw byte pipe after a hijack: input includes anything the client already pipelined."""
 
-    def __init__(self, sock, rfile):
+    def __init__(self, sock, reader):
         self.sock = sock
-        self.rfile = rfile
+        self.reader = reader
 
     def recv(self, n=65536):
         """Read what is available (buffered bytes first); b'' at end of input."""
-        peeked = self.rfile.peek(1) if hasattr(self.rfile, "peek") else b""
-        if peeked:
-            return self.rfile.read1(n)
+        buffered = self.reader.take(n)
+        if buffered:
+            return buffered
         try:
             return self.sock.recv(n)
         except OSError:
@@ -110,9 +158,7 @@ def peer_gone(sock):
 
 
 
-# ---------------------------------------------------------------------------------------------
-# The server: moves bytes between a socket and the application callable
-# ---------------------------------------------------------------------------------------------
+
 
 class Request:
     """What the application callable receives: the head, a body reader, and the connection."""
@@ -141,21 +187,61 @@ def after_reply(fn):
         hooks.append(fn)
 
 
-def _run_reply_hooks():
+def _take_reply_hooks():
     hooks, _reply.hooks = getattr(_reply, "hooks", None), None
+    return hooks
+
+
+def _run_hooks(hooks):
     for fn in hooks or ():
         try:
             fn()
         except Exception:
-            logging.getLogger("minidock.http").exception("after-reply hook failed")
+            _log.exception("after-reply hook failed")
 
 
-class _TimedReader(io.RawIOBase):
-    """The socket as a raw stream whose reads obey the connection's current time limit.
+def busy_response(message):
+    """A complete 503 answer for a connection we will not serve (sent from the loop)."""
+    body = json.dumps({"message": message}).encode() + b"\n"
+    return render_head(503, [("Content-Type", "application/json"),
+                             ("Content-Length", str(len(body))), ("Connection", "close")]) + body
+
+
+# ---------------------------------------------------------------------------------------------
+# A connection, and the blocking side of it that request threads use
+# ---------------------------------------------------------------------------------------------
+
+class _Connection:
+    """One client connection: its socket and buffers, and where its current request stands.
+
+    Only the thread that owns the connection (see the module docstring) touches these fields;
+    the loop reads `armed` and `deadline` only of connections armed in its epoll set."""
+
+    __slots__ = ("sock", "fd", "tls", "inbuf", "outbuf", "after", "pending", "armed", "deadline",
+                 "head_deadline", "handshaking", "eof", "served")
+
+    def __init__(self, sock, tls):
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.tls = tls
+        self.inbuf = bytearray()    # bytes received and not yet consumed by a request
+        self.outbuf = None          # a memoryview of an answer still being written
+        self.after = None           # (keep the connection?, after-reply hooks) once it is written
+        self.pending = None         # (head, mode, body length) of a request waiting for its body
+        self.armed = False          # in the epoll set, waiting for an event: the loop owns it
+        self.deadline = None        # while armed: when the loop gives up waiting
+        self.head_deadline = None   # when the head being received must be complete
+        self.handshaking = tls      # a TLS handshake still to finish
+        self.eof = False            # the client shut down its sending side
+        self.served = 0             # requests read off this connection
+
+
+class _ConnReader:
+    """Blocking reads of a connection for a request's own thread: the bytes the loop already
+    buffered first, then the socket, each read under the connection's current time limit.
 
     A socket timeout bounds each recv(), not a whole request head: a client dribbling one byte
-    every 59 seconds would keep a thread forever. So the limit is one of three modes, set by
-    the handler as the connection moves along:
+    every 59 seconds would keep a thread forever. So the limit is one of three modes:
 
         ("deadline", t)   every read fails once monotonic time t has passed (a request head)
         ("idle", s)       each read may wait at most s seconds (a body: large uploads are fine,
@@ -163,17 +249,17 @@ class _TimedReader(io.RawIOBase):
         None              no limit (the handler is working, streaming, or the connection is
                           hijacked and belongs to the application)
 
-    settimeout() is only called when the value changes, so a hijacked connection, whose
-    reader and writer threads share the socket, never has its timeout changed under it.
+    settimeout() is only called when the value changes, so a hijacked connection, whose reader
+    and writer threads share the socket, never has its timeout changed under it. What is read
+    and not consumed stays in the connection's buffer for the next request.
     """
 
-    def __init__(self, sock):
-        self.sock = sock
+    def __init__(self, conn):
+        self.conn = conn
+        self.sock = conn.sock
         self.limit = None
-        self._current = sock.gettimeout()
-
-    def readable(self):
-        return True
+        self.sock.settimeout(None)           # blocking: this thread owns the connection now
+        self._current = None
 
     def set_limit(self, limit):
         self.limit = limit
@@ -185,7 +271,8 @@ class _TimedReader(io.RawIOBase):
             self.sock.settimeout(timeout)
             self._current = timeout
 
-    def readinto(self, buffer):
+    def _fill(self):
+        """One recv() into the buffer; False at end of stream."""
         if self.limit is None:
             self._apply(None)
         elif self.limit[0] == "idle":
@@ -195,109 +282,649 @@ class _TimedReader(io.RawIOBase):
             if left <= 0:
                 raise socket.timeout("request head not received in time")
             self._apply(left)
-        return self.sock.recv_into(buffer)
+        data = self.sock.recv(RECV_BYTES)
+        if not data:
+            return False
+        self.conn.inbuf += data
+        return True
+
+    def read(self, n=-1):
+        buf = self.conn.inbuf
+        if n is None or n < 0:
+            while self._fill():
+                pass
+            n = len(buf)
+        while len(buf) < n and self._fill():
+            pass
+        data = bytes(buf[:n])
+        del buf[:n]                          # a bytearray drops its front in O(1)
+        return data
+
+    def readline(self, limit=-1):
+        buf = self.conn.inbuf
+        searched = 0
+        while True:
+            i = buf.find(b"\n", searched)
+            if i >= 0:
+                end = i + 1
+                break
+            searched = len(buf)
+            if 0 <= limit <= len(buf) or not self._fill():
+                end = len(buf)
+                break
+        if 0 <= limit < end:
+            end = limit
+        data = bytes(buf[:end])
+        del buf[:end]
+        return data
+
+    def take(self, n):
+        """Up to n buffered bytes, without reading the socket (b'' when none are buffered)."""
+        buf = self.conn.inbuf
+        data = bytes(buf[:n])
+        del buf[:n]
+        return data
 
 
-class _SocketWriter(io.BufferedIOBase):
+class _SocketWriter:
     """Unbuffered writes with sendall (a raw socket file may write only part of a buffer)."""
 
     def __init__(self, sock):
         self.sock = sock
 
-    def writable(self):
-        return True
-
     def write(self, data):
         self.sock.sendall(data)
         return len(data)
 
+    def flush(self):
+        pass
 
-class ConnectionHandler(socketserver.StreamRequestHandler):
-    """Serves one connection: requests in sequence (keep-alive, pipelining) until close or hijack."""
 
-    rbufsize = 65536
+class _ThreadCache:
+    """Threads for requests that take time: a new one when none is idle, reused while work
+    comes, gone after `THREAD_IDLE` seconds without (so 200 idle connections hold none).
 
-    def setup(self):
-        # The server may hand us a TLS socket whose handshake is still to do: do it here, in
-        # this connection's thread and under a deadline, never in the accept loop.
-        if hasattr(self.request, "do_handshake"):
-            self.request.settimeout(HEAD_TIMEOUT)
-            self.request.do_handshake()
-            self.request.settimeout(None)
-        self.raw = _TimedReader(self.request)
-        self.connection = self.request
-        self.rfile = io.BufferedReader(self.raw, self.rbufsize)
-        self.wfile = _SocketWriter(self.request)
+    `_idle` counts threads waiting for a job that nobody has promised a job to yet; submit()
+    promises one (decrements it) before queueing, so a thread that times out leaves only if
+    its place was not promised, and the promised job always finds a thread."""
 
-    def handle(self):
-        app = self.server.app
-        first = True
-        while True:
-            # The head must arrive whole within its deadline; an idle keep-alive connection
-            # gets longer to send the first byte of its next request.
-            if first:
-                self.raw.set_limit(("deadline", time.monotonic() + HEAD_TIMEOUT))
-            else:
-                self.raw.set_limit(("deadline", time.monotonic() + IDLE_TIMEOUT))
-                try:
-                    if not self.rfile.peek(1):
+    def __init__(self):
+        self._jobs = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+
+    def submit(self, fn, *args):
+        """Run fn(*args) on a request thread; RuntimeError when no thread can be started."""
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+                self._jobs.put((fn, args))
+                return
+        threading.Thread(target=self._run, args=(fn, args), name="http-request",
+                         daemon=True).start()
+
+    def _run(self, fn, args):
+        while fn is not None:
+            try:
+                fn(*args)
+            except Exception:
+                _log.exception("request thread failed")
+            fn = args = None
+            with self._lock:
+                self._idle += 1
+            try:
+                fn, args = self._jobs.get(timeout=THREAD_IDLE)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle:           # nobody was promised this thread: end it
+                        self._idle -= 1
                         return
-                except (OSError, socket.timeout):
+                fn, args = self._jobs.get()  # a job is on its way to an idle thread: take it
+
+    def close(self):
+        """Let the idle threads end now."""
+        with self._lock:
+            n, self._idle = self._idle, 0
+        for _ in range(n):
+            self._jobs.put((None, None))
+
+
+# ---------------------------------------------------------------------------------------------
+# The server
+# ---------------------------------------------------------------------------------------------
+
+_NO_HEAD = http.Head("GET", "/", "HTTP/1.1", [])     # how an answer to an unparsable head is framed
+_IN = select.EPOLLIN | select.EPOLLONESHOT
+_OUT = select.EPOLLOUT | select.EPOLLONESHOT
+
+
+class Server:
+    """A listening socket, its event loop, its worker pool and its request threads."""
+
+    request_queue_size = socket.SOMAXCONN
+    max_connections = MAX_CONNECTIONS
+
+    def __init__(self, listener, app, headers_fn=None, logger=None, tls_context=None):
+        self.socket = listener
+        self.server_address = listener.getsockname()
+        self.app = app
+        self.headers_fn = headers_fn
+        self.logger = logger
+        self.tls_context = tls_context
+        self._mode_fn = getattr(app, "serving_mode", None)
+        self._conns = {}                       # fd -> _Connection, every open connection
+        self._lock = threading.Lock()          # guards _conns (opened by the loop, closed by owners)
+        self._quick = queue.SimpleQueue()      # (conn, head, body) for the worker pool, FIFO
+        self._threads = _ThreadCache()
+        self._workers = []
+        self._epoll = select.epoll()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        listener.setblocking(False)
+        self._epoll.register(listener.fileno(), select.EPOLLIN)
+        self._epoll.register(self._wake_r, select.EPOLLIN)
+        # One spare descriptor for the EMFILE case (see _out_of_descriptors).
+        self._spare = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        self._pause = 0.0
+        self._resume_at = None
+        self._stop = False
+        self._closed = False
+        self._stopped = threading.Event()
+        self._stopped.set()
+        # The workers start with the server, not with serve_forever() in its own thread: the
+        # threads a server has are all there once make_server() has returned.
+        self._start_workers()
+
+    # -- what the daemon and the tests look at -------------------------------------------------
+    @property
+    def active_connections(self):
+        return len(self._conns)
+
+    def base_headers(self):
+        return self.headers_fn() if self.headers_fn else []
+
+    def log_exception(self, head, exc):
+        (self.logger or _log).exception("unhandled error serving %s %s", head.method, head.target)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def serve_forever(self, poll_interval=0.5):
+        """Run the event loop until shutdown(); deadlines are checked every `poll_interval`."""
+        self._stopped.clear()
+        try:
+            next_sweep = time.monotonic() + poll_interval
+            while not self._stop:
+                timeout = poll_interval
+                if self._resume_at is not None:
+                    timeout = max(0.0, min(timeout, self._resume_at - time.monotonic()))
+                try:
+                    events = self._epoll.poll(timeout)
+                except InterruptedError:
+                    continue
+                for fd, mask in events:
+                    conn = self._conns.get(fd)
+                    if conn is not None:
+                        self._on_event(conn, mask)
+                    elif fd == self.socket.fileno():
+                        self._accept()
+                    elif fd == self._wake_r:
+                        try:
+                            os.read(self._wake_r, 512)
+                        except BlockingIOError:
+                            pass
+                now = time.monotonic()
+                if self._resume_at is not None and now >= self._resume_at:
+                    self._resume_at = None
+                    self._epoll.modify(self.socket.fileno(), select.EPOLLIN)
+                if now >= next_sweep:
+                    try:
+                        self._sweep(now)
+                    except Exception:           # the loop must outlive any one connection
+                        (self.logger or _log).exception("checking connection deadlines")
+                    next_sweep = now + poll_interval
+        finally:
+            self._stop = False
+            self._stopped.set()
+
+    def shutdown(self):
+        """Stop serve_forever() (running in another thread) and wait until it has returned."""
+        self._stop = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+        self._stopped.wait()
+
+    def server_close(self):
+        """Close the listener, the connections the loop holds, and the worker pool. Requests
+        being served finish on their own threads and then close their connections."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._epoll.unregister(self.socket.fileno())
+        except (OSError, ValueError):
+            pass
+        self.socket.close()
+        for conn in list(self._conns.values()):
+            if conn.armed:
+                self._close(conn)
+        for _ in self._workers:
+            self._quick.put(None)
+        self._threads.close()
+        self._epoll.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        if self._spare is not None:
+            os.close(self._spare)
+            self._spare = None
+
+    def _start_workers(self):
+        while len(self._workers) < WORKERS:
+            t = threading.Thread(target=self._work, name=f"http-worker-{len(self._workers)}", daemon=True)
+            t.start()
+            self._workers.append(t)
+
+    def _on_event(self, conn, mask):
+        conn.armed = False
+        try:
+            if conn.outbuf is not None:
+                if self._write_some(conn):
+                    self._drive(conn)
+                return
+            if conn.handshaking and not self._handshake(conn):
+                return
+            if self._read(conn):
+                self._drive(conn)
+        except Exception:
+            (self.logger or _log).exception("connection error")
+            self._close(conn)
+
+    def _sweep(self, now):
+        """Give up on connections the loop holds whose deadline has passed."""
+        for conn in list(self._conns.values()):
+            if conn.armed and conn.deadline is not None and conn.deadline <= now:
+                conn.armed = False
+                if conn.pending is not None and conn.outbuf is None:
+                    # Its head was read: the client is owed an answer, and a stalled body gets 408.
+                    timeout = errors.RequestTimeout(f"request body stalled for {http.READ_TIMEOUT:g}s")
+                    self._fail(conn, timeout)
+                else:
+                    self._close(conn)      # a head not sent in time, an idle or unread connection
+
+    # -- accepting -----------------------------------------------------------------------------
+    def _accept(self):
+        for _ in range(ACCEPTS_PER_WAKEUP):
+            try:
+                sock, _ = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue                   # that client is gone; the next one may be fine
+                # Out of descriptors (EMFILE, ENFILE) or kernel memory, or anything else that
+                # would fail again at once: answer what we can and pause instead of spinning.
+                self._out_of_descriptors(exc)
+                return
+            self._pause = 0.0
+            try:
+                self._admit(sock)
+            except Exception:
+                (self.logger or _log).exception("accepting a connection")
+                sock.close()
+
+    def _admit(self, sock):
+        if len(self._conns) >= self.max_connections:
+            self._refuse(sock, f"too many connections (limit {self.max_connections}); try again")
+            return
+        try:
+            sock.setblocking(False)
+            if self.tls_context is not None:
+                # Wrapped now, handshake later in the loop (_handshake), never blocking here.
+                sock = self.tls_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        except (OSError, ValueError):
+            sock.close()
+            return
+        conn = _Connection(sock, self.tls_context is not None)
+        conn.head_deadline = conn.deadline = time.monotonic() + HEAD_TIMEOUT
+        conn.armed = True
+        self._epoll.register(conn.fd, _IN)     # may fail (ENOSPC: max_user_watches): not yet listed
+        with self._lock:
+            self._conns[conn.fd] = conn
+
+    def _refuse(self, sock, message):
+        if self.tls_context is not None:       # no plain-text answer on a TLS connection
+            sock.close()
+            return
+        try:
+            sock.setblocking(False)
+            sock.send(busy_response(message))
+        except OSError:
+            pass
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        sock.close()
+
+    def _out_of_descriptors(self, exc):
+        """accept() failing with EMFILE/ENFILE leaves the connection pending and the listener
+        readable: a loop would spin. We keep one spare descriptor: close it, accept the
+        connection, answer 503, close it, take the spare back, and stop listening for a
+        moment, doubling the pause while it lasts (never sleeping: other clients are served)."""
+        pause = self._pause or 0.05
+        (self.logger or _log).warning("accept: %s; answering 503 and pausing %.2fs", exc.strerror, pause)
+        if self._spare is not None:
+            os.close(self._spare)
+            self._spare = None
+            try:
+                sock, _ = self.socket.accept()
+                self._refuse(sock, "the daemon is out of file descriptors; try again")
+            except OSError:
+                pass
+            try:
+                self._spare = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                pass
+        self._pause = min(max(self._pause * 2, 0.05), 1.0)
+        self._epoll.modify(self.socket.fileno(), 0)
+        self._resume_at = time.monotonic() + self._pause
+
+    # -- reading and dispatching (by whichever thread owns the connection) ---------------------
+    def _handshake(self, conn):
+        """One step of a non-blocking TLS handshake; True once it is done."""
+        try:
+            conn.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._arm(conn, _IN)
+            return False
+        except ssl.SSLWantWriteError:
+            self._arm(conn, _OUT)
+            return False
+        except (ssl.SSLError, OSError) as exc:
+            (self.logger or _log).debug("TLS handshake failed: %s", exc)
+            self._close(conn)
+            return False
+        conn.handshaking = False
+        return True
+
+    def _read(self, conn):
+        """Move what the socket has into the buffer; False when the connection is gone."""
+        sock = conn.sock
+        while True:
+            try:
+                data = sock.recv(RECV_BYTES)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return True
+            except OSError:
+                self._close(conn)
+                return False
+            if not data:
+                conn.eof = True                # serve what was sent before the end first
+                return True
+            conn.inbuf += data
+            if conn.tls and sock.pending():
+                continue                       # decrypted bytes epoll cannot see
+            if len(data) < RECV_BYTES or len(conn.inbuf) > http.MAX_HEAD_BYTES + MAX_LOOP_BODY:
+                return True
+
+    def _mode(self, head):
+        if self._mode_fn is None:
+            return QUICK
+        try:
+            return self._mode_fn(head)
+        except Exception:
+            return THREAD
+
+    def _drive(self, conn):
+        """Serve the requests in the connection's buffer until one has to wait: for more bytes
+        (the connection is re-armed), for a worker or a thread (handed over), or for its answer
+        to be written. Called by whichever thread owns the connection."""
+        while True:
+            if self._closed:
+                self._close(conn)
+                return
+            if conn.pending is None:
+                if not conn.inbuf:                 # the common case after an answer
+                    if self._wait_for_bytes(conn, body=False):
+                        continue
                     return
-                self.raw.set_limit(("deadline", time.monotonic() + HEAD_TIMEOUT))
-            first = False
-            try:
-                head = read_head(self.rfile)
-            except (errors.MinidockError) as exc:
-                self._send_error(exc, keep_alive=False)
+                try:
+                    head = take_head(conn.inbuf)
+                except errors.MinidockError as exc:
+                    self._fail(conn, exc)
+                    return
+                if head is None:
+                    if self._wait_for_bytes(conn, body=False):
+                        continue
+                    return
+                conn.head_deadline = None
+                conn.served += 1
+                mode = self._mode(head)
+                length = 0
+                if mode != THREAD and head.framing:
+                    # Bodies the loop reads: a known length, small. A chunked body or a client
+                    # waiting for `100 Continue` is read by a thread, like any large upload.
+                    if "chunked" in head.tokens("transfer-encoding") or "100-continue" in head.tokens("expect"):
+                        mode = THREAD
+                    else:
+                        length = int(head.header("content-length", "0"))
+                        if length > MAX_LOOP_BODY:
+                            mode = THREAD
+                if mode == THREAD:
+                    self._hand_over(conn, self._serve_in_thread, head)
+                    return
+                conn.pending = (head, mode, length)
+            head, mode, length = conn.pending
+            if len(conn.inbuf) < length:
+                if self._wait_for_bytes(conn, body=True):
+                    continue
                 return
-            except (OSError, socket.timeout):
+            conn.pending = None
+            body = bytes(conn.inbuf[:length])
+            del conn.inbuf[:length]
+            if mode == QUICK:
+                self._quick.put((conn, head, body))
                 return
-            if head is None:
-                return
-            if "100-continue" in head.tokens("expect"):
-                self.wfile.write(render_head(100, []))
-            body = body_reader(head, self.rfile)
-            request = Request(head, body, self.request)
-            # The handler reads the body itself: each read of it may stall http.READ_TIMEOUT at most.
-            # Everything else the handler does may legitimately take long (wait, pull).
-            self.raw.set_limit(("idle", http.READ_TIMEOUT))
-            _reply.hooks = []
-            try:
-                response = app(request)
-            except Exception as exc:              # the app renders its own errors; this is a last net
-                self.server.log_exception(head, exc)
-                response = error_response(exc)
-            if isinstance(response, (Hijack, StreamResponse)):
-                _run_reply_hooks()                 # its head is about to go out; no waiting for the end
-            try:
-                keep = self._send(head, response, body)
-                if keep:
-                    self.raw.set_limit(("idle", http.READ_TIMEOUT))
-                    body.drain()                   # unread body bytes must not be read as a request
-            except (OSError, errors.MinidockError):
-                return
-            finally:
-                _run_reply_hooks()
-            if not keep:
+            if not self._answer(conn, head, body):
                 return
 
-    def _send(self, head, response, body):
-        """Write a response; returns whether the connection can carry another request."""
-        keep = head.keep_alive
-        base = list(self.server.base_headers())
-        if isinstance(response, Hijack):
-            self.raw.set_limit(None)
-            if response.switch_headers is not None:
-                self.wfile.write(render_head(101, base + response.switch_headers))
-            else:
-                self.wfile.write(upgrade_head(base + response.headers, upgrade=head.wants_upgrade))
-            self.wfile.flush()
+    def _wait_for_bytes(self, conn, body):
+        """Re-arm the connection for reading with the right deadline; True instead when more
+        bytes were already available (decrypted TLS data that epoll cannot see)."""
+        if conn.tls and not conn.eof and conn.sock.pending():
+            return self._read(conn)
+        if conn.eof:
+            self._at_eof(conn)
+            return False
+        now = time.monotonic()
+        if body:
+            conn.deadline = now + http.READ_TIMEOUT          # per read, as for a thread's body
+        elif conn.head_deadline is not None:
+            conn.deadline = conn.head_deadline
+        elif conn.inbuf:
+            conn.head_deadline = conn.deadline = now + HEAD_TIMEOUT   # a head has begun
+        else:
+            conn.deadline = now + IDLE_TIMEOUT                # between requests
+        self._arm(conn, _IN)
+        return False
+
+    def _at_eof(self, conn):
+        """The client stopped sending, and what it sent is not a whole request."""
+        if conn.pending is not None:
+            self._fail(conn, errors.InvalidParameter("request body ended before Content-Length bytes arrived"))
+        elif conn.inbuf.strip(b"\r\n"):
+            self._fail(conn, errors.InvalidParameter("incomplete request head: connection closed"))
+        else:
+            self._close(conn)
+
+    def _arm(self, conn, events):
+        """Give the connection to the loop: its next event (once) goes to the loop."""
+        conn.armed = True
+        try:
+            self._epoll.modify(conn.fd, events)
+        except (OSError, ValueError):          # the server was closed under us
+            conn.armed = False
+            self._close(conn)
+
+    def _hand_over(self, conn, fn, *args):
+        try:
+            self._threads.submit(fn, conn, *args)
+        except RuntimeError:                   # "can't start new thread": out of processes or memory
+            (self.logger or _log).warning("cannot start a thread for a request; answering 503")
+            self._write(conn, busy_response("the daemon cannot start a thread now; try again"), False, None)
+
+    # -- answering quick requests (the loop or a worker) ---------------------------------------
+    def _work(self):
+        while True:
+            item = self._quick.get()
+            if item is None:
+                return
+            conn, head, body = item
             try:
-                response.run(HijackedConnection(self.request, self.rfile))
+                if self._answer(conn, head, body):
+                    self._drive(conn)
+            except Exception:
+                (self.logger or _log).exception("connection error")
+                self._close(conn)
+
+    def _answer(self, conn, head, body):
+        """Run the application for a request whose body is in memory and start writing its
+        answer; True when it is written and the connection can carry another request."""
+        request = Request(head, http.LengthReader(io.BytesIO(body) if body else None, len(body)), conn.sock)
+        _reply.hooks = []
+        try:
+            response = self.app(request)
+        except Exception as exc:              # the app renders its own errors; this is a last net
+            self.log_exception(head, exc)
+            response = error_response(exc)
+        hooks = _take_reply_hooks()
+        if isinstance(response, (Hijack, StreamResponse)):
+            _run_hooks(hooks)                  # its head is about to go out; no waiting for the end
+            self._hand_over(conn, self._finish_in_thread, head, request, response)
+            return False
+        keep = head.keep_alive
+        return self._write(conn, render_response(response, head, keep, self.base_headers()), keep, hooks)
+
+    def _fail(self, conn, exc):
+        """Answer an error and close: the connection's byte stream can no longer be trusted."""
+        conn.pending = None
+        self._write(conn, render_response(error_response(exc), _NO_HEAD, False, self.base_headers()),
+                    False, None)
+
+    def _write(self, conn, data, keep, hooks):
+        """Start writing an answer; True when it is all written and the connection goes on."""
+        conn.outbuf = memoryview(data)
+        conn.after = (keep, hooks)
+        return self._write_some(conn)
+
+    def _write_some(self, conn):
+        """Write what the socket takes; when done, run the hooks and keep or close the
+        connection (True: it carries on); else the loop finishes the write on EPOLLOUT."""
+        try:
+            while conn.outbuf:
+                try:
+                    n = conn.sock.send(conn.outbuf)
+                except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                    conn.deadline = time.monotonic() + IDLE_TIMEOUT
+                    self._arm(conn, _OUT)
+                    return False
+                conn.outbuf = conn.outbuf[n:]
+        except OSError:
+            self._close(conn)
+            return False
+        keep, hooks = conn.after
+        conn.outbuf = conn.after = None
+        _run_hooks(hooks)
+        if not keep:
+            self._close(conn)
+        return keep
+
+    def _close(self, conn):
+        """Close a connection (any owner may); runs the hooks of an answer it could not write."""
+        with self._lock:
+            if self._conns.pop(conn.fd, None) is not conn:
+                return
+        conn.armed = False
+        if conn.after is not None:
+            hooks, conn.after = conn.after[1], None
+            _run_hooks(hooks)
+        try:
+            self._epoll.unregister(conn.fd)    # before close(): a dup of the fd would keep it armed
+        except (OSError, ValueError):
+            pass
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)  # the client reads an orderly end of the answer
+        except OSError:
+            pass
+        conn.sock.close()
+
+    # -- requests on their own thread ----------------------------------------------------------
+    def _serve_in_thread(self, conn, head):
+        """A request that may take long, its body still unread: run as a blocking server would."""
+        reader = _ConnReader(conn)
+        writer = _SocketWriter(conn.sock)
+        try:
+            if "100-continue" in head.tokens("expect"):
+                writer.write(render_head(100, []))
+        except OSError:
+            self._close(conn)
+            return
+        body = body_reader(head, reader)
+        request = Request(head, body, conn.sock)
+        # The handler reads the body itself: each read of it may stall http.READ_TIMEOUT at most.
+        # Everything else the handler does may legitimately take long (wait, pull).
+        reader.set_limit(("idle", http.READ_TIMEOUT))
+        _reply.hooks = []
+        try:
+            response = self.app(request)
+        except Exception as exc:
+            self.log_exception(head, exc)
+            response = error_response(exc)
+        self._finish(conn, head, body, response, reader, writer)
+
+    def _finish_in_thread(self, conn, head, request, response):
+        """A quick request's stream or hijack, written on a thread of its own."""
+        _reply.hooks = None
+        self._finish(conn, head, request.body, response, _ConnReader(conn), _SocketWriter(conn.sock))
+
+    def _finish(self, conn, head, body, response, reader, writer):
+        if isinstance(response, (Hijack, StreamResponse)):
+            _run_hooks(_take_reply_hooks())    # its head is about to go out; no waiting for the end
+        keep = False
+        try:
+            keep = self._send(conn, head, response, body, reader, writer)
+            if keep:
+                reader.set_limit(("idle", http.READ_TIMEOUT))
+                body.drain()                   # unread body bytes must not be read as a request
+        except (OSError, errors.MinidockError):
+            keep = False
+        finally:
+            _run_hooks(_take_reply_hooks())
+        if not keep:
+            self._close(conn)
+            return
+        try:
+            reader.set_limit(None)
+            conn.sock.setblocking(False)       # back to the loop's way
+        except OSError:
+            self._close(conn)
+            return
+        self._drive(conn)
+
+    def _send(self, conn, head, response, body, reader, writer):
+        """Write a response (blocking); returns whether the connection can carry another request."""
+        keep = head.keep_alive
+        base = list(self.base_headers())
+        if isinstance(response, Hijack):
+            reader.set_limit(None)
+            if response.switch_headers is not None:
+                writer.write(render_head(101, base + response.switch_headers))
+            else:
+                writer.write(upgrade_head(base + response.headers, upgrade=head.wants_upgrade))
+            try:
+                response.run(HijackedConnection(conn.sock, reader))
             finally:
                 try:
-                    self.request.shutdown(socket.SHUT_RDWR)
+                    conn.sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
             return False
@@ -306,224 +933,66 @@ class ConnectionHandler(socketserver.StreamRequestHandler):
             # is read now: leftover bytes would make the client's socket look busy forever, and
             # a stream notices a client that left by seeing end-of-file there (peer_gone).
             body.drain()
-            self.raw.set_limit(None)              # a stream may wait on a slow reader for ever
+            reader.set_limit(None)             # a stream may wait on a slow reader for ever
             chunked = head.version == "HTTP/1.1"
             headers = base + response.headers
             headers.append(("Transfer-Encoding", "chunked") if chunked else ("Connection", "close"))
-            self.wfile.write(render_head(response.status, headers, head.version))
-            self.wfile.flush()
+            writer.write(render_head(response.status, headers, head.version))
             chunks = iter(response.chunks)
             try:
                 for data in chunks:
                     if data:
-                        self.wfile.write(chunk(data) if chunked else data)
-                        self.wfile.flush()
+                        writer.write(chunk(data) if chunked else data)
                 if chunked:
-                    self.wfile.write(LAST_CHUNK)
-                    self.wfile.flush()
+                    writer.write(LAST_CHUNK)
             finally:
                 close = getattr(chunks, "close", None)
                 if close:
                     close()
             return keep and chunked
-        self.raw.set_limit(None)
-        headers = base + response.headers
-        no_body = response.status in (204, 304) or 100 <= response.status < 200
-        if not no_body:
-            headers.append(("Content-Length", str(len(response.body))))
-        if not keep:
-            headers.append(("Connection", "close"))
-        data = render_head(response.status, headers, head.version)
-        if head.method != "HEAD" and not no_body:
-            data += response.body
-        self.wfile.write(data)
-        self.wfile.flush()
+        reader.set_limit(None)
+        writer.write(render_response(response, head, keep, base))
         return keep
-
-    def _send_error(self, exc, keep_alive):
-        response = error_response(exc)
-        headers = list(self.server.base_headers()) + response.headers
-        headers += [("Content-Length", str(len(response.body))), ("Connection", "close")]
-        try:
-            self.wfile.write(render_head(response.status, headers) + response.body)
-            self.wfile.flush()
-        except OSError:
-            pass
-
-
-
-def busy_response(message):
-    """A complete 503 answer for a connection we will not serve (sent from the accept loop)."""
-    body = json.dumps({"message": message}).encode() + b"\n"
-    return render_head(503, [("Content-Type", "application/json"),
-                             ("Content-Length", str(len(body))), ("Connection", "close")]) + body
-
-
-class _ServerMixin:
-    """What every listener adds to socketserver: a deep backlog, a connection cap, and an
-    accept loop that survives running out of descriptors or threads.
-
-    - `listen(SOMAXCONN)`: the docker CLI connects non-blocking, and on a unix socket a full
-      backlog refuses at once (EAGAIN) instead of queueing; dockerd also asks the kernel's max.
-    - At most `max_connections` connections are served at once; one more gets a 503 written
-      from the accept loop, without a thread.
-    - accept() failing with EMFILE/ENFILE would leave the connection pending, the listener
-      readable, and the loop spinning. We keep one spare descriptor: close it, accept the
-      connection, answer 503, close it, take the spare back, and pause a little, doubling
-      the pause while it lasts.
-    """
-    daemon_threads = True
-    allow_reuse_address = True
-    block_on_close = False
-    request_queue_size = socket.SOMAXCONN
-    max_connections = MAX_CONNECTIONS
-
-    def _init_limits(self):
-        self._active = 0
-        self._active_lock = threading.Lock()
-        self._spare = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-        self._pause = 0.0
-
-    def base_headers(self):
-        return self.headers_fn() if self.headers_fn else []
-
-    def log_exception(self, head, exc):
-        if self.logger:
-            self.logger.exception("unhandled error serving %s %s", head.method, head.target)
-
-    def handle_error(self, request, client_address):
-        # socketserver prints tracebacks to stderr with the client address, which is '' on
-        # AF_UNIX; route them to our logger instead. A client that went away or stalled is
-        # not an error of ours.
-        exc = sys.exc_info()[1]
-        if isinstance(exc, (OSError, socket.timeout, ssl.SSLError)):
-            if self.logger:
-                self.logger.debug("connection dropped: %s", exc)
-            return
-        if self.logger:
-            self.logger.exception("connection error")
-
-    @property
-    def active_connections(self):
-        return self._active
-
-    def get_request(self):
-        try:
-            conn, addr = self.socket.accept()
-        except OSError as exc:
-            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                self._out_of_descriptors(exc)
-            raise
-        self._pause = 0.0
-        return self.wrap(conn), addr
-
-    def wrap(self, conn):
-        # TLS: wrap now, shake hands later in the connection's own thread (ConnectionHandler).
-        if getattr(self, "tls_context", None) is not None:
-            return self.tls_context.wrap_socket(conn, server_side=True,
-                                                do_handshake_on_connect=False)
-        return conn
-
-    def _out_of_descriptors(self, exc):
-        if self.logger:
-            self.logger.warning("accept: %s; answering 503 and pausing %.2fs", exc.strerror,
-                                self._pause or 0.05)
-        if self._spare is not None:
-            os.close(self._spare)
-            self._spare = None
-            try:
-                conn, _ = self.socket.accept()
-                self._refuse(conn, "the daemon is out of file descriptors; try again")
-            except OSError:
-                pass
-            try:
-                self._spare = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                pass
-        self._pause = min(max(self._pause * 2, 0.05), 1.0)
-        time.sleep(self._pause)
-
-    def _refuse(self, conn, message):
-        if isinstance(conn, ssl.SSLSocket):      # no plain-text answer on a TLS connection
-            conn.close()
-            return
-        try:
-            conn.setblocking(False)
-            conn.send(busy_response(message))
-        except OSError:
-            pass
-        try:
-            conn.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        conn.close()
-
-    def process_request(self, request, client_address):
-        with self._active_lock:
-            full = self._active >= self.max_connections
-            if not full:
-                self._active += 1
-        if full:
-            self._refuse(request, f"too many connections (limit {self.max_connections}); try again")
-            return
-        try:
-            super().process_request(request, client_address)
-        except RuntimeError:            # "can't start new thread": out of processes or memory
-            with self._active_lock:
-                self._active -= 1
-            if self.logger:
-                self.logger.warning("cannot start a thread for a connection; answering 503")
-            self._refuse(request, "the daemon cannot start a thread now; try again")
-
-    def process_request_thread(self, request, client_address):
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            with self._active_lock:
-                self._active -= 1
-
-    def server_close(self):
-        super().server_close()
-        if self._spare is not None:
-            os.close(self._spare)
-            self._spare = None
-
-
-class UnixServer(_ServerMixin, socketserver.ThreadingUnixStreamServer):
-    pass
-
-
-class TCPServer(_ServerMixin, socketserver.ThreadingTCPServer):
-    pass
 
 
 def make_server(address, app, headers_fn=None, logger=None, max_connections=None, tls_context=None):
-    """Bind a threading HTTP server to `unix:///path` or `tcp://host:port`.
+    """Bind an HTTP server to `unix:///path` or `tcp://host:port`; serve_forever() runs it.
 
     A unix socket is created mode 0600 (umask around bind, so it is never briefly wider), and a
     stale socket file left by a killed daemon is removed first — but only when nothing answers on it.
     """
     scheme, _, rest = address.partition("://")
     if scheme == "unix":
-        path = rest
-        remove_stale_socket(path)
+        remove_stale_socket(rest)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
-            server = UnixServer(path, ConnectionHandler, bind_and_activate=True)
+            sock.bind(rest)
+        except BaseException:
+            sock.close()
+            raise
         finally:
             os.umask(old)
     elif scheme == "tcp":
         host, _, port = rest.rpartition(":")
-        server = TCPServer((host.strip("[]") or "127.0.0.1", int(port)), ConnectionHandler)
+        host = host.strip("[]") or "127.0.0.1"
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, int(port)))
+        except BaseException:
+            sock.close()
+            raise
     else:
         raise errors.InvalidParameter(f"unsupported listen address {address!r} (want unix:// or tcp://)")
-    server._init_limits()
-    server.tls_context = tls_context
+    try:
+        sock.listen(Server.request_queue_size)
+        server = Server(sock, app, headers_fn, logger, tls_context)
+    except BaseException:
+        sock.close()
+        raise
     if max_connections:
         server.max_connections = max_connections
-    server.app = app
-    server.headers_fn = headers_fn
-    server.logger = logger
     return server
 
 

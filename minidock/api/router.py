@@ -17,7 +17,7 @@ import json
 import logging
 import re
 
-from minidock import errors, http
+from minidock import errors, http, httpserver
 from minidock.api import versions
 
 log = logging.getLogger("minidock.api")
@@ -147,6 +147,43 @@ class ApiRequest:
         return versions.adapt(kind, args, self)
 
 
+# -- how the HTTP server runs each route (httpserver.py: INLINE, QUICK or THREAD) ----------------
+# A route is THREAD unless listed here: its request gets a thread of its own, as any request
+# that may wait (on a container, the spawner, a registry, the client's body or a stream) needs.
+# That default is the safe one: a new route that blocks cannot stall anyone else.
+#
+# QUICK routes answer from the daemon's memory and return at once; the server's small worker
+# pool runs them in arrival order. Each names the query parameters that make it slow (`size`
+# walks a container's writable layer): with one of those set, the request gets a thread.
+# INLINE routes are answered in the event loop itself, the moment they are read: a few
+# microseconds of work that takes no lock anyone holds for long (`/_ping`, which every docker
+# CLI command sends first).
+INLINE_ROUTES = {("GET", "/_ping"), ("HEAD", "/_ping")}
+QUICK_ROUTES = {
+    ("GET", "/version"): (),
+    ("GET", "/containers/json"): ("size",),
+    ("GET", "/containers/ps"): ("size",),
+    ("GET", "/containers/{id}/json"): ("size",),
+    ("GET", "/exec/{id}/json"): (),
+    ("GET", "/images/json"): (),
+    ("GET", "/images/{name:path}/json"): (),
+    ("GET", "/images/{name:path}/history"): (),
+    ("GET", "/networks"): (),
+    ("GET", "/networks/{id}"): (),
+    ("GET", "/volumes"): (),
+    ("GET", "/volumes/{name}"): (),
+}
+
+
+def serving_mode_of(method, pattern):
+    """-> (mode, query parameters that make the request a THREAD one) for a route."""
+    if (method, pattern) in INLINE_ROUTES:
+        return httpserver.INLINE, ()
+    if (method, pattern) in QUICK_ROUTES:
+        return httpserver.QUICK, QUICK_ROUTES[(method, pattern)]
+    return httpserver.THREAD, ()
+
+
 def compile_pattern(pattern):
     regex = ""
     for part in re.split(r"(\{[a-z_]+(?::path)?\})", pattern):
@@ -169,7 +206,8 @@ class Router:
         # A route is (method, pattern, handler) or, made by versions.route(), with a 4th element:
         # the (since, until) span of API versions it exists in.
         self.routes = [(entry[0], compile_pattern(entry[1]), entry[2],
-                        entry[3] if len(entry) > 3 else (versions.MIN, versions.MAX))
+                        entry[3] if len(entry) > 3 else (versions.MIN, versions.MAX),
+                        serving_mode_of(entry[0], entry[1]))
                        for entry in routes]
 
     def match(self, method, path, version=versions.MAX):
@@ -178,8 +216,12 @@ class Router:
         A route of this method and path that exists only in other API versions makes the answer
         404, as from a daemon that does not have it, even where a broader pattern of another
         method matches too (`GET /images/viz` at v1.24 is not `DELETE /images/{name}`)."""
+        handler, params, _ = self._find(method, path, version)
+        return handler, params
+
+    def _find(self, method, path, version):
         allowed, elsewhere = set(), False
-        for route_method, regex, handler, span in self.routes:
+        for route_method, regex, handler, span, mode in self.routes:
             m = regex.match(path)
             if not m:
                 continue
@@ -187,12 +229,26 @@ class Router:
                 elsewhere = elsewhere or route_method == method
                 continue
             if route_method == method:
-                return handler, m.groupdict()
+                return handler, m.groupdict(), mode
             allowed.add(route_method)
         if allowed and not elsewhere:
             raise errors.MethodNotAllowed(f"method {method} not allowed for {path}"
                                           f" (allowed: {', '.join(sorted(allowed))})")
         raise errors.NotFound(f"page not found: {path}")
+
+    def serving_mode(self, head):
+        """How the HTTP server should run this request: INLINE, QUICK or THREAD. The route found
+        is kept on the head for dispatch(); a request that matches no route is answered with
+        its error quickly."""
+        try:
+            path, version = self._split_version(head.path)
+            handler, params, (mode, slow_params) = self._find(head.method, path, version)
+        except errors.MinidockError:
+            return httpserver.QUICK
+        head.route = (handler, params, version)
+        if any(head.query.get(name, ["0"])[-1] not in FALSE_WORDS for name in slow_params):
+            return httpserver.THREAD
+        return mode
 
     def __call__(self, request):
         try:
@@ -213,14 +269,23 @@ class Router:
                  "Origin, X-Requested-With, Content-Type, Accept, X-Registry-Auth"),
                 ("Access-Control-Allow-Methods", "HEAD, GET, POST, DELETE, PUT, OPTIONS")]
 
-    def dispatch(self, request):
-        path = request.head.path
-        version = versions.MAX
+    @staticmethod
+    def _split_version(path):
+        """-> (the path without its /vX.Y prefix, the API version it asks for)."""
         m = VERSION_PREFIX.match(path)
         if m:
-            version = versions.check(m.group(1))
-            path = m.group(2)
-        if request.head.method == "OPTIONS" and self.cors_origin:
+            return m.group(2), versions.check(m.group(1))
+        return path, versions.MAX
+
+    def dispatch(self, request):
+        head = request.head
+        routed = head.route                          # found already by serving_mode()
+        if routed is None:
+            path, version = self._split_version(head.path)
+        if head.method == "OPTIONS" and self.cors_origin:
             return http.Response.empty(200)
-        handler, params = self.match(request.head.method, path, version)
+        if routed is not None:
+            handler, params, version = routed
+        else:
+            handler, params = self.match(head.method, path, version)
         return handler(ApiRequest(request, version, params, self.daemon))
