@@ -145,6 +145,9 @@ class LayerStore:
         for leftover in os.listdir(self._p("tmp")):
             shutil.rmtree(self._p("tmp", leftover), ignore_errors=True)
         self._lock = threading.RLock()
+        # meta.json of a layer and rw.json of a container layer never change once written:
+        # read once, forgotten when the layer goes (several reads per container lifecycle).
+        self._metas, self._rw_infos = {}, {}
         self._driver = driver           # None: probe on first use
         self.driver_error = None        # why overlay was refused, for /info
         # Layers an operation in flight (a pull, a build) stands on before any image names them:
@@ -195,10 +198,14 @@ class LayerStore:
         return os.path.isfile(self._p("layers", _hex(chain), "meta.json"))
 
     def meta(self, chain):
-        try:
-            return store.read_json(self._p("layers", _hex(chain), "meta.json"))
-        except FileNotFoundError:
-            raise errors.NotFound(f"layer does not exist: {chain}") from None
+        """The layer's meta.json (read-only: the dict is shared)."""
+        meta = self._metas.get(chain)
+        if meta is None:
+            try:
+                meta = self._metas[chain] = store.read_json(self._p("layers", _hex(chain), "meta.json"))
+            except FileNotFoundError:
+                raise errors.NotFound(f"layer does not exist: {chain}") from None
+        return meta
 
     def diff_dir(self, chain):
         return self._p("layers", _hex(chain), "diff")
@@ -289,6 +296,7 @@ class LayerStore:
                 # rename first: the layer vanishes atomically, the slow delete happens out of sight
                 trash = self._p("tmp", "rm-" + secrets.token_hex(6))
                 os.rename(self._p("layers", _hex(chain)), trash)
+                self._metas.pop(chain, None)
                 if short:
                     try:
                         os.unlink(self._p("l", short))
@@ -303,10 +311,14 @@ class LayerStore:
         return self._p("containers", cid, *parts)
 
     def rw_info(self, cid):
-        try:
-            return store.read_json(self._c(cid, "rw.json"))
-        except FileNotFoundError:
-            raise errors.NotFound(f"no rw layer for container {cid}") from None
+        """The rw layer's rw.json (read-only: the dict is shared)."""
+        info = self._rw_infos.get(cid)
+        if info is None:
+            try:
+                info = self._rw_infos[cid] = store.read_json(self._c(cid, "rw.json"))
+            except FileNotFoundError:
+                raise errors.NotFound(f"no rw layer for container {cid}") from None
+        return info
 
     def rw_chains(self):
         """The top chain IDs that container rw layers stand on (for prune's keep set)."""
@@ -358,6 +370,7 @@ class LayerStore:
                 shutil.rmtree(os.path.join(base, part), ignore_errors=True)    # debris of a crash
                 os.rename(os.path.join(work, part), os.path.join(base, part))
             store.write_json(os.path.join(base, "rw.json"), info)
+            self._rw_infos[cid] = info
             return driver
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -417,6 +430,7 @@ class LayerStore:
             self.unmount(cid)
         except errors.NotFound:
             pass
+        self._rw_infos.pop(cid, None)
         try:
             os.unlink(self._c(cid, "rw.json"))      # first: a half-removed layer is no layer
         except FileNotFoundError:
