@@ -100,15 +100,18 @@ class Containers:
         for c in self.all():
             st = c.state
             policy = c.host_config.get("RestartPolicy")
+            # A create cut short by a crash (its record durable, its layer not: create()), or
+            # a lost layer: nothing can run it. It goes, with its anonymous volumes.
+            incomplete = c.status not in (REMOVING, DEAD) and not self.layers.has_rw(c.id)
             if c.status in ACTIVE:
                 with c.lock:
                     st.update(Pid=0, ExitCode=st.get("ExitCode") or 137, FinishedAt=now_rfc3339(),
                               Error="daemon stopped while the container ran")
                     c.set_status(EXITED)
                     self.save(c)
-                if c.host_config.get("AutoRemove"):
-                    # As Docker's restore: it ended with the daemon, so it goes. (Its rootfs
-                    # was mounted volatile: after a machine crash its files are not to be trusted.)
+                if incomplete or c.host_config.get("AutoRemove"):
+                    # AutoRemove, as Docker's restore: it ended with the daemon, so it goes (its
+                    # rootfs was mounted volatile: after a machine crash it is not to be trusted).
                     self.remove(c.id, volumes=True)
                     continue
                 if restart.restarts(policy, st["ExitCode"], c.record["RestartCount"],
@@ -116,6 +119,9 @@ class Containers:
                     to_restart.append(c)
             elif c.status == REMOVING:
                 self._destroy(c)
+            elif incomplete:
+                log.warning("removing container %s: its writable layer is incomplete", c.name)
+                self.remove(c.id, volumes=True)
             elif c.status == EXITED and st["StartedAt"] != ZERO_TIME:
                 if restart.restarts_with_daemon(policy, c.record.get("HasBeenManuallyStopped")):
                     to_restart.append(c)
@@ -195,15 +201,20 @@ class Containers:
             try:
                 record["Mounts"] = self.volumes.prepare_mounts(
                     host_config, cfg, lambda ref: self.get(ref).record.get("Mounts") or [], created_for=cid)
-                self.layers.create_rw(cid, self.images.top_chain(image_id))
+                _, layer_saved = self.layers.begin_rw(cid, self.images.top_chain(image_id))
                 c = Container(record)
                 # Addresses are allocated from the containers the backend sees: allocate and
                 # publish the new one under the networks lock, so two creates never share one.
                 with self.networks.lock:
                     self.networks.join_at_create(c, body.get("NetworkingConfig"))
+                    # The record's fsyncs and those of the layer's rw.json run at once (the
+                    # journal commits them together); a crash may then keep the record alone,
+                    # which reconcile() removes: that create was never answered.
                     self.collection.save(cid, record)
+                    layer_saved()
                     self.by_id[cid] = c
             except BaseException:
+                self.collection.objects.pop(cid, None)
                 shutil.rmtree(directory, ignore_errors=True)
                 self.layers.remove_rw(cid)
                 raise

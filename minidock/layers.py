@@ -21,8 +21,9 @@ On-disk layout under `root` (the daemon's <data-root>/layers-store, say):
     layers/<chain-hex>/layer.tar    the exact tar bytes, uncompressed (sha256 = diff_id)
     layers/<chain-hex>/meta.json    {"chain_id", "diff_id", "parent", "size", "short"}
     l/<short> -> ../layers/<chain-hex>/diff     short names so many lowerdirs fit one mount
-    containers/<id>/rw.json         {"driver", "chain_id", "lowers", "flat"}
+    containers/<id>/rw.json         {"driver", "chain_id", "lowers", "flat", "init"}
     containers/<id>/{upper,work,merged}         overlay2 driver
+    init/etc/{hosts,hostname,resolv.conf}       the init layer, one for all containers (below)
     containers/<id>/merged          vfs driver: a full copy, changes found by comparison
     tmp/                            half-made layers; emptied at start
 
@@ -320,6 +321,13 @@ class LayerStore:
                 raise errors.NotFound(f"no rw layer for container {cid}") from None
         return info
 
+    def has_rw(self, cid):
+        try:
+            self.rw_info(cid)
+            return True
+        except errors.NotFound:
+            return False
+
     def rw_chains(self):
         """The top chain IDs that container rw layers stand on (for prune's keep set)."""
         out = set()
@@ -337,43 +345,67 @@ class LayerStore:
 
         Returns the driver used. Nothing is mounted yet: call mount().
         """
+        driver, wait = self.begin_rw(cid, chain)
+        wait()
+        return driver
+
+    def begin_rw(self, cid, chain):
+        """create_rw(), but rw.json is made durable on a writer thread: -> (driver, wait()),
+        and the layer is complete once wait() returns (store.write_atomic_in_background), so
+        its fsyncs can overlap the caller's own (a container's record)."""
         lowers = self.lowers(chain) if chain else []
         driver = self.driver_name()
-        # containers/<id>/ may be shared with the container's own state files, so the rw layer is
-        # built in tmp/ and its parts renamed in; rw.json, written last, marks it complete.
+        # Built in place; rw.json, written last, marks it complete. A crash before leaves a
+        # directory without rw.json, which the daemon's start-up removes (an orphan rw layer).
         base = self._c(cid)
-        if os.path.exists(os.path.join(base, "rw.json")):
-            raise errors.Conflict(f"rw layer for container {cid} already exists")
-        os.makedirs(base, mode=0o700, exist_ok=True)
-        work = self.tmpdir()
         try:
-            info = {"driver": driver, "chain_id": chain, "lowers": lowers, "flat": False, "init": True}
-            if driver == OVERLAY:
-                for d in ("upper", "work", "merged"):
-                    os.mkdir(os.path.join(work, d), 0o755)
-                _make_init_layer(os.path.join(work, "init"))
-                data_len = sum(len(self._p("l", self.meta(c)["short"])) + 1 for c in lowers) + 4 * len(base) + 90
-                if not lowers:
-                    os.mkdir(os.path.join(work, "empty"), 0o755)
-                elif data_len > MAX_MOUNT_DATA or len(lowers) > MAX_LOWERS:
-                    # Too deep for one mount's data page: squash the stack into one lowerdir.
-                    os.mkdir(os.path.join(work, "flat"), 0o755)
-                    self._unpack_all(lowers, os.path.join(work, "flat"))
-                    info["flat"] = True
-            else:
-                os.mkdir(os.path.join(work, "merged"), 0o755)
-                self._unpack_all(lowers, os.path.join(work, "merged"))
-                # vfs has no layers to stack: the mount points go into the copy, and are
-                # remembered so that changes() does not report them.
-                info["init_paths"] = _make_init_layer(os.path.join(work, "merged"), only_missing=True)
-            for part in os.listdir(work):
+            os.mkdir(base, 0o700)
+        except FileExistsError:
+            if os.path.exists(os.path.join(base, "rw.json")):
+                raise errors.Conflict(f"rw layer for container {cid} already exists") from None
+            for part in RW_PARTS:
                 shutil.rmtree(os.path.join(base, part), ignore_errors=True)    # debris of a crash
-                os.rename(os.path.join(work, part), os.path.join(base, part))
-            store.write_json(os.path.join(base, "rw.json"), info)
-            self._rw_infos[cid] = info
-            return driver
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        info = {"driver": driver, "chain_id": chain, "lowers": lowers, "flat": False, "init": "shared"}
+        if driver == OVERLAY:
+            for d in ("upper", "work", "merged"):
+                os.mkdir(os.path.join(base, d), 0o755)
+            self._shared_init()
+            data_len = sum(len(self._p("l", self.meta(c)["short"])) + 1 for c in lowers) + 4 * len(base) + 90
+            if not lowers:
+                os.mkdir(os.path.join(base, "empty"), 0o755)
+            elif data_len > MAX_MOUNT_DATA or len(lowers) > MAX_LOWERS:
+                # Too deep for one mount's data page: squash the stack into one lowerdir.
+                os.mkdir(os.path.join(base, "flat"), 0o755)
+                self._unpack_all(lowers, os.path.join(base, "flat"))
+                info["flat"] = True
+        else:
+            del info["init"]
+            os.mkdir(os.path.join(base, "merged"), 0o755)
+            self._unpack_all(lowers, os.path.join(base, "merged"))
+            # vfs has no layers to stack: the mount points go into the copy, and are
+            # remembered so that changes() does not report them.
+            info["init_paths"] = _make_init_layer(os.path.join(base, "merged"), only_missing=True)
+        wait = store.write_atomic_in_background(os.path.join(base, "rw.json"), store.encode_json(info))
+        self._rw_infos[cid] = info
+        return driver, wait
+
+    def _shared_init(self):
+        """The init layer every overlay rw layer stacks on (init/ under the store's root): its
+        files are empty and never written (the runtime binds over them), so one copy serves
+        every container. Made once, in tmp/ and renamed into place."""
+        path = self._p("init")
+        if os.path.isdir(path):
+            return path
+        with self._lock:
+            if not os.path.isdir(path):
+                work = self.tmpdir()
+                try:
+                    _make_init_layer(work)
+                    os.chmod(work, 0o755)
+                    os.rename(work, path)
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
+        return path
 
     def _unpack_all(self, lowers, dest):
         for chain in lowers:
@@ -382,7 +414,8 @@ class LayerStore:
 
     def _lowerdirs(self, cid, info):
         """The lowerdir list for overlay, top layer first (the init layer above the image's)."""
-        init = [self._c(cid, "init")] if info.get("init") else []
+        # the init layer: shared (since one copy serves all), or the container's own (older rw layers)
+        init = {"shared": [self._p("init")], True: [self._c(cid, "init")]}.get(info.get("init"), [])
         if info["flat"]:
             return init + [self._c(cid, "flat")]
         if not info["lowers"]:
@@ -405,11 +438,10 @@ class LayerStore:
                 work = self._c(cid, "work")
                 # A volatile mount before this one left its marker, which would make this mount
                 # fail with EINVAL. Only AutoRemove containers are mounted volatile, and their
-                # files are disposable: drop it (the marker, then its parent).
+                # files are disposable: drop it (with its parent, work/work/incompat).
                 marker = os.path.join(work, *VOLATILE_MARKER)
                 if os.path.lexists(marker):
-                    os.rmdir(marker)
-                    os.rmdir(os.path.dirname(marker))
+                    shutil.rmtree(os.path.dirname(marker))
                 mount_overlay(merged, self._lowerdirs(cid, info), self._c(cid, "upper"), work, volatile)
         return merged
 
@@ -498,6 +530,8 @@ class LayerStore:
 # The init layer (Docker's "<id>-init"): empty files where the runtime bind-mounts the files it
 # generates per container. Sitting between the image and the writable layer, they give the binds
 # a target without the container's own changes (docker diff, commit, the rw size) including them.
+# A lower layer is never written, so one copy (init/) serves every overlay container; older rw
+# layers have their own (containers/<id>/init, rw.json "init": true).
 INIT_FILES = ("etc/hosts", "etc/hostname", "etc/resolv.conf")
 
 
