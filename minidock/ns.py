@@ -48,6 +48,7 @@ newuidmap(1), subuid(5).
 import ctypes
 import errno
 import fcntl
+import gc
 import os
 import resource
 import signal
@@ -415,6 +416,9 @@ def spawn_container(spec, stdio, status_fd):
 
 def _container_init(spec, stdio, status_fd):
     """PID 1 of the container, from a fresh mount namespace to execve. Never returns."""
+    # A collection here would walk every object inherited from the spawner and copy the pages
+    # it writes to (copy-on-write after fork); this process lives a few ms and then execs.
+    gc.disable()
     rootfs = os.path.realpath(spec["rootfs"])
     uid, gid, groups = spec.get("uid", 0), spec.get("gid", 0), list(spec.get("groups", []))
     privileged = bool(spec.get("privileged"))
@@ -477,6 +481,7 @@ def _container_init(spec, stdio, status_fd):
     set_capabilities(caps)
     _step_chdir(spec.get("cwd") or "/")
     if spec.get("init"):                # --init: this process stays as PID 1, the reaper (pid1.py)
+        gc.enable()                     # (which lives as long as the container)
         pid1.fork_command(_arm_deathsig)
     _prepare_process(stdio, tty, parent=1 if spec.get("init") else 0)   # last: 0/1/2, death signal
     if spec.get("no_new_privileges"):    # with no_new_privs: the very last step before execve

@@ -11,10 +11,11 @@ Starting is one sequence, with the container's lock held:
     6. the spawner forks the init (spawner.py / ns.py); its pid is registered for its exit
     7. status running (lifecycle.TRANSITIONS), record saved
 
-The record of step 7 is known before step 6 but for the pid, which a restart resets anyway:
-so it is made durable (two fsyncs, 1-3 ms) on a writer thread *while* the spawner starts
-the process, and the start answers once both are done. If the start fails, the failure's
-own save comes after it and wins.
+The record of step 7 is known before step 6 but for the pid, which only this run of the daemon
+needs (a restart finds the process gone): so it is made durable (two fsyncs, 1-3 ms) on a
+writer thread *while* the spawner starts the process, and the start answers once both are
+done; the pid stays in memory (the file says 0). If the start fails, the failure's own save
+comes after it and wins.
 
 Steps 1-4 may refuse (a network container that is not running, a bad extra host) before
 anything runs. An exit arrives from the spawner's reader (exits.py) and is handled by one of
@@ -141,8 +142,9 @@ class Supervisor:
         if saved is None:
             self.save(c)
         else:
-            saved()                      # durable: the start is answered after this
-            self.save(c, durable=False)  # and the pid, which only this run of the daemon needs
+            # Durable before the start is answered. The file says Pid 0: the pid is for this
+            # run of the daemon only (a restart finds the process gone and resets it).
+            saved()
         self.health.started(c, time.time())
         if early is not None:       # it has already ended; handled once we release c.lock
             self._exit_thread(c, early)
