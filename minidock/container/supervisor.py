@@ -188,19 +188,27 @@ class Supervisor:
             c.io.close_stdin()
             again = restart.restarts(c.host_config.get("RestartPolicy"), code, c.record["RestartCount"],
                                      c.manual_stop or c.record.get("HasBeenManuallyStopped"))
+            # AutoRemove: the exit and the removal's first step are one save (module docstring)
+            remove = not again and bool(c.host_config.get("AutoRemove"))
+            status = RESTARTING if again else EXITED
+            # The record as it reads once the status changes, made durable while the rootfs is
+            # unmounted (the unmount syncs the file system: the two waits overlap).
+            final = dict(c.state, **lifecycle.status_fields(lifecycle.REMOVING if remove else status))
+            saved = self._save_ahead(c, dict(c.record, State=final))
             if not again:
                 # Before the status says so: `docker restart` starts again as soon as it sees
                 # the exit, and would mount the rootfs this exit then unmounted under it
                 # (seen as `exec: "sh": executable file not found` under load).
                 self.release_cgroup(c)
                 self.unmount(c)
-            c.set_status(RESTARTING if again else EXITED)
+            c.set_status(status)
             c.exit_generation += 1
-            # AutoRemove: the exit and the removal's first step are one save (module docstring)
-            remove = not again and bool(c.host_config.get("AutoRemove"))
             if remove:
                 lifecycle.begin_removal(c)
-            self.save(c)
+            if saved is None:
+                self.save(c)
+            else:
+                saved()                   # durable before any waiter hears of the exit
         self.emit(c, "die", {"exitCode": str(code)})
         if again:
             c.backoff = restart.next_backoff(c.backoff, time.monotonic() - c.started_mono)
