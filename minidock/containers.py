@@ -58,6 +58,7 @@ class Containers:
         # A removed container's files are renamed away at once and deleted here, after the
         # reply (store.Collection.delete, layers.remove_rw); drained at shutdown.
         self.trash = workers.WorkerPool(1, "trash")
+        store.start_writer_threads()         # the durable saves that overlap other work
         self.supervisor = Supervisor(layers, volumes, cgroups, spawner, exits, save=self.save, emit=self.emit,
                                      get=self.get, finish_removal=lambda c: self._finish_removal(c, volumes=True),
                                      networks=networks, daemon_user=daemon_user,

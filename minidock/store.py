@@ -72,11 +72,20 @@ _writers_lock = threading.Lock()
 WRITER_THREADS = 4          # parallel starts overlap their fsyncs (the journal commits them together)
 
 
+def start_writer_threads():
+    """Make the writer threads now (the daemon, at start): a thread may not be had later, under
+    a fork bomb in a container (workers.py); without them every write is synchronous."""
+    global _writers
+    with _writers_lock:
+        if _writers is None:
+            from minidock import workers
+            _writers = workers.WorkerPool(WRITER_THREADS, "state-writer")
+
+
 def write_atomic_in_background(path, data, mode=0o600):
     """Start `write_atomic(path, data)` (durable) on a writer thread; -> `wait()`, which blocks
     until the file is durable and raises what the write raised. Writes of one path must not
     overlap: wait for one before starting the next."""
-    global _writers
     done, failure = threading.Event(), []
 
     def write():
@@ -92,10 +101,7 @@ def write_atomic_in_background(path, data, mode=0o600):
         if failure:
             raise failure[0]
     try:
-        with _writers_lock:
-            if _writers is None:            # made on first use: only the daemon writes state
-                from minidock import workers
-                _writers = workers.WorkerPool(WRITER_THREADS, "state-writer")
+        start_writer_threads()              # (made at the daemon's start; here for other users)
         _writers.submit(write)
     except RuntimeError:                    # no thread to be had (a fork bomb): write it now
         write()
