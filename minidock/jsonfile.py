@@ -359,11 +359,26 @@ def _tail_lines(handles, tail):
     return raw
 
 
-def read(path, max_file=1, since=0, until=None, tail=None):
+def _upto(handles, upto):
+    """[(handle, bytes to read or -1 for all)]: with `upto` = (st_dev, st_ino, size) of one of
+    the files, that file is read to `size` and the newer ones not at all (a follower's queue
+    has what was written after; see ContainerIO.subscribe)."""
+    if upto is None:
+        return [(f, -1) for f in handles]
+    out = []
+    for f in handles:
+        st = os.fstat(f.fileno())
+        if (st.st_dev, st.st_ino) == tuple(upto[:2]):
+            return out + [(f, upto[2])]
+        out.append((f, -1))
+    return out
+
+
+def read(path, max_file=1, since=0, until=None, tail=None, upto=None):
     """Entries (stream, bytes, time string) across the rotated files, in order.
 
     `tail` counts the newest lines over all files (None or negative: all); then `since` and
-    `until` (epoch seconds) drop entries outside the window, as moby does.
+    `until` (epoch seconds) drop entries outside the window, as moby does. `upto`: see _upto.
     """
     handles = open_all(path, max_file)
     try:
@@ -371,8 +386,8 @@ def read(path, max_file=1, since=0, until=None, tail=None):
             raw = _tail_lines(handles, tail)
         else:
             raw = []
-            for f in handles:
-                raw.extend(f.read().splitlines())
+            for f, limit in _upto(handles, upto):
+                raw.extend(f.read(limit).splitlines())
     finally:
         for f in handles:
             f.close()
@@ -393,7 +408,7 @@ def read(path, max_file=1, since=0, until=None, tail=None):
 READ_BLOCK = 4 << 20
 
 
-def read_blocks(path, max_file=1, tail=None):
+def read_blocks(path, max_file=1, tail=None, upto=None):
     """The log's payload as (stream, bytes) blocks, oldest first: what `docker logs` without
     timestamps, since or until sends. The files are read 4 MiB at a time and each block decoded
     in bulk (`bulk_payload`), line by line only where a block has another shape. `tail` as in
@@ -405,12 +420,14 @@ def read_blocks(path, max_file=1, tail=None):
             if raw:
                 yield from _payload_blocks(b"\n".join(raw) + b"\n")
             return
-        for f in handles:
+        for f, limit in _upto(handles, upto):
             carry = b""
             while True:
-                chunk = f.read(READ_BLOCK)
+                chunk = f.read(READ_BLOCK if limit < 0 else min(READ_BLOCK, limit))
                 if not chunk:
                     break                       # a last line without newline: cut by a crash
+                if limit >= 0:
+                    limit -= len(chunk)
                 data = carry + chunk if carry else chunk
                 end = data.rfind(b"\n") + 1
                 carry = data[end:]

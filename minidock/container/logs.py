@@ -54,20 +54,21 @@ def check_readable(c):
         raise jsonfile.cannot_read(_config(c))
 
 
-def read(c, since=0, until=None, tail=None):
-    """Stored entries (stream, bytes, time string), oldest first, across rotated files."""
+def read(c, since=0, until=None, tail=None, upto=None):
+    """Stored entries (stream, bytes, time string), oldest first, across rotated files;
+    `upto`: where to stop (ContainerIO.subscribe(mark=True))."""
     if not stored(c):
         return []
     _, max_file = jsonfile.rotation(_config(c).get("Config") or {})
-    return jsonfile.read(c.record["LogPath"], max_file, since=since, until=until, tail=tail)
+    return jsonfile.read(c.record["LogPath"], max_file, since=since, until=until, tail=tail, upto=upto)
 
 
-def read_blocks(c, tail=None):
+def read_blocks(c, tail=None, upto=None):
     """The stored payload as (stream, bytes) blocks of merged entries (jsonfile.read_blocks)."""
     if not stored(c):
         return
     _, max_file = jsonfile.rotation(_config(c).get("Config") or {})
-    yield from jsonfile.read_blocks(c.record["LogPath"], max_file, tail=tail)
+    yield from jsonfile.read_blocks(c.record["LogPath"], max_file, tail=tail, upto=upto)
 
 
 def entries(c, streams, follow=False, since=0, until=None, tail=None, stop=lambda: False,
@@ -77,12 +78,14 @@ def entries(c, streams, follow=False, since=0, until=None, tail=None, stop=lambd
     container stops, its output ends, or `stop()` (the client left) says so. When nobody needs
     an entry's own time (no timestamps, since or until), the stored part comes as large blocks
     of merged entries (time None), decoded in bulk."""
-    q = c.io.subscribe() if follow and c.running else None
+    # The stored part ends where the log stood at the subscription: what follows is in the
+    # queue (read to the end instead, output written meanwhile would come twice).
+    q, upto = c.io.subscribe(mark=True) if follow and c.running else (None, None)
     try:
         if timestamps or since or until:
-            stored_part = read(c, since=since, until=until, tail=tail)
+            stored_part = read(c, since=since, until=until, tail=tail, upto=upto)
         else:
-            stored_part = ((stream, data, None) for stream, data in read_blocks(c, tail=tail))
+            stored_part = ((stream, data, None) for stream, data in read_blocks(c, tail=tail, upto=upto))
         for stream, data, stamp in stored_part:
             if stream in streams:
                 yield stream, data, stamp
