@@ -27,11 +27,11 @@ import shutil
 import threading
 
 from minidock import (cgrouplimits, errors, filters as filters_mod, httpserver, imagecreate, ns, pidlimit,
-                      platforms, proctable, schema, stats, store)
+                      platforms, proctable, schema, stats, store, workers)
 from minidock.container import attach, config, describe, logs, restart
 from minidock.container import lifecycle
 from minidock.container.lifecycle import (ACTIVE, ALIVE, DEAD, EXITED, PAUSED, REMOVING, RUNNING,
-                                          Container)
+                                          Container, begin_removal)
 from minidock.container.supervisor import Supervisor
 from minidock.times import ZERO_TIME, now_rfc3339, rfc3339_ns
 
@@ -55,9 +55,14 @@ class Containers:
         self.collection = store.Collection(self.root, "container", per_dir=True)
         self.by_id = {}
         self.names_lock = threading.Lock()
+        # A removed container's files are renamed away at once and deleted here, after the
+        # reply (store.Collection.delete, layers.remove_rw); drained at shutdown.
+        self.trash = workers.WorkerPool(1, "trash")
+        store.start_writer_threads()         # the durable saves that overlap other work
         self.supervisor = Supervisor(layers, volumes, cgroups, spawner, exits, save=self.save, emit=self.emit,
-                                     get=self.get, remove=lambda ref: self.remove(ref, force=True, volumes=True),
-                                     networks=networks, daemon_user=daemon_user)
+                                     get=self.get, finish_removal=lambda c: self._finish_removal(c, volumes=True),
+                                     networks=networks, daemon_user=daemon_user,
+                                     save_in_background=self.save_in_background)
         for problem in self.collection.load():
             log.warning("skipping unreadable container state: %s", problem)
         for cid, record in self.collection.objects.items():
@@ -75,8 +80,12 @@ class Containers:
     def counts(self):
         return describe.counts(self.all())
 
-    def save(self, c):
-        self.collection.save(c.id, c.record)
+    def save(self, c, durable=True):
+        self.collection.save(c.id, c.record, durable)
+
+    def save_in_background(self, c, record):
+        """Start the durable save of `record`, what c's record will be (store.py); -> wait()."""
+        return self.collection.save_in_background(c.id, record)
 
     def emit(self, c, action, extra=None):
         attributes = {"name": c.name, "image": c.config.get("Image", "")}
@@ -92,17 +101,28 @@ class Containers:
         for c in self.all():
             st = c.state
             policy = c.host_config.get("RestartPolicy")
+            # A create cut short by a crash (its record durable, its layer not: create()), or
+            # a lost layer: nothing can run it. It goes, with its anonymous volumes.
+            incomplete = c.status not in (REMOVING, DEAD) and not self.layers.has_rw(c.id)
             if c.status in ACTIVE:
                 with c.lock:
                     st.update(Pid=0, ExitCode=st.get("ExitCode") or 137, FinishedAt=now_rfc3339(),
                               Error="daemon stopped while the container ran")
                     c.set_status(EXITED)
                     self.save(c)
+                if incomplete or c.host_config.get("AutoRemove"):
+                    # AutoRemove, as Docker's restore: it ended with the daemon, so it goes (its
+                    # rootfs was mounted volatile: after a machine crash it is not to be trusted).
+                    self.remove(c.id, volumes=True)
+                    continue
                 if restart.restarts(policy, st["ExitCode"], c.record["RestartCount"],
                                     c.record.get("HasBeenManuallyStopped")):
                     to_restart.append(c)
             elif c.status == REMOVING:
                 self._destroy(c)
+            elif incomplete:
+                log.warning("removing container %s: its writable layer is incomplete", c.name)
+                self.remove(c.id, volumes=True)
             elif c.status == EXITED and st["StartedAt"] != ZERO_TIME:
                 if restart.restarts_with_daemon(policy, c.record.get("HasBeenManuallyStopped")):
                     to_restart.append(c)
@@ -121,6 +141,9 @@ class Containers:
             t.start()
         for t in threads:
             t.join(timeout + 5)
+        drained = threading.Event()          # the files of removed containers: deleted before exit
+        self.trash.submit(drained.set)
+        drained.wait(timeout)
 
     def _stop_quietly(self, c, timeout):
         try:
@@ -179,15 +202,20 @@ class Containers:
             try:
                 record["Mounts"] = self.volumes.prepare_mounts(
                     host_config, cfg, lambda ref: self.get(ref).record.get("Mounts") or [], created_for=cid)
-                self.layers.create_rw(cid, self.images.top_chain(image_id))
+                _, layer_saved = self.layers.begin_rw(cid, self.images.top_chain(image_id))
                 c = Container(record)
                 # Addresses are allocated from the containers the backend sees: allocate and
                 # publish the new one under the networks lock, so two creates never share one.
                 with self.networks.lock:
                     self.networks.join_at_create(c, body.get("NetworkingConfig"))
+                    # The record's fsyncs and those of the layer's rw.json run at once (the
+                    # journal commits them together); a crash may then keep the record alone,
+                    # which reconcile() removes: that create was never answered.
                     self.collection.save(cid, record)
+                    layer_saved()
                     self.by_id[cid] = c
             except BaseException:
+                self.collection.objects.pop(cid, None)
                 shutil.rmtree(directory, ignore_errors=True)
                 self.layers.remove_rw(cid)
                 raise
@@ -288,12 +316,25 @@ class Containers:
             self.kill(c.id, "KILL")
             with c.changed:
                 c.changed.wait_for(lambda: c.status not in ALIVE, 10)
+                if c.host_config.get("AutoRemove"):
+                    # Its exit removes it, in the save that records the exit (supervisor.py):
+                    # that removal is this one -- wait for its end rather than race it.
+                    c.changed.wait_for(lambda: c.status == DEAD, 30)
+                    if c.status == DEAD:
+                        if c.removal_error:
+                            raise errors.System(c.removal_error)
+                        return
         with c.lock:
             if c.status == REMOVING:
                 raise errors.Conflict(f"removal of container {c.id} is already in progress")
-            c.set_status(REMOVING)
-            c.removal_error, c.removals = None, c.removals + 1
+            begin_removal(c)
             self.save(c)
+        self._finish_removal(c, volumes)
+
+    def _finish_removal(self, c, volumes):
+        """The rest of a removal whose status `removing` is saved: anonymous volumes (with
+        `volumes`), then _destroy. Also the end of an AutoRemove container's exit, whose
+        exit record and removal intent are one save (supervisor.py)."""
         if volumes:
             self.volumes.release_anonymous(c.id, c.record.get("Mounts") or [])
         try:
@@ -315,12 +356,12 @@ class Containers:
         """The end of a removal (status removing): its layer, cgroup, record, volume uses and
         network endpoints (addresses) go."""
         self.networks.leave_all(c)
-        self.layers.remove_rw(c.id)
+        self.layers.remove_rw(c.id, later=self.trash.submit)
         self.supervisor.release_cgroup(c)
         self.volumes.detach(c.id)
         with c.lock:
             self.by_id.pop(c.id, None)
-            self.collection.delete(c.id)
+            self.collection.delete(c.id, later=self.trash.submit)
             c.set_status(DEAD)
 
     def prune(self, filters=None):

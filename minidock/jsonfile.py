@@ -581,22 +581,38 @@ READ_BLOCK = 256 << 10       # bytes per pread: a batch (~1,500 lines of 100 byt
 TAIL_BATCH = 8192            # lines per batch of a --tail
 
 
-def batches(handles, tail=None):
+def _upto(handles, upto):
+    """[(handle, bytes to read or -1 for all)]: with `upto` = (st_dev, st_ino, size) of one of
+    the files, that file is read to `size` and the newer ones not at all (a follower's queue
+    has what was written after; see ContainerIO.subscribe)."""
+    if upto is None:
+        return [(f, -1) for f in handles]
+    out = []
+    for f in handles:
+        st = os.fstat(f.fileno())
+        if (st.st_dev, st.st_ino) == tuple(upto[:2]):
+            return out + [(f, upto[2])]
+        out.append((f, -1))
+    return out
+
+
+def batches(handles, tail=None, upto=None):
     """(chunk, lines) batches of the log's complete lines, oldest first (render_lines' input).
     Without `tail` each file is read READ_BLOCK at a time with pread, the next read starting at
     the first byte of the line a block cut, so nothing is copied to glue lines together; a line
     longer than a block doubles the read. An unfinished last line (a crash mid-write) is left out,
-    as json decoding would. With `tail`, the last lines, read backwards (_tail_lines)."""
+    as json decoding would. With `tail`, the last lines, read backwards (_tail_lines). `upto`:
+    see _upto."""
     if tail is not None and tail >= 0:
         raw = _tail_lines(handles, tail)
         for a in range(0, len(raw), TAIL_BATCH):
             lines = raw[a:a + TAIL_BATCH]
             yield b"\n".join(lines) + b"\n", lines
         return
-    for f in handles:
+    for f, limit in _upto(handles, upto):
         fd, off, size = f.fileno(), 0, READ_BLOCK
         while True:
-            chunk = os.pread(fd, size, off)
+            chunk = os.pread(fd, size if limit < 0 else min(size, limit - off), off)
             cut = chunk.rfind(b"\n") + 1
             if not cut:
                 if len(chunk) < size:
@@ -609,32 +625,32 @@ def batches(handles, tail=None):
             off, size = off + cut, READ_BLOCK
 
 
-def read_shown(path, max_file=1, view=None, tail=None):
+def read_shown(path, max_file=1, view=None, tail=None, upto=None):
     """What `docker logs` shows of the stored log: (stream, bytes) blocks, oldest first, entries
     of one stream merged. `tail` counts the newest lines over all files (None or negative: all);
     the view's since/until apply after it, as in moby."""
     view = view or View()
     handles = open_all(path, max_file)
     try:
-        for chunk, lines in batches(handles, tail):
+        for chunk, lines in batches(handles, tail, upto):
             yield from render_lines(chunk, lines, view)
     finally:
         for f in handles:
             f.close()
 
 
-def read(path, max_file=1, since=0, until=None, tail=None):
+def read(path, max_file=1, since=0, until=None, tail=None, upto=None):
     """Entries (stream, bytes, time string) across the rotated files, in order, decoded line by
     line (attach's replay of the log, and the reference the bulk path is tested against).
 
     `tail` counts the newest lines over all files (None or negative: all); then `since` and
-    `until` (epoch seconds) drop entries outside the window, as moby does.
+    `until` (epoch seconds) drop entries outside the window, as moby does. `upto`: see _upto.
     """
     view = View(since=since, until=until)
     handles = open_all(path, max_file)
     try:
         entries = []
-        for _, lines in batches(handles, tail):
+        for _, lines in batches(handles, tail, upto):
             for line in lines:
                 entry = decode(line)
                 if entry is not None and view.in_window(entry[2]):

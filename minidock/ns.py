@@ -49,6 +49,7 @@ newuidmap(1), subuid(5).
 import ctypes
 import errno
 import fcntl
+import gc
 import os
 import resource
 import select
@@ -65,7 +66,8 @@ from .syscalls import (CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CL
                        CLOSE_RANGE_CLOEXEC, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS,
                        PR_SET_PDEATHSIG, SYS_CAPSET, SYS_CLOSE_RANGE, StartError, Step, check,
                        libc, prctl, report_failure, setns, unshare)
-from .userns import (enter_identity_userns, enter_keep_id_userns, enter_user_userns, keep_id_map,
+from .userns import (enter_identity_userns, enter_keep_id_userns, enter_user_userns, id_mapped,
+                     keep_id_map,
                      needs_nested_userns, read_id_map)
 
 _TIOCSCTTY = 0x540E
@@ -455,14 +457,18 @@ def spawn_container(spec, stdio, status_fd, tie):
 
 def _container_init(spec, stdio, status_fd, tie):
     """PID 1 of the container, from a fresh mount namespace to execve. Never returns."""
+    # A collection here would walk every object inherited from the spawner and copy the pages
+    # it writes to (copy-on-write after fork); this process lives a few ms and then execs.
+    gc.disable()
     rootfs = os.path.realpath(spec["rootfs"])
     uid, gid, groups = spec.get("uid", 0), spec.get("gid", 0), list(spec.get("groups", []))
     privileged = bool(spec.get("privileged"))
     caps = capability_set(spec.get("cap_add"), spec.get("cap_drop"), privileged)
-    nested = needs_nested_userns(spec)
-    # Read while /proc is still the host's view of us (either works: it is our own map).
+    # Read while /proc is still the host's view of us (either works: it is our own map), once:
+    # whether the user needs a nested namespace and whether /dev/pts can be gid 5 follow.
     daemon_uid_map = read_id_map("/proc/self/uid_map")
     daemon_gid_map = read_id_map("/proc/self/gid_map")
+    nested = not (id_mapped(uid, daemon_uid_map) and id_mapped(gid, daemon_gid_map))
     single_id = sum(c for _, _, c in daemon_uid_map) <= 1
     tty = bool(spec.get("tty"))
     # The pty slave's path in the daemon's /dev/pts, to bind as /dev/console; asked before
@@ -478,7 +484,7 @@ def _container_init(spec, stdio, status_fd, tie):
         join_cgroup(spec["cgroup"])
     bind_rootfs(rootfs)                 # before mounts inside it: they must land on the bind
     mount_proc(rootfs)                  # we are PID 1 of the new pid namespace now
-    mount_dev(rootfs, spec.get("shm_size") or DEFAULT_SHM_SIZE, console)
+    mount_dev(rootfs, spec.get("shm_size") or DEFAULT_SHM_SIZE, console, id_mapped(5, daemon_gid_map))
     if console_socket:                  # after mount_dev: the new devpts instance exists
         slave = open_console(rootfs, stdio[0], spec.get("console_size"))
         stdio = (slave, slave, slave)
@@ -524,6 +530,7 @@ def _container_init(spec, stdio, status_fd, tie):
     _step_chdir(spec.get("cwd") or "/")
     arm_deathsig = tie.arm
     if spec.get("init"):                # --init: this process stays as PID 1, the reaper (pid1.py)
+        gc.enable()                     # (which lives as long as the container)
         pid1.fork_command(tie.arm)      # returns in the command's process only
         arm_deathsig = _die_with_reaper
     _prepare_process(stdio, tty, arm_deathsig)   # last: 0/1/2, death signal

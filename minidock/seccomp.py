@@ -59,6 +59,7 @@ container are left out when compiling, as Docker does.
 """
 
 import ctypes
+import functools
 import errno
 import json
 import os
@@ -424,7 +425,16 @@ def filter_for(security_opt, caps, privileged):
         if choice == "default":
             return None                 # no table for this machine: said in /info
         raise errors.NotImplementedKind(f"seccomp profiles are not supported on {platform.machine()}")
-    return compile_profile(BUILTIN if choice == "default" else choice, set(caps))
+    if choice == "default":
+        return _builtin_filter(frozenset(caps))
+    return compile_profile(choice, set(caps))
+
+
+@functools.lru_cache(maxsize=16)
+def _builtin_filter(caps):
+    """The built-in profile compiled for one capability set: the same for every container
+    with the same set (most have Docker's default), so compiled once per set, not per start."""
+    return compile_profile(BUILTIN, set(caps))
 
 
 # --- installing --------------------------------------------------------------------------------

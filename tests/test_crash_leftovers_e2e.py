@@ -14,7 +14,7 @@ def test_removed_container_leaves_no_directory(rootless):
     cid = rootless.docker("run", "-d", "busybox", "true").stdout.decode().strip()
     rootless.docker("wait", cid)
     layer_dir = os.path.join(rootless.data_root, "image", "layers", "containers", cid)
-    assert os.path.isdir(os.path.join(layer_dir, "init"))
+    assert os.path.isdir(os.path.join(layer_dir, "upper"))
     rootless.docker("rm", cid)
     assert not os.path.exists(layer_dir)
     assert not any(name.startswith(cid) for name in os.listdir(os.path.join(rootless.data_root, "containers")))

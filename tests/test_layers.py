@@ -119,7 +119,26 @@ DRIVER_SCRIPT = textwrap.dedent("""
     result["export_has_busybox"] = "bin/busybox" in names_in(out.getvalue())
     store.unmount("c1")
     result["unmounted"] = not os.path.ismount(merged)
-    store.remove_rw("c1")
+    # AutoRemove's rootfs: `volatile` (no syncs of upper/), which the kernel shows in mountinfo
+    # ("volatile", or "fsync=volatile" since 6.x) and marks in the work dir; a later mount must
+    # still succeed (the marker is dropped first).
+    def options(path):
+        line = next(l for l in open("/proc/self/mountinfo") if l.split()[4] == path)
+        return [o.replace("fsync=", "") for o in line.split(" - ")[1].split()[2].split(",")]
+    merged = store.mount("c1", volatile=True)
+    result["volatile_shown"] = "volatile" in options(merged)
+    store.unmount("c1")
+    merged = store.mount("c1")
+    result["remounted_plain"] = "volatile" not in options(merged)
+    store.unmount("c1")
+    result["shared_init"] = (store.rw_info("c1")["init"] == "shared"
+                             and not os.path.exists(os.path.join(store.root, "containers", "c1", "init")))
+    pending = []
+    store.remove_rw("c1", later=pending.append)
+    result["gone_at_once"] = not os.path.exists(os.path.join(store.root, "containers", "c1"))
+    result["trash_until_later"] = len(os.listdir(os.path.join(store.root, "tmp"))) == 1
+    pending[0]()
+    result["trash_emptied"] = os.listdir(os.path.join(store.root, "tmp")) == []
     print(json.dumps(result))
 """)
 
@@ -162,6 +181,9 @@ def test_overlay_rw_layer_as_uid_65534_in_a_user_namespace(tmp_path):
     assert result["changes"] == EXPECTED_CHANGES
     assert result["diff"] == ["bin", "bin/.wh.ls", "etc", "etc/motd", "etc/new"]
     assert result["export_has_busybox"] and result["unmounted"]
+    assert result["volatile_shown"] and result["remounted_plain"]
+    assert result["shared_init"]
+    assert result["gone_at_once"] and result["trash_until_later"] and result["trash_emptied"]
 
 
 def test_deep_images_are_flattened(tmp_path):

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from minidock.pumps import OutputLoop
+from support import wait_for
 
 
 class Sink:
@@ -146,3 +147,26 @@ def test_a_pty_whose_master_has_a_dup_is_unregistered_not_spun_on():
     assert cpu_ticks() - before <= 2        # a spinning loop burns ~50 ticks in 0.5 s
     os.close(keep)
     loop.stop()
+
+
+def test_a_follower_gets_each_chunk_once_from_the_log_or_its_queue(tmp_path):
+    """`logs -f` subscribes, then reads the stored log: output written in between is in both.
+    subscribe(mark=True) says where the log stood, and the stored read stops there."""
+    from minidock import jsonfile
+    from minidock.container.stdio import ContainerIO
+    path = str(tmp_path / "c-json.log")
+    r, w = os.pipe()
+    io = ContainerIO()
+    io._start_pumps([(r, "stdout")], jsonfile.Writer(path), "test")
+    stored = lambda upto=None: b"".join(d for _, d in jsonfile.read_shown(path, 1, upto=upto))  # noqa: E731
+    try:
+        os.write(w, b"one\n")
+        wait_for(lambda: stored() == b"one\n", what="the first line in the log")
+        q, upto = io.subscribe(mark=True)
+        os.write(w, b"two\n")
+        assert q.get(timeout=5) == ("stdout", b"two\n")
+        wait_for(lambda: stored() == b"one\ntwo\n", what="the second line in the log")
+        assert stored(upto) == b"one\n"                  # the queue has the rest
+    finally:
+        os.close(w)
+        io.output_done.wait(5)

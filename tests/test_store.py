@@ -60,3 +60,48 @@ def test_write_atomic_without_fsync_still_replaces_whole(tmp_path):
     assert path.read_bytes() == b"new\n"
     assert oct(path.stat().st_mode & 0o777) == "0o644"
     assert os.listdir(tmp_path) == ["hosts"]          # no temp file left behind
+
+
+def test_background_write_is_complete_and_durable_when_wait_returns(tmp_path):
+    path = str(tmp_path / "obj.json")
+    store.write_json(path, {"state": "old"})
+    wait = store.write_atomic_in_background(path, store.encode_json({"state": "new"}))
+    wait()
+    assert store.read_json(path) == {"state": "new"}
+    assert os.listdir(tmp_path) == ["obj.json"]            # the temp file was renamed, not left
+
+
+def test_background_write_reports_its_failure_to_the_waiter(tmp_path):
+    wait = store.write_atomic_in_background(str(tmp_path / "missing-dir" / "obj.json"), b"{}\n")
+    with pytest.raises(FileNotFoundError):
+        wait()
+
+
+def test_collection_save_in_background_leaves_memory_to_the_caller(tmp_path):
+    c = store.Collection(str(tmp_path), "container", per_dir=True)
+    c.save("abc", {"Status": "created"})
+    record = c.objects["abc"]
+    wait = c.save_in_background("abc", dict(record, Status="running"))
+    record["Status"] = "changed meanwhile"       # encoded at the call: this does not reach disk
+    wait()
+    assert store.read_json(str(tmp_path / "abc" / "config.json")) == {"Status": "running"}
+    assert c.objects["abc"] is record
+
+
+def test_collection_delete_renames_at_once_and_deletes_later(tmp_path):
+    c = store.Collection(str(tmp_path), "container", per_dir=True)
+    c.save("abc", {"Name": "web"})
+    (tmp_path / "abc" / "log").write_text("x" * 100)
+    later = []
+    c.delete("abc", later=later.append)
+    assert "abc" not in c.objects and not os.path.exists(tmp_path / "abc")
+    [trash] = os.listdir(tmp_path)
+    assert trash.startswith(".tmp-")
+    # a crash now leaves the renamed directory: the next load removes it
+    again = store.Collection(str(tmp_path), "container", per_dir=True)
+    assert again.load() == [] and again.objects == {}
+    assert os.listdir(tmp_path) == []
+    later[0]()                                    # and the deferred delete copes with that
+    c.save("def", {"Name": "db"})
+    c.delete("def")                               # without `later`: gone now
+    assert os.listdir(tmp_path) == []

@@ -99,13 +99,20 @@ class Container:
             current = self.status
             if status != current and status not in TRANSITIONS[current]:
                 raise errors.Conflict(f"container {self.id[:12]} cannot go from {current} to {status}")
-            st = self.state
-            st["Status"] = status
-            st["Running"] = status in ALIVE
-            st["Paused"] = status == PAUSED
-            st["Restarting"] = status == RESTARTING
-            st["Dead"] = status == DEAD
+            self.state.update(status_fields(status))
             self.changed.notify_all()
+
+
+def status_fields(status):
+    """The State fields that mirror `status`: Status and Docker's booleans."""
+    return {"Status": status, "Running": status in ALIVE, "Paused": status == PAUSED,
+            "Restarting": status == RESTARTING, "Dead": status == DEAD}
+
+
+def begin_removal(c):
+    """With c.lock held: status removing, one more removal begun (what `removed` waits count)."""
+    c.set_status(REMOVING)
+    c.removal_error, c.removals = None, c.removals + 1
 
 
 WAIT_CONDITIONS = ("not-running", "next-exit", "removed")

@@ -58,13 +58,13 @@ def check_readable(c):
         raise jsonfile.cannot_read(_config(c))
 
 
-def read(c, since=0, until=None, tail=None):
+def read(c, since=0, until=None, tail=None, upto=None):
     """Stored entries (stream, bytes, time string), oldest first, across rotated files, decoded
-    line by line (attach replays them)."""
+    line by line (attach replays them); `upto`: where to stop (ContainerIO.subscribe(mark=True))."""
     if not stored(c):
         return []
     _, max_file = jsonfile.rotation(_config(c).get("Config") or {})
-    return jsonfile.read(c.record["LogPath"], max_file, since=since, until=until, tail=tail)
+    return jsonfile.read(c.record["LogPath"], max_file, since=since, until=until, tail=tail, upto=upto)
 
 
 def entries(c, streams, follow=False, since=0, until=None, tail=None, stop=lambda: False,
@@ -75,12 +75,14 @@ def entries(c, streams, follow=False, since=0, until=None, tail=None, stop=lambd
     while it runs) live output as it comes, until the container stops, its output ends, or
     `stop()` (the client left) says so."""
     view = jsonfile.View(streams, since, until, timestamps, details)
-    q = c.io.subscribe() if follow and c.running else None
+    # The stored part ends where the log stood at the subscription: what follows is in the
+    # queue (read to the end instead, output written meanwhile would come twice).
+    q, upto = c.io.subscribe(mark=True) if follow and c.running else (None, None)
     try:
         if stored(c):
             _, max_file = jsonfile.rotation(_config(c).get("Config") or {})
             path = c.record["LogPath"]
-            blocks = jsonfile.read_shown(path, max_file, view, tail=tail)
+            blocks = jsonfile.read_shown(path, max_file, view, tail=tail, upto=upto)
             if (tail is None or tail < 0) and _size(path, max_file) >= READ_AHEAD_FROM:
                 blocks = ahead(blocks, READ_AHEAD)
             yield from blocks

@@ -110,6 +110,11 @@ class ContainerIO:
         self.stdin_w = None               # fd we write the container's stdin into
         self.pty_master = None
         self.subscribers = []             # queues of (stream, bytes), then None at the end
+        # Held while a chunk goes to the log and to the subscribers, and while one subscribes:
+        # a follower (`logs -f`) then gets from its queue exactly what the log had not yet
+        # when it subscribed (subscribe(mark=True)).
+        self._lock = threading.Lock()
+        self._log = None
         self.output_done = threading.Event()
         self.output_done.set()
         self.console = None               # (socket, open_stdin, log, label) until the pty arrives
@@ -149,14 +154,16 @@ class ContainerIO:
 
     def _start_pumps(self, sources, log, name):
         self.output_done = done = threading.Event()
+        self._log = log
 
         def on_data(stream, data):
-            try:
-                log.write(stream, data)
-            except OSError as exc:        # a full disk loses log lines, not the attach stream
-                logger.warning("%s: writing the log: %s", name, exc)
-            for q in list(self.subscribers):
-                q.put((stream, data))
+            with self._lock:
+                try:
+                    log.write(stream, data)
+                except OSError as exc:    # a full disk loses log lines, not the attach stream
+                    logger.warning("%s: writing the log: %s", name, exc)
+                for q in list(self.subscribers):
+                    q.put((stream, data))
 
         def on_eof(fd):
             if fd == self.pty_master:
@@ -171,10 +178,21 @@ class ContainerIO:
         OUTPUT.add(sources, on_data, on_done, on_eof)
 
     # -- listeners -----------------------------------------------------------------------------
-    def subscribe(self):
+    def subscribe(self, mark=False):
+        """A queue of the output from now on. With `mark`: (queue, where the log file stood
+        then -- (st_dev, st_ino, size) of the file being written, or None), so that a reader
+        of the stored log stops there and nothing comes twice."""
         q = queue.Queue()
-        self.subscribers.append(q)
-        return q
+        with self._lock:
+            self.subscribers.append(q)
+            if not mark:
+                return q
+            f = getattr(self._log, "file", None)
+            try:
+                st = os.fstat(f.fileno()) if f is not None else None
+            except (OSError, ValueError):     # closed: the run's output has ended
+                st = None
+            return q, (st.st_dev, st.st_ino, st.st_size) if st is not None else None
 
     def unsubscribe(self, q):
         try:

@@ -11,11 +11,20 @@ Starting is one sequence, with the container's lock held:
     6. the spawner forks the init (spawner.py / ns.py); its pid is registered for its exit
     7. status running (lifecycle.TRANSITIONS), record saved
 
+The record of step 7 is known before step 6 but for the pid, which only this run of the daemon
+needs (a restart finds the process gone): so it is made durable (two fsyncs, 1-3 ms) on a
+writer thread *while* the spawner starts the process, and the start answers once both are
+done; the pid stays in memory (the file says 0). If the start fails, the failure's own save
+comes after it and wins.
+
 Steps 1-4 may refuse (a network container that is not running, a bad extra host) before
 anything runs. An exit arrives from the spawner's reader (exits.py) and is handled by one of
 a few exit workers made at start (workers.py: no thread is created on the exit path): wait for the last output to reach the log, record the exit code (and whether the
 cgroup saw an OOM kill), then restart after the back-off (restart.py) or release the cgroup and
-rootfs, and remove the container if it was created with AutoRemove.
+rootfs, and remove the container if it was created with AutoRemove. For AutoRemove the exit
+and the start of the removal are one status change and one save (exited, then removing,
+under one hold of the lock): nothing can start it in between, and a crash finds it removing.
+Its rootfs is mounted `volatile` (layers.py): nothing syncs a file system about to be deleted.
 
 Healthchecks (health.py) run while the container runs: they start with it, stop when it is
 paused or ends (State.Health turns unhealthy, as Docker reports it) and resume on unpause.
@@ -34,7 +43,7 @@ import signal
 import time
 
 from minidock import errors, health, ns, workers
-from minidock.container import config, logs, probe, restart, spec
+from minidock.container import config, lifecycle, logs, probe, restart, spec
 from minidock.container.lifecycle import ALIVE, CREATED, EXITED, PAUSED, RESTARTING, RUNNING
 from minidock.times import now_rfc3339, rfc3339_seconds
 
@@ -49,12 +58,16 @@ class Supervisor:
     announces an event, `get(ref)` finds another container (network sharing), and
     `remove(ref)` removes one (AutoRemove)."""
 
-    def __init__(self, layers, volumes, cgroups, spawner, exits, save, emit, get, remove, networks,
-                 daemon_user=None):
+    def __init__(self, layers, volumes, cgroups, spawner, exits, save, emit, get, finish_removal, networks,
+                 daemon_user=None, save_in_background=None):
+        """`finish_removal(c)` ends the removal of a container whose `removing` status is saved
+        (AutoRemove); `save_in_background(c, record)` starts a durable save of `record` and
+        returns wait() (store.Collection.save_in_background)."""
         self.layers, self.volumes, self.cgroups = layers, volumes, cgroups
         self.networks = networks
         self.spawner, self.exits = spawner, exits
-        self.save, self.emit, self.get, self.remove = save, emit, get, remove
+        self.save, self.emit, self.get, self.finish_removal = save, emit, get, finish_removal
+        self.save_in_background = save_in_background
         self.daemon_user = daemon_user      # {uid, gid} that keep-id maps; None without userns
         self.health = health.Checks(self._probe, save, lambda c, action: emit(c, action))
         # Exits are handled, and restarts scheduled, by threads made now: under a fork bomb a
@@ -87,7 +100,7 @@ class Supervisor:
             self._failed_start(c, 125, exc.message, unmount=False)
             raise
         try:
-            rootfs = self.layers.mount(c.id)                                      # 1
+            rootfs = self.layers.mount(c.id, volatile=bool(c.host_config.get("AutoRemove")))  # 1
             spec.write_etc_files(c, self.networks)                                # 2
             mounts, changed = self.volumes.runtime_mounts(c.record.get("Mounts") or [], rootfs)  # 3
             if changed:
@@ -104,11 +117,20 @@ class Supervisor:
             run["pids_limit"] = c.host_config["PidsLimit"]   # no pids.max here: pidlimit.py
         stdio, to_close = c.io.open(c.config["Tty"], c.config["OpenStdin"],   # 5
                                     logs.writer(c), c.id[:12])
+        # 7 ahead: the running record, durable while the spawner works (module docstring)
+        started_at = now_rfc3339()
+        running = dict(c.state, Pid=0, ExitCode=0, Error="", StartedAt=started_at, OOMKilled=False,
+                       **lifecycle.status_fields(RUNNING))
+        saved = self._save_ahead(c, dict(c.record, State=running))
         try:
             pid = self.spawner.run(run, *stdio[:3])                               # 6
         except errors.MinidockError as exc:
             self.networks.stopped(c)
+            self._wait_quietly(saved)            # before the failure's save, which must win
             self._failed_start(c, getattr(exc, "exit_code", 125), exc.message)
+            raise
+        except BaseException:
+            self._wait_quietly(saved)
             raise
         finally:
             for fd in to_close:
@@ -116,13 +138,33 @@ class Supervisor:
             c.io.console_arrived()       # with a TTY: the master the init sent before exec
         c.pid = pid
         early = self.exits.register(pid, lambda code: self._exit_thread(c, code))
-        c.state.update(Pid=pid, ExitCode=0, Error="", StartedAt=now_rfc3339(), OOMKilled=False)
+        c.state.update(Pid=pid, ExitCode=0, Error="", StartedAt=started_at, OOMKilled=False)
         c.set_status(RUNNING)                                                     # 7
         c.started_mono = time.monotonic()
-        self.save(c)
+        if saved is None:
+            self.save(c)
+        else:
+            # Durable before the start is answered. The file says Pid 0: the pid is for this
+            # run of the daemon only (a restart finds the process gone and resets it).
+            saved()
         self.health.started(c, time.time())
         if early is not None:       # it has already ended; handled once we release c.lock
             self._exit_thread(c, early)
+
+    def _save_ahead(self, c, record):
+        """Start the durable save of `record` (c's record once the process runs) -> wait(), or
+        None when the saves are synchronous only (tests driving the supervisor alone)."""
+        if self.save_in_background is None:
+            return None
+        return self.save_in_background(c, record)
+
+    @staticmethod
+    def _wait_quietly(saved):
+        if saved is not None:
+            try:
+                saved()
+            except OSError as exc:
+                log.warning("saving the running state: %s", exc)
 
     def _failed_start(self, c, code, message, unmount=True):
         c.state.update(ExitCode=code, Error=message, FinishedAt=now_rfc3339(), Pid=0)
@@ -148,23 +190,35 @@ class Supervisor:
             c.io.close_stdin()
             again = restart.restarts(c.host_config.get("RestartPolicy"), code, c.record["RestartCount"],
                                      c.manual_stop or c.record.get("HasBeenManuallyStopped"))
+            # AutoRemove: the exit and the removal's first step are one save (module docstring)
+            remove = not again and bool(c.host_config.get("AutoRemove"))
+            status = RESTARTING if again else EXITED
+            # The record as it reads once the status changes, made durable while the rootfs is
+            # unmounted (the unmount syncs the file system: the two waits overlap).
+            final = dict(c.state, **lifecycle.status_fields(lifecycle.REMOVING if remove else status))
+            saved = self._save_ahead(c, dict(c.record, State=final))
             if not again:
                 # Before the status says so: `docker restart` starts again as soon as it sees
                 # the exit, and would mount the rootfs this exit then unmounted under it
                 # (seen as `exec: "sh": executable file not found` under load).
                 self.release_cgroup(c)
                 self.unmount(c)
-            c.set_status(RESTARTING if again else EXITED)
+            c.set_status(status)
             c.exit_generation += 1
-            self.save(c)
+            if remove:
+                lifecycle.begin_removal(c)
+            if saved is None:
+                self.save(c)
+            else:
+                saved()                   # durable before any waiter hears of the exit
         self.emit(c, "die", {"exitCode": str(code)})
         if again:
             c.backoff = restart.next_backoff(c.backoff, time.monotonic() - c.started_mono)
             c.restart_timer = self.timers.call_later(c.backoff, self._restart_after_backoff, c)
             return
-        if c.host_config.get("AutoRemove"):
+        if remove:
             try:
-                self.remove(c.id)
+                self.finish_removal(c)
             except errors.MinidockError as exc:
                 log.warning("auto-remove of %s failed: %s", c.name, exc.message)
 

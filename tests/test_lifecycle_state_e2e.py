@@ -1,0 +1,112 @@
+"""What a container's lifecycle leaves on disk at each answered step, and after a SIGKILL.
+
+The daemon answers a create, a start or a removal only once the state it describes is written
+(store.py: some of those writes run beside other work, but the reply waits for them). So a
+SIGKILL right after the answer finds that state on disk, and the restarted daemon agrees with
+what the client was told. AutoRemove (`run --rm`) containers: the rootfs is mounted volatile,
+the exit and the removal are one save, and one that dies with the daemon is removed at its
+restart.
+"""
+
+import json
+import os
+
+import pytest
+
+from support import Daemon, wait_for
+from test_crash_leftovers_e2e import data_root_problems
+
+
+@pytest.fixture(scope="module")
+def d():
+    from rootfs import make_rootfs_tar
+    daemon = Daemon().start()
+    try:
+        daemon.docker("import", make_rootfs_tar(os.path.join(daemon.base, "busybox.tar")), "busybox")
+        yield daemon
+    finally:
+        daemon.cleanup()
+
+
+def record(d, cid):
+    with open(os.path.join(d.data_root, "containers", cid, "config.json")) as f:
+        return json.load(f)
+
+
+def restart(d, sig_kill=True):
+    d.kill() if sig_kill else d.stop()
+    d.start()
+
+
+def root_options(mountinfo):
+    """The super options of the mount at / in a container's /proc/self/mountinfo."""
+    line = next(l for l in mountinfo.splitlines() if l.split()[4] == "/")
+    return [o.replace("fsync=", "") for o in line.split(" - ")[1].split()[2].split(",")]
+
+
+def test_an_answered_start_is_on_disk_when_the_daemon_is_killed(d):
+    cid = d.docker("create", "busybox", "sleep", "60").stdout.decode().strip()
+    d.client().post(f"/containers/{cid}/start")
+    d.kill()                                   # right after the answer
+    st = record(d, cid)["State"]
+    assert st["Status"] == "running" and st["StartedAt"] != "0001-01-01T00:00:00Z"
+    d.start()
+    st = json.loads(d.docker("inspect", cid).stdout)[0]["State"]
+    assert st["Status"] == "exited" and st["ExitCode"] == 137
+    assert st["StartedAt"] != "0001-01-01T00:00:00Z"      # it did start, as the client was told
+    d.docker("rm", cid)
+
+
+def test_a_record_whose_layer_was_not_made_durable_is_removed_at_start(d):
+    """create() makes the record and the layer's rw.json durable at once: a crash before the
+    answer may keep the record alone. The restarted daemon removes such a container (and the
+    anonymous volume made for it): the create was never answered."""
+    cid = d.docker("create", "-v", "/anon", "busybox", "true").stdout.decode().strip()
+    assert len(d.docker("volume", "ls", "-q").stdout.split()) == 1
+    d.stop()
+    os.unlink(os.path.join(d.data_root, "image", "layers", "containers", cid, "rw.json"))
+    d.start()
+    assert d.docker("ps", "-aq").stdout == b""
+    assert d.docker("volume", "ls", "-q").stdout == b""
+    assert "writable layer is incomplete" in d.read_log()
+    d.stop()
+    assert data_root_problems(d.data_root) == []
+    d.start()
+
+
+def test_run_rm_mounts_the_rootfs_volatile_and_leaves_nothing(d):
+    # the kernel's own account of the container's root: overlay, with fsync volatile
+    assert "volatile" in root_options(d.docker("run", "--rm", "busybox", "cat", "/proc/self/mountinfo").stdout.decode())
+    cid = d.docker("run", "-d", "busybox", "cat", "/proc/self/mountinfo").stdout.decode().strip()
+    d.docker("wait", cid)
+    assert "volatile" not in root_options(d.docker("logs", cid).stdout.decode())
+    d.docker("rm", cid)
+    assert d.docker("ps", "-aq").stdout == b""
+    containers = os.path.join(d.data_root, "containers")
+    layers = os.path.join(d.data_root, "image", "layers")
+    assert [n for n in os.listdir(containers) if not n.startswith(".tmp-")] == []
+    assert os.listdir(os.path.join(layers, "containers")) == []
+    # the renamed files are deleted after the reply, on the trash worker
+    wait_for(lambda: os.listdir(os.path.join(layers, "tmp")) == [] and os.listdir(containers) == [],
+             what="the removed containers' files to be deleted")
+
+
+def test_force_removing_a_running_rm_container_is_one_removal(d):
+    """Its exit removes it (AutoRemove); `docker rm -f` waits for that removal and answers
+    success, rather than racing it into "removal already in progress"."""
+    for _ in range(3):
+        cid = d.docker("run", "-d", "--rm", "busybox", "sleep", "60").stdout.decode().strip()
+        d.docker("rm", "-f", cid)
+        assert d.docker("ps", "-aq").stdout == b""
+
+
+def test_an_rm_container_that_died_with_the_daemon_is_removed_at_restart(d):
+    d.docker("run", "-d", "--rm", "-v", "/anon", "busybox", "sleep", "60")
+    kept = d.docker("run", "-d", "busybox", "sleep", "60").stdout.decode().strip()
+    restart(d)
+    assert d.docker("ps", "-aq").stdout.decode().split() == [kept[:12]]
+    assert d.docker("volume", "ls", "-q").stdout == b""
+    d.docker("rm", kept)
+    d.stop()
+    assert data_root_problems(d.data_root) == []
+    d.start()
