@@ -311,6 +311,7 @@ def prepare_engine(config, userns=True):
     _sweep_orphan_rw_layers(engine)
     _sweep_half_created_containers(engine)
     _collect_unreferenced_layers(engine)
+    _sweep_temp_files(engine)
     return engine, netns
 
 
@@ -367,6 +368,28 @@ def _collect_unreferenced_layers(engine):
         return
     for chain in removed:
         log.info("removed unreferenced layer %s", chain)
+
+
+def _sweep_temp_files(engine):
+    """Temporary files of atomic writes (store.write_atomic: `.tmp-<name>-<random>`, written,
+    fsync'd, then renamed over <name>) that a crash left before the rename, in the directories
+    whose files are written that way outside a store.Collection (a collection sweeps its own at
+    load): the data root (engine-id), the image root (repositories.json, distribution.json) and
+    each image's directory (meta.json). Nothing else is in flight at start-up."""
+    image_root = engine.images.root
+    directories = [engine.config.data_root, image_root]
+    images = os.path.join(image_root, "images")
+    directories += [os.path.join(images, name) for name in os.listdir(images)]
+    for directory in directories:
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(directory, name)
+            if name.startswith(".tmp-") and os.path.isfile(path) and not os.path.islink(path):
+                log.info("removing the temporary file of an interrupted write: %s", path)
+                os.unlink(path)
 
 
 def _cgroups():
