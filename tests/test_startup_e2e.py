@@ -11,6 +11,7 @@ must get the answer of a fully started daemon -- containers the last daemon left
 restarted, networks with their bridges.
 """
 
+import http.server
 import io
 import json
 import os
@@ -19,7 +20,6 @@ import subprocess
 import tarfile
 import threading
 import time
-import http.server
 
 import pytest
 
