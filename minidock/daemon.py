@@ -12,10 +12,19 @@ The start-up sequence is linear and its order matters:
 3. Enter the daemon's own user and mount namespace (userns.py) — *before* any thread exists, because
    unshare(CLONE_NEWUSER) is refused to multi-threaded processes.
 4. Start the single-threaded spawner process that forks containers (also before threads: it is
-   forked from this still single-threaded process).
-5. Build the engine (load state from disk, reconcile containers that died with the last daemon).
-6. Bind the API sockets (a stale socket file is replaced, a live one is refused), serve each in
-   a thread, and wait for SIGTERM/SIGINT to shut down cleanly.
+   forked from this still single-threaded process), and ask it at once, from a thread, for the
+   keeper of the daemon's network namespace: the spawner and the keeper make it on the other
+   CPU while steps 5 and 6 run here.
+5. Build the engine (load state from disk, sweep what a crash left half-made).
+6. Bind the API sockets (a stale socket file is replaced, a live one is refused). They listen
+   but nobody answers yet: a client that connects now waits in the backlog.
+7. Bring up the networks (the keeper of step 4 is waited for here), then reconcile containers
+   that died with the last daemon and restart those whose policy says so.
+8. Serve each socket in a thread ("ready" is logged now, when a request is answered), and wait
+   for SIGTERM/SIGINT to shut down cleanly.
+
+Where start-up time goes, step by step, and why the order is what it is for speed as well:
+docs/performance.md, "Start-up".
 """
 
 import argparse
@@ -29,13 +38,13 @@ import signal
 import sys
 import threading
 
-from minidock import API_VERSION, __version__, cgroup, errors, httpserver
+from minidock import API_VERSION, __version__, cgroup, errors, httpserver, network
 from minidock.api import archive, build, containers, execs, images, networks, swarm, system, volumes
 from minidock.api.router import Router
 from minidock.container.exits import ExitRegistry
 from minidock.engine import Config, Engine, NoSpawner
 from minidock.spawner import Spawner
-from minidock.userns import check_userns_support, enter_daemon_userns
+from minidock.userns import enter_daemon_userns
 
 log = logging.getLogger("minidock")
 
@@ -235,16 +244,48 @@ def raise_nofile_limit():
     return soft
 
 
+class InBackground:
+    """`fn(*args)` running in a thread from now on; `result()` waits for it and returns its
+    value, or raises what it raised (so a failure surfaces where the result is needed)."""
+
+    def __init__(self, name, fn, *args):
+        self._value = self._error = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, fn, args):
+        try:
+            self._value = fn(*args)
+        except BaseException as exc:       # handed to the caller of result()
+            self._error = exc
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 def build_engine(config, userns=True):
-    """Steps 3-5 of the start-up sequence; returns the engine (used by tests too).
+    """Steps 3-5 and 7 of the start-up sequence; returns the engine (used by tests too). Call
+    it as prepare_engine()."""
+    engine, netns = prepare_engine(config, userns)
+    start_networks(engine, netns)
+    return engine
+
+
+def prepare_engine(config, userns=True):
+    """Steps 3-5: namespaces, the spawner, the engine with its state loaded. Returns (engine,
+    the network namespace being made in the background or None) for start_networks().
 
     Must run on the main thread of a still single-threaded process: unshare(CLONE_NEWUSER)
     refuses threaded callers, and the spawner's death signal is tied to the thread that forks it.
     """
-    # 3. the daemon's own user + mount namespace
+    # 3. the daemon's own user + mount namespace (no probe first: when the kernel refuses,
+    # enter_daemon_userns runs check_userns_support itself, which names the knob to flip; a
+    # probe on every start cost a fork, ~3.5 ms)
     daemon_userns = None
     if userns:
-        check_userns_support()
         daemon_userns = enter_daemon_userns()
         log.info("user namespace: %s", daemon_userns.as_dict())
 
@@ -253,8 +294,15 @@ def build_engine(config, userns=True):
     exits = ExitRegistry()
     spawner = Spawner.start(on_exit=exits.deliver) if userns else NoSpawner()
 
-    # 5. the cgroup tree (after the spawner: preparing it may move our own processes), then the
-    # engine and its subsystems, state loaded from disk
+    # ... and the keeper of the daemon's network namespace, asked for now and waited for in step
+    # 7: the spawner forks it and it unshares its namespace on the other CPU (~7 ms) while this
+    # thread builds the engine, the routes and the listening sockets. (Threads are allowed from
+    # here on: the user namespace is entered and the spawner forked.)
+    netns = InBackground("netns-keeper", network.DaemonNetns, spawner) if userns else None
+
+    # 5. the cgroup tree (after the spawner: preparing it may move our own processes -- the
+    # keeper may be forked meanwhile, which evacuate() allows for), then the engine and its
+    # subsystems, state loaded from disk
     cgroups, warnings = _cgroups()
     if not userns:
         warnings.append(NoSpawner.REASON)
@@ -263,12 +311,19 @@ def build_engine(config, userns=True):
     _sweep_orphan_rw_layers(engine)
     _sweep_half_created_containers(engine)
     _collect_unreferenced_layers(engine)
-    if userns:
-        # the daemon's network namespace and every network's bridge, before any container
-        # (re)starts on them
-        engine.networks.start(spawner)
-        engine.containers.reconcile()
-    return engine
+    _sweep_temp_files(engine)
+    return engine, netns
+
+
+def start_networks(engine, netns):
+    """Step 7: the daemon's network namespace and every network's bridge, then the containers
+    that died with the last daemon recorded and those whose restart policy says so restarted
+    (on those bridges, so after them). Before the API answers anything: a request must never
+    see a container the last daemon left "running", nor a network without its bridge."""
+    if netns is None:                  # --no-userns: no spawner, no namespace, nothing runs
+        return
+    engine.networks.start(engine.spawner, netns=netns.result())
+    engine.containers.reconcile()
 
 
 def _sweep_orphan_rw_layers(engine):
@@ -315,6 +370,28 @@ def _collect_unreferenced_layers(engine):
         log.info("removed unreferenced layer %s", chain)
 
 
+def _sweep_temp_files(engine):
+    """Temporary files of atomic writes (store.write_atomic: `.tmp-<name>-<random>`, written,
+    fsync'd, then renamed over <name>) that a crash left before the rename, in the directories
+    whose files are written that way outside a store.Collection (a collection sweeps its own at
+    load): the data root (engine-id), the image root (repositories.json, distribution.json) and
+    each image's directory (meta.json). Nothing else is in flight at start-up."""
+    image_root = engine.images.root
+    directories = [engine.config.data_root, image_root]
+    images = os.path.join(image_root, "images")
+    directories += [os.path.join(images, name) for name in os.listdir(images)]
+    for directory in directories:
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(directory, name)
+            if name.startswith(".tmp-") and os.path.isfile(path) and not os.path.islink(path):
+                log.info("removing the temporary file of an interrupted write: %s", path)
+                os.unlink(path)
+
+
 def _cgroups():
     """The cgroup v2 tree we may use (limits discarded with warnings, SIGSTOP pause when not
     usable), and its /info warnings."""
@@ -333,6 +410,12 @@ def routes():
 
 def serve(engine, hosts, cors_origin=None, ready=None, stop=None, tls_context=None):
     """Bind every host, serve until `stop` is set; returns after a clean shutdown."""
+    return run_servers(listen(engine, hosts, cors_origin, tls_context), ready=ready, stop=stop)
+
+
+def listen(engine, hosts, cors_origin=None, tls_context=None):
+    """Step 6: the application and a bound, listening server per host (not serving yet: a
+    client that connects now waits in the listen backlog until run_servers())."""
     app = Router(routes(), engine, cors_origin=cors_origin)
     server_header = f"minidock/{__version__} (linux)"
 
@@ -350,6 +433,12 @@ def serve(engine, hosts, cors_origin=None, ready=None, stop=None, tls_context=No
         for server in servers:
             server.server_close()
         raise
+    return servers
+
+
+def run_servers(servers, ready=None, stop=None):
+    """Step 8: serve every server in a thread until `stop` is set; then shut them down and
+    remove their unix socket files."""
     threads = [threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.2},
                                 name=f"serve-{i}", daemon=True) for i, s in enumerate(servers)]
     for t in threads:
@@ -363,13 +452,20 @@ def serve(engine, hosts, cors_origin=None, ready=None, stop=None, tls_context=No
     finally:
         for server in servers:
             server.shutdown()
-            server.server_close()
-            if isinstance(server.server_address, str):
-                try:
-                    os.unlink(server.server_address)
-                except FileNotFoundError:
-                    pass
+        close_servers(servers)
     return 0
+
+
+def close_servers(servers):
+    """Close listening servers (no longer serving, or never served) and remove their unix
+    socket files."""
+    for server in servers:
+        server.server_close()
+        if isinstance(server.server_address, str):
+            try:
+                os.unlink(server.server_address)
+            except FileNotFoundError:
+                pass
 
 
 def main(argv=None):
@@ -420,9 +516,9 @@ def main(argv=None):
         print(f"minidock: {exc.message}", file=sys.stderr)
         return 1
 
-    # 3-5. namespaces, spawner, engine
+    # 3-5. namespaces, spawner, engine (the network namespace on its way)
     try:
-        engine = build_engine(config, userns=not args.no_userns)
+        engine, netns = prepare_engine(config, userns=not args.no_userns)
     except errors.MinidockError as exc:       # e.g. the kernel refuses user namespaces: says how to fix
         print(f"minidock: {exc.message}", file=sys.stderr)
         return 1
@@ -430,7 +526,6 @@ def main(argv=None):
         print(f"minidock: {exc}", file=sys.stderr)
         return 1
 
-    # 6. serve until told to stop
     stop = threading.Event()
 
     def on_signal(signum, frame):
@@ -439,16 +534,28 @@ def main(argv=None):
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    servers = []
     try:
-        serve(engine, config.hosts, cors_origin=config.cors_origin, stop=stop, tls_context=tls_context,
-              ready=lambda: log.info("minidock %s ready (data root %s)", __version__, config.data_root))
+        # 6. bind the API sockets, while the network namespace is still being made
+        try:
+            servers = listen(engine, config.hosts, cors_origin=config.cors_origin, tls_context=tls_context)
+        except OSError as exc:
+            print(f"minidock: cannot listen: {exc}", file=sys.stderr)
+            return 1
+        # 7. the networks, then the containers the last daemon left (restarts included)
+        start_networks(engine, netns)
+        # 8. serve until told to stop
+        served, servers = servers, []          # run_servers closes them from now on
+        run_servers(served, stop=stop,
+                    ready=lambda: log.info("minidock %s ready (data root %s)", __version__, config.data_root))
     except errors.MinidockError as exc:
         print(f"minidock: {exc.message}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"minidock: cannot listen: {exc}", file=sys.stderr)
+        print(f"minidock: {exc}", file=sys.stderr)
         return 1
     finally:
+        close_servers(servers)
         engine.shutdown()
         lock.release()
     return 0

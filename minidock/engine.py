@@ -11,7 +11,6 @@ every figure comes from the kernel or our own state, never from a constant that 
 
 import datetime
 import os
-import platform
 import secrets
 import sys
 import threading
@@ -138,7 +137,7 @@ class Engine:
     # -- GET /version ----------------------------------------------------------------------------
     def version(self):
         uname = os.uname()
-        python = f"python{platform.python_version()}"
+        python = "python%d.%d.%d" % sys.version_info[:3]     # platform.python_version() without the 1 ms import
         details = {"ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION, "Arch": self.arch(),
                    "KernelVersion": uname.release, "Os": "linux", "GitCommit": "", "GoVersion": python,
                    "BuildTime": ""}

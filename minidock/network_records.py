@@ -60,8 +60,11 @@ class NetworkRecords:
         """The bridge's outbound wire: an AF_PACKET socket the keeper makes on the bridge,
         handed to the user-mode stack. The bridge keeps the gateway address (ARP, DNS); what
         the namespace's kernel would have to route (ip_forward=0 drops it) the stack answers."""
-        psock = self.netns.socket(socket.AF_PACKET, socket.SOCK_RAW,
-                                  socket.htons(packet.ETH_P_ALL), bind=(bridge, packet.ETH_P_ALL))
+        # Protocol 0 at socket(), ETH_P_ALL only at bind(): a packet socket made with a protocol
+        # is hooked into every device at once, and bind() must unhook it again, which waits for
+        # an RCU grace period (synchronize_net(): 8-20 ms here, on the way to the ready socket
+        # at every start). Made with 0 it is hooked once, by bind, to the bridge alone.
+        psock = self.netns.socket(socket.AF_PACKET, socket.SOCK_RAW, 0, bind=(bridge, packet.ETH_P_ALL))
         packet.configure_packet_socket(psock)
         self.ports[rec["Id"]] = self.gateway.add_port(
             psock, networks=[f"{gateway}/{prefixlen}"], kernel_gateway=True, mtu=self._mtu(rec))

@@ -28,8 +28,12 @@ import os
 import shutil
 import threading
 
-from minidock import errors, reference, registry, store
+from minidock import errors, reference, store
 from minidock.layers import chain_id, chain_ids
+
+# minidock.registry (and with it http.client, ssl, email, concurrent.futures, tempfile) is
+# imported by the methods that talk to a registry, on first use: ~15 ms and ~2 MB that a daemon
+# which never pulls should not pay at start-up.
 
 
 class DistributionIndex:
@@ -138,9 +142,19 @@ class RegistryService:
 
     def __init__(self, engine):
         self.engine = engine
-        self.config = registry.RegistryConfig(insecure=engine.config.insecure_registries,
-                                              mirrors=engine.config.registry_mirrors)
+        self._config = None
+        self._config_lock = threading.Lock()
         self._index = None
+
+    @property
+    def config(self):
+        """The insecure registries, mirrors and the Bearer token cache (made on first use)."""
+        with self._config_lock:
+            if self._config is None:
+                from minidock import registry
+                self._config = registry.RegistryConfig(insecure=self.engine.config.insecure_registries,
+                                                       mirrors=self.engine.config.registry_mirrors)
+            return self._config
 
     @property
     def index(self):
@@ -151,6 +165,7 @@ class RegistryService:
 
     def login(self, body):
         """POST /auth: check the credentials against the registry the body names."""
+        from minidock import registry
         auth = registry.AuthConfig.from_dict(body)
         server = auth.serveraddress or "https://index.docker.io/v1/"
         token = registry.login(server, auth.username, auth.password, config=self.config)
@@ -161,6 +176,7 @@ class RegistryService:
 
     def pull(self, name, auth, progress, cancel, platform=None):
         """Pull `name`; `platform` (platforms.parse form) picks from a manifest list, else ours."""
+        from minidock import registry
         ref = reference.parse(name)
         sink = PullSink(self.engine.images, self.engine.layers)
         try:
@@ -172,6 +188,7 @@ class RegistryService:
         return digest
 
     def push(self, name, tag, auth, progress, cancel):
+        from minidock import registry
         images = self.engine.images
         try:
             image_id = images.resolve(f"{name}:{tag}" if tag else name)
@@ -191,11 +208,14 @@ class RegistryService:
 
     def distribution(self, name, auth):
         """GET /distribution/{name}/json: the registry's descriptor and platforms for `name`."""
+        from minidock import registry
         return registry.inspect_remote(reference.parse(name), auth=auth, config=self.config)
 
     def search(self, term, auth, limit=25):
+        from minidock import registry
         return registry.search(term, auth=auth, config=self.config, limit=limit)
 
     def auth_from_header(self, header):
         """X-Registry-Auth (base64url JSON, padded or not; standard base64 too) -> AuthConfig | None."""
+        from minidock import registry
         return registry.decode_registry_auth(header) if header else None

@@ -59,11 +59,10 @@ container are left out when compiling, as Docker does.
 """
 
 import ctypes
-import functools
 import errno
+import functools
 import json
 import os
-import platform
 import struct
 
 from minidock import errors
@@ -223,7 +222,7 @@ _ARCHES = {"x86_64": ("SCMP_ARCH_X86_64", "amd64")}
 
 def native_arch():
     """Our machine's name for the profile format, or None when we have no syscall table."""
-    machine = platform.machine()
+    machine = os.uname().machine
     return machine if machine in _ARCHES else None
 
 
@@ -245,7 +244,7 @@ def _kernel_at_least(text):
     def parts(v):
         return tuple(int(p) for p in v.split("-")[0].split(".")[:2] if p.isdigit())
     try:
-        return parts(platform.release()) >= parts(text)
+        return parts(os.uname().release) >= parts(text)
     except ValueError:
         return True
 
@@ -334,7 +333,7 @@ def compile_profile(profile, caps, arch=None):
     (a set of "CAP_*" names) into the bytes of a `struct sock_filter` array."""
     arch = arch or native_arch()
     if arch is None:
-        raise errors.NotImplementedKind(f"seccomp profiles are not supported on {platform.machine()}")
+        raise errors.NotImplementedKind(f"seccomp profiles are not supported on {os.uname().machine}")
     if not isinstance(profile, dict):
         raise errors.InvalidParameter("seccomp profile: not a JSON object")
     table = SYSCALLS_X86_64
@@ -424,7 +423,7 @@ def filter_for(security_opt, caps, privileged):
     if native_arch() is None:
         if choice == "default":
             return None                 # no table for this machine: said in /info
-        raise errors.NotImplementedKind(f"seccomp profiles are not supported on {platform.machine()}")
+        raise errors.NotImplementedKind(f"seccomp profiles are not supported on {os.uname().machine}")
     if choice == "default":
         return _builtin_filter(frozenset(caps))
     return compile_profile(choice, set(caps))
@@ -451,7 +450,7 @@ def install(program):
     children). Needs no_new_privs or CAP_SYS_ADMIN in the current user namespace."""
     buf = ctypes.create_string_buffer(program, len(program))
     prog = _SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
-    nr = _SYS_SECCOMP[platform.machine()]
+    nr = _SYS_SECCOMP[os.uname().machine]
     if _libc.syscall(nr, SECCOMP_SET_MODE_FILTER, 0, ctypes.byref(prog)) != 0:
         e = ctypes.get_errno()
         raise OSError(e, f"seccomp(SECCOMP_SET_MODE_FILTER): {os.strerror(e)}")

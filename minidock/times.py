@@ -20,7 +20,6 @@ ns, us/µs, ms, s, m, h), as in `HEALTHCHECK --interval=30s`. `docker ps` shows 
 `units.HumanDuration` ("Up 5 minutes", "Exited (0) 2 hours ago").
 """
 
-import calendar
 import datetime
 import functools
 import re
@@ -29,6 +28,7 @@ import time
 from minidock import errors
 
 NS = 1_000_000_000
+_EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
 ZERO_TIME = "0001-01-01T00:00:00Z"     # Go's zero time: Docker's "never" (StartedAt of a new container)
 
 _RFC3339 = re.compile(r"^(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d+))?"
@@ -58,7 +58,9 @@ def rfc3339_ns(text):
         raise ValueError(f"not an RFC 3339 time: {text!r}")
     year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
     datetime.datetime(year, month, day, hour, minute, min(second, 59))    # ValueError for 2023-13-45
-    seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+    # calendar.timegm's arithmetic, without importing calendar (and locale with it) at start-up
+    days = datetime.date(year, month, day).toordinal() - _EPOCH_ORDINAL
+    seconds = ((days * 24 + hour) * 60 + minute) * 60 + second
     if m.group(9):
         offset = (int(m.group(10)) * 60 + int(m.group(11))) * 60
         seconds -= offset if m.group(9) == "+" else -offset

@@ -164,3 +164,33 @@ def test_kill_9_during_operations_then_restart_leaves_a_consistent_data_root():
         d.cleanup()
         if registry is not None:
             registry.stop()
+
+
+def test_temporary_files_of_interrupted_atomic_writes_are_removed_at_start():
+    """A SIGKILL between writing `.tmp-<name>-<random>` and renaming it over <name> leaves the
+    temp file; files a user put in an image's layers with such names are not touched."""
+    from rootfs import make_rootfs_tar
+    d = Daemon()
+    try:
+        d.start()
+        d.docker("import", make_rootfs_tar(os.path.join(d.base, "busybox.tar")), "busybox")
+        d.docker("run", "--name", "keep", "busybox", "touch", "/.tmp-mine-1234")
+        d.docker("commit", "keep", "kept")
+        d.stop()
+        image_root = os.path.join(d.data_root, "image")
+        image_dir = os.path.join(image_root, "images", os.listdir(os.path.join(image_root, "images"))[0])
+        debris = [os.path.join(d.data_root, ".tmp-engine-id-0a1b2c3d"),
+                  os.path.join(image_root, ".tmp-repositories.json-7cd6fbfd"),
+                  os.path.join(image_root, ".tmp-distribution.json-00ff00ff"),
+                  os.path.join(image_dir, ".tmp-meta.json-12345678")]
+        for path in debris:
+            with open(path, "w") as f:
+                f.write('{"half": ')
+            os.chown(path, NOBODY, primary_gid(NOBODY))
+        d.start()
+        assert [p for p in debris if os.path.exists(p)] == []
+        assert d.docker("images", "-q").stdout.decode().split() and "kept" in d.docker("images").stdout.decode()
+        listing = d.docker("run", "--rm", "kept", "ls", "-a", "/").stdout.decode().split()
+        assert ".tmp-mine-1234" in listing
+    finally:
+        d.cleanup()

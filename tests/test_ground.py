@@ -31,6 +31,16 @@ def test_rfc3339_zones_and_fractions(text, ns):
     assert times.rfc3339_ns(text) == ns
 
 
+@pytest.mark.parametrize("text", ["1969-12-31T23:59:59Z", "0001-01-01T00:00:00Z", "2024-02-29T12:00:00Z",
+                                  "2016-12-31T23:59:60Z", "9999-12-31T23:59:59+14:00"])
+def test_rfc3339_seconds_are_calendar_timegm(text):
+    """Before the epoch, leap days, a leap second (the next day's first second, as timegm
+    counts it), the ends of the range: the arithmetic is calendar.timegm's."""
+    fields = [int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]), int(text[14:16]), int(text[17:19])]
+    offset = -14 * 3600 if text.endswith("+14:00") else 0
+    assert times.rfc3339_ns(text) == (calendar.timegm(tuple(fields)) + offset) * times.NS
+
+
 def test_now_has_nanoseconds_and_is_now():
     before = time.time_ns()
     stamp = times.now_rfc3339()

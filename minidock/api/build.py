@@ -11,7 +11,7 @@ exits non-zero. A client that hangs up cancels the build (a running RUN containe
 
 import shutil
 
-from minidock import builder, errors, filters, http, reference, registry
+from minidock import errors, filters, http, reference
 from minidock.api import streaming
 from minidock.api.versions import route
 
@@ -24,6 +24,9 @@ def _json_param(req, name):
 
 
 def _options(req):
+    # Imported here, not at the top: the builder (and the registry client it pulls with) is
+    # ~20 ms of imports and several MB that a daemon which never builds should not pay at start.
+    from minidock import builder, registry
     tags = [t for t in req.qlist("t") if t]
     for tag in tags:
         ref = reference.parse(tag)        # Docker refuses a bad tag before building
@@ -76,6 +79,7 @@ def _options(req):
 
 
 def post_build(req):
+    from minidock import builder         # (see _options)
     options = _options(req)
     engine = req.daemon
     context = engine.layers.tmpdir()

@@ -38,7 +38,7 @@ The differences recorded here come from the seed pages in shared/seeds (v1.0, v1
 v1.23), see that README, and moby's API changelog (`docs/api/version-history.md`).
 """
 
-from minidock import API_VERSION, MIN_API_VERSION, errors, registry
+from minidock import API_VERSION, MIN_API_VERSION, errors
 
 
 def parse(text):
@@ -351,6 +351,7 @@ def _push_before_1_5(args, req):
     if args["auth"] is None:
         body = req.json()
         if isinstance(body, dict):
+            from minidock import registry      # only pushes need it (see registryservice.py)
             args["auth"] = registry.AuthConfig.from_dict(body)
     return args
 
