@@ -374,12 +374,16 @@ def _sweep_temp_files(engine):
     """Temporary files of atomic writes (store.write_atomic: `.tmp-<name>-<random>`, written,
     fsync'd, then renamed over <name>) that a crash left before the rename, in the directories
     whose files are written that way outside a store.Collection (a collection sweeps its own at
-    load): the data root (engine-id), the image root (repositories.json, distribution.json) and
-    each image's directory (meta.json). Nothing else is in flight at start-up."""
+    load): the data root (engine-id), the image root (repositories.json, distribution.json),
+    each image's directory (meta.json) and each container's writable layer (rw.json). Nothing
+    else is in flight at start-up."""
     image_root = engine.images.root
     directories = [engine.config.data_root, image_root]
-    images = os.path.join(image_root, "images")
-    directories += [os.path.join(images, name) for name in os.listdir(images)]
+    for parent in (os.path.join(image_root, "images"), os.path.join(engine.layers.root, "containers")):
+        try:
+            directories += [os.path.join(parent, name) for name in os.listdir(parent)]
+        except OSError:
+            pass
     for directory in directories:
         try:
             names = os.listdir(directory)

@@ -183,6 +183,9 @@ def test_temporary_files_of_interrupted_atomic_writes_are_removed_at_start():
                   os.path.join(image_root, ".tmp-repositories.json-7cd6fbfd"),
                   os.path.join(image_root, ".tmp-distribution.json-00ff00ff"),
                   os.path.join(image_dir, ".tmp-meta.json-12345678")]
+        rw_root = os.path.join(image_root, "layers", "containers")
+        debris += [os.path.join(rw_root, cid, ".tmp-rw.json-9abcdef0") for cid in os.listdir(rw_root)]
+        assert len(debris) == 5             # the writable layer of `keep`
         for path in debris:
             with open(path, "w") as f:
                 f.write('{"half": ')
