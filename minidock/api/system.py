@@ -23,11 +23,16 @@ def get_ping(req):
     cannot start."""
     headers = [("Cache-Control", "no-cache, no-store, must-revalidate"), ("Pragma", "no-cache"),
                ("Builder-Version", "1"), ("Swarm", "inactive")]
-    degraded = _degraded(req.daemon)
+    daemon = req.daemon
+    degraded = _degraded(daemon)
     if degraded:
         return http.Response(503, f"degraded: {degraded}".encode(), headers,
                              "text/plain; charset=utf-8")
-    return http.Response(200, b"OK", headers, "text/plain; charset=utf-8")
+    response = http.Response(200, b"OK", headers, "text/plain; charset=utf-8")
+    # Nothing here depends on the request but its bytes (the version prefix, HEAD or GET): the
+    # server may send this answer again to the same bytes until the daemon is degraded.
+    response.same_while = lambda: _degraded(daemon) is None
+    return response
 
 
 def get_version(req):
