@@ -10,12 +10,12 @@ waits for:
 
 - **The event loop** (one thread per listener) owns every connection that is between requests.
   It waits in `epoll_wait(2)` on the listening socket and on all those connections at once
-  (`select.epoll`, non-blocking sockets, `EPOLLONESHOT`), accepts, reads what arrives into the
+  (`select.epoll`, non-blocking sockets, level-triggered), accepts, reads what arrives into the
   connection's buffer and cuts request heads off it with `http.take_head()`. A small body (a
   `Content-Length` up to `MAX_LOOP_BODY`) is read there too. Idle connections cost a few
   hundred bytes and no thread.
 - **How a request runs** is the application's choice, per route (`app.serving_mode(head)`, see
-  api/router.py): `INLINE` requests (the `/_ping` fast path) are answered in the loop the moment
+  api/router.py): `INLINE` requests (`/_ping`) are answered in the loop the moment
   they are read; `QUICK` ones (lists and inspects answered from memory) go in arrival order to a
   fixed pool of `WORKERS` threads, so 200 clients are served first come, first served by a few
   threads instead of 200 threads at once; every other request (`THREAD`: it may wait on a
@@ -24,12 +24,22 @@ waits for:
   thread-per-connection server would run it. Request threads are reused while there is work and
   end after `THREAD_IDLE` seconds without. A quick handler that returns a stream or a hijack
   hands the connection to such a thread too, so a worker is never held by a slow reader.
-- **Ownership.** At any moment exactly one thread owns a connection: the loop while it is armed
-  in the epoll set, else the worker or request thread serving it. The owner gives it back by
-  re-arming it (`epoll_ctl(EPOLL_CTL_MOD)` with `EPOLLONESHOT`: the next event goes to the loop
-  once and disarms it again), which is thread-safe and needs no wake-up of the loop. Before
-  re-arming, the owner serves anything already buffered: a pipelined request is in the buffer,
-  not in the socket, and epoll would never report it.
+- **Ownership.** At any moment exactly one thread owns a connection: the loop while it is in
+  the epoll set ("armed"), else the worker or request thread serving it, and it is never in
+  the set then. The loop hands a connection over by taking it out (`EPOLL_CTL_DEL`, before the
+  worker can see it); the owner gives it back by putting it in again (`EPOLL_CTL_ADD`, its last
+  touch of it), which is thread-safe and needs no wake-up of the loop. Before giving it back,
+  the owner serves anything already buffered: a pipelined request is in the buffer, not in the
+  socket, and epoll would never report it. While the loop owns a connection, it stays in the
+  set level-triggered for what the loop waits for (`EPOLLIN`, or `EPOLLOUT` while an answer
+  waits for room), so a request the loop answers itself costs no `epoll_ctl` at all.
+- **The fast path.** A client that sends the same bytes again and again (every docker command
+  pings first; a health probe pings; a benchmark pings back to back) is answered by the loop
+  with one `recv` and one `send`: when the application marked an answer as one it would give
+  again to the same bytes (`http.Response.same_while`, /_ping while the daemon is not
+  degraded), the server remembers it under the request's exact bytes for the second its
+  `Date` header names (`Server._remember`), and the next recv() holding exactly those bytes
+  gets it again without parsing or routing. Everything else takes the general path.
 - **Writes** are tried at once without blocking; what the socket does not take is written by
   the loop when `EPOLLOUT` says there is room, and the connection reads no further request until
   its answer is out (a client that pipelines without reading stalls only itself).
@@ -58,7 +68,11 @@ by http.py's parsers; this module enforces them on the socket):
 
 What you can observe: `ls /proc/<daemon>/task | wc -l` stays at a handful of threads however
 many keep-alive clients are connected, and `/proc/<daemon>/fd` holds one descriptor per client
-plus the epoll instance (`anon_inode:[eventpoll]`) and the loop's wake-up pipe.
+plus the epoll instance (`anon_inode:[eventpoll]`) and the loop's wake-up pipe. The epoll
+instance's `/proc/<daemon>/fdinfo/<fd>` lists one `tfd:` line per connection the loop owns
+(`events: 19` is EPOLLIN|EPOLLERR|EPOLLHUP, `1c` EPOLLOUT|EPOLLERR|EPOLLHUP), none for one a
+thread is serving; `strace -c -p <loop thread>` under a stream of pings shows one `recvfrom`
+and one `sendto` per request and no `epoll_ctl`.
 """
 
 import errno
@@ -409,6 +423,7 @@ class Server:
 
     request_queue_size = socket.SOMAXCONN
     max_connections = MAX_CONNECTIONS
+    wall_clock = staticmethod(time.time)       # what the Date header says (a test may fix it)
 
     def __init__(self, listener, app, headers_fn=None, logger=None, tls_context=None):
         self.socket = listener
@@ -451,7 +466,7 @@ class Server:
         """The headers every answer carries: the application's (headers_fn), then `Date` (RFC
         9110 6.6.1: a server with a clock sends it), for the wall-clock `second` (default now)."""
         if second is None:
-            second = int(time.time())
+            second = int(self.wall_clock())
         date = self._date
         if date[0] != second:                  # formatted once a second, not once per answer
             date = self._date = (second, ("Date", http.imf_date(second)))
@@ -470,7 +485,7 @@ class Server:
         poll = self._epoll.poll
         conns_get = self._conns.get
         memo_get = self._memo.get
-        monotonic, wall = time.monotonic, time.time
+        monotonic, wall = time.monotonic, self.wall_clock
         try:
             next_sweep = monotonic() + poll_interval
             while not self._stop:
@@ -910,7 +925,7 @@ class Server:
             self._hand_over(conn, self._finish_in_thread, head, request, response)
             return False
         keep = head.keep_alive
-        second = int(time.time())
+        second = int(self.wall_clock())
         data = render_response(response, head, keep, self.base_headers(second))
         if key is not None and keep and not hooks and response.same_while is not None:
             self._remember(key, second, response.same_while, data)
