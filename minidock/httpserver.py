@@ -243,7 +243,7 @@ class _Connection:
         self.inbuf = bytearray()    # bytes received and not yet consumed by a request
         self.outbuf = None          # a memoryview of an answer still being written
         self.after = None           # (keep the connection?, after-reply hooks) once it is written
-        self.pending = None         # (head, mode, body length) of a request waiting for its body
+        self.pending = None         # (head, mode, body length, memo key) of a request waiting for its body
         self.armed = False          # in the epoll set: the loop owns it
         self.events = 0             # while armed: what the loop waits for (EPOLLIN or EPOLLOUT)
         self.deadline = None        # while armed: when the loop gives up waiting
@@ -251,7 +251,7 @@ class _Connection:
         self.handshaking = tls      # a TLS handshake still to finish
         self.eof = False            # the client shut down its sending side
         self.ready = False          # armed for a new request, nothing buffered: the fast path may read it
-        self.key = None             # the bytes of one recv() that began a request (see _Memo)
+        self.key = None             # the bytes of one recv() that began a request (Server._remember)
 
 
 class _ConnReader:
@@ -876,8 +876,8 @@ class Server:
     def _release(self, conn):
         """The loop hands the connection over to a worker or a request thread: out of the
         epoll set (EPOLL_CTL_DEL), so no event of it reaches the loop until it is given back.
-        (Disarming with EPOLLONESHOT instead would still let a hang-up through: epoll always
-        reports EPOLLHUP and EPOLLERR.) A no-op when a thread, not the loop, owns it."""
+        (An EPOLL_CTL_MOD to no events would not do: epoll reports EPOLLHUP and EPOLLERR
+        whatever the mask says.) A no-op when a thread, not the loop, owns it."""
         conn.ready = False
         if conn.armed:
             conn.armed = False
