@@ -30,8 +30,10 @@ def get_ping(req):
                              "text/plain; charset=utf-8")
     response = http.Response(200, b"OK", headers, "text/plain; charset=utf-8")
     # Nothing here depends on the request but its bytes (the version prefix, HEAD or GET): the
-    # server may send this answer again to the same bytes until the daemon is degraded.
-    response.same_while = lambda: _degraded(daemon) is None
+    # server may send this answer again to the same bytes until the daemon is degraded. (The
+    # check runs before each repeat: _degraded() with its look-ups done once, here.)
+    health = getattr(getattr(daemon, "spawner", None), "health", None)
+    response.same_while = (lambda: health() is None) if health is not None else (lambda: True)
     return response
 
 
