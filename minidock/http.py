@@ -33,6 +33,7 @@ import io
 import json
 import re
 import struct
+import time
 import urllib.parse
 
 from minidock import errors
@@ -437,6 +438,18 @@ def check_json_value(value, max_depth=None):
 # Responses
 # ---------------------------------------------------------------------------------------------
 
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def imf_date(seconds):
+    """The `Date` header's form of a Unix time (RFC 9110 5.6.7 IMF-fixdate, always GMT and
+    English names, whatever the locale): 0 -> 'Thu, 01 Jan 1970 00:00:00 GMT'."""
+    t = time.gmtime(seconds)
+    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
+
+
 def render_head(status, headers, version="HTTP/1.1"):
     """The status line and headers of a response, as bytes, ending with the blank line."""
     reason = REASONS.get(status, "Status")
@@ -504,7 +517,14 @@ def upgrade_head(extra_headers=(), upgrade=True):
 
 
 class Response:
-    """A complete response: status, headers and a body of bytes."""
+    """A complete response: status, headers and a body of bytes.
+
+    `same_while`, when a handler sets it, is a function that stays true for as long as the very
+    same request bytes would get this very same response: the server may then answer those
+    bytes again without asking the handler (httpserver.Server._remember). Only for answers
+    that depend on nothing but the request's bytes and that function (/_ping)."""
+
+    same_while = None
 
     def __init__(self, status=200, body=b"", headers=None, content_type=None):
         self.status = status

@@ -10,12 +10,12 @@ waits for:
 
 - **The event loop** (one thread per listener) owns every connection that is between requests.
   It waits in `epoll_wait(2)` on the listening socket and on all those connections at once
-  (`select.epoll`, non-blocking sockets, `EPOLLONESHOT`), accepts, reads what arrives into the
+  (`select.epoll`, non-blocking sockets, level-triggered), accepts, reads what arrives into the
   connection's buffer and cuts request heads off it with `http.take_head()`. A small body (a
   `Content-Length` up to `MAX_LOOP_BODY`) is read there too. Idle connections cost a few
   hundred bytes and no thread.
 - **How a request runs** is the application's choice, per route (`app.serving_mode(head)`, see
-  api/router.py): `INLINE` requests (the `/_ping` fast path) are answered in the loop the moment
+  api/router.py): `INLINE` requests (`/_ping`) are answered in the loop the moment
   they are read; `QUICK` ones (lists and inspects answered from memory) go in arrival order to a
   fixed pool of `WORKERS` threads, so 200 clients are served first come, first served by a few
   threads instead of 200 threads at once; every other request (`THREAD`: it may wait on a
@@ -24,12 +24,22 @@ waits for:
   thread-per-connection server would run it. Request threads are reused while there is work and
   end after `THREAD_IDLE` seconds without. A quick handler that returns a stream or a hijack
   hands the connection to such a thread too, so a worker is never held by a slow reader.
-- **Ownership.** At any moment exactly one thread owns a connection: the loop while it is armed
-  in the epoll set, else the worker or request thread serving it. The owner gives it back by
-  re-arming it (`epoll_ctl(EPOLL_CTL_MOD)` with `EPOLLONESHOT`: the next event goes to the loop
-  once and disarms it again), which is thread-safe and needs no wake-up of the loop. Before
-  re-arming, the owner serves anything already buffered: a pipelined request is in the buffer,
-  not in the socket, and epoll would never report it.
+- **Ownership.** At any moment exactly one thread owns a connection: the loop while it is in
+  the epoll set ("armed"), else the worker or request thread serving it, and it is never in
+  the set then. The loop hands a connection over by taking it out (`EPOLL_CTL_DEL`, before the
+  worker can see it); the owner gives it back by putting it in again (`EPOLL_CTL_ADD`, its last
+  touch of it), which is thread-safe and needs no wake-up of the loop. Before giving it back,
+  the owner serves anything already buffered: a pipelined request is in the buffer, not in the
+  socket, and epoll would never report it. While the loop owns a connection, it stays in the
+  set level-triggered for what the loop waits for (`EPOLLIN`, or `EPOLLOUT` while an answer
+  waits for room), so a request the loop answers itself costs no `epoll_ctl` at all.
+- **The fast path.** A client that sends the same bytes again and again (every docker command
+  pings first; a health probe pings; a benchmark pings back to back) is answered by the loop
+  with one `recv` and one `send`: when the application marked an answer as one it would give
+  again to the same bytes (`http.Response.same_while`, /_ping while the daemon is not
+  degraded), the server remembers it under the request's exact bytes for the second its
+  `Date` header names (`Server._remember`), and the next recv() holding exactly those bytes
+  gets it again without parsing or routing. Everything else takes the general path.
 - **Writes** are tried at once without blocking; what the socket does not take is written by
   the loop when `EPOLLOUT` says there is room, and the connection reads no further request until
   its answer is out (a client that pipelines without reading stalls only itself).
@@ -58,7 +68,11 @@ by http.py's parsers; this module enforces them on the socket):
 
 What you can observe: `ls /proc/<daemon>/task | wc -l` stays at a handful of threads however
 many keep-alive clients are connected, and `/proc/<daemon>/fd` holds one descriptor per client
-plus the epoll instance (`anon_inode:[eventpoll]`) and the loop's wake-up pipe.
+plus the epoll instance (`anon_inode:[eventpoll]`) and the loop's wake-up pipe. The epoll
+instance's `/proc/<daemon>/fdinfo/<fd>` lists one `tfd:` line per connection the loop owns
+(`events: 19` is EPOLLIN|EPOLLERR|EPOLLHUP, `1c` EPOLLOUT|EPOLLERR|EPOLLHUP), none for one a
+thread is serving; `strace -c -p <loop thread>` under a stream of pings shows one `recvfrom`
+and one `sendto` per request and no `epoll_ctl`.
 """
 
 import errno
@@ -87,6 +101,8 @@ MAX_LOOP_BODY = 1024 * 1024      # a QUICK/INLINE request body read by the loop;
 THREAD_IDLE = 30.0               # seconds an idle request thread waits for more work, then ends
 ACCEPTS_PER_WAKEUP = 64          # new connections taken per wake-up, so readers get a turn too
 RECV_BYTES = 65536
+MEMO_ENTRIES = 64                # distinct request byte strings whose answers the loop remembers
+MEMO_KEY_BYTES = 1024            # longer requests are never remembered
 
 # How a request is run (the application says, per route: app.serving_mode(head)).
 INLINE = "inline"                # answered in the event loop itself: only for microsecond handlers
@@ -217,8 +233,8 @@ class _Connection:
     Only the thread that owns the connection (see the module docstring) touches these fields;
     the loop reads `armed` and `deadline` only of connections armed in its epoll set."""
 
-    __slots__ = ("sock", "fd", "tls", "inbuf", "outbuf", "after", "pending", "armed", "deadline",
-                 "head_deadline", "handshaking", "eof", "served")
+    __slots__ = ("sock", "fd", "tls", "inbuf", "outbuf", "after", "pending", "armed", "events",
+                 "deadline", "head_deadline", "handshaking", "eof", "ready", "key")
 
     def __init__(self, sock, tls):
         self.sock = sock
@@ -227,13 +243,15 @@ class _Connection:
         self.inbuf = bytearray()    # bytes received and not yet consumed by a request
         self.outbuf = None          # a memoryview of an answer still being written
         self.after = None           # (keep the connection?, after-reply hooks) once it is written
-        self.pending = None         # (head, mode, body length) of a request waiting for its body
-        self.armed = False          # in the epoll set, waiting for an event: the loop owns it
+        self.pending = None         # (head, mode, body length, memo key) of a request waiting for its body
+        self.armed = False          # in the epoll set: the loop owns it
+        self.events = 0             # while armed: what the loop waits for (EPOLLIN or EPOLLOUT)
         self.deadline = None        # while armed: when the loop gives up waiting
         self.head_deadline = None   # when the head being received must be complete
         self.handshaking = tls      # a TLS handshake still to finish
         self.eof = False            # the client shut down its sending side
-        self.served = 0             # requests read off this connection
+        self.ready = False          # armed for a new request, nothing buffered: the fast path may read it
+        self.key = None             # the bytes of one recv() that began a request (Server._remember)
 
 
 class _ConnReader:
@@ -394,8 +412,10 @@ class _ThreadCache:
 # ---------------------------------------------------------------------------------------------
 
 _NO_HEAD = http.Head("GET", "/", "HTTP/1.1", [])     # how an answer to an unparsable head is framed
-_IN = select.EPOLLIN | select.EPOLLONESHOT
-_OUT = select.EPOLLOUT | select.EPOLLONESHOT
+# Level-triggered: while the loop owns a connection it stays in the epoll set with one of these,
+# and epoll reports it for as long as it is readable (writable), so nothing needs re-arming.
+_IN = select.EPOLLIN
+_OUT = select.EPOLLOUT
 
 
 class Server:
@@ -403,6 +423,7 @@ class Server:
 
     request_queue_size = socket.SOMAXCONN
     max_connections = MAX_CONNECTIONS
+    wall_clock = staticmethod(time.time)       # what the Date header says (a test may fix it)
 
     def __init__(self, listener, app, headers_fn=None, logger=None, tls_context=None):
         self.socket = listener
@@ -413,6 +434,8 @@ class Server:
         self.tls_context = tls_context
         self._mode_fn = getattr(app, "serving_mode", None)
         self._conns = {}                       # fd -> _Connection, every open connection
+        self._memo = {}                        # request bytes -> (second, same_while, answer)
+        self._date = (None, None)              # (second, ("Date", its IMF-fixdate))
         self._lock = threading.Lock()          # guards _conns (opened by the loop, closed by owners)
         self._quick = queue.SimpleQueue()      # (conn, head, body) for the worker pool, FIFO
         self._threads = _ThreadCache()
@@ -439,8 +462,16 @@ class Server:
     def active_connections(self):
         return len(self._conns)
 
-    def base_headers(self):
-        return self.headers_fn() if self.headers_fn else []
+    def base_headers(self, second=None):
+        """The headers every answer carries: the application's (headers_fn), then `Date` (RFC
+        9110 6.6.1: a server with a clock sends it), for the wall-clock `second` (default now)."""
+        if second is None:
+            second = int(self.wall_clock())
+        date = self._date
+        if date[0] != second:                  # formatted once a second, not once per answer
+            date = self._date = (second, ("Date", http.imf_date(second)))
+        headers = self.headers_fn() if self.headers_fn else []
+        return headers + [date[1]]
 
     def log_exception(self, head, exc):
         (self.logger or _log).exception("unhandled error serving %s %s", head.method, head.target)
@@ -449,28 +480,69 @@ class Server:
     def serve_forever(self, poll_interval=0.5):
         """Run the event loop until shutdown(); deadlines are checked every `poll_interval`."""
         self._stopped.clear()
+        # The loop runs once per request on a busy keep-alive connection: what it uses is
+        # looked up once, here, not per event.
+        poll = self._epoll.poll
+        conns_get = self._conns.get
+        memo_get = self._memo.get
+        monotonic, wall = time.monotonic, self.wall_clock
         try:
-            next_sweep = time.monotonic() + poll_interval
+            next_sweep = monotonic() + poll_interval
             while not self._stop:
                 timeout = poll_interval
                 if self._resume_at is not None:
-                    timeout = max(0.0, min(timeout, self._resume_at - time.monotonic()))
+                    timeout = max(0.0, min(timeout, self._resume_at - monotonic()))
                 try:
-                    events = self._epoll.poll(timeout)
+                    events = poll(timeout)
                 except InterruptedError:
                     continue
+                idle_deadline = monotonic() + IDLE_TIMEOUT
+                second = int(wall())
                 for fd, mask in events:
-                    conn = self._conns.get(fd)
-                    if conn is not None:
+                    conn = conns_get(fd)
+                    if conn is None:
+                        self._on_own_fd(fd)
+                    elif not conn.ready or mask != _IN:
+                        conn.ready = False
                         self._on_event(conn, mask)
-                    elif fd == self.socket.fileno():
-                        self._accept()
-                    elif fd == self._wake_r:
+                    else:
+                        # The fast path: a new request on a plain connection with nothing
+                        # buffered. One recv(); if exactly those bytes were answered this second
+                        # by the general path with an answer it may repeat (see _remember), one
+                        # send() of that answer, and the connection stays as it is: armed for
+                        # reading, no epoll_ctl, no parsing, no allocation but the recv's.
+                        sock = conn.sock
                         try:
-                            os.read(self._wake_r, 512)
-                        except BlockingIOError:
-                            pass
-                now = time.monotonic()
+                            data = sock.recv(RECV_BYTES)
+                        except (BlockingIOError, InterruptedError):
+                            continue
+                        except OSError:
+                            self._close(conn)
+                            continue
+                        known = memo_get(data)
+                        try:
+                            fresh = known is not None and known[0] == second and known[1]()
+                        except Exception:          # the application's same_while() failed
+                            (self.logger or _log).exception("checking a remembered answer")
+                            fresh = False
+                        if not fresh:
+                            conn.ready = False
+                            self._on_event(conn, mask, received=data)
+                            continue
+                        answer = known[2]
+                        try:
+                            sent = sock.send(answer)
+                        except (BlockingIOError, InterruptedError):
+                            sent = 0
+                        except OSError:
+                            self._close(conn)
+                            continue
+                        conn.head_deadline = None
+                        conn.deadline = idle_deadline
+                        if sent != len(answer):
+                            conn.ready = False
+                            self._on_event(conn, mask, unsent=answer[sent:])
+                now = monotonic()
                 if self._resume_at is not None and now >= self._resume_at:
                     self._resume_at = None
                     self._epoll.modify(self.socket.fileno(), select.EPOLLIN)
@@ -523,16 +595,39 @@ class Server:
             t.start()
             self._workers.append(t)
 
-    def _on_event(self, conn, mask):
-        conn.armed = False
+    def _on_own_fd(self, fd):
+        """An event on the listener or on the wake-up pipe."""
+        if fd == self.socket.fileno():
+            self._accept()
+        elif fd == self._wake_r:
+            try:
+                os.read(self._wake_r, 512)
+            except BlockingIOError:
+                pass
+
+    def _on_event(self, conn, mask, received=None, unsent=None):
+        """An event on a connection the loop owns (the general path). `received`: what the
+        fast path has read already; `unsent`: the rest of an answer it could not send whole."""
         try:
+            if unsent is not None:
+                if self._write(conn, unsent, True, None):
+                    self._drive(conn)
+                return
             if conn.outbuf is not None:
                 if self._write_some(conn):
                     self._drive(conn)
                 return
             if conn.handshaking and not self._handshake(conn):
                 return
-            if self._read(conn):
+            if received is not None:
+                if not received:
+                    conn.eof = True
+                else:
+                    conn.inbuf += received
+                    if len(received) <= MEMO_KEY_BYTES and len(conn.inbuf) == len(received):
+                        conn.key = received      # this recv() begins a request: a memo key, maybe
+                self._drive(conn)
+            elif self._read(conn):
                 self._drive(conn)
         except Exception:
             (self.logger or _log).exception("connection error")
@@ -542,7 +637,7 @@ class Server:
         """Give up on connections the loop holds whose deadline has passed."""
         for conn in list(self._conns.values()):
             if conn.armed and conn.deadline is not None and conn.deadline <= now:
-                conn.armed = False
+                conn.ready = False
                 if conn.pending is not None and conn.outbuf is None:
                     # Its head was read: the client is owed an answer, and a stalled body gets 408.
                     timeout = errors.RequestTimeout(f"request body stalled for {http.READ_TIMEOUT:g}s")
@@ -585,7 +680,7 @@ class Server:
             return
         conn = _Connection(sock, self.tls_context is not None)
         conn.head_deadline = conn.deadline = time.monotonic() + HEAD_TIMEOUT
-        conn.armed = True
+        conn.armed, conn.events, conn.ready = True, _IN, not conn.tls
         self._epoll.register(conn.fd, _IN)     # may fail (ENOSPC: max_user_watches): not yet listed
         with self._lock:
             self._conns[conn.fd] = conn
@@ -687,6 +782,7 @@ class Server:
                     if self._wait_for_bytes(conn, body=False):
                         continue
                     return
+                key, conn.key = conn.key, None  # a key only for the request these bytes begin
                 try:
                     head = take_head(conn.inbuf)
                 except errors.MinidockError as exc:
@@ -697,7 +793,8 @@ class Server:
                         continue
                     return
                 conn.head_deadline = None
-                conn.served += 1
+                if conn.inbuf or head.framing:
+                    key = None                 # the bytes held more than this request's head
                 mode = self._mode(head)
                 length = 0
                 if mode != THREAD and head.framing:
@@ -712,8 +809,8 @@ class Server:
                 if mode == THREAD:
                     self._hand_over(conn, self._serve_in_thread, head)
                     return
-                conn.pending = (head, mode, length)
-            head, mode, length = conn.pending
+                conn.pending = (head, mode, length, key)
+            head, mode, length, key = conn.pending
             if len(conn.inbuf) < length:
                 if self._wait_for_bytes(conn, body=True):
                     continue
@@ -722,9 +819,10 @@ class Server:
             body = bytes(conn.inbuf[:length])
             del conn.inbuf[:length]
             if mode == QUICK:
+                self._release(conn)            # before the put: from then on a worker owns it
                 self._quick.put((conn, head, body))
                 return
-            if not self._answer(conn, head, body):
+            if not self._answer(conn, head, body, key):
                 return
 
     def _wait_for_bytes(self, conn, body):
@@ -744,7 +842,8 @@ class Server:
             conn.head_deadline = conn.deadline = now + HEAD_TIMEOUT   # a head has begun
         else:
             conn.deadline = now + IDLE_TIMEOUT                # between requests
-        self._arm(conn, _IN)
+            conn.ready = not conn.tls          # the next event may take the loop's fast path
+        self._arm(conn, _IN)                   # the last step: the loop may own it from here on
         return False
 
     def _at_eof(self, conn):
@@ -757,15 +856,38 @@ class Server:
             self._close(conn)
 
     def _arm(self, conn, events):
-        """Give the connection to the loop: its next event (once) goes to the loop."""
-        conn.armed = True
+        """Have the loop wait for `events` on the connection. The loop, owning it already,
+        changes what it waits for only when that differs (an answer waiting for room to be
+        written, then the next request); a worker or request thread gives the connection
+        back to the loop: from the EPOLL_CTL_ADD on, the loop owns it and the thread must not
+        touch it any more."""
         try:
-            self._epoll.modify(conn.fd, events)
+            if conn.armed:
+                if conn.events != events:
+                    self._epoll.modify(conn.fd, events)
+                    conn.events = events
+                return
+            conn.armed, conn.events = True, events   # before the ADD: the loop may see it at once
+            self._epoll.register(conn.fd, events)
         except (OSError, ValueError):          # the server was closed under us
             conn.armed = False
             self._close(conn)
 
+    def _release(self, conn):
+        """The loop hands the connection over to a worker or a request thread: out of the
+        epoll set (EPOLL_CTL_DEL), so no event of it reaches the loop until it is given back.
+        (An EPOLL_CTL_MOD to no events would not do: epoll reports EPOLLHUP and EPOLLERR
+        whatever the mask says.) A no-op when a thread, not the loop, owns it."""
+        conn.ready = False
+        if conn.armed:
+            conn.armed = False
+            try:
+                self._epoll.unregister(conn.fd)
+            except (OSError, ValueError):      # the server was closed under us
+                pass
+
     def _hand_over(self, conn, fn, *args):
+        self._release(conn)
         try:
             self._threads.submit(fn, conn, *args)
         except RuntimeError:                   # "can't start new thread": out of processes or memory
@@ -786,9 +908,10 @@ class Server:
                 (self.logger or _log).exception("connection error")
                 self._close(conn)
 
-    def _answer(self, conn, head, body):
+    def _answer(self, conn, head, body, key=None):
         """Run the application for a request whose body is in memory and start writing its
-        answer; True when it is written and the connection can carry another request."""
+        answer; True when it is written and the connection can carry another request. `key`:
+        the request's exact bytes when one recv() held it and nothing else (see _remember)."""
         request = Request(head, http.LengthReader(io.BytesIO(body) if body else None, len(body)), conn.sock)
         _reply.hooks = []
         try:
@@ -802,7 +925,32 @@ class Server:
             self._hand_over(conn, self._finish_in_thread, head, request, response)
             return False
         keep = head.keep_alive
-        return self._write(conn, render_response(response, head, keep, self.base_headers()), keep, hooks)
+        second = int(self.wall_clock())
+        data = render_response(response, head, keep, self.base_headers(second))
+        if key is not None and keep and not hooks and response.same_while is not None:
+            self._remember(key, second, response.same_while, data)
+        return self._write(conn, data, keep, hooks)
+
+    def _remember(self, key, second, same_while, answer):
+        """Remember the answer to a request, for the loop's fast path (serve_forever).
+
+        Most requests on a busy connection are the same few dozen bytes, again and again: the
+        docker CLI and docker-py ping before they talk, health probes ping every few seconds,
+        a benchmark pings back to back. When the application marks its response as one it
+        would give again to the same bytes (`Response.same_while`, a function that stays true
+        while that holds: /_ping while the daemon is not degraded), the complete answer is
+        kept under the exact bytes of the request, with the wall-clock second its Date header
+        names. The loop then answers the same bytes in the same second, while same_while()
+        holds, with a dict lookup and one send(). Anything else -- another second, one byte
+        different, a pipelined request or a body in the same read, a TLS connection -- takes
+        the general path, which renders the answer afresh (and remembers it again). So the
+        fast answer is, byte for byte, what the general path sent to those bytes that second.
+        Only keep-alive answers without after-reply hooks are kept; at most MEMO_ENTRIES of
+        them (then the memo starts over: a client varying its bytes only costs itself time)."""
+        memo = self._memo
+        if len(memo) >= MEMO_ENTRIES and key not in memo:
+            memo.clear()
+        memo[key] = (second, same_while, answer)
 
     def _fail(self, conn, exc):
         """Answer an error and close: the connection's byte stream can no longer be trusted."""
@@ -843,7 +991,7 @@ class Server:
         with self._lock:
             if self._conns.pop(conn.fd, None) is not conn:
                 return
-        conn.armed = False
+        conn.armed = conn.ready = False
         if conn.after is not None:
             hooks, conn.after = conn.after[1], None
             _run_hooks(hooks)

@@ -139,6 +139,50 @@ def test_serving_mode_by_route(method, target, mode):
     assert app.serving_mode(http.Head(method, target, "HTTP/1.1", [])) == mode
 
 
+def _scan_outcome(app, method, path, version):
+    """The route table's meaning, by a scan of all of it: the first route of this method whose
+    pattern matches and that exists in this version; else 405 when the path matches routes of
+    other methods only (and none of this method in another version), else 404."""
+    from minidock.api import versions
+    allowed, elsewhere = set(), False
+    for route_method, regex, handler, span, mode in app.routes:
+        m = regex.match(path)
+        if not m:
+            continue
+        if not versions.exists(span, version):
+            elsewhere = elsewhere or route_method == method
+            continue
+        if route_method == method:
+            return handler, m.groupdict(), mode
+        allowed.add(route_method)
+    if allowed and not elsewhere:
+        return errors.MethodNotAllowed, f"method {method} not allowed for {path} (allowed: {', '.join(sorted(allowed))})"
+    return errors.NotFound, f"page not found: {path}"
+
+
+def test_route_index_finds_what_a_scan_of_the_whole_table_finds():
+    """The router looks a path up among the routes of its first segment; the answer (the
+    route, its parameters, or the 404/405 with its message) is that of a scan of the table."""
+    import re
+    from minidock.api import versions
+    app = router.Router(daemon.routes(), None)
+    paths = {"/", "/nope", "//containers/json", "/containers", "/containers/", "/_ping/x", "/v1.41"}
+    for entry in daemon.routes():
+        path = re.sub(r"\{[a-z_]+:path\}", "localhost:5000/team/app", entry[1])
+        paths.add(re.sub(r"\{[a-z_]+\}", "abc", path))
+    compared = 0
+    for path in sorted(paths):
+        for method in ("GET", "HEAD", "POST", "PUT", "DELETE"):
+            for version in (versions.MAX, (1, 24)):
+                try:
+                    found = app._find(method, path, version)
+                except errors.MinidockError as exc:
+                    found = type(exc), exc.message
+                assert found == _scan_outcome(app, method, path, version), (method, path, version)
+                compared += 1
+    assert compared > 1000
+
+
 # -- servers in this process -------------------------------------------------------------------
 
 class ModeApp:

@@ -122,7 +122,10 @@ def test_a_head_sent_one_byte_at_a_time_is_cut_off(serve, monkeypatch):
             closed = True
             break
     assert closed
-    assert read_until_close(s) == b""           # dropped without an answer
+    try:
+        assert read_until_close(s) == b""       # dropped without an answer
+    except ConnectionResetError:
+        pass    # also no answer: a byte that reached the socket just before its close() resets it
 
 
 def test_a_stalled_body_times_out_with_408(serve, monkeypatch):

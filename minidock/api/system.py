@@ -23,11 +23,18 @@ def get_ping(req):
     cannot start."""
     headers = [("Cache-Control", "no-cache, no-store, must-revalidate"), ("Pragma", "no-cache"),
                ("Builder-Version", "1"), ("Swarm", "inactive")]
-    degraded = _degraded(req.daemon)
+    daemon = req.daemon
+    degraded = _degraded(daemon)
     if degraded:
         return http.Response(503, f"degraded: {degraded}".encode(), headers,
                              "text/plain; charset=utf-8")
-    return http.Response(200, b"OK", headers, "text/plain; charset=utf-8")
+    response = http.Response(200, b"OK", headers, "text/plain; charset=utf-8")
+    # Nothing here depends on the request but its bytes (the version prefix, HEAD or GET): the
+    # server may send this answer again to the same bytes until the daemon is degraded. (The
+    # check runs before each repeat: _degraded() with its look-ups done once, here.)
+    health = getattr(getattr(daemon, "spawner", None), "health", None)
+    response.same_while = (lambda: health() is None) if health is not None else (lambda: True)
+    return response
 
 
 def get_version(req):
