@@ -135,7 +135,7 @@ def process_bound():
     return max(soft - reserve, 1)
 
 
-def reap_stray_zombies(sessions):
+def reap_stray_zombies(sessions, keep=()):
     """Reap dead children of ours that no one else will: returns their pids.
 
     After a spawner died, we (a subreaper) inherit the starters it had in flight; their
@@ -144,7 +144,9 @@ def reap_stray_zombies(sessions):
     init that failed before its own setsid(). Everything else stays untouched: the processes
     we watch by pidfd are in sessions of their own, and the children `subprocess` makes and
     waits for itself are in ours (reaping one would make its wait fail and report code 0).
-    So: zombie children whose session is one of `sessions`."""
+    So: zombie children whose session is one of `sessions`, except those in `keep` -- the
+    processes we started and watch, which `_reap_watched` reaps for their exit codes (an
+    `--init` container's PID 1 stays in the spawner's session: only its command calls setsid)."""
     me = os.getpid()
     children = set()
     try:
@@ -165,7 +167,7 @@ def reap_stray_zombies(sessions):
         except OSError:
             continue
         state, session = fields[0], int(fields[3])     # after "(comm)": state ppid pgrp session
-        if state != "Z" or session not in sessions:
+        if state != "Z" or session not in sessions or pid in keep:
             continue
         try:
             if os.waitpid(pid, os.WNOHANG)[0] == pid:
@@ -404,7 +406,8 @@ class Spawner:
             if self._undelivered:
                 self._retry_undelivered()
             if self._dead_spawners:     # a spawner died: strays of it may need reaping
-                for pid in reap_stray_zombies(self._dead_spawners):
+                watched = {pid for pid, _ in self._watched.values()} | set(self._polled)
+                for pid in reap_stray_zombies(self._dead_spawners, watched):
                     log.info("reaped stray process %d left by a dead spawner", pid)
             if self._polled:
                 self._poll_unwatched()

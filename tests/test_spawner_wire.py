@@ -127,19 +127,24 @@ def test_stray_zombies_of_a_dead_spawners_session_are_reaped_no_others():
     ours = os.fork()
     if ours == 0:
         os._exit(4)                     # as a `subprocess` child would be: our session
+    kept = os.fork()
+    if kept == 0:
+        os.setsid()                     # in a dead spawner's session, but watched by pidfd (an
+        os._exit(6)                     # --init container's PID 1 never calls setsid)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:  # all have exited (zombies) once /proc says "Z"
         states = []
-        for pid in (stray, watched, ours):
+        for pid in (stray, watched, ours, kept):
             with open(f"/proc/{pid}/stat") as f:
                 states.append(f.read().rsplit(")", 1)[1].split()[0])
-        if states == ["Z", "Z", "Z"]:
+        if states == ["Z", "Z", "Z", "Z"]:
             break
         time.sleep(0.01)
     try:
-        reaped = spawner.reap_stray_zombies({stray})
+        reaped = spawner.reap_stray_zombies({stray, kept}, keep={kept})
         assert reaped == [stray]
         assert not os.path.exists(f"/proc/{stray}")
     finally:
         assert os.waitpid(watched, 0)[1] >> 8 == 5  # still ours to wait for, with its code
         assert os.waitpid(ours, 0)[1] >> 8 == 4
+        assert os.waitpid(kept, 0)[1] >> 8 == 6
