@@ -107,7 +107,7 @@ import threading
 import time
 
 from . import errors, ns, seccomp, syscalls
-from .spawnerloop import MAX_PART, MessageReader, exit_code, send_message, spawner_main
+from .spawnerloop import MAX_PART, MessageReader, exit_code, send_message
 
 log = logging.getLogger("minidock.spawner")
 
@@ -135,16 +135,19 @@ def process_bound():
     return max(soft - reserve, 1)
 
 
-def reap_stray_zombies(sessions):
+def reap_stray_zombies(sessions, watched=()):
     """Reap dead children of ours that no one else will: returns their pids.
 
     After a spawner died, we (a subreaper) inherit the starters it had in flight; their
     requests failed, nobody waits for them, and they would stay zombies for ever. They are in
     the dead spawner's session (it called setsid(), so the session id is its pid), as is an
     init that failed before its own setsid(). Everything else stays untouched: the processes
-    we watch by pidfd are in sessions of their own, and the children `subprocess` makes and
+    we watch are mostly in sessions of their own, and the children `subprocess` makes and
     waits for itself are in ours (reaping one would make its wait fail and report code 0).
-    So: zombie children whose session is one of `sessions`."""
+    So: zombie children whose session is one of `sessions`, but none of `watched` -- the
+    pids reaped by pidfd with their exit reported: a container's init under --init (pid1.py)
+    stays in its starter's session, the spawner's, and taking its status here would lose
+    its exit code."""
     me = os.getpid()
     children = set()
     try:
@@ -165,7 +168,7 @@ def reap_stray_zombies(sessions):
         except OSError:
             continue
         state, session = fields[0], int(fields[3])     # after "(comm)": state ppid pgrp session
-        if state != "Z" or session not in sessions:
+        if state != "Z" or session not in sessions or pid in watched:
             continue
         try:
             if os.waitpid(pid, os.WNOHANG)[0] == pid:
@@ -203,7 +206,9 @@ class Spawner:
 
     @classmethod
     def start(cls, on_exit=None):
-        """Fork the spawner. Call while the daemon is single-threaded (after enter_daemon_userns).
+        """Start the spawner. Call while the daemon is single-threaded (after enter_daemon_userns):
+        its death signal is tied to the thread that starts it, which must live as long as the
+        daemon, and this one, the main thread, does.
 
         `on_exit(pid, code)` is called from the supervisor thread whenever a process started by
         run or exec ends (keep it short: it delays every later message). Without a callback,
@@ -216,14 +221,9 @@ class Spawner:
         # exactly when the daemon is gone, however it died. A started process checks it
         # right after arming its death signal (ns.DaemonTie).
         lifeline_r, lifeline_w = os.pipe2(os.O_CLOEXEC)
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        daemon = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            mine.close()
-            os.close(lifeline_w)
-            spawner_main(theirs, lifeline_r, daemon)      # never returns
-        theirs.close()
+        # Not forked from us but a fresh interpreter, as a restarted one is (see _exec_spawner):
+        # it starts while we build the engine; a request sent meanwhile waits in its socket.
+        pid, mine = _exec_spawner(lifeline_r)
         log.info("spawner started (pid %d)", pid)
         return cls(pid, mine, (lifeline_r, lifeline_w), on_exit)
 
@@ -404,7 +404,8 @@ class Spawner:
             if self._undelivered:
                 self._retry_undelivered()
             if self._dead_spawners:     # a spawner died: strays of it may need reaping
-                for pid in reap_stray_zombies(self._dead_spawners):
+                watched = {pid for pid, _ in self._watched.values()} | set(self._polled)
+                for pid in reap_stray_zombies(self._dead_spawners, watched):
                     log.info("reaped stray process %d left by a dead spawner", pid)
             if self._polled:
                 self._poll_unwatched()
@@ -570,30 +571,13 @@ class Spawner:
 
     def _start_exec(self):
         """A fresh interpreter: fork() without exec in our threaded process would be unsafe."""
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent,
-                                                          env.get("PYTHONPATH")]))
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-S", "-m", "minidock.spawnerloop", str(theirs.fileno()),
-                 str(self._lifeline_r), str(os.getpid())],
-                pass_fds=(theirs.fileno(), self._lifeline_r), env=env,
-                stdin=subprocess.DEVNULL)
-        except BaseException:
-            mine.close()
-            raise
-        finally:
-            theirs.close()
-        # We reap it ourselves with waitpid (subprocess would only reap it if polled).
-        proc.returncode = 0             # keeps Popen.__del__ from touching the pid later
+        pid, mine = _exec_spawner(self._lifeline_r)
         with self._cond:
             if self._closing.is_set():  # close() came while we were starting it
                 mine.close()            # it reads EOF and exits; reap it
-                os.waitpid(proc.pid, 0)
+                os.waitpid(pid, 0)
                 return
-            self.pid = proc.pid
+            self.pid = pid
             self._sock = mine
             self._sel.register(mine, selectors.EVENT_READ, None)
             self.state = "running"
@@ -601,4 +585,39 @@ class Spawner:
             self.restarts += 1
             self._started_at = time.monotonic()
             self._cond.notify_all()
-        log.warning("spawner restarted (pid %d, restart %d)", proc.pid, self.restarts)
+        log.warning("spawner restarted (pid %d, restart %d)", pid, self.restarts)
+
+
+def _exec_spawner(lifeline_r):
+    """Start `python -S -E -m minidock.spawnerloop SOCKET_FD LIFELINE_FD DAEMON_PID`; returns
+    (its pid, our end of its socket).
+
+    A fresh interpreter rather than a fork of the daemon, for the first spawner as for a
+    restarted one: every container start forks the spawner twice (the starter, then the
+    init), and a fork costs in proportion to what the forking process has mapped -- page
+    tables copied, pages copied on write as the children's Python touches them, all torn
+    down again by the init's execve. The daemon has imported the whole API (~13 MB of
+    anonymous memory); an interpreter that imports only what starting a process needs has
+    about half (compare VmRSS/RssAnon in /proc/PID/status of the daemon and the spawner).
+
+    The same interpreter as ours (`sys.executable`), in our user and mount namespaces and with
+    our credentials, which execve keeps (we are uid 0 of our namespace, so it keeps every
+    capability too). `-S`: no site-packages scan; `-E`: no PYTHON* variable changes it. So the
+    package is found through the working directory, which `-m` puts first on sys.path: its
+    parent directory; the spawner then moves to our working directory (spawnerloop.main)."""
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-S", "-E", "-m", "minidock.spawnerloop", str(theirs.fileno()),
+             str(lifeline_r), str(os.getpid())],
+            pass_fds=(theirs.fileno(), lifeline_r), cwd=package_parent,
+            stdin=subprocess.DEVNULL)
+    except BaseException:
+        mine.close()
+        raise
+    finally:
+        theirs.close()
+    # We reap it ourselves with waitpid (subprocess would only reap it if polled).
+    proc.returncode = 0                 # keeps Popen.__del__ from touching the pid later
+    return proc.pid, mine
