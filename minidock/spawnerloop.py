@@ -29,7 +29,8 @@ API accepts (16 MiB bodies) under the socket buffer limit an unprivileged proces
     daemon -> spawner   {"op": "run",  "id": N, "spec": {...}}               + 3 fds (SCM_RIGHTS)
                         {"op": "exec", "id": N, "init_pid": P, "spec": {...}} + 3 fds
                         {"op": "netns", "id": N}  + 1 fd: start network.py's keeper on it
-    spawner -> daemon   {"id": N, "pid": P}           the command is being exec'd; P is now
+    spawner -> daemon   {"ready": true}               once, when the loop starts
+                        {"id": N, "pid": P}           the command is being exec'd; P is now
                                                       the daemon's child, for it to reap
                         {"id": N, "error": {...}, "pid": P or null}
                                                       syscalls.StartError.to_record(); P: a
@@ -181,6 +182,8 @@ class _Server:
         self.sel = selectors.DefaultSelector()
         self.sel.register(self.sock, selectors.EVENT_READ, "request")
         self.sel.register(self.wake_r, selectors.EVENT_READ, "sigchld")
+        # Up: a fresh spawner the daemon started beside a forked one takes over from here.
+        self.send({"ready": True})
         while True:
             for key, _ in self.sel.select():
                 # One event's failure fails its own request at most, never the loop.

@@ -18,12 +18,26 @@ import pytest
 from minidock.client import APIError
 
 
-def spawner_pid(daemon):
-    """The current spawner's pid, as the daemon logged it ("spawner started/restarted (pid N")."""
-    pids = re.findall(r"spawner (?:started|restarted) \(pid (\d+)", daemon.read_log())
-    if not pids:
-        raise AssertionError("the daemon logged no spawner pid")
-    return int(pids[-1])
+def _cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")[:-1]
+    except OSError:
+        return []
+
+
+def spawner_pid(daemon, timeout=10):
+    """The current spawner's pid, as the daemon logged it ("spawner started/restarted (pid N"),
+    once it is a fresh `python -S -E -m minidock.spawnerloop` (the forked first spawner hands
+    over to one within moments of the daemon's start)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = re.findall(r"spawner (?:started|restarted) \(pid (\d+)", daemon.read_log())
+        if not pids:
+            raise AssertionError("the daemon logged no spawner pid")
+        if b"minidock.spawnerloop" in _cmdline(int(pids[-1])) or time.monotonic() > deadline:
+            return int(pids[-1])
+        time.sleep(0.02)
 
 
 def assert_spawner_never_died(daemon):
@@ -221,3 +235,41 @@ def test_no_process_per_container_and_daemon_death_ends_containers(daemon_factor
     while time.monotonic() < deadline and not all(gone(p) for p in inits + [execd]):
         time.sleep(0.05)
     assert [p for p in inits + [execd] if not gone(p)] == []
+
+
+def _status(pid, key):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+
+
+def _mapped_extensions(pid):
+    with open(f"/proc/{pid}/maps") as f:
+        return {os.path.basename(line.split()[-1]) for line in f if line.rstrip().endswith(".so")
+                and "cpython" in line}
+
+
+def test_the_spawner_is_a_small_fresh_interpreter_in_the_daemons_namespaces(rootless):
+    daemon = rootless.proc.pid
+    pid = spawner_pid(rootless)
+    argv = _cmdline(pid)
+    # The same interpreter, started afresh with only the spawner's module: not a fork of the
+    # daemon (whose cmdline would be `python3 -S -m minidock ...`).
+    assert argv[1:5] == [b"-S", b"-E", b"-m", b"minidock.spawnerloop"], argv
+    assert argv[7:] == [str(daemon).encode()]
+    assert os.readlink(f"/proc/{pid}/exe") == os.readlink(f"/proc/{daemon}/exe")
+    assert _stat(pid)[1] == daemon
+    # execve kept the daemon's user and mount namespaces, and the working directory.
+    for ns in ("user", "mnt"):
+        assert os.readlink(f"/proc/{pid}/ns/{ns}") == os.readlink(f"/proc/{daemon}/ns/{ns}")
+    assert os.readlink(f"/proc/{pid}/cwd") == os.readlink(f"/proc/{daemon}/cwd")
+    # Smaller: fewer extension modules mapped (no TLS, no hashing...) and far less anonymous
+    # memory for each container start's forks to copy.
+    assert _mapped_extensions(pid) < _mapped_extensions(daemon)
+    assert _status(pid, "RssAnon") < 0.7 * _status(daemon, "RssAnon")
+    # The forked first spawner retired and was reaped: the daemon's children are this spawner,
+    # the keeper of the network namespace and the containers.
+    first = int(re.search(r"spawner started \(pid (\d+)", rootless.read_log()).group(1))
+    assert first != pid and _stat(first) is None
+    assert pid in _children(daemon)
+    # It starts containers.
+    assert rootless.docker("run", "--rm", "busybox", "echo", "ok").stdout == b"ok\n"
