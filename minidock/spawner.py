@@ -5,10 +5,24 @@ Why a separate process
 fork(2) in a multi-threaded Python process copies only the calling thread; locks held by the
 others stay locked forever in the child, so running Python after such a fork can deadlock
 (and `preexec_fn` is documented as unsafe with threads). setns(2) into a user namespace is
-refused outright to a multi-threaded process. So the daemon forks *one* helper right after
-`userns.enter_daemon_userns()`, while it is still single-threaded, and that helper does every
-fork afterwards. Forking an already-running interpreter costs well under a millisecond; a
-fresh `python -m ...` per container would cost 15-65 ms.
+refused outright to a multi-threaded process. So *one* single-threaded helper process does
+every fork: forking an already-running interpreter costs well under a millisecond; a fresh
+`python -m ...` per container would cost 15-65 ms.
+
+Which interpreter forks matters too: each container start forks the spawner twice (starter,
+init), and a fork costs with what the forking process has mapped (page tables copied, pages
+copied on write as the children's Python touches them, all torn down by the init's execve).
+So the spawner is a fresh `python3 -S -E -m minidock.spawnerloop` that imports only what
+starting a process needs: ~6 MB of anonymous memory where the daemon, having imported the
+whole API, has ~13 MB (RssAnon in /proc/PID/status); measured here, ~2 ms less CPU and ~3 ms
+less latency per container start. It boots in ~30-40 ms, though, and the daemon's start-up
+asks for the network namespace's keeper within milliseconds; so `Spawner.start()`, right after
+`userns.enter_daemon_userns()` while the daemon is still single-threaded, does both: it forks
+a spawner that serves at once, and starts the fresh one beside it, which says `ready` when its
+loop runs; from then on new requests go to the fresh one, and the fork, once it has answered
+what it took, gets EOF and exits (it is reaped; the keeper it forked lives on). `ps` shows the
+difference: the fork's command line is the daemon's, the fresh one's is `... -m
+minidock.spawnerloop SOCKET_FD LIFELINE_FD DAEMON_PID`.
 
 The process tree
 ----------------
@@ -46,8 +60,9 @@ init behind: its pid comes with the error, and it is reaped without a report.
 Supervision. The supervisor thread sees the spawner's socket reach EOF, reaps the spawner and
 logs how it ended (the spawner itself writes its traceback to stderr, the daemon's log, before
 exiting 1), fails the requests in flight with 503, and starts a new spawner -- not with fork(),
-unsafe in a threaded process, but as a fresh `python -m minidock.spawnerloop` given the socket
-and lifeline descriptors. Running containers need nothing: they were never the spawner's. A
+unsafe in a threaded process, but as a fresh `python -S -E -m minidock.spawnerloop` given the
+socket and lifeline descriptors (or, if the first spawner dies while its successor boots,
+by promoting that one). Running containers need nothing: they were never the spawner's. A
 starter caught in flight is re-parented to us and reaped as a stray (it is in the dead
 spawner's session). The restarted spawner's death signal is tied to the supervisor thread,
 which lives as long as the daemon. While it is down, `health()` says why (/_ping answers 503
@@ -722,13 +737,9 @@ def _exec_spawner(lifeline_r):
     """Start `python -S -E -m minidock.spawnerloop SOCKET_FD LIFELINE_FD DAEMON_PID`; returns
     (its pid, our end of its socket).
 
-    A fresh interpreter rather than a fork of the daemon, for the first spawner as for a
-    restarted one: every container start forks the spawner twice (the starter, then the
-    init), and a fork costs in proportion to what the forking process has mapped -- page
-    tables copied, pages copied on write as the children's Python touches them, all torn
-    down again by the init's execve. The daemon has imported the whole API (~13 MB of
-    anonymous memory); an interpreter that imports only what starting a process needs has
-    about half (compare VmRSS/RssAnon in /proc/PID/status of the daemon and the spawner).
+    A fresh interpreter rather than a fork of the daemon, for the successor of the first
+    spawner as for a restarted one: smaller, so cheaper to fork (the module docstring), and
+    the only safe way to start a process that runs Python from a threaded daemon.
 
     The same interpreter as ours (`sys.executable`), in our user and mount namespaces and with
     our credentials, which execve keeps (we are uid 0 of our namespace, so it keeps every

@@ -1,9 +1,11 @@
 """The spawner process: a single-threaded select() loop that forks starters, and the wire to the daemon.
 
 Why the daemon needs this process, and who dies with whom, is told in spawner.py, the daemon's
-side. This module is what runs *inside* the spawner: forked by `Spawner.start()` from the still
-single-threaded daemon, or, after a crash, started afresh as
-`python -m minidock.spawnerloop SOCKET_FD LIFELINE_FD DAEMON_PID`.
+side. This module is what runs *inside* the spawner: started afresh as
+`python -S -E -m minidock.spawnerloop SOCKET_FD LIFELINE_FD DAEMON_PID` (so it imports only
+what starting a process needs: keep this module's imports, and those of the modules it
+imports, to that), or, for the first moments of the daemon's life, forked by
+`Spawner.start()` from the still single-threaded daemon until the fresh one is ready.
 
 The loop
 --------

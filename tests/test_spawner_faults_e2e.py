@@ -40,6 +40,15 @@ def spawner_pid(daemon, timeout=10):
         time.sleep(0.02)
 
 
+def wait_for_handover(daemon, timeout=10):
+    """Until the fresh spawner took over and the forked first one is reaped."""
+    spawner_pid(daemon, timeout)
+    first = int(re.search(r"spawner started \(pid (\d+)", daemon.read_log()).group(1))
+    deadline = time.monotonic() + timeout
+    while os.path.exists(f"/proc/{first}") and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def assert_spawner_never_died(daemon):
     log = daemon.read_log()
     for words in ("spawner restarted", "crashed", "error handling an event", "the spawner (pid "):
@@ -212,6 +221,7 @@ def test_no_process_per_container_and_daemon_death_ends_containers(daemon_factor
     d = daemon_factory()
     d.docker("import", make_rootfs_tar(os.path.join(d.base, "bb.tar")), "busybox")
     daemon = d.proc.pid
+    wait_for_handover(d)
     before = _children(daemon)          # the spawner and the network namespace's keeper
     ids = [d.docker("run", "-d", "busybox", "sleep", "300").stdout.decode().strip()
            for _ in range(3)]
@@ -268,6 +278,7 @@ def test_the_spawner_is_a_small_fresh_interpreter_in_the_daemons_namespaces(root
     assert _status(pid, "RssAnon") < 0.7 * _status(daemon, "RssAnon")
     # The forked first spawner retired and was reaped: the daemon's children are this spawner,
     # the keeper of the network namespace and the containers.
+    wait_for_handover(rootless)
     first = int(re.search(r"spawner started \(pid (\d+)", rootless.read_log()).group(1))
     assert first != pid and _stat(first) is None
     assert pid in _children(daemon)
