@@ -12,17 +12,15 @@ every fork: forking an already-running interpreter costs well under a millisecon
 Which interpreter forks matters too: each container start forks the spawner twice (starter,
 init), and a fork costs with what the forking process has mapped (page tables copied, pages
 copied on write as the children's Python touches them, all torn down by the init's execve).
-So the spawner is a fresh `python3 -S -E -m minidock.spawnerloop` that imports only what
-starting a process needs: ~6 MB of anonymous memory where the daemon, having imported the
-whole API, has ~13 MB (RssAnon in /proc/PID/status); measured here, ~2 ms less CPU and ~3 ms
-less latency per container start. It boots in ~30-40 ms, though, and the daemon's start-up
-asks for the network namespace's keeper within milliseconds; so `Spawner.start()`, right after
-`userns.enter_daemon_userns()` while the daemon is still single-threaded, does both: it forks
-a spawner that serves at once, and starts the fresh one beside it, which says `ready` when its
-loop runs; from then on new requests go to the fresh one, and the fork, once it has answered
-what it took, gets EOF and exits (it is reaped; the keeper it forked lives on). `ps` shows the
-difference: the fork's command line is the daemon's, the fresh one's is `... -m
-minidock.spawnerloop SOCKET_FD LIFELINE_FD DAEMON_PID`.
+So the spawner is not a fork of the daemon but a fresh `python3 -S -E -m minidock.spawnerloop`
+(the daemon's own interpreter, started right after `userns.enter_daemon_userns()`, in the
+daemon's user and mount namespaces, which execve keeps) that imports only what starting a
+process needs: ~6 MB of anonymous memory where the daemon, having imported the whole API, has
+~13 MB (RssAnon in /proc/PID/status). Measured here: ~2 ms less CPU and ~3 ms less latency
+per container start. It boots in ~25-40 ms beside the daemon's own start-up; requests sent
+meanwhile wait in its socket (the daemon is ready only once the spawner has started the
+network namespace's keeper). `ps` shows it as `python3 -S -E -m minidock.spawnerloop
+SOCKET_FD LIFELINE_FD DAEMON_PID`.
 
 The process tree
 ----------------
@@ -60,9 +58,8 @@ init behind: its pid comes with the error, and it is reaped without a report.
 Supervision. The supervisor thread sees the spawner's socket reach EOF, reaps the spawner and
 logs how it ended (the spawner itself writes its traceback to stderr, the daemon's log, before
 exiting 1), fails the requests in flight with 503, and starts a new spawner -- not with fork(),
-unsafe in a threaded process, but as a fresh `python -S -E -m minidock.spawnerloop` given the
-socket and lifeline descriptors (or, if the first spawner dies while its successor boots,
-by promoting that one). Running containers need nothing: they were never the spawner's. A
+unsafe in a threaded process, but the same way as the first one: a fresh `python -S -E -m
+minidock.spawnerloop` given the socket and lifeline descriptors. Running containers need nothing: they were never the spawner's. A
 starter caught in flight is re-parented to us and reaped as a stray (it is in the dead
 spawner's session). The restarted spawner's death signal is tied to the supervisor thread,
 which lives as long as the daemon. While it is down, `health()` says why (/_ping answers 503
@@ -122,7 +119,7 @@ import threading
 import time
 
 from . import errors, ns, seccomp, syscalls
-from .spawnerloop import MAX_PART, MessageReader, exit_code, send_message, spawner_main
+from .spawnerloop import MAX_PART, MessageReader, exit_code, send_message
 
 log = logging.getLogger("minidock.spawner")
 
@@ -206,7 +203,6 @@ class _Pending:
     def __init__(self):
         self._done = threading.Event()
         self.reply = None
-        self.sock = None                # the spawner socket it went out on
 
     def answer(self, reply):
         self.reply = reply
@@ -237,29 +233,13 @@ class Spawner:
         # exactly when the daemon is gone, however it died. A started process checks it
         # right after arming its death signal (ns.DaemonTie).
         lifeline_r, lifeline_w = os.pipe2(os.O_CLOEXEC)
-        # Two spawners. A fork of us serves at once (the daemon's start-up asks for the
-        # network namespace's keeper within milliseconds); a fresh small interpreter, started
-        # as a restarted one is (_exec_spawner), boots meanwhile -- ~30-40 ms of interpreter
-        # start and imports, on the other CPU -- and once it says it is ready it takes every
-        # new request, and the fork retires (_promote). Every container start forks the
-        # spawner twice, and the small one is cheaper to fork (see _exec_spawner).
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        daemon = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            mine.close()
-            os.close(lifeline_w)
-            spawner_main(theirs, lifeline_r, daemon)      # never returns
-        theirs.close()
+        # Not forked from us but a fresh interpreter, as a restarted one is (see _exec_spawner):
+        # it starts while we build the engine; a request sent meanwhile waits in its socket.
+        pid, mine = _exec_spawner(lifeline_r)
         log.info("spawner started (pid %d)", pid)
-        try:
-            successor = _exec_spawner(lifeline_r)
-        except OSError as exc:          # the fork serves on: slower starts, nothing worse
-            log.error("could not start a fresh spawner: %s", exc)
-            successor = None
-        return cls(pid, mine, (lifeline_r, lifeline_w), on_exit, successor)
+        return cls(pid, mine, (lifeline_r, lifeline_w), on_exit)
 
-    def __init__(self, pid, sock, lifeline, on_exit=None, successor=None):
+    def __init__(self, pid, sock, lifeline, on_exit=None):
         self.pid = pid                  # the spawner's pid (changes when it is restarted)
         self._sock = sock
         self._lifeline_r, self._lifeline_w = lifeline
@@ -275,9 +255,7 @@ class Spawner:
         self._polled = {}               # pid -> report? (no pidfd to be had: polled each second)
         self._dead_spawners = set()     # their pids = their session ids: strays' sessions
         self._undelivered = []          # (pid, code) whose on_exit callback failed
-        self._readers = {sock: MessageReader()}     # per spawner socket: parts of a message
-        self._successor = None          # (pid, sock): a fresh spawner booting to take over
-        self._retiring = {}             # sock -> pid: replaced spawners finishing their requests
+        self._reader = MessageReader()
         self._closing = threading.Event()
         self.state = "running"          # running | restarting | closed
         self.down_reason = ""
@@ -287,10 +265,6 @@ class Spawner:
         self._last_cap = int(open("/proc/sys/kernel/cap_last_cap").read())
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._sock, selectors.EVENT_READ, None)
-        if successor is not None:
-            self._successor = successor
-            self._readers[successor[1]] = MessageReader()
-            self._sel.register(successor[1], selectors.EVENT_READ, None)
         # The supervisor thread reads the spawner's messages, reaps started processes and restarts
         # the spawner. It lives as long as this handle: a restarted spawner's death signal is
         # tied to the thread that started it.
@@ -342,20 +316,11 @@ class Spawner:
         self._closing.set()
         with self._lock:
             self.state = "closed"
-        with self._lock:
-            others = [self._successor] if self._successor else []
-            others += [(pid, sock) for sock, pid in self._retiring.items()]
-            for sock in [self._sock] + [sock for _, sock in others]:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._thread.join(10)
-        for pid, sock in others:        # they read EOF and exit (a booting one once it is up)
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
         with self._lock:
             live = set(self._live)
         for pid in live:
@@ -427,7 +392,7 @@ class Spawner:
                 raise errors.Unavailable(f"the spawner process is down: {self.health_locked()}")
             msg["id"] = rid = next(self._ids)
             self._pending[rid] = pending
-            sock = pending.sock = self._sock
+            sock = self._sock
         # Sending has its own lock: the supervisor thread never waits for a sender, so it
         # keeps reading replies while a large message goes out part by part.
         try:
@@ -465,129 +430,34 @@ class Spawner:
                 time.sleep(0.5)
                 continue
             for key, _ in events:
-                sock = key.fileobj
-                if key.data is not None:
-                    self._reap_watched(key.fd)
-                elif sock is self._sock:
-                    if self._on_readable(sock):
+                if key.data is None:
+                    if key.fileobj is not self._sock:
+                        continue        # a socket replaced earlier in this batch
+                    if self._on_readable():
                         continue
                     self._spawner_gone()
                     if self._closing.is_set():
                         return
-                    if not self._take_successor():
-                        self._restart()
+                    self._restart()
                     if self._closing.is_set():
                         return
-                elif self._successor and sock is self._successor[1]:
-                    if not self._on_readable(sock):
-                        self._successor_failed()
-                elif sock in self._retiring:
-                    if not self._on_readable(sock):
-                        self._retired(sock)
-                # else: a socket closed earlier in this batch
+                else:
+                    self._reap_watched(key.fd)
 
-    def _on_readable(self, sock):
-        """Read one datagram from a spawner's socket; False when that spawner is gone."""
+    def _on_readable(self):
+        """Read one datagram; False when the spawner is gone."""
         try:
-            data = sock.recv(MAX_PART + 1)
+            data = self._sock.recv(MAX_PART + 1)
         except OSError:
             return False
         if not data:
             return False
-        done = self._readers[sock].feed(data)
+        done = self._reader.feed(data)
         if done is not None:
             try:
-                if done[0].get("ready"):
-                    if self._successor and sock is self._successor[1]:
-                        self._promote()
-                else:
-                    self._dispatch(done[0])
-                    if sock in self._retiring:
-                        self._retire_if_idle(sock)
+                self._dispatch(done[0])
             except Exception:           # one bad message must not end the supervisor
                 log.exception("spawner supervisor: bad message %.200r", done[0])
-        return True
-
-    # -- the hand-over from the forked first spawner to a fresh one --
-
-    def _promote(self):
-        """The fresh spawner is up: new requests go to it; the one it replaces retires."""
-        with self._cond:
-            pid, sock = self._successor
-            self._successor = None
-            old_sock, old_pid = self._sock, self.pid
-            self._sock, self.pid = sock, pid
-            self._started_at = time.monotonic()
-            self._retiring[old_sock] = old_pid
-        log.info("spawner started (pid %d): a fresh interpreter; the forked one, pid %d, "
-                 "retires", pid, old_pid)
-        self._retire_if_idle(old_sock)
-
-    def _retire_if_idle(self, sock):
-        """Once no request it took is unanswered (none is in flight: it answers only after
-        reaping the starter), tell a retiring spawner to stop: EOF on its socket."""
-        with self._lock:
-            if any(p.sock is sock for p in self._pending.values()):
-                return
-        try:
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def _retired(self, sock):
-        """A retiring spawner closed its socket: reap it; fail what it left unanswered."""
-        with self._lock:
-            pid = self._retiring.pop(sock)
-        self._sel.unregister(sock)
-        sock.close()
-        del self._readers[sock]
-        try:
-            _, status = os.waitpid(pid, 0)
-        except ChildProcessError:
-            status = None
-        with self._lock:
-            pending = [(rid, p) for rid, p in self._pending.items() if p.sock is sock]
-            for rid, _ in pending:
-                del self._pending[rid]
-        if status != 0:                 # killed, or crashed: its starters may be strays
-            how = _describe_status(status) if status is not None else "is gone"
-            log.error("the retiring spawner (pid %d) %s; %d requests failed", pid, how,
-                      len(pending))
-            self._dead_spawners.add(pid)
-        for _, p in pending:
-            p.answer({"error": {"message": f"the spawner (pid {pid}) died during this request",
-                                "unavailable": True}})
-
-    def _successor_failed(self):
-        with self._lock:
-            pid, sock = self._successor
-            self._successor = None
-        self._sel.unregister(sock)
-        sock.close()
-        del self._readers[sock]
-        try:
-            _, status = os.waitpid(pid, 0)
-            how = _describe_status(status)
-        except ChildProcessError:
-            how = "is gone"
-        if not self._closing.is_set():
-            log.error("the fresh spawner (pid %d) %s before it was ready; the forked spawner "
-                      "(pid %d) goes on serving", pid, how, self.pid)
-
-    def _take_successor(self):
-        """The spawner died while its successor boots: that one is the restart."""
-        with self._cond:
-            if self._successor is None:
-                return False
-            pid, sock = self._successor
-            self._successor = None
-            self.pid, self._sock = pid, sock
-            self.state = "running"
-            self.down_reason = ""
-            self.restarts += 1
-            self._started_at = time.monotonic()
-            self._cond.notify_all()
-        log.warning("spawner restarted (pid %d, restart %d)", pid, self.restarts)
         return True
 
     def _dispatch(self, msg):
@@ -626,10 +496,8 @@ class Spawner:
 
     def _spawner_gone(self):
         """The spawner died (or was closed): log why, fail its pending requests."""
-        sock = self._sock
-        self._sel.unregister(sock)
-        sock.close()
-        del self._readers[sock]
+        self._sel.unregister(self._sock)
+        self._sock.close()
         try:
             _, status = os.waitpid(self.pid, 0)
             how = _describe_status(status)
@@ -639,10 +507,10 @@ class Spawner:
         with self._cond:
             self.state = "closed" if closing else "restarting"
             self.down_reason = f"the spawner (pid {self.pid}) {how}"
-            # Its own requests: a retiring spawner's are still being answered.
-            gone = [rid for rid, p in self._pending.items() if p.sock is sock]
-            pending = [self._pending.pop(rid) for rid in gone]
+            pending = list(self._pending.values())
+            self._pending.clear()
             running = len(self._live)
+            self._reader = MessageReader()
             self._cond.notify_all()
         self._dead_spawners.add(self.pid)
         if not closing:
@@ -723,7 +591,6 @@ class Spawner:
                 return
             self.pid = pid
             self._sock = mine
-            self._readers[mine] = MessageReader()
             self._sel.register(mine, selectors.EVENT_READ, None)
             self.state = "running"
             self.down_reason = ""
@@ -737,9 +604,9 @@ def _exec_spawner(lifeline_r):
     """Start `python -S -E -m minidock.spawnerloop SOCKET_FD LIFELINE_FD DAEMON_PID`; returns
     (its pid, our end of its socket).
 
-    A fresh interpreter rather than a fork of the daemon, for the successor of the first
-    spawner as for a restarted one: smaller, so cheaper to fork (the module docstring), and
-    the only safe way to start a process that runs Python from a threaded daemon.
+    A fresh interpreter rather than a fork of the daemon, for the first spawner as for a
+    restarted one: smaller, so cheaper to fork (the module docstring), and the only safe way
+    to start a process that runs Python from a threaded daemon.
 
     The same interpreter as ours (`sys.executable`), in our user and mount namespaces and with
     our credentials, which execve keeps (we are uid 0 of our namespace, so it keeps every

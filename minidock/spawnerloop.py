@@ -1,11 +1,10 @@
 """The spawner process: a single-threaded select() loop that forks starters, and the wire to the daemon.
 
 Why the daemon needs this process, and who dies with whom, is told in spawner.py, the daemon's
-side. This module is what runs *inside* the spawner: started afresh as
-`python -S -E -m minidock.spawnerloop SOCKET_FD LIFELINE_FD DAEMON_PID` (so it imports only
-what starting a process needs: keep this module's imports, and those of the modules it
-imports, to that), or, for the first moments of the daemon's life, forked by
-`Spawner.start()` from the still single-threaded daemon until the fresh one is ready.
+side. This module is what runs *inside* the spawner, a fresh interpreter started as
+`python -S -E -m minidock.spawnerloop SOCKET_FD LIFELINE_FD DAEMON_PID` (`main()`), first and
+after a crash. It imports only what starting a process needs -- keep it so, in this module and
+in the modules it imports: every container start forks this process twice.
 
 The loop
 --------
@@ -31,8 +30,7 @@ API accepts (16 MiB bodies) under the socket buffer limit an unprivileged proces
     daemon -> spawner   {"op": "run",  "id": N, "spec": {...}}               + 3 fds (SCM_RIGHTS)
                         {"op": "exec", "id": N, "init_pid": P, "spec": {...}} + 3 fds
                         {"op": "netns", "id": N}  + 1 fd: start network.py's keeper on it
-    spawner -> daemon   {"ready": true}               once, when the loop starts
-                        {"id": N, "pid": P}           the command is being exec'd; P is now
+    spawner -> daemon   {"id": N, "pid": P}           the command is being exec'd; P is now
                                                       the daemon's child, for it to reap
                         {"id": N, "error": {...}, "pid": P or null}
                                                       syscalls.StartError.to_record(); P: a
@@ -184,8 +182,6 @@ class _Server:
         self.sel = selectors.DefaultSelector()
         self.sel.register(self.sock, selectors.EVENT_READ, "request")
         self.sel.register(self.wake_r, selectors.EVENT_READ, "sigchld")
-        # Up: a fresh spawner the daemon started beside a forked one takes over from here.
-        self.send({"ready": True})
         while True:
             for key, _ in self.sel.select():
                 # One event's failure fails its own request at most, never the loop.

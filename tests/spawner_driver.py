@@ -68,9 +68,6 @@ def tree(sp, start, base):
     """Which processes the engine keeps per container, what a spawner's death changes."""
     me = os.getpid()
     res = {"daemon": me}
-    # The forked first spawner hands over to a fresh one within moments: let it finish, so
-    # that the daemon's children are the one spawner and the containers.
-    _until(lambda: sp._successor is None and not sp._retiring)
     inits = [start(["sleep", "100"])[0] for _ in range(3)]
     inits.append(start(["sleep", "100"], init=True)[0])
     null = os.open(os.devnull, os.O_RDWR)

@@ -26,27 +26,12 @@ def _cmdline(pid):
         return []
 
 
-def spawner_pid(daemon, timeout=10):
-    """The current spawner's pid, as the daemon logged it ("spawner started/restarted (pid N"),
-    once it is a fresh `python -S -E -m minidock.spawnerloop` (the forked first spawner hands
-    over to one within moments of the daemon's start)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        pids = re.findall(r"spawner (?:started|restarted) \(pid (\d+)", daemon.read_log())
-        if not pids:
-            raise AssertionError("the daemon logged no spawner pid")
-        if b"minidock.spawnerloop" in _cmdline(int(pids[-1])) or time.monotonic() > deadline:
-            return int(pids[-1])
-        time.sleep(0.02)
-
-
-def wait_for_handover(daemon, timeout=10):
-    """Until the fresh spawner took over and the forked first one is reaped."""
-    spawner_pid(daemon, timeout)
-    first = int(re.search(r"spawner started \(pid (\d+)", daemon.read_log()).group(1))
-    deadline = time.monotonic() + timeout
-    while os.path.exists(f"/proc/{first}") and time.monotonic() < deadline:
-        time.sleep(0.02)
+def spawner_pid(daemon):
+    """The current spawner's pid, as the daemon logged it ("spawner started/restarted (pid N")."""
+    pids = re.findall(r"spawner (?:started|restarted) \(pid (\d+)", daemon.read_log())
+    if not pids:
+        raise AssertionError("the daemon logged no spawner pid")
+    return int(pids[-1])
 
 
 def assert_spawner_never_died(daemon):
@@ -221,7 +206,6 @@ def test_no_process_per_container_and_daemon_death_ends_containers(daemon_factor
     d = daemon_factory()
     d.docker("import", make_rootfs_tar(os.path.join(d.base, "bb.tar")), "busybox")
     daemon = d.proc.pid
-    wait_for_handover(d)
     before = _children(daemon)          # the spawner and the network namespace's keeper
     ids = [d.docker("run", "-d", "busybox", "sleep", "300").stdout.decode().strip()
            for _ in range(3)]
@@ -258,9 +242,7 @@ def _mapped_extensions(pid):
                 and "cpython" in line}
 
 
-def test_the_spawner_is_a_small_fresh_interpreter_in_the_daemons_namespaces(rootless):
-    daemon = rootless.proc.pid
-    pid = spawner_pid(rootless)
+def _assert_small_fresh_spawner(pid, daemon):
     argv = _cmdline(pid)
     # The same interpreter, started afresh with only the spawner's module: not a fork of the
     # daemon (whose cmdline would be `python3 -S -m minidock ...`).
@@ -268,19 +250,28 @@ def test_the_spawner_is_a_small_fresh_interpreter_in_the_daemons_namespaces(root
     assert argv[7:] == [str(daemon).encode()]
     assert os.readlink(f"/proc/{pid}/exe") == os.readlink(f"/proc/{daemon}/exe")
     assert _stat(pid)[1] == daemon
-    # execve kept the daemon's user and mount namespaces, and the working directory.
+    # execve kept the daemon's user and mount namespaces; it works in the daemon's directory.
     for ns in ("user", "mnt"):
         assert os.readlink(f"/proc/{pid}/ns/{ns}") == os.readlink(f"/proc/{daemon}/ns/{ns}")
     assert os.readlink(f"/proc/{pid}/cwd") == os.readlink(f"/proc/{daemon}/cwd")
     # Smaller: fewer extension modules mapped (no TLS, no hashing...) and far less anonymous
-    # memory for each container start's forks to copy.
+    # memory for each container start's two forks to copy.
     assert _mapped_extensions(pid) < _mapped_extensions(daemon)
     assert _status(pid, "RssAnon") < 0.7 * _status(daemon, "RssAnon")
-    # The forked first spawner retired and was reaped: the daemon's children are this spawner,
-    # the keeper of the network namespace and the containers.
-    wait_for_handover(rootless)
-    first = int(re.search(r"spawner started \(pid (\d+)", rootless.read_log()).group(1))
-    assert first != pid and _stat(first) is None
-    assert pid in _children(daemon)
-    # It starts containers.
-    assert rootless.docker("run", "--rm", "busybox", "echo", "ok").stdout == b"ok\n"
+
+
+def test_the_spawner_is_a_small_fresh_interpreter_first_and_after_a_restart(daemon_factory):
+    from rootfs import make_rootfs_tar
+    d = daemon_factory()
+    d.docker("import", make_rootfs_tar(os.path.join(d.base, "bb.tar")), "busybox")
+    daemon = d.proc.pid
+    first = spawner_pid(d)
+    _assert_small_fresh_spawner(first, daemon)
+    # The keeper of the network namespace is a fork of it (same command line, smaller too).
+    keeper = [p for p in _children(daemon) if p != first]
+    assert len(keeper) == 1 and _cmdline(keeper[0]) == _cmdline(first)
+    assert d.docker("run", "--rm", "busybox", "echo", "ok").stdout == b"ok\n"
+    os.kill(first, signal.SIGKILL)
+    again = wait_for_new_spawner(d, first)
+    _assert_small_fresh_spawner(again, daemon)
+    assert d.docker("run", "--rm", "busybox", "echo", "again").stdout == b"again\n"
