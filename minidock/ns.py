@@ -21,10 +21,11 @@ Containers
 `spawn_container()` is the whole container set-up as one linear sequence. It runs in a fresh
 fork of the spawner (the short-lived "starter", see spawner.py): it unshares mount, pid, uts,
 ipc (and net) namespaces, forks so the command will be PID 1, brings `lo` up in a new network
-namespace (as Docker's "none" network has it) while the init sets up -- and the starter exits,
-leaving the init to the daemon (`DaemonTie`) -- and the child runs `_container_init()`: mounts, pivot_root(2),
-hostname, rlimits, the seccomp filter (seccomp.py; while CAP_SYS_ADMIN is still held, or last
-with no_new_privs), capabilities, user, the death signal, execve(2). Every step is named;
+namespace (as Docker's "none" network has it) while the init sets up -- and the starter
+exits, leaving the init to the daemon (`DaemonTie`) -- and the child runs `_container_init()`:
+mounts, pivot_root(2), hostname, rlimits, the seccomp filter (seccomp.py; while CAP_SYS_ADMIN
+is still held, or last with no_new_privs), capabilities, user, the death signal, execve(2).
+Every step is named;
 when one fails, the step, errno and message go back to the spawner over a close-on-exec pipe
 (the pipe reaches EOF without a word when execve succeeds) -- runc's error-pipe pattern.
 

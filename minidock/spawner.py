@@ -59,9 +59,9 @@ Supervision. The supervisor thread sees the spawner's socket reach EOF, reaps th
 logs how it ended (the spawner itself writes its traceback to stderr, the daemon's log, before
 exiting 1), fails the requests in flight with 503, and starts a new spawner -- not with fork(),
 unsafe in a threaded process, but the same way as the first one: a fresh `python -S -E -m
-minidock.spawnerloop` given the socket and lifeline descriptors. Running containers need nothing: they were never the spawner's. A
-starter caught in flight is re-parented to us and reaped as a stray (it is in the dead
-spawner's session). The restarted spawner's death signal is tied to the supervisor thread,
+minidock.spawnerloop` given the socket and lifeline descriptors. Running containers need
+nothing: they were never the spawner's. A starter caught in flight is re-parented to us and
+reaped as a stray (it is in the dead spawner's session). The restarted spawner's death signal is tied to the supervisor thread,
 which lives as long as the daemon. While it is down, `health()` says why (/_ping answers 503
 "degraded", /info warns), and new requests wait a little for it.
 
