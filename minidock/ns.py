@@ -25,9 +25,9 @@ namespace (as Docker's "none" network has it) while the init sets up -- and the 
 exits, leaving the init to the daemon (`DaemonTie`) -- and the child runs `_container_init()`:
 mounts, pivot_root(2), hostname, rlimits, the seccomp filter (seccomp.py; while CAP_SYS_ADMIN
 is still held, or last with no_new_privs), capabilities, user, the death signal, execve(2).
-Every step is named;
-when one fails, the step, errno and message go back to the spawner over a close-on-exec pipe
-(the pipe reaches EOF without a word when execve succeeds) -- runc's error-pipe pattern.
+Every step is named; when one fails, the step, errno and message go back to the spawner over
+a close-on-exec pipe (the pipe reaches EOF without a word when execve succeeds) -- runc's
+error-pipe pattern.
 
 The steps live with their concept: mounts, /dev, /sys, the console and pivot_root in mounts.py,
 the daemon's user namespace and the nested ones (a container user the daemon cannot map,
