@@ -273,5 +273,6 @@ def test_the_spawner_is_a_small_fresh_interpreter_first_and_after_a_restart(daem
     assert d.docker("run", "--rm", "busybox", "echo", "ok").stdout == b"ok\n"
     os.kill(first, signal.SIGKILL)
     again = wait_for_new_spawner(d, first)
-    _assert_small_fresh_spawner(again, daemon)
+    # (Logged as soon as it is started: a run is answered once it is up and serving.)
     assert d.docker("run", "--rm", "busybox", "echo", "again").stdout == b"again\n"
+    _assert_small_fresh_spawner(again, daemon)
