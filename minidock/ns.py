@@ -20,13 +20,14 @@ Containers
 ----------
 `spawn_container()` is the whole container set-up as one linear sequence. It runs in a fresh
 fork of the spawner (the short-lived "starter", see spawner.py): it unshares mount, pid, uts,
-ipc (and net) namespaces (bringing `lo` up in a new network namespace, as Docker's "none"
-network has it), forks so the command will be PID 1 -- and the starter exits, leaving the init
-to the daemon (`DaemonTie`) -- and the child runs `_container_init()`: mounts, pivot_root(2),
-hostname, rlimits, the seccomp filter (seccomp.py; while CAP_SYS_ADMIN is still held, or last
-with no_new_privs), capabilities, user, the death signal, execve(2). Every step is named;
-when one fails, the step, errno and message go back to the spawner over a close-on-exec pipe
-(the pipe reaches EOF without a word when execve succeeds) -- runc's error-pipe pattern.
+ipc (and net) namespaces, forks so the command will be PID 1, brings `lo` up in a new network
+namespace (as Docker's "none" network has it) while the init sets up -- and the starter
+exits, leaving the init to the daemon (`DaemonTie`) -- and the child runs `_container_init()`:
+mounts, pivot_root(2), hostname, rlimits, the seccomp filter (seccomp.py; while CAP_SYS_ADMIN
+is still held, or last with no_new_privs), capabilities, user, the death signal, execve(2).
+Every step is named; when one fails, the step, errno and message go back to the spawner over
+a close-on-exec pipe (the pipe reaches EOF without a word when execve succeeds) -- runc's
+error-pipe pattern.
 
 The steps live with their concept: mounts, /dev, /sys, the console and pivot_root in mounts.py,
 the daemon's user namespace and the nested ones (a container user the daemon cannot map,
@@ -436,11 +437,20 @@ def spawn_container(spec, stdio, status_fd, tie):
     if isinstance(network, dict) and "netns_pid" in network:
         from . import network as _network      # network.py imports ns
         _network.attach_container(network)
-    if network == "none":
-        bring_up_loopback()             # Docker's "none" network still has a working lo
     # CLONE_NEWPID applies to children only: the next fork is PID 1 of the new namespace.
     pid = os.fork()
     if pid:
+        # Docker's "none" network still has a working lo. Brought up here, while the init
+        # sets up its mounts, not before the fork: setting IFF_UP on a fresh namespace's lo
+        # waits ~1.5 ms in the kernel with the CPU idle. The init cannot exec before lo is up:
+        # DaemonTie.arm, one of its last steps, waits for our exit.
+        if network == "none":
+            try:
+                bring_up_loopback()
+            except BaseException:
+                os.kill(pid, signal.SIGKILL)            # it must not run without its lo
+                os.write(status_fd, b"P%d\n" % pid)     # the daemon reaps it (spawnerloop)
+                raise
         return pid
     try:
         # No death signal yet: the starter's exit, moments away, re-parents us to the daemon

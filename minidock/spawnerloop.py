@@ -1,9 +1,10 @@
 """The spawner process: a single-threaded select() loop that forks starters, and the wire to the daemon.
 
 Why the daemon needs this process, and who dies with whom, is told in spawner.py, the daemon's
-side. This module is what runs *inside* the spawner: forked by `Spawner.start()` from the still
-single-threaded daemon, or, after a crash, started afresh as
-`python -m minidock.spawnerloop SOCKET_FD LIFELINE_FD DAEMON_PID`.
+side. This module is what runs *inside* the spawner, a fresh interpreter started as
+`python -S -E -m minidock.spawnerloop SOCKET_FD LIFELINE_FD DAEMON_PID` (`main()`), first and
+after a crash. It imports only what starting a process needs -- keep it so, in this module and
+in the modules it imports: every container start forks this process twice.
 
 The loop
 --------
@@ -41,18 +42,15 @@ execve succeeded.
 
 """
 
+import gc
 import json
-import logging
 import os
 import selectors
 import signal
 import socket
 import sys
-import traceback
 
 from . import errors, network, ns, syscalls   # network: loaded once here, not in every starter
-
-log = logging.getLogger("minidock.spawner")
 
 # The wire: every datagram is one byte saying whether more of the message follows, then a part
 # of the JSON. Parts stay well under any socket buffer limit (an unprivileged process cannot
@@ -143,6 +141,7 @@ def spawner_main(sock, lifeline, daemon_pid):
     except BaseException:
         code = 1
         try:
+            import traceback            # only on these paths: the spawner starts without it
             sys.stderr.write(f"minidock spawner (pid {os.getpid()}) crashed:\n"
                              + traceback.format_exc())
             sys.stderr.flush()
@@ -195,6 +194,7 @@ class _Server:
                     else:
                         self.on_status(key.fd, key.data)
                 except Exception:
+                    import traceback
                     sys.stderr.write("minidock spawner: error handling an event (carrying on):\n"
                                      + traceback.format_exc())
 
@@ -366,8 +366,20 @@ class _Server:
 
 
 def main(argv):
-    """`python -m minidock.spawnerloop SOCKET_FD LIFELINE_FD DAEMON_PID`: a restarted spawner."""
+    """`python -S -E -m minidock.spawnerloop SOCKET_FD LIFELINE_FD DAEMON_PID`: the spawner, as
+    spawner._exec_spawner starts it (first and after a crash)."""
     sock_fd, lifeline, daemon = (int(a) for a in argv)
+    # Started in the package's parent directory (how `-m` finds the package under -E); work
+    # where the daemon works, as a forked spawner did. /proc/PID/cwd is the daemon's very
+    # directory, even one no path reaches any more.
+    try:
+        os.chdir(f"/proc/{daemon}/cwd")
+    except OSError:
+        os.chdir("/")
+    # Everything imported so far lives as long as we do: move it out of the collector's
+    # generations, so that no collection -- here, or in a starter or init forked from us --
+    # walks those objects and writes to their pages (which a child would copy on write).
+    gc.freeze()
     spawner_main(socket.socket(fileno=sock_fd), lifeline, daemon)
 
 

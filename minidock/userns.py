@@ -65,7 +65,6 @@ Man pages: user_namespaces(7), unshare(2), newuidmap(1), newgidmap(1), subuid(5)
 import errno
 import os
 import pwd
-import shutil
 
 from . import errors
 from .syscalls import CLONE_NEWNS, CLONE_NEWUSER, MS_PRIVATE, MS_REC, Step, mount, unshare
@@ -181,6 +180,7 @@ def enter_daemon_userns():
     # Step 1: choose the mapping policy (see the module docstring).
     subuid = _subordinate_range("/etc/subuid", uid)
     subgid = _subordinate_range("/etc/subgid", uid)
+    import shutil                       # here, not at the top: the spawner never needs it
     if uid == 0:
         method, uid_map, gid_map = "root", ["0 0 65536"], ["0 0 65536"]
     elif subuid and subgid and shutil.which("newuidmap") and shutil.which("newgidmap"):

@@ -141,7 +141,7 @@ def test_stray_zombies_of_a_dead_spawners_session_are_reaped_no_others():
             break
         time.sleep(0.01)
     try:
-        reaped = spawner.reap_stray_zombies({stray, kept}, keep={kept})
+        reaped = spawner.reap_stray_zombies({stray, kept}, watched={kept})
         assert reaped == [stray]
         assert not os.path.exists(f"/proc/{stray}")
     finally:
