@@ -300,3 +300,19 @@ def test_since_before_limit_arguments():
 def test_bad_filters(filters, message):
     with pytest.raises(errors.InvalidParameter, match=message):
         names(filters)
+
+
+def test_the_inputs_copy_is_deep_and_shares_only_immutable_values():
+    class Odd:                                     # not plain data: copied the slow way
+        def __init__(self, v):
+            self.v = v
+
+        def __eq__(self, other):
+            return isinstance(other, Odd) and other.v == self.v
+    inputs = ("x" * 40, 7, None, True, 1.5, ["a", {"k": ["v"]}], {"n": {"m": (1, [2])}}, Odd([1]))
+    copied = describe._copy(inputs)
+    assert copied == inputs and copied[0] is inputs[0]
+    inputs[5][1]["k"].append("w")
+    inputs[6]["n"]["m"][1].append(3)
+    inputs[7].v.append(2)
+    assert copied[5] == ["a", {"k": ["v"]}] and copied[6] == {"n": {"m": (1, [2])}} and copied[7].v == [1]
