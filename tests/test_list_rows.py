@@ -275,7 +275,11 @@ NEWEST_FIRST = [f"box{n}" for n in range(8, -1, -1)]
     ({"health": ["none"]}, True, ["box7", "box6", "box5", "box3", "box2", "box0"]),
     ({"expose": ["80"]}, True, ["box1"]),
     ({"expose": ["53/udp", "8080/tcp"]}, True, ["box8", "box1"]),
-    ({"publish": ["80"]}, True, []),
+    ({"expose": ["79-81"]}, True, ["box1"]),
+    ({"publish": ["80"]}, True, ["box1"]),              # 80/tcp is bound while box1 runs
+    ({"publish": ["80/udp"]}, True, []),
+    ({"publish": ["53/udp"]}, True, []),                # exposed, not bound
+    ({"publish": ["8080"]}, True, []),                  # box8 exposes it and publishes nothing
     ({"is-task": ["true"]}, True, []),
     ({"is-task": ["false"]}, True, NEWEST_FIRST),
     ({"since": ["box6"]}, False, ["box8", "box7"]),
@@ -296,6 +300,8 @@ def test_since_before_limit_arguments():
     ({"colour": ["red"]}, "Invalid filter 'colour'"),
     ({"status": ["sleeping"]}, "Unrecognised filter value for status: sleeping"),
     ({"health": ["fine"]}, "Unrecognised filter value for health: fine"),
+    ({"publish": ["http"]}, "invalid port filter value 'http'"),
+    ({"expose": ["90-80/tcp"]}, "invalid port filter value '90-80/tcp'"),
 ])
 def test_bad_filters(filters, message):
     with pytest.raises(errors.InvalidParameter, match=message):
@@ -316,3 +322,8 @@ def test_the_inputs_copy_is_deep_and_shares_only_immutable_values():
     inputs[6]["n"]["m"][1].append(3)
     inputs[7].v.append(2)
     assert copied[5] == ["a", {"k": ["v"]}] and copied[6] == {"n": {"m": (1, [2])}} and copied[7].v == [1]
+
+
+def test_a_bad_port_filter_is_refused_with_no_container_to_test():
+    with pytest.raises(errors.InvalidParameter, match="invalid port filter value '80-'"):
+        describe.listing([], None, True, -1, None, None, {"publish": ["80-"]}, None)

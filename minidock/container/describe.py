@@ -6,6 +6,7 @@ them in minidock/api/versions.py. `docker ps` shows `status_text` ("Up 3 minutes
 """
 
 import copy
+import functools
 import json
 import re
 from json.encoder import encode_basestring_ascii
@@ -244,6 +245,8 @@ def check_filters(filters):
     for value in filters.get("health", []):
         if value not in health.HEALTH_FILTER_VALUES:
             raise errors.InvalidParameter(f"Unrecognised filter value for health: {value}")
+    for key in ("publish", "expose"):
+        port_keys(tuple(filters.get(key, ())))        # InvalidParameter for a malformed one
 
 
 def listing(containers, get, all_, limit, since, before, filters, descends_from):
@@ -299,11 +302,12 @@ def matches(c, filters, descends_from):
         return False
     if filters.get("is-task") and filters_mod.truthy(filters, "is-task", False):
         return False                     # API 1.25: swarm tasks; a node outside a swarm runs none
-    if filters.get("publish"):
-        return False                     # API 1.28: minidock publishes no ports (host network)
+    if filters.get("publish"):           # API 1.28: a container port published while it runs
+        ports = (c.record.get("NetworkSettings") or {}).get("Ports") or {} if c.running else {}
+        if not port_keys(tuple(filters["publish"])) & {k for k, binds in ports.items() if binds}:
+            return False
     if filters.get("expose"):            # API 1.28: `port[/proto]` the image or run exposed
-        exposed = set(c.config.get("ExposedPorts") or {})
-        if not any((v if "/" in v else v + "/tcp") in exposed for v in filters["expose"]):
+        if not port_keys(tuple(filters["expose"])) & set(c.config.get("ExposedPorts") or {}):
             return False
     if filters.get("ancestor"):
         if not any(descends_from(c.record["Image"], v) for v in filters["ancestor"]):
@@ -322,6 +326,23 @@ def matches(c, filters, descends_from):
         if not any(v in joined for v in filters["network"]):
             return False
     return True
+
+
+@functools.lru_cache(maxsize=64)
+def port_keys(values):
+    """`publish`/`expose` filter values (a tuple), `port[/proto]` or `start-end[/proto]` (tcp
+    when no protocol is given), as the "port/proto" keys of ExposedPorts and
+    NetworkSettings.Ports. Cached: a listing asks once per container."""
+    keys = set()
+    for value in values:
+        ports, _, proto = value.partition("/")
+        start, dash, end = ports.partition("-")
+        end = end if dash else start
+        if not start.isdigit() or not end.isdigit() or int(end) < int(start):
+            raise errors.InvalidParameter(f"invalid port filter value {value!r}: want port[/proto] or "
+                                          f"start-end[/proto]")
+        keys |= {f"{port}/{proto or 'tcp'}" for port in range(int(start), int(end) + 1)}
+    return frozenset(keys)
 
 
 def descends_from(images, image_id, ref):
