@@ -2,7 +2,8 @@
 
 These are the version-neutral models of the newest API shape; older shapes are derived from
 them in minidock/api/versions.py. `docker ps` shows `status_text` ("Up 3 minutes", "Exited (0)
-2 seconds ago") and filters rows with `--filter key=value` (`FILTERS` below).
+2 seconds ago") and filters rows with `--filter key=value` (`FILTERS` below). Its rows are kept
+encoded between calls while their records do not change (`RowCache`).
 """
 
 import copy
@@ -68,7 +69,7 @@ def summary(c, sizes=None, ports=(), networks=None):
 # -- the list's row cache --------------------------------------------------------------------------
 # `docker ps -a` with 1,000 containers asks for 1,000 rows that, between two calls, have mostly
 # not changed, and building each row (summary(), the networks' settings, the version steps) and
-# encoding it as JSON costs ~20 us: 20 ms a call. The cache keeps each row as encoded JSON, per
+# encoding it as JSON costs ~25 us: 25 ms a call. The cache keeps each row as encoded JSON, per
 # version shape, with holes for the fields that change without the record changing (VOLATILE:
 # the Status text depends on now, the sizes on the disk); a call fills the holes and joins.
 # A cached row is valid while the record fields it was built from are unchanged: row_inputs()
