@@ -54,6 +54,7 @@ class Containers:
         self.root = os.path.join(data_root, "containers")
         self.collection = store.Collection(self.root, "container", per_dir=True)
         self.by_id = {}
+        self.rows = describe.RowCache(self._row)      # `docker ps` rows, encoded
         self.names_lock = threading.Lock()
         # A removed container's files are renamed away at once and deleted here, after the
         # reply (store.Collection.delete, layers.remove_rw); drained at shutdown.
@@ -475,9 +476,21 @@ class Containers:
 
     def summaries(self, all_=False, limit=-1, since=None, before=None, filters=None, size=False):
         """The rows of `GET /containers/json`."""
-        return [describe.summary(c, self.size(c) if size else None, self.networks.summary_ports(c),
-                                 self.networks.settings(c)["Networks"])
+        return [self._row(c, self.size(c) if size else None)
                 for c in self.list(all_, limit, since, before, filters)]
+
+    def _row(self, c, sizes=None):
+        return describe.summary(c, sizes, self.networks.summary_ports(c), self.networks.settings(c)["Networks"])
+
+    def summaries_json(self, shaper, all_=False, limit=-1, since=None, before=None, filters=None, size=False):
+        """The rows of summaries() shaped by `shaper` (versions.item_shaper) and encoded as one
+        JSON list: exactly json.dumps([shape(row) for row in summaries(...)]).encode(), from
+        rows cached while their records do not change (describe.RowCache)."""
+        listed = self.list(all_, limit, since, before, filters)
+        body = self.rows.encode(listed, shaper, self.size if size else None)
+        if len(self.rows.entries) > len(self.by_id):
+            self.rows.forget_all_but(self.by_id)
+        return body
 
     def inspect(self, ref, size=False):
         c = self.get(ref)

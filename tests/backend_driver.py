@@ -213,7 +213,46 @@ def attach_detach(engine):
     return seen
 
 
-SCENARIOS = [run_to_exit, stop_and_remove, pause_and_kill, restart_policy, execs, volumes, attach_detach]
+def list_rows(engine):
+    """`GET /containers/json` through the cached rows (summaries_json) after each change the
+    backend makes, beside the straightforward rows: the bytes must agree, and the row shows it."""
+    from minidock.api import versions
+    cs = engine.containers
+    seen = {"agree": [], "rows": []}
+
+    def row(cid):
+        for version in (versions.MAX, versions.parse("1.44"), versions.parse("1.24"), versions.parse("1.11")):
+            for size in (False, True):
+                fast = cs.summaries_json(versions.item_shaper("container_list", version), all_=True, size=size)
+                straight = json.dumps(versions.render("container_list", cs.summaries(all_=True, size=size),
+                                                      version)).encode()
+                seen["agree"].append(fast == straight)
+        rows = json.loads(cs.summaries_json(versions.item_shaper("container_list", versions.MAX), all_=True))
+        r = [r for r in rows if r["Id"] == cid][0]
+        seen["rows"].append({k: r[k] for k in ("Names", "State", "Labels")} | {
+            "Status": r["Status"].split(" ")[0], "Networks": sorted(r["NetworkSettings"]["Networks"])})
+
+    cid, _ = cs.create({"Image": "busybox", "Cmd": ["sleep", "1000"], "Labels": {"made": "at-create"}},
+                       name="lister")
+    row(cid)
+    cs.rename(cid, "lister2")
+    row(cid)
+    cs.start(cid)
+    row(cid)
+    engine.networks.create({"Name": "listnet"})
+    engine.networks.connect_container("listnet", cid)
+    row(cid)
+    cs.stop(cid, timeout=0)
+    row(cid)
+    cs.remove(cid)
+    rows = json.loads(cs.summaries_json(versions.item_shaper("container_list", versions.MAX), all_=True))
+    seen["gone"] = cid not in [r["Id"] for r in rows] and cid not in cs.rows.entries
+    engine.networks.remove("listnet")
+    return seen
+
+
+SCENARIOS = [run_to_exit, stop_and_remove, pause_and_kill, restart_policy, execs, volumes, attach_detach,
+             list_rows]
 
 
 def main():

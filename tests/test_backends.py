@@ -117,3 +117,23 @@ def test_ctrl_p_ctrl_p_ctrl_q_detaches_both_session_kinds(seen):
     r = _scenario(seen, "attach_detach")
     for kind in ("http", "ws"):
         assert r[kind] == {"echoed": True, "ended": True, "status": "running"}, (kind, r)
+
+
+def test_list_rows_follow_every_change(seen):
+    """The cached `docker ps` rows (describe.RowCache) against the straightforward ones, after
+    a create with labels, a rename, a start, a network connect and a stop."""
+    r = _scenario(seen, "list_rows")
+    assert r["agree"] and all(r["agree"])
+    assert r["rows"] == [
+        {"Names": ["/lister"], "State": "created", "Status": "Created", "Labels": {"made": "at-create"},
+         "Networks": ["bridge"]},
+        {"Names": ["/lister2"], "State": "created", "Status": "Created", "Labels": {"made": "at-create"},
+         "Networks": ["bridge"]},
+        {"Names": ["/lister2"], "State": "running", "Status": "Up", "Labels": {"made": "at-create"},
+         "Networks": ["bridge"]},
+        {"Names": ["/lister2"], "State": "running", "Status": "Up", "Labels": {"made": "at-create"},
+         "Networks": ["bridge", "listnet"]},
+        {"Names": ["/lister2"], "State": "exited", "Status": "Exited", "Labels": {"made": "at-create"},
+         "Networks": ["bridge", "listnet"]},
+    ]
+    assert r["gone"]

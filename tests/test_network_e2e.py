@@ -84,6 +84,9 @@ def test_published_port_answers_on_the_host(d):
         assert ns["MacAddress"] == "02:42:" + ":".join(f"{int(x):02x}" for x in ns["IPAddress"].split("."))
         assert ns["Networks"]["bridge"]["IPAddress"] == ns["IPAddress"]
         assert f"127.0.0.1:{port}->80/tcp" in out(d.docker("ps", "--format", "{{.Ports}}"))
+        published = lambda f: out(d.docker("ps", "-q", "--no-trunc", "--filter", f)).split()   # noqa: E731
+        assert cid in published("publish=80") and cid in published("publish=79-81/tcp")
+        assert cid not in published("publish=80/udp") and cid not in published(f"publish={port}")
         # The same host port for a second container: Docker's message, nothing started.
         busy = d.docker("run", "-d", "-p", f"127.0.0.1:{port}:80", "busybox", "sleep", "5", check=False)
         assert busy.returncode != 0 and b"port is already allocated" in busy.stderr

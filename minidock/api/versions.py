@@ -155,6 +155,26 @@ def render(kind, model, version):
     return shape
 
 
+def item_shaper(kind, version):
+    """For a list `kind` whose shaping at `version` works item by item (no NEWEST, every
+    step and removal per item, no reply step): -> (key, fn(item) -> the item as `version`
+    shows it), so one item can be shaped, and cached, alone; else None. Versions that shape
+    items alike share the key: the steps that apply (none at all for the newest versions)."""
+    if kind in NEWEST or kind in REPLY_STEPS or not all(items for items, _ in REMOVED.get(kind, ())):
+        return None
+    steps = [(at, fn) for at, items, fn in STEPS.get(kind, ()) if version < at]
+    if not all(items for at, items, fn in STEPS.get(kind, ()) if version < at):
+        return None
+    removed = {field for _, fields in REMOVED.get(kind, ()) for field in fields}
+
+    def shape(item):
+        out = {k: v for k, v in item.items() if k not in removed} if removed else dict(item)
+        for _, fn in steps:
+            out = fn(dict(out), item)          # each step its own copy, as render() gives it
+        return out
+    return (kind, tuple(at for at, _ in steps)), shape
+
+
 def reply(kind, version, **form):
     """The form of a `kind` reply at `version` (status, stream, content_type, ...): `form` is
     the newest version's, changed by every REPLY_STEPS entry above `version`."""

@@ -2,11 +2,15 @@
 
 These are the version-neutral models of the newest API shape; older shapes are derived from
 them in minidock/api/versions.py. `docker ps` shows `status_text` ("Up 3 minutes", "Exited (0)
-2 seconds ago") and filters rows with `--filter key=value` (`FILTERS` below).
+2 seconds ago") and filters rows with `--filter key=value` (`FILTERS` below). Its rows are kept
+encoded between calls while their records do not change (`RowCache`).
 """
 
+import copy
+import functools
 import json
 import re
+from json.encoder import encode_basestring_ascii
 
 from minidock import errors, filters as filters_mod, health
 from minidock.container.lifecycle import ACTIVE, CREATED, DEAD, EXITED, PAUSED, REMOVING, RESTARTING, RUNNING
@@ -62,20 +66,155 @@ def summary(c, sizes=None, ports=(), networks=None):
     return row
 
 
+# -- the list's row cache --------------------------------------------------------------------------
+# `docker ps -a` with 1,000 containers asks for 1,000 rows that, between two calls, have mostly
+# not changed, and building each row (summary(), the networks' settings, the version steps) and
+# encoding it as JSON costs ~25 us: 25 ms a call. The cache keeps each row as encoded JSON, per
+# version shape, with holes for the fields that change without the record changing (VOLATILE:
+# the Status text depends on now, the sizes on the disk); a call fills the holes and joins.
+# A cached row is valid while the record fields it was built from are unchanged: row_inputs()
+# names them, and every call compares them by value with the copy kept when the row was
+# encoded. No code that changes a record has to remember to invalidate anything.
+
+VOLATILE = ("Status", "SizeRw", "SizeRootFs")
+
+
+def row_inputs(c):
+    """Every record field summary() and the networks' per-container summaries read, but the
+    volatile ones (tests/test_list_rows.py changes every field of a record to check this)."""
+    r = c.record
+    cfg, hc = r["Config"], r["HostConfig"]
+    return (r["Id"], r["Name"], r["Image"], r["Path"], r["Args"], r["Created"], r["State"]["Status"],
+            cfg.get("Image"), cfg.get("Labels"), cfg.get("ExposedPorts"), hc.get("NetworkMode"),
+            hc.get("Annotations"), r.get("NetworkSettings"), r.get("Mounts"))
+
+
+def _copy(value):
+    """A deep copy of a record's plain data, several times faster than copy.deepcopy; the
+    strings and numbers themselves are shared (they are immutable), which also makes comparing
+    the copy with the record fast: equal parts are the same objects."""
+    kind = type(value)
+    if kind is dict:
+        return {k: _copy(v) for k, v in value.items()}
+    if kind is list:
+        return [_copy(v) for v in value]
+    if kind is tuple:
+        return tuple([_copy(v) for v in value])
+    if kind in (str, int, float, bool) or value is None:
+        return value
+    return copy.deepcopy(value)
+
+
+class RowCache:
+    """`GET /containers/json` rows as JSON bytes, cached per container and version shape.
+
+    `build(c, sizes)` is the straightforward row (summary() with the networks' parts); `shaper`
+    is versions.item_shaper()'s (key, shape one row) for the request's version. encode() gives
+    exactly json.dumps(rows shaped).encode(), rows built now."""
+
+    def __init__(self, build):
+        self.build = build
+        self.entries = {}            # container id -> [copy of row_inputs, {template key: template}]
+
+    def encode(self, containers, shaper, sizes_of=None):
+        shape_key, shape = shaper
+        tkey = (shape_key, sizes_of is not None)
+        parts = [b"["]
+        entries, texts = self.entries, {}        # texts: Status text -> its JSON, once per call
+        for c in containers:
+            inputs = row_inputs(c)
+            entry = entries.get(inputs[0])
+            if entry is None or entry[0] != inputs:
+                entry = entries[inputs[0]] = [_copy(inputs), {}]
+            sizes = sizes_of(c) if sizes_of is not None else None
+            template = entry[1].get(tkey)
+            if template is None:
+                template = self._template(c, entry, tkey, shape, sizes)
+            if template is False:                # a shape that changes a volatile field: no holes
+                parts += (json.dumps(shape(self.build(c, sizes))).encode(), b", ")
+                continue
+            if len(template) == 3 and template[1] == "Status":      # the common case, unrolled
+                text = status_text(c)
+                encoded = texts.get(text)
+                if encoded is None:
+                    encoded = texts[text] = encode_basestring_ascii(text).encode()
+                parts += (template[0], encoded, template[2], b", ")
+                continue
+            for i, piece in enumerate(template):
+                if not i & 1:
+                    parts.append(piece)
+                elif piece == "Status":
+                    text = status_text(c)
+                    encoded = texts.get(text)
+                    if encoded is None:
+                        encoded = texts[text] = encode_basestring_ascii(text).encode()
+                    parts.append(encoded)
+                else:                            # SizeRw, SizeRootFs: (rw, rootfs) in `sizes`
+                    parts.append(json.dumps(sizes[0 if piece == "SizeRw" else 1]).encode())
+            parts.append(b", ")
+        if len(parts) > 1:
+            parts.pop()                          # the last separator
+        parts.append(b"]")
+        return b"".join(parts)
+
+    def _template(self, c, entry, tkey, shape, sizes):
+        """The row of `c` encoded as (JSON, hole, JSON, hole, ..., JSON), each hole the name of
+        a VOLATILE field; False when the shape does not show a volatile field as the row has
+        it. Kept only when c's inputs did not change while it was built."""
+        row = self.build(c, sizes)
+        shaped = shape(row)
+        # The row's fields in order, runs of ordinary ones as one dict each (encoded at once:
+        # json.dumps of a dict is "{" + its items joined by ", " + "}"), volatile ones as holes.
+        runs, run = [], {}
+        for key, value in shaped.items():
+            if key not in VOLATILE:
+                run[key] = value
+            elif key in row and value == row[key]:
+                runs += (run, key)
+                run = {}
+            else:
+                return self._keep(c, entry, tkey, False)
+        runs.append(run)
+        template, static = [], "{"
+        for part in runs:
+            if isinstance(part, dict):
+                text = json.dumps(part)[1:-1]
+                if text:
+                    static += (", " if static != "{" else "") + text
+            else:
+                static += (", " if static != "{" else "") + encode_basestring_ascii(part) + ": "
+                template += (static.encode(), part)
+                static = ""
+        template.append((static + "}").encode())
+        return self._keep(c, entry, tkey, tuple(template))
+
+    @staticmethod
+    def _keep(c, entry, tkey, template):
+        if row_inputs(c) == entry[0]:
+            entry[1][tkey] = template
+        return template
+
+    def forget_all_but(self, ids):
+        """Drop the rows of containers that are gone."""
+        for cid in [cid for cid in self.entries if cid not in ids]:
+            self.entries.pop(cid, None)
+
+
 def status_text(c):
     """The human `Status` column: "Up 3 minutes", "Exited (0) 2 seconds ago", ..."""
-    st = c.state
-    if c.status == RUNNING:       # "Up 5 seconds (healthy)" with a healthcheck
+    st = c.record["State"]
+    status = st["Status"]
+    if status == RUNNING:         # "Up 5 seconds (healthy)" with a healthcheck
         return "Up " + human_duration(seconds_since(st["StartedAt"])) + health.status_suffix(st.get("Health"))
-    if c.status == PAUSED:
+    if status == PAUSED:
         return "Up " + human_duration(seconds_since(st["StartedAt"])) + " (Paused)"
-    if c.status == RESTARTING:
+    if status == RESTARTING:
         return f"Restarting ({st['ExitCode']}) " + human_duration(seconds_since(st["FinishedAt"])) + " ago"
-    if c.status == CREATED:
+    if status == CREATED:
         return "Created"
-    if c.status == REMOVING:
+    if status == REMOVING:
         return "Removal In Progress"
-    if c.status == DEAD:
+    if status == DEAD:
         return "Dead"
     if st["FinishedAt"] == ZERO_TIME:
         return "Created"
@@ -107,6 +246,8 @@ def check_filters(filters):
     for value in filters.get("health", []):
         if value not in health.HEALTH_FILTER_VALUES:
             raise errors.InvalidParameter(f"Unrecognised filter value for health: {value}")
+    for key in ("publish", "expose"):
+        port_keys(tuple(filters.get(key, ())))        # InvalidParameter for a malformed one
 
 
 def listing(containers, get, all_, limit, since, before, filters, descends_from):
@@ -135,6 +276,8 @@ def listing(containers, get, all_, limit, since, before, filters, descends_from)
 def select(items, all_, filters, descends_from):
     """The containers of `items` a listing shows. `descends_from(image_id, ref)` answers the
     `ancestor` filter."""
+    if not any(filters.values()):        # `docker ps -a`: no filter to test, row by row
+        return items if all_ else [c for c in items if c.status in ACTIVE]
     result = []
     for c in items:
         if not all_ and not filters.get("status") and c.status not in ACTIVE:
@@ -160,11 +303,12 @@ def matches(c, filters, descends_from):
         return False
     if filters.get("is-task") and filters_mod.truthy(filters, "is-task", False):
         return False                     # API 1.25: swarm tasks; a node outside a swarm runs none
-    if filters.get("publish"):
-        return False                     # API 1.28: minidock publishes no ports (host network)
+    if filters.get("publish"):           # API 1.28: a container port published while it runs
+        ports = (c.record.get("NetworkSettings") or {}).get("Ports") or {} if c.running else {}
+        if not port_keys(tuple(filters["publish"])) & {k for k, binds in ports.items() if binds}:
+            return False
     if filters.get("expose"):            # API 1.28: `port[/proto]` the image or run exposed
-        exposed = set(c.config.get("ExposedPorts") or {})
-        if not any((v if "/" in v else v + "/tcp") in exposed for v in filters["expose"]):
+        if not port_keys(tuple(filters["expose"])) & set(c.config.get("ExposedPorts") or {}):
             return False
     if filters.get("ancestor"):
         if not any(descends_from(c.record["Image"], v) for v in filters["ancestor"]):
@@ -183,6 +327,23 @@ def matches(c, filters, descends_from):
         if not any(v in joined for v in filters["network"]):
             return False
     return True
+
+
+@functools.lru_cache(maxsize=64)
+def port_keys(values):
+    """`publish`/`expose` filter values (a tuple), `port[/proto]` or `start-end[/proto]` (tcp
+    when no protocol is given), as the "port/proto" keys of ExposedPorts and
+    NetworkSettings.Ports. Cached: a listing asks once per container."""
+    keys = set()
+    for value in values:
+        ports, _, proto = value.partition("/")
+        start, dash, end = ports.partition("-")
+        end = end if dash else start
+        if not start.isdigit() or not end.isdigit() or int(end) < int(start):
+            raise errors.InvalidParameter(f"invalid port filter value {value!r}: want port[/proto] or "
+                                          f"start-end[/proto]")
+        keys |= {f"{port}/{proto or 'tcp'}" for port in range(int(start), int(end) + 1)}
+    return frozenset(keys)
 
 
 def descends_from(images, image_id, ref):
