@@ -27,8 +27,8 @@ Two sources, decided per container:
               so a short-lived child reaped by a shell inside the container stays counted
               after it is gone. Ticks * 1e9 / CLK_TCK = nanoseconds; user = utime + cutime,
               kernel = stime + cstime. A child reaped by a process *outside* the container
-              (the exec shim) takes its time with it: the total can shrink, which the CLI
-              tolerates (it ignores negative deltas).
+              (the daemon, which reaps exec'd processes) takes its time with it: the total can
+              shrink, which the CLI tolerates (it ignores negative deltas).
       memory  the sum of `Pss` from /proc/PID/smaps_rollup. Pss (proportional set size)
               divides every resident page by the number of processes mapping it, so ten
               shells sharing one busybox text segment count it once, not ten times -- the
