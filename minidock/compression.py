@@ -46,6 +46,8 @@ class Prefixed(io.RawIOBase):
             buf[:n] = self.prefix[:n]
             self.prefix = self.prefix[n:]
             return n
+        if hasattr(self.raw, "readinto"):   # an upload's body: straight into our buffer
+            return self.raw.readinto(buf)
         data = self.raw.read(len(buf))
         buf[:len(data)] = data
         return len(data)

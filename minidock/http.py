@@ -296,6 +296,26 @@ class LengthReader:
         self.remaining -= len(data)
         return data
 
+    def readinto(self, b):
+        """Up to len(b) body bytes into `b`, straight from the connection when it can do that
+        (an upload then crosses no intermediate buffer); the same errors as read()."""
+        if self.remaining <= 0:
+            return 0
+        view = memoryview(b).cast("B")[:self.remaining]
+        if not hasattr(self.rfile, "readinto"):
+            data = self.read(len(view))
+            view[:len(data)] = data
+            return len(data)
+        try:
+            n = self.rfile.readinto(view)
+        except TimeoutError:
+            raise errors.RequestTimeout(f"request body stalled for {READ_TIMEOUT:g}s")
+        if n < len(view):
+            self.remaining = 0
+            raise errors.InvalidParameter("request body ended before Content-Length bytes arrived")
+        self.remaining -= n
+        return n
+
     def drain(self):
         while self.read(65536):
             pass

@@ -101,6 +101,7 @@ MAX_LOOP_BODY = 1024 * 1024      # a QUICK/INLINE request body read by the loop;
 THREAD_IDLE = 30.0               # seconds an idle request thread waits for more work, then ends
 ACCEPTS_PER_WAKEUP = 64          # new connections taken per wake-up, so readers get a turn too
 RECV_BYTES = 65536
+MAX_RECV = 4 << 20                      # one recv() of a large body read asks for at most this
 MEMO_ENTRIES = 64                # distinct request byte strings whose answers the loop remembers
 MEMO_KEY_BYTES = 1024            # longer requests are never remembered
 
@@ -289,8 +290,13 @@ class _ConnReader:
             self.sock.settimeout(timeout)
             self._current = timeout
 
-    def _fill(self):
-        """One recv() into the buffer; False at end of stream."""
+    def _recv(self, size):
+        """One recv() of at most `size` bytes under the current limit."""
+        self._arm()
+        return self.sock.recv(size)
+
+    def _arm(self):
+        """The socket timeout the next read may wait, from the limit mode."""
         if self.limit is None:
             self._apply(None)
         elif self.limit[0] == "idle":
@@ -300,7 +306,10 @@ class _ConnReader:
             if left <= 0:
                 raise socket.timeout("request head not received in time")
             self._apply(left)
-        data = self.sock.recv(RECV_BYTES)
+
+    def _fill(self):
+        """One recv() into the buffer; False at end of stream."""
+        data = self._recv(RECV_BYTES)
         if not data:
             return False
         self.conn.inbuf += data
@@ -312,11 +321,40 @@ class _ConnReader:
             while self._fill():
                 pass
             n = len(buf)
-        while len(buf) < n and self._fill():
-            pass
-        data = bytes(buf[:n])
-        del buf[:n]                          # a bytearray drops its front in O(1)
-        return data
+        if len(buf) >= n:
+            data = bytes(buf[:n])
+            del buf[:n]                      # a bytearray drops its front in O(1)
+            return data
+        # A read larger than what is buffered (an upload read a MiB at a time): the buffered
+        # bytes, then recv()s of what is still missing, joined once. Going through the buffer
+        # instead copied each byte three more times (append, slice, bytes()): a 64 MiB import
+        # ran at 165 instead of 215 MiB/s.
+        parts = [bytes(buf)] if buf else []
+        got = len(buf)
+        buf.clear()
+        while got < n:
+            data = self._recv(min(n - got, MAX_RECV))
+            if not data:
+                break
+            parts.append(data)
+            got += len(data)
+        return b"".join(parts)
+
+    def readinto(self, b):
+        """Fill `b` (a writable buffer) from the buffered bytes, then straight from the socket:
+        no copy on the way; fewer bytes only at end of stream."""
+        view, buf = memoryview(b).cast("B"), self.conn.inbuf
+        got = min(len(buf), len(view))
+        if got:
+            view[:got] = buf[:got]
+            del buf[:got]
+        while got < len(view):
+            self._arm()
+            k = self.sock.recv_into(view[got:])
+            if not k:
+                break
+            got += k
+        return got
 
     def readline(self, limit=-1):
         buf = self.conn.inbuf

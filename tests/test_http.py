@@ -312,3 +312,19 @@ def test_json_content_type_rule(headers, ok):
     else:
         with pytest.raises(errors.InvalidParameter):
             http.check_json_content_type(head)
+
+
+def test_a_length_body_read_into_a_buffer_gives_the_bytes_and_refuses_a_short_one():
+    body = bytes(range(256)) * 1000
+    r = http.LengthReader(io.BytesIO(body + b"next request"), len(body))
+    out = bytearray()
+    buf = bytearray(70000)
+    while True:
+        n = r.readinto(buf)
+        if not n:
+            break
+        out += buf[:n]
+    assert bytes(out) == body and r.remaining == 0   # not a byte of what follows the body
+    short = http.LengthReader(io.BytesIO(body[:100]), len(body))
+    with pytest.raises(errors.InvalidParameter, match="ended before Content-Length"):
+        short.readinto(bytearray(1000))
