@@ -303,7 +303,9 @@ def test_json_body_depth_and_nul(body, ok):
     ([("content-length", "2")], False),                          # a body needs the header
     ([("transfer-encoding", "chunked")], False),
     ([("content-type", "text/plain"), ("content-length", "2")], False),
-    ([("content-type", "application/x-www-form-urlencoded")], False),
+    ([("content-type", "application/x-www-form-urlencoded"), ("content-length", "3")], False),
+    ([("content-type", "text/plain"), ("content-length", "0")], True),   # CLI 20.10's start
+    ([("content-type", "text/plain"), ("transfer-encoding", "chunked")], False),
 ])
 def test_json_content_type_rule(headers, ok):
     head = http.Head("POST", "/containers/create", "HTTP/1.1", headers)

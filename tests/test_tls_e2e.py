@@ -185,6 +185,17 @@ def test_an_empty_body_needs_no_content_type(tls_daemon):
     tls_daemon.docker("rm", "-f", cid)
 
 
+def test_an_empty_body_labelled_text_plain_is_fine(tls_daemon):
+    """The docker CLI 20.10 (Debian's docker.io) sends its body-less POSTs -- start, wait, kill
+    -- as `Content-Type: text/plain` with `Content-Length: 0`; Docker accepts them."""
+    cid = tls_daemon.docker("create", "busybox", "true").stdout.decode().strip()
+    data = raw(tls_daemon, f"POST /v1.41/containers/{cid}/start HTTP/1.1\r\nHost: docker\r\n"
+                           "User-Agent: Docker-Client/20.10.24+dfsg1 (linux)\r\nContent-Length: 0\r\n"
+                           "Content-Type: text/plain\r\nConnection: close\r\n\r\n".encode())
+    assert data.startswith(b"HTTP/1.1 204 "), data[:300]
+    tls_daemon.docker("rm", "-f", cid)
+
+
 def test_stdin_over_tls(tls_daemon):
     d = tls_daemon
     out = d.docker("run", "-i", "--rm", "busybox", "sh", "-c", "cat; echo done",
