@@ -259,8 +259,12 @@ def needs_nested_userns(spec):
 @Step("enter a nested user namespace for the container user")
 def enter_user_userns(uid, gid):
     # The daemon's namespace maps only uid 0. Here the init (uid 0 there) becomes `uid`.
-    # A process may write a one-line map of its own id for itself; setgroups must be
-    # "deny" before gid_map is written.
+    _enter_userns_as(uid, gid)
+
+
+def _enter_userns_as(uid, gid):
+    """unshare a user namespace in which our own ids (the only ones we may map for ourselves)
+    read as `uid`/`gid`; setgroups must be "deny" before gid_map is written."""
     outer_uid, outer_gid = os.geteuid(), os.getegid()   # 0 for a container init
     unshare(CLONE_NEWUSER)
     with open("/proc/self/setgroups", "w") as f:
@@ -296,14 +300,7 @@ def enter_identity_userns(uid_map, gid_map):
     if sum(count for _, _, count in uid_map) <= 1:
         # One id: our own, which we may map for ourselves (setgroups is already "deny" in the
         # daemon's single-id namespace, so nothing is lost by denying it here).
-        outer_uid, outer_gid = os.geteuid(), os.getegid()
-        unshare(CLONE_NEWUSER)
-        with open("/proc/self/setgroups", "w") as f:
-            f.write("deny")
-        with open("/proc/self/uid_map", "w") as f:
-            f.write(f"{outer_uid} {outer_uid} 1\n")
-        with open("/proc/self/gid_map", "w") as f:
-            f.write(f"{outer_gid} {outer_gid} 1\n")
+        _enter_userns_as(os.geteuid(), os.getegid())
         return
     _enter_userns_mapped_by_helper([f"{i} {i} {n}" for i, _, n in uid_map],
                                    [f"{i} {i} {n}" for i, _, n in gid_map], "identity")

@@ -13,9 +13,7 @@ import time
 
 import pytest
 
-from rootfs import make_rootfs_tar
-from support import NOBODY, Daemon
-from test_runtime_e2e import ensure_sub_user
+import test_runtime_e2e
 
 pytestmark = pytest.mark.skipif(
     tuple(int(x) for x in os.uname().release.split(".")[:2]) < (5, 14),
@@ -24,16 +22,8 @@ pytestmark = pytest.mark.skipif(
 BOMB = "(while :; do sleep 1000 & done) 2>/dev/null & exec sleep 600"
 
 
-@pytest.fixture(scope="module", params=["nobody", "subuid"])
-def d(request):
-    uid = NOBODY if request.param == "nobody" else ensure_sub_user()
-    daemon = Daemon(uid=uid)
-    daemon.start()
-    try:
-        daemon.docker("import", make_rootfs_tar(os.path.join(daemon.base, "busybox.tar")), "busybox")
-        yield daemon
-    finally:
-        daemon.cleanup()
+# The daemon as uid 65534 and as a user with a subordinate range, as in the runtime tests.
+d = test_runtime_e2e.d
 
 
 def max_processes(pid):
