@@ -309,6 +309,12 @@ class Hierarchy:
         namespace of the container's own, counted apart since Linux 5.14."""
         return not (self.usable and "pids" in self.enabled) and pidlimit.kernel_counts_per_userns()
 
+    def pids_rlimit(self, host_config):
+        """The RLIMIT_NPROC a container's processes (its init and every exec) get for its
+        --pids-limit where no pids.max can hold it (pids_by_rlimit), else None."""
+        limit = host_config.get("PidsLimit") or 0
+        return limit if limit > 0 and self.pids_by_rlimit else None
+
     # -- what the daemon says in /info ---------------------------------------------------------------
     @property
     def pause_method(self):

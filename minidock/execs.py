@@ -153,9 +153,8 @@ class Execs:
             "cap_add": c.host_config.get("CapAdd") or [],
             "cap_drop": c.host_config.get("CapDrop") or [],
             "security_opt": c.host_config.get("SecurityOpt") or [],   # the container's seccomp
+            "pids_limit": self.containers.cgroups.pids_rlimit(c.host_config),   # its own count
         }
-        if (c.host_config.get("PidsLimit") or 0) > 0 and self.containers.cgroups.pids_by_rlimit:
-            spec["pids_limit"] = c.host_config["PidsLimit"]   # the container's own count (pidlimit.py)
         io = Stdio(tty, e.record["OpenStdin"] and (conn is not None or tty),
                    make_pty=lambda: container_pty(c.pid))
         height, width = (e.record.get("ConsoleSize") or [0, 0])[:2]

@@ -113,8 +113,7 @@ class Supervisor:
         group = self.cgroups.create(c.id, c.host_config)
         if group is not None:
             run["cgroup"] = group.path   # the init joins it before anything else runs
-        if (c.host_config.get("PidsLimit") or 0) > 0 and self.cgroups.pids_by_rlimit:
-            run["pids_limit"] = c.host_config["PidsLimit"]   # no pids.max here: pidlimit.py
+        run["pids_limit"] = self.cgroups.pids_rlimit(c.host_config)   # no pids.max: pidlimit.py
         stdio, to_close = c.io.open(c.config["Tty"], c.config["OpenStdin"],   # 5
                                     logs.writer(c), c.id[:12])
         # 7 ahead: the running record, durable while the spawner works (module docstring)
