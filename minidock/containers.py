@@ -62,11 +62,16 @@ class Containers:
         store.start_writer_threads()         # the durable saves that overlap other work
         self.supervisor = Supervisor(layers, volumes, cgroups, spawner, exits, save=self.save, emit=self.emit,
                                      get=self.get, finish_removal=lambda c: self._finish_removal(c, volumes=True),
+                                     retire=self.retire,
                                      networks=networks, daemon_user=daemon_user,
                                      save_in_background=self.save_in_background)
         for problem in self.collection.load():
             log.warning("skipping unreadable container state: %s", problem)
         for cid, record in self.collection.objects.items():
+            if cid in self.collection.retired:
+                # its removal began (retire(): the file keeps its last save's content):
+                # reconcile() finishes it
+                record["State"].update(lifecycle.status_fields(REMOVING))
             self.by_id[cid] = Container(record)
             volumes.attach(cid, record.get("Mounts") or [])
 
@@ -329,11 +334,17 @@ class Containers:
             if c.status == REMOVING:
                 raise errors.Conflict(f"removal of container {c.id} is already in progress")
             begin_removal(c)
-            self.save(c)
+            self.retire(c)
         self._finish_removal(c, volumes)
 
+    def retire(self, c):
+        """With c.lock held and its status removing: make the removal's start durable, by a
+        rename of the record's file rather than a save (store.Collection.retire): a crash from
+        here on finds it removing, and reconcile() finishes the removal."""
+        self.collection.retire(c.id)
+
     def _finish_removal(self, c, volumes):
-        """The rest of a removal whose status `removing` is saved: anonymous volumes (with
+        """The rest of a removal whose status `removing` is durable: anonymous volumes (with
         `volumes`), then _destroy. Also the end of an AutoRemove container's exit, whose
         exit record and removal intent are one save (supervisor.py)."""
         if volumes:

@@ -65,8 +65,8 @@ crash of the *machine* such an upper directory may miss writes, which nobody rea
 container is removed. The kernel leaves a marker, work/work/incompat/volatile, and refuses to
 mount that work directory again while it exists; `mount()` removes a leftover marker first.
 
-Removing a rw layer renames its directories into tmp/ (each rename atomic: the layer is gone at
-once) and deletes them from there, optionally later (`remove_rw(..., later=...)`): a crash in
+Removing a rw layer renames its directory into tmp/ (one atomic rename: the layer is gone at
+once) and deletes it from there, optionally later (`remove_rw(..., later=...)`): a crash in
 between leaves only tmp/, which is emptied at start.
 """
 
@@ -146,6 +146,10 @@ class LayerStore:
         for leftover in os.listdir(self._p("tmp")):
             shutil.rmtree(self._p("tmp", leftover), ignore_errors=True)
         self._lock = threading.RLock()
+        # Mounting and unmounting one container's rootfs is serialised per container: an
+        # unmount syncs a file system (module docstring) and must not hold up other
+        # containers' mounts.
+        self._mount_locks = {}
         # meta.json of a layer and rw.json of a container layer never change once written:
         # read once, forgotten when the layer goes (several reads per container lifecycle).
         self._metas, self._rw_infos = {}, {}
@@ -433,7 +437,7 @@ class LayerStore:
         merged = self._c(cid, "merged")
         if info["driver"] != OVERLAY:
             return merged
-        with self._lock:
+        with self._mount_lock(cid):
             if not os.path.ismount(merged):
                 work = self._c(cid, "work")
                 # A volatile mount before this one left its marker, which would make this mount
@@ -445,17 +449,21 @@ class LayerStore:
                 mount_overlay(merged, self._lowerdirs(cid, info), self._c(cid, "upper"), work, volatile)
         return merged
 
+    def _mount_lock(self, cid):
+        with self._lock:
+            return self._mount_locks.setdefault(cid, threading.Lock())
+
     def unmount(self, cid):
         info = self.rw_info(cid)
         if info["driver"] == OVERLAY:
-            with self._lock:
+            with self._mount_lock(cid):
                 if os.path.ismount(self._c(cid, "merged")):
                     unmount(self._c(cid, "merged"))
 
     def remove_rw(self, cid, later=None):
         """Unmount and delete container `cid`'s writable layer (the image layers stay). Its
-        directories are renamed into one directory under tmp/ at once; `later(fn)`, if given,
-        runs the deletion of that directory (e.g. on a worker thread, after the reply)."""
+        directory is renamed into tmp/ at once; `later(fn)`, if given, runs the deletion of
+        what was renamed (e.g. on a worker thread, after the reply)."""
         if not os.path.exists(self._c(cid)):
             return
         try:
@@ -467,19 +475,11 @@ class LayerStore:
             os.unlink(self._c(cid, "rw.json"))      # first: a half-removed layer is no layer
         except FileNotFoundError:
             pass
-        trash = None
-        for part in RW_PARTS:
-            if os.path.lexists(self._c(cid, part)):
-                if trash is None:
-                    trash = self._p("tmp", "rm-" + secrets.token_hex(6))
-                    os.mkdir(trash, 0o700)
-                os.rename(self._c(cid, part), os.path.join(trash, part))
-        try:
-            os.rmdir(self._c(cid))                  # only if nothing else (container state) lives there
-        except OSError:
-            pass
-        if trash is not None:
-            (later or (lambda fn: fn()))(lambda: shutil.rmtree(trash, ignore_errors=True))
+        trash = self._p("tmp", "rm-" + secrets.token_hex(6))
+        os.rename(self._c(cid), trash)              # one rename: the layer is gone
+        with self._lock:
+            self._mount_locks.pop(cid, None)
+        (later or (lambda fn: fn()))(lambda: shutil.rmtree(trash, ignore_errors=True))
 
     def rw_size(self, cid):
         """Bytes of regular-file data in the container's changes (SizeRw)."""

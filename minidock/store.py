@@ -23,6 +23,16 @@ Deleting an object renames its directory to a `.tmp-` name first (atomic: the ob
 and removes the files after, maybe on another thread (`delete(later=...)`); a crash in between
 leaves a `.tmp-` directory, removed at load like the temporary files.
 
+A removal that takes several steps (a container: its layer, cgroup, volumes, then its record)
+must finish after a crash in the middle. Its intent is recorded by *retiring* the object first
+(`retire()`): its file is renamed in place to `<file>.removing` and the directory fsync'd --
+one rename and one journal commit, where saving a "removing" status would write, fsync and
+rename a new file and then fsync the directory. Nothing is encoded or written: the record
+keeps the content of its last save. `load()` reads a retired object's file as the object and
+lists its id in `retired`, so the owner can finish the removal; a `save()` after `retire()`
+(a removal that failed) writes the file again and drops the mark. A crash between those two
+leaves both names: the plain file is the newer, and wins.
+
 Objects are found like Docker finds them: by full ID, by name, or by a unique ID prefix; a prefix
 that matches several IDs is an error rather than a guess.
 """
@@ -37,6 +47,7 @@ import threading
 from minidock import errors
 
 NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+RETIRED_SUFFIX = ".removing"          # a retired object's file (Collection.retire)
 
 
 def write_atomic(path, data, mode=0o600, durable=True):
@@ -152,6 +163,7 @@ class Collection:
         self.filename = filename
         self.per_dir = per_dir               # each object in <dir>/<id>/<filename> (else <dir>/<id>.json)
         self.objects = {}
+        self.retired = set()                 # ids whose removal began (retire()); see load()
         self._locks = {}
         self._guard = threading.Lock()
         os.makedirs(directory, exist_ok=True)
@@ -160,6 +172,9 @@ class Collection:
         if self.per_dir:
             return os.path.join(self.directory, object_id, self.filename)
         return os.path.join(self.directory, object_id + ".json")
+
+    def retired_path(self, object_id):
+        return self.path(object_id) + RETIRED_SUFFIX
 
     def load(self):
         """Read every object from disk; skip (and report) unreadable ones instead of failing start."""
@@ -179,13 +194,23 @@ class Collection:
                     if leftover.startswith(".tmp-"):
                         os.unlink(os.path.join(full, leftover))
                 object_id, path = entry, os.path.join(full, self.filename)
-                if not os.path.exists(path):
+            else:
+                if entry.endswith(".json" + RETIRED_SUFFIX):
+                    if os.path.exists(full[:-len(RETIRED_SUFFIX)]):
+                        continue                   # the plain file is read below, and wins
+                    entry = entry[:-len(RETIRED_SUFFIX)]
+                elif not entry.endswith(".json"):
+                    continue
+                object_id, path = entry[:-5], os.path.join(self.directory, entry)
+            marked = path + RETIRED_SUFFIX
+            if not os.path.exists(path):
+                if not os.path.exists(marked):
                     problems.append(f"{self.kind} {entry}: no {self.filename}")
                     continue
-            else:
-                if not entry.endswith(".json"):
-                    continue
-                object_id, path = entry[:-5], full
+                path = marked                      # retired: its removal is to be finished
+                self.retired.add(object_id)
+            elif os.path.exists(marked):
+                os.unlink(marked)                  # saved again after retire(): the save wins
             try:
                 self.objects[object_id] = read_json(path)
             except (OSError, ValueError) as exc:
@@ -205,6 +230,20 @@ class Collection:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         write_json(path, obj, durable)
         self.objects[object_id] = obj
+        if object_id in self.retired:        # saved again after retire(): drop the mark
+            self.retired.discard(object_id)
+            try:
+                os.unlink(path + RETIRED_SUFFIX)
+            except FileNotFoundError:
+                pass
+
+    def retire(self, object_id):
+        """Record durably that the object's removal has begun (module docstring): rename its
+        file to `<file>.removing`, fsync the directory. The copy in memory is untouched."""
+        path = self.path(object_id)
+        os.rename(path, path + RETIRED_SUFFIX)
+        self.retired.add(object_id)
+        fsync_dir(os.path.dirname(path))
 
     def save_in_background(self, object_id, obj):
         """Write `obj` as the object's durable state on a writer thread (module docstring):
@@ -218,6 +257,7 @@ class Collection:
         """Forget an object and remove its file (or directory: renamed to a `.tmp-` name at
         once, its files deleted by `later(fn)` if given, else now)."""
         self.objects.pop(object_id, None)
+        self.retired.discard(object_id)
         if self.per_dir:
             directory = os.path.join(self.directory, object_id)
             trash = os.path.join(self.directory, f".tmp-rm-{object_id[:12]}-{secrets.token_hex(4)}")
@@ -228,10 +268,11 @@ class Collection:
             else:
                 (later or (lambda fn: fn()))(lambda: shutil.rmtree(trash, ignore_errors=True))
         else:
-            try:
-                os.unlink(self.path(object_id))
-            except FileNotFoundError:
-                pass
+            for path in (self.path(object_id), self.retired_path(object_id)):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
         with self._guard:
             self._locks.pop(object_id, None)
 

@@ -110,3 +110,65 @@ def test_an_rm_container_that_died_with_the_daemon_is_removed_at_restart(d):
     d.stop()
     assert data_root_problems(d.data_root) == []
     d.start()
+
+
+def test_a_removal_cut_short_by_a_crash_is_finished_at_restart(d):
+    """A removal's first durable step renames the record's file in place (config.json ->
+    config.json.removing, store.Collection.retire) instead of saving a "removing" record; the
+    layer, the cgroup and the record's directory go after it. A crash right after that rename
+    leaves exactly the disk made here by hand: the restarted daemon reads the container as
+    removing and finishes the removal (its layer too)."""
+    cid = d.docker("create", "busybox", "true").stdout.decode().strip()
+    kept = d.docker("create", "busybox", "true").stdout.decode().strip()
+    d.stop()
+    directory = os.path.join(d.data_root, "containers", cid)
+    os.rename(os.path.join(directory, "config.json"), os.path.join(directory, "config.json.removing"))
+    d.start()
+    assert d.docker("ps", "-aq").stdout.decode().split() == [kept[:12]]
+    assert not os.path.exists(directory)
+    assert not os.path.exists(os.path.join(d.data_root, "image", "layers", "containers", cid))
+    d.docker("rm", kept)
+    d.stop()
+    assert data_root_problems(d.data_root) == []
+    d.start()
+
+
+def test_an_answered_removal_leaves_no_record_after_a_sigkill(d):
+    cid = d.docker("create", "busybox", "true").stdout.decode().strip()
+    d.client().delete(f"/containers/{cid}")
+    d.kill()                                   # right after the answer
+    assert not os.path.exists(os.path.join(d.data_root, "containers", cid))
+    d.start()
+    assert d.docker("ps", "-aq").stdout == b""
+    d.stop()
+    assert data_root_problems(d.data_root) == []
+    d.start()
+
+
+def daemon_mounts(d):
+    """The mount points in the daemon's own mount namespace (where it mounts rootfs)."""
+    with open(f"/proc/{d.proc.pid}/mountinfo") as f:
+        return [line.split()[4] for line in f]
+
+
+def test_the_rootfs_is_unmounted_after_the_exit_and_a_quick_restart_keeps_its_mount(d):
+    """The exit is told to waiters first, the rootfs unmounted after (its unmount syncs the
+    file system): it does go, and a start that comes first -- here in a loop, right after each
+    wait -- finds its rootfs mounted, not unmounted under it."""
+    cid = d.docker("run", "-d", "busybox", "true").stdout.decode().strip()
+    merged = os.path.join(d.data_root, "image", "layers", "containers", cid, "merged")
+    d.docker("wait", cid)
+    wait_for(lambda: merged not in daemon_mounts(d), what="the rootfs to be unmounted after the exit")
+    c = d.client()
+    for _ in range(5):
+        c.post(f"/containers/{cid}/start")
+        assert c.post(f"/containers/{cid}/wait")["StatusCode"] == 0
+    cid2 = d.docker("run", "-d", "busybox", "sh", "-c", "exit 3").stdout.decode().strip()
+    for _ in range(5):
+        assert c.post(f"/containers/{cid2}/wait")["StatusCode"] == 3
+        c.post(f"/containers/{cid2}/start")
+        assert d.docker("logs", cid2).stdout == b""
+    # every run found its command: an unmount under a starting run would show as exit 127
+    assert c.post(f"/containers/{cid2}/wait")["StatusCode"] == 3
+    d.docker("rm", "-f", cid, cid2)
+    wait_for(lambda: not any(cid in m or cid2 in m for m in daemon_mounts(d)), what="no mount left")
