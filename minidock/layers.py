@@ -426,6 +426,14 @@ class LayerStore:
             return init + [self._c(cid, "empty")]
         return init + [self._p("l", self.meta(c)["short"]) for c in reversed(info["lowers"])]
 
+    def image_shows_through(self, cid, name):
+        """Whether everything under the top-level directory `name` ("etc") of the container's
+        rootfs is still the image's own: overlay, and nothing under upper/<name> (no copy-up,
+        no new file, no whiteout). Image layers never change, so what is read there may be
+        remembered per image (one lstat instead of reading the files again)."""
+        info = self.rw_info(cid)
+        return info["driver"] == OVERLAY and not os.path.lexists(self._c(cid, "upper", name))
+
     def merged_path(self, cid):
         return self._c(cid, "merged")
 

@@ -172,3 +172,22 @@ def test_the_rootfs_is_unmounted_after_the_exit_and_a_quick_restart_keeps_its_mo
     assert c.post(f"/containers/{cid2}/wait")["StatusCode"] == 3
     d.docker("rm", "-f", cid, cid2)
     wait_for(lambda: not any(cid in m or cid2 in m for m in daemon_mounts(d)), what="no mount left")
+
+
+def test_user_ids_are_looked_up_again_once_the_container_has_its_own_etc(d, tmp_path):
+    """A container's user ids are found in its own /etc/passwd; the answer is kept per image
+    while the container's /etc is the image's (spec.UserIds). Two containers of one image, same
+    `-u 1234`: the first finds no passwd entry (gid 0); the second gets a passwd of its own
+    (docker cp, before its start), which must be read: gid 777."""
+    first = d.docker("run", "-u", "1234", "busybox", "id", "-g").stdout.decode().strip()
+    assert first == "0"
+    cid = d.docker("create", "-u", "1234", "busybox", "id", "-g").stdout.decode().strip()
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0:root:/root:/bin/sh\napp:x:1234:777::/:/bin/sh\n")
+    os.chmod(tmp_path, 0o755)
+    os.chmod(passwd, 0o644)
+    d.docker("cp", str(passwd), f"{cid}:/etc/passwd")
+    d.docker("start", cid)
+    assert d.docker("wait", cid).stdout.decode().strip() == "0"
+    assert d.docker("logs", cid).stdout.decode().strip() == "777"
+    d.docker("rm", cid)

@@ -75,6 +75,7 @@ class Supervisor:
         self.save_in_background = save_in_background
         self.daemon_user = daemon_user      # {uid, gid} that keep-id maps; None without userns
         self.health = health.Checks(self._probe, save, lambda c, action: emit(c, action))
+        self.user_ids = spec.UserIds(layers)
         # Exits are handled, and restarts scheduled, by threads made now: under a fork bomb a
         # new thread cannot be had, and an exit must never be lost (workers.py).
         self.exit_workers = workers.WorkerPool(4, "exit")
@@ -127,6 +128,9 @@ class Supervisor:
                        **lifecycle.status_fields(RUNNING))
         saved = self._save_ahead(c, dict(c.record, State=running))
         try:
+            # the user's ids, looked up here rather than by the spawner: the answer is kept
+            # per image (spec.UserIds); a failure is the spawner's would be (exit code 125)
+            run.update(self.user_ids.of(c, rootfs))
             pid = self.spawner.run(run, *stdio[:3])                               # 6
         except errors.MinidockError as exc:
             self.networks.stopped(c)
