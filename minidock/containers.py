@@ -337,11 +337,13 @@ class Containers:
             self.retire(c)
         self._finish_removal(c, volumes)
 
-    def retire(self, c):
+    def retire(self, c, durable=True):
         """With c.lock held and its status removing: make the removal's start durable, by a
         rename of the record's file rather than a save (store.Collection.retire): a crash from
-        here on finds it removing, and reconcile() finishes the removal."""
-        self.collection.retire(c.id)
+        here on finds it removing, and reconcile() finishes the removal. `durable=False` for
+        an AutoRemove container's exit: reconcile() removes such a container after a crash
+        whatever its record says (running, removing), so nothing needs to reach the disk."""
+        self.collection.retire(c.id, durable)
 
     def _finish_removal(self, c, volumes):
         """The rest of a removal whose status `removing` is durable: anonymous volumes (with

@@ -150,6 +150,7 @@ class LayerStore:
         # unmount syncs a file system (module docstring) and must not hold up other
         # containers' mounts.
         self._mount_locks = {}
+        self._mounts = {}               # cid -> how many times mount() was asked for it (unmount())
         # meta.json of a layer and rw.json of a container layer never change once written:
         # read once, forgotten when the layer goes (several reads per container lifecycle).
         self._metas, self._rw_infos = {}, {}
@@ -446,6 +447,7 @@ class LayerStore:
         if info["driver"] != OVERLAY:
             return merged
         with self._mount_lock(cid):
+            self._mounts[cid] = self._mounts.get(cid, 0) + 1
             if not os.path.ismount(merged):
                 work = self._c(cid, "work")
                 # A volatile mount before this one left its marker, which would make this mount
@@ -461,10 +463,20 @@ class LayerStore:
         with self._lock:
             return self._mount_locks.setdefault(cid, threading.Lock())
 
-    def unmount(self, cid):
+    def mount_generation(self, cid):
+        """How many times mount() was asked for `cid`'s rootfs: for unmount(generation=)."""
+        with self._mount_lock(cid):
+            return self._mounts.get(cid, 0)
+
+    def unmount(self, cid, generation=None):
+        """Unmount `cid`'s rootfs. With `generation` (mount_generation() read earlier), only if
+        nobody asked for the mount since: an unmount decided at a container's exit and run a
+        little later must not take the rootfs from a start that came in between."""
         info = self.rw_info(cid)
         if info["driver"] == OVERLAY:
             with self._mount_lock(cid):
+                if generation is not None and self._mounts.get(cid, 0) != generation:
+                    return
                 if os.path.ismount(self._c(cid, "merged")):
                     unmount(self._c(cid, "merged"))
 
@@ -487,6 +499,7 @@ class LayerStore:
         os.rename(self._c(cid), trash)              # one rename: the layer is gone
         with self._lock:
             self._mount_locks.pop(cid, None)
+            self._mounts.pop(cid, None)
         (later or (lambda fn: fn()))(lambda: shutil.rmtree(trash, ignore_errors=True))
 
     def rw_size(self, cid):

@@ -237,13 +237,16 @@ class Collection:
             except FileNotFoundError:
                 pass
 
-    def retire(self, object_id):
+    def retire(self, object_id, durable=True):
         """Record durably that the object's removal has begun (module docstring): rename its
-        file to `<file>.removing`, fsync the directory. The copy in memory is untouched."""
+        file to `<file>.removing`, fsync the directory. The copy in memory is untouched.
+        `durable=False` skips the fsync, for an owner that removes the object after a crash
+        whether or not the rename survived it."""
         path = self.path(object_id)
         os.rename(path, path + RETIRED_SUFFIX)
         self.retired.add(object_id)
-        fsync_dir(os.path.dirname(path))
+        if durable:
+            fsync_dir(os.path.dirname(path))
 
     def save_in_background(self, object_id, obj):
         """Write `obj` as the object's durable state on a writer thread (module docstring):

@@ -131,6 +131,14 @@ DRIVER_SCRIPT = textwrap.dedent("""
     merged = store.mount("c1")
     result["remounted_plain"] = "volatile" not in options(merged)
     store.unmount("c1")
+    # an unmount decided earlier (at an exit) keeps a mount asked for since (a restart)
+    store.mount("c1")
+    seen = store.mount_generation("c1")
+    store.mount("c1")
+    store.unmount("c1", generation=seen)
+    result["kept_for_a_later_mount"] = os.path.ismount(merged)
+    store.unmount("c1", generation=store.mount_generation("c1"))
+    result["unmounted_at_its_generation"] = not os.path.ismount(merged)
     result["shared_init"] = (store.rw_info("c1")["init"] == "shared"
                              and not os.path.exists(os.path.join(store.root, "containers", "c1", "init")))
     pending = []
@@ -182,6 +190,7 @@ def test_overlay_rw_layer_as_uid_65534_in_a_user_namespace(tmp_path):
     assert result["diff"] == ["bin", "bin/.wh.ls", "etc", "etc/motd", "etc/new"]
     assert result["export_has_busybox"] and result["unmounted"]
     assert result["volatile_shown"] and result["remounted_plain"]
+    assert result["kept_for_a_later_mount"] and result["unmounted_at_its_generation"]
     assert result["shared_init"]
     assert result["gone_at_once"] and result["trash_until_later"] and result["trash_emptied"]
 

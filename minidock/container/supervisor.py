@@ -21,9 +21,11 @@ Steps 1-4 may refuse (a network container that is not running, a bad extra host)
 anything runs. An exit arrives from the spawner's reader (exits.py) and is handled by one of
 a few exit workers made at start (workers.py: no thread is created on the exit path): wait for the last output to reach the log, record the exit code (and whether the
 cgroup saw an OOM kill) durably, and only then let waiters hear of it; then restart after the
-back-off (restart.py), or release the cgroup and unmount the rootfs -- after the waiters were
-told, since the unmount syncs the file system (layers.py) and nobody's reply depends on it --
-and remove the container if it was created with AutoRemove. For AutoRemove the exit and the
+back-off (restart.py), or release the cgroup and unmount the rootfs -- beside the save, on
+another exit worker, with no waiter's reply waiting for it: the unmount syncs the whole file
+system (layers.py), 0.5 ms on an idle disk and many while other programs write; a start that
+asks for the mount first (`docker restart` starts as soon as it hears of the exit) keeps it
+(layers.unmount's generation) -- and remove the container if it was created with AutoRemove. For AutoRemove the exit and the
 start of the removal are one status change and one durable step (exited, then removing, under
 one hold of the lock; on disk the record's file is retired by a rename, store.py): nothing can
 start it in between, and a crash finds it removing. Its rootfs is mounted `volatile`
@@ -204,15 +206,19 @@ class Supervisor:
                 self.release_cgroup(c)
             if remove:
                 self.unmount(c)           # mounted volatile: nothing to sync, ~10 us
+            elif not again:
+                # Beside the save, on another exit worker, and nobody waits for it (module
+                # docstring); not if a start (`docker restart`) asked for the mount meanwhile.
+                self.exit_workers.submit(self.unmount, c, self.layers.mount_generation(c.id))
             c.set_status(RESTARTING if again else EXITED)
             c.exit_generation += 1
-            generation = c.exit_generation
             # Durable before any waiter hears of the exit (they wake once c.lock is released).
             if remove:
-                # The record's file is retired as it is (it says "running"): a crash from here
-                # on finds the container removing, and no one reads its exit code again.
+                # The record's file is retired as it is (it says "running"), without an fsync:
+                # after a crash the restarted daemon removes an AutoRemove container that ran
+                # (containers.reconcile), and no one reads its exit code again.
                 lifecycle.begin_removal(c)
-                self.retire(c)
+                self.retire(c, False)
             else:
                 self.save(c)
         self.emit(c, "die", {"exitCode": str(code)})
@@ -225,19 +231,6 @@ class Supervisor:
                 self.finish_removal(c)
             except errors.MinidockError as exc:
                 log.warning("auto-remove of %s failed: %s", c.name, exc.message)
-            return
-        self._unmount_after_exit(c, generation)
-
-    def _unmount_after_exit(self, c, generation):
-        """The rootfs of a run that ended, unmounted once its waiters have been told: the
-        unmount syncs the whole file system under the upper directory (layers.py), 0.5 ms on
-        an idle disk and many while other programs write, and no reply needs to wait for that.
-        Under c.lock, and only if nothing happened since the exit: a start that came first
-        (`docker restart` starts as soon as it sees the exit) runs on this mount, and a removal
-        unmounted it itself."""
-        with c.lock:
-            if c.exit_generation == generation and c.status == EXITED:
-                self.unmount(c)
 
     def _restart_after_backoff(self, c):
         with c.lock:
@@ -380,8 +373,13 @@ class Supervisor:
             except OSError as exc:
                 log.warning("removing the cgroup of %s: %s", c.name, exc)
 
-    def unmount(self, c):
+    def unmount(self, c, generation=None):
+        """Unmount c's rootfs (with `generation`: layers.unmount's condition). A container
+        removed meanwhile has no layer any more, nor a mount."""
         try:
-            self.layers.unmount(c.id)
-        except (errors.NotFound, OSError) as exc:
+            self.layers.unmount(c.id, generation)
+        except errors.NotFound:
+            if generation is None:
+                log.warning("unmounting the rootfs of %s: no writable layer", c.name)
+        except OSError as exc:
             log.warning("unmounting the rootfs of %s: %s", c.name, exc)
