@@ -115,6 +115,16 @@ def unmount(target):
         raise OSError(err, f"umount2({target}, MNT_DETACH): {os.strerror(err)}")
 
 
+def _is_mount_point(path):
+    """Whether something is mounted on directory `path` (which we made: no symlink in it): its
+    device differs from its parent's. os.path.ismount says the same after a realpath() of the
+    parent, an lstat per component of the path (~10 system calls instead of 2)."""
+    try:
+        return os.lstat(path).st_dev != os.lstat(os.path.dirname(path)).st_dev
+    except FileNotFoundError:
+        return False
+
+
 def chain_id(parent, diff_id):
     """The OCI ChainID of `diff_id` stacked on the layer chain `parent` (None at the bottom)."""
     if not parent:
@@ -448,7 +458,7 @@ class LayerStore:
             return merged
         with self._mount_lock(cid):
             self._mounts[cid] = self._mounts.get(cid, 0) + 1
-            if not os.path.ismount(merged):
+            if not _is_mount_point(merged):
                 work = self._c(cid, "work")
                 # A volatile mount before this one left its marker, which would make this mount
                 # fail with EINVAL. Only AutoRemove containers are mounted volatile, and their
@@ -477,7 +487,7 @@ class LayerStore:
             with self._mount_lock(cid):
                 if generation is not None and self._mounts.get(cid, 0) != generation:
                     return
-                if os.path.ismount(self._c(cid, "merged")):
+                if _is_mount_point(self._c(cid, "merged")):
                     unmount(self._c(cid, "merged"))
 
     def remove_rw(self, cid, later=None):
@@ -500,7 +510,7 @@ class LayerStore:
         with self._lock:
             self._mount_locks.pop(cid, None)
             self._mounts.pop(cid, None)
-        (later or (lambda fn: fn()))(lambda: shutil.rmtree(trash, ignore_errors=True))
+        (later or (lambda fn: fn()))(lambda: store.remove_tree(trash))
 
     def rw_size(self, cid):
         """Bytes of regular-file data in the container's changes (SizeRw)."""

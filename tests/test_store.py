@@ -151,3 +151,21 @@ def test_retire_in_a_flat_collection(tmp_path):
     assert again.load() == [] and again.objects == {"e1": {"Running": False}} and again.retired == {"e1"}
     again.delete("e1")
     assert os.listdir(tmp_path) == []
+
+
+def test_remove_tree_deletes_everything_and_follows_no_link(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("mine")
+    tree = tmp_path / "trash"
+    (tree / "upper" / "etc").mkdir(parents=True)
+    (tree / "upper" / "etc" / "passwd").write_text("x")
+    (tree / "work" / "work").mkdir(parents=True)
+    os.chmod(tree / "work" / "work", 0)                  # overlay makes its work dir this way
+    os.symlink(str(outside), tree / "upper" / "escape")   # a container's link to a host directory
+    os.symlink("/nonexistent", tree / "dangling")
+    os.mkfifo(tree / "fifo")
+    store.remove_tree(str(tree))
+    assert sorted(os.listdir(tmp_path)) == ["outside"]
+    assert (outside / "keep").read_text() == "mine"
+    store.remove_tree(str(tmp_path / "not-there"))        # nothing to do, nothing raised
