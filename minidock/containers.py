@@ -215,9 +215,10 @@ class Containers:
                 with self.networks.lock:
                     self.networks.join_at_create(c, body.get("NetworkingConfig"))
                     # The record's fsyncs and those of the layer's rw.json run at once (the
-                    # journal commits them together); a crash may then keep the record alone,
-                    # which reconcile() removes: that create was never answered.
-                    self.collection.save(cid, record)
+                    # journal commits them together; both files are new: store.write_new, one
+                    # commit each); a crash may then keep the record alone, which reconcile()
+                    # removes: that create was never answered.
+                    self.collection.save_new(cid, record)
                     layer_saved()
                     self.by_id[cid] = c
             except BaseException:

@@ -334,6 +334,8 @@ class LayerStore:
                 info = self._rw_infos[cid] = store.read_json(self._c(cid, "rw.json"))
             except FileNotFoundError:
                 raise errors.NotFound(f"no rw layer for container {cid}") from None
+            except ValueError:           # cut short by a crash (begin_rw): an incomplete layer
+                raise errors.NotFound(f"no complete rw layer for container {cid}") from None
         return info
 
     def has_rw(self, cid):
@@ -400,7 +402,9 @@ class LayerStore:
             # vfs has no layers to stack: the mount points go into the copy, and are
             # remembered so that changes() does not report them.
             info["init_paths"] = _make_init_layer(os.path.join(base, "merged"), only_missing=True)
-        wait = store.write_atomic_in_background(os.path.join(base, "rw.json"), store.encode_json(info))
+        # rw.json is new: written in place (store.write_new, one journal commit); a crash
+        # part-way leaves one that does not parse, which rw_info() takes as no layer at all
+        wait = store.write_atomic_in_background(os.path.join(base, "rw.json"), store.encode_json(info), new=True)
         self._rw_infos[cid] = info
         return driver, wait
 

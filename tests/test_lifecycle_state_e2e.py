@@ -74,6 +74,28 @@ def test_a_record_whose_layer_was_not_made_durable_is_removed_at_start(d):
     d.start()
 
 
+def test_a_create_cut_short_while_writing_its_files_is_removed_at_start(d):
+    """create() writes the record and the layer's rw.json in place (store.write_new: new files,
+    one journal commit each); a crash part-way leaves one of them short. The restarted daemon
+    takes a record that does not parse as never made (its directory goes) and a layer whose
+    rw.json does not parse as incomplete (its container goes), with their anonymous volumes."""
+    short_record = d.docker("create", "-v", "/anon", "busybox", "true").stdout.decode().strip()
+    short_layer = d.docker("create", "-v", "/anon", "busybox", "true").stdout.decode().strip()
+    kept = d.docker("create", "busybox", "true").stdout.decode().strip()
+    d.stop()
+    for path in (os.path.join(d.data_root, "containers", short_record, "config.json"),
+                 os.path.join(d.data_root, "image", "layers", "containers", short_layer, "rw.json")):
+        with open(path, "r+b") as f:
+            f.truncate(7)
+    d.start()
+    assert d.docker("ps", "-aq").stdout.decode().split() == [kept[:12]]
+    assert d.docker("volume", "ls", "-q").stdout == b""
+    d.docker("rm", kept)
+    d.stop()
+    assert data_root_problems(d.data_root) == []
+    d.start()
+
+
 def test_run_rm_mounts_the_rootfs_volatile_and_leaves_nothing(d):
     # the kernel's own account of the container's root: overlay, with fsync volatile
     assert "volatile" in root_options(d.docker("run", "--rm", "busybox", "cat", "/proc/self/mountinfo").stdout.decode())

@@ -169,3 +169,18 @@ def test_remove_tree_deletes_everything_and_follows_no_link(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["outside"]
     assert (outside / "keep").read_text() == "mine"
     store.remove_tree(str(tmp_path / "not-there"))        # nothing to do, nothing raised
+
+
+def test_write_new_makes_the_file_in_place_and_refuses_an_existing_one(tmp_path):
+    path = tmp_path / "config.json"
+    store.write_new(str(path), b'{"a": 1}\n')
+    assert store.read_json(str(path)) == {"a": 1} and os.listdir(tmp_path) == ["config.json"]
+    with pytest.raises(FileExistsError):
+        store.write_new(str(path), b"{}\n")
+    assert store.read_json(str(path)) == {"a": 1}
+    wait = store.write_atomic_in_background(str(tmp_path / "rw.json"), b"{}\n", new=True)
+    wait()
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "rw.json"]
+    c = store.Collection(str(tmp_path / "c"), "container", per_dir=True)
+    c.save_new("abc", {"Status": "created"})
+    assert os.listdir(tmp_path / "c" / "abc") == ["config.json"] and c.objects["abc"] == {"Status": "created"}
