@@ -370,14 +370,19 @@ class Containers:
     def _destroy(self, c):
         """The end of a removal (status removing): its layer, cgroup, record, volume uses and
         network endpoints (addresses) go."""
+        deletions = []                       # the renamed-away files, deleted by one trash job
         self.networks.leave_all(c)
-        self.layers.remove_rw(c.id, later=self.trash.submit)
-        self.supervisor.release_cgroup(c)
-        self.volumes.detach(c.id)
-        with c.lock:
-            self.by_id.pop(c.id, None)
-            self.collection.delete(c.id, later=self.trash.submit)
-            c.set_status(DEAD)
+        try:
+            self.layers.remove_rw(c.id, later=deletions.append)
+            self.supervisor.release_cgroup(c)
+            self.volumes.detach(c.id)
+            with c.lock:
+                self.by_id.pop(c.id, None)
+                self.collection.delete(c.id, later=deletions.append)
+                c.set_status(DEAD)
+        finally:
+            if deletions:
+                self.trash.submit(lambda: [delete() for delete in deletions])
 
     def prune(self, filters=None):
         """POST /containers/prune: remove every container that is not running (created, exited,
