@@ -64,6 +64,10 @@ upper directory, fsync(2) inside the container included, and its unmount is ~10 
 crash of the *machine* such an upper directory may miss writes, which nobody reads: the
 container is removed. The kernel leaves a marker, work/work/incompat/volatile, and refuses to
 mount that work directory again while it exists; `mount()` removes a leftover marker first.
+The sync happens when the file system's last reference goes, not necessarily in umount2(2):
+`unmount()` detaches the mount (MNT_DETACH) while a descriptor opened on its root holds it,
+and closes that descriptor after -- so the sync runs where the caller chooses (a container's
+exit handler, a removal's trash job), and no lock or reply waits for it.
 
 Removing a rw layer renames its directory into tmp/ (one atomic rename: the layer is gone at
 once) and deletes it from there, optionally later (`remove_rw(..., later=...)`): a crash in
@@ -161,6 +165,7 @@ class LayerStore:
         # containers' mounts.
         self._mount_locks = {}
         self._mounts = {}               # cid -> how many times mount() was asked for it (unmount())
+        self._releasing = {}            # cid -> Event set once a detached rootfs is freed (unmount())
         # meta.json of a layer and rw.json of a container layer never change once written:
         # read once, forgotten when the layer goes (several reads per container lifecycle).
         self._metas, self._rw_infos = {}, {}
@@ -462,6 +467,12 @@ class LayerStore:
             return merged
         with self._mount_lock(cid):
             self._mounts[cid] = self._mounts.get(cid, 0) + 1
+            with self._lock:
+                releasing = self._releasing.get(cid)
+            if releasing is not None:
+                # the last mount of this upper directory is still being synced and freed:
+                # overlay refuses an upper or work directory another mount still uses
+                releasing.wait()
             if not _is_mount_point(merged):
                 work = self._c(cid, "work")
                 # A volatile mount before this one left its marker, which would make this mount
@@ -482,39 +493,75 @@ class LayerStore:
         with self._mount_lock(cid):
             return self._mounts.get(cid, 0)
 
-    def unmount(self, cid, generation=None):
+    def unmount(self, cid, generation=None, later=None):
         """Unmount `cid`'s rootfs. With `generation` (mount_generation() read earlier), only if
         nobody asked for the mount since: an unmount decided at a container's exit and run a
-        little later must not take the rootfs from a start that came in between."""
+        little later must not take the rootfs from a start that came in between.
+
+        The mount is detached at once, under the container's mount lock, while a descriptor
+        opened on its root still holds the file system; closing that descriptor is the last
+        reference, and the kernel syncs and frees the file system then (the slow part, see the
+        module docstring) -- outside the lock, in this thread or by `later(fn)`. So a removal
+        never waits for another thread's sync, while a mount() waits for it: overlay refuses
+        an upper or work directory that a file system not yet freed still uses."""
         info = self.rw_info(cid)
-        if info["driver"] == OVERLAY:
-            with self._mount_lock(cid):
-                if generation is not None and self._mounts.get(cid, 0) != generation:
-                    return
-                if _is_mount_point(self._c(cid, "merged")):
-                    unmount(self._c(cid, "merged"))
+        if info["driver"] != OVERLAY:
+            return
+        merged = self._c(cid, "merged")
+        with self._mount_lock(cid):
+            if generation is not None and self._mounts.get(cid, 0) != generation:
+                return
+            if not _is_mount_point(merged):
+                return
+            root = os.open(merged, os.O_PATH | os.O_CLOEXEC)     # the overlay's root
+            try:
+                unmount(f"/proc/self/fd/{root}")                 # detached; `root` holds it
+            except BaseException:
+                os.close(root)
+                raise
+            released = threading.Event()
+            with self._lock:
+                self._releasing[cid] = released
+
+        def release():
+            try:
+                os.close(root)          # the last reference: sync and free happen here
+            finally:
+                released.set()
+                with self._lock:
+                    if self._releasing.get(cid) is released:
+                        del self._releasing[cid]
+        (later or (lambda fn: fn()))(release)
 
     def remove_rw(self, cid, later=None):
         """Unmount and delete container `cid`'s writable layer (the image layers stay). Its
-        directory is renamed into tmp/ at once; `later(fn)`, if given, runs the deletion of
-        what was renamed (e.g. on a worker thread, after the reply)."""
+        directory is renamed into tmp/ at once; `later(fn)`, if given, runs what is slow after
+        (e.g. on a worker thread, after the reply): the file system's release (unmount()),
+        then the deletion of what was renamed."""
         if not os.path.exists(self._c(cid)):
             return
+        deletions = []                  # the file system's release first, then the files
         try:
-            self.unmount(cid)
-        except errors.NotFound:
-            pass
-        self._rw_infos.pop(cid, None)
-        try:
-            os.unlink(self._c(cid, "rw.json"))      # first: a half-removed layer is no layer
-        except FileNotFoundError:
-            pass
-        trash = self._p("tmp", "rm-" + secrets.token_hex(6))
-        os.rename(self._c(cid), trash)              # one rename: the layer is gone
+            try:
+                self.unmount(cid, later=deletions.append)
+            except errors.NotFound:
+                pass
+            self._rw_infos.pop(cid, None)
+            try:
+                os.unlink(self._c(cid, "rw.json"))  # first: a half-removed layer is no layer
+            except FileNotFoundError:
+                pass
+            trash = self._p("tmp", "rm-" + secrets.token_hex(6))
+            os.rename(self._c(cid), trash)          # one rename: the layer is gone
+        except BaseException:
+            for release in deletions:
+                release()
+            raise
         with self._lock:
             self._mount_locks.pop(cid, None)
             self._mounts.pop(cid, None)
-        (later or (lambda fn: fn()))(lambda: store.remove_tree(trash))
+        deletions.append(lambda: store.remove_tree(trash))
+        (later or (lambda fn: fn()))(lambda: [delete() for delete in deletions])
 
     def rw_size(self, cid):
         """Bytes of regular-file data in the container's changes (SizeRw)."""
