@@ -349,7 +349,7 @@ class Containers:
     def _finish_removal(self, c, volumes):
         """The rest of a removal whose status `removing` is durable: anonymous volumes (with
         `volumes`), then _destroy. Also the end of an AutoRemove container's exit, whose
-        exit record and removal intent are one save (supervisor.py)."""
+        exit and removal intent are one step (supervisor.py)."""
         if volumes:
             self.volumes.release_anonymous(c.id, c.record.get("Mounts") or [])
         try:

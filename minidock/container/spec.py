@@ -174,11 +174,11 @@ class UserIds:
             key = (self.layers.rw_info(c.id)["chain_id"], user, group_add)
             found = self.known.get(key)
             if found is not None:
-                return found
+                return dict(found, groups=list(found["groups"]))
         uid, gid, groups = ns.resolve_user(rootfs, user, group_add)
         found = {"uid": uid, "gid": gid, "groups": groups}
         if key is not None:
             if len(self.known) >= self.KEEP:
                 self.known.clear()
-            self.known[key] = found
+            self.known[key] = dict(found, groups=list(groups))
         return found

@@ -19,17 +19,18 @@ comes after it and wins.
 
 Steps 1-4 may refuse (a network container that is not running, a bad extra host) before
 anything runs. An exit arrives from the spawner's reader (exits.py) and is handled by one of
-a few exit workers made at start (workers.py: no thread is created on the exit path): wait for the last output to reach the log, record the exit code (and whether the
-cgroup saw an OOM kill) durably, and only then let waiters hear of it; then restart after the
-back-off (restart.py), or release the cgroup and unmount the rootfs -- beside the save, on
-another exit worker, with no waiter's reply waiting for it: the unmount syncs the whole file
-system (layers.py), 0.5 ms on an idle disk and many while other programs write; a start that
-asks for the mount first (`docker restart` starts as soon as it hears of the exit) keeps it
-(layers.unmount's generation) -- and remove the container if it was created with AutoRemove. For AutoRemove the exit and the
-start of the removal are one status change and one durable step (exited, then removing, under
-one hold of the lock; on disk the record's file is retired by a rename, store.py): nothing can
-start it in between, and a crash finds it removing. Its rootfs is mounted `volatile`
-(layers.py): nothing syncs a file system about to be deleted.
+a few exit workers made at start (workers.py: no thread is created on the exit path): wait
+for the last output to reach the log, record the exit code (and whether the cgroup saw an OOM
+kill) durably, and only then let waiters hear of it; then restart after the back-off
+(restart.py), or release the cgroup and unmount the rootfs -- the unmount beside the save, on
+another exit worker, with no reply waiting for it: it syncs the whole file system under the
+upper directory (layers.py), 0.5 ms on an idle disk and many while other programs write; a
+start that asks for the mount first (`docker restart` starts as soon as it hears of the exit)
+keeps it (layers.unmount's `generation`) -- and remove the container if it was created with
+AutoRemove. For AutoRemove the exit and the start of the removal are one status change and one
+step on disk (exited, then removing, under one hold of the lock; the record's file is retired
+by a rename, store.py): nothing can start it in between, and a crash finds it removing. Its
+rootfs is mounted `volatile` (layers.py): nothing syncs a file system about to be deleted.
 
 Healthchecks (health.py) run while the container runs: they start with it, stop when it is
 paused or ends (State.Health turns unhealthy, as Docker reports it) and resume on unpause.
@@ -131,7 +132,8 @@ class Supervisor:
         saved = self._save_ahead(c, dict(c.record, State=running))
         try:
             # the user's ids, looked up here rather than by the spawner: the answer is kept
-            # per image (spec.UserIds); a failure is the spawner's would be (exit code 125)
+            # per image (spec.UserIds); an unknown user fails the start as the spawner's
+            # lookup did (exit code 125)
             run.update(self.user_ids.of(c, rootfs))
             pid = self.spawner.run(run, *stdio[:3])                               # 6
         except errors.MinidockError as exc:
@@ -203,6 +205,8 @@ class Supervisor:
             # AutoRemove: the exit and the removal's first step are one durable step (module docstring)
             remove = not again and bool(c.host_config.get("AutoRemove"))
             if not again:
+                # Before the status says so: `docker restart` starts again as soon as it sees
+                # the exit, and makes the cgroup this would then remove under it.
                 self.release_cgroup(c)
             if remove:
                 self.unmount(c)           # mounted volatile: nothing to sync, ~10 us
