@@ -471,7 +471,7 @@ class LayerStore:
                 releasing = self._releasing.get(cid)
             if releasing is not None:
                 # the last mount of this upper directory is still being synced and freed:
-                # overlay refuses an upper or work directory another mount still uses
+                # two overlays must not share an upper or work directory (unmount())
                 releasing.wait()
             if not _is_mount_point(merged):
                 work = self._c(cid, "work")
@@ -502,8 +502,10 @@ class LayerStore:
         opened on its root still holds the file system; closing that descriptor is the last
         reference, and the kernel syncs and frees the file system then (the slow part, see the
         module docstring) -- outside the lock, in this thread or by `later(fn)`. So a removal
-        never waits for another thread's sync, while a mount() waits for it: overlay refuses
-        an upper or work directory that a file system not yet freed still uses."""
+        never waits for another thread's sync, while a mount() waits for it: one upper or work
+        directory must not serve two overlay file systems at once (the kernel marks both "in
+        use" until the file system is freed; it refuses a second user only with index=on, and
+        otherwise warns that access through both is undefined)."""
         info = self.rw_info(cid)
         if info["driver"] != OVERLAY:
             return
