@@ -140,7 +140,7 @@ DRIVER_SCRIPT = textwrap.dedent("""
     store.unmount("c1", generation=store.mount_generation("c1"))
     result["unmounted_at_its_generation"] = not os.path.ismount(merged)
     # the detach is at once; the file system is freed when `later` runs its release, and a
-    # mount meanwhile waits for that (overlay refuses a work dir still in use)
+    # mount meanwhile waits for that (two overlays must not share an upper or work dir)
     store.mount("c1")
     releases = []
     store.unmount("c1", later=releases.append)
