@@ -62,11 +62,16 @@ class Containers:
         store.start_writer_threads()         # the durable saves that overlap other work
         self.supervisor = Supervisor(layers, volumes, cgroups, spawner, exits, save=self.save, emit=self.emit,
                                      get=self.get, finish_removal=lambda c: self._finish_removal(c, volumes=True),
+                                     retire=self.retire,
                                      networks=networks, daemon_user=daemon_user,
                                      save_in_background=self.save_in_background)
         for problem in self.collection.load():
             log.warning("skipping unreadable container state: %s", problem)
         for cid, record in self.collection.objects.items():
+            if cid in self.collection.retired:
+                # its removal began (retire(): the file keeps its last save's content):
+                # reconcile() finishes it
+                record["State"].update(lifecycle.status_fields(REMOVING))
             self.by_id[cid] = Container(record)
             volumes.attach(cid, record.get("Mounts") or [])
 
@@ -210,9 +215,10 @@ class Containers:
                 with self.networks.lock:
                     self.networks.join_at_create(c, body.get("NetworkingConfig"))
                     # The record's fsyncs and those of the layer's rw.json run at once (the
-                    # journal commits them together); a crash may then keep the record alone,
-                    # which reconcile() removes: that create was never answered.
-                    self.collection.save(cid, record)
+                    # journal commits them together; both files are new: store.write_new, one
+                    # commit each); a crash may then keep the record alone, which reconcile()
+                    # removes: that create was never answered.
+                    self.collection.save_new(cid, record)
                     layer_saved()
                     self.by_id[cid] = c
             except BaseException:
@@ -329,13 +335,21 @@ class Containers:
             if c.status == REMOVING:
                 raise errors.Conflict(f"removal of container {c.id} is already in progress")
             begin_removal(c)
-            self.save(c)
+            self.retire(c)
         self._finish_removal(c, volumes)
 
+    def retire(self, c, durable=True):
+        """With c.lock held and its status removing: make the removal's start durable, by a
+        rename of the record's file rather than a save (store.Collection.retire): a crash from
+        here on finds it removing, and reconcile() finishes the removal. `durable=False` for
+        an AutoRemove container's exit: reconcile() removes such a container after a crash
+        whatever its record says (running, removing), so nothing needs to reach the disk."""
+        self.collection.retire(c.id, durable)
+
     def _finish_removal(self, c, volumes):
-        """The rest of a removal whose status `removing` is saved: anonymous volumes (with
+        """The rest of a removal whose status `removing` is durable: anonymous volumes (with
         `volumes`), then _destroy. Also the end of an AutoRemove container's exit, whose
-        exit record and removal intent are one save (supervisor.py)."""
+        exit and removal intent are one step (supervisor.py)."""
         if volumes:
             self.volumes.release_anonymous(c.id, c.record.get("Mounts") or [])
         try:
@@ -356,14 +370,19 @@ class Containers:
     def _destroy(self, c):
         """The end of a removal (status removing): its layer, cgroup, record, volume uses and
         network endpoints (addresses) go."""
+        deletions = []                       # the renamed-away files, deleted by one trash job
         self.networks.leave_all(c)
-        self.layers.remove_rw(c.id, later=self.trash.submit)
-        self.supervisor.release_cgroup(c)
-        self.volumes.detach(c.id)
-        with c.lock:
-            self.by_id.pop(c.id, None)
-            self.collection.delete(c.id, later=self.trash.submit)
-            c.set_status(DEAD)
+        try:
+            self.layers.remove_rw(c.id, later=deletions.append)
+            self.supervisor.release_cgroup(c)
+            self.volumes.detach(c.id)
+            with c.lock:
+                self.by_id.pop(c.id, None)
+                self.collection.delete(c.id, later=deletions.append)
+                c.set_status(DEAD)
+        finally:
+            if deletions:
+                self.trash.submit(lambda: [delete() for delete in deletions])
 
     def prune(self, filters=None):
         """POST /containers/prune: remove every container that is not running (created, exited,

@@ -64,9 +64,13 @@ upper directory, fsync(2) inside the container included, and its unmount is ~10 
 crash of the *machine* such an upper directory may miss writes, which nobody reads: the
 container is removed. The kernel leaves a marker, work/work/incompat/volatile, and refuses to
 mount that work directory again while it exists; `mount()` removes a leftover marker first.
+The sync happens when the file system's last reference goes, not necessarily in umount2(2):
+`unmount()` detaches the mount (MNT_DETACH) while a descriptor opened on its root holds it,
+and closes that descriptor after -- so the sync runs where the caller chooses (a container's
+exit handler, a removal's trash job), and no lock or reply waits for it.
 
-Removing a rw layer renames its directories into tmp/ (each rename atomic: the layer is gone at
-once) and deletes them from there, optionally later (`remove_rw(..., later=...)`): a crash in
+Removing a rw layer renames its directory into tmp/ (one atomic rename: the layer is gone at
+once) and deletes it from there, optionally later (`remove_rw(..., later=...)`): a crash in
 between leaves only tmp/, which is emptied at start.
 """
 
@@ -115,6 +119,16 @@ def unmount(target):
         raise OSError(err, f"umount2({target}, MNT_DETACH): {os.strerror(err)}")
 
 
+def _is_mount_point(path):
+    """Whether something is mounted on directory `path` (which we made: no symlink in it): its
+    device differs from its parent's. os.path.ismount says the same after a realpath() of the
+    parent, an lstat per component of the path (~10 system calls instead of 2)."""
+    try:
+        return os.lstat(path).st_dev != os.lstat(os.path.dirname(path)).st_dev
+    except FileNotFoundError:
+        return False
+
+
 def chain_id(parent, diff_id):
     """The OCI ChainID of `diff_id` stacked on the layer chain `parent` (None at the bottom)."""
     if not parent:
@@ -146,6 +160,12 @@ class LayerStore:
         for leftover in os.listdir(self._p("tmp")):
             shutil.rmtree(self._p("tmp", leftover), ignore_errors=True)
         self._lock = threading.RLock()
+        # Mounting and unmounting one container's rootfs is serialised per container: an
+        # unmount syncs a file system (module docstring) and must not hold up other
+        # containers' mounts.
+        self._mount_locks = {}
+        self._mounts = {}               # cid -> how many times mount() was asked for it (unmount())
+        self._releasing = {}            # cid -> Event set once a detached rootfs is freed (unmount())
         # meta.json of a layer and rw.json of a container layer never change once written:
         # read once, forgotten when the layer goes (several reads per container lifecycle).
         self._metas, self._rw_infos = {}, {}
@@ -319,6 +339,8 @@ class LayerStore:
                 info = self._rw_infos[cid] = store.read_json(self._c(cid, "rw.json"))
             except FileNotFoundError:
                 raise errors.NotFound(f"no rw layer for container {cid}") from None
+            except ValueError:           # cut short by a crash (begin_rw): an incomplete layer
+                raise errors.NotFound(f"no complete rw layer for container {cid}") from None
         return info
 
     def has_rw(self, cid):
@@ -385,7 +407,9 @@ class LayerStore:
             # vfs has no layers to stack: the mount points go into the copy, and are
             # remembered so that changes() does not report them.
             info["init_paths"] = _make_init_layer(os.path.join(base, "merged"), only_missing=True)
-        wait = store.write_atomic_in_background(os.path.join(base, "rw.json"), store.encode_json(info))
+        # rw.json is new: written in place (store.write_new, one journal commit); a crash
+        # part-way leaves one that does not parse, which rw_info() takes as no layer at all
+        wait = store.write_atomic_in_background(os.path.join(base, "rw.json"), store.encode_json(info), new=True)
         self._rw_infos[cid] = info
         return driver, wait
 
@@ -422,6 +446,14 @@ class LayerStore:
             return init + [self._c(cid, "empty")]
         return init + [self._p("l", self.meta(c)["short"]) for c in reversed(info["lowers"])]
 
+    def image_shows_through(self, cid, name):
+        """Whether everything under the top-level directory `name` ("etc") of the container's
+        rootfs is still the image's own: overlay, and nothing under upper/<name> (no copy-up,
+        no new file, no whiteout). Image layers never change, so what is read there may be
+        remembered per image (one lstat instead of reading the files again)."""
+        info = self.rw_info(cid)
+        return info["driver"] == OVERLAY and not os.path.lexists(self._c(cid, "upper", name))
+
     def merged_path(self, cid):
         return self._c(cid, "merged")
 
@@ -433,8 +465,15 @@ class LayerStore:
         merged = self._c(cid, "merged")
         if info["driver"] != OVERLAY:
             return merged
-        with self._lock:
-            if not os.path.ismount(merged):
+        with self._mount_lock(cid):
+            self._mounts[cid] = self._mounts.get(cid, 0) + 1
+            with self._lock:
+                releasing = self._releasing.get(cid)
+            if releasing is not None:
+                # the last mount of this upper directory is still being synced and freed:
+                # two overlays must not share an upper or work directory (unmount())
+                releasing.wait()
+            if not _is_mount_point(merged):
                 work = self._c(cid, "work")
                 # A volatile mount before this one left its marker, which would make this mount
                 # fail with EINVAL. Only AutoRemove containers are mounted volatile, and their
@@ -445,41 +484,86 @@ class LayerStore:
                 mount_overlay(merged, self._lowerdirs(cid, info), self._c(cid, "upper"), work, volatile)
         return merged
 
-    def unmount(self, cid):
+    def _mount_lock(self, cid):
+        with self._lock:
+            return self._mount_locks.setdefault(cid, threading.Lock())
+
+    def mount_generation(self, cid):
+        """How many times mount() was asked for `cid`'s rootfs: for unmount(generation=)."""
+        with self._mount_lock(cid):
+            return self._mounts.get(cid, 0)
+
+    def unmount(self, cid, generation=None, later=None):
+        """Unmount `cid`'s rootfs. With `generation` (mount_generation() read earlier), only if
+        nobody asked for the mount since: an unmount decided at a container's exit and run a
+        little later must not take the rootfs from a start that came in between.
+
+        The mount is detached at once, under the container's mount lock, while a descriptor
+        opened on its root still holds the file system; closing that descriptor is the last
+        reference, and the kernel syncs and frees the file system then (the slow part, see the
+        module docstring) -- outside the lock, in this thread or by `later(fn)`. So a removal
+        never waits for another thread's sync, while a mount() waits for it: one upper or work
+        directory must not serve two overlay file systems at once (the kernel marks both "in
+        use" until the file system is freed; it refuses a second user only with index=on, and
+        otherwise warns that access through both is undefined)."""
         info = self.rw_info(cid)
-        if info["driver"] == OVERLAY:
+        if info["driver"] != OVERLAY:
+            return
+        merged = self._c(cid, "merged")
+        with self._mount_lock(cid):
+            if generation is not None and self._mounts.get(cid, 0) != generation:
+                return
+            if not _is_mount_point(merged):
+                return
+            root = os.open(merged, os.O_PATH | os.O_CLOEXEC)     # the overlay's root
+            try:
+                unmount(f"/proc/self/fd/{root}")                 # detached; `root` holds it
+            except BaseException:
+                os.close(root)
+                raise
+            released = threading.Event()
             with self._lock:
-                if os.path.ismount(self._c(cid, "merged")):
-                    unmount(self._c(cid, "merged"))
+                self._releasing[cid] = released
+
+        def release():
+            try:
+                os.close(root)          # the last reference: sync and free happen here
+            finally:
+                released.set()
+                with self._lock:
+                    if self._releasing.get(cid) is released:
+                        del self._releasing[cid]
+        (later or (lambda fn: fn()))(release)
 
     def remove_rw(self, cid, later=None):
         """Unmount and delete container `cid`'s writable layer (the image layers stay). Its
-        directories are renamed into one directory under tmp/ at once; `later(fn)`, if given,
-        runs the deletion of that directory (e.g. on a worker thread, after the reply)."""
+        directory is renamed into tmp/ at once; `later(fn)`, if given, runs what is slow after
+        (e.g. on a worker thread, after the reply): the file system's release (unmount()),
+        then the deletion of what was renamed."""
         if not os.path.exists(self._c(cid)):
             return
+        deletions = []                  # the file system's release first, then the files
         try:
-            self.unmount(cid)
-        except errors.NotFound:
-            pass
-        self._rw_infos.pop(cid, None)
-        try:
-            os.unlink(self._c(cid, "rw.json"))      # first: a half-removed layer is no layer
-        except FileNotFoundError:
-            pass
-        trash = None
-        for part in RW_PARTS:
-            if os.path.lexists(self._c(cid, part)):
-                if trash is None:
-                    trash = self._p("tmp", "rm-" + secrets.token_hex(6))
-                    os.mkdir(trash, 0o700)
-                os.rename(self._c(cid, part), os.path.join(trash, part))
-        try:
-            os.rmdir(self._c(cid))                  # only if nothing else (container state) lives there
-        except OSError:
-            pass
-        if trash is not None:
-            (later or (lambda fn: fn()))(lambda: shutil.rmtree(trash, ignore_errors=True))
+            try:
+                self.unmount(cid, later=deletions.append)
+            except errors.NotFound:
+                pass
+            self._rw_infos.pop(cid, None)
+            try:
+                os.unlink(self._c(cid, "rw.json"))  # first: a half-removed layer is no layer
+            except FileNotFoundError:
+                pass
+            trash = self._p("tmp", "rm-" + secrets.token_hex(6))
+            os.rename(self._c(cid), trash)          # one rename: the layer is gone
+        except BaseException:
+            for release in deletions:
+                release()
+            raise
+        with self._lock:
+            self._mount_locks.pop(cid, None)
+            self._mounts.pop(cid, None)
+        deletions.append(lambda: store.remove_tree(trash))
+        (later or (lambda fn: fn()))(lambda: [delete() for delete in deletions])
 
     def rw_size(self, cid):
         """Bytes of regular-file data in the container's changes (SizeRw)."""

@@ -23,6 +23,16 @@ Deleting an object renames its directory to a `.tmp-` name first (atomic: the ob
 and removes the files after, maybe on another thread (`delete(later=...)`); a crash in between
 leaves a `.tmp-` directory, removed at load like the temporary files.
 
+A removal that takes several steps (a container: its layer, cgroup, volumes, then its record)
+must finish after a crash in the middle. Its intent is recorded by *retiring* the object first
+(`retire()`): its file is renamed in place to `<file>.removing` and the directory fsync'd --
+one rename and one journal commit, where saving a "removing" status would write, fsync and
+rename a new file and then fsync the directory. Nothing is encoded or written: the record
+keeps the content of its last save. `load()` reads a retired object's file as the object and
+lists its id in `retired`, so the owner can finish the removal; a `save()` after `retire()`
+(a removal that failed) writes the file again and drops the mark. A crash between those two
+leaves both names: the plain file is the newer, and wins.
+
 Objects are found like Docker finds them: by full ID, by name, or by a unique ID prefix; a prefix
 that matches several IDs is an error rather than a guess.
 """
@@ -37,6 +47,7 @@ import threading
 from minidock import errors
 
 NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+RETIRED_SUFFIX = ".removing"          # a retired object's file (Collection.retire)
 
 
 def write_atomic(path, data, mode=0o600, durable=True):
@@ -51,11 +62,16 @@ def write_atomic(path, data, mode=0o600, durable=True):
     tmp = os.path.join(directory, f".tmp-{os.path.basename(path)}-{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        try:
+            # os.write, not a file object: open() would add an fstat, an isatty ioctl and an
+            # lseek to every write (a container lifecycle writes eight of these files)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
             if durable:
-                os.fsync(f.fileno())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.rename(tmp, path)
     except BaseException:
         try:
@@ -65,6 +81,32 @@ def write_atomic(path, data, mode=0o600, durable=True):
         raise
     if durable:
         fsync_dir(directory)
+
+
+def write_new(path, data, mode=0o600):
+    """Make the file `path`, which must not exist yet, durable with `data`: written in place
+    (O_EXCL), fsync'd, then its directory fsync'd.
+
+    For a new file the temporary name buys nothing -- there is no old content to keep -- and
+    it costs a journal commit: write_atomic's rename comes after the file's fsync, so the
+    directory's fsync has a change left to commit. Here the file's fsync commits its directory
+    entry with it (ext4, xfs: one journal transaction), and the directory's fsync, which POSIX
+    still asks for, finds nothing left to do. A crash part-way leaves a short or empty file
+    under the final name; its owner must treat an unreadable file as never made (a container
+    whose record does not parse is swept at start, an rw layer whose rw.json does not parse
+    is incomplete)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
+    fsync_dir(os.path.dirname(path) or ".")
 
 
 _writers = None
@@ -82,15 +124,15 @@ def start_writer_threads():
             _writers = workers.WorkerPool(WRITER_THREADS, "state-writer")
 
 
-def write_atomic_in_background(path, data, mode=0o600):
-    """Start `write_atomic(path, data)` (durable) on a writer thread; -> `wait()`, which blocks
-    until the file is durable and raises what the write raised. Writes of one path must not
-    overlap: wait for one before starting the next."""
+def write_atomic_in_background(path, data, mode=0o600, new=False):
+    """Start `write_atomic(path, data)` (durable; with `new`, write_new) on a writer thread;
+    -> `wait()`, which blocks until the file is durable and raises what the write raised.
+    Writes of one path must not overlap: wait for one before starting the next."""
     done, failure = threading.Event(), []
 
     def write():
         try:
-            write_atomic(path, data, mode)
+            (write_new if new else write_atomic)(path, data, mode)
         except BaseException as exc:        # handed to wait(), in the caller's thread
             failure.append(exc)
         finally:
@@ -106,6 +148,29 @@ def write_atomic_in_background(path, data, mode=0o600):
     except RuntimeError:                    # no thread to be had (a fork bomb): write it now
         write()
     return wait
+
+
+def remove_tree(path):
+    """Delete the directory tree at `path`, which nothing writes any more (an object renamed
+    away to be deleted). os.scandir's d_type tells directories from the rest without a stat,
+    and no symbolic link is ever followed (`is_dir(follow_symlinks=False)`): about a third of
+    shutil.rmtree's system calls -- that one opens every directory by descriptor and checks it
+    again, to be safe against a tree that changes under it. On any failure shutil.rmtree
+    finishes the job (errors ignored)."""
+    try:
+        _remove_tree(path)
+    except (OSError, RecursionError):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_tree(path):
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                _remove_tree(entry.path)
+            else:
+                os.unlink(entry.path)
+    os.rmdir(path)
 
 
 def fsync_dir(directory):
@@ -152,6 +217,7 @@ class Collection:
         self.filename = filename
         self.per_dir = per_dir               # each object in <dir>/<id>/<filename> (else <dir>/<id>.json)
         self.objects = {}
+        self.retired = set()                 # ids whose removal began (retire()); see load()
         self._locks = {}
         self._guard = threading.Lock()
         os.makedirs(directory, exist_ok=True)
@@ -160,6 +226,9 @@ class Collection:
         if self.per_dir:
             return os.path.join(self.directory, object_id, self.filename)
         return os.path.join(self.directory, object_id + ".json")
+
+    def retired_path(self, object_id):
+        return self.path(object_id) + RETIRED_SUFFIX
 
     def load(self):
         """Read every object from disk; skip (and report) unreadable ones instead of failing start."""
@@ -179,13 +248,23 @@ class Collection:
                     if leftover.startswith(".tmp-"):
                         os.unlink(os.path.join(full, leftover))
                 object_id, path = entry, os.path.join(full, self.filename)
-                if not os.path.exists(path):
+            else:
+                if entry.endswith(".json" + RETIRED_SUFFIX):
+                    if os.path.exists(full[:-len(RETIRED_SUFFIX)]):
+                        continue                   # the plain file is read below, and wins
+                    entry = entry[:-len(RETIRED_SUFFIX)]
+                elif not entry.endswith(".json"):
+                    continue
+                object_id, path = entry[:-5], os.path.join(self.directory, entry)
+            marked = path + RETIRED_SUFFIX
+            if not os.path.exists(path):
+                if not os.path.exists(marked):
                     problems.append(f"{self.kind} {entry}: no {self.filename}")
                     continue
-            else:
-                if not entry.endswith(".json"):
-                    continue
-                object_id, path = entry[:-5], full
+                path = marked                      # retired: its removal is to be finished
+                self.retired.add(object_id)
+            elif os.path.exists(marked):
+                os.unlink(marked)                  # saved again after retire(): the save wins
             try:
                 self.objects[object_id] = read_json(path)
             except (OSError, ValueError) as exc:
@@ -202,22 +281,53 @@ class Collection:
         if obj is None:
             obj = self.objects[object_id]
         path = self.path(object_id)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        write_json(path, obj, durable)
+        try:
+            write_json(path, obj, durable)
+        except FileNotFoundError:            # its directory is not made yet (the first save)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            write_json(path, obj, durable)
         self.objects[object_id] = obj
+        if object_id in self.retired:        # saved again after retire(): drop the mark
+            self.retired.discard(object_id)
+            try:
+                os.unlink(path + RETIRED_SUFFIX)
+            except FileNotFoundError:
+                pass
+
+    def save_new(self, object_id, obj):
+        """The first save of an object whose file does not exist yet (write_new: one journal
+        commit where a save takes two); its directory is made if missing."""
+        path = self.path(object_id)
+        if not os.path.isdir(os.path.dirname(path)):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        write_new(path, encode_json(obj))
+        self.objects[object_id] = obj
+
+    def retire(self, object_id, durable=True):
+        """Record durably that the object's removal has begun (module docstring): rename its
+        file to `<file>.removing`, fsync the directory. The copy in memory is untouched.
+        `durable=False` skips the fsync, for an owner that removes the object after a crash
+        whether or not the rename survived it."""
+        path = self.path(object_id)
+        os.rename(path, path + RETIRED_SUFFIX)
+        self.retired.add(object_id)
+        if durable:
+            fsync_dir(os.path.dirname(path))
 
     def save_in_background(self, object_id, obj):
         """Write `obj` as the object's durable state on a writer thread (module docstring):
         encoded now, so the caller may change its dicts meanwhile; -> wait(). The copy in
         memory is not touched: the caller updates it when what `obj` describes is true."""
         path = self.path(object_id)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if not os.path.isdir(os.path.dirname(path)):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
         return write_atomic_in_background(path, encode_json(obj))
 
     def delete(self, object_id, later=None):
         """Forget an object and remove its file (or directory: renamed to a `.tmp-` name at
         once, its files deleted by `later(fn)` if given, else now)."""
         self.objects.pop(object_id, None)
+        self.retired.discard(object_id)
         if self.per_dir:
             directory = os.path.join(self.directory, object_id)
             trash = os.path.join(self.directory, f".tmp-rm-{object_id[:12]}-{secrets.token_hex(4)}")
@@ -226,12 +336,13 @@ class Collection:
             except FileNotFoundError:
                 pass
             else:
-                (later or (lambda fn: fn()))(lambda: shutil.rmtree(trash, ignore_errors=True))
+                (later or (lambda fn: fn()))(lambda: remove_tree(trash))
         else:
-            try:
-                os.unlink(self.path(object_id))
-            except FileNotFoundError:
-                pass
+            for path in (self.path(object_id), self.retired_path(object_id)):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
         with self._guard:
             self._locks.pop(object_id, None)
 

@@ -131,6 +131,26 @@ DRIVER_SCRIPT = textwrap.dedent("""
     merged = store.mount("c1")
     result["remounted_plain"] = "volatile" not in options(merged)
     store.unmount("c1")
+    # an unmount decided earlier (at an exit) keeps a mount asked for since (a restart)
+    store.mount("c1")
+    seen = store.mount_generation("c1")
+    store.mount("c1")
+    store.unmount("c1", generation=seen)
+    result["kept_for_a_later_mount"] = os.path.ismount(merged)
+    store.unmount("c1", generation=store.mount_generation("c1"))
+    result["unmounted_at_its_generation"] = not os.path.ismount(merged)
+    # the detach is at once; the file system is freed when `later` runs its release, and a
+    # mount meanwhile waits for that (two overlays must not share an upper or work dir)
+    store.mount("c1")
+    releases = []
+    store.unmount("c1", later=releases.append)
+    result["detached_before_release"] = not os.path.ismount(merged) and len(releases) == 1
+    import threading
+    released = []
+    threading.Timer(0.2, lambda: (released.append(1), releases[0]())).start()
+    store.mount("c1")
+    result["remounted_after_release"] = os.path.ismount(merged) and released == [1]
+    store.unmount("c1")
     result["shared_init"] = (store.rw_info("c1")["init"] == "shared"
                              and not os.path.exists(os.path.join(store.root, "containers", "c1", "init")))
     pending = []
@@ -182,6 +202,8 @@ def test_overlay_rw_layer_as_uid_65534_in_a_user_namespace(tmp_path):
     assert result["diff"] == ["bin", "bin/.wh.ls", "etc", "etc/motd", "etc/new"]
     assert result["export_has_busybox"] and result["unmounted"]
     assert result["volatile_shown"] and result["remounted_plain"]
+    assert result["kept_for_a_later_mount"] and result["unmounted_at_its_generation"]
+    assert result["detached_before_release"] and result["remounted_after_release"]
     assert result["shared_init"]
     assert result["gone_at_once"] and result["trash_until_later"] and result["trash_emptied"]
 

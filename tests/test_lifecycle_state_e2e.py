@@ -74,6 +74,28 @@ def test_a_record_whose_layer_was_not_made_durable_is_removed_at_start(d):
     d.start()
 
 
+def test_a_create_cut_short_while_writing_its_files_is_removed_at_start(d):
+    """create() writes the record and the layer's rw.json in place (store.write_new: new files,
+    one journal commit each); a crash part-way leaves one of them short. The restarted daemon
+    takes a record that does not parse as never made (its directory goes) and a layer whose
+    rw.json does not parse as incomplete (its container goes), with their anonymous volumes."""
+    short_record = d.docker("create", "-v", "/anon", "busybox", "true").stdout.decode().strip()
+    short_layer = d.docker("create", "-v", "/anon", "busybox", "true").stdout.decode().strip()
+    kept = d.docker("create", "busybox", "true").stdout.decode().strip()
+    d.stop()
+    for path in (os.path.join(d.data_root, "containers", short_record, "config.json"),
+                 os.path.join(d.data_root, "image", "layers", "containers", short_layer, "rw.json")):
+        with open(path, "r+b") as f:
+            f.truncate(7)
+    d.start()
+    assert d.docker("ps", "-aq").stdout.decode().split() == [kept[:12]]
+    assert d.docker("volume", "ls", "-q").stdout == b""
+    d.docker("rm", kept)
+    d.stop()
+    assert data_root_problems(d.data_root) == []
+    d.start()
+
+
 def test_run_rm_mounts_the_rootfs_volatile_and_leaves_nothing(d):
     # the kernel's own account of the container's root: overlay, with fsync volatile
     assert "volatile" in root_options(d.docker("run", "--rm", "busybox", "cat", "/proc/self/mountinfo").stdout.decode())
@@ -110,3 +132,84 @@ def test_an_rm_container_that_died_with_the_daemon_is_removed_at_restart(d):
     d.stop()
     assert data_root_problems(d.data_root) == []
     d.start()
+
+
+def test_a_removal_cut_short_by_a_crash_is_finished_at_restart(d):
+    """A removal's first durable step renames the record's file in place (config.json ->
+    config.json.removing, store.Collection.retire) instead of saving a "removing" record; the
+    layer, the cgroup and the record's directory go after it. A crash right after that rename
+    leaves exactly the disk made here by hand: the restarted daemon reads the container as
+    removing and finishes the removal (its layer too)."""
+    cid = d.docker("create", "busybox", "true").stdout.decode().strip()
+    kept = d.docker("create", "busybox", "true").stdout.decode().strip()
+    d.stop()
+    directory = os.path.join(d.data_root, "containers", cid)
+    os.rename(os.path.join(directory, "config.json"), os.path.join(directory, "config.json.removing"))
+    d.start()
+    assert d.docker("ps", "-aq").stdout.decode().split() == [kept[:12]]
+    assert not os.path.exists(directory)
+    assert not os.path.exists(os.path.join(d.data_root, "image", "layers", "containers", cid))
+    d.docker("rm", kept)
+    d.stop()
+    assert data_root_problems(d.data_root) == []
+    d.start()
+
+
+def test_an_answered_removal_leaves_no_record_after_a_sigkill(d):
+    cid = d.docker("create", "busybox", "true").stdout.decode().strip()
+    d.client().delete(f"/containers/{cid}")
+    d.kill()                                   # right after the answer
+    assert not os.path.exists(os.path.join(d.data_root, "containers", cid))
+    d.start()
+    assert d.docker("ps", "-aq").stdout == b""
+    d.stop()
+    assert data_root_problems(d.data_root) == []
+    d.start()
+
+
+def daemon_mounts(d):
+    """The mount points in the daemon's own mount namespace (where it mounts rootfs)."""
+    with open(f"/proc/{d.proc.pid}/mountinfo") as f:
+        return [line.split()[4] for line in f]
+
+
+def test_the_rootfs_is_unmounted_after_the_exit_and_a_quick_restart_keeps_its_mount(d):
+    """The exit is told to waiters first, the rootfs unmounted after (its unmount syncs the
+    file system): it does go, and a start that comes first -- here in a loop, right after each
+    wait -- finds its rootfs mounted, not unmounted under it."""
+    cid = d.docker("run", "-d", "busybox", "true").stdout.decode().strip()
+    merged = os.path.join(d.data_root, "image", "layers", "containers", cid, "merged")
+    d.docker("wait", cid)
+    wait_for(lambda: merged not in daemon_mounts(d), what="the rootfs to be unmounted after the exit")
+    c = d.client()
+    for _ in range(5):
+        c.post(f"/containers/{cid}/start")
+        assert c.post(f"/containers/{cid}/wait")["StatusCode"] == 0
+    cid2 = d.docker("run", "-d", "busybox", "sh", "-c", "exit 3").stdout.decode().strip()
+    for _ in range(5):
+        assert c.post(f"/containers/{cid2}/wait")["StatusCode"] == 3
+        c.post(f"/containers/{cid2}/start")
+        assert d.docker("logs", cid2).stdout == b""
+    # every run found its command: an unmount under a starting run would show as exit 127
+    assert c.post(f"/containers/{cid2}/wait")["StatusCode"] == 3
+    d.docker("rm", "-f", cid, cid2)
+    wait_for(lambda: not any(cid in m or cid2 in m for m in daemon_mounts(d)), what="no mount left")
+
+
+def test_user_ids_are_looked_up_again_once_the_container_has_its_own_etc(d, tmp_path):
+    """A container's user ids are found in its own /etc/passwd; the answer is kept per image
+    while the container's /etc is the image's (spec.UserIds). Two containers of one image, same
+    `-u 1234`: the first finds no passwd entry (gid 0); the second gets a passwd of its own
+    (docker cp, before its start), which must be read: gid 777."""
+    first = d.docker("run", "-u", "1234", "busybox", "id", "-g").stdout.decode().strip()
+    assert first == "0"
+    cid = d.docker("create", "-u", "1234", "busybox", "id", "-g").stdout.decode().strip()
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0:root:/root:/bin/sh\napp:x:1234:777::/:/bin/sh\n")
+    os.chmod(tmp_path, 0o755)
+    os.chmod(passwd, 0o644)
+    d.docker("cp", str(passwd), f"{cid}:/etc/passwd")
+    d.docker("start", cid)
+    assert d.docker("wait", cid).stdout.decode().strip() == "0"
+    assert d.docker("logs", cid).stdout.decode().strip() == "777"
+    d.docker("rm", cid)

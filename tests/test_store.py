@@ -105,3 +105,82 @@ def test_collection_delete_renames_at_once_and_deletes_later(tmp_path):
     c.save("def", {"Name": "db"})
     c.delete("def")                               # without `later`: gone now
     assert os.listdir(tmp_path) == []
+
+
+def test_retire_renames_the_record_and_load_reports_it_retired(tmp_path):
+    """A removal's first step: the file renamed in place (nothing written), which a load after a
+    crash reads as the object, listed in `retired` so that its owner finishes the removal."""
+    c = store.Collection(str(tmp_path), "container", per_dir=True)
+    c.save("abc", {"Status": "exited"})
+    c.save("def", {"Status": "running"})
+    inode = os.stat(tmp_path / "abc" / "config.json").st_ino
+    c.retire("abc")
+    assert os.listdir(tmp_path / "abc") == ["config.json.removing"]
+    assert os.stat(tmp_path / "abc" / "config.json.removing").st_ino == inode     # renamed, not rewritten
+    assert c.objects["abc"] == {"Status": "exited"} and c.retired == {"abc"}
+    again = store.Collection(str(tmp_path), "container", per_dir=True)
+    assert again.load() == []
+    assert again.objects == {"abc": {"Status": "exited"}, "def": {"Status": "running"}}
+    assert again.retired == {"abc"}
+    again.delete("abc")
+    assert again.retired == set() and sorted(os.listdir(tmp_path)) == ["def"]
+
+
+def test_a_save_after_retire_drops_the_mark_and_wins_over_a_leftover_one(tmp_path):
+    """A removal that failed saves the record again (a dead container): that save is the truth.
+    A crash between its rename and the mark's unlink leaves both files: the plain one wins."""
+    c = store.Collection(str(tmp_path), "container", per_dir=True)
+    c.save("abc", {"Status": "exited"})
+    c.retire("abc")
+    c.save("abc", {"Status": "dead"})
+    assert os.listdir(tmp_path / "abc") == ["config.json"] and c.retired == set()
+    os.link(tmp_path / "abc" / "config.json", tmp_path / "abc" / "config.json.removing")
+    store.write_json(str(tmp_path / "abc" / "config.json"), {"Status": "dead", "Newer": True})
+    again = store.Collection(str(tmp_path), "container", per_dir=True)
+    assert again.load() == [] and again.retired == set()
+    assert again.objects == {"abc": {"Status": "dead", "Newer": True}}
+    assert os.listdir(tmp_path / "abc") == ["config.json"]
+
+
+def test_retire_in_a_flat_collection(tmp_path):
+    c = store.Collection(str(tmp_path), "exec instance")
+    c.save("e1", {"Running": False})
+    c.retire("e1")
+    assert os.listdir(tmp_path) == ["e1.json.removing"]
+    again = store.Collection(str(tmp_path), "exec instance")
+    assert again.load() == [] and again.objects == {"e1": {"Running": False}} and again.retired == {"e1"}
+    again.delete("e1")
+    assert os.listdir(tmp_path) == []
+
+
+def test_remove_tree_deletes_everything_and_follows_no_link(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("mine")
+    tree = tmp_path / "trash"
+    (tree / "upper" / "etc").mkdir(parents=True)
+    (tree / "upper" / "etc" / "passwd").write_text("x")
+    (tree / "work" / "work").mkdir(parents=True)
+    os.chmod(tree / "work" / "work", 0)                  # overlay makes its work dir this way
+    os.symlink(str(outside), tree / "upper" / "escape")   # a container's link to a host directory
+    os.symlink("/nonexistent", tree / "dangling")
+    os.mkfifo(tree / "fifo")
+    store.remove_tree(str(tree))
+    assert sorted(os.listdir(tmp_path)) == ["outside"]
+    assert (outside / "keep").read_text() == "mine"
+    store.remove_tree(str(tmp_path / "not-there"))        # nothing to do, nothing raised
+
+
+def test_write_new_makes_the_file_in_place_and_refuses_an_existing_one(tmp_path):
+    path = tmp_path / "config.json"
+    store.write_new(str(path), b'{"a": 1}\n')
+    assert store.read_json(str(path)) == {"a": 1} and os.listdir(tmp_path) == ["config.json"]
+    with pytest.raises(FileExistsError):
+        store.write_new(str(path), b"{}\n")
+    assert store.read_json(str(path)) == {"a": 1}
+    wait = store.write_atomic_in_background(str(tmp_path / "rw.json"), b"{}\n", new=True)
+    wait()
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "rw.json"]
+    c = store.Collection(str(tmp_path / "c"), "container", per_dir=True)
+    c.save_new("abc", {"Status": "created"})
+    assert os.listdir(tmp_path / "c" / "abc") == ["config.json"] and c.objects["abc"] == {"Status": "created"}

@@ -19,12 +19,18 @@ comes after it and wins.
 
 Steps 1-4 may refuse (a network container that is not running, a bad extra host) before
 anything runs. An exit arrives from the spawner's reader (exits.py) and is handled by one of
-a few exit workers made at start (workers.py: no thread is created on the exit path): wait for the last output to reach the log, record the exit code (and whether the
-cgroup saw an OOM kill), then restart after the back-off (restart.py) or release the cgroup and
-rootfs, and remove the container if it was created with AutoRemove. For AutoRemove the exit
-and the start of the removal are one status change and one save (exited, then removing,
-under one hold of the lock): nothing can start it in between, and a crash finds it removing.
-Its rootfs is mounted `volatile` (layers.py): nothing syncs a file system about to be deleted.
+a few exit workers made at start (workers.py: no thread is created on the exit path): wait
+for the last output to reach the log, record the exit code (and whether the cgroup saw an OOM
+kill) durably, and only then let waiters hear of it; then restart after the back-off
+(restart.py), or release the cgroup and unmount the rootfs -- the unmount beside the save, on
+another exit worker, with no reply waiting for it: it syncs the whole file system under the
+upper directory (layers.py), 0.5 ms on an idle disk and many while other programs write; a
+start that asks for the mount first (`docker restart` starts as soon as it hears of the exit)
+keeps it (layers.unmount's `generation`) -- and remove the container if it was created with
+AutoRemove. For AutoRemove the exit and the start of the removal are one status change and one
+step on disk (exited, then removing, under one hold of the lock; the record's file is retired
+by a rename, store.py): nothing can start it in between, and a crash finds it removing. Its
+rootfs is mounted `volatile` (layers.py): nothing syncs a file system about to be deleted.
 
 Healthchecks (health.py) run while the container runs: they start with it, stop when it is
 paused or ends (State.Health turns unhealthy, as Docker reports it) and resume on unpause.
@@ -59,17 +65,20 @@ class Supervisor:
     `remove(ref)` removes one (AutoRemove)."""
 
     def __init__(self, layers, volumes, cgroups, spawner, exits, save, emit, get, finish_removal, networks,
-                 daemon_user=None, save_in_background=None):
-        """`finish_removal(c)` ends the removal of a container whose `removing` status is saved
-        (AutoRemove); `save_in_background(c, record)` starts a durable save of `record` and
-        returns wait() (store.Collection.save_in_background)."""
+                 daemon_user=None, save_in_background=None, retire=None):
+        """`finish_removal(c)` ends the removal of a container whose `removing` status is durable
+        (AutoRemove); `retire(c)` makes that status durable (Containers.retire; without it, a
+        save); `save_in_background(c, record)` starts a durable save of `record` and returns
+        wait() (store.Collection.save_in_background)."""
         self.layers, self.volumes, self.cgroups = layers, volumes, cgroups
         self.networks = networks
         self.spawner, self.exits = spawner, exits
         self.save, self.emit, self.get, self.finish_removal = save, emit, get, finish_removal
+        self.retire = retire or save
         self.save_in_background = save_in_background
         self.daemon_user = daemon_user      # {uid, gid} that keep-id maps; None without userns
         self.health = health.Checks(self._probe, save, lambda c, action: emit(c, action))
+        self.user_ids = spec.UserIds(layers)
         # Exits are handled, and restarts scheduled, by threads made now: under a fork bomb a
         # new thread cannot be had, and an exit must never be lost (workers.py).
         self.exit_workers = workers.WorkerPool(4, "exit")
@@ -122,6 +131,10 @@ class Supervisor:
                        **lifecycle.status_fields(RUNNING))
         saved = self._save_ahead(c, dict(c.record, State=running))
         try:
+            # the user's ids, looked up here rather than by the spawner: the answer is kept
+            # per image (spec.UserIds); an unknown user fails the start as the spawner's
+            # lookup did (exit code 125)
+            run.update(self.user_ids.of(c, rootfs))
             pid = self.spawner.run(run, *stdio[:3])                               # 6
         except errors.MinidockError as exc:
             self.networks.stopped(c)
@@ -189,27 +202,29 @@ class Supervisor:
             c.io.close_stdin()
             again = restart.restarts(c.host_config.get("RestartPolicy"), code, c.record["RestartCount"],
                                      c.manual_stop or c.record.get("HasBeenManuallyStopped"))
-            # AutoRemove: the exit and the removal's first step are one save (module docstring)
+            # AutoRemove: the exit and the removal's first step are one durable step (module docstring)
             remove = not again and bool(c.host_config.get("AutoRemove"))
-            status = RESTARTING if again else EXITED
-            # The record as it reads once the status changes, made durable while the rootfs is
-            # unmounted (the unmount syncs the file system: the two waits overlap).
-            final = dict(c.state, **lifecycle.status_fields(lifecycle.REMOVING if remove else status))
-            saved = self._save_ahead(c, dict(c.record, State=final))
             if not again:
                 # Before the status says so: `docker restart` starts again as soon as it sees
-                # the exit, and would mount the rootfs this exit then unmounted under it
-                # (seen as `exec: "sh": executable file not found` under load).
+                # the exit, and makes the cgroup this would then remove under it.
                 self.release_cgroup(c)
-                self.unmount(c)
-            c.set_status(status)
-            c.exit_generation += 1
             if remove:
+                self.unmount(c)           # mounted volatile: nothing to sync, ~10 us
+            elif not again:
+                # Beside the save, on another exit worker, and nobody waits for it (module
+                # docstring); not if a start (`docker restart`) asked for the mount meanwhile.
+                self.exit_workers.submit(self.unmount, c, self.layers.mount_generation(c.id))
+            c.set_status(RESTARTING if again else EXITED)
+            c.exit_generation += 1
+            # Durable before any waiter hears of the exit (they wake once c.lock is released).
+            if remove:
+                # The record's file is retired as it is (it says "running"), without an fsync:
+                # after a crash the restarted daemon removes an AutoRemove container that ran
+                # (containers.reconcile), and no one reads its exit code again.
                 lifecycle.begin_removal(c)
-            if saved is None:
-                self.save(c)
+                self.retire(c, False)
             else:
-                saved()                   # durable before any waiter hears of the exit
+                self.save(c)
         self.emit(c, "die", {"exitCode": str(code)})
         if again:
             c.backoff = restart.next_backoff(c.backoff, time.monotonic() - c.started_mono)
@@ -362,8 +377,13 @@ class Supervisor:
             except OSError as exc:
                 log.warning("removing the cgroup of %s: %s", c.name, exc)
 
-    def unmount(self, c):
+    def unmount(self, c, generation=None):
+        """Unmount c's rootfs (with `generation`: layers.unmount's condition). A container
+        removed meanwhile has no layer any more, nor a mount."""
         try:
-            self.layers.unmount(c.id)
-        except (errors.NotFound, OSError) as exc:
+            self.layers.unmount(c.id, generation)
+        except errors.NotFound:
+            if generation is None:
+                log.warning("unmounting the rootfs of %s: no writable layer", c.name)
+        except OSError as exc:
             log.warning("unmounting the rootfs of %s: %s", c.name, exc)
