@@ -288,19 +288,26 @@ def _sync_file_range():
 class Writeback:
     """One daemon thread that starts the write-out of log ranges (see above), in order."""
 
+    MAX_PENDING = 64                  # requests waiting; past it new ones are dropped (a hint)
+
     def __init__(self, call=None):
         self._call = call or _sync_file_range()
         self._q = queue.SimpleQueue()
         self._thread = None
         self._lock = threading.Lock()
-        self.requests = 0                 # ranges whose write-out was started (tests look)
+        self.pending = 0
 
     def submit(self, fd, start, length):
         """Start writing `length` bytes of `fd` from `start`, later, on the thread. The thread
-        gets its own duplicate of `fd`: the writer may close or rotate its file meanwhile."""
+        gets its own duplicate of `fd`: the writer may close or rotate its file meanwhile. On a
+        disk so slow that MAX_PENDING requests wait, the request is dropped: the kernel writes
+        those pages back on its own, and no descriptors pile up."""
         if self._call is None:
             return
         with self._lock:
+            if self.pending >= self.MAX_PENDING:
+                return
+            self.pending += 1
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="log-writeback", daemon=True)
                 self._thread.start()
@@ -313,9 +320,10 @@ class Writeback:
                 # ctypes lets go of the GIL for the call; EIO and the like are not ours to
                 # report here: the writer's own write(2) reports a failing disk
                 self._call(fd, start, length, SYNC_FILE_RANGE_WRITE)
-                self.requests += 1
             finally:
                 os.close(fd)
+                with self._lock:
+                    self.pending -= 1
 
 
 WRITEBACK = Writeback()

@@ -4,6 +4,7 @@ tail from the end, option checks in moby's words, and a reader that never holds 
 import ctypes
 import json
 import os
+import threading
 import time
 
 import pytest
@@ -244,3 +245,27 @@ def test_writeback_of_a_small_log_is_left_to_the_kernel(tmp_path):
     w.close()
     wb.drain()
     assert wb.answers == []
+
+
+def test_writeback_on_a_stuck_disk_drops_requests_instead_of_piling_up_descriptors(tmp_path):
+    """While the thread is stuck in one call, at most MAX_PENDING requests wait (each holds a
+    duplicate fd); the rest are dropped, and once it is free every duplicate is closed."""
+    release = threading.Event()
+    calls = []
+
+    def stuck(fd, start, length, flags):
+        calls.append(start)
+        release.wait(10)
+        return 0
+    wb = jsonfile.Writeback(stuck)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    with open(tmp_path / "f", "wb") as f:
+        for i in range(wb.MAX_PENDING + 50):
+            wb.submit(f.fileno(), i * jsonfile.PAGE, jsonfile.PAGE)
+        assert len(os.listdir("/proc/self/fd")) - fds_before <= wb.MAX_PENDING + 1   # + f itself
+        release.set()
+        deadline = time.monotonic() + 10
+        while wb.pending and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert wb.pending == 0 and len(calls) == wb.MAX_PENDING
+    assert len(os.listdir("/proc/self/fd")) == fds_before
