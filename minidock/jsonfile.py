@@ -49,9 +49,11 @@ Observe it yourself:
     ls -l "$(docker inspect -f '{{.LogPath}}' r)"*          # x.log x.log.1 x.log.2, ~1 kB each
 """
 
+import ctypes
 import json
 import operator
 import os
+import queue
 import re
 import threading
 import time
@@ -151,14 +153,19 @@ def files(path, max_file):
 # -- writing --------------------------------------------------------------------------------
 
 class Writer:
-    """Appends entries to a json-file log, rotating by size. Thread-safe."""
+    """Appends entries to a json-file log, rotating by size. Thread-safe.
 
-    def __init__(self, path, max_size=-1, max_file=1, clock=now_rfc3339):
+    Every WRITEBACK_STEP bytes the kernel is asked to start writing the finished part of the
+    file to disk (`writeback`), so that a container's log never piles up as dirty pages."""
+
+    def __init__(self, path, max_size=-1, max_file=1, clock=now_rfc3339, writeback=None):
         self.path, self.max_size, self.max_file, self.clock = path, max_size, max_file, clock
         self.lock = _lock_for(path)
         self.partial = {"stdout": b"", "stderr": b""}
         self.file = open(path, "ab", buffering=0)
         self.size = os.fstat(self.file.fileno()).st_size
+        self.writeback = WRITEBACK if writeback is None else writeback
+        self.written_back = self.size     # where the last write-out request ended
 
     @classmethod
     def for_config(cls, path, log_config):
@@ -188,6 +195,8 @@ class Writer:
         if self.max_size <= 0:
             self.file.write(entries)
             self.size += len(entries)
+            if self.size - self.written_back >= WRITEBACK_STEP:
+                self._write_out()
             return
         while entries:
             if self.size >= self.max_size:
@@ -199,9 +208,20 @@ class Writer:
             self.file.write(entries[:cut])
             self.size += cut
             entries = entries[cut:]
+            if self.size - self.written_back >= WRITEBACK_STEP:
+                self._write_out()
+
+    def _write_out(self, end=None):
+        """Ask for the write-out of [written_back, end): whole pages only (a page still being
+        filled would go to disk twice), all of it at the end (`close`)."""
+        end = self.size & ~(PAGE - 1) if end is None else end
+        if end > self.written_back:
+            self.writeback.submit(self.file.fileno(), self.written_back, end - self.written_back)
+            self.written_back = end
 
     def _rotate(self):
         self.file.close()
+        self.written_back = 0
         if self.max_file > 1:
             # Oldest first, so that every rename lands on a name already moved away (or on the
             # one file that falls off the end and is replaced).
@@ -222,13 +242,107 @@ class Writer:
                 if rest:
                     self._append(self._entry(stream, rest))
                     self.partial[stream] = b""
+            if self.size - self.written_back >= WRITEBACK_STEP // 4:
+                self._write_out(self.size)
             self.file.close()
+
+
+# -- write-out: the log reaches the disk as it is written ---------------------------------------
+#
+# A write(2) only fills the page cache; the kernel writes dirty pages back when they are ~30 s
+# old or when something syncs. One thing that syncs here is the unmount of a container's overlay
+# rootfs: its last unmount runs sync_filesystem() on the file system holding the upper directory
+# (layers.py) -- the one that also holds the logs. A container that printed 64 MiB (a 114 MB log)
+# and exits therefore waited ~80 ms in its exit for its own log to reach the disk, before `wait`
+# heard of the exit; every other container's fresh log output was flushed in that same exit, too.
+#
+# So the writer asks for write-out as it goes: every WRITEBACK_STEP bytes,
+#
+#     sync_file_range(fd, start, length, SYNC_FILE_RANGE_WRITE)       (sync_file_range(2))
+#
+# which starts writing those pages and returns without waiting for the disk. It makes nothing
+# durable by itself (no metadata, no wait: Docker's json-file never fsyncs either); it moves the
+# disk writes a sync or the kernel's 30-second writeback would do into the time the container
+# runs, so that at most a few MiB of a log are dirty at any moment. (The one extra cost: a big
+# log deleted within 30 s of being written now reaches the disk once; logs under 4 MiB are left
+# alone, and a `--rm` container's exit has no sync to wait for anyway: its rootfs is volatile.) The calls run on one thread of their own (`Writeback`): the output loop
+# hands over a range and goes back to reading pipes, and a slow disk can delay the write-out but
+# never a container's output. Observe it: `grep -E 'Dirty|Writeback:' /proc/meminfo` while a
+# container prints stays at a few MiB instead of growing with the log.
+
+WRITEBACK_STEP = 4 << 20
+PAGE = 4096
+SYNC_FILE_RANGE_WRITE = 2           # <linux/fs.h>: start write-out of dirty pages in the range
+
+
+def _sync_file_range():
+    """libc's sync_file_range, or None where there is none (the write-out is only a hint)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    return call
+
+
+class Writeback:
+    """One daemon thread that starts the write-out of log ranges (see above), in order."""
+
+    MAX_PENDING = 64                  # requests waiting; past it new ones are dropped (a hint)
+
+    def __init__(self, call=None):
+        self._call = call or _sync_file_range()
+        self._q = queue.SimpleQueue()
+        self._thread = None
+        self._lock = threading.Lock()
+        self.pending = 0
+
+    def submit(self, fd, start, length):
+        """Start writing `length` bytes of `fd` from `start`, later, on the thread. The thread
+        gets its own duplicate of `fd`: the writer may close or rotate its file meanwhile. On a
+        disk so slow that MAX_PENDING requests wait, the request is dropped: the kernel writes
+        those pages back on its own, and no descriptors pile up."""
+        if self._call is None:
+            return
+        with self._lock:
+            if self.pending >= self.MAX_PENDING:
+                return
+            self.pending += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="log-writeback", daemon=True)
+                self._thread.start()
+        self._q.put((os.dup(fd), start, length))
+
+    def _run(self):
+        while True:
+            fd, start, length = self._q.get()
+            try:
+                # ctypes lets go of the GIL for the call; EIO and the like are not ours to
+                # report here: the writer's own write(2) reports a failing disk
+                self._call(fd, start, length, SYNC_FILE_RANGE_WRITE)
+            finally:
+                os.close(fd)
+                with self._lock:
+                    self.pending -= 1
+
+
+WRITEBACK = Writeback()
 
 
 # -- bulk encoding and decoding --------------------------------------------------------------
 # Bytes that stand for themselves inside a JSON string (json.dumps leaves them alone): printable
 # ASCII without '"' and '\', plus the newline we turn into "\n" ourselves.
 _PLAIN = bytes(range(0x20, 0x7f)).replace(b'"', b"").replace(b"\\", b"") + b"\n"
+# A translation table that keeps every plain byte and changes every other one: translate()
+# returns its very argument when nothing changed, so `data.translate(_MARK) is data` says "all
+# plain" in one C pass without building anything (~20% cheaper than deleting the plain bytes
+# and looking at what is left; no stdlib check of "any control character" is faster).
+_MARK = bytes(b if b in _PLAIN else (b + 1) & 0xFF for b in range(256))
+
+
+_ENTRY_HEAD = b'{"log":"'
 
 
 def encode_lines(stream, data, stamp):
@@ -239,10 +353,12 @@ def encode_lines(stream, data, stamp):
         return b"", data
     lines, rest = data[:end], data[end:]
     tail = b'","stream":"%s","time":"%s"}\n' % (stream.encode(), stamp.encode())
-    if not lines.translate(None, _PLAIN):
+    if lines.translate(_MARK) is lines:
         # Nothing to escape but the newlines: the entries are the lines with the framing
-        # between them.
-        return b'{"log":"' + lines[:-1].replace(b"\n", b"\\n" + tail + b'{"log":"') + b"\\n" + tail, rest
+        # between them -- every newline becomes `\n` + tail + the next entry's head, and the
+        # head after the last one is cut off again by a view (two copies of the bytes in all).
+        body = lines.replace(b"\n", b"\\n" + tail + _ENTRY_HEAD)
+        return b"".join((_ENTRY_HEAD, memoryview(body)[:-len(_ENTRY_HEAD)])), rest
     text = lines.decode("utf-8", errors="replace")
     if "\\" not in text:
         # One escape of the whole text; with no backslash in it, every "\n" in the escaped text

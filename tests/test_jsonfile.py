@@ -1,8 +1,11 @@
 """jsonfile.py on real files: entries, rotation by size, reading across rotated files in order,
 tail from the end, option checks in moby's words, and a reader that never holds the writer up."""
 
+import ctypes
 import json
 import os
+import threading
+import time
 
 import pytest
 
@@ -180,3 +183,89 @@ def test_log_config_defaults():
     assert jsonfile.check_log_config({"Type": "none"}, daemon) == {"Type": "none", "Config": {}}
     assert jsonfile.rotation({"max-size": "1m", "max-file": "3"}) == (10**6, 3)
     assert jsonfile.cannot_read({}).status == 501
+
+
+class KernelWriteback(jsonfile.Writeback):
+    """The real Writeback (its thread, its duplicate fds, the real sync_file_range), keeping
+    what the kernel answered for each range: (inode of the fd it was given, start, length,
+    return value, errno)."""
+
+    def __init__(self):
+        real = jsonfile._sync_file_range()
+        self.answers = []
+
+        def call(fd, start, length, flags):
+            rc = real(fd, start, length, flags)
+            self.answers.append((os.fstat(fd).st_ino, start, length, rc, ctypes.get_errno()))
+            return rc
+        super().__init__(call)
+
+    def drain(self):
+        """Wait until the thread has handled every range submitted so far: a last request for
+        /dev/null goes through the same queue, after them."""
+        marker = os.stat(os.devnull).st_ino
+        self.submit(os.open(os.devnull, os.O_RDONLY), 0, 0)
+        deadline = time.monotonic() + 10
+        while not (self.answers and self.answers[-1][0] == marker) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert self.answers.pop()[0] == marker
+
+
+def test_writeback_requested_as_the_log_grows_whole_pages_in_order(tmp_path):
+    """Every WRITEBACK_STEP bytes the finished pages of the log are handed to the kernel for
+    write-out, once each, in order, and the kernel accepts every request (on a duplicate of the
+    writer's fd, so the writer may close its file meanwhile); at close the rest goes too."""
+    if jsonfile._sync_file_range() is None:
+        pytest.skip("no sync_file_range in this libc")
+    path = str(tmp_path / "c-json.log")
+    wb = KernelWriteback()
+    w = jsonfile.Writer(path, writeback=wb)
+    line = b"y" * 199 + b"\n"
+    while w.size < 3 * jsonfile.WRITEBACK_STEP + jsonfile.WRITEBACK_STEP // 2:
+        w.write("stdout", line * (64 * 1024 // len(line)))
+    ino = os.fstat(w.file.fileno()).st_ino
+    w.close()
+    wb.drain()
+    size = os.path.getsize(path)
+    answers = wb.answers
+    assert len(answers) == 4                             # one per 4 MiB, then the rest at close
+    assert all(a[0] == ino and a[3] == 0 for a in answers), answers
+    assert answers[0][1] == 0
+    for (_, start, length, _, _), (_, nxt, _, _, _) in zip(answers, answers[1:]):
+        assert start % jsonfile.PAGE == 0 and nxt == start + length     # contiguous, page-aligned
+    assert answers[-1][1] + answers[-1][2] == size       # close asked for the rest
+    assert [len(a) for a in jsonfile.read_shown(path)]    # the log reads back
+
+
+def test_writeback_of_a_small_log_is_left_to_the_kernel(tmp_path):
+    path = str(tmp_path / "c-json.log")
+    wb = KernelWriteback()
+    w = jsonfile.Writer(path, writeback=wb)
+    w.write("stdout", b"short\n" * 100)
+    w.close()
+    wb.drain()
+    assert wb.answers == []
+
+
+def test_writeback_on_a_stuck_disk_drops_requests_instead_of_piling_up_descriptors(tmp_path):
+    """While the thread is stuck in one call, at most MAX_PENDING requests wait (each holds a
+    duplicate fd); the rest are dropped, and once it is free every duplicate is closed."""
+    release = threading.Event()
+    calls = []
+
+    def stuck(fd, start, length, flags):
+        calls.append(start)
+        release.wait(10)
+        return 0
+    wb = jsonfile.Writeback(stuck)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    with open(tmp_path / "f", "wb") as f:
+        for i in range(wb.MAX_PENDING + 50):
+            wb.submit(f.fileno(), i * jsonfile.PAGE, jsonfile.PAGE)
+        assert len(os.listdir("/proc/self/fd")) - fds_before <= wb.MAX_PENDING + 1   # + f itself
+        release.set()
+        deadline = time.monotonic() + 10
+        while wb.pending and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert wb.pending == 0 and len(calls) == wb.MAX_PENDING
+    assert len(os.listdir("/proc/self/fd")) == fds_before

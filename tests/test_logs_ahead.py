@@ -48,3 +48,14 @@ def test_a_reader_that_leaves_ends_the_thread_and_closes_the_log():
             t.join(10)
             assert not t.is_alive()
     assert len(made) <= 5 + 3 + 2          # it stopped a few blocks ahead, not at the end
+
+
+def test_merged_joins_runs_of_one_stream_up_to_the_size_in_order():
+    blocks = [("stdout", b"a" * 3), ("stdout", b"b" * 3), ("stdout", b"c"), ("stderr", b"E"),
+              ("stderr", b"F" * 10), ("stdout", b"d"), ("stdout", b"e" * 4)]
+    got = list(logs.merged(iter(blocks), 5))
+    assert got == [("stdout", b"aaabbb"), ("stdout", b"c"), ("stderr", b"E" + b"F" * 10),
+                   ("stdout", b"deeee")]
+    for name in ("stdout", "stderr"):            # what a client demuxes: the same bytes per stream
+        assert b"".join(d for s, d in got if s == name) == b"".join(d for s, d in blocks if s == name)
+    assert list(logs.merged(iter([]), 5)) == []

@@ -53,6 +53,16 @@ def test_encode_lines_is_the_per_entry_encoding(chunk):
         assert entry["stream"] == "stdout" and entry["time"] == TS
 
 
+def test_encode_lines_every_byte_value():
+    """The fast path's "nothing to escape" test (one translate) against the per-entry encoder
+    for each of the 256 byte values inside a line, alone and among plain lines."""
+    for b in range(256):
+        for chunk in (b"x%cy\n" % b, b"plain\n" * 3 + b"x%cy\n" % b + b"plain\n"):
+            out, rest = encode_lines("stderr", chunk, TS)
+            lines = chunk.decode("utf-8", errors="replace").split("\n")[:-1]
+            assert out == b"".join(entry_bytes("stderr", line + "\n", TS) for line in lines), b
+
+
 # -- the reference: every line decoded on its own -------------------------------------------
 
 def fixed(stamp):

@@ -24,7 +24,8 @@ from minidock.times import now_rfc3339
 
 EXIT_GRACE = 5.0      # seconds `logs -f` waits, after the output ended, for the exit to be recorded
 READ_AHEAD_FROM = 8 << 20     # a stored log this large is decoded on a thread of its own
-READ_AHEAD = 16               # blocks (a 256 KiB read's worth each) decoded ahead of the socket
+READ_AHEAD = 4                # items (up to MERGED bytes each) decoded ahead of the socket
+MERGED = 1 << 20              # a large log's blocks of one stream go out joined up to this size
 
 
 class Discard:
@@ -84,7 +85,7 @@ def entries(c, streams, follow=False, since=0, until=None, tail=None, stop=lambd
             path = c.record["LogPath"]
             blocks = jsonfile.read_shown(path, max_file, view, tail=tail, upto=upto)
             if (tail is None or tail < 0) and _size(path, max_file) >= READ_AHEAD_FROM:
-                blocks = ahead(blocks, READ_AHEAD)
+                blocks = ahead(merged(blocks, MERGED), READ_AHEAD)
             yield from blocks
         if q is None:
             return
@@ -120,6 +121,26 @@ def _size(path, max_file):
         except FileNotFoundError:
             pass
     return total
+
+
+def merged(blocks, size):
+    """Consecutive (stream, bytes) blocks of one stream joined until they hold `size` bytes.
+
+    Handing a block from the decoding thread to the one that sends it costs a wake-up and a
+    hand-over of the GIL, and each of its two sends (frame header, bytes) returns into a thread
+    that must win the GIL back from the decoder: a 256 KiB read holds ~150 KB of 100-byte
+    lines' payload, so ~7 hand-overs and ~14 sends per MiB, against 1 and 2 merged. The join is
+    one copy (~0.1 ms per MiB); the client's demuxed bytes are the same."""
+    stream, parts, held = None, [], 0
+    for name, data in blocks:
+        if name != stream or held >= size:
+            if parts:
+                yield stream, parts[0] if len(parts) == 1 else b"".join(parts)
+            stream, parts, held = name, [], 0
+        parts.append(data)
+        held += len(data)
+    if parts:
+        yield stream, parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 _END = object()
