@@ -233,7 +233,8 @@ class ContainerEndpoints:
         self.events.emit("network", action, rec["Id"], {"container": c.id, "name": rec["Name"], "type": "bridge"})
 
     def _wire(self, rec, ep, default_route):
-        return {"bridge": self.bridge_of(rec), "address": ep["IPAddress"],
+        return {"bridge": self.bridge_of(rec), "bridge_index": self.bridge_indexes.get(rec["Id"]),
+                "address": ep["IPAddress"],
                 "prefixlen": ep["IPPrefixLen"], "gateway": ep["Gateway"],
                 "mac": ep["MacAddress"], "mtu": self._mtu(rec),
                 "default_route": default_route and not rec.get("Internal")}
