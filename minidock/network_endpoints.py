@@ -40,14 +40,15 @@ class ContainerEndpoints:
         return c.record["NetworkSettings"]["Networks"].get(self._ep_name(c, rec)) or {}
 
     def _used(self, rec, except_id=None):
-        """Addresses taken on `rec`: its containers' and its reserved auxiliary addresses."""
-        used = [ipaddress.IPv4Address(a) for a in
+        """Addresses taken on `rec` (as integers, ipam.address_int): its containers' and its
+        reserved auxiliary addresses."""
+        used = [ipam.address_int(a) for a in
                 (rec["IPAM"]["Config"][0].get("AuxiliaryAddresses") or {}).values()]
         for c in self.members(rec):
             if c.id != except_id:
                 ip = self._endpoint(c, rec).get("IPAddress")
                 if ip:
-                    used.append(ipaddress.IPv4Address(ip))
+                    used.append(ipam.address_int(ip))
         return used
 
     def mode_network(self, host_config):
