@@ -421,8 +421,8 @@ class Rtnl:
         acked. `calls` are (build, args, kwargs[, errnos]) tuples, `build(seq, *args,
         **kwargs)` making each message; an errno in `errnos` is no failure for that request.
         The first failure raises OSError(errno) naming its request (the kernel has still
-        handled the messages after it). With `echo`, returns the payloads the kernel echoed
-        (requests built with NLM_F_ECHO), in the order of `calls`."""
+        handled the messages after it). With `echo`, returns for each of `calls`, in order,
+        the list of payloads the kernel echoed for it (requests built with NLM_F_ECHO)."""
         if not calls:
             return []
         names = {}
@@ -441,7 +441,7 @@ class Rtnl:
                 if rseq not in names:
                     continue            # a late reply to something earlier
                 if kind != NLMSG_ERROR:
-                    echoed[rseq] = payload
+                    echoed.setdefault(rseq, []).append(payload)
                     continue
                 err = parse_error(payload)
                 build, args, ok = names[rseq]
@@ -451,7 +451,7 @@ class Rtnl:
                 if rseq == last:
                     if failed is not None:
                         raise failed
-                    return [echoed.get(s) for s in names] if echo else []
+                    return [echoed.get(s, []) for s in names] if echo else []
 
     def links(self):
         return [parse_link(p) for p in self.request(pack_get_link)]

@@ -303,7 +303,22 @@ def make_veths(outside, peer_netns_fd, named_endpoints):
                       {"peer_netns_fd": peer_netns_fd, "mtu": ep.get("mtu") or DEFAULT_MTU,
                        "master": _bridge_index(outside, ep), "peer_mac": ep.get("mac"),
                        "up": True, "echo": True}))
-    return [netlink.parse_link(payload)["link"] for payload in outside.apply(calls, echo=True)]
+    return [_peer_index(ifname, echoes)
+            for (ifname, _), echoes in zip(named_endpoints, outside.apply(calls, echo=True))]
+
+
+def _peer_index(ifname, echoes):
+    """The container end's ifindex from what the kernel echoed for one new veth: the local end
+    (vethN), whose IFLA_LINK is its peer's index, or -- should a kernel echo both ends -- the
+    peer itself, the one named `ifname`."""
+    links = [netlink.parse_link(p) for p in echoes]
+    for link in links:
+        if link["name"] == ifname:
+            return link["index"]
+    for link in links:
+        if link["link"]:
+            return link["link"]
+    raise OSError(errno.EPROTO, f"the kernel did not echo the veth for {ifname}")
 
 
 def _bridge_index(outside, ep):

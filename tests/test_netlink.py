@@ -164,7 +164,7 @@ def test_apply_sends_one_buffer_and_returns_echoes_in_order():
     echoed = rtnl.apply([(nl.pack_new_veth, ("", "eth0"), {"echo": True}),
                          (nl.pack_new_veth, ("", "eth1"), {"echo": True})], echo=True)
     assert len(sock.sent) == 1
-    assert [nl.parse_link(p)["link"] for p in echoed] == [101, 102]
+    assert [[nl.parse_link(p)["link"] for p in e] for e in echoed] == [[101], [102]]
     assert sock.queue == []
 
 

@@ -124,3 +124,26 @@ def test_a_missing_bridge_fails_the_start_and_nothing_runs(seen):
     missing = seen["missing"]
     assert "error" in missing, missing
     assert "br-gone" in missing["error"] and "ran" not in missing["error"]
+
+
+def _link_payload(index, name, link=None):
+    import struct
+    from minidock import netlink as nl
+    attrs = nl.attr(nl.IFLA_IFNAME, name) + (nl.attr(nl.IFLA_LINK, link) if link else b"")
+    return struct.pack("=BxHiII", 0, 1, index, 0, 0) + attrs
+
+
+@pytest.mark.parametrize("echoes, expected", [
+    ([("veth7", 12, 2)], 2),                        # what this kernel echoes: the local end
+    ([("veth7", 12, 2), ("eth0", 2, 12)], 2),       # both ends echoed
+    ([("eth0", 3, 12), ("veth7", 12, 3)], 3),       # ... in the other order
+])
+def test_the_container_ends_index_from_the_echo(echoes, expected):
+    from minidock import network
+    assert network._peer_index("eth0", [_link_payload(i, n, l) for n, i, l in echoes]) == expected
+
+
+def test_no_echo_is_an_error():
+    from minidock import network
+    with pytest.raises(OSError):
+        network._peer_index("eth0", [])
