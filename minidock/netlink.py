@@ -326,10 +326,10 @@ def pack_new_addr(seq, index, address, prefixlen):
                    + b"".join(attrs))
 
 
-def pack_get_addrs(seq):
-    """RTM_GETADDR dump of the IPv4 addresses."""
+def pack_get_addrs(seq, family=socket.AF_INET):
+    """RTM_GETADDR dump of the addresses of `family` (IPv4 unless told)."""
     return message(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq,
-                   _IFADDR.pack(socket.AF_INET, 0, 0, 0, 0))
+                   _IFADDR.pack(family, 0, 0, 0, 0))
 
 
 def parse_addr(payload):
@@ -466,8 +466,8 @@ class Rtnl:
             raise
         return parse_link(got[0]) if got else None
 
-    def addrs(self):
-        return [parse_addr(p) for p in self.request(pack_get_addrs)]
+    def addrs(self, family=socket.AF_INET):
+        return [parse_addr(p) for p in self.request(pack_get_addrs, family=family)]
 
     def routes(self):
         return [parse_route(p) for p in self.request(pack_get_routes)]

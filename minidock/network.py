@@ -98,6 +98,16 @@ def start_keeper(sock_fd, status_fd, tie):
         # what keeps networks apart. /proc/sys/net shows the writer's network namespace.
         with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
             f.write("0")
+        # No IPv6 here (minidock's networks are IPv4; containers keep theirs, as Docker's
+        # do): the daemon end of every veth would otherwise get a link-local address, DAD and
+        # MLD reports at each start and their undoing at each exit, ~0.1-0.3 ms of CPU per
+        # container. Before any bridge exists, so "default" covers every link made later.
+        for conf in ("all", "default"):
+            try:
+                with open(f"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6", "w") as f:
+                    f.write("1")
+            except FileNotFoundError:
+                pass                    # a kernel without IPv6
         rtnl = netlink.Rtnl()
         rtnl.request(netlink.pack_set_link, rtnl.link("lo")["index"], up=True)
         rtnl.close()

@@ -121,7 +121,10 @@ def main():
     inside = netlink.Rtnl(dn.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0, bind=(0, 0), netns_pid=server))
     res["kernel"] = {"inside": {"links": inside.links(), "addrs": inside.addrs(),
                                 "routes": inside.routes()},
-                     "outside": dn.rtnl(lambda r: r.links()), "br_a": br_a}
+                     "outside": dn.rtnl(lambda r: r.links()), "br_a": br_a,
+                     # IPv6: none in the daemon's namespace, link-local on eth0 as in Docker
+                     "inside6": [a["index"] for a in inside.addrs(socket.AF_INET6)],
+                     "outside6": dn.rtnl(lambda r: r.addrs(socket.AF_INET6))}
     inside.close()
     # Hot-plug a second interface into the running server, then take it away again.
     network.hotplug(dn, server, "eth1", ep("br-b", "10.89.0.9", "10.89.0.1"))
