@@ -106,8 +106,8 @@ def start_keeper(sock_fd, status_fd, tie):
             try:
                 with open(f"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6", "w") as f:
                     f.write("1")
-            except FileNotFoundError:
-                pass                    # a kernel without IPv6
+            except OSError:
+                pass                    # a kernel without IPv6 (or refusing): only a cost
         rtnl = netlink.Rtnl()
         rtnl.request(netlink.pack_set_link, rtnl.link("lo")["index"], up=True)
         rtnl.close()
