@@ -51,7 +51,6 @@ This module is functions over bytes (`pack_*`, `parse_*`), tested on bytes, and 
 """
 
 import errno
-import ipaddress
 import os
 import socket
 import struct
@@ -315,12 +314,15 @@ def parse_link(payload):
 
 
 def pack_new_addr(seq, index, address, prefixlen):
-    """RTM_NEWADDR: an IPv4 address with its prefix and broadcast (`ip addr add A/P dev X`)."""
-    net = ipaddress.IPv4Interface(f"{address}/{prefixlen}").network
+    """RTM_NEWADDR: an IPv4 address with its prefix and broadcast (`ip addr add A/P dev X`).
+
+    The broadcast address is the address with every host bit set, computed on the integer
+    (this runs in the container's starter, where every object made costs copied pages)."""
     raw = socket.inet_aton(str(address))
     attrs = [attr(IFA_LOCAL, raw), attr(IFA_ADDRESS, raw)]
     if prefixlen < 31:
-        attrs.append(attr(IFA_BROADCAST, net.broadcast_address.packed))
+        host_bits = (1 << (32 - prefixlen)) - 1
+        attrs.append(attr(IFA_BROADCAST, (int.from_bytes(raw, "big") | host_bits).to_bytes(4, "big")))
     return message(RTM_NEWADDR, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, seq,
                    _IFADDR.pack(socket.AF_INET, prefixlen, 0, RT_SCOPE_UNIVERSE, index)
                    + b"".join(attrs))

@@ -66,6 +66,22 @@ def test_new_addr_and_route_bytes():
     assert nl.parse_route(route[16:])["gateway"] == "172.18.0.1"
 
 
+@pytest.mark.parametrize("address, prefixlen, broadcast", [
+    ("172.18.0.2", 16, "172.18.255.255"),
+    ("10.0.0.5", 24, "10.0.0.255"),
+    ("10.0.0.5", 30, "10.0.0.7"),
+    ("192.168.7.9", 20, "192.168.15.255"),
+    ("1.2.3.4", 1, "127.255.255.255"),
+    ("1.2.3.4", 0, "255.255.255.255"),
+    ("10.0.0.5", 31, None),                 # point-to-point: no broadcast address
+    ("10.0.0.5", 32, None),
+])
+def test_new_addr_broadcast(address, prefixlen, broadcast):
+    attrs = nl.parse_attrs(nl.pack_new_addr(1, 2, address, prefixlen)[24:])
+    assert attrs[nl.IFA_LOCAL] == attrs[nl.IFA_ADDRESS] == socket.inet_aton(address)
+    assert attrs.get(nl.IFA_BROADCAST) == (socket.inet_aton(broadcast) if broadcast else None)
+
+
 @pytest.mark.parametrize("code", [0, 17, 1, 19])
 def test_ack_and_error(code):
     reply = nl.message(nl.NLMSG_ERROR, 0, 4, struct.pack("=i", -code) + bytes(16))
