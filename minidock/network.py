@@ -287,7 +287,7 @@ def attach_container(network, namespaces):
             endpoints = network.get("endpoints") or []
             names = [f"eth{i}" for i in range(len(endpoints))]
             # The veths first: the container's side configures the ends they put there.
-            indexes = make_veths(outside, own, list(zip(names, endpoints)))
+            indexes = container_indexes(inside, names, make_veths(outside, own, list(zip(names, endpoints))))
             calls = [(netlink.pack_set_link, (netlink.LOOPBACK_IFINDEX,), {"up": True})]
             for index, ep in zip(indexes, endpoints):
                 calls += configure_calls(index, ep)
@@ -304,7 +304,8 @@ def make_veths(outside, peer_netns_fd, named_endpoints):
     """One veth per (ifname, endpoint), in one batch on `outside` (a netlink socket in the
     daemon's namespace): the daemon end up on the endpoint's bridge, the other end named
     `ifname`, with the endpoint's MAC, created straight in the namespace of `peer_netns_fd`.
-    Returns the container ends' ifindexes (in their namespace), from the kernel's echoes."""
+    Returns the container ends' ifindexes (in their namespace) from the kernel's echoes, None
+    for each the kernel did not echo (see container_indexes)."""
     calls = []
     for ifname, ep in named_endpoints:
         # The daemon end gets a kernel-chosen name (vethN): a name derived from the container
@@ -320,7 +321,7 @@ def make_veths(outside, peer_netns_fd, named_endpoints):
 def _peer_index(ifname, echoes):
     """The container end's ifindex from what the kernel echoed for one new veth: the local end
     (vethN), whose IFLA_LINK is its peer's index, or -- should a kernel echo both ends -- the
-    peer itself, the one named `ifname`."""
+    peer itself, the one named `ifname`. None when nothing was echoed."""
     links = [netlink.parse_link(p) for p in echoes]
     for link in links:
         if link["name"] == ifname:
@@ -328,7 +329,22 @@ def _peer_index(ifname, echoes):
     for link in links:
         if link["link"]:
             return link["link"]
-    raise OSError(errno.EPROTO, f"the kernel did not echo the veth for {ifname}")
+    return None
+
+
+def container_indexes(inside, names, echoed):
+    """The ifindexes of the links `names` in the namespace of `inside` (a netlink socket
+    there): `echoed` (make_veths) where the kernel echoed them, else asked by name. Linux honours
+    NLM_F_ECHO on RTM_NEWLINK since 6.2; Debian 12's own 6.1 answers with the ack alone."""
+    out = []
+    for name, index in zip(names, echoed):
+        if not index:
+            link = inside.link(name)
+            if link is None:
+                raise OSError(errno.ENODEV, f"{name} did not appear in the container's namespace")
+            index = link["index"]
+        out.append(index)
+    return out
 
 
 def _bridge_index(outside, ep):
@@ -382,7 +398,7 @@ def hotplug(netns, init_pid, ifname, ep):
                                        bind=(0, 0), netns_pid=init_pid))
     fd = os.open(f"/proc/{init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        [index] = netns.rtnl(make_veths, fd, [(ifname, ep)])
+        [index] = container_indexes(inside, [ifname], netns.rtnl(make_veths, fd, [(ifname, ep)]))
         inside.apply(configure_calls(index, ep))
     finally:
         os.close(fd)

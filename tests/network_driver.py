@@ -125,6 +125,12 @@ def main():
                      # IPv6: none in the daemon's namespace, link-local on eth0 as in Docker
                      "inside6": [a["index"] for a in inside.addrs(socket.AF_INET6)],
                      "outside6": dn.rtnl(lambda r: r.addrs(socket.AF_INET6))}
+    # The index of eth0 without an echo (Linux < 6.2): asked by name; an echoed one is kept.
+    res["fallback"] = network.container_indexes(inside, ["eth0", "eth5"], [None, 7])
+    try:
+        network.container_indexes(inside, ["eth9"], [None])
+    except OSError as e:
+        res["fallback_missing"] = e.errno
     inside.close()
     # Hot-plug a second interface into the running server, then take it away again.
     network.hotplug(dn, server, "eth1", ep("br-b", "10.89.0.9", "10.89.0.1"))
