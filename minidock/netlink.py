@@ -226,8 +226,9 @@ def pack_new_veth(seq, name, peer, peer_netns_fd=None, mtu=None, master=None,
 
     The peer is described inside IFLA_LINKINFO / IFLA_INFO_DATA / VETH_INFO_PEER as a whole
     ifinfomsg followed by its own attributes (that is how `ip` asks for both ends at once).
-    The peer's ifinfomsg index is not a request the kernel honours (it takes it only when the
-    local end's index is given too), so the peer's index comes back by the echo."""
+    An index in the peer's ifinfomsg is no request the kernel honoured here (6.18: the peer got
+    the next free index of its namespace all the same), so the peer's index comes back by the
+    echo."""
     peer_attrs = [attr(IFLA_IFNAME, peer)]
     if peer_netns_fd is not None:
         peer_attrs.append(attr(IFLA_NET_NS_FD, peer_netns_fd))
