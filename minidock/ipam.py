@@ -17,11 +17,13 @@ Docker's rules, which minidock follows so that addresses look the way users expe
     gateway;
   - a container's MAC address is 02:42 followed by its IPv4 address (network.mac_for).
 
-Everything here is pure computation over `ipaddress` objects; the networks backend keeps the
+Everything here is pure computation over `ipaddress` objects (and, where a network has many
+containers, their integers); the networks backend keeps the
 allocations in its state file so that they survive a daemon restart.
 """
 
 import ipaddress
+import socket
 
 from . import errors
 
@@ -106,14 +108,27 @@ def first_host(subnet):
 
 def allocate(subnet, gateway, used, ip_range=None):
     """The lowest address of `ip_range` (or `subnet`) that is not the network, broadcast,
-    gateway or in `used`."""
+    gateway or in `used` (IPv4Address objects or their integers, see `address_int`).
+
+    Counted in integers: with N containers on a network the first free address is about N
+    steps in, and an IPv4Address made per step cost ~1 us each (5 ms per create at 1,000)."""
     pool = ip_range or subnet
-    reserved = {subnet.network_address, subnet.broadcast_address, gateway} | set(used)
-    for ip in pool.hosts() if pool.prefixlen < 31 else pool:
-        if ip not in reserved:
-            return ip
+    reserved = {int(subnet.network_address), int(subnet.broadcast_address), int(gateway)}
+    reserved.update(map(int, used))
+    first, last = int(pool.network_address), int(pool.broadcast_address)
+    if pool.prefixlen < 31:             # hosts(): not the pool's own network and broadcast
+        first, last = first + 1, last - 1
+    for n in range(first, last + 1):
+        if n not in reserved:
+            return ipaddress.IPv4Address(n)
     raise errors.Unavailable(f"no available IPv4 addresses on this network's address pools: "
                              f"{subnet}")
+
+
+def address_int(text):
+    """A dotted IPv4 address as the integer ipaddress uses (int(IPv4Address(text))), ~10x
+    cheaper than making the object."""
+    return int.from_bytes(socket.inet_aton(text), "big")
 
 
 def check_requested(subnet, gateway, used, address):
@@ -125,6 +140,7 @@ def check_requested(subnet, gateway, used, address):
     if ip not in subnet:
         raise errors.InvalidParameter(f"no configured subnet or ip-range contain the IP "
                                       f"address {address}")
-    if ip in (subnet.network_address, subnet.broadcast_address) or ip == gateway or ip in used:
+    if ip in (subnet.network_address, subnet.broadcast_address) or ip == gateway or \
+            int(ip) in set(map(int, used)):
         raise errors.Conflict(f"Address already in use")
     return ip

@@ -20,12 +20,23 @@ change, NLM_F_ACK: the kernel replies NLMSG_ERROR whose first field is 0 (the ac
 negative errno, followed by a copy of the request's header. Dumps (NLM_F_DUMP) reply with
 several messages flagged NLM_F_MULTI and end with NLMSG_DONE.
 
+Batches. One send() may carry several messages back to back: the kernel handles them in
+order, each to completion, inside that one sendmsg(2), and queues their answers before the
+call returns. A failing message does not stop the ones after it. A request without NLM_F_ACK
+is answered only when it fails, so a batch whose *last* message alone asks for an ack is
+answered by at most one error per failed message plus that final ack: when the ack arrives,
+every error of the batch is already in the socket, ahead of it (`batch`, `Rtnl.apply`). With
+NLM_F_ECHO the kernel also sends the requester the object it made, as a notification would
+show it -- for a new veth, the local end, whose IFLA_LINK is the peer's ifindex in the
+peer's namespace: what the next batch, over there, needs (`Rtnl.apply(echo=True)`).
+
 What minidock sends (the equivalents in `ip` words):
 
     new_bridge("br-x")                   ip link add br-x type bridge
     new_veth("vethA", "eth0", netns_fd)  ip link add vethA type veth peer name eth0 netns FD
     set_link(idx, up=True, master=br)    ip link set dev X master br-x up
     new_addr(idx, "10.0.0.1", 24)        ip addr add 10.0.0.1/24 dev X
+    set_inet_conf(idx, {ARP_NOTIFY: 1})  sysctl -w net.ipv4.conf.X.arp_notify=1
     new_route(gateway="10.0.0.1")        ip route add default via 10.0.0.1
     del_link(idx)                        ip link del X
 
@@ -40,7 +51,6 @@ This module is functions over bytes (`pack_*`, `parse_*`), tested on bytes, and 
 """
 
 import errno
-import ipaddress
 import os
 import socket
 import struct
@@ -55,6 +65,7 @@ NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
 NLM_F_MULTI = 0x2
 NLM_F_ACK = 0x4
+NLM_F_ECHO = 0x8
 NLM_F_DUMP = 0x300
 NLM_F_EXCL = 0x200
 NLM_F_CREATE = 0x400
@@ -68,12 +79,17 @@ IFF_LOWER_UP = 0x10000
 
 IFLA_ADDRESS = 1
 IFLA_IFNAME = 3
+IFLA_LINK = 5
 IFLA_MTU = 4
 IFLA_MASTER = 10
 IFLA_OPERSTATE = 16
 IFLA_LINKINFO = 18
 IFLA_NET_NS_PID = 19
+IFLA_AF_SPEC = 26
 IFLA_NET_NS_FD = 28
+IFLA_INET_CONF = 1                      # inside IFLA_AF_SPEC / AF_INET
+IPV4_DEVCONF_ARP_NOTIFY = 22            # <linux/ip.h>: net.ipv4.conf.X.arp_notify
+LOOPBACK_IFINDEX = 1                    # lo is index 1 in every network namespace
 IFLA_INFO_KIND = 1
 IFLA_INFO_DATA = 2
 VETH_INFO_PEER = 1
@@ -167,6 +183,18 @@ def split_messages(data):
     return out
 
 
+def batch(messages):
+    """One buffer for several change requests, sent with one send(): NLM_F_ACK is kept on the
+    last message only (errors are reported whatever the flag; see the module docstring)."""
+    out = []
+    for i, msg in enumerate(messages):
+        length, kind, flags, seq, pid = _HDR.unpack_from(msg)
+        if i < len(messages) - 1:
+            flags &= ~NLM_F_ACK
+        out.append(_HDR.pack(length, kind, flags, seq, pid) + msg[_HDR.size:])
+    return b"".join(out)
+
+
 def parse_error(payload):
     """The errno of an NLMSG_ERROR payload: 0 for an ack, else positive errno."""
     return -struct.unpack_from("=i", payload)[0]
@@ -190,12 +218,17 @@ def pack_new_bridge(seq, name, mtu=None):
 
 
 def pack_new_veth(seq, name, peer, peer_netns_fd=None, mtu=None, master=None,
-                  peer_mac=None, up=False):
+                  peer_mac=None, up=False, echo=False):
     """RTM_NEWLINK: a veth pair. `peer` goes into the netns of `peer_netns_fd` if given; the
-    local end `name` is attached to bridge index `master` and brought up if asked.
+    local end `name` is attached to bridge index `master` and brought up if asked. With
+    `echo` (NLM_F_ECHO) the kernel answers with the local end, which names the peer's
+    ifindex in IFLA_LINK (`parse_link(...)["link"]`).
 
     The peer is described inside IFLA_LINKINFO / IFLA_INFO_DATA / VETH_INFO_PEER as a whole
-    ifinfomsg followed by its own attributes (that is how `ip` asks for both ends at once)."""
+    ifinfomsg followed by its own attributes (that is how `ip` asks for both ends at once).
+    An index in the peer's ifinfomsg is no request the kernel honoured here (6.18: the peer got
+    the next free index of its namespace all the same), so the peer's index comes back by the
+    echo."""
     peer_attrs = [attr(IFLA_IFNAME, peer)]
     if peer_netns_fd is not None:
         peer_attrs.append(attr(IFLA_NET_NS_FD, peer_netns_fd))
@@ -212,7 +245,8 @@ def pack_new_veth(seq, name, peer, peer_netns_fd=None, mtu=None, master=None,
     if master is not None:
         attrs.append(attr(IFLA_MASTER, master))
     flags = IFF_UP if up else 0
-    return message(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, seq,
+    return message(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+                   | (NLM_F_ECHO if echo else 0), seq,
                    _ifinfo(flags=flags, change=IFF_UP if up else 0) + b"".join(attrs))
 
 
@@ -238,6 +272,18 @@ def pack_set_link(seq, index, up=None, master=None, mtu=None, mac=None, name=Non
                    _ifinfo(index, flags, change) + b"".join(attrs))
 
 
+def pack_set_inet_conf(seq, index, conf):
+    """RTM_NEWLINK with IFLA_AF_SPEC / AF_INET / IFLA_INET_CONF: per-device IPv4 settings,
+    {IPV4_DEVCONF_* number: u32 value}, the same values /proc/sys/net/ipv4/conf/DEV/ shows.
+
+    The kernel applies IFLA_AF_SPEC after the flags of the same message, so a setting that
+    must be in place when the link comes up (arp_notify) goes in a message of its own, before
+    the one that sets IFF_UP."""
+    inet = attr(socket.AF_INET, [attr(IFLA_INET_CONF, [attr(k, v) for k, v in sorted(conf.items())])])
+    return message(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, seq,
+                   _ifinfo(index) + attr(IFLA_AF_SPEC, [inet]))
+
+
 def pack_del_link(seq, index=0, name=None):
     """RTM_DELLINK by index or by name (`ip link del`). Deleting one veth end deletes both."""
     attrs = attr(IFLA_IFNAME, name) if name else b""
@@ -254,7 +300,7 @@ def pack_get_link(seq, index=0, name=None):
 
 def parse_link(payload):
     """An RTM_NEWLINK payload (a GETLINK reply) as a dict: index, flags, name, mtu, master,
-    mac, kind, up."""
+    link (a veth's peer index, in the peer's namespace), mac, kind, up."""
     family, kind, index, flags, _change = _IFINFO.unpack_from(payload)
     attrs = parse_attrs(payload[_IFINFO.size:])
     info = parse_attrs(attrs.get(IFLA_LINKINFO, b""))
@@ -262,27 +308,31 @@ def parse_link(payload):
             "name": attr_str(attrs.get(IFLA_IFNAME, b"")),
             "mtu": attr_u32(attrs[IFLA_MTU]) if IFLA_MTU in attrs else None,
             "master": attr_u32(attrs[IFLA_MASTER]) if IFLA_MASTER in attrs else None,
+            "link": attr_u32(attrs[IFLA_LINK]) if IFLA_LINK in attrs else None,
             "mac": ":".join(f"{b:02x}" for b in attrs.get(IFLA_ADDRESS, b"")),
             "kind": attr_str(info[IFLA_INFO_KIND]) if IFLA_INFO_KIND in info else None}
     return link
 
 
 def pack_new_addr(seq, index, address, prefixlen):
-    """RTM_NEWADDR: an IPv4 address with its prefix and broadcast (`ip addr add A/P dev X`)."""
-    net = ipaddress.IPv4Interface(f"{address}/{prefixlen}").network
+    """RTM_NEWADDR: an IPv4 address with its prefix and broadcast (`ip addr add A/P dev X`).
+
+    The broadcast address is the address with every host bit set, computed on the integer
+    (this runs in the container's starter, where every object made costs copied pages)."""
     raw = socket.inet_aton(str(address))
     attrs = [attr(IFA_LOCAL, raw), attr(IFA_ADDRESS, raw)]
     if prefixlen < 31:
-        attrs.append(attr(IFA_BROADCAST, net.broadcast_address.packed))
+        host_bits = (1 << (32 - prefixlen)) - 1
+        attrs.append(attr(IFA_BROADCAST, (int.from_bytes(raw, "big") | host_bits).to_bytes(4, "big")))
     return message(RTM_NEWADDR, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, seq,
                    _IFADDR.pack(socket.AF_INET, prefixlen, 0, RT_SCOPE_UNIVERSE, index)
                    + b"".join(attrs))
 
 
-def pack_get_addrs(seq):
-    """RTM_GETADDR dump of the IPv4 addresses."""
+def pack_get_addrs(seq, family=socket.AF_INET):
+    """RTM_GETADDR dump of the addresses of `family` (IPv4 unless told)."""
     return message(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq,
-                   _IFADDR.pack(socket.AF_INET, 0, 0, 0, 0))
+                   _IFADDR.pack(family, 0, 0, 0, 0))
 
 
 def parse_addr(payload):
@@ -369,6 +419,43 @@ class Rtnl:
                 if not flags & NLM_F_MULTI:
                     return replies
 
+    def apply(self, calls, echo=False):
+        """Send several change requests in one batch (see `batch`); return once the last is
+        acked. `calls` are (build, args, kwargs[, errnos]) tuples, `build(seq, *args,
+        **kwargs)` making each message; an errno in `errnos` is no failure for that request.
+        The first failure raises OSError(errno) naming its request (the kernel has still
+        handled the messages after it). With `echo`, returns for each of `calls`, in order,
+        the list of payloads the kernel echoed for it (requests built with NLM_F_ECHO)."""
+        if not calls:
+            return []
+        names = {}
+        messages = []
+        for build, args, kw, *ok in calls:
+            seq = self._next()
+            names[seq] = (build, args, ok[0] if ok else ())
+            messages.append(build(seq, *args, **kw))
+        self.sock.send(batch(messages))
+        last = seq
+        echoed = {}
+        failed = None
+        while True:
+            data = self.sock.recv(1 << 16)
+            for kind, _flags, rseq, payload in split_messages(data):
+                if rseq not in names:
+                    continue            # a late reply to something earlier
+                if kind != NLMSG_ERROR:
+                    echoed.setdefault(rseq, []).append(payload)
+                    continue
+                err = parse_error(payload)
+                build, args, ok = names[rseq]
+                if err and err not in ok and failed is None:
+                    failed = OSError(err, os.strerror(err),
+                                     f"rtnetlink {build.__name__.replace('pack_', '')}{args}")
+                if rseq == last:
+                    if failed is not None:
+                        raise failed
+                    return [echoed.get(s, []) for s in names] if echo else []
+
     def links(self):
         return [parse_link(p) for p in self.request(pack_get_link)]
 
@@ -382,8 +469,8 @@ class Rtnl:
             raise
         return parse_link(got[0]) if got else None
 
-    def addrs(self):
-        return [parse_addr(p) for p in self.request(pack_get_addrs)]
+    def addrs(self, family=socket.AF_INET):
+        return [parse_addr(p) for p in self.request(pack_get_addrs, family=family)]
 
     def routes(self):
         return [parse_route(p) for p in self.request(pack_get_routes)]

@@ -40,14 +40,15 @@ class ContainerEndpoints:
         return c.record["NetworkSettings"]["Networks"].get(self._ep_name(c, rec)) or {}
 
     def _used(self, rec, except_id=None):
-        """Addresses taken on `rec`: its containers' and its reserved auxiliary addresses."""
-        used = [ipaddress.IPv4Address(a) for a in
+        """Addresses taken on `rec` (as integers, ipam.address_int): its containers' and its
+        reserved auxiliary addresses."""
+        used = [ipam.address_int(a) for a in
                 (rec["IPAM"]["Config"][0].get("AuxiliaryAddresses") or {}).values()]
         for c in self.members(rec):
             if c.id != except_id:
                 ip = self._endpoint(c, rec).get("IPAddress")
                 if ip:
-                    used.append(ipaddress.IPv4Address(ip))
+                    used.append(ipam.address_int(ip))
         return used
 
     def mode_network(self, host_config):
@@ -233,7 +234,8 @@ class ContainerEndpoints:
         self.events.emit("network", action, rec["Id"], {"container": c.id, "name": rec["Name"], "type": "bridge"})
 
     def _wire(self, rec, ep, default_route):
-        return {"bridge": self.bridge_of(rec), "address": ep["IPAddress"],
+        return {"bridge": self.bridge_of(rec), "bridge_index": self.bridge_indexes.get(rec["Id"]),
+                "address": ep["IPAddress"],
                 "prefixlen": ep["IPPrefixLen"], "gateway": ep["Gateway"],
                 "mac": ep["MacAddress"], "mtu": self._mtu(rec),
                 "default_route": default_route and not rec.get("Internal")}

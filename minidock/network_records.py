@@ -44,8 +44,10 @@ class NetworkRecords:
         subnet = ipaddress.IPv4Network(cfg["Subnet"])
         name = self.bridge_of(rec)
         self.netns.rtnl(network.delete_link, name)          # a leftover of a failed attempt
-        self.netns.rtnl(network.create_bridge, name, cfg["Gateway"], subnet.prefixlen,
-                        self._mtu(rec))
+        # Its ifindex goes into every endpoint's spec: the starter attaches veths to it
+        # without asking the kernel for the bridge by name first.
+        self.bridge_indexes[rec["Id"]] = self.netns.rtnl(
+            network.create_bridge, name, cfg["Gateway"], subnet.prefixlen, self._mtu(rec))
         if rec["Name"] != BRIDGE:
             # The embedded DNS listens on the gateway, inside the daemon's namespace.
             for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
@@ -70,6 +72,7 @@ class NetworkRecords:
             psock, networks=[f"{gateway}/{prefixlen}"], kernel_gateway=True, mtu=self._mtu(rec))
 
     def _bring_down(self, rec):
+        self.bridge_indexes.pop(rec["Id"], None)
         port = self.ports.pop(rec["Id"], None)
         if port is not None and self.gateway is not None:
             self.gateway.remove_port(port)

@@ -85,6 +85,7 @@ class Networks(NetworkRecords, ContainerEndpoints, ContainerNames, PublishedPort
         self.allow_host_loopback = allow_host_loopback
         self.gateway = None             # tcpip.Gateway once started
         self.ports = {}                 # network id -> its tcpip port
+        self.bridge_indexes = {}        # network id -> its bridge's ifindex (daemon namespace)
         subnet, gateway = ipam.parse_bip(bip) if bip else (
             ipaddress.IPv4Network(ipam.DEFAULT_BRIDGE_SUBNET), None)
         gateway = gateway or ipam.first_host(subnet)

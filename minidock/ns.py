@@ -431,12 +431,13 @@ def spawn_container(spec, stdio, status_fd, tie):
     # Mount, pid, uts, ipc (and net) at once; all owned by the daemon's user namespace,
     # where we hold every capability, so the init can mount and set the hostname.
     unshare_namespaces(network)
-    # Bridge endpoints: veths into the fresh network namespace, before the init exists, so
-    # it starts with its network up (network.py; it needs the daemon's namespace, so it is
-    # done here in the starter and not in the init, which may be in a nested user namespace).
-    if isinstance(network, dict) and "netns_pid" in network:
+    # Bridge endpoints (network.py) are made after the fork, but the namespaces' files are
+    # opened now: the init's pivot_root, in the mount namespace we share with it, soon takes
+    # the host's /proc (and every other path) away from us.
+    bridged = isinstance(network, dict) and "netns_pid" in network
+    if bridged:
         from . import network as _network      # network.py imports ns
-        _network.attach_container(network)
+        namespaces = _network.open_namespaces(network)
     # CLONE_NEWPID applies to children only: the next fork is PID 1 of the new namespace.
     pid = os.fork()
     if pid:
@@ -444,9 +445,15 @@ def spawn_container(spec, stdio, status_fd, tie):
         # sets up its mounts, not before the fork: setting IFF_UP on a fresh namespace's lo
         # waits ~1.5 ms in the kernel with the CPU idle. The init cannot exec before lo is up:
         # DaemonTie.arm, one of its last steps, waits for our exit.
-        if network == "none":
+        # Bridge endpoints (veths into the init's namespace, which is ours too) likewise:
+        # done here and not in the init, which may be in a nested user namespace and must be
+        # in the daemon's namespace for a moment to make them.
+        if network == "none" or bridged:
             try:
-                bring_up_loopback()
+                if bridged:
+                    _network.attach_container(network, namespaces)
+                else:
+                    bring_up_loopback()
             except BaseException:
                 os.kill(pid, signal.SIGKILL)            # it must not run without its lo
                 os.write(status_fd, b"P%d\n" % pid)     # the daemon reaps it (spawnerloop)

@@ -37,14 +37,16 @@ def main():
     dn = network.DaemonNetns(sp)
     res = {"keeper_netns_differs": os.readlink(f"/proc/{dn.pid}/ns/net")
            != os.readlink("/proc/self/ns/net")}
-    dn.rtnl(network.create_bridge, "br-a", "10.88.0.1", 24)
+    br_a = dn.rtnl(network.create_bridge, "br-a", "10.88.0.1", 24)
     dn.rtnl(network.create_bridge, "br-b", "10.89.0.1", 24)
     res["links"] = dn.rtnl(lambda r: r.links())
     res["addrs"] = dn.rtnl(lambda r: r.addrs())
 
-    def ep(bridge, ip, gw):
-        return {"bridge": bridge, "address": ip, "prefixlen": 24, "gateway": gw,
-                "mac": network.mac_for(ip), "default_route": True}
+    def ep(bridge, ip, gw, default_route=True):
+        # br-a's endpoints carry its ifindex, as the daemon's do; br-b's are found by name
+        return {"bridge": bridge, "bridge_index": br_a if bridge == "br-a" else None,
+                "address": ip, "prefixlen": 24, "gateway": gw,
+                "mac": network.mac_for(ip), "default_route": default_route}
 
     def net(*eps):
         return {"netns_pid": dn.pid, "endpoints": list(eps)}
@@ -74,6 +76,18 @@ def main():
     res["host_net"] = os.readlink(f"/proc/{server}/ns/net") != os.readlink("/proc/self/ns/net")
     res["seen"] = run("cat /sys/class/net/eth0/address; ip -4 addr show eth0; ip route; "
                       "cat /sys/class/net/lo/operstate", net(ep("br-a", "10.88.0.3", "10.88.0.1")))
+    # Two endpoints in one start (both batches carry two of everything): eth0 on br-a with the
+    # default route, eth1 on br-b (found by name) without one.
+    res["two"] = run("ip -4 -o addr; ip route; cat /sys/class/net/eth1/operstate "
+                     "/proc/sys/net/ipv4/conf/eth0/arp_notify /proc/sys/net/ipv4/conf/eth1/arp_notify",
+                     net(ep("br-a", "10.88.0.6", "10.88.0.1"),
+                         ep("br-b", "10.89.0.6", "10.89.0.1", default_route=False)))
+    # A bridge that does not exist: the start fails with the kernel's reason, and nothing runs.
+    try:
+        res["missing"] = run("echo ran", net(ep("br-a", "10.88.0.7", "10.88.0.1"),
+                                             ep("br-gone", "10.90.0.7", "10.90.0.1")))
+    except Exception as e:          # syscalls.StartError from the spawner
+        res["missing"] = {"error": str(e), "type": type(e).__name__}
     res["same_net"] = run("nc -w 2 10.88.0.2 8080 </dev/null", net(ep("br-a", "10.88.0.4", "10.88.0.1")))
     res["other_net"] = run("nc -w 2 10.88.0.2 8080 </dev/null; echo rc=$?",
                            net(ep("br-b", "10.89.0.2", "10.89.0.1")))
@@ -101,6 +115,23 @@ def main():
     s.connect(("10.88.0.5", 8081))
     res["dial"] = s.recv(100).decode()
     s.close()
+    # What the kernel shows of the batched set-up, by netlink from both sides: the
+    # container's eth0 is the peer of a veth on br-a (IFLA_LINK both ways), up, addressed, with
+    # its default route, and lo is up.
+    inside = netlink.Rtnl(dn.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0, bind=(0, 0), netns_pid=server))
+    res["kernel"] = {"inside": {"links": inside.links(), "addrs": inside.addrs(),
+                                "routes": inside.routes()},
+                     "outside": dn.rtnl(lambda r: r.links()), "br_a": br_a,
+                     # IPv6: none in the daemon's namespace, link-local on eth0 as in Docker
+                     "inside6": [a["index"] for a in inside.addrs(socket.AF_INET6)],
+                     "outside6": dn.rtnl(lambda r: r.addrs(socket.AF_INET6))}
+    # The index of eth0 without an echo (Linux < 6.2): asked by name; an echoed one is kept.
+    res["fallback"] = network.container_indexes(inside, ["eth0", "eth5"], [None, 7])
+    try:
+        network.container_indexes(inside, ["eth9"], [None])
+    except OSError as e:
+        res["fallback_missing"] = e.errno
+    inside.close()
     # Hot-plug a second interface into the running server, then take it away again.
     network.hotplug(dn, server, "eth1", ep("br-b", "10.89.0.9", "10.89.0.1"))
     inside = netlink.Rtnl(dn.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0, bind=(0, 0), netns_pid=server))

@@ -89,10 +89,73 @@ def test_a_plugged_container_announces_itself_with_a_gratuitous_arp(seen):
     assert {"10.88.0.3", "10.88.0.4"} <= set(seen["garps"])
 
 
-def test_gratuitous_arp_bytes():
+def test_the_batched_endpoint_as_netlink_shows_it(seen):
+    # the container 10.88.0.5, running, seen from inside its namespace and from the daemon's
+    k = seen["kernel"]
+    inside = {l["name"]: l for l in k["inside"]["links"]}
+    assert set(inside) == {"lo", "eth0"}
+    eth0, lo = inside["eth0"], inside["lo"]
+    assert eth0["up"] and lo["up"] and eth0["mac"] == "02:42:0a:58:00:05" and eth0["mtu"] == 1500
+    peer = {l["index"]: l for l in k["outside"]}[eth0["link"]]      # eth0@ifN: N is the daemon end
+    assert peer["kind"] == "veth" and peer["up"] and peer["master"] == k["br_a"]
+    assert peer["link"] == eth0["index"]                             # ... whose peer is eth0
+    assert peer["name"].startswith("veth")                           # a kernel-chosen name
+    assert {(a["index"], a["address"], a["prefixlen"]) for a in k["inside"]["addrs"]} == \
+        {(lo["index"], "127.0.0.1", 8), (eth0["index"], "10.88.0.5", 24)}
+    main = {(r["dst"], r["dst_len"], r["gateway"], r["oif"])
+            for r in k["inside"]["routes"] if r["table"] == 254}
+    assert main == {("0.0.0.0", 0, "10.88.0.1", eth0["index"]), ("10.88.0.0", 24, None, eth0["index"])}
+    # IPv6 is off in the daemon's namespace (no address on bridges or veth ends), while the
+    # container keeps its ::1 and eth0's link-local address, as Docker's containers do
+    assert k["outside6"] == []
+    assert sorted(k["inside6"]) == sorted([lo["index"], eth0["index"]])
+
+
+def test_two_endpoints_in_one_start(seen):
+    out = seen["two"]["out"]
+    assert seen["two"]["code"] == 0, out
+    assert "eth0    inet 10.88.0.6/24" in " ".join(out.split("\n")) or "10.88.0.6/24" in out
+    assert "eth1" in out and "10.89.0.6/24" in out
+    routes = [l for l in out.splitlines() if l.startswith(("default", "10.8"))]
+    assert [l.split()[:3] for l in routes if l.startswith("default")] == [["default", "via", "10.88.0.1"]]
+    assert any(l.startswith("10.89.0.0/24") and "eth1" in l for l in routes)
+    # eth1 up; arp_notify back to Docker's 0 once the announcement is out (the gratuitous ARP
+    # test above shows it went out)
+    assert out.split()[-3:] == ["up", "0", "0"]
+
+
+def test_a_missing_bridge_fails_the_start_and_nothing_runs(seen):
+    missing = seen["missing"]
+    assert "error" in missing, missing
+    assert "br-gone" in missing["error"] and "ran" not in missing["error"]
+
+
+def _link_payload(index, name, link=None):
+    import struct
+    from minidock import netlink as nl
+    attrs = nl.attr(nl.IFLA_IFNAME, name) + (nl.attr(nl.IFLA_LINK, link) if link else b"")
+    return struct.pack("=BxHiII", 0, 1, index, 0, 0) + attrs
+
+
+@pytest.mark.parametrize("echoes, expected", [
+    ([("veth7", 12, 2)], 2),                        # what this kernel echoes: the local end
+    ([("veth7", 12, 2), ("eth0", 2, 12)], 2),       # both ends echoed
+    ([("eth0", 3, 12), ("veth7", 12, 3)], 3),       # ... in the other order
+])
+def test_the_container_ends_index_from_the_echo(echoes, expected):
     from minidock import network
-    frame = network.gratuitous_arp("172.17.0.2", "02:42:ac:11:00:02")
-    assert frame[:6] == b"\xff" * 6 and frame[6:12] == bytes([2, 0x42, 0xac, 0x11, 0, 2])
-    assert frame[12:14] == b"\x08\x06"
-    assert frame[14:22] == bytes([0, 1, 8, 0, 6, 4, 0, 1])            # Ethernet/IPv4, request
-    assert frame[28:32] == frame[38:42] == bytes([172, 17, 0, 2])
+    assert network._peer_index("eth0", [_link_payload(i, n, l) for n, i, l in echoes]) == expected
+
+
+def test_no_echo_gives_no_index():
+    # a kernel before 6.2 does not echo RTM_NEWLINK: container_indexes then asks by name
+    from minidock import network
+    assert network._peer_index("eth0", []) is None
+
+
+def test_without_an_echo_the_index_is_asked_by_name(seen):
+    # container_indexes against the running container's namespace, as on Linux < 6.2
+    k = seen["kernel"]
+    eth0 = {l["name"]: l for l in k["inside"]["links"]}["eth0"]
+    assert seen["fallback"] == [eth0["index"], 7]
+    assert seen["fallback_missing"] == 19               # ENODEV: no such link there

@@ -276,6 +276,49 @@ def test_handshake_only_after_the_host_accepts():
     gw.close()
 
 
+def test_drop_address_resets_that_containers_flows_only(listener):
+    out, gw = _gateway()
+    c = Container(gw, out, listener.getsockname()[1])
+    c.handshake()
+    conn, _ = listener.accept()
+    gw.drop_address("10.0.2.101")           # another container: nothing of ours goes
+    assert gw.snapshot()["tcp"] == {tcp.ESTABLISHED: 1}
+    gw.drop_address("10.0.2.100")
+    assert gw.snapshot()["tcp"] == {}
+    conn.settimeout(5)
+    with pytest.raises(ConnectionResetError):               # the host side was reset too
+        conn.recv(10)
+    conn.close()
+    gw.close()
+
+
+def test_drop_address_of_an_address_without_flows_never_waits_for_the_loop(listener):
+    # The loop's thread is elsewhere and busy (here: never serving calls). An address with no
+    # flow is answered at once; one with a flow must wait for the loop, which resets it there.
+    import threading
+    out, gw = _gateway()
+    c = Container(gw, out, listener.getsockname()[1])
+    c.handshake()
+    stuck = threading.Event()
+    gw._thread = threading.Thread(target=stuck.wait)        # "the loop", not serving
+    done = []
+    t = threading.Thread(target=lambda: done.append(gw.drop_address("10.0.2.7")), daemon=True)
+    t.start()
+    t.join(5)
+    assert done == [None]
+    t = threading.Thread(target=lambda: done.append(gw.drop_address("10.0.2.100")), daemon=True)
+    t.start()
+    t.join(0.3)
+    assert t.is_alive() and len(done) == 1                   # queued for the loop
+    gw._thread = None
+    while gw._calls:                                         # the loop gets to it
+        gw._calls.popleft()()
+    t.join(5)
+    assert gw.snapshot()["tcp"] == {}
+    listener.accept()[0].close()
+    gw.close()
+
+
 def test_data_both_ways_with_window_updates(listener, peek_mode):
     out, gw = _gateway(peek_offset=peek_mode)
     c = Container(gw, out, listener.getsockname()[1])
