@@ -115,6 +115,42 @@ def unmount(target):
         raise OSError(err, f"umount2({target}, MNT_DETACH): {os.strerror(err)}")
 
 
+_libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+SYNC_FILE_RANGE_WRITE = 2
+WRITEBACK_BYTES = 4 << 20      # start writing a file's data to disk every this many bytes
+
+
+class _DurableFile:
+    """A new file written front to back and then made durable, without the wait at the end.
+
+    fsync(2) of a file written in one go waits for all its data to reach the disk: ~40 ms for
+    a 64 MiB layer.tar here, a sixth of an import. So every WRITEBACK_BYTES the range just
+    written is handed to the disk with sync_file_range(SYNC_FILE_RANGE_WRITE), which starts
+    writeback and returns; the disk works while the layer is still arriving, and the fsync
+    at the end (which is still what makes the file durable: sync_file_range alone writes no
+    metadata) finds ~1 ms of work left."""
+
+    def __init__(self, path):
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        self.written = self.started = 0
+
+    def write(self, data):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+        self.written += len(data)
+        if self.written - self.started >= WRITEBACK_BYTES:
+            # Advisory: a failure here only means the fsync below has more to do.
+            _libc.sync_file_range(self.fd, self.started, self.written - self.started, SYNC_FILE_RANGE_WRITE)
+            self.started = self.written
+
+    def sync(self):
+        os.fsync(self.fd)
+
+    def close(self):
+        os.close(self.fd)
+
+
 def chain_id(parent, diff_id):
     """The OCI ChainID of `diff_id` stacked on the layer chain `parent` (None at the bottom)."""
     if not parent:
@@ -239,8 +275,11 @@ class LayerStore:
         try:
             os.mkdir(os.path.join(work, "diff"), 0o755)
             plain, _ = compression.decompressed(stream)
-            with open(os.path.join(work, "layer.tar"), "wb") as sink:
-                reader = compression.HashingReader(plain, sink)
+            sink = _DurableFile(os.path.join(work, "layer.tar"))
+            try:
+                # Each block read is hashed and appended to layer.tar before the tar parser
+                # sees it (compression.BlockReader): the digest is of exactly the bytes kept.
+                reader = compression.BlockReader(plain, sha256=True, sink=sink.write)
                 try:
                     stats = tarsafe.extract(reader, os.path.join(work, "diff"), whiteouts=tarsafe.OVERLAY)
                     reader.drain()
@@ -248,8 +287,9 @@ class LayerStore:
                     if isinstance(exc, errors.MinidockError) or exc.errno in (errno.ENOSPC, errno.EDQUOT):
                         raise
                     raise errors.InvalidParameter(f"invalid tar archive: {exc}") from None
-                sink.flush()
-                os.fsync(sink.fileno())
+                sink.sync()
+            finally:
+                sink.close()
             diff_id = reader.digest()
             chain = chain_id(parent, diff_id)
             meta = {"chain_id": chain, "diff_id": diff_id, "parent": parent, "size": stats.size,
