@@ -120,6 +120,19 @@ SYNC_FILE_RANGE_WRITE = 2
 WRITEBACK_BYTES = 4 << 20      # start writing a file's data to disk every this many bytes
 
 
+def _unpack(reader, diff):
+    """Extract the layer tar read by `reader` (a BlockReader) into `diff` with overlay
+    whiteouts, and read on to its end. A broken stream is a 400, a full disk stays itself."""
+    try:
+        stats = tarsafe.extract(reader, diff, whiteouts=tarsafe.OVERLAY)
+        reader.drain()
+    except (EOFError, OSError) as exc:
+        if isinstance(exc, errors.MinidockError) or exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise errors.InvalidParameter(f"invalid tar archive: {exc}") from None
+    return stats
+
+
 class _DurableFile:
     """A new file written front to back and then made durable, without the wait at the end.
 
@@ -280,20 +293,63 @@ class LayerStore:
                 # Each block read is hashed and appended to layer.tar before the tar parser
                 # sees it (compression.BlockReader): the digest is of exactly the bytes kept.
                 reader = compression.BlockReader(plain, sha256=True, sink=sink.write)
-                try:
-                    stats = tarsafe.extract(reader, os.path.join(work, "diff"), whiteouts=tarsafe.OVERLAY)
-                    reader.drain()
-                except (EOFError, OSError) as exc:
-                    if isinstance(exc, errors.MinidockError) or exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                        raise
-                    raise errors.InvalidParameter(f"invalid tar archive: {exc}") from None
+                stats = _unpack(reader, os.path.join(work, "diff"))
                 sink.sync()
             finally:
                 sink.close()
-            diff_id = reader.digest()
-            chain = chain_id(parent, diff_id)
-            meta = {"chain_id": chain, "diff_id": diff_id, "parent": parent, "size": stats.size,
-                    "tar_size": reader.count, "short": _hex(chain)[:20], "warnings": stats.warnings}
+            meta = self._place(work, reader.digest(), parent, stats, reader.count)
+            work = None
+            return meta
+        finally:
+            if work:
+                shutil.rmtree(work, ignore_errors=True)
+
+    def register_file(self, path, diff_id, parent=None):
+        """Store the plain layer tar at `path` -- on this store's file system, and already
+        verified by the caller to hash to `diff_id` (a pull checks both digests while it
+        downloads) -- on top of chain `parent`. The file itself becomes the layer's layer.tar
+        (renamed, not copied, and not hashed again); member data is copied out of it inside the
+        kernel (copy_file_range). The file is gone afterwards, whatever happens. -> meta dict."""
+        if parent and not self.exists(parent):
+            os.unlink(path)
+            raise errors.NotFound(f"parent layer does not exist: {parent}")
+        if self.exists(chain_id(parent, diff_id)):
+            os.unlink(path)
+            return self.meta(chain_id(parent, diff_id))
+        work = self.tmpdir()
+        try:
+            tar = os.path.join(work, "layer.tar")
+            os.rename(path, tar)
+            os.mkdir(os.path.join(work, "diff"), 0o755)
+            fd = os.open(tar, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                # Its data goes to disk while it is unpacked (see _DurableFile).
+                _libc.sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
+                reader = compression.BlockReader.of_file(fd)
+                stats = _unpack(reader, os.path.join(work, "diff"))
+                os.fsync(fd)
+                size = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+            meta = self._place(work, diff_id, parent, stats, size)
+            work = None
+            return meta
+        finally:
+            if work:
+                shutil.rmtree(work, ignore_errors=True)
+            try:
+                os.unlink(path)            # still there only when the rename failed
+            except FileNotFoundError:
+                pass
+
+    def _place(self, work, diff_id, parent, stats, tar_size):
+        """Put the finished layer in `work` (diff/ and a durable layer.tar) into layers/ under
+        its chain ID: meta.json written last inside it, then one rename. -> meta dict. `work`
+        is consumed (moved, or removed when the layer was stored already)."""
+        chain = chain_id(parent, diff_id)
+        meta = {"chain_id": chain, "diff_id": diff_id, "parent": parent, "size": stats.size,
+                "tar_size": tar_size, "short": _hex(chain)[:20], "warnings": stats.warnings}
+        try:
             with self._lock:
                 final = self._p("layers", _hex(chain))
                 if self.exists(chain):

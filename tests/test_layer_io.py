@@ -191,3 +191,40 @@ def test_durable_file_writes_everything_and_syncs(tmp_path):
     assert (tmp_path / "x").read_bytes() == b"".join(blocks)
     with pytest.raises(FileExistsError):          # O_EXCL: never writes into an existing file
         layers._DurableFile(str(tmp_path / "x"))
+
+
+def test_register_file_keeps_the_verified_file_itself(tmp_path):
+    data, files = _random_tar([2 << 20, 10])
+    diff_id = "sha256:" + hashlib.sha256(data).hexdigest()
+    store = layers.LayerStore(str(tmp_path / "store"))
+    staged = os.path.join(store.tmpdir(), "pull-1.tar")
+    with open(staged, "wb") as f:
+        f.write(data)
+    inode = os.stat(staged).st_ino
+    base = store.register(io.BytesIO(tar_bytes([("b", "file", "base")])))
+    meta = store.register_file(staged, diff_id, parent=base["chain_id"])
+    assert meta["diff_id"] == diff_id and meta["chain_id"] == layers.chain_id(base["chain_id"], diff_id)
+    assert meta["tar_size"] == len(data) and meta["size"] == sum(len(v) for v in files.values())
+    assert not os.path.exists(staged)
+    assert os.stat(store.tar_path(meta["chain_id"])).st_ino == inode      # renamed, not copied
+    for name, content in files.items():
+        with open(os.path.join(store.diff_dir(meta["chain_id"]), name), "rb") as f:
+            assert f.read() == content
+    # The same layer again: nothing unpacked, the staged file removed, the stored meta returned.
+    again = os.path.join(store.tmpdir(), "pull-2.tar")
+    with open(again, "wb") as f:
+        f.write(data)
+    assert store.register_file(again, diff_id, parent=base["chain_id"]) == meta
+    assert not os.path.exists(again)
+
+
+def test_register_file_of_a_broken_tar_leaves_nothing(tmp_path):
+    data, _ = _random_tar([3 << 20])
+    store = layers.LayerStore(str(tmp_path / "store"))
+    staged = os.path.join(store.tmpdir(), "pull-1.tar")
+    with open(staged, "wb") as f:
+        f.write(data[:1 << 20])
+    with pytest.raises(errors.InvalidParameter, match="unexpected end of data"):
+        store.register_file(staged, "sha256:" + hashlib.sha256(data).hexdigest())
+    assert store.all_layers() == []
+    assert [os.listdir(os.path.join(tmp_path, "store", "tmp", d)) for d in os.listdir(tmp_path / "store" / "tmp")] == [[]]
