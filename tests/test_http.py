@@ -77,6 +77,28 @@ def parse_all(raw):
     return head, body
 
 
+def parse_all_readinto(raw, size):
+    """As parse_all, the body read with readinto() into a `size`-byte buffer (uploads read so)."""
+    rfile = io.BufferedReader(io.BytesIO(raw))
+    head = http.read_head(rfile)
+    reader, buf, parts = http.body_reader(head, rfile), bytearray(size), []
+    while True:
+        n = reader.readinto(buf)
+        if not n:
+            return head, b"".join(parts)
+        parts.append(bytes(buf[:n]))
+
+
+@pytest.mark.parametrize("size", [1, 3, 4096])
+@pytest.mark.parametrize("name,raw,expected", CORPUS, ids=[c[0] for c in CORPUS])
+def test_request_corpus_read_into_a_buffer(name, raw, expected, size):
+    if isinstance(expected, type):
+        with pytest.raises(expected):
+            parse_all_readinto(raw, size)
+        return
+    assert parse_all_readinto(raw, size)[1] == parse_all(raw)[1]
+
+
 @pytest.mark.parametrize("name,raw,expected", CORPUS, ids=[c[0] for c in CORPUS])
 def test_request_corpus(name, raw, expected):
     if isinstance(expected, type):
