@@ -12,12 +12,14 @@ stream's first bytes, its *magic number*:
 
 `decompressed()` reads those few bytes, puts them back in front of the rest (`Prefixed`), and
 returns a reader of plain bytes with the compression's name. A content-addressed store needs the
-digest of exactly the bytes it stores: `HashingReader` passes a stream through, counting and
-sha256-hashing it (and copying it to a sink), so a layer is hashed while it is unpacked, in one
-read. What you can observe: `file layer.tar.gz`, `xxd -l 6`, `sha256sum` agree with them.
+digest of exactly the bytes it stores: `BlockReader` reads a stream a block at a time,
+sha256-hashing each block and copying it to a sink as it arrives, while a tar parser consumes
+it, so a layer is hashed, kept and unpacked in one read. What you can observe: `file
+layer.tar.gz`, `xxd -l 6`, `sha256sum` of a stored layer.tar agree with them.
 """
 
 import bz2
+import errno
 import gzip
 import hashlib
 import io
@@ -120,6 +122,7 @@ class BlockReader:
         self.sha = hashlib.sha256() if sha256 else None
         self.sink = sink
         self.file = None                   # of_file(): the descriptor read with pread
+        self.kernel_copy = True            # of_file(): member data by copy_file_range
 
     @classmethod
     def of_file(cls, fd, offset=0, block=CHUNK):
@@ -209,8 +212,11 @@ class BlockReader:
         done = 0
         while done < n:
             if self.start == self.end:
-                if self.file is not None:
-                    return done + self._copy_file(fd, n - done)
+                if self.file is not None and self.kernel_copy:
+                    done += self._copy_file(fd, n - done)
+                    if self.kernel_copy:
+                        break              # copied all, or the file ended
+                    continue               # refused here: the rest through the buffer
                 if not self._fill():
                     break
             k = min(n - done, self.end - self.start)
@@ -221,9 +227,18 @@ class BlockReader:
         return done
 
     def _copy_file(self, fd, n):
+        """copy_file_range(2) from the file; stops early at its end, or when the kernel refuses
+        to copy between these two files (EXDEV: another file system, e.g. an overlay mount),
+        after which `kernel_copy` is off and the caller goes through the buffer instead."""
         done = 0
         while done < n:
-            k = os.copy_file_range(self.file, fd, n - done, self.count)
+            try:
+                k = os.copy_file_range(self.file, fd, n - done, self.count)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                self.kernel_copy = False
+                break
             if not k:
                 break
             self.count += k

@@ -288,10 +288,12 @@ def block_reader(fileobj):
     read a block at a time (a socket, a pipe, a decompressor)."""
     if isinstance(fileobj, BlockReader):
         return fileobj
-    if isinstance(fileobj, (io.FileIO, io.BufferedReader)):
+    if isinstance(fileobj, (io.FileIO, io.BufferedReader, io.BufferedRandom)):
         try:
             fd = fileobj.fileno()
             if stat.S_ISREG(os.fstat(fd).st_mode):
+                if isinstance(fileobj, io.BufferedRandom):
+                    fileobj.flush()            # a spool just written: its bytes into the file
                 return BlockReader.of_file(fd, fileobj.tell())
         except (OSError, io.UnsupportedOperation):
             pass

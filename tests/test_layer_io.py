@@ -228,3 +228,34 @@ def test_register_file_of_a_broken_tar_leaves_nothing(tmp_path):
         store.register_file(staged, "sha256:" + hashlib.sha256(data).hexdigest())
     assert store.all_layers() == []
     assert [os.listdir(os.path.join(tmp_path, "store", "tmp", d)) for d in os.listdir(tmp_path / "store" / "tmp")] == [[]]
+
+
+def test_extract_from_a_spool_at_its_position(tmp_path):
+    # tempfile's spools (BufferedRandom) are read by descriptor from where they stand.
+    import tempfile
+    data, files = _random_tar([100, 3 << 20])
+    out = tmp_path / "out"
+    out.mkdir()
+    with tempfile.TemporaryFile(dir=tmp_path) as spool:
+        spool.write(b"junk" + data)
+        spool.seek(4)
+        tarsafe.extract(spool, str(out))
+    for name, content in files.items():
+        assert (out / name).read_bytes() == content
+
+
+@pytest.mark.parametrize("refusal", [18, 95])       # EXDEV (another file system), EOPNOTSUPP
+def test_copy_falls_back_when_the_kernel_refuses(tmp_path, monkeypatch, refusal):
+    # copy_file_range(2) into an overlay mount fails with EXDEV: the data then goes through
+    # the buffer. (Simulated: the overlay case needs the daemon's mount namespace.)
+    def refuse(*args):
+        raise OSError(refusal, os.strerror(refusal))
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    (tmp_path / "src").write_bytes(b"junk" + SOURCE)
+    out = tmp_path / "out"
+    with open(tmp_path / "src", "rb") as f, open(out, "wb") as o:
+        reader = compression.BlockReader.of_file(f.fileno(), 4, block=1000)
+        reader.read(10)
+        assert reader.copy_to(o.fileno(), 20000) == 20000 and not reader.kernel_copy
+        assert reader.read(4) == SOURCE[20010:20014]
+    assert out.read_bytes() == SOURCE[10:20010]
