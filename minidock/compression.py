@@ -139,8 +139,12 @@ class BlockReader:
             return False
         if self.file is not None:
             n = os.preadv(self.file, [self.view], self.count)
-        else:
+        elif hasattr(self.raw, "readinto"):
             n = self.raw.readinto(self.view) or 0
+        else:                              # a reader with read() only
+            data = self.raw.read(len(self.view))
+            n = len(data)
+            self.view[:n] = data
         if not n:
             self.eof = True
             return False

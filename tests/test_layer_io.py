@@ -71,6 +71,19 @@ def test_block_reader_of_a_file_copies_in_the_kernel(tmp_path, block, moves):
         assert data == (b"junk" + SOURCE)[at:at + len(data)]
 
 
+def test_block_reader_of_a_reader_without_readinto():
+    class ReadOnly:
+        def __init__(self):
+            self.f = io.BytesIO(SOURCE)
+
+        def read(self, n):
+            return self.f.read(min(n, 1000))  # short reads, as a pipe gives
+    reader = compression.BlockReader(ReadOnly(), block=4096, sha256=True)
+    assert reader.read(5000) == SOURCE[:5000]
+    reader.drain()
+    assert reader.digest() == "sha256:" + hashlib.sha256(SOURCE).hexdigest()
+
+
 def test_block_reader_refuses_to_seek_backwards():
     reader = compression.BlockReader(io.BytesIO(SOURCE), block=64)
     reader.read(100)
