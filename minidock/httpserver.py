@@ -81,6 +81,7 @@ import json
 import logging
 import os
 import queue
+import secrets
 import select
 import socket
 import ssl
@@ -1146,14 +1147,24 @@ def make_server(address, app, headers_fn=None, logger=None, max_connections=None
 
     A unix socket is created mode 0600 (umask around bind, so it is never briefly wider), and a
     stale socket file left by a killed daemon is removed first — but only when nothing answers on it.
+    It is bound under a temporary name beside `path` and renamed to `path` once it listens: the
+    file appears already accepting, so a client that connects the moment it sees it (a
+    supervisor, a test) is queued, not refused (between bind(2) and listen(2) a connect(2)
+    gets ECONNREFUSED).
     """
     scheme, _, rest = address.partition("://")
+    final = None
     if scheme == "unix":
         remove_stale_socket(rest)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        tmp = os.path.join(os.path.dirname(rest), f".{secrets.token_hex(3)}")
         old = os.umask(0o177)
         try:
-            sock.bind(rest)
+            try:
+                sock.bind(tmp)
+                final = rest
+            except OSError:                # the temporary name too long for sun_path, say
+                sock.bind(rest)
         except BaseException:
             sock.close()
             raise
@@ -1173,10 +1184,19 @@ def make_server(address, app, headers_fn=None, logger=None, max_connections=None
         raise errors.InvalidParameter(f"unsupported listen address {address!r} (want unix:// or tcp://)")
     try:
         sock.listen(Server.request_queue_size)
+        if final is not None:
+            os.rename(tmp, final)
         server = Server(sock, app, headers_fn, logger, tls_context)
     except BaseException:
         sock.close()
+        if final is not None:
+            try:
+                os.unlink(tmp)             # not renamed yet
+            except FileNotFoundError:
+                pass
         raise
+    if final is not None:
+        server.server_address = final      # getsockname() still names the temporary path
     if max_connections:
         server.max_connections = max_connections
     return server

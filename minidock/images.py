@@ -364,19 +364,43 @@ class ImageStore:
                 raise errors.InvalidParameter(f"layer {chain} of image {image_id} is not stored")
         with self.lock:
             final = self._p("images", _hex(image_id))
-            if image_id not in self.configs:
-                tmp = self._p("images", ".tmp-" + secrets.token_hex(6))
-                os.mkdir(tmp, 0o700)
-                store.write_atomic(os.path.join(tmp, "config.json"), raw, 0o644)
-                meta = {"parent": parent}
-                store.write_json(os.path.join(tmp, "meta.json"), meta)
+            if image_id in self.configs:
+                for key in ref_keys:
+                    self._set_ref(key, image_id)
+                return image_id
+            meta = {"parent": parent}
+            if ref_keys:
+                meta["last_tag_time"] = times.now_rfc3339()
+            # Written into a directory nobody looks at until the rename: plain files, each
+            # fsync'd (the first fsync commits the journal with both; the second finds little
+            # to do), then the directory, the rename and images/. Then the tag index once for
+            # all names. 4 + 2 fsyncs, where a file-by-file atomic write of each took 9 for an
+            # import and 13 for a pull (tag and digest), each a journal commit on a busy disk.
+            tmp = self._p("images", ".tmp-" + secrets.token_hex(6))
+            os.mkdir(tmp, 0o700)
+            try:
+                fds = []
+                try:
+                    fds.append(_write_new(os.path.join(tmp, "config.json"), raw, 0o644))
+                    fds.append(_write_new(os.path.join(tmp, "meta.json"), store.encode_json(meta), 0o600))
+                    for fd in fds:
+                        os.fsync(fd)
+                finally:
+                    for fd in fds:
+                        os.close(fd)
+                store.fsync_dir(tmp)
                 shutil.rmtree(final, ignore_errors=True)
                 os.rename(tmp, final)
-                store.fsync_dir(self._p("images"))
-                self.configs[image_id] = config
-                self.meta[image_id] = meta
-            for key in ref_keys:
-                self._set_ref(key, image_id)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            store.fsync_dir(self._p("images"))
+            self.configs[image_id] = config
+            self.meta[image_id] = meta
+            if ref_keys:
+                for key in ref_keys:
+                    self.refs[key] = image_id
+                self._save_refs()
             return image_id
 
     def build_cache_lookup(self, parent, cache_key):
@@ -405,6 +429,19 @@ class ImageStore:
         return self._p("images", _hex(image_id), "config.json")
 
 # -- helpers -------------------------------------------------------------------------------------------
+
+def _write_new(path, data, mode):
+    """Create `path` (it must not exist) holding `data`; -> its open descriptor, not yet fsync'd."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
 
 def _repo_of(key):
     """The repository part of an index key: "repo:tag" or "repo@sha256:..." -> "repo"."""

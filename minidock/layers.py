@@ -129,6 +129,55 @@ def _is_mount_point(path):
         return False
 
 
+_libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+SYNC_FILE_RANGE_WRITE = 2
+WRITEBACK_BYTES = 4 << 20      # start writing a file's data to disk every this many bytes
+
+
+def _unpack(reader, diff):
+    """Extract the layer tar read by `reader` (a BlockReader) into `diff` with overlay
+    whiteouts, and read on to its end. A broken stream is a 400, a full disk stays itself."""
+    try:
+        stats = tarsafe.extract(reader, diff, whiteouts=tarsafe.OVERLAY)
+        reader.drain()
+    except (EOFError, OSError) as exc:
+        if isinstance(exc, errors.MinidockError) or exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise errors.InvalidParameter(f"invalid tar archive: {exc}") from None
+    return stats
+
+
+class _DurableFile:
+    """A new file written front to back and then made durable, without the wait at the end.
+
+    fsync(2) of a file written in one go waits for all its data to reach the disk: ~40 ms for
+    a 64 MiB layer.tar here, a sixth of an import. So every WRITEBACK_BYTES the range just
+    written is handed to the disk with sync_file_range(SYNC_FILE_RANGE_WRITE), which starts
+    writeback and returns; the disk works while the layer is still arriving, and the fsync
+    at the end (which is still what makes the file durable: sync_file_range alone writes no
+    metadata) finds ~1 ms of work left."""
+
+    def __init__(self, path):
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        self.written = self.started = 0
+
+    def write(self, data):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+        self.written += len(data)
+        if self.written - self.started >= WRITEBACK_BYTES:
+            # Advisory: a failure here only means the fsync below has more to do.
+            _libc.sync_file_range(self.fd, self.started, self.written - self.started, SYNC_FILE_RANGE_WRITE)
+            self.started = self.written
+
+    def sync(self):
+        os.fsync(self.fd)
+
+    def close(self):
+        os.close(self.fd)
+
+
 def chain_id(parent, diff_id):
     """The OCI ChainID of `diff_id` stacked on the layer chain `parent` (None at the bottom)."""
     if not parent:
@@ -259,21 +308,68 @@ class LayerStore:
         try:
             os.mkdir(os.path.join(work, "diff"), 0o755)
             plain, _ = compression.decompressed(stream)
-            with open(os.path.join(work, "layer.tar"), "wb") as sink:
-                reader = compression.HashingReader(plain, sink)
-                try:
-                    stats = tarsafe.extract(reader, os.path.join(work, "diff"), whiteouts=tarsafe.OVERLAY)
-                    reader.drain()
-                except (EOFError, OSError) as exc:
-                    if isinstance(exc, errors.MinidockError) or exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                        raise
-                    raise errors.InvalidParameter(f"invalid tar archive: {exc}") from None
-                sink.flush()
-                os.fsync(sink.fileno())
-            diff_id = reader.digest()
-            chain = chain_id(parent, diff_id)
-            meta = {"chain_id": chain, "diff_id": diff_id, "parent": parent, "size": stats.size,
-                    "tar_size": reader.count, "short": _hex(chain)[:20], "warnings": stats.warnings}
+            sink = _DurableFile(os.path.join(work, "layer.tar"))
+            try:
+                # Each block read is hashed and appended to layer.tar before the tar parser
+                # sees it (compression.BlockReader): the digest is of exactly the bytes kept.
+                reader = compression.BlockReader(plain, sha256=True, sink=sink.write)
+                stats = _unpack(reader, os.path.join(work, "diff"))
+                sink.sync()
+            finally:
+                sink.close()
+            meta = self._place(work, reader.digest(), parent, stats, reader.count)
+            work = None
+            return meta
+        finally:
+            if work:
+                shutil.rmtree(work, ignore_errors=True)
+
+    def register_file(self, path, diff_id, parent=None):
+        """Store the plain layer tar at `path` -- on this store's file system, and already
+        verified by the caller to hash to `diff_id` (a pull checks both digests while it
+        downloads) -- on top of chain `parent`. The file itself becomes the layer's layer.tar
+        (renamed, not copied, and not hashed again); member data is copied out of it inside the
+        kernel (copy_file_range). The file is gone afterwards, whatever happens. -> meta dict."""
+        if parent and not self.exists(parent):
+            os.unlink(path)
+            raise errors.NotFound(f"parent layer does not exist: {parent}")
+        if self.exists(chain_id(parent, diff_id)):
+            os.unlink(path)
+            return self.meta(chain_id(parent, diff_id))
+        work = self.tmpdir()
+        try:
+            tar = os.path.join(work, "layer.tar")
+            os.rename(path, tar)
+            os.mkdir(os.path.join(work, "diff"), 0o755)
+            fd = os.open(tar, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                # Its data goes to disk while it is unpacked (see _DurableFile).
+                _libc.sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
+                reader = compression.BlockReader.of_file(fd)
+                stats = _unpack(reader, os.path.join(work, "diff"))
+                os.fsync(fd)
+                size = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+            meta = self._place(work, diff_id, parent, stats, size)
+            work = None
+            return meta
+        finally:
+            if work:
+                shutil.rmtree(work, ignore_errors=True)
+            try:
+                os.unlink(path)            # still there only when the rename failed
+            except FileNotFoundError:
+                pass
+
+    def _place(self, work, diff_id, parent, stats, tar_size):
+        """Put the finished layer in `work` (diff/ and a durable layer.tar) into layers/ under
+        its chain ID: meta.json written last inside it, then one rename. -> meta dict. `work`
+        is consumed (moved, or removed when the layer was stored already)."""
+        chain = chain_id(parent, diff_id)
+        meta = {"chain_id": chain, "diff_id": diff_id, "parent": parent, "size": stats.size,
+                "tar_size": tar_size, "short": _hex(chain)[:20], "warnings": stats.warnings}
+        try:
             with self._lock:
                 final = self._p("layers", _hex(chain))
                 if self.exists(chain):

@@ -94,6 +94,14 @@ class PullSink:
         self._pin(meta["chain_id"])
         self.chain = meta["chain_id"]
 
+    def add_layer_file(self, path, diff_id):
+        """The staged download at `path` in tmp_dir, verified by the puller to be `diff_id`:
+        the store takes the file itself as the layer's tar (LayerStore.register_file)."""
+        self.prefix_present = False
+        meta = self.layers.register_file(path, diff_id, parent=self.chain)
+        self._pin(meta["chain_id"])
+        self.chain = meta["chain_id"]
+
     def add_image(self, config_bytes, name, manifest_digest):
         """Store the config and name it by tag (if any) and by `repo@digest` (RepoDigests).
         Returns False when the first of those names already meant this image ("up to date")."""

@@ -60,7 +60,7 @@ import tempfile
 import time
 
 from minidock import errors
-from minidock.compression import CHUNK, DECODE_ERRORS, decompressed
+from minidock.compression import CHUNK, DECODE_ERRORS, BlockReader, decompressed
 
 log = logging.getLogger("minidock.tarsafe")
 
@@ -282,10 +282,29 @@ def is_opaque(path):
         return False
 
 
-def open_tar_stream(fileobj):
-    """A TarFile reading `fileobj` front to back (no seeking: works on sockets and pipes)."""
+def block_reader(fileobj):
+    """`fileobj` as a compression.BlockReader: itself if it is one; a regular file by
+    descriptor from its current position (copy_file_range for member data); else a stream
+    read a block at a time (a socket, a pipe, a decompressor)."""
+    if isinstance(fileobj, BlockReader):
+        return fileobj
+    if isinstance(fileobj, (io.FileIO, io.BufferedReader, io.BufferedRandom)):
+        try:
+            fd = fileobj.fileno()
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                if isinstance(fileobj, io.BufferedRandom):
+                    fileobj.flush()            # a spool just written: its bytes into the file
+                return BlockReader.of_file(fd, fileobj.tell())
+        except (OSError, io.UnsupportedOperation):
+            pass
+    return BlockReader(fileobj)
+
+
+def open_tar_stream(reader):
+    """A TarFile reading the BlockReader `reader` front to back. tarfile's "r:" mode, which
+    seeks only forward (to the next header), so it works on sockets and pipes too."""
     try:
-        return tarfile.open(fileobj=fileobj, mode="r|", errorlevel=2)
+        return tarfile.open(fileobj=reader, mode="r:", errorlevel=2)
     except tarfile.TarError as exc:
         raise errors.InvalidParameter(f"invalid tar archive: {exc}") from None
 
@@ -331,13 +350,14 @@ def extract(fileobj, root, whiteouts=KEEP, no_overwrite_dir_nondir=False, chown=
     the way `docker cp` into a running container sees the container's "/". Returns ExtractStats.
     """
     stats = ExtractStats()
-    tf = open_tar_stream(fileobj)
+    source = block_reader(fileobj)
+    tf = open_tar_stream(source)
     dir_times = []                        # (path, mtime) set last: writing inside a dir bumps it
     created = set()                       # paths this archive made (for APPLY opaque markers)
     with Resolver(root) as res:
         try:
             for member in _members(tf):
-                _extract_one(tf, member, res, whiteouts, no_overwrite_dir_nondir, chown, stats,
+                _extract_one(tf, source, member, res, whiteouts, no_overwrite_dir_nondir, chown, stats,
                              dir_times, created, subdir)
                 stats.entries += 1
         except (tarfile.TarError, EOFError) + DECODE_ERRORS as exc:
@@ -353,7 +373,7 @@ def extract(fileobj, root, whiteouts=KEEP, no_overwrite_dir_nondir=False, chown=
 
 
 
-def _extract_one(tf, m, res, whiteouts, no_overwrite, chown, stats, dir_times, created, subdir):
+def _extract_one(tf, source, m, res, whiteouts, no_overwrite, chown, stats, dir_times, created, subdir):
     path = clean_name(m.name)
     if not path:                              # the root itself: only its times
         if m.isdir() and not subdir:
@@ -413,14 +433,21 @@ def _extract_one(tf, m, res, whiteouts, no_overwrite, chown, stats, dir_times, c
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                      dir_fd=pfd)
         try:
-            src = tf.extractfile(m)
-            remaining = m.size
-            while remaining:
-                chunk = src.read(min(CHUNK, remaining))
-                if not chunk:
-                    raise errors.InvalidParameter(f"invalid tar archive: unexpected end of data in {m.name!r}")
-                _write_all(fd, chunk)
-                remaining -= len(chunk)
+            if m.sparse is None:
+                # The data follows the header: straight from the reader's block to the file.
+                source.seek(m.offset_data)
+                written = source.copy_to(fd, m.size)
+            else:
+                # A GNU sparse file: tarfile knows where its holes go.
+                written, src = 0, tf.extractfile(m)
+                while written < m.size:
+                    chunk = src.read(min(CHUNK, m.size - written))
+                    if not chunk:
+                        break
+                    _write_all(fd, chunk)
+                    written += len(chunk)
+            if written < m.size:
+                raise errors.InvalidParameter(f"invalid tar archive: unexpected end of data in {m.name!r}")
         finally:
             os.close(fd)
         stats.size += m.size

@@ -4,6 +4,7 @@ import io
 import json
 import os
 import socket
+import stat
 import tempfile
 import threading
 import time
@@ -75,6 +76,28 @@ def parse_all(raw):
     head = http.read_head(rfile)
     body = http.body_reader(head, rfile).read()
     return head, body
+
+
+def parse_all_readinto(raw, size):
+    """As parse_all, the body read with readinto() into a `size`-byte buffer (uploads read so)."""
+    rfile = io.BufferedReader(io.BytesIO(raw))
+    head = http.read_head(rfile)
+    reader, buf, parts = http.body_reader(head, rfile), bytearray(size), []
+    while True:
+        n = reader.readinto(buf)
+        if not n:
+            return head, b"".join(parts)
+        parts.append(bytes(buf[:n]))
+
+
+@pytest.mark.parametrize("size", [1, 3, 4096])
+@pytest.mark.parametrize("name,raw,expected", CORPUS, ids=[c[0] for c in CORPUS])
+def test_request_corpus_read_into_a_buffer(name, raw, expected, size):
+    if isinstance(expected, type):
+        with pytest.raises(expected):
+            parse_all_readinto(raw, size)
+        return
+    assert parse_all_readinto(raw, size)[1] == parse_all(raw)[1]
 
 
 @pytest.mark.parametrize("name,raw,expected", CORPUS, ids=[c[0] for c in CORPUS])
@@ -276,6 +299,27 @@ def test_stale_socket_replaced_live_socket_refused(server):
     dead.close()                       # a socket file nobody listens on: what SIGKILL leaves
     srv = httpserver.make_server("unix://" + stale, echo_app)
     srv.server_close()
+
+
+def test_unix_socket_appears_already_listening(monkeypatch, tmp_path):
+    # A connect() between bind() and listen() is refused: the path must not exist before listen.
+    path = str(tmp_path / "d.sock")
+    seen_at_listen = []
+
+    class Watched(socket.socket):
+        def listen(self, *args):
+            seen_at_listen.append(os.path.exists(path))
+            return super().listen(*args)
+    monkeypatch.setattr(httpserver.socket, "socket", Watched)
+    srv = httpserver.make_server("unix://" + path, echo_app)
+    try:
+        assert seen_at_listen == [False]
+        assert os.listdir(tmp_path) == ["d.sock"] and srv.server_address == path
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+            c.connect(path)                     # queued in the backlog: not refused
+    finally:
+        srv.server_close()
 
 
 @pytest.mark.parametrize("body,ok", [

@@ -114,6 +114,25 @@ def test_state_survives_reload(store, busybox, tmp_path):
     assert again.resolve("busybox") == busybox and imagedescribe.inspect(again, "busybox")["Config"]["Cmd"] == ["/bin/sh"]
 
 
+def test_a_new_image_with_two_names_on_disk(store, busybox, tmp_path):
+    # add_config writes a new image's files in one go and the tag index once for all its names
+    # (a pull names the image by tag and by digest): what a restart reads must be all there.
+    parent = store.configs[busybox]
+    raw = imagecreate.config_bytes(parent["rootfs"]["diff_ids"], {"Cmd": ["true"]}, [], created="2020-01-01T00:00:00Z")
+    keys = ["localhost:5000/two:v1", "localhost:5000/two@sha256:" + "b" * 64]
+    image_id = store.add_config(raw, parent=busybox, ref_keys=keys)
+    hexid = image_id.split(":")[1]
+    with open(os.path.join(store.root, "images", hexid, "config.json"), "rb") as f:
+        assert f.read() == raw
+    meta = json.load(open(os.path.join(store.root, "images", hexid, "meta.json")))
+    assert meta["parent"] == busybox and meta["last_tag_time"].startswith("20")
+    assert oct(os.stat(os.path.join(store.root, "images", hexid, "config.json")).st_mode & 0o777) == "0o644"
+    assert not [n for n in os.listdir(os.path.join(store.root, "images")) if n.startswith(".tmp")]
+    again = images.ImageStore(store.root, layers.LayerStore(store.layers.root), events.Events())
+    assert [again.refs[k] for k in keys] == [image_id, image_id]
+    assert again.meta[image_id] == meta
+
+
 def _members(data):
     with tarfile.open(fileobj=io.BytesIO(data)) as tf:
         return {m.name: (tf.extractfile(m).read() if m.isreg() else None) for m in tf.getmembers()}

@@ -400,6 +400,39 @@ def _push_raw_image(reg, repo, img, tag=None):
     return reg.put_manifest(repo, "sha256:" + hashlib.sha256(json.dumps(doc).encode()).hexdigest(), doc, R.MT_SCHEMA2)
 
 
+class StoreSink(DirSink):
+    """DirSink whose layers go into a real LayerStore by the staged file (add_layer_file)."""
+
+    def __init__(self, root):
+        from minidock import layers
+        self.store = layers.LayerStore(os.path.join(root, "store"))
+        super().__init__(root)
+        self.tmp_dir, self.chain, self.staged = self.store.tmpdir(), None, []
+
+    def add_layer_file(self, path, diff_id):
+        self.staged.append((os.stat(path).st_ino, path))
+        self.chain = self.store.register_file(path, diff_id, parent=self.chain)["chain_id"]
+
+
+@needs_registry
+def test_pull_hands_the_verified_download_to_the_store(open_reg, tmp_path):
+    img = image("staged", 2, 300_000)
+    d, _ = _push_raw_image(open_reg, "staged", img)
+    sink = StoreSink(str(tmp_path / "s"))
+    lines = []
+    R.pull(f"{open_reg.address}/staged@{d}", sink, config=cfg(), progress=lines.append)
+    chains = sink.store.lowers(sink.chain)
+    assert [sink.store.meta(c)["diff_id"] for c in chains] == img.diff_ids
+    for (inode, _), chain, tar in zip(sink.staged, chains, img.tars):
+        assert os.stat(sink.store.tar_path(chain)).st_ino == inode       # the download itself
+        with open(sink.store.tar_path(chain), "rb") as f:
+            assert f.read() == tar
+    assert os.listdir(sink.tmp_dir) == []
+    done = [l["progressDetail"] for l in lines if l.get("status") == "Extracting"
+            and l["progressDetail"]["current"] == l["progressDetail"].get("total")]
+    assert sorted(p["total"] for p in done) == sorted(len(t) for t in img.tars)
+
+
 @needs_registry
 def test_manifest_list_picks_this_machine(open_reg, sink):
     mine, other = image("mine", 1, 1000), image("other", 1, 1000, arch="s390x" if ME != "s390x" else "amd64")

@@ -12,6 +12,8 @@ Pull writes into a *sink* (registryservice.PullSink for the daemon's store):
 
     sink.has_layer(diff_id) -> bool
     sink.add_layer(fileobj, diff_id)       fileobj: the uncompressed tar, already verified
+    sink.add_layer_file(path, diff_id)     optional, preferred: the same as a staged file in
+                                           tmp_dir, which the sink may keep (rename) or remove
     sink.add_image(config_bytes, reference, manifest_digest) -> bool | None
                                            False = the reference already named this image
     sink.tmp_dir (optional)                where downloads are staged (same filesystem is best)
@@ -333,9 +335,15 @@ def _download_and_add(s, ref, blobs, sink, say, cancel, tmp_dir, staged, concurr
                 say("Already exists", progress_mod.short_id(blob))
             else:
                 sid = progress_mod.short_id(blob)
-                with open(st.path, "rb") as f:
-                    sink.add_layer(_CountingReader(f, st.size, lambda n, t, sid=sid: say("Extracting", sid, n, t),
-                                                   cancel), got_diff)
+                if hasattr(sink, "add_layer_file"):
+                    # The staged file is verified and plain: the sink keeps it as it is.
+                    say("Extracting", sid, 0, st.size)
+                    sink.add_layer_file(st.path, got_diff)
+                    say("Extracting", sid, st.size, st.size)
+                else:
+                    with open(st.path, "rb") as f:
+                        sink.add_layer(_CountingReader(f, st.size, lambda n, t, sid=sid: say("Extracting", sid, n, t),
+                                                       cancel), got_diff)
                 say("Pull complete", sid)
             result.append(got_diff)
     except BaseException:
