@@ -18,13 +18,13 @@ You can see which namespaces a process is in with `ls -l /proc/PID/ns`: each lin
 
 Containers
 ----------
-`spawn_container()` is the whole container set-up as one linear sequence. It runs in a fresh
-fork of the spawner (the short-lived "starter", see spawner.py): it unshares mount, pid, uts,
-ipc (and net) namespaces, forks so the command will be PID 1, brings `lo` up in a new network
-namespace (as Docker's "none" network has it) while the init sets up -- and the starter
-exits, leaving the init to the daemon (`DaemonTie`) -- and the child runs `_container_init()`:
-mounts, pivot_root(2), hostname, rlimits, the seccomp filter (seccomp.py; while CAP_SYS_ADMIN
-is still held, or last with no_new_privs), capabilities, user, the death signal, execve(2).
+`spawn_container()` is the whole container set-up as one linear sequence. It runs in the
+spawner, which makes the init with one clone(2) -- CLONE_PARENT plus the namespace flags, so
+the init is born PID 1 of a new pid namespace, in new mount, uts, ipc (and net) namespaces,
+and a child of the daemon (`DaemonTie`) -- and the child runs `_container_init()`: its
+network (lo up, or veths, or another container's stack), mounts, pivot_root(2), hostname,
+rlimits, the seccomp filter (seccomp.py; while CAP_SYS_ADMIN is still held, or last with
+no_new_privs), capabilities, user, the death signal, execve(2).
 Every step is named; when one fails, the step, errno and message go back to the spawner over
 a close-on-exec pipe (the pipe reaches EOF without a word when execve succeeds) -- runc's
 error-pipe pattern.
@@ -63,10 +63,11 @@ from .mounts import (DEFAULT_SHM_SIZE, MASKED_PATHS, READONLY_PATHS, bind_mounts
                      enter_rootfs, in_root, make_mounts_private, mask_paths, mount_dev,
                      mount_proc, mount_sys, open_console, readonly_paths, readonly_rootfs)
 from .syscalls import (CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER,
-                       CLONE_NEWUTS,
+                       CLONE_NEWUTS, CLONE_PARENT,
                        CLOSE_RANGE_CLOEXEC, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS,
                        PR_SET_PDEATHSIG, SYS_CAPSET, SYS_CLOSE_RANGE, StartError, Step, check,
-                       libc, prctl, report_failure, setns, unshare)
+                       clone_process, libc, prctl, report_failure, setns,
+                       unshare)  # noqa: F401  (unshare: tests/netns_harness.py)
 from .userns import (enter_identity_userns, enter_keep_id_userns, enter_user_userns, id_mapped,
                      keep_id_map,
                      needs_nested_userns, read_id_map)
@@ -202,12 +203,19 @@ def join_netns(pid):
         os.close(fd)
 
 
+def own_netns(network):
+    """Whether the container gets a network namespace of its own (else it keeps or joins one)."""
+    return network == "none" or (isinstance(network, dict) and "netns_pid" in network)
+
+
 @Step("create namespaces")
-def unshare_namespaces(network):
-    flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC
-    if network == "none" or (isinstance(network, dict) and "netns_pid" in network):
+def clone_init(network):
+    """clone(2) the container's init: the daemon's child (CLONE_PARENT), PID 1 of a new pid
+    namespace, in new mount, uts, ipc (and net) namespaces. 0 in the init, its pid here."""
+    flags = CLONE_PARENT | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC
+    if own_netns(network):
         flags |= CLONE_NEWNET          # a fresh stack: loopback only (then maybe veths)
-    unshare(flags)
+    return clone_process(flags)
 
 
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
@@ -348,38 +356,41 @@ def _exec(argv, env):
 class DaemonTie:
     """How a started process dies with the daemon although no process of ours waits for it.
 
-    The spawner forks a short-lived *starter* per run/exec; the starter creates or joins the
-    namespaces, forks the process and exits at once. The kernel then re-parents the orphan to
-    the nearest subreaper above it: the daemon (PR_SET_CHILD_SUBREAPER; the spawner is not
-    one), which reaps it through a pidfd. PR_SET_PDEATHSIG(SIGKILL) then ties the process to
-    the daemon. Two kernel rules fix the order of `arm()`:
+    PR_SET_PDEATHSIG(SIGKILL) ties a process to its parent: the kernel sends the signal when
+    the parent *thread* exits (kernel/exit.c, forget_original_parent), and also on every
+    re-parenting. A container's init is cloned with CLONE_PARENT (ns.clone_init): its parent is
+    the spawner's parent -- the daemon, and precisely the daemon thread that started this
+    spawner: the main thread for the first spawner, the supervisor thread for a restarted one
+    (spawner.py), both living as long as the daemon. Nothing re-parents it, so it could arm at
+    once; but credential changes (setuid, and the like) clear the death signal, so `arm()` is
+    one of the last steps before execve.
 
-    * The death signal is sent on *every* re-parenting (kernel/exit.c, forget_original_parent:
-      each orphan with pdeath_signal set gets it), so armed before the starter's exit it would
-      fire at that exit. So we first wait for the starter to be gone: a pidfd of the starter
-      (opened by the starter, inherited through fork) turns readable only after its exit has
-      re-parented its children.
-    * A death signal armed after the daemon died never fires. The lifeline -- a pipe whose only
-      write end the daemon holds -- is at EOF once the daemon is gone, so it is checked *after*
-      the prctl: either the signal was armed in time or the lifeline shows EOF.
+    An exec'd process and the network keeper still come from a short-lived *starter* (a
+    pid namespace join applies to children only): the starter forks the process and exits,
+    and the kernel re-parents the orphan to the nearest subreaper above it, the daemon
+    (PR_SET_CHILD_SUBREAPER; the spawner is not one), its first live thread: the main
+    thread. Armed before the starter's exit, the signal would fire at that re-parenting, so
+    `arm()` first waits for a pidfd of the starter (opened by the starter, inherited through
+    fork) to turn readable: only after its exit has re-parented its children.
 
-    The signal is tied to the daemon thread that adopted us: the kernel picks the first live
-    thread of the subreaper, its main thread, which lives as long as the daemon. Credential
-    changes (setuid, a new user namespace) clear the death signal, so `arm()` is one of the
-    last steps before execve. What you can observe: the container init's `PPid:` in
-    /proc/PID/status is the daemon's pid; when the daemon dies the init gets SIGKILL, and with
-    it every process of its pid namespace.
+    Either way, a death signal armed after the daemon died never fires. The lifeline -- a
+    pipe whose only write end the daemon holds -- is at EOF once the daemon is gone, so it is
+    checked *after* the prctl: either the signal was armed in time or the lifeline shows EOF.
+    What you can observe: `PPid:` in /proc/PID/status of a container's init is the daemon's
+    pid from its birth; when the daemon dies the init gets SIGKILL, and with it every process
+    of its pid namespace.
     """
 
     def __init__(self, starter_pidfd, lifeline):
-        self.starter_pidfd = starter_pidfd
+        self.starter_pidfd = starter_pidfd      # None: cloned with CLONE_PARENT, no starter
         self.lifeline = lifeline
 
     def arm(self):
-        starter = select.poll()
-        starter.register(self.starter_pidfd, select.POLLIN)
-        while not starter.poll():
-            pass                        # readable: the starter has exited, we are re-parented
+        if self.starter_pidfd is not None:
+            starter = select.poll()
+            starter.register(self.starter_pidfd, select.POLLIN)
+            while not starter.poll():
+                pass                    # readable: the starter has exited, we are re-parented
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         lifeline = select.poll()
         lifeline.register(self.lifeline, select.POLLIN)
@@ -416,45 +427,21 @@ def _prepare_process(stdio, tty, arm_deathsig):
 
 # --- run: the linear sequence ------------------------------------------------------------
 
-def spawn_container(spec, stdio, status_fd, tie):
-    """Create the container's namespaces and fork its init. Runs in the starter process.
+def spawn_container(spec, stdio, status_fd, tie, leave_spawner):
+    """Clone the container's init straight into its namespaces. Runs in the spawner.
 
-    Returns the init's pid (host pid namespace) in the starter, which then exits; the init
-    never returns from here: it execs the command or reports a StartError on `status_fd` and
-    exits 125/126/127. `tie` (a DaemonTie) makes it die with the daemon.
+    One clone(2) (`clone_init`): no intermediate process, nothing re-parented, the init is the
+    daemon's child from its first instruction. Returns the init's pid (the daemon's pid
+    namespace) in the spawner. The init calls `leave_spawner()` first (drops the spawner's
+    socket and signal handlers), then never returns from here: it execs the command or
+    reports a StartError on `status_fd` and exits 125/126/127. `tie` (a DaemonTie) makes it
+    die with the daemon.
     """
-    network = spec.get("network", "none")
-    # Joining another container's net namespace happens before unsharing the rest, so that
-    # CLONE_NEWNET is not in our flags and the joined stack is what the children inherit.
-    if isinstance(network, dict) and "join_pid" in network:
-        join_netns(network["join_pid"])
-    # Mount, pid, uts, ipc (and net) at once; all owned by the daemon's user namespace,
-    # where we hold every capability, so the init can mount and set the hostname.
-    unshare_namespaces(network)
-    # Bridge endpoints: veths into the fresh network namespace, before the init exists, so
-    # it starts with its network up (network.py; it needs the daemon's namespace, so it is
-    # done here in the starter and not in the init, which may be in a nested user namespace).
-    if isinstance(network, dict) and "netns_pid" in network:
-        from . import network as _network      # network.py imports ns
-        _network.attach_container(network)
-    # CLONE_NEWPID applies to children only: the next fork is PID 1 of the new namespace.
-    pid = os.fork()
+    pid = clone_init(spec.get("network", "none"))
     if pid:
-        # Docker's "none" network still has a working lo. Brought up here, while the init
-        # sets up its mounts, not before the fork: setting IFF_UP on a fresh namespace's lo
-        # waits ~1.5 ms in the kernel with the CPU idle. The init cannot exec before lo is up:
-        # DaemonTie.arm, one of its last steps, waits for our exit.
-        if network == "none":
-            try:
-                bring_up_loopback()
-            except BaseException:
-                os.kill(pid, signal.SIGKILL)            # it must not run without its lo
-                os.write(status_fd, b"P%d\n" % pid)     # the daemon reaps it (spawnerloop)
-                raise
         return pid
     try:
-        # No death signal yet: the starter's exit, moments away, re-parents us to the daemon
-        # and would fire it. DaemonTie.arm() comes last, after the credential changes.
+        leave_spawner()
         _container_init(spec, stdio, status_fd, tie)
     except BaseException as e:
         try:
@@ -463,6 +450,22 @@ def spawn_container(spec, stdio, status_fd, tie):
             code = e.exit_code if isinstance(e, StartError) else 125
             os._exit(code)
     os._exit(125)
+
+
+def setup_network(network):
+    """The init's network, first of its steps: while /proc is still the daemon's view (the pids
+    named below are pids there) and it holds every capability over the daemon's namespaces."""
+    if isinstance(network, dict) and "join_pid" in network:
+        # Another container's stack: we were cloned without CLONE_NEWNET, and join it now.
+        join_netns(network["join_pid"])
+    elif isinstance(network, dict) and "netns_pid" in network:
+        # Bridge endpoints: veths into our fresh namespace, made through a netlink socket in the
+        # daemon's (network.py), before anything in the container can run.
+        from . import network as _network      # network.py imports ns
+        _network.attach_container(network)
+    elif network == "none":
+        # Docker's "none" network still has a working lo.
+        bring_up_loopback()
 
 
 def _container_init(spec, stdio, status_fd, tie):
@@ -492,6 +495,9 @@ def _container_init(spec, stdio, status_fd, tie):
     make_mounts_private()
     if spec.get("cgroup"):              # before anything else runs, so limits apply to it all
         join_cgroup(spec["cgroup"])
+    # Before mount_sys (sysfs may be mounted only by the owner of the net namespace) and the
+    # nested user namespace (no capability left over the daemon's namespaces in there).
+    setup_network(spec.get("network", "none"))
     bind_rootfs(rootfs)                 # before mounts inside it: they must land on the bind
     mount_proc(rootfs)                  # we are PID 1 of the new pid namespace now
     mount_dev(rootfs, spec.get("shm_size") or DEFAULT_SHM_SIZE, console, id_mapped(5, daemon_gid_map))

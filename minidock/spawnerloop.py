@@ -123,11 +123,13 @@ def exit_code(status):
 class _Start:
     """What the spawner keeps for one run/exec until its start is decided and answered."""
 
-    def __init__(self, req_id, status_fd):
+    def __init__(self, req_id, status_fd, pid=None):
         self.req_id = req_id
         self.status_fd = status_fd      # None once the status pipe reached EOF
         self.buf = b""
-        self.starter_code = None        # the starter's exit code, once reaped
+        self.pid = pid                  # run: the init's pid, known from clone(2)
+        # The starter's exit code, once reaped; a run has no starter to wait for.
+        self.starter_code = 0 if pid is not None else None
 
 
 def spawner_main(sock, lifeline, daemon_pid):
@@ -226,8 +228,11 @@ class _Server:
         try:
             self.start(msg, fds)
         except Exception as exc:
-            # fork() failing with EAGAIN (a process limit), no descriptors left for the pipe,
-            # a malformed request: this request fails, the spawner carries on.
+            # fork() or clone() failing with EAGAIN (a process limit), no descriptors left for
+            # the pipe, a malformed request: this request fails, the spawner carries on.
+            if isinstance(exc, syscalls.StartError) and "id" in msg:
+                self.send({"id": msg["id"], "error": exc.to_record()})
+                return True
             if isinstance(exc, OSError):
                 message = f"cannot start the process: {exc.strerror or exc}"
             else:
@@ -252,19 +257,39 @@ class _Server:
             raise ValueError(f"unknown request {msg.get('op')!r}")
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         try:
-            starter = os.fork()
+            if msg["op"] == "run":
+                # One clone(2), straight into the namespaces, the init the daemon's child
+                # (ns.spawn_container): no starter. The init never returns from this call.
+                child = ns.spawn_container(msg["spec"], fds, status_w,
+                                           ns.DaemonTie(None, self.lifeline),
+                                           lambda: self.leave(status_r))
+                record = _Start(msg["id"], status_r, pid=child)
+            else:
+                child = os.fork()
+                if child == 0:
+                    self.starter_main(msg, fds, status_r, status_w)   # never returns
+                record = _Start(msg["id"], status_r)
         except BaseException:
             os.close(status_r)
             os.close(status_w)
             raise
-        if starter == 0:
-            self.starter_main(msg, fds, status_r, status_w)   # never returns
         os.close(status_w)
-        record = _Start(msg["id"], status_r)
-        self.starts[starter] = record
+        # Keyed by the starter's pid, or by the init's for a run (never a child of ours: no
+        # waitpid of ours returns it).
+        self.starts[child] = record
         # The record itself is the key's data: a pipe closed earlier in the same batch of
         # events, whose number a new pipe may even have reused, is then recognised as stale.
-        self.sel.register(status_r, selectors.EVENT_READ, (starter, record))
+        self.sel.register(status_r, selectors.EVENT_READ, (child, record))
+
+    def leave(self, status_r):
+        """In a process cloned or forked from us: drop what is the spawner's. The signal
+        handler and the wakeup fd would otherwise run our SIGCHLD handling in it."""
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        self.sock.close()
+        os.close(status_r)
+        os.close(self.wake_r)
+        os.close(self.wake_w)
 
     def starter_main(self, msg, fds, status_r, status_w):
         """The starter: create or join the namespaces, fork the process, report its pid, exit.
@@ -275,16 +300,9 @@ class _Server:
         pidfd of ours). Nothing of the starter stays behind: no process per container."""
         code = 125
         try:
-            signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            self.sock.close()
-            os.close(status_r)
-            os.close(self.wake_r)
-            os.close(self.wake_w)
+            self.leave(status_r)
             tie = ns.DaemonTie(os.pidfd_open(os.getpid()), self.lifeline)
-            if msg["op"] == "run":
-                pid = ns.spawn_container(msg["spec"], fds, status_w, tie)
-            elif msg["op"] == "netns":
+            if msg["op"] == "netns":
                 pid = network.start_keeper(fds[0], status_w, tie)
             else:
                 pid = ns.enter_container(msg["init_pid"], msg["spec"], fds, status_w, tie)
@@ -333,7 +351,7 @@ class _Server:
         can reap it by pid. A failed start may still have left a process (the init reported
         an error and exited): its pid goes with the error, for the daemon to reap."""
         record = self.starts.pop(starter)
-        pid, error = None, None
+        pid, error = record.pid, None
         for line in record.buf.splitlines():
             if line.startswith(b"P"):
                 pid = int(line[1:])
