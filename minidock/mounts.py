@@ -106,6 +106,7 @@ def mount_proc(rootfs):
     target = in_root(rootfs, "/proc")
     os.makedirs(target, exist_ok=True)
     mount("proc", target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    return target
 
 
 def _touch(path):
@@ -240,12 +241,30 @@ def mount_sys(rootfs):
         # keep their own flags).
         mount("/sys", target, None, MS_BIND | MS_REC)
         remount_readonly(target)
+    return target
+
+
+# Docker's own lists name entries of procfs and sysfs whose every component is a directory or
+# a file there, never a symlink (unlike /proc/self or /proc/net): inside the instance we just
+# mounted, their paths need no in_root() walk, which costs a few system calls per component.
+_KERNEL_PATHS = frozenset(MASKED_PATHS) | frozenset(READONLY_PATHS)
+
+
+def _kernel_path(rootfs, path, fresh):
+    """`path` inside the container: under the /proc or /sys just mounted (`fresh`: "/proc" ->
+    where it is mounted) directly when it is one of Docker's, else resolved by in_root()."""
+    if fresh and path in _KERNEL_PATHS:
+        top, rest = path[1:].split("/", 1)
+        base = fresh.get("/" + top)
+        if base is not None:
+            return f"{base}/{rest}"
+    return in_root(rootfs, path)
 
 
 @Step("mask /proc and /sys paths")
-def mask_paths(rootfs, paths):
+def mask_paths(rootfs, paths, fresh=None):
     for p in paths:
-        target = in_root(rootfs, p)
+        target = _kernel_path(rootfs, p, fresh)
         try:
             st = os.lstat(target)
         except FileNotFoundError:
@@ -257,9 +276,9 @@ def mask_paths(rootfs, paths):
 
 
 @Step("make /proc paths read-only")
-def readonly_paths(rootfs, paths):
+def readonly_paths(rootfs, paths, fresh=None):
     for p in paths:
-        target = in_root(rootfs, p)
+        target = _kernel_path(rootfs, p, fresh)
         if not os.path.exists(target):
             continue
         mount(target, target, None, MS_BIND | MS_REC)

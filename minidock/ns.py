@@ -47,9 +47,11 @@ unshare(2), setns(2), mount(2), pivot_root(2), capabilities(7), prctl(2), setrli
 newuidmap(1), subuid(5).
 """
 
+import _signal                          # signal's C core: no enum conversions (see _reset_signals)
 import ctypes
 import errno
 import fcntl
+import functools
 import gc
 import os
 import resource
@@ -273,10 +275,13 @@ def set_no_new_privs():
 
 def _setgroups_allowed():
     try:
-        with open("/proc/self/setgroups") as f:
-            return f.read().strip() == "allow"
+        fd = os.open("/proc/self/setgroups", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return True
+    try:
+        return os.read(fd, 64).strip() == b"allow"
+    finally:
+        os.close(fd)
 
 
 @Step("switch user")
@@ -290,13 +295,17 @@ def switch_user(uid, gid, groups):
     os.setuid(uid)
 
 
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+# capset(2)'s arguments: the header {u32 version, int pid} (_LINUX_CAPABILITY_VERSION_3, pid 0:
+# ourselves) and two {u32 effective, permitted, inheritable} words, capabilities 0-31 and 32-63.
+_CAP_HEADER = struct.pack("Ii", 0x20080522, 0)
 
 
-class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32)]
+def capset_data(keep):
+    """capset(2)'s data for the capability numbers `keep`, in all three sets."""
+    words = [0, 0]
+    for cap in keep:
+        words[cap // 32] |= 1 << (cap % 32)
+    return struct.pack("6I", words[0], words[0], words[0], words[1], words[1], words[1])
 
 
 @Step("set capabilities")
@@ -305,14 +314,7 @@ def set_capabilities(keep):
     # and now make the current sets match too. For other uids setuid already cleared them.
     if os.geteuid() != 0:
         return
-    header = _CapHeader(0x20080522, 0)      # _LINUX_CAPABILITY_VERSION_3
-    data = (_CapData * 2)()
-    for cap in keep:
-        word, bit = divmod(cap, 32)
-        data[word].effective |= 1 << bit
-        data[word].permitted |= 1 << bit
-        data[word].inheritable |= 1 << bit
-    check(libc.syscall(SYS_CAPSET, ctypes.byref(header), ctypes.byref(data)), "capset")
+    check(libc.syscall(SYS_CAPSET, _CAP_HEADER, capset_data(keep)), "capset")
 
 
 def find_executable(name, env):
@@ -405,6 +407,21 @@ def _die_with_reaper():
         os._exit(137)
 
 
+# Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive execve; the spawner handles
+# SIGCHLD; the interpreter SIGINT (and the daemon may have set SIGTERM).
+_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM)
+
+
+def reset_signals():
+    """Default dispositions, no wakeup fd, an empty mask: what a command expects at execve.
+    Through `_signal`, the C module: `signal`'s wrappers convert every result into an enum
+    member, Python code whose objects a freshly forked child would copy on write."""
+    _signal.set_wakeup_fd(-1)
+    for sig in _DEFAULT_SIGNALS:
+        _signal.signal(sig, _signal.SIG_DFL)
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
+
+
 def _prepare_process(stdio, tty, arm_deathsig):
     """Last steps common to run and exec: stdio, session, signals, death signal, fds.
     `arm_deathsig` ties us to what we must die with: DaemonTie.arm, or _die_with_reaper for
@@ -414,11 +431,7 @@ def _prepare_process(stdio, tty, arm_deathsig):
     os.setsid()                         # its own session, away from the spawner's
     if tty:
         fcntl.ioctl(0, _TIOCSCTTY, 0)   # the pty slave becomes our controlling terminal
-    # Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive execve.
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.set_wakeup_fd(-1)
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    reset_signals()
     # After every credential change (setuid, a nested user namespace): they clear it.
     arm_deathsig()
     # Whatever descriptors the daemon inherited must not reach the container.
@@ -426,6 +439,24 @@ def _prepare_process(stdio, tty, arm_deathsig):
 
 
 # --- run: the linear sequence ------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def daemon_id_maps():
+    """The daemon's user namespace maps (uid, gid) as /proc/self/*_map shows them, read once per
+    spawner: they never change, and the init then only reads the spawner's copy."""
+    return read_id_map("/proc/self/uid_map"), read_id_map("/proc/self/gid_map")
+
+
+def prepare_in_spawner(spec):
+    """What a start can compute in the spawner, before it clones or forks, instead of in the
+    child: the results stay cached in the spawner for the next start, and the child reads
+    them. (Every object a fresh child touches costs it a copy-on-write page fault; work done
+    here is done once.)"""
+    daemon_id_maps()
+    if spec.get("seccomp"):
+        spec["_seccomp"] = seccomp.prepared(spec["seccomp"])
+
+
 
 def spawn_container(spec, stdio, status_fd, tie, leave_spawner):
     """Clone the container's init straight into its namespaces. Runs in the spawner.
@@ -473,14 +504,14 @@ def _container_init(spec, stdio, status_fd, tie):
     # A collection here would walk every object inherited from the spawner and copy the pages
     # it writes to (copy-on-write after fork); this process lives a few ms and then execs.
     gc.disable()
-    rootfs = os.path.realpath(spec["rootfs"])
+    rootfs = spec["rootfs"]             # a real path: Spawner._prepare resolved it
     uid, gid, groups = spec.get("uid", 0), spec.get("gid", 0), list(spec.get("groups", []))
     privileged = bool(spec.get("privileged"))
-    caps = capability_set(spec.get("cap_add"), spec.get("cap_drop"), privileged)
-    # Read while /proc is still the host's view of us (either works: it is our own map), once:
-    # whether the user needs a nested namespace and whether /dev/pts can be gid 5 follow.
-    daemon_uid_map = read_id_map("/proc/self/uid_map")
-    daemon_gid_map = read_id_map("/proc/self/gid_map")
+    caps = spec["_caps"] if "_caps" in spec else capability_set(
+        spec.get("cap_add"), spec.get("cap_drop"), privileged)
+    # The daemon's maps, read once by the spawner (they never change): whether the user needs
+    # a nested namespace and whether /dev/pts can be gid 5 follow.
+    daemon_uid_map, daemon_gid_map = daemon_id_maps()
     nested = not (id_mapped(uid, daemon_uid_map) and id_mapped(gid, daemon_gid_map))
     single_id = sum(c for _, _, c in daemon_uid_map) <= 1
     tty = bool(spec.get("tty"))
@@ -499,15 +530,15 @@ def _container_init(spec, stdio, status_fd, tie):
     # nested user namespace (no capability left over the daemon's namespaces in there).
     setup_network(spec.get("network", "none"))
     bind_rootfs(rootfs)                 # before mounts inside it: they must land on the bind
-    mount_proc(rootfs)                  # we are PID 1 of the new pid namespace now
+    fresh = {"/proc": mount_proc(rootfs)}   # we are PID 1 of the new pid namespace now
     mount_dev(rootfs, spec.get("shm_size") or DEFAULT_SHM_SIZE, console, id_mapped(5, daemon_gid_map))
     if console_socket:                  # after mount_dev: the new devpts instance exists
         slave = open_console(rootfs, stdio[0], spec.get("console_size"))
         stdio = (slave, slave, slave)
-    mount_sys(rootfs)
+    fresh["/sys"] = mount_sys(rootfs)
     if not privileged:                  # after /proc and /sys exist: the paths are inside them
-        mask_paths(rootfs, spec.get("masked_paths", MASKED_PATHS))
-        readonly_paths(rootfs, spec.get("readonly_paths", READONLY_PATHS))
+        mask_paths(rootfs, spec.get("masked_paths", MASKED_PATHS), fresh)
+        readonly_paths(rootfs, spec.get("readonly_paths", READONLY_PATHS), fresh)
     # /etc files first so that an explicit user bind of the same path wins.
     bind_mounts(rootfs, [{"source": src, "target": dst, "readonly": False}
                          for dst, src in (spec.get("etc_files") or {}).items()])
@@ -537,7 +568,7 @@ def _container_init(spec, stdio, status_fd, tie):
     # and, without no_new_privs, while we still hold CAP_SYS_ADMIN, which installing needs;
     # every call left before execve (capset, setresuid, dup2, ...) is one it allows.
     if not spec.get("no_new_privileges"):
-        install_seccomp(spec.get("seccomp"))
+        install_seccomp(spec)
     drop_bounding_set(caps, last_cap)    # needs CAP_SETPCAP: before we give up root
     if spec.get("no_new_privileges"):
         set_no_new_privs()
@@ -551,15 +582,19 @@ def _container_init(spec, stdio, status_fd, tie):
         arm_deathsig = _die_with_reaper
     _prepare_process(stdio, tty, arm_deathsig)   # last: 0/1/2, death signal
     if spec.get("no_new_privileges"):    # with no_new_privs: the very last step before execve
-        install_seccomp(spec.get("seccomp"))
+        install_seccomp(spec)
     _exec(spec["argv"], spec.get("env") or [])
 
 
 @Step("install the seccomp filter")
-def install_seccomp(program_hex):
-    """The container's system call filter (seccomp.py compiled it in the daemon)."""
-    if program_hex:
-        seccomp.install(bytes.fromhex(program_hex))
+def install_seccomp(spec):
+    """The container's system call filter (seccomp.py compiled it in the daemon; the spawner
+    made it the kernel's struct sock_fprog, `prepare_in_spawner`)."""
+    prepared = spec.get("_seccomp")
+    if prepared is not None:
+        seccomp.install_prepared(prepared)
+    elif spec.get("seccomp"):
+        seccomp.install(bytes.fromhex(spec["seccomp"]))
 
 
 @Step("change to the working directory")
@@ -623,7 +658,8 @@ def enter_container(init_pid, spec, stdio, status_fd, tie):
 
 def _exec_init(spec, stdio, tie):
     uid, gid, groups = spec.get("uid", 0), spec.get("gid", 0), list(spec.get("groups", []))
-    caps = capability_set(spec.get("cap_add"), spec.get("cap_drop"), spec.get("privileged"))
+    caps = spec["_caps"] if "_caps" in spec else capability_set(
+        spec.get("cap_add"), spec.get("cap_drop"), spec.get("privileged"))
     if spec.get("cgroup"):
         join_cgroup(spec["cgroup"])
     # A user the joined namespaces cannot represent (e.g. `exec -u 1000` into a container
@@ -633,7 +669,7 @@ def _exec_init(spec, stdio, tie):
     if spec.get("pids_limit"):          # the container's own count, joined with its namespace
         pidlimit.limit_self(spec["pids_limit"])
     if not spec.get("no_new_privileges"):   # the same order as in run, for the same reasons
-        install_seccomp(spec.get("seccomp"))
+        install_seccomp(spec)
     drop_bounding_set(caps, spec.get("_last_cap", 40))
     if spec.get("no_new_privileges"):
         set_no_new_privs()
@@ -642,7 +678,7 @@ def _exec_init(spec, stdio, tie):
     _step_chdir(spec.get("cwd") or "/")
     _prepare_process(stdio, bool(spec.get("tty")), tie.arm)
     if spec.get("no_new_privileges"):
-        install_seccomp(spec.get("seccomp"))
+        install_seccomp(spec)
     _exec(spec["argv"], spec.get("env") or [])
 
 

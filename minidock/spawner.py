@@ -363,6 +363,9 @@ class Spawner:
             spec.update(uid=uid, gid=gid, groups=groups)
         caps = ns.capability_set(spec.get("cap_add"), spec.get("cap_drop"),
                                  spec.get("privileged"))                # validates names
+        spec["_caps"] = caps            # the child need not work it out again
+        if spec.get("rootfs"):          # nor resolve the path (the init binds and pivots there)
+            spec["rootfs"] = os.path.realpath(spec["rootfs"])
         # Docker's SecurityOpt: the seccomp profile (compiled here, in the daemon, so a bad
         # profile is a 400 before anything forks) and no-new-privileges.
         choice, nnp = seccomp.parse_security_opt(spec.get("security_opt"))

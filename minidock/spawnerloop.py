@@ -255,6 +255,8 @@ class _Server:
             raise ValueError(msg["_invalid"])
         if msg.get("op") not in ("run", "exec", "netns") or "id" not in msg:
             raise ValueError(f"unknown request {msg.get('op')!r}")
+        if msg["op"] in ("run", "exec"):
+            ns.prepare_in_spawner(msg["spec"])
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         try:
             if msg["op"] == "run":
@@ -284,8 +286,8 @@ class _Server:
     def leave(self, status_r):
         """In a process cloned or forked from us: drop what is the spawner's. The signal
         handler and the wakeup fd would otherwise run our SIGCHLD handling in it."""
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        # (Default dispositions for the rest too: what the command gets at execve anyway.)
+        ns.reset_signals()
         self.sock.close()
         os.close(status_r)
         os.close(self.wake_r)
@@ -394,6 +396,8 @@ def main(argv):
         os.chdir(f"/proc/{daemon}/cwd")
     except OSError:
         os.chdir("/")
+    # Read once here, not in every container init (ns.prepare_in_spawner).
+    ns.daemon_id_maps()
     # Everything imported so far lives as long as we do: move it out of the collector's
     # generations, so that no collection -- here, or in a starter or init forked from us --
     # walks those objects and writes to their pages (which a child would copy on write).
