@@ -47,7 +47,7 @@ unshare(2), setns(2), mount(2), pivot_root(2), capabilities(7), prctl(2), setrli
 newuidmap(1), subuid(5).
 """
 
-import _signal                          # signal's C core: no enum conversions (see _reset_signals)
+import _signal                          # signal's C core: no enum conversions (see reset_signals)
 import ctypes
 import errno
 import fcntl

@@ -42,6 +42,7 @@ execve succeeded.
 
 """
 
+import _signal                          # signal's C core (see ns.reset_signals)
 import gc
 import json
 import os
@@ -284,11 +285,11 @@ class _Server:
         self.sel.register(status_r, selectors.EVENT_READ, (child, record))
 
     def leave(self, status_r):
-        """In a process cloned or forked from us: drop what is the spawner's. The signal
-        handler and the wakeup fd would otherwise run our SIGCHLD handling in it."""
-        # (Default dispositions for the rest too: what the command gets at execve anyway.)
-        ns.reset_signals()
-        self.sock.close()
+        """In a process cloned or forked from us: drop the spawner's descriptors and its
+        wakeup fd (our SIGCHLD handler, a no-op, may stay: the dispositions are reset before
+        execve, ns.reset_signals)."""
+        _signal.set_wakeup_fd(-1)
+        os.close(self.sock.detach())
         os.close(status_r)
         os.close(self.wake_r)
         os.close(self.wake_w)
@@ -303,6 +304,7 @@ class _Server:
         code = 125
         try:
             self.leave(status_r)
+            ns.reset_signals()          # the keeper lives on as Python: no handler of ours
             tie = ns.DaemonTie(os.pidfd_open(os.getpid()), self.lifeline)
             if msg["op"] == "netns":
                 pid = network.start_keeper(fds[0], status_w, tie)
