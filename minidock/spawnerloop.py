@@ -1,22 +1,26 @@
-"""The spawner process: a single-threaded select() loop that forks starters, and the wire to the daemon.
+"""The spawner process: a single-threaded select() loop that clones containers, and the wire to the daemon.
 
 Why the daemon needs this process, and who dies with whom, is told in spawner.py, the daemon's
 side. This module is what runs *inside* the spawner, a fresh interpreter started as
 `python -S -E -m minidock.spawnerloop SOCKET_FD LIFELINE_FD DAEMON_PID` (`main()`), first and
 after a crash. It imports only what starting a process needs -- keep it so, in this module and
-in the modules it imports: every container start forks this process twice.
+in the modules it imports: every container start clones this process.
 
 The loop
 --------
 `_Server.serve()` waits, with select(2), on the daemon's socket, on SIGCHLD (a self-pipe) and
-on every starter's start-status pipe. A request forks a *starter* (`start()`); the starter
-creates or joins the namespaces, forks the container init (ns.spawn_container) or the exec'd
-process (ns.enter_container), writes `P<pid>` on the status pipe and exits. The orphan is
-re-parented to the daemon, the subreaper above us (we are not one), and the daemon reaps it:
-the spawner keeps nothing per running container. The request is answered once the status pipe
-is at EOF *and* the starter is reaped -- only then is the process surely the daemon's child.
+on every start's status pipe. A run request clones the container's init straight into its
+namespaces, as the daemon's child (ns.spawn_container: clone(2) with CLONE_PARENT, through
+syscalls.clone_process), and is answered once the status pipe is at EOF: the init's execve
+closed it. An exec (or the network keeper) forks a *starter* (`start()`); the starter joins
+the namespaces, forks the exec'd process (ns.enter_container), writes `P<pid>` on the status
+pipe and exits. The orphan is re-parented to the daemon, the subreaper above us (we are not
+one), and the daemon reaps it; that request is answered once the status pipe is at EOF *and*
+the starter is reaped -- only then is the process surely the daemon's child. Either way the
+spawner keeps nothing per running container.
 
-Inside the spawner, one bad event fails at most its own request: a fork() refused with EAGAIN,
+Inside the spawner, one bad event fails at most its own request: a fork() or clone() refused
+with EAGAIN,
 no descriptor for a status pipe, a malformed message. A status pipe closed while handling an
 earlier event of the same select() batch (its starter was reaped and answered) is recognised
 as stale by the record registered with it, even if a new pipe has reused its number.
@@ -36,9 +40,9 @@ API accepts (16 MiB bodies) under the socket buffer limit an unprivileged proces
                                                       syscalls.StartError.to_record(); P: a
                                                       failed init the daemon must still reap
 
-Start status travels from the container init to the spawner over a close-on-exec pipe: the
-starter writes `P<pid>`, the init writes `E<json>` if a step fails, and EOF without an `E` means
-execve succeeded.
+Start status travels from the container init to the spawner over a close-on-exec pipe: a
+starter writes `P<pid>` (a cloned init's pid is clone's result), the init writes `E<json>` if a
+step fails, and EOF without an `E` means execve succeeded.
 
 """
 
@@ -295,7 +299,8 @@ class _Server:
         os.close(self.wake_w)
 
     def starter_main(self, msg, fds, status_r, status_w):
-        """The starter: create or join the namespaces, fork the process, report its pid, exit.
+        """The starter (exec, network keeper): join the namespaces, fork the process, report
+        its pid, exit.
 
         Its exit is what hands the process to the daemon: the kernel re-parents the orphan to
         the nearest subreaper, the daemon (we, the spawner, are not one). The process arms its
