@@ -48,6 +48,7 @@ newuidmap(1), subuid(5).
 """
 
 import _signal                          # signal's C core: no enum conversions (see reset_signals)
+import _socket
 import ctypes
 import errno
 import fcntl
@@ -228,10 +229,14 @@ def bring_up_loopback():
     """A new network namespace has `lo` down; set IFF_UP on it (ioctl SIOCSIFFLAGS on any
     socket of the namespace; we hold CAP_NET_ADMIN over it: our user namespace owns it).
     Afterwards `ip link show lo` says UP and 127.0.0.1 answers."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    # (_socket's type, not socket.socket: less Python for a freshly cloned init to run.)
+    s = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
         ifreq = struct.pack("16sH22x", b"lo", 0)            # struct ifreq: name, then flags
         flags = struct.unpack_from("16sH", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, ifreq))[1]
         fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | _IFF_UP))
+    finally:
+        s.close()
 
 
 @Step("join cgroup")
