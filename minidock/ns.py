@@ -647,8 +647,10 @@ def enter_container(init_pid, spec, stdio, status_fd, tie):
     zap_pid_ns_processes for this last process of its namespace to be released.
     """
     join_namespaces(init_pid)
-    # setns(CLONE_NEWPID) only decides where our *children* live.
-    pid = os.fork()
+    # setns(CLONE_NEWPID) only decides where our *children* live. A raw clone, not os.fork():
+    # the starter is single-threaded and the child execs within milliseconds, so CPython's
+    # after-fork work (re-made locks and thread state, at-fork hooks) would be pure cost.
+    pid = clone_process(0)
     if pid:
         return pid
     try:
