@@ -43,7 +43,7 @@ import termios
 
 from .syscalls import (MNT_DETACH, MS_BIND, MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC,
                        MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_RELATIME, MS_REMOUNT,
-                       MS_STRICTATIME, Step, mount, pivot_root, umount2)
+                       MS_STRICTATIME, Step, mount, move_mount, pivot_root, umount2)
 
 MASKED_PATHS = [  # hidden: a file gets /dev/null bound over it, a directory an empty ro tmpfs
     "/proc/asound", "/proc/acpi", "/proc/interrupts", "/proc/kcore", "/proc/keys",
@@ -98,6 +98,15 @@ def make_mounts_private():
 def bind_rootfs(rootfs):
     # pivot_root(2) wants new_root to be a mount point; an assembled directory may not be.
     mount(rootfs, rootfs, None, MS_BIND | MS_REC)
+
+
+@Step("attach the rootfs")
+def attach_rootfs(tree_fd, rootfs):
+    """The container's root as the daemon sees it, handed over as a detached mount tree
+    (open_tree(2) in the daemon, spawner.Spawner.run): attached at `rootfs` in our namespace,
+    a mount point for pivot_root(2) as the bind above would be. The spawner's mount namespace,
+    which ours copies, never holds the daemon's per-container mounts (spawnerloop.py)."""
+    move_mount(tree_fd, rootfs)
 
 
 @Step("mount /proc")

@@ -62,7 +62,8 @@ import socket
 import struct
 
 from . import errors, pid1, pidlimit, seccomp
-from .mounts import (DEFAULT_SHM_SIZE, MASKED_PATHS, READONLY_PATHS, bind_mounts, bind_rootfs,
+from .mounts import (DEFAULT_SHM_SIZE, MASKED_PATHS, READONLY_PATHS, attach_rootfs,
+                     bind_mounts, bind_rootfs,
                      enter_rootfs, in_root, make_mounts_private, mask_paths, mount_dev,
                      mount_proc, mount_sys, open_console, readonly_paths, readonly_rootfs)
 from .syscalls import (CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER,
@@ -463,7 +464,7 @@ def prepare_in_spawner(spec):
 
 
 
-def spawn_container(spec, stdio, status_fd, tie, leave_spawner):
+def spawn_container(spec, stdio, status_fd, tie, leave_spawner, rootfs_tree=None):
     """Clone the container's init straight into its namespaces. Runs in the spawner.
 
     One clone(2) (`clone_init`): no intermediate process, nothing re-parented, the init is the
@@ -471,14 +472,15 @@ def spawn_container(spec, stdio, status_fd, tie, leave_spawner):
     namespace) in the spawner. The init calls `leave_spawner()` first (drops the spawner's
     socket and signal handlers), then never returns from here: it execs the command or
     reports a StartError on `status_fd` and exits 125/126/127. `tie` (a DaemonTie) makes it
-    die with the daemon.
+    die with the daemon. `rootfs_tree`: the rootfs as a detached mount (mounts.attach_rootfs),
+    or None to bind the path.
     """
     pid = clone_init(spec.get("network", "none"))
     if pid:
         return pid
     try:
         leave_spawner()
-        _container_init(spec, stdio, status_fd, tie)
+        _container_init(spec, stdio, status_fd, tie, rootfs_tree)
     except BaseException as e:
         try:
             report_failure(status_fd, e)
@@ -504,7 +506,7 @@ def setup_network(network):
         bring_up_loopback()
 
 
-def _container_init(spec, stdio, status_fd, tie):
+def _container_init(spec, stdio, status_fd, tie, rootfs_tree=None):
     """PID 1 of the container, from a fresh mount namespace to execve. Never returns."""
     # A collection here would walk every object inherited from the spawner and copy the pages
     # it writes to (copy-on-write after fork); this process lives a few ms and then execs.
@@ -534,7 +536,11 @@ def _container_init(spec, stdio, status_fd, tie):
     # Before mount_sys (sysfs may be mounted only by the owner of the net namespace) and the
     # nested user namespace (no capability left over the daemon's namespaces in there).
     setup_network(spec.get("network", "none"))
-    bind_rootfs(rootfs)                 # before mounts inside it: they must land on the bind
+    # The rootfs a mount point, before mounts inside it: they must land on it.
+    if rootfs_tree is not None:
+        attach_rootfs(rootfs_tree, rootfs)
+    else:
+        bind_rootfs(rootfs)
     fresh = {"/proc": mount_proc(rootfs)}   # we are PID 1 of the new pid namespace now
     mount_dev(rootfs, spec.get("shm_size") or DEFAULT_SHM_SIZE, console, id_mapped(5, daemon_gid_map))
     if console_socket:                  # after mount_dev: the new devpts instance exists

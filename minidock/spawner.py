@@ -118,6 +118,7 @@ Failures: run/exec raise syscalls.StartError with `exit_code` 127 (command not f
 executable / permission denied) or 125 (a named set-up step failed: `step`, `errno`). The
 message keeps the words the docker CLI greps for to choose its own exit code.
 """
+import errno
 import itertools
 import logging
 import os
@@ -294,7 +295,20 @@ class Spawner:
         errors.InvalidParameter for a bad spec, errors.Unavailable if the spawner is down."""
         if not spec.get("rootfs") or not spec.get("argv"):
             raise errors.InvalidParameter("run needs rootfs and argv")
-        return self._request({"op": "run", "spec": self._prepare(spec)}, [stdin, stdout, stderr])
+        spec = self._prepare(spec)
+        # The rootfs travels as a detached copy of its mount tree (the spawner's mount
+        # namespace does not see the daemon's overlays: spawnerloop.own_mount_namespace).
+        try:
+            tree = syscalls.open_tree(spec["rootfs"])
+        except OSError as exc:
+            if exc.errno in (errno.ENOSYS, errno.EPERM):    # too old a kernel: the path only
+                return self._request({"op": "run", "spec": spec}, [stdin, stdout, stderr])
+            raise syscalls.StartError(f"attach the rootfs: {exc}", "attach the rootfs",
+                                      exc.errno or 0) from exc
+        try:
+            return self._request({"op": "run", "spec": spec}, [stdin, stdout, stderr, tree])
+        finally:
+            os.close(tree)
 
     def exec(self, init_pid, spec, stdin, stdout, stderr):
         """Run a process inside the running container whose init is `init_pid`; its host pid."""

@@ -174,6 +174,7 @@ class _Server:
             os._exit(0)
         self.me = os.getpid()
         os.setsid()                     # no terminal signals (^C goes to the daemon only)
+        self.own_mount_namespace()
         # Deliberately *not* a subreaper: the processes our starters fork must be re-parented
         # past us, to the daemon, so that they outlive us.
         keep = {self.sock.fileno(), self.lifeline, 0, 1, 2}
@@ -205,6 +206,22 @@ class _Server:
                     sys.stderr.write("minidock spawner: error handling an event (carrying on):\n"
                                      + traceback.format_exc())
 
+    def own_mount_namespace(self):
+        """A mount namespace of our own, a copy of the daemon's as it is now, which the
+        daemon's later mounts -- an overlay per container -- never reach (its / is private).
+
+        Every container init copies our mount table (CLONE_NEWNS), makes it private and
+        detaches it again at pivot_root: in the daemon's namespace each of those would cost
+        in proportion to the running containers (measured: +0.8 ms of CPU and +1.9 ms per start
+        with 500 mounts more). The init gets its own rootfs as a detached mount tree instead
+        (mounts.attach_rootfs). Only where open_tree(2) works (Linux 5.2): elsewhere we stay
+        in the daemon's namespace and the init binds the rootfs path."""
+        try:        # recursive: / has mounts locked under it (copied from the host's namespace)
+            os.close(syscalls.open_tree("/"))
+        except OSError:
+            return
+        syscalls.unshare(syscalls.CLONE_NEWNS)
+
     def send(self, msg):
         try:
             send_message(self.sock, msg)
@@ -221,7 +238,7 @@ class _Server:
 
     def on_request(self):
         try:
-            data, fds, _, _ = socket.recv_fds(self.sock, MAX_PART + 1, 3, socket.MSG_CMSG_CLOEXEC)
+            data, fds, _, _ = socket.recv_fds(self.sock, MAX_PART + 1, 4, socket.MSG_CMSG_CLOEXEC)
         except OSError:
             return False
         if not data:
@@ -267,9 +284,10 @@ class _Server:
             if msg["op"] == "run":
                 # One clone(2), straight into the namespaces, the init the daemon's child
                 # (ns.spawn_container): no starter. The init never returns from this call.
-                child = ns.spawn_container(msg["spec"], fds, status_w,
+                child = ns.spawn_container(msg["spec"], fds[:3], status_w,
                                            ns.DaemonTie(None, self.lifeline),
-                                           lambda: self.leave(status_r))
+                                           lambda: self.leave(status_r),
+                                           fds[3] if len(fds) > 3 else None)
                 record = _Start(msg["id"], status_r, pid=child)
             else:
                 # A raw clone as fork (syscalls.clone_process): we are single-threaded; the

@@ -98,6 +98,13 @@ _SYS_PIVOT_ROOT = 155          # x86_64 numbers; glibc has no pivot_root() wrapp
 SYS_CAPSET = 126
 SYS_CLOSE_RANGE = 436
 _SYS_CLONE = 56
+_SYS_OPEN_TREE = 428           # the same number on every architecture (Linux 5.2)
+_SYS_MOVE_MOUNT = 429
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+AT_RECURSIVE = 0x8000
+_AT_FDCWD = -100
+_MOVE_MOUNT_F_EMPTY_PATH = 0x4
 _SIGCHLD = 17
 CLOSE_RANGE_CLOEXEC = 4
 
@@ -161,6 +168,24 @@ def prctl(option, arg2=0, arg3=0, arg4=0, arg5=0):
     if ret == -1:
         _fail(f"prctl({option}, {arg2})")
     return ret
+
+
+def open_tree(path, flags=OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE):
+    """open_tree(2): with OPEN_TREE_CLONE, a *detached* copy of the mount tree at `path` (a
+    bind mount, AT_RECURSIVE: with its submounts), held by the returned fd; it can be sent to
+    another process and attached in its mount namespace with move_mount(). Closing the last fd
+    of a tree never attached dissolves it."""
+    fd = libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, os.fsencode(path), ctypes.c_uint(flags))
+    if fd == -1:
+        _fail(f"open_tree({path!r})")
+    return fd
+
+
+def move_mount(tree_fd, target):
+    """move_mount(2) the detached tree `tree_fd` (open_tree) onto `target`, in our namespace."""
+    if libc.syscall(_SYS_MOVE_MOUNT, tree_fd, b"", _AT_FDCWD, os.fsencode(target),
+                    ctypes.c_uint(_MOVE_MOUNT_F_EMPTY_PATH)) == -1:
+        _fail(f"move_mount({tree_fd}, {target!r})")
 
 
 def pivot_root(new_root, put_old):

@@ -126,6 +126,15 @@ def birth(sp, base, data):
     fifo = os.path.join(cgroup, "cgroup.procs")
     if not os.path.exists(fifo):
         os.mkfifo(fifo, 0o600)
+    # Mounts the daemon makes after its spawner started (an overlay per running container)
+    # do not reach the spawner's mount namespace, and so not the copy each init starts with.
+    # (A first run: the spawner, a fresh interpreter, has surely made its namespace by then.)
+    sp.wait(sp.run(dict(base, argv=["true"]), 0, 1, 2), 10)
+    extra = os.path.join(data, "birth-mounts")
+    os.makedirs(extra, exist_ok=True)
+    for i in range(20):
+        os.makedirs(f"{extra}/{i}", exist_ok=True)
+        syscalls.mount("tmpfs", f"{extra}/{i}", "tmpfs", 0, "size=16k")
     before = set(_children(me))
     result = {}
 
@@ -140,6 +149,13 @@ def birth(sp, base, data):
         st = _status(new[0])
         res.update(ppid=int(st["PPid"]), nspid=st["NSpid"].split(),
                    spawner_children=_children(sp.pid), state=st["State"][0])
+        mounts = {}
+        for who, pid in (("daemon", me), ("spawner", sp.pid), ("init", new[0])):
+            with open(f"/proc/{pid}/mountinfo") as f:
+                mounts[who] = [line.split()[4] for line in f]
+        res["mounts"] = {who: len(m) for who, m in mounts.items()}
+        res["extra_in"] = {who: sum(p.startswith(extra + "/") for p in m)
+                           for who, m in mounts.items()}
         res["pdeathsig_after_exec"] = None
     reader = os.open(fifo, os.O_RDONLY)          # lets the init go on: it writes "0", closes
     got = b""
@@ -160,6 +176,8 @@ def birth(sp, base, data):
     with open(f"/proc/{sp.pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     res["spawner_children_ticks"] = int(fields[13]) + int(fields[14])
+    for i in range(20):
+        syscalls.umount2(f"{extra}/{i}", 0)
     return res
 
 

@@ -295,6 +295,11 @@ def test_an_init_is_the_daemons_child_from_birth_and_no_starter_runs(nobody_daem
     assert res["ppid"] == res["daemon"]
     assert res["nspid"][-1] == "1" and len(res["nspid"]) >= 2
     assert res["spawner_children"] == []
+    # The 20 mounts the daemon made after starting its spawner are in the daemon's table
+    # only: the spawner's own mount namespace, copied by the init, never has them (the init
+    # gets its rootfs as a detached tree), so a start does not grow with running containers.
+    assert res["extra_in"] == {"daemon": 20, "spawner": 0, "init": 0}
+    assert res["mounts"]["init"] <= res["mounts"]["spawner"] + 1
     assert res["written"] == "0"        # join_cgroup wrote "0" (itself) once let through
     assert res["same_pid"] and res["code"] == 0
     # 21 runs, and the spawner reaped no child in all of them: no CPU time of any child of its.
