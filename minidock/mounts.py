@@ -4,7 +4,9 @@ A container's view of files is a private mount namespace (mount_namespaces(7)) i
 builds a tree and then makes it "/". In order, as ns.py's `_container_init()` calls them:
 
     mount(NULL, "/", NULL, MS_REC|MS_PRIVATE)          nothing we do propagates back to the daemon
-    mount(rootfs, rootfs, NULL, MS_BIND|MS_REC)        pivot_root(2) wants a mount point
+    move_mount(tree, "", AT_FDCWD, rootfs, ...)       pivot_root(2) wants a mount point: the rootfs
+                                                       as a detached tree from the daemon
+                                                       (or mount(rootfs, rootfs, MS_BIND|MS_REC))
     mount("proc", rootfs/proc, "proc", ...)            proc shows the pid namespace of its mounter
     tmpfs on /dev, host devices bound onto empty files (mknod is refused in a user namespace),
     a fresh devpts instance (`newinstance`: the container sees only its own ptys), /dev/shm,

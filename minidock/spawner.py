@@ -25,7 +25,8 @@ The process tree
 ----------------
 
     daemon (threads)     subreaper, parent   in the daemon's user + mount namespace
-      |- spawner         select() loop       PR_SET_PDEATHSIG(SIGKILL) on the daemon
+      |- spawner         select() loop       PR_SET_PDEATHSIG(SIGKILL) on the daemon;
+      |    |                                 a mount namespace of its own (spawnerloop.py)
       |    `- starter    one per exec        a fork of the spawner, gone within milliseconds
       |- init            PID 1 of a container: cloned by the spawner, the daemon's child from birth
       `- exec'd process  forked by a starter, re-parented to the daemon when the starter exits

@@ -19,6 +19,10 @@ one), and the daemon reaps it; that request is answered once the status pipe is 
 the starter is reaped -- only then is the process surely the daemon's child. Either way the
 spawner keeps nothing per running container.
 
+The spawner works in a mount namespace of its own (`own_mount_namespace`), a copy of the
+daemon's at its start: each init copies it, so it must not grow with the daemon's overlays; a
+run request brings the container's rootfs as a fourth descriptor, a detached mount tree.
+
 Inside the spawner, one bad event fails at most its own request: a fork() or clone() refused
 with EAGAIN,
 no descriptor for a status pipe, a malformed message. A status pipe closed while handling an
@@ -31,7 +35,8 @@ One SOCK_SEQPACKET unix socketpair. A message is JSON sent as parts of at most 4
 datagram: a flag byte (`M` more follows, `L` last) then the bytes. Parts keep any message the
 API accepts (16 MiB bodies) under the socket buffer limit an unprivileged process cannot raise.
 
-    daemon -> spawner   {"op": "run",  "id": N, "spec": {...}}               + 3 fds (SCM_RIGHTS)
+    daemon -> spawner   {"op": "run",  "id": N, "spec": {...}}               + 3 fds (SCM_RIGHTS),
+                                                            and the rootfs tree (open_tree)
                         {"op": "exec", "id": N, "init_pid": P, "spec": {...}} + 3 fds
                         {"op": "netns", "id": N}  + 1 fd: start network.py's keeper on it
     spawner -> daemon   {"id": N, "pid": P}           the command is being exec'd; P is now
