@@ -277,6 +277,9 @@ class Spawner:
         self.restarts = 0
         self._started_at = time.monotonic()
         self._quick_deaths = 0
+        # The first spawner's own mount namespace, for a restarted spawner to join
+        # (spawnerloop.main): None until known, False where it has none (old kernel).
+        self._mntns = None
         self._last_cap = int(open("/proc/sys/kernel/cap_last_cap").read())
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._sock, selectors.EVENT_READ, None)
@@ -377,6 +380,9 @@ class Spawner:
         if self._lifeline_w is not None:
             os.close(self._lifeline_w)  # a process still arming its death signal sees EOF
             self._lifeline_w = None
+        if self._mntns:
+            os.close(self._mntns)
+            self._mntns = False
 
     # -- internals --
 
@@ -491,7 +497,22 @@ class Spawner:
                 log.exception("spawner supervisor: bad message %.200r", done[0])
         return True
 
+    def _keep_mount_namespace(self):
+        """After the spawner's first answer (it made its mount namespace before serving), hold
+        a descriptor of that namespace: it stays as clean as it was made for a successor."""
+        try:
+            fd = os.open(f"/proc/{self.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        if os.fstat(fd).st_ino == os.stat("/proc/self/ns/mnt").st_ino:
+            os.close(fd)                # it stayed in ours
+            self._mntns = False
+        else:
+            self._mntns = fd
+
     def _dispatch(self, msg):
+        if self._mntns is None:
+            self._keep_mount_namespace()
         # The process is our child by now (cloned as ours, or its starter reaped before the
         # answer): watch it before anyone can be told its pid. A failed start's process is reaped too.
         if msg.get("pid"):
@@ -614,7 +635,7 @@ class Spawner:
 
     def _start_exec(self):
         """A fresh interpreter: fork() without exec in our threaded process would be unsafe."""
-        pid, mine = _exec_spawner(self._lifeline_r)
+        pid, mine = _exec_spawner(self._lifeline_r, self._mntns or None)
         with self._cond:
             if self._closing.is_set():  # close() came while we were starting it
                 mine.close()            # it reads EOF and exits; reap it
@@ -631,9 +652,9 @@ class Spawner:
         log.warning("spawner restarted (pid %d, restart %d)", pid, self.restarts)
 
 
-def _exec_spawner(lifeline_r):
-    """Start `python -S -E -m minidock.spawnerloop SOCKET_FD LIFELINE_FD DAEMON_PID`; returns
-    (its pid, our end of its socket).
+def _exec_spawner(lifeline_r, mntns=None):
+    """Start `python -S -E -m minidock.spawnerloop SOCKET_FD LIFELINE_FD DAEMON_PID [MNTNS_FD]`;
+    returns (its pid, our end of its socket). `mntns`: the first spawner's mount namespace.
 
     A fresh interpreter rather than a fork of the daemon, for the first spawner as for a
     restarted one: smaller, so cheaper to fork (the module docstring), and the only safe way
@@ -649,9 +670,9 @@ def _exec_spawner(lifeline_r):
     try:
         proc = subprocess.Popen(
             [sys.executable, "-S", "-E", "-m", "minidock.spawnerloop", str(theirs.fileno()),
-             str(lifeline_r), str(os.getpid())],
-            pass_fds=(theirs.fileno(), lifeline_r), cwd=package_parent,
-            stdin=subprocess.DEVNULL)
+             str(lifeline_r), str(os.getpid())] + ([str(mntns)] if mntns is not None else []),
+            pass_fds=(theirs.fileno(), lifeline_r) + ((mntns,) if mntns is not None else ()),
+            cwd=package_parent, stdin=subprocess.DEVNULL)
     except BaseException:
         mine.close()
         raise

@@ -142,14 +142,14 @@ class _Start:
         self.starter_code = 0 if pid is not None else None
 
 
-def spawner_main(sock, lifeline, daemon_pid):
+def spawner_main(sock, lifeline, daemon_pid, own_mntns=True):
     """The spawner process: serve until the daemon closes the socket. Never returns.
 
     A crash is logged with its traceback on stderr (the daemon's log) before exiting 1, so
     the daemon's "the spawner exited with status 1" has its explanation next to it."""
     code = 0
     try:
-        _Server(sock, lifeline, daemon_pid).serve()
+        _Server(sock, lifeline, daemon_pid, own_mntns).serve()
     except BaseException:
         code = 1
         try:
@@ -165,7 +165,8 @@ def spawner_main(sock, lifeline, daemon_pid):
 class _Server:
     """The spawner's single-threaded loop: requests in, forks, pipes and SIGCHLD."""
 
-    def __init__(self, sock, lifeline, daemon_pid):
+    def __init__(self, sock, lifeline, daemon_pid, own_mntns=True):
+        self.own_mntns = own_mntns      # False: joined the first spawner's (main)
         self.sock = sock
         self.lifeline = lifeline
         self.daemon_pid = daemon_pid
@@ -179,7 +180,8 @@ class _Server:
             os._exit(0)
         self.me = os.getpid()
         os.setsid()                     # no terminal signals (^C goes to the daemon only)
-        self.own_mount_namespace()
+        if self.own_mntns:
+            self.own_mount_namespace()
         # Deliberately *not* a subreaper: the processes our starters fork must be re-parented
         # past us, to the daemon, so that they outlive us.
         keep = {self.sock.fileno(), self.lifeline, 0, 1, 2}
@@ -220,7 +222,8 @@ class _Server:
         in proportion to the running containers (measured: +0.8 ms of CPU and +1.9 ms per start
         with 500 mounts more). The init gets its own rootfs as a detached mount tree instead
         (mounts.attach_rootfs). Only where open_tree(2) works (Linux 5.2): elsewhere we stay
-        in the daemon's namespace and the init binds the rootfs path."""
+        in the daemon's namespace and the init binds the rootfs path. The daemon keeps a
+        descriptor of this namespace and hands it to a restarted spawner (main)."""
         try:        # recursive: / has mounts locked under it (copied from the host's namespace)
             os.close(syscalls.open_tree("/"))
         except OSError:
@@ -418,23 +421,37 @@ class _Server:
 
 
 def main(argv):
-    """`python -S -E -m minidock.spawnerloop SOCKET_FD LIFELINE_FD DAEMON_PID`: the spawner, as
-    spawner._exec_spawner starts it (first and after a crash)."""
-    sock_fd, lifeline, daemon = (int(a) for a in argv)
-    # Started in the package's parent directory (how `-m` finds the package under -E); work
-    # where the daemon works, as a forked spawner did. /proc/PID/cwd is the daemon's very
-    # directory, even one no path reaches any more.
-    try:
-        os.chdir(f"/proc/{daemon}/cwd")
-    except OSError:
-        os.chdir("/")
+    """`python -S -E -m minidock.spawnerloop SOCKET_FD LIFELINE_FD DAEMON_PID [MNTNS_FD]`: the
+    spawner, as spawner._exec_spawner starts it (first and after a crash). MNTNS_FD: the mount
+    namespace the first spawner made (own_mount_namespace), for a restarted one to join."""
+    sock_fd, lifeline, daemon = (int(a) for a in argv[:3])
+    mntns = int(argv[3]) if len(argv) > 3 else -1
+    if mntns >= 0:
+        # Join it rather than copy the daemon's namespace as it is now, with the overlays of
+        # the containers running meanwhile: copies of those would stay mounted here, holding
+        # their file systems, long after the daemon unmounted them. (setns moves us to its /.)
+        syscalls.setns(mntns, syscalls.CLONE_NEWNS, "the spawner's mount namespace")
+        os.close(mntns)
+        try:
+            os.chdir(os.readlink(f"/proc/{daemon}/cwd"))   # the same path, in our namespace
+        except OSError:
+            pass
+    else:
+        # Started in the package's parent directory (how `-m` finds the package under -E);
+        # work where the daemon works, as a forked spawner did. /proc/PID/cwd is the daemon's
+        # very directory, even one no path reaches any more (a namespace of our own, made
+        # next, copies it).
+        try:
+            os.chdir(f"/proc/{daemon}/cwd")
+        except OSError:
+            os.chdir("/")
     # Read once here, not in every container init (ns.prepare_in_spawner).
     ns.daemon_id_maps()
     # Everything imported so far lives as long as we do: move it out of the collector's
     # generations, so that no collection -- here, or in a starter or init forked from us --
     # walks those objects and writes to their pages (which a child would copy on write).
     gc.freeze()
-    spawner_main(socket.socket(fileno=sock_fd), lifeline, daemon)
+    spawner_main(socket.socket(fileno=sock_fd), lifeline, daemon, own_mntns=mntns < 0)
 
 
 if __name__ == "__main__":
