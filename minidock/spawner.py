@@ -71,7 +71,8 @@ Supervision. The supervisor thread sees the spawner's socket reach EOF, reaps th
 logs how it ended (the spawner itself writes its traceback to stderr, the daemon's log, before
 exiting 1), fails the requests in flight with 503, and starts a new spawner -- not with fork(),
 unsafe in a threaded process, but the same way as the first one: a fresh `python -S -E -m
-minidock.spawnerloop` given the socket and lifeline descriptors. Running containers need
+minidock.spawnerloop` given the socket and lifeline descriptors, and a descriptor of the first
+spawner's mount namespace, kept since its first answer, to join (spawnerloop.main). Running containers need
 nothing: they were never the spawner's. A starter caught in flight is re-parented to us and
 reaped as a stray (it is in the dead spawner's session), as is an init that died in set-up
 unreported. The restarted spawner's death signal, and that of every init it clones, is tied to
