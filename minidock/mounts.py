@@ -4,7 +4,9 @@ A container's view of files is a private mount namespace (mount_namespaces(7)) i
 builds a tree and then makes it "/". In order, as ns.py's `_container_init()` calls them:
 
     mount(NULL, "/", NULL, MS_REC|MS_PRIVATE)          nothing we do propagates back to the daemon
-    mount(rootfs, rootfs, NULL, MS_BIND|MS_REC)        pivot_root(2) wants a mount point
+    move_mount(tree, "", AT_FDCWD, rootfs, ...)       pivot_root(2) wants a mount point: the rootfs
+                                                       as a detached tree from the daemon
+                                                       (or mount(rootfs, rootfs, MS_BIND|MS_REC))
     mount("proc", rootfs/proc, "proc", ...)            proc shows the pid namespace of its mounter
     tmpfs on /dev, host devices bound onto empty files (mknod is refused in a user namespace),
     a fresh devpts instance (`newinstance`: the container sees only its own ptys), /dev/shm,
@@ -43,7 +45,7 @@ import termios
 
 from .syscalls import (MNT_DETACH, MS_BIND, MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC,
                        MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_RELATIME, MS_REMOUNT,
-                       MS_STRICTATIME, Step, mount, pivot_root, umount2)
+                       MS_STRICTATIME, Step, mount, move_mount, pivot_root, umount2)
 
 MASKED_PATHS = [  # hidden: a file gets /dev/null bound over it, a directory an empty ro tmpfs
     "/proc/asound", "/proc/acpi", "/proc/interrupts", "/proc/kcore", "/proc/keys",
@@ -100,12 +102,29 @@ def bind_rootfs(rootfs):
     mount(rootfs, rootfs, None, MS_BIND | MS_REC)
 
 
+@Step("attach the rootfs")
+def attach_rootfs(tree_fd, rootfs):
+    """The container's root as the daemon sees it, handed over as a detached mount tree
+    (open_tree(2) in the daemon, spawner.Spawner.run): attached at `rootfs` in our namespace,
+    a mount point for pivot_root(2) as the bind above would be. The spawner's mount namespace,
+    which ours copies, never holds the daemon's per-container mounts (spawnerloop.py)."""
+    move_mount(tree_fd, rootfs)
+
+
 @Step("mount /proc")
 def mount_proc(rootfs):
     # Must run in the new pid namespace: proc shows the pid namespace of whoever mounts it.
     target = in_root(rootfs, "/proc")
-    os.makedirs(target, exist_ok=True)
+    _ensure_dir(target)
     mount("proc", target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    return target
+
+
+def _ensure_dir(path):
+    """The mount point exists (it almost always does): a stat, not os.makedirs(), whose
+    mkdir-then-catch-EEXIST costs a freshly forked init an exception's worth of work."""
+    if not os.path.isdir(path):
+        os.makedirs(path, exist_ok=True)
 
 
 def _touch(path):
@@ -118,7 +137,7 @@ def mount_dev(rootfs, shm_size, console, tty_gid=True):
     without gid=5, which the kernel would refuse with EINVAL -- after ~0.8 ms spent making and
     dropping a superblock, measured here, so the caller says beforehand when it knows)."""
     dev = in_root(rootfs, "/dev")
-    os.makedirs(dev, exist_ok=True)
+    _ensure_dir(dev)
     mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_STRICTATIME, "mode=755,size=65536k")
     # mknod is refused in a user namespace, so device nodes are the host's, bound onto
     # empty files.
@@ -229,7 +248,7 @@ def remount_readonly(path):
 @Step("mount /sys read-only")
 def mount_sys(rootfs):
     target = in_root(rootfs, "/sys")
-    os.makedirs(target, exist_ok=True)
+    _ensure_dir(target)
     try:
         # Allowed only when our user namespace owns the net namespace (network "none").
         mount("sysfs", target, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -240,12 +259,30 @@ def mount_sys(rootfs):
         # keep their own flags).
         mount("/sys", target, None, MS_BIND | MS_REC)
         remount_readonly(target)
+    return target
+
+
+# Docker's own lists name entries of procfs and sysfs whose every component is a directory or
+# a file there, never a symlink (unlike /proc/self or /proc/net): inside the instance we just
+# mounted, their paths need no in_root() walk, which costs a few system calls per component.
+_KERNEL_PATHS = frozenset(MASKED_PATHS) | frozenset(READONLY_PATHS)
+
+
+def _kernel_path(rootfs, path, fresh):
+    """`path` inside the container: under the /proc or /sys just mounted (`fresh`: "/proc" ->
+    where it is mounted) directly when it is one of Docker's, else resolved by in_root()."""
+    if fresh and path in _KERNEL_PATHS:
+        top, rest = path[1:].split("/", 1)
+        base = fresh.get("/" + top)
+        if base is not None:
+            return f"{base}/{rest}"
+    return in_root(rootfs, path)
 
 
 @Step("mask /proc and /sys paths")
-def mask_paths(rootfs, paths):
+def mask_paths(rootfs, paths, fresh=None):
     for p in paths:
-        target = in_root(rootfs, p)
+        target = _kernel_path(rootfs, p, fresh)
         try:
             st = os.lstat(target)
         except FileNotFoundError:
@@ -257,9 +294,9 @@ def mask_paths(rootfs, paths):
 
 
 @Step("make /proc paths read-only")
-def readonly_paths(rootfs, paths):
+def readonly_paths(rootfs, paths, fresh=None):
     for p in paths:
-        target = in_root(rootfs, p)
+        target = _kernel_path(rootfs, p, fresh)
         if not os.path.exists(target):
             continue
         mount(target, target, None, MS_BIND | MS_REC)

@@ -318,7 +318,7 @@ def pack_new_addr(seq, index, address, prefixlen):
     """RTM_NEWADDR: an IPv4 address with its prefix and broadcast (`ip addr add A/P dev X`).
 
     The broadcast address is the address with every host bit set, computed on the integer
-    (this runs in the container's starter, where every object made costs copied pages)."""
+    (this runs in the freshly cloned init, where every object made costs copied pages)."""
     raw = socket.inet_aton(str(address))
     attrs = [attr(IFA_LOCAL, raw), attr(IFA_ADDRESS, raw)]
     if prefixlen < 31:

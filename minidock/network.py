@@ -37,14 +37,14 @@ another network (it is a local address of the namespace), and nothing else there
 
 Attaching a container (`attach_container`, a named step of the container start sequence)
 ------------------------------------------------------------------------------------------
-It runs in the container's starter after `unshare(CLONE_NEWNET|...)` and the init's fork,
-while the init sets up its mounts; the init cannot exec before the starter has exited
-(ns.DaemonTie.arm), so the command still starts with its network ready:
+It is the container init's first step (ns.setup_network), right after its clone(2) with
+CLONE_NEWNET, before anything in the container can run and before any nested user namespace
+(the init still holds every capability over the daemon's namespaces):
 
-    1. open /proc/self/ns/net, /proc/KEEPER/ns/net  before the init's fork: its pivot_root
-                                                     takes the host's /proc from the starter
+    1. open /proc/self/ns/net, /proc/KEEPER/ns/net  while /proc is still the daemon's view
+                                                     (the pivot_root comes later)
     2. setns(KEEPER's) -> netlink socket           a socket *in the daemon namespace*
-    3. setns(back to the container namespace)      the starter's own namespace again
+    3. setns(back to the container namespace)      the init's own namespace again
     4. one batch there: RTM_NEWLINK veth per endpoint, the daemon end (kernel-named vethN) up
        with IFLA_MASTER = the bridge (the index the daemon got when it made the bridge), the
        peer named eth0 with the MAC 02:42:<ip> created straight in the container's namespace
@@ -56,10 +56,10 @@ while the init sets up its mounts; the init cannot exec before the starter has e
        route via the gateway (eth0 only, not for --internal networks)
 
 Two sendmsg(2) calls, each answered by one ack (netlink.Rtnl.apply), whatever the number of
-endpoints: ~0.6 ms of the starter's time here, most of it the kernel making the veth pair.
+endpoints: ~0.6 ms of the init's time here, most of it the kernel making the veth pair.
 
 Step 2 works because the keeper's namespace is owned by the daemon's user namespace, where
-the starter holds CAP_SYS_ADMIN; the starter is single-threaded, which setns(2) requires. The
+the init holds CAP_SYS_ADMIN; the init is single-threaded, which setns(2) requires. The
 container end dies with the container's namespace, and the kernel deletes both ends of a
 veth together: nothing to clean up when the container stops.
 
@@ -249,14 +249,13 @@ def mac_for(ip):
     return "02:42:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
 
 
-# --- attaching a container: runs in the starter, beside the init's set-up --------------------
+# --- attaching a container: the init's first step ---------------------------------------------
 
 @syscalls.Step("open the network namespaces")
 def open_namespaces(network):
     """(own, daemon's): O_CLOEXEC descriptors of the calling process's network namespace and
-    of the keeper's, for `attach_container`. Opened by path while /proc is still the host's:
-    the starter calls this before forking the init, whose pivot_root (in the mount namespace
-    the two share) soon replaces the starter's root with the container's."""
+    of the keeper's, for `attach_container`. Opened by path while /proc is still the daemon's
+    view, before the init's pivot_root replaces its root with the container's."""
     own = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         return own, os.open(f"/proc/{int(network['netns_pid'])}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -278,7 +277,7 @@ def attach_container(network, namespaces):
     own, daemons = namespaces
     try:
         # A netlink socket in the daemon's namespace, then straight back: a netlink socket
-        # stays in the namespace it was made in, the starter must not.
+        # stays in the namespace it was made in, the init must not.
         syscalls.setns(daemons, syscalls.CLONE_NEWNET, "the daemon's network namespace")
         outside = netlink.Rtnl()
         syscalls.setns(own, syscalls.CLONE_NEWNET, "the container's network namespace")

@@ -12,8 +12,8 @@ Joining checks everything first (a requested address inside the subnet and free,
 or alias on the default bridge, a valid MAC) and reports every problem at once; only then is
 anything stored. A running container gets the interface at once (network.hotplug in the
 daemon's namespace: a veth whose container end moves into the container's namespace as ethN);
-a starting one gets all of them from the spawner (`spawn_network`, plugged by the starter in
-network.attach_container, eth0 first, with the default route).
+a starting one gets all of them from the spawner (`spawn_network`, plugged by the init's first
+step, network.attach_container, eth0 first, with the default route).
 
 Events (`connect`, `disconnect`) are emitted here, in the backend.
 """

@@ -44,7 +44,7 @@ class NetworkRecords:
         subnet = ipaddress.IPv4Network(cfg["Subnet"])
         name = self.bridge_of(rec)
         self.netns.rtnl(network.delete_link, name)          # a leftover of a failed attempt
-        # Its ifindex goes into every endpoint's spec: the starter attaches veths to it
+        # Its ifindex goes into every endpoint's spec: the init attaches veths to it
         # without asking the kernel for the bridge by name first.
         self.bridge_indexes[rec["Id"]] = self.netns.rtnl(
             network.create_bridge, name, cfg["Gateway"], subnet.prefixlen, self._mtu(rec))

@@ -26,7 +26,7 @@ The pieces that run around a container's start, in order:
                           before any process exists, with Docker's "port is already
                           allocated")
     spawn_network(c)      the spawner spec's "network": {"netns_pid", "endpoints"}; the
-                          starter plugs the veths in (network.attach_container)
+                          init plugs the veths in, first thing (network.attach_container)
     etc_hosts(c), resolv_conf(c)
                           the /etc files: own address and name, links; the embedded DNS on
                           the gateway for user-defined networks, the host's non-loopback

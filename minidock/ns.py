@@ -18,13 +18,13 @@ You can see which namespaces a process is in with `ls -l /proc/PID/ns`: each lin
 
 Containers
 ----------
-`spawn_container()` is the whole container set-up as one linear sequence. It runs in a fresh
-fork of the spawner (the short-lived "starter", see spawner.py): it unshares mount, pid, uts,
-ipc (and net) namespaces, forks so the command will be PID 1, brings `lo` up in a new network
-namespace (as Docker's "none" network has it) while the init sets up -- and the starter
-exits, leaving the init to the daemon (`DaemonTie`) -- and the child runs `_container_init()`:
-mounts, pivot_root(2), hostname, rlimits, the seccomp filter (seccomp.py; while CAP_SYS_ADMIN
-is still held, or last with no_new_privs), capabilities, user, the death signal, execve(2).
+`spawn_container()` is the whole container set-up as one linear sequence. It runs in the
+spawner, which makes the init with one clone(2) -- CLONE_PARENT plus the namespace flags, so
+the init is born PID 1 of a new pid namespace, in new mount, uts, ipc (and net) namespaces,
+and a child of the daemon (`DaemonTie`) -- and the child runs `_container_init()`: its
+network (lo up, or veths, or another container's stack), mounts, pivot_root(2), hostname,
+rlimits, the seccomp filter (seccomp.py; while CAP_SYS_ADMIN is still held, or last with
+no_new_privs), capabilities, user, the death signal, execve(2).
 Every step is named; when one fails, the step, errno and message go back to the spawner over
 a close-on-exec pipe (the pipe reaches EOF without a word when execve succeeds) -- runc's
 error-pipe pattern.
@@ -47,9 +47,12 @@ unshare(2), setns(2), mount(2), pivot_root(2), capabilities(7), prctl(2), setrli
 newuidmap(1), subuid(5).
 """
 
+import _signal                          # signal's C core: no enum conversions (see reset_signals)
+import _socket
 import ctypes
 import errno
 import fcntl
+import functools
 import gc
 import os
 import resource
@@ -59,14 +62,16 @@ import socket
 import struct
 
 from . import errors, pid1, pidlimit, seccomp
-from .mounts import (DEFAULT_SHM_SIZE, MASKED_PATHS, READONLY_PATHS, bind_mounts, bind_rootfs,
+from .mounts import (DEFAULT_SHM_SIZE, MASKED_PATHS, READONLY_PATHS, attach_rootfs,
+                     bind_mounts, bind_rootfs,
                      enter_rootfs, in_root, make_mounts_private, mask_paths, mount_dev,
                      mount_proc, mount_sys, open_console, readonly_paths, readonly_rootfs)
 from .syscalls import (CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER,
-                       CLONE_NEWUTS,
+                       CLONE_NEWUTS, CLONE_PARENT,
                        CLOSE_RANGE_CLOEXEC, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS,
                        PR_SET_PDEATHSIG, SYS_CAPSET, SYS_CLOSE_RANGE, StartError, Step, check,
-                       libc, prctl, report_failure, setns, unshare)
+                       clone_process, libc, prctl, report_failure, setns,
+                       unshare)  # noqa: F401  (unshare: tests/netns_harness.py)
 from .userns import (enter_identity_userns, enter_keep_id_userns, enter_user_userns, id_mapped,
                      keep_id_map,
                      needs_nested_userns, read_id_map)
@@ -202,12 +207,19 @@ def join_netns(pid):
         os.close(fd)
 
 
+def own_netns(network):
+    """Whether the container gets a network namespace of its own (else it keeps or joins one)."""
+    return network == "none" or (isinstance(network, dict) and "netns_pid" in network)
+
+
 @Step("create namespaces")
-def unshare_namespaces(network):
-    flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC
-    if network == "none" or (isinstance(network, dict) and "netns_pid" in network):
+def clone_init(network):
+    """clone(2) the container's init: the daemon's child (CLONE_PARENT), PID 1 of a new pid
+    namespace, in new mount, uts, ipc (and net) namespaces. 0 in the init, its pid here."""
+    flags = CLONE_PARENT | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC
+    if own_netns(network):
         flags |= CLONE_NEWNET          # a fresh stack: loopback only (then maybe veths)
-    unshare(flags)
+    return clone_process(flags)
 
 
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
@@ -218,10 +230,14 @@ def bring_up_loopback():
     """A new network namespace has `lo` down; set IFF_UP on it (ioctl SIOCSIFFLAGS on any
     socket of the namespace; we hold CAP_NET_ADMIN over it: our user namespace owns it).
     Afterwards `ip link show lo` says UP and 127.0.0.1 answers."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    # (_socket's type, not socket.socket: less Python for a freshly cloned init to run.)
+    s = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
         ifreq = struct.pack("16sH22x", b"lo", 0)            # struct ifreq: name, then flags
         flags = struct.unpack_from("16sH", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, ifreq))[1]
         fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | _IFF_UP))
+    finally:
+        s.close()
 
 
 @Step("join cgroup")
@@ -265,10 +281,13 @@ def set_no_new_privs():
 
 def _setgroups_allowed():
     try:
-        with open("/proc/self/setgroups") as f:
-            return f.read().strip() == "allow"
+        fd = os.open("/proc/self/setgroups", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return True
+    try:
+        return os.read(fd, 64).strip() == b"allow"
+    finally:
+        os.close(fd)
 
 
 @Step("switch user")
@@ -282,13 +301,17 @@ def switch_user(uid, gid, groups):
     os.setuid(uid)
 
 
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+# capset(2)'s arguments: the header {u32 version, int pid} (_LINUX_CAPABILITY_VERSION_3, pid 0:
+# ourselves) and two {u32 effective, permitted, inheritable} words, capabilities 0-31 and 32-63.
+_CAP_HEADER = struct.pack("Ii", 0x20080522, 0)
 
 
-class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32)]
+def capset_data(keep):
+    """capset(2)'s data for the capability numbers `keep`, in all three sets."""
+    words = [0, 0]
+    for cap in keep:
+        words[cap // 32] |= 1 << (cap % 32)
+    return struct.pack("6I", words[0], words[0], words[0], words[1], words[1], words[1])
 
 
 @Step("set capabilities")
@@ -297,14 +320,7 @@ def set_capabilities(keep):
     # and now make the current sets match too. For other uids setuid already cleared them.
     if os.geteuid() != 0:
         return
-    header = _CapHeader(0x20080522, 0)      # _LINUX_CAPABILITY_VERSION_3
-    data = (_CapData * 2)()
-    for cap in keep:
-        word, bit = divmod(cap, 32)
-        data[word].effective |= 1 << bit
-        data[word].permitted |= 1 << bit
-        data[word].inheritable |= 1 << bit
-    check(libc.syscall(SYS_CAPSET, ctypes.byref(header), ctypes.byref(data)), "capset")
+    check(libc.syscall(SYS_CAPSET, _CAP_HEADER, capset_data(keep)), "capset")
 
 
 def find_executable(name, env):
@@ -348,38 +364,41 @@ def _exec(argv, env):
 class DaemonTie:
     """How a started process dies with the daemon although no process of ours waits for it.
 
-    The spawner forks a short-lived *starter* per run/exec; the starter creates or joins the
-    namespaces, forks the process and exits at once. The kernel then re-parents the orphan to
-    the nearest subreaper above it: the daemon (PR_SET_CHILD_SUBREAPER; the spawner is not
-    one), which reaps it through a pidfd. PR_SET_PDEATHSIG(SIGKILL) then ties the process to
-    the daemon. Two kernel rules fix the order of `arm()`:
+    PR_SET_PDEATHSIG(SIGKILL) ties a process to its parent: the kernel sends the signal when
+    the parent *thread* exits (kernel/exit.c, forget_original_parent), and also on every
+    re-parenting. A container's init is cloned with CLONE_PARENT (ns.clone_init): its parent is
+    the spawner's parent -- the daemon, and precisely the daemon thread that started this
+    spawner: the main thread for the first spawner, the supervisor thread for a restarted one
+    (spawner.py), both living as long as the daemon. Nothing re-parents it, so it could arm at
+    once; but credential changes (setuid, and the like) clear the death signal, so `arm()` is
+    one of the last steps before execve.
 
-    * The death signal is sent on *every* re-parenting (kernel/exit.c, forget_original_parent:
-      each orphan with pdeath_signal set gets it), so armed before the starter's exit it would
-      fire at that exit. So we first wait for the starter to be gone: a pidfd of the starter
-      (opened by the starter, inherited through fork) turns readable only after its exit has
-      re-parented its children.
-    * A death signal armed after the daemon died never fires. The lifeline -- a pipe whose only
-      write end the daemon holds -- is at EOF once the daemon is gone, so it is checked *after*
-      the prctl: either the signal was armed in time or the lifeline shows EOF.
+    An exec'd process and the network keeper still come from a short-lived *starter* (a
+    pid namespace join applies to children only): the starter forks the process and exits,
+    and the kernel re-parents the orphan to the nearest subreaper above it, the daemon
+    (PR_SET_CHILD_SUBREAPER; the spawner is not one), its first live thread: the main
+    thread. Armed before the starter's exit, the signal would fire at that re-parenting, so
+    `arm()` first waits for a pidfd of the starter (opened by the starter, inherited through
+    fork) to turn readable: only after its exit has re-parented its children.
 
-    The signal is tied to the daemon thread that adopted us: the kernel picks the first live
-    thread of the subreaper, its main thread, which lives as long as the daemon. Credential
-    changes (setuid, a new user namespace) clear the death signal, so `arm()` is one of the
-    last steps before execve. What you can observe: the container init's `PPid:` in
-    /proc/PID/status is the daemon's pid; when the daemon dies the init gets SIGKILL, and with
-    it every process of its pid namespace.
+    Either way, a death signal armed after the daemon died never fires. The lifeline -- a
+    pipe whose only write end the daemon holds -- is at EOF once the daemon is gone, so it is
+    checked *after* the prctl: either the signal was armed in time or the lifeline shows EOF.
+    What you can observe: `PPid:` in /proc/PID/status of a container's init is the daemon's
+    pid from its birth; when the daemon dies the init gets SIGKILL, and with it every process
+    of its pid namespace.
     """
 
     def __init__(self, starter_pidfd, lifeline):
-        self.starter_pidfd = starter_pidfd
+        self.starter_pidfd = starter_pidfd      # None: cloned with CLONE_PARENT, no starter
         self.lifeline = lifeline
 
     def arm(self):
-        starter = select.poll()
-        starter.register(self.starter_pidfd, select.POLLIN)
-        while not starter.poll():
-            pass                        # readable: the starter has exited, we are re-parented
+        if self.starter_pidfd is not None:
+            starter = select.poll()
+            starter.register(self.starter_pidfd, select.POLLIN)
+            while not starter.poll():
+                pass                    # readable: the starter has exited, we are re-parented
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         lifeline = select.poll()
         lifeline.register(self.lifeline, select.POLLIN)
@@ -394,6 +413,21 @@ def _die_with_reaper():
         os._exit(137)
 
 
+# Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive execve; the spawner handles
+# SIGCHLD; the interpreter SIGINT (and the daemon may have set SIGTERM).
+_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM)
+
+
+def reset_signals():
+    """Default dispositions, no wakeup fd, an empty mask: what a command expects at execve.
+    Through `_signal`, the C module: `signal`'s wrappers convert every result into an enum
+    member, Python code whose objects a freshly forked child would copy on write."""
+    _signal.set_wakeup_fd(-1)
+    for sig in _DEFAULT_SIGNALS:
+        _signal.signal(sig, _signal.SIG_DFL)
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
+
+
 def _prepare_process(stdio, tty, arm_deathsig):
     """Last steps common to run and exec: stdio, session, signals, death signal, fds.
     `arm_deathsig` ties us to what we must die with: DaemonTie.arm, or _die_with_reaper for
@@ -403,11 +437,7 @@ def _prepare_process(stdio, tty, arm_deathsig):
     os.setsid()                         # its own session, away from the spawner's
     if tty:
         fcntl.ioctl(0, _TIOCSCTTY, 0)   # the pty slave becomes our controlling terminal
-    # Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive execve.
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.set_wakeup_fd(-1)
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    reset_signals()
     # After every credential change (setuid, a nested user namespace): they clear it.
     arm_deathsig()
     # Whatever descriptors the daemon inherited must not reach the container.
@@ -416,53 +446,41 @@ def _prepare_process(stdio, tty, arm_deathsig):
 
 # --- run: the linear sequence ------------------------------------------------------------
 
-def spawn_container(spec, stdio, status_fd, tie):
-    """Create the container's namespaces and fork its init. Runs in the starter process.
+@functools.lru_cache(maxsize=None)
+def daemon_id_maps():
+    """The daemon's user namespace maps (uid, gid) as /proc/self/*_map shows them, read once per
+    spawner: they never change, and the init then only reads the spawner's copy."""
+    return read_id_map("/proc/self/uid_map"), read_id_map("/proc/self/gid_map")
 
-    Returns the init's pid (host pid namespace) in the starter, which then exits; the init
-    never returns from here: it execs the command or reports a StartError on `status_fd` and
-    exits 125/126/127. `tie` (a DaemonTie) makes it die with the daemon.
+
+def prepare_in_spawner(spec):
+    """What a start can compute in the spawner, before it clones or forks, instead of in the
+    child: the results stay cached in the spawner for the next start, and the child reads
+    them. (Every object a fresh child touches costs it a copy-on-write page fault; work done
+    here is done once.)"""
+    daemon_id_maps()
+    if spec.get("seccomp"):
+        spec["_seccomp"] = seccomp.prepared(spec["seccomp"])
+
+
+
+def spawn_container(spec, stdio, status_fd, tie, leave_spawner, rootfs_tree=None):
+    """Clone the container's init straight into its namespaces. Runs in the spawner.
+
+    One clone(2) (`clone_init`): no intermediate process, nothing re-parented, the init is the
+    daemon's child from its first instruction. Returns the init's pid (the daemon's pid
+    namespace) in the spawner. The init calls `leave_spawner()` first (drops the spawner's
+    socket and signal handlers), then never returns from here: it execs the command or
+    reports a StartError on `status_fd` and exits 125/126/127. `tie` (a DaemonTie) makes it
+    die with the daemon. `rootfs_tree`: the rootfs as a detached mount (mounts.attach_rootfs),
+    or None to bind the path.
     """
-    network = spec.get("network", "none")
-    # Joining another container's net namespace happens before unsharing the rest, so that
-    # CLONE_NEWNET is not in our flags and the joined stack is what the children inherit.
-    if isinstance(network, dict) and "join_pid" in network:
-        join_netns(network["join_pid"])
-    # Mount, pid, uts, ipc (and net) at once; all owned by the daemon's user namespace,
-    # where we hold every capability, so the init can mount and set the hostname.
-    unshare_namespaces(network)
-    # Bridge endpoints (network.py) are made after the fork, but the namespaces' files are
-    # opened now: the init's pivot_root, in the mount namespace we share with it, soon takes
-    # the host's /proc (and every other path) away from us.
-    bridged = isinstance(network, dict) and "netns_pid" in network
-    if bridged:
-        from . import network as _network      # network.py imports ns
-        namespaces = _network.open_namespaces(network)
-    # CLONE_NEWPID applies to children only: the next fork is PID 1 of the new namespace.
-    pid = os.fork()
+    pid = clone_init(spec.get("network", "none"))
     if pid:
-        # Docker's "none" network still has a working lo. Brought up here, while the init
-        # sets up its mounts, not before the fork: setting IFF_UP on a fresh namespace's lo
-        # waits ~1.5 ms in the kernel with the CPU idle. The init cannot exec before lo is up:
-        # DaemonTie.arm, one of its last steps, waits for our exit.
-        # Bridge endpoints (veths into the init's namespace, which is ours too) likewise:
-        # done here and not in the init, which may be in a nested user namespace and must be
-        # in the daemon's namespace for a moment to make them.
-        if network == "none" or bridged:
-            try:
-                if bridged:
-                    _network.attach_container(network, namespaces)
-                else:
-                    bring_up_loopback()
-            except BaseException:
-                os.kill(pid, signal.SIGKILL)            # it must not run without its lo
-                os.write(status_fd, b"P%d\n" % pid)     # the daemon reaps it (spawnerloop)
-                raise
         return pid
     try:
-        # No death signal yet: the starter's exit, moments away, re-parents us to the daemon
-        # and would fire it. DaemonTie.arm() comes last, after the credential changes.
-        _container_init(spec, stdio, status_fd, tie)
+        leave_spawner()
+        _container_init(spec, stdio, status_fd, tie, rootfs_tree)
     except BaseException as e:
         try:
             report_failure(status_fd, e)
@@ -472,19 +490,35 @@ def spawn_container(spec, stdio, status_fd, tie):
     os._exit(125)
 
 
-def _container_init(spec, stdio, status_fd, tie):
+def setup_network(network):
+    """The init's network, first of its steps: while /proc is still the daemon's view (the pids
+    named below are pids there) and it holds every capability over the daemon's namespaces."""
+    if isinstance(network, dict) and "join_pid" in network:
+        # Another container's stack: we were cloned without CLONE_NEWNET, and join it now.
+        join_netns(network["join_pid"])
+    elif isinstance(network, dict) and "netns_pid" in network:
+        # Bridge endpoints: veths into our fresh namespace, made through a netlink socket in the
+        # daemon's (network.py), before anything in the container can run.
+        from . import network as _network      # network.py imports ns
+        _network.attach_container(network, _network.open_namespaces(network))
+    elif network == "none":
+        # Docker's "none" network still has a working lo.
+        bring_up_loopback()
+
+
+def _container_init(spec, stdio, status_fd, tie, rootfs_tree=None):
     """PID 1 of the container, from a fresh mount namespace to execve. Never returns."""
     # A collection here would walk every object inherited from the spawner and copy the pages
     # it writes to (copy-on-write after fork); this process lives a few ms and then execs.
     gc.disable()
-    rootfs = os.path.realpath(spec["rootfs"])
+    rootfs = spec["rootfs"]             # a real path: Spawner._prepare resolved it
     uid, gid, groups = spec.get("uid", 0), spec.get("gid", 0), list(spec.get("groups", []))
     privileged = bool(spec.get("privileged"))
-    caps = capability_set(spec.get("cap_add"), spec.get("cap_drop"), privileged)
-    # Read while /proc is still the host's view of us (either works: it is our own map), once:
-    # whether the user needs a nested namespace and whether /dev/pts can be gid 5 follow.
-    daemon_uid_map = read_id_map("/proc/self/uid_map")
-    daemon_gid_map = read_id_map("/proc/self/gid_map")
+    caps = spec["_caps"] if "_caps" in spec else capability_set(
+        spec.get("cap_add"), spec.get("cap_drop"), privileged)
+    # The daemon's maps, read once by the spawner (they never change): whether the user needs
+    # a nested namespace and whether /dev/pts can be gid 5 follow.
+    daemon_uid_map, daemon_gid_map = daemon_id_maps()
     nested = not (id_mapped(uid, daemon_uid_map) and id_mapped(gid, daemon_gid_map))
     single_id = sum(c for _, _, c in daemon_uid_map) <= 1
     tty = bool(spec.get("tty"))
@@ -499,16 +533,23 @@ def _container_init(spec, stdio, status_fd, tie):
     make_mounts_private()
     if spec.get("cgroup"):              # before anything else runs, so limits apply to it all
         join_cgroup(spec["cgroup"])
-    bind_rootfs(rootfs)                 # before mounts inside it: they must land on the bind
-    mount_proc(rootfs)                  # we are PID 1 of the new pid namespace now
+    # Before mount_sys (sysfs may be mounted only by the owner of the net namespace) and the
+    # nested user namespace (no capability left over the daemon's namespaces in there).
+    setup_network(spec.get("network", "none"))
+    # The rootfs a mount point, before mounts inside it: they must land on it.
+    if rootfs_tree is not None:
+        attach_rootfs(rootfs_tree, rootfs)
+    else:
+        bind_rootfs(rootfs)
+    fresh = {"/proc": mount_proc(rootfs)}   # we are PID 1 of the new pid namespace now
     mount_dev(rootfs, spec.get("shm_size") or DEFAULT_SHM_SIZE, console, id_mapped(5, daemon_gid_map))
     if console_socket:                  # after mount_dev: the new devpts instance exists
         slave = open_console(rootfs, stdio[0], spec.get("console_size"))
         stdio = (slave, slave, slave)
-    mount_sys(rootfs)
+    fresh["/sys"] = mount_sys(rootfs)
     if not privileged:                  # after /proc and /sys exist: the paths are inside them
-        mask_paths(rootfs, spec.get("masked_paths", MASKED_PATHS))
-        readonly_paths(rootfs, spec.get("readonly_paths", READONLY_PATHS))
+        mask_paths(rootfs, spec.get("masked_paths", MASKED_PATHS), fresh)
+        readonly_paths(rootfs, spec.get("readonly_paths", READONLY_PATHS), fresh)
     # /etc files first so that an explicit user bind of the same path wins.
     bind_mounts(rootfs, [{"source": src, "target": dst, "readonly": False}
                          for dst, src in (spec.get("etc_files") or {}).items()])
@@ -538,7 +579,7 @@ def _container_init(spec, stdio, status_fd, tie):
     # and, without no_new_privs, while we still hold CAP_SYS_ADMIN, which installing needs;
     # every call left before execve (capset, setresuid, dup2, ...) is one it allows.
     if not spec.get("no_new_privileges"):
-        install_seccomp(spec.get("seccomp"))
+        install_seccomp(spec)
     drop_bounding_set(caps, last_cap)    # needs CAP_SETPCAP: before we give up root
     if spec.get("no_new_privileges"):
         set_no_new_privs()
@@ -552,15 +593,19 @@ def _container_init(spec, stdio, status_fd, tie):
         arm_deathsig = _die_with_reaper
     _prepare_process(stdio, tty, arm_deathsig)   # last: 0/1/2, death signal
     if spec.get("no_new_privileges"):    # with no_new_privs: the very last step before execve
-        install_seccomp(spec.get("seccomp"))
+        install_seccomp(spec)
     _exec(spec["argv"], spec.get("env") or [])
 
 
 @Step("install the seccomp filter")
-def install_seccomp(program_hex):
-    """The container's system call filter (seccomp.py compiled it in the daemon)."""
-    if program_hex:
-        seccomp.install(bytes.fromhex(program_hex))
+def install_seccomp(spec):
+    """The container's system call filter (seccomp.py compiled it in the daemon; the spawner
+    made it the kernel's struct sock_fprog, `prepare_in_spawner`)."""
+    prepared = spec.get("_seccomp")
+    if prepared is not None:
+        seccomp.install_prepared(prepared)
+    elif spec.get("seccomp"):
+        seccomp.install(bytes.fromhex(spec["seccomp"]))
 
 
 @Step("change to the working directory")
@@ -608,8 +653,10 @@ def enter_container(init_pid, spec, stdio, status_fd, tie):
     zap_pid_ns_processes for this last process of its namespace to be released.
     """
     join_namespaces(init_pid)
-    # setns(CLONE_NEWPID) only decides where our *children* live.
-    pid = os.fork()
+    # setns(CLONE_NEWPID) only decides where our *children* live. A raw clone, not os.fork():
+    # the starter is single-threaded and the child execs within milliseconds, so CPython's
+    # after-fork work (re-made locks and thread state, at-fork hooks) would be pure cost.
+    pid = clone_process(0)
     if pid:
         return pid
     try:
@@ -624,7 +671,8 @@ def enter_container(init_pid, spec, stdio, status_fd, tie):
 
 def _exec_init(spec, stdio, tie):
     uid, gid, groups = spec.get("uid", 0), spec.get("gid", 0), list(spec.get("groups", []))
-    caps = capability_set(spec.get("cap_add"), spec.get("cap_drop"), spec.get("privileged"))
+    caps = spec["_caps"] if "_caps" in spec else capability_set(
+        spec.get("cap_add"), spec.get("cap_drop"), spec.get("privileged"))
     if spec.get("cgroup"):
         join_cgroup(spec["cgroup"])
     # A user the joined namespaces cannot represent (e.g. `exec -u 1000` into a container
@@ -634,7 +682,7 @@ def _exec_init(spec, stdio, tie):
     if spec.get("pids_limit"):          # the container's own count, joined with its namespace
         pidlimit.limit_self(spec["pids_limit"])
     if not spec.get("no_new_privileges"):   # the same order as in run, for the same reasons
-        install_seccomp(spec.get("seccomp"))
+        install_seccomp(spec)
     drop_bounding_set(caps, spec.get("_last_cap", 40))
     if spec.get("no_new_privileges"):
         set_no_new_privs()
@@ -643,7 +691,7 @@ def _exec_init(spec, stdio, tie):
     _step_chdir(spec.get("cwd") or "/")
     _prepare_process(stdio, bool(spec.get("tty")), tie.arm)
     if spec.get("no_new_privileges"):
-        install_seccomp(spec.get("seccomp"))
+        install_seccomp(spec)
     _exec(spec["argv"], spec.get("env") or [])
 
 

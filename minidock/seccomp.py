@@ -443,14 +443,34 @@ class _SockFprog(ctypes.Structure):
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_NR_SECCOMP = _SYS_SECCOMP.get(os.uname().machine)
+
+
+class Prepared:
+    """A program as the kernel takes it: struct sock_fprog {len, filter*} over a C buffer that
+    lives as long as this object."""
+
+    def __init__(self, program):
+        self.buf = ctypes.create_string_buffer(program, len(program))
+        self.fprog = _SockFprog(len(program) // 8, ctypes.cast(self.buf, ctypes.c_void_p))
+
+
+@functools.lru_cache(maxsize=16)
+def prepared(program_hex):
+    """The Prepared form of a hex program, made once per program: in the spawner, so that a
+    container's init only makes the system call (ns.prepare_in_spawner)."""
+    return Prepared(bytes.fromhex(program_hex))
 
 
 def install(program):
     """seccomp(SECCOMP_SET_MODE_FILTER, 0, &prog) for the calling thread (and its future
     children). Needs no_new_privs or CAP_SYS_ADMIN in the current user namespace."""
-    buf = ctypes.create_string_buffer(program, len(program))
-    prog = _SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
-    nr = _SYS_SECCOMP[os.uname().machine]
-    if _libc.syscall(nr, SECCOMP_SET_MODE_FILTER, 0, ctypes.byref(prog)) != 0:
+    install_prepared(Prepared(program))
+
+
+def install_prepared(p):
+    if _NR_SECCOMP is None:
+        raise OSError(errno.ENOSYS, f"seccomp: no system call number for {os.uname().machine}")
+    if _libc.syscall(_NR_SECCOMP, SECCOMP_SET_MODE_FILTER, 0, ctypes.byref(p.fprog)) != 0:
         e = ctypes.get_errno()
         raise OSError(e, f"seccomp(SECCOMP_SET_MODE_FILTER): {os.strerror(e)}")

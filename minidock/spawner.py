@@ -1,4 +1,4 @@
-"""The spawner: a single-threaded process that forks containers for a threaded daemon.
+"""The spawner: a single-threaded process that clones containers for a threaded daemon.
 
 Why a separate process
 ----------------------
@@ -9,45 +9,57 @@ refused outright to a multi-threaded process. So *one* single-threaded helper pr
 every fork: forking an already-running interpreter costs well under a millisecond; a fresh
 `python -m ...` per container would cost 15-65 ms.
 
-Which interpreter forks matters too: each container start forks the spawner twice (starter,
-init), and a fork costs with what the forking process has mapped (page tables copied, pages
-copied on write as the children's Python touches them, all torn down by the init's execve).
-So the spawner is not a fork of the daemon but a fresh `python3 -S -E -m minidock.spawnerloop`
-(the daemon's own interpreter, started right after `userns.enter_daemon_userns()`, in the
-daemon's user and mount namespaces, which execve keeps) that imports only what starting a
-process needs: ~6 MB of anonymous memory where the daemon, having imported the whole API, has
-~13 MB (RssAnon in /proc/PID/status). Measured here: ~2 ms less CPU and ~3 ms less latency
-per container start. It boots in ~25-40 ms beside the daemon's own start-up; requests sent
-meanwhile wait in its socket (the daemon is ready only once the spawner has started the
-network namespace's keeper). `ps` shows it as `python3 -S -E -m minidock.spawnerloop
-SOCKET_FD LIFELINE_FD DAEMON_PID`.
+Which interpreter forks matters too: a fork costs with what the forking process has mapped
+(page tables copied, pages copied on write as the child's Python touches them, all torn down by
+the init's execve). So the spawner is not a fork of the daemon but a fresh `python3 -S -E -m
+minidock.spawnerloop` (the daemon's own interpreter, started right after
+`userns.enter_daemon_userns()`, in the daemon's user and mount namespaces, which execve keeps)
+that imports only what starting a process needs: ~6 MB of anonymous memory where the daemon,
+having imported the whole API, has ~13 MB (RssAnon in /proc/PID/status). Measured here: ~2 ms
+less CPU and ~3 ms less latency per container start. It boots in ~25-40 ms beside the daemon's
+own start-up; requests sent meanwhile wait in its socket (the daemon is ready only once the
+spawner has started the network namespace's keeper). `ps` shows it as `python3 -S -E -m
+minidock.spawnerloop SOCKET_FD LIFELINE_FD DAEMON_PID`.
 
 The process tree
 ----------------
 
     daemon (threads)     subreaper, parent   in the daemon's user + mount namespace
-      |- spawner         select() loop       PR_SET_PDEATHSIG(SIGKILL) on the daemon
-      |    `- starter    one per run/exec    a fork of the spawner, gone within milliseconds
-      |- init            PID 1 of a container, re-parented to the daemon when its starter exits
-      `- exec'd process  likewise, in the container's pid namespace
+      |- spawner         select() loop       PR_SET_PDEATHSIG(SIGKILL) on the daemon;
+      |    |                                 a mount namespace of its own (spawnerloop.py)
+      |    `- starter    one per exec        a fork of the spawner, gone within milliseconds
+      |- init            PID 1 of a container: cloned by the spawner, the daemon's child from birth
+      `- exec'd process  forked by a starter, re-parented to the daemon when the starter exits
 
-A starter creates or joins the namespaces, forks the container init (or the exec'd process),
-reports its pid and exits. The kernel re-parents the orphan to the nearest subreaper above it,
-the daemon (PR_SET_CHILD_SUBREAPER; the spawner is deliberately not one), so no process of
-the engine stays behind per running container: Docker keeps a containerd-shim for each, and
-this project used to keep a forked Python shim (~1.4 MB of private pages) for each.
+A container's init is made by *one* clone(2) in the spawner (ns.spawn_container): CLONE_PARENT,
+so its parent is the spawner's parent, the daemon, and the namespace flags, so it is born PID 1
+of a new pid namespace, in new mount, uts, ipc (and net) namespaces. Nothing stands between the
+daemon and its containers, and nothing has to be re-parented: no process of the engine stays
+behind per running container (Docker keeps a containerd-shim for each; this project used to
+keep a forked Python shim, ~1.4 MB of private pages, and then a short-lived starter per start).
+An exec'd process still needs a starter: joining a pid namespace only places the *children* of
+the process that joins it, and the spawner cannot join one and come back (setns(2) back to its
+own pid namespace -- the host's, owned by the initial user namespace -- is EPERM rootless). So
+the starter joins the container's namespaces, forks the process, reports its pid and exits;
+the kernel re-parents the orphan to the nearest subreaper above it, the daemon
+(PR_SET_CHILD_SUBREAPER; the spawner is deliberately not one).
 
 Who dies with whom. The spawner holds PR_SET_PDEATHSIG(SIGKILL) on the daemon. A container
 init or exec'd process holds one too, on the daemon (ns.DaemonTie): armed as the last step
-before execve, once its starter is gone (re-parenting fires an armed death signal, so arming
-earlier would kill it at the starter's exit) and re-checked against the lifeline -- a pipe
-whose only write end the daemon holds, at EOF exactly when the daemon is gone -- so a daemon
-that died before the prctl is seen too. The death of a pid namespace's init kills every
-process in it. So SIGKILL of the daemon leaves no container running; SIGKILL of the spawner
-touches no container at all (they are not its children, and hold no signal on it).
+before execve (a credential change clears it) -- for an exec'd process once its starter is
+gone (re-parenting fires an armed death signal) -- and re-checked against the lifeline -- a
+pipe whose only write end the daemon holds, at EOF exactly when the daemon is gone -- so a
+daemon that died before the prctl is seen too. The kernel sends the signal when the parent
+*thread* exits: an init's is the daemon thread that started its spawner (the main thread for
+the first spawner, the supervisor thread for a restarted one: both live as long as the daemon),
+a re-parented process's is the daemon's first live thread, the main thread. The death of a pid
+namespace's init kills every process in it. So SIGKILL of the daemon leaves no container
+running; SIGKILL of the spawner touches no container at all (they are not its children, and
+hold no signal on it).
 
-Who reaps. The daemon: the spawner's reply `{"id", "pid"}` is sent only after the starter is
-reaped, when the process is surely the daemon's child; the supervisor thread then opens a
+Who reaps. The daemon: the spawner's reply `{"id", "pid"}` is sent only once the process is
+surely the daemon's child -- an init from its clone, an exec'd process once its starter is
+reaped -- and its exec under way (the status pipe at EOF); the supervisor thread then opens a
 pidfd for it, waits in its one selector for it to become readable, and waitpid()s that one
 pid, reporting `on_exit(pid, code)` (code: the exit status, or 128+signal, Docker's
 convention). The daemon never calls waitpid(-1), which would steal the children of
@@ -59,13 +71,15 @@ Supervision. The supervisor thread sees the spawner's socket reach EOF, reaps th
 logs how it ended (the spawner itself writes its traceback to stderr, the daemon's log, before
 exiting 1), fails the requests in flight with 503, and starts a new spawner -- not with fork(),
 unsafe in a threaded process, but the same way as the first one: a fresh `python -S -E -m
-minidock.spawnerloop` given the socket and lifeline descriptors. Running containers need
+minidock.spawnerloop` given the socket and lifeline descriptors, and a descriptor of the first
+spawner's mount namespace, kept since its first answer, to join (spawnerloop.main). Running containers need
 nothing: they were never the spawner's. A starter caught in flight is re-parented to us and
-reaped as a stray (it is in the dead spawner's session). The restarted spawner's death signal is tied to the supervisor thread,
-which lives as long as the daemon. While it is down, `health()` says why (/_ping answers 503
+reaped as a stray (it is in the dead spawner's session), as is an init that died in set-up
+unreported. The restarted spawner's death signal, and that of every init it clones, is tied to
+the supervisor thread, which lives as long as the daemon. While it is down, `health()` says why (/_ping answers 503
 "degraded", /info warns), and new requests wait a little for it.
 
-The spawner process's own side -- its select() loop, the starters it forks, the wire both sides
+The spawner process's own side -- its select() loop, the clones and starters, the wire both sides
 speak -- is spawnerloop.py; this module is the daemon's: the `Spawner` handle, requests and
 their answers, exits, and supervision.
 
@@ -106,6 +120,7 @@ Failures: run/exec raise syscalls.StartError with `exit_code` 127 (command not f
 executable / permission denied) or 125 (a named set-up step failed: `step`, `errno`). The
 message keeps the words the docker CLI greps for to choose its own exit code.
 """
+import errno
 import itertools
 import logging
 import os
@@ -150,16 +165,16 @@ def process_bound():
 def reap_stray_zombies(sessions, watched=()):
     """Reap dead children of ours that no one else will: returns their pids.
 
-    After a spawner died, we (a subreaper) inherit the starters it had in flight; their
-    requests failed, nobody waits for them, and they would stay zombies for ever. They are in
-    the dead spawner's session (it called setsid(), so the session id is its pid), as is an
-    init that failed before its own setsid(). Everything else stays untouched: the processes
+    After a spawner died, we (a subreaper) inherit the starters it had in flight, and the
+    inits it had cloned (ours from birth) are still in set-up; their requests failed, nobody
+    waits for them, and they would stay zombies for ever. They are in the dead spawner's
+    session (it called setsid(), so the session id is its pid), as is an init that failed
+    before its own setsid(). Everything else stays untouched: the processes
     we watch are mostly in sessions of their own, and the children `subprocess` makes and
     waits for itself are in ours (reaping one would make its wait fail and report code 0).
     So: zombie children whose session is one of `sessions`, but none of `watched` -- the
     pids reaped by pidfd with their exit reported: a container's init under --init (pid1.py)
-    stays in its starter's session, the spawner's, and taking its status here would lose
-    its exit code."""
+    stays in the spawner's session, and taking its status here would lose its exit code."""
     me = os.getpid()
     children = set()
     try:
@@ -226,8 +241,9 @@ class Spawner:
         run or exec ends (keep it short: it delays every later message). Without a callback,
         codes are kept until `wait(pid)` takes them; use one style or the other.
         """
-        # Every process a starter forks is re-parented to us when the starter exits: we are
-        # the parent of every container init and exec'd process, and reap them.
+        # Every process a starter forks is re-parented to us when the starter exits, and a
+        # container init is cloned as our child: we are the parent of every container init
+        # and exec'd process, and reap them.
         syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
         # The lifeline: only this process holds the write end, so its read end reaches EOF
         # exactly when the daemon is gone, however it died. A started process checks it
@@ -262,6 +278,9 @@ class Spawner:
         self.restarts = 0
         self._started_at = time.monotonic()
         self._quick_deaths = 0
+        # The first spawner's own mount namespace, for a restarted spawner to join
+        # (spawnerloop.main): None until known, False where it has none (old kernel).
+        self._mntns = None
         self._last_cap = int(open("/proc/sys/kernel/cap_last_cap").read())
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._sock, selectors.EVENT_READ, None)
@@ -281,7 +300,20 @@ class Spawner:
         errors.InvalidParameter for a bad spec, errors.Unavailable if the spawner is down."""
         if not spec.get("rootfs") or not spec.get("argv"):
             raise errors.InvalidParameter("run needs rootfs and argv")
-        return self._request({"op": "run", "spec": self._prepare(spec)}, [stdin, stdout, stderr])
+        spec = self._prepare(spec)
+        # The rootfs travels as a detached copy of its mount tree (the spawner's mount
+        # namespace does not see the daemon's overlays: spawnerloop.own_mount_namespace).
+        try:
+            tree = syscalls.open_tree(spec["rootfs"])
+        except OSError as exc:
+            if exc.errno in (errno.ENOSYS, errno.EPERM):    # too old a kernel: the path only
+                return self._request({"op": "run", "spec": spec}, [stdin, stdout, stderr])
+            raise syscalls.StartError(f"attach the rootfs: {exc}", "attach the rootfs",
+                                      exc.errno or 0) from exc
+        try:
+            return self._request({"op": "run", "spec": spec}, [stdin, stdout, stderr, tree])
+        finally:
+            os.close(tree)
 
     def exec(self, init_pid, spec, stdin, stdout, stderr):
         """Run a process inside the running container whose init is `init_pid`; its host pid."""
@@ -349,6 +381,9 @@ class Spawner:
         if self._lifeline_w is not None:
             os.close(self._lifeline_w)  # a process still arming its death signal sees EOF
             self._lifeline_w = None
+        if self._mntns:
+            os.close(self._mntns)
+            self._mntns = False
 
     # -- internals --
 
@@ -363,6 +398,9 @@ class Spawner:
             spec.update(uid=uid, gid=gid, groups=groups)
         caps = ns.capability_set(spec.get("cap_add"), spec.get("cap_drop"),
                                  spec.get("privileged"))                # validates names
+        spec["_caps"] = caps            # the child need not work it out again
+        if spec.get("rootfs"):          # nor resolve the path (the init binds and pivots there)
+            spec["rootfs"] = os.path.realpath(spec["rootfs"])
         # Docker's SecurityOpt: the seccomp profile (compiled here, in the daemon, so a bad
         # profile is a 400 before anything forks) and no-new-privileges.
         choice, nnp = seccomp.parse_security_opt(spec.get("security_opt"))
@@ -460,9 +498,24 @@ class Spawner:
                 log.exception("spawner supervisor: bad message %.200r", done[0])
         return True
 
+    def _keep_mount_namespace(self):
+        """After the spawner's first answer (it made its mount namespace before serving), hold
+        a descriptor of that namespace: it stays as clean as it was made for a successor."""
+        try:
+            fd = os.open(f"/proc/{self.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        if os.fstat(fd).st_ino == os.stat("/proc/self/ns/mnt").st_ino:
+            os.close(fd)                # it stayed in ours
+            self._mntns = False
+        else:
+            self._mntns = fd
+
     def _dispatch(self, msg):
-        # The process is our child by now (the spawner answers after reaping its starter):
-        # watch it before anyone can be told its pid. A failed start's process is reaped too.
+        if self._mntns is None:
+            self._keep_mount_namespace()
+        # The process is our child by now (cloned as ours, or its starter reaped before the
+        # answer): watch it before anyone can be told its pid. A failed start's process is reaped too.
         if msg.get("pid"):
             self._watch(msg["pid"], report="error" not in msg)
         with self._lock:
@@ -583,7 +636,7 @@ class Spawner:
 
     def _start_exec(self):
         """A fresh interpreter: fork() without exec in our threaded process would be unsafe."""
-        pid, mine = _exec_spawner(self._lifeline_r)
+        pid, mine = _exec_spawner(self._lifeline_r, self._mntns or None)
         with self._cond:
             if self._closing.is_set():  # close() came while we were starting it
                 mine.close()            # it reads EOF and exits; reap it
@@ -600,9 +653,9 @@ class Spawner:
         log.warning("spawner restarted (pid %d, restart %d)", pid, self.restarts)
 
 
-def _exec_spawner(lifeline_r):
-    """Start `python -S -E -m minidock.spawnerloop SOCKET_FD LIFELINE_FD DAEMON_PID`; returns
-    (its pid, our end of its socket).
+def _exec_spawner(lifeline_r, mntns=None):
+    """Start `python -S -E -m minidock.spawnerloop SOCKET_FD LIFELINE_FD DAEMON_PID [MNTNS_FD]`;
+    returns (its pid, our end of its socket). `mntns`: the first spawner's mount namespace.
 
     A fresh interpreter rather than a fork of the daemon, for the first spawner as for a
     restarted one: smaller, so cheaper to fork (the module docstring), and the only safe way
@@ -618,9 +671,9 @@ def _exec_spawner(lifeline_r):
     try:
         proc = subprocess.Popen(
             [sys.executable, "-S", "-E", "-m", "minidock.spawnerloop", str(theirs.fileno()),
-             str(lifeline_r), str(os.getpid())],
-            pass_fds=(theirs.fileno(), lifeline_r), cwd=package_parent,
-            stdin=subprocess.DEVNULL)
+             str(lifeline_r), str(os.getpid())] + ([str(mntns)] if mntns is not None else []),
+            pass_fds=(theirs.fileno(), lifeline_r) + ((mntns,) if mntns is not None else ()),
+            cwd=package_parent, stdin=subprocess.DEVNULL)
     except BaseException:
         mine.close()
         raise

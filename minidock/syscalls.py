@@ -1,13 +1,30 @@
 """The raw system calls a container needs that Python 3.11 lacks, and how a failing step is named.
 
-`os` has no unshare(2), setns(2), mount(2), umount2(2), prctl(2) or pivot_root(2) (3.12 adds
-only the first two), so they are called through ctypes on the C library, loaded with
+`os` has no unshare(2), setns(2), mount(2), umount2(2), prctl(2), pivot_root(2) or a clone(2)
+with flags (3.12 adds only the first two), so they are called through ctypes on the C library, loaded with
 `use_errno=True` so that a -1 return becomes `OSError(errno, strerror, call)` naming the call
 and, for mount(2), its `MS_*` flags by name:
 
     mount('proc', '/r/proc', 'proc', MS_NOSUID|MS_NODEV|MS_NOEXEC, None): [Errno 1] ...
 
 pivot_root(2) and capset(2) have no glibc wrapper and go through syscall(2) by number (x86_64).
+
+clone(2) as fork
+----------------
+`clone_process(flags)` is the raw system call with no new stack: like fork(2), the child goes on
+from the same point on a copy of the caller's memory, so it returns into Python a second time,
+with 0. Unlike os.fork(), nothing of CPython's or glibc's fork handling runs around it: no
+at-fork hooks, no re-initialised locks or thread state, and glibc's cached thread id in the
+child still says the parent's. That is sound only in a *single-threaded* process that holds no
+lock but the GIL -- the spawner, between two events -- and for a child that soon execs or
+_exits. The call goes through `ctypes.PyDLL`, which keeps the GIL held across it: neither side
+has to take it back. Flags used here:
+
+    CLONE_PARENT   the child's parent is our parent (the daemon), not us: its exit goes to the
+                   daemon, it is the daemon's to reap, and its death signal (PR_SET_PDEATHSIG)
+                   watches the daemon's thread that started us.
+    CLONE_NEW*     the namespaces of unshare(2), made for the child only: with CLONE_NEWPID
+                   the child is PID 1 of its new pid namespace at once.
 
 Set-up steps and their errors
 -----------------------------
@@ -38,6 +55,13 @@ libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
                         ctypes.c_ulong]
 libc.syscall.restype = ctypes.c_long
+# The same C library called *without* releasing the GIL (clone_process).
+_gil_syscall = ctypes.PyDLL(None, use_errno=True).syscall
+_gil_syscall.restype = ctypes.c_long
+_gil_syscall.argtypes = [ctypes.c_long, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_void_p,
+                         ctypes.c_void_p, ctypes.c_ulong]
+
+CLONE_PARENT = 0x00008000
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -73,6 +97,15 @@ PR_SET_NO_NEW_PRIVS = 38
 _SYS_PIVOT_ROOT = 155          # x86_64 numbers; glibc has no pivot_root() wrapper
 SYS_CAPSET = 126
 SYS_CLOSE_RANGE = 436
+_SYS_CLONE = 56
+_SYS_OPEN_TREE = 428           # the same number on every architecture (Linux 5.2)
+_SYS_MOVE_MOUNT = 429
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+AT_RECURSIVE = 0x8000
+_AT_FDCWD = -100
+_MOVE_MOUNT_F_EMPTY_PATH = 0x4
+_SIGCHLD = 17
 CLOSE_RANGE_CLOEXEC = 4
 
 
@@ -89,31 +122,75 @@ def _flag_names(flags):
     return "|".join(names) or "0"
 
 
+def _fail(call):
+    e = ctypes.get_errno()
+    raise OSError(e, os.strerror(e), call)
+
+# Each wrapper below names its call only when it failed: a container init makes some sixty of
+# these calls, and building every message up front was a measurable part of its start.
+
+
 def unshare(flags):
-    check(libc.unshare(flags), f"unshare({flags:#x})")
+    if libc.unshare(flags) == -1:
+        _fail(f"unshare({flags:#x})")
+
+
+def clone_process(flags):
+    """clone(2) as fork: 0 in the child, the child's pid in the caller (see the docstring above).
+    SIGCHLD is the exit signal (with CLONE_PARENT the kernel takes ours instead: the same)."""
+    ret = _gil_syscall(_SYS_CLONE, flags | _SIGCHLD, None, None, None, 0)
+    if ret == -1:
+        _fail(f"clone({flags:#x})")
+    return ret
 
 
 def setns(fd, nstype, what=""):
-    check(libc.setns(fd, nstype), f"setns({what or fd}, {nstype:#x})")
+    if libc.setns(fd, nstype) == -1:
+        _fail(f"setns({what or fd}, {nstype:#x})")
+
+
+def _enc(s):
+    return None if s is None else os.fsencode(s)
 
 
 def mount(source, target, fstype, flags, data=None):
-    enc = lambda s: None if s is None else os.fsencode(s)
-    ret = libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data))
-    check(ret, f"mount({source!r}, {target!r}, {fstype!r}, {_flag_names(flags)}, {data!r})")
+    if libc.mount(_enc(source), _enc(target), _enc(fstype), flags, _enc(data)) == -1:
+        _fail(f"mount({source!r}, {target!r}, {fstype!r}, {_flag_names(flags)}, {data!r})")
 
 
 def umount2(target, flags):
-    check(libc.umount2(os.fsencode(target), flags), f"umount2({target!r}, {flags})")
+    if libc.umount2(os.fsencode(target), flags) == -1:
+        _fail(f"umount2({target!r}, {flags})")
 
 
 def prctl(option, arg2=0, arg3=0, arg4=0, arg5=0):
-    return check(libc.prctl(option, arg2, arg3, arg4, arg5), f"prctl({option}, {arg2})")
+    ret = libc.prctl(option, arg2, arg3, arg4, arg5)
+    if ret == -1:
+        _fail(f"prctl({option}, {arg2})")
+    return ret
+
+
+def open_tree(path, flags=OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE):
+    """open_tree(2): with OPEN_TREE_CLONE, a *detached* copy of the mount tree at `path` (a
+    bind mount, AT_RECURSIVE: with its submounts), held by the returned fd; it can be sent to
+    another process and attached in its mount namespace with move_mount(). Closing the last fd
+    of a tree never attached dissolves it."""
+    fd = libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, os.fsencode(path), ctypes.c_uint(flags))
+    if fd == -1:
+        _fail(f"open_tree({path!r})")
+    return fd
+
+
+def move_mount(tree_fd, target):
+    """move_mount(2) the detached tree `tree_fd` (open_tree) onto `target`, in our namespace."""
+    if libc.syscall(_SYS_MOVE_MOUNT, tree_fd, b"", _AT_FDCWD, os.fsencode(target),
+                    ctypes.c_uint(_MOVE_MOUNT_F_EMPTY_PATH)) == -1:
+        _fail(f"move_mount({tree_fd}, {target!r})")
 
 
 def pivot_root(new_root, put_old):
-    ret = libc.syscall(_SYS_PIVOT_ROOT, os.fsencode(new_root), os.fsencode(put_old))
-    check(ret, f"pivot_root({new_root!r}, {put_old!r})")
+    if libc.syscall(_SYS_PIVOT_ROOT, os.fsencode(new_root), os.fsencode(put_old)) == -1:
+        _fail(f"pivot_root({new_root!r}, {put_old!r})")
 
 
 

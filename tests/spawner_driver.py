@@ -7,8 +7,9 @@ from a 0755 directory holding a copy of the minidock package:
 
 MODE "full" runs every scenario; "orphan" starts `sleep` containers (one with --init) and an
 exec'd process, prints their pids and SIGKILLs itself, so the caller can check that they died
-with it; "tree" reports which processes the engine keeps per container, and what a kill -9 of
-the spawner changes.
+with it ("orphan-restarted": the same from a spawner restarted after a kill -9); "tree"
+reports which processes the engine keeps per container, and what a kill -9 of the spawner
+changes; "birth" catches a container init in the middle of its set-up.
 """
 
 import json
@@ -106,6 +107,97 @@ def tree(sp, start, base):
     return res
 
 
+def _status(pid):
+    """/proc/PID/status as {field: value}."""
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def birth(sp, base, data):
+    """A container init caught in the middle of its set-up: who its parent is, whether the
+    spawner has a child (a starter) at that moment, what pid it has in its own namespace.
+
+    The init is held in its first blocking step: its "cgroup" is a directory whose
+    cgroup.procs is a FIFO, so opening it for writing waits until we open it for reading."""
+    import threading
+    me = os.getpid()
+    cgroup = os.path.join(data, "birth-cgroup")
+    os.makedirs(cgroup, exist_ok=True)
+    fifo = os.path.join(cgroup, "cgroup.procs")
+    if not os.path.exists(fifo):
+        os.mkfifo(fifo, 0o600)
+    # Mounts the daemon makes after its spawner started (an overlay per running container)
+    # do not reach the spawner's mount namespace, and so not the copy each init starts with.
+    # (A first run: the spawner, a fresh interpreter, has surely made its namespace by then.)
+    sp.wait(sp.run(dict(base, argv=["true"]), 0, 1, 2), 10)
+    extra = os.path.join(data, "birth-mounts")
+    os.makedirs(extra, exist_ok=True)
+    for i in range(20):
+        os.makedirs(f"{extra}/{i}", exist_ok=True)
+        syscalls.mount("tmpfs", f"{extra}/{i}", "tmpfs", 0, "size=16k")
+    before = set(_children(me))
+    result = {}
+
+    def run():
+        result["pid"] = sp.run(dict(base, argv=["true"], cgroup=cgroup), 0, 1, 2)
+    t = threading.Thread(target=run)
+    t.start()
+    new = []
+    _until(lambda: new.extend(set(_children(me)) - before - set(new)) or new, 10)
+    res = {"daemon": me, "new_children": len(new)}
+    if new:
+        st = _status(new[0])
+        res.update(ppid=int(st["PPid"]), nspid=st["NSpid"].split(),
+                   spawner_children=_children(sp.pid), state=st["State"][0])
+        mounts = {}
+        for who, pid in (("daemon", me), ("spawner", sp.pid), ("init", new[0])):
+            with open(f"/proc/{pid}/mountinfo") as f:
+                mounts[who] = [line.split()[4] for line in f]
+        res["mounts"] = {who: len(m) for who, m in mounts.items()}
+        res["extra_in"] = {who: sum(p.startswith(extra + "/") for p in m)
+                           for who, m in mounts.items()}
+        res["pdeathsig_after_exec"] = None
+    reader = os.open(fifo, os.O_RDONLY)          # lets the init go on: it writes "0", closes
+    got = b""
+    while True:
+        chunk = os.read(reader, 64)
+        if not chunk:
+            break
+        got += chunk
+    os.close(reader)
+    t.join(10)
+    res["written"] = got.decode()
+    res["same_pid"] = bool(new) and result.get("pid") == new[0]
+    res["code"] = sp.wait(result["pid"], 10) if "pid" in result else None
+    # A starter would be the spawner's child, reaped by it: its CPU time would add up in the
+    # spawner's cutime + cstime (/proc/PID/stat fields 16, 17; ~3 ms per starter here).
+    for _ in range(20):
+        sp.wait(sp.run(dict(base, argv=["true"]), 0, 1, 2), 10)
+    with open(f"/proc/{sp.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    res["spawner_children_ticks"] = int(fields[13]) + int(fields[14])
+    for i in range(20):
+        syscalls.umount2(f"{extra}/{i}", 0)
+    return res
+
+
+def orphan(sp, start, restart_first):
+    """Start containers (one with --init) and an exec'd process, print their pids, SIGKILL
+    ourselves. `restart_first`: after a kill -9 of the spawner, from the restarted one, whose
+    processes' parent thread is the supervisor thread and not the main thread."""
+    if restart_first:
+        old = sp.pid
+        os.kill(old, signal.SIGKILL)
+        _until(lambda: sp.pid != old and sp.health() is None, 30)
+    pids = [start(["sleep", "1000"])[0] for _ in range(2)]
+    pids.append(start(["sleep", "1000"], init=True)[0])      # --init: a Python PID 1
+    null = os.open(os.devnull, os.O_RDWR)
+    pids.append(sp.exec(pids[0], {"env": ENV, "argv": ["sleep", "1000"]}, null, null, null))
+    print(json.dumps({"pids": pids, "spawner": sp.pid,
+                      "ppids": [_proc(p)[1] for p in pids], "daemon": os.getpid()}), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def main():
     mode, rootfs, data = sys.argv[1], sys.argv[2], sys.argv[3]
     userns = enter_daemon_userns()
@@ -154,13 +246,13 @@ def main():
         out = collect(r)
         return {"code": sp.wait(pid, 10), "out": out}
 
-    if mode == "orphan":
-        pids = [start(["sleep", "1000"])[0] for _ in range(2)]
-        pids.append(start(["sleep", "1000"], init=True)[0])      # --init: a Python PID 1
-        null = os.open(os.devnull, os.O_RDWR)
-        pids.append(sp.exec(pids[0], {"env": ENV, "argv": ["sleep", "1000"]}, null, null, null))
-        print(json.dumps({"pids": pids, "spawner": sp.pid}), flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)
+    if mode in ("orphan", "orphan-restarted"):
+        orphan(sp, start, mode == "orphan-restarted")
+
+    if mode == "birth":
+        print(json.dumps(birth(sp, base, data)))
+        sp.close()
+        return
 
     if mode == "tree":
         print(json.dumps(tree(sp, start, base)))

@@ -266,15 +266,44 @@ def test_back_to_back_runs_all_exit_cleanly(nobody):
     assert nobody["back_to_back"] == [0] * 30
 
 
-def test_containers_die_with_the_daemon(nobody_daemon):
-    p = nobody_daemon.driver("orphan")
+@pytest.mark.parametrize("mode", ["orphan", "orphan-restarted"])
+def test_containers_die_with_the_daemon(nobody_daemon, mode):
+    # "orphan-restarted": started by a spawner that replaced a killed one. A container init
+    # is cloned with CLONE_PARENT, so its death signal watches the daemon thread that started
+    # that spawner -- the supervisor thread there, the main thread for the first one.
+    p = nobody_daemon.driver(mode)
     line = p.stdout.readline()
-    p.wait(10)
-    pids = json.loads(line)["pids"] + [json.loads(line)["spawner"]]
+    p.wait(30)
+    res = json.loads(line)
+    assert res["ppids"] == [res["daemon"]] * 4
+    pids = res["pids"] + [res["spawner"]]
     deadline = time.time() + 5
     while time.time() < deadline and any(os.path.exists(f"/proc/{pid}") for pid in pids):
         time.sleep(0.02)
     assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
+
+
+def test_an_init_is_the_daemons_child_from_birth_and_no_starter_runs(nobody_daemon):
+    # Caught in its first blocking set-up step (joining a "cgroup" whose cgroup.procs is a
+    # FIFO): the init is already the daemon's child, PID 1 of its own pid namespace, and the
+    # spawner has no child at all -- one clone(2), no starter process, nothing re-parented.
+    p = nobody_daemon.driver("birth")
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    res = json.loads(out)
+    assert res["new_children"] == 1
+    assert res["ppid"] == res["daemon"]
+    assert res["nspid"][-1] == "1" and len(res["nspid"]) >= 2
+    assert res["spawner_children"] == []
+    # The 20 mounts the daemon made after starting its spawner are in the daemon's table
+    # only: the spawner's own mount namespace, copied by the init, never has them (the init
+    # gets its rootfs as a detached tree), so a start does not grow with running containers.
+    assert res["extra_in"] == {"daemon": 20, "spawner": 0, "init": 0}
+    assert res["mounts"]["init"] <= res["mounts"]["spawner"] + 1
+    assert res["written"] == "0"        # join_cgroup wrote "0" (itself) once let through
+    assert res["same_pid"] and res["code"] == 0
+    # 21 runs, and the spawner reaped no child in all of them: no CPU time of any child of its.
+    assert res["spawner_children_ticks"] == 0
 
 
 def test_no_engine_process_per_container_and_the_spawner_may_die(nobody_daemon):
@@ -282,8 +311,9 @@ def test_no_engine_process_per_container_and_the_spawner_may_die(nobody_daemon):
     out, err = p.communicate(timeout=90)
     assert p.returncode == 0, err
     res = json.loads(out)
-    # Every container init and exec'd process is the daemon's own child (re-parented from its
-    # starter): the daemon's children are the spawner and those, nothing in between.
+    # Every container init and exec'd process is the daemon's own child (an init cloned so,
+    # an exec'd process re-parented from its starter): the daemon's children are the spawner
+    # and those, nothing in between.
     assert res["ppids"] == [res["daemon"]] * 5
     assert res["daemon_children"] == res["expected_children"]
     assert res["spawner_children"] == []

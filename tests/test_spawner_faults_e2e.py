@@ -247,12 +247,13 @@ def _assert_small_fresh_spawner(pid, daemon):
     # The same interpreter, started afresh with only the spawner's module: not a fork of the
     # daemon (whose cmdline would be `python3 -S -m minidock ...`).
     assert argv[1:5] == [b"-S", b"-E", b"-m", b"minidock.spawnerloop"], argv
-    assert argv[7:] == [str(daemon).encode()]
+    assert argv[7] == str(daemon).encode()      # (a restarted one: and the mount namespace fd)
     assert os.readlink(f"/proc/{pid}/exe") == os.readlink(f"/proc/{daemon}/exe")
     assert _stat(pid)[1] == daemon
-    # execve kept the daemon's user and mount namespaces; it works in the daemon's directory.
-    for ns in ("user", "mnt"):
-        assert os.readlink(f"/proc/{pid}/ns/{ns}") == os.readlink(f"/proc/{daemon}/ns/{ns}")
+    # execve kept the daemon's user namespace; its mount namespace is its own copy of the
+    # daemon's (spawnerloop.own_mount_namespace); it works in the daemon's directory.
+    assert os.readlink(f"/proc/{pid}/ns/user") == os.readlink(f"/proc/{daemon}/ns/user")
+    assert os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink(f"/proc/{daemon}/ns/mnt")
     assert os.readlink(f"/proc/{pid}/cwd") == os.readlink(f"/proc/{daemon}/cwd")
     # Smaller: fewer extension modules mapped (no TLS, no hashing...) and far less anonymous
     # memory for each container start's two forks to copy.
@@ -267,6 +268,7 @@ def test_the_spawner_is_a_small_fresh_interpreter_first_and_after_a_restart(daem
     daemon = d.proc.pid
     first = spawner_pid(d)
     _assert_small_fresh_spawner(first, daemon)
+    first_mnt = os.readlink(f"/proc/{first}/ns/mnt")
     # The keeper of the network namespace is a fork of it (same command line, smaller too).
     keeper = [p for p in _children(daemon) if p != first]
     assert len(keeper) == 1 and _cmdline(keeper[0]) == _cmdline(first)
@@ -276,3 +278,6 @@ def test_the_spawner_is_a_small_fresh_interpreter_first_and_after_a_restart(daem
     # (Logged as soon as it is started: a run is answered once it is up and serving.)
     assert d.docker("run", "--rm", "busybox", "echo", "again").stdout == b"again\n"
     _assert_small_fresh_spawner(again, daemon)
+    # It joined the first spawner's mount namespace (which the daemon kept) instead of copying
+    # the daemon's as it is now, with the overlays of running containers.
+    assert os.readlink(f"/proc/{again}/ns/mnt") == first_mnt
