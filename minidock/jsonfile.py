@@ -59,6 +59,7 @@ import threading
 import time
 from urllib.parse import quote_plus
 
+from . import syscalls
 from .errors import InvalidParameter, NotImplementedKind
 from .times import NS, now_rfc3339, rfc3339_ns, rfc3339_seconds
 
@@ -272,19 +273,11 @@ class Writer:
 
 WRITEBACK_STEP = 4 << 20
 PAGE = 4096
-SYNC_FILE_RANGE_WRITE = 2           # <linux/fs.h>: start write-out of dirty pages in the range
 
 
 def _sync_file_range():
-    """libc's sync_file_range, or None where there is none (the write-out is only a hint)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        call = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    call.restype = ctypes.c_int
-    return call
+    """The C library's sync_file_range, called as (fd, start, length, flags)."""
+    return syscalls.libc.sync_file_range
 
 
 class Writeback:
@@ -321,7 +314,7 @@ class Writeback:
             try:
                 # ctypes lets go of the GIL for the call; EIO and the like are not ours to
                 # report here: the writer's own write(2) reports a failing disk
-                self._call(fd, start, length, SYNC_FILE_RANGE_WRITE)
+                self._call(fd, start, length, syscalls.SYNC_FILE_RANGE_WRITE)
             finally:
                 os.close(fd)
                 with self._lock:

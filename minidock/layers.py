@@ -84,7 +84,7 @@ import shutil
 import stat
 import threading
 
-from minidock import compression, errors, layerdiff, store, tarsafe
+from minidock import compression, errors, layerdiff, store, syscalls, tarsafe
 
 OVERLAY, VFS = "overlay2", "vfs"
 MAX_MOUNT_DATA = 4000          # a page, minus room for the kernel's own terminator and safety
@@ -129,8 +129,6 @@ def _is_mount_point(path):
         return False
 
 
-_libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-SYNC_FILE_RANGE_WRITE = 2
 WRITEBACK_BYTES = 4 << 20      # start writing a file's data to disk every this many bytes
 
 
@@ -168,7 +166,7 @@ class _DurableFile:
         self.written += len(data)
         if self.written - self.started >= WRITEBACK_BYTES:
             # Advisory: a failure here only means the fsync below has more to do.
-            _libc.sync_file_range(self.fd, self.started, self.written - self.started, SYNC_FILE_RANGE_WRITE)
+            syscalls.start_writeback(self.fd, self.started, self.written - self.started)
             self.started = self.written
 
     def sync(self):
@@ -344,7 +342,7 @@ class LayerStore:
             fd = os.open(tar, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 # Its data goes to disk while it is unpacked (see _DurableFile).
-                _libc.sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
+                syscalls.start_writeback(fd)
                 reader = compression.BlockReader.of_file(fd)
                 stats = _unpack(reader, os.path.join(work, "diff"))
                 os.fsync(fd)

@@ -55,6 +55,8 @@ libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
                         ctypes.c_ulong]
 libc.syscall.restype = ctypes.c_long
+libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+SYNC_FILE_RANGE_WRITE = 2           # <linux/fs.h>: start write-out of the range's dirty pages
 # The same C library called *without* releasing the GIL (clone_process).
 _gil_syscall = ctypes.PyDLL(None, use_errno=True).syscall
 _gil_syscall.restype = ctypes.c_long
@@ -142,6 +144,16 @@ def clone_process(flags):
     if ret == -1:
         _fail(f"clone({flags:#x})")
     return ret
+
+
+def start_writeback(fd, start=0, length=0):
+    """sync_file_range(fd, start, length, SYNC_FILE_RANGE_WRITE): start writing the range's
+    dirty pages to disk and return at once (length 0: to the end of the file). Only a hint:
+    it makes nothing durable (no metadata, no wait; fsync(2) still does that) and a failure
+    just leaves the pages to the next fsync or the kernel's own writeback, so the return
+    value is the caller's to ignore. Used by large writers -- a layer's tar, a container's
+    log -- so that a later fsync or sync finds little left to write."""
+    return libc.sync_file_range(fd, start, length, SYNC_FILE_RANGE_WRITE)
 
 
 def setns(fd, nstype, what=""):
