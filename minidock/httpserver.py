@@ -81,10 +81,8 @@ import json
 import logging
 import os
 import queue
-import secrets
 import select
 import socket
-import ssl
 import stat
 import threading
 import time
@@ -92,6 +90,20 @@ import time
 from minidock import errors, http
 from minidock.http import (LAST_CHUNK, Hijack, StreamResponse, body_reader, chunk,
                            error_response, render_head, render_response, take_head, upgrade_head)
+
+# ssl is imported only by a daemon with a TLS listener (Server with a tls_context; the daemon's
+# tls_settings made that context): with libssl it is ~1 MB of every idle daemon's memory, and
+# without TLS no socket here is ever an SSLSocket. _use_tls() widens these two then.
+_WOULD_BLOCK = (BlockingIOError, InterruptedError)     # + ssl.SSLWantReadError/WriteError
+_TLS_SOCKETS = ()                                       # (ssl.SSLSocket,)
+
+
+def _use_tls():
+    global _WOULD_BLOCK, _TLS_SOCKETS
+    import ssl
+    _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+    _TLS_SOCKETS = (ssl.SSLSocket,)
+
 
 HEAD_TIMEOUT = 60.0              # seconds for a whole request head (and a TLS handshake)
 IDLE_TIMEOUT = 300.0             # seconds a keep-alive connection may wait for its next request
@@ -158,7 +170,7 @@ def peer_gone(sock):
         poller.register(sock, select.POLLIN)
         if not poller.poll(0):
             return False
-        if isinstance(sock, ssl.SSLSocket):
+        if isinstance(sock, _TLS_SOCKETS):
             # TLS cannot peek at plain text; look at the raw bytes instead. End of stream, or a
             # TLS alert record (content type 21: close_notify, which Go clients send on
             # Close), both mean the client is done.
@@ -471,6 +483,8 @@ class Server:
         self.headers_fn = headers_fn
         self.logger = logger
         self.tls_context = tls_context
+        if tls_context is not None:
+            _use_tls()
         self._mode_fn = getattr(app, "serving_mode", None)
         self._conns = {}                       # fd -> _Connection, every open connection
         self._memo = {}                        # request bytes -> (second, same_while, answer)
@@ -765,6 +779,7 @@ class Server:
     # -- reading and dispatching (by whichever thread owns the connection) ---------------------
     def _handshake(self, conn):
         """One step of a non-blocking TLS handshake; True once it is done."""
+        import ssl                              # loaded by _use_tls() already: a dict look-up
         try:
             conn.sock.do_handshake()
         except ssl.SSLWantReadError:
@@ -786,7 +801,7 @@ class Server:
         while True:
             try:
                 data = sock.recv(RECV_BYTES)
-            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            except _WOULD_BLOCK:
                 return True
             except OSError:
                 self._close(conn)
@@ -1010,7 +1025,7 @@ class Server:
             while conn.outbuf:
                 try:
                     n = conn.sock.send(conn.outbuf)
-                except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                except _WOULD_BLOCK:
                     conn.deadline = time.monotonic() + IDLE_TIMEOUT
                     self._arm(conn, _OUT)
                     return False
@@ -1157,7 +1172,7 @@ def make_server(address, app, headers_fn=None, logger=None, max_connections=None
     if scheme == "unix":
         remove_stale_socket(rest)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        tmp = os.path.join(os.path.dirname(rest), f".{secrets.token_hex(3)}")
+        tmp = os.path.join(os.path.dirname(rest), f".{os.urandom(3).hex()}")
         old = os.umask(0o177)
         try:
             try:
