@@ -244,6 +244,17 @@ def raise_nofile_limit():
     return soft
 
 
+def release_free_memory():
+    """Hand the C heap's free pages back to the kernel (malloc_trim(3)); call it once start-up
+    is done. Loading state, compiling the routes and importing the API free much of what they
+    allocated, but glibc returns memory to the kernel only from the top of the heap, so the
+    free pages below a live allocation stay resident (and count in the daemon's PSS) until
+    malloc_trim(0) releases every free page with MADV_DONTNEED. Measured at idle: see
+    docs/performance.md, "Start-up"."""
+    from minidock import syscalls           # already loaded by the spawner's module
+    syscalls.libc.malloc_trim(0)
+
+
 class InBackground:
     """`fn(*args)` running in a thread from now on; `result()` waits for it and returns its
     value, or raises what it raised (so a failure surfaces where the result is needed)."""
@@ -548,6 +559,7 @@ def main(argv=None):
             return 1
         # 7. the networks, then the containers the last daemon left (restarts included)
         start_networks(engine, netns)
+        release_free_memory()
         # 8. serve until told to stop
         served, servers = servers, []          # run_servers closes them from now on
         run_servers(served, stop=stop,
