@@ -21,7 +21,6 @@ layer.tar.gz`, `xxd -l 6`, `sha256sum` of a stored layer.tar agree with them.
 import bz2
 import errno
 import gzip
-import hashlib
 import io
 import lzma
 import os
@@ -119,6 +118,8 @@ class BlockReader:
         self.pos = 0                       # offset of buf[start] in the stream
         self.count = 0                     # bytes read from raw (hashed, teed) so far
         self.eof = False
+        if sha256:
+            import hashlib              # when needed: it loads OpenSSL (docs/performance.md, "Start-up")
         self.sha = hashlib.sha256() if sha256 else None
         self.sink = sink
         self.file = None                   # of_file(): the descriptor read with pread

@@ -19,7 +19,6 @@ config's. What you can observe: `docker save busybox | tar t`.
 Both work on an images.ImageStore (`store`).
 """
 
-import hashlib
 import io
 import json
 import os
@@ -89,6 +88,7 @@ def _write(store, wanted, out):
     """Write the images of `wanted` ({image id: [familiar repo:tag]}) to `out`."""
     w = tarsafe.TarWriter(out)
     manifest, repositories, written = [], {}, set()
+    import hashlib                      # when needed: it loads OpenSSL (docs/performance.md, "Start-up")
     for image_id, tags in wanted.items():
         c = store.configs[image_id]
         mtime = times.unix_seconds(c.get("created"))

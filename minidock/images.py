@@ -26,11 +26,9 @@ API (list rows, inspect, history) imagedescribe.py's; the image tarball (`docker
 `docker load`) is imagearchive.py's.
 """
 
-import hashlib
 import json
 import os
 import re
-import secrets
 import shutil
 import threading
 
@@ -79,6 +77,7 @@ class ImageStore:
                 continue
             with open(config_path, "rb") as f:
                 raw = f.read()
+            import hashlib          # when needed: it loads OpenSSL (docs/performance.md, "Start-up")
             image_id = "sha256:" + hashlib.sha256(raw).hexdigest()
             self.configs[image_id] = json.loads(raw)
             try:
@@ -333,7 +332,7 @@ class ImageStore:
 
     def _delete_image(self, image_id, records, noprune, users):
         parent = self.meta[image_id].get("parent")
-        trash = self._p("images", ".tmp-rm-" + secrets.token_hex(6))
+        trash = self._p("images", ".tmp-rm-" + os.urandom(6).hex())
         os.rename(self._p("images", _hex(image_id)), trash)
         del self.configs[image_id]
         del self.meta[image_id]
@@ -357,6 +356,7 @@ class ImageStore:
     def add_config(self, raw, parent=None, ref_keys=()):
         """Store config bytes `raw` (its layers must already be stored) and tag it. -> image ID."""
         config = json.loads(raw)
+        import hashlib              # when needed: it loads OpenSSL (docs/performance.md, "Start-up")
         image_id = "sha256:" + hashlib.sha256(raw).hexdigest()
         diff_ids = config.get("rootfs", {}).get("diff_ids") or []
         for chain in layers_mod.chain_ids(diff_ids):
@@ -376,7 +376,7 @@ class ImageStore:
             # to do), then the directory, the rename and images/. Then the tag index once for
             # all names. 4 + 2 fsyncs, where a file-by-file atomic write of each took 9 for an
             # import and 13 for a pull (tag and digest), each a journal commit on a busy disk.
-            tmp = self._p("images", ".tmp-" + secrets.token_hex(6))
+            tmp = self._p("images", ".tmp-" + os.urandom(6).hex())
             os.mkdir(tmp, 0o700)
             try:
                 fds = []

@@ -77,9 +77,7 @@ between leaves only tmp/, which is emptied at start.
 import collections
 import ctypes
 import errno
-import hashlib
 import os
-import secrets
 import shutil
 import stat
 import threading
@@ -180,6 +178,7 @@ def chain_id(parent, diff_id):
     """The OCI ChainID of `diff_id` stacked on the layer chain `parent` (None at the bottom)."""
     if not parent:
         return diff_id
+    import hashlib                      # when needed: it loads OpenSSL (docs/performance.md, "Start-up")
     return "sha256:" + hashlib.sha256(f"{parent} {diff_id}".encode()).hexdigest()
 
 
@@ -227,7 +226,7 @@ class LayerStore:
 
     def tmpdir(self):
         """A fresh directory on the store's file system (so rename() into place works)."""
-        path = self._p("tmp", secrets.token_hex(8))
+        path = self._p("tmp", os.urandom(8).hex())
         os.mkdir(path, 0o700)
         return path
 
@@ -409,7 +408,7 @@ class LayerStore:
                 except errors.NotFound:
                     pass
                 # rename first: the layer vanishes atomically, the slow delete happens out of sight
-                trash = self._p("tmp", "rm-" + secrets.token_hex(6))
+                trash = self._p("tmp", "rm-" + os.urandom(6).hex())
                 os.rename(self._p("layers", _hex(chain)), trash)
                 self._metas.pop(chain, None)
                 if short:
@@ -647,7 +646,7 @@ class LayerStore:
                 os.unlink(self._c(cid, "rw.json"))  # first: a half-removed layer is no layer
             except FileNotFoundError:
                 pass
-            trash = self._p("tmp", "rm-" + secrets.token_hex(6))
+            trash = self._p("tmp", "rm-" + os.urandom(6).hex())
             os.rename(self._c(cid), trash)          # one rename: the layer is gone
         except BaseException:
             for release in deletions:

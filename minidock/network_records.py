@@ -17,7 +17,6 @@ as moby does (libnetwork's ActiveEndpointsError is a Forbidden error): "network 
 active endpoints". Stopped members lose their endpoint with the network.
 """
 
-import hashlib
 import ipaddress
 import socket
 
@@ -29,7 +28,20 @@ BRIDGE = "bridge"
 
 
 def predefined_id(name):
-    return hashlib.sha256(f"minidock-network-{name}".encode()).hexdigest()
+    """The fixed ID of a predefined network: SHA-256 of its name, the same on every daemon."""
+    return _sha256(f"minidock-network-{name}".encode()).hexdigest()
+
+
+# CPython's own SHA-256 (the module hashlib falls back to; `_sha2` since 3.12), not hashlib's:
+# hashlib loads OpenSSL on import, ~3.5 MB of the daemon's PSS, and a daemon's first start
+# hashes only these few bytes (docs/performance.md, "Start-up"). Same digest either way.
+try:
+    from _sha256 import sha256 as _sha256
+except ImportError:
+    try:
+        from _sha2 import sha256 as _sha256
+    except ImportError:
+        from hashlib import sha256 as _sha256
 
 
 class NetworkRecords:

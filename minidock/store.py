@@ -40,7 +40,6 @@ that matches several IDs is an error rather than a guess.
 import json
 import os
 import re
-import secrets
 import shutil
 import threading
 
@@ -59,7 +58,7 @@ def write_atomic(path, data, mode=0o600, durable=True):
     after a crash such a file may be old or empty, and it is rewritten before anyone reads it.
     """
     directory = os.path.dirname(path) or "."
-    tmp = os.path.join(directory, f".tmp-{os.path.basename(path)}-{secrets.token_hex(4)}")
+    tmp = os.path.join(directory, f".tmp-{os.path.basename(path)}-{os.urandom(4).hex()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         try:
@@ -199,7 +198,7 @@ def read_json(path):
 def new_id():
     """A 64-hex-digit random ID, like Docker's container and exec IDs."""
     while True:
-        value = secrets.token_hex(32)
+        value = os.urandom(32).hex()
         if not value[:12].isdigit():       # Docker avoids all-digit short IDs: they read as numbers
             return value
 
@@ -330,7 +329,7 @@ class Collection:
         self.retired.discard(object_id)
         if self.per_dir:
             directory = os.path.join(self.directory, object_id)
-            trash = os.path.join(self.directory, f".tmp-rm-{object_id[:12]}-{secrets.token_hex(4)}")
+            trash = os.path.join(self.directory, f".tmp-rm-{object_id[:12]}-{os.urandom(4).hex()}")
             try:
                 os.rename(directory, trash)
             except FileNotFoundError:

@@ -40,7 +40,6 @@ left over (or None when the buffer holds less than one frame), so tests run on b
 """
 
 import base64
-import hashlib
 import os
 import struct
 
@@ -83,6 +82,7 @@ class Frame:
 
 def accept_key(client_key):
     """Sec-WebSocket-Accept for a Sec-WebSocket-Key: base64(SHA-1(key + GUID))."""
+    import hashlib                      # when needed: it loads OpenSSL (docs/performance.md, "Start-up")
     digest = hashlib.sha1(client_key.strip().encode("ascii") + GUID).digest()
     return base64.b64encode(digest).decode("ascii")
 
