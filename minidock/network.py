@@ -69,7 +69,6 @@ and vethN with `master docker0`; `cat /sys/class/net/eth0/address` inside a cont
 """
 
 import errno
-import ipaddress
 import json
 import os
 import socket
@@ -246,7 +245,8 @@ def valid_mac(text):
 
 def mac_for(ip):
     """Docker's MAC for an IPv4 address: 02:42 and the four address bytes."""
-    return "02:42:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
+    # inet_pton, not ipaddress: this module is loaded in the spawner, and ipaddress is ~0.3 MB
+    return "02:42:" + ":".join(f"{b:02x}" for b in socket.inet_pton(socket.AF_INET, ip))
 
 
 # --- attaching a container: the init's first step ---------------------------------------------

@@ -447,6 +447,9 @@ def main(argv):
             os.chdir("/")
     # Read once here, not in every container init (ns.prepare_in_spawner).
     ns.daemon_id_maps()
+    # The C heap's free pages back to the kernel: what importing freed stays resident below
+    # live allocations otherwise, in us and in the keeper and starters forked from us.
+    syscalls.libc.malloc_trim(0)
     # Everything imported so far lives as long as we do: move it out of the collector's
     # generations, so that no collection -- here, or in a starter or init forked from us --
     # walks those objects and writes to their pages (which a child would copy on write).
