@@ -72,7 +72,6 @@ import errno
 import json
 import os
 import socket
-import threading
 
 from . import errors, netlink, ns, syscalls
 
@@ -172,6 +171,7 @@ class DaemonNetns:
     """The daemon's handle on its network namespace (thread-safe)."""
 
     def __init__(self, spawner):
+        import threading        # the daemon's side only: the spawner loads this module without it
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.pid = spawner.netns(theirs.fileno())
@@ -246,7 +246,7 @@ def valid_mac(text):
 def mac_for(ip):
     """Docker's MAC for an IPv4 address: 02:42 and the four address bytes."""
     # inet_pton, not ipaddress: this module is loaded in the spawner, and ipaddress is ~0.3 MB
-    return "02:42:" + ":".join(f"{b:02x}" for b in socket.inet_pton(socket.AF_INET, ip))
+    return "02:42:" + ":".join(f"{b:02x}" for b in socket.inet_pton(socket.AF_INET, str(ip)))
 
 
 # --- attaching a container: the init's first step ---------------------------------------------
