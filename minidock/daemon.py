@@ -12,9 +12,9 @@ The start-up sequence is linear and its order matters:
 3. Enter the daemon's own user and mount namespace (userns.py) — *before* any thread exists, because
    unshare(CLONE_NEWUSER) is refused to multi-threaded processes.
 4. Start the single-threaded spawner process that forks containers (also before threads: it is
-   forked from this still single-threaded process), and ask it at once, from a thread, for the
-   keeper of the daemon's network namespace: the spawner and the keeper make it on the other
-   CPU while steps 5 and 6 run here.
+   forked from this still single-threaded process), and start the keeper thread of the
+   daemon's network namespace (network.py): the kernel makes it, with the GIL released, while
+   steps 5 and 6 run here.
 5. Build the engine (load state from disk, sweep what a crash left half-made).
 6. Bind the API sockets (a stale socket file is replaced, a live one is refused). They listen
    but nobody answers yet: a client that connects now waits in the backlog.
@@ -305,11 +305,11 @@ def prepare_engine(config, userns=True):
     exits = ExitRegistry()
     spawner = Spawner.start(on_exit=exits.deliver) if userns else NoSpawner()
 
-    # ... and the keeper of the daemon's network namespace, asked for now and waited for in step
-    # 7: the spawner forks it and it unshares its namespace on the other CPU (~7 ms) while this
+    # ... and the keeper thread of the daemon's network namespace, started now and waited for in
+    # step 7: it unshares its namespace (~7 ms of the kernel's, the GIL released) while this
     # thread builds the engine, the routes and the listening sockets. (Threads are allowed from
     # here on: the user namespace is entered and the spawner forked.)
-    netns = InBackground("netns-keeper", network.DaemonNetns, spawner) if userns else None
+    netns = InBackground("netns-start", network.DaemonNetns) if userns else None
 
     # 5. the cgroup tree (after the spawner: preparing it may move our own processes -- the
     # keeper may be forked meanwhile, which evacuate() allows for), then the engine and its

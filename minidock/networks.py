@@ -108,9 +108,9 @@ class Networks(NetworkRecords, ContainerEndpoints, ContainerNames, PublishedPort
 
     def start(self, spawner, netns=None):
         """Create the daemon's network namespace (or take `netns`, a network.DaemonNetns the
-        daemon asked the spawner for earlier) and every bridge; serve DNS. Call once the
-        spawner runs; failures are logged per network and leave that network unusable."""
-        self.netns = netns or network.DaemonNetns(spawner)
+        daemon started earlier) and every bridge; serve DNS. Call once the spawner runs;
+        failures are logged per network and leave that network unusable."""
+        self.netns = netns or network.DaemonNetns()
         upstreams = self.dns_upstreams
         if upstreams is None:
             upstreams = [(ip, 53) for ip in dns.host_resolvers()]

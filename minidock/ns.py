@@ -373,7 +373,7 @@ class DaemonTie:
     once; but credential changes (setuid, and the like) clear the death signal, so `arm()` is
     one of the last steps before execve.
 
-    An exec'd process and the network keeper still come from a short-lived *starter* (a
+    An exec'd process still comes from a short-lived *starter* (a
     pid namespace join applies to children only): the starter forks the process and exits,
     and the kernel re-parents the orphan to the nearest subreaper above it, the daemon
     (PR_SET_CHILD_SUBREAPER; the spawner is not one), its first live thread: the main

@@ -17,8 +17,7 @@ minidock.spawnerloop` (the daemon's own interpreter, started right after
 that imports only what starting a process needs: ~6 MB of anonymous memory where the daemon,
 having imported the whole API, has ~13 MB (RssAnon in /proc/PID/status). Measured here: ~2 ms
 less CPU and ~3 ms less latency per container start. It boots in ~25-40 ms beside the daemon's
-own start-up; requests sent meanwhile wait in its socket (the daemon is ready only once the
-spawner has started the network namespace's keeper). `ps` shows it as `python3 -S -E -m
+own start-up; requests sent meanwhile wait in its socket. `ps` shows it as `python3 -S -E -m
 minidock.spawnerloop SOCKET_FD LIFELINE_FD DAEMON_PID`.
 
 The process tree
@@ -95,7 +94,7 @@ The run/exec spec (a JSON-able dict; only `argv` and, for run, `rootfs` are requ
     tty               bool  the three fds are a pty slave: setsid + TIOCSCTTY, /dev/console
     hostname          str   run: the UTS hostname; "localhost" if empty
     network           run: "none" (new net ns, lo only; default) | "host" | {"join_pid": P}
-                      | {"netns_pid": keeper, "endpoints": [...]} (network.attach_container)
+                      | {"netns_pid": keeper TID, "endpoints": [...]} (network.attach_container)
     shm_size          int   run: bytes of the /dev/shm tmpfs; 64 MiB if 0/absent
     readonly_rootfs   bool  run: remount / read-only after set-up
     mounts            [{"source": host path, "target": container path, "readonly": bool}]
@@ -321,11 +320,6 @@ class Spawner:
             raise errors.InvalidParameter("exec needs argv")
         return self._request({"op": "exec", "init_pid": int(init_pid),
                               "spec": self._prepare(spec)}, [stdin, stdout, stderr])
-
-    def netns(self, sock_fd):
-        """Start the keeper of the daemon's network namespace (network.py), serving `sock_fd`;
-        its pid. It lives, like a container, until the spawner dies."""
-        return self._request({"op": "netns"}, [sock_fd])
 
     def wait(self, pid, timeout=None):
         """The exit code of `pid` (its own, or 128+signal); None on timeout."""

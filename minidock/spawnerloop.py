@@ -12,7 +12,7 @@ The loop
 on every start's status pipe. A run request clones the container's init straight into its
 namespaces, as the daemon's child (ns.spawn_container: clone(2) with CLONE_PARENT, through
 syscalls.clone_process), and is answered once the status pipe is at EOF: the init's execve
-closed it. An exec (or the network keeper) forks a *starter* (`start()`); the starter joins
+closed it. An exec forks a *starter* (`start()`); the starter joins
 the namespaces, forks the exec'd process (ns.enter_container), writes `P<pid>` on the status
 pipe and exits. The orphan is re-parented to the daemon, the subreaper above us (we are not
 one), and the daemon reaps it; that request is answered once the status pipe is at EOF *and*
@@ -38,7 +38,6 @@ API accepts (16 MiB bodies) under the socket buffer limit an unprivileged proces
     daemon -> spawner   {"op": "run",  "id": N, "spec": {...}}               + 3 fds (SCM_RIGHTS),
                                                             and the rootfs tree (open_tree)
                         {"op": "exec", "id": N, "init_pid": P, "spec": {...}} + 3 fds
-                        {"op": "netns", "id": N}  + 1 fd: start network.py's keeper on it
     spawner -> daemon   {"id": N, "pid": P}           the command is being exec'd; P is now
                                                       the daemon's child, for it to reap
                         {"id": N, "error": {...}, "pid": P or null}
@@ -60,7 +59,8 @@ import signal
 import socket
 import sys
 
-from . import errors, network, ns, syscalls   # network: loaded once here, not in every starter
+from . import errors, network, ns, syscalls   # noqa: F401  network: loaded once here, for every
+                                                # container init that attaches to a bridge (ns.py)
 
 # The wire: every datagram is one byte saying whether more of the message follows, then a part
 # of the JSON. Parts stay well under any socket buffer limit (an unprivileged process cannot
@@ -283,10 +283,9 @@ class _Server:
     def start(self, msg, fds):
         if "_invalid" in msg:
             raise ValueError(msg["_invalid"])
-        if msg.get("op") not in ("run", "exec", "netns") or "id" not in msg:
+        if msg.get("op") not in ("run", "exec") or "id" not in msg:
             raise ValueError(f"unknown request {msg.get('op')!r}")
-        if msg["op"] in ("run", "exec"):
-            ns.prepare_in_spawner(msg["spec"])
+        ns.prepare_in_spawner(msg["spec"])
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         try:
             if msg["op"] == "run":
@@ -327,7 +326,7 @@ class _Server:
         os.close(self.wake_w)
 
     def starter_main(self, msg, fds, status_r, status_w):
-        """The starter (exec, network keeper): join the namespaces, fork the process, report
+        """The starter (exec): join the namespaces, fork the process, report
         its pid, exit.
 
         Its exit is what hands the process to the daemon: the kernel re-parents the orphan to
@@ -337,12 +336,9 @@ class _Server:
         code = 125
         try:
             self.leave(status_r)
-            ns.reset_signals()          # the keeper lives on as Python: no handler of ours
+            ns.reset_signals()
             tie = ns.DaemonTie(os.pidfd_open(os.getpid()), self.lifeline)
-            if msg["op"] == "netns":
-                pid = network.start_keeper(fds[0], status_w, tie)
-            else:
-                pid = ns.enter_container(msg["init_pid"], msg["spec"], fds, status_w, tie)
+            pid = ns.enter_container(msg["init_pid"], msg["spec"], fds, status_w, tie)
             os.write(status_w, b"P%d\n" % pid)
             code = 0
         except BaseException as e:
@@ -448,7 +444,7 @@ def main(argv):
     # Read once here, not in every container init (ns.prepare_in_spawner).
     ns.daemon_id_maps()
     # The C heap's free pages back to the kernel: what importing freed stays resident below
-    # live allocations otherwise, in us and in the keeper and starters forked from us.
+    # live allocations otherwise, in us and in the starters and inits forked from us.
     syscalls.libc.malloc_trim(0)
     # Everything imported so far lives as long as we do: move it out of the collector's
     # generations, so that no collection -- here, or in a starter or init forked from us --

@@ -34,7 +34,7 @@ def main():
     rootfs = sys.argv[1]
     userns.enter_daemon_userns()
     sp = spawner.Spawner.start()
-    dn = network.DaemonNetns(sp)
+    dn = network.DaemonNetns()
     res = {"keeper_netns_differs": os.readlink(f"/proc/{dn.pid}/ns/net")
            != os.readlink("/proc/self/ns/net")}
     br_a = dn.rtnl(network.create_bridge, "br-a", "10.88.0.1", 24)

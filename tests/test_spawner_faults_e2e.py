@@ -269,9 +269,16 @@ def test_the_spawner_is_a_small_fresh_interpreter_first_and_after_a_restart(daem
     first = spawner_pid(d)
     _assert_small_fresh_spawner(first, daemon)
     first_mnt = os.readlink(f"/proc/{first}/ns/mnt")
-    # The keeper of the network namespace is a fork of it (same command line, smaller too).
-    keeper = [p for p in _children(daemon) if p != first]
-    assert len(keeper) == 1 and _cmdline(keeper[0]) == _cmdline(first)
+    # The keeper of the network namespace is no process but a thread of the daemon (network.py):
+    # the spawner is the daemon's only child, and exactly one of the daemon's threads is in
+    # another network namespace, the one that holds the default bridge.
+    assert _children(daemon) == [first]
+    host_net = os.readlink(f"/proc/{daemon}/ns/net")
+    moved = [t for t in os.listdir(f"/proc/{daemon}/task")
+             if os.readlink(f"/proc/{daemon}/task/{t}/ns/net") != host_net]
+    assert len(moved) == 1
+    with open(f"/proc/{daemon}/task/{moved[0]}/net/dev") as f:
+        assert "docker0:" in f.read()
     assert d.docker("run", "--rm", "busybox", "echo", "ok").stdout == b"ok\n"
     os.kill(first, signal.SIGKILL)
     again = wait_for_new_spawner(d, first)

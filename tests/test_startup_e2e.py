@@ -5,8 +5,8 @@ urllib.request only when a request needs them, so a daemon that never builds or 
 pay for them at start. Each lazy subsystem must work as the *first* thing a fresh daemon does,
 run the way users run it (uid 65534, `python3 -S`, a package directory it cannot write to).
 
-The daemon also binds its API sockets before its network namespace is up (the keeper is made on
-the other CPU meanwhile): a client that connects in that window waits in the listen backlog and
+The daemon also binds its API sockets before its network namespace is up (the keeper thread
+makes it meanwhile): a client that connects in that window waits in the listen backlog and
 must get the answer of a fully started daemon -- containers the last daemon left reconciled and
 restarted, networks with their bridges.
 """
@@ -31,7 +31,10 @@ pytestmark = pytest.mark.e2e
 # Modules a daemon must not have imported when it becomes ready (each is a rare route's).
 LAZY = ("minidock.builder", "minidock.buildcopy", "minidock.dockerfile", "minidock.registry",
         "minidock.registry.pull", "urllib.request", "http.client", "email.utils", "dataclasses",
-        "concurrent.futures", "platform")
+        "concurrent.futures", "platform",
+        # TLS and hashing: OpenSSL (libssl, libcrypto and their init) is ~3 MB of an idle
+        # daemon's memory; only a TLS listener, a digest or a pull loads it
+        "ssl", "_ssl", "hashlib", "_hashlib", "hmac", "secrets")
 
 # Run the real daemon; when it logs that it is ready, print the modules it has loaded and stop.
 REPORT_MODULES = """
