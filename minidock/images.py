@@ -32,7 +32,7 @@ import re
 import shutil
 import threading
 
-from minidock import errors, filters as filter_words, layers as layers_mod, reference, store, times
+from minidock import digest, errors, filters as filter_words, layers as layers_mod, reference, store, times
 
 ID_PREFIX_RE = re.compile(r"^(?:sha256:)?([a-f0-9]{1,64})$")
 
@@ -77,8 +77,8 @@ class ImageStore:
                 continue
             with open(config_path, "rb") as f:
                 raw = f.read()
-            import hashlib          # when needed: it loads OpenSSL (docs/performance.md, "Start-up")
-            image_id = "sha256:" + hashlib.sha256(raw).hexdigest()
+            # CPython's own SHA-256: a restart over stored images loads no OpenSSL (digest.py)
+            image_id = "sha256:" + digest.sha256_hex(raw)
             self.configs[image_id] = json.loads(raw)
             try:
                 self.meta[image_id] = store.read_json(os.path.join(directory, "meta.json"))
@@ -356,8 +356,7 @@ class ImageStore:
     def add_config(self, raw, parent=None, ref_keys=()):
         """Store config bytes `raw` (its layers must already be stored) and tag it. -> image ID."""
         config = json.loads(raw)
-        import hashlib              # when needed: it loads OpenSSL (docs/performance.md, "Start-up")
-        image_id = "sha256:" + hashlib.sha256(raw).hexdigest()
+        image_id = "sha256:" + digest.sha256_hex(raw)
         diff_ids = config.get("rootfs", {}).get("diff_ids") or []
         for chain in layers_mod.chain_ids(diff_ids):
             if not self.layers.exists(chain):

@@ -82,7 +82,7 @@ import shutil
 import stat
 import threading
 
-from minidock import compression, errors, layerdiff, store, syscalls, tarsafe
+from minidock import compression, digest, errors, layerdiff, store, syscalls, tarsafe
 
 OVERLAY, VFS = "overlay2", "vfs"
 MAX_MOUNT_DATA = 4000          # a page, minus room for the kernel's own terminator and safety
@@ -178,8 +178,7 @@ def chain_id(parent, diff_id):
     """The OCI ChainID of `diff_id` stacked on the layer chain `parent` (None at the bottom)."""
     if not parent:
         return diff_id
-    import hashlib                      # when needed: it loads OpenSSL (docs/performance.md, "Start-up")
-    return "sha256:" + hashlib.sha256(f"{parent} {diff_id}".encode()).hexdigest()
+    return "sha256:" + digest.sha256_hex(f"{parent} {diff_id}".encode())     # no OpenSSL (digest.py)
 
 
 def chain_ids(diff_ids):

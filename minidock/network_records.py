@@ -20,7 +20,7 @@ active endpoints". Stopped members lose their endpoint with the network.
 import ipaddress
 import socket
 
-from minidock import errors, filters as filters_mod, ipam, network, store, times
+from minidock import digest, errors, filters as filters_mod, ipam, network, store, times
 from minidock.tcpip import packet
 
 PREDEFINED_MODES = ("host", "none")
@@ -29,19 +29,8 @@ BRIDGE = "bridge"
 
 def predefined_id(name):
     """The fixed ID of a predefined network: SHA-256 of its name, the same on every daemon."""
-    return _sha256(f"minidock-network-{name}".encode()).hexdigest()
+    return digest.sha256_hex(f"minidock-network-{name}".encode())
 
-
-# CPython's own SHA-256 (the module hashlib falls back to; `_sha2` since 3.12), not hashlib's:
-# hashlib loads OpenSSL on import, ~3.5 MB of the daemon's PSS, and a daemon's first start
-# hashes only these few bytes (docs/performance.md, "Start-up"). Same digest either way.
-try:
-    from _sha256 import sha256 as _sha256
-except ImportError:
-    try:
-        from _sha2 import sha256 as _sha256
-    except ImportError:
-        from hashlib import sha256 as _sha256
 
 
 class NetworkRecords:

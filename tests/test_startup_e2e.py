@@ -52,20 +52,45 @@ sys.exit(daemon.main(sys.argv[1:]))
 """
 
 
+def modules_when_ready(d):
+    """The modules the daemon `d` (not running) has loaded when it logs that it is ready."""
+    argv = d.argv()
+    i = argv.index("-m")
+    argv[i:i + 2] = ["-c", REPORT_MODULES]
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": d.pythonpath, "HOME": d.base, "LANG": "C.UTF-8"}
+    done = subprocess.run(argv, env=env, capture_output=True, timeout=60, cwd=d.base)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    return set(json.loads(done.stdout.decode().splitlines()[0]))
+
+
 def test_a_ready_daemon_has_not_imported_the_rare_subsystems():
     d = Daemon()
     try:
-        argv = d.argv()
-        i = argv.index("-m")
-        argv[i:i + 2] = ["-c", REPORT_MODULES]
-        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": d.pythonpath, "HOME": d.base, "LANG": "C.UTF-8"}
-        done = subprocess.run(argv, env=env, capture_output=True, timeout=60, cwd=d.base)
-        assert done.returncode == 0, done.stderr.decode(errors="replace")
-        loaded = set(json.loads(done.stdout.decode().splitlines()[0]))
+        loaded = modules_when_ready(d)
         # the daemon really came up: its engine, API and network namespace are there
         assert {"minidock.engine", "minidock.api.build", "minidock.network"} <= loaded
         assert sorted(loaded.intersection(LAZY)) == []
     finally:
+        d.cleanup()
+
+
+def test_a_restart_over_stored_images_loads_no_openssl():
+    """Loading the image store recomputes every image's ID (its config's SHA-256) and the
+    layers' chain IDs: with CPython's own SHA-256 (minidock/digest.py), not hashlib's OpenSSL."""
+    d = Daemon()
+    try:
+        d.start()
+        tar = make_rootfs_tar(os.path.join(d.base, "rootfs.tar"))
+        d.docker("import", tar, "stored:1")
+        d.docker("run", "--rm", "stored:1", "true")
+        d.stop()
+        loaded = modules_when_ready(d)
+        assert "minidock.images" in loaded
+        assert sorted(loaded.intersection(LAZY)) == []
+        d.start()                               # and the store it loaded is the one it had
+        assert d.docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split() == [b"stored:1"]
+    finally:
+        d.stop()
         d.cleanup()
 
 
