@@ -26,7 +26,7 @@ import lzma
 import os
 import zlib
 
-from minidock import errors
+from minidock import errors, store
 
 CHUNK = 1 << 20
 
@@ -225,7 +225,7 @@ class BlockReader:
                 if not self._fill():
                     break
             k = min(n - done, self.end - self.start)
-            _write_all(fd, self.view[self.start:self.start + k])
+            store.write_all(fd, self.view[self.start:self.start + k])
             self.start += k
             self.pos += k
             done += k
@@ -261,12 +261,6 @@ class BlockReader:
 
     def digest(self):
         return "sha256:" + self.sha.hexdigest()
-
-
-def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 # What the decompressors raise on corrupt input (bz2 raises a plain OSError, caught by callers).

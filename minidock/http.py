@@ -358,14 +358,7 @@ class ChunkedReader:
             # After a framing error we no longer know where chunks start: reading on would
             # take body bytes for a chunk size (and wait for thousands of bytes that never come).
             raise self.broken
-        try:
-            return self._read(n)
-        except TimeoutError:           # socket.timeout is TimeoutError
-            self.broken = errors.RequestTimeout(f"request body stalled for {READ_TIMEOUT:g}s")
-            raise self.broken
-        except errors.MinidockError as exc:
-            self.broken = exc
-            raise
+        return self._remembering_failure(self._read, n)
 
     def readinto(self, b):
         """Up to len(b) bytes of the current chunk into `b`, straight from the connection when it
@@ -373,8 +366,13 @@ class ChunkedReader:
         no intermediate bytes objects); 0 at the end of the body. The errors of read()."""
         if self.broken is not None:
             raise self.broken
+        return self._remembering_failure(self._readinto, memoryview(b).cast("B"))
+
+    def _remembering_failure(self, step, arg):
+        """step(arg); a stall or a framing error is kept in `broken` and raised again by every
+        later read."""
         try:
-            return self._readinto(memoryview(b).cast("B"))
+            return step(arg)
         except TimeoutError:           # socket.timeout is TimeoutError
             self.broken = errors.RequestTimeout(f"request body stalled for {READ_TIMEOUT:g}s")
             raise self.broken

@@ -433,9 +433,7 @@ def _write_new(path, data, mode):
     """Create `path` (it must not exist) holding `data`; -> its open descriptor, not yet fsync'd."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        store.write_all(fd, data)
     except BaseException:
         os.close(fd)
         raise

@@ -158,9 +158,7 @@ class _DurableFile:
         self.written = self.started = 0
 
     def write(self, data):
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view):]
+        store.write_all(self.fd, data)
         self.written += len(data)
         if self.written - self.started >= WRITEBACK_BYTES:
             # Advisory: a failure here only means the fsync below has more to do.

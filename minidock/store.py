@@ -64,9 +64,7 @@ def write_atomic(path, data, mode=0o600, durable=True):
         try:
             # os.write, not a file object: open() would add an fstat, an isatty ioctl and an
             # lseek to every write (a container lifecycle writes eight of these files)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
             if durable:
                 os.fsync(fd)
         finally:
@@ -80,6 +78,14 @@ def write_atomic(path, data, mode=0o600, durable=True):
         raise
     if durable:
         fsync_dir(directory)
+
+
+def write_all(fd, data):
+    """write(2) all of the bytes-like `data` to descriptor `fd` (a short write goes on where it
+    stopped), without a Python file object's extra fstat, isatty and lseek."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def write_new(path, data, mode=0o600):
@@ -96,9 +102,7 @@ def write_new(path, data, mode=0o600):
     is incomplete)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, data)
         os.fsync(fd)
     except BaseException:
         os.close(fd)

@@ -59,7 +59,7 @@ import tarfile
 import tempfile
 import time
 
-from minidock import errors
+from minidock import errors, store
 from minidock.compression import CHUNK, DECODE_ERRORS, BlockReader, decompressed
 
 log = logging.getLogger("minidock.tarsafe")
@@ -444,7 +444,7 @@ def _extract_one(tf, source, m, res, whiteouts, no_overwrite, chown, stats, dir_
                     chunk = src.read(min(CHUNK, m.size - written))
                     if not chunk:
                         break
-                    _write_all(fd, chunk)
+                    store.write_all(fd, chunk)
                     written += len(chunk)
             if written < m.size:
                 raise errors.InvalidParameter(f"invalid tar archive: unexpected end of data in {m.name!r}")
@@ -504,13 +504,6 @@ def _extract_one(tf, source, m, res, whiteouts, no_overwrite, chown, stats, dir_
             os.utime(name, (m.mtime, m.mtime), dir_fd=pfd, follow_symlinks=False)
         except OSError:
             pass
-
-
-def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
 
 
 def _chmod_at(dirfd, name, mode):

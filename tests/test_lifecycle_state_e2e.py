@@ -74,6 +74,17 @@ def test_a_record_whose_layer_was_not_made_durable_is_removed_at_start(d):
     d.start()
 
 
+def only_kept_is_left(d, kept):
+    """Only the container `kept` is left, and no volume; once it is removed too, the data root
+    holds nothing stray (and the daemon starts on it again)."""
+    assert d.docker("ps", "-aq").stdout.decode().split() == [kept[:12]]
+    assert d.docker("volume", "ls", "-q").stdout == b""
+    d.docker("rm", kept)
+    d.stop()
+    assert data_root_problems(d.data_root) == []
+    d.start()
+
+
 def test_a_create_cut_short_while_writing_its_files_is_removed_at_start(d):
     """create() writes the record and the layer's rw.json in place (store.write_new: new files,
     one journal commit each); a crash part-way leaves one of them short. The restarted daemon
@@ -88,12 +99,7 @@ def test_a_create_cut_short_while_writing_its_files_is_removed_at_start(d):
         with open(path, "r+b") as f:
             f.truncate(7)
     d.start()
-    assert d.docker("ps", "-aq").stdout.decode().split() == [kept[:12]]
-    assert d.docker("volume", "ls", "-q").stdout == b""
-    d.docker("rm", kept)
-    d.stop()
-    assert data_root_problems(d.data_root) == []
-    d.start()
+    only_kept_is_left(d, kept)
 
 
 def test_run_rm_mounts_the_rootfs_volatile_and_leaves_nothing(d):
@@ -126,12 +132,7 @@ def test_an_rm_container_that_died_with_the_daemon_is_removed_at_restart(d):
     d.docker("run", "-d", "--rm", "-v", "/anon", "busybox", "sleep", "60")
     kept = d.docker("run", "-d", "busybox", "sleep", "60").stdout.decode().strip()
     restart(d)
-    assert d.docker("ps", "-aq").stdout.decode().split() == [kept[:12]]
-    assert d.docker("volume", "ls", "-q").stdout == b""
-    d.docker("rm", kept)
-    d.stop()
-    assert data_root_problems(d.data_root) == []
-    d.start()
+    only_kept_is_left(d, kept)
 
 
 def test_a_removal_cut_short_by_a_crash_is_finished_at_restart(d):
