@@ -311,9 +311,8 @@ def prepare_engine(config, userns=True):
     # here on: the user namespace is entered and the spawner forked.)
     netns = InBackground("netns-start", network.DaemonNetns) if userns else None
 
-    # 5. the cgroup tree (after the spawner: preparing it may move our own processes -- the
-    # keeper may be forked meanwhile, which evacuate() allows for), then the engine and its
-    # subsystems, state loaded from disk
+    # 5. the cgroup tree (after the spawner: preparing it may move our own processes, which
+    # evacuate() allows for), then the engine and its subsystems, state loaded from disk
     cgroups, warnings = _cgroups()
     if not userns:
         warnings.append(NoSpawner.REASON)

@@ -286,7 +286,7 @@ def attach_container(network, namespaces):
     Touches no file (see open_namespaces) and imports nothing: it may run after the init's
     pivot_root. Closes the two descriptors of `namespaces` (open_namespaces).
 
-    `network` = {"netns_pid": keeper pid, "endpoints": [{"bridge", "bridge_index", "address",
+    `network` = {"netns_pid": the keeper thread's TID, "endpoints": [{"bridge", "bridge_index", "address",
     "prefixlen", "gateway", "mac", "mtu", "default_route"}...]}. Two netlink batches in all,
     whatever the number of endpoints: every veth from the daemon's side, then lo, every
     address, setting, link and route from the container's side."""
