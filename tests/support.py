@@ -7,6 +7,7 @@ an interpreter that user can run. Every daemon is bounded: a watchdog timeout on
 `stop()` (SIGTERM, then SIGKILL) in teardown.
 """
 
+import atexit
 import json
 import os
 import shutil
@@ -30,9 +31,16 @@ def unprivileged_python():
     return sys.executable
 
 
+def _remove_if_ours(path, pid):
+    if os.getpid() == pid:              # not in a forked child that happens to exit normally
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def make_user_dir(uid=NOBODY, gid=None, prefix="minidock-test-"):
-    """A fresh directory under /tmp owned by `uid`, reachable by it (parents are 0755/1777)."""
+    """A fresh directory under /tmp owned by `uid`, reachable by it (parents are 0755/1777).
+    It is removed when the test process exits (a test's bind-mount directories included)."""
     path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    atexit.register(_remove_if_ours, path, os.getpid())
     os.chmod(path, 0o755)
     if os.getuid() == 0:
         os.chown(path, uid, gid if gid is not None else primary_gid(uid))
