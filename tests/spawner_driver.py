@@ -23,6 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from minidock import mounts, ns, spawner, syscalls  # noqa: E402
 from minidock.userns import enter_daemon_userns  # noqa: E402
 
+import proctree  # noqa: E402  (copied beside this file)
+
 ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"]
 
 
@@ -38,24 +40,6 @@ def collect(fd):
         out += chunk
     os.close(fd)
     return out.decode(errors="replace")
-
-
-def _proc(pid):
-    """(state, ppid) from /proc/PID/stat, or None once the pid is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return fields[0], int(fields[1])
-
-
-def _children(pid):
-    out = []
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{tid}/children") as f:
-            out += [int(p) for p in f.read().split()]
-    return sorted(out)
 
 
 def _until(predicate, timeout=10):
@@ -80,10 +64,10 @@ def tree(sp, start, base):
         res["failed_run"] = e.exit_code
     # (It may still be exiting when the error is answered: wait for it to be reaped.)
     expected = sorted([sp.pid] + inits + [execd])
-    _until(lambda: _children(me) == expected)
-    res["ppids"] = [_proc(p)[1] for p in inits + [execd]]
-    res["spawner_children"] = _children(sp.pid)
-    res["daemon_children"] = _children(me)
+    _until(lambda: proctree.children(me) == expected)
+    res["ppids"] = [proctree.stat(p)[1] for p in inits + [execd]]
+    res["spawner_children"] = proctree.children(sp.pid)
+    res["daemon_children"] = proctree.children(me)
     res["expected_children"] = expected
     # Exits still arrive after a kill -9 of the spawner, for an init and for an exec'd process
     # both started by the dead one.
@@ -94,7 +78,7 @@ def tree(sp, start, base):
     old = sp.pid
     os.kill(old, signal.SIGKILL)
     res["restarted"] = _until(lambda: sp.pid != old and sp.health() is None, 30)
-    res["running_after_kill"] = [_proc(p) is not None and _proc(p)[0] != "Z" for p in inits]
+    res["running_after_kill"] = [proctree.stat(p) is not None and proctree.stat(p)[0] != "Z" for p in inits]
     res["init_code_after_kill"] = sp.wait(seven, 10)
     res["exec_code_after_kill"] = sp.wait(nine, 10)
     pid, r = start(["true"])
@@ -103,7 +87,7 @@ def tree(sp, start, base):
     for p in inits:
         os.kill(p, signal.SIGKILL)
     res["codes"] = [sp.wait(p, 10) for p in inits] + [sp.wait(execd, 10)]
-    res["zombies_left"] = [p for p in _children(me) if _proc(p) and _proc(p)[0] == "Z"]
+    res["zombies_left"] = [p for p in proctree.children(me) if proctree.stat(p) and proctree.stat(p)[0] == "Z"]
     return res
 
 
@@ -135,7 +119,7 @@ def birth(sp, base, data):
     for i in range(20):
         os.makedirs(f"{extra}/{i}", exist_ok=True)
         syscalls.mount("tmpfs", f"{extra}/{i}", "tmpfs", 0, "size=16k")
-    before = set(_children(me))
+    before = set(proctree.children(me))
     result = {}
 
     def run():
@@ -143,12 +127,12 @@ def birth(sp, base, data):
     t = threading.Thread(target=run)
     t.start()
     new = []
-    _until(lambda: new.extend(set(_children(me)) - before - set(new)) or new, 10)
+    _until(lambda: new.extend(set(proctree.children(me)) - before - set(new)) or new, 10)
     res = {"daemon": me, "new_children": len(new)}
     if new:
         st = _status(new[0])
         res.update(ppid=int(st["PPid"]), nspid=st["NSpid"].split(),
-                   spawner_children=_children(sp.pid), state=st["State"][0])
+                   spawner_children=proctree.children(sp.pid), state=st["State"][0])
         mounts = {}
         for who, pid in (("daemon", me), ("spawner", sp.pid), ("init", new[0])):
             with open(f"/proc/{pid}/mountinfo") as f:
@@ -194,7 +178,7 @@ def orphan(sp, start, restart_first):
     null = os.open(os.devnull, os.O_RDWR)
     pids.append(sp.exec(pids[0], {"env": ENV, "argv": ["sleep", "1000"]}, null, null, null))
     print(json.dumps({"pids": pids, "spawner": sp.pid,
-                      "ppids": [_proc(p)[1] for p in pids], "daemon": os.getpid()}), flush=True)
+                      "ppids": [proctree.stat(p)[1] for p in pids], "daemon": os.getpid()}), flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 
 

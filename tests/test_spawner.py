@@ -64,6 +64,7 @@ class Daemon:
         shutil.copytree(PACKAGE, os.path.join(self.dir, "minidock"),
                         ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy(os.path.join(HERE, "spawner_driver.py"), self.dir)
+        shutil.copy(os.path.join(HERE, "proctree.py"), self.dir)
         self.rootfs = rootfs_helper.make_rootfs(os.path.join(self.dir, "rootfs"), uid, gid)
         self.data = os.path.join(self.dir, "data")
         os.mkdir(self.data)

@@ -17,6 +17,8 @@ import pytest
 
 from minidock.client import APIError
 
+import proctree
+
 
 def _cmdline(pid):
     try:
@@ -183,30 +185,12 @@ def test_ping_and_info_report_degraded_while_the_spawner_is_down(rootless):
     assert rootless.docker("run", "--rm", "busybox", "echo", "ok").stdout == b"ok\n"
 
 
-def _stat(pid):
-    """(state, ppid) of a pid from /proc, or None once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return fields[0], int(fields[1])
-
-
-def _children(pid):
-    out = []
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{tid}/children") as f:
-            out += [int(p) for p in f.read().split()]
-    return sorted(out)
-
-
 def test_no_process_per_container_and_daemon_death_ends_containers(daemon_factory):
     from rootfs import make_rootfs_tar
     d = daemon_factory()
     d.docker("import", make_rootfs_tar(os.path.join(d.base, "bb.tar")), "busybox")
     daemon = d.proc.pid
-    before = _children(daemon)          # the spawner and the network namespace's keeper
+    before = proctree.children(daemon)          # the spawner and the network namespace's keeper
     ids = [d.docker("run", "-d", "busybox", "sleep", "300").stdout.decode().strip()
            for _ in range(3)]
     ids.append(d.docker("run", "-d", "--init", "busybox", "sleep", "300").stdout.decode().strip())
@@ -215,17 +199,17 @@ def test_no_process_per_container_and_daemon_death_ends_containers(daemon_factor
     execd = None
     deadline = time.monotonic() + 10
     while execd is None and time.monotonic() < deadline:
-        execd = next((p for p in _children(daemon) if p not in before + inits), None)
+        execd = next((p for p in proctree.children(daemon) if p not in before + inits), None)
         time.sleep(0.02)
     # Each container init and the exec'd process is the daemon's own child: the engine keeps
     # no process per container (the daemon's other children are the ones it had idle).
-    assert [_stat(p)[1] for p in inits] == [daemon] * 4
-    assert execd is not None and _stat(execd)[1] == daemon
-    assert _children(daemon) == sorted(before + inits + [execd])
+    assert [proctree.stat(p)[1] for p in inits] == [daemon] * 4
+    assert execd is not None and proctree.stat(execd)[1] == daemon
+    assert proctree.children(daemon) == sorted(before + inits + [execd])
     # kill -9 of the daemon: every container process dies with it (their death signal).
     d.kill()
     deadline = time.monotonic() + 10
-    gone = lambda p: _stat(p) is None or _stat(p)[0] == "Z"     # noqa: E731
+    gone = lambda p: proctree.stat(p) is None or proctree.stat(p)[0] == "Z"     # noqa: E731
     while time.monotonic() < deadline and not all(gone(p) for p in inits + [execd]):
         time.sleep(0.05)
     assert [p for p in inits + [execd] if not gone(p)] == []
@@ -249,7 +233,7 @@ def _assert_small_fresh_spawner(pid, daemon):
     assert argv[1:5] == [b"-S", b"-E", b"-m", b"minidock.spawnerloop"], argv
     assert argv[7] == str(daemon).encode()      # (a restarted one: and the mount namespace fd)
     assert os.readlink(f"/proc/{pid}/exe") == os.readlink(f"/proc/{daemon}/exe")
-    assert _stat(pid)[1] == daemon
+    assert proctree.stat(pid)[1] == daemon
     # execve kept the daemon's user namespace; its mount namespace is its own copy of the
     # daemon's (spawnerloop.own_mount_namespace); it works in the daemon's directory.
     assert os.readlink(f"/proc/{pid}/ns/user") == os.readlink(f"/proc/{daemon}/ns/user")
@@ -272,7 +256,7 @@ def test_the_spawner_is_a_small_fresh_interpreter_first_and_after_a_restart(daem
     # The keeper of the network namespace is no process but a thread of the daemon (network.py):
     # the spawner is the daemon's only child, and exactly one of the daemon's threads is in
     # another network namespace, the one that holds the default bridge.
-    assert _children(daemon) == [first]
+    assert proctree.children(daemon) == [first]
     host_net = os.readlink(f"/proc/{daemon}/ns/net")
     moved = [t for t in os.listdir(f"/proc/{daemon}/task")
              if os.readlink(f"/proc/{daemon}/task/{t}/ns/net") != host_net]

@@ -24,6 +24,7 @@ import time
 import pytest
 
 from rootfs import make_rootfs_tar
+from rootfs_helpers import tar_bytes
 from support import Daemon, read_until_close
 
 pytestmark = pytest.mark.e2e
@@ -94,20 +95,10 @@ def test_a_restart_over_stored_images_loads_no_openssl():
         d.cleanup()
 
 
-def context_tar(files):
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def test_a_build_is_the_first_thing_a_fresh_daemon_does(daemon_factory):
     d = daemon_factory()
-    body = context_tar({"Dockerfile": b"FROM scratch\nCOPY hello.txt /hello.txt\nCMD [\"/hello\"]\n",
-                        "hello.txt": b"built lazily\n"})
+    body = tar_bytes([("Dockerfile", "file", b"FROM scratch\nCOPY hello.txt /hello.txt\nCMD [\"/hello\"]\n"),
+                      ("hello.txt", "file", b"built lazily\n")])
     lines = list(d.client().stream("POST", "/build", params={"t": "lazy:1"}, body=body,
                                    headers={"Content-Type": "application/x-tar"}))
     assert not [ln for ln in lines if "error" in ln], lines
