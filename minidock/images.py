@@ -380,8 +380,8 @@ class ImageStore:
             try:
                 fds = []
                 try:
-                    fds.append(_write_new(os.path.join(tmp, "config.json"), raw, 0o644))
-                    fds.append(_write_new(os.path.join(tmp, "meta.json"), store.encode_json(meta), 0o600))
+                    fds.append(store.create_file(os.path.join(tmp, "config.json"), raw, 0o644))
+                    fds.append(store.create_file(os.path.join(tmp, "meta.json"), store.encode_json(meta), 0o600))
                     for fd in fds:
                         os.fsync(fd)
                 finally:
@@ -428,17 +428,6 @@ class ImageStore:
         return self._p("images", _hex(image_id), "config.json")
 
 # -- helpers -------------------------------------------------------------------------------------------
-
-def _write_new(path, data, mode):
-    """Create `path` (it must not exist) holding `data`; -> its open descriptor, not yet fsync'd."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        store.write_all(fd, data)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
 
 def _repo_of(key):
     """The repository part of an index key: "repo:tag" or "repo@sha256:..." -> "repo"."""

@@ -100,9 +100,8 @@ def write_new(path, data, mode=0o600):
     under the final name; its owner must treat an unreadable file as never made (a container
     whose record does not parse is swept at start, an rw layer whose rw.json does not parse
     is incomplete)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    fd = create_file(path, data, mode)
     try:
-        write_all(fd, data)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -110,6 +109,20 @@ def write_new(path, data, mode=0o600):
         raise
     os.close(fd)
     fsync_dir(os.path.dirname(path) or ".")
+
+
+def create_file(path, data, mode=0o600):
+    """Make the file `path` (O_EXCL: it must not exist) holding `data`; -> its open descriptor,
+    not yet fsync'd (the caller fsyncs it, maybe together with others). On failure nothing is
+    left: the descriptor is closed and the file unlinked."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        write_all(fd, data)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    return fd
 
 
 _writers = None
