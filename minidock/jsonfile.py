@@ -49,7 +49,6 @@ Observe it yourself:
     ls -l "$(docker inspect -f '{{.LogPath}}' r)"*          # x.log x.log.1 x.log.2, ~1 kB each
 """
 
-import ctypes
 import json
 import operator
 import os
@@ -266,8 +265,8 @@ class Writer:
 # disk writes a sync or the kernel's 30-second writeback would do into the time the container
 # runs, so that at most a few MiB of a log are dirty at any moment. (The one extra cost: a big
 # log deleted within 30 s of being written now reaches the disk once; logs under 4 MiB are left
-# alone, and a `--rm` container's exit has no sync to wait for anyway: its rootfs is volatile.) The calls run on one thread of their own (`Writeback`): the output loop
-# hands over a range and goes back to reading pipes, and a slow disk can delay the write-out but
+# alone, and a `--rm` container's exit has no sync to wait for anyway: its rootfs is volatile.)
+# The calls run on one thread of their own (`Writeback`): the output loop hands over a range and goes back to reading pipes, and a slow disk can delay the write-out but
 # never a container's output. Observe it: `grep -E 'Dirty|Writeback:' /proc/meminfo` while a
 # container prints stays at a few MiB instead of growing with the log.
 
@@ -297,8 +296,6 @@ class Writeback:
         gets its own duplicate of `fd`: the writer may close or rotate its file meanwhile. On a
         disk so slow that MAX_PENDING requests wait, the request is dropped: the kernel writes
         those pages back on its own, and no descriptors pile up."""
-        if self._call is None:
-            return
         with self._lock:
             if self.pending >= self.MAX_PENDING:
                 return

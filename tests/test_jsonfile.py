@@ -215,8 +215,6 @@ def test_writeback_requested_as_the_log_grows_whole_pages_in_order(tmp_path):
     """Every WRITEBACK_STEP bytes the finished pages of the log are handed to the kernel for
     write-out, once each, in order, and the kernel accepts every request (on a duplicate of the
     writer's fd, so the writer may close its file meanwhile); at close the rest goes too."""
-    if jsonfile._sync_file_range() is None:
-        pytest.skip("no sync_file_range in this libc")
     path = str(tmp_path / "c-json.log")
     wb = KernelWriteback()
     w = jsonfile.Writer(path, writeback=wb)
