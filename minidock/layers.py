@@ -544,9 +544,6 @@ class LayerStore:
         info = self.rw_info(cid)
         return info["driver"] == OVERLAY and not os.path.lexists(self._c(cid, "upper", name))
 
-    def merged_path(self, cid):
-        return self._c(cid, "merged")
-
     def mount(self, cid, volatile=False):
         """Mount container `cid`'s root filesystem (idempotent); returns the merged path.
         `volatile`: no syncs of the upper directory, for a container removed when it ends

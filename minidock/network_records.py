@@ -138,9 +138,6 @@ class NetworkRecords:
             raise errors.InvalidParameter(f"network {ref} is ambiguous ({len(matches)} matches found based on ID prefix)")
         raise errors.NotFound(f"network {ref} not found")
 
-    def is_bridge(self, rec):
-        return rec["Name"] not in PREDEFINED_MODES
-
     # -- the API: create, list, inspect, remove, prune --------------------------------------
 
     def create(self, body):
