@@ -1,8 +1,9 @@
 """The container backend: every container operation the API offers, without HTTP.
 
-A container is a record (its config, host config and state, one JSON file, written atomically)
-plus, while it runs, a process tree started by the spawner (ns.py does the isolation) and the
-threads that carry its output. This class composes the concepts of minidock/container/:
+A container is a record (its config, host config and state: one file of two JSON slots, each
+save written in place into the older one, store.py and slotfile.py) plus, while it runs, a
+process tree started by the spawner (ns.py does the isolation) and the threads that carry its
+output. This class composes the concepts of minidock/container/:
 
     config.py     Config/HostConfig merging and rules, names, the network-mode rule
     lifecycle.py  the states, the TRANSITIONS table every status change goes through, Container
@@ -52,7 +53,9 @@ class Containers:
         self.networks = networks
         self.cgroups, self.spawner, self.exits = cgroups, spawner, exits
         self.root = os.path.join(data_root, "containers")
-        self.collection = store.Collection(self.root, "container", per_dir=True)
+        # records in two-slot files (slotfile.py): each save after the create one pwrite and
+        # one fdatasync, no journal commit
+        self.collection = store.Collection(self.root, "container", per_dir=True, slots=True)
         self.by_id = {}
         self.rows = describe.RowCache(self._row)      # `docker ps` rows, encoded
         self.names_lock = threading.Lock()

@@ -349,9 +349,10 @@ def _sweep_orphan_rw_layers(engine):
 
 
 def _sweep_half_created_containers(engine):
-    """Container directories without a config.json: a create cut short by a crash. No container
-    record names them, so nothing of them can be reached through the API; they go, with the
-    anonymous volumes made for them."""
+    """Container directories without a readable record: a create cut short by a crash (no
+    config.json yet, or a short one; a record is readable while either of its two slots is,
+    slotfile.py). No container record names them, so nothing of them can be reached through
+    the API; they go, with the anonymous volumes made for them."""
     directory = os.path.join(engine.config.data_root, "containers")
     if not os.path.isdir(directory):
         return

@@ -11,6 +11,15 @@ sequence that makes a crash at any moment leave either the old or the new file, 
 
 Leftover temporary files (a crash between 1 and 3) start with `.tmp-` and are removed at load.
 
+A record saved again and again (a container's: eight saves per lifecycle) can be kept in a
+*two-slot file* instead (`Collection(..., slots=True)`, slotfile.py): the file is made once
+with room for two copies, and each later save overwrites the older copy in place and flushes it
+with fdatasync -- no rename, no metadata, no journal commit (0.17 ms where the sequence above
+takes 0.55-0.8 ms). A crash tears at most the copy being written; a load takes the newest valid
+one. A save whose record outgrew the slots, or the first save after retire() (below), writes
+the whole file by the sequence above. A record file written before slots existed (plain JSON)
+still loads, and its first save rewrites it in two slots.
+
 The two fsyncs are most of a save's time (0.5 ms on an idle disk, 1-3 ms while other programs
 write: each one waits for a journal commit). They are never skipped for such a record, but a
 save whose content is known before the work it describes ends can run *beside* that work:
@@ -37,13 +46,14 @@ Objects are found like Docker finds them: by full ID, by name, or by a unique ID
 that matches several IDs is an error rather than a guess.
 """
 
+import itertools
 import json
 import os
 import re
 import shutil
 import threading
 
-from minidock import errors
+from minidock import errors, slotfile
 
 NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 RETIRED_SUFFIX = ".removing"          # a retired object's file (Collection.retire)
@@ -144,11 +154,17 @@ def write_atomic_in_background(path, data, mode=0o600, new=False):
     """Start `write_atomic(path, data)` (durable; with `new`, write_new) on a writer thread;
     -> `wait()`, which blocks until the file is durable and raises what the write raised.
     Writes of one path must not overlap: wait for one before starting the next."""
+    return in_background(write_new if new else write_atomic, path, data, mode)
+
+
+def in_background(write, *args):
+    """Run `write(*args)` on a writer thread; -> `wait()`, which blocks until it has returned
+    and raises what it raised. Without a writer thread to be had it runs now."""
     done, failure = threading.Event(), []
 
-    def write():
+    def run():
         try:
-            (write_new if new else write_atomic)(path, data, mode)
+            write(*args)
         except BaseException as exc:        # handed to wait(), in the caller's thread
             failure.append(exc)
         finally:
@@ -160,9 +176,9 @@ def write_atomic_in_background(path, data, mode=0o600, new=False):
             raise failure[0]
     try:
         start_writer_threads()              # (made at the daemon's start; here for other users)
-        _writers.submit(write)
+        _writers.submit(run)
     except RuntimeError:                    # no thread to be had (a fork bomb): write it now
-        write()
+        run()
     return wait
 
 
@@ -212,6 +228,36 @@ def read_json(path):
         return json.loads(f.read())
 
 
+def decode_record(data):
+    """A record file's bytes -> (object, seq, newer slot, slot size): a two-slot file
+    (slotfile.py), or plain JSON as written before records had slots (seq and slot size 0).
+    ValueError when neither is readable."""
+    if data[:1] == b"{":
+        return json.loads(data), 0, 0, 0
+    seq, body, index, slot_size = slotfile.decode_file(data)
+    return json.loads(body), seq, index, slot_size
+
+
+def read_record(path):
+    """The object in the record file at `path`, either format (decode_record)."""
+    with open(path, "rb") as f:
+        return decode_record(f.read())[0]
+
+
+class _Slots:
+    """What a Collection with `slots` knows of one object's two-slot file (slotfile.py)."""
+
+    def __init__(self, seq=0, slot_size=0, newer=0):
+        self.lock = threading.Lock()       # held around pick-slot, pwrite and fdatasync
+        # next() hands out the saves' numbers, at their encoding: one C call, atomic under the
+        # GIL, so a caller never waits for another thread's write to get its number
+        self.numbers = itertools.count(seq + 1)
+        self.written = seq                 # the number of the newest save in the file (0: none)
+        self.slot_size = slot_size         # 0: no two-slot file at the path (none yet, plain JSON, retired)
+        self.newer = newer                 # the slot that holds save `written`
+        self.unflushed = False             # save `written` was made without fdatasync
+
+
 def new_id():
     """A 64-hex-digit random ID, like Docker's container and exec IDs."""
     while True:
@@ -225,15 +271,20 @@ class Collection:
 
     `objects` maps id -> dict. `lock(id)` returns a per-object lock that callers hold while they
     read-modify-write one object; `save()` persists the current dict of an object atomically.
+    With `slots` each file holds two slots (slotfile.py); saves of one object are then ordered
+    by their numbers, taken when they are encoded: a save never overwrites a newer one, even
+    when a background save (save_in_background) is written after a later synchronous one.
     """
 
-    def __init__(self, directory, kind, filename="config.json", per_dir=False):
+    def __init__(self, directory, kind, filename="config.json", per_dir=False, slots=False):
         self.directory = directory
         self.kind = kind                     # "container", "volume", ... for error messages
         self.filename = filename
         self.per_dir = per_dir               # each object in <dir>/<id>/<filename> (else <dir>/<id>.json)
         self.objects = {}
         self.retired = set()                 # ids whose removal began (retire()); see load()
+        self.slots = slots                   # files in two slots, saved in place (module docstring)
+        self._slots = {}                     # id -> _Slots, with `slots`
         self._locks = {}
         self._guard = threading.Lock()
         os.makedirs(directory, exist_ok=True)
@@ -282,10 +333,21 @@ class Collection:
             elif os.path.exists(marked):
                 os.unlink(marked)                  # saved again after retire(): the save wins
             try:
-                self.objects[object_id] = read_json(path)
+                self.objects[object_id] = self._read(object_id, path, retired=path == marked)
             except (OSError, ValueError) as exc:
                 problems.append(f"{self.kind} {object_id}: {exc}")
         return problems
+
+    def _read(self, object_id, path, retired):
+        with open(path, "rb") as f:
+            data = f.read()
+        if not self.slots:
+            return json.loads(data)
+        obj, seq, newer, slot_size = decode_record(data)
+        # A plain JSON file (written before slots) or a retired one is not saved into in place:
+        # the next save writes a whole two-slot file at the path (slot size 0).
+        self._slots[object_id] = _Slots(seq, 0 if retired else slot_size, newer)
+        return obj
 
     def lock(self, object_id):
         with self._guard:
@@ -297,11 +359,15 @@ class Collection:
         if obj is None:
             obj = self.objects[object_id]
         path = self.path(object_id)
+        if self.slots:
+            write, args = self._write_slot, self._encode(object_id, obj)
+        else:
+            write, args = write_json, (obj,)
         try:
-            write_json(path, obj, durable)
+            write(path, *args, durable=durable)
         except FileNotFoundError:            # its directory is not made yet (the first save)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            write_json(path, obj, durable)
+            write(path, *args, durable=durable)
         self.objects[object_id] = obj
         if object_id in self.retired:        # saved again after retire(): drop the mark
             self.retired.discard(object_id)
@@ -316,7 +382,16 @@ class Collection:
         path = self.path(object_id)
         if not os.path.isdir(os.path.dirname(path)):
             os.makedirs(os.path.dirname(path), exist_ok=True)
-        write_new(path, encode_json(obj))
+        if not self.slots:
+            write_new(path, encode_json(obj))
+        else:
+            # Both slots written whole, allocated once by this commit (slotfile.py): the saves
+            # that follow write in place.
+            state, seq, body = self._encode(object_id, obj)
+            with state.lock:
+                data = slotfile.encode_file(seq, body)
+                write_new(path, data)
+                state.written, state.newer, state.slot_size = seq, 0, len(data) // 2
         self.objects[object_id] = obj
 
     def retire(self, object_id, durable=True):
@@ -325,7 +400,13 @@ class Collection:
         `durable=False` skips the fsync, for an owner that removes the object after a crash
         whether or not the rename survived it."""
         path = self.path(object_id)
-        os.rename(path, path + RETIRED_SUFFIX)
+        if not self.slots:
+            os.rename(path, path + RETIRED_SUFFIX)
+        else:
+            state = self._slot_state(object_id)
+            with state.lock:                 # not in the middle of a write into the file
+                os.rename(path, path + RETIRED_SUFFIX)
+                state.slot_size = 0          # a save after this writes a whole new file at `path`
         self.retired.add(object_id)
         if durable:
             fsync_dir(os.path.dirname(path))
@@ -337,13 +418,62 @@ class Collection:
         path = self.path(object_id)
         if not os.path.isdir(os.path.dirname(path)):
             os.makedirs(os.path.dirname(path), exist_ok=True)
+        if self.slots:
+            return in_background(self._write_slot, path, *self._encode(object_id, obj))
         return write_atomic_in_background(path, encode_json(obj))
+
+    # -- two-slot files (slotfile.py) --------------------------------------------------------------
+    def _slot_state(self, object_id):
+        with self._guard:
+            return self._slots.setdefault(object_id, _Slots())
+
+    def _encode(self, object_id, obj):
+        """-> (state, seq, body): the save's number is taken with its encoding, so numbers
+        order saves as their callers made them, whichever write runs first."""
+        state = self._slot_state(object_id)
+        return state, next(state.numbers), json.dumps(obj, sort_keys=True).encode()
+
+    @staticmethod
+    def _write_slot(path, state, seq, body, durable=True):
+        """Write the save `seq` (JSON `body`) of one object into the older slot of its file, or
+        the whole file anew when there is none yet or the record outgrew the slots."""
+        with state.lock:
+            if seq <= state.written:
+                # A save encoded after this one was written first: it stands, this one is
+                # dropped. This caller is promised "this or newer, durable": flush the newer.
+                if durable and state.unflushed:
+                    slotfile.flush(path)
+                    state.unflushed = False
+                return
+            if state.slot_size and len(body) <= slotfile.capacity(state.slot_size):
+                index = 1 - state.newer
+                try:
+                    # flush_first: the newer slot's save was not flushed; it must be durable
+                    # before a crash may tear the only other copy (slotfile.py)
+                    slotfile.write_slot(path, index, slotfile.encode_slot(seq, body, state.slot_size),
+                                        flush_first=state.unflushed, durable=durable)
+                except FileNotFoundError:
+                    state.slot_size = 0      # the file is gone: a retry writes it whole
+                    raise
+                state.written, state.newer, state.unflushed = seq, index, not durable
+                return
+            # No two-slot file to write into (a first save, a plain JSON file of an older
+            # version, a retired file), or the record outgrew its slots: a new file, larger
+            # slots, put in place atomically (two journal commits, as any write_atomic). Always
+            # durable, even for a save that need not be: a later durable save into a slot
+            # flushes the file's data, but not the rename that made the file.
+            data = slotfile.encode_file(seq, body)
+            write_atomic(path, data)
+            state.written, state.newer, state.unflushed = seq, 0, False
+            state.slot_size = len(data) // 2
 
     def delete(self, object_id, later=None):
         """Forget an object and remove its file (or directory: renamed to a `.tmp-` name at
         once, its files deleted by `later(fn)` if given, else now)."""
         self.objects.pop(object_id, None)
         self.retired.discard(object_id)
+        with self._guard:
+            self._slots.pop(object_id, None)
         if self.per_dir:
             directory = os.path.join(self.directory, object_id)
             trash = os.path.join(self.directory, f".tmp-rm-{object_id[:12]}-{os.urandom(4).hex()}")

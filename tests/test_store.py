@@ -184,3 +184,164 @@ def test_write_new_makes_the_file_in_place_and_refuses_an_existing_one(tmp_path)
     c = store.Collection(str(tmp_path / "c"), "container", per_dir=True)
     c.save_new("abc", {"Status": "created"})
     assert os.listdir(tmp_path / "c" / "abc") == ["config.json"] and c.objects["abc"] == {"Status": "created"}
+
+
+# -- two-slot record files (slotfile.py) ------------------------------------------------------------
+
+def slots_of(path):
+    """The two slots of a record file, as bytes."""
+    data = open(path, "rb").read()
+    half = len(data) // 2
+    return data[:half], data[half:]
+
+
+def test_a_new_slot_file_is_two_whole_slots_without_a_hole(tmp_path):
+    c = store.Collection(str(tmp_path), "container", per_dir=True, slots=True)
+    c.save_new("abc", {"Status": "created"})
+    path = tmp_path / "abc" / "config.json"
+    first, second = slots_of(path)
+    assert len(first) == 4096 and second == b" " * 4095 + b"\n"
+    assert first.startswith(b"00000000000000000001 ") and first.rstrip().endswith(b'{"Status": "created"}')
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        # every byte is data: the first save into slot 1 allocates nothing (slotfile.py)
+        assert os.lseek(fd, 0, os.SEEK_HOLE) == 8192
+    finally:
+        os.close(fd)
+    assert os.stat(path).st_blocks * 512 >= 8192
+
+
+def test_a_save_writes_the_older_slot_in_place_and_keeps_the_other(tmp_path):
+    c = store.Collection(str(tmp_path), "container", per_dir=True, slots=True)
+    c.save_new("abc", {"Status": "created"})
+    path = tmp_path / "abc" / "config.json"
+    before = os.stat(path)
+    history = [slots_of(path)]
+    for status in ("running", "exited", "running", "exited"):
+        c.save("abc", {"Status": status})
+        history.append(slots_of(path))
+        after = os.stat(path)
+        # what the kernel shows: the same file (inode), the same size -- written in place
+        assert (after.st_ino, after.st_size) == (before.st_ino, before.st_size)
+    for previous, current in zip(history, history[1:]):
+        # one slot is the previous save, byte for byte; the other changed
+        assert [p == n for p, n in zip(previous, current)].count(True) == 1
+    assert store.read_record(str(path)) == {"Status": "exited"}
+    assert [store.slotfile.decode_slot(s)[0] for s in history[-1]] == [5, 4]
+    again = store.Collection(str(tmp_path), "container", per_dir=True, slots=True)
+    assert again.load() == [] and again.objects == {"abc": {"Status": "exited"}}
+    again.save("abc", {"Status": "dead"})                 # numbering goes on after a load
+    assert [store.slotfile.decode_slot(s)[0] for s in slots_of(path)] == [5, 6]
+    assert os.stat(path).st_ino == before.st_ino
+
+
+def test_a_torn_newest_slot_loads_the_previous_save_and_is_written_next(tmp_path):
+    c = store.Collection(str(tmp_path), "container", per_dir=True, slots=True)
+    c.save_new("abc", {"Status": "created"})
+    c.save("abc", {"Status": "running"})                  # slot 1, save 2
+    path = tmp_path / "abc" / "config.json"
+    with open(path, "r+b") as f:                         # a crash in the middle of save 2
+        f.seek(4096 + 50)
+        f.write(b"#")
+    again = store.Collection(str(tmp_path), "container", per_dir=True, slots=True)
+    assert again.load() == [] and again.objects == {"abc": {"Status": "created"}}
+    again.save("abc", {"Status": "exited"})               # into the torn slot, not over save 1
+    first, second = slots_of(path)
+    assert store.slotfile.decode_slot(first)[1] == b'{"Status": "created"}'
+    assert store.slotfile.decode_slot(second)[1] == b'{"Status": "exited"}'
+
+
+def test_a_record_with_both_slots_torn_is_reported_and_skipped(tmp_path):
+    c = store.Collection(str(tmp_path), "container", per_dir=True, slots=True)
+    c.save_new("abc", {"Status": "created"})
+    c.save_new("def", {"Status": "created"})
+    c.save("abc", {"Status": "running"})
+    path = tmp_path / "abc" / "config.json"
+    with open(path, "r+b") as f:
+        for offset in (45, 4096 + 45):          # inside each JSON
+            f.seek(offset)
+            f.write(b"#")
+    again = store.Collection(str(tmp_path), "container", per_dir=True, slots=True)
+    assert again.load() == ["container abc: no valid slot: slot 0 torn (checksum mismatch), "
+                            "slot 1 torn (checksum mismatch)"]
+    assert list(again.objects) == ["def"]
+
+
+def test_a_plain_json_record_of_an_older_version_loads_and_its_save_makes_two_slots(tmp_path):
+    """A daemon upgraded in place: its records are plain JSON files (write_json)."""
+    os.mkdir(tmp_path / "abc")
+    path = tmp_path / "abc" / "config.json"
+    store.write_json(str(path), {"Status": "exited", "Name": "/old"})
+    c = store.Collection(str(tmp_path), "container", per_dir=True, slots=True)
+    assert c.load() == [] and c.objects == {"abc": {"Status": "exited", "Name": "/old"}}
+    c.save("abc", dict(c.objects["abc"], Status="running"))
+    assert len(slots_of(path)[0]) == 4096 and os.path.getsize(path) == 8192
+    assert store.read_record(str(path)) == {"Status": "running", "Name": "/old"}
+    inode = os.stat(path).st_ino
+    c.save("abc", dict(c.objects["abc"], Status="exited"))     # in place from now on
+    assert os.stat(path).st_ino == inode
+    again = store.Collection(str(tmp_path), "container", per_dir=True, slots=True)
+    assert again.load() == [] and again.objects["abc"]["Status"] == "exited"
+
+
+def test_a_record_that_outgrows_its_slots_is_rewritten_with_larger_ones(tmp_path):
+    c = store.Collection(str(tmp_path), "container", per_dir=True, slots=True)
+    c.save_new("abc", {"Log": ""})
+    path = tmp_path / "abc" / "config.json"
+    inode = os.stat(path).st_ino
+    c.save("abc", {"Log": "x" * 6000})
+    assert os.stat(path).st_ino != inode and os.path.getsize(path) == 2 * 12288
+    assert store.read_record(str(path)) == {"Log": "x" * 6000}
+    assert os.listdir(tmp_path / "abc") == ["config.json"]
+    inode = os.stat(path).st_ino
+    c.save("abc", {"Log": "short again"})                  # fits: in place
+    assert os.stat(path).st_ino == inode and store.read_record(str(path)) == {"Log": "short again"}
+
+
+def test_an_older_save_written_after_a_newer_one_is_dropped(tmp_path):
+    """A background save encoded first, written last (its writer thread ran late): the newer
+    save, from the later call, stays on disk."""
+    c = store.Collection(str(tmp_path), "container", per_dir=True, slots=True)
+    c.save_new("abc", {"Status": "created"})
+    path = str(tmp_path / "abc" / "config.json")
+    earlier = c._encode("abc", {"Status": "running"})
+    later = c._encode("abc", {"Status": "exited"})
+    c._write_slot(path, *later)
+    c._write_slot(path, *earlier)
+    assert store.read_record(path) == {"Status": "exited"}
+    assert [store.slotfile.decode_slot(s)[0] for s in slots_of(path)] == [1, 3]
+    # and through the public calls, whichever order the writer thread takes
+    wait = c.save_in_background("abc", {"Status": "running"})
+    c.save("abc", {"Status": "exited", "ExitCode": 3})
+    wait()
+    assert store.read_record(path) == {"Status": "exited", "ExitCode": 3}
+
+
+def test_save_without_flush_then_with(tmp_path):
+    c = store.Collection(str(tmp_path), "container", per_dir=True, slots=True)
+    c.save_new("abc", {"n": 0})
+    path = tmp_path / "abc" / "config.json"
+    for n in range(1, 5):
+        c.save("abc", {"n": n}, durable=False)
+    c.save("abc", {"n": 5})
+    assert store.read_record(str(path)) == {"n": 5}
+    assert [store.slotfile.decode_slot(s)[0] for s in slots_of(path)] == [5, 6]
+
+
+@pytest.mark.parametrize("slots", [False, True])
+def test_retire_and_a_save_after_it_with_either_format(tmp_path, slots):
+    c = store.Collection(str(tmp_path), "container", per_dir=True, slots=slots)
+    c.save("abc", {"Status": "exited"})
+    inode = os.stat(tmp_path / "abc" / "config.json").st_ino
+    c.retire("abc")
+    assert os.listdir(tmp_path / "abc") == ["config.json.removing"]
+    assert os.stat(tmp_path / "abc" / "config.json.removing").st_ino == inode
+    again = store.Collection(str(tmp_path), "container", per_dir=True, slots=slots)
+    assert again.load() == [] and again.objects == {"abc": {"Status": "exited"}} and again.retired == {"abc"}
+    again.save("abc", {"Status": "dead"})                 # a removal that failed
+    assert os.listdir(tmp_path / "abc") == ["config.json"] and again.retired == set()
+    assert store.read_record(str(tmp_path / "abc" / "config.json")) == {"Status": "dead"}
+    again.save("abc", {"Status": "dead", "n": 2})
+    third = store.Collection(str(tmp_path), "container", per_dir=True, slots=slots)
+    assert third.load() == [] and third.objects == {"abc": {"Status": "dead", "n": 2}}
+    assert third.retired == set()
