@@ -2,10 +2,10 @@
 
 store.write_atomic makes a crash leave the old or the new file by writing a new file and
 renaming it over the old one. That costs two journal commits (ext4, xfs): the new file's inode
-and blocks, then the rename. A record that is saved again and again -- a container's, eight
-times per lifecycle -- can have the same guarantee for less, with the file system's metadata
-left alone: the *double-buffered superblock* (ext4's and ZFS's uberblocks, LMDB's two meta
-pages). The file holds two fixed-size slots. A save writes the record into the slot that does
+and blocks, then the rename. A record that is saved again and again -- a container's, at its
+start, its exit, each restart, stop, rename and health change -- can have the same guarantee
+for less, with the file system's metadata left alone: the *double-buffered superblock* (ZFS's
+ring of uberblocks, LMDB's two meta pages). The file holds two fixed-size slots. A save writes the record into the slot that does
 *not* hold the newest save, in place; a crash in the middle of that write tears at most that
 slot, and the other still holds the previous complete save. A load reads both slots and takes
 the valid one with the higher sequence number.
@@ -26,10 +26,12 @@ page cache writes back): slot 0 at offset 0, slot 1 at offset S. Each slot is on
     ...            b" " up to the slot's last byte
     S-1     1      b"\\n"
 
-so `cat config.json` shows two lines, each `seq crc length {json}` followed by spaces:
+so `cat config.json` shows two lines, each `seq crc length {json}` followed by spaces (here
+a record cut down to its state: save 7, the exit, went into slot 0 over save 5; slot 1 keeps
+save 6, the start):
 
-    00000000000000000007 5f1e20aa 00002871 {"AppArmorProfile": "", "Args": [], ...}
-    00000000000000000006 0c9d41b3 00002869 {"AppArmorProfile": "", "Args": [], ...}
+    00000000000000000007 5312c34a 00000046 {"State": {"ExitCode": 0, "Status": "exited"}}
+    00000000000000000006 a47dd6c6 00000047 {"State": {"ExitCode": 0, "Status": "running"}}
 
 A slot that was never written is blank: S-1 spaces and the newline. A slot is *valid* when its
 header parses, the JSON fits in the slot, the checksum matches and its last byte is the
@@ -48,7 +50,9 @@ the needed metadata: the size stays, the blocks stay. So ext4 (`ext4_sync_file`:
 *datasync* transaction is long committed) writes the slot's page(s) and issues one cache flush
 to the disk, and no journal commit at all: 0.17 ms here where write_atomic takes 0.55-0.8 ms,
 and much less than that under load, when each journal commit waits for other writers' data.
-You can watch it: `os.stat` of the file shows the same size and inode after every save.
+You can watch it: `os.stat` of the file shows the same size and inode after every save. (On a
+copy-on-write file system -- btrfs -- an overwrite is not in place and fdatasync commits the
+new block map: still correct, only not cheaper.)
 
 That holds only if the slots are really allocated. The file is therefore created with every
 byte of both slots written (the empty slot as spaces, not as a hole: a hole would be allocated

@@ -11,7 +11,7 @@ sequence that makes a crash at any moment leave either the old or the new file, 
 
 Leftover temporary files (a crash between 1 and 3) start with `.tmp-` and are removed at load.
 
-A record saved again and again (a container's: eight saves per lifecycle) can be kept in a
+A record saved again and again (a container's: start, exit, restarts, health) can be kept in a
 *two-slot file* instead (`Collection(..., slots=True)`, slotfile.py): the file is made once
 with room for two copies, and each later save overwrites the older copy in place and flushes it
 with fdatasync -- no rename, no metadata, no journal commit (0.17 ms where the sequence above

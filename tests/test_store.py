@@ -142,13 +142,15 @@ def test_a_save_after_retire_drops_the_mark_and_wins_over_a_leftover_one(tmp_pat
     assert os.listdir(tmp_path / "abc") == ["config.json"]
 
 
-def test_retire_in_a_flat_collection(tmp_path):
-    c = store.Collection(str(tmp_path), "exec instance")
+@pytest.mark.parametrize("slots", [False, True])
+def test_retire_in_a_flat_collection(tmp_path, slots):
+    c = store.Collection(str(tmp_path), "exec instance", slots=slots)
     c.save("e1", {"Running": False})
+    c.save("e1", {"Running": True})
     c.retire("e1")
     assert os.listdir(tmp_path) == ["e1.json.removing"]
-    again = store.Collection(str(tmp_path), "exec instance")
-    assert again.load() == [] and again.objects == {"e1": {"Running": False}} and again.retired == {"e1"}
+    again = store.Collection(str(tmp_path), "exec instance", slots=slots)
+    assert again.load() == [] and again.objects == {"e1": {"Running": True}} and again.retired == {"e1"}
     again.delete("e1")
     assert os.listdir(tmp_path) == []
 
