@@ -54,7 +54,7 @@ class Containers:
         self.cgroups, self.spawner, self.exits = cgroups, spawner, exits
         self.root = os.path.join(data_root, "containers")
         # records in two-slot files (slotfile.py): each save after the create one pwrite and
-        # one fdatasync, no journal commit
+        # one fdatasync, no metadata written
         self.collection = store.Collection(self.root, "container", per_dir=True, slots=True)
         self.by_id = {}
         self.rows = describe.RowCache(self._row)      # `docker ps` rows, encoded
