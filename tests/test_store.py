@@ -25,14 +25,15 @@ def test_failed_write_keeps_old_content(tmp_path):
     assert os.listdir(tmp_path) == ["obj.json"]
 
 
-def test_collection_reload_cleans_leftovers_and_reports_corrupt(tmp_path):
-    c = store.Collection(str(tmp_path), "container", per_dir=True)
+@pytest.mark.parametrize("slots", [False, True])
+def test_collection_reload_cleans_leftovers_and_reports_corrupt(tmp_path, slots):
+    c = store.Collection(str(tmp_path), "container", per_dir=True, slots=slots)
     c.save("abc123", {"Name": "web"})
     # a crash between writing the temp file and renaming it leaves this behind:
     (tmp_path / "abc123" / ".tmp-config.json-dead").write_text("{half")
     os.mkdir(tmp_path / "broken")
     (tmp_path / "broken" / "config.json").write_text("{not json")
-    again = store.Collection(str(tmp_path), "container", per_dir=True)
+    again = store.Collection(str(tmp_path), "container", per_dir=True, slots=slots)
     problems = again.load()
     assert again.objects == {"abc123": {"Name": "web"}}
     assert len(problems) == 1 and "broken" in problems[0]
@@ -77,19 +78,21 @@ def test_background_write_reports_its_failure_to_the_waiter(tmp_path):
         wait()
 
 
-def test_collection_save_in_background_leaves_memory_to_the_caller(tmp_path):
-    c = store.Collection(str(tmp_path), "container", per_dir=True)
+@pytest.mark.parametrize("slots", [False, True])
+def test_collection_save_in_background_leaves_memory_to_the_caller(tmp_path, slots):
+    c = store.Collection(str(tmp_path), "container", per_dir=True, slots=slots)
     c.save("abc", {"Status": "created"})
     record = c.objects["abc"]
     wait = c.save_in_background("abc", dict(record, Status="running"))
     record["Status"] = "changed meanwhile"       # encoded at the call: this does not reach disk
     wait()
-    assert store.read_json(str(tmp_path / "abc" / "config.json")) == {"Status": "running"}
+    assert store.read_record(str(tmp_path / "abc" / "config.json")) == {"Status": "running"}
     assert c.objects["abc"] is record
 
 
-def test_collection_delete_renames_at_once_and_deletes_later(tmp_path):
-    c = store.Collection(str(tmp_path), "container", per_dir=True)
+@pytest.mark.parametrize("slots", [False, True])
+def test_collection_delete_renames_at_once_and_deletes_later(tmp_path, slots):
+    c = store.Collection(str(tmp_path), "container", per_dir=True, slots=slots)
     c.save("abc", {"Name": "web"})
     (tmp_path / "abc" / "log").write_text("x" * 100)
     later = []
@@ -98,7 +101,7 @@ def test_collection_delete_renames_at_once_and_deletes_later(tmp_path):
     [trash] = os.listdir(tmp_path)
     assert trash.startswith(".tmp-")
     # a crash now leaves the renamed directory: the next load removes it
-    again = store.Collection(str(tmp_path), "container", per_dir=True)
+    again = store.Collection(str(tmp_path), "container", per_dir=True, slots=slots)
     assert again.load() == [] and again.objects == {}
     assert os.listdir(tmp_path) == []
     later[0]()                                    # and the deferred delete copes with that
@@ -347,3 +350,47 @@ def test_retire_and_a_save_after_it_with_either_format(tmp_path, slots):
     third = store.Collection(str(tmp_path), "container", per_dir=True, slots=slots)
     assert third.load() == [] and third.objects == {"abc": {"Status": "dead", "n": 2}}
     assert third.retired == set()
+
+
+def test_the_system_calls_of_slot_saves(tmp_path):
+    """What the kernel is asked, traced with strace(1): a save into a slot is one pwrite at the
+    older slot's offset and one fdatasync -- no fsync, no rename. A save without the flush
+    has no fdatasync; the next one flushes *before* it writes over the other slot (slotfile.py)."""
+    import re
+    import shutil
+    import subprocess
+    import sys
+    if shutil.which("strace") is None:
+        pytest.skip("needs strace(1)")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = (f"import os, sys; sys.path.insert(0, {repo!r})\n"
+              "from minidock import store\n"
+              f"c = store.Collection({str(tmp_path)!r}, 'container', per_dir=True, slots=True)\n"
+              "c.save_new('abc', {'n': 0})\n"
+              "os.write(1, b'MARK')\n"
+              "c.save('abc', {'n': 1})\n"
+              "c.save('abc', {'n': 2}, durable=False)\n"
+              "c.save('abc', {'n': 3})\n"
+              "os.write(1, b'DONE')\n")
+    trace = tmp_path / "trace"
+    run = subprocess.run(["strace", "-o", str(trace), "-e", "trace=pwrite64,fdatasync,fsync,rename,renameat,"
+                          "renameat2,write", sys.executable, "-c", script], capture_output=True, timeout=60)
+    if run.returncode != 0 and b"PTRACE" in run.stderr.upper():
+        pytest.skip(f"strace cannot trace here: {run.stderr.decode(errors='replace')}")
+    assert run.returncode == 0 and run.stdout == b"MARKDONE", run.stderr
+    lines = trace.read_text().splitlines()
+    begin = next(i for i, line in enumerate(lines) if line.startswith("write(1, \"MARK\""))
+    end = next(i for i, line in enumerate(lines) if line.startswith("write(1, \"DONE\""))
+    calls = []
+    for line in lines[begin + 1:end]:
+        name = line.split("(", 1)[0]
+        if name == "pwrite64":
+            seq, size, offset = re.match(r'pwrite64\(\d+, "(\d{20}) .*, (\d+), (\d+)\) = \2$', line).groups()
+            calls.append(("pwrite64", int(seq), int(offset)))
+        else:
+            calls.append((name,))
+    assert calls == [
+        ("pwrite64", 2, 4096), ("fdatasync",),        # save 2 into slot 1, flushed
+        ("pwrite64", 3, 0),                           # save 3 into slot 0, not flushed
+        ("fdatasync",), ("pwrite64", 4, 4096), ("fdatasync",),   # save 3 flushed before slot 1 is overwritten
+    ]
