@@ -62,9 +62,9 @@ place and fdatasync writes the new block map: still correct, only not cheaper.)
 That holds only if the slots are really allocated. The file is therefore created with every
 byte of both slots written (the empty slot as spaces, not as a hole: a hole would be allocated
 by the first save into it, a metadata update again), and made durable once, as a new file
-(store.write_new: O_EXCL, one metadata update). A slot size is the record's size
-with headroom (x1.5, rounded up to 4096); a save that does not fit rewrites the whole file,
-with larger slots, by store.write_atomic (rare: records grow little once made).
+(store.write_new: O_EXCL, one metadata update). A slot size is the record's size with
+headroom (x1.5, rounded up to 4096); a save that does not fit rewrites the whole file, with
+larger slots, by store.write_atomic (rare: records grow little once made).
 
 What the writer must keep
 -------------------------
@@ -89,7 +89,6 @@ HEADROOM = 1.5                  # a new file's slots hold a record this much lar
 _HEADER = b"%020d %08x %08d "   # seq, crc, length
 HEADER_SIZE = 39                # len(_HEADER % (0, 0, 0))
 _MAX_SEQ = 10 ** 20 - 1         # 20 decimal digits (2**64 fits)
-_MAX_LENGTH = 10 ** 8 - 1
 
 
 class TornSlot(ValueError):
