@@ -69,7 +69,7 @@ from .mounts import (DEFAULT_SHM_SIZE, MASKED_PATHS, READONLY_PATHS, attach_root
 from .syscalls import (CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER,
                        CLONE_NEWUTS, CLONE_PARENT,
                        CLOSE_RANGE_CLOEXEC, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS,
-                       PR_SET_PDEATHSIG, SYS_CAPSET, SYS_CLOSE_RANGE, StartError, Step, check,
+                       PR_SET_NAME, PR_SET_PDEATHSIG, SYS_CAPSET, SYS_CLOSE_RANGE, StartError, Step, check,
                        clone_process, libc, prctl, report_failure, setns,
                        unshare)  # noqa: F401  (unshare: tests/netns_harness.py)
 from .userns import (enter_identity_userns, enter_keep_id_userns, enter_user_userns, id_mapped,
@@ -480,14 +480,76 @@ def spawn_container(spec, stdio, status_fd, tie, leave_spawner, rootfs_tree=None
         return pid
     try:
         leave_spawner()
+    except BaseException as e:
+        _init_failed(status_fd, e)
+    _run_init(spec, stdio, status_fd, tie, rootfs_tree)
+
+
+# What `ps -o pid,ppid,comm` (and /proc/PID/comm) shows for an idle pooled init; a pooled init
+# given a request takes back the spawner's name (`comm`) until its execve names it after the command.
+POOLED_COMM = b"minidock-pool"
+
+
+def set_comm(name):
+    """prctl(PR_SET_NAME): our name in /proc/self/comm (at most 15 bytes)."""
+    buf = ctypes.create_string_buffer(name[:15])
+    prctl(PR_SET_NAME, ctypes.addressof(buf))
+
+
+def spawn_pooled_init(tie, leave_spawner, receive, comm):
+    """Clone an init *ahead* of its run request, for the spawner's pool. Runs in the spawner.
+
+    The same clone(2) as `spawn_container` for a container with a network namespace of its
+    own (CLONE_PARENT, new mount, pid, uts, ipc and net namespaces), made while the spawner
+    has nothing else to do, so that a later start skips it. Returns the init's pid in the
+    spawner. The pooled init calls `leave_spawner()` (drops every descriptor but its end of
+    the pool's socketpair and the lifeline), arms its death signal on the daemon at once
+    (`tie`: an idle init must die with the daemon as a running one does), and blocks in
+    `receive()`, which returns (spec, stdio, status_fd, rootfs_tree) when a run request comes,
+    or None when the spawner gave it up or died: it exits 0 then, having run nothing of a
+    user's. With a request it goes on exactly as a directly cloned init does from its first
+    step (`_container_init`), after making what the spawner would have prepared
+    (`prepare_in_spawner`: the seccomp program), which cannot travel over a socket.
+    """
+    pid = clone_init("none")
+    if pid:
+        return pid
+    try:
+        # No collection while idle or in set-up: it would walk (and copy on write) every
+        # object shared with the spawner.
+        gc.disable()
+        leave_spawner()
+        set_comm(POOLED_COMM)
+        tie.arm()
+        request = receive()
+    except BaseException:
+        os._exit(125)                   # no request yet: nobody to report to
+    if request is None:
+        os._exit(0)
+    spec, stdio, status_fd, rootfs_tree = request
+    try:
+        set_comm(comm)
+        prepare_in_spawner(spec)
+    except BaseException as e:
+        _init_failed(status_fd, e)
+    _run_init(spec, stdio, status_fd, tie, rootfs_tree)
+
+
+def _run_init(spec, stdio, status_fd, tie, rootfs_tree):
+    """A cloned init, from its spec to execve; on failure the StartError goes back on
+    `status_fd` and the init exits 125/126/127. Never returns."""
+    try:
         _container_init(spec, stdio, status_fd, tie, rootfs_tree)
     except BaseException as e:
-        try:
-            report_failure(status_fd, e)
-        finally:
-            code = e.exit_code if isinstance(e, StartError) else 125
-            os._exit(code)
+        _init_failed(status_fd, e)
     os._exit(125)
+
+
+def _init_failed(status_fd, e):
+    try:
+        report_failure(status_fd, e)
+    finally:
+        os._exit(e.exit_code if isinstance(e, StartError) else 125)
 
 
 def setup_network(network):

@@ -268,6 +268,7 @@ class Spawner:
         self._live = set()              # pids started, ours to reap, not yet ended
         self._watched = {}              # pidfd -> (pid, report its exit?)
         self._polled = {}               # pid -> report? (no pidfd to be had: polled each second)
+        self._pooled = set()            # pids of the spawner's idle pooled inits (our children)
         self._dead_spawners = set()     # their pids = their session ids: strays' sessions
         self._undelivered = []          # (pid, code) whose on_exit callback failed
         self._reader = MessageReader()
@@ -328,6 +329,12 @@ class Spawner:
                 return None
             return self._codes.pop(pid)
 
+    def pooled_inits(self):
+        """The pids of the spawner's idle pooled inits, as it last told us (spawnerloop.py,
+        "The pool"): our children, not containers (yet)."""
+        with self._lock:
+            return sorted(self._pooled)
+
     def health(self):
         """None while the spawner runs, else why it does not (for /_ping and /info)."""
         with self._lock:
@@ -349,6 +356,10 @@ class Spawner:
         self._thread.join(10)
         with self._lock:
             live = set(self._live)
+        # And the processes reaped without a report: the spawner's pooled inits (exiting at
+        # their socket's EOF) and failed starts.
+        live |= {pid for pid, report in self._watched.values() if not report}
+        live |= {pid for pid, report in self._polled.items() if not report}
         for pid in live:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -508,6 +519,12 @@ class Spawner:
     def _dispatch(self, msg):
         if self._mntns is None:
             self._keep_mount_namespace()
+        if "id" not in msg:             # news of the spawner's pool, answering no request
+            self._pool_news(msg)
+            return
+        if self._pooled:
+            with self._lock:
+                self._pooled.discard(msg.get("pid"))     # a pooled init became this container
         # The process is our child by now (cloned as ours, or its starter reaped before the
         # answer): watch it before anyone can be told its pid. A failed start's process is reaped too.
         if msg.get("pid"):
@@ -518,6 +535,19 @@ class Spawner:
             log.error("spawner supervisor: a reply nobody waits for: %.200r", msg)
             return
         pending.answer(msg)
+
+    def _pool_news(self, msg):
+        """`{"pooled": P}`: the spawner cloned P ahead of a run request; `{"reap": P}`: it gave
+        P up (it died while idle, or could not take a request), reap it, report nothing."""
+        if "pooled" in msg:
+            with self._lock:
+                self._pooled.add(int(msg["pooled"]))
+        elif "reap" in msg:
+            with self._lock:
+                self._pooled.discard(int(msg["reap"]))
+            self._watch(int(msg["reap"]), report=False)
+        else:
+            log.error("spawner supervisor: an unknown message %.200r", msg)
 
     def _exited(self, pid, code):
         with self._cond:
@@ -560,6 +590,11 @@ class Spawner:
             self._reader = MessageReader()
             self._cond.notify_all()
         self._dead_spawners.add(self.pid)
+        # Its idle pooled inits see EOF on their socketpair and exit: reap them as they do.
+        with self._lock:
+            pooled, self._pooled = self._pooled, set()
+        for pid in pooled:
+            self._watch(pid, report=False)
         if not closing:
             log.error("%s; restarting it. %d running processes keep running; %d requests "
                       "in flight failed", self.down_reason, running, len(pending))

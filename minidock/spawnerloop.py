@@ -69,6 +69,13 @@ MAX_PART = 48 * 1024
 _MORE, _LAST = b"M", b"L"
 MAX_MESSAGE = 64 * 1024 * 1024          # far above the API's 16 MiB body limit: a guard only
 
+# Inits kept cloned ahead of run requests (see "The pool" above). One serves the sequential
+# starts that matter for latency; parallel starts beyond it clone directly, as before.
+POOL_SIZE = 1
+# How long a pooled init may take to accept a request before it is given up (it should be
+# blocked in recv(2) already; one that was stopped would otherwise stall the whole loop).
+POOL_SEND_TIMEOUT = 1.0
+
 
 def send_message(sock, obj, fds=()):
     """Send one JSON message as parts; the fds travel with the first part."""
@@ -130,6 +137,14 @@ def exit_code(status):
     return 128 - code if code < 0 else code
 
 
+class _Pooled:
+    """An init cloned ahead of its run request (ns.spawn_pooled_init), waiting on a socketpair."""
+
+    def __init__(self, pid, sock):
+        self.pid = pid
+        self.sock = sock                # the spawner's end; None once handed a request or gone
+
+
 class _Start:
     """What the spawner keeps for one run/exec until its start is decided and answered."""
 
@@ -172,6 +187,9 @@ class _Server:
         self.daemon_pid = daemon_pid
         self.starts = {}                # starter pid -> _Start
         self.reader = MessageReader()
+        self.pool = []                  # _Pooled inits, idle
+        self.pool_wanted = False        # set by the first run request (an idle engine has none)
+        self.comm = None                # our /proc/self/comm, which a pooled init takes back
 
     def serve(self):
         # Die with the daemon; the check closes the race of it dying before the prctl.
@@ -198,7 +216,14 @@ class _Server:
         self.sel.register(self.sock, selectors.EVENT_READ, "request")
         self.sel.register(self.wake_r, selectors.EVENT_READ, "sigchld")
         while True:
-            for key, _ in self.sel.select():
+            # The pool is refilled only when nothing else is to be done: no event waiting and no
+            # start in flight (whose answer a clone here would delay).
+            refill = self.pool_wanted and not self.starts and len(self.pool) < POOL_SIZE
+            events = self.sel.select(0 if refill else None)
+            if not events and refill:
+                self.refill()
+                continue
+            for key, _ in events:
                 # One event's failure fails its own request at most, never the loop.
                 try:
                     if key.data == "request":
@@ -206,6 +231,8 @@ class _Server:
                             return      # the daemon closed us
                     elif key.data == "sigchld":
                         self.on_sigchld()
+                    elif isinstance(key.data, _Pooled):
+                        self.on_pooled_gone(key.data)
                     else:
                         self.on_status(key.fd, key.data)
                 except Exception:
@@ -285,6 +312,12 @@ class _Server:
             raise ValueError(msg["_invalid"])
         if msg.get("op") not in ("run", "exec") or "id" not in msg:
             raise ValueError(f"unknown request {msg.get('op')!r}")
+        if msg["op"] == "run":
+            self.pool_wanted = True
+            if self.pool and ns.own_netns(msg["spec"].get("network", "none")):
+                child = self.hand_to_pooled(msg, fds)
+                if child is not None:
+                    return
         ns.prepare_in_spawner(msg["spec"])
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         try:
@@ -308,12 +341,121 @@ class _Server:
             os.close(status_w)
             raise
         os.close(status_w)
+        self.track(child, record)
+
+    def track(self, child, record):
         # Keyed by the starter's pid, or by the init's for a run (never a child of ours: no
         # waitpid of ours returns it).
         self.starts[child] = record
         # The record itself is the key's data: a pipe closed earlier in the same batch of
         # events, whose number a new pipe may even have reused, is then recognised as stale.
-        self.sel.register(status_r, selectors.EVENT_READ, (child, record))
+        self.sel.register(record.status_fd, selectors.EVENT_READ, (child, record))
+
+    # -- the pool --
+
+    def refill(self):
+        """Clone one init ahead of the next run request (ns.spawn_pooled_init) and tell the
+        daemon its pid: the daemon's child from birth, which the daemon reaps if it never
+        becomes a container."""
+        if self.comm is None:
+            with open("/proc/self/comm", "rb") as f:
+                self.comm = f.read().strip()
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid = ns.spawn_pooled_init(ns.DaemonTie(None, self.lifeline),
+                                       lambda: self.leave_for_pool(mine, theirs),
+                                       lambda: self.receive_run(theirs), self.comm)
+        except Exception as exc:        # EAGAIN (a process limit), say: no pool until the next run
+            mine.close()
+            theirs.close()
+            self.pool_wanted = False
+            sys.stderr.write(f"minidock spawner: cannot fill the pool: {exc}\n")
+            return
+        theirs.close()
+        mine.settimeout(POOL_SEND_TIMEOUT)
+        pooled = _Pooled(pid, mine)
+        self.pool.append(pooled)
+        self.sel.register(mine, selectors.EVENT_READ, pooled)
+        self.send({"pooled": pid})
+
+    def hand_to_pooled(self, msg, fds):
+        """Send a run request to a pooled init: the spec, and as SCM_RIGHTS its stdio, the
+        status pipe's write end and the rootfs tree. Returns the init's pid, or None if it
+        cannot take it (it died meanwhile): the request then takes a direct clone."""
+        pooled = self.pool.pop(0)
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            send_message(pooled.sock, {"spec": msg["spec"]}, list(fds[:3]) + [status_w] + list(fds[3:4]))
+        except Exception as exc:        # EPIPE: it died; a timeout: it is stopped
+            os.close(status_r)
+            os.close(status_w)
+            self.drop_pooled(pooled, f"could not take a request ({exc})")
+            return None
+        finally:
+            if pooled.sock is not None:
+                self.sel.unregister(pooled.sock)
+                pooled.sock.close()         # its recv(2) then never sees another message
+                pooled.sock = None
+        os.close(status_w)
+        self.track(pooled.pid, _Start(msg["id"], status_r, pid=pooled.pid))
+        return pooled.pid
+
+    def on_pooled_gone(self, pooled):
+        """A pooled init's socket turned readable while idle: it never writes, so it died (EOF)."""
+        if pooled.sock is None:
+            return                      # handed a request earlier in this batch of events
+        self.pool.remove(pooled)
+        self.drop_pooled(pooled, "died while idle")
+
+    def drop_pooled(self, pooled, why):
+        """Give up a pooled init: close our end (it exits at EOF, if alive) and have the daemon,
+        its parent, reap it; a new one is cloned when the loop is next idle."""
+        if pooled.sock is not None:
+            self.sel.unregister(pooled.sock)
+            pooled.sock.close()
+            pooled.sock = None
+        sys.stderr.write(f"minidock spawner: the pooled init (pid {pooled.pid}) {why}; "
+                         "replacing it\n")
+        self.send({"reap": pooled.pid})
+
+    def receive_run(self, sock):
+        """In a pooled init: wait for the run request. Returns (spec, stdio, status_fd,
+        rootfs_tree), or None when the spawner closed its end (gave us up, or died)."""
+        reader = MessageReader()
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(sock, MAX_PART + 1, 5, socket.MSG_CMSG_CLOEXEC)
+            except InterruptedError:
+                continue
+            except OSError:
+                return None
+            if not data:
+                return None
+            done = reader.feed(data, fds)
+            if done is not None:
+                break
+        os.close(sock.detach())
+        msg, fds = done
+        if "_invalid" in msg or len(fds) < 4:
+            raise ValueError(f"a bad request for a pooled init: {msg.get('_invalid')}")
+        return msg["spec"], fds[:3], fds[3], (fds[4] if len(fds) > 4 else None)
+
+    def leave_for_pool(self, mine, theirs):
+        """In a pooled init: keep stdio, the lifeline and our end of the pool's socketpair;
+        close every other descriptor of the spawner's. An idle init lives long: holding the
+        daemon's socket or another pooled init's end would keep their EOF from showing."""
+        _signal.set_wakeup_fd(-1)
+        # Python objects that own the descriptors closed below give them up first, so that
+        # none of them can close a reused number later.
+        self.sock.detach()
+        mine.detach()
+        for other in self.pool:
+            other.sock.detach()
+        low = 3
+        for fd in sorted({self.lifeline, theirs.fileno()}):
+            os.closerange(low, fd)
+            low = fd + 1
+        os.closerange(low, 1 << 20)
 
     def leave(self, status_r):
         """In a process cloned or forked from us: drop the spawner's descriptors and its
@@ -324,6 +466,8 @@ class _Server:
         os.close(status_r)
         os.close(self.wake_r)
         os.close(self.wake_w)
+        for pooled in self.pool:        # a pooled init must see EOF when we die, not later
+            os.close(pooled.sock.detach())
 
     def starter_main(self, msg, fds, status_r, status_w):
         """The starter (exec): join the namespaces, fork the process, report
