@@ -28,6 +28,7 @@ The process tree
       |    |                                 a mount namespace of its own (spawnerloop.py)
       |    `- starter    one per exec        a fork of the spawner, gone within milliseconds
       |- init            PID 1 of a container: cloned by the spawner, the daemon's child from birth
+      |- pooled init     an init cloned ahead of the next run request, idle (`ps`: minidock-pool)
       `- exec'd process  forked by a starter, re-parented to the daemon when the starter exits
 
 A container's init is made by *one* clone(2) in the spawner (ns.spawn_container): CLONE_PARENT,
@@ -36,6 +37,10 @@ of a new pid namespace, in new mount, uts, ipc (and net) namespaces. Nothing sta
 daemon and its containers, and nothing has to be re-parented: no process of the engine stays
 behind per running container (Docker keeps a containerd-shim for each; this project used to
 keep a forked Python shim, ~1.4 MB of private pages, and then a short-lived starter per start).
+After the first run request the spawner keeps one init cloned *ahead* (the pool,
+spawnerloop.py), idle in fresh namespaces and blocked on a socketpair with the spawner: the next
+run that wants a network namespace of its own is sent to it, so the clone is off its critical
+path. It is the daemon's child from birth like any init, and becomes that container's init.
 An exec'd process still needs a starter: joining a pid namespace only places the *children* of
 the process that joins it, and the spawner cannot join one and come back (setns(2) back to its
 own pid namespace -- the host's, owned by the initial user namespace -- is EPERM rootless). So
@@ -64,7 +69,12 @@ pid, reporting `on_exit(pid, code)` (code: the exit status, or 128+signal, Docke
 convention). The daemon never calls waitpid(-1), which would steal the children of
 `subprocess`. An exec'd process must be reaped by the daemon too, or its container's init,
 dying, would wait for ever for it (zap_pid_ns_processes). A start that failed may leave a dead
-init behind: its pid comes with the error, and it is reaped without a report.
+init behind: its pid comes with the error, and it is reaped without a report. A pooled init
+is the daemon's child too, and not a container until a run's answer names it: the spawner tells
+us each one it clones (`{"pooled": P}`, kept in `_pooled`, `pooled_inits()`); one it gives up --
+it died while idle, or could not take a request -- it names in `{"reap": P}`, and we reap it
+without a report. When the spawner dies, its pooled inits read EOF on their socketpair and exit:
+we watch and reap them the same way; close() kills and reaps any left.
 
 Supervision. The supervisor thread sees the spawner's socket reach EOF, reaps the spawner and
 logs how it ended (the spawner itself writes its traceback to stderr, the daemon's log, before
