@@ -521,6 +521,12 @@ def spawn_pooled_init(tie, leave_spawner, receive, comm):
         leave_spawner()
         set_comm(POOLED_COMM)
         tie.arm()
+        # The two first steps of every init with a network namespace of its own, which need
+        # nothing of the request: taken here, their time (and the copy-on-write faults of the
+        # Python they run) is off the start's critical path. Nothing of the container runs
+        # before its cgroup join still: these are the engine's steps.
+        make_mounts_private()
+        bring_up_loopback()             # (the bridge form sets it up again, in its batch)
         request = receive()
     except BaseException:
         os._exit(125)                   # no request yet: nobody to report to
@@ -532,14 +538,14 @@ def spawn_pooled_init(tie, leave_spawner, receive, comm):
         prepare_in_spawner(spec)
     except BaseException as e:
         _init_failed(status_fd, e)
-    _run_init(spec, stdio, status_fd, tie, rootfs_tree)
+    _run_init(spec, stdio, status_fd, tie, rootfs_tree, pooled=True)
 
 
-def _run_init(spec, stdio, status_fd, tie, rootfs_tree):
+def _run_init(spec, stdio, status_fd, tie, rootfs_tree, pooled=False):
     """A cloned init, from its spec to execve; on failure the StartError goes back on
     `status_fd` and the init exits 125/126/127. Never returns."""
     try:
-        _container_init(spec, stdio, status_fd, tie, rootfs_tree)
+        _container_init(spec, stdio, status_fd, tie, rootfs_tree, pooled)
     except BaseException as e:
         _init_failed(status_fd, e)
     os._exit(125)
@@ -552,9 +558,10 @@ def _init_failed(status_fd, e):
         os._exit(e.exit_code if isinstance(e, StartError) else 125)
 
 
-def setup_network(network):
+def setup_network(network, lo_up=False):
     """The init's network, first of its steps: while /proc is still the daemon's view (the pids
-    named below are pids there) and it holds every capability over the daemon's namespaces."""
+    named below are pids there) and it holds every capability over the daemon's namespaces.
+    `lo_up`: a pooled init brought lo up already (spawn_pooled_init)."""
     if isinstance(network, dict) and "join_pid" in network:
         # Another container's stack: we were cloned without CLONE_NEWNET, and join it now.
         join_netns(network["join_pid"])
@@ -563,13 +570,15 @@ def setup_network(network):
         # daemon's (network.py), before anything in the container can run.
         from . import network as _network      # network.py imports ns
         _network.attach_container(network, _network.open_namespaces(network))
-    elif network == "none":
+    elif network == "none" and not lo_up:
         # Docker's "none" network still has a working lo.
         bring_up_loopback()
 
 
-def _container_init(spec, stdio, status_fd, tie, rootfs_tree=None):
-    """PID 1 of the container, from a fresh mount namespace to execve. Never returns."""
+def _container_init(spec, stdio, status_fd, tie, rootfs_tree=None, pooled=False):
+    """PID 1 of the container, from a fresh mount namespace to execve. Never returns.
+    `pooled`: a pooled init, which made its mounts private and brought lo up before its
+    request came (spawn_pooled_init); every other step keeps its order."""
     # A collection here would walk every object inherited from the spawner and copy the pages
     # it writes to (copy-on-write after fork); this process lives a few ms and then execs.
     gc.disable()
@@ -592,12 +601,13 @@ def _container_init(spec, stdio, status_fd, tie, rootfs_tree=None):
     console = os.ttyname(stdio[0]) if tty and not console_socket and os.isatty(stdio[0]) else None
     last_cap = spec.get("_last_cap", 40)
 
-    make_mounts_private()
+    if not pooled:                      # (a pooled init did, before its request)
+        make_mounts_private()
     if spec.get("cgroup"):              # before anything else runs, so limits apply to it all
         join_cgroup(spec["cgroup"])
     # Before mount_sys (sysfs may be mounted only by the owner of the net namespace) and the
     # nested user namespace (no capability left over the daemon's namespaces in there).
-    setup_network(spec.get("network", "none"))
+    setup_network(spec.get("network", "none"), lo_up=pooled)
     # The rootfs a mount point, before mounts inside it: they must land on it.
     if rootfs_tree is not None:
         attach_rootfs(rootfs_tree, rootfs)
