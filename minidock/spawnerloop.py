@@ -235,6 +235,7 @@ class _Server:
         self.pool = []                  # _Pooled inits, idle
         self.pool_wanted = False        # set by the first run request (an idle engine has none)
         self.comm = None                # our /proc/self/comm, which a pooled init takes back
+        self.last_spec = None           # the last run's spec, for a pooled init to rehearse on
 
     def serve(self):
         # Die with the daemon; the check closes the race of it dying before the prctl.
@@ -359,6 +360,7 @@ class _Server:
             raise ValueError(f"unknown request {msg.get('op')!r}")
         if msg["op"] == "run":
             self.pool_wanted = True
+            self.last_spec = dict(msg["spec"])   # before prepare_in_spawner adds to it
             if self.pool and ns.own_netns(msg["spec"].get("network", "none")):
                 child = self.hand_to_pooled(msg, fds)
                 if child is not None:
@@ -466,6 +468,7 @@ class _Server:
     def receive_run(self, sock):
         """In a pooled init: wait for the run request. Returns (spec, stdio, status_fd,
         rootfs_tree), or None when the spawner closed its end (gave us up, or died)."""
+        self.rehearse()
         reader = MessageReader()
         while True:
             try:
@@ -484,6 +487,20 @@ class _Server:
         if "_invalid" in msg or len(fds) < 4:
             raise ValueError(f"a bad request for a pooled init: {msg.get('_invalid')}")
         return msg["spec"], fds[:3], fds[3], (fds[4] if len(fds) > 4 else None)
+
+    def rehearse(self):
+        """In a pooled init, before it blocks: decode and prepare the last run's spec as if it
+        were the request, and drop the result. Python writes to every object it touches (its
+        reference count), so this takes the copy-on-write faults of the code a request runs
+        first -- the decoder, the seccomp preparation and the objects they use -- and leaves
+        freed memory behind on pages already ours, where the real request's objects land."""
+        if self.last_spec is None:
+            return
+        try:
+            done = MessageReader().feed(_LAST + json.dumps({"spec": self.last_spec}).encode())
+            ns.prepare_in_spawner(done[0]["spec"])
+        except Exception:               # a rehearsal only: the request itself will tell
+            pass
 
     def leave_for_pool(self, mine, theirs):
         """In a pooled init: keep stdio, the lifeline and our end of the pool's socketpair;
