@@ -29,6 +29,11 @@ Every step is named; when one fails, the step, errno and message go back to the 
 a close-on-exec pipe (the pipe reaches EOF without a word when execve succeeds) -- runc's
 error-pipe pattern.
 
+`spawn_pooled_init()` is the same clone made *ahead* of a run request, for the spawner's pool
+(spawnerloop.py, "The pool"): the init makes its mounts private and brings lo up -- the two
+steps that need nothing of the request --, then waits on a socket until the spec and the
+descriptors come, and goes on from there exactly as a directly cloned init.
+
 The steps live with their concept: mounts, /dev, /sys, the console and pivot_root in mounts.py,
 the daemon's user namespace and the nested ones (a container user the daemon cannot map,
 keep-id) in userns.py, the raw system calls and the named-step errors in syscalls.py. This

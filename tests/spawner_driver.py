@@ -220,6 +220,18 @@ def pool(sp, start, base):
     pid, r = start(["true"])
     os.close(r)
     res["after_kill"] = {"pid": pid, "code": sp.wait(pid, 10)}
+    # Killed just before a start: whether the spawner sees the death first (an empty pool) or
+    # the request (its send to the dead init fails), the start takes a direct clone.
+    res["kill_then_start"] = []
+    for _ in range(5):
+        _until(lambda: sp.pooled_inits())
+        victim = sp.pooled_inits()[0]
+        os.kill(victim, signal.SIGKILL)
+        pid, r = start(["true"])
+        os.close(r)
+        res["kill_then_start"].append({"victim": victim, "pid": pid, "code": sp.wait(pid, 10)})
+    _until(lambda: not _zombies(me))
+    res["kill_then_start_zombies"] = _zombies(me)
     # The host's network, another container's: cloned for the request, the pooled one stays.
     a, ar = start(["sleep", "100"])
     _until(lambda: sp.pooled_inits() and a not in sp.pooled_inits())

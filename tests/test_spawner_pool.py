@@ -75,6 +75,15 @@ def test_a_pooled_init_killed_while_idle_is_logged_reaped_and_replaced(pool):
     assert res["after_kill"]["pid"] == killed["replacement"][0]
 
 
+def test_a_start_right_after_the_pooled_init_died_clones_directly(pool):
+    res, err = pool
+    for one in res["kill_then_start"]:
+        assert one["code"] == 0 and one["pid"] != one["victim"]
+        assert (f"the pooled init (pid {one['victim']}) died while idle" in err
+                or f"the pooled init (pid {one['victim']}) could not take a request" in err)
+    assert res["kill_then_start_zombies"] == []
+
+
 def test_host_and_joined_networks_clone_directly_and_leave_the_pool_alone(pool):
     res, _ = pool
     assert res["host"]["code"] == 0 and int(res["host"]["out"]) > 3    # the host's interfaces
