@@ -50,8 +50,11 @@ inits ahead (ns.spawn_pooled_init), each with its own SOCK_SEQPACKET socketpair:
 The spec travels as JSON, so what prepare_in_spawner makes (the seccomp program as the
 kernel's struct, a ctypes object) is made by the pooled init itself; the daemon's id maps it
 inherited already. A request that does not fit ("host", `{"join_pid": ...}`), one that finds the
-pool empty (parallel starts), or one whose pooled init cannot take it (send fails: it died
-meanwhile) takes the direct clone above, transparently. Nothing of a user's runs in a pooled
+pool empty (parallel starts), or one whose pooled init cannot take it takes the direct clone
+above, transparently. "Cannot take it": the send fails (it died), or -- a pooled init killed a
+moment before still accepts the message until its exit closes its socket -- the status pipe
+reaches EOF without the `A` a pooled init writes first thing on taking a request (the spawner
+keeps the request and its descriptors until then, and starts it again, cloned directly). Nothing of a user's runs in a pooled
 init before its request: until then it has only its fresh namespaces, and the spawner's memory
 (shared copy-on-write).
 
@@ -90,8 +93,9 @@ API accepts (16 MiB bodies) under the socket buffer limit an unprivileged proces
     spawner -> pooled init   {"spec": {...}}          + stdio, the status pipe, the rootfs tree
 
 Start status travels from the container init to the spawner over a close-on-exec pipe: a
-starter writes `P<pid>` (a cloned init's pid is clone's result), the init writes `E<json>` if a
-step fails, and EOF without an `E` means execve succeeded.
+starter writes `P<pid>` (a cloned init's pid is clone's result), a pooled init writes `A` as it
+takes its request, the init writes `E<json>` if a step fails, and EOF without an `E` means
+execve succeeded.
 
 """
 
@@ -177,6 +181,14 @@ class MessageReader:
         return msg, fds
 
 
+def _close_all(fds):
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 def exit_code(status):
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
@@ -200,6 +212,10 @@ class _Start:
         self.pid = pid                  # run: the init's pid, known from clone(2)
         # The starter's exit code, once reaped; a run has no starter to wait for.
         self.starter_code = 0 if pid is not None else None
+        # A run handed to a pooled init: (request, its descriptors), kept until the init's
+        # acknowledgement shows it took them; without one it died first, and the request is
+        # started again by a direct clone.
+        self.retry = None
 
 
 def spawner_main(sock, lifeline, daemon_pid, own_mntns=True):
@@ -328,14 +344,19 @@ class _Server:
         if done is None:
             return True
         msg, fds = done
+        self.start_or_fail(msg, fds)
+        return True
+
+    def start_or_fail(self, msg, fds, pool=True):
+        """Start a request, or answer its failure; closes `fds` unless start() took them."""
         try:
-            self.start(msg, fds)
+            self.start(msg, fds, pool)
         except Exception as exc:
             # fork() or clone() failing with EAGAIN (a process limit), no descriptors left for
             # the pipe, a malformed request: this request fails, the spawner carries on.
             if isinstance(exc, syscalls.StartError) and "id" in msg:
                 self.send({"id": msg["id"], "error": exc.to_record()})
-                return True
+                return
             if isinstance(exc, OSError):
                 message = f"cannot start the process: {exc.strerror or exc}"
             else:
@@ -346,14 +367,9 @@ class _Server:
             else:
                 sys.stderr.write(f"minidock spawner: dropped a request without id: {message}\n")
         finally:
-            for fd in fds:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        return True
+            _close_all(fds)
 
-    def start(self, msg, fds):
+    def start(self, msg, fds, pool=True):
         if "_invalid" in msg:
             raise ValueError(msg["_invalid"])
         if msg.get("op") not in ("run", "exec") or "id" not in msg:
@@ -361,7 +377,7 @@ class _Server:
         if msg["op"] == "run":
             self.pool_wanted = True
             self.last_spec = dict(msg["spec"])   # before prepare_in_spawner adds to it
-            if self.pool and ns.own_netns(msg["spec"].get("network", "none")):
+            if pool and self.pool and ns.own_netns(msg["spec"].get("network", "none")):
                 child = self.hand_to_pooled(msg, fds)
                 if child is not None:
                     return
@@ -444,7 +460,13 @@ class _Server:
                 pooled.sock.close()         # its recv(2) then never sees another message
                 pooled.sock = None
         os.close(status_w)
-        self.track(pooled.pid, _Start(msg["id"], status_r, pid=pooled.pid))
+        record = _Start(msg["id"], status_r, pid=pooled.pid)
+        # Sent is not yet taken: a pooled init killed a moment ago still accepts the message
+        # until its exit closes its socket (which then releases the status pipe's write end,
+        # unread: EOF). Keep the request and our copies of its descriptors until it says "A".
+        record.retry = (msg, list(fds))
+        fds[:] = []                     # ours now: on_request must not close them
+        self.track(pooled.pid, record)
         return pooled.pid
 
     def on_pooled_gone(self, pooled):
@@ -486,6 +508,7 @@ class _Server:
         msg, fds = done
         if "_invalid" in msg or len(fds) < 4:
             raise ValueError(f"a bad request for a pooled init: {msg.get('_invalid')}")
+        os.write(fds[3], b"A\n")       # taken (see hand_to_pooled): from here on it is ours
         return msg["spec"], fds[:3], fds[3], (fds[4] if len(fds) > 4 else None)
 
     def rehearse(self):
@@ -590,6 +613,18 @@ class _Server:
         can reap it by pid. A failed start may still have left a process (the init reported
         an error and exited): its pid goes with the error, for the daemon to reap."""
         record = self.starts.pop(starter)
+        if record.retry is not None:
+            msg, fds = record.retry
+            record.retry = None
+            if b"A" not in record.buf.splitlines():
+                # The pooled init died before it took the request: start it afresh, cloned
+                # directly, and have the daemon reap the dead one.
+                sys.stderr.write(f"minidock spawner: the pooled init (pid {record.pid}) died "
+                                 "before it took a request; cloning one for it\n")
+                self.send({"reap": record.pid})
+                self.start_or_fail(msg, fds, pool=False)
+                return
+            _close_all(fds)
         pid, error = record.pid, None
         for line in record.buf.splitlines():
             if line.startswith(b"P"):

@@ -76,11 +76,14 @@ def test_a_pooled_init_killed_while_idle_is_logged_reaped_and_replaced(pool):
 
 
 def test_a_start_right_after_the_pooled_init_died_clones_directly(pool):
+    # Killed, then a start at once: the spawner sees the death first (an empty pool), or its
+    # send fails, or the send succeeds into the dying init's socket and no "A" comes back.
     res, err = pool
     for one in res["kill_then_start"]:
         assert one["code"] == 0 and one["pid"] != one["victim"]
-        assert (f"the pooled init (pid {one['victim']}) died while idle" in err
-                or f"the pooled init (pid {one['victim']}) could not take a request" in err)
+        # (Which one depends on when the kernel finished the kill: all are handled alike.)
+        assert any(f"the pooled init (pid {one['victim']}) {what}" in err for what in (
+            "died while idle", "could not take a request", "died before it took a request"))
     assert res["kill_then_start_zombies"] == []
 
 
