@@ -491,7 +491,8 @@ def spawn_container(spec, stdio, status_fd, tie, leave_spawner, rootfs_tree=None
 
 
 # What `ps -o pid,ppid,comm` (and /proc/PID/comm) shows for an idle pooled init; a pooled init
-# given a request takes back the spawner's name (`comm`) until its execve names it after the command.
+# given a request takes back the spawner's name (`comm`) until its execve names it after the
+# command.
 POOLED_COMM = b"minidock-pool"
 
 

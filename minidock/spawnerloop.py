@@ -32,8 +32,9 @@ ms of CPU on the critical path of `docker start`. None of it depends on the requ
 container gets a network namespace of its own (networks "none" and the bridge form
 `{"netns_pid": ...}`), so the spawner does it ahead: after the first run request (an engine
 that never ran a container has no pool: its idle memory and start-up do not change), whenever
-its loop has nothing else to do -- no event waiting, no start in flight -- it clones POOL_SIZE
-inits ahead (ns.spawn_pooled_init), each with its own SOCK_SEQPACKET socketpair:
+its loop has nothing else to do -- no start in flight and no event for a moment (REFILL_IDLE)
+-- it clones POOL_SIZE inits ahead (ns.spawn_pooled_init), each with its own SOCK_SEQPACKET
+socketpair:
 
     spawner                                  pooled init (the daemon's child, CLONE_PARENT)
       socketpair(mine, theirs)
@@ -54,9 +55,9 @@ pool empty (parallel starts), or one whose pooled init cannot take it takes the 
 above, transparently. "Cannot take it": the send fails (it died), or -- a pooled init killed a
 moment before still accepts the message until its exit closes its socket -- the status pipe
 reaches EOF without the `A` a pooled init writes first thing on taking a request (the spawner
-keeps the request and its descriptors until then, and starts it again, cloned directly). Nothing of a user's runs in a pooled
-init before its request: until then it has only its fresh namespaces, and the spawner's memory
-(shared copy-on-write).
+keeps the request and its descriptors until then, and starts it again, cloned directly).
+Nothing of a user's runs in a pooled init before its request: until then it has only its fresh
+namespaces, and the spawner's memory (shared copy-on-write).
 
 A pooled init's socket never carries anything back, so readable means EOF: it died while idle.
 The spawner logs it on stderr (the daemon's log), closes its end, tells the daemon
@@ -107,6 +108,7 @@ import selectors
 import signal
 import socket
 import sys
+import time
 
 from . import errors, network, ns, syscalls   # noqa: F401  network: loaded once here, for every
                                                 # container init that attaches to a bridge (ns.py)
@@ -121,6 +123,11 @@ MAX_MESSAGE = 64 * 1024 * 1024          # far above the API's 16 MiB body limit:
 # Inits kept cloned ahead of run requests (see "The pool" above). One serves the sequential
 # starts that matter for latency; parallel starts beyond it clone directly, as before.
 POOL_SIZE = 1
+# How long the loop must have been idle before it refills the pool. Right after a start's answer
+# the daemon is busy with it (state, response) and the container's command runs: a clone then
+# competes with both for this 2-core machine's CPUs. Measured (scripts/profile-start, the
+# spawner round trip of the next start): 6.4-7.4 ms refilling at once, 5.8-5.9 ms after 3 ms.
+REFILL_IDLE = 0.003
 # How long a pooled init may take to accept a request before it is given up (it should be
 # blocked in recv(2) already; one that was stopped would otherwise stall the whole loop).
 POOL_SEND_TIMEOUT = 1.0
@@ -250,6 +257,7 @@ class _Server:
         self.reader = MessageReader()
         self.pool = []                  # _Pooled inits, idle
         self.pool_wanted = False        # set by the first run request (an idle engine has none)
+        self.busy_at = 0.0              # when the loop last handled an event (time.monotonic)
         self.comm = None                # our /proc/self/comm, which a pooled init takes back
         self.last_spec = None           # the last run's spec, for a pooled init to rehearse on
 
@@ -278,13 +286,15 @@ class _Server:
         self.sel.register(self.sock, selectors.EVENT_READ, "request")
         self.sel.register(self.wake_r, selectors.EVENT_READ, "sigchld")
         while True:
-            # The pool is refilled only when nothing else is to be done: no event waiting and no
-            # start in flight (whose answer a clone here would delay).
+            # The pool is refilled only when nothing else is to be done: no start in flight
+            # (whose answer a clone here would delay) and no event for REFILL_IDLE.
             refill = self.pool_wanted and not self.starts and len(self.pool) < POOL_SIZE
-            events = self.sel.select(0 if refill else None)
+            wait = max(0.0, self.busy_at + REFILL_IDLE - time.monotonic()) if refill else None
+            events = self.sel.select(wait)
             if not events and refill:
                 self.refill()
                 continue
+            self.busy_at = time.monotonic()
             for key, _ in events:
                 # One event's failure fails its own request at most, never the loop.
                 try:
@@ -448,7 +458,8 @@ class _Server:
         pooled = self.pool.pop(0)
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         try:
-            send_message(pooled.sock, {"spec": msg["spec"]}, list(fds[:3]) + [status_w] + list(fds[3:4]))
+            send_message(pooled.sock, {"spec": msg["spec"]},
+                         list(fds[:3]) + [status_w] + list(fds[3:4]))
         except Exception as exc:        # EPIPE: it died; a timeout: it is stopped
             os.close(status_r)
             os.close(status_w)

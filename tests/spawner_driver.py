@@ -244,7 +244,8 @@ def pool(sp, start, base):
     os.kill(a, signal.SIGKILL)
     sp.wait(a, 10)
     os.close(ar)
-    res["idle_kept"] = {"before": idle, "after": sp.pooled_inits(), "host_pids": [res["host"]["pid"], pid]}
+    res["idle_kept"] = {"before": idle, "after": sp.pooled_inits(),
+                        "host_pids": [res["host"]["pid"], pid]}
     # kill -9 of the spawner: its pooled init sees EOF on its socketpair and exits, and is reaped.
     _until(lambda: sp.pooled_inits())
     orphaned = sp.pooled_inits()
