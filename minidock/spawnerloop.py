@@ -128,6 +128,9 @@ POOL_SIZE = 1
 # competes with both for this 2-core machine's CPUs. Measured (scripts/profile-start, the
 # spawner round trip of the next start): 6.4-7.4 ms refilling at once, 5.8-5.9 ms after 3 ms.
 REFILL_IDLE = 0.003
+# Pooled inits that may die while idle, between two run requests, before the pool waits for
+# the next request to refill.
+POOL_IDLE_DEATHS = 3
 # How long a pooled init may take to accept a request before it is given up (it should be
 # blocked in recv(2) already; one that was stopped would otherwise stall the whole loop).
 POOL_SEND_TIMEOUT = 1.0
@@ -258,6 +261,7 @@ class _Server:
         self.pool = []                  # _Pooled inits, idle
         self.pool_wanted = False        # set by the first run request (an idle engine has none)
         self.busy_at = 0.0              # when the loop last handled an event (time.monotonic)
+        self.idle_deaths = 0            # pooled inits dead while idle since the last run request
         self.comm = None                # our /proc/self/comm, which a pooled init takes back
         self.last_spec = None           # the last run's spec, for a pooled init to rehearse on
 
@@ -386,6 +390,7 @@ class _Server:
             raise ValueError(f"unknown request {msg.get('op')!r}")
         if msg["op"] == "run":
             self.pool_wanted = True
+            self.idle_deaths = 0
             self.last_spec = dict(msg["spec"])   # before prepare_in_spawner adds to it
             if pool and self.pool and ns.own_netns(msg["spec"].get("network", "none")):
                 child = self.hand_to_pooled(msg, fds)
@@ -486,6 +491,13 @@ class _Server:
             return                      # handed a request earlier in this batch of events
         self.pool.remove(pooled)
         self.drop_pooled(pooled, "died while idle")
+        # Killed now and then, it is replaced; dying as soon as made, it would be re-cloned in
+        # a loop: after a few, the pool waits for the next run request.
+        self.idle_deaths += 1
+        if self.idle_deaths >= POOL_IDLE_DEATHS:
+            self.pool_wanted = False
+            sys.stderr.write(f"minidock spawner: {self.idle_deaths} pooled inits died while "
+                             "idle; no pool until the next run\n")
 
     def drop_pooled(self, pooled, why):
         """Give up a pooled init: close our end (it exits at EOF, if alive) and have the daemon,

@@ -232,6 +232,20 @@ def pool(sp, start, base):
         res["kill_then_start"].append({"victim": victim, "pid": pid, "code": sp.wait(pid, 10)})
     _until(lambda: not _zombies(me))
     res["kill_then_start_zombies"] = _zombies(me)
+    # Killed again and again with no run in between: replaced twice, then the pool waits for
+    # the next run request (an init that died as soon as made would be re-cloned in a loop).
+    victims = []
+    for _ in range(3):
+        _until(lambda: sp.pooled_inits() and sp.pooled_inits()[0] not in victims)
+        victims.append(sp.pooled_inits()[0])
+        os.kill(victims[-1], signal.SIGKILL)
+        _until(lambda: proctree.stat(victims[-1]) is None)
+    time.sleep(0.2)                     # time enough for a refill we would see: there is none
+    res["dying_pool"] = {"victims": victims, "pool_after": sp.pooled_inits()}
+    pid, r = start(["true"])
+    os.close(r)
+    res["dying_pool"]["next_run"] = sp.wait(pid, 10)
+    res["dying_pool"]["refilled"] = _until(lambda: sp.pooled_inits())
     # The host's network, another container's: cloned for the request, the pooled one stays.
     a, ar = start(["sleep", "100"])
     _until(lambda: sp.pooled_inits() and a not in sp.pooled_inits())

@@ -87,6 +87,15 @@ def test_a_start_right_after_the_pooled_init_died_clones_directly(pool):
     assert res["kill_then_start_zombies"] == []
 
 
+def test_a_pool_whose_inits_keep_dying_waits_for_the_next_run(pool):
+    res, err = pool
+    dying = res["dying_pool"]
+    assert len(set(dying["victims"])) == 3
+    assert dying["pool_after"] == []
+    assert "3 pooled inits died while idle; no pool until the next run" in err
+    assert dying["next_run"] == 0 and dying["refilled"]
+
+
 def test_host_and_joined_networks_clone_directly_and_leave_the_pool_alone(pool):
     res, _ = pool
     assert res["host"]["code"] == 0 and int(res["host"]["out"]) > 3    # the host's interfaces
