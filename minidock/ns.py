@@ -73,8 +73,8 @@ from .mounts import (DEFAULT_SHM_SIZE, MASKED_PATHS, READONLY_PATHS, attach_root
                      mount_proc, mount_sys, open_console, readonly_paths, readonly_rootfs)
 from .syscalls import (CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER,
                        CLONE_NEWUTS, CLONE_PARENT,
-                       CLOSE_RANGE_CLOEXEC, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS,
-                       PR_SET_NAME, PR_SET_PDEATHSIG, SYS_CAPSET, SYS_CLOSE_RANGE, StartError, Step, check,
+                       CLOSE_RANGE_CLOEXEC, PR_CAPBSET_DROP, PR_SET_NAME, PR_SET_NO_NEW_PRIVS,
+                       PR_SET_PDEATHSIG, SYS_CAPSET, SYS_CLOSE_RANGE, StartError, Step, check,
                        clone_process, libc, prctl, report_failure, setns,
                        unshare)  # noqa: F401  (unshare: tests/netns_harness.py)
 from .userns import (enter_identity_userns, enter_keep_id_userns, enter_user_userns, id_mapped,

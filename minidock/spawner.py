@@ -72,7 +72,7 @@ dying, would wait for ever for it (zap_pid_ns_processes). A start that failed ma
 init behind: its pid comes with the error, and it is reaped without a report. A pooled init
 is the daemon's child too, and not a container until a run's answer names it: the spawner tells
 us each one it clones (`{"pooled": P}`, kept in `_pooled`, `pooled_inits()`); one it gives up --
-it died while idle, or could not take a request -- it names in `{"reap": P}`, and we reap it
+it died while idle, or before it took a request -- it names in `{"reap": P}`, and we reap it
 without a report. When the spawner dies, its pooled inits read EOF on their socketpair and exit:
 we watch and reap them the same way; close() kills and reaps any left.
 
