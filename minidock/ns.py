@@ -73,7 +73,7 @@ from .mounts import (DEFAULT_SHM_SIZE, MASKED_PATHS, READONLY_PATHS, attach_root
                      mount_proc, mount_sys, open_console, readonly_paths, readonly_rootfs)
 from .syscalls import (CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER,
                        CLONE_NEWUTS, CLONE_PARENT,
-                       CLOSE_RANGE_CLOEXEC, PR_CAPBSET_DROP, PR_SET_NAME, PR_SET_NO_NEW_PRIVS,
+                       CLOSE_RANGE_CLOEXEC, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS,
                        PR_SET_PDEATHSIG, SYS_CAPSET, SYS_CLOSE_RANGE, StartError, Step, check,
                        clone_process, libc, prctl, report_failure, setns,
                        unshare)  # noqa: F401  (unshare: tests/netns_harness.py)
@@ -490,16 +490,19 @@ def spawn_container(spec, stdio, status_fd, tie, leave_spawner, rootfs_tree=None
     _run_init(spec, stdio, status_fd, tie, rootfs_tree)
 
 
-# What `ps -o pid,ppid,comm` (and /proc/PID/comm) shows for an idle pooled init; a pooled init
-# given a request takes back the spawner's name (`comm`) until its execve names it after the
-# command.
+# What `ps -o pid,ppid,comm` (and /proc/PID/comm) shows for an idle pooled init. Its execve
+# names it after the command; one that stays Python (--init's reaper) takes back the spawner's.
 POOLED_COMM = b"minidock-pool"
 
 
 def set_comm(name):
-    """prctl(PR_SET_NAME): our name in /proc/self/comm (at most 15 bytes)."""
-    buf = ctypes.create_string_buffer(name[:15])
-    prctl(PR_SET_NAME, ctypes.addressof(buf))
+    """Our name, as prctl(PR_SET_NAME) sets it (15 bytes at most), written to /proc/self/comm:
+    through ctypes the call would cost a fresh init ~50 copy-on-write faults of its machinery."""
+    fd = os.open("/proc/self/comm", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, name[:15])
+    finally:
+        os.close(fd)
 
 
 def spawn_pooled_init(tie, leave_spawner, receive, comm):
@@ -540,7 +543,8 @@ def spawn_pooled_init(tie, leave_spawner, receive, comm):
         os._exit(0)
     spec, stdio, status_fd, rootfs_tree = request
     try:
-        set_comm(comm)
+        if spec.get("init"):
+            set_comm(comm)
         prepare_in_spawner(spec)
     except BaseException as e:
         _init_failed(status_fd, e)

@@ -92,7 +92,6 @@ _MS_NAMES = {MS_RDONLY: "MS_RDONLY", MS_NOSUID: "MS_NOSUID", MS_NODEV: "MS_NODEV
              MS_STRICTATIME: "MS_STRICTATIME"}
 
 PR_SET_PDEATHSIG = 1
-PR_SET_NAME = 15                # the thread's name: /proc/PID/comm, what `ps -o comm` shows
 PR_CAPBSET_DROP = 24
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
