@@ -29,6 +29,11 @@ Every step is named; when one fails, the step, errno and message go back to the 
 a close-on-exec pipe (the pipe reaches EOF without a word when execve succeeds) -- runc's
 error-pipe pattern.
 
+`spawn_pooled_init()` is the same clone made *ahead* of a run request, for the spawner's pool
+(spawnerloop.py, "The pool"): the init makes its mounts private and brings lo up -- the two
+steps that need nothing of the request --, then waits on a socket until the spec and the
+descriptors come, and goes on from there exactly as a directly cloned init.
+
 The steps live with their concept: mounts, /dev, /sys, the console and pivot_root in mounts.py,
 the daemon's user namespace and the nested ones (a container user the daemon cannot map,
 keep-id) in userns.py, the raw system calls and the named-step errors in syscalls.py. This
@@ -480,19 +485,93 @@ def spawn_container(spec, stdio, status_fd, tie, leave_spawner, rootfs_tree=None
         return pid
     try:
         leave_spawner()
-        _container_init(spec, stdio, status_fd, tie, rootfs_tree)
     except BaseException as e:
-        try:
-            report_failure(status_fd, e)
-        finally:
-            code = e.exit_code if isinstance(e, StartError) else 125
-            os._exit(code)
+        _init_failed(status_fd, e)
+    _run_init(spec, stdio, status_fd, tie, rootfs_tree)
+
+
+# What `ps -o pid,ppid,comm` (and /proc/PID/comm) shows for an idle pooled init. Its execve
+# names it after the command; one that stays Python (--init's reaper) takes back the spawner's.
+POOLED_COMM = b"minidock-pool"
+
+
+def set_comm(name):
+    """Our name, as prctl(PR_SET_NAME) sets it (15 bytes at most), written to /proc/self/comm:
+    through ctypes the call would cost a fresh init ~50 copy-on-write faults of its machinery."""
+    fd = os.open("/proc/self/comm", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, name[:15])
+    finally:
+        os.close(fd)
+
+
+def spawn_pooled_init(tie, leave_spawner, receive, comm):
+    """Clone an init *ahead* of its run request, for the spawner's pool. Runs in the spawner.
+
+    The same clone(2) as `spawn_container` for a container with a network namespace of its
+    own (CLONE_PARENT, new mount, pid, uts, ipc and net namespaces), made while the spawner
+    has nothing else to do, so that a later start skips it. Returns the init's pid in the
+    spawner. The pooled init calls `leave_spawner()` (drops every descriptor but its end of
+    the pool's socketpair and the lifeline), arms its death signal on the daemon at once
+    (`tie`: an idle init must die with the daemon as a running one does), and blocks in
+    `receive()`, which returns (spec, stdio, status_fd, rootfs_tree) when a run request comes,
+    or None when the spawner gave it up or died: it exits 0 then, having run nothing of a
+    user's. With a request it goes on exactly as a directly cloned init does from its first
+    step (`_container_init`), after making what the spawner would have prepared
+    (`prepare_in_spawner`: the seccomp program), which cannot travel over a socket.
+    """
+    pid = clone_init("none")
+    if pid:
+        return pid
+    try:
+        # No collection while idle or in set-up: it would walk (and copy on write) every
+        # object shared with the spawner.
+        gc.disable()
+        leave_spawner()
+        set_comm(POOLED_COMM)
+        tie.arm()
+        # The two first steps of every init with a network namespace of its own, which need
+        # nothing of the request: taken here, their time (and the copy-on-write faults of the
+        # Python they run) is off the start's critical path. Nothing of the container runs
+        # before its cgroup join still: these are the engine's steps.
+        make_mounts_private()
+        bring_up_loopback()             # (the bridge form sets it up again, in its batch)
+        request = receive()
+    except BaseException:
+        os._exit(125)                   # no request yet: nobody to report to
+    if request is None:
+        os._exit(0)
+    spec, stdio, status_fd, rootfs_tree = request
+    try:
+        if spec.get("init"):
+            set_comm(comm)
+        prepare_in_spawner(spec)
+    except BaseException as e:
+        _init_failed(status_fd, e)
+    _run_init(spec, stdio, status_fd, tie, rootfs_tree, pooled=True)
+
+
+def _run_init(spec, stdio, status_fd, tie, rootfs_tree, pooled=False):
+    """A cloned init, from its spec to execve; on failure the StartError goes back on
+    `status_fd` and the init exits 125/126/127. Never returns."""
+    try:
+        _container_init(spec, stdio, status_fd, tie, rootfs_tree, pooled)
+    except BaseException as e:
+        _init_failed(status_fd, e)
     os._exit(125)
 
 
-def setup_network(network):
+def _init_failed(status_fd, e):
+    try:
+        report_failure(status_fd, e)
+    finally:
+        os._exit(e.exit_code if isinstance(e, StartError) else 125)
+
+
+def setup_network(network, lo_up=False):
     """The init's network, first of its steps: while /proc is still the daemon's view (the pids
-    named below are pids there) and it holds every capability over the daemon's namespaces."""
+    named below are pids there) and it holds every capability over the daemon's namespaces.
+    `lo_up`: a pooled init brought lo up already (spawn_pooled_init)."""
     if isinstance(network, dict) and "join_pid" in network:
         # Another container's stack: we were cloned without CLONE_NEWNET, and join it now.
         join_netns(network["join_pid"])
@@ -501,13 +580,15 @@ def setup_network(network):
         # daemon's (network.py), before anything in the container can run.
         from . import network as _network      # network.py imports ns
         _network.attach_container(network, _network.open_namespaces(network))
-    elif network == "none":
+    elif network == "none" and not lo_up:
         # Docker's "none" network still has a working lo.
         bring_up_loopback()
 
 
-def _container_init(spec, stdio, status_fd, tie, rootfs_tree=None):
-    """PID 1 of the container, from a fresh mount namespace to execve. Never returns."""
+def _container_init(spec, stdio, status_fd, tie, rootfs_tree=None, pooled=False):
+    """PID 1 of the container, from a fresh mount namespace to execve. Never returns.
+    `pooled`: a pooled init, which made its mounts private and brought lo up before its
+    request came (spawn_pooled_init); every other step keeps its order."""
     # A collection here would walk every object inherited from the spawner and copy the pages
     # it writes to (copy-on-write after fork); this process lives a few ms and then execs.
     gc.disable()
@@ -530,12 +611,13 @@ def _container_init(spec, stdio, status_fd, tie, rootfs_tree=None):
     console = os.ttyname(stdio[0]) if tty and not console_socket and os.isatty(stdio[0]) else None
     last_cap = spec.get("_last_cap", 40)
 
-    make_mounts_private()
+    if not pooled:                      # (a pooled init did, before its request)
+        make_mounts_private()
     if spec.get("cgroup"):              # before anything else runs, so limits apply to it all
         join_cgroup(spec["cgroup"])
     # Before mount_sys (sysfs may be mounted only by the owner of the net namespace) and the
     # nested user namespace (no capability left over the daemon's namespaces in there).
-    setup_network(spec.get("network", "none"))
+    setup_network(spec.get("network", "none"), lo_up=pooled)
     # The rootfs a mount point, before mounts inside it: they must land on it.
     if rootfs_tree is not None:
         attach_rootfs(rootfs_tree, rootfs)

@@ -28,6 +28,7 @@ The process tree
       |    |                                 a mount namespace of its own (spawnerloop.py)
       |    `- starter    one per exec        a fork of the spawner, gone within milliseconds
       |- init            PID 1 of a container: cloned by the spawner, the daemon's child from birth
+      |- pooled init     an init cloned ahead of the next run request, idle (`ps`: minidock-pool)
       `- exec'd process  forked by a starter, re-parented to the daemon when the starter exits
 
 A container's init is made by *one* clone(2) in the spawner (ns.spawn_container): CLONE_PARENT,
@@ -36,6 +37,10 @@ of a new pid namespace, in new mount, uts, ipc (and net) namespaces. Nothing sta
 daemon and its containers, and nothing has to be re-parented: no process of the engine stays
 behind per running container (Docker keeps a containerd-shim for each; this project used to
 keep a forked Python shim, ~1.4 MB of private pages, and then a short-lived starter per start).
+After the first run request the spawner keeps one init cloned *ahead* (the pool,
+spawnerloop.py), idle in fresh namespaces and blocked on a socketpair with the spawner: the next
+run that wants a network namespace of its own is sent to it, so the clone is off its critical
+path. It is the daemon's child from birth like any init, and becomes that container's init.
 An exec'd process still needs a starter: joining a pid namespace only places the *children* of
 the process that joins it, and the spawner cannot join one and come back (setns(2) back to its
 own pid namespace -- the host's, owned by the initial user namespace -- is EPERM rootless). So
@@ -64,7 +69,12 @@ pid, reporting `on_exit(pid, code)` (code: the exit status, or 128+signal, Docke
 convention). The daemon never calls waitpid(-1), which would steal the children of
 `subprocess`. An exec'd process must be reaped by the daemon too, or its container's init,
 dying, would wait for ever for it (zap_pid_ns_processes). A start that failed may leave a dead
-init behind: its pid comes with the error, and it is reaped without a report.
+init behind: its pid comes with the error, and it is reaped without a report. A pooled init
+is the daemon's child too, and not a container until a run's answer names it: the spawner tells
+us each one it clones (`{"pooled": P}`, kept in `_pooled`, `pooled_inits()`); one it gives up --
+it died while idle, or before it took a request -- it names in `{"reap": P}`, and we reap it
+without a report. When the spawner dies, its pooled inits read EOF on their socketpair and exit:
+we watch and reap them the same way; close() kills and reaps any left.
 
 Supervision. The supervisor thread sees the spawner's socket reach EOF, reaps the spawner and
 logs how it ended (the spawner itself writes its traceback to stderr, the daemon's log, before
@@ -268,6 +278,7 @@ class Spawner:
         self._live = set()              # pids started, ours to reap, not yet ended
         self._watched = {}              # pidfd -> (pid, report its exit?)
         self._polled = {}               # pid -> report? (no pidfd to be had: polled each second)
+        self._pooled = set()            # pids of the spawner's idle pooled inits (our children)
         self._dead_spawners = set()     # their pids = their session ids: strays' sessions
         self._undelivered = []          # (pid, code) whose on_exit callback failed
         self._reader = MessageReader()
@@ -328,6 +339,12 @@ class Spawner:
                 return None
             return self._codes.pop(pid)
 
+    def pooled_inits(self):
+        """The pids of the spawner's idle pooled inits, as it last told us (spawnerloop.py,
+        "The pool"): our children, not containers (yet)."""
+        with self._lock:
+            return sorted(self._pooled)
+
     def health(self):
         """None while the spawner runs, else why it does not (for /_ping and /info)."""
         with self._lock:
@@ -349,6 +366,10 @@ class Spawner:
         self._thread.join(10)
         with self._lock:
             live = set(self._live)
+        # And the processes reaped without a report: the spawner's pooled inits (exiting at
+        # their socket's EOF) and failed starts.
+        live |= {pid for pid, report in self._watched.values() if not report}
+        live |= {pid for pid, report in self._polled.items() if not report}
         for pid in live:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -508,6 +529,12 @@ class Spawner:
     def _dispatch(self, msg):
         if self._mntns is None:
             self._keep_mount_namespace()
+        if "id" not in msg:             # news of the spawner's pool, answering no request
+            self._pool_news(msg)
+            return
+        if self._pooled:
+            with self._lock:
+                self._pooled.discard(msg.get("pid"))     # a pooled init became this container
         # The process is our child by now (cloned as ours, or its starter reaped before the
         # answer): watch it before anyone can be told its pid. A failed start's process is reaped too.
         if msg.get("pid"):
@@ -518,6 +545,19 @@ class Spawner:
             log.error("spawner supervisor: a reply nobody waits for: %.200r", msg)
             return
         pending.answer(msg)
+
+    def _pool_news(self, msg):
+        """`{"pooled": P}`: the spawner cloned P ahead of a run request; `{"reap": P}`: it gave
+        P up (it died while idle, or could not take a request), reap it, report nothing."""
+        if "pooled" in msg:
+            with self._lock:
+                self._pooled.add(int(msg["pooled"]))
+        elif "reap" in msg:
+            with self._lock:
+                self._pooled.discard(int(msg["reap"]))
+            self._watch(int(msg["reap"]), report=False)
+        else:
+            log.error("spawner supervisor: an unknown message %.200r", msg)
 
     def _exited(self, pid, code):
         with self._cond:
@@ -560,6 +600,11 @@ class Spawner:
             self._reader = MessageReader()
             self._cond.notify_all()
         self._dead_spawners.add(self.pid)
+        # Its idle pooled inits see EOF on their socketpair and exit: reap them as they do.
+        with self._lock:
+            pooled, self._pooled = self._pooled, set()
+        for pid in pooled:
+            self._watch(pid, report=False)
         if not closing:
             log.error("%s; restarting it. %d running processes keep running; %d requests "
                       "in flight failed", self.down_reason, running, len(pending))

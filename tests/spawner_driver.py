@@ -9,7 +9,8 @@ MODE "full" runs every scenario; "orphan" starts `sleep` containers (one with --
 exec'd process, prints their pids and SIGKILLs itself, so the caller can check that they died
 with it ("orphan-restarted": the same from a spawner restarted after a kill -9); "tree"
 reports which processes the engine keeps per container, and what a kill -9 of the spawner
-changes; "birth" catches a container init in the middle of its set-up.
+changes; "birth" catches a container init in the middle of its set-up; "pool" follows the
+spawner's pooled inits (cloned ahead of run requests) through starts, kills and a restart.
 """
 
 import json
@@ -62,13 +63,15 @@ def tree(sp, start, base):
         sp.run(dict(base, argv=["no-such-command"]), null, null, null)
     except syscalls.StartError as e:
         res["failed_run"] = e.exit_code
-    # (It may still be exiting when the error is answered: wait for it to be reaped.)
-    expected = sorted([sp.pid] + inits + [execd])
-    _until(lambda: proctree.children(me) == expected)
+    # (It may still be exiting when the error is answered: wait for it to be reaped.) The
+    # daemon's other children: the spawner's pooled init, cloned ahead of the next run.
+    def expected():
+        return sorted([sp.pid] + inits + [execd] + sp.pooled_inits())
+    _until(lambda: proctree.children(me) == expected() and sp.pooled_inits())
     res["ppids"] = [proctree.stat(p)[1] for p in inits + [execd]]
     res["spawner_children"] = proctree.children(sp.pid)
     res["daemon_children"] = proctree.children(me)
-    res["expected_children"] = expected
+    res["expected_children"] = expected()
     # Exits still arrive after a kill -9 of the spawner, for an init and for an exec'd process
     # both started by the dead one.
     seven, r = start(["sh", "-c", "sleep 1; exit 7"])
@@ -123,7 +126,9 @@ def birth(sp, base, data):
     result = {}
 
     def run():
-        result["pid"] = sp.run(dict(base, argv=["true"], cgroup=cgroup), 0, 1, 2)
+        # The host's network: a start the spawner's pool of inits cloned ahead does not serve
+        # (tests/test_spawner_pool.py has those), so this one is cloned for the request.
+        result["pid"] = sp.run(dict(base, argv=["true"], cgroup=cgroup, network="host"), 0, 1, 2)
     t = threading.Thread(target=run)
     t.start()
     new = []
@@ -165,6 +170,117 @@ def birth(sp, base, data):
     return res
 
 
+def _proc(pid):
+    """What /proc shows of a pooled init: state, parent, name, pid namespace path, ns links."""
+    try:
+        st = _status(pid)
+        with open(f"/proc/{pid}/comm") as f:
+            comm = f.read().strip()
+        return {"state": st["State"][0], "ppid": int(st["PPid"]), "comm": comm,
+                "nspid": st["NSpid"].split(), "fds": len(os.listdir(f"/proc/{pid}/fd")),
+                "ns": {n: os.readlink(f"/proc/{pid}/ns/{n}")
+                       for n in ("pid", "mnt", "net", "uts", "ipc", "user")}}
+    except OSError:
+        return None
+
+
+def _zombies(pid):
+    return [p for p in proctree.children(pid) if proctree.stat(p) and proctree.stat(p)[0] == "Z"]
+
+
+def pool(sp, start, base):
+    """The spawner's pool: one init cloned ahead of the next run request, after the first."""
+    me = os.getpid()
+    res = {"daemon": me, "spawner": sp.pid}
+    res["before_first_run"] = sp.pooled_inits()     # an engine that never ran has no pool
+    pid, r = start(["true"])
+    os.close(r)
+    sp.wait(pid, 10)
+    _until(lambda: sp.pooled_inits())
+    pooled = sp.pooled_inits()
+    res["pooled"] = pooled
+    # (Told to the daemon right after its clone: it may still be on its way to its recv(2).)
+    _until(lambda: (_proc(pooled[0]) or {}).get("comm") == "minidock-pool"
+           and _proc(pooled[0])["state"] == "S")
+    res["idle"] = _proc(pooled[0]) if pooled else None
+    res["spawner_ns"] = {n: os.readlink(f"/proc/{sp.pid}/ns/{n}")
+                         for n in ("pid", "mnt", "net", "uts", "ipc", "user")}
+    # The next start takes it: the container's init is the very process that was idle.
+    pid, r = start(["sh", "-c", "echo $$; cat /proc/net/dev | wc -l; cat /proc/1/comm; echo"])
+    out = collect(r)
+    res["taken"] = {"pid": pid, "code": sp.wait(pid, 10), "out": out}
+    # Killed while idle: the spawner logs it and makes a new one; the daemon reaps the dead one.
+    _until(lambda: sp.pooled_inits() and sp.pooled_inits() != [pid])
+    victim = sp.pooled_inits()[0]
+    os.kill(victim, signal.SIGKILL)
+    _until(lambda: sp.pooled_inits() and sp.pooled_inits()[0] != victim)
+    _until(lambda: proctree.stat(victim) is None)
+    res["killed"] = {"victim": victim, "gone": proctree.stat(victim) is None,
+                     "replacement": sp.pooled_inits(), "zombies": _zombies(me)}
+    pid, r = start(["true"])
+    os.close(r)
+    res["after_kill"] = {"pid": pid, "code": sp.wait(pid, 10)}
+    # Killed just before a start: whether the spawner sees the death first (an empty pool) or
+    # the request (its send to the dead init fails), the start takes a direct clone.
+    res["kill_then_start"] = []
+    for _ in range(5):
+        _until(lambda: sp.pooled_inits())
+        victim = sp.pooled_inits()[0]
+        os.kill(victim, signal.SIGKILL)
+        pid, r = start(["true"])
+        os.close(r)
+        res["kill_then_start"].append({"victim": victim, "pid": pid, "code": sp.wait(pid, 10)})
+    _until(lambda: not _zombies(me))
+    res["kill_then_start_zombies"] = _zombies(me)
+    # Killed again and again with no run in between: replaced twice, then the pool waits for
+    # the next run request (an init that died as soon as made would be re-cloned in a loop).
+    victims = []
+    for _ in range(3):
+        _until(lambda: sp.pooled_inits() and sp.pooled_inits()[0] not in victims)
+        victims.append(sp.pooled_inits()[0])
+        os.kill(victims[-1], signal.SIGKILL)
+        _until(lambda: proctree.stat(victims[-1]) is None)
+    time.sleep(0.2)                     # time enough for a refill we would see: there is none
+    res["dying_pool"] = {"victims": victims, "pool_after": sp.pooled_inits()}
+    pid, r = start(["true"])
+    os.close(r)
+    res["dying_pool"]["next_run"] = sp.wait(pid, 10)
+    res["dying_pool"]["refilled"] = _until(lambda: sp.pooled_inits())
+    # The host's network, another container's: cloned for the request, the pooled one stays.
+    a, ar = start(["sleep", "100"])
+    _until(lambda: sp.pooled_inits() and a not in sp.pooled_inits())
+    idle = sp.pooled_inits()
+    pid, r = start(["sh", "-c", "cat /proc/net/dev | wc -l"], network="host")
+    res["host"] = {"pid": pid, "out": collect(r), "code": sp.wait(pid, 10)}
+    pid, r = start(["sh", "-c", "readlink /proc/self/ns/net"], network={"join_pid": a})
+    res["join"] = {"pid": pid, "out": collect(r), "code": sp.wait(pid, 10),
+                   "target": os.readlink(f"/proc/{a}/ns/net")}
+    os.kill(a, signal.SIGKILL)
+    sp.wait(a, 10)
+    os.close(ar)
+    res["idle_kept"] = {"before": idle, "after": sp.pooled_inits(),
+                        "host_pids": [res["host"]["pid"], pid]}
+    # kill -9 of the spawner: its pooled init sees EOF on its socketpair and exits, and is reaped.
+    _until(lambda: sp.pooled_inits())
+    orphaned = sp.pooled_inits()
+    old = sp.pid
+    os.kill(old, signal.SIGKILL)
+    res["restarted"] = _until(lambda: sp.pid != old and sp.health() is None, 30)
+    res["orphaned"] = {"pids": orphaned,
+                       "gone": _until(lambda: all(proctree.stat(p) is None for p in orphaned))}
+    pid, r = start(["true"])
+    os.close(r)
+    res["after_restart"] = {"pid": pid, "code": sp.wait(pid, 10)}
+    _until(lambda: sp.pooled_inits())
+    last = sp.pooled_inits()
+    res["zombies"] = _zombies(me)
+    # close(): the spawner exits, its pooled init with it, reaped before close() returns.
+    sp.close()
+    res["closed"] = {"pids": last, "gone": all(proctree.stat(p) is None for p in last),
+                     "children": proctree.children(me)}
+    return res
+
+
 def orphan(sp, start, restart_first):
     """Start containers (one with --init) and an exec'd process, print their pids, SIGKILL
     ourselves. `restart_first`: after a kill -9 of the spawner, from the restarted one, whose
@@ -177,7 +293,8 @@ def orphan(sp, start, restart_first):
     pids.append(start(["sleep", "1000"], init=True)[0])      # --init: a Python PID 1
     null = os.open(os.devnull, os.O_RDWR)
     pids.append(sp.exec(pids[0], {"env": ENV, "argv": ["sleep", "1000"]}, null, null, null))
-    print(json.dumps({"pids": pids, "spawner": sp.pid,
+    _until(lambda: sp.pooled_inits())
+    print(json.dumps({"pids": pids, "spawner": sp.pid, "pooled": sp.pooled_inits(),
                       "ppids": [proctree.stat(p)[1] for p in pids], "daemon": os.getpid()}), flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -236,6 +353,10 @@ def main():
     if mode == "birth":
         print(json.dumps(birth(sp, base, data)))
         sp.close()
+        return
+
+    if mode == "pool":
+        print(json.dumps(pool(sp, start, base)))
         return
 
     if mode == "tree":

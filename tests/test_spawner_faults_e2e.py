@@ -196,23 +196,37 @@ def test_no_process_per_container_and_daemon_death_ends_containers(daemon_factor
     ids.append(d.docker("run", "-d", "--init", "busybox", "sleep", "300").stdout.decode().strip())
     inits = [int(d.docker("inspect", "-f", "{{.State.Pid}}", c).stdout) for c in ids]
     d.docker("exec", "-d", ids[0], "sleep", "300")
-    execd = None
+    # The spawner's pooled init, cloned ahead of the next run (spawnerloop.py, "The pool"), is
+    # the daemon's child too: idle, named minidock-pool (its comm).
+    execd, pooled = None, []
     deadline = time.monotonic() + 10
-    while execd is None and time.monotonic() < deadline:
-        execd = next((p for p in proctree.children(daemon) if p not in before + inits), None)
+    while (execd is None or not pooled) and time.monotonic() < deadline:
+        pooled = [p for p in proctree.children(daemon) if _comm(p) == "minidock-pool"]
+        execd = next((p for p in proctree.children(daemon)
+                      if p not in before + inits + pooled and _comm(p) == "sleep"), None)
         time.sleep(0.02)
     # Each container init and the exec'd process is the daemon's own child: the engine keeps
     # no process per container (the daemon's other children are the ones it had idle).
     assert [proctree.stat(p)[1] for p in inits] == [daemon] * 4
     assert execd is not None and proctree.stat(execd)[1] == daemon
-    assert proctree.children(daemon) == sorted(before + inits + [execd])
-    # kill -9 of the daemon: every container process dies with it (their death signal).
+    assert len(pooled) == 1
+    assert proctree.children(daemon) == sorted(before + inits + [execd] + pooled)
+    # kill -9 of the daemon: every container process dies with it (their death signal), and
+    # so does the idle pooled init.
     d.kill()
     deadline = time.monotonic() + 10
     gone = lambda p: proctree.stat(p) is None or proctree.stat(p)[0] == "Z"     # noqa: E731
-    while time.monotonic() < deadline and not all(gone(p) for p in inits + [execd]):
+    while time.monotonic() < deadline and not all(gone(p) for p in inits + [execd] + pooled):
         time.sleep(0.05)
-    assert [p for p in inits + [execd] if not gone(p)] == []
+    assert [p for p in inits + [execd] + pooled if not gone(p)] == []
+
+
+def _comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return None
 
 
 def _status(pid, key):

@@ -1,0 +1,135 @@
+"""The spawner's pool of inits cloned ahead of run requests, as /proc shows it.
+
+One run of tests/spawner_driver.py in mode "pool" (an unprivileged "daemon", uid 65534, as in
+tests/test_spawner.py) follows the pooled init from its birth after the first run: idle in its
+own namespaces as the daemon's child, taken by the next start (the container's init *is* that
+process), killed while idle (logged, reaped, replaced), passed over by the host and joined
+networks, orphaned by a kill -9 of the spawner, and reaped by close().
+"""
+
+import json
+import os
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_spawner import Daemon, pytestmark  # noqa: E402,F401  (same daemon set-up, same skips)
+
+
+@pytest.fixture(scope="module")
+def daemon():
+    d = Daemon(65534, 65534)
+    yield d
+    d.cleanup()
+
+
+@pytest.fixture(scope="module")
+def pool(daemon):
+    p = daemon.driver("pool")
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    return json.loads(out), err
+
+
+def test_no_pool_before_the_first_run(pool):
+    res, _ = pool
+    assert res["before_first_run"] == []
+
+
+def test_the_idle_pooled_init_is_the_daemons_child_in_its_own_namespaces(pool):
+    res, _ = pool
+    assert len(res["pooled"]) == 1
+    idle = res["idle"]
+    assert idle["ppid"] == res["daemon"]            # CLONE_PARENT: the daemon's child from birth
+    assert idle["comm"] == "minidock-pool"          # what `ps -o comm` shows
+    assert idle["state"] == "S"                      # blocked in recv(2) on its socketpair
+    assert idle["nspid"][-1] == "1" and len(idle["nspid"]) == 2     # PID 1 of its pid namespace
+    for name in ("pid", "mnt", "net", "uts", "ipc"):
+        assert idle["ns"][name] != res["spawner_ns"][name], name
+    assert idle["ns"]["user"] == res["spawner_ns"]["user"]
+    # stdio, the lifeline and its end of the socketpair: none of the spawner's other descriptors.
+    assert idle["fds"] == 5
+
+
+def test_the_next_start_is_the_pooled_init(pool):
+    res, _ = pool
+    taken = res["taken"]
+    assert taken["pid"] == res["pooled"][0]
+    assert taken["code"] == 0
+    pid1, net_lines, comm = taken["out"].split("\n")[:3]
+    assert pid1 == "1"                               # still PID 1 of its namespace
+    assert net_lines == "3"                          # /proc/net/dev: two header lines and lo
+    assert comm == "sh"                              # execve named it after the command
+
+
+def test_a_pooled_init_killed_while_idle_is_logged_reaped_and_replaced(pool):
+    res, err = pool
+    killed = res["killed"]
+    assert killed["gone"]                            # reaped by the daemon: no zombie left
+    assert killed["replacement"] and killed["replacement"] != [killed["victim"]]
+    assert killed["zombies"] == []
+    assert f"the pooled init (pid {killed['victim']}) died while idle; replacing it" in err
+    assert res["after_kill"]["code"] == 0
+    assert res["after_kill"]["pid"] == killed["replacement"][0]
+
+
+def test_a_start_right_after_the_pooled_init_died_clones_directly(pool):
+    # Killed, then a start at once: the spawner sees the death first (an empty pool), or its
+    # send fails, or the send succeeds into the dying init's socket and no "A" comes back.
+    res, err = pool
+    for one in res["kill_then_start"]:
+        assert one["code"] == 0 and one["pid"] != one["victim"]
+        # (Which one depends on when the kernel finished the kill: all are handled alike.)
+        assert any(f"the pooled init (pid {one['victim']}) {what}" in err for what in (
+            "died while idle", "could not take a request", "died before it took a request"))
+    assert res["kill_then_start_zombies"] == []
+
+
+def test_a_pool_whose_inits_keep_dying_waits_for_the_next_run(pool):
+    res, err = pool
+    dying = res["dying_pool"]
+    assert len(set(dying["victims"])) == 3
+    assert dying["pool_after"] == []
+    assert "3 pooled inits died while idle; no pool until the next run" in err
+    assert dying["next_run"] == 0 and dying["refilled"]
+
+
+def test_host_and_joined_networks_clone_directly_and_leave_the_pool_alone(pool):
+    res, _ = pool
+    assert res["host"]["code"] == 0 and int(res["host"]["out"]) > 3    # the host's interfaces
+    assert res["join"]["code"] == 0 and res["join"]["out"].strip() == res["join"]["target"]
+    kept = res["idle_kept"]
+    assert kept["before"] == kept["after"] and len(kept["before"]) == 1
+    assert not set(kept["host_pids"]) & set(kept["before"])
+
+
+def test_a_dead_spawners_pooled_init_exits_and_is_reaped(pool):
+    res, _ = pool
+    assert res["restarted"]
+    assert res["orphaned"]["pids"] and res["orphaned"]["gone"]
+    assert res["after_restart"]["code"] == 0
+    assert res["zombies"] == []
+
+
+def test_close_reaps_the_pooled_init(pool):
+    res, _ = pool
+    closed = res["closed"]
+    assert closed["pids"] and closed["gone"]
+    assert closed["children"] == []
+
+
+def test_a_pooled_init_dies_with_the_daemon(daemon):
+    # "orphan": the driver starts containers, reports its pids and its pooled init's, and
+    # SIGKILLs itself. The idle init's death signal was armed at its birth (ns.DaemonTie).
+    p = daemon.driver("orphan")
+    line = p.stdout.readline()
+    p.wait(30)
+    res = json.loads(line)
+    assert len(res["pooled"]) == 1
+    pooled = res["pooled"][0]
+    deadline = time.time() + 5
+    while time.time() < deadline and os.path.exists(f"/proc/{pooled}"):
+        time.sleep(0.02)
+    assert not os.path.exists(f"/proc/{pooled}")
