@@ -49,7 +49,8 @@ class Execs:
 
     def __init__(self, data_root, containers, layers, spawner, exits):
         self.containers, self.layers, self.spawner, self.exits = containers, layers, spawner, exits
-        self.collection = store.Collection(os.path.join(data_root, "execs"), "exec instance")
+        # records in two slots (slotfile.py): the start and the exit write in place
+        self.collection = store.Collection(os.path.join(data_root, "execs"), "exec instance", slots=True)
         for problem in self.collection.load():
             log.warning("skipping unreadable exec state: %s", problem)
         self.by_id = {}

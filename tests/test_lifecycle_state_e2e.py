@@ -240,6 +240,26 @@ def test_a_containers_saves_write_its_record_in_place(d):
     d.docker("rm", cid)
 
 
+def test_an_execs_start_and_exit_write_its_record_in_place(d):
+    """An exec instance's record too: made whole at its create, then its start and its exit
+    each overwrite a slot of the same file (inode and size unchanged), and the newest slot
+    holds the exit code the API reports."""
+    from minidock import store
+    cid = d.docker("run", "-d", "busybox", "sleep", "100").stdout.decode().strip()
+    api = d.client()
+    eid = api.post(f"/containers/{cid}/exec", body={"Cmd": ["sh", "-c", "exit 3"]})["Id"]
+    path = os.path.join(d.data_root, "execs", eid + ".json")
+    before = os.stat(path)
+    assert store.read_record(path)["ExitCode"] is None
+    api.post(f"/exec/{eid}/start", body={"Detach": True})
+    wait_for(lambda: api.get(f"/exec/{eid}/json")["ExitCode"] is not None, 10, "the exec's exit")
+    after = os.stat(path)
+    assert (after.st_ino, after.st_size) == (before.st_ino, before.st_size)
+    on_disk = store.read_record(path)
+    assert on_disk["ExitCode"] == 3 and on_disk["Running"] is False
+    d.docker("rm", "-f", cid)
+
+
 def test_a_record_written_by_an_older_version_as_plain_json_still_loads(d):
     """A daemon upgraded in place finds its containers' records as plain JSON files (store.py
     before two-slot files): it keeps the containers, and their next save makes the two slots."""
