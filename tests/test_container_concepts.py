@@ -319,6 +319,7 @@ def test_exec_records_of_removed_containers_are_dropped_at_start(tmp_path):
     backend = execs.Execs(str(tmp_path), types.SimpleNamespace(by_id={"kept": kept}), None, None, None)
     assert sorted(backend.by_id) == ["e1"] and kept.exec_ids == ["e1"]
     assert backend.by_id["e1"].record["Running"] is False          # it died with the old daemon
-    again = store.Collection(os.path.join(tmp_path, "execs"), "exec instance")
+    # (exec records are two-slot files, slotfile.py: a plain Collection could not read e1's)
+    again = store.Collection(os.path.join(tmp_path, "execs"), "exec instance", slots=True)
     again.load()
     assert sorted(again.objects) == ["e1"]                          # the others left the disk
