@@ -149,16 +149,10 @@ def birth(sp, base, data):
         res["extra_in"] = {who: sum(p.startswith(extra + "/") for p in m)
                            for who, m in mounts.items()}
         res["pdeathsig_after_exec"] = None
-    reader = os.open(fifo, os.O_RDONLY)          # lets the init go on: it writes "0", closes
-    got = b""
-    while True:
-        chunk = os.read(reader, 64)
-        if not chunk:
-            break
-        got += chunk
-    os.close(reader)
+    # Opening the FIFO lets the init go on: it writes "0" and closes it.
+    written = collect(os.open(fifo, os.O_RDONLY))
     t.join(10)
-    res["written"] = got.decode()
+    res["written"] = written
     res["same_pid"] = bool(new) and result.get("pid") == new[0]
     res["code"] = sp.wait(result["pid"], 10) if "pid" in result else None
     # A starter would be the spawner's child, reaped by it: its CPU time would add up in the
