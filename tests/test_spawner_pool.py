@@ -15,19 +15,13 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_spawner import Daemon, pytestmark  # noqa: E402,F401  (same daemon set-up, same skips)
+# the same unprivileged daemon set-up (uid 65534) and the same skips
+from test_spawner import nobody_daemon, pytestmark  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")
-def daemon():
-    d = Daemon(65534, 65534)
-    yield d
-    d.cleanup()
-
-
-@pytest.fixture(scope="module")
-def pool(daemon):
-    p = daemon.driver("pool")
+def pool(nobody_daemon):
+    p = nobody_daemon.driver("pool")
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
     return json.loads(out), err
@@ -120,10 +114,10 @@ def test_close_reaps_the_pooled_init(pool):
     assert closed["children"] == []
 
 
-def test_a_pooled_init_dies_with_the_daemon(daemon):
+def test_a_pooled_init_dies_with_the_daemon(nobody_daemon):
     # "orphan": the driver starts containers, reports its pids and its pooled init's, and
     # SIGKILLs itself. The idle init's death signal was armed at its birth (ns.DaemonTie).
-    p = daemon.driver("orphan")
+    p = nobody_daemon.driver("orphan")
     line = p.stdout.readline()
     p.wait(30)
     res = json.loads(line)
