@@ -353,17 +353,59 @@ def find_executable(name, env):
                      errno.ENOENT, 127)
 
 
-def _exec(argv, env):
+# execve's limits on its strings (fs/exec.c, bprm_stack_limits and copy_strings): together, the
+# file name, the arguments and the environment (each with its NUL) and a pointer for each
+# argument and variable fit in a quarter of the stack's soft limit, at most 3/4 of 8 MiB and at
+# least 32 pages; no single string is longer than 32 pages.
+_ARG_MAX = 32 * 4096
+_STACK_CAP = 8 * 1024 * 1024 // 4 * 3
+
+
+def check_arg_limits(path, argv, environ):
+    """Raise the StartError execve would cause with E2BIG, before it is too late to report it
+    as the start's (`_exec`)."""
+    strings = [path, *argv, *(f"{k}={v}" for k, v in environ.items())]
+    sizes = [len(os.fsencode(x)) + 1 for x in strings]
+    stack = resource.getrlimit(resource.RLIMIT_STACK)[0]
+    limit = max(min(_STACK_CAP, stack // 4 if stack != resource.RLIM_INFINITY else _STACK_CAP),
+                _ARG_MAX)
+    pointers = (max(len(argv), 1) + len(environ)) * 8
+    if max(sizes) > _ARG_MAX or pointers + sum(sizes) > limit:
+        raise StartError(f'exec: "{path}": argument list too long', "exec", errno.E2BIG, 125)
+
+
+def _exec(argv, env, ready_fd=None):
+    """The last step: execve the command, found on the container's PATH (a StartError if it
+    is not there or not executable).
+
+    `ready_fd`: a container init's status pipe. The spawner answers the start when it reads
+    `R` there, written once only execve is left -- as runc's init unblocks `runc start`
+    through its exec FIFO -- so the daemon answers while the kernel tears down this process
+    (its copy of the spawner's memory) and loads the command, not after. Whatever is wrong
+    with the command that a lookup can tell (missing, not executable, a directory) fails the
+    start before that. What only execve finds (a file the kernel cannot run, a script whose
+    interpreter is missing) then belongs to the started container, as on Docker: the error
+    goes to its stderr and it exits 126 or 127, as a shell would."""
     path = find_executable(argv[0], env)
     environ = dict(e.split("=", 1) if "=" in e else (e, "") for e in env)
+    if ready_fd is not None:
+        check_arg_limits(path, argv, environ)
+        os.write(ready_fd, b"R\n")
     try:
         os.execve(path, argv, environ)
     except OSError as e:
         code = 127 if e.errno == errno.ENOENT else 126 if e.errno in (
             errno.EACCES, errno.ENOEXEC, errno.EPERM, errno.EISDIR) else 125
         what = "no such file or directory" if code == 127 else (
-            "permission denied" if code == 126 else e.strerror)
-        raise StartError(f'exec: "{path}": {what}', "exec", e.errno, code) from e
+            "permission denied" if code == 126 and e.errno != errno.ENOEXEC else e.strerror.lower())
+        error = StartError(f'exec: "{path}": {what}', "exec", e.errno, code)
+        if ready_fd is None:
+            raise error from e
+        # Past `R` nobody reads the status pipe: the failure is the started container's own.
+        try:
+            os.write(2, f"minidock: {error.message}\n".encode())
+        finally:
+            os._exit(code)
 
 
 class DaemonTie:
@@ -676,7 +718,7 @@ def _container_init(spec, stdio, status_fd, tie, rootfs_tree=None, pooled=False)
     _prepare_process(stdio, tty, arm_deathsig)   # last: 0/1/2, death signal
     if spec.get("no_new_privileges"):    # with no_new_privs: the very last step before execve
         install_seccomp(spec)
-    _exec(spec["argv"], spec.get("env") or [])
+    _exec(spec["argv"], spec.get("env") or [], ready_fd=status_fd)
 
 
 @Step("install the seccomp filter")

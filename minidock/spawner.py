@@ -304,9 +304,11 @@ class Spawner:
     # -- requests --
 
     def run(self, spec, stdin, stdout, stderr):
-        """Start a container; returns the host pid of its init once execve is under way.
+        """Start a container; returns the host pid of its init once only its execve is left
+        (spawnerloop.py: the init's `R`).
 
-        Raises syscalls.StartError (exit_code 125/126/127) if set-up or exec failed,
+        Raises syscalls.StartError (exit_code 125/126/127) if set-up failed or the command is
+        missing or not executable (what only execve finds is the container's: ns._exec),
         errors.InvalidParameter for a bad spec, errors.Unavailable if the spawner is down."""
         if not spec.get("rootfs") or not spec.get("argv"):
             raise errors.InvalidParameter("run needs rootfs and argv")

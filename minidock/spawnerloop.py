@@ -12,8 +12,8 @@ The loop
 every start's status pipe and on the socket of each pooled init (see "The pool"). A run request
 that no pooled init can take clones the container's init straight into its
 namespaces, as the daemon's child (ns.spawn_container: clone(2) with CLONE_PARENT, through
-syscalls.clone_process), and is answered once the status pipe is at EOF: the init's execve
-closed it. An exec forks a *starter* (`start()`); the starter joins
+syscalls.clone_process), and is answered once the init writes `R` on the status pipe: every
+step is done, only its execve is left (ns._exec). An exec forks a *starter* (`start()`); the starter joins
 the namespaces, forks the exec'd process (ns.enter_container), writes `P<pid>` on the status
 pipe and exits. The orphan is re-parented to the daemon, the subreaper above us (we are not
 one), and the daemon reaps it; that request is answered once the status pipe is at EOF *and*
@@ -46,7 +46,7 @@ socketpair:
     a run request that fits:
       mine <- {"spec": ...} + stdio, status pipe's write end, rootfs tree (SCM_RIGHTS)
       close(mine)                              recv returns: ns._container_init, as a directly
-      status pipe at EOF -> daemon {"id", "pid": P}      cloned init does from its first step
+      `R` on the status pipe -> daemon {"id", "pid": P}  cloned init does from its first step
 
 The spec travels as JSON, so what prepare_in_spawner makes (the seccomp program as the
 kernel's struct, a ctypes object) is made by the pooled init itself; the daemon's id maps it
@@ -84,7 +84,8 @@ API accepts (16 MiB bodies) under the socket buffer limit an unprivileged proces
     daemon -> spawner   {"op": "run",  "id": N, "spec": {...}}               + 3 fds (SCM_RIGHTS),
                                                             and the rootfs tree (open_tree)
                         {"op": "exec", "id": N, "init_pid": P, "spec": {...}} + 3 fds
-    spawner -> daemon   {"id": N, "pid": P}           the command is being exec'd; P is now
+    spawner -> daemon   {"id": N, "pid": P}           the command is being exec'd (a run: it
+                                                      is about to be); P is now
                                                       the daemon's child, for it to reap
                         {"id": N, "error": {...}, "pid": P or null}
                                                       syscalls.StartError.to_record(); P: a
@@ -95,8 +96,11 @@ API accepts (16 MiB bodies) under the socket buffer limit an unprivileged proces
 
 Start status travels from the container init to the spawner over a close-on-exec pipe: a
 starter writes `P<pid>` (a cloned init's pid is clone's result), a pooled init writes `A` as it
-takes its request, the init writes `E<json>` if a step fails, and EOF without an `E` means
-execve succeeded.
+takes its request, the init writes `E<json>` if a step fails, and a run's init writes `R` when
+only its execve is left. For an exec, EOF without an `E` means execve succeeded; a run is
+answered at its `R` (runc's `start` returns at the same point), so the daemon's answer does not
+wait for the kernel to tear down the init's copy of our memory and load the command. What
+only execve can find wrong is then the started container's to report (ns._exec).
 
 """
 
@@ -612,11 +616,14 @@ class _Server:
         chunk = os.read(fd, 65536)
         if chunk:
             record.buf += chunk
-            return
+            # A run's init writes `R` when only its execve is left (ns._exec), and nothing after.
+            if not (record.pid is not None and record.buf.endswith(b"R\n")):
+                return
         self.decide(starter)
 
     def decide(self, starter):
-        """The status pipe is at EOF (every writer closed it or died): read what is left."""
+        """The status pipe is at EOF (every writer closed it or died), or a run's init wrote
+        `R`: read what is left."""
         record = self.starts[starter]
         fd = record.status_fd
         os.set_blocking(fd, False)

@@ -400,6 +400,14 @@ def main():
     res["exit3"] = sh("exit 3")
     res["missing"] = run(["no-such-command"])
     res["noexec"] = run(["/etc/passwd"])
+    # What only execve finds: started, then the container's own failure (ns._exec).
+    for name, content in (("garbage", b"no ELF, no #!\n"), ("no-interpreter", b"#!/no/such/sh\n")):
+        with open(f"{data}/ro/{name}", "wb") as f:
+            f.write(content)
+        os.chmod(f"{data}/ro/{name}", 0o755)
+    ro = [{"source": f"{data}/ro", "target": "/ro", "readonly": True}]
+    res["exec_format"] = run(["/ro/garbage"], mounts=ro)
+    res["exec_interpreter"] = run(["/ro/no-interpreter"], mounts=ro)
     res["ulimit"] = sh("ulimit -n", ulimits=[{"name": "nofile", "soft": 512, "hard": 1024}])
     res["bad_mount"] = sh("true", mounts=[{"source": f"{data}/missing", "target": "/m"}])
     res["host_net"] = sh("cat /proc/net/dev; grep ' /sys ' /proc/mounts", network="host")

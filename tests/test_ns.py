@@ -4,6 +4,7 @@ is tested in test_spawner.py.)"""
 
 import errno
 import os
+import resource
 import sys
 
 import pytest
@@ -119,3 +120,36 @@ def test_container_pids_of_a_process_in_our_namespace():
     pids = ns.container_pids(os.getpid())
     assert os.getpid() in pids and len(pids) > 1   # the host pid namespace: many processes
     assert ns.container_pids(2 ** 22 + 1) == []
+
+
+def test_check_arg_limits_agrees_with_execve():
+    # What the init checks before it tells the spawner only execve is left (ns._exec), and
+    # what the kernel then does with the same strings, a page on either side of the limit.
+    def kernel_accepts(environ):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.execve("/bin/true", ["true"], environ)
+            finally:
+                os._exit(7)
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+    def ours_accept(environ):
+        try:
+            ns.check_arg_limits("/bin/true", ["true"], environ)
+        except syscalls.StartError as e:
+            assert (e.exit_code, e.errno) == (125, errno.E2BIG)
+            assert e.message == 'exec: "/bin/true": argument list too long'
+            return False
+        return True
+
+    stack = resource.getrlimit(resource.RLIMIT_STACK)[0]
+    limit = max(min(6 << 20, stack // 4 if stack != resource.RLIM_INFINITY else 6 << 20), 32 * 4096)
+    for total in (limit - 4096, limit + 4096):
+        environ = {f"V{i}": "x" * 60_000 for i in range(total // 60_000)}
+        environ["REST"] = "x" * (total - sum(len(k) + len(v) + 2 for k, v in environ.items()) - 8)
+        assert ours_accept(environ) == kernel_accepts(environ) == (total < limit)
+    # One string may not exceed 32 pages, however high the stack limit.
+    for length, fits in ((32 * 4096 - 3, True), (32 * 4096, False)):
+        environ = {"A": "x" * length}
+        assert ours_accept(environ) == kernel_accepts(environ) == fits

@@ -77,6 +77,22 @@ def test_run_echo_and_exit_codes(d):
     assert notexec.returncode == 126
 
 
+def test_a_command_only_execve_refuses_fails_inside_the_started_container(d, tmp_path):
+    # Executable, but no program the kernel can run: the lookup passes, the start succeeds
+    # (answered before the init's execve, ns._exec), and the container reports the failure
+    # on its stderr with the shell's code, as a container started by runc does.
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"not a program\n")
+    junk.chmod(0o755)
+    cid = out(d.docker("create", "busybox", "/junk")).strip()
+    d.docker("cp", str(junk), f"{cid}:/junk")
+    started = d.docker("start", "-a", cid, check=False)
+    assert started.returncode == 126
+    assert b'minidock: exec: "/junk": exec format error' in started.stderr
+    assert out(d.docker("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", cid)) == "exited 126\n"
+    d.docker("rm", cid)
+
+
 def test_env_workdir_hostname_user(d):
     result = d.docker("run", "--rm", "-e", "FOO=bar", "-w", "/work/here", "--hostname", "box1", "busybox",
                       "sh", "-c", 'echo "$FOO $(pwd) $(hostname)"')

@@ -201,6 +201,12 @@ def test_exit_codes(nobody):
     assert "executable file not found in $PATH" in nobody["missing"]["error"]
     assert nobody["noexec"]["exit_code"] == 126
     assert "permission denied" in nobody["noexec"]["error"]
+    # Found and executable, but the kernel refuses it: the start succeeded (the init said `R`
+    # before its execve), the failure is the container's output and exit code.
+    assert nobody["exec_format"] == {
+        "code": 126, "out": 'minidock: exec: "/ro/garbage": exec format error\n'}
+    assert nobody["exec_interpreter"] == {
+        "code": 127, "out": 'minidock: exec: "/ro/no-interpreter": no such file or directory\n'}
     assert nobody["killed"]["code"] == 137
 
 
