@@ -197,8 +197,11 @@ class LayerStore:
 
     def __init__(self, root, driver=None):
         self.root = os.path.abspath(root)
-        for sub in ("layers", "l", "containers", "tmp"):
+        for sub in ("layers", "l", "containers", "tmp", "pool"):
             os.makedirs(os.path.join(self.root, sub), mode=0o700, exist_ok=True)
+        # Empty, always: the spawner's pooled inits mount over it in their own mount namespaces
+        # (the run spec's "staging", spawner.py).
+        self.pool_dir = self._p("pool")
         # Half-made layers from a crash are invisible (never renamed into layers/); drop them now.
         for leftover in os.listdir(self._p("tmp")):
             shutil.rmtree(self._p("tmp", leftover), ignore_errors=True)

@@ -68,9 +68,10 @@ import struct
 
 from . import errors, pid1, pidlimit, seccomp
 from .mounts import (DEFAULT_SHM_SIZE, MASKED_PATHS, READONLY_PATHS, attach_rootfs,
-                     bind_mounts, bind_rootfs,
+                     bind_console, bind_mounts, bind_rootfs,
                      enter_rootfs, in_root, make_mounts_private, mask_paths, mount_dev,
-                     mount_proc, mount_sys, open_console, readonly_paths, readonly_rootfs)
+                     mount_proc, mount_sys, move_kernel_mounts, open_console, readonly_paths,
+                     readonly_rootfs, stage_kernel_mounts)
 from .syscalls import (CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER,
                        CLONE_NEWUTS, CLONE_PARENT,
                        CLOSE_RANGE_CLOEXEC, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS,
@@ -547,7 +548,7 @@ def set_comm(name):
         os.close(fd)
 
 
-def spawn_pooled_init(tie, leave_spawner, receive, comm):
+def spawn_pooled_init(tie, leave_spawner, receive, comm, staging=None):
     """Clone an init *ahead* of its run request, for the spawner's pool. Runs in the spawner.
 
     The same clone(2) as `spawn_container` for a container with a network namespace of its
@@ -561,6 +562,10 @@ def spawn_pooled_init(tie, leave_spawner, receive, comm):
     user's. With a request it goes on exactly as a directly cloned init does from its first
     step (`_container_init`), after making what the spawner would have prepared
     (`prepare_in_spawner`: the seccomp program), which cannot travel over a socket.
+
+    `staging`: {"dir", "shm_size"} from the last run request: the default /proc, /dev and /sys
+    are made ahead under "dir" (mounts.stage_kernel_mounts), and moved into the rootfs of a
+    request they fit (`StagedMounts`); one they do not fit mounts its own, as ever.
     """
     pid = clone_init("none")
     if pid:
@@ -578,6 +583,7 @@ def spawn_pooled_init(tie, leave_spawner, receive, comm):
         # before its cgroup join still: these are the engine's steps.
         make_mounts_private()
         bring_up_loopback()             # (the bridge form sets it up again, in its batch)
+        staged = StagedMounts.make(staging)
         request = receive()
     except BaseException:
         os._exit(125)                   # no request yet: nobody to report to
@@ -590,14 +596,43 @@ def spawn_pooled_init(tie, leave_spawner, receive, comm):
         prepare_in_spawner(spec)
     except BaseException as e:
         _init_failed(status_fd, e)
-    _run_init(spec, stdio, status_fd, tie, rootfs_tree, pooled=True)
+    _run_init(spec, stdio, status_fd, tie, rootfs_tree, pooled=True,
+              staged=staged if staged is not None and staged.fits(spec) else None)
 
 
-def _run_init(spec, stdio, status_fd, tie, rootfs_tree, pooled=False):
+class StagedMounts:
+    """The kernel mounts a pooled init made ahead (mounts.stage_kernel_mounts), and which
+    requests they fit: every container but a privileged one (no masked or read-only paths)
+    or one with lists or a /dev/shm size of its own. A request they do not fit mounts its own
+    as a directly cloned init does; the staged ones go with the old root at pivot_root."""
+
+    def __init__(self, directory, shm_size):
+        self.directory, self.shm_size = directory, shm_size
+
+    @classmethod
+    def make(cls, staging):
+        """Stage the mounts `staging` asks for -> StagedMounts, or None (none asked for, or
+        staging failed: the request then mounts its own, and tells what is wrong)."""
+        if not staging:
+            return None
+        try:
+            stage_kernel_mounts(staging["dir"], staging["shm_size"], id_mapped(5, daemon_id_maps()[1]))
+        except (OSError, StartError):
+            return None
+        return cls(staging["dir"], staging["shm_size"])
+
+    def fits(self, spec):
+        return (not spec.get("privileged")
+                and (spec.get("shm_size") or DEFAULT_SHM_SIZE) == self.shm_size
+                and spec.get("masked_paths", MASKED_PATHS) == MASKED_PATHS
+                and spec.get("readonly_paths", READONLY_PATHS) == READONLY_PATHS)
+
+
+def _run_init(spec, stdio, status_fd, tie, rootfs_tree, pooled=False, staged=None):
     """A cloned init, from its spec to execve; on failure the StartError goes back on
     `status_fd` and the init exits 125/126/127. Never returns."""
     try:
-        _container_init(spec, stdio, status_fd, tie, rootfs_tree, pooled)
+        _container_init(spec, stdio, status_fd, tie, rootfs_tree, pooled, staged)
     except BaseException as e:
         _init_failed(status_fd, e)
     os._exit(125)
@@ -627,10 +662,11 @@ def setup_network(network, lo_up=False):
         bring_up_loopback()
 
 
-def _container_init(spec, stdio, status_fd, tie, rootfs_tree=None, pooled=False):
+def _container_init(spec, stdio, status_fd, tie, rootfs_tree=None, pooled=False, staged=None):
     """PID 1 of the container, from a fresh mount namespace to execve. Never returns.
     `pooled`: a pooled init, which made its mounts private and brought lo up before its
-    request came (spawn_pooled_init); every other step keeps its order."""
+    request came (spawn_pooled_init); `staged`: the StagedMounts it made then, which fit this
+    request. Every other step keeps its order."""
     # A collection here would walk every object inherited from the spawner and copy the pages
     # it writes to (copy-on-write after fork); this process lives a few ms and then execs.
     gc.disable()
@@ -665,15 +701,20 @@ def _container_init(spec, stdio, status_fd, tie, rootfs_tree=None, pooled=False)
         attach_rootfs(rootfs_tree, rootfs)
     else:
         bind_rootfs(rootfs)
-    fresh = {"/proc": mount_proc(rootfs)}   # we are PID 1 of the new pid namespace now
-    mount_dev(rootfs, spec.get("shm_size") or DEFAULT_SHM_SIZE, console, id_mapped(5, daemon_gid_map))
+    if staged is not None:              # made ahead, with the masked and read-only paths
+        move_kernel_mounts(staged.directory, rootfs)
+        bind_console(rootfs, console)
+    else:
+        fresh = {"/proc": mount_proc(rootfs)}   # we are PID 1 of the new pid namespace now
+        mount_dev(rootfs, spec.get("shm_size") or DEFAULT_SHM_SIZE, console, id_mapped(5, daemon_gid_map))
     if console_socket:                  # after mount_dev: the new devpts instance exists
         slave = open_console(rootfs, stdio[0], spec.get("console_size"))
         stdio = (slave, slave, slave)
-    fresh["/sys"] = mount_sys(rootfs)
-    if not privileged:                  # after /proc and /sys exist: the paths are inside them
-        mask_paths(rootfs, spec.get("masked_paths", MASKED_PATHS), fresh)
-        readonly_paths(rootfs, spec.get("readonly_paths", READONLY_PATHS), fresh)
+    if staged is None:
+        fresh["/sys"] = mount_sys(rootfs)
+        if not privileged:              # after /proc and /sys exist: the paths are inside them
+            mask_paths(rootfs, spec.get("masked_paths", MASKED_PATHS), fresh)
+            readonly_paths(rootfs, spec.get("readonly_paths", READONLY_PATHS), fresh)
     # /etc files first so that an explicit user bind of the same path wins.
     bind_mounts(rootfs, [{"source": src, "target": dst, "readonly": False}
                          for dst, src in (spec.get("etc_files") or {}).items()])

@@ -116,6 +116,9 @@ The run/exec spec (a JSON-able dict; only `argv` and, for run, `rootfs` are requ
     no_new_privileges bool  prctl(PR_SET_NO_NEW_PRIVS); Docker's default is off
     cgroup            str   optional cgroup directory; the init writes itself to cgroup.procs
     masked_paths, readonly_paths  [str] override Docker's lists (mounts.MASKED_PATHS, ...)
+    staging           str   run, optional: an empty directory of the daemon's, where the
+                      spawner's pooled inits make /proc, /dev and /sys ahead of a request (in
+                      their own mount namespaces: it stays empty to everyone else)
     security_opt      [str] Docker's SecurityOpt: `seccomp=unconfined`, `seccomp=<JSON profile>`,
                       `no-new-privileges`; without a seccomp entry the built-in profile applies
                       (seccomp.py), compiled by Spawner.run/exec into `seccomp` (hex of the

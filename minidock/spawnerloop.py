@@ -451,7 +451,8 @@ class _Server:
         try:
             pid = ns.spawn_pooled_init(ns.DaemonTie(None, self.lifeline),
                                        lambda: self.leave_for_pool(mine, theirs),
-                                       lambda: self.receive_run(theirs), self.comm)
+                                       lambda: self.receive_run(theirs), self.comm,
+                                       self.staging())
         except Exception as exc:        # EAGAIN (a process limit), say: no pool until the next run
             mine.close()
             theirs.close()
@@ -464,6 +465,14 @@ class _Server:
         self.pool.append(pooled)
         self.sel.register(mine, selectors.EVENT_READ, pooled)
         self.send({"pooled": pid})
+
+    def staging(self):
+        """What a pooled init is to make ahead (ns.spawn_pooled_init): the kernel mounts the
+        last run had, in the directory the daemon keeps for it (spec "staging"), or None."""
+        spec = self.last_spec
+        if not spec or not spec.get("staging") or spec.get("privileged"):
+            return None
+        return {"dir": spec["staging"], "shm_size": spec.get("shm_size") or ns.DEFAULT_SHM_SIZE}
 
     def hand_to_pooled(self, msg, fds):
         """Send a run request to a pooled init: the spec, and as SCM_RIGHTS its stdio, the

@@ -200,10 +200,14 @@ def pool(sp, start, base):
     _until(lambda: (_proc(pooled[0]) or {}).get("comm") == "minidock-pool"
            and _proc(pooled[0])["state"] == "S")
     res["idle"] = _proc(pooled[0]) if pooled else None
+    res["staging"] = base["staging"]
+    with open(f"/proc/{pooled[0]}/mountinfo") as f:
+        res["idle_mountinfo"] = f.read()
     res["spawner_ns"] = {n: os.readlink(f"/proc/{sp.pid}/ns/{n}")
                          for n in ("pid", "mnt", "net", "uts", "ipc", "user")}
     # The next start takes it: the container's init is the very process that was idle.
-    pid, r = start(["sh", "-c", "echo $$; cat /proc/net/dev | wc -l; cat /proc/1/comm; echo"])
+    pid, r = start(["sh", "-c", "echo $$; cat /proc/net/dev | wc -l; cat /proc/1/comm; "
+                                "cat /proc/self/mountinfo"])
     out = collect(r)
     res["taken"] = {"pid": pid, "code": sp.wait(pid, 10), "out": out}
     # Killed while idle: the spawner logs it and makes a new one; the daemon reaps the dead one.
@@ -300,7 +304,9 @@ def main():
     mode, rootfs, data = sys.argv[1], sys.argv[2], sys.argv[3]
     userns = enter_daemon_userns()
     sp = spawner.Spawner.start()
-    base = {"rootfs": rootfs, "env": ENV, "hostname": "box"}
+    # As the daemon passes it (layers.LayerStore.pool_dir): where pooled inits stage mounts.
+    os.makedirs(f"{data}/staging", exist_ok=True)
+    base = {"rootfs": rootfs, "env": ENV, "hostname": "box", "staging": f"{data}/staging"}
 
     def start(argv, stdin=None, **kw):
         """Start a container; returns (pid, stdout reader fd)."""

@@ -58,6 +58,30 @@ def test_the_next_start_is_the_pooled_init(pool):
     assert comm == "sh"                              # execve named it after the command
 
 
+def _mounts(mountinfo, under=""):
+    """{mount point: (mount id, fs type)} from mountinfo text, for mount points under `under`
+    (relative to it)."""
+    mounts = {}
+    for line in mountinfo.splitlines():
+        fields, fs_type = line.split(" - ")[0].split(), line.split(" - ")[1].split()[0]
+        if fields[4].startswith(under + "/"):
+            mounts[fields[4][len(under):] or "/"] = (fields[0], fs_type)
+    return mounts
+
+
+def test_the_pooled_init_makes_proc_dev_and_sys_ahead_and_moves_them_in(pool):
+    res, _ = pool
+    # Idle, it has them under the staging directory, masked and read-only paths included.
+    staged = _mounts(res["idle_mountinfo"], res["staging"])
+    assert staged["/proc"][1] == "proc" and staged["/sys"][1] == "sysfs"
+    assert staged["/dev"][1] == "tmpfs" and staged["/dev/pts"][1] == "devpts"
+    assert staged["/proc/sys"][1] == "proc" and staged["/sys/firmware"][1] == "tmpfs"
+    # Taken by a start, the container's are those very mounts: a moved mount keeps its id.
+    inside = _mounts(res["taken"]["out"].split("\n", 3)[3])
+    for path in ("/proc", "/dev", "/sys", "/dev/pts", "/dev/shm", "/proc/sys", "/sys/firmware"):
+        assert inside[path] == staged[path], path
+
+
 def test_a_pooled_init_killed_while_idle_is_logged_reaped_and_replaced(pool):
     res, err = pool
     killed = res["killed"]

@@ -123,6 +123,7 @@ class Supervisor:
         if group is not None:
             run["cgroup"] = group.path   # the init joins it before anything else runs
         run["pids_limit"] = self.cgroups.pids_rlimit(c.host_config)   # no pids.max: pidlimit.py
+        run["staging"] = self.layers.pool_dir     # for the spawner's pool (spawner.py)
         stdio, to_close = c.io.open(c.config["Tty"], c.config["OpenStdin"],   # 5
                                     logs.writer(c), c.id[:12])
         # 7 ahead: the running record, durable while the spawner works (module docstring)
