@@ -41,12 +41,20 @@ socketpair:
       clone(CLONE_PARENT|NEWNS|NEWPID|NEWUTS|NEWIPC|NEWNET) -> P
                                                closes every descriptor but 0-2, the lifeline
                                                and `theirs`; prctl(PR_SET_NAME, minidock-pool);
-                                               death signal armed on the daemon (ns.DaemonTie)
+                                               death signal armed on the daemon (ns.DaemonTie);
+                                               lo up; /proc, /dev, /sys made under the last
+                                               spec's "staging" directory (`staging()`)
       -> daemon {"pooled": P}                  recv(theirs) ... blocks
     a run request that fits:
       mine <- {"spec": ...} + stdio, status pipe's write end, rootfs tree (SCM_RIGHTS)
       close(mine)                              recv returns: ns._container_init, as a directly
       `R` on the status pipe -> daemon {"id", "pid": P}  cloned init does from its first step
+
+The kernel's file systems a container sees need nothing of it but the namespaces they show,
+so a pooled init mounts them ahead too, with Docker's masked and read-only paths, on a tmpfs
+over the directory the daemon names in its run specs (mounts.stage_kernel_mounts: ~35 mounts),
+and moves the three trees into the rootfs of a request they fit (ns.StagedMounts; a
+privileged container, or a /dev/shm size other than the last run's, mounts its own).
 
 The spec travels as JSON, so what prepare_in_spawner makes (the seccomp program as the
 kernel's struct, a ctypes object) is made by the pooled init itself; the daemon's id maps it

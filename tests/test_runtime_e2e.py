@@ -81,17 +81,18 @@ def test_pooled_starts_get_the_kernel_mounts_their_options_ask_for(d):
     # Starts in a row are the spawner's pooled inits', which make /proc, /dev and /sys with
     # Docker's masks ahead of the request (mounts.stage_kernel_mounts): a privileged container
     # or one with a /dev/shm size of its own must get its own instead.
+    # (The sysfs made ahead shows the eth0 moved into the namespace after it: the bridge.)
     probe = ("grep -c ' /proc/timer_list ' /proc/mounts; grep -c ' /proc/sys ' /proc/mounts; "
-             "df -k /dev/shm | tail -1 | awk '{print $2}'")
+             "df -k /dev/shm | tail -1 | awk '{print $2}'; cat /sys/class/net/eth0/operstate")
 
     def mounts(*options):
         return out(d.docker("run", "--rm", *options, "busybox", "sh", "-c", probe)).split()
 
     for _ in range(3):
-        assert mounts() == ["1", "1", "65536"]      # masked, read-only, 64 MiB
-    assert mounts("--privileged") == ["0", "0", "65536"]
-    assert mounts("--shm-size", "8m") == ["1", "1", "8192"]
-    assert mounts() == ["1", "1", "65536"]
+        assert mounts() == ["1", "1", "65536", "up"]      # masked, read-only, 64 MiB
+    assert mounts("--privileged") == ["0", "0", "65536", "up"]
+    assert mounts("--shm-size", "8m") == ["1", "1", "8192", "up"]
+    assert mounts() == ["1", "1", "65536", "up"]
 
 
 def test_a_command_only_execve_refuses_fails_inside_the_started_container(d, tmp_path):
