@@ -616,7 +616,8 @@ class StagedMounts:
         if not staging:
             return None
         try:
-            stage_kernel_mounts(staging["dir"], staging["shm_size"], id_mapped(5, daemon_id_maps()[1]))
+            stage_kernel_mounts(staging["dir"], staging["shm_size"],
+                                id_mapped(5, daemon_id_maps()[1]))
         except (OSError, StartError):
             return None
         return cls(staging["dir"], staging["shm_size"])
@@ -706,7 +707,8 @@ def _container_init(spec, stdio, status_fd, tie, rootfs_tree=None, pooled=False,
         bind_console(rootfs, console)
     else:
         fresh = {"/proc": mount_proc(rootfs)}   # we are PID 1 of the new pid namespace now
-        mount_dev(rootfs, spec.get("shm_size") or DEFAULT_SHM_SIZE, console, id_mapped(5, daemon_gid_map))
+        mount_dev(rootfs, spec.get("shm_size") or DEFAULT_SHM_SIZE, console,
+                  id_mapped(5, daemon_gid_map))
     if console_socket:                  # after mount_dev: the new devpts instance exists
         slave = open_console(rootfs, stdio[0], spec.get("console_size"))
         stdio = (slave, slave, slave)

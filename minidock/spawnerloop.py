@@ -10,12 +10,12 @@ The loop
 --------
 `_Server.serve()` waits, with select(2), on the daemon's socket, on SIGCHLD (a self-pipe), on
 every start's status pipe and on the socket of each pooled init (see "The pool"). A run request
-that no pooled init can take clones the container's init straight into its
-namespaces, as the daemon's child (ns.spawn_container: clone(2) with CLONE_PARENT, through
+that no pooled init can take clones the container's init straight into its namespaces, as the
+daemon's child (ns.spawn_container: clone(2) with CLONE_PARENT, through
 syscalls.clone_process), and is answered once the init writes `R` on the status pipe: every
-step is done, only its execve is left (ns._exec). An exec forks a *starter* (`start()`); the starter joins
-the namespaces, forks the exec'd process (ns.enter_container), writes `P<pid>` on the status
-pipe and exits. The orphan is re-parented to the daemon, the subreaper above us (we are not
+step is done, only its execve is left (ns._exec). An exec forks a *starter* (`start()`); the
+starter joins the namespaces, forks the exec'd process (ns.enter_container), writes `P<pid>` on
+the status pipe and exits. The orphan is re-parented to the daemon, the subreaper above us (we are not
 one), and the daemon reaps it; that request is answered once the status pipe is at EOF *and*
 the starter is reaped -- only then is the process surely the daemon's child. Either way the
 spawner keeps nothing per running container.

@@ -107,7 +107,8 @@ def test_a_command_only_execve_refuses_fails_inside_the_started_container(d, tmp
     started = d.docker("start", "-a", cid, check=False)
     assert started.returncode == 126
     assert b'minidock: exec: "/junk": exec format error' in started.stderr
-    assert out(d.docker("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", cid)) == "exited 126\n"
+    state = out(d.docker("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", cid))
+    assert state == "exited 126\n"
     d.docker("rm", cid)
 
 
