@@ -91,9 +91,9 @@ def test_udp_per_client_flows():
         while True:
             try:
                 data, addr = echo.recvfrom(65535)
-            except OSError:
+                echo.sendto(b"echo:" + data, addr)
+            except OSError:             # closed at the end of the test, maybe between the two
                 return
-            echo.sendto(b"echo:" + data, addr)
     threading.Thread(target=serve, daemon=True).start()
     pub = portproxy.Published("127.0.0.1", [("udp", echo.getsockname()[1], "127.0.0.1", [0])], dial)
     try:
