@@ -391,7 +391,7 @@ def _exec(argv, env, ready_fd=None):
     environ = dict(e.split("=", 1) if "=" in e else (e, "") for e in env)
     if ready_fd is not None:
         check_arg_limits(path, argv, environ)
-        os.write(ready_fd, b"R\n")
+        _ready(ready_fd)
     try:
         os.execve(path, argv, environ)
     except OSError as e:
@@ -407,6 +407,11 @@ def _exec(argv, env, ready_fd=None):
             os.write(2, f"minidock: {error.message}\n".encode())
         finally:
             os._exit(code)
+
+
+@Step("tell the spawner only execve is left")
+def _ready(ready_fd):
+    os.write(ready_fd, b"R\n")
 
 
 class DaemonTie:

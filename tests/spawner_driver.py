@@ -362,6 +362,20 @@ def main():
         print(json.dumps(pool(sp, start, base)))
         return
 
+    if mode == "trace":                 # with MINIDOCK_PROFILE_TRACE set (syscalls.trace_step)
+        answered = []
+        for _ in range(2):              # a directly cloned init, then a pooled one
+            pid, r = start(["true"])
+            answered.append(time.monotonic_ns())
+            os.close(r)
+            sp.wait(pid, 10)
+            _until(lambda: sp.pooled_inits()
+                   and (_proc(sp.pooled_inits()[0]) or {}).get("comm") == "minidock-pool"
+                   and _proc(sp.pooled_inits()[0])["state"] == "S")
+        print(json.dumps({"answered": answered}))
+        sp.close()
+        return
+
     if mode == "tree":
         print(json.dumps(tree(sp, start, base)))
         sp.close()

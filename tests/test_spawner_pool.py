@@ -151,3 +151,35 @@ def test_a_pooled_init_dies_with_the_daemon(nobody_daemon):
     while time.time() < deadline and os.path.exists(f"/proc/{pooled}"):
         time.sleep(0.02)
     assert not os.path.exists(f"/proc/{pooled}")
+
+
+def test_a_traced_init_records_its_steps_up_to_only_execve_left(nobody_daemon):
+    # scripts/profile-start's view inside the init: with MINIDOCK_PROFILE_TRACE in the daemon's
+    # environment, each init step appends begin/end records (syscalls.trace_step).
+    trace = os.path.join(nobody_daemon.data, "trace")
+    p = nobody_daemon.driver("trace", env=dict(os.environ, MINIDOCK_PROFILE_TRACE=trace))
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    answered = json.loads(out)["answered"]
+    with open(trace) as f:
+        records = [line.rstrip("\n").split(" ", 3) for line in f]
+    assert records and all(kind in "BE" and who == "init" for kind, _, who, _ in records)
+    steps, stack = [], []               # (name, begin, end, depth), nested as they ran
+    for kind, t, _, name in records:
+        if kind == "B":
+            stack.append((name, int(t)))
+        else:
+            begun, t0 = stack.pop()
+            assert begun == name and int(t) >= t0
+            steps.append((name, t0, int(t), len(stack)))
+    assert stack == []
+    ready = [t0 for name, t0, _, _ in steps if name == "tell the spawner only execve is left"]
+    assert len(ready) == 2
+    # Each start was answered after its init said only execve was left.
+    assert ready[0] < answered[0] < ready[1] < answered[1]
+    # The pooled init made /proc, /dev and /sys before its request and moved them in after it.
+    ahead = [t0 for name, t0, _, _ in steps if name == "make /proc, /dev and /sys ahead"]
+    moved = [t0 for name, t0, _, _ in steps if name == "move /proc, /dev and /sys into the rootfs"]
+    assert len(moved) == 1 and answered[0] < min(ahead) < moved[0] < ready[1]
+    names = {step[0] for step in steps}
+    assert {"mount /proc", "pivot_root", "install the seccomp filter"} <= names
