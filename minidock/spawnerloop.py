@@ -15,10 +15,10 @@ daemon's child (ns.spawn_container: clone(2) with CLONE_PARENT, through
 syscalls.clone_process), and is answered once the init writes `R` on the status pipe: every
 step is done, only its execve is left (ns._exec). An exec forks a *starter* (`start()`); the
 starter joins the namespaces, forks the exec'd process (ns.enter_container), writes `P<pid>` on
-the status pipe and exits. The orphan is re-parented to the daemon, the subreaper above us (we are not
-one), and the daemon reaps it; that request is answered once the status pipe is at EOF *and*
-the starter is reaped -- only then is the process surely the daemon's child. Either way the
-spawner keeps nothing per running container.
+the status pipe and exits. The orphan is re-parented to the daemon, the subreaper above us (we
+are not one), and the daemon reaps it; that request is answered once the status pipe is at EOF
+*and* the starter is reaped -- only then is the process surely the daemon's child. Either way
+the spawner keeps nothing per running container.
 
 The spawner works in a mount namespace of its own (`own_mount_namespace`), a copy of the
 daemon's at its start: each init copies it, so it must not grow with the daemon's overlays; a
