@@ -57,6 +57,9 @@ class Containers:
         # one fdatasync, no metadata written
         self.collection = store.Collection(self.root, "container", per_dir=True, slots=True)
         self.by_id = {}
+        # name -> id: a create checks its name, a lookup by name finds it, without a pass over
+        # every container (changed under names_lock: create, rename, the end of a removal)
+        self.by_name = {}
         self.rows = describe.RowCache(self._row)      # `docker ps` rows, encoded
         self.names_lock = threading.Lock()
         # A removed container's files are renamed away at once and deleted here, after the
@@ -75,13 +78,18 @@ class Containers:
                 # its removal began (retire(): the file keeps its last save's content):
                 # reconcile() finishes it
                 record["State"].update(lifecycle.status_fields(REMOVING))
-            self.by_id[cid] = Container(record)
+            self.by_id[cid] = c = Container(record)
+            self.by_name[c.name] = cid
             volumes.attach(cid, record.get("Mounts") or [])
 
     # -- lookup ----------------------------------------------------------------------------------
     def get(self, ref):
-        cid = self.collection.resolve(ref, name_of=lambda r: r["Name"].lstrip("/"))
-        return self.by_id[cid]
+        """Docker's order: a full ID, then an exact name ("/name" too), then a unique ID prefix."""
+        c = self.by_id.get(ref)
+        if c is not None:
+            return c
+        cid = self.by_name.get(ref.lstrip("/")) if isinstance(ref, str) else None
+        return self.by_id[cid or self.collection.resolve(ref)]
 
     def all(self):
         return list(self.by_id.values())
@@ -203,8 +211,8 @@ class Containers:
         with self.names_lock:
             # one pass over the names, not one per random draw (up to 100 draws once
             # most of the 460 adjective_surname pairs are taken)
-            name = name or config.generate_name({c.name for c in self.all()}.__contains__)
-            config.check_name_free(name, self.all())
+            name = name or config.generate_name(self.by_name.__contains__)
+            config.check_name_free(name, self.by_name.get(name))
             record = lifecycle.new_record(cid, name, path, args, image_id, cfg, host_config,
                                           self.layers.driver_name(), directory)
             os.makedirs(directory, mode=0o700)
@@ -224,6 +232,7 @@ class Containers:
                     self.collection.save_new(cid, record)
                     layer_saved()
                     self.by_id[cid] = c
+                    self.by_name[name] = cid
             except BaseException:
                 self.collection.objects.pop(cid, None)
                 shutil.rmtree(directory, ignore_errors=True)
@@ -381,6 +390,9 @@ class Containers:
             self.volumes.detach(c.id)
             with c.lock:
                 self.by_id.pop(c.id, None)
+                with self.names_lock:
+                    if self.by_name.get(c.name) == c.id:
+                        del self.by_name[c.name]
                 self.collection.delete(c.id, later=deletions.append)
                 c.set_status(DEAD)
         finally:
@@ -417,11 +429,13 @@ class Containers:
         with self.names_lock:
             if new_name == c.name:
                 raise errors.Conflict("Renaming a container with the same name as its current name")
-            config.check_name_free(new_name, self.all())
+            config.check_name_free(new_name, self.by_name.get(new_name))
             old = c.name
             with c.lock:
                 c.record["Name"] = "/" + new_name
                 self.save(c)
+            self.by_name.pop(old, None)
+            self.by_name[new_name] = c.id
         self.emit(c, "rename", {"oldName": "/" + old})
 
     def update(self, ref, body):

@@ -251,8 +251,32 @@ def list_rows(engine):
     return seen
 
 
+def names(engine):
+    """Lookups by name through the name index (Containers.by_name): create, a clash, rename,
+    removal, and Docker's order of a full ID, an exact name, a unique ID prefix."""
+    cs = engine.containers
+    body = {"Image": "busybox", "Cmd": ["true"]}
+    first, _ = cs.create(body, name="alpha")
+    seen = {"by_name": [cs.get(ref).id == first for ref in ("alpha", "/alpha", first, first[:12])],
+            "clash": _refused(lambda: cs.create(body, name="alpha"))}
+    cs.rename(first, "beta")
+    seen["renamed"] = [_refused(lambda: cs.get("alpha")), cs.get("beta").id == first]
+    again, _ = cs.create(body, name="alpha")                 # the old name is free again
+    # A container named like another's ID prefix: the exact name wins over the prefix.
+    prefixed, _ = cs.create(body, name=first[:12])
+    seen["name_over_prefix"] = cs.get(first[:12]).id == prefixed
+    cs.remove(first)
+    seen["removed"] = _refused(lambda: cs.get("beta"))
+    reused, _ = cs.create(body, name="beta")
+    seen["reused"] = cs.get("beta").id == reused != first
+    for cid in (again, prefixed, reused):
+        cs.remove(cid)
+    seen["left"] = sorted(n for n in cs.by_name if n in ("alpha", "beta", first[:12]))
+    return seen
+
+
 SCENARIOS = [run_to_exit, stop_and_remove, pause_and_kill, restart_policy, execs, volumes, attach_detach,
-             list_rows]
+             list_rows, names]
 
 
 def main():

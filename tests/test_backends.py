@@ -137,3 +137,15 @@ def test_list_rows_follow_every_change(seen):
          "Networks": ["bridge", "listnet"]},
     ]
     assert r["gone"]
+
+
+def test_names_are_found_renamed_freed_and_win_over_id_prefixes(seen):
+    r = _scenario(seen, "names")
+    assert r["by_name"] == [True, True, True, True]
+    kind, message = r["clash"]
+    assert kind == "Conflict" and '"/alpha" is already in use by container' in message
+    assert r["renamed"][0][0] == "NotFound" and r["renamed"][1] is True
+    assert r["name_over_prefix"] is True
+    assert r["removed"][0] == "NotFound"
+    assert r["reused"] is True
+    assert r["left"] == []

@@ -124,13 +124,12 @@ def generate_name(taken):
 
 # -- Config ---------------------------------------------------------------------------------------
 
-def check_name_free(name, containers):
-    """Conflict, in Docker's words, when one of `containers` already has `name`."""
-    owner = next((c for c in containers if c.name == name), None)
-    if owner:
+def check_name_free(name, owner_id):
+    """Conflict, in Docker's words, when `name` is taken: by the container `owner_id`, if any."""
+    if owner_id:
         raise errors.Conflict(
             f'Conflict. The container name "/{name}" is already in use by container '
-            f'"{owner.id}". You have to remove (or rename) that container to be able to reuse that name.')
+            f'"{owner_id}". You have to remove (or rename) that container to be able to reuse that name.')
 
 
 def merge_config(body, image_cfg, image_ref):
