@@ -190,16 +190,25 @@ def bind_console(rootfs, console):
 STAGED = ("/proc", "/dev", "/sys")
 
 
+def mount_kernel_filesystems(rootfs, shm_size, console, tty_gid, masked=MASKED_PATHS,
+                             readonly=READONLY_PATHS):
+    """/proc, /dev (with `console`, if any) and /sys in `rootfs`, then the `masked` paths
+    hidden and the `readonly` ones made read-only inside them (a privileged container: none).
+    Run by PID 1 of the container's pid namespace, in its network namespace (mount_proc,
+    mount_sys)."""
+    fresh = {"/proc": mount_proc(rootfs)}
+    mount_dev(rootfs, shm_size, console, tty_gid)
+    fresh["/sys"] = mount_sys(rootfs)
+    mask_paths(rootfs, masked, fresh)          # after /proc and /sys: the paths are inside them
+    readonly_paths(rootfs, readonly, fresh)
+
+
 @Step("make /proc, /dev and /sys ahead")
 def stage_kernel_mounts(directory, shm_size, tty_gid):
     """In a pooled init, before its request: the default kernel mounts under `directory` (an
     empty directory of the host's, mounted over with a tmpfs here, in our own namespace)."""
     mount("tmpfs", directory, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=700,size=64k")
-    fresh = {"/proc": mount_proc(directory)}
-    mount_dev(directory, shm_size, None, tty_gid)
-    fresh["/sys"] = mount_sys(directory)
-    mask_paths(directory, MASKED_PATHS, fresh)
-    readonly_paths(directory, READONLY_PATHS, fresh)
+    mount_kernel_filesystems(directory, shm_size, None, tty_gid)
 
 
 @Step("move /proc, /dev and /sys into the rootfs")

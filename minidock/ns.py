@@ -26,13 +26,14 @@ network (lo up, or veths, or another container's stack), mounts, pivot_root(2), 
 rlimits, the seccomp filter (seccomp.py; while CAP_SYS_ADMIN is still held, or last with
 no_new_privs), capabilities, user, the death signal, execve(2).
 Every step is named; when one fails, the step, errno and message go back to the spawner over
-a close-on-exec pipe (the pipe reaches EOF without a word when execve succeeds) -- runc's
-error-pipe pattern.
+a close-on-exec pipe -- runc's error-pipe pattern; when every step is done, the init writes `R`
+there and execs (`_exec`).
 
 `spawn_pooled_init()` is the same clone made *ahead* of a run request, for the spawner's pool
-(spawnerloop.py, "The pool"): the init makes its mounts private and brings lo up -- the two
-steps that need nothing of the request --, then waits on a socket until the spec and the
-descriptors come, and goes on from there exactly as a directly cloned init.
+(spawnerloop.py, "The pool"): the init does what needs nothing of the request -- it makes its
+mounts private, brings lo up and makes /proc, /dev and /sys (`StagedMounts`) --, then waits on a
+socket until the spec and the descriptors come, and goes on from there exactly as a directly
+cloned init.
 
 The steps live with their concept: mounts, /dev, /sys, the console and pivot_root in mounts.py,
 the daemon's user namespace and the nested ones (a container user the daemon cannot map,
@@ -68,10 +69,9 @@ import struct
 
 from . import errors, pid1, pidlimit, seccomp
 from .mounts import (DEFAULT_SHM_SIZE, MASKED_PATHS, READONLY_PATHS, attach_rootfs,
-                     bind_console, bind_mounts, bind_rootfs,
-                     enter_rootfs, in_root, make_mounts_private, mask_paths, mount_dev,
-                     mount_proc, mount_sys, move_kernel_mounts, open_console, readonly_paths,
-                     readonly_rootfs, stage_kernel_mounts)
+                     bind_console, bind_mounts, bind_rootfs, enter_rootfs, in_root,
+                     make_mounts_private, mount_kernel_filesystems, move_kernel_mounts,
+                     open_console, readonly_rootfs, stage_kernel_mounts)
 from .syscalls import (CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER,
                        CLONE_NEWUTS, CLONE_PARENT,
                        CLOSE_RANGE_CLOEXEC, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS,
@@ -710,18 +710,14 @@ def _container_init(spec, stdio, status_fd, tie, rootfs_tree=None, pooled=False,
     if staged is not None:              # made ahead, with the masked and read-only paths
         move_kernel_mounts(staged.directory, rootfs)
         bind_console(rootfs, console)
-    else:
-        fresh = {"/proc": mount_proc(rootfs)}   # we are PID 1 of the new pid namespace now
-        mount_dev(rootfs, spec.get("shm_size") or DEFAULT_SHM_SIZE, console,
-                  id_mapped(5, daemon_gid_map))
-    if console_socket:                  # after mount_dev: the new devpts instance exists
+    else:                               # we are PID 1 of the new pid namespace now
+        mount_kernel_filesystems(rootfs, spec.get("shm_size") or DEFAULT_SHM_SIZE, console,
+                                 id_mapped(5, daemon_gid_map),
+                                 [] if privileged else spec.get("masked_paths", MASKED_PATHS),
+                                 [] if privileged else spec.get("readonly_paths", READONLY_PATHS))
+    if console_socket:                  # after /dev: the new devpts instance exists
         slave = open_console(rootfs, stdio[0], spec.get("console_size"))
         stdio = (slave, slave, slave)
-    if staged is None:
-        fresh["/sys"] = mount_sys(rootfs)
-        if not privileged:              # after /proc and /sys exist: the paths are inside them
-            mask_paths(rootfs, spec.get("masked_paths", MASKED_PATHS), fresh)
-            readonly_paths(rootfs, spec.get("readonly_paths", READONLY_PATHS), fresh)
     # /etc files first so that an explicit user bind of the same path wins.
     bind_mounts(rootfs, [{"source": src, "target": dst, "readonly": False}
                          for dst, src in (spec.get("etc_files") or {}).items()])
