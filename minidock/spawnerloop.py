@@ -497,10 +497,7 @@ class _Server:
             self.drop_pooled(pooled, f"could not take a request ({exc})")
             return None
         finally:
-            if pooled.sock is not None:
-                self.sel.unregister(pooled.sock)
-                pooled.sock.close()         # its recv(2) then never sees another message
-                pooled.sock = None
+            self.close_pooled(pooled)       # its recv(2) then never sees another message
         os.close(status_w)
         record = _Start(msg["id"], status_r, pid=pooled.pid)
         # Sent is not yet taken: a pooled init killed a moment ago still accepts the message
@@ -525,13 +522,17 @@ class _Server:
             sys.stderr.write(f"minidock spawner: {self.idle_deaths} pooled inits died while "
                              "idle; no pool until the next run\n")
 
-    def drop_pooled(self, pooled, why):
-        """Give up a pooled init: close our end (it exits at EOF, if alive) and have the daemon,
-        its parent, reap it; a new one is cloned when the loop is next idle."""
+    def close_pooled(self, pooled):
+        """Close our end of a pooled init's socketpair, once."""
         if pooled.sock is not None:
             self.sel.unregister(pooled.sock)
             pooled.sock.close()
             pooled.sock = None
+
+    def drop_pooled(self, pooled, why):
+        """Give up a pooled init: close our end (it exits at EOF, if alive) and have the daemon,
+        its parent, reap it; a new one is cloned when the loop is next idle."""
+        self.close_pooled(pooled)
         sys.stderr.write(f"minidock spawner: the pooled init (pid {pooled.pid}) {why}; "
                          "replacing it\n")
         self.send({"reap": pooled.pid})
