@@ -209,8 +209,6 @@ class Containers:
         cid = store.new_id()
         directory = os.path.join(self.root, cid)
         with self.names_lock:
-            # one pass over the names, not one per random draw (up to 100 draws once
-            # most of the 460 adjective_surname pairs are taken)
             name = name or config.generate_name(self.by_name.__contains__)
             config.check_name_free(name, self.by_name.get(name))
             record = lifecycle.new_record(cid, name, path, args, image_id, cfg, host_config,

@@ -266,8 +266,9 @@ class Writer:
 # runs, so that at most a few MiB of a log are dirty at any moment. (The one extra cost: a big
 # log deleted within 30 s of being written now reaches the disk once; logs under 4 MiB are left
 # alone, and a `--rm` container's exit has no sync to wait for anyway: its rootfs is volatile.)
-# The calls run on one thread of their own (`Writeback`): the output loop hands over a range and goes back to reading pipes, and a slow disk can delay the write-out but
-# never a container's output. Observe it: `grep -E 'Dirty|Writeback:' /proc/meminfo` while a
+# The calls run on one thread of their own (`Writeback`): the output loop hands over a range
+# and goes back to reading pipes, and a slow disk can delay the write-out but never a
+# container's output. Observe it: `grep -E 'Dirty|Writeback:' /proc/meminfo` while a
 # container prints stays at a few MiB instead of growing with the log.
 
 WRITEBACK_STEP = 4 << 20
