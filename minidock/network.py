@@ -61,7 +61,18 @@ CLONE_NEWNET, before anything in the container can run and before any nested use
        route via the gateway (eth0 only, not for --internal networks)
 
 Two sendmsg(2) calls, each answered by one ack (netlink.Rtnl.apply), whatever the number of
-endpoints: ~0.6 ms of the init's time here, most of it the kernel making the veth pair.
+endpoints. Measured with `scripts/profile-start --network bridge`, the step took 2.0 ms of the
+start: 0.23 the sockets and setns calls, 1.17 the kernel making the veth pair, 0.44 the
+second batch.
+
+Made ahead (`VethAhead`): steps 1-4 need nothing of the request but the bridge and the MTU,
+so a pooled init (ns.spawn_pooled_init) whose last run had an endpoint makes that veth while
+it waits, with eth0 down and no address. A request on the same bridge takes it: step 5 sets
+eth0's MAC first (a down link may change it), and the step takes ~0.6 ms. A request it does
+not fit is never handed to it (deleting a veth costs an RCU grace period: 10-20 ms here); the
+spawner gives that init up instead (spawnerloop, "The pool"). What you can observe: an idle
+pooled init's namespace (`nsenter -t POOLED -n ip link`) shows `eth0@ifN` down, and the
+keeper's shows ifN, a vethM with `master docker0`, no carrier until a container takes it.
 
 Step 2 works because the keeper's namespace is owned by the daemon's user namespace, where
 the init holds CAP_SYS_ADMIN; the init is single-threaded, which setns(2) requires. The
@@ -268,51 +279,129 @@ def mac_for(ip):
 # --- attaching a container: the init's first step ---------------------------------------------
 
 @syscalls.Step("open the network namespaces")
-def open_namespaces(network):
+def open_namespaces(keeper):
     """(own, daemon's): O_CLOEXEC descriptors of the calling process's network namespace and
-    of the keeper's, for `attach_container`. Opened by path while /proc is still the daemon's
+    of the keeper's (`keeper`: its TID). Opened by path while /proc is still the daemon's
     view, before the init's pivot_root replaces its root with the container's."""
     own = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return own, os.open(f"/proc/{int(network['netns_pid'])}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        return own, os.open(f"/proc/{int(keeper)}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     except BaseException:
         os.close(own)
         raise
 
 
 @syscalls.Step("connect the container to its networks")
-def attach_container(network, namespaces):
+def attach_container(network, ahead=None):
     """Give the calling process's (fresh) network namespace lo up and one ethN per endpoint.
-    Touches no file (see open_namespaces) and imports nothing: it may run after the init's
-    pivot_root. Closes the two descriptors of `namespaces` (open_namespaces).
+    The first of the init's steps: it opens the namespaces by path (open_namespaces).
 
     `network` = {"netns_pid": the keeper thread's TID, "endpoints": [{"bridge", "bridge_index", "address",
     "prefixlen", "gateway", "mac", "mtu", "default_route"}...]}. Two netlink batches in all,
     whatever the number of endpoints: every veth from the daemon's side, then lo, every
-    address, setting, link and route from the container's side."""
-    own, daemons = namespaces
+    address, setting, link and route from the container's side.
+
+    `ahead`: the veth a pooled init made for the first endpoint while it waited (VethAhead,
+    one that fits the request). Its eth0 needs only the endpoint's MAC; with no other
+    endpoint, the first batch and the trip through the daemon's namespace are skipped."""
+    endpoints = network.get("endpoints") or []
+    named = [(f"eth{i}", ep) for i, ep in enumerate(endpoints)]
+    inside, indexes = (ahead.rtnl, [ahead.index]) if ahead else (None, [])
     try:
-        # A netlink socket in the daemon's namespace, then straight back: a netlink socket
-        # stays in the namespace it was made in, the init must not.
+        if len(named) > len(indexes):
+            # The veths first: the container's side configures the ends they put there.
+            inside, more = veths_from_the_daemon(network["netns_pid"], named[len(indexes):], inside)
+            indexes = indexes + more
+        calls = [(netlink.pack_set_link, (netlink.LOOPBACK_IFINDEX,), {"up": True})]
+        if ahead and endpoints[0].get("mac"):   # (the link is down: a MAC may change)
+            calls.append((netlink.pack_set_link, (ahead.index,), {"mac": endpoints[0]["mac"]}))
+        for index, ep in zip(indexes, endpoints):
+            calls += configure_calls(index, ep)
+        inside.apply(calls)
+    finally:
+        if inside is not None:
+            inside.close()
+
+
+def veths_from_the_daemon(keeper, named_endpoints, inside=None):
+    """Make a veth per (ifname, endpoint) with a netlink socket in the keeper's namespace,
+    each container end straight into the calling process's namespace (make_veths). Returns
+    (`inside` or a new netlink socket in the caller's namespace, the container ends' ifindexes).
+
+    A netlink socket stays in the namespace it was made in; the caller must not: setns(2)
+    there, make the socket, and straight back. Setns needs CAP_SYS_ADMIN over the keeper's
+    namespace (an init holds it: the daemon's user namespace owns that namespace) and a
+    single-threaded caller."""
+    own, daemons = open_namespaces(keeper)
+    made = None
+    try:
         syscalls.setns(daemons, syscalls.CLONE_NEWNET, "the daemon's network namespace")
         outside = netlink.Rtnl()
-        syscalls.setns(own, syscalls.CLONE_NEWNET, "the container's network namespace")
-        inside = netlink.Rtnl()
         try:
-            endpoints = network.get("endpoints") or []
-            names = [f"eth{i}" for i in range(len(endpoints))]
-            # The veths first: the container's side configures the ends they put there.
-            indexes = container_indexes(inside, names, make_veths(outside, own, list(zip(names, endpoints))))
-            calls = [(netlink.pack_set_link, (netlink.LOOPBACK_IFINDEX,), {"up": True})]
-            for index, ep in zip(indexes, endpoints):
-                calls += configure_calls(index, ep)
-            inside.apply(calls)
+            syscalls.setns(own, syscalls.CLONE_NEWNET, "the container's network namespace")
+            if inside is None:
+                inside = made = netlink.Rtnl()
+            names = [name for name, _ in named_endpoints]
+            return inside, container_indexes(inside, names, make_veths(outside, own, named_endpoints))
+        except BaseException:
+            if made is not None:
+                made.close()
+            raise
         finally:
             outside.close()
-            inside.close()
     finally:
         os.close(own)
         os.close(daemons)
+
+
+class VethAhead:
+    """A veth a pooled init (ns.spawn_pooled_init) made while it waited for its request, for the
+    first endpoint of the last run's network: the daemon end up on that network's bridge, the
+    other end `eth0` (down, no address) in the init's namespace. A request whose first endpoint
+    is on the same bridge, with the same MTU, takes it: its MAC, address, up and route are all
+    the start has left (attach_container). The kernel makes a veth in ~1 ms; deleting one costs
+    an RCU grace period (synchronize_net in unregister_netdevice: 10-20 ms here), so a request
+    it does not fit (`none`, another network) is never handed to this init: the spawner gives
+    the init up and clones another (spawnerloop: the pool), whose namespace the kernel tears
+    down, veth and all, off everyone's path."""
+
+    def __init__(self, key, rtnl, index):
+        self.key, self.rtnl, self.index = key, rtnl, index
+
+    @staticmethod
+    def key(network):
+        """What a veth made ahead for `network` is made for, and what a request's network must
+        match to take it: (keeper TID, bridge index, MTU) of its first endpoint; None for no
+        endpoint, or one whose bridge has no index yet (asked by name at the start)."""
+        if not (isinstance(network, dict) and network.get("endpoints")):
+            return None
+        first = network["endpoints"][0]
+        if not first.get("bridge_index"):
+            return None
+        return (network["netns_pid"], first["bridge_index"], first.get("mtu") or DEFAULT_MTU)
+
+    @classmethod
+    @syscalls.Step("make the veth ahead")
+    def make(cls, key):
+        """In a pooled init, before its request: the veth for `key` (VethAhead.key). Any
+        failure (the bridge gone meanwhile, say) ends the idle init: the spawner logs it and
+        clones another (see spawnerloop, "The pool")."""
+        keeper, bridge_index, mtu = key
+        inside, [index] = veths_from_the_daemon(keeper, [("eth0", {"bridge_index": bridge_index,
+                                                                   "mtu": mtu})])
+        return cls(key, inside, index)
+
+    def fits(self, network):
+        return VethAhead.key(network) == self.key
+
+    @syscalls.Step("remove the veth made ahead")
+    def remove(self):
+        """Delete the pair (from our end: the kernel deletes both), for a request it does not
+        fit. The spawner hands none such (see the class): this costs a grace period."""
+        try:
+            self.rtnl.request(netlink.pack_del_link, self.index)
+        finally:
+            self.rtnl.close()
 
 
 def make_veths(outside, peer_netns_fd, named_endpoints):

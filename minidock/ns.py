@@ -31,9 +31,9 @@ there and execs (`_exec`).
 
 `spawn_pooled_init()` is the same clone made *ahead* of a run request, for the spawner's pool
 (spawnerloop.py, "The pool"): the init does what needs nothing of the request -- it makes its
-mounts private, brings lo up and makes /proc, /dev and /sys (`StagedMounts`) --, then waits on a
-socket until the spec and the descriptors come, and goes on from there exactly as a directly
-cloned init.
+mounts private, brings lo up, makes /proc, /dev and /sys (`StagedMounts`) and the last run's
+veth (network.VethAhead) --, then waits on a socket until the spec and the descriptors come,
+and goes on from there exactly as a directly cloned init.
 
 The steps live with their concept: mounts, /dev, /sys, the console and pivot_root in mounts.py,
 the daemon's user namespace and the nested ones (a container user the daemon cannot map,
@@ -568,9 +568,12 @@ def spawn_pooled_init(tie, leave_spawner, receive, comm, staging=None):
     step (`_container_init`), after making what the spawner would have prepared
     (`prepare_in_spawner`: the seccomp program), which cannot travel over a socket.
 
-    `staging`: {"dir", "shm_size"} from the last run request: the default /proc, /dev and /sys
-    are made ahead under "dir" (mounts.stage_kernel_mounts), and moved into the rootfs of a
-    request they fit (`StagedMounts`); one they do not fit mounts its own, as ever.
+    `staging`: what to make ahead, from the last run request (spawnerloop's `staging()`):
+    with "dir" and "shm_size", the default /proc, /dev and /sys are made under "dir"
+    (mounts.stage_kernel_mounts), and moved into the rootfs of a request they fit
+    (`StagedMounts`); one they do not fit mounts its own, as ever. With "veth", the veth of
+    the last run's first network endpoint is made (network.VethAhead); the spawner hands
+    this init only requests it fits.
     """
     pid = clone_init("none")
     if pid:
@@ -589,6 +592,10 @@ def spawn_pooled_init(tie, leave_spawner, receive, comm, staging=None):
         make_mounts_private()
         bring_up_loopback()             # (the bridge form sets it up again, in its batch)
         staged = StagedMounts.make(staging)
+        veth = None
+        if staging and staging.get("veth"):
+            from . import network as _network      # network.py imports ns
+            veth = _network.VethAhead.make(staging["veth"])
         request = receive()
     except BaseException:
         os._exit(125)                   # no request yet: nobody to report to
@@ -602,7 +609,7 @@ def spawn_pooled_init(tie, leave_spawner, receive, comm, staging=None):
     except BaseException as e:
         _init_failed(status_fd, e)
     _run_init(spec, stdio, status_fd, tie, rootfs_tree, pooled=True,
-              staged=staged if staged is not None and staged.fits(spec) else None)
+              staged=staged if staged is not None and staged.fits(spec) else None, veth=veth)
 
 
 class StagedMounts:
@@ -618,7 +625,7 @@ class StagedMounts:
     def make(cls, staging):
         """Stage the mounts `staging` asks for -> StagedMounts, or None (none asked for, or
         staging failed: the request then mounts its own, and tells what is wrong)."""
-        if not staging:
+        if not staging or not staging.get("dir"):
             return None
         try:
             stage_kernel_mounts(staging["dir"], staging["shm_size"],
@@ -634,11 +641,11 @@ class StagedMounts:
                 and spec.get("readonly_paths", READONLY_PATHS) == READONLY_PATHS)
 
 
-def _run_init(spec, stdio, status_fd, tie, rootfs_tree, pooled=False, staged=None):
+def _run_init(spec, stdio, status_fd, tie, rootfs_tree, pooled=False, staged=None, veth=None):
     """A cloned init, from its spec to execve; on failure the StartError goes back on
     `status_fd` and the init exits 125/126/127. Never returns."""
     try:
-        _container_init(spec, stdio, status_fd, tie, rootfs_tree, pooled, staged)
+        _container_init(spec, stdio, status_fd, tie, rootfs_tree, pooled, staged, veth)
     except BaseException as e:
         _init_failed(status_fd, e)
     os._exit(125)
@@ -651,10 +658,14 @@ def _init_failed(status_fd, e):
         os._exit(e.exit_code if isinstance(e, StartError) else 125)
 
 
-def setup_network(network, lo_up=False):
+def setup_network(network, lo_up=False, veth=None):
     """The init's network, first of its steps: while /proc is still the daemon's view (the pids
     named below are pids there) and it holds every capability over the daemon's namespaces.
-    `lo_up`: a pooled init brought lo up already (spawn_pooled_init)."""
+    `lo_up`: a pooled init brought lo up already; `veth`: the network.VethAhead it made then
+    (spawn_pooled_init)."""
+    if veth is not None and not veth.fits(network):
+        veth.remove()                   # (not handed such requests: a grace period's cost)
+        veth = None
     if isinstance(network, dict) and "join_pid" in network:
         # Another container's stack: we were cloned without CLONE_NEWNET, and join it now.
         join_netns(network["join_pid"])
@@ -662,17 +673,18 @@ def setup_network(network, lo_up=False):
         # Bridge endpoints: veths into our fresh namespace, made through a netlink socket in the
         # daemon's (network.py), before anything in the container can run.
         from . import network as _network      # network.py imports ns
-        _network.attach_container(network, _network.open_namespaces(network))
+        _network.attach_container(network, veth)
     elif network == "none" and not lo_up:
         # Docker's "none" network still has a working lo.
         bring_up_loopback()
 
 
-def _container_init(spec, stdio, status_fd, tie, rootfs_tree=None, pooled=False, staged=None):
+def _container_init(spec, stdio, status_fd, tie, rootfs_tree=None, pooled=False, staged=None,
+                    veth=None):
     """PID 1 of the container, from a fresh mount namespace to execve. Never returns.
     `pooled`: a pooled init, which made its mounts private and brought lo up before its
     request came (spawn_pooled_init); `staged`: the StagedMounts it made then, which fit this
-    request. Every other step keeps its order."""
+    request; `veth`: the network.VethAhead it made then. Every other step keeps its order."""
     # A collection here would walk every object inherited from the spawner and copy the pages
     # it writes to (copy-on-write after fork); this process lives a few ms and then execs.
     gc.disable()
@@ -701,7 +713,7 @@ def _container_init(spec, stdio, status_fd, tie, rootfs_tree=None, pooled=False,
         join_cgroup(spec["cgroup"])
     # Before mount_sys (sysfs may be mounted only by the owner of the net namespace) and the
     # nested user namespace (no capability left over the daemon's namespaces in there).
-    setup_network(spec.get("network", "none"), lo_up=pooled)
+    setup_network(spec.get("network", "none"), lo_up=pooled, veth=veth)
     # The rootfs a mount point, before mounts inside it: they must land on it.
     if rootfs_tree is not None:
         attach_rootfs(rootfs_tree, rootfs)

@@ -43,7 +43,8 @@ socketpair:
                                                and `theirs`; prctl(PR_SET_NAME, minidock-pool);
                                                death signal armed on the daemon (ns.DaemonTie);
                                                lo up; /proc, /dev, /sys made under the last
-                                               spec's "staging" directory (`staging()`)
+                                               spec's "staging" directory (`staging()`);
+                                               the last run's veth, if it had one
       -> daemon {"pooled": P}                  recv(theirs) ... blocks
     a run request that fits:
       mine <- {"spec": ...} + stdio, status pipe's write end, rootfs tree (SCM_RIGHTS)
@@ -54,7 +55,10 @@ The kernel's file systems a container sees need nothing of it but the namespaces
 so a pooled init mounts them ahead too, with Docker's masked and read-only paths, on a tmpfs
 over the directory the daemon names in its run specs (mounts.stage_kernel_mounts: ~35 mounts),
 and moves the three trees into the rootfs of a request they fit (ns.StagedMounts; a
-privileged container, or a /dev/shm size other than the last run's, mounts its own).
+privileged container, or a /dev/shm size other than the last run's, mounts its own). When the
+last run had a network endpoint, the pooled init also makes its veth ahead, on that bridge
+(network.VethAhead); only a run whose first endpoint is on the same bridge is handed to it
+(`_Pooled.fits`): for any other, it is given up, quietly, and the run is cloned directly.
 
 The spec travels as JSON, so what prepare_in_spawner makes (the seccomp program as the
 kernel's struct, a ctypes object) is made by the pooled init itself; the daemon's id maps it
@@ -224,9 +228,15 @@ def exit_code(status):
 class _Pooled:
     """An init cloned ahead of its run request (ns.spawn_pooled_init), waiting on a socketpair."""
 
-    def __init__(self, pid, sock):
+    def __init__(self, pid, sock, veth=None):
         self.pid = pid
         self.sock = sock                # the spawner's end; None once handed a request or gone
+        self.veth = veth                # the network.VethAhead.key it made a veth for, or None
+
+    def fits(self, net):
+        """Whether a run request with network `net` (one with a namespace of its own) may be
+        handed to it: any, unless it made a veth ahead, which only a request it fits may take."""
+        return self.veth is None or network.VethAhead.key(net) == self.veth
 
 
 class _Start:
@@ -409,10 +419,17 @@ class _Server:
             self.pool_wanted = True
             self.idle_deaths = 0
             self.last_spec = dict(msg["spec"])   # before prepare_in_spawner adds to it
-            if pool and self.pool and ns.own_netns(msg["spec"].get("network", "none")):
-                child = self.hand_to_pooled(msg, fds)
-                if child is not None:
-                    return
+            net = msg["spec"].get("network", "none")
+            if pool and self.pool and ns.own_netns(net):
+                if self.pool[0].fits(net):
+                    child = self.hand_to_pooled(msg, fds)
+                    if child is not None:
+                        return
+                else:
+                    # Its veth is for another network (or none): removing it would cost the
+                    # start a grace period (network.VethAhead). Given up; the next refill
+                    # follows this run.
+                    self.drop_pooled(self.pool.pop(0))
         ns.prepare_in_spawner(msg["spec"])
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         try:
@@ -457,10 +474,10 @@ class _Server:
                 self.comm = f.read().strip()
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
+            staging = self.staging()
             pid = ns.spawn_pooled_init(ns.DaemonTie(None, self.lifeline),
                                        lambda: self.leave_for_pool(mine, theirs),
-                                       lambda: self.receive_run(theirs), self.comm,
-                                       self.staging())
+                                       lambda: self.receive_run(theirs), self.comm, staging)
         except Exception as exc:        # EAGAIN (a process limit), say: no pool until the next run
             mine.close()
             theirs.close()
@@ -469,18 +486,24 @@ class _Server:
             return
         theirs.close()
         mine.settimeout(POOL_SEND_TIMEOUT)
-        pooled = _Pooled(pid, mine)
+        pooled = _Pooled(pid, mine, (staging or {}).get("veth"))
         self.pool.append(pooled)
         self.sel.register(mine, selectors.EVENT_READ, pooled)
         self.send({"pooled": pid})
 
     def staging(self):
-        """What a pooled init is to make ahead (ns.spawn_pooled_init): the kernel mounts the
-        last run had, in the directory the daemon keeps for it (spec "staging"), or None."""
-        spec = self.last_spec
-        if not spec or not spec.get("staging") or spec.get("privileged"):
-            return None
-        return {"dir": spec["staging"], "shm_size": spec.get("shm_size") or ns.DEFAULT_SHM_SIZE}
+        """What a pooled init is to make ahead (ns.spawn_pooled_init), from the last run: its
+        kernel mounts, in the directory the daemon keeps for them (spec "staging"), unless it
+        was privileged; the veth of its first network endpoint (network.VethAhead). None for
+        nothing."""
+        spec = self.last_spec or {}
+        staging = {}
+        if spec.get("staging") and not spec.get("privileged"):
+            staging.update(dir=spec["staging"], shm_size=spec.get("shm_size") or ns.DEFAULT_SHM_SIZE)
+        veth = network.VethAhead.key(spec.get("network"))
+        if veth is not None:
+            staging["veth"] = veth
+        return staging or None
 
     def hand_to_pooled(self, msg, fds):
         """Send a run request to a pooled init: the spec, and as SCM_RIGHTS its stdio, the
@@ -529,12 +552,14 @@ class _Server:
             pooled.sock.close()
             pooled.sock = None
 
-    def drop_pooled(self, pooled, why):
+    def drop_pooled(self, pooled, why=None):
         """Give up a pooled init: close our end (it exits at EOF, if alive) and have the daemon,
-        its parent, reap it; a new one is cloned when the loop is next idle."""
+        its parent, reap it; a new one is cloned when the loop is next idle. A fault (`why`)
+        goes to the daemon's log; a pooled init that only does not fit a request does not."""
         self.close_pooled(pooled)
-        sys.stderr.write(f"minidock spawner: the pooled init (pid {pooled.pid}) {why}; "
-                         "replacing it\n")
+        if why:
+            sys.stderr.write(f"minidock spawner: the pooled init (pid {pooled.pid}) {why}; "
+                             "replacing it\n")
         self.send({"reap": pooled.pid})
 
     def receive_run(self, sock):

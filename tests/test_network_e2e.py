@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+import proctree
 from rootfs import make_rootfs_tar
 from support import Daemon
 
@@ -435,3 +436,85 @@ def test_bip_and_default_address_pool_flags():
         assert "10.123.0.2/24" in seen
     finally:
         daemon.cleanup()
+
+
+def _links(pid):
+    """{name: (flags, peer ifindex or None, master or None)} of the network namespace of
+    process or thread `pid`, as `ip -o link` (run there with nsenter) shows them."""
+    text = subprocess.run(["nsenter", "-t", str(pid), "-n", "ip", "-o", "link"], check=True,
+                          capture_output=True, text=True).stdout
+    links = {}
+    for line in text.splitlines():
+        index, name, rest = line.split(": ", 2)
+        name, _, peer = name.partition("@if")
+        words = rest.split()
+        master = words[words.index("master") + 1] if "master" in words else None
+        links[name] = (words[0].strip("<>").split(","), int(peer) if peer else None, master,
+                       int(index))
+    return links
+
+
+def _keeper(daemon_pid):
+    """The TID of the daemon's thread that holds its network namespace (network.py)."""
+    own = os.readlink(f"/proc/{daemon_pid}/ns/net")
+    for tid in os.listdir(f"/proc/{daemon_pid}/task"):
+        if os.readlink(f"/proc/{daemon_pid}/task/{tid}/ns/net") != own:
+            return int(tid)
+    raise AssertionError("no keeper thread")
+
+
+def _pooled_with_veth(daemon_pid, timeout=10):
+    """(pid, eth0 as _links tells it) of the daemon's idle pooled init once its veth is made."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in proctree.children(daemon_pid):
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    if f.read().strip() != "minidock-pool":
+                        continue
+                eth0 = _links(pid).get("eth0")
+            except (OSError, subprocess.CalledProcessError):
+                continue                # gone meanwhile
+            if eth0:
+                return pid, eth0
+        time.sleep(0.05)
+    raise AssertionError("no pooled init with a veth")
+
+
+def test_a_bridge_start_takes_the_veth_its_pooled_init_made_ahead(d):
+    # After a run on a network, the spawner's next pooled init makes the veth of that network
+    # ahead, while idle (network.VethAhead): eth0 down in its namespace, the daemon end on
+    # the bridge. The next run on that network is that very veth, given its MAC and address.
+    daemon, keeper = d.proc.pid, _keeper(d.proc.pid)
+    probe = ("cat /sys/class/net/eth0/iflink /sys/class/net/eth0/address; "
+             "ip -o -4 addr show dev eth0 | awk '{print $4}' | cut -d/ -f1; ls /sys/class/net")
+    d.docker("run", "--rm", "busybox", "true")
+    pooled, (flags, peer, _, _) = _pooled_with_veth(daemon)
+    assert "UP" not in flags                                  # no address, down: idle
+    daemon_end = next(link for link in _links(keeper).values() if link[3] == peer)
+    assert daemon_end[2] == "docker0"
+    iflink, mac, ip, *names = out(d.docker("run", "--rm", "busybox", "sh", "-c", probe)).split()
+    assert int(iflink) == peer                                # the same pair
+    assert mac == "02:42:" + ":".join(f"{int(b):02x}" for b in ip.split("."))
+    assert sorted(names) == ["eth0", "lo"]
+    # A run it does not fit -- no network, another network -- is not given it (removing a veth
+    # costs a grace period): that init is given up, and the run gets what it asked for.
+    pooled, (_, peer, _, _) = _pooled_with_veth(daemon)
+    assert out(d.docker("run", "--rm", "--network", "none", "busybox", "ls", "/sys/class/net")).split() == ["lo"]
+    deadline = time.monotonic() + 10
+    while proctree.stat(pooled) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proctree.stat(pooled) is None                      # exited and reaped
+    d.docker("run", "--rm", "busybox", "true")
+    pooled, (_, peer, _, _) = _pooled_with_veth(daemon)
+    d.docker("network", "create", "ahead")
+    try:
+        bridge = "br-" + out(d.docker("network", "inspect", "-f", "{{.Id}}", "ahead")).strip()[:12]
+        iflink, names = out(d.docker("run", "--rm", "--network", "ahead", "busybox", "sh", "-c",
+                                     "cat /sys/class/net/eth0/iflink; ls /sys/class/net")).split(None, 1)
+        assert int(iflink) != peer and sorted(names.split()) == ["eth0", "lo"]
+        # ... and the pool follows: the next veth made ahead is on the new network's bridge.
+        _, (_, peer, _, _) = _pooled_with_veth(daemon)
+        assert next(link for link in _links(keeper).values() if link[3] == peer)[2] == bridge
+    finally:
+        d.docker("network", "rm", "ahead")
