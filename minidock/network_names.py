@@ -90,12 +90,12 @@ class ContainerNames:
 
     # -- /etc/hosts and resolv.conf ---------------------------------------------------------
 
-    def etc_hosts(self, c, hostname):
-        """Extra /etc/hosts lines: the container's own address and names, and its links."""
-        lines = []
-        ip = self.primary_ip(c)
-        if ip:
-            lines.append(f"{ip}\t{hostname}")
+    def etc_hosts(self, c, names):
+        """Extra /etc/hosts lines: the container's own address and `names` ("FQDN HOSTNAME", or
+        HOSTNAME), and its links. With an address of its own, its names are that address
+        (`hostname -i`), as on Docker; without one (network none, host, another container's),
+        127.0.1.1, as Debian writes for a machine's name (Docker writes no line then)."""
+        lines = [f"{self.primary_ip(c) or '127.0.1.1'}\t{names}"]
         for alias, other, oip in self._links(c):
             names = [alias, other.config.get("Hostname") or other.id[:12], other.name]
             lines.append(f"{oip}\t" + " ".join(dict.fromkeys(names)))

@@ -228,6 +228,21 @@ def test_links_env_and_hosts(d):
         d.docker("rm", "-f", db, "web", check=False)
 
 
+def test_the_containers_names_resolve_to_its_address(d):
+    # As on Docker: the container's own line names its address, FQDN first (`hostname -i`).
+    text = out(d.docker("run", "--rm", "--hostname", "box", "--domainname", "example.org", "busybox",
+                        "sh", "-c", "hostname -i; ip -o -4 addr show dev eth0; cat /etc/hosts"))
+    resolved, addr_line, hosts = text.split("\n", 2)
+    ip = addr_line.split()[3].split("/")[0]
+    assert resolved == ip
+    assert f"{ip}\tbox.example.org box" in hosts.splitlines()
+    assert "127.0.1.1" not in hosts
+    # Without an address of its own, the name still resolves, to a loopback address.
+    none = out(d.docker("run", "--rm", "--network", "none", "--hostname", "box", "busybox",
+                        "hostname", "-i"))
+    assert none == "127.0.1.1\n"
+
+
 COMPOSE_FILE = """version: "2.4"
 services:
   web:

@@ -123,7 +123,8 @@ def test_link_env_and_hosts(nets):
     assert "PG_PORT_5432_TCP_ADDR=172.17.0.2" in env and "PG_PORT_5432_TCP_PROTO=tcp" in env
     assert "PG_NAME=/web/pg" in env and "PG_ENV_PGUSER=me" in env
     assert not any(e.startswith("PG_ENV_PATH") for e in env)
-    assert "172.17.0.2\tpg eeeeeeeeeeee db" in n.etc_hosts(web, "web")
+    assert n.etc_hosts(web, "web.example.org web") == ["172.17.0.3\tweb.example.org web",
+                                                      "172.17.0.2\tpg eeeeeeeeeeee db"]
     ns_, search, opts = n.resolv_conf(web, ["127.0.0.53", "10.0.0.2"], [], [])
     assert ns_ == ["10.0.0.2"]
 

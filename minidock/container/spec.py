@@ -105,13 +105,13 @@ def write_etc_files(c, networks):
     name = hostname(c)
     fqdn = f"{name}.{cfg['Domainname']}" if cfg.get("Domainname") else name
     store.write_atomic(c.record["HostnamePath"], (name + "\n").encode(), mode=0o644, durable=False)
-    hosts = HOSTS_HEADER + [f"127.0.1.1\t{fqdn}" + (f" {name}" if fqdn != name else "")]
+    hosts = list(HOSTS_HEADER)
     for entry in hc.get("ExtraHosts") or []:
         host, _, address = entry.partition(":")
         if not address:
             raise errors.InvalidParameter(f"invalid extra host {entry!r}: want host:ip")
         hosts.append(f"{address}\t{host}")
-    hosts += networks.etc_hosts(c, name)
+    hosts += networks.etc_hosts(c, fqdn + (f" {name}" if fqdn != name else ""))
     store.write_atomic(c.record["HostsPath"], ("\n".join(hosts) + "\n").encode(), mode=0o644, durable=False)
     store.write_atomic(c.record["ResolvConfPath"], resolv_conf(hc, networks=networks, c=c).encode(),
                        mode=0o644, durable=False)
