@@ -55,7 +55,8 @@ CLONE_NEWNET, before anything in the container can run and before any nested use
        peer named eth0 with the MAC 02:42:<ip> created straight in the container's namespace
        (IFLA_NET_NS_FD of step 1); NLM_F_ECHO returns the new ends, whose IFLA_LINK is the
        peer's ifindex in the container's namespace
-    5. one batch in the container's namespace: lo up; per endpoint its address,
+    5. IPv6 off on each ethN (disable_ipv6: Docker's for an IPv4-only network), then
+       one batch in the container's namespace: lo up; per endpoint its address,
        arp_notify=1 (the kernel announces the address with a gratuitous ARP as the link comes
        up), the link up, arp_notify=0 again (as Docker's containers have it), the default
        route via the gateway (eth0 only, not for --internal networks)
@@ -67,12 +68,14 @@ second batch.
 
 Made ahead (`VethAhead`): steps 1-4 need nothing of the request but the bridge and the MTU,
 so a pooled init (ns.spawn_pooled_init) whose last run had an endpoint makes that veth while
-it waits, with eth0 down and no address. A request on the same bridge takes it: step 5 sets
-eth0's MAC first (a down link may change it), and the step takes ~0.6 ms. A request it does
-not fit is never handed to it (deleting a veth costs an RCU grace period: 10-20 ms here); the
-spawner gives that init up instead (spawnerloop, "The pool"). What you can observe: an idle
-pooled init's namespace (`nsenter -t POOLED -n ip link`) shows `eth0@ifN` down, and the
-keeper's shows ifN, a vethM with `master docker0`, no carrier until a container takes it.
+it waits, and brings eth0 up, with no address and IPv6 off: silent, but its bridge port is
+forwarding by the time a request comes. A request on the same bridge takes it: step 5 gives
+eth0 its address, then its MAC, which announces it (configure_calls: more reliably than the
+announcement at `up`), and the step takes ~0.6 ms. A request it does not fit is never handed
+to it (deleting a veth costs an RCU grace period: 10-20 ms here); the spawner gives that init
+up instead (spawnerloop, "The pool"). What you can observe: an idle pooled init's namespace
+(`nsenter -t POOLED -n ip link`) shows `eth0@ifN` up, and the keeper's shows ifN, a vethM
+with `master docker0`.
 
 Step 2 works because the keeper's namespace is owned by the daemon's user namespace, where
 the init holds CAP_SYS_ADMIN; the init is single-threaded, which setns(2) requires. The
@@ -106,8 +109,9 @@ def _keeper_main(sock, started):
         # what keeps networks apart. /proc/sys/net shows the writer's (thread's) namespace.
         with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
             f.write("0")
-        # No IPv6 here (minidock's networks are IPv4; containers keep theirs, as Docker's
-        # do): the daemon end of every veth would otherwise get a link-local address, DAD and
+        # No IPv6 here (minidock's networks are IPv4; a container keeps it on lo, and its
+        # ethN have it disabled, as Docker's do: disable_ipv6): the daemon end of every veth
+        # would otherwise get a link-local address, DAD and
         # MLD reports at each start and their undoing at each exit, ~0.1-0.3 ms of CPU per
         # container. Before any bridge exists, so "default" covers every link made later.
         for conf in ("all", "default"):
@@ -143,15 +147,20 @@ def _serve(sock):
             return
         req = json.loads(data)
         try:
-            s = _make_socket(req)
+            fd = _make_descriptor(req)
         except OSError as e:
             sock.send(json.dumps({"errno": e.errno or 0, "message": str(e)}).encode())
             continue
-        socket.send_fds(sock, [b'{"ok": true}'], [s.fileno()])
-        s.close()
+        try:
+            socket.send_fds(sock, [b'{"ok": true}'], [fd])
+        finally:
+            os.close(fd)
 
 
-def _make_socket(req):
+def _make_descriptor(req):
+    """A descriptor made in the keeper's namespace, or with "netns_pid" in that process's: a
+    socket, or with "path" a /proc/sys/net file opened for writing (which, like a socket,
+    stays with the namespace it was opened in)."""
     if req.get("netns_pid"):
         # A socket in a container's namespace: in and straight back out. Both namespaces are
         # owned by the daemon's user namespace, where we are root, so setns(2) allows both.
@@ -160,11 +169,13 @@ def _make_socket(req):
         try:
             ns.join_netns(req["netns_pid"])
             try:
-                return _make_socket(dict(req, netns_pid=None))
+                return _make_descriptor(dict(req, netns_pid=None))
             finally:
                 syscalls.setns(home, syscalls.CLONE_NEWNET, "the daemon's network namespace")
         finally:
             os.close(home)
+    if req.get("path"):
+        return os.open(req["path"], os.O_WRONLY | os.O_CLOEXEC)
     s = socket.socket(req["family"], req["type"] | socket.SOCK_CLOEXEC, req.get("proto", 0))
     try:
         if req.get("reuse"):
@@ -178,7 +189,7 @@ def _make_socket(req):
     except BaseException:
         s.close()
         raise
-    return s
+    return s.detach()
 
 
 class DaemonNetns:
@@ -214,8 +225,16 @@ class DaemonNetns:
                listen=0, reuse=False, device=None, netns_pid=None):
         """A socket created inside the daemon's network namespace (or, with `netns_pid`, in
         the network namespace of that process: a running container's)."""
-        req = {"family": int(family), "type": int(type), "proto": proto, "bind": bind,
-               "listen": listen, "reuse": reuse, "device": device, "netns_pid": netns_pid}
+        return socket.socket(fileno=self._descriptor(
+            {"family": int(family), "type": int(type), "proto": proto, "bind": bind,
+             "listen": listen, "reuse": reuse, "device": device, "netns_pid": netns_pid}))
+
+    def open_in(self, path, netns_pid):
+        """A descriptor of the /proc/sys/net file `path` of process `netns_pid`'s network
+        namespace, open for writing (see disable_ipv6)."""
+        return self._descriptor({"path": path, "netns_pid": netns_pid})
+
+    def _descriptor(self, req):
         with self._lock:
             self._sock.send(json.dumps(req).encode())
             data, fds, _, _ = socket.recv_fds(self._sock, 65536, 1, socket.MSG_CMSG_CLOEXEC)
@@ -224,7 +243,7 @@ class DaemonNetns:
         reply = json.loads(data)
         if "errno" in reply:
             raise OSError(reply["errno"], reply["message"])
-        return socket.socket(fileno=fds[0])
+        return fds[0]
 
     def rtnl(self, fn, *args, **kw):
         """Run `fn(rtnl, ...)` with the namespace's netlink socket, one caller at a time."""
@@ -302,8 +321,9 @@ def attach_container(network, ahead=None):
     address, setting, link and route from the container's side.
 
     `ahead`: the veth a pooled init made for the first endpoint while it waited (VethAhead,
-    one that fits the request). Its eth0 needs only the endpoint's MAC; with no other
-    endpoint, the first batch and the trip through the daemon's namespace are skipped."""
+    one that fits the request), its eth0 up already: it needs its address and MAC (which
+    announces it: configure_calls), and with no other endpoint, the first batch and the trip
+    through the daemon's namespace are skipped."""
     endpoints = network.get("endpoints") or []
     named = [(f"eth{i}", ep) for i, ep in enumerate(endpoints)]
     inside, indexes = (ahead.rtnl, [ahead.index]) if ahead else (None, [])
@@ -313,10 +333,8 @@ def attach_container(network, ahead=None):
             inside, more = veths_from_the_daemon(network["netns_pid"], named[len(indexes):], inside)
             indexes = indexes + more
         calls = [(netlink.pack_set_link, (netlink.LOOPBACK_IFINDEX,), {"up": True})]
-        if ahead and endpoints[0].get("mac"):   # (the link is down: a MAC may change)
-            calls.append((netlink.pack_set_link, (ahead.index,), {"mac": endpoints[0]["mac"]}))
-        for index, ep in zip(indexes, endpoints):
-            calls += configure_calls(index, ep)
+        for i, (index, ep) in enumerate(zip(indexes, endpoints)):
+            calls += configure_calls(index, ep, up_ahead=ahead is not None and i == 0)
         inside.apply(calls)
     finally:
         if inside is not None:
@@ -342,7 +360,10 @@ def veths_from_the_daemon(keeper, named_endpoints, inside=None):
             if inside is None:
                 inside = made = netlink.Rtnl()
             names = [name for name, _ in named_endpoints]
-            return inside, container_indexes(inside, names, make_veths(outside, own, named_endpoints))
+            indexes = container_indexes(inside, names, make_veths(outside, own, named_endpoints))
+            for name in names:
+                disable_ipv6(name)      # (we are back in our namespace: /proc/sys/net is its)
+            return inside, indexes
         except BaseException:
             if made is not None:
                 made.close()
@@ -357,9 +378,9 @@ def veths_from_the_daemon(keeper, named_endpoints, inside=None):
 class VethAhead:
     """A veth a pooled init (ns.spawn_pooled_init) made while it waited for its request, for the
     first endpoint of the last run's network: the daemon end up on that network's bridge, the
-    other end `eth0` (down, no address) in the init's namespace. A request whose first endpoint
-    is on the same bridge, with the same MTU, takes it: its MAC, address, up and route are all
-    the start has left (attach_container). The kernel makes a veth in ~1 ms; deleting one costs
+    other end `eth0` in the init's namespace, up, with no address and IPv6 disabled. A request
+    whose first endpoint is on the same bridge, with the same MTU, takes it: its address, MAC
+    (the announcement) and route are all the start has left (attach_container). The kernel makes a veth in ~1 ms; deleting one costs
     an RCU grace period (synchronize_net in unregister_netdevice: 10-20 ms here), so a request
     it does not fit (`none`, another network) is never handed to this init: the spawner gives
     the init up and clones another (spawnerloop: the pool), whose namespace the kernel tears
@@ -372,11 +393,12 @@ class VethAhead:
     def key(network):
         """What a veth made ahead for `network` is made for, and what a request's network must
         match to take it: (keeper TID, bridge index, MTU) of its first endpoint; None for no
-        endpoint, or one whose bridge has no index yet (asked by name at the start)."""
+        endpoint, or one whose bridge has no index yet (asked by name at the start) or without
+        a MAC (setting it announces the endpoint: configure_calls)."""
         if not (isinstance(network, dict) and network.get("endpoints")):
             return None
         first = network["endpoints"][0]
-        if not first.get("bridge_index"):
+        if not first.get("bridge_index") or not first.get("mac"):
             return None
         return (network["netns_pid"], first["bridge_index"], first.get("mtu") or DEFAULT_MTU)
 
@@ -389,6 +411,13 @@ class VethAhead:
         keeper, bridge_index, mtu = key
         inside, [index] = veths_from_the_daemon(keeper, [("eth0", {"bridge_index": bridge_index,
                                                                    "mtu": mtu})])
+        try:
+            # Up now, without an address (and IPv6 disabled: silent on the bridge), so that
+            # the kernel has its bridge port forwarding long before the request announces it.
+            inside.request(netlink.pack_set_link, index, up=True)
+        except BaseException:
+            inside.close()
+            raise
         return cls(key, inside, index)
 
     def fits(self, network):
@@ -463,7 +492,7 @@ def _bridge_index(outside, ep):
     return bridge["index"]
 
 
-def configure_calls(index, ep):
+def configure_calls(index, ep, up_ahead=False):
     """The container's side of one endpoint, as netlink calls for one batch, in this order:
 
         ip addr add ADDRESS/PREFIXLEN dev X
@@ -484,15 +513,52 @@ def configure_calls(index, ep):
     one. The announcement teaches the bridge (and the gateway's neighbour table) where the
     address lives now. (An AF_PACKET socket sending it ourselves costs an RCU grace period
     when closed -- packet_release() calls synchronize_net(), 10-20 ms here -- on the start
-    path; the kernel's own announcement costs nothing extra.)"""
+    path; the kernel's own announcement costs nothing extra.)
+
+    The announcement at `up` is best effort: the bridge port (the daemon's end) comes up with
+    the carrier, which the kernel's linkwatch work turns on *after* the request that set
+    IFF_UP, and a frame arriving at a port still disabled is dropped (in a scratch namespace,
+    2 announcements of 20 were lost; 5 of 20 when the daemon end had waited on the bridge).
+    With `up_ahead` -- a VethAhead's eth0, up since before the request, its port forwarding --
+    the announcement comes from setting the endpoint's MAC instead, with arp_notify=1 (on
+    NETDEV_CHANGEADDR the kernel announces as on NETDEV_UP), and is not lost (20 of 20):
+
+        ip addr add ADDRESS/PREFIXLEN dev X
+        sysctl net.ipv4.conf.X.arp_notify=1
+        ip link set X address MAC               a veth may change its MAC while up
+        sysctl net.ipv4.conf.X.arp_notify=0
+        ip route add default via GATEWAY"""
+    change = {"mac": ep["mac"]} if up_ahead else {"up": True}
     calls = [(netlink.pack_new_addr, (index, ep["address"], ep["prefixlen"]), {}),
              (netlink.pack_set_inet_conf, (index, {netlink.IPV4_DEVCONF_ARP_NOTIFY: 1}), {}),
-             (netlink.pack_set_link, (index,), {"up": True}),
+             (netlink.pack_set_link, (index,), change),
              (netlink.pack_set_inet_conf, (index, {netlink.IPV4_DEVCONF_ARP_NOTIFY: 0}), {})]
     if ep.get("default_route"):
         # EEXIST: an earlier network gave the default route, it stays
         calls.append((netlink.pack_new_route, (), {"gateway": ep["gateway"]}, (errno.EEXIST,)))
     return calls
+
+
+def disable_ipv6(ifname, opener=None):
+    """`sysctl net.ipv6.conf.IFNAME.disable_ipv6=1` in the caller's network namespace (or in
+    the one `opener(path)` opens the file in, returning a descriptor: DaemonNetns.open_in):
+    what Docker (26 and later) does to a container's interface on an IPv4-only network --
+    and minidock's networks are IPv4 only. Before the link comes up, so it never gets a
+    link-local address, nor sends the DAD, router solicitation and MLD frames that go with
+    one. /proc/sys/net is the namespace of whoever opens it. A kernel without IPv6 has no
+    such file, and nothing to disable; a daemon whose /proc/sys is read-only (inside another
+    container) leaves the link-local address be (Docker 27 refuses to start the container)."""
+    path = f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"
+    try:
+        fd = opener(path) if opener else os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.EROFS, errno.EACCES, errno.EPERM):
+            return
+        raise
+    try:
+        os.write(fd, b"1")
+    finally:
+        os.close(fd)
 
 
 def hotplug(netns, init_pid, ifname, ep):
@@ -503,6 +569,7 @@ def hotplug(netns, init_pid, ifname, ep):
     fd = os.open(f"/proc/{init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         [index] = container_indexes(inside, [ifname], netns.rtnl(make_veths, fd, [(ifname, ep)]))
+        disable_ipv6(ifname, lambda path: netns.open_in(path, init_pid))
         inside.apply(configure_calls(index, ep))
     finally:
         os.close(fd)

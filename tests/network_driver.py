@@ -122,7 +122,7 @@ def main():
     res["kernel"] = {"inside": {"links": inside.links(), "addrs": inside.addrs(),
                                 "routes": inside.routes()},
                      "outside": dn.rtnl(lambda r: r.links()), "br_a": br_a,
-                     # IPv6: none in the daemon's namespace, link-local on eth0 as in Docker
+                     # IPv6: none in the daemon's namespace, none on eth0 (Docker 26+)
                      "inside6": [a["index"] for a in inside.addrs(socket.AF_INET6)],
                      "outside6": dn.rtnl(lambda r: r.addrs(socket.AF_INET6))}
     # The index of eth0 without an echo (Linux < 6.2): asked by name; an echoed one is kept.

@@ -496,6 +496,25 @@ def _pooled_with_veth(daemon_pid, timeout=10):
     raise AssertionError("no pooled init with a veth")
 
 
+def test_a_containers_interfaces_have_ipv6_off_as_on_docker(d):
+    # Docker (26 and later) disables IPv6 on a container's interface on an IPv4-only network;
+    # lo keeps ::1. Each path that makes an interface: at the start (after a `none` run, so
+    # not made ahead), made ahead by a pooled init (after a bridge run), and hot-plugged.
+    probe = ("cat /proc/sys/net/ipv6/conf/{0}/disable_ipv6; ip -6 -o addr show dev {0} | wc -l; "
+             "ip -6 -o addr show dev lo | grep -c '::1/128'")
+    for before in ("none", "bridge"):
+        d.docker("run", "--rm", "--network", before, "busybox", "true")
+        assert out(d.docker("run", "--rm", "busybox", "sh", "-c", probe.format("eth0"))).split() == ["1", "0", "1"]
+    c = out(d.docker("run", "-d", "busybox", "sleep", "60")).strip()
+    d.docker("network", "create", "plugged")
+    try:
+        d.docker("network", "connect", "plugged", c)
+        assert out(d.docker("exec", c, "sh", "-c", probe.format("eth1"))).split() == ["1", "0", "1"]
+    finally:
+        d.docker("rm", "-f", c)
+        d.docker("network", "rm", "plugged")
+
+
 def test_a_bridge_start_takes_the_veth_its_pooled_init_made_ahead(d):
     # After a run on a network, the spawner's next pooled init makes the veth of that network
     # ahead, while idle (network.VethAhead): eth0 down in its namespace, the daemon end on
@@ -505,7 +524,10 @@ def test_a_bridge_start_takes_the_veth_its_pooled_init_made_ahead(d):
              "ip -o -4 addr show dev eth0 | awk '{print $4}' | cut -d/ -f1; ls /sys/class/net")
     d.docker("run", "--rm", "busybox", "true")
     pooled, (flags, peer, _, _) = _pooled_with_veth(daemon)
-    assert "UP" not in flags                                  # no address, down: idle
+    assert "UP" in flags                                      # up, so its bridge port is too,
+    idle_addrs = subprocess.run(["nsenter", "-t", str(pooled), "-n", "ip", "-o", "addr", "show", "dev", "eth0"],
+                                check=True, capture_output=True, text=True).stdout
+    assert idle_addrs == ""                                   # but silent: no address, no IPv6
     daemon_end = next(link for link in _links(keeper).values() if link[3] == peer)
     assert daemon_end[2] == "docker0"
     iflink, mac, ip, *names = out(d.docker("run", "--rm", "busybox", "sh", "-c", probe)).split()
