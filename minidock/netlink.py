@@ -208,11 +208,13 @@ def _ifinfo(index=0, flags=0, change=0, family=socket.AF_UNSPEC):
     return _IFINFO.pack(family, 0, index, flags, change)
 
 
-def pack_new_bridge(seq, name, mtu=None):
-    """RTM_NEWLINK: create a bridge (`ip link add NAME type bridge`)."""
+def pack_new_bridge(seq, name, mtu=None, mac=None):
+    """RTM_NEWLINK: create a bridge (`ip link add NAME [address MAC] type bridge`)."""
     attrs = [attr(IFLA_IFNAME, name), attr(IFLA_LINKINFO, [attr(IFLA_INFO_KIND, "bridge")])]
     if mtu:
         attrs.append(attr(IFLA_MTU, mtu))
+    if mac:
+        attrs.append(attr(IFLA_ADDRESS, _mac_bytes(mac)))
     return message(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, seq,
                    _ifinfo() + b"".join(attrs))
 

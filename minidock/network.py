@@ -258,9 +258,18 @@ class DaemonNetns:
 # --- bridges -------------------------------------------------------------------------------------
 
 def create_bridge(rtnl, name, gateway, prefixlen, mtu=DEFAULT_MTU):
-    """A bridge holding the gateway address, up (`ip link add NAME type bridge; ip addr add
-    GW/P dev NAME; ip link set NAME up`). A half-made bridge is deleted before raising."""
-    rtnl.request(netlink.pack_new_bridge, name, mtu=mtu)
+    """A bridge holding the gateway address, up (`ip link add NAME address MAC type bridge;
+    ip addr add GW/P dev NAME; ip link set NAME up`). A half-made bridge is deleted before
+    raising.
+
+    The MAC is the bridge's own, random in 02:42:xx:xx:xx:xx as Docker's are: a bridge made
+    without one takes the lowest MAC of its ports, and takes another whenever a port comes or
+    goes -- each container start and exit, each veth a pooled init makes ahead. The gateway's
+    MAC would then change under every running container, whose ARP entry for it keeps the old
+    one until it goes stale: its frames to the gateway (DNS, the way out) are lost meanwhile.
+    A MAC given at creation is fixed (the kernel's NET_ADDR_SET)."""
+    mac = "02:42:" + ":".join(f"{b:02x}" for b in os.urandom(4))
+    rtnl.request(netlink.pack_new_bridge, name, mtu=mtu, mac=mac)
     try:
         index = rtnl.link(name)["index"]
         rtnl.request(netlink.pack_new_addr, index, gateway, prefixlen)

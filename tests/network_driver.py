@@ -144,6 +144,7 @@ def main():
     os.close(server_r)
     dn.rtnl(network.delete_link, "br-b")
     res["after_delete"] = [l["name"] for l in dn.rtnl(lambda r: r.links())]
+    res["br_a_mac_after"] = dn.rtnl(lambda r: r.link("br-a"))["mac"]
     print(json.dumps(res), flush=True)
     dn.close()
     sp.close()

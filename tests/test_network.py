@@ -52,6 +52,9 @@ def test_bridges_live_in_the_daemon_namespace(seen):
     assert kinds["br-a"] == "bridge" and kinds["br-b"] == "bridge"
     assert {"10.88.0.1", "10.89.0.1"} <= {a["address"] for a in seen["addrs"]}
     assert "br-b" not in seen["after_delete"] and "br-a" in seen["after_delete"]
+    # A MAC of its own (network.create_bridge), kept while a dozen ports came and went
+    mac = {l["name"]: l["mac"] for l in seen["links"]}["br-a"]
+    assert mac.startswith("02:42:") and seen["br_a_mac_after"] == mac
 
 
 def test_container_eth0_address_mac_route(seen):
