@@ -162,7 +162,7 @@ def _make_descriptor(req):
     socket, or with "path" a /proc/sys/net file opened for writing (which, like a socket,
     stays with the namespace it was opened in)."""
     if req.get("netns_pid"):
-        # A socket in a container's namespace: in and straight back out. Both namespaces are
+        # A descriptor in a container's namespace: in and straight back out. Both namespaces are
         # owned by the daemon's user namespace, where we are root, so setns(2) allows both.
         # thread-self, not self: /proc/self/ns/net is the main thread's, the host's.
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -389,11 +389,12 @@ class VethAhead:
     first endpoint of the last run's network: the daemon end up on that network's bridge, the
     other end `eth0` in the init's namespace, up, with no address and IPv6 disabled. A request
     whose first endpoint is on the same bridge, with the same MTU, takes it: its address, MAC
-    (the announcement) and route are all the start has left (attach_container). The kernel makes a veth in ~1 ms; deleting one costs
-    an RCU grace period (synchronize_net in unregister_netdevice: 10-20 ms here), so a request
-    it does not fit (`none`, another network) is never handed to this init: the spawner gives
-    the init up and clones another (spawnerloop: the pool), whose namespace the kernel tears
-    down, veth and all, off everyone's path."""
+    (the announcement) and route are all the start has left (attach_container). The kernel
+    makes a veth in ~1 ms; deleting one costs an RCU grace period (synchronize_net in
+    unregister_netdevice: 10-20 ms here), so a request it does not fit (`none`, another
+    network) is never handed to this init: the spawner gives the init up and clones another
+    (spawnerloop: the pool), whose namespace the kernel tears down, veth and all, off
+    everyone's path."""
 
     def __init__(self, key, rtnl, index):
         self.key, self.rtnl, self.index = key, rtnl, index

@@ -499,7 +499,8 @@ class _Server:
         spec = self.last_spec or {}
         staging = {}
         if spec.get("staging") and not spec.get("privileged"):
-            staging.update(dir=spec["staging"], shm_size=spec.get("shm_size") or ns.DEFAULT_SHM_SIZE)
+            staging.update(dir=spec["staging"],
+                           shm_size=spec.get("shm_size") or ns.DEFAULT_SHM_SIZE)
         veth = network.VethAhead.key(spec.get("network"))
         if veth is not None:
             staging["veth"] = veth
