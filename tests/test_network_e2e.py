@@ -454,8 +454,8 @@ def test_bip_and_default_address_pool_flags():
 
 
 def _links(pid):
-    """{name: (flags, peer ifindex or None, master or None)} of the network namespace of
-    process or thread `pid`, as `ip -o link` (run there with nsenter) shows them."""
+    """{name: (flags, peer ifindex or None, master or None, ifindex)} of the network namespace
+    of process or thread `pid`, as `ip -o link` (run there with nsenter) shows them."""
     text = subprocess.run(["nsenter", "-t", str(pid), "-n", "ip", "-o", "link"], check=True,
                           capture_output=True, text=True).stdout
     links = {}
@@ -517,8 +517,9 @@ def test_a_containers_interfaces_have_ipv6_off_as_on_docker(d):
 
 def test_a_bridge_start_takes_the_veth_its_pooled_init_made_ahead(d):
     # After a run on a network, the spawner's next pooled init makes the veth of that network
-    # ahead, while idle (network.VethAhead): eth0 down in its namespace, the daemon end on
-    # the bridge. The next run on that network is that very veth, given its MAC and address.
+    # ahead, while idle (network.VethAhead): eth0 up but silent in its namespace, the daemon
+    # end on the bridge. The next run on that network is that very veth, given its MAC and
+    # address.
     daemon, keeper = d.proc.pid, _keeper(d.proc.pid)
     probe = ("cat /sys/class/net/eth0/iflink /sys/class/net/eth0/address; "
              "ip -o -4 addr show dev eth0 | awk '{print $4}' | cut -d/ -f1; ls /sys/class/net")
