@@ -4,6 +4,7 @@ a daemon running as uid 65534.
 Traffic goes only to 127.0.0.1 and to addresses inside the namespaces the daemon created.
 """
 
+import ipaddress
 import json
 import os
 import shutil
@@ -556,3 +557,29 @@ def test_a_bridge_start_takes_the_veth_its_pooled_init_made_ahead(d):
         assert next(link for link in _links(keeper).values() if link[3] == peer)[2] == bridge
     finally:
         d.docker("network", "rm", "ahead")
+
+
+def test_a_second_network_is_plugged_beside_the_veth_made_ahead(d):
+    # The veth made ahead is the first endpoint's; a second network's is made at the start,
+    # through the daemon's namespace, in the same init step (network.attach_container).
+    d.docker("network", "create", "first")
+    d.docker("network", "create", "second")
+    try:
+        d.docker("run", "--rm", "--network", "first", "busybox", "true")
+        _, (_, peer, _, _) = _pooled_with_veth(d.proc.pid)
+        text = out(d.docker("run", "--rm", "--network", "first", "--network", "second", "busybox", "sh", "-c",
+                            "cat /sys/class/net/eth0/iflink /proc/sys/net/ipv6/conf/eth1/disable_ipv6; "
+                            "ip -o -4 addr | awk '{print $2, $4}'; ip route | grep default"))
+        iflink, disabled, *rest = text.splitlines()
+        subnets = {json.loads(out(d.docker("network", "inspect", name)))[0]["IPAM"]["Config"][0]["Gateway"]: name
+                   for name in ("first", "second")}
+        assert int(iflink) == peer and disabled == "1"
+        addrs = dict(line.split() for line in rest if line.startswith("eth"))
+        assert set(addrs) == {"eth0", "eth1"}
+        for eth, name in (("eth0", "first"), ("eth1", "second")):
+            gateway = next(gw for gw, n in subnets.items() if n == name)
+            assert ipaddress.ip_address(gateway) in ipaddress.ip_interface(addrs[eth]).network
+        default = next(line for line in rest if line.startswith("default")).split()[2]
+        assert subnets[default] == "first"                  # eth0, the first network's gateway
+    finally:
+        d.docker("network", "rm", "first", "second")
