@@ -332,22 +332,60 @@ def attach_container(network, ahead=None):
     `ahead`: the veth a pooled init made for the first endpoint while it waited (VethAhead,
     one that fits the request), its eth0 up already: it needs its address and MAC (which
     announces it: configure_calls), and with no other endpoint, the first batch and the trip
-    through the daemon's namespace are skipped."""
+    through the daemon's namespace are skipped.
+
+    Returns a LateAnnouncement for the interfaces that came up here (their announcement at
+    `up` is best effort, see configure_calls), or None when there are none."""
     endpoints = network.get("endpoints") or []
     named = [(f"eth{i}", ep) for i, ep in enumerate(endpoints)]
     inside, indexes = (ahead.rtnl, [ahead.index]) if ahead else (None, [])
+    late = []                           # (ifindex, MAC) of the interfaces that come up here
     try:
         if len(named) > len(indexes):
             # The veths first: the container's side configures the ends they put there.
             inside, more = veths_from_the_daemon(network["netns_pid"], named[len(indexes):], inside)
+            late = [(index, ep["mac"]) for index, ep in zip(more, endpoints[len(indexes):])
+                    if ep.get("mac")]
             indexes = indexes + more
+        elif inside is None:            # no endpoint at all: lo only
+            inside = netlink.Rtnl()
         calls = [(netlink.pack_set_link, (netlink.LOOPBACK_IFINDEX,), {"up": True})]
         for i, (index, ep) in enumerate(zip(indexes, endpoints)):
             calls += configure_calls(index, ep, up_ahead=ahead is not None and i == 0)
         inside.apply(calls)
-    finally:
+    except BaseException:
         if inside is not None:
             inside.close()
+        raise
+    if not late:
+        inside.close()
+        return None
+    return LateAnnouncement(inside, late)
+
+
+class LateAnnouncement:
+    """The announcement, again, of interfaces brought up by the start itself (not made ahead):
+    the one the kernel sends at `up` meets a bridge port that is not forwarding yet about
+    once in ten (configure_calls). Setting an interface's MAC -- even to the one it has -- with
+    arp_notify=1 announces it again (NETDEV_CHANGEADDR: 20 of 20 seen in a scratch namespace,
+    10 ms after the link came up). The init does it a few steps later (`announce`), once the
+    kernel's linkwatch work has had time to make the port forwarding, while it still holds
+    CAP_NET_ADMIN over its namespace; the netlink socket stays open until then."""
+
+    def __init__(self, rtnl, links):
+        self.rtnl, self.links = rtnl, links     # [(ifindex, MAC)]
+
+    @syscalls.Step("announce the container's addresses again")
+    def announce(self):
+        try:
+            calls = []
+            for index, mac in self.links:
+                calls += [(netlink.pack_set_inet_conf, (index, {netlink.IPV4_DEVCONF_ARP_NOTIFY: 1}), {}),
+                          (netlink.pack_set_link, (index,), {"mac": mac}),
+                          (netlink.pack_set_inet_conf, (index, {netlink.IPV4_DEVCONF_ARP_NOTIFY: 0}), {})]
+            self.rtnl.apply(calls)
+        finally:
+            self.rtnl.close()
 
 
 def veths_from_the_daemon(keeper, named_endpoints, inside=None):
@@ -529,9 +567,11 @@ def configure_calls(index, ep, up_ahead=False):
     the carrier, which the kernel's linkwatch work turns on *after* the request that set
     IFF_UP, and a frame arriving at a port still disabled is dropped (in a scratch namespace,
     2 announcements of 20 were lost; 5 of 20 when the daemon end had waited on the bridge).
-    With `up_ahead` -- a VethAhead's eth0, up since before the request, its port forwarding --
-    the announcement comes from setting the endpoint's MAC instead, with arp_notify=1 (on
-    NETDEV_CHANGEADDR the kernel announces as on NETDEV_UP), and is not lost (20 of 20):
+    An init therefore announces such an interface again a few steps later (LateAnnouncement;
+    a hot-plugged one has only this one). With `up_ahead` -- a VethAhead's eth0, up since
+    before the request, its port forwarding -- the announcement comes from setting the
+    endpoint's MAC instead, with arp_notify=1 (on NETDEV_CHANGEADDR the kernel announces as on
+    NETDEV_UP), and is not lost (20 of 20):
 
         ip addr add ADDRESS/PREFIXLEN dev X
         sysctl net.ipv4.conf.X.arp_notify=1

@@ -662,7 +662,8 @@ def setup_network(network, lo_up=False, veth=None):
     """The init's network, first of its steps: while /proc is still the daemon's view (the pids
     named below are pids there) and it holds every capability over the daemon's namespaces.
     `lo_up`: a pooled init brought lo up already; `veth`: the network.VethAhead it made then
-    (spawn_pooled_init)."""
+    (spawn_pooled_init). Returns what is to be announced later (network.LateAnnouncement), or
+    None."""
     if veth is not None and not veth.fits(network):
         veth.remove()                   # (not handed such requests: a grace period's cost)
         veth = None
@@ -673,10 +674,11 @@ def setup_network(network, lo_up=False, veth=None):
         # Bridge endpoints: veths into our fresh namespace, made through a netlink socket in the
         # daemon's (network.py), before anything in the container can run.
         from . import network as _network      # network.py imports ns
-        _network.attach_container(network, veth)
+        return _network.attach_container(network, veth)
     elif network == "none" and not lo_up:
         # Docker's "none" network still has a working lo.
         bring_up_loopback()
+    return None
 
 
 def _container_init(spec, stdio, status_fd, tie, rootfs_tree=None, pooled=False, staged=None,
@@ -713,7 +715,7 @@ def _container_init(spec, stdio, status_fd, tie, rootfs_tree=None, pooled=False,
         join_cgroup(spec["cgroup"])
     # Before mount_sys (sysfs may be mounted only by the owner of the net namespace) and the
     # nested user namespace (no capability left over the daemon's namespaces in there).
-    setup_network(spec.get("network", "none"), lo_up=pooled, veth=veth)
+    announcement = setup_network(spec.get("network", "none"), lo_up=pooled, veth=veth)
     # The rootfs a mount point, before mounts inside it: they must land on it.
     if rootfs_tree is not None:
         attach_rootfs(rootfs_tree, rootfs)
@@ -740,6 +742,8 @@ def _container_init(spec, stdio, status_fd, tie, rootfs_tree=None, pooled=False,
         readonly_rootfs()
     set_hostname(spec.get("hostname") or "localhost")
     set_rlimits(spec.get("ulimits") or [])
+    if announcement is not None:        # a few steps after `up`, still with CAP_NET_ADMIN
+        announcement.announce()
     # The nested user namespace comes after everything that needs our capabilities over the
     # daemon's namespaces (mounts, hostname, rlimits): inside it we have none of those.
     keep_id = spec.get("keep_id")
