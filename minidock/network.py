@@ -568,7 +568,7 @@ def configure_calls(index, ep, up_ahead=False):
     IFF_UP, and a frame arriving at a port still disabled is dropped (in a scratch namespace,
     2 announcements of 20 were lost; 5 of 20 when the daemon end had waited on the bridge).
     An init therefore announces such an interface again a few steps later (LateAnnouncement;
-    a hot-plugged one has only this one). With `up_ahead` -- a VethAhead's eth0, up since
+    a hot-plugged interface gets only the announcement at `up`). With `up_ahead` -- a VethAhead's eth0, up since
     before the request, its port forwarding -- the announcement comes from setting the
     endpoint's MAC instead, with arp_notify=1 (on NETDEV_CHANGEADDR the kernel announces as on
     NETDEV_UP), and is not lost (20 of 20):
