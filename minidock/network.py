@@ -380,9 +380,7 @@ class LateAnnouncement:
         try:
             calls = []
             for index, mac in self.links:
-                calls += [(netlink.pack_set_inet_conf, (index, {netlink.IPV4_DEVCONF_ARP_NOTIFY: 1}), {}),
-                          (netlink.pack_set_link, (index,), {"mac": mac}),
-                          (netlink.pack_set_inet_conf, (index, {netlink.IPV4_DEVCONF_ARP_NOTIFY: 0}), {})]
+                calls += announce_calls(index, {"mac": mac})
             self.rtnl.apply(calls)
         finally:
             self.rtnl.close()
@@ -578,15 +576,21 @@ def configure_calls(index, ep, up_ahead=False):
         ip link set X address MAC               a veth may change its MAC while up
         sysctl net.ipv4.conf.X.arp_notify=0
         ip route add default via GATEWAY"""
-    change = {"mac": ep["mac"]} if up_ahead else {"up": True}
-    calls = [(netlink.pack_new_addr, (index, ep["address"], ep["prefixlen"]), {}),
-             (netlink.pack_set_inet_conf, (index, {netlink.IPV4_DEVCONF_ARP_NOTIFY: 1}), {}),
-             (netlink.pack_set_link, (index,), change),
-             (netlink.pack_set_inet_conf, (index, {netlink.IPV4_DEVCONF_ARP_NOTIFY: 0}), {})]
+    calls = [(netlink.pack_new_addr, (index, ep["address"], ep["prefixlen"]), {})]
+    calls += announce_calls(index, {"mac": ep["mac"]} if up_ahead else {"up": True})
     if ep.get("default_route"):
         # EEXIST: an earlier network gave the default route, it stays
         calls.append((netlink.pack_new_route, (), {"gateway": ep["gateway"]}, (errno.EEXIST,)))
     return calls
+
+
+def announce_calls(index, change):
+    """`change` to link `index` (pack_set_link's keywords: up, or a MAC) with arp_notify=1 around
+    it, so that the kernel announces the link's addresses as it applies the change, then 0 again
+    (what Docker's containers show)."""
+    return [(netlink.pack_set_inet_conf, (index, {netlink.IPV4_DEVCONF_ARP_NOTIFY: 1}), {}),
+            (netlink.pack_set_link, (index,), change),
+            (netlink.pack_set_inet_conf, (index, {netlink.IPV4_DEVCONF_ARP_NOTIFY: 0}), {})]
 
 
 def disable_ipv6(ifname, opener=None):
