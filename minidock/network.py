@@ -237,7 +237,7 @@ class DaemonNetns:
     def _descriptor(self, req):
         with self._lock:
             self._sock.send(json.dumps(req).encode())
-            data, fds, _, _ = socket.recv_fds(self._sock, 65536, 1, socket.MSG_CMSG_CLOEXEC)
+            data, fds = syscalls.recv_fds(self._sock, 65536, 1, socket.MSG_CMSG_CLOEXEC)
         if not data:
             raise errors.Unavailable("the daemon's network namespace is gone")
         reply = json.loads(data)

@@ -71,10 +71,13 @@ convention). The daemon never calls waitpid(-1), which would steal the children 
 dying, would wait for ever for it (zap_pid_ns_processes). A start that failed may leave a dead
 init behind: its pid comes with the error, and it is reaped without a report. A pooled init
 is the daemon's child too, and not a container until a run's answer names it: the spawner tells
-us each one it clones (`{"pooled": P}`, kept in `_pooled`, `pooled_inits()`); one it gives up --
-it died while idle, or before it took a request -- it names in `{"reap": P}`, and we reap it
-without a report. When the spawner dies, its pooled inits read EOF on their socketpair and exit:
-we watch and reap them the same way; close() kills and reaps any left.
+us each one it clones (`{"pooled": P}` with a descriptor of its end of P's socketpair, kept in
+`_pool`, `pooled_inits()`). A run it fits is sent to P from here (`_run_pooled`), P's status pipe
+read here, and P watched once its start is decided; one the spawner gives up -- it died while
+idle, or we dropped it -- it names in `{"reap": P}`, and we reap it without a report, as one
+that could not take our request. When the spawner dies, its pooled inits read EOF on their
+socketpair once our descriptors of it are closed too, and exit: we watch and reap them the same
+way; close() kills and reaps any left.
 
 Supervision. The supervisor thread sees the spawner's socket reach EOF, reaps the spawner and
 logs how it ended (the spawner itself writes its traceback to stderr, the daemon's log, before
@@ -134,6 +137,7 @@ message keeps the words the docker CLI greps for to choose its own exit code.
 """
 import errno
 import itertools
+import json
 import logging
 import os
 import resource
@@ -145,8 +149,8 @@ import sys
 import threading
 import time
 
-from . import errors, ns, seccomp, syscalls
-from .spawnerloop import MAX_PART, MessageReader, exit_code, send_message
+from . import errors, network, ns, seccomp, syscalls
+from .spawnerloop import MAX_PART, POOL_SEND_TIMEOUT, MessageReader, exit_code, send_message
 
 log = logging.getLogger("minidock.spawner")
 
@@ -240,6 +244,29 @@ class _Pending:
         return self.reply
 
 
+class _PoolEntry:
+    """A pooled init the spawner told us of: its pid, our descriptor of the spawner's end of
+    its socketpair, and the network.VethAhead.key of the veth it made (None for none)."""
+
+    def __init__(self, pid, sock, veth):
+        self.pid, self.sock, self.veth = pid, sock, veth
+
+
+def _read_status(fd):
+    """What a run's init writes on its status pipe (spawnerloop.py), up to its `R` or the
+    pipe's end; closes `fd`."""
+    buf = b""
+    try:
+        while not buf.endswith(b"R\n"):
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            buf += chunk
+    finally:
+        os.close(fd)
+    return buf
+
+
 class Spawner:
     """The daemon's handle on the spawner process: requests, exits, and supervision. Thread-safe."""
 
@@ -281,7 +308,8 @@ class Spawner:
         self._live = set()              # pids started, ours to reap, not yet ended
         self._watched = {}              # pidfd -> (pid, report its exit?)
         self._polled = {}               # pid -> report? (no pidfd to be had: polled each second)
-        self._pooled = set()            # pids of the spawner's idle pooled inits (our children)
+        self._pool = []                 # _PoolEntry: the spawner's idle pooled inits (our children)
+        self._to_watch = []             # (pid, report) for the supervisor thread to watch
         self._dead_spawners = set()     # their pids = their session ids: strays' sessions
         self._undelivered = []          # (pid, code) whose on_exit callback failed
         self._reader = MessageReader()
@@ -297,6 +325,9 @@ class Spawner:
         self._last_cap = int(open("/proc/sys/kernel/cap_last_cap").read())
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._sock, selectors.EVENT_READ, None)
+        # Wakes the supervisor thread for a pid another thread wants watched (_watch_later).
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         # The supervisor thread reads the spawner's messages, reaps started processes and restarts
         # the spawner. It lives as long as this handle: a restarted spawner's death signal is
         # tied to the thread that started it.
@@ -325,8 +356,14 @@ class Spawner:
                 return self._request({"op": "run", "spec": spec}, [stdin, stdout, stderr])
             raise syscalls.StartError(f"attach the rootfs: {exc}", "attach the rootfs",
                                       exc.errno or 0) from exc
+        fds = [stdin, stdout, stderr, tree]
         try:
-            return self._request({"op": "run", "spec": spec}, [stdin, stdout, stderr, tree])
+            entry = self._claim_pooled(spec.get("network", "none"))
+            if entry is not None:
+                pid = self._run_pooled(entry, spec, fds)
+                if pid is not None:
+                    return pid
+            return self._request({"op": "run", "spec": spec}, fds)
         finally:
             os.close(tree)
 
@@ -348,7 +385,7 @@ class Spawner:
         """The pids of the spawner's idle pooled inits, as it last told us (spawnerloop.py,
         "The pool"): our children, not containers (yet)."""
         with self._lock:
-            return sorted(self._pooled)
+            return sorted(entry.pid for entry in self._pool)
 
     def health(self):
         """None while the spawner runs, else why it does not (for /_ping and /info)."""
@@ -398,6 +435,9 @@ class Spawner:
         for fd in list(self._watched):
             os.close(fd)
         self._watched.clear()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+        self._wake_r = self._wake_w = -1
         if self._lifeline_w is not None:
             os.close(self._lifeline_w)  # a process still arming its death signal sees EOF
             self._lifeline_w = None
@@ -439,6 +479,123 @@ class Spawner:
                 {"name": "nproc", "soft": bound, "hard": bound}]
         spec["_last_cap"] = self._last_cap
         return spec
+
+    def _claim_pooled(self, net):
+        """The pooled init a run with network `net` goes to, out of the pool now; None when
+        there is none, or the run keeps or joins a network namespace. One that made a veth for
+        another network (or for none) is given up instead: removing its veth would cost the
+        start a grace period (network.VethAhead), and the spawner's next refill follows this
+        run."""
+        if not ns.own_netns(net):
+            return None
+        with self._lock:
+            if not self._pool or self.state != "running":
+                return None
+            entry = self._pool.pop(0)
+        if entry.veth is not None and network.VethAhead.key(net) != entry.veth:
+            entry.sock.close()
+            self._tell({"op": "drop", "pid": entry.pid})
+            return None
+        return entry
+
+    def _run_pooled(self, entry, spec, fds):
+        """Hand a run to a pooled init ourselves (spawnerloop.py, "The pool"): the spec, and as
+        SCM_RIGHTS its stdio, the status pipe's write end and the rootfs tree; then read the
+        status pipe here, up to the init's `R`. Returns the init's pid; None when it could not
+        take the run (it died, or is stopped: given up), for the caller to have one cloned.
+
+        The spawner hears of it first (`took`): the init closes its end of the socketpair once
+        it has read the request, and that end-of-file must not look like a death to the
+        spawner, which still watches its own end (spawnerloop._Server.on_pooled_gone)."""
+        pid = entry.pid
+        shape = {k: spec[k] for k in ("staging", "privileged", "shm_size", "network") if k in spec}
+        told = self._tell({"op": "took", "pid": pid, "spec": shape})
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            if not told:
+                raise OSError(errno.EPIPE, "the spawner is down")
+            entry.sock.settimeout(POOL_SEND_TIMEOUT)
+            send_message(entry.sock, {"spec": spec}, list(fds[:3]) + [status_w] + list(fds[3:4]))
+        except Exception as exc:        # EPIPE: it died; a timeout: it is stopped
+            os.close(status_r)
+            log.warning("the pooled init (pid %d) could not take a request (%s); replacing it",
+                        pid, exc)
+            self._give_up(pid)
+            if told:
+                self._tell({"op": "done", "pid": pid})
+            return None
+        finally:
+            os.close(status_w)
+            entry.sock.close()
+        status = _read_status(status_r)
+        self._tell({"op": "done", "pid": pid})      # the spawner may refill its pool now
+        lines = status.splitlines()
+        if b"A" not in lines:
+            # Killed a moment before, it still accepted the message until its exit closed its
+            # socket, and with it the status pipe's write end, unread.
+            log.warning("the pooled init (pid %d) died before it took a request; cloning one "
+                        "for it", pid)
+            self._give_up(pid)
+            return None
+        error = None
+        for line in lines:
+            if line.startswith(b"E"):
+                try:
+                    error = json.loads(line[1:])
+                except ValueError:
+                    error = {"message": "set-up failed (unreadable report)", "exit_code": 125}
+                break
+        if error is None and not status.endswith(b"R\n"):
+            error = {"message": "the container process died during set-up", "exit_code": 125}
+        # Ours to reap either way; its exit is a container's only if it started.
+        self._watch_later(pid, report=error is None)
+        if error is not None:
+            raise syscalls.StartError.from_record(error)
+        return pid
+
+    def _give_up(self, pid):
+        """A pooled init that will not run anything: make sure it ends, and reap it."""
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._watch_later(pid, report=False)
+
+    def _tell(self, msg):
+        """Send the spawner a message that has no answer; False when it is down."""
+        with self._lock:
+            sock = self._sock if self.state == "running" else None
+        if sock is None:
+            return False
+        try:
+            with self._send_lock:
+                send_message(sock, msg)
+        except OSError:
+            return False
+        return True
+
+    def _watch_later(self, pid, report):
+        """_watch() for another thread than the supervisor, which owns the selector: it opens
+        the pidfd when it next wakes (a process that ended meanwhile waits for it, a zombie)."""
+        with self._lock:
+            if report:
+                self._live.add(pid)
+            self._to_watch.append((pid, report))
+        try:
+            os.write(self._wake_w, b"w")
+        except OSError:                 # BlockingIOError: a wake-up is pending already; EBADF:
+            pass                        # closed (nothing is watched any more)
+
+    def _watch_queued(self):
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+        with self._lock:
+            todo, self._to_watch = self._to_watch, []
+        for pid, report in todo:
+            self._watch(pid, report)
 
     def _request(self, msg, fds):
         pending = _Pending()
@@ -499,23 +656,31 @@ class Spawner:
                     self._restart()
                     if self._closing.is_set():
                         return
+                elif key.data == "wake":
+                    self._watch_queued()
                 else:
                     self._reap_watched(key.fd)
 
     def _on_readable(self):
         """Read one datagram; False when the spawner is gone."""
         try:
-            data = self._sock.recv(MAX_PART + 1)
+            data, fds = syscalls.recv_fds(self._sock, MAX_PART + 1, 1, socket.MSG_CMSG_CLOEXEC)
         except OSError:
             return False
         if not data:
+            for fd in fds:
+                os.close(fd)
             return False
-        done = self._reader.feed(data)
+        done = self._reader.feed(data, fds)
         if done is not None:
+            msg, fds = done
             try:
-                self._dispatch(done[0])
+                self._dispatch(msg, fds)
             except Exception:           # one bad message must not end the supervisor
-                log.exception("spawner supervisor: bad message %.200r", done[0])
+                log.exception("spawner supervisor: bad message %.200r", msg)
+            finally:
+                for fd in fds:          # what _dispatch kept, it took out of the list
+                    os.close(fd)
         return True
 
     def _keep_mount_namespace(self):
@@ -531,15 +696,12 @@ class Spawner:
         else:
             self._mntns = fd
 
-    def _dispatch(self, msg):
+    def _dispatch(self, msg, fds):
         if self._mntns is None:
             self._keep_mount_namespace()
         if "id" not in msg:             # news of the spawner's pool, answering no request
-            self._pool_news(msg)
+            self._pool_news(msg, fds)
             return
-        if self._pooled:
-            with self._lock:
-                self._pooled.discard(msg.get("pid"))     # a pooled init became this container
         # The process is our child by now (cloned as ours, or its starter reaped before the
         # answer): watch it before anyone can be told its pid. A failed start's process is reaped too.
         if msg.get("pid"):
@@ -551,16 +713,29 @@ class Spawner:
             return
         pending.answer(msg)
 
-    def _pool_news(self, msg):
-        """`{"pooled": P}`: the spawner cloned P ahead of a run request; `{"reap": P}`: it gave
-        P up (it died while idle, or could not take a request), reap it, report nothing."""
+    def _pool_news(self, msg, fds):
+        """`{"pooled": P, "veth": key}` with a descriptor of the spawner's end of P's
+        socketpair: the spawner cloned P ahead of a run request (and made a veth for `key`);
+        `{"reap": P}`: it gave P up (it died while idle, or we dropped it), reap it, report
+        nothing."""
         if "pooled" in msg:
+            pid = int(msg["pooled"])
+            if not fds:                 # (our descriptors ran out): no use to us
+                log.warning("the pooled init (pid %d) came without its socket; dropping it", pid)
+                self._tell({"op": "drop", "pid": pid})
+                return
+            veth = msg.get("veth")
+            entry = _PoolEntry(pid, socket.socket(fileno=fds.pop(0)), tuple(veth) if veth else None)
             with self._lock:
-                self._pooled.add(int(msg["pooled"]))
+                self._pool.append(entry)
         elif "reap" in msg:
+            pid = int(msg["reap"])
             with self._lock:
-                self._pooled.discard(int(msg["reap"]))
-            self._watch(int(msg["reap"]), report=False)
+                gone = [e for e in self._pool if e.pid == pid]
+                self._pool = [e for e in self._pool if e.pid != pid]
+            for entry in gone:
+                entry.sock.close()
+            self._watch(pid, report=False)
         else:
             log.error("spawner supervisor: an unknown message %.200r", msg)
 
@@ -605,11 +780,13 @@ class Spawner:
             self._reader = MessageReader()
             self._cond.notify_all()
         self._dead_spawners.add(self.pid)
-        # Its idle pooled inits see EOF on their socketpair and exit: reap them as they do.
+        # Its idle pooled inits see EOF on their socketpair once our descriptors of it are
+        # closed too, and exit: reap them as they do.
         with self._lock:
-            pooled, self._pooled = self._pooled, set()
-        for pid in pooled:
-            self._watch(pid, report=False)
+            pool, self._pool = self._pool, []
+        for entry in pool:
+            entry.sock.close()
+            self._watch(entry.pid, report=False)
         if not closing:
             log.error("%s; restarting it. %d running processes keep running; %d requests "
                       "in flight failed", self.down_reason, running, len(pending))

@@ -34,22 +34,39 @@ container gets a network namespace of its own (networks "none" and the bridge fo
 that never ran a container has no pool: its idle memory and start-up do not change), whenever
 its loop has nothing else to do -- no start in flight, no event for a moment (REFILL_IDLE) --
 it clones POOL_SIZE inits ahead (ns.spawn_pooled_init), each with its own SOCK_SEQPACKET
-socketpair:
+socketpair, and gives the daemon a descriptor of its end: the daemon sends the run to the
+pooled init itself, and reads its status pipe itself, so a pooled start never waits for this
+loop (two process hops and a decoding of the spec fewer: `docker start` ~0.7 ms sooner):
 
-    spawner                                  pooled init (the daemon's child, CLONE_PARENT)
+    spawner                        daemon (spawner.py)            pooled init (the daemon's child)
       socketpair(mine, theirs)
       clone(CLONE_PARENT|NEWNS|NEWPID|NEWUTS|NEWIPC|NEWNET) -> P
-                                               closes every descriptor but 0-2, the lifeline
-                                               and `theirs`; prctl(PR_SET_NAME, minidock-pool);
-                                               death signal armed on the daemon (ns.DaemonTie);
-                                               lo up; /proc, /dev, /sys made under the last
-                                               spec's "staging" directory (`staging()`);
-                                               the last run's veth, if it had one
-      -> daemon {"pooled": P}                  recv(theirs) ... blocks
-    a run request that fits:
-      mine <- {"spec": ...} + stdio, status pipe's write end, rootfs tree (SCM_RIGHTS)
-      close(mine)                              recv returns: ns._container_init, as a directly
-      `R` on the status pipe -> daemon {"id", "pid": P}  cloned init does from its first step
+                                                                    closes every descriptor but
+                                                                    0-2, the lifeline and
+                                                                    `theirs`; prctl(PR_SET_NAME,
+                                                                    minidock-pool); death signal
+                                                                    armed on the daemon; lo up;
+                                                                    /proc, /dev, /sys made under
+                                                                    the last spec's "staging"
+                                                                    directory (`staging()`); the
+                                                                    last run's veth, if any
+      {"pooled": P, "veth": key} + mine -> (SCM_RIGHTS)             recv(theirs) ... blocks
+    a run request the pooled init fits:
+      <- {"op": "took", "pid": P, "spec": {its shape}}
+                                     mine <- {"spec": ...} + stdio, status pipe's write end,
+                                             rootfs tree (SCM_RIGHTS)
+                                                                    recv returns: `A` on the
+                                                                    status pipe, then what a
+                                                                    directly cloned init does
+                                     status pipe -> `R`  <-------- from its first step
+      <- {"op": "done", "pid": P}    answers the start with P
+
+`took` comes first, before the request: the init closes `theirs` once it has read the request,
+and the spawner, which still watches `mine` (below), must not take that end-of-file for a
+death. The daemon's `took` is in the spawner's socket before the init can even read its
+request, so `on_pooled_gone` reads the daemon's messages first, and a taken init is not
+mourned. `done` lets the pool be refilled once the start is decided (a clone meanwhile would
+slow the start down), as after a start of our own.
 
 The kernel's file systems a container sees need nothing of it but the namespaces they show,
 so a pooled init mounts them ahead too, with Docker's masked and read-only paths, on a tmpfs
@@ -58,16 +75,18 @@ and moves the three trees into the rootfs of a request they fit (ns.StagedMounts
 privileged container, or a /dev/shm size other than the last run's, mounts its own). When the
 last run had a network endpoint, the pooled init also makes its veth ahead, on that bridge
 (network.VethAhead); only a run whose first endpoint is on the same bridge is handed to it
-(`_Pooled.fits`): for any other, it is given up, quietly, and the run is cloned directly.
+(the daemon's `_claim_pooled`): for any other, it is given up, quietly (`{"op": "drop"}`), and
+the run is cloned directly.
 
 The spec travels as JSON, so what prepare_in_spawner makes (the seccomp program as the
 kernel's struct, a ctypes object) is made by the pooled init itself; the daemon's id maps it
 inherited already. A request that does not fit ("host", `{"join_pid": ...}`), one that finds the
-pool empty (parallel starts), or one whose pooled init cannot take it takes the direct clone
-above, transparently. "Cannot take it": the send fails (it died), or -- a pooled init killed a
-moment before still accepts the message until its exit closes its socket -- the status pipe
-reaches EOF without the `A` a pooled init writes first thing on taking a request (the spawner
-keeps the request and its descriptors until then, and starts it again, cloned directly).
+pool empty (parallel starts), or one whose pooled init cannot take it comes to us and takes the
+direct clone above, transparently: a run that reaches this loop is always cloned. "Cannot take
+it": the send fails (it died, or is stopped), or -- a pooled init killed a moment before still
+accepts the message until its exit closes its socket -- the status pipe reaches EOF without the
+`A` a pooled init writes first thing on taking a request (the daemon keeps the request and its
+descriptors until then, and sends it to us).
 Nothing of a user's runs in a pooled init before its request: until then it has only its fresh
 namespaces, and the spawner's memory (shared copy-on-write).
 
@@ -96,17 +115,21 @@ API accepts (16 MiB bodies) under the socket buffer limit an unprivileged proces
     daemon -> spawner   {"op": "run",  "id": N, "spec": {...}}               + 3 fds (SCM_RIGHTS),
                                                             and the rootfs tree (open_tree)
                         {"op": "exec", "id": N, "init_pid": P, "spec": {...}} + 3 fds
+                        {"op": "took" | "done" | "drop", "pid": P, ...}   a pooled init's fate
+                                                            (`pool_news`); no answer
     spawner -> daemon   {"id": N, "pid": P}           the command is being exec'd (a run: it
                                                       is about to be); P is now
                                                       the daemon's child, for it to reap
                         {"id": N, "error": {...}, "pid": P or null}
                                                       syscalls.StartError.to_record(); P: a
                                                       failed init the daemon must still reap
-                        {"pooled": P}                 a pooled init was cloned (no request)
+                        {"pooled": P, "veth": key}    a pooled init was cloned (no request),
+                                                      with a descriptor of our end of its socket
                         {"reap": P}                   a pooled init was given up: reap it
-    spawner -> pooled init   {"spec": {...}}          + stdio, the status pipe, the rootfs tree
+    daemon -> pooled init    {"spec": {...}}          + stdio, the status pipe, the rootfs tree
 
-Start status travels from the container init to the spawner over a close-on-exec pipe: a
+Start status travels from the container init to the spawner (to the daemon, for a pooled
+init it started: `run_pooled` in spawner.py reads it the same way) over a close-on-exec pipe: a
 starter writes `P<pid>` (a cloned init's pid is clone's result), a pooled init writes `A` as it
 takes its request, the init writes `E<json>` if a step fails, and a run's init writes `R` when
 only its execve is left. For an exec, EOF without an `E` means execve succeeded; a run is
@@ -155,6 +178,8 @@ POOL_IDLE_DEATHS = 3
 # How long a pooled init may take to accept a request before it is given up (it should be
 # blocked in recv(2) already; one that was stopped would otherwise stall the whole loop).
 POOL_SEND_TIMEOUT = 1.0
+# How long a start the daemon handed to a pooled init may hold the refill back unannounced.
+TAKEN_TIMEOUT = 2.0
 
 
 def send_message(sock, obj, fds=()):
@@ -230,13 +255,8 @@ class _Pooled:
 
     def __init__(self, pid, sock, veth=None):
         self.pid = pid
-        self.sock = sock                # the spawner's end; None once handed a request or gone
+        self.sock = sock                # the spawner's end; None once taken or gone
         self.veth = veth                # the network.VethAhead.key it made a veth for, or None
-
-    def fits(self, net):
-        """Whether a run request with network `net` (one with a namespace of its own) may be
-        handed to it: any, unless it made a veth ahead, which only a request it fits may take."""
-        return self.veth is None or network.VethAhead.key(net) == self.veth
 
 
 class _Start:
@@ -249,10 +269,6 @@ class _Start:
         self.pid = pid                  # run: the init's pid, known from clone(2)
         # The starter's exit code, once reaped; a run has no starter to wait for.
         self.starter_code = 0 if pid is not None else None
-        # A run handed to a pooled init: (request, its descriptors), kept until the init's
-        # acknowledgement shows it took them; without one it died first, and the request is
-        # started again by a direct clone.
-        self.retry = None
 
 
 def spawner_main(sock, lifeline, daemon_pid, own_mntns=True):
@@ -291,6 +307,7 @@ class _Server:
         self.busy_at = 0.0              # when the loop last had an event (time.monotonic)
         self.comm = None                # our /proc/self/comm, which a pooled init takes back
         self.last_spec = None           # the last run's spec, for a pooled init to rehearse on
+        self.taken = {}                 # pid -> when: pooled inits the daemon is starting
 
     def serve(self):
         # Die with the daemon; the check closes the race of it dying before the prctl.
@@ -318,8 +335,12 @@ class _Server:
         self.sel.register(self.wake_r, selectors.EVENT_READ, "sigchld")
         while True:
             # The pool is refilled only when nothing else is to be done: no start in flight
-            # (whose answer a clone here would delay), and no event for REFILL_IDLE.
-            refill = self.pool_wanted and not self.starts and len(self.pool) < POOL_SIZE
+            # (whose answer a clone here would delay: ours, or one the daemon handed to a
+            # pooled init), and no event for REFILL_IDLE.
+            if self.taken:
+                self.forget_taken()
+            refill = (self.pool_wanted and not self.starts and not self.taken
+                      and len(self.pool) < POOL_SIZE)
             wait = max(0.0, self.busy_at + REFILL_IDLE - time.monotonic()) if refill else None
             events = self.sel.select(wait)
             if not events and refill:
@@ -374,24 +395,34 @@ class _Server:
             pass
         self.reap()
 
-    def on_request(self):
-        try:
-            data, fds, _, _ = socket.recv_fds(self.sock, MAX_PART + 1, 4, socket.MSG_CMSG_CLOEXEC)
-        except OSError:
-            return False
-        if not data:
-            return False
-        done = self.reader.feed(data, fds)
-        if done is None:
-            return True
-        msg, fds = done
-        self.start_or_fail(msg, fds)
-        return True
+    def on_request(self, wait=True):
+        """Read the daemon's socket: one datagram, or (`wait=False`) every one already there.
+        False when the daemon closed it."""
+        flags = socket.MSG_CMSG_CLOEXEC | (0 if wait else socket.MSG_DONTWAIT)
+        while True:
+            try:
+                data, fds = syscalls.recv_fds(self.sock, MAX_PART + 1, 4, flags)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            if not data:
+                return False
+            done = self.reader.feed(data, fds)
+            if done is not None:
+                msg, fds = done
+                self.start_or_fail(msg, fds)
+            if wait:
+                return True
 
-    def start_or_fail(self, msg, fds, pool=True):
+    def start_or_fail(self, msg, fds):
         """Start a request, or answer its failure; closes `fds` unless start() took them."""
+        if msg.get("op") in ("took", "done", "drop"):
+            _close_all(fds)
+            self.pool_news(msg)
+            return
         try:
-            self.start(msg, fds, pool)
+            self.start(msg, fds)
         except Exception as exc:
             # fork() or clone() failing with EAGAIN (a process limit), no descriptors left for
             # the pipe, a malformed request: this request fails, the spawner carries on.
@@ -410,26 +441,15 @@ class _Server:
         finally:
             _close_all(fds)
 
-    def start(self, msg, fds, pool=True):
+    def start(self, msg, fds):
         if "_invalid" in msg:
             raise ValueError(msg["_invalid"])
         if msg.get("op") not in ("run", "exec") or "id" not in msg:
             raise ValueError(f"unknown request {msg.get('op')!r}")
         if msg["op"] == "run":
-            self.pool_wanted = True
-            self.idle_deaths = 0
-            self.last_spec = dict(msg["spec"])   # before prepare_in_spawner adds to it
-            net = msg["spec"].get("network", "none")
-            if pool and self.pool and ns.own_netns(net):
-                if self.pool[0].fits(net):
-                    child = self.hand_to_pooled(msg, fds)
-                    if child is not None:
-                        return
-                else:
-                    # Its veth is for another network (or none): removing it would cost the
-                    # start a grace period (network.VethAhead). Given up; the next refill
-                    # follows this run.
-                    self.drop_pooled(self.pool.pop(0))
+            # A run that reaches us is cloned directly: the daemon hands a pooled init the
+            # runs it fits itself ("The pool").
+            self.ran(msg["spec"])
         ns.prepare_in_spawner(msg["spec"])
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         try:
@@ -486,10 +506,15 @@ class _Server:
             return
         theirs.close()
         mine.settimeout(POOL_SEND_TIMEOUT)
-        pooled = _Pooled(pid, mine, (staging or {}).get("veth"))
+        veth = (staging or {}).get("veth")
+        pooled = _Pooled(pid, mine, veth)
         self.pool.append(pooled)
         self.sel.register(mine, selectors.EVENT_READ, pooled)
-        self.send({"pooled": pid})
+        # The daemon gets its own descriptor of our end: it sends the run to the init itself.
+        try:
+            send_message(self.sock, {"pooled": pid, "veth": veth}, [mine.fileno()])
+        except OSError:
+            os._exit(0)                 # the daemon is gone
 
     def staging(self):
         """What a pooled init is to make ahead (ns.spawn_pooled_init), from the last run: its
@@ -506,36 +531,44 @@ class _Server:
             staging["veth"] = veth
         return staging or None
 
-    def hand_to_pooled(self, msg, fds):
-        """Send a run request to a pooled init: the spec, and as SCM_RIGHTS its stdio, the
-        status pipe's write end and the rootfs tree. Returns the init's pid, or None if it
-        cannot take it (it died meanwhile): the request then takes a direct clone."""
-        pooled = self.pool.pop(0)
-        status_r, status_w = os.pipe2(os.O_CLOEXEC)
-        try:
-            send_message(pooled.sock, {"spec": msg["spec"]},
-                         list(fds[:3]) + [status_w] + list(fds[3:4]))
-        except Exception as exc:        # EPIPE: it died; a timeout: it is stopped
-            os.close(status_r)
-            os.close(status_w)
-            self.drop_pooled(pooled, f"could not take a request ({exc})")
-            return None
-        finally:
-            self.close_pooled(pooled)       # its recv(2) then never sees another message
-        os.close(status_w)
-        record = _Start(msg["id"], status_r, pid=pooled.pid)
-        # Sent is not yet taken: a pooled init killed a moment ago still accepts the message
-        # until its exit closes its socket (which then releases the status pipe's write end,
-        # unread: EOF). Keep the request and our copies of its descriptors until it says "A".
-        record.retry = (msg, list(fds))
-        fds[:] = []                     # ours now: on_request must not close them
-        self.track(pooled.pid, record)
-        return pooled.pid
+    def ran(self, spec):
+        """A run request, ours or one the daemon handed to a pooled init: the pool is wanted
+        again, shaped after this run (`staging()`)."""
+        self.pool_wanted = True
+        self.idle_deaths = 0
+        self.last_spec = dict(spec)     # (a copy: prepare_in_spawner adds to the spec)
+
+    def pool_news(self, msg):
+        """The daemon's word on a pooled init it holds a descriptor of:
+
+            {"op": "took", "pid": P, "spec": {...}}   it sends P a run request (the parts of the
+                                                     spec `staging()` reads); P is no longer ours
+            {"op": "done", "pid": P}                 that start is decided (answered)
+            {"op": "drop", "pid": P}                 it gives P up (it does not fit a run): we
+                                                     close our end, and have it reaped"""
+        if msg["op"] == "done":
+            self.taken.pop(msg.get("pid"), None)
+            return
+        pooled = next((p for p in self.pool if p.pid == msg.get("pid")), None)
+        if pooled is None:
+            return                      # gone already (it died while idle: reported)
+        self.pool.remove(pooled)
+        if msg["op"] == "took":
+            self.close_pooled(pooled)
+            self.ran(msg.get("spec") or {})
+            self.taken[pooled.pid] = time.monotonic()
+        else:
+            self.drop_pooled(pooled)
 
     def on_pooled_gone(self, pooled):
-        """A pooled init's socket turned readable while idle: it never writes, so it died (EOF)."""
+        """A pooled init's socket turned readable while idle: it never writes, so it died (EOF)
+        -- or it took a run request from the daemon, which said so first: the daemon's
+        `{"op": "took"}` is in our socket before the init can have read its request, so what
+        is there is read before the EOF counts as a death."""
+        if pooled.sock is not None:
+            self.on_request(wait=False)
         if pooled.sock is None:
-            return                      # handed a request earlier in this batch of events
+            return                      # taken or dropped (just now, or earlier in this batch)
         self.pool.remove(pooled)
         self.drop_pooled(pooled, "died while idle")
         # Killed now and then, it is replaced; dying as soon as made, it would be re-cloned in
@@ -545,6 +578,14 @@ class _Server:
             self.pool_wanted = False
             sys.stderr.write(f"minidock spawner: {self.idle_deaths} pooled inits died while "
                              "idle; no pool until the next run\n")
+
+    def forget_taken(self):
+        """A start the daemon never said was decided (it should have) holds the refill back
+        for TAKEN_TIMEOUT at most."""
+        now = time.monotonic()
+        for pid, when in list(self.taken.items()):
+            if now - when > TAKEN_TIMEOUT:
+                del self.taken[pid]
 
     def close_pooled(self, pooled):
         """Close our end of a pooled init's socketpair, once."""
@@ -570,7 +611,7 @@ class _Server:
         reader = MessageReader()
         while True:
             try:
-                data, fds, _, _ = socket.recv_fds(sock, MAX_PART + 1, 5, socket.MSG_CMSG_CLOEXEC)
+                data, fds = syscalls.recv_fds(sock, MAX_PART + 1, 5, socket.MSG_CMSG_CLOEXEC)
             except InterruptedError:
                 continue
             except OSError:
@@ -584,7 +625,7 @@ class _Server:
         msg, fds = done
         if "_invalid" in msg or len(fds) < 4:
             raise ValueError(f"a bad request for a pooled init: {msg.get('_invalid')}")
-        os.write(fds[3], b"A\n")       # taken (see hand_to_pooled): from here on it is ours
+        os.write(fds[3], b"A\n")       # taken (the daemon's _run_pooled): from here on it is ours
         return msg["spec"], fds[:3], fds[3], (fds[4] if len(fds) > 4 else None)
 
     def rehearse(self):
@@ -692,18 +733,6 @@ class _Server:
         can reap it by pid. A failed start may still have left a process (the init reported
         an error and exited): its pid goes with the error, for the daemon to reap."""
         record = self.starts.pop(starter)
-        if record.retry is not None:
-            msg, fds = record.retry
-            record.retry = None
-            if b"A" not in record.buf.splitlines():
-                # The pooled init died before it took the request: start it afresh, cloned
-                # directly, and have the daemon reap the dead one.
-                sys.stderr.write(f"minidock spawner: the pooled init (pid {record.pid}) died "
-                                 "before it took a request; cloning one for it\n")
-                self.send({"reap": record.pid})
-                self.start_or_fail(msg, fds, pool=False)
-                return
-            _close_all(fds)
         pid, error = record.pid, None
         for line in record.buf.splitlines():
             if line.startswith(b"P"):

@@ -47,9 +47,11 @@ Man pages: unshare(2), setns(2), mount(2), umount2(2), prctl(2), pivot_root(2), 
 close_range(2), syscall(2).
 """
 
+import array
 import ctypes
 import json
 import os
+import socket
 import time
 
 from . import errors
@@ -189,6 +191,18 @@ def prctl(option, arg2=0, arg3=0, arg4=0, arg5=0):
     if ret == -1:
         _fail(f"prctl({option}, {arg2})")
     return ret
+
+
+def recv_fds(sock, bufsize, maxfds, flags=0):
+    """(data, descriptors) of one datagram, with up to `maxfds` descriptors (SCM_RIGHTS):
+    socket.recv_fds, whose `flags` Python 3.11 never passes on to recvmsg(2) -- so neither
+    MSG_CMSG_CLOEXEC nor MSG_DONTWAIT applied through it."""
+    data, ancdata, _, _ = sock.recvmsg(bufsize, socket.CMSG_LEN(maxfds * 4), flags)
+    fds = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += array.array("i", payload[:len(payload) - len(payload) % 4])
+    return data, fds
 
 
 def open_tree(path, flags=OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE):

@@ -210,6 +210,19 @@ def pool(sp, start, base):
                                 "cat /proc/self/mountinfo"])
     out = collect(r)
     res["taken"] = {"pid": pid, "code": sp.wait(pid, 10), "out": out}
+    # The daemon sends a run to the pooled init itself, and reads its status pipe itself: with
+    # the spawner stopped (SIGSTOP), a start the pooled init fits still completes.
+    _until(lambda: sp.pooled_inits() and sp.pooled_inits() != [pid])
+    ready = sp.pooled_inits()[0]
+    os.kill(sp.pid, signal.SIGSTOP)
+    try:
+        pid, r = start(["sh", "-c", "echo $$"])
+        out = collect(r)
+        res["spawner_stopped"] = {"pooled": ready, "pid": pid, "out": out,
+                                  "code": sp.wait(pid, 10),
+                                  "spawner_state": proctree.stat(sp.pid)[0]}
+    finally:
+        os.kill(sp.pid, signal.SIGCONT)
     # Killed while idle: the spawner logs it and makes a new one; the daemon reaps the dead one.
     _until(lambda: sp.pooled_inits() and sp.pooled_inits() != [pid])
     victim = sp.pooled_inits()[0]

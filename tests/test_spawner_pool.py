@@ -82,6 +82,14 @@ def test_the_pooled_init_makes_proc_dev_and_sys_ahead_and_moves_them_in(pool):
         assert inside[path] == staged[path], path
 
 
+def test_the_daemon_hands_the_run_to_the_pooled_init_without_the_spawner(pool):
+    res, _ = pool
+    stopped = res["spawner_stopped"]
+    assert stopped["spawner_state"] == "T"           # stopped all along
+    assert stopped["pid"] == stopped["pooled"]       # the pooled init took the run
+    assert stopped["out"].strip() == "1" and stopped["code"] == 0
+
+
 def test_a_pooled_init_killed_while_idle_is_logged_reaped_and_replaced(pool):
     res, err = pool
     killed = res["killed"]
