@@ -414,9 +414,10 @@ class Hierarchy:
             raise InvalidParameter("Conflicting options: Nano CPUs and CPU Period cannot both be set")
         if r["NanoCpus"] > 0 and r["CpuQuota"] > 0:
             raise InvalidParameter("Conflicting options: Nano CPUs and CPU Quota cannot both be set")
-        ncpu = os.cpu_count() or 1
-        if r["NanoCpus"] > 0 and r["NanoCpus"] > ncpu * 10**9:
-            raise InvalidParameter(f"Range of CPUs is from 0.01 to {ncpu}.00, as there are only {ncpu} CPUs available")
+        if r["NanoCpus"] > 0:
+            ncpu = os.cpu_count() or 1      # (glibc reads /sys for it: only when asked)
+            if r["NanoCpus"] > ncpu * 10**9:
+                raise InvalidParameter(f"Range of CPUs is from 0.01 to {ncpu}.00, as there are only {ncpu} CPUs available")
         if r["NanoCpus"] > 0 and not caps["CpuCfsQuota"]:
             warnings.append(W_NANO_CPUS)
             r["NanoCpus"] = 0
