@@ -129,7 +129,7 @@ API accepts (16 MiB bodies) under the socket buffer limit an unprivileged proces
     daemon -> pooled init    {"spec": {...}}          + stdio, the status pipe, the rootfs tree
 
 Start status travels from the container init to the spawner (to the daemon, for a pooled
-init it started: `run_pooled` in spawner.py reads it the same way) over a close-on-exec pipe: a
+init it started: `_run_pooled` in spawner.py reads it the same way) over a close-on-exec pipe: a
 starter writes `P<pid>` (a cloned init's pid is clone's result), a pooled init writes `A` as it
 takes its request, the init writes `E<json>` if a step fails, and a run's init writes `R` when
 only its execve is left. For an exec, EOF without an `E` means execve succeeded; a run is
