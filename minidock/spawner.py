@@ -587,11 +587,7 @@ class Spawner:
             pass                        # closed (nothing is watched any more)
 
     def _watch_queued(self):
-        try:
-            while os.read(self._wake_r, 512):
-                pass
-        except BlockingIOError:
-            pass
+        syscalls.drain(self._wake_r)
         with self._lock:
             todo, self._to_watch = self._to_watch, []
         for pid, report in todo:

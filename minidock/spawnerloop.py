@@ -388,11 +388,7 @@ class _Server:
             os._exit(0)                 # the daemon is gone
 
     def on_sigchld(self):
-        try:
-            while os.read(self.wake_r, 512):
-                pass
-        except BlockingIOError:
-            pass
+        syscalls.drain(self.wake_r)
         self.reap()
 
     def on_request(self, wait=True):

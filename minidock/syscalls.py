@@ -193,6 +193,16 @@ def prctl(option, arg2=0, arg3=0, arg4=0, arg5=0):
     return ret
 
 
+def drain(fd):
+    """Read a non-blocking wake-up pipe empty: its bytes only say "look again" (the self-pipe
+    a thread or a signal handler writes to wake a select loop)."""
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
 def recv_fds(sock, bufsize, maxfds, flags=0):
     """(data, descriptors) of one datagram, with up to `maxfds` descriptors (SCM_RIGHTS):
     socket.recv_fds, whose `flags` Python 3.11 never passes on to recvmsg(2) -- so neither
