@@ -307,6 +307,7 @@ class Spawner:
         self._codes = {}                # pid -> exit code, until wait() takes it
         self._live = set()              # pids started, ours to reap, not yet ended
         self._watched = {}              # pidfd -> (pid, report its exit?)
+        self._pidfds = {}               # pid -> its pidfd in _watched
         self._polled = {}               # pid -> report? (no pidfd to be had: polled each second)
         self._pool = []                 # _PoolEntry: the spawner's idle pooled inits (our children)
         self._to_watch = []             # (pid, report) for the supervisor thread to watch
@@ -435,6 +436,7 @@ class Spawner:
         for fd in list(self._watched):
             os.close(fd)
         self._watched.clear()
+        self._pidfds.clear()
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
         self._wake_r = self._wake_w = -1
@@ -791,10 +793,19 @@ class Spawner:
                                 "unavailable": True}})
 
     def _watch(self, pid, report):
-        """Reap `pid`, our child, when it ends: by its pidfd, or polled if none can be had."""
+        """Reap `pid`, our child, when it ends: by its pidfd, or polled if none can be had.
+        Once: a pooled init that died as a start took it is given up by that start and
+        reported by the spawner too; a second watch only adds the report."""
         if report:
             with self._lock:
                 self._live.add(pid)
+        if pid in self._pidfds:
+            fd = self._pidfds[pid]
+            self._watched[fd] = (pid, report or self._watched[fd][1])
+            return
+        if pid in self._polled:
+            self._polled[pid] = report or self._polled[pid]
+            return
         try:
             fd = os.pidfd_open(pid)
         except OSError as exc:          # EMFILE, say: poll it each second instead
@@ -802,6 +813,7 @@ class Spawner:
             self._polled[pid] = report
             return
         self._watched[fd] = (pid, report)
+        self._pidfds[pid] = fd
         self._sel.register(fd, selectors.EVENT_READ, "child")
 
     def _reap_watched(self, fd):
@@ -812,6 +824,7 @@ class Spawner:
         except ChildProcessError:       # not ours after all: its end cannot be observed
             done, code = pid, UNKNOWN_EXIT
         del self._watched[fd]
+        self._pidfds.pop(pid, None)
         self._sel.unregister(fd)
         os.close(fd)
         if not done:                    # readable yet not a zombie: should not happen, but
