@@ -808,6 +808,10 @@ class Spawner:
             return
         try:
             fd = os.pidfd_open(pid)
+        except ProcessLookupError:      # reaped already: a second watch, after the first one's
+            with self._lock:
+                self._live.discard(pid)
+            return
         except OSError as exc:          # EMFILE, say: poll it each second instead
             log.warning("no pidfd for process %d (%s); polling it", pid, exc)
             self._polled[pid] = report

@@ -79,3 +79,20 @@ def test_a_given_up_pid_is_reaped_without_a_report():
     finally:
         handle.close()
         theirs.close()
+
+
+def test_a_watch_asked_for_after_the_reap_opens_nothing(caplog):
+    reports = []
+    handle, theirs = _handle(lambda pid, code: reports.append((pid, code)))
+    try:
+        pid = _child(0)
+        handle._watch_later(pid, report=False)
+        assert _until(lambda: not os.path.exists(f"/proc/{pid}"))
+        handle._watch_later(pid, report=False)     # late: the number is free (or another's)
+        time.sleep(0.2)
+        assert reports == [] and not handle._watched and not handle._polled
+        # no pidfd to be had is not "poll it": there is nothing left to reap
+        assert not [r for r in caplog.records if "no pidfd" in r.getMessage()]
+    finally:
+        handle.close()
+        theirs.close()
