@@ -11,6 +11,7 @@ import threading
 import time
 
 from minidock import spawner
+from support import wait_for
 
 
 def _handle(on_exit):
@@ -30,15 +31,6 @@ def _child(exit_code, after=0.0):
     return pid
 
 
-def _until(check, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.01)
-    return check()
-
-
 def test_a_pid_watched_twice_has_one_pidfd_and_one_report():
     reports, done = [], threading.Event()
 
@@ -52,7 +44,7 @@ def test_a_pid_watched_twice_has_one_pidfd_and_one_report():
         handle._watch_later(pid, report=False)     # the start that gave it up
         handle._watch_later(pid, report=False)     # the spawner's {"reap": P}
         handle._watch_later(pid, report=True)      # (a report asked for wins)
-        assert _until(lambda: pid in handle._pidfds)
+        wait_for(lambda: pid in handle._pidfds, 5, "the pidfd")
         fds = [fd for fd, (p, _) in handle._watched.items() if p == pid]
         assert len(fds) == 1
         assert sorted(os.listdir("/proc/self/fd")).count(str(fds[0])) == 1
@@ -73,7 +65,7 @@ def test_a_given_up_pid_is_reaped_without_a_report():
         pid = _child(0)
         handle._watch_later(pid, report=False)
         handle._watch_later(pid, report=False)
-        assert _until(lambda: not os.path.exists(f"/proc/{pid}"))
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 5, "the reap")
         time.sleep(0.1)
         assert reports == [] and not handle._watched and not handle._pidfds
     finally:
@@ -87,7 +79,7 @@ def test_a_watch_asked_for_after_the_reap_opens_nothing(caplog):
     try:
         pid = _child(0)
         handle._watch_later(pid, report=False)
-        assert _until(lambda: not os.path.exists(f"/proc/{pid}"))
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 5, "the reap")
         handle._watch_later(pid, report=False)     # late: the number is free (or another's)
         time.sleep(0.2)
         assert reports == [] and not handle._watched and not handle._polled
