@@ -8,6 +8,9 @@ and, for mount(2), its `MS_*` flags by name:
     mount('proc', '/r/proc', 'proc', MS_NOSUID|MS_NODEV|MS_NOEXEC, None): [Errno 1] ...
 
 pivot_root(2) and capset(2) have no glibc wrapper and go through syscall(2) by number (x86_64).
+And one that Python has but gets wrong: 3.11's `socket.recv_fds` drops its `flags`, so a
+descriptor received with it is never close-on-exec and a MSG_DONTWAIT read blocks;
+`recv_fds` here calls recvmsg(2) with them.
 
 clone(2) as fork
 ----------------
