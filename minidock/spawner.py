@@ -137,7 +137,6 @@ message keeps the words the docker CLI greps for to choose its own exit code.
 """
 import errno
 import itertools
-import json
 import logging
 import os
 import resource
@@ -150,7 +149,8 @@ import threading
 import time
 
 from . import errors, network, ns, seccomp, syscalls
-from .spawnerloop import MAX_PART, POOL_SEND_TIMEOUT, MessageReader, exit_code, send_message
+from .spawnerloop import (MAX_PART, POOL_SEND_TIMEOUT, POOL_SHAPE, MessageReader, exit_code,
+                          reported_error, send_message)
 
 log = logging.getLogger("minidock.spawner")
 
@@ -510,7 +510,7 @@ class Spawner:
         it has read the request, and that end-of-file must not look like a death to the
         spawner, which still watches its own end (spawnerloop._Server.on_pooled_gone)."""
         pid = entry.pid
-        shape = {k: spec[k] for k in ("staging", "privileged", "shm_size", "network") if k in spec}
+        shape = {k: spec[k] for k in POOL_SHAPE if k in spec}
         told = self._tell({"op": "took", "pid": pid, "spec": shape})
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         try:
@@ -531,22 +531,14 @@ class Spawner:
             entry.sock.close()
         status = _read_status(status_r)
         self._tell({"op": "done", "pid": pid})      # the spawner may refill its pool now
-        lines = status.splitlines()
-        if b"A" not in lines:
+        if b"A" not in status.splitlines():
             # Killed a moment before, it still accepted the message until its exit closed its
             # socket, and with it the status pipe's write end, unread.
             log.warning("the pooled init (pid %d) died before it took a request; cloning one "
                         "for it", pid)
             self._give_up(pid)
             return None
-        error = None
-        for line in lines:
-            if line.startswith(b"E"):
-                try:
-                    error = json.loads(line[1:])
-                except ValueError:
-                    error = {"message": "set-up failed (unreadable report)", "exit_code": 125}
-                break
+        error = reported_error(status)
         if error is None and not status.endswith(b"R\n"):
             error = {"message": "the container process died during set-up", "exit_code": 125}
         # Ours to reap either way; its exit is a container's only if it started.

@@ -178,6 +178,9 @@ POOL_IDLE_DEATHS = 3
 # How long a pooled init may take to accept a request before it is given up (it should be
 # blocked in recv(2) already; one that was stopped would otherwise stall the whole loop).
 POOL_SEND_TIMEOUT = 1.0
+# The parts of a run's spec that shape the next pooled init (`staging()`): all the spawner needs
+# to hear of a run the daemon hands to a pooled init itself (`{"op": "took"}`).
+POOL_SHAPE = ("staging", "privileged", "shm_size", "network")
 # How long a start the daemon handed to a pooled init may hold the refill back unannounced.
 TAKEN_TIMEOUT = 2.0
 
@@ -237,6 +240,18 @@ class MessageReader:
         return msg, fds
 
 
+def reported_error(status):
+    """The failure a start's status pipe reports (the record of its first `E` line, see
+    "The wire"), or None."""
+    for line in status.splitlines():
+        if line.startswith(b"E"):
+            try:
+                return json.loads(line[1:])
+            except ValueError:
+                return {"message": "set-up failed (unreadable report)", "exit_code": 125}
+    return None
+
+
 def _close_all(fds):
     for fd in fds:
         try:
@@ -253,10 +268,9 @@ def exit_code(status):
 class _Pooled:
     """An init cloned ahead of its run request (ns.spawn_pooled_init), waiting on a socketpair."""
 
-    def __init__(self, pid, sock, veth=None):
+    def __init__(self, pid, sock):
         self.pid = pid
         self.sock = sock                # the spawner's end; None once taken or gone
-        self.veth = veth                # the network.VethAhead.key it made a veth for, or None
 
 
 class _Start:
@@ -503,7 +517,7 @@ class _Server:
         theirs.close()
         mine.settimeout(POOL_SEND_TIMEOUT)
         veth = (staging or {}).get("veth")
-        pooled = _Pooled(pid, mine, veth)
+        pooled = _Pooled(pid, mine)
         self.pool.append(pooled)
         self.sel.register(mine, selectors.EVENT_READ, pooled)
         # The daemon gets its own descriptor of our end: it sends the run to the init itself.
@@ -729,15 +743,10 @@ class _Server:
         can reap it by pid. A failed start may still have left a process (the init reported
         an error and exited): its pid goes with the error, for the daemon to reap."""
         record = self.starts.pop(starter)
-        pid, error = record.pid, None
+        pid, error = record.pid, reported_error(record.buf)
         for line in record.buf.splitlines():
             if line.startswith(b"P"):
                 pid = int(line[1:])
-            elif line.startswith(b"E") and error is None:
-                try:
-                    error = json.loads(line[1:])
-                except ValueError:
-                    error = {"message": "set-up failed (unreadable report)", "exit_code": 125}
         if error is None and (pid is None or record.starter_code != 0):
             error = {"message": "the container process died during set-up", "exit_code": 125}
         if error is not None:
