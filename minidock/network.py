@@ -72,10 +72,10 @@ it waits, and brings eth0 up, with no address and IPv6 off: silent, but its brid
 forwarding by the time a request comes. A request on the same bridge takes it: step 5 gives
 eth0 its address, then its MAC, which announces it (configure_calls: more reliably than the
 announcement at `up`), and the step takes ~0.6 ms. A request it does not fit is never handed
-to it (deleting a veth costs an RCU grace period: 10-20 ms here); the spawner gives that init
-up instead (spawnerloop, "The pool"). What you can observe: an idle pooled init's namespace
-(`nsenter -t POOLED -n ip link`) shows `eth0@ifN` up, and the keeper's shows ifN, a vethM
-with `master docker0`.
+to it (deleting a veth costs an RCU grace period: 10-20 ms here); the daemon gives that
+init up instead (spawner.Spawner._claim_pooled; spawnerloop, "The pool"). What you can
+observe: an idle pooled init's namespace (`nsenter -t POOLED -n ip link`) shows `eth0@ifN`
+up, and the keeper's shows ifN, a vethM with `master docker0`.
 
 Step 2 works because the keeper's namespace is owned by the daemon's user namespace, where
 the init holds CAP_SYS_ADMIN; the init is single-threaded, which setns(2) requires. The
@@ -428,9 +428,9 @@ class VethAhead:
     (the announcement) and route are all the start has left (attach_container). The kernel
     makes a veth in ~1 ms; deleting one costs an RCU grace period (synchronize_net in
     unregister_netdevice: 10-20 ms here), so a request it does not fit (`none`, another
-    network) is never handed to this init: the spawner gives the init up and clones another
-    (spawnerloop: the pool), whose namespace the kernel tears down, veth and all, off
-    everyone's path."""
+    network) is never handed to this init: the daemon gives the init up and the spawner
+    clones another (spawner.Spawner._claim_pooled; spawnerloop: the pool), whose namespace
+    the kernel tears down, veth and all, off everyone's path."""
 
     def __init__(self, key, rtnl, index):
         self.key, self.rtnl, self.index = key, rtnl, index
@@ -472,7 +472,7 @@ class VethAhead:
     @syscalls.Step("remove the veth made ahead")
     def remove(self):
         """Delete the pair (from our end: the kernel deletes both), for a request it does not
-        fit. The spawner hands none such (see the class): this costs a grace period."""
+        fit. The daemon hands none such (see the class): this costs a grace period."""
         try:
             self.rtnl.request(netlink.pack_del_link, self.index)
         finally:

@@ -572,8 +572,8 @@ def spawn_pooled_init(tie, leave_spawner, receive, comm, staging=None):
     with "dir" and "shm_size", the default /proc, /dev and /sys are made under "dir"
     (mounts.stage_kernel_mounts), and moved into the rootfs of a request they fit
     (`StagedMounts`); one they do not fit mounts its own, as ever. With "veth", the veth of
-    the last run's first network endpoint is made (network.VethAhead); the spawner hands
-    this init only requests it fits.
+    the last run's first network endpoint is made (network.VethAhead); the daemon hands
+    this init only requests it fits (spawner.Spawner._claim_pooled).
     """
     pid = clone_init("none")
     if pid:
