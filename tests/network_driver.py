@@ -88,7 +88,11 @@ def main():
                                              ep("br-gone", "10.90.0.7", "10.90.0.1")))
     except Exception as e:          # syscalls.StartError from the spawner
         res["missing"] = {"error": str(e), "type": type(e).__name__}
-    res["same_net"] = run("nc -w 2 10.88.0.2 8080 </dev/null", net(ep("br-a", "10.88.0.4", "10.88.0.1")))
+    # ...and then the gateway's own port 9, closed: the SYN is addressed to the bridge's MAC, so
+    # the bridge passes it up and the tap sees it, and the daemon namespace's RST goes out on br-a.
+    # (Frames between two ports are forwarded by the bridge and never reach its own device.)
+    res["same_net"] = run("nc -w 2 10.88.0.2 8080 </dev/null; nc -w 1 10.88.0.1 9 </dev/null 2>/dev/null",
+                          net(ep("br-a", "10.88.0.4", "10.88.0.1")))
     res["other_net"] = run("nc -w 2 10.88.0.2 8080 </dev/null; echo rc=$?",
                            net(ep("br-b", "10.89.0.2", "10.89.0.1")))
     frames = []
@@ -99,6 +103,9 @@ def main():
         pass
     tap.close()
     res["tap_ethertypes"] = sorted({f[12:14].hex() for f in frames if len(f) >= 14})
+    # IPv4 frames as (source, destination, protocol)
+    res["tap_ipv4"] = sorted({(".".join(map(str, f[26:30])), ".".join(map(str, f[30:34])), f[23])
+                              for f in frames if f[12:14] == b"\x08\x00" and len(f) >= 34})
     # gratuitous ARPs (sender address == target address) the containers announced themselves with
     res["garps"] = sorted({".".join(map(str, f[28:32])) for f in frames
                            if f[12:14] == b"\x08\x06" and len(f) >= 42 and f[28:32] == f[38:42]})

@@ -82,9 +82,15 @@ def test_hotplug_and_unplug_of_a_running_container(seen):
 
 
 def test_packet_socket_on_a_bridge_sees_the_containers_frames(seen):
-    # ARP (0806) and IPv4 (0800) frames of the containers' conversation, read by the daemon
-    # through an AF_PACKET socket the keeper made inside the daemon's namespace.
-    assert {"0800", "0806"} <= set(seen["tap_ethertypes"])
+    # Read by the daemon through an AF_PACKET socket the keeper made inside the daemon's
+    # namespace: ARP (0806), and the TCP (6) of a container with its gateway both ways: a SYN
+    # to the bridge's own address and the daemon namespace's RST. A bridge that is not
+    # promiscuous passes up only frames for itself (and broadcasts), so the containers'
+    # conversation with each other is not among them.
+    assert "0806" in seen["tap_ethertypes"]
+    ipv4 = {tuple(f) for f in seen["tap_ipv4"]}
+    assert {("10.88.0.4", "10.88.0.1", 6), ("10.88.0.1", "10.88.0.4", 6)} <= ipv4, ipv4
+    assert not any(src == "10.88.0.4" and dst == "10.88.0.2" for src, dst, _ in ipv4), ipv4
 
 
 def test_a_plugged_container_announces_itself_with_a_gratuitous_arp(seen):
