@@ -655,9 +655,12 @@ def open_all(path, max_file):
     return handles
 
 
-def last_lines(f, n):
-    """The last `n` complete lines of an open file, reading backwards block by block."""
+def last_lines(f, n, limit=-1):
+    """The last `n` complete lines of an open file (of its first `limit` bytes, when that is
+    not negative), reading backwards block by block."""
     end = f.seek(0, os.SEEK_END)
+    if limit >= 0:
+        end = min(end, limit)
     if n <= 0 or end == 0:
         return []
     pos, data = end, b""
@@ -675,12 +678,13 @@ def last_lines(f, n):
 
 
 def _tail_lines(handles, tail):
-    """The last `tail` lines over the rotated files (oldest first in `handles`), read backwards."""
+    """The last `tail` lines over the rotated files, read backwards; `handles` are (file,
+    bytes to read or -1 for all), oldest first (_upto)."""
     raw = []
-    for f in reversed(handles):            # newest file first
+    for f, limit in reversed(handles):     # newest file first
         if len(raw) >= tail:
             break
-        raw = last_lines(f, tail - len(raw)) + raw
+        raw = last_lines(f, tail - len(raw), limit) + raw
     return raw
 
 
@@ -709,9 +713,10 @@ def batches(handles, tail=None, upto=None):
     the first byte of the line a block cut, so nothing is copied to glue lines together; a line
     longer than a block doubles the read. An unfinished last line (a crash mid-write) is left out,
     as json decoding would. With `tail`, the last lines, read backwards (_tail_lines). `upto`:
-    see _upto."""
+    see _upto; with `tail` too, the lines are the last ones before that point (`logs -f
+    --tail N` counts back from where the log stood when it subscribed)."""
     if tail is not None and tail >= 0:
-        raw = _tail_lines(handles, tail)
+        raw = _tail_lines(_upto(handles, upto), tail)
         for a in range(0, len(raw), TAIL_BATCH):
             lines = raw[a:a + TAIL_BATCH]
             yield b"\n".join(lines) + b"\n", lines

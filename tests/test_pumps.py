@@ -170,3 +170,28 @@ def test_a_follower_gets_each_chunk_once_from_the_log_or_its_queue(tmp_path):
     finally:
         os.close(w)
         io.output_done.wait(5)
+
+
+def test_a_follower_with_a_tail_gets_each_line_once_too(tmp_path):
+    """`logs -f --tail N`: the last N lines *up to the mark*, across rotated files, and the
+    rest from the queue -- counted back from where the log stood at the subscription, not from
+    its end when the read happens."""
+    from minidock import jsonfile
+    path = str(tmp_path / "c-json.log")
+    writer = jsonfile.Writer(path, max_size=60, max_file=5)       # a file per entry
+    for word in (b"one", b"two", b"three"):
+        writer.write("stdout", word + b"\n")
+    st = os.stat(path)
+    upto = (st.st_dev, st.st_ino, st.st_size)
+    writer.write("stdout", b"four\n")                  # after the mark: a follower's queue has it
+    writer.write("stdout", b"five\n")
+    try:
+        shown = lambda tail, upto: b"".join(  # noqa: E731
+            d for _, d in jsonfile.read_shown(path, 5, tail=tail, upto=upto))
+        assert shown(2, upto) == b"two\nthree\n"
+        assert shown(10, upto) == b"one\ntwo\nthree\n"
+        assert shown(0, upto) == b""
+        assert shown(2, None) == b"four\nfive\n"
+        assert [e[1] for e in jsonfile.read(path, 5, tail=2, upto=upto)] == [b"two\n", b"three\n"]
+    finally:
+        writer.close()
