@@ -386,10 +386,10 @@ def _sweep_temp_files(engine):
     fsync'd, then renamed over <name>) that a crash left before the rename, in the directories
     whose files are written that way outside a store.Collection (a collection sweeps its own at
     load): the data root (engine-id), the image root (repositories.json, distribution.json),
-    each image's directory (meta.json) and each container's writable layer (rw.json). Nothing
-    else is in flight at start-up."""
+    the layer store (sync.json, diffsync.py), each image's directory (meta.json) and each
+    container's writable layer (rw.json). Nothing else is in flight at start-up."""
     image_root = engine.images.root
-    directories = [engine.config.data_root, image_root]
+    directories = [engine.config.data_root, image_root, engine.layers.root]
     for parent in (os.path.join(image_root, "images"), os.path.join(engine.layers.root, "containers")):
         try:
             directories += [os.path.join(parent, name) for name in os.listdir(parent)]

@@ -8,6 +8,8 @@ and, for mount(2), its `MS_*` flags by name:
     mount('proc', '/r/proc', 'proc', MS_NOSUID|MS_NODEV|MS_NOEXEC, None): [Errno 1] ...
 
 pivot_root(2) and capset(2) have no glibc wrapper and go through syscall(2) by number (x86_64).
+syncfs(2) and renameat2(2) (its RENAME_EXCHANGE, `exchange`) are missing from `os` as well;
+the layer store uses them to make extracted layers durable in batches (diffsync.py).
 And one that Python has but gets wrong: 3.11's `socket.recv_fds` drops its `flags`, so a
 descriptor received with it is never close-on-exec and a MSG_DONTWAIT read blocks;
 `recv_fds` here calls recvmsg(2) with them.
@@ -70,6 +72,10 @@ libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ul
 libc.syscall.restype = ctypes.c_long
 libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 SYNC_FILE_RANGE_WRITE = 2           # <linux/fs.h>: start write-out of the range's dirty pages
+libc.syncfs.argtypes = [ctypes.c_int]
+libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+AT_FDCWD = -100
+RENAME_EXCHANGE = 2                 # <linux/fs.h>: swap the two paths
 # The same C library called *without* releasing the GIL (clone_process).
 _gil_syscall = ctypes.PyDLL(None, use_errno=True).syscall
 _gil_syscall.restype = ctypes.c_long
@@ -168,6 +174,18 @@ def start_writeback(fd, start=0, length=0):
     value is the caller's to ignore. Used by large writers -- a layer's tar, a container's
     log -- so that a later fsync or sync finds little left to write."""
     return libc.sync_file_range(fd, start, length, SYNC_FILE_RANGE_WRITE)
+
+
+def syncfs(fd):
+    """syncfs(2): write out everything dirty on the file system that holds `fd`, and wait."""
+    if libc.syncfs(fd) == -1:
+        _fail("syncfs")
+
+
+def exchange(a, b):
+    """renameat2(a, b, RENAME_EXCHANGE): swap two existing paths in one step (Linux 3.15)."""
+    if libc.renameat2(AT_FDCWD, _enc(a), AT_FDCWD, _enc(b), RENAME_EXCHANGE) == -1:
+        _fail(f"renameat2({a}, {b}, RENAME_EXCHANGE)")
 
 
 def setns(fd, nstype, what=""):

@@ -182,10 +182,11 @@ def test_temporary_files_of_interrupted_atomic_writes_are_removed_at_start():
         debris = [os.path.join(d.data_root, ".tmp-engine-id-0a1b2c3d"),
                   os.path.join(image_root, ".tmp-repositories.json-7cd6fbfd"),
                   os.path.join(image_root, ".tmp-distribution.json-00ff00ff"),
-                  os.path.join(image_dir, ".tmp-meta.json-12345678")]
+                  os.path.join(image_dir, ".tmp-meta.json-12345678"),
+                  os.path.join(image_root, "layers", ".tmp-sync.json-5e5e5e5e")]
         rw_root = os.path.join(image_root, "layers", "containers")
         debris += [os.path.join(rw_root, cid, ".tmp-rw.json-9abcdef0") for cid in os.listdir(rw_root)]
-        assert len(debris) == 5             # the writable layer of `keep`
+        assert len(debris) == 6             # the writable layer of `keep`
         for path in debris:
             with open(path, "w") as f:
                 f.write('{"half": ')
@@ -195,5 +196,43 @@ def test_temporary_files_of_interrupted_atomic_writes_are_removed_at_start():
         assert d.docker("images", "-q").stdout.decode().split() and "kept" in d.docker("images").stdout.decode()
         listing = d.docker("run", "--rm", "kept", "ls", "-a", "/").stdout.decode().split()
         assert ".tmp-mine-1234" in listing
+    finally:
+        d.cleanup()
+
+
+def test_after_a_power_cut_a_layer_no_sync_vouched_for_is_extracted_again():
+    """The power cut is played: the imported layer is restamped as placed in another boot after
+    that boot's last sync, and its /bin/busybox truncated, as ext4 leaves a file whose blocks
+    were never written. The daemon's start extracts the layer again from layer.tar (inside its
+    user namespace, as the import did), and busybox runs. Before that: the batch's sync.json."""
+    import json
+    from rootfs import make_rootfs_tar
+    from minidock import diffsync, store
+    from support import wait_for
+    d = Daemon()
+    try:
+        d.start()
+        d.docker("import", make_rootfs_tar(os.path.join(d.base, "busybox.tar")), "busybox")
+        layers_root = os.path.join(d.data_root, "image", "layers")
+        record = os.path.join(layers_root, "sync.json")
+        wait_for(lambda: os.path.exists(record), timeout=10, what="sync.json after the import")
+        assert store.read_json(record)["boot"] == diffsync.boot_id()
+        d.stop()
+        (name,) = [n for n in os.listdir(os.path.join(layers_root, "layers")) if len(n) == 64]
+        layer = os.path.join(layers_root, "layers", name)
+        meta_path = os.path.join(layer, "meta.json")
+        with open(meta_path) as f:
+            meta = json.load(f)
+        meta.update(boot="an-earlier-boot", placed=2000)
+        with open(meta_path, "w") as f:
+            json.dump(meta, f)
+        with open(record, "w") as f:
+            json.dump({"boot": "an-earlier-boot", "upto": 1000}, f)
+        os.truncate(os.path.join(layer, "diff", "bin", "busybox"), 0)
+        d.start()
+        assert d.docker("run", "--rm", "busybox", "echo", "ok").stdout == b"ok\n"
+        assert "extracting it again from layer.tar" in d.read_log()
+        wait_for(lambda: store.read_json(record)["boot"] == diffsync.boot_id(), timeout=10,
+                 what="sync.json naming this boot again")
     finally:
         d.cleanup()

@@ -49,3 +49,25 @@ def test_recv_fds_without_descriptors(pair):
     a, b = pair
     a.send(b"plain")
     assert syscalls.recv_fds(b, 16, 4) == (b"plain", [])
+
+
+def test_exchange_swaps_two_directories_in_one_step(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "from-a").write_text("1")
+    (b / "from-b").write_text("2")
+    syscalls.exchange(str(a), str(b))
+    assert os.listdir(a) == ["from-b"] and os.listdir(b) == ["from-a"]
+    with pytest.raises(FileNotFoundError):
+        syscalls.exchange(str(a), str(tmp_path / "missing"))
+
+
+def test_syncfs_accepts_a_directory_and_refuses_a_bad_descriptor(tmp_path):
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        syscalls.syncfs(fd)
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError):
+        syscalls.syncfs(fd)
