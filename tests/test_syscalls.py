@@ -65,9 +65,7 @@ def test_exchange_swaps_two_directories_in_one_step(tmp_path):
 
 def test_syncfs_accepts_a_directory_and_refuses_a_bad_descriptor(tmp_path):
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        syscalls.syncfs(fd)
-    finally:
-        os.close(fd)
-    with pytest.raises(OSError):
+    syscalls.syncfs(fd)
+    os.close(fd)
+    with pytest.raises(OSError):            # EBADF: the descriptor is closed
         syscalls.syncfs(fd)
