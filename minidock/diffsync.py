@@ -37,7 +37,7 @@ import shutil
 import threading
 import time
 
-from minidock import store, syscalls
+from minidock import errors, store, syscalls
 
 log = logging.getLogger("minidock.layers")
 
@@ -125,9 +125,8 @@ class Durability:
             return True
         if record is None:
             return False
-        if boot == record.get("boot"):
-            return meta.get("placed", 0) <= record["upto"]
-        return True                     # a boot before the record's: checked by its daemon
+        # a boot before the record's was checked by the daemon that wrote it
+        return boot != record.get("boot") or meta.get("placed", 0) <= record["upto"]
 
     def repair(self, extract):
         """Extract again every layer a power cut may have damaged; -> how many. `extract(tar,
@@ -136,6 +135,10 @@ class Durability:
             return 0
         record = self.record()
         layers_dir = os.path.join(self.root, "layers")
+        # A sync follows the check when there is anything to vouch for: what was checked (and
+        # this boot's name), or this boot's layers placed after its last sync (the daemon
+        # was killed within `quiet` of a pull).
+        sync = record is None or record.get("boot") != self.boot
         seen = repaired = 0
         for name in sorted(os.listdir(layers_dir)):
             try:
@@ -143,12 +146,14 @@ class Durability:
             except (OSError, ValueError):
                 continue                # not a layer (debris without meta.json: layers.py's)
             seen += 1
+            if meta.get("boot") == self.boot and not sync:
+                sync = meta.get("placed", 0) > record["upto"]
             if self.vouched(meta, record):
                 continue
             if self._extract_again(os.path.join(layers_dir, name), meta, extract):
                 repaired += 1
-        if seen and (record is None or record.get("boot") != self.boot):
-            self.placed()               # vouch for what was checked, and name this boot
+        if seen and sync:
+            self.placed()
         return repaired
 
     def _extract_again(self, layer, meta, extract):
@@ -165,8 +170,8 @@ class Durability:
         log.warning("layer %s: placed in an earlier boot (%s) and not known to be on disk: "
                     "extracting it again from layer.tar", meta.get("chain_id"), meta.get("boot"))
         work = os.path.join(self.root, "tmp", "again-" + os.urandom(6).hex())
-        os.mkdir(work, 0o700)
         try:
+            os.mkdir(work, 0o700)
             fresh = os.path.join(work, "diff")
             os.mkdir(fresh, 0o755)
             extract(tar, fresh)
@@ -176,5 +181,8 @@ class Durability:
             else:
                 os.rename(fresh, diff)
             return True
+        except (OSError, errors.MinidockError) as exc:     # the daemon starts all the same
+            log.error("layer %s: could not extract it again: %s", meta.get("chain_id"), exc)
+            return False
         finally:
             shutil.rmtree(work, ignore_errors=True)

@@ -93,3 +93,28 @@ def test_a_layer_without_a_stamp_is_left_alone(tmp_path):
     os.truncate(path, 0)
     layers.LayerStore(str(tmp_path))
     assert os.path.getsize(path) == 0
+
+
+def test_a_layer_tar_that_does_not_extract_is_logged_and_the_store_opens(tmp_path, caplog):
+    st = layers.LayerStore(str(tmp_path))
+    st.durability.quiet = 3600
+    meta, path = _layer(st, "f", "contents")
+    _restamp(st, meta, "previous-boot", 1)
+    with open(st.tar_path(meta["chain_id"]), "r+b") as f:      # same size, not a tar any more
+        f.write(b"\xff" * 1024)
+    with caplog.at_level(logging.ERROR, logger="minidock.layers"):
+        layers.LayerStore(str(tmp_path))
+    assert [r for r in caplog.records if "could not extract it again" in r.getMessage()]
+    assert os.listdir(tmp_path / "tmp") == []
+
+
+def test_a_layer_of_this_boot_placed_after_the_last_sync_gets_one_at_start(tmp_path):
+    # the daemon was killed within a second of a pull: nothing to extract, but a sync is due
+    st = layers.LayerStore(str(tmp_path))
+    st.durability.quiet = 3600
+    meta, _ = _layer(st, "f", "contents")
+    store.write_json(str(tmp_path / "sync.json"), {"boot": BOOT, "upto": meta["placed"] - 1})
+    st = layers.LayerStore(str(tmp_path))
+    st.durability.quiet = 0.05
+    wait_for(lambda: store.read_json(str(tmp_path / "sync.json"))["upto"] >= meta["placed"],
+             what="a sync at start-up")
