@@ -3,8 +3,8 @@
 A layer is stored twice (layers.py): layer.tar, its exact bytes, and diff/, the same tar
 extracted for overlayfs to stack. layer.tar is fsync'ed before the layer is placed -- its
 writeback starts while the bytes still arrive, so the import hardly waits for it. Syncing diff/
-as well would make every import and pull wait for the whole extracted tree to reach the disk a
-second time (one fsync per file, or one syncfs of all of it). What a crash of the *daemon*
+as well would make every import and pull wait for a second copy of the same bytes, the
+extracted tree, to reach the disk (one fsync per file, or one syncfs of all of it). What a crash of the *daemon*
 (SIGKILL) leaves is never at risk: the kernel keeps the written pages and writes them out
 itself. What a crash of the *machine* leaves -- a power cut within the kernel's writeback delay,
 ~30 s -- may be a diff/ whose files exist with their contents gone (ext4 allocates blocks only
@@ -20,8 +20,8 @@ when it writes them out). So diff/ is made durable in batches, and checked after
   one syncfs.
 - At start-up (`repair`), before anything mounts a layer, a layer from an earlier boot that
   sync.json does not vouch for is extracted again from its layer.tar into a fresh directory,
-  which is swapped with diff/ in one renameat2(RENAME_EXCHANGE). The next syncfs (scheduled at
-  once) then vouches for it, and sync.json names the new boot. Every daemon that writes
+  which is swapped with diff/ in one renameat2(RENAME_EXCHANGE). The next syncfs (the check
+  schedules one) then vouches for it, and sync.json names the new boot. Every daemon that writes
   sync.json ran that check first, so a record also vouches for all layers of boots before its
   own. A layer of the current boot is never touched: the kernel still holds whatever it has not
   written yet. Nor is one stamped without a boot (placed before layers were stamped, or where
