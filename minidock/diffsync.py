@@ -65,6 +65,8 @@ class Durability:
         self._cond = threading.Condition()
         self._last = None               # monotonic time of the last placement not synced yet
         self._thread = None
+        self._syncing = False           # the thread is in sync_now()
+        self._closing = False
 
     def stamp(self):
         """What a layer's meta.json records of its placement (taken after diff/ is written)."""
@@ -74,6 +76,8 @@ class Durability:
     def placed(self):
         """A layer was placed: sync once placements have been quiet for `quiet` seconds."""
         with self._cond:
+            if self._closing:
+                return                  # the daemon is stopping: the next boot's check covers it
             self._last = time.monotonic()
             if self._thread is None:
                 thread = threading.Thread(target=self._run, name="layer-sync", daemon=True)
@@ -88,15 +92,35 @@ class Durability:
     def _run(self):
         while True:
             with self._cond:
-                while self._last is None:
-                    self._cond.wait()
-                while self._last + self.quiet > time.monotonic():
-                    self._cond.wait(self._last + self.quiet - time.monotonic())
+                while self._last is None or self._last + self.quiet > time.monotonic():
+                    if self._closing:
+                        return
+                    self._cond.wait(None if self._last is None else self._last + self.quiet - time.monotonic())
                 self._last = None
+                self._syncing = True
             try:
                 self.sync_now()
             except OSError as exc:
                 log.warning("layer sync: %s; trying again with the next layer", exc)
+            finally:
+                with self._cond:
+                    self._syncing = False
+                    self._cond.notify_all()
+
+    def close(self, timeout=10.0):
+        """At the daemon's stop: finish the batch now -- wait for a sync in flight (its record
+        is not left half-written), run a pending one here -- so that a clean stop leaves
+        nothing for the next boot to check."""
+        with self._cond:
+            self._closing = True
+            pending, self._last = self._last is not None, None
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: not self._syncing, timeout)
+        if pending:
+            try:
+                self.sync_now()
+            except OSError as exc:
+                log.warning("layer sync at stop: %s", exc)
 
     def sync_now(self):
         """syncfs(2) the store's file system, then record how far that vouches."""

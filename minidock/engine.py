@@ -105,10 +105,12 @@ class Engine:
         self.registry = RegistryService(self)
 
     def shutdown(self):
-        """Stop containers cleanly, then the spawner (which takes any straggler with it)."""
+        """Stop containers cleanly, then the spawner (which takes any straggler with it); last,
+        the layers' pending sync (diffsync.py)."""
         self.containers.shutdown()
         self.networks.close()
         self.spawner.close()
+        self.layers.durability.close()
 
     def _netns_text(self):
         if self.networks.netns is None:

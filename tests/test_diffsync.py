@@ -120,3 +120,16 @@ def test_a_layer_of_this_boot_placed_after_the_last_sync_gets_one_at_start(tmp_p
     st.durability.quiet = 0.05
     wait_for(lambda: store.read_json(str(tmp_path / "sync.json"))["upto"] >= meta["placed"],
              what="a sync at start-up")
+
+
+def test_closing_runs_the_pending_sync_at_once(tmp_path):
+    # a clean stop within a second of a pull: the record is written by the stop itself, whole
+    st = layers.LayerStore(str(tmp_path))
+    st.durability.quiet = 3600
+    meta, _ = _layer(st, "f", "contents")
+    assert not (tmp_path / "sync.json").exists()
+    st.durability.close()
+    assert store.read_json(str(tmp_path / "sync.json"))["upto"] >= meta["placed"]
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")] == []
+    st.durability.placed()                          # after the stop: nothing more is started
+    assert st.durability._last is None
