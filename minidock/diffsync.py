@@ -4,11 +4,12 @@ A layer is stored twice (layers.py): layer.tar, its exact bytes, and diff/, the 
 extracted for overlayfs to stack. layer.tar is fsync'ed before the layer is placed -- its
 writeback starts while the bytes still arrive, so the import hardly waits for it. Syncing diff/
 as well would make every import and pull wait for a second copy of the same bytes, the
-extracted tree, to reach the disk (one fsync per file, or one syncfs of all of it). What a crash of the *daemon*
-(SIGKILL) leaves is never at risk: the kernel keeps the written pages and writes them out
-itself. What a crash of the *machine* leaves -- a power cut within the kernel's writeback delay,
-~30 s -- may be a diff/ whose files exist with their contents gone (ext4 allocates blocks only
-when it writes them out). So diff/ is made durable in batches, and checked after a reboot:
+extracted tree, to reach the disk (one fsync per file, or one syncfs of all of it). What a
+crash of the *daemon* (SIGKILL) leaves is never at risk: the kernel keeps the written pages and
+writes them out itself. What a crash of the *machine* leaves -- a power cut within the kernel's
+writeback delay, ~30 s -- may be a diff/ whose files exist with their contents gone (ext4
+allocates blocks only when it writes them out). So diff/ is made durable in batches, and
+checked after a reboot:
 
 - Each placed layer's meta.json carries the boot it was written in -- the kernel's random
   boot id (/proc/sys/kernel/random/boot_id), new at every boot -- and the moment it was placed
@@ -26,6 +27,9 @@ when it writes them out). So diff/ is made durable in batches, and checked after
   own. A layer of the current boot is never touched: the kernel still holds whatever it has not
   written yet. Nor is one stamped without a boot (placed before layers were stamped, or where
   /proc has no boot id): nothing tells whether it was synced.
+
+A clean stop of the daemon finishes the batch (`close()`: it waits for a sync in flight and runs
+a pending one), so after `docker` is stopped properly the next boot has nothing to check.
 
 What you can observe: `cat <data-root>/image/layers/sync.json` a second or so after a pull; the
 daemon's log names every layer it extracts again at start-up.
