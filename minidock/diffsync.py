@@ -29,7 +29,7 @@ checked after a reboot:
   /proc has no boot id): nothing tells whether it was synced.
 
 A clean stop of the daemon finishes the batch (`close()`: it waits for a sync in flight and runs
-a pending one), so after `docker` is stopped properly the next boot has nothing to check.
+a pending one), so after a proper stop the next boot has nothing to check.
 
 What you can observe: `cat <data-root>/image/layers/sync.json` a second or so after a pull; the
 daemon's log names every layer it extracts again at start-up.
@@ -88,7 +88,8 @@ class Durability:
                 try:
                     thread.start()
                 except RuntimeError:        # no thread to be had (a fork bomb's limit): next time
-                    log.warning("layer sync: cannot start a thread; the batch waits for the next layer")
+                    log.warning("layer sync: cannot start a thread; the batch waits for the "
+                                "next layer")
                     return
                 self._thread = thread
             self._cond.notify()
@@ -99,7 +100,8 @@ class Durability:
                 while self._last is None or self._last + self.quiet > time.monotonic():
                     if self._closing:
                         return
-                    self._cond.wait(None if self._last is None else self._last + self.quiet - time.monotonic())
+                    due = None if self._last is None else self._last + self.quiet - time.monotonic()
+                    self._cond.wait(due)
                 self._last = None
                 self._syncing = True
             try:
@@ -192,8 +194,8 @@ class Durability:
             log.error("layer %s: no layer.tar to extract again (%s)", meta.get("chain_id"), exc)
             return False
         if size != meta.get("tar_size", size):
-            log.error("layer %s: layer.tar is %d bytes, not %s: left as it is", meta.get("chain_id"),
-                      size, meta.get("tar_size"))
+            log.error("layer %s: layer.tar is %d bytes, not %s: left as it is",
+                      meta.get("chain_id"), size, meta.get("tar_size"))
             return False
         log.warning("layer %s: placed in an earlier boot (%s) and not known to be on disk: "
                     "extracting it again from layer.tar", meta.get("chain_id"), meta.get("boot"))
