@@ -158,9 +158,10 @@ class Durability:
         # a boot before the record's was checked by the daemon that wrote it
         return boot != record.get("boot") or meta.get("placed", 0) <= record["upto"]
 
-    def repair(self, extract):
+    def repair(self, extract, read_meta):
         """Extract again every layer a power cut may have damaged; -> how many. `extract(tar,
-        dest)` unpacks a layer tar into the empty directory `dest`."""
+        dest)` unpacks a layer tar into the empty directory `dest`; `read_meta(name)` is the
+        meta.json of layers/<name> (the store's cached reader)."""
         if self.boot is None:
             return 0
         record = self.record()
@@ -172,8 +173,8 @@ class Durability:
         seen = repaired = 0
         for name in sorted(os.listdir(layers_dir)):
             try:
-                meta = store.read_json(os.path.join(layers_dir, name, "meta.json"))
-            except (OSError, ValueError):
+                meta = read_meta(name)
+            except (OSError, ValueError, errors.NotFound):
                 continue                # not a layer (debris without meta.json: layers.py's)
             seen += 1
             if meta.get("boot") == self.boot and not sync:

@@ -219,10 +219,14 @@ class LayerStore:
         # Half-made layers from a crash are invisible (never renamed into layers/); drop them now.
         for leftover in os.listdir(self._p("tmp")):
             shutil.rmtree(self._p("tmp", leftover), ignore_errors=True)
+        # meta.json of a layer and rw.json of a container layer never change once written:
+        # read once, forgotten when the layer goes (several reads per container lifecycle).
+        self._metas, self._rw_infos = {}, {}
         # After a reboot, layers whose diff/ no sync vouched for are extracted again, before
-        # anything can mount them.
+        # anything can mount them. The check reads every meta.json through the cache, which
+        # start-up's layer collection reads again (prune).
         self.durability = diffsync.Durability(self.root)
-        self.durability.repair(_extract_tar)
+        self.durability.repair(_extract_tar, lambda name: self.meta("sha256:" + name))
         self._lock = threading.RLock()
         # Mounting and unmounting one container's rootfs is serialised per container: an
         # unmount syncs a file system (module docstring) and must not hold up other
@@ -230,9 +234,6 @@ class LayerStore:
         self._mount_locks = {}
         self._mounts = {}               # cid -> how many times mount() was asked for it (unmount())
         self._releasing = {}            # cid -> Event set once a detached rootfs is freed (unmount())
-        # meta.json of a layer and rw.json of a container layer never change once written:
-        # read once, forgotten when the layer goes (several reads per container lifecycle).
-        self._metas, self._rw_infos = {}, {}
         self._driver = driver           # None: probe on first use
         self.driver_error = None        # why overlay was refused, for /info
         # Layers an operation in flight (a pull, a build) stands on before any image names them:
