@@ -31,20 +31,29 @@ def seccomp_data(nr, args=(), arch=seccomp.AUDIT_ARCH_X86_64):
 
 def run_bpf(program, data):
     """Execute classic BPF over `data`; returns the 32-bit return value."""
+    return execute(program, data)[0]
+
+
+def execute(program, data):
+    """-> (the 32-bit return value, how many instructions ran)."""
     insns = [struct.unpack_from("=HBBI", program, i) for i in range(0, len(program), 8)]
-    a, pc = 0, 0
+    a, pc, steps = 0, 0, 0
     while True:
         code, jt, jf, k = insns[pc]
+        steps += 1
         if code == seccomp.BPF_LD_W_ABS:
             a = struct.unpack_from("<I", data, k)[0]
         elif code == seccomp.BPF_ALU_AND_K:
             a &= k
         elif code == seccomp.BPF_RET_K:
-            return k
+            return k, steps
+        elif code == seccomp.BPF_JA:
+            pc += k
         elif code in (seccomp.BPF_JEQ_K, seccomp.BPF_JGT_K, seccomp.BPF_JGE_K, seccomp.BPF_JSET_K):
             taken = {seccomp.BPF_JEQ_K: a == k, seccomp.BPF_JGT_K: a > k,
                      seccomp.BPF_JGE_K: a >= k, seccomp.BPF_JSET_K: bool(a & k)}[code]
             pc += jt if taken else jf
+            assert jt <= 255 and jf <= 255
         else:
             raise AssertionError(f"unexpected opcode {code:#x}")
         pc += 1
@@ -224,3 +233,113 @@ def test_the_kernel_runs_the_builtin_filter():
         (NR["clone3"], (0, 0)),
     ])
     assert got == [str(errno.EPERM), str(errno.EPERM), "0", str(errno.ENOSYS), "2"]
+
+
+# --- the compiled search against the rules read directly ---------------------------------------
+
+def judge(profile, caps, nr, args):
+    """What the profile says of call `nr` with `args`, read from its rules: the first rule
+    that applies to the container, names the call and whose conditions all hold, else the
+    default action. Written apart from the compiler, as the rules' meaning."""
+    number_to_name = {v: k for k, v in NR.items()}
+    default = seccomp._action(profile.get("defaultAction", "SCMP_ACT_ALLOW"), profile.get("defaultErrnoRet"))
+    name = number_to_name.get(nr)
+    for rule in profile.get("syscalls") or []:
+        if not seccomp._applies(rule, caps, "x86_64"):
+            continue
+        if name not in (rule.get("names") or [rule.get("name")]):
+            continue
+        if all(_holds(c, args) for c in rule.get("args") or []):
+            return seccomp._action(rule.get("action"), rule.get("errnoRet"))
+    return default
+
+
+def _holds(condition, args):
+    arg = args[int(condition["index"])] & 0xFFFFFFFFFFFFFFFF
+    value, two = int(condition.get("value", 0)), int(condition.get("valueTwo", 0))
+    return {"SCMP_CMP_EQ": lambda: arg == value,
+            "SCMP_CMP_NE": lambda: arg != value,
+            "SCMP_CMP_MASKED_EQ": lambda: arg & value == two & value,
+            "SCMP_CMP_GT": lambda: arg > value, "SCMP_CMP_GE": lambda: arg >= value,
+            "SCMP_CMP_LT": lambda: arg < value, "SCMP_CMP_LE": lambda: arg <= value,
+            }[condition["op"]]()
+
+
+def argument_vectors(profile, nr):
+    """Arguments that sit on each side of every condition of the rules naming `nr`: zeros,
+    each condition's value and its neighbours alone, and all of a rule's values at once."""
+    names = {v: k for k, v in NR.items()}
+    vectors = [(0,) * 6]
+    for rule in profile.get("syscalls") or []:
+        if names.get(nr) not in (rule.get("names") or [rule.get("name")]):
+            continue
+        together = [0] * 6
+        for c in rule.get("args") or []:
+            value = int(c.get("value", 0))
+            for v in (value, value + 1, value - 1, value | 1 << 40, int(c.get("valueTwo", 0))):
+                vec = [0] * 6
+                vec[int(c["index"])] = v & 0xFFFFFFFFFFFFFFFF
+                vectors.append(tuple(vec))
+            together[int(c["index"])] = int(c.get("valueTwo", value)) if c["op"] == "SCMP_CMP_MASKED_EQ" else value
+        vectors.append(tuple(together))
+    return vectors
+
+
+def assert_same_answers(profile, caps):
+    prog = seccomp.compile_profile(profile, caps)
+    for nr in range(max(NR.values()) + 20):
+        for args in argument_vectors(profile, nr):
+            assert run_bpf(prog, seccomp_data(nr, args)) == judge(profile, caps, nr, args), (nr, args)
+    return prog
+
+
+@pytest.mark.parametrize("extra", [set(), {"CAP_SYS_ADMIN"}, {"CAP_BPF", "CAP_SYS_TIME", "CAP_SYS_PTRACE"},
+                                   {"CAP_" + c for c in ("SYS_MODULE", "SYS_BOOT", "SYS_NICE", "SYSLOG",
+                                                         "SYS_RAWIO", "SYS_PACCT", "DAC_READ_SEARCH")}])
+def test_every_call_number_gets_what_the_builtin_rules_say(extra):
+    assert_same_answers(seccomp.BUILTIN, DEFAULT_CAPS | extra)
+
+
+def test_every_call_number_gets_what_a_users_profile_says():
+    assert_same_answers(PROFILE, {"CAP_KILL"})
+    assert_same_answers(PROFILE, set())
+
+
+def test_a_call_is_found_in_a_few_comparisons():
+    # The search, not a row: the kernel runs the program for every call number when it is
+    # installed (module docstring), and a container's refused calls run it each time.
+    prog = seccomp.compile_profile(seccomp.BUILTIN, DEFAULT_CAPS)
+    longest = max(execute(prog, seccomp_data(nr))[1] for nr in range(max(NR.values()) + 1))
+    assert longest <= 20                # a row of the 77 refused numbers: up to ~80
+
+
+def _big_profile():
+    # 60 calls with two rules of six conditions each: buckets too long for 8-bit jumps, and
+    # left halves longer than 255 instructions (reached through `ja`).
+    conditions = [{"index": i, "value": 1000 + i, "op": "SCMP_CMP_GT"} for i in range(6)]
+    names = sorted(NR, key=NR.get)[:60]
+    return {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": names, "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EACCES, "args": conditions},
+        {"names": names[::2], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EPERM,
+         "args": [{"index": 0, "value": 7, "op": "SCMP_CMP_EQ"}]},
+        {"names": ["getppid"], "action": "SCMP_ACT_ERRNO"},
+    ]}
+
+
+def test_long_rules_keep_every_jump_within_reach():
+    prog = assert_same_answers(_big_profile(), set())
+    codes = [struct.unpack_from("=H", prog, i)[0] for i in range(0, len(prog), 8)]
+    assert seccomp.BPF_JA in codes
+
+
+@pytest.mark.skipif(seccomp.native_arch() != "x86_64", reason="the syscall table is x86-64's")
+def test_the_kernel_takes_a_search_with_long_jumps():
+    prog = seccomp.compile_profile(_big_profile(), set())
+    big = [1001, 1002, 1003, 1004, 1005, 1006]
+    got = in_filtered_child(prog, [
+        (NR["getppid"], ()),
+        (NR["read"], (7, 0, 0)),                # names[0]: the second rule (fd 7 is not open)
+        (NR["close"], tuple(big)),              # names[3]: the first rule, all six hold
+        (NR["getpid"], ()),
+    ])
+    assert got == [str(errno.EPERM), str(errno.EPERM), str(errno.EACCES), "0", "2"]
