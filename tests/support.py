@@ -36,6 +36,14 @@ def _remove_if_ours(path, pid):
         shutil.rmtree(path, ignore_errors=True)
 
 
+def scratch_dir():
+    """A fresh directory under /tmp for one test's files (a socket, a data root), removed when
+    the test process exits, as make_user_dir's are."""
+    path = tempfile.mkdtemp(prefix="minidock-test-", dir="/tmp")
+    atexit.register(_remove_if_ours, path, os.getpid())
+    return path
+
+
 def make_user_dir(uid=NOBODY, gid=None, prefix="minidock-test-"):
     """A fresh directory under /tmp owned by `uid`, reachable by it (parents are 0755/1777).
     It is removed when the test process exits (a test's bind-mount directories included)."""

@@ -3,7 +3,6 @@
 import json
 import os
 import socket
-import tempfile
 import threading
 import time
 
@@ -13,11 +12,12 @@ from minidock import daemon, http, httpserver
 from minidock.api.router import Router
 from minidock.client import APIError, Client
 from minidock.engine import Config, Engine
+from support import scratch_dir
 
 
 @pytest.fixture
 def api():
-    base = tempfile.mkdtemp()
+    base = scratch_dir()
     engine = Engine(Config(os.path.join(base, "data"), os.path.join(base, "exec")))
     sock = os.path.join(base, "api.sock")
     stop = threading.Event()

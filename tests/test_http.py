@@ -5,14 +5,13 @@ import json
 import os
 import socket
 import stat
-import tempfile
 import threading
 import time
 
 import pytest
 
 from minidock import errors, http, httpserver
-from support import read_until_close
+from support import read_until_close, scratch_dir
 
 # (name, raw request bytes, expected) where expected is either an error kind, or a dict of
 # method / path / query / headers / body the parse must produce.
@@ -191,7 +190,7 @@ def echo_app(request):
 
 @pytest.fixture
 def server():
-    directory = tempfile.mkdtemp()
+    directory = scratch_dir()
     sock_path = os.path.join(directory, "s.sock")
     srv = httpserver.make_server("unix://" + sock_path, echo_app, lambda: [("Api-Version", "1.24")])
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
@@ -293,7 +292,7 @@ def test_client_disconnect_mid_body_frees_the_thread(server):
 def test_stale_socket_replaced_live_socket_refused(server):
     with pytest.raises(errors.Conflict):
         httpserver.make_server("unix://" + server[0], echo_app)
-    stale = os.path.join(tempfile.mkdtemp(), "stale.sock")
+    stale = os.path.join(scratch_dir(), "stale.sock")
     dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     dead.bind(stale)
     dead.close()                       # a socket file nobody listens on: what SIGKILL leaves

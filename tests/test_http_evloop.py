@@ -11,14 +11,13 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 
 import pytest
 
 from minidock import daemon, errors, http, httpserver
 from minidock.api import router
-from support import read_until_close, wait_for
+from support import read_until_close, scratch_dir, wait_for
 
 from test_http import CORPUS
 
@@ -221,7 +220,7 @@ class ModeApp:
 
 @pytest.fixture
 def mode_server():
-    path = os.path.join(tempfile.mkdtemp(), "s.sock")
+    path = os.path.join(scratch_dir(), "s.sock")
     app = ModeApp()
     srv = httpserver.make_server("unix://" + path, app)
     threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, name="test-loop",
@@ -383,7 +382,7 @@ def threads_of(pid):
 
 
 def test_idle_keep_alive_connections_hold_no_threads():
-    path = os.path.join(tempfile.mkdtemp(), "s.sock")
+    path = os.path.join(scratch_dir(), "s.sock")
     proc = subprocess.Popen([sys.executable, "-c", SERVER, path, REPO],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     socks = []
@@ -448,7 +447,7 @@ def tls_pair():
     import ssl
     if not shutil.which("openssl"):
         pytest.skip("openssl missing")
-    directory = tempfile.mkdtemp()
+    directory = scratch_dir()
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                     "-nodes", "-keyout", "key.pem", "-out", "cert.pem", "-days", "2", "-subj", "/CN=localhost",
                     "-addext", "subjectAltName=IP:127.0.0.1"],

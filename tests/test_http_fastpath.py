@@ -14,14 +14,13 @@ each connection the loop owns, and none a request thread is serving.
 
 import os
 import socket
-import tempfile
 import threading
 
 import pytest
 
 from minidock import API_VERSION, daemon, http, httpserver
 from minidock.api.router import Router
-from support import wait_for
+from support import scratch_dir, wait_for
 
 NOW = 1764609708.25                     # Mon, 01 Dec 2025 17:21:48 GMT (the server's clock here)
 
@@ -63,7 +62,7 @@ def base_headers():
 
 @pytest.fixture
 def ping_server():
-    path = os.path.join(tempfile.mkdtemp(), "s.sock")
+    path = os.path.join(scratch_dir(), "s.sock")
     engine = Engine()
     app = Counting(Router(daemon.routes(), engine))
     srv = httpserver.make_server("unix://" + path, app, base_headers)
@@ -163,7 +162,7 @@ def test_the_fast_path_answers_what_the_general_path_answers(ping_server, name, 
 def test_a_ping_answer_carries_what_docker_sends():
     """The general path's answer itself (what the fast path repeats): status, Docker's
     headers, a Date for the server's clock, no body after HEAD, and moby's version errors."""
-    path = os.path.join(tempfile.mkdtemp(), "s.sock")
+    path = os.path.join(scratch_dir(), "s.sock")
     srv = httpserver.make_server("unix://" + path, Router(daemon.routes(), Engine()), base_headers)
     srv.wall_clock = lambda: NOW
     threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
@@ -244,7 +243,7 @@ class HoldApp:
 
 
 def test_the_loop_owns_idle_connections_level_triggered_and_a_thread_owns_one_alone():
-    path = os.path.join(tempfile.mkdtemp(), "s.sock")
+    path = os.path.join(scratch_dir(), "s.sock")
     app = HoldApp()
     srv = httpserver.make_server("unix://" + path, app)
     threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()

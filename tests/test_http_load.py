@@ -10,14 +10,13 @@ import resource
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 import pytest
 
 from minidock import http, httpserver
-from support import read_until_close
+from support import read_until_close, scratch_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,7 +32,7 @@ def serve():
     servers = []
 
     def start(**kwargs):
-        path = os.path.join(tempfile.mkdtemp(), "s.sock")
+        path = os.path.join(scratch_dir(), "s.sock")
         srv = httpserver.make_server("unix://" + path, app, **kwargs)
         threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1},
                          daemon=True).start()
@@ -167,7 +166,7 @@ sys.stdin.readline()
 
 
 def test_out_of_descriptors_answers_503_and_does_not_spin():
-    path = os.path.join(tempfile.mkdtemp(), "s.sock")
+    path = os.path.join(scratch_dir(), "s.sock")
     proc = subprocess.Popen([sys.executable, "-c", EMFILE_SERVER, path, REPO],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     held = []
@@ -209,7 +208,7 @@ def test_after_reply_hooks_run_once_the_reply_is_written(serve):
         httpserver.after_reply(lambda: ran.append(received.wait(10)))
         return http.Response.json({"ok": True})
 
-    path = os.path.join(tempfile.mkdtemp(), "s.sock")
+    path = os.path.join(scratch_dir(), "s.sock")
     srv = httpserver.make_server("unix://" + path, hook_app)
     threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
     try:
