@@ -60,7 +60,7 @@ order: when a filter is installed, the kernel runs it once for every system call
 (kernel/seccomp.c, seccomp_cache_prepare: a call whose answer never depends on its arguments
 is marked, and later skips the filter), ~460 numbers, each through the row until its `jeq`
 (or to the end, for every call the profile allows). That emulation made the install of the
-built-in profile as a row of its 77 numbers cost 184-191 us here, against 98-107 us as the
+built-in profile as a row of its 77 numbers cost 184-191 us here, against 98-114 us as the
 search, of which ~80 us is what any program costs (a one-instruction filter: its memory
 and its JIT). Every container start and every exec installs one, on the start's critical
 path. The calls that still run the filter -- the refused ones and those judged by their
