@@ -342,3 +342,38 @@ def test_the_kernel_takes_a_search_with_long_jumps():
         (NR["getpid"], ()),
     ])
     assert got == [str(errno.EPERM), str(errno.EPERM), str(errno.EACCES), "0", "2"]
+
+
+def _allow_list_profile():
+    # The shape of Docker's own default.json: an allow-list of most calls, the default
+    # refusing, a few calls allowed only with harmless arguments.
+    refused = {"keyctl", "add_key", "request_key", "mount", "umount2", "unshare", "setns", "reboot",
+               "kexec_load", "bpf", "perf_event_open", "clone", "personality", "getppid"}
+    return {"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": errno.EPERM, "syscalls": [
+        {"names": sorted(set(NR) - refused), "action": "SCMP_ACT_ALLOW"},
+        {"names": ["personality"], "action": "SCMP_ACT_ALLOW",
+         "args": [{"index": 0, "value": 0, "op": "SCMP_CMP_EQ"}]},
+        {"names": ["personality"], "action": "SCMP_ACT_ALLOW",
+         "args": [{"index": 0, "value": 0xFFFFFFFF, "op": "SCMP_CMP_EQ"}]},
+        {"names": ["clone"], "action": "SCMP_ACT_ALLOW",
+         "args": [{"index": 0, "value": seccomp.CLONE_NEW_FLAGS, "valueTwo": 0,
+                   "op": "SCMP_CMP_MASKED_EQ"}]},
+    ]}
+
+
+def test_an_allow_list_of_most_calls_compiles_to_what_its_rules_say():
+    prog = assert_same_answers(_allow_list_profile(), set())
+    assert len(prog) // 8 < 1000
+
+
+@pytest.mark.skipif(seccomp.native_arch() != "x86_64", reason="the syscall table is x86-64's")
+def test_the_kernel_runs_an_allow_list():
+    prog = seccomp.compile_profile(_allow_list_profile(), set())
+    got = in_filtered_child(prog, [
+        (NR["getppid"], ()),                    # left out of the list: the default
+        (NR["getpid"], ()),
+        (NR["personality"], (0xFFFFFFFF,)),     # a query: allowed by its argument
+        (NR["personality"], (0x0040000,)),      # ADDR_NO_RANDOMIZE: refused
+        (NR["unshare"], (0,)),
+    ])
+    assert got[:5] == ["1", "0", "0", "1", "1"] and got[5] == "2"
