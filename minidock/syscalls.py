@@ -74,7 +74,6 @@ libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, c
 SYNC_FILE_RANGE_WRITE = 2           # <linux/fs.h>: start write-out of the range's dirty pages
 libc.syncfs.argtypes = [ctypes.c_int]
 libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-AT_FDCWD = -100
 RENAME_EXCHANGE = 2                 # <linux/fs.h>: swap the two paths
 # The same C library called *without* releasing the GIL (clone_process).
 _gil_syscall = ctypes.PyDLL(None, use_errno=True).syscall
@@ -184,7 +183,7 @@ def syncfs(fd):
 
 def exchange(a, b):
     """renameat2(a, b, RENAME_EXCHANGE): swap two existing paths in one step (Linux 3.15)."""
-    if libc.renameat2(AT_FDCWD, _enc(a), AT_FDCWD, _enc(b), RENAME_EXCHANGE) == -1:
+    if libc.renameat2(_AT_FDCWD, _enc(a), _AT_FDCWD, _enc(b), RENAME_EXCHANGE) == -1:
         _fail(f"renameat2({a}, {b}, RENAME_EXCHANGE)")
 
 
