@@ -412,14 +412,15 @@ def _bucket(numbers, codes, default):
     """Numbers tried in turn, one jeq each to its rules' code (`codes`, in the same order),
     then `ret default`, then each distinct code once (numbers refused alike share one `ret`).
     None when a jump would be longer than 255."""
+    codes = [tuple(code) for code in codes]
     offsets, tail = {}, []
-    for code in map(tuple, codes):
+    for code in codes:
         if code not in offsets:
             offsets[code] = len(tail)
             tail += code
     out = []
     for i, (nr, code) in enumerate(zip(numbers, codes)):
-        jump = len(numbers) - i + offsets[tuple(code)]      # past the other jeqs and the ret
+        jump = len(numbers) - i + offsets[code]             # past the other jeqs and the ret
         if jump > 255:
             return None
         out.append((BPF_JEQ_K, nr, jump, 0))
