@@ -19,6 +19,7 @@ ALLOW = seccomp.SECCOMP_RET_ALLOW
 EPERM = seccomp.SECCOMP_RET_ERRNO | errno.EPERM
 ENOSYS = seccomp.SECCOMP_RET_ERRNO | errno.ENOSYS
 NR = seccomp.SYSCALLS_X86_64
+NAME = {nr: name for name, nr in NR.items()}
 DEFAULT_CAPS = {"CAP_" + c for c in ("CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW",
                                     "SETGID", "SETUID", "SETFCAP", "SETPCAP", "NET_BIND_SERVICE",
                                     "SYS_CHROOT", "KILL", "AUDIT_WRITE")}
@@ -240,9 +241,8 @@ def judge(profile, caps, nr, args):
     """What the profile says of call `nr` with `args`, read from its rules: the first rule
     that applies to the container, names the call and whose conditions all hold, else the
     default action. Written apart from the compiler, as the rules' meaning."""
-    number_to_name = {v: k for k, v in NR.items()}
     default = seccomp._action(profile.get("defaultAction", "SCMP_ACT_ALLOW"), profile.get("defaultErrnoRet"))
-    name = number_to_name.get(nr)
+    name = NAME.get(nr)
     for rule in profile.get("syscalls") or []:
         if not seccomp._applies(rule, caps, "x86_64"):
             continue
@@ -267,10 +267,9 @@ def _holds(condition, args):
 def argument_vectors(profile, nr):
     """Arguments that sit on each side of every condition of the rules naming `nr`: zeros,
     each condition's value and its neighbours alone, and all of a rule's values at once."""
-    names = {v: k for k, v in NR.items()}
     vectors = [(0,) * 6]
     for rule in profile.get("syscalls") or []:
-        if names.get(nr) not in (rule.get("names") or [rule.get("name")]):
+        if NAME.get(nr) not in (rule.get("names") or [rule.get("name")]):
             continue
         together = [0] * 6
         for c in rule.get("args") or []:
