@@ -35,12 +35,15 @@ demuxed bytes are the same.
 Speed. A container writing 100-byte lines produces ~650 of them per 64 KiB read; one
 json.dumps or json.loads per line costs a microsecond or two in Python, which caps a log at
 ~50 MB/s. Both directions therefore work a chunk at a time with bytes operations that run at C
-speed (`encode_lines` writing; `render_lines` reading: split at newlines, one map() slicing the
+speed (`encode_lines` writing; `render_lines` reading: cut at newlines, one map() slicing the
 bodies out of a run of entries, one join, one memcmp checking the run against the file), falling
 back to the per-line code for any line whose shape they do not handle; the bytes they write and
 show are exactly the per-line ones. Reading 64 MiB of 100-byte lines (671k lines, a 114 MB file)
-costs ~160 ms of CPU here, ~240 ns a line: two small bytes objects made and freed per line (the
-split piece and its body) are most of it, then the page-cache copy (pread) and the joins.
+costs ~120-190 ms of CPU here (the machine's speed varies that much), ~180-280 ns a line: two
+small bytes objects made and freed per line (the line and its body) are most of it, then the
+page-cache copy (pread) and the joins. The cut is io.BytesIO.readlines(), which finds each
+newline with memchr: bytes.split(b"\n") compares byte by byte and costs ~4 times as much
+(~60 against ~240 us per 256 KiB read).
 
 Observe it yourself:
 
@@ -49,6 +52,7 @@ Observe it yourself:
     ls -l "$(docker inspect -f '{{.LogPath}}' r)"*          # x.log x.log.1 x.log.2, ~1 kB each
 """
 
+import io
 import json
 import operator
 import os
@@ -469,22 +473,24 @@ def render_entry(line, view):
 #
 #     {"log":"<body 1>\n","stream":"stdout","time":"T"}\n{"log":"<body 2>\n","stream":"stdout",...
 #
-# HEAD, a body, then one constant TAIL; only the bodies differ. A batch of lines is cut at its
-# newlines (bytes.split: a memchr per line), and each run handled with a few calls whatever its
-# length: its end found by bisection on "ends with TAIL", the bodies sliced out by one map(), and
-# the run checked exactly -- the bytes HEAD + (TAIL\nHEAD).join(bodies) + TAIL\n must be the ones
-# in the batch (one join, one memcmp), so a line of another shape (other key order, attrs, no
-# newline, damaged) can never be misread: its run goes line by line through render_entry. Bodies
-# without '"', '\' or non-ASCII bytes are their own decoding; others are decoded by one
-# json.loads per block. Bytes per line of Python-level work: none.
+# HEAD, a body, then one constant TAIL (which ends with the line's newline); only the bodies
+# differ. A batch of lines is cut after its newlines (BytesIO.readlines: a memchr per line, each
+# line keeps its newline), and each run handled with a few calls whatever its length: its end
+# found by bisection on "ends with TAIL", the bodies sliced out by one map(), and the run checked
+# exactly -- the bytes HEAD + (TAIL HEAD).join(bodies) + TAIL must be the ones in the batch (one
+# join, one memcmp), so a line of another shape (other key order, attrs, no newline, damaged)
+# can never be misread: its run goes line by line through render_entry. Bodies without '"', '\'
+# or non-ASCII bytes are their own decoding; others are decoded by one json.loads per block.
+# Bytes per line of Python-level work: none.
 
 _HEAD = b'{"log":"'
 _SUFFIX = re.compile(rb'","stream":"(stdout|stderr)","time":"([^"\\]*)"\}')
 
 
 def render_lines(chunk, lines, view):
-    """[(stream, bytes shown)] for `lines`, the complete lines of `chunk` in order (`chunk` is
-    b"\\n".join(lines) + b"\\n", or begins so). Consecutive entries of one stream come merged."""
+    """[(stream, bytes shown)] for `lines`, the complete lines of `chunk` in order, each with its
+    newline (`chunk` is b"".join(lines), or begins so). Consecutive entries of one stream come
+    merged."""
     out = _Blocks(view)
     n, i, off, guess = len(lines), 0, 0, 1
     suffix = None                       # the last run's: its stream and time, decided once
@@ -493,13 +499,15 @@ def render_lines(chunk, lines, view):
         k = line.rfind(b'","stream":"')
         if k < len(_HEAD) + 2 or not line.startswith(_HEAD) or not line.startswith(b"\\n", k - 2):
             out.add_reference(lines, i, i + 1)      # another shape, or no newline at the end
-            i, off = i + 1, off + len(line) + 1
+            i, off = i + 1, off + len(line)
             continue
         if not line.endswith(suffix or b"\0") or len(suffix) != len(line) - k:
-            m = _SUFFIX.fullmatch(line, k)
+            m = _SUFFIX.fullmatch(line, k, len(line) - 1)
+            if m is not None and not line.endswith(b"\n"):
+                m = None
             if m is None:
                 out.add_reference(lines, i, i + 1)
-                i, off = i + 1, off + len(line) + 1
+                i, off = i + 1, off + len(line)
                 continue
             suffix = line[k:]
             tail = b"\\n" + suffix
@@ -511,21 +519,21 @@ def render_lines(chunk, lines, view):
             # were checked just now.
             if shown:
                 out.add_body(stream, prefix, line[len(_HEAD):k - 2], lines, i)
-            i, off = i + 1, off + len(line) + 1
+            i, off = i + 1, off + len(line)
             continue
         j = _run_end(lines, i, tail, guess)
         getter = operator.itemgetter(slice(len(_HEAD), -len(tail)))
         bodies = list(map(getter, lines[i:j])) if j - i < n else list(map(getter, lines))
-        inner = (tail + b"\n" + _HEAD).join(bodies)
+        inner = (tail + _HEAD).join(bodies)
         end = off + len(_HEAD) + len(inner)
         if not (chunk.startswith(_HEAD, off) and chunk.startswith(inner, off + len(_HEAD))
-                and chunk.startswith(tail + b"\n", end)):
+                and chunk.startswith(tail, end)):
             out.add_reference(lines, i, j)                  # not one run after all
-            i, off = j, off + sum(map(len, lines[i:j])) + (j - i)
+            i, off = j, off + sum(map(len, lines[i:j]))
             continue
         if shown:
             out.add_run(stream, prefix, bodies, lines, i, j)
-        i, off, guess = j, end + len(tail) + 1, j - i
+        i, off, guess = j, end + len(tail), j - i
     return out.finish()
 
 
@@ -708,8 +716,8 @@ def _upto(handles, upto):
 
 
 def batches(handles, tail=None, upto=None):
-    """(chunk, lines) batches of the log's complete lines, oldest first (render_lines' input).
-    Without `tail` each file is read READ_BLOCK at a time with pread, the next read starting at
+    """(chunk, lines) batches of the log's complete lines, each with its newline, oldest first
+    (render_lines' input). Without `tail` each file is read READ_BLOCK at a time with pread, the next read starting at
     the first byte of the line a block cut, so nothing is copied to glue lines together; a line
     longer than a block doubles the read. An unfinished last line (a crash mid-write) is left out,
     as json decoding would. With `tail`, the last lines, read backwards (_tail_lines). `upto`:
@@ -719,7 +727,8 @@ def batches(handles, tail=None, upto=None):
         raw = _tail_lines(_upto(handles, upto), tail)
         for a in range(0, len(raw), TAIL_BATCH):
             lines = raw[a:a + TAIL_BATCH]
-            yield b"\n".join(lines) + b"\n", lines
+            lines = [line + b"\n" for line in lines]
+            yield b"".join(lines), lines
         return
     for f, limit in _upto(handles, upto):
         fd, off, size = f.fileno(), 0, READ_BLOCK
@@ -731,8 +740,9 @@ def batches(handles, tail=None, upto=None):
                     break                   # end of file (perhaps inside a line cut by a crash)
                 size *= 2
                 continue
-            lines = chunk.split(b"\n")
-            lines.pop()                     # the piece after the last newline
+            lines = io.BytesIO(chunk).readlines()
+            if not lines[-1].endswith(b"\n"):
+                lines.pop()                 # the piece after the last newline
             yield chunk, lines
             off, size = off + cut, READ_BLOCK
 

@@ -127,8 +127,7 @@ def log_lines(path, max_file):
 
 
 def render(log, view):
-    lines = log.split(b"\n")
-    lines.pop()
+    lines = [line + b"\n" for line in log.split(b"\n")[:-1]]     # each with its newline
     return merged(jsonfile.render_lines(log, lines, view))
 
 
@@ -186,6 +185,7 @@ FOREIGN = [
     b'{"log":"docker writes UTF-8 raw: caf\xc3\xa9\\n","stream":"stdout","time":"' + TS.encode() + b'"}',
     b'{"log":"raw invalid UTF-8 \xff\\n","stream":"stdout","time":"' + TS.encode() + b'"}',
     b'{"log":"a raw\ttab\\n","stream":"stdout","time":"' + TS.encode() + b'"}',
+    b'{"log":"a raw\rcarriage return, which ends no line\\n","stream":"stdout","time":"' + TS.encode() + b'"}',
     b'{"log":"lone surrogate \\ud800 and a pair \\ud83d\\udc33\\n","stream":"stderr","time":"' + TS.encode() + b'"}',
     b'{"log":"two\\nlines in one entry\\n","stream":"stdout","time":"' + TS.encode() + b'"}',
     b'{"log":"a literal backslash-n, no newline \\\\n","stream":"stdout","time":"' + TS.encode() + b'"}',
@@ -279,6 +279,20 @@ def test_files_rotated_block_edges_and_tail(tmp_path, monkeypatch, block):
     with open(path, "ab") as f:
         f.write(b'{"log":"cut short by a cra')              # a crash mid-entry: not shown
     assert merged(jsonfile.read_shown(path, 3)) == shown_by_line(raw, View())
+
+
+def test_files_lines_end_only_at_newlines(tmp_path, monkeypatch):
+    """The reader cuts a file at b"\\n" alone: a raw carriage return (bytes.splitlines would
+    end a line there) inside a foreign writer's entry stays in it."""
+    monkeypatch.setattr(jsonfile, "READ_BLOCK", 150)
+    path = str(tmp_path / "c-json.log")
+    lines = [b'{"log":"raw\r inside %d\\n","stream":"stdout","time":"%s"}'
+             % (i, stamp(i).encode()) for i in range(20)]
+    with open(path, "wb") as f:
+        f.write(b"\n".join(lines) + b"\n")
+    got = merged(jsonfile.read_shown(path, 1))
+    assert got == shown_by_line(lines, View())
+    assert got[0][1].count(b"\r") == 20
 
 
 def test_read_is_the_per_line_entries(tmp_path):
