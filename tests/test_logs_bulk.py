@@ -54,10 +54,15 @@ def test_encode_lines_is_the_per_entry_encoding(chunk):
 
 
 def test_encode_lines_every_byte_value():
-    """The fast path's "nothing to escape" test (one translate) against the per-entry encoder
-    for each of the 256 byte values inside a line, alone and among plain lines."""
+    """The fast path's "nothing to escape" test (jsonfile.all_plain) against the per-entry
+    encoder for each of the 256 byte values inside a line: alone, among plain lines, and at the
+    first, a middle and the last byte of a pipe read's worth (memchr works a vector at a time
+    on long buffers, with separate code for the unaligned head and tail)."""
+    long = b"0123456789abcde\n" * 4096                     # 64 KiB of plain lines
     for b in range(256):
-        for chunk in (b"x%cy\n" % b, b"plain\n" * 3 + b"x%cy\n" % b + b"plain\n"):
+        for chunk in (b"x%cy\n" % b, b"plain\n" * 3 + b"x%cy\n" % b + b"plain\n",
+                      bytes([b]) + long, long[:30001] + bytes([b]) + long[30001:],
+                      long[:-1] + bytes([b]) + b"\n"):
             out, rest = encode_lines("stderr", chunk, TS)
             lines = chunk.decode("utf-8", errors="replace").split("\n")[:-1]
             assert out == b"".join(entry_bytes("stderr", line + "\n", TS) for line in lines), b
