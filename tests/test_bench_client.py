@@ -85,6 +85,28 @@ def test_a_refusal_raises_with_the_daemons_message(bench, tmp_path):
 
 
 @pytest.mark.skipif(not os.path.exists("/bin/busybox"), reason="busybox missing")
+def test_its_own_daemon_is_stopped_when_its_set_up_fails(bench, monkeypatch):
+    """The minidock the bench starts for itself (OwnMinidock) is stopped and its directory
+    removed when the set-up after the start fails -- here the image's import -- and the error
+    reaches the caller."""
+    made = []
+
+    class Recorded(bench.MinidockProcess):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    def refuse(*args):
+        raise bench.APIError("no import today")
+    monkeypatch.setattr(bench, "MinidockProcess", Recorded)
+    monkeypatch.setattr(bench, "import_tar", refuse)
+    with pytest.raises(bench.APIError, match="no import today"):
+        bench.OwnMinidock()
+    daemon = made[0].daemon
+    assert daemon.proc.poll() is not None             # the daemon has exited
+    assert not os.path.exists(daemon.base)
+
+
 def test_bench_lifecycle_measures_every_phase(tmp_path):
     p = subprocess.run([sys.executable, BENCH, "lifecycle", "--runs", "3", "--warmup", "1", "--no-cli",
                         "--network", ""], capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
