@@ -107,6 +107,7 @@ def test_its_own_daemon_is_stopped_when_its_set_up_fails(bench, monkeypatch):
     assert not os.path.exists(daemon.base)
 
 
+@pytest.mark.skipif(not os.path.exists("/bin/busybox"), reason="busybox missing")
 def test_bench_lifecycle_measures_every_phase(tmp_path):
     p = subprocess.run([sys.executable, BENCH, "lifecycle", "--runs", "3", "--warmup", "1", "--no-cli",
                         "--network", ""], capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
