@@ -332,7 +332,8 @@ WRITEBACK = Writeback()
 _PLAIN = bytes(range(0x20, 0x7f)).replace(b'"', b"").replace(b"\\", b"") + b"\n"
 # The 34 ASCII bytes that are not: every control character but the newline, DEL, '"' and '\',
 # those most often seen in program output first (a mixed chunk stops at the first it holds).
-_ESCAPED = tuple(sorted(set(range(0x80)) - set(_PLAIN), key=lambda b: (b not in b"\t\r\x1b\"\\", b)))
+_ESCAPED = tuple(sorted(set(range(0x80)) - set(_PLAIN),
+                        key=lambda b: (b not in b"\t\r\x1b\"\\", b)))
 
 
 def all_plain(data):
@@ -510,9 +511,7 @@ def render_lines(chunk, lines, view):
             i, off = i + 1, off + len(line)
             continue
         if not line.endswith(suffix or b"\0") or len(suffix) != len(line) - k:
-            m = _SUFFIX.fullmatch(line, k, len(line) - 1)
-            if m is not None and not line.endswith(b"\n"):
-                m = None
+            m = _SUFFIX.fullmatch(line, k, len(line) - 1) if line.endswith(b"\n") else None
             if m is None:
                 out.add_reference(lines, i, i + 1)
                 i, off = i + 1, off + len(line)
@@ -725,12 +724,13 @@ def _upto(handles, upto):
 
 def batches(handles, tail=None, upto=None):
     """(chunk, lines) batches of the log's complete lines, each with its newline, oldest first
-    (render_lines' input). Without `tail` each file is read READ_BLOCK at a time with pread, the next read starting at
-    the first byte of the line a block cut, so nothing is copied to glue lines together; a line
-    longer than a block doubles the read. An unfinished last line (a crash mid-write) is left out,
-    as json decoding would. With `tail`, the last lines, read backwards (_tail_lines). `upto`:
-    see _upto; with `tail` too, the lines are the last ones before that point (`logs -f
-    --tail N` counts back from where the log stood when it subscribed)."""
+    (render_lines' input). Without `tail` each file is read READ_BLOCK at a time with pread, the
+    next read starting at the first byte of the line a block cut, so nothing is copied to glue
+    lines together; a line longer than a block doubles the read. An unfinished last line (a
+    crash mid-write) is left out, as json decoding would. With `tail`, the last lines, read
+    backwards (_tail_lines). `upto`: see _upto; with `tail` too, the lines are the last ones
+    before that point (`logs -f --tail N` counts back from where the log stood when it
+    subscribed)."""
     if tail is not None and tail >= 0:
         raw = _tail_lines(_upto(handles, upto), tail)
         for a in range(0, len(raw), TAIL_BATCH):
