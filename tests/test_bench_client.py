@@ -115,6 +115,9 @@ def test_bench_lifecycle_measures_every_phase(tmp_path):
     rows = [line for line in p.stdout.splitlines() if line.lstrip().startswith("API ")]
     assert [row.split("[ms]")[0].strip() for row in rows] == [
         "API create", "API start", "API wait", "API delete", "API create+start+wait+delete"], p.stdout
-    for row in rows:
+    cpu = [line for line in p.stdout.splitlines()
+           if line.lstrip().startswith("machine CPU per API lifecycle")]
+    assert len(cpu) == 1, p.stdout                  # the whole machine's, less the bench's own
+    for row in rows + cpu:
         assert "failed" not in row, row
         assert float(row.split("[ms]")[1].split()[1].replace(",", "")) > 0, row
