@@ -671,22 +671,23 @@ def open_all(path, max_file):
 
 
 def last_lines(f, n, limit=-1):
-    """The last `n` complete lines of an open file (of its first `limit` bytes, when that is
-    not negative), reading backwards block by block."""
+    """The last `n` lines of an open file (of its first `limit` bytes, when that is not
+    negative), each with its newline -- but an unfinished last one, which a crash may leave --
+    reading backwards block by block. Each block is read and counted once, and joined once."""
     end = f.seek(0, os.SEEK_END)
     if limit >= 0:
         end = min(end, limit)
     if n <= 0 or end == 0:
         return []
-    pos, data = end, b""
-    while pos > 0 and data.count(b"\n") <= n:
+    pos, blocks, newlines = end, [], 0
+    while pos > 0 and newlines <= n:
         step = min(BLOCK, pos)
         pos -= step
         f.seek(pos)
-        data = f.read(step) + data
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()                      # the file ends with a newline
+        blocks.append(f.read(step))
+        newlines += blocks[-1].count(b"\n")
+    blocks.reverse()
+    lines = io.BytesIO(b"".join(blocks)).readlines()
     if pos > 0:
         lines = lines[1:]                # the first piece may be the tail of a longer line
     return lines[-n:]
@@ -735,7 +736,6 @@ def batches(handles, tail=None, upto=None):
         raw = _tail_lines(_upto(handles, upto), tail)
         for a in range(0, len(raw), TAIL_BATCH):
             lines = raw[a:a + TAIL_BATCH]
-            lines = [line + b"\n" for line in lines]
             yield b"".join(lines), lines
         return
     for f, limit in _upto(handles, upto):
