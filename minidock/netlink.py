@@ -92,6 +92,9 @@ IPV4_DEVCONF_ARP_NOTIFY = 22            # <linux/ip.h>: net.ipv4.conf.X.arp_noti
 LOOPBACK_IFINDEX = 1                    # lo is index 1 in every network namespace
 IFLA_INFO_KIND = 1
 IFLA_INFO_DATA = 2
+IFLA_INFO_SLAVE_DATA = 5                # a port's settings as its master sees them
+IFLA_BRPORT_STATE = 1                   # inside IFLA_INFO_SLAVE_DATA of a bridge port: u8
+BR_STATE_FORWARDING = 3                 # <linux/if_bridge.h>: 0 disabled ... 3 forwarding
 VETH_INFO_PEER = 1
 
 IFA_ADDRESS = 1
@@ -302,7 +305,8 @@ def pack_get_link(seq, index=0, name=None):
 
 def parse_link(payload):
     """An RTM_NEWLINK payload (a GETLINK reply) as a dict: index, flags, name, mtu, master,
-    link (a veth's peer index, in the peer's namespace), mac, kind, up."""
+    link (a veth's peer index, in the peer's namespace), mac, kind, up, and port_state (a
+    bridge port's STP state, `ip -d link`'s "bridge_slave state forwarding"; else None)."""
     family, kind, index, flags, _change = _IFINFO.unpack_from(payload)
     attrs = parse_attrs(payload[_IFINFO.size:])
     info = parse_attrs(attrs.get(IFLA_LINKINFO, b""))
@@ -312,7 +316,11 @@ def parse_link(payload):
             "master": attr_u32(attrs[IFLA_MASTER]) if IFLA_MASTER in attrs else None,
             "link": attr_u32(attrs[IFLA_LINK]) if IFLA_LINK in attrs else None,
             "mac": ":".join(f"{b:02x}" for b in attrs.get(IFLA_ADDRESS, b"")),
-            "kind": attr_str(info[IFLA_INFO_KIND]) if IFLA_INFO_KIND in info else None}
+            "kind": attr_str(info[IFLA_INFO_KIND]) if IFLA_INFO_KIND in info else None,
+            "port_state": None}
+    if IFLA_INFO_SLAVE_DATA in info:
+        state = parse_attrs(info[IFLA_INFO_SLAVE_DATA]).get(IFLA_BRPORT_STATE)
+        link["port_state"] = state[0] if state else None
     return link
 
 

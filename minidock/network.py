@@ -91,6 +91,7 @@ import errno
 import json
 import os
 import socket
+import time
 
 from . import errors, netlink, ns, syscalls
 
@@ -339,14 +340,16 @@ def attach_container(network, ahead=None):
     endpoints = network.get("endpoints") or []
     named = [(f"eth{i}", ep) for i, ep in enumerate(endpoints)]
     inside, indexes = (ahead.rtnl, [ahead.index]) if ahead else (None, [])
-    late = []                           # (ifindex, MAC) of the interfaces that come up here
+    late = []                           # (ifindex, daemon end's ifindex, MAC) of those that come up here
+    outside = None
     try:
         if len(named) > len(indexes):
             # The veths first: the container's side configures the ends they put there.
-            inside, more = veths_from_the_daemon(network["netns_pid"], named[len(indexes):], inside)
-            late = [(index, ep["mac"]) for index, ep in zip(more, endpoints[len(indexes):])
-                    if ep.get("mac")]
-            indexes = indexes + more
+            inside, ends, outside = veths_from_the_daemon(
+                network["netns_pid"], named[len(indexes):], inside, keep_outside=True)
+            late = [(index, port, ep["mac"])
+                    for (index, port), ep in zip(ends, endpoints[len(indexes):]) if ep.get("mac")]
+            indexes = indexes + [index for index, _ in ends]
         elif inside is None:            # no endpoint at all: lo only
             inside = netlink.Rtnl()
         calls = [(netlink.pack_set_link, (netlink.LOOPBACK_IFINDEX,), {"up": True})]
@@ -354,42 +357,87 @@ def attach_container(network, ahead=None):
             calls += configure_calls(index, ep, up_ahead=ahead is not None and i == 0)
         inside.apply(calls)
     except BaseException:
-        if inside is not None:
-            inside.close()
+        for sock in (inside, outside):
+            if sock is not None:
+                sock.close()
         raise
     if not late:
         inside.close()
+        if outside is not None:
+            outside.close()
         return None
-    return LateAnnouncement(inside, late)
+    return LateAnnouncement(inside, outside, late)
 
 
 class LateAnnouncement:
     """The announcement, again, of interfaces brought up by the start itself (not made ahead):
-    the one the kernel sends at `up` meets a bridge port that is not forwarding yet about
-    once in ten (configure_calls). Setting an interface's MAC -- even to the one it has -- with
-    arp_notify=1 announces it again (NETDEV_CHANGEADDR: 20 of 20 seen in a scratch namespace,
-    10 ms after the link came up). The init does it a few steps later (`announce`), once the
-    kernel's linkwatch work has had time to make the port forwarding, while it still holds
-    CAP_NET_ADMIN over its namespace; the netlink socket stays open until then."""
+    the one the kernel sends at `up` often meets a bridge port that is not forwarding yet
+    (configure_calls). Setting an interface's MAC -- even to the one it has -- with
+    arp_notify=1 announces it again (NETDEV_CHANGEADDR). The init does it a few steps later
+    (`announce`), while it still holds CAP_NET_ADMIN over its namespace, and only once the
+    daemon end's bridge port is forwarding (wait_forwarding): a few steps are usually time
+    enough for the kernel's linkwatch work, but not always on a busy machine. Both netlink
+    sockets stay open until then: `rtnl` in the container's namespace, `outside` in the
+    daemon's."""
 
-    def __init__(self, rtnl, links):
-        self.rtnl, self.links = rtnl, links     # [(ifindex, MAC)]
+    def __init__(self, rtnl, outside, links):
+        self.rtnl, self.outside, self.links = rtnl, outside, links   # [(ifindex, port, MAC)]
 
     @syscalls.Step("announce the container's addresses again")
     def announce(self):
         try:
+            wait_forwarding(self.outside, [port for _, port, _ in self.links])
             calls = []
-            for index, mac in self.links:
+            for index, _, mac in self.links:
                 calls += announce_calls(index, {"mac": mac})
             self.rtnl.apply(calls)
         finally:
             self.rtnl.close()
+            self.outside.close()
 
 
-def veths_from_the_daemon(keeper, named_endpoints, inside=None):
+FORWARDING_WAIT = 0.25                  # seconds: then announce anyway (best effort)
+
+
+def wait_forwarding(outside, ports, clock=time.monotonic, sleep=time.sleep):
+    """Return once each of `ports` (daemon ends of veths, asked through `outside`, a netlink
+    socket in the daemon's namespace) is a bridge port in the forwarding state -- or is gone
+    -- or after FORWARDING_WAIT seconds. Returns whether they all were.
+
+    Why: a frame that arrives at a port not forwarding yet is dropped. A veth end comes up
+    with its peer, and its port goes from disabled to forwarding (no STP) only when the
+    kernel's linkwatch work handles the carrier, after the request that set `up` returned. In
+    a scratch namespace, announcing right after `up` lost 35 of 100 announcements; asking
+    the daemon end's state first lost none (the first answer was already "forwarding": the
+    question itself lets the kernel catch up on the link's pending carrier change). Asking
+    the container's end instead lost 21 of 100: the two ends are two links."""
+    deadline = clock() + FORWARDING_WAIT
+    waiting = [p for p in ports if p]
+    while True:
+        left = []
+        for port in waiting:
+            try:
+                [reply] = outside.request(netlink.pack_get_link, index=port)
+            except OSError as e:
+                if e.errno == errno.ENODEV:
+                    continue            # deleted meanwhile: nothing to wait for
+                raise
+            if netlink.parse_link(reply)["port_state"] != netlink.BR_STATE_FORWARDING:
+                left.append(port)
+        if not left:
+            return True
+        if clock() >= deadline:
+            return False
+        waiting = left
+        sleep(0.001)
+
+
+def veths_from_the_daemon(keeper, named_endpoints, inside=None, keep_outside=False):
     """Make a veth per (ifname, endpoint) with a netlink socket in the keeper's namespace,
     each container end straight into the calling process's namespace (make_veths). Returns
-    (`inside` or a new netlink socket in the caller's namespace, the container ends' ifindexes).
+    (`inside` or a new netlink socket in the caller's namespace, [(container end's ifindex,
+    daemon end's ifindex)], and with `keep_outside` the socket in the daemon's namespace,
+    left open: else None).
 
     A netlink socket stays in the namespace it was made in; the caller must not: setns(2)
     there, make the socket, and straight back. Setns needs CAP_SYS_ADMIN over the keeper's
@@ -405,16 +453,18 @@ def veths_from_the_daemon(keeper, named_endpoints, inside=None):
             if inside is None:
                 inside = made = netlink.Rtnl()
             names = [name for name, _ in named_endpoints]
-            indexes = container_indexes(inside, names, make_veths(outside, own, named_endpoints))
+            ends = veth_ends(inside, names, make_veths(outside, own, named_endpoints))
             for name in names:
                 disable_ipv6(name)      # (we are back in our namespace: /proc/sys/net is its)
-            return inside, indexes
+            kept, outside = (outside, None) if keep_outside else (None, outside)
+            return inside, ends, kept
         except BaseException:
             if made is not None:
                 made.close()
             raise
         finally:
-            outside.close()
+            if outside is not None:
+                outside.close()
     finally:
         os.close(own)
         os.close(daemons)
@@ -455,8 +505,8 @@ class VethAhead:
         failure (the bridge gone meanwhile, say) ends the idle init: the spawner logs it and
         clones another (see spawnerloop, "The pool")."""
         keeper, bridge_index, mtu = key
-        inside, [index] = veths_from_the_daemon(keeper, [("eth0", {"bridge_index": bridge_index,
-                                                                   "mtu": mtu})])
+        inside, [(index, _)], _ = veths_from_the_daemon(
+            keeper, [("eth0", {"bridge_index": bridge_index, "mtu": mtu})])
         try:
             # Up now, without an address (and IPv6 disabled: silent on the bridge), so that
             # the kernel has its bridge port forwarding long before the request announces it.
@@ -483,8 +533,8 @@ def make_veths(outside, peer_netns_fd, named_endpoints):
     """One veth per (ifname, endpoint), in one batch on `outside` (a netlink socket in the
     daemon's namespace): the daemon end up on the endpoint's bridge, the other end named
     `ifname`, with the endpoint's MAC, created straight in the namespace of `peer_netns_fd`.
-    Returns the container ends' ifindexes (in their namespace) from the kernel's echoes, None
-    for each the kernel did not echo (see container_indexes)."""
+    Returns per veth (the container end's ifindex in its namespace, the daemon end's) from
+    the kernel's echoes, None for what the kernel did not echo (see veth_ends)."""
     calls = []
     for ifname, ep in named_endpoints:
         # The daemon end gets a kernel-chosen name (vethN): a name derived from the container
@@ -493,36 +543,37 @@ def make_veths(outside, peer_netns_fd, named_endpoints):
                       {"peer_netns_fd": peer_netns_fd, "mtu": ep.get("mtu") or DEFAULT_MTU,
                        "master": _bridge_index(outside, ep), "peer_mac": ep.get("mac"),
                        "up": True, "echo": True}))
-    return [_peer_index(ifname, echoes)
+    return [_echoed_ends(ifname, echoes)
             for (ifname, _), echoes in zip(named_endpoints, outside.apply(calls, echo=True))]
 
 
-def _peer_index(ifname, echoes):
-    """The container end's ifindex from what the kernel echoed for one new veth: the local end
-    (vethN), whose IFLA_LINK is its peer's index, or -- should a kernel echo both ends -- the
-    peer itself, the one named `ifname`. None when nothing was echoed."""
+def _echoed_ends(ifname, echoes):
+    """(container end's ifindex, daemon end's) from what the kernel echoed for one new veth:
+    the local end (vethN), whose IFLA_LINK is its peer's index, and -- should a kernel echo
+    both ends -- the peer itself, the one named `ifname`. None for what was not echoed."""
     links = [netlink.parse_link(p) for p in echoes]
-    for link in links:
-        if link["name"] == ifname:
-            return link["index"]
-    for link in links:
-        if link["link"]:
-            return link["link"]
-    return None
+    peer = next((link for link in links if link["name"] == ifname), None)
+    local = next((link for link in links if link["name"] != ifname and link["link"]), None)
+    if peer is not None:
+        return peer["index"], peer["link"] or (local and local["index"])
+    if local is not None:
+        return local["link"], local["index"]
+    return None, None
 
 
-def container_indexes(inside, names, echoed):
-    """The ifindexes of the links `names` in the namespace of `inside` (a netlink socket
-    there): `echoed` (make_veths) where the kernel echoed them, else asked by name. Linux honours
+def veth_ends(inside, names, echoed):
+    """[(ifindex, its peer's ifindex in the daemon's namespace)] of the links `names` in the
+    namespace of `inside` (a netlink socket there): `echoed` (make_veths) where the kernel
+    echoed both, else asked by name (a veth's IFLA_LINK is its peer's index). Linux honours
     NLM_F_ECHO on RTM_NEWLINK since 6.2; Debian 12's own 6.1 answers with the ack alone."""
     out = []
-    for name, index in zip(names, echoed):
-        if not index:
+    for name, (index, port) in zip(names, echoed):
+        if not (index and port):
             link = inside.link(name)
             if link is None:
                 raise OSError(errno.ENODEV, f"{name} did not appear in the container's namespace")
-            index = link["index"]
-        out.append(index)
+            index, port = link["index"], link["link"]
+        out.append((index, port))
     return out
 
 
@@ -564,12 +615,13 @@ def configure_calls(index, ep, up_ahead=False):
     The announcement at `up` is best effort: the bridge port (the daemon's end) comes up with
     the carrier, which the kernel's linkwatch work turns on *after* the request that set
     IFF_UP, and a frame arriving at a port still disabled is dropped (in a scratch namespace,
-    2 announcements of 20 were lost; 5 of 20 when the daemon end had waited on the bridge).
-    An init therefore announces such an interface again a few steps later (LateAnnouncement;
-    a hot-plugged interface gets only the announcement at `up`). With `up_ahead` -- a VethAhead's eth0, up since
-    before the request, its port forwarding -- the announcement comes from setting the
-    endpoint's MAC instead, with arp_notify=1 (on NETDEV_CHANGEADDR the kernel announces as on
-    NETDEV_UP), and is not lost (20 of 20):
+    2 announcements of 20 were lost on one kernel; on Linux 6.18 every one of 100 was: the
+    same work attaches the container end's transmit queue, which drops until then). Such an interface is therefore announced
+    again once its port forwards (wait_forwarding): by the init a few steps later
+    (LateAnnouncement), by the daemon after a hot-plug (hotplug). With `up_ahead` -- a
+    VethAhead's eth0, up since before the request, its port forwarding -- the announcement
+    comes from setting the endpoint's MAC instead, with arp_notify=1 (on NETDEV_CHANGEADDR
+    the kernel announces as on NETDEV_UP), and is not lost (20 of 20):
 
         ip addr add ADDRESS/PREFIXLEN dev X
         sysctl net.ipv4.conf.X.arp_notify=1
@@ -617,14 +669,18 @@ def disable_ipv6(ifname, opener=None):
 
 def hotplug(netns, init_pid, ifname, ep):
     """Connect a *running* container: the same veth, made from the daemon with a netlink
-    socket the keeper opened inside the container's namespace (`docker network connect`)."""
+    socket the keeper opened inside the container's namespace (`docker network connect`),
+    announced at `up` and again once the daemon end's port forwards, as at a start."""
     inside = netlink.Rtnl(netns.socket(socket.AF_NETLINK, socket.SOCK_RAW, netlink.NETLINK_ROUTE,
                                        bind=(0, 0), netns_pid=init_pid))
     fd = os.open(f"/proc/{init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        [index] = container_indexes(inside, [ifname], netns.rtnl(make_veths, fd, [(ifname, ep)]))
+        [(index, port)] = veth_ends(inside, [ifname], netns.rtnl(make_veths, fd, [(ifname, ep)]))
         disable_ipv6(ifname, lambda path: netns.open_in(path, init_pid))
         inside.apply(configure_calls(index, ep))
+        if ep.get("mac"):               # again, once its port forwards (LateAnnouncement)
+            netns.rtnl(wait_forwarding, [port])
+            inside.apply(announce_calls(index, {"mac": ep["mac"]}))
     finally:
         os.close(fd)
         inside.close()

@@ -132,15 +132,27 @@ def main():
                      # IPv6: none in the daemon's namespace, none on eth0 (Docker 26+)
                      "inside6": [a["index"] for a in inside.addrs(socket.AF_INET6)],
                      "outside6": dn.rtnl(lambda r: r.addrs(socket.AF_INET6))}
-    # The index of eth0 without an echo (Linux < 6.2): asked by name; an echoed one is kept.
-    res["fallback"] = network.container_indexes(inside, ["eth0", "eth5"], [None, 7])
+    # The indexes of eth0's ends without an echo (Linux < 6.2): asked by name; echoed ones kept.
+    res["fallback"] = network.veth_ends(inside, ["eth0", "eth5"], [(None, None), (7, 12)])
     try:
-        network.container_indexes(inside, ["eth9"], [None])
+        network.veth_ends(inside, ["eth9"], [(None, None)])
     except OSError as e:
         res["fallback_missing"] = e.errno
     inside.close()
-    # Hot-plug a second interface into the running server, then take it away again.
+    # Hot-plug a second interface into the running server, then take it away again; br-b
+    # hears its announcement (hotplug repeats it once the port forwards).
+    tap_b = dn.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806), bind=("br-b", 0x0806))
     network.hotplug(dn, server, "eth1", ep("br-b", "10.89.0.9", "10.89.0.1"))
+    tap_b.settimeout(2)
+    res["hotplug_garps"] = []
+    try:
+        while "10.89.0.9" not in res["hotplug_garps"]:
+            f = tap_b.recv(100)
+            if f[28:32] == f[38:42]:
+                res["hotplug_garps"].append(".".join(map(str, f[28:32])))
+    except socket.timeout:
+        pass
+    tap_b.close()
     inside = netlink.Rtnl(dn.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0, bind=(0, 0), netns_pid=server))
     res["hotplug"] = {"links": [l["name"] for l in inside.links()], "addrs": [a["address"] for a in inside.addrs()]}
     network.unplug(dn, server, "eth1")

@@ -96,7 +96,24 @@ def test_link_reply_round_trip():
                + nl.attr(nl.IFLA_LINKINFO, [nl.attr(nl.IFLA_INFO_KIND, "bridge")]))
     link = nl.parse_link(payload)
     assert link == {"index": 7, "flags": nl.IFF_UP, "up": True, "name": "br-x", "mtu": 1500,
-                    "master": None, "link": None, "mac": "02:42:00:00:00:01", "kind": "bridge"}
+                    "master": None, "link": None, "mac": "02:42:00:00:00:01", "kind": "bridge",
+                    "port_state": None}
+
+
+def test_a_bridge_port_shows_its_state():
+    # a veth end on a bridge, as `ip -d link` gets it: IFLA_LINKINFO carries the port's
+    # settings (IFLA_INFO_SLAVE_DATA) beside its own kind; the state is a u8 (3: forwarding)
+    def port(state_attr):
+        return (struct.pack("=BxHiII", 0, 1, 12, nl.IFF_UP, 0) + nl.attr(nl.IFLA_IFNAME, "veth3")
+                + nl.attr(nl.IFLA_LINKINFO, [nl.attr(nl.IFLA_INFO_KIND, "veth"),
+                                             nl.attr(4, "bridge"),        # IFLA_INFO_SLAVE_KIND
+                                             nl.attr(nl.IFLA_INFO_SLAVE_DATA, state_attr)]))
+    forwarding = [nl.attr(2, b"\x20\0"),                    # IFLA_BRPORT_PRIORITY first
+                  nl.attr(nl.IFLA_BRPORT_STATE, bytes([nl.BR_STATE_FORWARDING]))]
+    link = nl.parse_link(port(forwarding))
+    assert (link["kind"], link["port_state"]) == ("veth", nl.BR_STATE_FORWARDING)
+    assert nl.parse_link(port([nl.attr(nl.IFLA_BRPORT_STATE, b"\0")]))["port_state"] == 0
+    assert nl.parse_link(port([]))["port_state"] is None
 
 
 def test_a_veth_echo_names_its_peer_index():

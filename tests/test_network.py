@@ -78,6 +78,8 @@ def test_daemon_dials_container_with_a_keeper_socket(seen):
 
 def test_hotplug_and_unplug_of_a_running_container(seen):
     assert "eth1" in seen["hotplug"]["links"] and "10.89.0.9" in seen["hotplug"]["addrs"]
+    # announced on br-b: the announcement at `up` alone never got there on Linux 6.18
+    assert seen["hotplug_garps"] == ["10.89.0.9"]
     assert "eth1" not in seen["unplug"] and "eth0" in seen["unplug"]
 
 
@@ -151,24 +153,89 @@ def _link_payload(index, name, link=None):
 
 
 @pytest.mark.parametrize("echoes, expected", [
-    ([("veth7", 12, 2)], 2),                        # what this kernel echoes: the local end
-    ([("veth7", 12, 2), ("eth0", 2, 12)], 2),       # both ends echoed
-    ([("eth0", 3, 12), ("veth7", 12, 3)], 3),       # ... in the other order
+    ([("veth7", 12, 2)], (2, 12)),                        # what this kernel echoes: the local end
+    ([("veth7", 12, 2), ("eth0", 2, 12)], (2, 12)),       # both ends echoed
+    ([("eth0", 3, 12), ("veth7", 12, 3)], (3, 12)),       # ... in the other order
+    ([("eth0", 3, 12)], (3, 12)),                         # the peer alone
 ])
-def test_the_container_ends_index_from_the_echo(echoes, expected):
+def test_both_ends_index_from_the_echo(echoes, expected):
     from minidock import network
-    assert network._peer_index("eth0", [_link_payload(i, n, l) for n, i, l in echoes]) == expected
+    assert network._echoed_ends("eth0", [_link_payload(i, n, l) for n, i, l in echoes]) == expected
 
 
 def test_no_echo_gives_no_index():
-    # a kernel before 6.2 does not echo RTM_NEWLINK: container_indexes then asks by name
+    # a kernel before 6.2 does not echo RTM_NEWLINK: veth_ends then asks by name
     from minidock import network
-    assert network._peer_index("eth0", []) is None
+    assert network._echoed_ends("eth0", []) == (None, None)
+
+
+class _Ports:
+    """A netlink socket in the daemon's namespace, as wait_forwarding asks it: each port's
+    state in turn from `states` (its last one repeated); a port not in it is gone (ENODEV)."""
+
+    def __init__(self, states):
+        self.states, self.asked = {p: list(s) for p, s in states.items()}, []
+
+    def request(self, build, index=0, name=None):
+        import errno
+        from minidock import netlink as nl
+        self.asked.append(index)
+        if index not in self.states:
+            raise OSError(errno.ENODEV, "No such device")
+        left = self.states[index]
+        state = left.pop(0) if len(left) > 1 else left[0]
+        slave = nl.attr(nl.IFLA_INFO_SLAVE_DATA, [nl.attr(nl.IFLA_BRPORT_STATE, bytes([state]))])
+        return [_link_payload(index, f"veth{index}") + nl.attr(nl.IFLA_LINKINFO, [slave])]
+
+
+def test_the_late_announcement_waits_for_forwarding_ports():
+    from minidock import network
+    # port 12 disabled (0), learning (2), then forwarding; port 13 forwarding at once; 14 gone
+    ports = _Ports({12: [0, 2, 3], 13: [3]})
+    sleeps = []
+    assert network.wait_forwarding(ports, [12, 13, 14, None], clock=lambda: 0.0,
+                                   sleep=sleeps.append)
+    assert ports.asked == [12, 13, 14, 12, 12] and len(sleeps) == 2
+    # a port that never forwards: asked until the deadline, then given up (announce anyway)
+    ticks = iter(range(1000))
+    ports = _Ports({12: [0]})
+    assert not network.wait_forwarding(ports, [12], clock=lambda: next(ticks) * 0.1,
+                                       sleep=lambda s: None)
+    assert len(ports.asked) == 1 + int(network.FORWARDING_WAIT / 0.1)
+
+
+def test_the_late_announcement_sets_each_mac_after_the_wait():
+    from minidock import netlink as nl, network
+    order = []
+
+    class Inside:
+        def apply(self, calls):
+            order.append([(build.__name__, args, kw) for build, args, kw in calls])
+
+        def close(self):
+            order.append("inside closed")
+
+    class Outside(_Ports):
+        def request(self, *a, **kw):
+            order.append("asked")
+            return super().request(*a, **kw)
+
+        def close(self):
+            order.append("outside closed")
+
+    network.LateAnnouncement(Inside(), Outside({12: [3]}),
+                             [(2, 12, "02:42:0a:58:00:02")]).announce()
+    assert order == ["asked",
+                     [("pack_set_inet_conf", (2, {nl.IPV4_DEVCONF_ARP_NOTIFY: 1}), {}),
+                      ("pack_set_link", (2,), {"mac": "02:42:0a:58:00:02"}),
+                      ("pack_set_inet_conf", (2, {nl.IPV4_DEVCONF_ARP_NOTIFY: 0}), {})],
+                     "inside closed", "outside closed"]
 
 
 def test_without_an_echo_the_index_is_asked_by_name(seen):
-    # container_indexes against the running container's namespace, as on Linux < 6.2
+    # veth_ends against the running container's namespace, as on Linux < 6.2: eth0's own
+    # index and its peer's, the daemon end on br-a
     k = seen["kernel"]
     eth0 = {l["name"]: l for l in k["inside"]["links"]}["eth0"]
-    assert seen["fallback"] == [eth0["index"], 7]
+    assert seen["fallback"] == [[eth0["index"], eth0["link"]], [7, 12]]
     assert seen["fallback_missing"] == 19               # ENODEV: no such link there
