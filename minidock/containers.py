@@ -209,7 +209,7 @@ class Containers:
         cid = store.new_id()
         directory = os.path.join(self.root, cid)
         with self.names_lock:
-            name = name or config.generate_name(self.by_name.__contains__)
+            name = name or config.generate_name(self.by_name.__contains__, cid)
             config.check_name_free(name, self.by_name.get(name))
             record = lifecycle.new_record(cid, name, path, args, image_id, cfg, host_config,
                                           self.layers.driver_name(), directory)

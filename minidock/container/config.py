@@ -113,13 +113,21 @@ def check_name(name):
     return name.lstrip("/")
 
 
-def generate_name(taken):
-    """Docker's `adjective_surname`, avoiding names for which `taken(name)` is true."""
-    for _ in range(100):
+def generate_name(taken, container_id):
+    """A name for a container created without one, never one for which `taken(name)` is true:
+    Docker's `adjective_surname`, then with a number appended (there are only
+    len(ADJECTIVES) x len(SURNAMES) = 460 plain ones), and should those keep meeting taken
+    names, the container's short id, as Docker's last resort is."""
+    for attempt in range(200):
         name = f"{random.choice(ADJECTIVES)}_{random.choice(SURNAMES)}"
+        if attempt >= 50:
+            name += str(random.randint(1, 9999))
         if not taken(name):
             return name
-    return f"{random.choice(ADJECTIVES)}_{random.choice(SURNAMES)}{random.randint(1, 9999)}"
+    for name in (container_id[:12], container_id):
+        if not taken(name):
+            return name
+    raise errors.Conflict("no free name could be generated for the container: give it one")
 
 
 # -- Config ---------------------------------------------------------------------------------------
