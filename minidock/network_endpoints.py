@@ -41,14 +41,23 @@ class ContainerEndpoints:
 
     def _used(self, rec, except_id=None):
         """Addresses taken on `rec` (as integers, ipam.address_int): its containers' and its
-        reserved auxiliary addresses."""
+        reserved auxiliary addresses.
+
+        Every create on a network asks this, so it is one pass over the containers' records
+        with nothing called per container: with 1,000 containers on `bridge`, going through
+        `members` and `_endpoint` cost ~2.2 ms a create here, and grew with each container."""
+        network_id = rec["Id"]
         used = [ipam.address_int(a) for a in
                 (rec["IPAM"]["Config"][0].get("AuxiliaryAddresses") or {}).values()]
-        for c in self.members(rec):
-            if c.id != except_id:
-                ip = self._endpoint(c, rec).get("IPAddress")
-                if ip:
-                    used.append(ipam.address_int(ip))
+        for c in self.containers.all() if self.containers else ():
+            settings = c.record.get("NetworkSettings")
+            if not settings or c.id == except_id:
+                continue
+            for ep in (settings.get("Networks") or {}).values():
+                if ep.get("NetworkID") == network_id:     # the first, as _ep_name takes it
+                    if ep.get("IPAddress"):
+                        used.append(ipam.address_int(ep["IPAddress"]))
+                    break
         return used
 
     def mode_network(self, host_config):

@@ -182,6 +182,29 @@ def test_an_address_is_free_again_once_its_container_is_removed(nets):
     assert second.record["NetworkSettings"]["Networks"]["bridge"]["IPAddress"] == "172.17.0.2"
 
 
+def test_addresses_taken_are_counted_per_network(nets):
+    # two user networks with the same subnet's numbering: an address taken on one is free on
+    # the other; a container on both counts on each; a container without settings counts nowhere
+    n, boxes = nets
+    for name, subnet in (("one", "10.61.0.0/24"), ("two", "10.62.0.0/24")):
+        n.create({"Name": name, "IPAM": {"Config": [{"Subnet": subnet}]}})
+    both = Box("5" * 64, "both", "one")
+    bare = Box("6" * 64, "bare", "none")
+    bare.record.pop("NetworkSettings")
+    boxes.items += [both, bare]
+    n.join_at_create(both, {"EndpointsConfig": {"two": {}}})
+    nets_of = both.record["NetworkSettings"]["Networks"]
+    assert (nets_of["one"]["IPAddress"], nets_of["two"]["IPAddress"]) == ("10.61.0.2", "10.62.0.2")
+    only_two = Box("7" * 64, "only-two", "two")
+    boxes.items.append(only_two)
+    n.join_at_create(only_two)
+    assert only_two.record["NetworkSettings"]["Networks"]["two"]["IPAddress"] == "10.62.0.3"
+    # what the allocator sees: each network's own addresses, without the asking container's
+    assert sorted(n._used(n.find("two"))) == [0x0A3E0002, 0x0A3E0003]
+    assert n._used(n.find("two"), except_id=only_two.id) == [0x0A3E0002]
+    assert n._used(n.find("one")) == [0x0A3D0002]
+
+
 def test_removing_a_network_in_use_is_forbidden_as_in_moby(nets):
     """moby answers 403 (libnetwork's ActiveEndpointsError is a Forbidden error), not 409."""
     n, boxes = nets
