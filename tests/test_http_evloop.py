@@ -117,6 +117,7 @@ def test_every_inline_and_quick_route_exists():
 @pytest.mark.parametrize("method,target,mode", [
     ("GET", "/_ping", httpserver.INLINE),
     ("HEAD", "/v1.41/_ping", httpserver.INLINE),
+    ("GET", "/v1.47/version", httpserver.INLINE),
     ("GET", "/v1.41/containers/json", httpserver.QUICK),
     ("GET", "/containers/json?all=1", httpserver.QUICK),
     ("GET", "/containers/json?size=1", httpserver.THREAD),     # walks the writable layers
