@@ -230,6 +230,17 @@ def test_the_late_announcement_sets_each_mac_after_the_wait():
                       ("pack_set_link", (2,), {"mac": "02:42:0a:58:00:02"}),
                       ("pack_set_inet_conf", (2, {nl.IPV4_DEVCONF_ARP_NOTIFY: 0}), {})],
                      "inside closed", "outside closed"]
+    # a port that cannot be asked about is not waited for: the announcement still goes out
+    order.clear()
+
+    class Refusing(Outside):
+        def request(self, *a, **kw):
+            order.append("asked")
+            raise PermissionError(1, "Operation not permitted")
+
+    network.LateAnnouncement(Inside(), Refusing({}), [(2, 12, "02:42:0a:58:00:02")]).announce()
+    assert order[0] == "asked" and order[1][1][0] == "pack_set_link" and order[2:] == [
+        "inside closed", "outside closed"]
 
 
 def test_without_an_echo_the_index_is_asked_by_name(seen):
