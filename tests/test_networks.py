@@ -183,8 +183,8 @@ def test_an_address_is_free_again_once_its_container_is_removed(nets):
 
 
 def test_addresses_taken_are_counted_per_network(nets):
-    # two user networks with the same subnet's numbering: an address taken on one is free on
-    # the other; a container on both counts on each; a container without settings counts nowhere
+    # two user networks: an address taken on one is not counted on the other; a container on
+    # both counts on each; a container without network settings counts nowhere
     n, boxes = nets
     for name, subnet in (("one", "10.61.0.0/24"), ("two", "10.62.0.0/24")):
         n.create({"Name": name, "IPAM": {"Config": [{"Subnet": subnet}]}})
