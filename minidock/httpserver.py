@@ -190,6 +190,28 @@ def peer_gone(sock):
 
 
 
+DISCARD_READS = 64                      # recv()s of unread input dropped before a close, at most
+
+
+def discard_unread(sock):
+    """Read and drop what the client sent that nobody read, before the socket is closed.
+
+    A socket closed with unread input does not end quietly: TCP answers with a reset, and a
+    unix socket marks its peer ECONNRESET, which the peer's next read returns *instead of*
+    end-of-file once it has read what was sent to it. `docker exec -it` of a command that
+    never reads its stdin ended that way one time in fifteen ("read: connection reset by
+    peer", exit status 1) when the CLI had sent a keystroke the command never took. After
+    shutdown(SHUT_RDWR) a unix peer cannot send more (EPIPE), so what is queued is all there
+    is; a TCP peer may keep sending, hence the bound."""
+    try:
+        sock.setblocking(False)
+        for _ in range(DISCARD_READS):
+            if not sock.recv(RECV_BYTES):
+                return
+    except OSError:                     # BlockingIOError: nothing (more) to drop; or gone
+        pass
+
+
 class Request:
     """What the application callable receives: the head, a body reader, and the connection."""
 
@@ -1129,6 +1151,7 @@ class Server:
                     conn.sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+                discard_unread(conn.sock)
             return False
         if isinstance(response, StreamResponse):
             # Whatever of the request body the handler left unread (a tar's trailing padding, say)

@@ -183,6 +183,11 @@ def echo_app(request):
                     break
                 conn.send(data.upper())
         return http.Hijack(run)
+    if path == "/hijack-done":
+        def run(conn):                  # a process that ends without reading its stdin
+            conn.send(b"bye")
+            time.sleep(0.2)             # meanwhile the client types on
+        return http.Hijack(run)
     if path == "/boom":
         raise ValueError("boom")
     return http.Response.json({"path": path})
@@ -255,6 +260,24 @@ def test_upgrade_then_raw_bytes_both_ways(server):
     s.shutdown(socket.SHUT_WR)
     rest = read_until_close(s)
     assert (head.split(b"\r\n\r\n", 1)[1] + rest) == b"hello EARLY LATE"
+
+
+def test_a_hijack_that_ends_unread_input_closes_cleanly(server):
+    # `docker exec -it` of a command that never reads stdin: the CLI has sent keystrokes the
+    # daemon never read. Closing a unix socket with unread input makes the peer's next read
+    # fail with ECONNRESET instead of end-of-file (the CLI then exits 1: "read: connection
+    # reset by peer"), so the server drops that input first.
+    for _ in range(3):
+        s = connect(server[0])
+        s.sendall(b"POST /hijack-done HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n")
+        data = b""
+        while not data.endswith(b"bye"):
+            data += s.recv(1024)
+        s.sendall(b"typed while it ran" * 100)
+        time.sleep(0.4)                 # the server is done and has closed by now
+        data += read_until_close(s)
+        assert data.startswith(b"HTTP/1.1 101 UPGRADED\r\n") and data.endswith(b"\r\n\r\nbye")
+        s.close()
 
 
 def test_hijack_without_upgrade_gets_200(server):
