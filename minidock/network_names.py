@@ -176,9 +176,9 @@ class ContainerNames:
         if rec is None or not self.containers:
             return None
         asker = None
-        for c in self.members(rec):
+        for c, ep in self.endpoints_on(rec):
             # Not `running`: the asker may query before the daemon has marked it started.
-            if self._endpoint(c, rec).get("IPAddress") == asker_ip:
+            if ep.get("IPAddress") == asker_ip:
                 asker = c
                 break
         if asker is None:
@@ -189,10 +189,9 @@ class ContainerNames:
             net = self.collection.objects.get(ep_net.get("NetworkID"))
             if net is None or net["Name"] == BRIDGE:
                 continue                # the default bridge has no names (links only)
-            for c in self.members(net):
+            for c, ep in self.endpoints_on(net):
                 if not c.running:
                     continue
-                ep = self._endpoint(c, net)
                 names = {c.name.lower(), c.id[:12]}
                 names.update(a.lower() for a in ep.get("Aliases") or [])
                 hostname = (c.config.get("Hostname") or "").lower()
@@ -231,8 +230,8 @@ class ContainerNames:
         rec = self.collection.objects.get(network_id)
         if rec is None or not self.containers:
             return None
-        for c in self.members(rec):
-            if self._endpoint(c, rec).get("IPAddress") == asker_ip:
+        for c, ep in self.endpoints_on(rec):
+            if ep.get("IPAddress") == asker_ip:
                 servers = c.host_config.get("Dns") or []
                 return [(s, 53) for s in servers if ":" not in s] or None
         return None

@@ -230,13 +230,22 @@ class NetworkRecords:
 
     def members(self, rec):
         """Containers attached to network `rec` (running or not)."""
-        out = []
-        for c in self.containers.all() if self.containers else []:
-            for ep in (c.record.get("NetworkSettings") or {}).get("Networks", {}).values():
-                if ep.get("NetworkID") == rec["Id"]:
-                    out.append(c)
+        return [c for c, _ in self.endpoints_on(rec)]
+
+    def endpoints_on(self, rec):
+        """(container, its endpoint settings) for each container attached to network `rec`,
+        running or not: the first of its endpoints on `rec`, the one _endpoint() names. One
+        pass over the records with nothing called per container -- every create on a network
+        asks this (the addresses taken there), and each DNS query."""
+        network_id = rec["Id"]
+        for c in self.containers.all() if self.containers else ():
+            settings = c.record.get("NetworkSettings")
+            if not settings:
+                continue
+            for ep in (settings.get("Networks") or {}).values():
+                if ep.get("NetworkID") == network_id:
+                    yield c, ep
                     break
-        return out
 
     def describe(self, rec):
         """The inspect/list form: the record with Containers (running endpoints) filled in."""
@@ -248,10 +257,9 @@ class NetworkRecords:
                     out["Containers"][c.id] = {"Name": c.name, "EndpointID": "", "MacAddress": "",
                                                "IPv4Address": "", "IPv6Address": ""}
             return out
-        for c in self.members(rec):
+        for c, ep in self.endpoints_on(rec):
             if not c.running:
                 continue
-            ep = self._endpoint(c, rec)
             out["Containers"][c.id] = {
                 "Name": c.name, "EndpointID": ep.get("EndpointID", ""),
                 "MacAddress": ep.get("MacAddress", ""),
