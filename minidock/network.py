@@ -386,7 +386,7 @@ class LateAnnouncement:
     @syscalls.Step("announce the container's addresses again")
     def announce(self):
         try:
-            forwarding(self.outside, [port for _, port, _ in self.links])
+            wait_forwarding(self.outside, [port for _, port, _ in self.links])
             calls = []
             for index, _, mac in self.links:
                 calls += announce_calls(index, {"mac": mac})
@@ -399,19 +399,12 @@ class LateAnnouncement:
 FORWARDING_WAIT = 0.25                  # seconds: then announce anyway (best effort)
 
 
-def forwarding(outside, ports):
-    """wait_forwarding, for an announcement, which is best effort: a port that cannot be asked
-    about is not waited for, and does not fail the start or the connect. -> whether all were."""
-    try:
-        return wait_forwarding(outside, ports)
-    except OSError:
-        return False
-
-
 def wait_forwarding(outside, ports, clock=time.monotonic, sleep=time.sleep):
     """Return once each of `ports` (daemon ends of veths, asked through `outside`, a netlink
     socket in the daemon's namespace) is a bridge port in the forwarding state -- or is gone
-    -- or after FORWARDING_WAIT seconds. Returns whether they all were.
+    -- or after FORWARDING_WAIT seconds, or at once when a port cannot be asked about: the
+    announcement that follows is best effort, and never fails a start or a connect. Returns
+    whether they all were.
 
     Why: a frame that arrives at a port not forwarding yet is dropped. A veth end comes up
     with its peer, and its port goes from disabled to forwarding (no STP) only when the
@@ -431,7 +424,7 @@ def wait_forwarding(outside, ports, clock=time.monotonic, sleep=time.sleep):
             except OSError as e:
                 if e.errno == errno.ENODEV:
                     continue            # deleted meanwhile: nothing to wait for
-                raise
+                return False
             if netlink.parse_link(reply)["port_state"] != netlink.BR_STATE_FORWARDING:
                 left.append(port)
         if not left:
@@ -689,7 +682,7 @@ def hotplug(netns, init_pid, ifname, ep):
         disable_ipv6(ifname, lambda path: netns.open_in(path, init_pid))
         inside.apply(configure_calls(index, ep))
         if ep.get("mac"):               # again, once its port forwards (LateAnnouncement)
-            netns.rtnl(forwarding, [port])
+            netns.rtnl(wait_forwarding, [port])
             inside.apply(announce_calls(index, {"mac": ep["mac"]}))
     finally:
         os.close(fd)

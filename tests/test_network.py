@@ -202,6 +202,16 @@ def test_the_late_announcement_waits_for_forwarding_ports():
     assert not network.wait_forwarding(ports, [12], clock=lambda: next(ticks) * 0.1,
                                        sleep=lambda s: None)
     assert len(ports.asked) == 1 + int(network.FORWARDING_WAIT / 0.1)
+    # a port that cannot be asked about (not ENODEV): given up at once, nothing raised
+
+    class Refusing(_Ports):
+        def request(self, *a, **kw):
+            self.asked.append(kw.get("index"))
+            raise PermissionError(1, "Operation not permitted")
+
+    ports, sleeps = Refusing({}), []
+    assert not network.wait_forwarding(ports, [12, 13], sleep=sleeps.append)
+    assert ports.asked == [12] and sleeps == []
 
 
 def test_the_late_announcement_sets_each_mac_after_the_wait():
