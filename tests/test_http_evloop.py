@@ -145,8 +145,8 @@ def _scan_outcome(app, method, path, version):
     other methods only (and none of this method in another version), else 404."""
     from minidock.api import versions
     allowed, elsewhere = set(), False
-    for route_method, regex, handler, span, mode in app.routes:
-        m = regex.match(path)
+    for route_method, pattern, handler, span, mode in app.routes:
+        m = router.compile_pattern(pattern).match(path)
         if not m:
             continue
         if not versions.exists(span, version):
@@ -502,3 +502,19 @@ def test_tls_handshakes_and_requests_in_the_loop(tls_pair):
         app.release.set()
         srv.shutdown()
         srv.server_close()
+
+
+def test_route_patterns_are_compiled_per_segment_when_first_asked():
+    """A Router compiles no pattern when it is made (it is on the daemon's start-up path), and
+    then only the group of the segment a request names, once."""
+    app = router.Router(daemon.routes(), None)
+    assert app._compiled == {}
+    app.match("GET", "/containers/abc/json")
+    group = app._compiled["containers"]
+    assert set(app._compiled) == {"containers"}
+    assert all(hasattr(regex, "match") for _, regex, *_ in group)
+    app.match("POST", "/containers/abc/start")
+    assert app._compiled["containers"] is group
+    with pytest.raises(errors.NotFound):
+        app.match("GET", "/no-such-segment/x")
+    assert set(app._compiled) == {"containers", None}

@@ -211,24 +211,36 @@ class Router:
         # `{name:path}` patterns that could also swallow them.
         # A route is (method, pattern, handler) or, made by versions.route(), with a 4th element:
         # the (since, until) span of API versions it exists in.
-        self.routes = [(entry[0], compile_pattern(entry[1]), entry[2],
+        self.routes = [(entry[0], entry[1], entry[2],
                         entry[3] if len(entry) > 3 else (versions.MIN, versions.MAX),
                         serving_mode_of(entry[0], entry[1]))
                        for entry in routes]
         # The routes a path can match, by its first segment: every pattern begins with a
         # literal one (`/containers/...`), so a request is matched against a dozen patterns,
         # not all hundred (a linear scan cost up to 12 us a request). Table order is kept
-        # within each list, so the first match is the same as in the whole table; a pattern
-        # that began with a parameter would be in every list (and in `_any`, for paths whose
-        # first segment no literal pattern names).
-        self._any = [route for entry, route in zip(routes, self.routes)
-                     if _first_segment(entry[1]) is None]
-        self._by_segment = {}
-        for entry, route in zip(routes, self.routes):
-            segment = _first_segment(entry[1])
-            if segment is not None and segment not in self._by_segment:
-                self._by_segment[segment] = [r for e, r in zip(routes, self.routes)
-                                             if _first_segment(e[1]) in (segment, None)]
+        # within each group, so the first match is the same as in the whole table; a pattern
+        # that began with a parameter would be in every group (and in group None, for paths
+        # whose first segment no literal pattern names).
+        self._groups = {None: [r for r in self.routes if _first_segment(r[1]) is None]}
+        for route in self.routes:
+            segment = _first_segment(route[1])
+            if segment is not None and segment not in self._groups:
+                self._groups[segment] = [r for r in self.routes
+                                         if _first_segment(r[1]) in (segment, None)]
+        # A group's patterns are compiled when the first path of its segment comes: all 109
+        # at start-up took 3.5-7 ms of it, and a daemon may never see most segments. Two
+        # first requests at once may both compile a group; either list serves.
+        self._compiled = {}             # segment -> [(method, regex, handler, span, mode)]
+
+    def _compile(self, segment):
+        if segment not in self._groups:
+            segment = None              # (not kept under its own name: paths are the client's)
+            if None in self._compiled:
+                return self._compiled[None]
+        group = [(method, compile_pattern(pattern), handler, span, mode)
+                 for method, pattern, handler, span, mode in self._groups[segment]]
+        self._compiled[segment] = group
+        return group
 
     def match(self, method, path, version=versions.MAX):
         """Find (handler, params) or raise NotFound / MethodNotAllowed.
@@ -241,8 +253,9 @@ class Router:
 
     def _find(self, method, path, version):
         allowed, elsewhere = set(), False
-        candidates = self._by_segment.get(path.split("/", 2)[1] if path[:1] == "/" else None, self._any)
-        for route_method, regex, handler, span, mode in candidates:
+        segment = path.split("/", 2)[1] if path[:1] == "/" else None
+        for route_method, regex, handler, span, mode in (self._compiled.get(segment)
+                                                          or self._compile(segment)):
             m = regex.match(path)
             if not m:
                 continue
