@@ -233,6 +233,7 @@ class Containers:
                     self.by_name[name] = cid
             except BaseException:
                 self.collection.objects.pop(cid, None)
+                self.networks.release(((record.get("NetworkSettings") or {}).get("Networks") or {}).values())
                 shutil.rmtree(directory, ignore_errors=True)
                 self.layers.remove_rw(cid)
                 raise

@@ -311,6 +311,7 @@ class NetworkRecords:
                 self.containers.save(c)
             self._bring_down(rec)
             self.collection.delete(rec["Id"])
+            self.taken_addresses.pop(rec["Id"], None)
         self.events.emit("network", "destroy", rec["Id"], {"name": rec["Name"], "type": "bridge"})
         return rec
 

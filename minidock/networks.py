@@ -76,6 +76,7 @@ class Networks(NetworkRecords, ContainerEndpoints, ContainerNames, PublishedPort
         for problem in self.collection.load():
             log.warning("skipping unreadable network state: %s", problem)
         self.lock = threading.RLock()
+        self.taken_addresses = {}       # network id -> addresses taken there (network_endpoints)
         self.pools = pools
         self.netns = None               # network.DaemonNetns once started
         self.resolver = None

@@ -275,8 +275,37 @@ def names(engine):
     return seen
 
 
+def failed_create(engine):
+    """A create whose record cannot be written (a full disk, here made so) fails and keeps
+    nothing: not its name, nor its address on `bridge`, which the next create gets."""
+    cs = engine.containers
+    body = {"Image": "busybox", "Cmd": ["true"]}
+    first, _ = cs.create(body, name="first")
+
+    def address(cid):
+        return cs.get(cid).record["NetworkSettings"]["Networks"]["bridge"]["IPAddress"]
+
+    save_new = cs.collection.save_new
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    cs.collection.save_new = full
+    try:
+        cs.create(body, name="second")
+        failed = None
+    except OSError as exc:
+        failed = exc.strerror
+    finally:
+        cs.collection.save_new = save_new
+    second, _ = cs.create(body, name="second")
+    seen = {"failed": failed, "addresses": [address(first), address(second)]}
+    for cid in (first, second):
+        cs.remove(cid)
+    return seen
+
+
 SCENARIOS = [run_to_exit, stop_and_remove, pause_and_kill, restart_policy, execs, volumes, attach_detach,
-             list_rows, names]
+             list_rows, names, failed_create]
 
 
 def main():

@@ -149,3 +149,12 @@ def test_names_are_found_renamed_freed_and_win_over_id_prefixes(seen):
     assert r["removed"][0] == "NotFound"
     assert r["reused"] is True
     assert r["left"] == []
+
+
+def test_a_failed_create_keeps_neither_its_name_nor_its_address(seen):
+    r = _scenario(seen, "failed_create")
+    assert r["failed"] == "No space left on device"
+    first, second = r["addresses"]
+    # the address the failed create held for a moment is the next one given
+    assert (first.rsplit(".", 1)[0], int(second.rsplit(".", 1)[1])) == \
+        (second.rsplit(".", 1)[0], int(first.rsplit(".", 1)[1]) + 1)

@@ -199,10 +199,96 @@ def test_addresses_taken_are_counted_per_network(nets):
     boxes.items.append(only_two)
     n.join_at_create(only_two)
     assert only_two.record["NetworkSettings"]["Networks"]["two"]["IPAddress"] == "10.62.0.3"
-    # what the allocator sees: each network's own addresses, without the asking container's
-    assert sorted(n._used(n.find("two"))) == [0x0A3E0002, 0x0A3E0003]
-    assert n._used(n.find("two"), except_id=only_two.id) == [0x0A3E0002]
-    assert n._used(n.find("one")) == [0x0A3D0002]
+    # what the allocator sees: each network's own addresses, as kept and as counted again
+    # from the records
+    for _ in ("kept", "counted"):
+        assert n._taken(n.find("two")) == {0x0A3E0002, 0x0A3E0003}
+        assert n._taken(n.find("one")) == {0x0A3D0002}
+        n.taken_addresses.clear()
+
+
+def _counted(n, name):
+    """The addresses taken on a network as a count from the records finds them now."""
+    kept = n.taken_addresses.pop(n.find(name)["Id"], None)
+    try:
+        return n._taken(n.find(name))
+    finally:
+        if kept is not None:
+            n.taken_addresses[n.find(name)["Id"]] = kept
+
+
+def test_the_addresses_kept_are_those_the_records_hold_after_every_change(nets):
+    """Joins, a failed join, a disconnect, a removal, a network removed: after each, the set of
+    taken addresses kept per network is what counting the records gives."""
+    n, boxes = nets
+    n.create({"Name": "app", "IPAM": {"Config": [{"Subnet": "10.71.0.0/24",
+                                                     "AuxiliaryAddresses": {"router": "10.71.0.9"}}]}})
+    n.create({"Name": "side", "IPAM": {"Config": [{"Subnet": "10.72.0.0/24"}]}})
+
+    def check():
+        for name in ("bridge", "app", "side"):
+            if n.find(name)["Id"] in n.taken_addresses:
+                assert n.taken_addresses[n.find(name)["Id"]] == _counted(n, name), name
+
+    made = []
+    for i in range(6):
+        b = Box(f"{i:x}" * 64, f"c{i}", "app")
+        boxes.items.append(b)
+        n.join_at_create(b, {"EndpointsConfig": {"side": {}}} if i % 2 else None)
+        made.append(b)
+        check()
+    assert n.taken_addresses[n.find("app")["Id"]] >= {0x0A470009}       # the auxiliary address
+    # a join that fails on its second network keeps no address on the first
+    bad = Box("a" * 64, "bad", "app")
+    boxes.items.append(bad)
+    with pytest.raises(errors.MinidockError):
+        n.join_at_create(bad, {"EndpointsConfig": {"side": {"IPAMConfig": {"IPv4Address": "10.99.0.5"}}}})
+    check()
+    assert bad.record["NetworkSettings"]["Networks"] == {}
+    n.disconnect("side", made[1])
+    check()
+    n.leave_all(made[2])
+    boxes.items.remove(made[2])
+    check()
+    n.connect("side", made[1])                  # back on side: an address again
+    check()
+    with pytest.raises(errors.Forbidden):
+        n.connect("side", made[3])              # on side already: the refusal changes nothing
+    check()
+
+
+def test_a_burst_of_creates_counts_the_records_once(nets, monkeypatch):
+    """The addresses taken are counted from every record once, at the first join; later joins
+    use the kept set (a count per create cost ~3 ms at 1,000 containers)."""
+    n, boxes = nets
+    passes = []
+    endpoints_on = n.endpoints_on
+    monkeypatch.setattr(n, "endpoints_on", lambda rec: passes.append(rec["Name"]) or endpoints_on(rec))
+    for i in range(50):
+        b = Box(f"{i:064x}", f"b{i}")
+        boxes.items.append(b)
+        n.join_at_create(b)
+    assert passes == ["bridge"]
+    addresses = [b.record["NetworkSettings"]["Networks"]["bridge"]["IPAddress"] for b in boxes.items]
+    assert addresses == [f"172.17.0.{i + 2}" for i in range(50)]
+
+
+def test_a_freed_address_is_the_next_one_given_and_a_removed_network_forgets_its_own(nets):
+    n, boxes = nets
+    n.create({"Name": "app", "IPAM": {"Config": [{"Subnet": "10.73.0.0/24"}]}})
+    first, second = Box("1" * 64, "first", "app", running=False), Box("2" * 64, "second", "app", running=False)
+    boxes.items += [first, second]
+    n.join_at_create(first)
+    n.join_at_create(second)
+    n.leave_all(first)
+    boxes.items.remove(first)
+    third = Box("3" * 64, "third", "app", running=False)
+    boxes.items.append(third)
+    n.join_at_create(third)
+    assert third.record["NetworkSettings"]["Networks"]["app"]["IPAddress"] == "10.73.0.2"
+    nid = n.find("app")["Id"]
+    n.remove("app")
+    assert nid not in n.taken_addresses
 
 
 def test_removing_a_network_in_use_is_forbidden_as_in_moby(nets):
