@@ -87,7 +87,7 @@ import stat
 import threading
 import time
 
-from minidock import errors, http
+from minidock import errors, http, workers
 from minidock.http import (LAST_CHUNK, Hijack, StreamResponse, body_reader, chunk,
                            error_response, render_head, render_response, take_head, upgrade_head)
 
@@ -511,7 +511,7 @@ class Server:
         self._lock = threading.Lock()          # guards _conns (opened by the loop, closed by owners)
         self._quick = queue.SimpleQueue()      # (conn, head, body) for the worker pool, FIFO
         self._threads = _ThreadCache()
-        self._workers = []
+        self._workers = []              # their names (started by workers.start_thread)
         self._epoll = select.epoll()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         listener.setblocking(False)
@@ -663,9 +663,9 @@ class Server:
 
     def _start_workers(self):
         while len(self._workers) < WORKERS:
-            t = threading.Thread(target=self._work, name=f"http-worker-{len(self._workers)}", daemon=True)
-            t.start()
-            self._workers.append(t)
+            name = f"http-worker-{len(self._workers)}"
+            workers.start_thread(self._work, name)      # not waited for (workers.start_thread)
+            self._workers.append(name)
 
     def _on_own_fd(self, fd):
         """An event on the listener or on the wake-up pipe."""

@@ -11,8 +11,11 @@ never run. So those paths hand their work to threads that exist from the daemon'
   `cancel()` works like threading.Timer's).
 
 A callable that raises is logged; the thread carries on.
+
+These threads are started with `start_thread`, which does not wait for them to run (below).
 """
 
+import _thread
 import heapq
 import itertools
 import logging
@@ -23,11 +26,28 @@ import time
 log = logging.getLogger("minidock.workers")
 
 
+def start_thread(target, name):
+    """Run `target()` on a new thread named `name`, for the life of the process, without
+    waiting for it to begin.
+
+    threading.Thread.start() returns only once the new thread has run, a hand-over that took
+    0.2-4 ms each while the daemon starts up (the spawner's interpreter starts on the other
+    CPU meanwhile): the daemon's 14 threads made in advance spent 15-20 ms of its start-up
+    there (scripts/profile-startup). `_thread.start_new_thread` returns once the thread
+    exists -- which is what counts against RLIMIT_NPROC -- and work handed to it waits in its
+    queue until it runs. It names itself then, for threading.current_thread() and tracebacks.
+    Such a thread cannot be joined; these never end."""
+    def run():
+        threading.current_thread().name = name
+        target()
+    _thread.start_new_thread(run, ())
+
+
 class WorkerPool:
     def __init__(self, size, name):
         self.queue = queue.SimpleQueue()
         for i in range(size):
-            threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True).start()
+            start_thread(self._run, f"{name}-{i}")
 
     def submit(self, fn, *args):
         self.queue.put((fn, args))
@@ -54,7 +74,7 @@ class Scheduler:
         self.heap = []
         self.cond = threading.Condition()
         self.order = itertools.count()      # ties in time keep submission order
-        threading.Thread(target=self._run, name=name, daemon=True).start()
+        start_thread(self._run, name)
 
     def call_later(self, delay, fn, *args):
         handle = _Handle()

@@ -1,5 +1,6 @@
 """Threads made in advance (workers.py) and exits that must not be lost (container/exits.py)."""
 
+import os
 import threading
 import time
 
@@ -9,7 +10,7 @@ from minidock.container.exits import ExitRegistry
 
 def test_pool_runs_work_without_creating_threads():
     pool = workers.WorkerPool(2, "t")
-    before = threading.active_count()
+    before = len(os.listdir("/proc/self/task"))      # what the kernel counts
     done = []
     event = threading.Event()
     for i in range(20):
@@ -17,7 +18,24 @@ def test_pool_runs_work_without_creating_threads():
     pool.submit(event.set)
     assert event.wait(10)
     assert sorted(done) == list(range(20))
-    assert threading.active_count() == before
+    assert len(os.listdir("/proc/self/task")) == before
+
+
+def test_pool_threads_exist_once_made_and_carry_their_names():
+    """The pool's threads are counted (RLIMIT_NPROC counts them) as soon as the pool is made,
+    and each runs under its own name."""
+    tasks = len(os.listdir("/proc/self/task"))
+    pool = workers.WorkerPool(3, "named")
+    assert len(os.listdir("/proc/self/task")) == tasks + 3
+    names, barrier = [], threading.Barrier(4)
+
+    def record():
+        names.append(threading.current_thread().name)
+        barrier.wait(10)                 # each of the three holds its thread until all ran
+    for _ in range(3):
+        pool.submit(record)
+    barrier.wait(10)
+    assert sorted(names) == ["named-0", "named-1", "named-2"]
 
 
 def test_pool_survives_a_failing_job():
