@@ -27,8 +27,7 @@ log = logging.getLogger("minidock.workers")
 
 
 def start_thread(target, name):
-    """Run `target()` on a new thread named `name`, for the life of the process, without
-    waiting for it to begin.
+    """Run `target()` on a new thread named `name`, without waiting for it to begin.
 
     threading.Thread.start() returns only once the new thread has run, a hand-over that took
     0.2-4 ms each while the daemon starts up (the spawner's interpreter starts on the other
@@ -36,7 +35,7 @@ def start_thread(target, name):
     there (scripts/profile-startup). `_thread.start_new_thread` returns once the thread
     exists -- which is what counts against RLIMIT_NPROC -- and work handed to it waits in its
     queue until it runs. It names itself then, for threading.current_thread() and tracebacks.
-    Such a thread cannot be joined; these never end."""
+    Such a thread cannot be joined (nothing waits for one to end)."""
     def run():
         threading.current_thread().name = name
         target()
