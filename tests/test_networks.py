@@ -218,8 +218,8 @@ def _counted(n, name):
 
 
 def test_the_addresses_kept_are_those_the_records_hold_after_every_change(nets):
-    """Joins, a failed join, a disconnect, a removal, a network removed: after each, the set of
-    taken addresses kept per network is what counting the records gives."""
+    """Joins, a failed join, a disconnect, a removal, a reconnect, a refused connect: after
+    each, the set of taken addresses kept per network is what counting the records gives."""
     n, boxes = nets
     n.create({"Name": "app", "IPAM": {"Config": [{"Subnet": "10.71.0.0/24",
                                                      "AuxiliaryAddresses": {"router": "10.71.0.9"}}]}})
