@@ -44,9 +44,6 @@ class ContainerEndpoints:
                 return name
         return rec["Name"]
 
-    def _endpoint(self, c, rec):
-        return c.record["NetworkSettings"]["Networks"].get(self._ep_name(c, rec)) or {}
-
     def _taken(self, rec):
         """The addresses taken on `rec` as integers (ipam.address_int): its reserved auxiliary
         addresses and its containers'. Counted from the records the first time, then kept

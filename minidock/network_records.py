@@ -234,9 +234,9 @@ class NetworkRecords:
 
     def endpoints_on(self, rec):
         """(container, its endpoint settings) for each container attached to network `rec`,
-        running or not: the first of its endpoints on `rec`, the one _endpoint() names. One
-        pass over the records with nothing called per container -- every create on a network
-        asks this (the addresses taken there), and each DNS query."""
+        running or not: the first of its endpoints on `rec`, the one _ep_name() names. One
+        pass over the records with nothing called per container -- each DNS query asks this,
+        and the first join on a network after a start (the addresses taken there)."""
         network_id = rec["Id"]
         for c in self.containers.all() if self.containers else ():
             settings = c.record.get("NetworkSettings")
