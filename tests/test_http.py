@@ -148,6 +148,9 @@ def test_chunk_rendering():
     assert http.chunk(b"hello") == b"5\r\nhello\r\n"
     assert http.chunk(b"") == b""          # an empty chunk would end the body
     assert http.LAST_CHUNK == b"0\r\n\r\n"
+    big = bytes(range(256)) * 4096          # 1 MiB, every byte value: a log block's size
+    assert http.chunk(big) == b"100000\r\n" + big + b"\r\n"
+    assert http.chunk(bytearray(b"ab")) == http.chunk(memoryview(b"ab")) == b"2\r\nab\r\n"
 
 
 def test_upgrade_head():
