@@ -56,6 +56,16 @@ def test_a_chunked_body_is_decoded(bench):
                     b"10\r\n{\"StatusCode\":0}\r\n", b"1\r\n\n\r\n0\r\n\r\n") == (200, b'{"StatusCode":0}\n')
 
 
+def test_a_chunked_logs_stream_is_taken_apart_exactly(bench):
+    payload = bytes(range(256)) * 300
+    wire = b"".join(b"%x;ext=1\r\n%s\r\n" % (n, payload[a:a + n]) if a % 2 else b"%x\r\n%s\r\n" % (n, payload[a:a + n])
+                    for a, n in ((0, 1), (1, 4095), (4096, 70000), (74096, len(payload) - 74096))) + b"0\r\n\r\n"
+    assert bench.dechunk(wire) == payload
+    for cut in (wire[:-5], wire[:10], wire[:4]):        # inside the last size line, a chunk, a size
+        with pytest.raises(bench.APIError):
+            bench.dechunk(cut)
+
+
 def test_no_body_and_a_body_the_close_ends(bench):
     assert answered(bench, b"HTTP/1.1 204 No Content\r\nServer: x\r\n\r\n") == (204, b"")
     assert answered(bench, b"HTTP/1.0 200 OK\r\n\r\nall ", b"of it", close=True) == (200, b"all of it")
