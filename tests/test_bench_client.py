@@ -61,9 +61,10 @@ def test_a_chunked_logs_stream_is_taken_apart_exactly(bench):
     wire = b"".join(b"%x;ext=1\r\n%s\r\n" % (n, payload[a:a + n]) if a % 2 else b"%x\r\n%s\r\n" % (n, payload[a:a + n])
                     for a, n in ((0, 1), (1, 4095), (4096, 70000), (74096, len(payload) - 74096))) + b"0\r\n\r\n"
     assert bench.dechunk(wire) == payload
-    for cut in (wire[:-5], wire[:10], wire[:4]):        # inside the last size line, a chunk, a size
+    # no last chunk; cut inside a size line; inside a chunk; a size that is not hex
+    for bad in (wire[:-5], wire[:10], wire[:4], b"zz\r\nab\r\n0\r\n\r\n"):
         with pytest.raises(bench.APIError):
-            bench.dechunk(cut)
+            bench.dechunk(bad)
 
 
 def test_no_body_and_a_body_the_close_ends(bench):
