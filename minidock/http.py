@@ -531,8 +531,9 @@ def render_response(response, head, keep, base_headers=()):
 def chunk(data):
     """One chunk of a chunked body. An empty `data` would end the body, so it is never sent.
 
-    A join, one copy of `data`: bytes %-formatting with a large `%s` argument took ~12 times as
-    long (651 against 54 us for 1 MiB), a cost every chunked stream paid per byte."""
+    A join, one copy of `data`: bytes %-formatting with a large `%s` argument took ~10 times as
+    long for the 1 MiB blocks of a large `docker logs` (568-651 against 54-63 us; the same
+    for 64 KiB pieces, 2.2-2.3 us)."""
     if not data:
         return b""
     return b"".join((b"%x\r\n" % len(data), data, b"\r\n"))
