@@ -25,7 +25,7 @@ from minidock.times import now_rfc3339
 EXIT_GRACE = 5.0      # seconds `logs -f` waits, after the output ended, for the exit to be recorded
 READ_AHEAD_FROM = 8 << 20     # a stored log this large is decoded on a thread of its own
 READ_AHEAD = 4                # items (up to MERGED bytes each) decoded ahead of the socket
-MERGED = 1 << 20              # a large log's blocks of one stream go out joined up to this size
+MERGED = 256 << 10            # a large log's blocks of one stream go out joined up to this size
 
 
 class Discard:
@@ -129,8 +129,10 @@ def merged(blocks, size):
     Handing a block from the decoding thread to the one that sends it costs a wake-up and a
     hand-over of the GIL, and each of its two sends (frame header, bytes) returns into a thread
     that must win the GIL back from the decoder: a 256 KiB read holds ~150 KB of 100-byte
-    lines' payload, so ~7 hand-overs and ~14 sends per MiB, against 1 and 2 merged. The join is
-    one copy (~0.1 ms per MiB); the client's demuxed bytes are the same."""
+    lines' payload, so ~7 hand-overs and ~14 sends per MiB, against ~4 and ~8 at MERGED. The
+    join is one copy (~0.1 ms per MiB); the client's demuxed bytes are the same. Joined up to
+    1 MiB instead, each block was a fresh allocation whose pages faulted in: ~2,900 minor faults
+    per 67 MB of log, against a handful at 256 KiB (docs/performance.md, session of 19:01)."""
     stream, parts, held = None, [], 0
     for name, data in blocks:
         if name != stream or held >= size:
