@@ -331,7 +331,10 @@ class Containers:
                         f"attempting removal or force remove")
                 self.supervisor.cancel_restart(c)
         if c.status in ALIVE:
-            self.kill(c.id, "KILL")
+            try:
+                self.kill(c.id, "KILL")
+            except errors.Conflict:
+                pass           # it exited between the look and the kill (as moby: not running is fine)
             with c.changed:
                 c.changed.wait_for(lambda: c.status not in ALIVE, 10)
                 if c.host_config.get("AutoRemove"):

@@ -102,6 +102,30 @@ def stop_and_remove(engine):
     return seen
 
 
+def force_remove_as_it_exits(engine):
+    """`rm -f` of a running container that exits on its own between the removal's look at its
+    status and its SIGKILL (a restart policy's container that fails again, say): the kill finds
+    nothing to kill, and the removal goes on. The exit is made to land in that gap by running
+    it from the supervisor's kill, before the kill itself."""
+    cs = engine.containers
+    cid, _ = cs.create({"Image": "busybox", "Cmd": ["sleep", "1000"]})
+    c = cs.get(cid)
+    cs.start(cid)
+    pid = c.pid
+    kill = cs.supervisor.kill
+
+    def exit_first(container, number):
+        os.kill(pid, 9)
+        _until(lambda: c.status == "exited")
+        return kill(container, number)
+    cs.supervisor.kill = exit_first
+    try:
+        removal = _refused(lambda: cs.remove(cid, force=True))
+    finally:
+        cs.supervisor.kill = kill
+    return {"removal": removal, "status": c.status, "lookup": _refused(lambda: cs.get(cid))}
+
+
 def pause_and_kill(engine):
     cs = engine.containers
     cid, _ = cs.create({"Image": "busybox", "Cmd": ["sleep", "1000"]})
@@ -304,8 +328,8 @@ def failed_create(engine):
     return seen
 
 
-SCENARIOS = [run_to_exit, stop_and_remove, pause_and_kill, restart_policy, execs, volumes, attach_detach,
-             list_rows, names, failed_create]
+SCENARIOS = [run_to_exit, stop_and_remove, force_remove_as_it_exits, pause_and_kill, restart_policy,
+             execs, volumes, attach_detach, list_rows, names, failed_create]
 
 
 def main():

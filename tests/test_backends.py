@@ -80,6 +80,12 @@ def test_stop_then_remove(seen):
     assert r["status_after"] == "dead" and r["lookup"][0] == "NotFound"
 
 
+def test_force_remove_of_a_container_that_exits_before_its_kill(seen):
+    r = _scenario(seen, "force_remove_as_it_exits")
+    assert r["removal"] is None, r        # was: Conflict "Container ... is not running"
+    assert r["status"] == "dead" and r["lookup"][0] == "NotFound"
+
+
 def test_pause_unpause_kill(seen):
     r = _scenario(seen, "pause_and_kill")
     assert r["paused"] == ["paused", True]
