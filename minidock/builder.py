@@ -391,7 +391,10 @@ class Builder:
                     item = q.get(timeout=0.5)
                 except queue.Empty:
                     if self.cancelled():
-                        containers.kill(cid, "KILL")
+                        try:
+                            containers.kill(cid, "KILL")
+                        except errors.Conflict:
+                            pass          # the step ended meanwhile: nothing to kill
                         raise Cancelled() from None
                     continue
                 if item is None:
