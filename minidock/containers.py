@@ -282,7 +282,10 @@ class Containers:
         c = self.get(ref)
         sig = config.parse_signal(sig) if sig else None       # a bad name is a 400 before stopping
         if c.status in ACTIVE:
-            self.supervisor.stop(c, timeout, sig)
+            try:
+                self.supervisor.stop(c, timeout, sig)
+            except errors.NotModified:
+                pass              # it exited between the look and the stop: start it all the same
         with c.lock:
             self.supervisor.start_by_hand(c)
         self.emit(c, "start")

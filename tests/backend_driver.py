@@ -126,6 +126,32 @@ def force_remove_as_it_exits(engine):
     return {"removal": removal, "status": c.status, "lookup": _refused(lambda: cs.get(cid))}
 
 
+def restart_as_it_exits(engine):
+    """`docker restart` of a running container that exits on its own between the restart's look
+    at its status and its stop: the stop finds it stopped, and the restart starts it again (as
+    moby, whose stop of a stopped container is no error there). The exit is made to land in that
+    gap by running it from the supervisor's stop."""
+    cs = engine.containers
+    cid, _ = cs.create({"Image": "busybox", "Cmd": ["sleep", "1000"]})
+    c = cs.get(cid)
+    cs.start(cid)
+    first = c.pid
+    stop = cs.supervisor.stop
+
+    def exit_first(container, timeout=None, sig=None):
+        os.kill(first, 9)
+        _until(lambda: c.status == "exited")
+        return stop(container, timeout, sig)
+    cs.supervisor.stop = exit_first
+    try:
+        restart = _refused(lambda: cs.restart(cid, timeout=1))
+    finally:
+        cs.supervisor.stop = stop
+    seen = {"restart": restart, "status": c.status, "new_pid": c.pid not in (0, first)}
+    cs.remove(cid, force=True)
+    return seen
+
+
 def pause_and_kill(engine):
     cs = engine.containers
     cid, _ = cs.create({"Image": "busybox", "Cmd": ["sleep", "1000"]})
@@ -328,8 +354,8 @@ def failed_create(engine):
     return seen
 
 
-SCENARIOS = [run_to_exit, stop_and_remove, force_remove_as_it_exits, pause_and_kill, restart_policy,
-             execs, volumes, attach_detach, list_rows, names, failed_create]
+SCENARIOS = [run_to_exit, stop_and_remove, force_remove_as_it_exits, restart_as_it_exits, pause_and_kill,
+             restart_policy, execs, volumes, attach_detach, list_rows, names, failed_create]
 
 
 def main():

@@ -86,6 +86,12 @@ def test_force_remove_of_a_container_that_exits_before_its_kill(seen):
     assert r["status"] == "dead" and r["lookup"][0] == "NotFound"
 
 
+def test_restart_of_a_container_that_exits_before_its_stop(seen):
+    r = _scenario(seen, "restart_as_it_exits")
+    assert r["restart"] is None, r        # was: NotModified "container already stopped" (a 304)
+    assert r["status"] == "running" and r["new_pid"]
+
+
 def test_pause_unpause_kill(seen):
     r = _scenario(seen, "pause_and_kill")
     assert r["paused"] == ["paused", True]
