@@ -405,10 +405,16 @@ class _Server:
         syscalls.drain(self.wake_r)
         self.reap()
 
-    def on_request(self, wait=True):
-        """Read the daemon's socket: one datagram, or (`wait=False`) every one already there.
-        False when the daemon closed it."""
-        flags = socket.MSG_CMSG_CLOEXEC | (0 if wait else socket.MSG_DONTWAIT)
+    def on_request(self, every=False):
+        """Read the daemon's socket: one datagram, or (`every`) every one already there. False
+        when the daemon closed it.
+
+        It never waits for a datagram. An event of the batch select() returned can be stale:
+        on_pooled_gone, earlier in the same batch, reads every datagram there, the one this
+        event saw among them. A blocking read then waited for the daemon's *next* message --
+        while the run request it had just read waited for its answer, which this very loop
+        gives (its init's status pipe, not read again): the daemon's start hung for good."""
+        flags = socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT
         while True:
             try:
                 data, fds = syscalls.recv_fds(self.sock, MAX_PART + 1, 4, flags)
@@ -422,7 +428,7 @@ class _Server:
             if done is not None:
                 msg, fds = done
                 self.start_or_fail(msg, fds)
-            if wait:
+            if not every:
                 return True
 
     def start_or_fail(self, msg, fds):
@@ -576,7 +582,7 @@ class _Server:
         `{"op": "took"}` is in our socket before the init can have read its request, so what
         is there is read before the EOF counts as a death."""
         if pooled.sock is not None:
-            self.on_request(wait=False)
+            self.on_request(every=True)
         if pooled.sock is None:
             return                      # taken or dropped (just now, or earlier in this batch)
         self.pool.remove(pooled)

@@ -148,3 +148,35 @@ def test_stray_zombies_of_a_dead_spawners_session_are_reaped_no_others():
         assert os.waitpid(watched, 0)[1] >> 8 == 5  # still ours to wait for, with its code
         assert os.waitpid(ours, 0)[1] >> 8 == 4
         assert os.waitpid(kept, 0)[1] >> 8 == 6
+
+
+def test_a_request_event_made_stale_by_its_batch_never_blocks_the_loop():
+    """One select() batch holds a pooled init's EOF and the daemon's socket. The pooled init's
+    event is handled first and reads every datagram there (the daemon's `took` comes before the
+    init can close its end); the request event is stale then. Reading it must not wait for the
+    daemon's next message: the request just read waits for its answer from this loop (seen in
+    the suite as a start that hung, the spawner blocked in recvmsg with a status pipe at EOF)."""
+    import selectors
+    daemon_end, mine = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    init_end, pooled_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    server = spawnerloop._Server(mine, -1, os.getpid())
+    server.sel = selectors.DefaultSelector()
+    server.sel.register(mine, selectors.EVENT_READ, "request")
+    pooled = spawnerloop._Pooled(4242, pooled_end)
+    server.pool.append(pooled)
+    server.sel.register(pooled_end, selectors.EVENT_READ, pooled)
+    try:
+        spawnerloop.send_message(daemon_end, {"op": "took", "pid": 4242, "spec": {}})
+        init_end.close()                  # the init read its run request and closed its end
+        batch = [key.data for key, _ in server.sel.select(0)]
+        assert sorted(map(str, batch)) == sorted(map(str, ["request", pooled]))
+        server.on_pooled_gone(pooled)     # the loop's order when epoll lists the init first
+        assert pooled.sock is None and 4242 in server.taken and not server.pool   # taken, not dead
+        answers = []
+        reader = threading.Thread(target=lambda: answers.append(server.on_request()), daemon=True)
+        reader.start()
+        reader.join(5)
+        assert answers == [True], "the stale request event blocked the spawner's loop"
+    finally:
+        daemon_end.close()                # (unblocks a blocked read: EOF)
+        mine.close()
