@@ -43,7 +43,10 @@ costs ~120-190 ms of CPU here (the machine's speed varies that much), ~180-280 n
 small bytes objects made and freed per line (the line and its body) are most of it, then the
 page-cache copy (pread) and the joins. The cut is io.BytesIO.readlines(), which finds each
 newline with memchr: bytes.split(b"\n") compares byte by byte and costs ~4 times as much
-(~60 against ~240 us per 256 KiB read).
+(~60 against ~240 us per 256 KiB read). That decode is the read-back's floor in CPython, so a log
+without rotation also keeps a read cache beside it (logcache.py: the shown bytes, written once
+more in large records): `docker logs` without --timestamps, --details, --since, --until or
+--tail copies what the cache covers and decodes only the rest.
 
 Observe it yourself:
 
@@ -62,7 +65,7 @@ import threading
 import time
 from urllib.parse import quote_plus
 
-from . import syscalls
+from . import logcache, syscalls
 from .errors import InvalidParameter, NotImplementedKind
 from .times import NS, now_rfc3339, rfc3339_ns, rfc3339_seconds
 
@@ -160,16 +163,24 @@ class Writer:
     """Appends entries to a json-file log, rotating by size. Thread-safe.
 
     Every WRITEBACK_STEP bytes the kernel is asked to start writing the finished part of the
-    file to disk (`writeback`), so that a container's log never piles up as dirty pages."""
+    file to disk (`writeback`), so that a container's log never piles up as dirty pages. A log
+    without rotation keeps its read cache beside it (logcache.py; `cache=False`: none)."""
 
-    def __init__(self, path, max_size=-1, max_file=1, clock=now_rfc3339, writeback=None):
+    def __init__(self, path, max_size=-1, max_file=1, clock=now_rfc3339, writeback=None,
+                 cache=True):
         self.path, self.max_size, self.max_file, self.clock = path, max_size, max_file, clock
         self.lock = _lock_for(path)
         self.partial = {"stdout": b"", "stderr": b""}
         self.file = open(path, "ab", buffering=0)
         self.size = os.fstat(self.file.fileno()).st_size
         self.writeback = WRITEBACK if writeback is None else writeback
-        self.written_back = self.size     # where the last write-out request ended
+        self.out = WriteOut(self.writeback, self.size)
+        self.cache = None
+        if cache and max_size <= 0:
+            try:
+                self.cache = logcache.Writer(path, self.writeback, WriteOut)
+            except OSError:
+                pass                      # no cache: the log is decoded when read
 
     @classmethod
     def for_config(cls, path, log_config):
@@ -182,26 +193,34 @@ class Writer:
         together (`encode_lines`)."""
         with self.lock:
             stamp = self.clock()
-            out, rest = encode_lines(stream, self.partial[stream] + data, stamp)
+            data = self.partial[stream] + data
+            end = data.rfind(b"\n") + 1
+            lines, rest = data[:end], data[end:]        # (the first is `data` itself when whole)
+            plain = all_plain(lines)
+            parts = encode_parts(stream, lines, stamp, plain) if lines else ()
             if len(rest) > PARTIAL_FLUSH:
-                out += entry_bytes(stream, rest.decode("utf-8", errors="replace"), stamp)
-                rest = b""
+                parts += (entry_bytes(stream, rest.decode("utf-8", errors="replace"), stamp),)
+                lines, rest, plain = data, b"", False
             self.partial[stream] = rest
-            if out:
-                self._append(out)
+            if parts:
+                self._append(parts, stream, lines, plain)
 
     def _entry(self, stream, data):
         return entry_bytes(stream, data.decode("utf-8", errors="replace"), self.clock())
 
-    def _append(self, entries):
-        """Append whole entries (one or many), rotating where moby would: it checks before
+    def _append(self, parts, stream, raw, plain):
+        """Append whole entries (one or many, in the buffers `parts`) of `stream`, made from the
+        raw output `raw` (`plain`: all_plain(raw)), rotating where moby would: it checks before
         each entry, so a file passes max-size by at most the one entry that crossed it."""
         if self.max_size <= 0:
-            self.file.write(entries)
-            self.size += len(entries)
-            if self.size - self.written_back >= WRITEBACK_STEP:
-                self._write_out()
+            start = self.size
+            self.size += os.writev(self.file.fileno(), parts)
+            self.out.grew(self.file.fileno(), self.size)
+            if self.cache is not None:
+                # After the entries are in the log, never before (logcache.py)
+                self.cache.add(stream, raw, plain, start, self.size, parts[-1])
             return
+        entries = b"".join(parts)
         while entries:
             if self.size >= self.max_size:
                 self._rotate()
@@ -212,20 +231,11 @@ class Writer:
             self.file.write(entries[:cut])
             self.size += cut
             entries = entries[cut:]
-            if self.size - self.written_back >= WRITEBACK_STEP:
-                self._write_out()
-
-    def _write_out(self, end=None):
-        """Ask for the write-out of [written_back, end): whole pages only (a page still being
-        filled would go to disk twice), all of it at the end (`close`)."""
-        end = self.size & ~(PAGE - 1) if end is None else end
-        if end > self.written_back:
-            self.writeback.submit(self.file.fileno(), self.written_back, end - self.written_back)
-            self.written_back = end
+            self.out.grew(self.file.fileno(), self.size)
 
     def _rotate(self):
         self.file.close()
-        self.written_back = 0
+        self.out = WriteOut(self.writeback, 0)
         if self.max_file > 1:
             # Oldest first, so that every rename lands on a name already moved away (or on the
             # one file that falls off the end and is replaced).
@@ -244,11 +254,12 @@ class Writer:
         with self.lock:
             for stream, rest in self.partial.items():
                 if rest:
-                    self._append(self._entry(stream, rest))
+                    self._append((self._entry(stream, rest),), stream, rest, False)
                     self.partial[stream] = b""
-            if self.size - self.written_back >= WRITEBACK_STEP // 4:
-                self._write_out(self.size)
+            self.out.last(self.file.fileno(), self.size)
             self.file.close()
+            if self.cache is not None:
+                self.cache.close()
 
 
 # -- write-out: the log reaches the disk as it is written ---------------------------------------
@@ -279,13 +290,39 @@ WRITEBACK_STEP = 4 << 20
 PAGE = 4096
 
 
+class WriteOut:
+    """The write-out requests of one growing file: whole pages, every WRITEBACK_STEP bytes."""
+
+    def __init__(self, writeback, start):
+        self.writeback = writeback
+        self.done = start & ~(PAGE - 1)   # where the last write-out request ended
+
+    def grew(self, fd, size):
+        """The file now holds `size` bytes: ask for the whole pages not asked for yet, once
+        there are WRITEBACK_STEP bytes of them (a page still being filled would go to disk
+        twice)."""
+        if size - self.done >= WRITEBACK_STEP:
+            self._ask(fd, size & ~(PAGE - 1))
+
+    def last(self, fd, size):
+        """At the close, before `fd` closes: all of it, if a fair part is left."""
+        if size - self.done >= WRITEBACK_STEP // 4:
+            self._ask(fd, size)
+
+    def _ask(self, fd, end):
+        if end > self.done:
+            self.writeback.submit(fd, self.done, end - self.done)
+            self.done = end
+
+
 def _sync_file_range():
     """The C library's sync_file_range, called as (fd, start, length, flags)."""
     return syscalls.libc.sync_file_range
 
 
 class Writeback:
-    """One daemon thread that starts the write-out of log ranges (see above), in order."""
+    """One daemon thread that starts the write-out of log ranges (see above), in order -- and
+    writes the records of the logs' read caches (logcache.py), off the output loop's thread."""
 
     MAX_PENDING = 64                  # requests waiting; past it new ones are dropped (a hint)
 
@@ -301,22 +338,30 @@ class Writeback:
         gets its own duplicate of `fd`: the writer may close or rotate its file meanwhile. On a
         disk so slow that MAX_PENDING requests wait, the request is dropped: the kernel writes
         those pages back on its own, and no descriptors pile up."""
+        # ctypes lets go of the GIL for the call; EIO and the like are not ours to report
+        # here: the writer's own write(2) reports a failing disk
+        self.run(fd, lambda dup: self._call(dup, start, length, syscalls.SYNC_FILE_RANGE_WRITE))
+
+    def run(self, fd, job):
+        """Call job(a duplicate of `fd`) on the thread, after everything handed over before;
+        False when MAX_PENDING wait (it is dropped)."""
         with self._lock:
             if self.pending >= self.MAX_PENDING:
-                return
+                return False
             self.pending += 1
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="log-writeback", daemon=True)
                 self._thread.start()
-        self._q.put((os.dup(fd), start, length))
+        self._q.put((os.dup(fd), job))
+        return True
 
     def _run(self):
         while True:
-            fd, start, length = self._q.get()
+            fd, job = self._q.get()
             try:
-                # ctypes lets go of the GIL for the call; EIO and the like are not ours to
-                # report here: the writer's own write(2) reports a failing disk
-                self._call(fd, start, length, syscalls.SYNC_FILE_RANGE_WRITE)
+                job(fd)
+            except Exception:         # a job's own failure, never the thread's end
+                pass
             finally:
                 os.close(fd)
                 with self._lock:
@@ -355,14 +400,21 @@ def encode_lines(stream, data, stamp):
     end = data.rfind(b"\n") + 1
     if not end:
         return b"", data
-    lines, rest = data[:end], data[end:]
+    lines = data[:end]
+    return b"".join(encode_parts(stream, lines, stamp, all_plain(lines))), data[end:]
+
+
+def encode_parts(stream, lines, stamp, plain):
+    """The entries of `lines`, which ends with a newline, as buffers to write one after the
+    other (os.writev); `plain`: all_plain(lines)."""
     tail = b'","stream":"%s","time":"%s"}\n' % (stream.encode(), stamp.encode())
-    if all_plain(lines):
+    if plain:
         # Nothing to escape but the newlines: the entries are the lines with the framing
-        # between them -- every newline becomes `\n` + tail + the next entry's head, and the
-        # head after the last one is cut off again by a view (two copies of the bytes in all).
+        # between them -- every newline becomes `\n` + tail + the next entry's head; the first
+        # head goes first, and the head after the last newline is cut off again by a view
+        # (one copy of the bytes in all).
         body = lines.replace(b"\n", b"\\n" + tail + _ENTRY_HEAD)
-        return b"".join((_ENTRY_HEAD, memoryview(body)[:-len(_ENTRY_HEAD)])), rest
+        return _ENTRY_HEAD, memoryview(body)[:-len(_ENTRY_HEAD)]
     text = lines.decode("utf-8", errors="replace")
     if "\\" not in text:
         # One escape of the whole text; with no backslash in it, every "\n" in the escaped text
@@ -370,10 +422,10 @@ def encode_lines(stream, data, stamp):
         parts = json.encoder.encode_basestring_ascii(text)[1:-1].split("\\n")
         parts.pop()
         sep = "\\n" + tail.decode() + '{"log":"'
-        return ('{"log":"' + sep.join(parts) + "\\n" + tail.decode()).encode("ascii"), rest
+        return ('{"log":"' + sep.join(parts) + "\\n" + tail.decode()).encode("ascii"),
     pieces = text.split("\n")
     pieces.pop()
-    return b"".join(entry_bytes(stream, piece + "\n", stamp) for piece in pieces), rest
+    return b"".join(entry_bytes(stream, piece + "\n", stamp) for piece in pieces),
 
 
 def entry_bytes(stream, text, stamp):
@@ -402,6 +454,12 @@ class View:
         self.streams = frozenset(streams)
         self.since, self.until = since, until
         self.timestamps, self.details = timestamps, details
+
+    @property
+    def bare(self):
+        """Whether entries show as their `log` value alone, with no time window: what a read
+        cache holds (logcache.py)."""
+        return not (self.timestamps or self.details or self.since or self.until)
 
     def wants(self, stream, stamp):
         return stream in self.streams and self.in_window(stamp)
@@ -739,20 +797,25 @@ def batches(handles, tail=None, upto=None):
             yield b"".join(lines), lines
         return
     for f, limit in _upto(handles, upto):
-        fd, off, size = f.fileno(), 0, READ_BLOCK
-        while True:
-            chunk = os.pread(fd, size if limit < 0 else min(size, limit - off), off)
-            cut = chunk.rfind(b"\n") + 1
-            if not cut:
-                if len(chunk) < size:
-                    break                   # end of file (perhaps inside a line cut by a crash)
-                size *= 2
-                continue
-            lines = io.BytesIO(chunk).readlines()
-            if not lines[-1].endswith(b"\n"):
-                lines.pop()                 # the piece after the last newline
-            yield chunk, lines
-            off, size = off + cut, READ_BLOCK
+        yield from _range_batches(f.fileno(), 0, limit)
+
+
+def _range_batches(fd, off, limit):
+    """batches() of one file's bytes from `off` (where a line begins) to `limit` (-1: its end)."""
+    size = READ_BLOCK
+    while limit < 0 or off < limit:
+        chunk = os.pread(fd, size if limit < 0 else min(size, limit - off), off)
+        cut = chunk.rfind(b"\n") + 1
+        if not cut:
+            if len(chunk) < size:
+                break                       # end of file (perhaps inside a line cut by a crash)
+            size *= 2
+            continue
+        lines = io.BytesIO(chunk).readlines()
+        if not lines[-1].endswith(b"\n"):
+            lines.pop()                     # the piece after the last newline
+        yield chunk, lines
+        off, size = off + cut, READ_BLOCK
 
 
 def read_shown(path, max_file=1, view=None, tail=None, upto=None):
@@ -761,12 +824,35 @@ def read_shown(path, max_file=1, view=None, tail=None, upto=None):
     the view's since/until apply after it, as in moby."""
     view = view or View()
     handles = open_all(path, max_file)
+    cache = logcache.open_for(path) if view.bare and (tail is None or tail < 0) \
+        and len(handles) == 1 else None
     try:
+        if cache is not None:
+            yield from _shown_with_cache(cache, *_upto(handles, upto)[0], view)
+            return
         for chunk, lines in batches(handles, tail, upto):
             yield from render_lines(chunk, lines, view)
     finally:
-        for f in handles:
+        for f in handles + [cache] * (cache is not None):
             f.close()
+
+
+def _shown_with_cache(cache, f, limit, view):
+    """read_shown of a log with a read cache (logcache.py): the records it may use, the log's
+    parts between and after them decoded."""
+    fd = f.fileno()
+    if limit < 0:
+        limit = os.fstat(fd).st_size
+    pos = 0
+    for start, end, stream, payload in logcache.records(cache.fileno(), fd, limit):
+        if start > pos:
+            for chunk, lines in _range_batches(fd, pos, start):
+                yield from render_lines(chunk, lines, view)
+        if stream in view.streams:
+            yield stream, payload
+        pos = end
+    for chunk, lines in _range_batches(fd, pos, limit):
+        yield from render_lines(chunk, lines, view)
 
 
 def read(path, max_file=1, since=0, until=None, tail=None, upto=None):

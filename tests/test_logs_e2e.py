@@ -88,3 +88,43 @@ def read_until_close_ok(d):
     s.connect(d.socket)
     s.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
     return read_until_close(s).endswith(b"OK")
+
+
+def test_the_read_cache_beside_a_log_and_a_log_emptied_in_place(rootless):
+    """A default log keeps its read cache beside it (minidock/logcache.py), and `docker logs`
+    shows the same bytes through it; a log with max-size keeps none. Emptying a running
+    container's log in place (`truncate -s 0 <LogPath>`, the usual way to clear a Docker log)
+    then shows only what came after, though the cache still holds the old output."""
+    import json
+    import os
+
+    from minidock import logcache
+    from support import wait_for
+
+    d = rootless
+
+    def log_path(name):
+        return json.loads(d.docker("inspect", name).stdout)[0]["LogPath"]
+
+    d.docker("run", "--name", "cached", "busybox", "sh", "-c", "yes cached-line | head -c 3000000")
+    # (the records are written by the daemon's writeback thread: a moment after the exit)
+    wait_for(lambda: os.path.getsize(logcache.path_for(log_path("cached"))) > 3000000,
+             what="the read cache's records")
+    assert d.docker("logs", "cached").stdout == b"cached-line\n" * 250000
+    d.docker("run", "--name", "rotated", "--log-opt", "max-size=10m", "busybox", "sh", "-c",
+             "yes r | head -c 300000")
+    assert os.path.getsize(log_path("rotated")) > 300000
+    assert not os.path.exists(logcache.path_for(log_path("rotated")))
+
+    d.docker("run", "-d", "--name", "emptied", "busybox", "sh", "-c",
+             "yes old | head -c 400000; while [ ! -e /go ]; do sleep 0.05; done; "
+             "yes new | head -c 400000; sleep 1000")
+    path = log_path("emptied")
+    wait_for(lambda: d.docker("logs", "emptied").stdout == b"old\n" * 100000, what="the old output")
+    os.truncate(path, 0)
+    d.docker("exec", "emptied", "touch", "/go")
+    wait_for(lambda: len(d.docker("logs", "emptied").stdout) >= 400000, what="the new output")
+    assert d.docker("logs", "emptied").stdout == b"new\n" * 100000
+    wait_for(lambda: os.path.getsize(logcache.path_for(path)) > 400000,
+             what="the old records and new ones in the cache")
+    d.docker("rm", "-f", "cached", "rotated", "emptied")
