@@ -12,6 +12,7 @@ one JSON document {scenario: what it saw}. What the kernel shows (a pid in /proc
 volume's directory) is read here and reported; the tests judge it.
 """
 
+import contextlib
 import json
 import os
 import socket
@@ -102,51 +103,49 @@ def stop_and_remove(engine):
     return seen
 
 
+@contextlib.contextmanager
+def _exit_lands_before(cs, c, method):
+    """Within the block, the supervisor's `method` ("kill", "stop") first kills the container's
+    process and waits for its exit to be recorded, then does its work: the exit lands between a
+    caller's look at the status and that call."""
+    real = getattr(cs.supervisor, method)
+    pid = c.pid
+
+    def exit_first(*args, **kwargs):
+        os.kill(pid, 9)
+        _until(lambda: c.status == "exited")
+        return real(*args, **kwargs)
+    setattr(cs.supervisor, method, exit_first)
+    try:
+        yield
+    finally:
+        setattr(cs.supervisor, method, real)
+
+
 def force_remove_as_it_exits(engine):
     """`rm -f` of a running container that exits on its own between the removal's look at its
     status and its SIGKILL (a restart policy's container that fails again, say): the kill finds
-    nothing to kill, and the removal goes on. The exit is made to land in that gap by running
-    it from the supervisor's kill, before the kill itself."""
+    nothing to kill, and the removal goes on."""
     cs = engine.containers
     cid, _ = cs.create({"Image": "busybox", "Cmd": ["sleep", "1000"]})
     c = cs.get(cid)
     cs.start(cid)
-    pid = c.pid
-    kill = cs.supervisor.kill
-
-    def exit_first(container, number):
-        os.kill(pid, 9)
-        _until(lambda: c.status == "exited")
-        return kill(container, number)
-    cs.supervisor.kill = exit_first
-    try:
+    with _exit_lands_before(cs, c, "kill"):
         removal = _refused(lambda: cs.remove(cid, force=True))
-    finally:
-        cs.supervisor.kill = kill
     return {"removal": removal, "status": c.status, "lookup": _refused(lambda: cs.get(cid))}
 
 
 def restart_as_it_exits(engine):
     """`docker restart` of a running container that exits on its own between the restart's look
     at its status and its stop: the stop finds it stopped, and the restart starts it again (as
-    moby, whose stop of a stopped container is no error there). The exit is made to land in that
-    gap by running it from the supervisor's stop."""
+    moby, whose stop of a stopped container is no error there)."""
     cs = engine.containers
     cid, _ = cs.create({"Image": "busybox", "Cmd": ["sleep", "1000"]})
     c = cs.get(cid)
     cs.start(cid)
     first = c.pid
-    stop = cs.supervisor.stop
-
-    def exit_first(container, timeout=None, sig=None):
-        os.kill(first, 9)
-        _until(lambda: c.status == "exited")
-        return stop(container, timeout, sig)
-    cs.supervisor.stop = exit_first
-    try:
+    with _exit_lands_before(cs, c, "stop"):
         restart = _refused(lambda: cs.restart(cid, timeout=1))
-    finally:
-        cs.supervisor.stop = stop
     seen = {"restart": restart, "status": c.status, "new_pid": c.pid not in (0, first)}
     cs.remove(cid, force=True)
     return seen
