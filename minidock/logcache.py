@@ -205,7 +205,8 @@ def records(cache_fd, log_fd, limit):
             return
         payload = os.pread(cache_fd, length, off + RECORD.size)
         trailer = os.pread(cache_fd, TRAILER.size, off + RECORD.size + length)
-        if len(payload) < length or len(trailer) < TRAILER.size or TRAILER.unpack(trailer) != (end, END):
+        if len(payload) < length or len(trailer) < TRAILER.size \
+                or TRAILER.unpack(trailer) != (end, END):
             return
         if os.pread(log_fd, FINGERPRINT, end - FINGERPRINT) != fingerprint:
             return

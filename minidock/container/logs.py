@@ -11,8 +11,9 @@ the daemon's `--log-driver`/`--log-opt` defaults):
 Reading filters by stream and time (`since`, `until`, epoch seconds), keeps the last `tail`
 entries across the rotated files and adds the `--timestamps`/`--details` prefixes; the stored
 part is decoded in bulk (jsonfile.render_lines: 256 KiB reads, runs of entries merged into large
-blocks), or copied from the log's read cache where it covers it (logcache.py). Following then continues with live output from the container's output loop
-(minidock/container/stdio.py) until the container stops or the reader leaves.
+blocks), or copied from the log's read cache where it covers it (logcache.py). Following then
+continues with live output from the container's output loop (minidock/container/stdio.py)
+until the container stops or the reader leaves.
 """
 
 import os
