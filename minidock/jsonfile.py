@@ -177,10 +177,7 @@ class Writer:
         self.out = WriteOut(self.writeback, self.size)
         self.cache = None
         if cache and max_size <= 0:
-            try:
-                self.cache = logcache.Writer(path, self.writeback, WriteOut)
-            except OSError:
-                pass                      # no cache: the log is decoded when read
+            self.cache = logcache.Writer(path, self.writeback, WriteOut)
 
     @classmethod
     def for_config(cls, path, log_config):

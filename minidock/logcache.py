@@ -105,7 +105,12 @@ class Writer:
 
     def __init__(self, log_path, thread, WriteOut):
         self.path = path_for(log_path)
-        self.thread = thread
+        self.thread, self.WriteOut = thread, WriteOut
+        self.file = None              # opened for the first record: a run that keeps none
+        self.broken = False           # (most: `true`, a line at a time) never touches the file
+        self.pending = None           # [stream, start, end, [(raw, plain)], bytes, fingerprint]
+
+    def _open(self):
         self.file = open(self.path, "a+b", buffering=0)
         self.size = os.fstat(self.file.fileno()).st_size
         if not self._whole():
@@ -114,9 +119,7 @@ class Writer:
             self.file.truncate(0)
             self.file.write(MAGIC)
             self.size = len(MAGIC)
-        self.out = WriteOut(thread, self.size)   # touched by the thread's jobs only
-        self.broken = False
-        self.pending = None           # [stream, start, end, [(raw, plain)], bytes, fingerprint]
+        self.out = self.WriteOut(self.thread, self.size)   # touched by the thread's jobs only
 
     def _whole(self):
         fd = self.file.fileno()
@@ -148,6 +151,12 @@ class Writer:
         p, self.pending = self.pending, None
         if p is None or p[4] < MIN_RECORD or self.broken:
             return
+        if self.file is None:
+            try:
+                self._open()
+            except OSError:
+                self.broken = True    # no cache: the log is decoded when read
+                return
         stream, start, end, parts, _, fingerprint = p
         payload = [raw if plain else shown(raw) for raw, plain in parts]
         length = sum(map(len, payload))
@@ -173,6 +182,8 @@ class Writer:
     def close(self):
         """Flush, then (on the thread, after the last record) the last write-out request."""
         self.flush()
+        if self.file is None:
+            return
         if not self.broken:
             self.thread.run(self.file.fileno(), lambda fd: self.out.last(fd, self.size))
         self.file.close()
