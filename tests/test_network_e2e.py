@@ -480,7 +480,8 @@ def _keeper(daemon_pid):
 
 
 def _pooled_with_veth(daemon_pid, timeout=10):
-    """(pid, eth0 as _links tells it) of the daemon's idle pooled init once its veth is made."""
+    """(pid, eth0 as _links tells it) of the daemon's idle pooled init once its veth is made
+    and up (the init brings eth0 up a moment after the veth appears in its namespace)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for pid in proctree.children(daemon_pid):
@@ -491,10 +492,10 @@ def _pooled_with_veth(daemon_pid, timeout=10):
                 eth0 = _links(pid).get("eth0")
             except (OSError, subprocess.CalledProcessError):
                 continue                # gone meanwhile
-            if eth0:
+            if eth0 and "UP" in eth0[0]:
                 return pid, eth0
         time.sleep(0.05)
-    raise AssertionError("no pooled init with a veth")
+    raise AssertionError("no pooled init with a veth that is up")
 
 
 def test_a_containers_interfaces_have_ipv6_off_as_on_docker(d):
@@ -538,12 +539,15 @@ def test_a_bridge_start_takes_the_veth_its_pooled_init_made_ahead(d):
     assert sorted(names) == ["eth0", "lo"]
     # A run it does not fit -- no network, another network -- is not given it (removing a veth
     # costs a grace period): that init is given up, and the run gets what it asked for.
+    def given_up(pid):
+        deadline = time.monotonic() + 10
+        while proctree.stat(pid) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return proctree.stat(pid) is None                     # exited and reaped
+
     pooled, (_, peer, _, _) = _pooled_with_veth(daemon)
     assert out(d.docker("run", "--rm", "--network", "none", "busybox", "ls", "/sys/class/net")).split() == ["lo"]
-    deadline = time.monotonic() + 10
-    while proctree.stat(pooled) is not None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proctree.stat(pooled) is None                      # exited and reaped
+    assert given_up(pooled)
     d.docker("run", "--rm", "busybox", "true")
     pooled, (_, peer, _, _) = _pooled_with_veth(daemon)
     d.docker("network", "create", "ahead")
@@ -552,7 +556,9 @@ def test_a_bridge_start_takes_the_veth_its_pooled_init_made_ahead(d):
         iflink, names = out(d.docker("run", "--rm", "--network", "ahead", "busybox", "sh", "-c",
                                      "cat /sys/class/net/eth0/iflink; ls /sys/class/net")).split(None, 1)
         assert int(iflink) != peer and sorted(names.split()) == ["eth0", "lo"]
-        # ... and the pool follows: the next veth made ahead is on the new network's bridge.
+        # ... and the pool follows: once the init made for docker0 is given up (it exits a
+        # moment after the run), the next veth made ahead is on the new network's bridge.
+        assert given_up(pooled)
         _, (_, peer, _, _) = _pooled_with_veth(daemon)
         assert next(link for link in _links(keeper).values() if link[3] == peer)[2] == bridge
     finally:
