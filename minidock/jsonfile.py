@@ -321,7 +321,8 @@ class Writeback:
     """One daemon thread that starts the write-out of log ranges (see above), in order -- and
     writes the records of the logs' read caches (logcache.py), off the output loop's thread."""
 
-    MAX_PENDING = 64                  # requests waiting; past it new ones are dropped (a hint)
+    MAX_PENDING = 64                  # jobs waiting past which a write-out request is dropped
+    MAX_HELD = 32 << 20               # bytes of records waiting past which a record is refused
 
     def __init__(self, call=None):
         self._call = call or _sync_file_range()
@@ -329,32 +330,38 @@ class Writeback:
         self._thread = None
         self._lock = threading.Lock()
         self.pending = 0
+        self.held = 0
 
     def submit(self, fd, start, length):
         """Start writing `length` bytes of `fd` from `start`, later, on the thread. The thread
         gets its own duplicate of `fd`: the writer may close or rotate its file meanwhile. On a
-        disk so slow that MAX_PENDING requests wait, the request is dropped: the kernel writes
+        disk so slow that MAX_PENDING jobs wait, the request is dropped: the kernel writes
         those pages back on its own, and no descriptors pile up."""
+        with self._lock:
+            if self.pending >= self.MAX_PENDING:
+                return
         # ctypes lets go of the GIL for the call; EIO and the like are not ours to report
         # here: the writer's own write(2) reports a failing disk
         self.run(fd, lambda dup: self._call(dup, start, length, syscalls.SYNC_FILE_RANGE_WRITE))
 
-    def run(self, fd, job):
-        """Call job(a duplicate of `fd`) on the thread, after everything handed over before;
-        False when MAX_PENDING wait (it is dropped)."""
+    def run(self, fd, job, held=0):
+        """Call job(a duplicate of `fd`) on the thread, after everything handed over before.
+        `held`: the bytes the job keeps alive until it runs (a record's payload); False when
+        MAX_HELD such bytes wait already (the job is dropped). Other jobs are never dropped."""
         with self._lock:
-            if self.pending >= self.MAX_PENDING:
+            if held and self.held + held > self.MAX_HELD:
                 return False
             self.pending += 1
+            self.held += held
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="log-writeback", daemon=True)
                 self._thread.start()
-        self._q.put((os.dup(fd), job))
+        self._q.put((os.dup(fd), job, held))
         return True
 
     def _run(self):
         while True:
-            fd, job = self._q.get()
+            fd, job, held = self._q.get()
             try:
                 job(fd)
             except Exception:         # a job's own failure, never the thread's end
@@ -363,6 +370,7 @@ class Writeback:
                 os.close(fd)
                 with self._lock:
                     self.pending -= 1
+                    self.held -= held
 
 
 WRITEBACK = Writeback()

@@ -28,7 +28,8 @@ can show it matches that part, and whatever no record covers is decoded from the
 - the writer appends a record after its entries are in the log, never before: a record never
   describes bytes the log does not hold yet;
 - a record is used only whole: its trailer repeats `end` after the payload, so one cut short by
-  a crash (or a full disk) is seen, and ends the cache's use for that read;
+  a crash or a full disk (or still being written) is seen, and ends the cache's use for that
+  read;
 - and only while the log's bytes [end - 40, end) are still its `fingerprint`. An entry's last
   bytes are its time to the nanosecond: a log emptied in place (`truncate -s 0`, the usual way
   to clear a Docker log) or replaced, then written again, never matches an old record;
@@ -37,13 +38,15 @@ can show it matches that part, and whatever no record covers is decoded from the
 
 So the bytes shown are the decoded log's, record or not (tests/test_logcache.py compares them on
 every shape of output and of damage). Between records there may be gaps -- output written as
-small records is not kept (below), a crash between the log's write and the record's -- and the
-reader decodes those parts of the log.
+small writes is not kept (below), a crash between the log's write and the record's, the writes
+of a running container not joined into a record yet -- and the reader decodes those parts.
 
-What is kept. Consecutive writes of one stream are joined into one record until it holds
-RECORD_BYTES; a write of the other stream ends it early. Joined output under MIN_RECORD when
-its record ends is not kept: a container printing a line at a time is decoded from the log at
-~0.2 us a line, about what reading a record costs, and it pays no second write. Only a log
+What is kept. The writes of the log (each what one read of a container's pipe brought, up to
+the 64 KiB a pipe holds) that follow each other in one stream go into one record, until it holds
+RECORD_BYTES; a write of less than MIN_PART keeps nothing and ends the record. So a container
+printing a line at a time pays no second write and holds nothing -- it is decoded from the log
+at ~0.2 us a line, about what reading a record costs -- and one printing fast fills records of
+64 KiB (held in memory until then: at most 64 KiB per log, references to the output). Only a log
 without rotation (no `max-size`) has a cache: with max-size the user bounded the log's disk use,
 which the cache would pass, and such a log is at most max-size * max-file to decode.
 
@@ -68,8 +71,8 @@ RECORD = struct.Struct("<4sB3xIQQ40s")
 TRAILER = struct.Struct("<Q4s")
 REC, END = b"LREC", b"RDNE"
 FINGERPRINT = 40                  # the log's last bytes a record holds: an entry's time and more
-RECORD_BYTES = 64 << 10           # a record is written once its joined payload holds this much
-MIN_RECORD = 4 << 10              # joined output under this when its record ends is not kept
+MIN_PART = 1 << 10                # a write of less output keeps nothing, and ends the record
+RECORD_BYTES = 64 << 10           # a record goes to the thread once it holds this much
 
 STREAMS = {"stdout": 1, "stderr": 2}
 NAMES = {code: name for name, code in STREAMS.items()}
@@ -96,12 +99,16 @@ def shown(raw):
 
 class Writer:
     """Keeps the records of one log as its jsonfile.Writer appends entries (called under that
-    writer's lock). A record is written by the writeback thread `thread` (jsonfile.Writeback),
-    not by the output loop that calls add(): the copy into the page cache and the start of its
-    write-out run beside the loop, on a duplicate of our descriptor, in order. Nothing here
-    fails the log: a record that cannot be written (an error, a short write, the thread too far
-    behind) ends the records -- the log's later part is decoded when read. `WriteOut` is
-    jsonfile.WriteOut (the write-out requests of a growing file)."""
+    writer's lock, on the output loop's thread).
+
+    Writes that follow each other in one stream are joined in memory (references to the output
+    bytes, no copy) until RECORD_BYTES; the record then goes to the writeback thread `thread`
+    (jsonfile.Writeback), which appends it with one writev and starts its write-out, beside
+    the loop, in order, on a duplicate of our descriptor. What a record waits for is bounded:
+    RECORD_BYTES per log, and a write of less than MIN_PART ends it (a container printing a
+    line at a time holds nothing). Nothing here fails the log: an error, a short write or the
+    thread too far behind ends the records, and the rest of the log is decoded when read.
+    `WriteOut` is jsonfile.WriteOut (the write-out requests of a growing file)."""
 
     def __init__(self, log_path, thread, WriteOut):
         self.path = path_for(log_path)
@@ -110,34 +117,16 @@ class Writer:
         self.broken = False           # (most: `true`, a line at a time) never touches the file
         self.pending = None           # [stream, start, end, [(raw, plain)], bytes, fingerprint]
 
-    def _open(self):
-        self.file = open(self.path, "a+b", buffering=0)
-        self.size = os.fstat(self.file.fileno()).st_size
-        if not self._whole():
-            # New, or cut short by a crash: start over (what it covered is decoded instead;
-            # records after a cut one would never be reached).
-            self.file.truncate(0)
-            self.file.write(MAGIC)
-            self.size = len(MAGIC)
-        self.out = self.WriteOut(self.thread, self.size)   # touched by the thread's jobs only
-
-    def _whole(self):
-        fd = self.file.fileno()
-        if self.size < len(MAGIC) or os.pread(fd, len(MAGIC), 0) != MAGIC:
-            return False
-        if self.size == len(MAGIC):
-            return True
-        tail = os.pread(fd, TRAILER.size, self.size - TRAILER.size)
-        return len(tail) == TRAILER.size and TRAILER.unpack(tail)[1] == END
-
     def add(self, stream, raw, plain, start, end, last_bytes):
         """The entries just appended to the log at [start, end), of `stream`, made from the
         raw output `raw` (`plain`: printable ASCII, known to show as itself); `last_bytes`: the
         log's bytes that end at `end` (FINGERPRINT of them at least)."""
         p = self.pending
-        if p is not None and (p[0] != stream or p[2] != start):
+        if p is not None and (len(raw) < MIN_PART or p[0] != stream or p[2] != start):
             self.flush()
             p = None
+        if len(raw) < MIN_PART or self.broken:
+            return                    # left to the decoder
         if p is None:
             self.pending = p = [stream, start, end, [], 0, b""]
         p[2], p[5] = end, bytes(last_bytes[-FINGERPRINT:])
@@ -147,9 +136,9 @@ class Writer:
             self.flush()
 
     def flush(self):
-        """Hand the joined record to the thread, if it holds enough to be kept."""
+        """Hand the joined record to the thread."""
         p, self.pending = self.pending, None
-        if p is None or p[4] < MIN_RECORD or self.broken:
+        if p is None or self.broken:
             return
         if self.file is None:
             try:
@@ -162,11 +151,35 @@ class Writer:
         length = sum(map(len, payload))
         buffers = [RECORD.pack(REC, STREAMS[stream], length, start, end, fingerprint),
                    *payload, TRAILER.pack(end, END)]
-        if not self.thread.run(self.file.fileno(), lambda fd: self._write(fd, buffers)):
+        if not self.thread.run(self.file.fileno(), lambda fd: self._write(fd, buffers), length):
             self.broken = True        # the thread is far behind (a stuck disk): no more records
 
+    def close(self):
+        """Flush, then (on the thread, after the last record) the last write-out request."""
+        self.flush()
+        if self.file is None:
+            return
+        if not self.broken:
+            self.thread.run(self.file.fileno(), self._last)
+        self.file.close()
+
+    def _open(self):
+        # O_APPEND: a record is one writev, never interleaved with another writer's (a
+        # previous run's records may still wait on the thread when this run writes its first)
+        self.file = open(self.path, "a+b", buffering=0)
+        self.size = os.fstat(self.file.fileno()).st_size
+        if not _whole(self.file.fileno(), self.size):
+            # New, or cut short by a crash: start over (what it covered is decoded instead;
+            # records after a cut one would never be reached).
+            self.file.truncate(0)
+            self.file.write(MAGIC)
+            self.size = len(MAGIC)
+        self.out = self.WriteOut(self.thread, self.size)   # touched by the thread's jobs only
+
+    # -- on the thread, in order -----------------------------------------------------------
+
     def _write(self, fd, buffers):
-        """On the thread: append one record, and ask for the write-out of what is finished."""
+        """Append one record, and ask for the write-out of what is finished."""
         if self.broken:
             return
         try:
@@ -179,14 +192,19 @@ class Writer:
         self.size += written
         self.out.grew(fd, self.size)
 
-    def close(self):
-        """Flush, then (on the thread, after the last record) the last write-out request."""
-        self.flush()
-        if self.file is None:
-            return
+    def _last(self, fd):
         if not self.broken:
-            self.thread.run(self.file.fileno(), lambda fd: self.out.last(fd, self.size))
-        self.file.close()
+            self.out.last(fd, self.size)
+
+
+def _whole(fd, size):
+    """Whether a cache file of `size` bytes has its MAGIC and ends with a record's trailer."""
+    if size < len(MAGIC) or os.pread(fd, len(MAGIC), 0) != MAGIC:
+        return False
+    if size == len(MAGIC):
+        return True
+    tail = os.pread(fd, TRAILER.size, size - TRAILER.size)
+    return len(tail) == TRAILER.size and TRAILER.unpack(tail)[1] == END
 
 
 def open_for(log_path):

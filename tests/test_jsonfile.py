@@ -273,3 +273,25 @@ def test_writeback_on_a_stuck_disk_drops_requests_instead_of_piling_up_descripto
             time.sleep(0.01)
     assert wb.pending == 0 and len(calls) == wb.MAX_PENDING
     assert len(os.listdir("/proc/self/fd")) == fds_before
+
+
+def test_writeback_holds_records_up_to_max_held_and_never_drops_other_jobs(tmp_path):
+    """A read cache's records wait on a stuck thread up to MAX_HELD bytes, then are refused
+    (the cache stops there: logcache.py); a job holding nothing (a record's seal) is still
+    taken, and all of them run, in order, once the thread is free."""
+    release = threading.Event()
+    ran = []
+    wb = jsonfile.Writeback(lambda *a: 0)
+    with open(tmp_path / "f", "wb") as f:
+        assert wb.run(f.fileno(), lambda fd: release.wait(10))          # the thread is stuck
+        record = wb.MAX_HELD // 4
+        answers = [wb.run(f.fileno(), lambda fd, i=i: ran.append(i), record) for i in range(6)]
+        assert answers == [True] * 4 + [False] * 2
+        assert wb.run(f.fileno(), lambda fd: ran.append("seal"))
+        for _ in range(wb.MAX_PENDING + 10):                             # hints beside them
+            wb.submit(f.fileno(), 0, jsonfile.PAGE)
+        release.set()
+        deadline = time.monotonic() + 10
+        while wb.pending and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert ran == [0, 1, 2, 3, "seal"] and wb.held == 0 and wb.pending == 0

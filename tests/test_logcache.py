@@ -24,7 +24,7 @@ class Inline:
     """The writeback thread's part done at once, in the caller (jsonfile.Writeback's interface):
     the records are on disk when a write returns, so what the cache covers is known."""
 
-    def run(self, fd, job):
+    def run(self, fd, job, held=0):
         job(fd)
         return True
 
@@ -172,7 +172,7 @@ def test_a_damaged_record_ends_the_caches_use_and_the_rest_is_decoded(tmp_path, 
     into the next record: its trailer is not where the length says)."""
     path = str(tmp_path / "c-json.log")
     w = _writer(path)
-    for i in range(6):
+    for i in range(12):                             # three records and more
         w.write("stdout", (b"run %d\n" % i) * 20000)
     w.close()
     cache = logcache.path_for(path)
@@ -190,7 +190,7 @@ def test_a_damaged_record_ends_the_caches_use_and_the_rest_is_decoded(tmp_path, 
         f.seek(second)
         f.write(head)
     assert _shown(path) == _decoded(path)
-    assert 0 < _covered(path) < os.path.getsize(path) / 2
+    assert _covered(path) == first[4] - first[3]         # the first record's range, and no more
 
 
 def test_records_are_written_by_the_writeback_thread_in_order(tmp_path):
@@ -211,13 +211,14 @@ def test_records_are_written_by_the_writeback_thread_in_order(tmp_path):
 
 def test_a_thread_too_far_behind_ends_the_records_and_the_log_still_reads(tmp_path):
     """The writeback thread refuses work (MAX_PENDING waiting: a stuck disk): the log goes on,
-    the records stop, and what they do not cover is decoded."""
+    the records stop -- the one open then is never sealed -- and what they do not cover is
+    decoded."""
     class Refusing(Inline):
         calls = 0
 
-        def run(self, fd, job):
+        def run(self, fd, job, held=0):   # six records, then no more
             self.calls += 1
-            return self.calls <= 2 and super().run(fd, job)
+            return self.calls <= 6 and super().run(fd, job)
     path = str(tmp_path / "c-json.log")
     w = jsonfile.Writer(path, clock=_clock(), writeback=Refusing())
     for i in range(20):
