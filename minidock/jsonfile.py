@@ -35,7 +35,7 @@ demuxed bytes are the same.
 Speed. A container writing 100-byte lines produces ~650 of them per 64 KiB read; one
 json.dumps or json.loads per line costs a microsecond or two in Python, which caps a log at
 ~50 MB/s. Both directions therefore work a chunk at a time with bytes operations that run at C
-speed (`encode_lines` writing; `render_lines` reading: cut at newlines, one map() slicing the
+speed (`encode_parts` writing; `render_lines` reading: cut at newlines, one map() slicing the
 bodies out of a run of entries, one join, one memcmp checking the run against the file), falling
 back to the per-line code for any line whose shape they do not handle; the bytes they write and
 show are exactly the per-line ones. Reading 64 MiB of 100-byte lines (671k lines, a 114 MB file)
@@ -57,6 +57,7 @@ Observe it yourself:
 
 import io
 import json
+import logging
 import operator
 import os
 import queue
@@ -68,6 +69,8 @@ from urllib.parse import quote_plus
 from . import logcache, syscalls
 from .errors import InvalidParameter, NotImplementedKind
 from .times import NS, now_rfc3339, rfc3339_ns, rfc3339_seconds
+
+log = logging.getLogger("minidock.jsonfile")
 
 PARTIAL_FLUSH = 16384
 BLOCK = 65536
@@ -187,7 +190,7 @@ class Writer:
     def write(self, stream, data):
         """Output bytes of `stream` ("stdout"/"stderr"): complete lines become entries, all
         the lines of one call stamped with one time (when the daemon read them) and encoded
-        together (`encode_lines`)."""
+        together (`encode_parts`)."""
         with self.lock:
             stamp = self.clock()
             data = self.partial[stream] + data
@@ -365,7 +368,7 @@ class Writeback:
             try:
                 job(fd)
             except Exception:         # a job's own failure, never the thread's end
-                pass
+                log.exception("log writeback job failed")
             finally:
                 os.close(fd)
                 with self._lock:
@@ -401,7 +404,8 @@ _ENTRY_HEAD = b'{"log":"'
 
 def encode_lines(stream, data, stamp):
     """Complete lines of `data` (up to its last newline) as json-file entries, in one bytes
-    object, and the rest (an unfinished line). Each entry keeps its newline in `log`."""
+    object, and the rest (an unfinished line). Each entry keeps its newline in `log`. (The
+    writer cuts the lines itself and writes encode_parts' buffers as they are.)"""
     end = data.rfind(b"\n") + 1
     if not end:
         return b"", data
@@ -427,10 +431,10 @@ def encode_parts(stream, lines, stamp, plain):
         parts = json.encoder.encode_basestring_ascii(text)[1:-1].split("\\n")
         parts.pop()
         sep = "\\n" + tail.decode() + '{"log":"'
-        return ('{"log":"' + sep.join(parts) + "\\n" + tail.decode()).encode("ascii"),
+        return (('{"log":"' + sep.join(parts) + "\\n" + tail.decode()).encode("ascii"),)
     pieces = text.split("\n")
     pieces.pop()
-    return b"".join(entry_bytes(stream, piece + "\n", stamp) for piece in pieces),
+    return (b"".join(entry_bytes(stream, piece + "\n", stamp) for piece in pieces),)
 
 
 def entry_bytes(stream, text, stamp):
@@ -838,8 +842,10 @@ def read_shown(path, max_file=1, view=None, tail=None, upto=None):
         for chunk, lines in batches(handles, tail, upto):
             yield from render_lines(chunk, lines, view)
     finally:
-        for f in handles + [cache] * (cache is not None):
+        for f in handles:
             f.close()
+        if cache is not None:
+            cache.close()
 
 
 def _shown_with_cache(cache, f, limit, view):
