@@ -41,12 +41,13 @@ every shape of output and of damage). Between records there may be gaps -- outpu
 small writes is not kept (below), a crash between the log's write and the record's, the writes
 of a running container not joined into a record yet -- and the reader decodes those parts.
 
-What is kept. The writes of the log (each what one read of a container's pipe brought, up to
-the 64 KiB a pipe holds) that follow each other in one stream go into one record, until it holds
-RECORD_BYTES; a write of less than MIN_PART keeps nothing and ends the record. So a container
-printing a line at a time pays no second write and holds nothing -- it is decoded from the log
-at ~0.2 us a line, about what reading a record costs -- and one printing fast fills records of
-64 KiB (held in memory until then: at most 64 KiB per log, references to the output). Only a log
+What is kept. The writes of the log (each what one read of a container's pipe brought: up to
+the 64 KiB a pipe holds, or pumps.READ_SIZE from a pipe the loop grew) that follow each other in
+one stream go into one record, until it holds RECORD_BYTES or more; a write of less than
+MIN_PART keeps nothing and ends the record. So a container printing a line at a time pays no
+second write and holds nothing -- it is decoded from the log at ~0.2 us a line, about what
+reading a record costs -- and one printing fast fills records of 64 KiB or more (held in memory
+until then: less than 64 KiB per log between records, references to the output). Only a log
 without rotation (no `max-size`) has a cache: with max-size the user bounded the log's disk use,
 which the cache would pass, and such a log is at most max-size * max-file to decode.
 

@@ -26,11 +26,29 @@ Callbacks run on the loop thread and must not block: appending to a log file (pa
 putting into unbounded queues for attached clients is fine; a slow client only lets its own
 queue grow, it never stops the loop (Docker's rule: readers never slow the container).
 
+Pipes that stay full are grown. A pipe holds 64 KiB as made. A container printing faster than
+the loop drains it (`cat` of a big file) fills it, blocks in write(2), and waits for the loop's
+next read and the wake-up after it: the two take turns, 64 KiB at a time, with a wake-up each
+way per turn. So when a read comes back with exactly those 64 KiB -- the writer had filled the
+pipe -- the loop grows that pipe to GROWN_SIZE:
+
+    fcntl(fd, F_SETPIPE_SZ, 1 MiB)      (the read end will do: the size is the pipe's)
+
+The container then writes on while the loop encodes, and each read takes up to READ_SIZE. Pipe
+buffers are kernel memory, and an unprivileged user's pipes share one allowance
+(/proc/sys/fs/pipe-user-pages-soft, 64 MiB by default; past it every new pipe of that user gets
+two pages, the containers' own pipes included, and no pipe may grow). So the pipes this loop
+grows hold GROWN_BUDGET at most together, and a quarter of that allowance if it is smaller: a
+pipe that fills while the budget is spent stays as it is, and is grown when a grown one closes.
+A pipe the kernel refuses to grow (a pty, a pipe-max-size below GROWN_SIZE) is not asked again.
+
 Observe it: `grep Threads /proc/$(pgrep -f 'minidock$')/status` stays flat as containers start,
-and `ls -l /proc/PID/fd` of the daemon shows the read ends (pipe:[...], /dev/ptmx) it watches.
+and `ls -l /proc/PID/fd` of the daemon shows the read ends (pipe:[...], /dev/ptmx) it watches;
+`strace -e fcntl -p <loop thread>` shows one F_SETPIPE_SZ when a container starts printing fast.
 """
 
 import errno
+import fcntl
 import logging
 import os
 import select
@@ -39,6 +57,9 @@ import threading
 log = logging.getLogger("minidock.pumps")
 
 READ_SIZE = 256 * 1024       # one read takes what the pipe holds (64 KiB by default, more if grown)
+PIPE_SIZE = 64 * 1024        # a pipe as made (pipe(7)): a read of exactly this much found it full
+GROWN_SIZE = 1 << 20         # what such a pipe is grown to (/proc/sys/fs/pipe-max-size's default)
+GROWN_BUDGET = 16 << 20      # the grown pipes' sizes together, at most
 
 
 class Group:
@@ -64,6 +85,9 @@ class OutputLoop:
         self._lock = threading.Lock()
         self._thread = None
         self._stopping = False
+        self._grown = {}                       # fd -> its grown size; 0: the kernel refused
+        self.grown_total = 0                   # the sizes of the pipes grown and still open
+        self.grow_budget = _grow_budget()
 
     def add(self, sources, on_data, on_done=None, on_eof=None):
         """Watch `sources` [(fd, stream)] until each reaches end of file; the loop owns (and
@@ -127,16 +151,32 @@ class OutputLoop:
         if not data:
             self._close(fd, stream, group)
             return
+        if len(data) == PIPE_SIZE and fd not in self._grown:
+            self._grow(fd)
         try:
             group.on_data(stream, data)
         except Exception:                 # a callback's bug must not stop every container's output
             log.exception("output callback failed")
+
+    def _grow(self, fd):
+        """The pipe `fd` was full: grow it to GROWN_SIZE while the budget allows (see the
+        module docstring); over budget it is left for a later full read to try again."""
+        if self.grown_total + GROWN_SIZE > self.grow_budget:
+            return
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, GROWN_SIZE)
+        except OSError:                   # a pty; the user's pipe allowance spent; pipe-max-size
+            self._grown[fd] = 0
+            return
+        self._grown[fd] = GROWN_SIZE
+        self.grown_total += GROWN_SIZE
 
     def _close(self, fd, stream, group):
         # Unregistered explicitly: a pty master has a dup (for stdin) that keeps the open file
         # alive, and epoll forgets a registration only with the last descriptor of the file.
         self._epoll.unregister(fd)
         del self._watched[fd]             # before the close: the number may be reused at once
+        self.grown_total -= self._grown.pop(fd, 0)
         if group.on_eof is not None:
             try:
                 group.on_eof(fd)
@@ -153,3 +193,14 @@ class OutputLoop:
                 group.on_done()
             except Exception:
                 log.exception("done callback failed")
+
+
+def _grow_budget():
+    """GROWN_BUDGET, or a quarter of this user's pipe allowance if that is less (module
+    docstring); 0 pages means no allowance is enforced."""
+    try:
+        with open("/proc/sys/fs/pipe-user-pages-soft") as f:
+            pages = int(f.read())
+    except (OSError, ValueError):
+        return GROWN_BUDGET
+    return min(GROWN_BUDGET, pages * 4096 // 4) if pages > 0 else GROWN_BUDGET

@@ -128,3 +128,29 @@ def test_the_read_cache_beside_a_log_and_a_log_emptied_in_place(rootless):
     wait_for(lambda: os.path.getsize(logcache.path_for(path)) > 400000,
              what="the old records and new ones in the cache")
     d.docker("rm", "-f", "cached", "rotated", "emptied")
+
+
+def test_a_container_printing_fast_writes_into_a_grown_pipe_and_its_log_is_whole(rootless):
+    """A container that keeps its stdout pipe full gets it grown (pumps.py): the kernel reports
+    GROWN_SIZE on the container's own end of it, and every byte still reaches the log."""
+    import fcntl
+    import os
+    import pytest
+    from minidock.pumps import GROWN_SIZE
+    from support import wait_for
+
+    if os.geteuid() != 0:
+        pytest.skip("opening another user's pipe through /proc needs root")
+    d = rootless
+    d.docker("run", "-d", "--name", "fast", "busybox", "sh", "-c",
+             "head -c 8000000 /dev/zero | tr '\\0' x > /big; cat /big; exec sleep 60")
+    wait_for(lambda: len(d.docker("logs", "fast").stdout) == 8_000_000, timeout=30,
+             what="8 MB in the log")
+    assert d.docker("logs", "fast").stdout == b"x" * 8_000_000
+    pid = int(d.docker("inspect", "-f", "{{.State.Pid}}", "fast").stdout)
+    fd = os.open(f"/proc/{pid}/fd/1", os.O_WRONLY | os.O_NONBLOCK)   # sleep's stdout: that pipe
+    try:
+        assert fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) == GROWN_SIZE
+    finally:
+        os.close(fd)
+    d.docker("rm", "-f", "fast")

@@ -2,15 +2,17 @@
 of file finishes a group exactly once, many groups share one thread, and a process writing more
 than a pipe holds is never left blocked."""
 
+import fcntl
 import os
 import pty
+import socket
 import subprocess
 import threading
 import time
 
 import pytest
 
-from minidock.pumps import OutputLoop
+from minidock.pumps import GROWN_BUDGET, GROWN_SIZE, PIPE_SIZE, OutputLoop
 from support import wait_for
 
 
@@ -113,6 +115,69 @@ def test_a_failing_callback_does_not_stop_other_groups():
     assert sink.done.wait(10)
     assert bytes(sink.data["stdout"]) == b"second\n"
     loop.stop()
+
+
+def _pipe_size(fd):
+    return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+
+
+def test_a_pipe_found_full_is_grown_within_the_loops_budget():
+    """A read that empties a full pipe (its writer is faster than the loop) grows that pipe to
+    GROWN_SIZE, as the kernel reports on the writer's end; the grown pipes share a budget, and
+    a pipe that filled while it was spent grows once a grown one has closed."""
+    loop = OutputLoop(name="output-loop-grow")
+    loop.grow_budget = GROWN_SIZE           # room for one grown pipe
+    pipes = [os.pipe() for _ in range(2)]
+    sinks = [Sink(), Sink()]
+    for (r, w), sink in zip(pipes, sinks):
+        assert _pipe_size(w) == PIPE_SIZE
+        os.write(w, b"x" * PIPE_SIZE)        # full before the loop's first read
+        loop.add([(r, "stdout")], sink.on_data, sink.on_done)
+    for sink in sinks:
+        wait_for(lambda: len(sink.data["stdout"]) == PIPE_SIZE, timeout=10)
+    sizes = sorted(_pipe_size(w) for _, w in pipes)
+    assert sizes == [PIPE_SIZE, GROWN_SIZE]
+    assert loop.grown_total == GROWN_SIZE
+    grown = 0 if _pipe_size(pipes[0][1]) == GROWN_SIZE else 1
+    other_w, other_sink = pipes[1 - grown][1], sinks[1 - grown]
+    os.write(pipes[grown][1], b"y" * 200_000)            # more than a pipe held before
+    os.close(pipes[grown][1])
+    assert sinks[grown].done.wait(10)
+    assert bytes(sinks[grown].data["stdout"]) == b"x" * PIPE_SIZE + b"y" * 200_000
+    wait_for(lambda: loop.grown_total == 0, timeout=10)      # its size is given back
+    os.write(other_w, b"z" * PIPE_SIZE)                  # full again: now there is room
+    wait_for(lambda: len(other_sink.data["stdout"]) == 2 * PIPE_SIZE, timeout=10)
+    assert _pipe_size(other_w) == GROWN_SIZE
+    os.close(other_w)
+    assert other_sink.done.wait(10)
+    assert loop.grown_total == 0
+    loop.stop()
+
+
+def test_a_full_read_of_something_else_than_a_pipe_is_not_grown_and_loses_nothing():
+    """F_SETPIPE_SZ fails on a socket (as on a pty): the bytes still arrive, nothing is counted,
+    and the loop does not ask again."""
+    loop = OutputLoop(name="output-loop-socket")
+    a, b = socket.socketpair()
+    sink = Sink()
+    a.sendall(b"s" * PIPE_SIZE)
+    loop.add([(os.dup(b.fileno()), "stdout")], sink.on_data, sink.on_done)
+    b.close()
+    wait_for(lambda: len(sink.data["stdout"]) == PIPE_SIZE, timeout=10)
+    assert list(loop._grown.values()) == [0]             # refused once, and remembered
+    a.sendall(b"t" * PIPE_SIZE)
+    a.close()
+    assert sink.done.wait(10)
+    assert bytes(sink.data["stdout"]) == b"s" * PIPE_SIZE + b"t" * PIPE_SIZE
+    assert loop.grown_total == 0
+    loop.stop()
+
+
+def test_the_grow_budget_is_a_quarter_of_the_users_pipe_allowance_at_most():
+    with open("/proc/sys/fs/pipe-user-pages-soft") as f:
+        pages = int(f.read())
+    expected = min(GROWN_BUDGET, pages * 4096 // 4) if pages else GROWN_BUDGET
+    assert OutputLoop().grow_budget == expected
 
 
 def test_an_empty_group_is_done_at_once():
