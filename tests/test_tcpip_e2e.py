@@ -17,6 +17,7 @@ import pytest
 
 from minidock.tcpip import Gateway
 from netns_harness import GATEWAY, NETWORK, PYTHON as PYTHON_IN_NS, Netns
+from support import wait_for
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/nsenter"), reason="needs nsenter")
 
@@ -685,7 +686,9 @@ def test_ports_come_and_go_while_the_loop_runs(netns):
     try:
         assert p.stdout.readline().strip() == "connected"
         conn, _ = srv.accept()
-        assert gw.snapshot()["tcp"] == {"ESTABLISHED": 1}
+        # The client's connect() returns once it has sent its ACK; the loop takes that ACK in
+        # on its own thread, a moment later (SYN_RCVD until then).
+        wait_for(lambda: gw.snapshot()["tcp"] == {"ESTABLISHED": 1}, what="the flow established")
         gw.remove_port(port)
         assert p.stdout.readline().strip() == "ConnectionResetError"
         conn.settimeout(5)
