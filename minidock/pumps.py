@@ -195,11 +195,11 @@ class OutputLoop:
                 log.exception("done callback failed")
 
 
-def _grow_budget():
+def _grow_budget(allowance="/proc/sys/fs/pipe-user-pages-soft"):
     """GROWN_BUDGET, or a quarter of this user's pipe allowance if that is less (module
     docstring); 0 pages means no allowance is enforced."""
     try:
-        with open("/proc/sys/fs/pipe-user-pages-soft") as f:
+        with open(allowance) as f:
             pages = int(f.read())
     except (OSError, ValueError):
         return GROWN_BUDGET

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from minidock.pumps import GROWN_BUDGET, GROWN_SIZE, PIPE_SIZE, OutputLoop
+from minidock.pumps import GROWN_BUDGET, GROWN_SIZE, PIPE_SIZE, OutputLoop, _grow_budget
 from support import wait_for
 
 
@@ -173,11 +173,17 @@ def test_a_full_read_of_something_else_than_a_pipe_is_not_grown_and_loses_nothin
     loop.stop()
 
 
-def test_the_grow_budget_is_a_quarter_of_the_users_pipe_allowance_at_most():
-    with open("/proc/sys/fs/pipe-user-pages-soft") as f:
-        pages = int(f.read())
-    expected = min(GROWN_BUDGET, pages * 4096 // 4) if pages else GROWN_BUDGET
-    assert OutputLoop().grow_budget == expected
+@pytest.mark.parametrize("allowance, budget", [
+    ("16384\n", GROWN_BUDGET),            # the default 64 MiB: a quarter is the budget itself
+    ("1024\n", 1 << 20),                  # 4 MiB: one grown pipe at most
+    ("0\n", GROWN_BUDGET),                # no allowance enforced
+    ("", GROWN_BUDGET),                    # unreadable: the budget alone bounds it
+])
+def test_the_grow_budget_is_a_quarter_of_the_users_pipe_allowance_at_most(tmp_path, allowance, budget):
+    path = tmp_path / "pipe-user-pages-soft"
+    path.write_text(allowance)
+    assert _grow_budget(str(path)) == budget
+    assert _grow_budget(str(tmp_path / "missing")) == GROWN_BUDGET
 
 
 def test_an_empty_group_is_done_at_once():
