@@ -402,17 +402,6 @@ def all_plain(data):
 _ENTRY_HEAD = b'{"log":"'
 
 
-def encode_lines(stream, data, stamp):
-    """Complete lines of `data` (up to its last newline) as json-file entries, in one bytes
-    object, and the rest (an unfinished line). Each entry keeps its newline in `log`. (The
-    writer cuts the lines itself and writes encode_parts' buffers as they are.)"""
-    end = data.rfind(b"\n") + 1
-    if not end:
-        return b"", data
-    lines = data[:end]
-    return b"".join(encode_parts(stream, lines, stamp, all_plain(lines))), data[end:]
-
-
 def encode_parts(stream, lines, stamp, plain):
     """The entries of `lines`, which ends with a newline, as buffers to write one after the
     other (os.writev); `plain`: all_plain(lines)."""

@@ -1,6 +1,7 @@
 """The json-file log's bulk paths on bytes and files.
 
-Writing: encode_lines must write exactly what the per-entry encoder writes. Reading: what
+Writing: encode_parts (as the writer uses it, `encode_lines` below) must write exactly what the
+per-entry encoder writes. Reading: what
 `docker logs` shows through the bulk reader (jsonfile.read_shown / render_lines) must be, byte
 for byte and in the same order, what decoding every line on its own shows -- for logs with both
 streams interleaved, every escape, non-ASCII, partial lines, lines of other writers and damaged
@@ -16,10 +17,20 @@ from urllib.parse import quote_plus
 import pytest
 
 from minidock import jsonfile
-from minidock.jsonfile import View, encode_lines, entry_bytes
+from minidock.jsonfile import View, all_plain, encode_parts, entry_bytes
 from minidock.times import rfc3339_seconds
 
 TS = "2026-12-01T14:00:00.123456Z"
+
+
+def encode_lines(stream, data, stamp):
+    """The entries jsonfile.Writer.write makes of `data`'s complete lines, in one bytes object,
+    and the rest (an unfinished line): its cut at the last newline and its encode_parts call."""
+    end = data.rfind(b"\n") + 1
+    if not end:
+        return b"", data
+    lines = data[:end]
+    return b"".join(encode_parts(stream, lines, stamp, all_plain(lines))), data[end:]
 
 CHUNKS = [
     b"hello\n",
