@@ -17,7 +17,7 @@ import pytest
 
 import proctree
 from rootfs import make_rootfs_tar
-from support import Daemon
+from support import Daemon, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -540,14 +540,11 @@ def test_a_bridge_start_takes_the_veth_its_pooled_init_made_ahead(d):
     # A run it does not fit -- no network, another network -- is not given it (removing a veth
     # costs a grace period): that init is given up, and the run gets what it asked for.
     def given_up(pid):
-        deadline = time.monotonic() + 10
-        while proctree.stat(pid) is not None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return proctree.stat(pid) is None                     # exited and reaped
+        wait_for(lambda: proctree.stat(pid) is None, what="the pooled init exited and reaped")
 
     pooled, (_, peer, _, _) = _pooled_with_veth(daemon)
     assert out(d.docker("run", "--rm", "--network", "none", "busybox", "ls", "/sys/class/net")).split() == ["lo"]
-    assert given_up(pooled)
+    given_up(pooled)
     d.docker("run", "--rm", "busybox", "true")
     pooled, (_, peer, _, _) = _pooled_with_veth(daemon)
     d.docker("network", "create", "ahead")
@@ -558,7 +555,7 @@ def test_a_bridge_start_takes_the_veth_its_pooled_init_made_ahead(d):
         assert int(iflink) != peer and sorted(names.split()) == ["eth0", "lo"]
         # ... and the pool follows: once the init made for docker0 is given up (it exits a
         # moment after the run), the next veth made ahead is on the new network's bridge.
-        assert given_up(pooled)
+        given_up(pooled)
         _, (_, peer, _, _) = _pooled_with_veth(daemon)
         assert next(link for link in _links(keeper).values() if link[3] == peer)[2] == bridge
     finally:
