@@ -203,7 +203,9 @@ def test_records_are_written_by_the_writeback_thread_in_order(tmp_path):
         w.write("stdout" if i % 8 else "stderr", (b"line %d\n" % i) * 3000)
     w.close()
     done = threading.Event()
-    thread.run(os.open(os.devnull, os.O_RDONLY), lambda fd: done.set())   # after every record
+    fd = os.open(os.devnull, os.O_RDONLY)
+    thread.run(fd, lambda dup: done.set())                                # after every record
+    os.close(fd)                                                          # (the job has a dup)
     assert done.wait(10)
     assert _shown(path) == _decoded(path)
     assert _covered(path) == os.path.getsize(path)
