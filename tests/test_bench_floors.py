@@ -24,9 +24,9 @@ def test_every_floor_figure_is_measured(tmp_path):
                        capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
     assert p.returncode == 0, p.stdout + p.stderr
     rows = [line for line in p.stdout.splitlines() if "] " in line and " this machine " in line]
-    assert len(rows) == 7, p.stdout
+    assert len(rows) == 8, p.stdout
     for row in rows:
         assert "failed" not in row, row
         median = row.split("this machine")[1].split()[0]
         assert float(median.replace(",", "")) > 0, row
-    assert os.listdir(tmp_path) == []            # the fsync figures' file is gone
+    assert os.listdir(tmp_path) == []            # the fsync figures' files are gone
