@@ -3,11 +3,11 @@
 Writing: encode_parts (as the writer uses it, `encode_lines` below) must write exactly what the
 per-entry encoder writes. Reading: what `docker logs` shows through the bulk reader
 (jsonfile.read_shown / render_lines) must be, byte for byte and in the same order, what
-decoding every line on its own shows -- for logs with both
-streams interleaved, every escape, non-ASCII, partial lines, lines of other writers and damaged
-ones, across rotated files and block edges, under every view (streams, since/until, tail,
-timestamps, details). The reference here is written independently of jsonfile's own per-line
-code (json.loads of each line, the prefixes spelled out by hand)."""
+decoding every line on its own shows -- for logs with both streams interleaved, every escape,
+non-ASCII, partial lines, lines of other writers and damaged ones, across rotated files and
+block edges, under every view (streams, since/until, tail, timestamps, details). The reference
+here is written independently of jsonfile's own per-line code (json.loads of each line, the
+prefixes spelled out by hand)."""
 
 import json
 import random
